@@ -1,0 +1,168 @@
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The kind of store a location points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// A local or shared (NFS, Lustre, FUSE) file system.
+    Local,
+    /// AWS S3 or any S3-compatible store.
+    S3,
+}
+
+/// A parsed source or destination.
+///
+/// For object stores `bucket` is the bucket and `path` the key or prefix inside it (no leading
+/// `/`). For the local file system `bucket` is empty and `path` is an absolute path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub scheme: Scheme,
+    pub bucket: String,
+    pub path: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LocationError {
+    #[error("'{0}': empty location")]
+    Empty(String),
+    #[error("'{0}': no bucket name (expected s3://BUCKET/PREFIX)")]
+    MissingBucket(String),
+    #[error("'{0}': unsupported scheme '{1}' (supported: s3://, file://, or a local path)")]
+    UnsupportedScheme(String, String),
+    #[error("'{0}': file:// URLs must be absolute (file:///abs/path)")]
+    RelativeFileUrl(String),
+    #[error("'{0}': cannot determine the current directory: {1}")]
+    NoCurrentDir(String, String),
+}
+
+impl Location {
+    /// Parses what the user typed. Relative local paths are resolved against the current
+    /// directory so that every later step works with absolute paths.
+    pub fn parse(input: &str) -> Result<Location, LocationError> {
+        if input.is_empty() {
+            return Err(LocationError::Empty(input.to_string()));
+        }
+        if let Some((scheme, rest)) = input.split_once("://") {
+            return match scheme.to_ascii_lowercase().as_str() {
+                "s3" => {
+                    let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+                    if bucket.is_empty() {
+                        return Err(LocationError::MissingBucket(input.to_string()));
+                    }
+                    Ok(Location {
+                        scheme: Scheme::S3,
+                        bucket: bucket.to_string(),
+                        path: path.to_string(),
+                    })
+                }
+                "file" => {
+                    if !rest.starts_with('/') {
+                        return Err(LocationError::RelativeFileUrl(input.to_string()));
+                    }
+                    let decoded = percent_encoding::percent_decode_str(rest).decode_utf8_lossy();
+                    Ok(Location::local(Path::new(decoded.as_ref()), input.ends_with('/')))
+                }
+                other => Err(LocationError::UnsupportedScheme(
+                    input.to_string(),
+                    other.to_string(),
+                )),
+            };
+        }
+        let path = Path::new(input);
+        let abs = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| LocationError::NoCurrentDir(input.to_string(), e.to_string()))?
+                .join(path)
+        };
+        Ok(Location::local(&abs, input.ends_with('/')))
+    }
+
+    /// A local location; `dir_hint` keeps the meaning of a trailing `/` ("put it inside").
+    fn local(path: &Path, dir_hint: bool) -> Location {
+        let mut s = normalize(path).to_string_lossy().into_owned();
+        if dir_hint && !s.ends_with('/') {
+            s.push('/');
+        }
+        Location {
+            scheme: Scheme::Local,
+            bucket: String::new(),
+            path: s,
+        }
+    }
+
+    /// The local path, for [`Scheme::Local`] locations.
+    pub fn local_path(&self) -> PathBuf {
+        PathBuf::from(&self.path)
+    }
+
+    /// True when the user asked for "inside this prefix/directory" by ending it with `/`.
+    pub fn is_dir_form(&self) -> bool {
+        self.path.is_empty() || self.path.ends_with('/')
+    }
+}
+
+/// Removes `.` and resolves `..` lexically, so that a destination typed as `./out/../x` is
+/// the directory the user means; symlinks are left to the file system.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.scheme {
+            Scheme::Local => write!(f, "{}", self.path),
+            Scheme::S3 => write!(f, "s3://{}/{}", self.bucket, self.path),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls() {
+        let l = Location::parse("s3://bucket/a/b/").unwrap();
+        assert_eq!((l.scheme, l.bucket.as_str(), l.path.as_str()), (Scheme::S3, "bucket", "a/b/"));
+        let l = Location::parse("s3://bucket").unwrap();
+        assert_eq!((l.bucket.as_str(), l.path.as_str()), ("bucket", ""));
+        assert!(l.is_dir_form());
+        assert_eq!(
+            Location::parse("s3:///x"),
+            Err(LocationError::MissingBucket("s3:///x".into()))
+        );
+        assert!(matches!(
+            Location::parse("ftp://x/y"),
+            Err(LocationError::UnsupportedScheme(..))
+        ));
+    }
+
+    #[test]
+    fn local_paths() {
+        let l = Location::parse("/data/set/").unwrap();
+        assert_eq!((l.scheme, l.path.as_str()), (Scheme::Local, "/data/set/"));
+        let l = Location::parse("file:///data/my%20set").unwrap();
+        assert_eq!(l.path, "/data/my set");
+        assert!(matches!(
+            Location::parse("file://rel/x"),
+            Err(LocationError::RelativeFileUrl(_))
+        ));
+        let cwd = std::env::current_dir().unwrap();
+        let l = Location::parse("./out/../x").unwrap();
+        assert_eq!(l.local_path(), cwd.join("x"));
+        assert!(!l.is_dir_form());
+    }
+}

@@ -1,0 +1,414 @@
+use crate::config::S3Options;
+use crate::errors::map_err;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3Part};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, StreamExt};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use skyhaul_store::{
+    CompletedPart, Error, ErrorKind, Limits, MultipartUpload, ObjectMeta, PartSpec, PutOptions,
+    Result, Store,
+};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+/// `x-amz-copy-source` is `bucket/key` with the key URL-encoded except for `/`.
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
+
+/// One bucket on one S3 endpoint, with that side's own credentials.
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    name: String,
+    domain: String,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store").field("name", &self.name).finish()
+    }
+}
+
+impl S3Store {
+    /// Builds a client for `bucket` from `opts`, resolving credentials once up front so that
+    /// a missing profile or key fails here with a clear message, not on the first request.
+    pub async fn connect(opts: &S3Options, bucket: &str) -> Result<S3Store> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            // The engine retries (and counts retries) uniformly for every backend.
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            )
+            // Since 2025 the SDK sends CRC32 checksums by default, which many S3-compatible
+            // servers reject, and it validates whole-object checksums that some servers echo
+            // on ranged reads. Integrity is the engine's job; send only what is required.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(profile) = &opts.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = &opts.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &opts.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let (Some(ak), Some(sk)) = (&opts.access_key_id, &opts.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                ak.clone(),
+                sk.clone(),
+                opts.session_token.clone(),
+                None,
+                "skyhaul",
+            ));
+        }
+        let sdk = loader.load().await;
+        let endpoint = opts.endpoint.clone().unwrap_or_else(|| "aws".to_string());
+        let name = format!("s3://{bucket}");
+        let creds = match sdk.credentials_provider() {
+            Some(p) => p.provide_credentials().await.map_err(|e| {
+                Error::new(
+                    ErrorKind::AccessDenied,
+                    format!("{name}: no usable credentials: {}", aws_smithy_types::error::display::DisplayErrorContext(&e)),
+                )
+            })?,
+            None => return Err(Error::new(ErrorKind::AccessDenied, format!("{name}: no credentials found"))),
+        };
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(opts.path_style.unwrap_or(opts.endpoint.is_some()));
+        if sdk.region().is_none() {
+            // Custom endpoints ignore the region but SigV4 needs one.
+            conf = conf.region(Region::new("us-east-1"));
+        }
+        Ok(S3Store {
+            client: Client::from_conf(conf.build()),
+            bucket: bucket.to_string(),
+            domain: format!("s3|{endpoint}|{}", creds.access_key_id()),
+            name,
+        })
+    }
+
+    fn target(&self, key: &str) -> String {
+        format!("{}/{key}", self.name)
+    }
+
+    fn copy_source(src_container: &str, key: &str) -> String {
+        format!("{src_container}/{}", utf8_percent_encode(key, COPY_SOURCE))
+    }
+}
+
+fn etag(s: Option<&str>) -> Option<String> {
+    s.map(|e| e.trim_matches('"').to_string())
+}
+
+fn mtime(t: Option<&aws_smithy_types::DateTime>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+fn metadata(opts: &PutOptions) -> Option<HashMap<String, String>> {
+    (!opts.metadata.is_empty()).then(|| opts.metadata.clone().into_iter().collect())
+}
+
+#[async_trait::async_trait]
+impl Store for S3Store {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::S3
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<ObjectMeta>> {
+        // Pages are fetched by a task of their own so the next page is on its way while the
+        // engine works through the current one.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Result<ObjectMeta>>>(2);
+        let this = self.clone();
+        let prefix = prefix.to_string();
+        let start_after = start_after.map(str::to_string);
+        tokio::spawn(async move {
+            let mut token: Option<String> = None;
+            loop {
+                let req = this
+                    .client
+                    .list_objects_v2()
+                    .bucket(&this.bucket)
+                    .prefix(&prefix)
+                    .set_start_after(if token.is_none() { start_after.clone() } else { None })
+                    .set_continuation_token(token.clone());
+                let page = match req.send().await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(vec![Err(map_err(e, &this.target(&prefix), "list"))]).await;
+                        return;
+                    }
+                };
+                let items: Vec<Result<ObjectMeta>> = page
+                    .contents()
+                    .iter()
+                    .filter_map(|o| {
+                        let key = o.key()?.to_string();
+                        let mut m = ObjectMeta::new(key, o.size().unwrap_or(0).max(0) as u64);
+                        m.mtime = mtime(o.last_modified());
+                        m.etag = etag(o.e_tag());
+                        Some(Ok(m))
+                    })
+                    .collect();
+                if tx.send(items).await.is_err() {
+                    return;
+                }
+                token = page.next_continuation_token().map(str::to_string);
+                if !page.is_truncated().unwrap_or(false) || token.is_none() {
+                    return;
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(futures::stream::iter).boxed()
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(h) => {
+                let mut m = ObjectMeta::new(key, h.content_length().unwrap_or(0).max(0) as u64);
+                m.mtime = mtime(h.last_modified());
+                m.etag = etag(h.e_tag());
+                if let Some(md) = h.metadata() {
+                    m.metadata = md.clone().into_iter().collect();
+                }
+                Ok(Some(m))
+            }
+            Err(e) => {
+                let err = map_err(e, &self.target(key), "head");
+                if err.kind == ErrorKind::NotFound { Ok(None) } else { Err(err) }
+            }
+        }
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        expect: Option<&ObjectMeta>,
+    ) -> Result<Bytes> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(r) = &range {
+            if r.is_empty() {
+                return Ok(Bytes::new());
+            }
+            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        if let Some(tag) = expect.and_then(|e| e.etag.as_deref()) {
+            req = req.if_match(format!("\"{tag}\""));
+        }
+        let resp = req.send().await.map_err(|e| map_err(e, &self.target(key), "get"))?;
+        let changed = || {
+            Error::new(ErrorKind::SourceChanged, format!("{}: object changed while it was being copied", self.target(key)))
+        };
+        // Servers that ignore If-Match still tell the version by ETag and total size.
+        if let Some(exp) = expect {
+            let total = resp
+                .content_range()
+                .and_then(|r| r.rsplit('/').next())
+                .and_then(|t| t.parse::<u64>().ok())
+                .or_else(|| resp.content_range().is_none().then(|| resp.content_length().unwrap_or(0) as u64));
+            let tag = etag(resp.e_tag());
+            if total.is_some_and(|t| t != exp.size) || (exp.etag.is_some() && tag.is_some() && tag != exp.etag) {
+                return Err(changed());
+            }
+        }
+        let ranged_reply = resp.content_range().is_some();
+        let want = range.as_ref().map(|r| r.end - r.start);
+        let mut buf = BytesMut::with_capacity(resp.content_length().unwrap_or(0).max(0) as usize);
+        let mut body = resp.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                Error::new(ErrorKind::Transient, format!("{}: get: body interrupted: {e}", self.target(key)))
+            })?;
+            buf.extend_from_slice(&chunk);
+        }
+        let mut data = buf.freeze();
+        if let (Some(r), Some(want)) = (&range, want) {
+            if !ranged_reply && data.len() as u64 >= r.end && data.len() as u64 != want {
+                // The server ignored Range and sent the whole object.
+                data = data.slice(r.start as usize..r.end as usize);
+            }
+            if data.len() as u64 != want {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!("{}: get: expected {want} bytes, received {} (truncated)", self.target(key), data.len()),
+                ));
+            }
+        }
+        Ok(data)
+    }
+
+    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
+        let len = body.len() as i64;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(len)
+            .set_metadata(metadata(opts))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.target(key), "put"))?;
+        Ok(())
+    }
+
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_metadata(metadata(opts))
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.target(key), "create multipart upload"))?;
+        let upload_id = out.upload_id().ok_or_else(|| {
+            Error::new(ErrorKind::Other, format!("{}: server returned no upload id", self.target(key)))
+        })?;
+        Ok(MultipartUpload { key: key.to_string(), upload_id: upload_id.to_string() })
+    }
+
+    async fn put_part(
+        &self,
+        upload: &MultipartUpload,
+        part: PartSpec,
+        body: Bytes,
+    ) -> Result<CompletedPart> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .part_number(part.number as i32)
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.target(&upload.key), &format!("upload part {}", part.number)))?;
+        Ok(CompletedPart { number: part.number, len: part.len, etag: etag(out.e_tag()).unwrap_or_default() })
+    }
+
+    async fn complete_multipart(
+        &self,
+        upload: &MultipartUpload,
+        parts: &[CompletedPart],
+        _opts: &PutOptions,
+    ) -> Result<()> {
+        let parts = parts
+            .iter()
+            .map(|p| S3Part::builder().part_number(p.number as i32).e_tag(format!("\"{}\"", p.etag)).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.target(&upload.key), "complete multipart upload"))?;
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = map_err(e, &self.target(&upload.key), "abort multipart upload");
+                if err.kind == ErrorKind::NotFound { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    fn copy_domain(&self) -> Option<String> {
+        Some(self.domain.clone())
+    }
+
+    fn container(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn copy_object(
+        &self,
+        src_container: &str,
+        src: &ObjectMeta,
+        dst_key: &str,
+        _opts: &PutOptions,
+    ) -> Result<()> {
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(dst_key)
+            .copy_source(Self::copy_source(src_container, &src.key))
+            .set_copy_source_if_match(src.etag.as_ref().map(|t| format!("\"{t}\"")))
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.target(dst_key), &format!("server-side copy from s3://{src_container}/{}", src.key)))?;
+        Ok(())
+    }
+
+    async fn copy_part(
+        &self,
+        src_container: &str,
+        src: &ObjectMeta,
+        upload: &MultipartUpload,
+        part: PartSpec,
+    ) -> Result<CompletedPart> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .part_number(part.number as i32)
+            .copy_source(Self::copy_source(src_container, &src.key))
+            .copy_source_range(format!("bytes={}-{}", part.offset, part.offset + part.len - 1))
+            .set_copy_source_if_match(src.etag.as_ref().map(|t| format!("\"{t}\"")))
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.target(&upload.key), &format!("server-side copy of part {}", part.number)))?;
+        let tag = out.copy_part_result().and_then(|r| etag(r.e_tag())).unwrap_or_default();
+        Ok(CompletedPart { number: part.number, len: part.len, etag: tag })
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.target(key), "delete"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+use std::fmt;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in the terms the engine and the user act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The object does not exist.
+    NotFound,
+    /// The bucket or root directory does not exist.
+    BucketNotFound,
+    /// Credentials missing, wrong, or not allowed to do this.
+    AccessDenied,
+    /// The endpoint cannot be reached (refused, DNS, TLS).
+    Unreachable,
+    /// The store asked us to slow down (503 SlowDown, 429).
+    Throttled,
+    /// A failure worth retrying: 5xx, timeout, reset, truncated or corrupted body.
+    Transient,
+    /// The source object changed while we were copying it.
+    SourceChanged,
+    /// A key that cannot be written at this destination (e.g. `..` on a file system).
+    InvalidKey,
+    /// The key clashes with something already there (a file where a directory must go).
+    Conflict,
+    /// The destination is out of space.
+    NoSpace,
+    /// The backend cannot do this.
+    Unsupported,
+    /// Anything else; not retried.
+    Other,
+}
+
+/// An error with the context needed to act on it: which store, which key, what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error { kind, message: message.into() }
+    }
+
+    /// Whether trying the same request again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::Unreachable
+        )
+    }
+
+    /// Errors after which nothing else in the transfer can succeed either.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::AccessDenied | ErrorKind::BucketNotFound | ErrorKind::NoSpace
+        )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}

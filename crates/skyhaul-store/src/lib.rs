@@ -1,0 +1,111 @@
+//! The storage abstraction of skyhaul.
+//!
+//! Every backend (local file system here, S3 in `skyhaul-s3`, more later) implements the one
+//! narrow [`Store`] trait, and the engine knows nothing else about a backend. The trait is
+//! shaped by what a bulk copier needs rather than by any one provider: a sorted streaming
+//! listing (so that sync can merge-join both sides in constant memory), ranged reads that
+//! fail when the object changed under us, multipart uploads whose state is a plain
+//! serialisable value (so that parts of one upload can later be sent by different workers),
+//! and server-side copy where the provider offers it.
+
+mod error;
+mod local;
+mod types;
+
+pub mod conformance;
+
+pub use error::{Error, ErrorKind, Result};
+pub use local::LocalStore;
+pub use types::{CompletedPart, Limits, MultipartUpload, ObjectMeta, PartSpec, PutOptions};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::ops::Range;
+
+/// One bucket, container or directory tree, addressed by `/`-separated keys.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// A human name for messages, such as `s3://bucket` or `/data/out`. Never contains secrets.
+    fn name(&self) -> &str;
+
+    /// Size bounds for single puts and multipart parts.
+    fn limits(&self) -> Limits;
+
+    /// Lists objects whose key starts with `prefix`, in ascending byte order of the key,
+    /// beginning after `start_after` when given. Directory markers are not objects.
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<ObjectMeta>>;
+
+    /// The object's metadata, or `None` when there is no such object.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+
+    /// Reads `range` of the object (all of it when `None`). When `expect` is given the read
+    /// fails with [`ErrorKind::SourceChanged`] if the object is no longer that version, so a
+    /// copy is never assembled from two versions of a source.
+    async fn get(&self, key: &str, range: Option<Range<u64>>, expect: Option<&ObjectMeta>)
+        -> Result<Bytes>;
+
+    /// Writes a whole object. Readers never see a partial object under `key`.
+    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()>;
+
+    /// Starts a multipart upload of `opts.size` bytes to `key`.
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload>;
+
+    /// Uploads one part; parts may arrive in any order and from any process.
+    async fn put_part(
+        &self,
+        upload: &MultipartUpload,
+        part: PartSpec,
+        body: Bytes,
+    ) -> Result<CompletedPart>;
+
+    /// Makes the object visible under its key; `parts` are in part-number order.
+    async fn complete_multipart(
+        &self,
+        upload: &MultipartUpload,
+        parts: &[CompletedPart],
+        opts: &PutOptions,
+    ) -> Result<()>;
+
+    /// Discards an upload and everything uploaded for it.
+    async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()>;
+
+    /// Identifies the account and endpoint for server-side copy: two stores with the same
+    /// `Some` id can copy between each other without moving bytes through this machine.
+    fn copy_domain(&self) -> Option<String> {
+        None
+    }
+
+    /// The bucket or container name that [`Store::copy_object`] takes as `src_container`.
+    fn container(&self) -> &str {
+        ""
+    }
+
+    /// Server-side copy of a whole object from `src_container` (same copy domain).
+    async fn copy_object(
+        &self,
+        _src_container: &str,
+        src: &ObjectMeta,
+        _dst_key: &str,
+        _opts: &PutOptions,
+    ) -> Result<()> {
+        Err(Error::new(ErrorKind::Unsupported, format!("{}: server-side copy of '{}'", self.name(), src.key)))
+    }
+
+    /// Server-side copy of `part.range()` of a source object into a multipart upload.
+    async fn copy_part(
+        &self,
+        _src_container: &str,
+        src: &ObjectMeta,
+        _upload: &MultipartUpload,
+        _part: PartSpec,
+    ) -> Result<CompletedPart> {
+        Err(Error::new(ErrorKind::Unsupported, format!("{}: server-side part copy of '{}'", self.name(), src.key)))
+    }
+
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+}

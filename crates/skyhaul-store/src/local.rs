@@ -1,0 +1,450 @@
+//! The local (or shared: NFS, Lustre, FUSE) file system as a [`Store`].
+//!
+//! Keys are paths relative to a root directory, `/`-separated. Writes go to a hidden
+//! temporary file beside the target and are renamed into place only when complete, so a
+//! reader (or a crash) never finds a partial file under its final name. Multipart uploads
+//! write parts at their offsets into that same temporary file, which makes its name (derived
+//! from key and upload id) the whole serialisable upload state.
+
+use crate::{
+    CompletedPart, Error, ErrorKind, Limits, MultipartUpload, ObjectMeta, PartSpec, PutOptions,
+    Result, Store,
+};
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use skyhaul_location::local_relative_path;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Suffix of in-progress files; listings skip them so a resumed sync never copies one.
+const TMP_SUFFIX: &str = ".skyhaul-tmp";
+/// Keys are sent to the engine in pages of this many to keep channel overhead low.
+const LIST_PAGE: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+    name: String,
+}
+
+impl LocalStore {
+    /// A store rooted at `root`; every key resolves strictly below it.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let name = root.display().to_string();
+        LocalStore { root, name }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf> {
+        let rel = local_relative_path(key)
+            .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("{}: {e}", self.name)))?;
+        Ok(self.root.join(rel))
+    }
+
+    fn tmp_path(&self, key: &str, upload_id: &str) -> Result<PathBuf> {
+        let path = self.path_of(key)?;
+        let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // Keep the temporary name within NAME_MAX even for a 255-byte base name.
+        let base: String = base.chars().take(180).collect();
+        Ok(path.with_file_name(format!(".{base}.{upload_id}{TMP_SUFFIX}")))
+    }
+
+    fn io_err(&self, key: &str, what: &str, e: io::Error) -> Error {
+        io_error(&format!("{}/{key}", self.name.trim_end_matches('/')), what, e)
+    }
+}
+
+/// Maps an I/O error to the kind the engine acts on, with a message that says what to do.
+fn io_error(target: &str, what: &str, e: io::Error) -> Error {
+    use io::ErrorKind as K;
+    let (kind, hint) = match e.kind() {
+        K::NotFound => (ErrorKind::NotFound, ""),
+        K::PermissionDenied => (ErrorKind::AccessDenied, " (check file permissions)"),
+        K::StorageFull => (ErrorKind::NoSpace, " (free space on the destination and rerun)"),
+        // create_dir_all over an existing file reports AlreadyExists.
+        K::NotADirectory | K::AlreadyExists => (
+            ErrorKind::Conflict,
+            " (a parent of this path exists as a file, so it cannot be a directory)",
+        ),
+        K::IsADirectory | K::DirectoryNotEmpty => (
+            ErrorKind::Conflict,
+            " (a directory exists where this file must go)",
+        ),
+        K::Interrupted | K::TimedOut | K::WouldBlock => (ErrorKind::Transient, ""),
+        _ => (ErrorKind::Other, ""),
+    };
+    Error::new(kind, format!("{target}: {what}: {e}{hint}"))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(Error::new(ErrorKind::Other, format!("I/O task failed: {e}"))))
+}
+
+fn meta_of(key: String, md: &fs::Metadata) -> ObjectMeta {
+    let mut m = ObjectMeta::new(key, md.len());
+    m.mtime = md.modified().ok();
+    m
+}
+
+/// Checks that a file still is the version the listing saw.
+fn same_version(md: &fs::Metadata, expect: &ObjectMeta) -> bool {
+    md.len() == expect.size && (expect.mtime.is_none() || md.modified().ok() == expect.mtime)
+}
+
+fn read_exact_at(file: &File, buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while reading")),
+            Ok(n) => {
+                done += n;
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn create_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(p) => fs::create_dir_all(p),
+        None => Ok(()),
+    }
+}
+
+fn set_mtime(file: &File, mtime: Option<SystemTime>) -> io::Result<()> {
+    match mtime {
+        Some(t) => file.set_modified(t),
+        None => Ok(()),
+    }
+}
+
+/// Walks `dir` depth-first so that keys come out in ascending byte order: within a
+/// directory, a subdirectory `d` sorts as `d/`, exactly where its keys sort among the
+/// siblings' keys. This is what lets sync merge-join a local tree with a bucket listing.
+struct Walker {
+    root: PathBuf,
+    /// Pending entries per open directory, reversed so that `pop` yields the smallest.
+    stack: Vec<Vec<(Vec<u8>, bool)>>,
+    /// The key prefix (relative directory with trailing `/`) of each stack level.
+    prefixes: Vec<String>,
+}
+
+impl Walker {
+    fn open(&mut self, rel_dir: String) -> io::Result<()> {
+        let mut entries = Vec::new();
+        for entry in fs::read_dir(self.root.join(&rel_dir))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.as_bytes();
+            if name.ends_with(TMP_SUFFIX.as_bytes()) && name.starts_with(b".") {
+                continue;
+            }
+            let ft = entry.file_type()?;
+            // Symbolic links are followed for files; links to directories are skipped
+            // so that a cycle cannot make the walk endless.
+            let is_dir = if ft.is_symlink() {
+                match fs::metadata(entry.path()) {
+                    Ok(m) if m.is_dir() => {
+                        tracing::warn!("skipping symlink to directory {}", entry.path().display());
+                        continue;
+                    }
+                    Ok(_) => false,
+                    Err(_) => continue,
+                }
+            } else {
+                ft.is_dir()
+            };
+            let mut sort_key = name.to_vec();
+            if is_dir {
+                sort_key.push(b'/');
+            }
+            entries.push((sort_key, is_dir));
+        }
+        entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        self.stack.push(entries);
+        self.prefixes.push(rel_dir);
+        Ok(())
+    }
+
+    /// The next file in key order, as (key, metadata).
+    fn next(&mut self) -> Option<Result<ObjectMeta>> {
+        loop {
+            let entries = self.stack.last_mut()?;
+            let Some((mut name, is_dir)) = entries.pop() else {
+                self.stack.pop();
+                self.prefixes.pop();
+                continue;
+            };
+            let prefix = self.prefixes.last().cloned().unwrap_or_default();
+            if is_dir {
+                name.pop();
+            }
+            let name = match String::from_utf8(name) {
+                Ok(n) => n,
+                Err(e) => {
+                    let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                    return Some(Err(Error::new(
+                        ErrorKind::InvalidKey,
+                        format!("{}/{prefix}{lossy}: file name is not UTF-8; skipped", self.root.display()),
+                    )));
+                }
+            };
+            let key = format!("{prefix}{name}");
+            if is_dir {
+                if let Err(e) = self.open(format!("{key}/")) {
+                    return Some(Err(io_error(&key, "cannot list directory", e)));
+                }
+                continue;
+            }
+            return Some(match fs::metadata(self.root.join(&key)) {
+                Ok(md) => Ok(meta_of(key, &md)),
+                Err(e) => Err(io_error(&key, "cannot stat", e)),
+            });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for LocalStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            min_part_size: 1,
+            max_part_size: u64::MAX,
+            max_parts: u32::MAX,
+            max_single_put: u64::MAX,
+        }
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<ObjectMeta>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Result<ObjectMeta>>>(4);
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        let start_after = start_after.map(str::to_string);
+        // The walk is blocking I/O: run it on its own thread and stream pages out of it.
+        tokio::task::spawn_blocking(move || {
+            let dir = match prefix.rfind('/') {
+                Some(i) => prefix[..=i].to_string(),
+                None => String::new(),
+            };
+            let mut walker = Walker { root: root.clone(), stack: Vec::new(), prefixes: Vec::new() };
+            if let Err(e) = walker.open(dir.clone()) {
+                if e.kind() != io::ErrorKind::NotFound || dir.is_empty() {
+                    let kind = if e.kind() == io::ErrorKind::NotFound { ErrorKind::BucketNotFound } else { ErrorKind::Other };
+                    let err = io_error(&root.join(&dir).display().to_string(), "cannot list", e);
+                    let _ = tx.blocking_send(vec![Err(Error::new(kind, err.message))]);
+                }
+                return;
+            }
+            let mut page = Vec::with_capacity(LIST_PAGE);
+            while let Some(item) = walker.next() {
+                if let Ok(m) = &item {
+                    if !m.key.starts_with(&prefix)
+                        || start_after.as_deref().is_some_and(|s| m.key.as_str() <= s)
+                    {
+                        continue;
+                    }
+                }
+                page.push(item);
+                if page.len() == LIST_PAGE && tx.blocking_send(std::mem::take(&mut page)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.blocking_send(page);
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(futures::stream::iter).boxed()
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let path = self.path_of(key)?;
+        let key = key.to_string();
+        let this = self.clone();
+        blocking(move || match fs::metadata(&path) {
+            Ok(md) if md.is_file() => Ok(Some(meta_of(key, &md))),
+            Ok(_) => Ok(None),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
+            Err(e) => Err(this.io_err(&key, "cannot stat", e)),
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        expect: Option<&ObjectMeta>,
+    ) -> Result<Bytes> {
+        let path = self.path_of(key)?;
+        let key = key.to_string();
+        let expect = expect.cloned();
+        let this = self.clone();
+        blocking(move || {
+            let file = File::open(&path).map_err(|e| this.io_err(&key, "cannot open", e))?;
+            let md = file.metadata().map_err(|e| this.io_err(&key, "cannot stat", e))?;
+            let changed = || {
+                Error::new(
+                    ErrorKind::SourceChanged,
+                    format!("{}/{key}: file changed while it was being copied", this.name.trim_end_matches('/')),
+                )
+            };
+            if expect.as_ref().is_some_and(|e| !same_version(&md, e)) {
+                return Err(changed());
+            }
+            let range = range.unwrap_or(0..md.len());
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            read_exact_at(&file, &mut buf, range.start).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof { changed() } else { this.io_err(&key, "cannot read", e) }
+            })?;
+            // A writer may have changed the bytes we just read: look again.
+            let after = file.metadata().map_err(|e| this.io_err(&key, "cannot stat", e))?;
+            if after.len() != md.len() || after.modified().ok() != md.modified().ok() {
+                return Err(changed());
+            }
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
+        let path = self.path_of(key)?;
+        let upload_id = random_id();
+        let tmp = self.tmp_path(key, &upload_id)?;
+        let key = key.to_string();
+        let mtime = opts.mtime;
+        let this = self.clone();
+        blocking(move || {
+            let write = || -> io::Result<()> {
+                create_parent(&path)?;
+                let file = File::create(&tmp)?;
+                file.write_all_at(&body, 0)?;
+                set_mtime(&file, mtime)?;
+                drop(file);
+                fs::rename(&tmp, &path)
+            };
+            write().map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                this.io_err(&key, "cannot write", e)
+            })
+        })
+        .await
+    }
+
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload> {
+        let upload = MultipartUpload { key: key.to_string(), upload_id: random_id() };
+        let tmp = self.tmp_path(key, &upload.upload_id)?;
+        let size = opts.size;
+        let this = self.clone();
+        let key = key.to_string();
+        blocking(move || {
+            let create = || -> io::Result<()> {
+                create_parent(&tmp)?;
+                File::create(&tmp)?.set_len(size)
+            };
+            create().map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                this.io_err(&key, "cannot create", e)
+            })
+        })
+        .await?;
+        Ok(upload)
+    }
+
+    async fn put_part(
+        &self,
+        upload: &MultipartUpload,
+        part: PartSpec,
+        body: Bytes,
+    ) -> Result<CompletedPart> {
+        let tmp = self.tmp_path(&upload.key, &upload.upload_id)?;
+        let key = upload.key.clone();
+        let this = self.clone();
+        blocking(move || {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .map_err(|e| this.io_err(&key, "upload no longer exists", e))?;
+            file.write_all_at(&body, part.offset)
+                .map_err(|e| this.io_err(&key, "cannot write part", e))?;
+            Ok(CompletedPart { number: part.number, len: part.len, etag: String::new() })
+        })
+        .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        upload: &MultipartUpload,
+        parts: &[CompletedPart],
+        opts: &PutOptions,
+    ) -> Result<()> {
+        let tmp = self.tmp_path(&upload.key, &upload.upload_id)?;
+        let path = self.path_of(&upload.key)?;
+        let mtime = opts.mtime;
+        let total: u64 = parts.iter().map(|p| p.len).sum();
+        let key = upload.key.clone();
+        let this = self.clone();
+        blocking(move || {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .map_err(|e| this.io_err(&key, "upload no longer exists", e))?;
+            let len = file.metadata().map_err(|e| this.io_err(&key, "cannot stat", e))?.len();
+            if len != total {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!("{}: parts add up to {total} bytes but the upload holds {len}", key),
+                ));
+            }
+            set_mtime(&file, mtime).map_err(|e| this.io_err(&key, "cannot set mtime", e))?;
+            drop(file);
+            fs::rename(&tmp, &path).map_err(|e| this.io_err(&key, "cannot move into place", e))
+        })
+        .await
+    }
+
+    async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {
+        let tmp = self.tmp_path(&upload.key, &upload.upload_id)?;
+        blocking(move || match fs::remove_file(&tmp) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&tmp.display().to_string(), "cannot remove", e)),
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path_of(key)?;
+        let key = key.to_string();
+        let this = self.clone();
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(this.io_err(&key, "cannot delete", e)),
+        })
+        .await
+    }
+}
+
+fn random_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

@@ -1,0 +1,83 @@
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::SystemTime;
+
+/// What a listing or head tells about an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Last modification (file mtime, or the object's Last-Modified).
+    pub mtime: Option<SystemTime>,
+    /// The provider's entity tag, quotes removed, when it has one.
+    pub etag: Option<String>,
+    /// User metadata; only filled by `head`, listings do not return it.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl ObjectMeta {
+    pub fn new(key: impl Into<String>, size: u64) -> Self {
+        ObjectMeta { key: key.into(), size, mtime: None, etag: None, metadata: BTreeMap::new() }
+    }
+}
+
+/// Options for writing an object.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Total size of the object being written.
+    pub size: u64,
+    /// Modification time to give the object where the backend can (local files).
+    pub mtime: Option<SystemTime>,
+    /// User metadata stored with the object.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Bounds a backend puts on object and part sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub min_part_size: u64,
+    pub max_part_size: u64,
+    pub max_parts: u32,
+    pub max_single_put: u64,
+}
+
+impl Limits {
+    /// S3's documented bounds (also what S3-compatible stores accept).
+    pub const S3: Limits = Limits {
+        min_part_size: 5 << 20,
+        max_part_size: 5 << 30,
+        max_parts: 10_000,
+        max_single_put: 5 << 30,
+    };
+}
+
+/// One part of a multipart upload: its 1-based number and byte range in the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartSpec {
+    pub number: u32,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl PartSpec {
+    pub fn range(&self) -> Range<u64> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// An upload in progress. Plain data, so it can be journaled and handed to another worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultipartUpload {
+    pub key: String,
+    pub upload_id: String,
+}
+
+/// A part the store has accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedPart {
+    pub number: u32,
+    pub len: u64,
+    pub etag: String,
+}
