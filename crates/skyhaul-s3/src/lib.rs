@@ -12,4 +12,4 @@ mod errors;
 mod store;
 
 pub use config::S3Options;
-pub use store::S3Store;
+pub use store::{upload_id_from_unparsed_reply, S3Store};

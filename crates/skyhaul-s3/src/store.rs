@@ -8,7 +8,9 @@ use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3Part};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::Client;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -109,6 +111,20 @@ impl S3Store {
     }
 }
 
+/// The `<UploadId>` of a successful CreateMultipartUpload reply that the SDK could not
+/// parse: rclone serve s3 (1.75) names the XML root `InitiateMultipartUpload` instead of
+/// `InitiateMultipartUploadResult`, and the SDK rejects the whole reply for it.
+pub fn upload_id_from_unparsed_reply<E>(e: &SdkError<E, HttpResponse>) -> Option<String> {
+    let raw = e.raw_response()?;
+    if !raw.status().is_success() {
+        return None;
+    }
+    let body = std::str::from_utf8(raw.body().bytes()?).ok()?;
+    let start = body.find("<UploadId>")? + "<UploadId>".len();
+    let end = start + body[start..].find("</UploadId>")?;
+    Some(body[start..end].to_string())
+}
+
 fn etag(s: Option<&str>) -> Option<String> {
     s.map(|e| e.trim_matches('"').to_string())
 }
@@ -129,6 +145,18 @@ impl Store for S3Store {
 
     fn limits(&self) -> Limits {
         Limits::S3
+    }
+
+    async fn preflight(&self, _for_write: bool) -> Result<()> {
+        // ListObjectsV2 (unlike HeadBucket) names the problem: NoSuchBucket, AccessDenied.
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.name, "list"))?;
+        Ok(())
     }
 
     fn list<'a>(
@@ -281,12 +309,18 @@ impl Store for S3Store {
             .key(key)
             .set_metadata(metadata(opts))
             .send()
-            .await
-            .map_err(|e| map_err(e, &self.target(key), "create multipart upload"))?;
-        let upload_id = out.upload_id().ok_or_else(|| {
+            .await;
+        let upload_id = match out {
+            Ok(out) => out.upload_id().map(str::to_string),
+            Err(e) => match upload_id_from_unparsed_reply(&e) {
+                Some(id) => Some(id),
+                None => return Err(map_err(e, &self.target(key), "create multipart upload")),
+            },
+        };
+        let upload_id = upload_id.ok_or_else(|| {
             Error::new(ErrorKind::Other, format!("{}: server returned no upload id", self.target(key)))
         })?;
-        Ok(MultipartUpload { key: key.to_string(), upload_id: upload_id.to_string() })
+        Ok(MultipartUpload { key: key.to_string(), upload_id })
     }
 
     async fn put_part(

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     NoSpace,
     /// The backend cannot do this.
     Unsupported,
+    /// The user stopped the transfer (Ctrl-C) before this finished.
+    Interrupted,
     /// Anything else; not retried.
     Other,
 }

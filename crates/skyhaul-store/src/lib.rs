@@ -25,6 +25,14 @@ use std::ops::Range;
 /// One bucket, container or directory tree, addressed by `/`-separated keys.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Checks that the bucket or root exists and the credentials work, so that a wrong
+    /// name or key fails at once with one clear error instead of once per object.
+    /// Destinations that are created on demand (local directories) only check what they can.
+    async fn preflight(&self, for_write: bool) -> Result<()> {
+        let _ = for_write;
+        Ok(())
+    }
+
     /// A human name for messages, such as `s3://bucket` or `/data/out`. Never contains secrets.
     fn name(&self) -> &str;
 

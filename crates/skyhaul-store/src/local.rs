@@ -249,13 +249,15 @@ impl Store for LocalStore {
                 None => String::new(),
             };
             let mut walker = Walker { root: root.clone(), stack: Vec::new(), prefixes: Vec::new() };
-            if let Err(e) = walker.open(dir.clone()) {
-                if e.kind() != io::ErrorKind::NotFound || dir.is_empty() {
-                    let kind = if e.kind() == io::ErrorKind::NotFound { ErrorKind::BucketNotFound } else { ErrorKind::Other };
+            match walker.open(dir.clone()) {
+                Ok(()) => {}
+                // A directory that does not exist yet holds no objects.
+                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return,
+                Err(e) => {
                     let err = io_error(&root.join(&dir).display().to_string(), "cannot list", e);
-                    let _ = tx.blocking_send(vec![Err(Error::new(kind, err.message))]);
+                    let _ = tx.blocking_send(vec![Err(err)]);
+                    return;
                 }
-                return;
             }
             let mut page = Vec::with_capacity(LIST_PAGE);
             while let Some(item) = walker.next() {

@@ -1,0 +1,24 @@
+//! The transfer engine.
+//!
+//! A transfer is a stream of serialisable [`Job`]s produced by the planner from the source
+//! listing (merge-joined with the destination listing for sync) and executed concurrently:
+//! small objects as one read and one write, large objects as parts striped over many
+//! connections, objects within one account by server-side copy. Memory is bounded by a
+//! byte [`budget`], connections per side by adaptive limits that back off on throttling,
+//! and every request is retried the same way whatever the backend.
+
+pub mod budget;
+pub mod limiter;
+mod listing;
+pub mod open;
+pub mod plan;
+pub mod progress;
+pub mod report;
+pub mod retry;
+mod run;
+
+pub use open::{open_destination, open_source, Endpoint, SideOptions};
+pub use plan::{part_size, Compare, Job, Mode};
+pub use progress::Progress;
+pub use report::{Failure, Report};
+pub use run::{transfer, TransferOptions};

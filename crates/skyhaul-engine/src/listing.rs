@@ -1,0 +1,159 @@
+//! Listings that survive transient errors and produce the job stream.
+
+use crate::plan::{needs_copy, Job, Mode};
+use crate::progress::Progress;
+use crate::retry::RetryPolicy;
+use futures::StreamExt;
+use skyhaul_location::{dir_form, map_key};
+use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A listing of `prefix` that, on a retryable error, starts again after the last key it
+/// delivered, and that fails loudly if a store ever lists out of order (sync's merge-join
+/// depends on the order).
+pub struct ResilientList {
+    store: Arc<dyn Store>,
+    prefix: String,
+    retry: RetryPolicy,
+    progress: Arc<Progress>,
+    pages: Option<mpsc::Receiver<Result<ObjectMeta>>>,
+    last: Option<String>,
+    attempts: u32,
+}
+
+impl ResilientList {
+    pub fn new(store: Arc<dyn Store>, prefix: String, retry: RetryPolicy, progress: Arc<Progress>) -> Self {
+        ResilientList { store, prefix, retry, progress, pages: None, last: None, attempts: 0 }
+    }
+
+    fn start(&mut self) {
+        let (tx, rx) = mpsc::channel(1024);
+        let store = self.store.clone();
+        let prefix = self.prefix.clone();
+        let after = self.last.clone();
+        tokio::spawn(async move {
+            let mut s = store.list(&prefix, after.as_deref());
+            while let Some(item) = s.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.pages = Some(rx);
+    }
+
+    /// The next object, `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<ObjectMeta>> {
+        loop {
+            if self.pages.is_none() {
+                self.start();
+            }
+            match self.pages.as_mut()?.recv().await {
+                None => return None,
+                Some(Ok(m)) => {
+                    if self.last.as_deref().is_some_and(|l| m.key.as_str() <= l) {
+                        return Some(Err(Error::new(
+                            ErrorKind::Other,
+                            format!(
+                                "{}: the listing is not in key order ('{}' after '{}'); cannot compare with the other side",
+                                self.store.name(),
+                                m.key,
+                                self.last.as_deref().unwrap_or("")
+                            ),
+                        )));
+                    }
+                    self.last = Some(m.key.clone());
+                    self.attempts = 0;
+                    return Some(Ok(m));
+                }
+                Some(Err(e)) if e.is_retryable() && self.attempts < self.retry.retries => {
+                    tracing::debug!("listing retry after: {e}");
+                    self.progress.add_retry();
+                    tokio::time::sleep(self.retry.backoff(self.attempts)).await;
+                    self.attempts += 1;
+                    self.pages = None;
+                }
+                Some(Err(e)) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// Streams the jobs of a recursive copy or sync into `tx`, counting planned and skipped
+/// work as it goes. Returns how many source objects were listed.
+#[allow(clippy::too_many_arguments)]
+pub async fn plan_recursive(
+    src: Arc<dyn Store>,
+    src_prefix: String,
+    dst: Arc<dyn Store>,
+    dst_prefix: String,
+    mode: Mode,
+    retry: RetryPolicy,
+    progress: Arc<Progress>,
+    tx: mpsc::Sender<Job>,
+) -> Result<u64> {
+    let src_dir = dir_form(&src_prefix);
+    let dst_dir = dir_form(&dst_prefix);
+    let mut sources = ResilientList::new(src, src_dir.clone(), retry, progress.clone());
+    let mut listed = 0u64;
+    let copy = |m: ObjectMeta| {
+        let dst_key = map_key(&src_dir, &m.key, &dst_dir, true).expect("listed keys lie under the listed prefix");
+        progress.add_planned(m.size);
+        Job::Copy { src: m, dst_key }
+    };
+    let (delete, compare) = match mode {
+        Mode::Copy => {
+            while let Some(m) = sources.next().await {
+                listed += 1;
+                if tx.send(copy(m?)).await.is_err() {
+                    break;
+                }
+            }
+            return Ok(listed);
+        }
+        Mode::Sync { delete, compare } => (delete, compare),
+    };
+    let mut dests = ResilientList::new(dst, dst_dir.clone(), retry, progress.clone());
+    let mut s = sources.next().await.transpose()?;
+    let mut d = dests.next().await.transpose()?;
+    loop {
+        let order = match (&s, &d) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(a), Some(b)) => a.key[src_dir.len()..].cmp(&b.key[dst_dir.len()..]),
+        };
+        let job = match order {
+            std::cmp::Ordering::Less => {
+                let m = s.take().expect("source present");
+                listed += 1;
+                s = sources.next().await.transpose()?;
+                Some(copy(m))
+            }
+            std::cmp::Ordering::Greater => {
+                let m = d.take().expect("destination present");
+                d = dests.next().await.transpose()?;
+                delete.then_some(Job::Delete { dst_key: m.key })
+            }
+            std::cmp::Ordering::Equal => {
+                let (a, b) = (s.take().expect("source present"), d.take().expect("destination present"));
+                listed += 1;
+                s = sources.next().await.transpose()?;
+                d = dests.next().await.transpose()?;
+                if needs_copy(&a, &b, compare) {
+                    Some(copy(a))
+                } else {
+                    progress.add_skipped(a.size);
+                    None
+                }
+            }
+        };
+        if let Some(job) = job {
+            if tx.send(job).await.is_err() {
+                break;
+            }
+        }
+    }
+    Ok(listed)
+}

@@ -1,0 +1,87 @@
+//! From a parsed [`Location`] to a [`Store`] and the key or prefix inside it.
+//!
+//! A local location becomes a store rooted at the directory the transfer may touch, so
+//! that no key can address anything outside it (see `skyhaul_location::local_relative_path`).
+
+use skyhaul_location::{Location, Scheme};
+use skyhaul_s3::{S3Options, S3Store};
+use skyhaul_store::{Error, ErrorKind, LocalStore, Result, Store};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Endpoint and credentials of one side of a transfer.
+#[derive(Debug, Clone, Default)]
+pub struct SideOptions {
+    pub s3: S3Options,
+}
+
+/// A store plus the key (single object) or prefix (recursive) the user named in it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub store: Arc<dyn Store>,
+    pub path: String,
+    /// What the user typed, for messages and reports.
+    pub display: String,
+}
+
+async fn open_bucket(loc: &Location, side: &SideOptions) -> Result<Arc<dyn Store>> {
+    match loc.scheme {
+        Scheme::S3 => Ok(Arc::new(S3Store::connect(&side.s3, &loc.bucket).await?)),
+        Scheme::Local => unreachable!("local locations are opened by directory"),
+    }
+}
+
+fn split_file(path: &Path, display: &str) -> Result<(std::path::PathBuf, String)> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent.to_path_buf(), name.to_string_lossy().into_owned())),
+        _ => Err(Error::new(ErrorKind::Other, format!("{display}: not a file path"))),
+    }
+}
+
+/// Opens the source. For a local single file the store is rooted at its directory.
+pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) -> Result<Endpoint> {
+    let display = loc.to_string();
+    if loc.scheme != Scheme::Local {
+        return Ok(Endpoint { store: open_bucket(loc, side).await?, path: loc.path.clone(), display });
+    }
+    let path = loc.local_path();
+    let md = std::fs::metadata(&path).map_err(|e| {
+        Error::new(ErrorKind::NotFound, format!("{display}: {e} (check the source path)"))
+    })?;
+    match (md.is_dir(), recursive) {
+        (true, true) => Ok(Endpoint { store: Arc::new(LocalStore::new(&path)), path: String::new(), display }),
+        (true, false) => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("{display}: is a directory (use -r to copy a directory)"),
+        )),
+        (false, true) => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("{display}: is a file, not a directory (drop -r to copy one file)"),
+        )),
+        (false, false) => {
+            let (root, name) = split_file(&path, &display)?;
+            Ok(Endpoint { store: Arc::new(LocalStore::new(root)), path: name, display })
+        }
+    }
+}
+
+/// Opens the destination. A local directory destination (recursive, ending in `/`, or an
+/// existing directory) is the store's root; otherwise the root is the parent directory.
+pub async fn open_destination(loc: &Location, side: &SideOptions, recursive: bool) -> Result<Endpoint> {
+    let display = loc.to_string();
+    if loc.scheme != Scheme::Local {
+        return Ok(Endpoint { store: open_bucket(loc, side).await?, path: loc.path.clone(), display });
+    }
+    let path = loc.local_path();
+    if recursive || loc.is_dir_form() || path.is_dir() {
+        if path.exists() && !path.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{display}: exists and is not a directory (choose another destination)"),
+            ));
+        }
+        return Ok(Endpoint { store: Arc::new(LocalStore::new(&path)), path: String::new(), display });
+    }
+    let (root, name) = split_file(&path, &display)?;
+    Ok(Endpoint { store: Arc::new(LocalStore::new(root)), path: name, display })
+}

@@ -1,0 +1,122 @@
+//! What to copy: work items, part sizing, and the sync comparison.
+
+use serde::{Deserialize, Serialize};
+use skyhaul_store::{Limits, ObjectMeta};
+use std::time::UNIX_EPOCH;
+
+const MIB: u64 = 1 << 20;
+
+/// One unit of work. Plain data, so that a journal can store it and (later) a fleet
+/// coordinator can hand it to a worker on another machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Job {
+    /// Copy `src` (as listed) to `dst_key`.
+    Copy { src: ObjectMeta, dst_key: String },
+    /// Delete an object that exists only at the destination (`sync --delete`).
+    Delete { dst_key: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Compare {
+    /// Copy when sizes differ or the source is newer than the destination.
+    #[default]
+    SizeAndTime,
+    /// Copy only when sizes differ.
+    SizeOnly,
+    /// Copy when sizes differ or both sides have comparable checksums that differ.
+    Checksum,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Copy everything selected.
+    Copy,
+    /// Copy what is missing or changed; delete extra destination objects only if asked.
+    Sync { delete: bool, compare: Compare },
+}
+
+/// The part size for an object of `size` bytes: the preferred size unless the object
+/// needs bigger parts to stay within `limits.max_parts`, rounded up to whole MiB and
+/// within the part-size bounds. `None` when the object is too large for the store.
+pub fn part_size(size: u64, preferred: u64, limits: &Limits) -> Option<u64> {
+    let for_count = size.div_ceil(limits.max_parts as u64);
+    let p = preferred.max(for_count).max(limits.min_part_size);
+    let p = p.div_ceil(MIB).saturating_mul(MIB);
+    (p <= limits.max_part_size && size.div_ceil(p.max(1)) <= limits.max_parts as u64).then_some(p)
+}
+
+/// Whether a source object must be copied over an existing destination object.
+pub fn needs_copy(src: &ObjectMeta, dst: &ObjectMeta, compare: Compare) -> bool {
+    if src.size != dst.size {
+        return true;
+    }
+    match compare {
+        Compare::SizeOnly => false,
+        // Whole seconds: S3 keeps Last-Modified to the second, file systems to the ns.
+        Compare::SizeAndTime => match (src.mtime, dst.mtime) {
+            (Some(s), Some(d)) => secs(s) > secs(d),
+            _ => true,
+        },
+        Compare::Checksum => match (plain_md5(src), plain_md5(dst)) {
+            (Some(a), Some(b)) => a != b,
+            // Without comparable checksums, fall back to the safe default comparison.
+            _ => needs_copy(src, dst, Compare::SizeAndTime),
+        },
+    }
+}
+
+fn secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// An ETag that is the MD5 of the content (single-part upload, not `...-N`).
+fn plain_md5(m: &ObjectMeta) -> Option<&str> {
+    m.etag.as_deref().filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn part_sizes() {
+        let s3 = Limits::S3;
+        assert_eq!(part_size(100 * MIB, 16 * MIB, &s3), Some(16 * MIB));
+        // 1 TiB at 16 MiB would be 65,536 parts: parts grow to stay within 10,000.
+        let p = part_size(1 << 40, 16 * MIB, &s3).unwrap();
+        assert_eq!(p, 105 * MIB);
+        assert!((1u64 << 40).div_ceil(p) <= 10_000);
+        // Never below S3's 5 MiB minimum, always whole MiB.
+        assert_eq!(part_size(100 * MIB, 1, &s3), Some(5 * MIB));
+        assert_eq!(part_size(100 * MIB, 7 * MIB + 1, &s3), Some(8 * MIB));
+        // The largest object S3 can hold, and one byte more.
+        assert_eq!(part_size(10_000 * (5 << 30), 16 * MIB, &s3), Some(5 << 30));
+        assert_eq!(part_size(10_000 * (5 << 30) + 1, 16 * MIB, &s3), None);
+        // Objects over 5 GiB get ordinary parts.
+        assert_eq!(part_size(6 << 30, 16 * MIB, &s3), Some(16 * MIB));
+    }
+
+    fn meta(size: u64, secs: u64, etag: Option<&str>) -> ObjectMeta {
+        let mut m = ObjectMeta::new("k", size);
+        m.mtime = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(secs * 1000 + 300));
+        m.etag = etag.map(str::to_string);
+        m
+    }
+
+    #[test]
+    fn sync_comparisons() {
+        use Compare::*;
+        assert!(needs_copy(&meta(1, 10, None), &meta(2, 10, None), SizeOnly));
+        assert!(!needs_copy(&meta(1, 99, None), &meta(1, 10, None), SizeOnly));
+        assert!(needs_copy(&meta(1, 11, None), &meta(1, 10, None), SizeAndTime));
+        assert!(!needs_copy(&meta(1, 10, None), &meta(1, 10, None), SizeAndTime));
+        assert!(!needs_copy(&meta(1, 9, None), &meta(1, 10, None), SizeAndTime));
+        let a = "0123456789abcdef0123456789abcdef";
+        let b = "ffffffffffffffffffffffffffffffff";
+        assert!(needs_copy(&meta(1, 1, Some(a)), &meta(1, 10, Some(b)), Checksum));
+        assert!(!needs_copy(&meta(1, 99, Some(a)), &meta(1, 10, Some(a)), Checksum));
+        // Multipart ETags are not content hashes: fall back to size and time.
+        assert!(needs_copy(&meta(1, 11, Some("abc-2")), &meta(1, 10, Some("abc-2")), Checksum));
+    }
+}

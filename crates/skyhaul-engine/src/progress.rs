@@ -1,0 +1,88 @@
+//! Live counters of a transfer, shared between the engine and whatever displays progress.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Debug, Default)]
+pub struct Progress {
+    objects_listed: AtomicU64,
+    bytes_listed: AtomicU64,
+    listing_done: AtomicU64,
+    objects_done: AtomicU64,
+    bytes_done: AtomicU64,
+    bytes_moved: AtomicU64,
+    objects_skipped: AtomicU64,
+    bytes_skipped: AtomicU64,
+    objects_failed: AtomicU64,
+    objects_deleted: AtomicU64,
+    server_side_copies: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// A consistent-enough copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// Objects and bytes to copy found so far; grows while the listing runs.
+    pub objects_total: u64,
+    pub bytes_total: u64,
+    pub listing_done: bool,
+    pub objects_done: u64,
+    pub bytes_done: u64,
+    /// Bytes moved so far, counting finished parts of objects still in progress.
+    pub bytes_moved: u64,
+    pub objects_skipped: u64,
+    pub bytes_skipped: u64,
+    pub objects_failed: u64,
+    pub objects_deleted: u64,
+    pub server_side_copies: u64,
+    pub retries: u64,
+}
+
+impl Progress {
+    pub fn add_planned(&self, bytes: u64) {
+        self.objects_listed.fetch_add(1, Relaxed);
+        self.bytes_listed.fetch_add(bytes, Relaxed);
+    }
+    pub fn set_listing_done(&self) {
+        self.listing_done.store(1, Relaxed);
+    }
+    pub fn add_done(&self, bytes: u64, server_side: bool) {
+        self.objects_done.fetch_add(1, Relaxed);
+        self.bytes_done.fetch_add(bytes, Relaxed);
+        if server_side {
+            self.server_side_copies.fetch_add(1, Relaxed);
+        }
+    }
+    pub fn add_moved(&self, bytes: u64) {
+        self.bytes_moved.fetch_add(bytes, Relaxed);
+    }
+    pub fn add_skipped(&self, bytes: u64) {
+        self.objects_skipped.fetch_add(1, Relaxed);
+        self.bytes_skipped.fetch_add(bytes, Relaxed);
+    }
+    pub fn add_failed(&self) {
+        self.objects_failed.fetch_add(1, Relaxed);
+    }
+    pub fn add_deleted(&self) {
+        self.objects_deleted.fetch_add(1, Relaxed);
+    }
+    pub fn add_retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            objects_total: self.objects_listed.load(Relaxed),
+            bytes_total: self.bytes_listed.load(Relaxed),
+            listing_done: self.listing_done.load(Relaxed) == 1,
+            objects_done: self.objects_done.load(Relaxed),
+            bytes_done: self.bytes_done.load(Relaxed),
+            bytes_moved: self.bytes_moved.load(Relaxed),
+            objects_skipped: self.objects_skipped.load(Relaxed),
+            bytes_skipped: self.bytes_skipped.load(Relaxed),
+            objects_failed: self.objects_failed.load(Relaxed),
+            objects_deleted: self.objects_deleted.load(Relaxed),
+            server_side_copies: self.server_side_copies.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+        }
+    }
+}

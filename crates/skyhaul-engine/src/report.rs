@@ -1,0 +1,135 @@
+//! What a transfer did, for people (`Display`) and programs (`--json`).
+
+use crate::progress::Snapshot;
+use serde::Serialize;
+use std::fmt;
+
+/// One object that could not be transferred, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    pub key: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub source: String,
+    pub destination: String,
+    pub objects_copied: u64,
+    pub bytes_copied: u64,
+    pub objects_skipped: u64,
+    pub bytes_skipped: u64,
+    pub objects_failed: u64,
+    pub objects_deleted: u64,
+    /// Objects copied by the store itself, without moving bytes through this machine.
+    pub server_side_copies: u64,
+    pub retries: u64,
+    pub seconds: f64,
+    pub bytes_per_second: f64,
+    pub failures: Vec<Failure>,
+}
+
+impl Report {
+    pub fn new(source: String, destination: String, s: &Snapshot, seconds: f64, failures: Vec<Failure>) -> Self {
+        Report {
+            source,
+            destination,
+            objects_copied: s.objects_done,
+            bytes_copied: s.bytes_done,
+            objects_skipped: s.objects_skipped,
+            bytes_skipped: s.bytes_skipped,
+            objects_failed: s.objects_failed,
+            objects_deleted: s.objects_deleted,
+            server_side_copies: s.server_side_copies,
+            retries: s.retries,
+            seconds,
+            bytes_per_second: if seconds > 0.0 { s.bytes_done as f64 / seconds } else { 0.0 },
+            failures,
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.objects_failed == 0
+    }
+}
+
+/// `1234567` → `1,234,567`: counts people can read at a glance.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Binary units for sizes, as `ls -h` and rclone print them.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[u]) }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mbps = self.bytes_per_second / 1e6;
+        write!(
+            f,
+            "copied {} objects ({}), skipped {} ({}), failed {}",
+            thousands(self.objects_copied),
+            human_bytes(self.bytes_copied),
+            thousands(self.objects_skipped),
+            human_bytes(self.bytes_skipped),
+            thousands(self.objects_failed),
+        )?;
+        if self.objects_deleted > 0 {
+            write!(f, ", deleted {}", thousands(self.objects_deleted))?;
+        }
+        write!(
+            f,
+            " in {:.2} s: {mbps:.1} MB/s ({:.2} Gbit/s), {} retries",
+            self.seconds,
+            mbps * 8.0 / 1000.0,
+            thousands(self.retries)
+        )?;
+        if self.server_side_copies > 0 {
+            write!(f, ", {} by server-side copy", thousands(self.server_side_copies))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_for_people() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(12_034_567), "12,034,567");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(5 << 30), "5.00 GiB");
+    }
+
+    #[test]
+    fn report_line() {
+        let s = Snapshot { objects_done: 1152, bytes_done: 1152 << 20, objects_skipped: 3, bytes_skipped: 3072, retries: 2, ..Default::default() };
+        let r = Report::new("a".into(), "b".into(), &s, 2.0, vec![]);
+        assert_eq!(
+            r.to_string(),
+            "copied 1,152 objects (1.12 GiB), skipped 3 (3.00 KiB), failed 0 in 2.00 s: 604.0 MB/s (4.83 Gbit/s), 2 retries"
+        );
+        assert!(r.succeeded());
+    }
+}

@@ -1,0 +1,113 @@
+//! The command line, as clap derives it.
+
+use crate::size::Size;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skyhaul",
+    version,
+    about = "Fast, verifiable, resumable bulk data transfer between object stores and file systems",
+    after_help = "Locations: s3://BUCKET/PREFIX, /abs/path, ./rel/path, file:///abs/path\n\
+Credentials per side: --src-profile/--dst-profile, or SKYHAUL_SRC_ACCESS_KEY_ID,\n\
+SKYHAUL_SRC_SECRET_ACCESS_KEY, SKYHAUL_SRC_SESSION_TOKEN (and the same with DST),\n\
+falling back to the standard AWS environment and profile chain."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output on stderr (-v info, -vv debug); SKYHAUL_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy one object or file, or everything under a prefix or directory with -r
+    #[command(after_help = "Examples:\n  \
+skyhaul cp ./model.bin s3://bucket/models/\n  \
+skyhaul cp -r s3://src-bucket/data /mnt/data\n  \
+skyhaul cp -r s3://a/data s3://b/data --src-profile acct-a --dst-profile acct-b \\\n      \
+--dst-endpoint https://storage.eu-north1.nebius.cloud")]
+    Cp(CpArgs),
+    /// Copy what is missing or changed at the destination (deletes only with --delete)
+    #[command(after_help = "Examples:\n  \
+skyhaul sync ./dataset s3://bucket/dataset\n  \
+skyhaul sync s3://bucket/a s3://bucket/b --size-only\n  \
+skyhaul sync --delete s3://src/data /mnt/mirror")]
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Copy everything under SRC (a prefix or directory)
+    #[arg(short, long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub common: TransferArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Delete destination objects that do not exist at the source (after all copies succeed)
+    #[arg(long)]
+    pub delete: bool,
+    /// Treat objects of equal size as unchanged
+    #[arg(long, conflicts_with = "checksum")]
+    pub size_only: bool,
+    /// Compare content checksums where both sides have comparable ones
+    #[arg(long)]
+    pub checksum: bool,
+    #[command(flatten)]
+    pub common: TransferArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Source: s3://bucket/key-or-prefix or a local path
+    pub src: String,
+    /// Destination: s3://bucket/key-or-prefix or a local path
+    pub dst: String,
+    /// Endpoint URL of the source store (any S3-compatible service)
+    #[arg(long, env = "SKYHAUL_SRC_ENDPOINT")]
+    pub src_endpoint: Option<String>,
+    /// Endpoint URL of the destination store
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT")]
+    pub dst_endpoint: Option<String>,
+    /// AWS shared-config profile for the source (SSO and credential_process work)
+    #[arg(long, env = "SKYHAUL_SRC_PROFILE")]
+    pub src_profile: Option<String>,
+    /// AWS shared-config profile for the destination
+    #[arg(long, env = "SKYHAUL_DST_PROFILE")]
+    pub dst_profile: Option<String>,
+    /// Region of the source bucket
+    #[arg(long, env = "SKYHAUL_SRC_REGION")]
+    pub src_region: Option<String>,
+    /// Region of the destination bucket
+    #[arg(long, env = "SKYHAUL_DST_REGION")]
+    pub dst_region: Option<String>,
+    /// Concurrent requests per side
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_connections: u16,
+    /// Most bytes buffered in memory at once
+    #[arg(long, default_value = "256M")]
+    pub memory_budget: Size,
+    /// Preferred part size for striped (multipart) objects
+    #[arg(long, default_value = "16M")]
+    pub part_size: Size,
+    /// Objects larger than this are striped into parts
+    #[arg(long, default_value = "32M")]
+    pub multipart_threshold: Size,
+    /// Retries per request on throttling, 5xx, timeouts and resets
+    #[arg(long, default_value_t = 10)]
+    pub retries: u32,
+    /// Move bytes through this machine even when the store could copy them itself
+    #[arg(long)]
+    pub no_server_side_copy: bool,
+    /// Print only errors
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print the final report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,76 @@
+//! Exit codes (documented in the README) and turning errors into one clear line.
+
+use crate::output::Output;
+use skyhaul_engine::Endpoint;
+use skyhaul_store::{Error, ErrorKind};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Everything asked for was copied.
+    Ok = 0,
+    /// Some objects failed (listed in the report) or an unexpected error.
+    PartialFailure = 1,
+    /// Bad arguments.
+    Usage = 2,
+    /// The source object, prefix or bucket (or the destination bucket) does not exist.
+    NotFound = 3,
+    /// Credentials missing, wrong, or not permitted.
+    AccessDenied = 4,
+    /// An endpoint could not be reached.
+    Unreachable = 5,
+    /// The destination cannot take the data (a file in the way, disk full).
+    Destination = 7,
+    /// Stopped by Ctrl-C; rerun to finish.
+    Interrupted = 130,
+}
+
+#[derive(Debug)]
+pub struct CliError {
+    pub code: ExitCode,
+    pub message: String,
+}
+
+pub fn usage(e: impl std::fmt::Display) -> CliError {
+    CliError { code: ExitCode::Usage, message: e.to_string() }
+}
+
+/// Which side an error is about, from the store name it starts with.
+pub fn side_of(e: &Error, src: &Endpoint, dst: &Endpoint) -> &'static str {
+    if e.message.starts_with(src.store.name()) || (!e.message.starts_with(dst.store.name()) && e.kind == ErrorKind::NotFound) {
+        "SRC"
+    } else {
+        "DST"
+    }
+}
+
+/// Maps a store error to its exit code and appends what to do for that side.
+pub fn store(side: &str, e: Error) -> CliError {
+    let flag = side.to_ascii_lowercase();
+    let (code, hint) = match e.kind {
+        ErrorKind::NotFound | ErrorKind::BucketNotFound => (ExitCode::NotFound, String::new()),
+        ErrorKind::AccessDenied => (
+            ExitCode::AccessDenied,
+            format!("; set {flag} credentials with --{flag}-profile or SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY"),
+        ),
+        ErrorKind::Unreachable => (ExitCode::Unreachable, format!("; check --{flag}-endpoint")),
+        ErrorKind::Conflict | ErrorKind::NoSpace | ErrorKind::InvalidKey => (ExitCode::Destination, String::new()),
+        ErrorKind::Interrupted => (ExitCode::Interrupted, String::new()),
+        _ => (ExitCode::PartialFailure, String::new()),
+    };
+    CliError { code, message: format!("{}{hint}", e.message) }
+}
+
+/// First Ctrl-C: stop starting work, let what is in flight finish. Second: exit at once.
+pub fn on_ctrl_c(cancel: CancellationToken, out: Output) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        out.notice("interrupted: finishing objects in flight (press Ctrl-C again to stop at once)");
+        cancel.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(ExitCode::Interrupted as i32);
+        }
+    });
+}

