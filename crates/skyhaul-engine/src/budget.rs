@@ -18,14 +18,21 @@ pub struct Budget {
 impl Budget {
     pub fn new(bytes: u64) -> Self {
         let units = (bytes / UNIT).clamp(1, u32::MAX as u64) as u32;
-        Budget { sem: Arc::new(Semaphore::new(units as usize)), units }
+        Budget {
+            sem: Arc::new(Semaphore::new(units as usize)),
+            units,
+        }
     }
 
     /// Waits until `bytes` may be buffered. A request larger than the whole budget takes
     /// the whole budget rather than waiting forever.
     pub async fn reserve(&self, bytes: u64) -> OwnedSemaphorePermit {
         let units = bytes.div_ceil(UNIT).clamp(1, self.units as u64) as u32;
-        self.sem.clone().acquire_many_owned(units).await.expect("budget semaphore is never closed")
+        self.sem
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .expect("budget semaphore is never closed")
     }
 
     pub fn available_bytes(&self) -> u64 {
@@ -47,7 +54,10 @@ mod tests {
             async move { b.reserve(4 * 1024).await }
         });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(!pending.is_finished(), "4 KiB must wait while only 2 KiB are free");
+        assert!(
+            !pending.is_finished(),
+            "4 KiB must wait while only 2 KiB are free"
+        );
         drop(first);
         let _second = pending.await.unwrap();
         // Oversized requests take the whole budget instead of deadlocking.

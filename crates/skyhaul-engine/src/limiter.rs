@@ -44,9 +44,13 @@ impl AdaptiveLimit {
     fn try_take(self: &Arc<Self>) -> Option<Slot> {
         let limit = self.limit.load(Ordering::Acquire);
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .ok()
-            .map(|_| Slot { owner: self.clone() })
+            .map(|_| Slot {
+                owner: self.clone(),
+            })
     }
 
     pub async fn acquire(self: &Arc<Self>) -> Slot {
@@ -68,7 +72,11 @@ impl AdaptiveLimit {
     }
 
     pub fn on_throttle(&self) {
-        let _ = self.limit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| Some((l / 2).max(1)));
+        let _ = self
+            .limit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                Some((l / 2).max(1))
+            });
         self.successes.store(0, Ordering::Release);
     }
 
@@ -79,7 +87,9 @@ impl AdaptiveLimit {
         }
         if self.successes.fetch_add(1, Ordering::AcqRel) + 1 >= limit {
             self.successes.store(0, Ordering::Release);
-            let _ = self.limit.compare_exchange(limit, limit + 1, Ordering::AcqRel, Ordering::Acquire);
+            let _ =
+                self.limit
+                    .compare_exchange(limit, limit + 1, Ordering::AcqRel, Ordering::Acquire);
             self.notify.notify_one();
         }
     }

@@ -23,8 +23,21 @@ pub struct ResilientList {
 }
 
 impl ResilientList {
-    pub fn new(store: Arc<dyn Store>, prefix: String, retry: RetryPolicy, progress: Arc<Progress>) -> Self {
-        ResilientList { store, prefix, retry, progress, pages: None, last: None, attempts: 0 }
+    pub fn new(
+        store: Arc<dyn Store>,
+        prefix: String,
+        retry: RetryPolicy,
+        progress: Arc<Progress>,
+    ) -> Self {
+        ResilientList {
+            store,
+            prefix,
+            retry,
+            progress,
+            pages: None,
+            last: None,
+            attempts: 0,
+        }
     }
 
     fn start(&mut self) {
@@ -98,7 +111,8 @@ pub async fn plan_recursive(
     let mut sources = ResilientList::new(src, src_dir.clone(), retry, progress.clone());
     let mut listed = 0u64;
     let copy = |m: ObjectMeta| {
-        let dst_key = map_key(&src_dir, &m.key, &dst_dir, true).expect("listed keys lie under the listed prefix");
+        let dst_key = map_key(&src_dir, &m.key, &dst_dir, true)
+            .expect("listed keys lie under the listed prefix");
         progress.add_planned(m.size);
         Job::Copy { src: m, dst_key }
     };
@@ -137,7 +151,10 @@ pub async fn plan_recursive(
                 delete.then_some(Job::Delete { dst_key: m.key })
             }
             std::cmp::Ordering::Equal => {
-                let (a, b) = (s.take().expect("source present"), d.take().expect("destination present"));
+                let (a, b) = (
+                    s.take().expect("source present"),
+                    d.take().expect("destination present"),
+                );
                 listed += 1;
                 s = sources.next().await.transpose()?;
                 d = dests.next().await.transpose()?;

@@ -33,8 +33,13 @@ async fn open_bucket(loc: &Location, side: &SideOptions) -> Result<Arc<dyn Store
 
 fn split_file(path: &Path, display: &str) -> Result<(std::path::PathBuf, String)> {
     match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) => Ok((parent.to_path_buf(), name.to_string_lossy().into_owned())),
-        _ => Err(Error::new(ErrorKind::Other, format!("{display}: not a file path"))),
+        (Some(parent), Some(name)) => {
+            Ok((parent.to_path_buf(), name.to_string_lossy().into_owned()))
+        }
+        _ => Err(Error::new(
+            ErrorKind::Other,
+            format!("{display}: not a file path"),
+        )),
     }
 }
 
@@ -42,14 +47,25 @@ fn split_file(path: &Path, display: &str) -> Result<(std::path::PathBuf, String)
 pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) -> Result<Endpoint> {
     let display = loc.to_string();
     if loc.scheme != Scheme::Local {
-        return Ok(Endpoint { store: open_bucket(loc, side).await?, path: loc.path.clone(), display });
+        return Ok(Endpoint {
+            store: open_bucket(loc, side).await?,
+            path: loc.path.clone(),
+            display,
+        });
     }
     let path = loc.local_path();
     let md = std::fs::metadata(&path).map_err(|e| {
-        Error::new(ErrorKind::NotFound, format!("{display}: {e} (check the source path)"))
+        Error::new(
+            ErrorKind::NotFound,
+            format!("{display}: {e} (check the source path)"),
+        )
     })?;
     match (md.is_dir(), recursive) {
-        (true, true) => Ok(Endpoint { store: Arc::new(LocalStore::new(&path)), path: String::new(), display }),
+        (true, true) => Ok(Endpoint {
+            store: Arc::new(LocalStore::new(&path)),
+            path: String::new(),
+            display,
+        }),
         (true, false) => Err(Error::new(
             ErrorKind::NotFound,
             format!("{display}: is a directory (use -r to copy a directory)"),
@@ -60,17 +76,29 @@ pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) ->
         )),
         (false, false) => {
             let (root, name) = split_file(&path, &display)?;
-            Ok(Endpoint { store: Arc::new(LocalStore::new(root)), path: name, display })
+            Ok(Endpoint {
+                store: Arc::new(LocalStore::new(root)),
+                path: name,
+                display,
+            })
         }
     }
 }
 
 /// Opens the destination. A local directory destination (recursive, ending in `/`, or an
 /// existing directory) is the store's root; otherwise the root is the parent directory.
-pub async fn open_destination(loc: &Location, side: &SideOptions, recursive: bool) -> Result<Endpoint> {
+pub async fn open_destination(
+    loc: &Location,
+    side: &SideOptions,
+    recursive: bool,
+) -> Result<Endpoint> {
     let display = loc.to_string();
     if loc.scheme != Scheme::Local {
-        return Ok(Endpoint { store: open_bucket(loc, side).await?, path: loc.path.clone(), display });
+        return Ok(Endpoint {
+            store: open_bucket(loc, side).await?,
+            path: loc.path.clone(),
+            display,
+        });
     }
     let path = loc.local_path();
     if recursive || loc.is_dir_form() || path.is_dir() {
@@ -80,8 +108,16 @@ pub async fn open_destination(loc: &Location, side: &SideOptions, recursive: boo
                 format!("{display}: exists and is not a directory (choose another destination)"),
             ));
         }
-        return Ok(Endpoint { store: Arc::new(LocalStore::new(&path)), path: String::new(), display });
+        return Ok(Endpoint {
+            store: Arc::new(LocalStore::new(&path)),
+            path: String::new(),
+            display,
+        });
     }
     let (root, name) = split_file(&path, &display)?;
-    Ok(Endpoint { store: Arc::new(LocalStore::new(root)), path: name, display })
+    Ok(Endpoint {
+        store: Arc::new(LocalStore::new(root)),
+        path: name,
+        display,
+    })
 }

@@ -66,12 +66,16 @@ pub fn needs_copy(src: &ObjectMeta, dst: &ObjectMeta, compare: Compare) -> bool 
 }
 
 fn secs(t: std::time::SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// An ETag that is the MD5 of the content (single-part upload, not `...-N`).
 fn plain_md5(m: &ObjectMeta) -> Option<&str> {
-    m.etag.as_deref().filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+    m.etag
+        .as_deref()
+        .filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -108,15 +112,43 @@ mod tests {
     fn sync_comparisons() {
         use Compare::*;
         assert!(needs_copy(&meta(1, 10, None), &meta(2, 10, None), SizeOnly));
-        assert!(!needs_copy(&meta(1, 99, None), &meta(1, 10, None), SizeOnly));
-        assert!(needs_copy(&meta(1, 11, None), &meta(1, 10, None), SizeAndTime));
-        assert!(!needs_copy(&meta(1, 10, None), &meta(1, 10, None), SizeAndTime));
-        assert!(!needs_copy(&meta(1, 9, None), &meta(1, 10, None), SizeAndTime));
+        assert!(!needs_copy(
+            &meta(1, 99, None),
+            &meta(1, 10, None),
+            SizeOnly
+        ));
+        assert!(needs_copy(
+            &meta(1, 11, None),
+            &meta(1, 10, None),
+            SizeAndTime
+        ));
+        assert!(!needs_copy(
+            &meta(1, 10, None),
+            &meta(1, 10, None),
+            SizeAndTime
+        ));
+        assert!(!needs_copy(
+            &meta(1, 9, None),
+            &meta(1, 10, None),
+            SizeAndTime
+        ));
         let a = "0123456789abcdef0123456789abcdef";
         let b = "ffffffffffffffffffffffffffffffff";
-        assert!(needs_copy(&meta(1, 1, Some(a)), &meta(1, 10, Some(b)), Checksum));
-        assert!(!needs_copy(&meta(1, 99, Some(a)), &meta(1, 10, Some(a)), Checksum));
+        assert!(needs_copy(
+            &meta(1, 1, Some(a)),
+            &meta(1, 10, Some(b)),
+            Checksum
+        ));
+        assert!(!needs_copy(
+            &meta(1, 99, Some(a)),
+            &meta(1, 10, Some(a)),
+            Checksum
+        ));
         // Multipart ETags are not content hashes: fall back to size and time.
-        assert!(needs_copy(&meta(1, 11, Some("abc-2")), &meta(1, 10, Some("abc-2")), Checksum));
+        assert!(needs_copy(
+            &meta(1, 11, Some("abc-2")),
+            &meta(1, 10, Some("abc-2")),
+            Checksum
+        ));
     }
 }

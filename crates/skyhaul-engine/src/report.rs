@@ -30,7 +30,13 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(source: String, destination: String, s: &Snapshot, seconds: f64, failures: Vec<Failure>) -> Self {
+    pub fn new(
+        source: String,
+        destination: String,
+        s: &Snapshot,
+        seconds: f64,
+        failures: Vec<Failure>,
+    ) -> Self {
         Report {
             source,
             destination,
@@ -43,7 +49,11 @@ impl Report {
             server_side_copies: s.server_side_copies,
             retries: s.retries,
             seconds,
-            bytes_per_second: if seconds > 0.0 { s.bytes_done as f64 / seconds } else { 0.0 },
+            bytes_per_second: if seconds > 0.0 {
+                s.bytes_done as f64 / seconds
+            } else {
+                0.0
+            },
             failures,
         }
     }
@@ -58,7 +68,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -75,7 +85,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
 }
 
 impl fmt::Display for Report {
@@ -101,7 +115,11 @@ impl fmt::Display for Report {
             thousands(self.retries)
         )?;
         if self.server_side_copies > 0 {
-            write!(f, ", {} by server-side copy", thousands(self.server_side_copies))?;
+            write!(
+                f,
+                ", {} by server-side copy",
+                thousands(self.server_side_copies)
+            )?;
         }
         Ok(())
     }
@@ -124,7 +142,14 @@ mod tests {
 
     #[test]
     fn report_line() {
-        let s = Snapshot { objects_done: 1152, bytes_done: 1152 << 20, objects_skipped: 3, bytes_skipped: 3072, retries: 2, ..Default::default() };
+        let s = Snapshot {
+            objects_done: 1152,
+            bytes_done: 1152 << 20,
+            objects_skipped: 3,
+            bytes_skipped: 3072,
+            retries: 2,
+            ..Default::default()
+        };
         let r = Report::new("a".into(), "b".into(), &s, 2.0, vec![]);
         assert_eq!(
             r.to_string(),

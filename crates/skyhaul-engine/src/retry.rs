@@ -19,7 +19,11 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         // 10 retries reach the 30 s cap after ~7 tries: a transfer rides out a few minutes
         // of network trouble before an object is given up.
-        RetryPolicy { retries: 10, base: Duration::from_millis(200), cap: Duration::from_secs(30) }
+        RetryPolicy {
+            retries: 10,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(30),
+        }
     }
 }
 
@@ -32,7 +36,12 @@ impl RetryPolicy {
     }
 
     /// Runs `op` through `limit` until it succeeds, fails for good, or runs out of tries.
-    pub async fn run<T, F, Fut>(&self, limit: &Arc<AdaptiveLimit>, progress: &Progress, mut op: F) -> Result<T>
+    pub async fn run<T, F, Fut>(
+        &self,
+        limit: &Arc<AdaptiveLimit>,
+        progress: &Progress,
+        mut op: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -69,7 +78,11 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn fast() -> RetryPolicy {
-        RetryPolicy { retries: 3, base: Duration::from_millis(1), cap: Duration::from_millis(4) }
+        RetryPolicy {
+            retries: 3,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(4),
+        }
     }
 
     #[test]
@@ -113,7 +126,10 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert_eq!((err.kind, calls.load(Ordering::SeqCst)), (ErrorKind::Transient, 4));
+        assert_eq!(
+            (err.kind, calls.load(Ordering::SeqCst)),
+            (ErrorKind::Transient, 4)
+        );
         calls.store(0, Ordering::SeqCst);
         fast()
             .run(&limit, &progress, || async {

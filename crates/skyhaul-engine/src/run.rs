@@ -12,7 +12,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{
-    CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, PartSpec, PutOptions, Result, Store,
+    CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, PartSpec, PutOptions, Result,
+    Store,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -84,7 +85,10 @@ impl Ctx {
         }
         let mut f = self.failures.lock().expect("lock");
         if f.len() < MAX_FAILURES_KEPT {
-            f.push(Failure { key: key.to_string(), error: err.message });
+            f.push(Failure {
+                key: key.to_string(),
+                error: err.message,
+            });
         }
     }
 
@@ -103,7 +107,12 @@ impl Ctx {
                 if data.len() as u64 != want {
                     return Err(Error::new(
                         ErrorKind::Transient,
-                        format!("{}/{}: read {} bytes, expected {want}", self.src.name(), src.key, data.len()),
+                        format!(
+                            "{}/{}: read {} bytes, expected {want}",
+                            self.src.name(),
+                            src.key,
+                            data.len()
+                        ),
                     ));
                 }
                 Ok(data)
@@ -123,13 +132,22 @@ pub async fn transfer(
     cancel: CancellationToken,
 ) -> Result<Report> {
     let started = Instant::now();
-    let quick = RetryPolicy { retries: 2, ..opts.retry };
+    let quick = RetryPolicy {
+        retries: 2,
+        ..opts.retry
+    };
     let probe = AdaptiveLimit::new(1);
-    quick.run(&probe, &progress, || src.store.preflight(false)).await?;
-    quick.run(&probe, &progress, || dst.store.preflight(true)).await?;
+    quick
+        .run(&probe, &progress, || src.store.preflight(false))
+        .await?;
+    quick
+        .run(&probe, &progress, || dst.store.preflight(true))
+        .await?;
 
     let copy_from = match (src.store.copy_domain(), dst.store.copy_domain()) {
-        (Some(a), Some(b)) if a == b && opts.server_side_copy => Some(src.store.container().to_string()),
+        (Some(a), Some(b)) if a == b && opts.server_side_copy => {
+            Some(src.store.container().to_string())
+        }
         _ => None,
     };
     let ctx = Arc::new(Ctx {
@@ -160,9 +178,12 @@ pub async fn transfer(
         ))
     } else {
         let meta = single_source(&ctx, &src.path).await?;
-        let dst_key = map_key(&src.path, &meta.key, &dst.path, false).expect("single-object mapping always maps");
+        let dst_key = map_key(&src.path, &meta.key, &dst.path, false)
+            .expect("single-object mapping always maps");
         progress.add_planned(meta.size);
-        tx.send(Job::Copy { src: meta, dst_key }).await.expect("receiver alive");
+        tx.send(Job::Copy { src: meta, dst_key })
+            .await
+            .expect("receiver alive");
         drop(tx);
         tokio::spawn(async { Ok(1) })
     };
@@ -214,7 +235,11 @@ pub async fn transfer(
             .map(|key| {
                 let ctx = ctx.clone();
                 async move {
-                    let r = ctx.opts.retry.run(&ctx.dst_limit, &ctx.progress, || ctx.dst.delete(&key)).await;
+                    let r = ctx
+                        .opts
+                        .retry
+                        .run(&ctx.dst_limit, &ctx.progress, || ctx.dst.delete(&key))
+                        .await;
                     (key, r)
                 }
             })
@@ -239,11 +264,23 @@ pub async fn transfer(
 
 /// The one object a non-recursive copy names, or an error that says what to do instead.
 async fn single_source(ctx: &Ctx, key: &str) -> Result<ObjectMeta> {
-    let quick = RetryPolicy { retries: 2, ..ctx.opts.retry };
+    let quick = RetryPolicy {
+        retries: 2,
+        ..ctx.opts.retry
+    };
     let src = &ctx.src;
+    let mut head_error = None;
     if !key.is_empty() && !key.ends_with('/') {
-        if let Some(m) = quick.run(&ctx.src_limit, &ctx.progress, || src.head(key)).await? {
-            return Ok(m);
+        match quick
+            .run(&ctx.src_limit, &ctx.progress, || src.head(key))
+            .await
+        {
+            Ok(Some(m)) => return Ok(m),
+            Ok(None) => {}
+            Err(e) if e.is_fatal() => return Err(e),
+            // Some file-backed servers answer 500 for a HEAD on a "directory": look at the
+            // prefix before reporting it.
+            Err(e) => head_error = Some(e),
         }
     }
     let dir = dir_form(key);
@@ -255,15 +292,24 @@ async fn single_source(ctx: &Ctx, key: &str) -> Result<ObjectMeta> {
             format!("{target}: is a prefix, not an object (use -r to copy everything under it)"),
         )),
         Some(Err(e)) => Err(e),
-        None => Err(Error::new(ErrorKind::NotFound, format!("{target}: no such object"))),
+        None => Err(head_error.unwrap_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("{target}: no such object"))
+        })),
     }
 }
 
 async fn nothing_at_source(src: &Endpoint) -> Error {
     let dir = dir_form(&src.path);
     let is_object = !src.path.is_empty() && matches!(src.store.head(&src.path).await, Ok(Some(_)));
-    let hint = if is_object { " (it is a single object: drop -r)" } else { " (check the source path)" };
-    Error::new(ErrorKind::NotFound, format!("{}: no objects under '{dir}'{hint}", src.display))
+    let hint = if is_object {
+        " (it is a single object: drop -r)"
+    } else {
+        " (check the source path)"
+    };
+    Error::new(
+        ErrorKind::NotFound,
+        format!("{}: no objects under '{dir}'{hint}", src.display),
+    )
 }
 
 /// Copies one object; returns whether the store copied it server-side.
@@ -271,16 +317,26 @@ async fn copy_object(ctx: &Arc<Ctx>, src: ObjectMeta, dst_key: String) -> Result
     if ctx.cancel.is_cancelled() {
         return Err(ctx.interrupted(&src.key));
     }
-    let put = PutOptions { size: src.size, mtime: src.mtime, ..Default::default() };
+    let put = PutOptions {
+        size: src.size,
+        mtime: src.mtime,
+        ..Default::default()
+    };
     let limits = ctx.dst.limits();
     let single_max = ctx.opts.multipart_threshold.min(limits.max_single_put);
     if let Some(container) = &ctx.copy_from {
         // Whole-object copy up to the single-request limit; beyond, parallel part copies.
-        if src.size <= limits.max_single_put.min(ctx.opts.multipart_threshold.max(256 * MIB)) {
+        if src.size
+            <= limits
+                .max_single_put
+                .min(ctx.opts.multipart_threshold.max(256 * MIB))
+        {
             let dst = &ctx.dst;
             ctx.opts
                 .retry
-                .run(&ctx.dst_limit, &ctx.progress, || dst.copy_object(container, &src, &dst_key, &put))
+                .run(&ctx.dst_limit, &ctx.progress, || {
+                    dst.copy_object(container, &src, &dst_key, &put)
+                })
                 .await?;
             ctx.progress.add_moved(src.size);
         } else {
@@ -294,7 +350,9 @@ async fn copy_object(ctx: &Arc<Ctx>, src: ObjectMeta, dst_key: String) -> Result
         let dst = &ctx.dst;
         ctx.opts
             .retry
-            .run(&ctx.dst_limit, &ctx.progress, || dst.put(&dst_key, data.clone(), &put))
+            .run(&ctx.dst_limit, &ctx.progress, || {
+                dst.put(&dst_key, data.clone(), &put)
+            })
             .await?;
         ctx.progress.add_moved(src.size);
     } else {
@@ -306,25 +364,46 @@ async fn copy_object(ctx: &Arc<Ctx>, src: ObjectMeta, dst_key: String) -> Result
 /// Striped copy of a large object: parts are read (or copied server-side) and written
 /// concurrently, each holding its bytes in the memory budget, and the upload is completed
 /// only when every part is in. Any failure aborts the upload.
-async fn multipart(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str, put: &PutOptions, server_side: bool) -> Result<()> {
-    let preferred = if server_side { ctx.opts.part_size.max(64 * MIB) } else { ctx.opts.part_size };
+async fn multipart(
+    ctx: &Arc<Ctx>,
+    src: &ObjectMeta,
+    dst_key: &str,
+    put: &PutOptions,
+    server_side: bool,
+) -> Result<()> {
+    let preferred = if server_side {
+        ctx.opts.part_size.max(64 * MIB)
+    } else {
+        ctx.opts.part_size
+    };
     let part = part_size(src.size, preferred, &ctx.dst.limits()).ok_or_else(|| {
         Error::new(
             ErrorKind::Other,
-            format!("{}: {} bytes is larger than {} can store", src.key, src.size, ctx.dst.name()),
+            format!(
+                "{}: {} bytes is larger than {} can store",
+                src.key,
+                src.size,
+                ctx.dst.name()
+            ),
         )
     })?;
     let dst = &ctx.dst;
     let upload = ctx
         .opts
         .retry
-        .run(&ctx.dst_limit, &ctx.progress, || dst.create_multipart(dst_key, put))
+        .run(&ctx.dst_limit, &ctx.progress, || {
+            dst.create_multipart(dst_key, put)
+        })
         .await?;
     let count = src.size.div_ceil(part);
     let mut parts = JoinSet::new();
     for i in 0..count {
         let offset = i * part;
-        let spec = PartSpec { number: i as u32 + 1, offset, len: part.min(src.size - offset) };
+        let spec = PartSpec {
+            number: i as u32 + 1,
+            offset,
+            len: part.min(src.size - offset),
+        };
         let (ctx, src, upload) = (ctx.clone(), src.clone(), upload.clone());
         parts.spawn(async move { move_part(&ctx, &src, &upload, spec, server_side).await });
     }
@@ -339,7 +418,10 @@ async fn multipart(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str, put: &PutOpt
             }
             Err(e) if e.is_cancelled() => {}
             Err(e) => {
-                failed.get_or_insert(Error::new(ErrorKind::Other, format!("{}: part task failed: {e}", src.key)));
+                failed.get_or_insert(Error::new(
+                    ErrorKind::Other,
+                    format!("{}: part task failed: {e}", src.key),
+                ));
             }
         }
     }
@@ -351,7 +433,9 @@ async fn multipart(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str, put: &PutOpt
     let result = ctx
         .opts
         .retry
-        .run(&ctx.dst_limit, &ctx.progress, || dst.complete_multipart(&upload, &done, put))
+        .run(&ctx.dst_limit, &ctx.progress, || {
+            dst.complete_multipart(&upload, &done, put)
+        })
         .await;
     if result.is_err() {
         abort(ctx, &upload).await;
@@ -359,7 +443,13 @@ async fn multipart(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str, put: &PutOpt
     result
 }
 
-async fn move_part(ctx: &Ctx, src: &ObjectMeta, upload: &MultipartUpload, spec: PartSpec, server_side: bool) -> Result<CompletedPart> {
+async fn move_part(
+    ctx: &Ctx,
+    src: &ObjectMeta,
+    upload: &MultipartUpload,
+    spec: PartSpec,
+    server_side: bool,
+) -> Result<CompletedPart> {
     if ctx.cancel.is_cancelled() {
         return Err(ctx.interrupted(&src.key));
     }
@@ -367,7 +457,9 @@ async fn move_part(ctx: &Ctx, src: &ObjectMeta, upload: &MultipartUpload, spec: 
     let done = if let (true, Some(container)) = (server_side, &ctx.copy_from) {
         ctx.opts
             .retry
-            .run(&ctx.dst_limit, &ctx.progress, || dst.copy_part(container, src, upload, spec))
+            .run(&ctx.dst_limit, &ctx.progress, || {
+                dst.copy_part(container, src, upload, spec)
+            })
             .await?
     } else {
         let _memory = ctx.budget.reserve(spec.len).await;
@@ -377,7 +469,9 @@ async fn move_part(ctx: &Ctx, src: &ObjectMeta, upload: &MultipartUpload, spec: 
         let data = ctx.read(src, spec.range()).await?;
         ctx.opts
             .retry
-            .run(&ctx.dst_limit, &ctx.progress, || dst.put_part(upload, spec, data.clone()))
+            .run(&ctx.dst_limit, &ctx.progress, || {
+                dst.put_part(upload, spec, data.clone())
+            })
             .await?
     };
     ctx.progress.add_moved(spec.len);
@@ -386,8 +480,16 @@ async fn move_part(ctx: &Ctx, src: &ObjectMeta, upload: &MultipartUpload, spec: 
 
 async fn abort(ctx: &Ctx, upload: &MultipartUpload) {
     let dst = &ctx.dst;
-    let quick = RetryPolicy { retries: 3, ..ctx.opts.retry };
-    if let Err(e) = quick.run(&ctx.dst_limit, &ctx.progress, || dst.abort_multipart(upload)).await {
+    let quick = RetryPolicy {
+        retries: 3,
+        ..ctx.opts.retry
+    };
+    if let Err(e) = quick
+        .run(&ctx.dst_limit, &ctx.progress, || {
+            dst.abort_multipart(upload)
+        })
+        .await
+    {
         tracing::warn!("could not abort the upload of {}: {e}", upload.key);
     }
 }

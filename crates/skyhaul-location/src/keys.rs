@@ -9,7 +9,9 @@ pub enum KeyError {
     Traversal(String),
     #[error("key '{0}' contains a NUL byte; it cannot be a local file name")]
     Nul(String),
-    #[error("key '{0}' has a path component longer than 255 bytes; it cannot be a local file name")]
+    #[error(
+        "key '{0}' has a path component longer than 255 bytes; it cannot be a local file name"
+    )]
     TooLong(String),
     #[error("key '{0}' ends with '/', a directory marker; it cannot be a local file")]
     DirectoryMarker(String),
@@ -90,9 +92,15 @@ mod tests {
 
     #[test]
     fn single_object_mapping() {
-        assert_eq!(map_key("a/b.bin", "a/b.bin", "out/", false).unwrap(), "out/b.bin");
+        assert_eq!(
+            map_key("a/b.bin", "a/b.bin", "out/", false).unwrap(),
+            "out/b.bin"
+        );
         assert_eq!(map_key("a/b.bin", "a/b.bin", "", false).unwrap(), "b.bin");
-        assert_eq!(map_key("a/b.bin", "a/b.bin", "out/c.bin", false).unwrap(), "out/c.bin");
+        assert_eq!(
+            map_key("a/b.bin", "a/b.bin", "out/c.bin", false).unwrap(),
+            "out/c.bin"
+        );
     }
 
     #[test]
@@ -104,14 +112,38 @@ mod tests {
 
     #[test]
     fn local_paths_refuse_escapes() {
-        assert_eq!(local_relative_path("a/b c/ü+%").unwrap(), PathBuf::from("a/b c/ü+%"));
-        assert!(matches!(local_relative_path("../x"), Err(KeyError::Traversal(_))));
-        assert!(matches!(local_relative_path("a/../../x"), Err(KeyError::Traversal(_))));
-        assert!(matches!(local_relative_path("a/./x"), Err(KeyError::Traversal(_))));
-        assert!(matches!(local_relative_path("/etc/passwd"), Err(KeyError::EmptyComponent(_))));
-        assert!(matches!(local_relative_path("a//b"), Err(KeyError::EmptyComponent(_))));
-        assert!(matches!(local_relative_path("dir/"), Err(KeyError::DirectoryMarker(_))));
+        assert_eq!(
+            local_relative_path("a/b c/ü+%").unwrap(),
+            PathBuf::from("a/b c/ü+%")
+        );
+        assert!(matches!(
+            local_relative_path("../x"),
+            Err(KeyError::Traversal(_))
+        ));
+        assert!(matches!(
+            local_relative_path("a/../../x"),
+            Err(KeyError::Traversal(_))
+        ));
+        assert!(matches!(
+            local_relative_path("a/./x"),
+            Err(KeyError::Traversal(_))
+        ));
+        assert!(matches!(
+            local_relative_path("/etc/passwd"),
+            Err(KeyError::EmptyComponent(_))
+        ));
+        assert!(matches!(
+            local_relative_path("a//b"),
+            Err(KeyError::EmptyComponent(_))
+        ));
+        assert!(matches!(
+            local_relative_path("dir/"),
+            Err(KeyError::DirectoryMarker(_))
+        ));
         assert!(matches!(local_relative_path("a\0b"), Err(KeyError::Nul(_))));
-        assert!(matches!(local_relative_path(&"x".repeat(256)), Err(KeyError::TooLong(_))));
+        assert!(matches!(
+            local_relative_path(&"x".repeat(256)),
+            Err(KeyError::TooLong(_))
+        ));
     }
 }

@@ -60,7 +60,10 @@ impl Location {
                         return Err(LocationError::RelativeFileUrl(input.to_string()));
                     }
                     let decoded = percent_encoding::percent_decode_str(rest).decode_utf8_lossy();
-                    Ok(Location::local(Path::new(decoded.as_ref()), input.ends_with('/')))
+                    Ok(Location::local(
+                        Path::new(decoded.as_ref()),
+                        input.ends_with('/'),
+                    ))
                 }
                 other => Err(LocationError::UnsupportedScheme(
                     input.to_string(),
@@ -136,7 +139,10 @@ mod tests {
     #[test]
     fn s3_urls() {
         let l = Location::parse("s3://bucket/a/b/").unwrap();
-        assert_eq!((l.scheme, l.bucket.as_str(), l.path.as_str()), (Scheme::S3, "bucket", "a/b/"));
+        assert_eq!(
+            (l.scheme, l.bucket.as_str(), l.path.as_str()),
+            (Scheme::S3, "bucket", "a/b/")
+        );
         let l = Location::parse("s3://bucket").unwrap();
         assert_eq!((l.bucket.as_str(), l.path.as_str()), ("bucket", ""));
         assert!(l.is_dir_form());

@@ -24,9 +24,18 @@ impl fmt::Debug for S3Options {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("profile", &self.profile)
-            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "<set>"))
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "access_key_id",
+                &self.access_key_id.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("path_style", &self.path_style)
             .finish()
     }
@@ -35,6 +44,8 @@ impl fmt::Debug for S3Options {
 impl S3Options {
     /// Whether the endpoint is AWS itself, which accepts every checksum header.
     pub fn is_aws(&self) -> bool {
-        self.endpoint.as_deref().is_none_or(|e| e.contains(".amazonaws.com"))
+        self.endpoint
+            .as_deref()
+            .is_none_or(|e| e.contains(".amazonaws.com"))
     }
 }

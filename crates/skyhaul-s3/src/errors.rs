@@ -12,18 +12,33 @@ where
     let status = err.raw_response().map(|r| r.status().as_u16());
     match &err {
         SdkError::DispatchFailure(d) => {
-            let kind = if d.is_timeout() { ErrorKind::Transient } else { ErrorKind::Unreachable };
+            let kind = if d.is_timeout() {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Unreachable
+            };
             let hint = if kind == ErrorKind::Unreachable {
                 " (is the endpoint URL right and the server up?)"
             } else {
                 ""
             };
-            Error::new(kind, format!("{target}: {what}: cannot reach the endpoint: {}{hint}", DisplayErrorContext(&err)))
+            Error::new(
+                kind,
+                format!(
+                    "{target}: {what}: cannot reach the endpoint: {}{hint}",
+                    DisplayErrorContext(&err)
+                ),
+            )
         }
-        SdkError::TimeoutError(_) => Error::new(ErrorKind::Transient, format!("{target}: {what}: timed out")),
+        SdkError::TimeoutError(_) => {
+            Error::new(ErrorKind::Transient, format!("{target}: {what}: timed out"))
+        }
         SdkError::ResponseError(_) => Error::new(
             ErrorKind::Transient,
-            format!("{target}: {what}: bad response: {}", DisplayErrorContext(&err)),
+            format!(
+                "{target}: {what}: bad response: {}",
+                DisplayErrorContext(&err)
+            ),
         ),
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("").to_string();
@@ -36,29 +51,61 @@ where
             };
             Error::new(kind, format!("{target}: {what}: {detail}{hint}"))
         }
-        _ => Error::new(ErrorKind::Other, format!("{target}: {what}: {}", DisplayErrorContext(&err))),
+        _ => Error::new(
+            ErrorKind::Other,
+            format!("{target}: {what}: {}", DisplayErrorContext(&err)),
+        ),
     }
 }
 
 fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
     match code {
-        "NoSuchBucket" => (ErrorKind::BucketNotFound, " (check the bucket name, endpoint and region)"),
+        "NoSuchBucket" => (
+            ErrorKind::BucketNotFound,
+            " (check the bucket name, endpoint and region)",
+        ),
         "NoSuchKey" | "NotFound" => (ErrorKind::NotFound, ""),
-        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken"
-        | "ExpiredToken" | "AllAccessDisabled" => (ErrorKind::AccessDenied, " (check the credentials and their permissions)"),
-        "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException" => {
-            (ErrorKind::Other, " (the bucket is in another region: set the region for this side)")
-        }
-        "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequests" => {
-            (ErrorKind::Throttled, "")
-        }
-        "PreconditionFailed" => (ErrorKind::SourceChanged, " (the object changed while it was being copied)"),
-        "BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch" | "IncompleteBody" | "RequestTimeout"
-        | "InternalError" | "ServiceUnavailable" => (ErrorKind::Transient, ""),
-        "NoSuchUpload" => (ErrorKind::NotFound, " (the multipart upload was aborted or expired)"),
+        "AccessDenied"
+        | "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "InvalidToken"
+        | "ExpiredToken"
+        | "AllAccessDisabled" => (
+            ErrorKind::AccessDenied,
+            " (check the credentials and their permissions)",
+        ),
+        "PermanentRedirect"
+        | "AuthorizationHeaderMalformed"
+        | "IllegalLocationConstraintException" => (
+            ErrorKind::Other,
+            " (the bucket is in another region: set the region for this side)",
+        ),
+        "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "TooManyRequests" => (ErrorKind::Throttled, ""),
+        "PreconditionFailed" => (
+            ErrorKind::SourceChanged,
+            " (the object changed while it was being copied)",
+        ),
+        "BadDigest"
+        | "InvalidDigest"
+        | "XAmzContentSHA256Mismatch"
+        | "IncompleteBody"
+        | "RequestTimeout"
+        | "InternalError"
+        | "ServiceUnavailable" => (ErrorKind::Transient, ""),
+        "NoSuchUpload" => (
+            ErrorKind::NotFound,
+            " (the multipart upload was aborted or expired)",
+        ),
         _ => match status {
             Some(404) => (ErrorKind::NotFound, ""),
-            Some(403) => (ErrorKind::AccessDenied, " (check the credentials and their permissions)"),
+            Some(403) => (
+                ErrorKind::AccessDenied,
+                " (check the credentials and their permissions)",
+            ),
             Some(412) => (ErrorKind::SourceChanged, ""),
             Some(429) | Some(503) => (ErrorKind::Throttled, ""),
             Some(408) | Some(500..=599) => (ErrorKind::Transient, ""),

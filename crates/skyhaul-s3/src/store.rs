@@ -1,14 +1,17 @@
 use crate::config::S3Options;
 use crate::errors::map_err;
+use aws_config::environment::EnvironmentVariableRegionProvider;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3Part};
-use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::{Bytes, BytesMut};
@@ -23,7 +26,12 @@ use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
 /// `x-amz-copy-source` is `bucket/key` with the key URL-encoded except for `/`.
-const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
 
 /// One bucket on one S3 endpoint, with that side's own credentials.
 #[derive(Clone)]
@@ -61,9 +69,7 @@ impl S3Store {
         if let Some(profile) = &opts.profile {
             loader = loader.profile_name(profile);
         }
-        if let Some(region) = &opts.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
+        loader = loader.region(region_chain(opts));
         if let Some(endpoint) = &opts.endpoint {
             loader = loader.endpoint_url(endpoint);
         }
@@ -83,17 +89,21 @@ impl S3Store {
             Some(p) => p.provide_credentials().await.map_err(|e| {
                 Error::new(
                     ErrorKind::AccessDenied,
-                    format!("{name}: no usable credentials: {}", aws_smithy_types::error::display::DisplayErrorContext(&e)),
+                    format!(
+                        "{name}: no usable credentials: {}",
+                        aws_smithy_types::error::display::DisplayErrorContext(&e)
+                    ),
                 )
             })?,
-            None => return Err(Error::new(ErrorKind::AccessDenied, format!("{name}: no credentials found"))),
+            None => {
+                return Err(Error::new(
+                    ErrorKind::AccessDenied,
+                    format!("{name}: no credentials found"),
+                ))
+            }
         };
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+        let conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(opts.path_style.unwrap_or(opts.endpoint.is_some()));
-        if sdk.region().is_none() {
-            // Custom endpoints ignore the region but SigV4 needs one.
-            conf = conf.region(Region::new("us-east-1"));
-        }
         Ok(S3Store {
             client: Client::from_conf(conf.build()),
             bucket: bucket.to_string(),
@@ -108,6 +118,26 @@ impl S3Store {
 
     fn copy_source(src_container: &str, key: &str) -> String {
         format!("{src_container}/{}", utf8_percent_encode(key, COPY_SOURCE))
+    }
+}
+
+/// Where the region comes from: the flag, then the environment and the profile, then (for
+/// AWS itself) instance metadata. Custom endpoints mostly ignore the region but SigV4 needs
+/// one, so they fall back to `us-east-1` without a slow, noisy metadata lookup.
+fn region_chain(opts: &S3Options) -> RegionProviderChain {
+    let explicit = RegionProviderChain::first_try(opts.region.clone().map(Region::new))
+        .or_else(EnvironmentVariableRegionProvider::new());
+    let mut profile = ProfileFileRegionProvider::builder();
+    if let Some(name) = &opts.profile {
+        profile = profile.profile_name(name);
+    }
+    let chain = explicit.or_else(profile.build());
+    if opts.endpoint.is_some() {
+        chain.or_else(Region::new("us-east-1"))
+    } else {
+        chain
+            .or_default_provider()
+            .or_else(Region::new("us-east-1"))
     }
 }
 
@@ -178,12 +208,18 @@ impl Store for S3Store {
                     .list_objects_v2()
                     .bucket(&this.bucket)
                     .prefix(&prefix)
-                    .set_start_after(if token.is_none() { start_after.clone() } else { None })
+                    .set_start_after(if token.is_none() {
+                        start_after.clone()
+                    } else {
+                        None
+                    })
                     .set_continuation_token(token.clone());
                 let page = match req.send().await {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.send(vec![Err(map_err(e, &this.target(&prefix), "list"))]).await;
+                        let _ = tx
+                            .send(vec![Err(map_err(e, &this.target(&prefix), "list"))])
+                            .await;
                         return;
                     }
                 };
@@ -207,11 +243,20 @@ impl Store for S3Store {
                 }
             }
         });
-        tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(futures::stream::iter).boxed()
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+            .flat_map(futures::stream::iter)
+            .boxed()
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(h) => {
                 let mut m = ObjectMeta::new(key, h.content_length().unwrap_or(0).max(0) as u64);
                 m.mtime = mtime(h.last_modified());
@@ -223,7 +268,11 @@ impl Store for S3Store {
             }
             Err(e) => {
                 let err = map_err(e, &self.target(key), "head");
-                if err.kind == ErrorKind::NotFound { Ok(None) } else { Err(err) }
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
             }
         }
     }
@@ -244,9 +293,18 @@ impl Store for S3Store {
         if let Some(tag) = expect.and_then(|e| e.etag.as_deref()) {
             req = req.if_match(format!("\"{tag}\""));
         }
-        let resp = req.send().await.map_err(|e| map_err(e, &self.target(key), "get"))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.target(key), "get"))?;
         let changed = || {
-            Error::new(ErrorKind::SourceChanged, format!("{}: object changed while it was being copied", self.target(key)))
+            Error::new(
+                ErrorKind::SourceChanged,
+                format!(
+                    "{}: object changed while it was being copied",
+                    self.target(key)
+                ),
+            )
         };
         // Servers that ignore If-Match still tell the version by ETag and total size.
         if let Some(exp) = expect {
@@ -254,9 +312,15 @@ impl Store for S3Store {
                 .content_range()
                 .and_then(|r| r.rsplit('/').next())
                 .and_then(|t| t.parse::<u64>().ok())
-                .or_else(|| resp.content_range().is_none().then(|| resp.content_length().unwrap_or(0) as u64));
+                .or_else(|| {
+                    resp.content_range()
+                        .is_none()
+                        .then(|| resp.content_length().unwrap_or(0) as u64)
+                });
             let tag = etag(resp.e_tag());
-            if total.is_some_and(|t| t != exp.size) || (exp.etag.is_some() && tag.is_some() && tag != exp.etag) {
+            if total.is_some_and(|t| t != exp.size)
+                || (exp.etag.is_some() && tag.is_some() && tag != exp.etag)
+            {
                 return Err(changed());
             }
         }
@@ -266,7 +330,10 @@ impl Store for S3Store {
         let mut body = resp.body;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
-                Error::new(ErrorKind::Transient, format!("{}: get: body interrupted: {e}", self.target(key)))
+                Error::new(
+                    ErrorKind::Transient,
+                    format!("{}: get: body interrupted: {e}", self.target(key)),
+                )
             })?;
             buf.extend_from_slice(&chunk);
         }
@@ -279,7 +346,11 @@ impl Store for S3Store {
             if data.len() as u64 != want {
                 return Err(Error::new(
                     ErrorKind::Transient,
-                    format!("{}: get: expected {want} bytes, received {} (truncated)", self.target(key), data.len()),
+                    format!(
+                        "{}: get: expected {want} bytes, received {} (truncated)",
+                        self.target(key),
+                        data.len()
+                    ),
                 ));
             }
         }
@@ -318,9 +389,15 @@ impl Store for S3Store {
             },
         };
         let upload_id = upload_id.ok_or_else(|| {
-            Error::new(ErrorKind::Other, format!("{}: server returned no upload id", self.target(key)))
+            Error::new(
+                ErrorKind::Other,
+                format!("{}: server returned no upload id", self.target(key)),
+            )
         })?;
-        Ok(MultipartUpload { key: key.to_string(), upload_id })
+        Ok(MultipartUpload {
+            key: key.to_string(),
+            upload_id,
+        })
     }
 
     async fn put_part(
@@ -340,8 +417,18 @@ impl Store for S3Store {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| map_err(e, &self.target(&upload.key), &format!("upload part {}", part.number)))?;
-        Ok(CompletedPart { number: part.number, len: part.len, etag: etag(out.e_tag()).unwrap_or_default() })
+            .map_err(|e| {
+                map_err(
+                    e,
+                    &self.target(&upload.key),
+                    &format!("upload part {}", part.number),
+                )
+            })?;
+        Ok(CompletedPart {
+            number: part.number,
+            len: part.len,
+            etag: etag(out.e_tag()).unwrap_or_default(),
+        })
     }
 
     async fn complete_multipart(
@@ -352,14 +439,23 @@ impl Store for S3Store {
     ) -> Result<()> {
         let parts = parts
             .iter()
-            .map(|p| S3Part::builder().part_number(p.number as i32).e_tag(format!("\"{}\"", p.etag)).build())
+            .map(|p| {
+                S3Part::builder()
+                    .part_number(p.number as i32)
+                    .e_tag(format!("\"{}\"", p.etag))
+                    .build()
+            })
             .collect();
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&upload.key)
             .upload_id(&upload.upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| map_err(e, &self.target(&upload.key), "complete multipart upload"))?;
@@ -379,7 +475,11 @@ impl Store for S3Store {
             Ok(_) => Ok(()),
             Err(e) => {
                 let err = map_err(e, &self.target(&upload.key), "abort multipart upload");
-                if err.kind == ErrorKind::NotFound { Ok(()) } else { Err(err) }
+                if err.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
             }
         }
     }
@@ -407,7 +507,13 @@ impl Store for S3Store {
             .set_copy_source_if_match(src.etag.as_ref().map(|t| format!("\"{t}\"")))
             .send()
             .await
-            .map_err(|e| map_err(e, &self.target(dst_key), &format!("server-side copy from s3://{src_container}/{}", src.key)))?;
+            .map_err(|e| {
+                map_err(
+                    e,
+                    &self.target(dst_key),
+                    &format!("server-side copy from s3://{src_container}/{}", src.key),
+                )
+            })?;
         Ok(())
     }
 
@@ -426,13 +532,30 @@ impl Store for S3Store {
             .upload_id(&upload.upload_id)
             .part_number(part.number as i32)
             .copy_source(Self::copy_source(src_container, &src.key))
-            .copy_source_range(format!("bytes={}-{}", part.offset, part.offset + part.len - 1))
+            .copy_source_range(format!(
+                "bytes={}-{}",
+                part.offset,
+                part.offset + part.len - 1
+            ))
             .set_copy_source_if_match(src.etag.as_ref().map(|t| format!("\"{t}\"")))
             .send()
             .await
-            .map_err(|e| map_err(e, &self.target(&upload.key), &format!("server-side copy of part {}", part.number)))?;
-        let tag = out.copy_part_result().and_then(|r| etag(r.e_tag())).unwrap_or_default();
-        Ok(CompletedPart { number: part.number, len: part.len, etag: tag })
+            .map_err(|e| {
+                map_err(
+                    e,
+                    &self.target(&upload.key),
+                    &format!("server-side copy of part {}", part.number),
+                )
+            })?;
+        let tag = out
+            .copy_part_result()
+            .and_then(|r| etag(r.e_tag()))
+            .unwrap_or_default();
+        Ok(CompletedPart {
+            number: part.number,
+            len: part.len,
+            etag: tag,
+        })
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -53,8 +53,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Reads `range` of the object (all of it when `None`). When `expect` is given the read
     /// fails with [`ErrorKind::SourceChanged`] if the object is no longer that version, so a
     /// copy is never assembled from two versions of a source.
-    async fn get(&self, key: &str, range: Option<Range<u64>>, expect: Option<&ObjectMeta>)
-        -> Result<Bytes>;
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        expect: Option<&ObjectMeta>,
+    ) -> Result<Bytes>;
 
     /// Writes a whole object. Readers never see a partial object under `key`.
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()>;
@@ -100,7 +104,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         _dst_key: &str,
         _opts: &PutOptions,
     ) -> Result<()> {
-        Err(Error::new(ErrorKind::Unsupported, format!("{}: server-side copy of '{}'", self.name(), src.key)))
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("{}: server-side copy of '{}'", self.name(), src.key),
+        ))
     }
 
     /// Server-side copy of `part.range()` of a source object into a multipart upload.
@@ -111,7 +118,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         _upload: &MultipartUpload,
         _part: PartSpec,
     ) -> Result<CompletedPart> {
-        Err(Error::new(ErrorKind::Unsupported, format!("{}: server-side part copy of '{}'", self.name(), src.key)))
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("{}: server-side part copy of '{}'", self.name(), src.key),
+        ))
     }
 
     /// Deletes an object; deleting a missing object is not an error.

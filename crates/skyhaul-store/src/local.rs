@@ -52,14 +52,21 @@ impl LocalStore {
 
     fn tmp_path(&self, key: &str, upload_id: &str) -> Result<PathBuf> {
         let path = self.path_of(key)?;
-        let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let base = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         // Keep the temporary name within NAME_MAX even for a 255-byte base name.
         let base: String = base.chars().take(180).collect();
         Ok(path.with_file_name(format!(".{base}.{upload_id}{TMP_SUFFIX}")))
     }
 
     fn io_err(&self, key: &str, what: &str, e: io::Error) -> Error {
-        io_error(&format!("{}/{key}", self.name.trim_end_matches('/')), what, e)
+        io_error(
+            &format!("{}/{key}", self.name.trim_end_matches('/')),
+            what,
+            e,
+        )
     }
 }
 
@@ -69,7 +76,10 @@ fn io_error(target: &str, what: &str, e: io::Error) -> Error {
     let (kind, hint) = match e.kind() {
         K::NotFound => (ErrorKind::NotFound, ""),
         K::PermissionDenied => (ErrorKind::AccessDenied, " (check file permissions)"),
-        K::StorageFull => (ErrorKind::NoSpace, " (free space on the destination and rerun)"),
+        K::StorageFull => (
+            ErrorKind::NoSpace,
+            " (free space on the destination and rerun)",
+        ),
         // create_dir_all over an existing file reports AlreadyExists.
         K::NotADirectory | K::AlreadyExists => (
             ErrorKind::Conflict,
@@ -86,9 +96,12 @@ fn io_error(target: &str, what: &str, e: io::Error) -> Error {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(Error::new(ErrorKind::Other, format!("I/O task failed: {e}"))))
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(Error::new(
+            ErrorKind::Other,
+            format!("I/O task failed: {e}"),
+        ))
+    })
 }
 
 fn meta_of(key: String, md: &fs::Metadata) -> ObjectMeta {
@@ -106,7 +119,12 @@ fn read_exact_at(file: &File, buf: &mut [u8], mut offset: u64) -> io::Result<()>
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while reading")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while reading",
+                ))
+            }
             Ok(n) => {
                 done += n;
                 offset += n as u64;
@@ -199,7 +217,10 @@ impl Walker {
                     let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
                     return Some(Err(Error::new(
                         ErrorKind::InvalidKey,
-                        format!("{}/{prefix}{lossy}: file name is not UTF-8; skipped", self.root.display()),
+                        format!(
+                            "{}/{prefix}{lossy}: file name is not UTF-8; skipped",
+                            self.root.display()
+                        ),
                     )));
                 }
             };
@@ -248,11 +269,22 @@ impl Store for LocalStore {
                 Some(i) => prefix[..=i].to_string(),
                 None => String::new(),
             };
-            let mut walker = Walker { root: root.clone(), stack: Vec::new(), prefixes: Vec::new() };
+            let mut walker = Walker {
+                root: root.clone(),
+                stack: Vec::new(),
+                prefixes: Vec::new(),
+            };
             match walker.open(dir.clone()) {
                 Ok(()) => {}
                 // A directory that does not exist yet holds no objects.
-                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    return
+                }
                 Err(e) => {
                     let err = io_error(&root.join(&dir).display().to_string(), "cannot list", e);
                     let _ = tx.blocking_send(vec![Err(err)]);
@@ -275,7 +307,9 @@ impl Store for LocalStore {
             }
             let _ = tx.blocking_send(page);
         });
-        tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(futures::stream::iter).boxed()
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+            .flat_map(futures::stream::iter)
+            .boxed()
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
@@ -285,7 +319,14 @@ impl Store for LocalStore {
         blocking(move || match fs::metadata(&path) {
             Ok(md) if md.is_file() => Ok(Some(meta_of(key, &md))),
             Ok(_) => Ok(None),
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(this.io_err(&key, "cannot stat", e)),
         })
         .await
@@ -303,11 +344,16 @@ impl Store for LocalStore {
         let this = self.clone();
         blocking(move || {
             let file = File::open(&path).map_err(|e| this.io_err(&key, "cannot open", e))?;
-            let md = file.metadata().map_err(|e| this.io_err(&key, "cannot stat", e))?;
+            let md = file
+                .metadata()
+                .map_err(|e| this.io_err(&key, "cannot stat", e))?;
             let changed = || {
                 Error::new(
                     ErrorKind::SourceChanged,
-                    format!("{}/{key}: file changed while it was being copied", this.name.trim_end_matches('/')),
+                    format!(
+                        "{}/{key}: file changed while it was being copied",
+                        this.name.trim_end_matches('/')
+                    ),
                 )
             };
             if expect.as_ref().is_some_and(|e| !same_version(&md, e)) {
@@ -316,10 +362,16 @@ impl Store for LocalStore {
             let range = range.unwrap_or(0..md.len());
             let mut buf = vec![0u8; (range.end - range.start) as usize];
             read_exact_at(&file, &mut buf, range.start).map_err(|e| {
-                if e.kind() == io::ErrorKind::UnexpectedEof { changed() } else { this.io_err(&key, "cannot read", e) }
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    changed()
+                } else {
+                    this.io_err(&key, "cannot read", e)
+                }
             })?;
             // A writer may have changed the bytes we just read: look again.
-            let after = file.metadata().map_err(|e| this.io_err(&key, "cannot stat", e))?;
+            let after = file
+                .metadata()
+                .map_err(|e| this.io_err(&key, "cannot stat", e))?;
             if after.len() != md.len() || after.modified().ok() != md.modified().ok() {
                 return Err(changed());
             }
@@ -353,7 +405,10 @@ impl Store for LocalStore {
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload> {
-        let upload = MultipartUpload { key: key.to_string(), upload_id: random_id() };
+        let upload = MultipartUpload {
+            key: key.to_string(),
+            upload_id: random_id(),
+        };
         let tmp = self.tmp_path(key, &upload.upload_id)?;
         let size = opts.size;
         let this = self.clone();
@@ -388,7 +443,11 @@ impl Store for LocalStore {
                 .map_err(|e| this.io_err(&key, "upload no longer exists", e))?;
             file.write_all_at(&body, part.offset)
                 .map_err(|e| this.io_err(&key, "cannot write part", e))?;
-            Ok(CompletedPart { number: part.number, len: part.len, etag: String::new() })
+            Ok(CompletedPart {
+                number: part.number,
+                len: part.len,
+                etag: String::new(),
+            })
         })
         .await
     }
@@ -410,11 +469,17 @@ impl Store for LocalStore {
                 .write(true)
                 .open(&tmp)
                 .map_err(|e| this.io_err(&key, "upload no longer exists", e))?;
-            let len = file.metadata().map_err(|e| this.io_err(&key, "cannot stat", e))?.len();
+            let len = file
+                .metadata()
+                .map_err(|e| this.io_err(&key, "cannot stat", e))?
+                .len();
             if len != total {
                 return Err(Error::new(
                     ErrorKind::Other,
-                    format!("{}: parts add up to {total} bytes but the upload holds {len}", key),
+                    format!(
+                        "{}: parts add up to {total} bytes but the upload holds {len}",
+                        key
+                    ),
                 ));
             }
             set_mtime(&file, mtime).map_err(|e| this.io_err(&key, "cannot set mtime", e))?;

@@ -19,7 +19,13 @@ pub struct ObjectMeta {
 
 impl ObjectMeta {
     pub fn new(key: impl Into<String>, size: u64) -> Self {
-        ObjectMeta { key: key.into(), size, mtime: None, etag: None, metadata: BTreeMap::new() }
+        ObjectMeta {
+            key: key.into(),
+            size,
+            mtime: None,
+            etag: None,
+            metadata: BTreeMap::new(),
+        }
     }
 }
 

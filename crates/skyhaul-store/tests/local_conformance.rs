@@ -15,7 +15,10 @@ async fn local_store_refuses_keys_that_escape_the_root() {
     let root = dir.path().join("root");
     let store = LocalStore::new(&root);
     for key in ["../escape", "a/../../escape", "/abs", "a//b"] {
-        let err = store.put(key, bytes::Bytes::from_static(b"x"), &PutOptions::default()).await.unwrap_err();
+        let err = store
+            .put(key, bytes::Bytes::from_static(b"x"), &PutOptions::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidKey, "{key}: {err}");
     }
     assert!(!dir.path().join("escape").exists());
@@ -25,15 +28,42 @@ async fn local_store_refuses_keys_that_escape_the_root() {
 async fn file_where_a_directory_must_go_is_a_conflict() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path());
-    store.put("a", bytes::Bytes::from_static(b"file"), &PutOptions::default()).await.unwrap();
-    let err = store.put("a/b", bytes::Bytes::from_static(b"x"), &PutOptions::default()).await.unwrap_err();
+    store
+        .put(
+            "a",
+            bytes::Bytes::from_static(b"file"),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let err = store
+        .put(
+            "a/b",
+            bytes::Bytes::from_static(b"x"),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
     assert!(err.message.contains("a/b"), "{err}");
     // And the other way round: a directory where a file must go.
-    store.put("d/x", bytes::Bytes::from_static(b"x"), &PutOptions::default()).await.unwrap();
-    let err = store.put("d", bytes::Bytes::from_static(b"x"), &PutOptions::default()).await.unwrap_err();
+    store
+        .put(
+            "d/x",
+            bytes::Bytes::from_static(b"x"),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let err = store
+        .put("d", bytes::Bytes::from_static(b"x"), &PutOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
     // Nothing half-written is left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }

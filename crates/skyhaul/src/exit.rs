@@ -32,12 +32,17 @@ pub struct CliError {
 }
 
 pub fn usage(e: impl std::fmt::Display) -> CliError {
-    CliError { code: ExitCode::Usage, message: e.to_string() }
+    CliError {
+        code: ExitCode::Usage,
+        message: e.to_string(),
+    }
 }
 
 /// Which side an error is about, from the store name it starts with.
 pub fn side_of(e: &Error, src: &Endpoint, dst: &Endpoint) -> &'static str {
-    if e.message.starts_with(src.store.name()) || (!e.message.starts_with(dst.store.name()) && e.kind == ErrorKind::NotFound) {
+    if e.message.starts_with(src.store.name())
+        || (!e.message.starts_with(dst.store.name()) && e.kind == ErrorKind::NotFound)
+    {
         "SRC"
     } else {
         "DST"
@@ -58,7 +63,10 @@ pub fn store(side: &str, e: Error) -> CliError {
         ErrorKind::Interrupted => (ExitCode::Interrupted, String::new()),
         _ => (ExitCode::PartialFailure, String::new()),
     };
-    CliError { code, message: format!("{}{hint}", e.message) }
+    CliError {
+        code,
+        message: format!("{}{hint}", e.message),
+    }
 }
 
 /// First Ctrl-C: stop starting work, let what is in flight finish. Second: exit at once.

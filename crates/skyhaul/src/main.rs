@@ -9,7 +9,9 @@ mod size;
 use args::{Cli, Command, TransferArgs};
 use clap::Parser;
 use exit::ExitCode;
-use skyhaul_engine::{open_destination, open_source, Compare, Mode, Progress, SideOptions, TransferOptions};
+use skyhaul_engine::{
+    open_destination, open_source, Compare, Mode, Progress, SideOptions, TransferOptions,
+};
 use skyhaul_location::Location;
 use skyhaul_s3::S3Options;
 use std::sync::Arc;
@@ -18,20 +20,28 @@ use tokio_util::sync::CancellationToken;
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = runtime.block_on(run(cli));
     std::process::exit(code as i32);
 }
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "info,aws=warn",
+        // The AWS SDK warns about every provider it tries; those are not the user's problem.
+        0 => "warn,aws_config=error,aws_smithy_runtime=error",
+        1 => "info,aws_config=warn,aws_smithy_runtime=warn",
         _ => "debug,aws=info,hyper=info,h2=info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKYHAUL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 async fn run(cli: Cli) -> ExitCode {
@@ -49,15 +59,32 @@ async fn run(cli: Cli) -> ExitCode {
             } else {
                 Compare::SizeAndTime
             };
-            transfer(args.common, Mode::Sync { delete: args.delete, compare }, true).await
+            transfer(
+                args.common,
+                Mode::Sync {
+                    delete: args.delete,
+                    compare,
+                },
+                true,
+            )
+            .await
         }
     }
 }
 
 /// Reads one side's credentials from `SKYHAUL_{SIDE}_*`; unset ones fall back to the
 /// standard AWS chain inside the SDK.
-fn side_options(side: &str, endpoint: Option<String>, profile: Option<String>, region: Option<String>) -> SideOptions {
-    let var = |name: &str| std::env::var(format!("SKYHAUL_{side}_{name}")).ok().filter(|v| !v.is_empty());
+fn side_options(
+    side: &str,
+    endpoint: Option<String>,
+    profile: Option<String>,
+    region: Option<String>,
+) -> SideOptions {
+    let var = |name: &str| {
+        std::env::var(format!("SKYHAUL_{side}_{name}"))
+            .ok()
+            .filter(|v| !v.is_empty())
+    };
     SideOptions {
         s3: S3Options {
             endpoint,
@@ -76,10 +103,24 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
     let result: Result<ExitCode, exit::CliError> = async {
         let src_loc = Location::parse(&args.src).map_err(exit::usage)?;
         let dst_loc = Location::parse(&args.dst).map_err(exit::usage)?;
-        let src_side = side_options("SRC", args.src_endpoint.clone(), args.src_profile.clone(), args.src_region.clone());
-        let dst_side = side_options("DST", args.dst_endpoint.clone(), args.dst_profile.clone(), args.dst_region.clone());
-        let src = open_source(&src_loc, &src_side, recursive).await.map_err(|e| exit::store("SRC", e))?;
-        let dst = open_destination(&dst_loc, &dst_side, recursive).await.map_err(|e| exit::store("DST", e))?;
+        let src_side = side_options(
+            "SRC",
+            args.src_endpoint.clone(),
+            args.src_profile.clone(),
+            args.src_region.clone(),
+        );
+        let dst_side = side_options(
+            "DST",
+            args.dst_endpoint.clone(),
+            args.dst_profile.clone(),
+            args.dst_region.clone(),
+        );
+        let src = open_source(&src_loc, &src_side, recursive)
+            .await
+            .map_err(|e| exit::store("SRC", e))?;
+        let dst = open_destination(&dst_loc, &dst_side, recursive)
+            .await
+            .map_err(|e| exit::store("DST", e))?;
         let opts = TransferOptions {
             mode,
             recursive,
@@ -87,12 +128,15 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
             memory_budget: args.memory_budget.0,
             part_size: args.part_size.0,
             multipart_threshold: args.multipart_threshold.0,
-            retry: skyhaul_engine::retry::RetryPolicy { retries: args.retries, ..Default::default() },
+            retry: skyhaul_engine::retry::RetryPolicy {
+                retries: args.retries,
+                ..Default::default()
+            },
             server_side_copy: !args.no_server_side_copy,
         };
         let progress = Arc::new(Progress::default());
         let cancel = CancellationToken::new();
-        exit::on_ctrl_c(cancel.clone(), out.clone());
+        exit::on_ctrl_c(cancel.clone(), out);
         let display = out.start_progress(progress.clone());
         let report = skyhaul_engine::transfer(&src, &dst, &opts, progress, cancel.clone()).await;
         display.finish();

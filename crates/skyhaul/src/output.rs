@@ -38,12 +38,17 @@ impl Output {
     /// A live bar on stderr when it is a terminal and nobody asked for silence or JSON.
     pub fn start_progress(&self, progress: Arc<Progress>) -> Display {
         if self.quiet || self.json || !std::io::stderr().is_terminal() {
-            return Display { bar: None, task: None };
+            return Display {
+                bar: None,
+                task: None,
+            };
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
         bar.set_style(
-            ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template"),
         );
         let b = bar.clone();
         let task = tokio::spawn(async move {
@@ -61,7 +66,10 @@ impl Output {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        Display { bar: Some(bar), task: Some(task) }
+        Display {
+            bar: Some(bar),
+            task: Some(task),
+        }
     }
 
     pub fn report(&self, r: &Report) {
@@ -73,12 +81,18 @@ impl Output {
             eprintln!("skyhaul: failed: {}: {}", f.key, f.error);
         }
         if r.objects_failed as usize > r.failures.len() {
-            eprintln!("skyhaul: ... and {} more failures", thousands(r.objects_failed - r.failures.len() as u64));
+            eprintln!(
+                "skyhaul: ... and {} more failures",
+                thousands(r.objects_failed - r.failures.len() as u64)
+            );
         }
         if !self.quiet {
             println!("skyhaul: {r}");
             if r.bytes_skipped > 0 && r.objects_copied == 0 && r.objects_failed == 0 {
-                println!("skyhaul: nothing to do: {} already up to date", human_bytes(r.bytes_skipped));
+                println!(
+                    "skyhaul: nothing to do: {} already up to date",
+                    human_bytes(r.bytes_skipped)
+                );
             }
         }
     }

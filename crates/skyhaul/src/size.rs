@@ -11,10 +11,19 @@ impl FromStr for Size {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a size (try 512M or 16MiB)"))?;
-        let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a size (try 512M or 16MiB)"))?;
+        let shift = match unit
+            .trim()
+            .to_ascii_uppercase()
+            .trim_end_matches('B')
+            .trim_end_matches('I')
+        {
             "" => 0,
             "K" => 10,
             "M" => 20,

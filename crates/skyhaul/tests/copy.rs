@@ -1,0 +1,366 @@
+//! `skyhaul cp` and `skyhaul sync` end to end, against real S3 servers started here.
+
+mod common;
+
+use common::*;
+use skyhaul_testkit::{S3Kind, S3Server};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_s3_and_back_on_two_servers() {
+    let files = mixed();
+    let tmp = tempfile::tempdir().unwrap();
+    write_tree(&tmp.path().join("src"), &files);
+    for kind in [S3Kind::S3sFs, S3Kind::RcloneServe] {
+        let s3 = S3Server::start(kind);
+        s3.create_bucket("bucket").await;
+        let src = tmp.path().join("src");
+        let mut args = vec![
+            "cp",
+            "-r",
+            src.to_str().unwrap(),
+            "s3://bucket/up/",
+            "--dst-endpoint",
+            &s3.endpoint,
+            "--json",
+        ];
+        args.extend(SMALL_PARTS);
+        let run = skyhaul(&args, None, Some(&s3));
+        assert_eq!(run.code, 0, "{kind}: {}", run.stderr);
+        assert_eq!(run.json()["objects_copied"], files.len() as u64);
+        assert_eq!(
+            read_bucket(&s3, "bucket", "up/").await,
+            files,
+            "{kind}: uploaded objects"
+        );
+
+        let back = tmp.path().join(format!("back-{kind}"));
+        let mut args = vec![
+            "cp",
+            "-r",
+            "s3://bucket/up",
+            back.to_str().unwrap(),
+            "--src-endpoint",
+            &s3.endpoint,
+        ];
+        args.extend(SMALL_PARTS);
+        let run = skyhaul(&args, Some(&s3), None);
+        assert_eq!(run.code, 0, "{kind}: {}", run.stderr);
+        assert!(run.stdout.contains("copied 6 objects"), "{}", run.stdout);
+        assert_eq!(read_tree(&back), files, "{kind}: downloaded tree");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_s3_across_endpoints_and_accounts() {
+    let a = S3Server::start(S3Kind::S3sFs);
+    let b = S3Server::start(S3Kind::RcloneServe);
+    assert_ne!(a.access_key, b.access_key);
+    a.create_bucket("src").await;
+    b.create_bucket("dst").await;
+    let files = mixed();
+    fill_bucket(&a, "src", "data/", &files).await;
+    let mut args = vec![
+        "cp",
+        "-r",
+        "s3://src/data",
+        "s3://dst/copy",
+        "--src-endpoint",
+        &a.endpoint,
+        "--dst-endpoint",
+        &b.endpoint,
+        "--json",
+    ];
+    args.extend(SMALL_PARTS);
+    let run = skyhaul(&args, Some(&a), Some(&b));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(
+        report["server_side_copies"], 0,
+        "different accounts move bytes through the client"
+    );
+    assert_eq!(read_bucket(&b, "dst", "copy/").await, files);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_endpoint_uses_server_side_copy() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("one").await;
+    s.create_bucket("two").await;
+    let mut files = mixed();
+    // s3s-fs's UploadPartCopy is exercised through a multipart-sized object.
+    files.insert("huge/over-threshold.bin".into(), data(11 * 1024 * 1024, 9));
+    fill_bucket(&s, "one", "", &files).await;
+    let mut args = vec![
+        "cp",
+        "-r",
+        "s3://one/",
+        "s3://two/mirror/",
+        "--src-endpoint",
+        &s.endpoint,
+        "--dst-endpoint",
+        &s.endpoint,
+        "--json",
+    ];
+    args.extend(SMALL_PARTS);
+    let run = skyhaul(&args, Some(&s), Some(&s));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(report["server_side_copies"], files.len() as u64, "{report}");
+    assert_eq!(read_bucket(&s, "two", "mirror/").await, files);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_object_key_mapping() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("bkt").await;
+    s.put("bkt", "in/obj.bin", b"payload").await;
+    let ep = s.endpoint.as_str();
+    let run = skyhaul(
+        &[
+            "cp",
+            "s3://bkt/in/obj.bin",
+            "s3://bkt/out/",
+            "--src-endpoint",
+            ep,
+            "--dst-endpoint",
+            ep,
+        ],
+        Some(&s),
+        Some(&s),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        s.get("bkt", "out/obj.bin").await.as_deref(),
+        Some(&b"payload"[..]),
+        "a destination ending in / receives the base name"
+    );
+    let run = skyhaul(
+        &[
+            "cp",
+            "s3://bkt/in/obj.bin",
+            "s3://bkt/renamed.bin",
+            "--src-endpoint",
+            ep,
+            "--dst-endpoint",
+            ep,
+        ],
+        Some(&s),
+        Some(&s),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        s.get("bkt", "renamed.bin").await.as_deref(),
+        Some(&b"payload"[..]),
+        "otherwise the destination is the key"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("existing");
+    std::fs::create_dir(&dir).unwrap();
+    let run = skyhaul(
+        &[
+            "cp",
+            "s3://bkt/in/obj.bin",
+            dir.to_str().unwrap(),
+            "--src-endpoint",
+            ep,
+        ],
+        Some(&s),
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(dir.join("obj.bin")).unwrap(),
+        b"payload",
+        "an existing directory receives the base name"
+    );
+    let file = tmp.path().join("file.bin");
+    let run = skyhaul(
+        &[
+            "cp",
+            "s3://bkt/in/obj.bin",
+            file.to_str().unwrap(),
+            "--src-endpoint",
+            ep,
+        ],
+        Some(&s),
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(std::fs::read(&file).unwrap(), b"payload");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_copies_only_what_changed_and_deletes_only_when_asked() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("bkt").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let files = mixed();
+    write_tree(&src, &files);
+    let srcs = src.to_str().unwrap();
+    let sync = |extra: &[&str]| {
+        let mut args = vec![
+            "sync",
+            srcs,
+            "s3://bkt/mirror",
+            "--dst-endpoint",
+            &s.endpoint,
+            "--json",
+        ];
+        args.extend(SMALL_PARTS);
+        args.extend(extra);
+        skyhaul(&args, None, Some(&s))
+    };
+    let first = sync(&[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.json()["objects_copied"], 6);
+
+    let again = sync(&[]).json();
+    assert_eq!(
+        (
+            again["objects_copied"].as_u64(),
+            again["objects_skipped"].as_u64()
+        ),
+        (Some(0), Some(6)),
+        "{again}"
+    );
+
+    // A changed size is copied; an extra destination object stays without --delete.
+    std::fs::write(src.join("small.txt"), b"changed").unwrap();
+    s.put("bkt", "mirror/extra.txt", b"only at the destination")
+        .await;
+    let changed = sync(&[]).json();
+    assert_eq!(
+        (
+            changed["objects_copied"].as_u64(),
+            changed["objects_deleted"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{changed}"
+    );
+    assert_eq!(s.get("bkt", "mirror/small.txt").await.unwrap(), b"changed");
+    assert!(
+        s.get("bkt", "mirror/extra.txt").await.is_some(),
+        "no delete unless asked"
+    );
+
+    let deleted = sync(&["--delete"]).json();
+    assert_eq!(deleted["objects_deleted"], 1, "{deleted}");
+    assert!(s.get("bkt", "mirror/extra.txt").await.is_none());
+    let mut want = files.clone();
+    want.insert("small.txt".into(), b"changed".to_vec());
+    assert_eq!(read_bucket(&s, "bkt", "mirror/").await, want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_that_escape_the_destination_are_refused() {
+    // moto accepts any key, as a hostile or careless bucket might hold.
+    let s = S3Server::start(S3Kind::Moto);
+    s.create_bucket("evil").await;
+    s.put("evil", "data/ok.txt", b"fine").await;
+    s.put("evil", "data/../../escaped.txt", b"bad").await;
+    s.put("evil", "data/x/../../../escaped2.txt", b"bad").await;
+    s.put("evil", "data//double", b"bad").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("a/b/dst");
+    let run = skyhaul(
+        &[
+            "cp",
+            "-r",
+            "s3://evil/data",
+            dst.to_str().unwrap(),
+            "--src-endpoint",
+            &s.endpoint,
+            "--json",
+        ],
+        Some(&s),
+        None,
+    );
+    assert_eq!(run.code, 1, "partial failure: {}", run.stderr);
+    let report = run.json();
+    assert_eq!(
+        (
+            report["objects_copied"].as_u64(),
+            report["objects_failed"].as_u64()
+        ),
+        (Some(1), Some(3)),
+        "{report}"
+    );
+    let failed: Vec<&str> = report["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    assert!(failed.contains(&"data/../../escaped.txt"), "{failed:?}");
+    assert!(
+        report["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
+            || report["failures"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("empty path component")
+    );
+    // Nothing was written anywhere but the one good file.
+    let all = read_tree(tmp.path());
+    assert_eq!(
+        all.keys().collect::<Vec<_>>(),
+        vec!["a/b/dst/ok.txt"],
+        "{:?}",
+        all.keys()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_that_is_both_file_and_directory_is_reported() {
+    let s = S3Server::start(S3Kind::Moto);
+    s.create_bucket("bkt").await;
+    s.put("bkt", "p/a", b"file").await;
+    s.put("bkt", "p/a/b", b"inside").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = skyhaul(
+        &[
+            "cp",
+            "-r",
+            "s3://bkt/p",
+            tmp.path().to_str().unwrap(),
+            "--src-endpoint",
+            &s.endpoint,
+            "--max-connections",
+            "1",
+        ],
+        Some(&s),
+        None,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("p/a/b") && run.stderr.contains("exists as a file"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read(tmp.path().join("a")).unwrap(), b"file");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_local_keeps_mtimes_so_sync_skips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    write_tree(&src, &mixed());
+    let args = |cmd: &'static str| vec![cmd, "-r", src.to_str().unwrap(), dst.to_str().unwrap()];
+    assert_eq!(skyhaul(&args("cp"), None, None).code, 0);
+    assert_eq!(read_tree(&dst), mixed());
+    let run = skyhaul(
+        &[
+            "sync",
+            src.to_str().unwrap(),
+            dst.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(run.json()["objects_skipped"], 6, "{}", run.stdout);
+}

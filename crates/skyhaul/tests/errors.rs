@@ -1,0 +1,150 @@
+//! Each common mistake gets one clear line, a documented exit code, and nothing written.
+
+mod common;
+
+use common::*;
+use skyhaul_testkit::{S3Kind, S3Server};
+
+fn one_line_error(run: &Run) -> &str {
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "exactly one error line: {}", run.stderr);
+    lines[0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_bucket_no_objects_and_prefix_without_r() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("bkt").await;
+    s.put("bkt", "dir/x", b"x").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("out");
+    let d = dst.to_str().unwrap();
+    let ep = s.endpoint.as_str();
+
+    let run = skyhaul(
+        &["cp", "-r", "s3://nope/x", d, "--src-endpoint", ep],
+        Some(&s),
+        None,
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        one_line_error(&run).contains("NoSuchBucket"),
+        "{}",
+        run.stderr
+    );
+
+    let run = skyhaul(
+        &["cp", "-r", "s3://bkt/empty-prefix", d, "--src-endpoint", ep],
+        Some(&s),
+        None,
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        one_line_error(&run).contains("no objects under"),
+        "{}",
+        run.stderr
+    );
+
+    let run = skyhaul(
+        &["cp", "s3://bkt/dir", d, "--src-endpoint", ep],
+        Some(&s),
+        None,
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(one_line_error(&run).contains("use -r"), "{}", run.stderr);
+
+    let run = skyhaul(
+        &["cp", "s3://bkt/absent.bin", d, "--src-endpoint", ep],
+        Some(&s),
+        None,
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        one_line_error(&run).contains("no such object"),
+        "{}",
+        run.stderr
+    );
+
+    let run = skyhaul(
+        &[
+            "cp",
+            "-r",
+            "s3://bkt/dir",
+            "s3://missing-dst/",
+            "--src-endpoint",
+            ep,
+            "--dst-endpoint",
+            ep,
+        ],
+        Some(&s),
+        Some(&s),
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        one_line_error(&run).contains("s3://missing-dst"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dst.exists(), "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_and_unreachable_endpoint() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("bkt").await;
+    s.put("bkt", "k", b"x").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("out");
+
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"));
+    let out = cmd
+        .args([
+            "cp",
+            "s3://bkt/k",
+            d.to_str().unwrap(),
+            "--src-endpoint",
+            &s.endpoint,
+        ])
+        .env("SKYHAUL_SRC_ACCESS_KEY_ID", &s.access_key)
+        .env("SKYHAUL_SRC_SECRET_ACCESS_KEY", "wrong-secret-value")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("SKYHAUL_SRC_ACCESS_KEY_ID") && stderr.contains("--src-profile"),
+        "says what to do: {stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong-secret-value") && !stderr.contains(&s.secret_key),
+        "no secrets: {stderr}"
+    );
+
+    let run = skyhaul(
+        &[
+            "cp",
+            "s3://bkt/k",
+            d.to_str().unwrap(),
+            "--src-endpoint",
+            "http://127.0.0.1:9",
+        ],
+        Some(&s),
+        None,
+    );
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("cannot reach") && line.contains("--src-endpoint"),
+        "{line}"
+    );
+    assert!(!d.exists());
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let run = skyhaul(&["cp", "ftp://x/y", "/tmp/z"], None, None);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(one_line_error(&run).contains("unsupported scheme"));
+    let run = skyhaul(&["cp", "a", "bkt", "--part-size", "12X"], None, None);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
