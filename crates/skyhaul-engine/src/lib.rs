@@ -8,6 +8,7 @@
 //! and every request is retried the same way whatever the backend.
 
 pub mod budget;
+pub mod integrity;
 pub mod limiter;
 mod listing;
 pub mod open;
@@ -16,9 +17,11 @@ pub mod progress;
 pub mod report;
 pub mod retry;
 mod run;
+pub mod verify;
 
 pub use open::{open_destination, open_source, Endpoint, SideOptions};
 pub use plan::{part_size, Compare, Job, Mode};
 pub use progress::Progress;
 pub use report::{Failure, Report};
 pub use run::{transfer, TransferOptions};
+pub use verify::{verify_locations, Verification, VerifyMode};

@@ -6,6 +6,7 @@ use crate::retry::RetryPolicy;
 use futures::StreamExt;
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
+use std::cmp::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 /// depends on the order).
 pub struct ResilientList {
     store: Arc<dyn Store>,
-    prefix: String,
+    pub(crate) prefix: String,
     retry: RetryPolicy,
     progress: Arc<Progress>,
     pages: Option<mpsc::Receiver<Result<ObjectMeta>>>,
@@ -93,6 +94,75 @@ impl ResilientList {
     }
 }
 
+/// One step of a merge-join of two sorted listings by key relative to their prefixes.
+pub enum Pair {
+    Left(ObjectMeta),
+    Right(ObjectMeta),
+    Both(ObjectMeta, ObjectMeta),
+}
+
+/// Walks two listings in step, in constant memory, pairing objects with the same
+/// relative key: the heart of sync, of the verification pass and of `skyhaul verify`.
+pub struct Merge {
+    left: ResilientList,
+    right: ResilientList,
+    left_dir: usize,
+    right_dir: usize,
+    l: Option<ObjectMeta>,
+    r: Option<ObjectMeta>,
+    started: bool,
+}
+
+impl Merge {
+    pub fn new(left: ResilientList, right: ResilientList) -> Self {
+        let (left_dir, right_dir) = (left.prefix.len(), right.prefix.len());
+        Merge {
+            left,
+            right,
+            left_dir,
+            right_dir,
+            l: None,
+            r: None,
+            started: false,
+        }
+    }
+
+    pub async fn next(&mut self) -> Result<Option<Pair>> {
+        if !self.started {
+            self.started = true;
+            self.l = self.left.next().await.transpose()?;
+            self.r = self.right.next().await.transpose()?;
+        }
+        let order = match (&self.l, &self.r) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(a), Some(b)) => a.key[self.left_dir..].cmp(&b.key[self.right_dir..]),
+        };
+        Ok(Some(match order {
+            Ordering::Less => {
+                let a = self.l.take().expect("left present");
+                self.l = self.left.next().await.transpose()?;
+                Pair::Left(a)
+            }
+            Ordering::Greater => {
+                let b = self.r.take().expect("right present");
+                self.r = self.right.next().await.transpose()?;
+                Pair::Right(b)
+            }
+            Ordering::Equal => {
+                let (a, b) = (
+                    self.l.take().expect("left present"),
+                    self.r.take().expect("right present"),
+                );
+                self.l = self.left.next().await.transpose()?;
+                self.r = self.right.next().await.transpose()?;
+                Pair::Both(a, b)
+            }
+        }))
+    }
+}
+
 /// Streams the jobs of a recursive copy or sync into `tx`, counting planned and skipped
 /// work as it goes. Returns how many source objects were listed.
 #[allow(clippy::too_many_arguments)]
@@ -116,48 +186,26 @@ pub async fn plan_recursive(
         progress.add_planned(m.size);
         Job::Copy { src: m, dst_key }
     };
-    let (delete, compare) = match mode {
-        Mode::Copy => {
-            while let Some(m) = sources.next().await {
-                listed += 1;
-                if tx.send(copy(m?)).await.is_err() {
-                    break;
-                }
+    let Mode::Sync { delete, compare } = mode else {
+        while let Some(m) = sources.next().await {
+            listed += 1;
+            if tx.send(copy(m?)).await.is_err() {
+                break;
             }
-            return Ok(listed);
         }
-        Mode::Sync { delete, compare } => (delete, compare),
+        return Ok(listed);
     };
-    let mut dests = ResilientList::new(dst, dst_dir.clone(), retry, progress.clone());
-    let mut s = sources.next().await.transpose()?;
-    let mut d = dests.next().await.transpose()?;
-    loop {
-        let order = match (&s, &d) {
-            (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(a), Some(b)) => a.key[src_dir.len()..].cmp(&b.key[dst_dir.len()..]),
-        };
-        let job = match order {
-            std::cmp::Ordering::Less => {
-                let m = s.take().expect("source present");
+    let dests = ResilientList::new(dst, dst_dir.clone(), retry, progress.clone());
+    let mut merge = Merge::new(sources, dests);
+    while let Some(pair) = merge.next().await? {
+        let job = match pair {
+            Pair::Left(a) => {
                 listed += 1;
-                s = sources.next().await.transpose()?;
-                Some(copy(m))
+                Some(copy(a))
             }
-            std::cmp::Ordering::Greater => {
-                let m = d.take().expect("destination present");
-                d = dests.next().await.transpose()?;
-                delete.then_some(Job::Delete { dst_key: m.key })
-            }
-            std::cmp::Ordering::Equal => {
-                let (a, b) = (
-                    s.take().expect("source present"),
-                    d.take().expect("destination present"),
-                );
+            Pair::Right(b) => delete.then_some(Job::Delete { dst_key: b.key }),
+            Pair::Both(a, b) => {
                 listed += 1;
-                s = sources.next().await.transpose()?;
-                d = dests.next().await.transpose()?;
                 if needs_copy(&a, &b, compare) {
                     Some(copy(a))
                 } else {

@@ -1,5 +1,6 @@
 //! What to copy: work items, part sizing, and the sync comparison.
 
+use crate::integrity::plain_md5;
 use serde::{Deserialize, Serialize};
 use skyhaul_store::{Limits, ObjectMeta};
 use std::time::UNIX_EPOCH;
@@ -57,7 +58,10 @@ pub fn needs_copy(src: &ObjectMeta, dst: &ObjectMeta, compare: Compare) -> bool 
             (Some(s), Some(d)) => secs(s) > secs(d),
             _ => true,
         },
-        Compare::Checksum => match (plain_md5(src), plain_md5(dst)) {
+        Compare::Checksum => match (
+            plain_md5(src.etag.as_deref()),
+            plain_md5(dst.etag.as_deref()),
+        ) {
             (Some(a), Some(b)) => a != b,
             // Without comparable checksums, fall back to the safe default comparison.
             _ => needs_copy(src, dst, Compare::SizeAndTime),
@@ -69,13 +73,6 @@ fn secs(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// An ETag that is the MD5 of the content (single-part upload, not `...-N`).
-fn plain_md5(m: &ObjectMeta) -> Option<&str> {
-    m.etag
-        .as_deref()
-        .filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! What a transfer did, for people (`Display`) and programs (`--json`).
 
 use crate::progress::Snapshot;
+use crate::verify::Verification;
 use serde::Serialize;
 use std::fmt;
 
@@ -27,6 +28,8 @@ pub struct Report {
     pub seconds: f64,
     pub bytes_per_second: f64,
     pub failures: Vec<Failure>,
+    /// The check of the destination after the copy, unless `--verify none`.
+    pub verification: Option<Verification>,
 }
 
 impl Report {
@@ -55,11 +58,17 @@ impl Report {
                 0.0
             },
             failures,
+            verification: None,
         }
     }
 
+    /// Everything was copied and the verification (if any) found nothing wrong.
     pub fn succeeded(&self) -> bool {
-        self.objects_failed == 0
+        self.objects_failed == 0 && self.verified()
+    }
+
+    pub fn verified(&self) -> bool {
+        self.verification.as_ref().is_none_or(|v| v.passed())
     }
 }
 

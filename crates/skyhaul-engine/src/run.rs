@@ -1,6 +1,9 @@
 //! Executing a transfer: the job loop and the three ways to move one object.
 
 use crate::budget::Budget;
+use crate::integrity::{
+    combine_crc64, multipart_etag, plain_md5, sums, ChunkSums, OrderedMd5, CRC_METADATA,
+};
 use crate::limiter::AdaptiveLimit;
 use crate::listing::plan_recursive;
 use crate::open::Endpoint;
@@ -8,12 +11,13 @@ use crate::plan::{part_size, Job, Mode};
 use crate::progress::Progress;
 use crate::report::{Failure, Report};
 use crate::retry::RetryPolicy;
+use crate::verify::{verify_copied, Copied, VerifyMode};
 use bytes::Bytes;
 use futures::StreamExt;
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{
-    CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, PartSpec, PutOptions, Result,
-    Store,
+    CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions,
+    Result, Store,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -40,6 +44,10 @@ pub struct TransferOptions {
     pub retry: RetryPolicy,
     /// Use the store's own copy when both sides are in one account and endpoint.
     pub server_side_copy: bool,
+    /// What the verification pass after the copy checks.
+    pub verify: VerifyMode,
+    /// Percentage of copied objects the verification pass checks.
+    pub verify_sample: f64,
 }
 
 impl Default for TransferOptions {
@@ -53,6 +61,8 @@ impl Default for TransferOptions {
             multipart_threshold: 32 * MIB,
             retry: RetryPolicy::default(),
             server_side_copy: true,
+            verify: VerifyMode::Checksum,
+            verify_sample: 100.0,
         }
     }
 }
@@ -70,6 +80,8 @@ struct Ctx {
     cancel: CancellationToken,
     /// The source bucket, when objects can be copied server-side.
     copy_from: Option<String>,
+    /// What was written, for the verification pass.
+    copied: Mutex<Vec<Copied>>,
 }
 
 impl Ctx {
@@ -96,26 +108,42 @@ impl Ctx {
         Error::new(ErrorKind::Interrupted, format!("{key}: interrupted"))
     }
 
-    /// Reads `range` of `src` with retries, failing on any short or changed read.
-    async fn read(&self, src: &ObjectMeta, range: std::ops::Range<u64>) -> Result<Bytes> {
+    /// Reads `range` of `src` with retries, failing (and so retrying) on a short read, a
+    /// changed source, or, for a whole-object read, bytes that do not hash to the source's
+    /// MD5 (from the listing or, when the listing has none, from the read itself).
+    /// Returns the bytes, their checksums and the ETag the read reported.
+    async fn read_checked(
+        &self,
+        src: &ObjectMeta,
+        range: std::ops::Range<u64>,
+        with_md5: bool,
+    ) -> Result<(Bytes, ChunkSums, Option<String>)> {
         let want = range.end - range.start;
+        let whole = want == src.size;
         let range = (src.size > 0).then_some(range);
+        let target = format!("{}/{}", self.src.name().trim_end_matches('/'), src.key);
         self.opts
             .retry
             .run(&self.src_limit, &self.progress, || async {
-                let data = self.src.get(&src.key, range.clone(), Some(src)).await?;
+                let fetched = self.src.get(&src.key, range.clone(), Some(src)).await?;
+                let data = fetched.data;
                 if data.len() as u64 != want {
                     return Err(Error::new(
                         ErrorKind::Transient,
-                        format!(
-                            "{}/{}: read {} bytes, expected {want}",
-                            self.src.name(),
-                            src.key,
-                            data.len()
-                        ),
+                        format!("{target}: read {} bytes, expected {want}", data.len()),
                     ));
                 }
-                Ok(data)
+                let sums = sums(&data, with_md5);
+                let expected = plain_md5(src.etag.as_deref()).or(plain_md5(fetched.etag.as_deref())).filter(|_| whole);
+                if let (Some(want), Some(got)) = (expected, sums.md5) {
+                    if !want.eq_ignore_ascii_case(&hex::encode(got)) {
+                        return Err(Error::new(
+                            ErrorKind::Corrupt,
+                            format!("{target}: checksum mismatch: the source's MD5 is {want}, the bytes received hash to {}", hex::encode(got)),
+                        ));
+                    }
+                }
+                Ok((data, sums, fetched.etag))
             })
             .await
     }
@@ -162,6 +190,7 @@ pub async fn transfer(
         fatal: Mutex::new(None),
         cancel: cancel.clone(),
         copy_from,
+        copied: Mutex::new(Vec::new()),
     });
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(1024);
@@ -202,11 +231,12 @@ pub async fn transfer(
             Job::Copy { src, dst_key } => {
                 let ctx = ctx.clone();
                 tasks.spawn(async move {
-                    let key = src.key.clone();
-                    let size = src.size;
-                    match copy_object(&ctx, src, dst_key).await {
-                        Ok(server_side) => ctx.progress.add_done(size, server_side),
-                        Err(e) => ctx.fail(&key, e),
+                    match copy_with_retries(&ctx, &src, &dst_key).await {
+                        Ok(copied) => {
+                            ctx.progress.add_done(src.size, copied.server_side);
+                            ctx.copied.lock().expect("lock").push(copied);
+                        }
+                        Err(e) => ctx.fail(&src.key, e),
                     }
                 });
             }
@@ -252,14 +282,33 @@ pub async fn transfer(
         }
     }
 
+    let copied = std::mem::take(&mut *ctx.copied.lock().expect("lock"));
+    let verification = if opts.verify == VerifyMode::None || cancel.is_cancelled() {
+        None
+    } else {
+        Some(
+            verify_copied(
+                dst,
+                opts.recursive,
+                copied,
+                opts.verify,
+                opts.verify_sample,
+                opts.retry,
+                progress.clone(),
+            )
+            .await?,
+        )
+    };
     let failures = std::mem::take(&mut *ctx.failures.lock().expect("lock"));
-    Ok(Report::new(
+    let mut report = Report::new(
         src.display.clone(),
         dst.display.clone(),
         &progress.snapshot(),
         started.elapsed().as_secs_f64(),
         failures,
-    ))
+    );
+    report.verification = verification;
+    Ok(report)
 }
 
 /// The one object a non-recursive copy names, or an error that says what to do instead.
@@ -312,65 +361,121 @@ async fn nothing_at_source(src: &Endpoint) -> Error {
     )
 }
 
-/// Copies one object; returns whether the store copied it server-side.
-async fn copy_object(ctx: &Arc<Ctx>, src: ObjectMeta, dst_key: String) -> Result<bool> {
+/// Copies one object, starting over when its checksums do not add up at the end (a part
+/// corrupted in a way no single request could notice). Returns what was written.
+async fn copy_with_retries(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<Copied> {
+    let mut attempt = 0;
+    loop {
+        match copy_object(ctx, src, dst_key).await {
+            Err(e) if e.kind == ErrorKind::Corrupt && attempt < 2 => {
+                tracing::warn!("{e}; copying the object again");
+                ctx.progress.add_retry();
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<Copied> {
     if ctx.cancel.is_cancelled() {
         return Err(ctx.interrupted(&src.key));
     }
-    let put = PutOptions {
+    let mut put = PutOptions {
         size: src.size,
         mtime: src.mtime,
         ..Default::default()
     };
     let limits = ctx.dst.limits();
     let single_max = ctx.opts.multipart_threshold.min(limits.max_single_put);
+    let dst = &ctx.dst;
+    let mut copied = Copied {
+        dst_key: dst_key.to_string(),
+        size: src.size,
+        crc64: None,
+        etag: None,
+        server_side: false,
+    };
     if let Some(container) = &ctx.copy_from {
+        copied.server_side = true;
         // Whole-object copy up to the single-request limit; beyond, parallel part copies.
         if src.size
             <= limits
                 .max_single_put
                 .min(ctx.opts.multipart_threshold.max(256 * MIB))
         {
-            let dst = &ctx.dst;
             ctx.opts
                 .retry
                 .run(&ctx.dst_limit, &ctx.progress, || {
-                    dst.copy_object(container, &src, &dst_key, &put)
+                    dst.copy_object(container, src, dst_key, &put)
                 })
                 .await?;
+            // A whole-object copy keeps the content, so a content-MD5 ETag stays the same.
+            copied.etag = plain_md5(src.etag.as_deref()).map(str::to_string);
             ctx.progress.add_moved(src.size);
         } else {
-            multipart(ctx, &src, &dst_key, &put, true).await?;
+            multipart(ctx, src, dst_key, &put, true).await?;
         }
-        return Ok(true);
+        return Ok(copied);
     }
-    if src.size <= single_max {
-        let _memory = ctx.budget.reserve(src.size).await;
-        let data = ctx.read(&src, 0..src.size).await?;
-        let dst = &ctx.dst;
-        ctx.opts
-            .retry
-            .run(&ctx.dst_limit, &ctx.progress, || {
-                dst.put(&dst_key, data.clone(), &put)
-            })
-            .await?;
-        ctx.progress.add_moved(src.size);
-    } else {
-        multipart(ctx, &src, &dst_key, &put, false).await?;
+    if src.size > single_max {
+        return multipart(ctx, src, dst_key, &put, false).await;
     }
-    Ok(false)
+    let with_md5 = ctx.src.etags_are_md5() || dst.etags_are_md5();
+    let _memory = ctx.budget.reserve(src.size).await;
+    let (data, sums, _) = ctx.read_checked(src, 0..src.size, with_md5).await?;
+    put.metadata
+        .insert(CRC_METADATA.to_string(), format!("{:016x}", sums.crc64));
+    let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
+    ctx.opts
+        .retry
+        .run(&ctx.dst_limit, &ctx.progress, || async {
+            let written = dst
+                .put(
+                    dst_key,
+                    Payload {
+                        data: data.clone(),
+                        md5: sums.md5,
+                    },
+                    &put,
+                )
+                .await?;
+            check_stored(&target, written.etag.as_deref(), sums.md5)
+        })
+        .await?;
+    ctx.progress.add_moved(src.size);
+    copied.crc64 = Some(sums.crc64);
+    copied.etag = sums.md5.filter(|_| dst.etags_are_md5()).map(hex::encode);
+    Ok(copied)
+}
+
+/// Fails when the store reports a content MD5 other than the one of the bytes we sent:
+/// servers that ignore `Content-MD5` would otherwise keep a body corrupted on the way.
+fn check_stored(target: &str, etag: Option<&str>, sent: Option<[u8; 16]>) -> Result<()> {
+    match (plain_md5(etag), sent) {
+        (Some(stored), Some(sent)) if !stored.eq_ignore_ascii_case(&hex::encode(sent)) => {
+            Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{target}: the destination stored different bytes (ETag {stored}, sent MD5 {})",
+                    hex::encode(sent)
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Striped copy of a large object: parts are read (or copied server-side) and written
 /// concurrently, each holding its bytes in the memory budget, and the upload is completed
-/// only when every part is in. Any failure aborts the upload.
+/// only when every part is in and the checksums agree. Any failure aborts the upload.
 async fn multipart(
     ctx: &Arc<Ctx>,
     src: &ObjectMeta,
     dst_key: &str,
     put: &PutOptions,
     server_side: bool,
-) -> Result<()> {
+) -> Result<Copied> {
     let preferred = if server_side {
         ctx.opts.part_size.max(64 * MIB)
     } else {
@@ -388,6 +493,16 @@ async fn multipart(
         )
     })?;
     let dst = &ctx.dst;
+    // The whole-object MD5 is worth computing only when the source's ETag is (or, unknown
+    // from the listing, may be) a content MD5 to check it against.
+    let check_source = !server_side
+        && ctx.src.etags_are_md5()
+        && src
+            .etag
+            .as_deref()
+            .is_none_or(|e| plain_md5(Some(e)).is_some());
+    let with_md5 = !server_side && (check_source || dst.etags_are_md5());
+    let ordered = check_source.then(|| Arc::new(OrderedMd5::default()));
     let upload = ctx
         .opts
         .retry
@@ -404,8 +519,20 @@ async fn multipart(
             offset,
             len: part.min(src.size - offset),
         };
-        let (ctx, src, upload) = (ctx.clone(), src.clone(), upload.clone());
-        parts.spawn(async move { move_part(&ctx, &src, &upload, spec, server_side).await });
+        let (ctx, src, upload, ordered) =
+            (ctx.clone(), src.clone(), upload.clone(), ordered.clone());
+        parts.spawn(async move {
+            move_part(
+                &ctx,
+                &src,
+                &upload,
+                spec,
+                server_side,
+                with_md5,
+                ordered.as_deref(),
+            )
+            .await
+        });
     }
     let mut done = Vec::with_capacity(count as usize);
     let mut failed = None;
@@ -425,22 +552,75 @@ async fn multipart(
             }
         }
     }
+    let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
+    // The source's MD5: from the listing, else from what the reads reported.
+    let source_md5 = plain_md5(src.etag.as_deref())
+        .map(str::to_string)
+        .or_else(|| {
+            done.iter()
+                .find_map(|(_, _, e)| plain_md5(e.as_deref()).map(str::to_string))
+        });
+    if failed.is_none() {
+        if let (Some(want), Some(ordered)) = (source_md5, ordered) {
+            let got = Arc::try_unwrap(ordered)
+                .ok()
+                .and_then(|o| o.finish(count as u32));
+            if got.map(hex::encode).as_deref() != Some(want.as_str()) {
+                failed = Some(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("{target}: the bytes read do not hash to the source's MD5 {want}"),
+                ));
+            }
+        }
+    }
     if let Some(e) = failed {
         abort(ctx, &upload).await;
         return Err(e);
     }
-    done.sort_by_key(|p| p.number);
+    done.sort_by_key(|(p, _, _)| p.number);
+    let receipts: Vec<CompletedPart> = done.iter().map(|(p, _, _)| p.clone()).collect();
+    let md5s: Option<Vec<[u8; 16]>> = done.iter().map(|(_, s, _)| s.and_then(|s| s.md5)).collect();
+    let expected_etag = md5s
+        .filter(|_| dst.etags_are_md5())
+        .map(|m| multipart_etag(&m));
     let result = ctx
         .opts
         .retry
         .run(&ctx.dst_limit, &ctx.progress, || {
-            dst.complete_multipart(&upload, &done, put)
+            dst.complete_multipart(&upload, &receipts, put)
         })
         .await;
-    if result.is_err() {
-        abort(ctx, &upload).await;
+    let written = match result {
+        Ok(w) => w,
+        Err(e) => {
+            abort(ctx, &upload).await;
+            return Err(e);
+        }
+    };
+    // Servers that follow S3 return md5-of-part-md5s-N; anything else is not comparable.
+    if let (Some(want), Some(got)) = (
+        &expected_etag,
+        written.etag.as_deref().filter(|e| e.contains('-')),
+    ) {
+        if want != got {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{target}: completed ETag {got}, expected {want}"),
+            ));
+        }
     }
-    result
+    let crc64 = done
+        .iter()
+        .map(|(p, s, _)| s.map(|s| (s.crc64, p.len)))
+        .collect::<Option<Vec<_>>>()
+        .map(combine_crc64);
+    Ok(Copied {
+        dst_key: dst_key.to_string(),
+        size: src.size,
+        crc64,
+        etag: expected_etag,
+        server_side,
+    })
 }
 
 async fn move_part(
@@ -449,33 +629,58 @@ async fn move_part(
     upload: &MultipartUpload,
     spec: PartSpec,
     server_side: bool,
-) -> Result<CompletedPart> {
+    with_md5: bool,
+    ordered: Option<&OrderedMd5>,
+) -> Result<(CompletedPart, Option<ChunkSums>, Option<String>)> {
     if ctx.cancel.is_cancelled() {
         return Err(ctx.interrupted(&src.key));
     }
     let dst = &ctx.dst;
-    let done = if let (true, Some(container)) = (server_side, &ctx.copy_from) {
-        ctx.opts
+    if let (true, Some(container)) = (server_side, &ctx.copy_from) {
+        let done = ctx
+            .opts
             .retry
             .run(&ctx.dst_limit, &ctx.progress, || {
                 dst.copy_part(container, src, upload, spec)
             })
-            .await?
-    } else {
-        let _memory = ctx.budget.reserve(spec.len).await;
-        if ctx.cancel.is_cancelled() {
-            return Err(ctx.interrupted(&src.key));
-        }
-        let data = ctx.read(src, spec.range()).await?;
-        ctx.opts
-            .retry
-            .run(&ctx.dst_limit, &ctx.progress, || {
-                dst.put_part(upload, spec, data.clone())
-            })
-            .await?
-    };
+            .await?;
+        ctx.progress.add_moved(spec.len);
+        return Ok((done, None, None));
+    }
+    let memory = ctx.budget.reserve(spec.len).await;
+    if ctx.cancel.is_cancelled() {
+        return Err(ctx.interrupted(&src.key));
+    }
+    let (data, sums, etag) = ctx.read_checked(src, spec.range(), with_md5).await?;
+    let target = format!(
+        "{}/{} part {}",
+        dst.name().trim_end_matches('/'),
+        upload.key,
+        spec.number
+    );
+    let done = ctx
+        .opts
+        .retry
+        .run(&ctx.dst_limit, &ctx.progress, || async {
+            let part = dst
+                .put_part(
+                    upload,
+                    spec,
+                    Payload {
+                        data: data.clone(),
+                        md5: sums.md5,
+                    },
+                )
+                .await?;
+            check_stored(&target, Some(part.etag.as_str()), sums.md5)?;
+            Ok(part)
+        })
+        .await?;
     ctx.progress.add_moved(spec.len);
-    Ok(done)
+    if let Some(o) = ordered {
+        o.add(spec.number - 1, data, Some(memory));
+    }
+    Ok((done, Some(sums), etag))
 }
 
 async fn abort(ctx: &Ctx, upload: &MultipartUpload) {

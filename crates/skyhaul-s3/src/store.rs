@@ -14,12 +14,13 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3Part};
 use aws_sdk_s3::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use bytes::{Bytes, BytesMut};
+use base64::Engine;
+use bytes::BytesMut;
 use futures::stream::{BoxStream, StreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use skyhaul_store::{
-    CompletedPart, Error, ErrorKind, Limits, MultipartUpload, ObjectMeta, PartSpec, PutOptions,
-    Result, Store,
+    CompletedPart, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
+    Payload, PutOptions, Result, Store, Written,
 };
 use std::collections::HashMap;
 use std::ops::Range;
@@ -155,6 +156,10 @@ pub fn upload_id_from_unparsed_reply<E>(e: &SdkError<E, HttpResponse>) -> Option
     Some(body[start..end].to_string())
 }
 
+fn base64_md5(md5: &[u8; 16]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5)
+}
+
 fn etag(s: Option<&str>) -> Option<String> {
     s.map(|e| e.trim_matches('"').to_string())
 }
@@ -175,6 +180,10 @@ impl Store for S3Store {
 
     fn limits(&self) -> Limits {
         Limits::S3
+    }
+
+    fn etags_are_md5(&self) -> bool {
+        true
     }
 
     async fn preflight(&self, _for_write: bool) -> Result<()> {
@@ -282,11 +291,11 @@ impl Store for S3Store {
         key: &str,
         range: Option<Range<u64>>,
         expect: Option<&ObjectMeta>,
-    ) -> Result<Bytes> {
+    ) -> Result<Fetched> {
         let mut req = self.client.get_object().bucket(&self.bucket).key(key);
         if let Some(r) = &range {
             if r.is_empty() {
-                return Ok(Bytes::new());
+                return Ok(Fetched::default());
             }
             req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
         }
@@ -325,6 +334,7 @@ impl Store for S3Store {
             }
         }
         let ranged_reply = resp.content_range().is_some();
+        let version = etag(resp.e_tag());
         let want = range.as_ref().map(|r| r.end - r.start);
         let mut buf = BytesMut::with_capacity(resp.content_length().unwrap_or(0).max(0) as usize);
         let mut body = resp.body;
@@ -354,22 +364,28 @@ impl Store for S3Store {
                 ));
             }
         }
-        Ok(data)
+        Ok(Fetched {
+            data,
+            etag: version,
+        })
     }
 
-    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
-        let len = body.len() as i64;
-        self.client
+    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<Written> {
+        let out = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .content_length(len)
+            .content_length(body.data.len() as i64)
+            .set_content_md5(body.md5.as_ref().map(base64_md5))
             .set_metadata(metadata(opts))
-            .body(ByteStream::from(body))
+            .body(ByteStream::from(body.data))
             .send()
             .await
             .map_err(|e| map_err(e, &self.target(key), "put"))?;
-        Ok(())
+        Ok(Written {
+            etag: etag(out.e_tag()),
+        })
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload> {
@@ -404,7 +420,7 @@ impl Store for S3Store {
         &self,
         upload: &MultipartUpload,
         part: PartSpec,
-        body: Bytes,
+        body: Payload,
     ) -> Result<CompletedPart> {
         let out = self
             .client
@@ -413,8 +429,9 @@ impl Store for S3Store {
             .key(&upload.key)
             .upload_id(&upload.upload_id)
             .part_number(part.number as i32)
-            .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
+            .content_length(body.data.len() as i64)
+            .set_content_md5(body.md5.as_ref().map(base64_md5))
+            .body(ByteStream::from(body.data))
             .send()
             .await
             .map_err(|e| {
@@ -436,7 +453,7 @@ impl Store for S3Store {
         upload: &MultipartUpload,
         parts: &[CompletedPart],
         _opts: &PutOptions,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         let parts = parts
             .iter()
             .map(|p| {
@@ -446,7 +463,8 @@ impl Store for S3Store {
                     .build()
             })
             .collect();
-        self.client
+        let out = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&upload.key)
@@ -459,7 +477,9 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| map_err(e, &self.target(&upload.key), "complete multipart upload"))?;
-        Ok(())
+        Ok(Written {
+            etag: etag(out.e_tag()),
+        })
     }
 
     async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {

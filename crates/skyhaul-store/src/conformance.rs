@@ -5,7 +5,7 @@
 //!
 //! Every check works under its own key prefix, so one store can host the whole suite.
 
-use crate::{ErrorKind, ObjectMeta, PartSpec, PutOptions, Store};
+use crate::{ErrorKind, ObjectMeta, PartSpec, Payload, PutOptions, Store};
 use bytes::Bytes;
 use futures::TryStreamExt;
 
@@ -55,10 +55,26 @@ async fn put_get_head(store: &dyn Store, p: &str) {
     let key = format!("{p}object.bin");
     let data = pattern(100_000, 1);
     store
-        .put(&key, Bytes::from(data.clone()), &opts(data.len()))
+        .put(
+            &key,
+            Payload::new(Bytes::from(data.clone())),
+            &opts(data.len()),
+        )
         .await
         .unwrap();
-    let got = store.get(&key, None, None).await.unwrap();
+    let fetched = store.get(&key, None, None).await.unwrap();
+    if let (Some(listed), Some(read)) = (
+        &store.head(&key).await.unwrap().and_then(|m| m.etag),
+        &fetched.etag,
+    ) {
+        assert_eq!(
+            listed,
+            read,
+            "{}: a read reports the object's ETag",
+            store.name()
+        );
+    }
+    let got = fetched.data;
     assert_eq!(
         got.as_ref(),
         &data[..],
@@ -81,11 +97,11 @@ async fn put_get_head(store: &dyn Store, p: &str) {
     );
     // Overwrite replaces the whole object, including a shorter one.
     store
-        .put(&key, Bytes::from_static(b"short"), &opts(5))
+        .put(&key, Payload::new(Bytes::from_static(b"short")), &opts(5))
         .await
         .unwrap();
     assert_eq!(
-        store.get(&key, None, None).await.unwrap().as_ref(),
+        store.get(&key, None, None).await.unwrap().data.as_ref(),
         b"short"
     );
 }
@@ -94,11 +110,15 @@ async fn ranged_get(store: &dyn Store, p: &str) {
     let key = format!("{p}r.bin");
     let data = pattern(300_001, 2);
     store
-        .put(&key, Bytes::from(data.clone()), &opts(data.len()))
+        .put(
+            &key,
+            Payload::new(Bytes::from(data.clone())),
+            &opts(data.len()),
+        )
         .await
         .unwrap();
     for r in [0..1, 0..65_536, 65_536..200_000, 299_000..300_001] {
-        let got = store.get(&key, Some(r.clone()), None).await.unwrap();
+        let got = store.get(&key, Some(r.clone()), None).await.unwrap().data;
         assert_eq!(
             got.as_ref(),
             &data[r.start as usize..r.end as usize],
@@ -110,9 +130,12 @@ async fn ranged_get(store: &dyn Store, p: &str) {
 
 async fn zero_byte(store: &dyn Store, p: &str) {
     let key = format!("{p}empty");
-    store.put(&key, Bytes::new(), &opts(0)).await.unwrap();
+    store
+        .put(&key, Payload::new(Bytes::new()), &opts(0))
+        .await
+        .unwrap();
     assert_eq!(store.head(&key).await.unwrap().map(|m| m.size), Some(0));
-    assert!(store.get(&key, None, None).await.unwrap().is_empty());
+    assert!(store.get(&key, None, None).await.unwrap().data.is_empty());
     let listed = list_keys(store, p, None).await;
     assert_eq!(
         listed.len(),
@@ -135,7 +158,11 @@ async fn odd_keys(store: &dyn Store, p: &str) {
     for (i, n) in names.iter().enumerate() {
         let key = format!("{p}{n}");
         store
-            .put(&key, Bytes::from(vec![i as u8; i + 1]), &opts(i + 1))
+            .put(
+                &key,
+                Payload::new(Bytes::from(vec![i as u8; i + 1])),
+                &opts(i + 1),
+            )
             .await
             .unwrap();
     }
@@ -145,7 +172,11 @@ async fn odd_keys(store: &dyn Store, p: &str) {
     let got: Vec<String> = listed.iter().map(|m| m.key.clone()).collect();
     assert_eq!(got, want, "{}: odd keys list back verbatim", store.name());
     for (i, n) in names.iter().enumerate() {
-        let got = store.get(&format!("{p}{n}"), None, None).await.unwrap();
+        let got = store
+            .get(&format!("{p}{n}"), None, None)
+            .await
+            .unwrap()
+            .data;
         assert_eq!(
             got.as_ref(),
             &vec![i as u8; i + 1][..],
@@ -162,7 +193,11 @@ async fn listing_order_and_bounds(store: &dyn Store, p: &str) {
     let keys = ["a.txt", "a/b/c", "a0", "b/x", "ba"];
     for k in keys {
         store
-            .put(&format!("{p}{k}"), Bytes::from_static(b"x"), &opts(1))
+            .put(
+                &format!("{p}{k}"),
+                Payload::new(Bytes::from_static(b"x")),
+                &opts(1),
+            )
             .await
             .unwrap();
     }
@@ -245,7 +280,12 @@ async fn multipart_out_of_order(store: &dyn Store, p: &str) {
     let mut done = Vec::new();
     for s in specs {
         let body = Bytes::copy_from_slice(&data[s.offset as usize..(s.offset + s.len) as usize]);
-        done.push(store.put_part(&upload, s, body).await.unwrap());
+        done.push(
+            store
+                .put_part(&upload, s, Payload::new(body))
+                .await
+                .unwrap(),
+        );
     }
     assert!(
         store.head(&key).await.unwrap().is_none(),
@@ -257,7 +297,7 @@ async fn multipart_out_of_order(store: &dyn Store, p: &str) {
         .complete_multipart(&upload, &done, &opts(data.len()))
         .await
         .unwrap();
-    let got = store.get(&key, None, None).await.unwrap();
+    let got = store.get(&key, None, None).await.unwrap().data;
     assert!(
         got.as_ref() == &data[..],
         "{}: multipart object reads back whole",
@@ -279,7 +319,7 @@ async fn multipart_abort_leaves_nothing(store: &dyn Store, p: &str) {
         .create_multipart(&key, &opts(part as usize * 2))
         .await
         .unwrap();
-    let body = Bytes::from(pattern(part as usize, 4));
+    let body = Payload::new(Bytes::from(pattern(part as usize, 4)));
     store
         .put_part(
             &upload,
@@ -321,7 +361,11 @@ async fn missing_objects(store: &dyn Store, p: &str) {
 async fn changed_source_detected(store: &dyn Store, p: &str) {
     let key = format!("{p}v.bin");
     store
-        .put(&key, Bytes::from(pattern(4096, 5)), &opts(4096))
+        .put(
+            &key,
+            Payload::new(Bytes::from(pattern(4096, 5))),
+            &opts(4096),
+        )
         .await
         .unwrap();
     let v1 = store.head(&key).await.unwrap().unwrap();
@@ -331,7 +375,11 @@ async fn changed_source_detected(store: &dyn Store, p: &str) {
         .expect("the listed version reads");
     // A different size always makes a different version, whatever the backend keeps.
     store
-        .put(&key, Bytes::from(pattern(5000, 6)), &opts(5000))
+        .put(
+            &key,
+            Payload::new(Bytes::from(pattern(5000, 6))),
+            &opts(5000),
+        )
         .await
         .unwrap();
     let err = store.get(&key, Some(0..10), Some(&v1)).await.unwrap_err();
@@ -346,7 +394,7 @@ async fn changed_source_detected(store: &dyn Store, p: &str) {
 async fn delete(store: &dyn Store, p: &str) {
     let key = format!("{p}gone");
     store
-        .put(&key, Bytes::from_static(b"bye"), &opts(3))
+        .put(&key, Payload::new(Bytes::from_static(b"bye")), &opts(3))
         .await
         .unwrap();
     store.delete(&key).await.unwrap();

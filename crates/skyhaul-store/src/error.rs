@@ -17,6 +17,8 @@ pub enum ErrorKind {
     Throttled,
     /// A failure worth retrying: 5xx, timeout, reset, truncated or corrupted body.
     Transient,
+    /// Bytes did not match their checksum (corrupted in transit or at rest).
+    Corrupt,
     /// The source object changed while we were copying it.
     SourceChanged,
     /// A key that cannot be written at this destination (e.g. `..` on a file system).
@@ -52,7 +54,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::Unreachable
+            ErrorKind::Throttled
+                | ErrorKind::Transient
+                | ErrorKind::Unreachable
+                | ErrorKind::Corrupt
         )
     }
 

@@ -16,9 +16,11 @@ pub mod conformance;
 
 pub use error::{Error, ErrorKind, Result};
 pub use local::LocalStore;
-pub use types::{CompletedPart, Limits, MultipartUpload, ObjectMeta, PartSpec, PutOptions};
+pub use types::{
+    CompletedPart, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions,
+    Written,
+};
 
-use bytes::Bytes;
 use futures::stream::BoxStream;
 use std::ops::Range;
 
@@ -39,6 +41,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Size bounds for single puts and multipart parts.
     fn limits(&self) -> Limits;
 
+    /// Whether this store's ETags are MD5s of the content (S3: single-part uploads), which
+    /// makes computing MD5 while copying worth its CPU.
+    fn etags_are_md5(&self) -> bool {
+        false
+    }
+
     /// Lists objects whose key starts with `prefix`, in ascending byte order of the key,
     /// beginning after `start_after` when given. Directory markers are not objects.
     fn list<'a>(
@@ -58,10 +66,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         key: &str,
         range: Option<Range<u64>>,
         expect: Option<&ObjectMeta>,
-    ) -> Result<Bytes>;
+    ) -> Result<Fetched>;
 
     /// Writes a whole object. Readers never see a partial object under `key`.
-    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()>;
+    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<Written>;
 
     /// Starts a multipart upload of `opts.size` bytes to `key`.
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload>;
@@ -71,7 +79,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         upload: &MultipartUpload,
         part: PartSpec,
-        body: Bytes,
+        body: Payload,
     ) -> Result<CompletedPart>;
 
     /// Makes the object visible under its key; `parts` are in part-number order.
@@ -80,7 +88,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         upload: &MultipartUpload,
         parts: &[CompletedPart],
         opts: &PutOptions,
-    ) -> Result<()>;
+    ) -> Result<Written>;
 
     /// Discards an upload and everything uploaded for it.
     async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()>;

@@ -7,8 +7,8 @@
 //! from key and upload id) the whole serialisable upload state.
 
 use crate::{
-    CompletedPart, Error, ErrorKind, Limits, MultipartUpload, ObjectMeta, PartSpec, PutOptions,
-    Result, Store,
+    CompletedPart, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
+    Payload, PutOptions, Result, Store, Written,
 };
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
@@ -337,7 +337,7 @@ impl Store for LocalStore {
         key: &str,
         range: Option<Range<u64>>,
         expect: Option<&ObjectMeta>,
-    ) -> Result<Bytes> {
+    ) -> Result<Fetched> {
         let path = self.path_of(key)?;
         let key = key.to_string();
         let expect = expect.cloned();
@@ -375,12 +375,15 @@ impl Store for LocalStore {
             if after.len() != md.len() || after.modified().ok() != md.modified().ok() {
                 return Err(changed());
             }
-            Ok(Bytes::from(buf))
+            Ok(Fetched {
+                data: Bytes::from(buf),
+                etag: None,
+            })
         })
         .await
     }
 
-    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
+    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<Written> {
         let path = self.path_of(key)?;
         let upload_id = random_id();
         let tmp = self.tmp_path(key, &upload_id)?;
@@ -391,7 +394,7 @@ impl Store for LocalStore {
             let write = || -> io::Result<()> {
                 create_parent(&path)?;
                 let file = File::create(&tmp)?;
-                file.write_all_at(&body, 0)?;
+                file.write_all_at(&body.data, 0)?;
                 set_mtime(&file, mtime)?;
                 drop(file);
                 fs::rename(&tmp, &path)
@@ -399,7 +402,8 @@ impl Store for LocalStore {
             write().map_err(|e| {
                 let _ = fs::remove_file(&tmp);
                 this.io_err(&key, "cannot write", e)
-            })
+            })?;
+            Ok(Written::default())
         })
         .await
     }
@@ -431,7 +435,7 @@ impl Store for LocalStore {
         &self,
         upload: &MultipartUpload,
         part: PartSpec,
-        body: Bytes,
+        body: Payload,
     ) -> Result<CompletedPart> {
         let tmp = self.tmp_path(&upload.key, &upload.upload_id)?;
         let key = upload.key.clone();
@@ -441,7 +445,7 @@ impl Store for LocalStore {
                 .write(true)
                 .open(&tmp)
                 .map_err(|e| this.io_err(&key, "upload no longer exists", e))?;
-            file.write_all_at(&body, part.offset)
+            file.write_all_at(&body.data, part.offset)
                 .map_err(|e| this.io_err(&key, "cannot write part", e))?;
             Ok(CompletedPart {
                 number: part.number,
@@ -457,7 +461,7 @@ impl Store for LocalStore {
         upload: &MultipartUpload,
         parts: &[CompletedPart],
         opts: &PutOptions,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         let tmp = self.tmp_path(&upload.key, &upload.upload_id)?;
         let path = self.path_of(&upload.key)?;
         let mtime = opts.mtime;
@@ -484,7 +488,8 @@ impl Store for LocalStore {
             }
             set_mtime(&file, mtime).map_err(|e| this.io_err(&key, "cannot set mtime", e))?;
             drop(file);
-            fs::rename(&tmp, &path).map_err(|e| this.io_err(&key, "cannot move into place", e))
+            fs::rename(&tmp, &path).map_err(|e| this.io_err(&key, "cannot move into place", e))?;
+            Ok(Written::default())
         })
         .await
     }

@@ -40,6 +40,36 @@ pub struct PutOptions {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Bytes to write, with their MD5 when known: S3-compatible servers check `Content-MD5`
+/// and refuse a body that was corrupted on the way.
+#[derive(Debug, Clone, Default)]
+pub struct Payload {
+    pub data: bytes::Bytes,
+    pub md5: Option<[u8; 16]>,
+}
+
+impl Payload {
+    pub fn new(data: bytes::Bytes) -> Self {
+        Payload { data, md5: None }
+    }
+}
+
+/// Bytes read, with the entity tag the store sent with them: listings of some servers
+/// carry no ETag, but every read does, and it is what the bytes are checked against.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    pub data: bytes::Bytes,
+    pub etag: Option<String>,
+}
+
+/// What the store says it stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The entity tag of the new object, quotes removed (MD5 of the body for single-part
+    /// uploads on S3; `md5-of-part-md5s-N` for multipart).
+    pub etag: Option<String>,
+}
+
 /// Bounds a backend puts on object and part sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -1,6 +1,6 @@
 //! The local backend passes the same suite as every other backend.
 
-use skyhaul_store::{conformance, ErrorKind, LocalStore, PutOptions, Store};
+use skyhaul_store::{conformance, ErrorKind, LocalStore, Payload, PutOptions, Store};
 
 #[tokio::test]
 async fn local_store_passes_the_conformance_suite() {
@@ -16,7 +16,11 @@ async fn local_store_refuses_keys_that_escape_the_root() {
     let store = LocalStore::new(&root);
     for key in ["../escape", "a/../../escape", "/abs", "a//b"] {
         let err = store
-            .put(key, bytes::Bytes::from_static(b"x"), &PutOptions::default())
+            .put(
+                key,
+                Payload::new(bytes::Bytes::from_static(b"x")),
+                &PutOptions::default(),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidKey, "{key}: {err}");
@@ -31,7 +35,7 @@ async fn file_where_a_directory_must_go_is_a_conflict() {
     store
         .put(
             "a",
-            bytes::Bytes::from_static(b"file"),
+            Payload::new(bytes::Bytes::from_static(b"file")),
             &PutOptions::default(),
         )
         .await
@@ -39,7 +43,7 @@ async fn file_where_a_directory_must_go_is_a_conflict() {
     let err = store
         .put(
             "a/b",
-            bytes::Bytes::from_static(b"x"),
+            Payload::new(bytes::Bytes::from_static(b"x")),
             &PutOptions::default(),
         )
         .await
@@ -50,13 +54,17 @@ async fn file_where_a_directory_must_go_is_a_conflict() {
     store
         .put(
             "d/x",
-            bytes::Bytes::from_static(b"x"),
+            Payload::new(bytes::Bytes::from_static(b"x")),
             &PutOptions::default(),
         )
         .await
         .unwrap();
     let err = store
-        .put("d", bytes::Bytes::from_static(b"x"), &PutOptions::default())
+        .put(
+            "d",
+            Payload::new(bytes::Bytes::from_static(b"x")),
+            &PutOptions::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Conflict, "{err}");

@@ -36,6 +36,11 @@ skyhaul sync ./dataset s3://bucket/dataset\n  \
 skyhaul sync s3://bucket/a s3://bucket/b --size-only\n  \
 skyhaul sync --delete s3://src/data /mnt/mirror")]
     Sync(SyncArgs),
+    /// Compare two locations: missing, extra and different objects (exit code 6 if any)
+    #[command(after_help = "Examples:\n  \
+skyhaul verify -r s3://src/data s3://dst/data --dst-endpoint https://r2.example.com\n  \
+skyhaul verify -r --deep /data s3://bucket/data")]
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -63,11 +68,26 @@ pub struct SyncArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct TransferArgs {
+pub struct VerifyArgs {
     /// Source: s3://bucket/key-or-prefix or a local path
     pub src: String,
     /// Destination: s3://bucket/key-or-prefix or a local path
     pub dst: String,
+    /// Compare everything under SRC and DST (prefixes or directories)
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Re-read both sides and compare CRC64s where ETags are not comparable
+    #[arg(long)]
+    pub deep: bool,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Where each side is and how to sign in there.
+#[derive(Debug, Args)]
+pub struct EndpointArgs {
     /// Endpoint URL of the source store (any S3-compatible service)
     #[arg(long, env = "SKYHAUL_SRC_ENDPOINT")]
     pub src_endpoint: Option<String>,
@@ -86,6 +106,39 @@ pub struct TransferArgs {
     /// Region of the destination bucket
     #[arg(long, env = "SKYHAUL_DST_REGION")]
     pub dst_region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print only errors
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print the final report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How much the check after a copy looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyArg {
+    /// No check
+    None,
+    /// Every copied object is at the destination with the right size
+    Size,
+    /// Also its checksum (ETag) where the destination reports a comparable one
+    Checksum,
+    /// Re-read every copied object from the destination and compare CRC64s
+    Deep,
+}
+
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Source: s3://bucket/key-or-prefix or a local path
+    pub src: String,
+    /// Destination: s3://bucket/key-or-prefix or a local path
+    pub dst: String,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
     /// Concurrent requests per side
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_connections: u16,
@@ -104,10 +157,19 @@ pub struct TransferArgs {
     /// Move bytes through this machine even when the store could copy them itself
     #[arg(long)]
     pub no_server_side_copy: bool,
-    /// Print only errors
-    #[arg(short, long)]
-    pub quiet: bool,
-    /// Print the final report as JSON on stdout
-    #[arg(long)]
-    pub json: bool,
+    /// What to check at the destination after copying
+    #[arg(long, value_enum, default_value = "checksum")]
+    pub verify: VerifyArg,
+    /// Check only this percentage of the copied objects (a deterministic sample)
+    #[arg(long, default_value_t = 100.0, value_parser = percent)]
+    pub verify_sample: f64,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!("'{s}' is not a percentage in (0, 100]")),
+    }
 }

@@ -19,6 +19,8 @@ pub enum ExitCode {
     AccessDenied = 4,
     /// An endpoint could not be reached.
     Unreachable = 5,
+    /// Verification found missing, extra or different objects.
+    VerifyFailed = 6,
     /// The destination cannot take the data (a file in the way, disk full).
     Destination = 7,
     /// Stopped by Ctrl-C; rerun to finish.

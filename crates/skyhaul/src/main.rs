@@ -6,11 +6,12 @@ mod exit;
 mod output;
 mod size;
 
-use args::{Cli, Command, TransferArgs};
+use args::{Cli, Command, EndpointArgs, TransferArgs, VerifyArg, VerifyArgs};
 use clap::Parser;
 use exit::ExitCode;
 use skyhaul_engine::{
-    open_destination, open_source, Compare, Mode, Progress, SideOptions, TransferOptions,
+    open_destination, open_source, verify_locations, Compare, Endpoint, Mode, Progress,
+    SideOptions, TransferOptions, VerifyMode,
 };
 use skyhaul_location::Location;
 use skyhaul_s3::S3Options;
@@ -51,6 +52,7 @@ async fn run(cli: Cli) -> ExitCode {
             let recursive = args.recursive;
             transfer(args.common, mode, recursive).await
         }
+        Command::Verify(args) => verify(args).await,
         Command::Sync(args) => {
             let compare = if args.size_only {
                 Compare::SizeOnly
@@ -98,29 +100,74 @@ fn side_options(
     }
 }
 
-async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
-    let out = output::Output::new(args.quiet, args.json);
+/// Parses both locations and opens both stores.
+async fn open_both(
+    src: &str,
+    dst: &str,
+    e: &EndpointArgs,
+    recursive: bool,
+) -> Result<(Endpoint, Endpoint), exit::CliError> {
+    let src_loc = Location::parse(src).map_err(exit::usage)?;
+    let dst_loc = Location::parse(dst).map_err(exit::usage)?;
+    let src_side = side_options(
+        "SRC",
+        e.src_endpoint.clone(),
+        e.src_profile.clone(),
+        e.src_region.clone(),
+    );
+    let dst_side = side_options(
+        "DST",
+        e.dst_endpoint.clone(),
+        e.dst_profile.clone(),
+        e.dst_region.clone(),
+    );
+    let src = open_source(&src_loc, &src_side, recursive)
+        .await
+        .map_err(|e| exit::store("SRC", e))?;
+    let dst = open_destination(&dst_loc, &dst_side, recursive)
+        .await
+        .map_err(|e| exit::store("DST", e))?;
+    Ok((src, dst))
+}
+
+async fn verify(args: VerifyArgs) -> ExitCode {
+    let out = output::Output::new(args.output.quiet, args.output.json);
     let result: Result<ExitCode, exit::CliError> = async {
-        let src_loc = Location::parse(&args.src).map_err(exit::usage)?;
-        let dst_loc = Location::parse(&args.dst).map_err(exit::usage)?;
-        let src_side = side_options(
-            "SRC",
-            args.src_endpoint.clone(),
-            args.src_profile.clone(),
-            args.src_region.clone(),
-        );
-        let dst_side = side_options(
-            "DST",
-            args.dst_endpoint.clone(),
-            args.dst_profile.clone(),
-            args.dst_region.clone(),
-        );
-        let src = open_source(&src_loc, &src_side, recursive)
-            .await
-            .map_err(|e| exit::store("SRC", e))?;
-        let dst = open_destination(&dst_loc, &dst_side, recursive)
-            .await
-            .map_err(|e| exit::store("DST", e))?;
+        let (src, dst) = open_both(&args.src, &args.dst, &args.endpoints, args.recursive).await?;
+        let mode = if args.deep {
+            VerifyMode::Deep
+        } else {
+            VerifyMode::Checksum
+        };
+        let progress = Arc::new(Progress::default());
+        let v = verify_locations(
+            &src,
+            &dst,
+            args.recursive,
+            mode,
+            Default::default(),
+            progress,
+        )
+        .await
+        .map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
+        out.verification(&v);
+        Ok(if v.passed() {
+            ExitCode::Ok
+        } else {
+            ExitCode::VerifyFailed
+        })
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        out.error(&e.message);
+        e.code
+    })
+}
+
+async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
+    let out = output::Output::new(args.output.quiet, args.output.json);
+    let result: Result<ExitCode, exit::CliError> = async {
+        let (src, dst) = open_both(&args.src, &args.dst, &args.endpoints, recursive).await?;
         let opts = TransferOptions {
             mode,
             recursive,
@@ -133,6 +180,13 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
                 ..Default::default()
             },
             server_side_copy: !args.no_server_side_copy,
+            verify: match args.verify {
+                VerifyArg::None => VerifyMode::None,
+                VerifyArg::Size => VerifyMode::Size,
+                VerifyArg::Checksum => VerifyMode::Checksum,
+                VerifyArg::Deep => VerifyMode::Deep,
+            },
+            verify_sample: args.verify_sample,
         };
         let progress = Arc::new(Progress::default());
         let cancel = CancellationToken::new();
@@ -144,10 +198,12 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
         out.report(&report);
         Ok(if cancel.is_cancelled() {
             ExitCode::Interrupted
-        } else if report.succeeded() {
-            ExitCode::Ok
-        } else {
+        } else if report.objects_failed > 0 {
             ExitCode::PartialFailure
+        } else if !report.verified() {
+            ExitCode::VerifyFailed
+        } else {
+            ExitCode::Ok
         })
     }
     .await;

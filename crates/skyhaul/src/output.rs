@@ -2,7 +2,7 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skyhaul_engine::report::{human_bytes, thousands};
-use skyhaul_engine::{Progress, Report};
+use skyhaul_engine::{Progress, Report, Verification};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,14 +86,38 @@ impl Output {
                 thousands(r.objects_failed - r.failures.len() as u64)
             );
         }
+        if let Some(v) = &r.verification {
+            for p in &v.problems {
+                eprintln!("skyhaul: verify: {}: {}", p.key, p.error);
+            }
+        }
         if !self.quiet {
             println!("skyhaul: {r}");
+            if let Some(v) = &r.verification {
+                println!("skyhaul: {v}");
+            }
             if r.bytes_skipped > 0 && r.objects_copied == 0 && r.objects_failed == 0 {
                 println!(
                     "skyhaul: nothing to do: {} already up to date",
                     human_bytes(r.bytes_skipped)
                 );
             }
+        }
+    }
+
+    pub fn verification(&self, v: &Verification) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string(v).expect("verification serialises")
+            );
+            return;
+        }
+        for p in &v.problems {
+            eprintln!("skyhaul: {}: {}", p.key, p.error);
+        }
+        if !self.quiet {
+            println!("skyhaul: {v}");
         }
     }
 

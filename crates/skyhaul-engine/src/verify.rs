@@ -1,0 +1,444 @@
+//! Verification: that the destination holds what a transfer wrote (run after every
+//! `cp`/`sync`), and `skyhaul verify`: that two locations hold the same objects, whoever
+//! copied them.
+//!
+//! Sizes are always compared. Checksums are compared where both sides have comparable ones:
+//! ETags that are content MD5s (or equal multipart ETags), or, in deep mode, a CRC64 of the
+//! bytes re-read from the store.
+
+use crate::integrity::{combine_crc64, plain_md5, sums};
+use crate::listing::{Merge, Pair, ResilientList};
+use crate::open::Endpoint;
+use crate::progress::Progress;
+use crate::report::{thousands, Failure};
+use crate::retry::RetryPolicy;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use skyhaul_location::dir_form;
+use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
+use std::fmt;
+use std::sync::Arc;
+
+/// Chunk size for deep re-reads: large enough for throughput, small enough for memory.
+const DEEP_CHUNK: u64 = 16 << 20;
+/// Objects re-read concurrently in deep mode.
+const DEEP_CONCURRENCY: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    None,
+    Size,
+    #[default]
+    Checksum,
+    Deep,
+}
+
+/// What the transfer wrote for one object, as the verification pass needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub dst_key: String,
+    pub size: u64,
+    /// CRC64-NVME of the bytes sent, when they went through this machine.
+    pub crc64: Option<u64>,
+    /// The ETag the destination should report, when it is predictable.
+    pub etag: Option<String>,
+    pub server_side: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Verification {
+    pub mode: VerifyMode,
+    pub objects: u64,
+    pub size_ok: u64,
+    pub checksum_ok: u64,
+    pub not_comparable: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub size_mismatch: u64,
+    pub checksum_mismatch: u64,
+    pub problems: Vec<Failure>,
+}
+
+impl Verification {
+    pub fn passed(&self) -> bool {
+        self.missing + self.extra + self.size_mismatch + self.checksum_mismatch == 0
+    }
+
+    fn problem(&mut self, key: &str, what: String) {
+        if self.problems.len() < 10_000 {
+            self.problems.push(Failure {
+                key: key.to_string(),
+                error: what,
+            });
+        }
+    }
+
+    fn missing(&mut self, key: &str) {
+        self.missing += 1;
+        self.problem(key, "missing at the destination".into());
+    }
+
+    /// Records the size comparison; returns whether sizes match.
+    fn sizes(&mut self, key: &str, want: u64, got: u64) -> bool {
+        if want == got {
+            self.size_ok += 1;
+            return true;
+        }
+        self.size_mismatch += 1;
+        self.problem(
+            key,
+            format!("size differs: {want} bytes expected, {got} found"),
+        );
+        false
+    }
+
+    fn checksum(&mut self, key: &str, outcome: Option<(String, String)>) {
+        match outcome {
+            None => self.not_comparable += 1,
+            Some((a, b)) if a == b => self.checksum_ok += 1,
+            Some((a, b)) => {
+                self.checksum_mismatch += 1;
+                self.problem(key, format!("checksum differs: {a} expected, {b} found"));
+            }
+        }
+    }
+}
+
+impl fmt::Display for Verification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.mode {
+            VerifyMode::None => "none",
+            VerifyMode::Size => "size",
+            VerifyMode::Checksum => "checksum",
+            VerifyMode::Deep => "deep",
+        };
+        write!(
+            f,
+            "verified {} objects ({mode}): size ✓ {}",
+            thousands(self.objects),
+            thousands(self.size_ok)
+        )?;
+        if self.mode >= VerifyMode::Checksum {
+            write!(
+                f,
+                ", checksum ✓ {}, not comparable {}",
+                thousands(self.checksum_ok),
+                thousands(self.not_comparable)
+            )?;
+        }
+        for (n, what) in [
+            (self.missing, "missing"),
+            (self.extra, "extra"),
+            (self.size_mismatch, "size mismatch"),
+            (self.checksum_mismatch, "checksum mismatch"),
+        ] {
+            if n > 0 {
+                write!(f, ", {what} {}", thousands(n))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `key` falls in a deterministic `percent` sample (the same keys every run).
+pub fn sampled(key: &str, percent: f64) -> bool {
+    if percent >= 100.0 {
+        return true;
+    }
+    let h = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, key.as_bytes());
+    (h % 10_000) as f64 / 100.0 < percent
+}
+
+/// CRC64 of an object re-read from its store in chunks.
+async fn deep_crc(
+    store: &dyn Store,
+    meta: &ObjectMeta,
+    retry: &RetryPolicy,
+    progress: &Progress,
+) -> Result<u64> {
+    let limit = crate::limiter::AdaptiveLimit::new(1);
+    let mut pieces = Vec::new();
+    let mut offset = 0;
+    while offset < meta.size || (meta.size == 0 && pieces.is_empty()) {
+        let len = DEEP_CHUNK.min(meta.size - offset);
+        let range = (meta.size > 0).then_some(offset..offset + len);
+        let data = retry
+            .run(&limit, progress, || {
+                store.get(&meta.key, range.clone(), None)
+            })
+            .await?
+            .data;
+        pieces.push((sums(&data, false).crc64, data.len() as u64));
+        offset += len;
+        if meta.size == 0 {
+            break;
+        }
+    }
+    Ok(combine_crc64(pieces))
+}
+
+/// A HEAD with the transfer's retries: verification must ride out the same faults.
+async fn head(
+    store: &dyn Store,
+    key: &str,
+    retry: &RetryPolicy,
+    progress: &Progress,
+) -> Result<Option<ObjectMeta>> {
+    let limit = crate::limiter::AdaptiveLimit::new(1);
+    retry.run(&limit, progress, || store.head(key)).await
+}
+
+/// Fills in the ETag with a HEAD when the listing had none (s3s-fs lists without ETags)
+/// and the store's ETags are worth having.
+async fn with_etag(
+    store: &dyn Store,
+    meta: ObjectMeta,
+    retry: &RetryPolicy,
+    progress: &Progress,
+) -> Result<ObjectMeta> {
+    if meta.etag.is_some() || !store.etags_are_md5() {
+        return Ok(meta);
+    }
+    let head = head(store, &meta.key, retry, progress).await?;
+    Ok(head
+        .map(|h| ObjectMeta {
+            etag: h.etag,
+            ..meta.clone()
+        })
+        .unwrap_or(meta))
+}
+
+/// Checks what a transfer wrote against the destination as it lists now.
+pub async fn verify_copied(
+    dst: &Endpoint,
+    recursive: bool,
+    mut copied: Vec<Copied>,
+    mode: VerifyMode,
+    sample_percent: f64,
+    retry: RetryPolicy,
+    progress: Arc<Progress>,
+) -> Result<Verification> {
+    let mut v = Verification {
+        mode,
+        ..Default::default()
+    };
+    copied.retain(|c| sampled(&c.dst_key, sample_percent));
+    copied.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
+    let mut found: Vec<(Copied, Option<ObjectMeta>)> = Vec::with_capacity(copied.len());
+    if recursive {
+        // One listing of the destination instead of a request per object.
+        let mut listing = ResilientList::new(
+            dst.store.clone(),
+            dir_form(&dst.path),
+            retry,
+            progress.clone(),
+        );
+        let mut next = listing.next().await.transpose()?;
+        for c in copied {
+            while next.as_ref().is_some_and(|m| m.key < c.dst_key) {
+                next = listing.next().await.transpose()?;
+            }
+            let m = next.as_ref().filter(|m| m.key == c.dst_key).cloned();
+            found.push((c, m));
+        }
+    } else {
+        for c in copied {
+            let m = head(dst.store.as_ref(), &c.dst_key, &retry, &progress).await?;
+            found.push((c, m));
+        }
+    }
+    let mut to_reread = Vec::new();
+    for (c, m) in found {
+        v.objects += 1;
+        let Some(m) = m else {
+            v.missing(&c.dst_key);
+            continue;
+        };
+        if !v.sizes(&c.dst_key, c.size, m.size) || mode < VerifyMode::Checksum {
+            continue;
+        }
+        if mode == VerifyMode::Deep && c.crc64.is_some() {
+            to_reread.push((c, m));
+            continue;
+        }
+        let m = if c.etag.is_some() {
+            with_etag(dst.store.as_ref(), m, &retry, &progress).await?
+        } else {
+            m
+        };
+        let outcome = c
+            .etag
+            .as_deref()
+            .zip(m.etag.as_deref())
+            .and_then(|(want, got)| same_form(want, got));
+        v.checksum(&c.dst_key, outcome);
+    }
+    let store = dst.store.clone();
+    let mut rereads = futures::stream::iter(to_reread)
+        .map(|(c, m)| {
+            let (store, progress) = (store.clone(), progress.clone());
+            async move {
+                let got = deep_crc(store.as_ref(), &m, &retry, &progress).await;
+                (c, got)
+            }
+        })
+        .buffer_unordered(DEEP_CONCURRENCY);
+    while let Some((c, got)) = rereads.next().await {
+        let want = format!(
+            "crc64nvme:{:016x}",
+            c.crc64.expect("only objects with a CRC are re-read")
+        );
+        v.checksum(&c.dst_key, Some((want, format!("crc64nvme:{:016x}", got?))));
+    }
+    Ok(v)
+}
+
+/// Compares two locations: missing, extra, size- and checksum-mismatched objects.
+pub async fn verify_locations(
+    src: &Endpoint,
+    dst: &Endpoint,
+    recursive: bool,
+    mode: VerifyMode,
+    retry: RetryPolicy,
+    progress: Arc<Progress>,
+) -> Result<Verification> {
+    let mut v = Verification {
+        mode,
+        ..Default::default()
+    };
+    let mut pairs = Vec::new();
+    if recursive {
+        let left = ResilientList::new(
+            src.store.clone(),
+            dir_form(&src.path),
+            retry,
+            progress.clone(),
+        );
+        let right = ResilientList::new(
+            dst.store.clone(),
+            dir_form(&dst.path),
+            retry,
+            progress.clone(),
+        );
+        let mut merge = Merge::new(left, right);
+        while let Some(pair) = merge.next().await? {
+            match pair {
+                Pair::Left(a) => {
+                    v.objects += 1;
+                    v.missing(&a.key);
+                }
+                Pair::Right(b) => {
+                    v.extra += 1;
+                    v.problem(&b.key, "only at the destination".into());
+                }
+                Pair::Both(a, b) => pairs.push((a, b)),
+            }
+        }
+    } else {
+        let not_found = || {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("{}: no such object", src.display),
+            )
+        };
+        let a = head(src.store.as_ref(), &src.path, &retry, &progress)
+            .await?
+            .ok_or_else(not_found)?;
+        match head(dst.store.as_ref(), &dst.path, &retry, &progress).await? {
+            Some(b) => pairs.push((a, b)),
+            None => {
+                v.objects += 1;
+                v.missing(&dst.path);
+            }
+        }
+    }
+    let mut rereads = Vec::new();
+    for (a, b) in pairs {
+        v.objects += 1;
+        if !v.sizes(&a.key, a.size, b.size) || mode < VerifyMode::Checksum {
+            continue;
+        }
+        let a = with_etag(src.store.as_ref(), a, &retry, &progress).await?;
+        let b = with_etag(dst.store.as_ref(), b, &retry, &progress).await?;
+        match etag_comparison(&a, &b) {
+            Some(outcome) => v.checksum(&a.key, Some(outcome)),
+            None if mode == VerifyMode::Deep => rereads.push((a, b)),
+            None => v.checksum(&a.key, None),
+        }
+    }
+    let (s, d) = (src.store.clone(), dst.store.clone());
+    let mut running = futures::stream::iter(rereads)
+        .map(|(a, b)| {
+            let (s, d, progress) = (s.clone(), d.clone(), progress.clone());
+            async move {
+                let x = deep_crc(s.as_ref(), &a, &retry, &progress).await;
+                let y = deep_crc(d.as_ref(), &b, &retry, &progress).await;
+                (a.key, x, y)
+            }
+        })
+        .buffer_unordered(DEEP_CONCURRENCY);
+    while let Some((key, x, y)) = running.next().await {
+        v.checksum(
+            &key,
+            Some((
+                format!("crc64nvme:{:016x}", x?),
+                format!("crc64nvme:{:016x}", y?),
+            )),
+        );
+    }
+    Ok(v)
+}
+
+/// An expected ETag is comparable with a listed one only in the same form: content MD5
+/// with content MD5, multipart `-N` with multipart (some servers, e.g. rclone serve s3,
+/// give multipart objects ETags of their own making).
+fn same_form(want: &str, got: &str) -> Option<(String, String)> {
+    match (plain_md5(Some(want)), plain_md5(Some(got))) {
+        (Some(w), Some(g)) => Some((w.to_ascii_lowercase(), g.to_ascii_lowercase())),
+        (None, None) if want.contains('-') && got.contains('-') => {
+            Some((want.to_string(), got.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// ETags say something about content when both are content MD5s, or when both are the
+/// same multipart ETag (same parts, same part MD5s). Anything else is not comparable.
+fn etag_comparison(a: &ObjectMeta, b: &ObjectMeta) -> Option<(String, String)> {
+    let (x, y) = (a.etag.as_deref()?, b.etag.as_deref()?);
+    match (plain_md5(Some(x)), plain_md5(Some(y))) {
+        (Some(x), Some(y)) => Some((x.to_ascii_lowercase(), y.to_ascii_lowercase())),
+        _ if x == y && x.contains('-') => Some((x.to_string(), y.to_string())),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_is_deterministic_and_roughly_proportional() {
+        let keys: Vec<String> = (0..10_000).map(|i| format!("k/{i}")).collect();
+        let n = keys.iter().filter(|k| sampled(k, 10.0)).count();
+        assert!((800..1200).contains(&n), "{n}");
+        assert!(keys.iter().all(|k| sampled(k, 100.0)));
+        assert_eq!(keys.iter().filter(|k| sampled(k, 10.0)).count(), n);
+    }
+
+    #[test]
+    fn etags_compare_only_when_meaningful() {
+        let meta = |e: &str| {
+            let mut m = ObjectMeta::new("k", 1);
+            m.etag = Some(e.to_string());
+            m
+        };
+        let md5a = "0123456789abcdef0123456789abcdef";
+        let md5b = "ffffffffffffffffffffffffffffffff";
+        assert!(etag_comparison(&meta(md5a), &meta(md5b)).is_some_and(|(x, y)| x != y));
+        assert!(etag_comparison(&meta("abc-3"), &meta("abc-3")).is_some());
+        assert!(etag_comparison(&meta(md5a), &meta("abc-3")).is_none());
+        assert!(etag_comparison(&meta("abc-3"), &meta("abd-3")).is_none());
+    }
+}

@@ -1,0 +1,280 @@
+//! Integrity under fire: a fault-injecting proxy between skyhaul and real S3 servers flips,
+//! truncates, throttles and resets; nothing corrupted may ever land, and `skyhaul verify`
+//! must tell identical from different.
+
+mod common;
+
+use common::*;
+use skyhaul_testkit::{FaultProxy, Faults, S3Kind, S3Server};
+use std::collections::BTreeMap;
+
+fn dataset() -> BTreeMap<String, Vec<u8>> {
+    let mut m = mixed();
+    for i in 0..12 {
+        m.insert(
+            format!("many/{i:02}.bin"),
+            data(50_000 + i * 1000, 100 + i as u64),
+        );
+    }
+    m
+}
+
+/// Asserts that every object present at the destination is byte-identical to its source.
+fn assert_nothing_corrupt(got: &BTreeMap<String, Vec<u8>>, want: &BTreeMap<String, Vec<u8>>) {
+    for (k, v) in got {
+        let w = want
+            .get(k)
+            .unwrap_or_else(|| panic!("unexpected object {k}"));
+        assert!(v == w, "{k}: corrupted object at the destination");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_downloads_are_detected_and_never_land() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("src").await;
+    let files = dataset();
+    fill_bucket(&s3, "src", "data/", &files).await;
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            flip_response_body: 0.15,
+            only_methods: vec!["GET".into()],
+            path_contains: Some("/src/data/".into()),
+            ..Default::default()
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let mut complete_runs = 0;
+    for run in 0..5 {
+        let dst = tmp.path().join(format!("run{run}"));
+        let ep = proxy.endpoint();
+        let mut args = vec![
+            "cp",
+            "-r",
+            "s3://src/data",
+            dst.to_str().unwrap(),
+            "--src-endpoint",
+            &ep,
+            "--json",
+        ];
+        args.extend(SMALL_PARTS);
+        let out = skyhaul(&args, Some(&s3), None);
+        assert!(out.code == 0 || out.code == 1, "run {run}: {}", out.stderr);
+        let got = read_tree(&dst);
+        assert_nothing_corrupt(&got, &files);
+        if out.code == 0 {
+            complete_runs += 1;
+            assert_eq!(got, files, "a successful run copied everything");
+        }
+    }
+    let injected = proxy.injected().flip_response_body;
+    assert!(
+        injected >= 5,
+        "the proxy did corrupt downloads ({injected})"
+    );
+    assert!(complete_runs >= 1, "retries recover from corruption");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_uploads_are_rejected_or_caught() {
+    // s3s-fs checks Content-MD5; moto stores whatever arrives, so only our check of the
+    // returned ETag can catch it there.
+    for kind in [S3Kind::S3sFs, S3Kind::Moto] {
+        let s3 = S3Server::start(kind);
+        s3.create_bucket("dst").await;
+        let proxy = FaultProxy::start(
+            &s3.endpoint,
+            Faults {
+                flip_request_body: 0.2,
+                only_methods: vec!["PUT".into()],
+                ..Default::default()
+            },
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let files = dataset();
+        write_tree(&tmp.path().join("src"), &files);
+        let ep = proxy.endpoint();
+        let src = tmp.path().join("src");
+        let mut args = vec![
+            "cp",
+            "-r",
+            src.to_str().unwrap(),
+            "s3://dst/up",
+            "--dst-endpoint",
+            &ep,
+            "--json",
+        ];
+        args.extend(SMALL_PARTS);
+        let out = skyhaul(&args, None, Some(&s3));
+        let got = read_bucket(&s3, "dst", "up/").await;
+        assert_nothing_corrupt(&got, &files);
+        assert!(
+            proxy.injected().flip_request_body > 0,
+            "{kind}: uploads were corrupted"
+        );
+        assert_eq!(out.code, 0, "{kind}: retries recover: {}", out.stderr);
+        assert_eq!(got, files, "{kind}");
+        assert!(out.json()["retries"].as_u64().unwrap() > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_errors_truncation_and_resets_are_survived() {
+    let a = S3Server::start(S3Kind::S3sFs);
+    let b = S3Server::start(S3Kind::S3sFs);
+    a.create_bucket("src").await;
+    b.create_bucket("dst").await;
+    let files = dataset();
+    fill_bucket(&a, "src", "", &files).await;
+    let chaos = Faults {
+        slow_down_503: 0.12,
+        internal_error_500: 0.05,
+        truncate_response_body: 0.05,
+        reset_connection: 0.05,
+        ..Default::default()
+    };
+    let pa = FaultProxy::start(&a.endpoint, chaos.clone());
+    let pb = FaultProxy::start(&b.endpoint, chaos);
+    let (ea, eb) = (pa.endpoint(), pb.endpoint());
+    // Three copies so that enough faults land whatever the dice say (~25% of ~40 requests each).
+    for run in 0..3 {
+        let dst = format!("s3://dst/run{run}/");
+        let mut args = vec![
+            "cp",
+            "-r",
+            "s3://src/",
+            &dst,
+            "--src-endpoint",
+            &ea,
+            "--dst-endpoint",
+            &eb,
+            "--json",
+        ];
+        args.extend(SMALL_PARTS);
+        let out = skyhaul(&args, Some(&a), Some(&b));
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(read_bucket(&b, "dst", &format!("run{run}/")).await, files);
+        assert_eq!(out.json()["verification"]["checksum_mismatch"], 0);
+    }
+    let injected = pa.injected().total() + pb.injected().total();
+    assert!(injected >= 10, "faults were injected ({injected})");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_tells_identical_from_different() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("one").await;
+    s3.create_bucket("two").await;
+    let files = dataset();
+    fill_bucket(&s3, "one", "", &files).await;
+    fill_bucket(&s3, "two", "", &files).await;
+    let ep = s3.endpoint.as_str();
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "-r",
+            "s3://one/",
+            "s3://two/",
+            "--src-endpoint",
+            ep,
+            "--dst-endpoint",
+            ep,
+            "--json",
+        ];
+        args.extend(extra);
+        skyhaul(&args, Some(&s3), Some(&s3))
+    };
+    let same = verify(&[]);
+    assert_eq!(same.code, 0, "{}", same.stderr);
+    assert_eq!(same.json()["checksum_ok"], files.len() as u64);
+
+    s3.client()
+        .await
+        .delete_object()
+        .bucket("two")
+        .key("small.txt")
+        .send()
+        .await
+        .unwrap();
+    s3.put("two", "extra.bin", b"extra").await;
+    s3.put("two", "many/00.bin", b"wrong size").await;
+    let mut same_size = files["many/01.bin"].clone();
+    same_size[100] ^= 1;
+    s3.put("two", "many/01.bin", &same_size).await;
+    let diff = verify(&[]);
+    assert_eq!(diff.code, 6, "{}", diff.stderr);
+    let v = diff.json();
+    assert_eq!(
+        (
+            v["missing"].as_u64(),
+            v["extra"].as_u64(),
+            v["size_mismatch"].as_u64(),
+            v["checksum_mismatch"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1), Some(1)),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_handles_multipart_objects_made_by_another_client() {
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket("src").await;
+    s3.create_bucket("dst").await;
+    let big = data(12 * 1024 * 1024, 77);
+    s3.put_multipart("src", "big.bin", &big, 5 * 1024 * 1024)
+        .await;
+    let ep = s3.endpoint.as_str();
+    // A copy through this machine lays the object out its own way (one PUT here).
+    let copy = skyhaul(
+        &[
+            "cp",
+            "s3://src/big.bin",
+            "s3://dst/big.bin",
+            "--src-endpoint",
+            ep,
+            "--dst-endpoint",
+            ep,
+            "--no-server-side-copy",
+        ],
+        Some(&s3),
+        Some(&s3),
+    );
+    assert_eq!(copy.code, 0, "{}", copy.stderr);
+    let args = |deep: bool| {
+        let mut a = vec![
+            "verify",
+            "s3://src/big.bin",
+            "s3://dst/big.bin",
+            "--src-endpoint",
+            ep,
+            "--dst-endpoint",
+            ep,
+            "--json",
+        ];
+        if deep {
+            a.push("--deep");
+        }
+        a
+    };
+    let shallow = skyhaul(&args(false), Some(&s3), Some(&s3)).json();
+    assert_eq!(
+        (
+            shallow["size_ok"].as_u64(),
+            shallow["not_comparable"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{shallow}"
+    );
+    let deep = skyhaul(&args(true), Some(&s3), Some(&s3));
+    assert_eq!(deep.code, 0, "{}", deep.stderr);
+    assert_eq!(deep.json()["checksum_ok"], 1);
+    // And a same-size corruption of the multipart original is caught by the deep check.
+    let mut bad = big.clone();
+    bad[6 * 1024 * 1024] ^= 0xff;
+    s3.put("dst", "big.bin", &bad).await;
+    let caught = skyhaul(&args(true), Some(&s3), Some(&s3));
+    assert_eq!(caught.code, 6, "{}", caught.stderr);
+    assert_eq!(caught.json()["checksum_mismatch"], 1);
+}
