@@ -8,6 +8,7 @@
 //! and every request is retried the same way whatever the backend.
 
 pub mod budget;
+pub mod filter;
 pub mod integrity;
 pub mod limiter;
 mod listing;
@@ -15,6 +16,7 @@ pub mod open;
 pub mod plan;
 pub mod progress;
 pub mod report;
+pub mod resume;
 pub mod retry;
 mod run;
 pub mod verify;

@@ -22,12 +22,21 @@ pub struct Endpoint {
     pub path: String,
     /// What the user typed, for messages and reports.
     pub display: String,
+    /// The location with its endpoint: what identifies it in the journal.
+    pub locator: String,
 }
 
 async fn open_bucket(loc: &Location, side: &SideOptions) -> Result<Arc<dyn Store>> {
     match loc.scheme {
         Scheme::S3 => Ok(Arc::new(S3Store::connect(&side.s3, &loc.bucket).await?)),
         Scheme::Local => unreachable!("local locations are opened by directory"),
+    }
+}
+
+fn locator(loc: &Location, side: &SideOptions) -> String {
+    match &side.s3.endpoint {
+        Some(e) => format!("{loc} at {e}"),
+        None => loc.to_string(),
     }
 }
 
@@ -50,6 +59,7 @@ pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) ->
         return Ok(Endpoint {
             store: open_bucket(loc, side).await?,
             path: loc.path.clone(),
+            locator: locator(loc, side),
             display,
         });
     }
@@ -64,6 +74,7 @@ pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) ->
         (true, true) => Ok(Endpoint {
             store: Arc::new(LocalStore::new(&path)),
             path: String::new(),
+            locator: display.clone(),
             display,
         }),
         (true, false) => Err(Error::new(
@@ -79,6 +90,7 @@ pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) ->
             Ok(Endpoint {
                 store: Arc::new(LocalStore::new(root)),
                 path: name,
+                locator: display.clone(),
                 display,
             })
         }
@@ -97,6 +109,7 @@ pub async fn open_destination(
         return Ok(Endpoint {
             store: open_bucket(loc, side).await?,
             path: loc.path.clone(),
+            locator: locator(loc, side),
             display,
         });
     }
@@ -111,6 +124,7 @@ pub async fn open_destination(
         return Ok(Endpoint {
             store: Arc::new(LocalStore::new(&path)),
             path: String::new(),
+            locator: display.clone(),
             display,
         });
     }
@@ -118,6 +132,7 @@ pub async fn open_destination(
     Ok(Endpoint {
         store: Arc::new(LocalStore::new(root)),
         path: name,
+        locator: display.clone(),
         display,
     })
 }

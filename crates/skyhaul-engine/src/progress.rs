@@ -17,6 +17,7 @@ pub struct Progress {
     objects_deleted: AtomicU64,
     server_side_copies: AtomicU64,
     retries: AtomicU64,
+    resumed: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters at one moment.
@@ -36,6 +37,8 @@ pub struct Snapshot {
     pub objects_deleted: u64,
     pub server_side_copies: u64,
     pub retries: u64,
+    /// Objects skipped because an earlier run of the same transfer copied them.
+    pub objects_resumed: u64,
 }
 
 impl Progress {
@@ -66,6 +69,9 @@ impl Progress {
     pub fn add_deleted(&self) {
         self.objects_deleted.fetch_add(1, Relaxed);
     }
+    pub fn add_resumed(&self) {
+        self.resumed.fetch_add(1, Relaxed);
+    }
     pub fn add_retry(&self) {
         self.retries.fetch_add(1, Relaxed);
     }
@@ -83,6 +89,7 @@ impl Progress {
             objects_deleted: self.objects_deleted.load(Relaxed),
             server_side_copies: self.server_side_copies.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            objects_resumed: self.resumed.load(Relaxed),
         }
     }
 }

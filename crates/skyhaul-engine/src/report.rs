@@ -25,6 +25,12 @@ pub struct Report {
     /// Objects copied by the store itself, without moving bytes through this machine.
     pub server_side_copies: u64,
     pub retries: u64,
+    /// Objects an earlier, interrupted run of this transfer had already copied.
+    pub objects_resumed: u64,
+    /// Bytes that crossed this machine (parts reused from an earlier run do not count).
+    pub bytes_moved: u64,
+    /// The journal's id for this transfer (`skyhaul status`), when journaling.
+    pub transfer_id: Option<String>,
     pub seconds: f64,
     pub bytes_per_second: f64,
     pub failures: Vec<Failure>,
@@ -51,6 +57,9 @@ impl Report {
             objects_deleted: s.objects_deleted,
             server_side_copies: s.server_side_copies,
             retries: s.retries,
+            objects_resumed: s.objects_resumed,
+            bytes_moved: s.bytes_moved,
+            transfer_id: None,
             seconds,
             bytes_per_second: if seconds > 0.0 {
                 s.bytes_done as f64 / seconds
@@ -123,6 +132,13 @@ impl fmt::Display for Report {
             mbps * 8.0 / 1000.0,
             thousands(self.retries)
         )?;
+        if self.objects_resumed > 0 {
+            write!(
+                f,
+                ", {} done by an earlier run",
+                thousands(self.objects_resumed)
+            )?;
+        }
         if self.server_side_copies > 0 {
             write!(
                 f,

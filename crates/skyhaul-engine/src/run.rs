@@ -10,10 +10,12 @@ use crate::open::Endpoint;
 use crate::plan::{part_size, Job, Mode};
 use crate::progress::Progress;
 use crate::report::{Failure, Report};
+use crate::resume::{decode_sums, Resume};
 use crate::retry::RetryPolicy;
 use crate::verify::{verify_copied, Copied, VerifyMode};
 use bytes::Bytes;
 use futures::StreamExt;
+use skyhaul_journal::{Journal, TransferIdentity};
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{
     CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions,
@@ -82,6 +84,7 @@ struct Ctx {
     copy_from: Option<String>,
     /// What was written, for the verification pass.
     copied: Mutex<Vec<Copied>>,
+    resume: Resume,
 }
 
 impl Ctx {
@@ -89,7 +92,7 @@ impl Ctx {
         if err.kind == ErrorKind::Interrupted {
             return;
         }
-        tracing::warn!("{err}");
+        tracing::debug!("{err}");
         self.progress.add_failed();
         if err.is_fatal() {
             self.fatal.lock().expect("lock").get_or_insert(err.clone());
@@ -158,10 +161,12 @@ pub async fn transfer(
     opts: &TransferOptions,
     progress: Arc<Progress>,
     cancel: CancellationToken,
+    journal: Option<Arc<Journal>>,
 ) -> Result<Report> {
     let started = Instant::now();
+    // A mistyped endpoint fails in a second; throttling and 5xx get the usual retries.
     let quick = RetryPolicy {
-        retries: 2,
+        unreachable_retries: 2,
         ..opts.retry
     };
     let probe = AdaptiveLimit::new(1);
@@ -178,6 +183,15 @@ pub async fn transfer(
         }
         _ => None,
     };
+    let resume = match journal {
+        Some(j) => Resume::begin(j, &identity(src, dst, opts)).map_err(|e| {
+            Error::new(
+                ErrorKind::Other,
+                format!("{e} (use --journal PATH for another journal, or --no-journal)"),
+            )
+        })?,
+        None => Resume::none(),
+    };
     let ctx = Arc::new(Ctx {
         src: src.store.clone(),
         dst: dst.store.clone(),
@@ -191,6 +205,7 @@ pub async fn transfer(
         cancel: cancel.clone(),
         copy_from,
         copied: Mutex::new(Vec::new()),
+        resume,
     });
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(1024);
@@ -229,10 +244,16 @@ pub async fn transfer(
         }
         match job {
             Job::Copy { src, dst_key } => {
+                if ctx.resume.is_done(&src) {
+                    progress.add_skipped(src.size);
+                    progress.add_resumed();
+                    continue;
+                }
                 let ctx = ctx.clone();
                 tasks.spawn(async move {
                     match copy_with_retries(&ctx, &src, &dst_key).await {
                         Ok(copied) => {
+                            ctx.resume.done(&src, &dst_key, copied.crc64);
                             ctx.progress.add_done(src.size, copied.server_side);
                             ctx.copied.lock().expect("lock").push(copied);
                         }
@@ -282,6 +303,11 @@ pub async fn transfer(
         }
     }
 
+    if !cancel.is_cancelled() {
+        ctx.resume
+            .abort_unused(ctx.dst.as_ref(), &opts.retry, &progress)
+            .await;
+    }
     let copied = std::mem::take(&mut *ctx.copied.lock().expect("lock"));
     let verification = if opts.verify == VerifyMode::None || cancel.is_cancelled() {
         None
@@ -308,13 +334,32 @@ pub async fn transfer(
         failures,
     );
     report.verification = verification;
+    report.transfer_id = ctx.resume.id().map(|id| id.to_string());
+    ctx.resume
+        .finish(report.succeeded() && !cancel.is_cancelled());
     Ok(report)
+}
+
+/// What makes a rerun the same transfer: both locations (with their endpoints) and the
+/// options that change what is copied, not how fast.
+fn identity(src: &Endpoint, dst: &Endpoint, opts: &TransferOptions) -> TransferIdentity {
+    let mode = match opts.mode {
+        Mode::Copy => "copy".to_string(),
+        Mode::Sync { delete, compare } => format!("sync delete={delete} compare={compare:?}"),
+    };
+    TransferIdentity::new(
+        src.locator.clone(),
+        dst.locator.clone(),
+        format!("{mode} recursive={}", opts.recursive),
+    )
 }
 
 /// The one object a non-recursive copy names, or an error that says what to do instead.
 async fn single_source(ctx: &Ctx, key: &str) -> Result<ObjectMeta> {
+    // Some file-backed servers answer 500 for a HEAD on a "directory": a few tries only.
     let quick = RetryPolicy {
-        retries: 2,
+        retries: 3,
+        unreachable_retries: 2,
         ..ctx.opts.retry
     };
     let src = &ctx.src;
@@ -492,6 +537,105 @@ async fn multipart(
             ),
         )
     })?;
+    // An upload an earlier run left open continues with its finished parts.
+    let resumed = if server_side {
+        None
+    } else {
+        ctx.resume.resumable(src, part)
+    };
+    let earlier = resumed.clone();
+    match striped(ctx, src, dst_key, put, server_side, part, resumed).await {
+        // A journaled upload can be gone although the journal lost its end: killed right
+        // after completing it. Servers then say NoSuchUpload (s3s-fs: AccessDenied).
+        Err(e)
+            if earlier.is_some()
+                && matches!(e.kind, ErrorKind::NotFound | ErrorKind::AccessDenied) =>
+        {
+            let earlier = earlier.expect("checked");
+            ctx.resume.finished(&earlier.upload);
+            if let Some(copied) = completed_earlier(ctx, src, dst_key, part, &earlier).await {
+                return Ok(copied);
+            }
+            // Start afresh once; a real permission problem fails again there.
+            tracing::info!(
+                "{e}; the journaled upload is gone, starting {} afresh",
+                src.key
+            );
+            striped(ctx, src, dst_key, put, server_side, part, None).await
+        }
+        r => r,
+    }
+}
+
+/// Whether an upload whose every part the journal holds was completed by the run that was
+/// interrupted: the destination object then has the source's size and, where the server
+/// follows S3, the ETag those parts make.
+async fn completed_earlier(
+    ctx: &Ctx,
+    src: &ObjectMeta,
+    dst_key: &str,
+    part: u64,
+    earlier: &skyhaul_journal::ResumableUpload,
+) -> Option<Copied> {
+    if earlier.parts.len() as u64 != src.size.div_ceil(part) {
+        return None;
+    }
+    let dst = &ctx.dst;
+    let found = ctx
+        .opts
+        .retry
+        .run(&ctx.dst_limit, &ctx.progress, || dst.head(dst_key))
+        .await
+        .ok()??;
+    let sums: Option<Vec<ChunkSums>> = earlier
+        .parts
+        .iter()
+        .map(|p| p.checksum.as_deref().and_then(decode_sums))
+        .collect();
+    let md5s: Option<Vec<[u8; 16]>> = sums
+        .as_ref()
+        .and_then(|s| s.iter().map(|s| s.md5).collect());
+    let expected_etag = md5s
+        .filter(|_| dst.etags_are_md5())
+        .map(|m| multipart_etag(&m));
+    let etag_agrees = match (
+        &expected_etag,
+        found.etag.as_deref().filter(|e| e.contains('-')),
+    ) {
+        (Some(want), Some(got)) => want == got,
+        _ => true,
+    };
+    if found.size != src.size || !etag_agrees {
+        return None;
+    }
+    let crc64 = sums.map(|s| {
+        combine_crc64(
+            s.iter()
+                .zip(&earlier.parts)
+                .map(|(s, p)| (s.crc64, p.part.len)),
+        )
+    });
+    ctx.resume.done(src, dst_key, crc64);
+    ctx.progress.add_moved(src.size);
+    Some(Copied {
+        dst_key: dst_key.to_string(),
+        size: src.size,
+        crc64,
+        etag: expected_etag,
+        server_side: false,
+    })
+}
+
+/// One striped copy with parts of `part` bytes, continuing `resumed` if given.
+async fn striped(
+    ctx: &Arc<Ctx>,
+    src: &ObjectMeta,
+    dst_key: &str,
+    put: &PutOptions,
+    server_side: bool,
+    part: u64,
+    resumed: Option<skyhaul_journal::ResumableUpload>,
+) -> Result<Copied> {
     let dst = &ctx.dst;
     // The whole-object MD5 is worth computing only when the source's ETag is (or, unknown
     // from the listing, may be) a content MD5 to check it against.
@@ -502,14 +646,32 @@ async fn multipart(
             .as_deref()
             .is_none_or(|e| plain_md5(Some(e)).is_some());
     let with_md5 = !server_side && (check_source || dst.etags_are_md5());
+    // Resumed parts are not read again, so the whole-object source check is not possible.
+    let check_source = check_source && resumed.as_ref().is_none_or(|r| r.parts.is_empty());
     let ordered = check_source.then(|| Arc::new(OrderedMd5::default()));
-    let upload = ctx
-        .opts
-        .retry
-        .run(&ctx.dst_limit, &ctx.progress, || {
-            dst.create_multipart(dst_key, put)
-        })
-        .await?;
+    let mut done = Vec::new();
+    let upload = match resumed {
+        Some(r) => {
+            for p in &r.parts {
+                let sums = p.checksum.as_deref().and_then(decode_sums);
+                ctx.progress.add_moved(p.part.len);
+                done.push((p.part.clone(), sums, None));
+            }
+            r.upload
+        }
+        None => {
+            let upload = ctx
+                .opts
+                .retry
+                .run(&ctx.dst_limit, &ctx.progress, || {
+                    dst.create_multipart(dst_key, put)
+                })
+                .await?;
+            ctx.resume.started(src, &upload, part);
+            upload
+        }
+    };
+    let have: std::collections::HashSet<u32> = done.iter().map(|(p, _, _)| p.number).collect();
     let count = src.size.div_ceil(part);
     let mut parts = JoinSet::new();
     for i in 0..count {
@@ -519,6 +681,9 @@ async fn multipart(
             offset,
             len: part.min(src.size - offset),
         };
+        if have.contains(&spec.number) {
+            continue;
+        }
         let (ctx, src, upload, ordered) =
             (ctx.clone(), src.clone(), upload.clone(), ordered.clone());
         parts.spawn(async move {
@@ -534,7 +699,6 @@ async fn multipart(
             .await
         });
     }
-    let mut done = Vec::with_capacity(count as usize);
     let mut failed = None;
     while let Some(r) = parts.join_next().await {
         match r {
@@ -574,7 +738,10 @@ async fn multipart(
         }
     }
     if let Some(e) = failed {
-        abort(ctx, &upload).await;
+        // Interrupted: the journal keeps the upload and its finished parts for the rerun.
+        if e.kind != ErrorKind::Interrupted {
+            abort(ctx, &upload).await;
+        }
         return Err(e);
     }
     done.sort_by_key(|(p, _, _)| p.number);
@@ -597,6 +764,7 @@ async fn multipart(
             return Err(e);
         }
     };
+
     // Servers that follow S3 return md5-of-part-md5s-N; anything else is not comparable.
     if let (Some(want), Some(got)) = (
         &expected_etag,
@@ -614,6 +782,10 @@ async fn multipart(
         .map(|(p, s, _)| s.map(|s| (s.crc64, p.len)))
         .collect::<Option<Vec<_>>>()
         .map(combine_crc64);
+    // Done first, then the upload's end, in one queue: a kill between the two must not
+    // leave the journal with neither the object nor its parts.
+    ctx.resume.done(src, dst_key, crc64);
+    ctx.resume.finished(&upload);
     Ok(Copied {
         dst_key: dst_key.to_string(),
         size: src.size,
@@ -677,6 +849,9 @@ async fn move_part(
         })
         .await?;
     ctx.progress.add_moved(spec.len);
+    // Journaled while its bytes still count against the budget: what an interruption can
+    // make a rerun send again is bounded by the budget.
+    ctx.resume.part(upload, &done, Some(&sums)).await;
     if let Some(o) = ordered {
         o.add(spec.number - 1, data, Some(memory));
     }

@@ -1,6 +1,5 @@
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use skyhaul_store::{Error, ErrorKind};
 
 /// Maps an SDK error to the kind the engine acts on, with `target` (store and key) and a
@@ -26,7 +25,7 @@ where
                 kind,
                 format!(
                     "{target}: {what}: cannot reach the endpoint: {}{hint}",
-                    DisplayErrorContext(&err)
+                    chain(&err)
                 ),
             )
         }
@@ -35,10 +34,7 @@ where
         }
         SdkError::ResponseError(_) => Error::new(
             ErrorKind::Transient,
-            format!(
-                "{target}: {what}: bad response: {}",
-                DisplayErrorContext(&err)
-            ),
+            format!("{target}: {what}: bad response: {}", chain(&err)),
         ),
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("").to_string();
@@ -53,7 +49,7 @@ where
         }
         _ => Error::new(
             ErrorKind::Other,
-            format!("{target}: {what}: {}", DisplayErrorContext(&err)),
+            format!("{target}: {what}: {}", chain(&err)),
         ),
     }
 }
@@ -112,4 +108,20 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
             _ => (ErrorKind::Other, ""),
         },
     }
+}
+
+/// The error and its causes on one line, each cause once (the SDK's own context display
+/// appends a debug dump that no user should have to read).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
 }

@@ -88,12 +88,14 @@ impl S3Store {
         let name = format!("s3://{bucket}");
         let creds = match sdk.credentials_provider() {
             Some(p) => p.provide_credentials().await.map_err(|e| {
+                // The provider chain's full story (every provider it tried) is for -vv.
+                tracing::debug!(
+                    "credentials: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                );
                 Error::new(
                     ErrorKind::AccessDenied,
-                    format!(
-                        "{name}: no usable credentials: {}",
-                        aws_smithy_types::error::display::DisplayErrorContext(&e)
-                    ),
+                    format!("{name}: no usable credentials found"),
                 )
             })?,
             None => {

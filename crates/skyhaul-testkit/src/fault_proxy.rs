@@ -65,6 +65,9 @@ pub struct Faults {
 pub struct FaultCounts {
     /// Requests received (faulted or not).
     pub requests: u64,
+    /// Bytes of request bodies (with a Content-Length) forwarded upstream in full: what a
+    /// client really uploaded, to measure how much it sends again after an interruption.
+    pub request_body_bytes: u64,
     pub reset_connection: u64,
     pub slow_down_503: u64,
     pub internal_error_500: u64,
@@ -780,6 +783,9 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
                 let c = copy_body(&mut down, &mut u.stream, req.framing, req_fault).await?;
                 if req_fault != BodyFault::None && !c.applied {
                     shared.unreserve(FaultKind::FlipRequest);
+                }
+                if let Framing::Length(n) = req.framing {
+                    shared.state.lock().unwrap().counts.request_body_bytes += n;
                 }
                 // Forward interim responses (100 Continue…) until the final one.
                 loop {

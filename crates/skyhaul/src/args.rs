@@ -41,6 +41,41 @@ skyhaul sync --delete s3://src/data /mnt/mirror")]
 skyhaul verify -r s3://src/data s3://dst/data --dst-endpoint https://r2.example.com\n  \
 skyhaul verify -r --deep /data s3://bucket/data")]
     Verify(VerifyArgs),
+    /// List the transfers in the journal and their progress
+    Status(StatusArgs),
+    /// Abort a transfer's leftover multipart uploads and forget it
+    #[command(
+        after_help = "Examples:\n  skyhaul status\n  skyhaul clean 3f2a --dst-profile nebius"
+    )]
+    Clean(CleanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The journal to read [default: $SKYHAUL_JOURNAL, else the user's data dir]
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<std::path::PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// The transfer's id (or a unique prefix of it), as `skyhaul status` shows it
+    pub id: String,
+    /// The journal to use [default: $SKYHAUL_JOURNAL, else the user's data dir]
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<std::path::PathBuf>,
+    /// Destination endpoint (default: the one the transfer used)
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT")]
+    pub dst_endpoint: Option<String>,
+    /// Destination profile
+    #[arg(long, env = "SKYHAUL_DST_PROFILE")]
+    pub dst_profile: Option<String>,
+    /// Destination region
+    #[arg(long, env = "SKYHAUL_DST_REGION")]
+    pub dst_region: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +192,12 @@ pub struct TransferArgs {
     /// Move bytes through this machine even when the store could copy them itself
     #[arg(long)]
     pub no_server_side_copy: bool,
+    /// The journal that makes reruns resume [default: $SKYHAUL_JOURNAL, else the user's data dir]
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<std::path::PathBuf>,
+    /// Keep no journal: a rerun starts over
+    #[arg(long, conflicts_with = "journal")]
+    pub no_journal: bool,
     /// What to check at the destination after copying
     #[arg(long, value_enum, default_value = "checksum")]
     pub verify: VerifyArg,

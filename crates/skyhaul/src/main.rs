@@ -3,6 +3,7 @@
 
 mod args;
 mod exit;
+mod journal_cmds;
 mod output;
 mod size;
 
@@ -53,6 +54,8 @@ async fn run(cli: Cli) -> ExitCode {
             transfer(args.common, mode, recursive).await
         }
         Command::Verify(args) => verify(args).await,
+        Command::Status(args) => journal_cmds::status(args),
+        Command::Clean(args) => journal_cmds::clean(args).await,
         Command::Sync(args) => {
             let compare = if args.size_only {
                 Compare::SizeOnly
@@ -177,6 +180,7 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
             multipart_threshold: args.multipart_threshold.0,
             retry: skyhaul_engine::retry::RetryPolicy {
                 retries: args.retries,
+                unreachable_retries: args.retries,
                 ..Default::default()
             },
             server_side_copy: !args.no_server_side_copy,
@@ -192,7 +196,13 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
         let cancel = CancellationToken::new();
         exit::on_ctrl_c(cancel.clone(), out);
         let display = out.start_progress(progress.clone());
-        let report = skyhaul_engine::transfer(&src, &dst, &opts, progress, cancel.clone()).await;
+        let journal = if args.no_journal {
+            None
+        } else {
+            Some(Arc::new(journal_cmds::open(args.journal.as_deref())?))
+        };
+        let report =
+            skyhaul_engine::transfer(&src, &dst, &opts, progress, cancel.clone(), journal).await;
         display.finish();
         let report = report.map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
         out.report(&report);

@@ -329,19 +329,35 @@ async fn a_key_that_is_both_file_and_directory_is_reported() {
             tmp.path().to_str().unwrap(),
             "--src-endpoint",
             &s.endpoint,
-            "--max-connections",
-            "1",
+            "--json",
         ],
         Some(&s),
         None,
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("p/a/b") && run.stderr.contains("exists as a file"),
-        "{}",
-        run.stderr
+    // Whichever of the two lands first wins; the other is reported as a conflict.
+    let report = run.json();
+    assert_eq!(
+        (
+            report["objects_copied"].as_u64(),
+            report["objects_failed"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{report}"
     );
-    assert_eq!(std::fs::read(tmp.path().join("a")).unwrap(), b"file");
+    let failure = &report["failures"][0];
+    let error = failure["error"].as_str().unwrap();
+    match failure["key"].as_str().unwrap() {
+        "p/a/b" => {
+            assert!(error.contains("exists as a file"), "{error}");
+            assert_eq!(std::fs::read(tmp.path().join("a")).unwrap(), b"file");
+        }
+        "p/a" => {
+            assert!(error.contains("a directory exists"), "{error}");
+            assert_eq!(std::fs::read(tmp.path().join("a/b")).unwrap(), b"inside");
+        }
+        other => panic!("unexpected failure {other}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

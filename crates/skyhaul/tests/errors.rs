@@ -107,6 +107,7 @@ async fn wrong_credentials_and_unreachable_endpoint() {
         ])
         .env("SKYHAUL_SRC_ACCESS_KEY_ID", &s.access_key)
         .env("SKYHAUL_SRC_SECRET_ACCESS_KEY", "wrong-secret-value")
+        .env("SKYHAUL_JOURNAL", test_journal())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

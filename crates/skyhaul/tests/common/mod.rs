@@ -27,7 +27,8 @@ pub fn skyhaul(args: &[&str], src: Option<&S3Server>, dst: Option<&S3Server>) ->
         .env_remove("AWS_PROFILE")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("SKYHAUL_JOURNAL", test_journal());
     for (side, server) in [("SRC", src), ("DST", dst)] {
         if let Some(s) = server {
             for (k, v) in s.env_for(side) {
@@ -41,6 +42,14 @@ pub fn skyhaul(args: &[&str], src: Option<&S3Server>, dst: Option<&S3Server>) ->
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// One journal per test binary, so tests never touch the user's own journal.
+pub fn test_journal() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "skyhaul-test-journal-{}.sqlite",
+        std::process::id()
+    ))
 }
 
 /// Deterministic pseudo-random bytes.

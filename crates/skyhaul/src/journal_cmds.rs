@@ -1,0 +1,160 @@
+//! `skyhaul status` and `skyhaul clean`: looking at and tidying the transfer journal.
+
+use crate::args::{CleanArgs, StatusArgs};
+use crate::exit::{self, CliError, ExitCode};
+use skyhaul_engine::report::{human_bytes, thousands};
+use skyhaul_engine::{open_destination, SideOptions};
+use skyhaul_journal::{Journal, TransferSummary};
+use skyhaul_location::Location;
+use std::path::Path;
+use std::time::SystemTime;
+
+/// Opens the journal at `path` or the default place, with an error that says what to do.
+pub fn open(path: Option<&Path>) -> Result<Journal, CliError> {
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(Journal::default_path);
+    Journal::open(&path).map_err(|e| CliError {
+        code: ExitCode::PartialFailure,
+        message: format!(
+            "{}: {e} (choose another with --journal PATH, or run with --no-journal)",
+            path.display()
+        ),
+    })
+}
+
+fn ago(t: SystemTime) -> String {
+    let s = SystemTime::now()
+        .duration_since(t)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn json(t: &TransferSummary) -> serde_json::Value {
+    serde_json::json!({
+        "id": t.id.to_string(),
+        "status": t.status(),
+        "source": t.source,
+        "destination": t.destination,
+        "options": t.options,
+        "runs": t.runs,
+        "objects_done": t.objects_done,
+        "bytes_done": t.bytes_done,
+        "open_uploads": t.open_uploads,
+        "upload_bytes_done": t.upload_bytes_done,
+    })
+}
+
+pub fn status(args: StatusArgs) -> ExitCode {
+    let result = (|| -> Result<(), CliError> {
+        let journal = open(args.journal.as_deref())?;
+        let transfers = journal.transfers().map_err(|e| CliError {
+            code: ExitCode::PartialFailure,
+            message: e.to_string(),
+        })?;
+        if args.json {
+            let all: Vec<_> = transfers.iter().map(json).collect();
+            println!("{}", serde_json::Value::Array(all));
+            return Ok(());
+        }
+        if transfers.is_empty() {
+            println!("no transfers in {}", journal.path().display());
+        }
+        for t in &transfers {
+            println!(
+                "{}  {:<11}  {} objects ({}) done, {} open uploads, run {} times, last {}\n    {} -> {}",
+                t.id,
+                t.status(),
+                thousands(t.objects_done),
+                human_bytes(t.bytes_done + t.upload_bytes_done),
+                t.open_uploads,
+                t.runs,
+                ago(t.last_run),
+                t.source,
+                t.destination
+            );
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::Ok,
+        Err(e) => {
+            eprintln!("skyhaul: error: {}", e.message);
+            e.code
+        }
+    }
+}
+
+/// The destination location and endpoint of a journaled transfer (`LOCATION at ENDPOINT`).
+fn destination_of(t: &TransferSummary) -> (String, Option<String>) {
+    match t.destination.rsplit_once(" at ") {
+        Some((loc, ep)) => (loc.to_string(), Some(ep.to_string())),
+        None => (t.destination.clone(), None),
+    }
+}
+
+pub async fn clean(args: CleanArgs) -> ExitCode {
+    let result: Result<(), CliError> = async {
+        let journal = open(args.journal.as_deref())?;
+        let other = |e: skyhaul_journal::JournalError| CliError {
+            code: ExitCode::PartialFailure,
+            message: e.to_string(),
+        };
+        let t = journal
+            .find(&args.id)
+            .map_err(other)?
+            .ok_or_else(|| CliError {
+                code: ExitCode::NotFound,
+                message: format!(
+                    "no transfer '{}' in {} (see skyhaul status)",
+                    args.id,
+                    journal.path().display()
+                ),
+            })?;
+        let uploads = journal.open_uploads(t.id).map_err(other)?;
+        if !uploads.is_empty() {
+            let (loc, endpoint) = destination_of(&t);
+            let loc = Location::parse(&loc).map_err(exit::usage)?;
+            let mut side = SideOptions::default();
+            side.s3.endpoint = args.dst_endpoint.clone().or(endpoint);
+            side.s3.profile = args.dst_profile.clone();
+            side.s3.region = args.dst_region.clone();
+            side.s3.access_key_id = std::env::var("SKYHAUL_DST_ACCESS_KEY_ID").ok();
+            side.s3.secret_access_key = std::env::var("SKYHAUL_DST_SECRET_ACCESS_KEY").ok();
+            side.s3.session_token = std::env::var("SKYHAUL_DST_SESSION_TOKEN").ok();
+            let dst = open_destination(&loc, &side, true)
+                .await
+                .map_err(|e| exit::store("DST", e))?;
+            for u in &uploads {
+                dst.store
+                    .abort_multipart(&u.upload)
+                    .await
+                    .map_err(|e| exit::store("DST", e))?;
+                journal
+                    .upload_finished(t.id, &u.upload.upload_id)
+                    .map_err(other)?;
+            }
+        }
+        journal.forget(t.id).map_err(other)?;
+        println!(
+            "skyhaul: aborted {} open uploads and forgot transfer {}",
+            uploads.len(),
+            t.id
+        );
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::Ok,
+        Err(e) => {
+            eprintln!("skyhaul: error: {}", e.message);
+            e.code
+        }
+    }
+}
