@@ -21,9 +21,10 @@ pub mod retry;
 mod run;
 pub mod verify;
 
+pub use filter::{Filter, FilterBuilder};
 pub use open::{open_destination, open_source, Endpoint, SideOptions};
 pub use plan::{part_size, Compare, Job, Mode};
 pub use progress::Progress;
 pub use report::{Failure, Report};
-pub use run::{transfer, TransferOptions};
+pub use run::{dry_run, transfer, TransferOptions};
 pub use verify::{verify_locations, Verification, VerifyMode};

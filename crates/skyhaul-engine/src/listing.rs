@@ -1,5 +1,6 @@
 //! Listings that survive transient errors and produce the job stream.
 
+use crate::filter::Filter;
 use crate::plan::{needs_copy, Job, Mode};
 use crate::progress::Progress;
 use crate::retry::RetryPolicy;
@@ -164,7 +165,9 @@ impl Merge {
 }
 
 /// Streams the jobs of a recursive copy or sync into `tx`, counting planned and skipped
-/// work as it goes. Returns how many source objects were listed.
+/// work as it goes. Source objects the filter does not select are not planned (and, in a
+/// sync, neither copied nor counted as skipped); a destination-only object is deleted only
+/// when the filter allows it. Returns how many source objects were listed, selected or not.
 #[allow(clippy::too_many_arguments)]
 pub async fn plan_recursive(
     src: Arc<dyn Store>,
@@ -172,6 +175,7 @@ pub async fn plan_recursive(
     dst: Arc<dyn Store>,
     dst_prefix: String,
     mode: Mode,
+    filter: Arc<Filter>,
     retry: RetryPolicy,
     progress: Arc<Progress>,
     tx: mpsc::Sender<Job>,
@@ -186,10 +190,15 @@ pub async fn plan_recursive(
         progress.add_planned(m.size);
         Job::Copy { src: m, dst_key }
     };
+    let selected = |m: &ObjectMeta| filter.selects(&m.key[src_dir.len()..], m);
     let Mode::Sync { delete, compare } = mode else {
         while let Some(m) = sources.next().await {
             listed += 1;
-            if tx.send(copy(m?)).await.is_err() {
+            let m = m?;
+            if !selected(&m) {
+                continue;
+            }
+            if tx.send(copy(m)).await.is_err() {
                 break;
             }
         }
@@ -201,12 +210,15 @@ pub async fn plan_recursive(
         let job = match pair {
             Pair::Left(a) => {
                 listed += 1;
-                Some(copy(a))
+                selected(&a).then(|| copy(a))
             }
-            Pair::Right(b) => delete.then_some(Job::Delete { dst_key: b.key }),
+            Pair::Right(b) => (delete && filter.may_delete(&b.key[dst_dir.len()..]))
+                .then_some(Job::Delete { dst_key: b.key }),
             Pair::Both(a, b) => {
                 listed += 1;
-                if needs_copy(&a, &b, compare) {
+                if !selected(&a) {
+                    None
+                } else if needs_copy(&a, &b, compare) {
                     Some(copy(a))
                 } else {
                     progress.add_skipped(a.size);

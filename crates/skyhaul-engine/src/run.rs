@@ -1,6 +1,7 @@
 //! Executing a transfer: the job loop and the three ways to move one object.
 
 use crate::budget::Budget;
+use crate::filter::Filter;
 use crate::integrity::{
     combine_crc64, multipart_etag, plain_md5, sums, ChunkSums, OrderedMd5, CRC_METADATA,
 };
@@ -50,6 +51,13 @@ pub struct TransferOptions {
     pub verify: VerifyMode,
     /// Percentage of copied objects the verification pass checks.
     pub verify_sample: f64,
+    /// Which source objects are copied (and which destination-only objects a sync may
+    /// delete), applied to keys relative to the source prefix (the base name for a single
+    /// object).
+    pub filter: Arc<Filter>,
+    /// The filter as the user gave it, in a stable form: part of the transfer's identity
+    /// in the journal, since it changes what is copied. Empty when there is no filter.
+    pub filter_identity: String,
 }
 
 impl Default for TransferOptions {
@@ -65,6 +73,8 @@ impl Default for TransferOptions {
             server_side_copy: true,
             verify: VerifyMode::Checksum,
             verify_sample: 100.0,
+            filter: Arc::default(),
+            filter_identity: String::new(),
         }
     }
 }
@@ -208,29 +218,7 @@ pub async fn transfer(
         resume,
     });
 
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(1024);
-    let planner = if opts.recursive {
-        tokio::spawn(plan_recursive(
-            src.store.clone(),
-            src.path.clone(),
-            dst.store.clone(),
-            dst.path.clone(),
-            opts.mode,
-            opts.retry,
-            progress.clone(),
-            tx,
-        ))
-    } else {
-        let meta = single_source(&ctx, &src.path).await?;
-        let dst_key = map_key(&src.path, &meta.key, &dst.path, false)
-            .expect("single-object mapping always maps");
-        progress.add_planned(meta.size);
-        tx.send(Job::Copy { src: meta, dst_key })
-            .await
-            .expect("receiver alive");
-        drop(tx);
-        tokio::spawn(async { Ok(1) })
-    };
+    let (planner, mut rx) = start_planner(src, dst, opts, &ctx.src_limit, &progress).await?;
 
     let mut tasks = JoinSet::new();
     let mut deletes = Vec::new();
@@ -340,6 +328,88 @@ pub async fn transfer(
     Ok(report)
 }
 
+type Planner = tokio::task::JoinHandle<Result<u64>>;
+
+/// Starts planning: a task that streams the jobs (from the listing with `-r`, else the one
+/// named object when the filter selects its base name) and returns how many source
+/// objects it listed.
+async fn start_planner(
+    src: &Endpoint,
+    dst: &Endpoint,
+    opts: &TransferOptions,
+    src_limit: &Arc<AdaptiveLimit>,
+    progress: &Arc<Progress>,
+) -> Result<(Planner, tokio::sync::mpsc::Receiver<Job>)> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Job>(1024);
+    if opts.recursive {
+        let planner = tokio::spawn(plan_recursive(
+            src.store.clone(),
+            src.path.clone(),
+            dst.store.clone(),
+            dst.path.clone(),
+            opts.mode,
+            opts.filter.clone(),
+            opts.retry,
+            progress.clone(),
+            tx,
+        ));
+        return Ok((planner, rx));
+    }
+    let meta = single_source(&src.store, &src.path, &opts.retry, src_limit, progress).await?;
+    let base = meta.key.rsplit('/').next().unwrap_or(&meta.key);
+    if opts.filter.selects(base, &meta) {
+        let dst_key = map_key(&src.path, &meta.key, &dst.path, false)
+            .expect("single-object mapping always maps");
+        progress.add_planned(meta.size);
+        tx.send(Job::Copy { src: meta, dst_key })
+            .await
+            .expect("receiver alive");
+    }
+    Ok((tokio::spawn(async { Ok(1) }), rx))
+}
+
+/// Plans a transfer without copying or deleting anything: `each` sees every job that
+/// [`transfer`] would run, in order (deletions included, which a real sync runs last and
+/// only when every copy succeeded). Nothing is written and no journal is used.
+pub async fn dry_run(
+    src: &Endpoint,
+    dst: &Endpoint,
+    opts: &TransferOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+    mut each: impl FnMut(&Job),
+) -> Result<()> {
+    let quick = RetryPolicy {
+        unreachable_retries: 2,
+        ..opts.retry
+    };
+    let probe = AdaptiveLimit::new(1);
+    quick
+        .run(&probe, &progress, || src.store.preflight(false))
+        .await?;
+    quick
+        .run(&probe, &progress, || dst.store.preflight(false))
+        .await?;
+    let limit = AdaptiveLimit::new(opts.max_connections);
+    let (planner, mut rx) = start_planner(src, dst, opts, &limit, &progress).await?;
+    while let Some(job) = rx.recv().await {
+        if cancel.is_cancelled() {
+            break;
+        }
+        each(&job);
+    }
+    drop(rx);
+    let listed = match planner.await {
+        Ok(r) => r?,
+        Err(e) => return Err(Error::new(ErrorKind::Other, format!("planner failed: {e}"))),
+    };
+    progress.set_listing_done();
+    if listed == 0 && opts.recursive && !cancel.is_cancelled() {
+        return Err(nothing_at_source(src).await);
+    }
+    Ok(())
+}
+
 /// What makes a rerun the same transfer: both locations (with their endpoints) and the
 /// options that change what is copied, not how fast.
 fn identity(src: &Endpoint, dst: &Endpoint, opts: &TransferOptions) -> TransferIdentity {
@@ -347,28 +417,32 @@ fn identity(src: &Endpoint, dst: &Endpoint, opts: &TransferOptions) -> TransferI
         Mode::Copy => "copy".to_string(),
         Mode::Sync { delete, compare } => format!("sync delete={delete} compare={compare:?}"),
     };
-    TransferIdentity::new(
-        src.locator.clone(),
-        dst.locator.clone(),
-        format!("{mode} recursive={}", opts.recursive),
-    )
+    let mut options = format!("{mode} recursive={}", opts.recursive);
+    // Unfiltered transfers keep the identity they always had, so their journals still match.
+    if !opts.filter_identity.is_empty() {
+        options.push_str(" filter ");
+        options.push_str(&opts.filter_identity);
+    }
+    TransferIdentity::new(src.locator.clone(), dst.locator.clone(), options)
 }
 
 /// The one object a non-recursive copy names, or an error that says what to do instead.
-async fn single_source(ctx: &Ctx, key: &str) -> Result<ObjectMeta> {
+async fn single_source(
+    src: &Arc<dyn Store>,
+    key: &str,
+    retry: &RetryPolicy,
+    limit: &Arc<AdaptiveLimit>,
+    progress: &Progress,
+) -> Result<ObjectMeta> {
     // Some file-backed servers answer 500 for a HEAD on a "directory": a few tries only.
     let quick = RetryPolicy {
         retries: 3,
         unreachable_retries: 2,
-        ..ctx.opts.retry
+        ..*retry
     };
-    let src = &ctx.src;
     let mut head_error = None;
     if !key.is_empty() && !key.ends_with('/') {
-        match quick
-            .run(&ctx.src_limit, &ctx.progress, || src.head(key))
-            .await
-        {
+        match quick.run(limit, progress, || src.head(key)).await {
             Ok(Some(m)) => return Ok(m),
             Ok(None) => {}
             Err(e) if e.is_fatal() => return Err(e),
@@ -759,6 +833,33 @@ async fn striped(
         .await;
     let written = match result {
         Ok(w) => w,
+        // A complete whose answer was lost succeeded at the server, so its retry finds the
+        // upload gone (NoSuchUpload; s3s-fs: AccessDenied). The object is then there, with
+        // the source's size and, where predictable, the ETag these parts make.
+        Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::AccessDenied) => {
+            let found = ctx
+                .opts
+                .retry
+                .run(&ctx.dst_limit, &ctx.progress, || dst.head(dst_key))
+                .await
+                .ok()
+                .flatten();
+            match found {
+                Some(f)
+                    if f.size == src.size
+                        && expected_etag
+                            .as_deref()
+                            .is_none_or(|want| f.etag.as_deref() == Some(want)) =>
+                {
+                    tracing::debug!("{e}; the upload was completed by an earlier attempt");
+                    skyhaul_store::Written { etag: f.etag }
+                }
+                _ => {
+                    abort(ctx, &upload).await;
+                    return Err(e);
+                }
+            }
+        }
         Err(e) => {
             abort(ctx, &upload).await;
             return Err(e);
@@ -871,5 +972,41 @@ async fn abort(ctx: &Ctx, upload: &MultipartUpload) {
         .await
     {
         tracing::warn!("could not abort the upload of {}: {e}", upload.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skyhaul_store::LocalStore;
+
+    fn endpoint(name: &str) -> Endpoint {
+        Endpoint {
+            store: Arc::new(LocalStore::new(std::env::temp_dir())),
+            path: String::new(),
+            display: name.to_string(),
+            locator: name.to_string(),
+        }
+    }
+
+    #[test]
+    fn filters_are_part_of_the_identity() {
+        let (a, b) = (endpoint("/a"), endpoint("/b"));
+        let plain = TransferOptions {
+            recursive: true,
+            ..Default::default()
+        };
+        // Unfiltered transfers keep the identity they had before filters existed.
+        assert_eq!(
+            identity(&a, &b, &plain).options,
+            "copy recursive=true",
+            "journals of unfiltered transfers still match"
+        );
+        let filtered = TransferOptions {
+            filter_identity: "exclude=\"*.tmp\"".to_string(),
+            ..plain.clone()
+        };
+        assert_ne!(identity(&a, &b, &plain), identity(&a, &b, &filtered));
+        assert!(identity(&a, &b, &filtered).options.contains("*.tmp"));
     }
 }

@@ -447,12 +447,12 @@ impl Store for S3Store {
             req.send().await
         }
         .map_err(|e| {
-                map_err(
-                    e,
-                    &self.target(&upload.key),
-                    &format!("upload part {}", part.number),
-                )
-            })?;
+            map_err(
+                e,
+                &self.target(&upload.key),
+                &format!("upload part {}", part.number),
+            )
+        })?;
         Ok(CompletedPart {
             number: part.number,
             len: part.len,

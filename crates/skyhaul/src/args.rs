@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
     name = "skyhaul",
     version,
     about = "Fast, verifiable, resumable bulk data transfer between object stores and file systems",
-    after_help = "Locations: s3://BUCKET/PREFIX, /abs/path, ./rel/path, file:///abs/path\n\
+    after_help = "Locations: s3://BUCKET/PREFIX, /abs/path, ./rel/path, file:///abs/path,\n\
+REMOTE:BUCKET/PREFIX (a remote from `skyhaul config` or an rclone.conf)\n\
 Credentials per side: --src-profile/--dst-profile, or SKYHAUL_SRC_ACCESS_KEY_ID,\n\
 SKYHAUL_SRC_SECRET_ACCESS_KEY, SKYHAUL_SRC_SESSION_TOKEN (and the same with DST),\n\
 falling back to the standard AWS environment and profile chain."
@@ -28,13 +29,18 @@ pub enum Command {
 skyhaul cp ./model.bin s3://bucket/models/\n  \
 skyhaul cp -r s3://src-bucket/data /mnt/data\n  \
 skyhaul cp -r s3://a/data s3://b/data --src-profile acct-a --dst-profile acct-b \\\n      \
---dst-endpoint https://storage.eu-north1.nebius.cloud")]
+--dst-endpoint https://storage.eu-north1.nebius.cloud\n  \
+skyhaul cp -r s3://bucket/logs ./logs --include '*.gz' --exclude 'tmp/**' --newer-than 7d\n  \
+skyhaul cp -r s3://bucket/data ./data --files-from keys.txt --dry-run\n  \
+skyhaul cp -r nebius:training-data/imagenet /mnt/imagenet   # a remote from rclone.conf")]
     Cp(CpArgs),
     /// Copy what is missing or changed at the destination (deletes only with --delete)
     #[command(after_help = "Examples:\n  \
 skyhaul sync ./dataset s3://bucket/dataset\n  \
 skyhaul sync s3://bucket/a s3://bucket/b --size-only\n  \
-skyhaul sync --delete s3://src/data /mnt/mirror")]
+skyhaul sync --delete s3://src/data /mnt/mirror\n  \
+skyhaul sync --delete --exclude 'local/**' s3://src/data /mnt/mirror   # local/ is never deleted\n  \
+skyhaul sync --delete --dry-run s3://src/data /mnt/mirror")]
     Sync(SyncArgs),
     /// Compare two locations: missing, extra and different objects (exit code 6 if any)
     #[command(after_help = "Examples:\n  \
@@ -48,6 +54,54 @@ skyhaul verify -r --deep /data s3://bucket/data")]
         after_help = "Examples:\n  skyhaul status\n  skyhaul clean 3f2a --dst-profile nebius"
     )]
     Clean(CleanArgs),
+    /// Show or change the defaults in skyhaul's config file (flag > environment > file > built-in)
+    #[command(
+        after_help = "Keys: max_connections, memory_budget, part_size, multipart_threshold, retries,\n\
+verify, journal, remotes.NAME.{type,provider,endpoint,region,profile}\n\
+File: $SKYHAUL_CONFIG, else ~/.config/skyhaul/config.toml (no secrets are stored)\n\n\
+Examples:\n  \
+skyhaul config set max_connections 128\n  \
+skyhaul config set remotes.nebius.endpoint https://storage.eu-north1.nebius.cloud\n  \
+skyhaul config list\n  \
+skyhaul config unset max_connections"
+    )]
+    Config(ConfigArgs),
+    /// Print a shell completion script
+    #[command(after_help = "Examples:\n  \
+skyhaul completions bash > ~/.local/share/bash-completion/completions/skyhaul\n  \
+skyhaul completions zsh > \"${fpath[1]}/_skyhaul\"\n  \
+skyhaul completions fish > ~/.config/fish/completions/skyhaul.fish")]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    #[command(after_help = "Example:\n  skyhaul man > /usr/local/share/man/man1/skyhaul.1")]
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the value of KEY (nothing, exit code 1, when unset)
+    Get { key: String },
+    /// Set KEY to VALUE
+    Set { key: String, value: String },
+    /// Print every set KEY = VALUE
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove KEY (`remotes.NAME` removes the whole remote)
+    Unset { key: String },
+    /// Print the config file's path
+    Path,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +195,9 @@ pub struct EndpointArgs {
     /// Region of the destination bucket
     #[arg(long, env = "SKYHAUL_DST_REGION")]
     pub dst_region: Option<String>,
+    /// rclone.conf to resolve NAME:bucket/path remotes from [default: rclone's own, $RCLONE_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    pub rclone_config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -174,21 +231,21 @@ pub struct TransferArgs {
     pub dst: String,
     #[command(flatten)]
     pub endpoints: EndpointArgs,
-    /// Concurrent requests per side
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
-    pub max_connections: u16,
-    /// Most bytes buffered in memory at once
-    #[arg(long, default_value = "256M")]
-    pub memory_budget: Size,
-    /// Preferred part size for striped (multipart) objects
-    #[arg(long, default_value = "16M")]
-    pub part_size: Size,
-    /// Objects larger than this are striped into parts
-    #[arg(long, default_value = "32M")]
-    pub multipart_threshold: Size,
-    /// Retries per request on throttling, 5xx, timeouts and resets
-    #[arg(long, default_value_t = 10)]
-    pub retries: u32,
+    /// Concurrent requests per side [env: SKYHAUL_MAX_CONNECTIONS, config: max_connections, default: 64]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_connections: Option<u16>,
+    /// Most bytes buffered in memory at once [env: SKYHAUL_MEMORY_BUDGET, config: memory_budget, default: 256M]
+    #[arg(long, value_name = "SIZE")]
+    pub memory_budget: Option<Size>,
+    /// Preferred part size for striped (multipart) objects [env: SKYHAUL_PART_SIZE, config: part_size, default: 16M]
+    #[arg(long, value_name = "SIZE")]
+    pub part_size: Option<Size>,
+    /// Objects larger than this are striped into parts [env: SKYHAUL_MULTIPART_THRESHOLD, config: multipart_threshold, default: 32M]
+    #[arg(long, value_name = "SIZE")]
+    pub multipart_threshold: Option<Size>,
+    /// Retries per request on throttling, 5xx, timeouts and resets [env: SKYHAUL_RETRIES, config: retries, default: 10]
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
     /// Move bytes through this machine even when the store could copy them itself
     #[arg(long)]
     pub no_server_side_copy: bool,
@@ -198,14 +255,50 @@ pub struct TransferArgs {
     /// Keep no journal: a rerun starts over
     #[arg(long, conflicts_with = "journal")]
     pub no_journal: bool,
-    /// What to check at the destination after copying
-    #[arg(long, value_enum, default_value = "checksum")]
-    pub verify: VerifyArg,
+    /// What to check at the destination after copying [env: SKYHAUL_VERIFY, config: verify, default: checksum]
+    #[arg(long, value_enum)]
+    pub verify: Option<VerifyArg>,
     /// Check only this percentage of the copied objects (a deterministic sample)
     #[arg(long, default_value_t = 100.0, value_parser = percent)]
     pub verify_sample: f64,
+    /// Only list what would be copied and deleted; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+    // Last: its help heading applies to everything after it.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// Which source objects are copied. Every rule looks at the key relative to the source
+/// prefix (the base name for a single object); an object is copied when it matches no
+/// --exclude, at least one --include (if any), is listed in --files-from (if any), and is
+/// within the size and time bounds. The order of the flags does not matter.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Filters")]
+pub struct FilterArgs {
+    /// Copy only keys matching this glob (repeatable; `*.csv` matches base names at any depth, `logs/**` everything under logs/)
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Never copy (nor, with sync --delete, delete) keys matching this glob (repeatable; wins over --include)
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Copy only the keys listed in FILE, one per line, relative to the source prefix (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Vec<std::path::PathBuf>,
+    /// Copy only objects of at least SIZE bytes
+    #[arg(long, value_name = "SIZE")]
+    pub min_size: Option<Size>,
+    /// Copy only objects of at most SIZE bytes
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<Size>,
+    /// Copy only objects modified within AGE (7d, 12h, 30m, 2w) or at/after DATE (2024-05-01, 2024-05-01T12:00:00Z)
+    #[arg(long, value_name = "AGE|DATE")]
+    pub newer_than: Option<String>,
+    /// Copy only objects modified more than AGE ago or before DATE
+    #[arg(long, value_name = "AGE|DATE")]
+    pub older_than: Option<String>,
 }
 
 fn percent(s: &str) -> Result<f64, String> {

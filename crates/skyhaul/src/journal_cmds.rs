@@ -6,6 +6,7 @@ use skyhaul_engine::report::{human_bytes, thousands};
 use skyhaul_engine::{open_destination, SideOptions};
 use skyhaul_journal::{Journal, TransferSummary};
 use skyhaul_location::Location;
+use skyhaul_store::ErrorKind;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -53,7 +54,9 @@ fn json(t: &TransferSummary) -> serde_json::Value {
 
 pub fn status(args: StatusArgs) -> ExitCode {
     let result = (|| -> Result<(), CliError> {
-        let journal = open(args.journal.as_deref())?;
+        let config = crate::settings::load_config()?;
+        let path = crate::settings::journal_path(args.journal.as_deref(), &config);
+        let journal = open(path.as_deref())?;
         let transfers = journal.transfers().map_err(|e| CliError {
             code: ExitCode::PartialFailure,
             message: e.to_string(),
@@ -101,7 +104,9 @@ fn destination_of(t: &TransferSummary) -> (String, Option<String>) {
 
 pub async fn clean(args: CleanArgs) -> ExitCode {
     let result: Result<(), CliError> = async {
-        let journal = open(args.journal.as_deref())?;
+        let config = crate::settings::load_config()?;
+        let path = crate::settings::journal_path(args.journal.as_deref(), &config);
+        let journal = open(path.as_deref())?;
         let other = |e: skyhaul_journal::JournalError| CliError {
             code: ExitCode::PartialFailure,
             message: e.to_string(),
@@ -132,10 +137,13 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
                 .await
                 .map_err(|e| exit::store("DST", e))?;
             for u in &uploads {
-                dst.store
-                    .abort_multipart(&u.upload)
-                    .await
-                    .map_err(|e| exit::store("DST", e))?;
+                match dst.store.abort_multipart(&u.upload).await {
+                    Ok(()) => {}
+                    // Gone already (NoSuchUpload): completed by a run killed before its
+                    // journal said so.
+                    Err(e) if e.kind == ErrorKind::NotFound => {}
+                    Err(e) => return Err(exit::store("DST", e)),
+                }
                 journal
                     .upload_finished(t.id, &u.upload.upload_id)
                     .map_err(other)?;

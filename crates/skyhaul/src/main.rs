@@ -2,12 +2,16 @@
 //! the outcome into an exit code. Everything else lives in the library crates.
 
 mod args;
+mod config;
+mod config_cmd;
 mod exit;
 mod journal_cmds;
 mod output;
+mod remotes;
+mod settings;
 mod size;
 
-use args::{Cli, Command, EndpointArgs, TransferArgs, VerifyArg, VerifyArgs};
+use args::{Cli, Command, EndpointArgs, TransferArgs, VerifyArgs};
 use clap::Parser;
 use exit::ExitCode;
 use skyhaul_engine::{
@@ -56,6 +60,22 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => verify(args).await,
         Command::Status(args) => journal_cmds::status(args),
         Command::Clean(args) => journal_cmds::clean(args).await,
+        Command::Config(args) => config_cmd::run(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "skyhaul", &mut std::io::stdout());
+            ExitCode::Ok
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::Ok,
+                Err(e) => {
+                    eprintln!("skyhaul: error: writing the man page: {e}");
+                    ExitCode::PartialFailure
+                }
+            }
+        }
         Command::Sync(args) => {
             let compare = if args.size_only {
                 Compare::SizeOnly
@@ -77,30 +97,60 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// Reads one side's credentials from `SKYHAUL_{SIDE}_*`; unset ones fall back to the
-/// standard AWS chain inside the SDK.
+/// Reads one side's credentials from `SKYHAUL_{SIDE}_*`, then from the named remote (if
+/// the location is one); unset ones fall back to the standard AWS chain inside the SDK.
+/// Flags and `SKYHAUL_*` settings win over the remote's.
 fn side_options(
     side: &str,
     endpoint: Option<String>,
     profile: Option<String>,
     region: Option<String>,
+    remote: Option<&remotes::ResolvedRemote>,
 ) -> SideOptions {
     let var = |name: &str| {
         std::env::var(format!("SKYHAUL_{side}_{name}"))
             .ok()
             .filter(|v| !v.is_empty())
     };
+    let from_remote =
+        |f: fn(&remotes::ResolvedRemote) -> &Option<String>| remote.and_then(|r| f(r).clone());
+    let env_keys = var("ACCESS_KEY_ID").is_some();
+    let (access_key_id, secret_access_key, session_token) = if env_keys {
+        (
+            var("ACCESS_KEY_ID"),
+            var("SECRET_ACCESS_KEY"),
+            var("SESSION_TOKEN"),
+        )
+    } else {
+        (
+            from_remote(|r| &r.access_key_id),
+            from_remote(|r| &r.secret_access_key),
+            from_remote(|r| &r.session_token),
+        )
+    };
     SideOptions {
         s3: S3Options {
-            endpoint,
-            region,
-            profile,
-            access_key_id: var("ACCESS_KEY_ID"),
-            secret_access_key: var("SECRET_ACCESS_KEY"),
-            session_token: var("SESSION_TOKEN"),
+            endpoint: endpoint.or_else(|| from_remote(|r| &r.endpoint)),
+            region: region.or_else(|| from_remote(|r| &r.region)),
+            profile: profile.or_else(|| from_remote(|r| &r.profile)),
+            access_key_id,
+            secret_access_key,
+            session_token,
             path_style: None,
         },
     }
+}
+
+/// Parses a location, resolving `REMOTE:bucket/path` to its `s3://` form and the remote.
+fn location(
+    text: &str,
+    config: &config::Config,
+    rclone_config: Option<&std::path::Path>,
+) -> Result<(Location, Option<remotes::ResolvedRemote>), exit::CliError> {
+    let remote = remotes::resolve(text, config, rclone_config).map_err(exit::usage)?;
+    let url = remote.as_ref().map(|r| r.url());
+    let loc = Location::parse(url.as_deref().unwrap_or(text)).map_err(exit::usage)?;
+    Ok((loc, remote))
 }
 
 /// Parses both locations and opens both stores.
@@ -110,19 +160,23 @@ async fn open_both(
     e: &EndpointArgs,
     recursive: bool,
 ) -> Result<(Endpoint, Endpoint), exit::CliError> {
-    let src_loc = Location::parse(src).map_err(exit::usage)?;
-    let dst_loc = Location::parse(dst).map_err(exit::usage)?;
+    let config = settings::load_config()?;
+    let rclone = e.rclone_config.as_deref();
+    let (src_loc, src_remote) = location(src, &config, rclone)?;
+    let (dst_loc, dst_remote) = location(dst, &config, rclone)?;
     let src_side = side_options(
         "SRC",
         e.src_endpoint.clone(),
         e.src_profile.clone(),
         e.src_region.clone(),
+        src_remote.as_ref(),
     );
     let dst_side = side_options(
         "DST",
         e.dst_endpoint.clone(),
         e.dst_profile.clone(),
         e.dst_region.clone(),
+        dst_remote.as_ref(),
     );
     let src = open_source(&src_loc, &src_side, recursive)
         .await
@@ -170,36 +224,51 @@ async fn verify(args: VerifyArgs) -> ExitCode {
 async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
     let out = output::Output::new(args.output.quiet, args.output.json);
     let result: Result<ExitCode, exit::CliError> = async {
+        let config = settings::load_config()?;
+        let tuning = settings::tuning(&args, &config)?;
+        let (filter, filter_identity) = settings::filter(&args.filter)?;
         let (src, dst) = open_both(&args.src, &args.dst, &args.endpoints, recursive).await?;
         let opts = TransferOptions {
             mode,
             recursive,
-            max_connections: args.max_connections.into(),
-            memory_budget: args.memory_budget.0,
-            part_size: args.part_size.0,
-            multipart_threshold: args.multipart_threshold.0,
+            max_connections: tuning.max_connections.into(),
+            memory_budget: tuning.memory_budget,
+            part_size: tuning.part_size,
+            multipart_threshold: tuning.multipart_threshold,
             retry: skyhaul_engine::retry::RetryPolicy {
-                retries: args.retries,
-                unreachable_retries: args.retries,
+                retries: tuning.retries,
+                unreachable_retries: tuning.retries,
                 ..Default::default()
             },
             server_side_copy: !args.no_server_side_copy,
-            verify: match args.verify {
-                VerifyArg::None => VerifyMode::None,
-                VerifyArg::Size => VerifyMode::Size,
-                VerifyArg::Checksum => VerifyMode::Checksum,
-                VerifyArg::Deep => VerifyMode::Deep,
-            },
+            verify: tuning.verify,
             verify_sample: args.verify_sample,
+            filter: Arc::new(filter),
+            filter_identity,
         };
         let progress = Arc::new(Progress::default());
         let cancel = CancellationToken::new();
         exit::on_ctrl_c(cancel.clone(), out);
+        if args.dry_run {
+            let mut plan = output::DryRun::new(out);
+            skyhaul_engine::dry_run(&src, &dst, &opts, progress, cancel.clone(), |job| {
+                plan.job(&src, &dst, job)
+            })
+            .await
+            .map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
+            plan.finish();
+            return Ok(if cancel.is_cancelled() {
+                ExitCode::Interrupted
+            } else {
+                ExitCode::Ok
+            });
+        }
         let display = out.start_progress(progress.clone());
         let journal = if args.no_journal {
             None
         } else {
-            Some(Arc::new(journal_cmds::open(args.journal.as_deref())?))
+            let path = settings::journal_path(args.journal.as_deref(), &config);
+            Some(Arc::new(journal_cmds::open(path.as_deref())?))
         };
         let report =
             skyhaul_engine::transfer(&src, &dst, &opts, progress, cancel.clone(), journal).await;

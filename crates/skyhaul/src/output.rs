@@ -1,8 +1,9 @@
 //! Everything the command prints: progress on a terminal, the report, errors.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use skyhaul_engine::progress::Snapshot;
 use skyhaul_engine::report::{human_bytes, thousands};
-use skyhaul_engine::{Progress, Report, Verification};
+use skyhaul_engine::{Endpoint, Job, Progress, Report, Verification};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,17 +31,59 @@ impl Display {
     }
 }
 
+/// How often progress is logged without a terminal: 5 s, or `SKYHAUL_PROGRESS_INTERVAL`
+/// seconds (for tests and for logs that want more or fewer lines).
+fn log_interval() -> Duration {
+    std::env::var("SKYHAUL_PROGRESS_INTERVAL")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(5))
+}
+
+/// One progress line, as logged without a terminal.
+pub fn progress_line(s: &Snapshot, elapsed: Duration) -> String {
+    let rate = s.bytes_moved as f64 / elapsed.as_secs_f64().max(0.001);
+    format!(
+        "skyhaul: progress: {}/{}{} objects, {} of {}{}, {}/s, {} retries",
+        thousands(s.objects_done + s.objects_skipped),
+        thousands(s.objects_total + s.objects_skipped),
+        if s.listing_done { "" } else { "+" },
+        human_bytes(s.bytes_moved),
+        human_bytes(s.bytes_total.max(s.bytes_moved)),
+        if s.listing_done { "" } else { "+" },
+        human_bytes(rate as u64),
+        thousands(s.retries)
+    )
+}
+
+async fn log_progress(progress: Arc<Progress>, every: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        eprintln!("{}", progress_line(&progress.snapshot(), started.elapsed()));
+    }
+}
+
 impl Output {
     pub fn new(quiet: bool, json: bool) -> Self {
         Output { quiet, json }
     }
 
-    /// A live bar on stderr when it is a terminal and nobody asked for silence or JSON.
+    /// A live bar on stderr when it is a terminal, else a log line every few seconds;
+    /// nothing when asked for silence or JSON.
     pub fn start_progress(&self, progress: Arc<Progress>) -> Display {
-        if self.quiet || self.json || !std::io::stderr().is_terminal() {
+        if self.quiet || self.json {
             return Display {
                 bar: None,
                 task: None,
+            };
+        }
+        if !std::io::stderr().is_terminal() {
+            return Display {
+                bar: None,
+                task: Some(tokio::spawn(log_progress(progress, log_interval()))),
             };
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
@@ -129,5 +172,103 @@ impl Output {
         if !self.quiet {
             eprintln!("skyhaul: {message}");
         }
+    }
+}
+
+/// `--dry-run`: one line per job that would run (`copy SRC -> DST`, `delete DST`, or one
+/// JSON object per line with `--json`), then a summary. Deletions are listed after the
+/// copies, in the order a real sync runs them.
+pub struct DryRun {
+    out: Output,
+    copies: u64,
+    bytes: u64,
+    deletes: Vec<String>,
+}
+
+fn full(store: &dyn skyhaul_store::Store, key: &str) -> String {
+    format!("{}/{key}", store.name().trim_end_matches('/'))
+}
+
+impl DryRun {
+    pub fn new(out: Output) -> Self {
+        DryRun {
+            out,
+            copies: 0,
+            bytes: 0,
+            deletes: Vec::new(),
+        }
+    }
+
+    pub fn job(&mut self, src: &Endpoint, dst: &Endpoint, job: &Job) {
+        match job {
+            Job::Copy { src: meta, dst_key } => {
+                self.copies += 1;
+                self.bytes += meta.size;
+                let (from, to) = (
+                    full(src.store.as_ref(), &meta.key),
+                    full(dst.store.as_ref(), dst_key),
+                );
+                if self.out.json {
+                    let line = serde_json::json!({
+                        "action": "copy", "key": from, "dst": to, "size": meta.size,
+                    });
+                    println!("{line}");
+                } else {
+                    println!("copy {from} -> {to}");
+                }
+            }
+            Job::Delete { dst_key } => {
+                self.deletes.push(full(dst.store.as_ref(), dst_key));
+            }
+        }
+    }
+
+    pub fn finish(self) {
+        for key in &self.deletes {
+            if self.out.json {
+                println!("{}", serde_json::json!({"action": "delete", "key": key}));
+            } else {
+                println!("delete {key}");
+            }
+        }
+        if self.out.json {
+            let line = serde_json::json!({
+                "dry_run": true,
+                "objects": self.copies,
+                "bytes": self.bytes,
+                "deletes": self.deletes.len(),
+            });
+            println!("{line}");
+        } else if !self.out.quiet {
+            eprintln!(
+                "skyhaul: dry run: would copy {} objects ({}) and delete {}; nothing was written",
+                thousands(self.copies),
+                human_bytes(self.bytes),
+                thousands(self.deletes.len() as u64)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_reads_well() {
+        let s = Snapshot {
+            objects_total: 40,
+            bytes_total: 3 << 30,
+            objects_done: 12,
+            bytes_moved: 1 << 30,
+            retries: 2,
+            ..Default::default()
+        };
+        let line = progress_line(&s, Duration::from_secs(4));
+        assert!(
+            line.starts_with("skyhaul: progress: 12/40+ objects, "),
+            "{line}"
+        );
+        assert!(line.contains("/s, 2 retries"), "{line}");
     }
 }

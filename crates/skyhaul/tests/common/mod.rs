@@ -22,8 +22,34 @@ impl Run {
 
 /// Runs `skyhaul ARGS` with credentials for each given side and a clean environment.
 pub fn skyhaul(args: &[&str], src: Option<&S3Server>, dst: Option<&S3Server>) -> Run {
+    skyhaul_env(args, src, dst, &[])
+}
+
+/// The settings the environment could change, removed so that tests see the defaults.
+const SETTINGS_ENV: [&str; 6] = [
+    "SKYHAUL_MAX_CONNECTIONS",
+    "SKYHAUL_MEMORY_BUDGET",
+    "SKYHAUL_PART_SIZE",
+    "SKYHAUL_MULTIPART_THRESHOLD",
+    "SKYHAUL_RETRIES",
+    "SKYHAUL_VERIFY",
+];
+
+/// [`skyhaul`] with extra environment variables (set last, so they win). Without them the
+/// config file is one that does not exist, so the user's own config never leaks in.
+pub fn skyhaul_env(
+    args: &[&str],
+    src: Option<&S3Server>,
+    dst: Option<&S3Server>,
+    env: &[(&str, &str)],
+) -> Run {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"));
+    for var in SETTINGS_ENV {
+        cmd.env_remove(var);
+    }
     cmd.args(args)
+        .env("SKYHAUL_CONFIG", "/nonexistent/skyhaul-test/config.toml")
+        .env("RCLONE_CONFIG", "/nonexistent/skyhaul-test/rclone.conf")
         .env_remove("AWS_PROFILE")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
@@ -35,6 +61,9 @@ pub fn skyhaul(args: &[&str], src: Option<&S3Server>, dst: Option<&S3Server>) ->
                 cmd.env(k, v);
             }
         }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let out: Output = cmd.output().expect("skyhaul runs");
     Run {
