@@ -224,6 +224,10 @@ pub async fn verify_copied(
         ..Default::default()
     };
     copied.retain(|c| sampled(&c.dst_key, sample_percent));
+    if copied.is_empty() {
+        // Nothing was written (a sync with nothing to do): no listing to pay for.
+        return Ok(v);
+    }
     copied.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
     let mut found: Vec<(Copied, Option<ObjectMeta>)> = Vec::with_capacity(copied.len());
     if recursive {
