@@ -262,7 +262,9 @@ pub async fn verify_copied(
         if !v.sizes(&c.dst_key, c.size, m.size) || mode < VerifyMode::Checksum {
             continue;
         }
-        if mode == VerifyMode::Deep && c.crc64.is_some() {
+        // A store without content ETags (a file system) can only be checked by re-reading.
+        let reread = mode == VerifyMode::Deep || !dst.store.etags_are_md5();
+        if reread && c.crc64.is_some() {
             to_reread.push((c, m));
             continue;
         }

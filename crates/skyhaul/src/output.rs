@@ -136,7 +136,7 @@ impl Output {
         }
         if !self.quiet {
             println!("skyhaul: {r}");
-            if let Some(v) = &r.verification {
+            if let Some(v) = r.verification.as_ref().filter(|v| v.objects > 0) {
                 println!("skyhaul: {v}");
             }
             if r.bytes_skipped > 0 && r.objects_copied == 0 && r.objects_failed == 0 {
