@@ -641,6 +641,32 @@ async fn multipart(
     }
 }
 
+/// The destination object, if it is what completing a multipart upload of `src` makes: a
+/// completion whose answer was lost (to a retry, or to a killed run) did succeed. It has the
+/// source's size and, where the server follows S3, the ETag the parts make.
+async fn already_completed(
+    ctx: &Ctx,
+    src: &ObjectMeta,
+    dst_key: &str,
+    expected_etag: Option<&str>,
+) -> Option<ObjectMeta> {
+    let dst = &ctx.dst;
+    let found = ctx
+        .opts
+        .retry
+        .run(&ctx.dst_limit, &ctx.progress, || dst.head(dst_key))
+        .await
+        .ok()??;
+    let etag_agrees = match (
+        expected_etag,
+        found.etag.as_deref().filter(|e| e.contains('-')),
+    ) {
+        (Some(want), Some(got)) => want == got,
+        _ => true,
+    };
+    (found.size == src.size && etag_agrees).then_some(found)
+}
+
 /// Whether an upload whose every part the journal holds was completed by the run that was
 /// interrupted: the destination object then has the source's size and, where the server
 /// follows S3, the ETag those parts make.
@@ -654,13 +680,6 @@ async fn completed_earlier(
     if earlier.parts.len() as u64 != src.size.div_ceil(part) {
         return None;
     }
-    let dst = &ctx.dst;
-    let found = ctx
-        .opts
-        .retry
-        .run(&ctx.dst_limit, &ctx.progress, || dst.head(dst_key))
-        .await
-        .ok()??;
     let sums: Option<Vec<ChunkSums>> = earlier
         .parts
         .iter()
@@ -670,18 +689,9 @@ async fn completed_earlier(
         .as_ref()
         .and_then(|s| s.iter().map(|s| s.md5).collect());
     let expected_etag = md5s
-        .filter(|_| dst.etags_are_md5())
+        .filter(|_| ctx.dst.etags_are_md5())
         .map(|m| multipart_etag(&m));
-    let etag_agrees = match (
-        &expected_etag,
-        found.etag.as_deref().filter(|e| e.contains('-')),
-    ) {
-        (Some(want), Some(got)) => want == got,
-        _ => true,
-    };
-    if found.size != src.size || !etag_agrees {
-        return None;
-    }
+    already_completed(ctx, src, dst_key, expected_etag.as_deref()).await?;
     let crc64 = sums.map(|s| {
         combine_crc64(
             s.iter()
@@ -837,24 +847,12 @@ async fn striped(
         // upload gone (NoSuchUpload; s3s-fs: AccessDenied). The object is then there, with
         // the source's size and, where predictable, the ETag these parts make.
         Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::AccessDenied) => {
-            let found = ctx
-                .opts
-                .retry
-                .run(&ctx.dst_limit, &ctx.progress, || dst.head(dst_key))
-                .await
-                .ok()
-                .flatten();
-            match found {
-                Some(f)
-                    if f.size == src.size
-                        && expected_etag
-                            .as_deref()
-                            .is_none_or(|want| f.etag.as_deref() == Some(want)) =>
-                {
+            match already_completed(ctx, src, dst_key, expected_etag.as_deref()).await {
+                Some(found) => {
                     tracing::debug!("{e}; the upload was completed by an earlier attempt");
-                    skyhaul_store::Written { etag: f.etag }
+                    skyhaul_store::Written { etag: found.etag }
                 }
-                _ => {
+                None => {
                     abort(ctx, &upload).await;
                     return Err(e);
                 }
