@@ -758,6 +758,7 @@ async fn striped(
     let have: std::collections::HashSet<u32> = done.iter().map(|(p, _, _)| p.number).collect();
     let count = src.size.div_ceil(part);
     let mut parts = JoinSet::new();
+    let mut failed = None;
     for i in 0..count {
         let offset = i * part;
         let spec = PartSpec {
@@ -768,6 +769,23 @@ async fn striped(
         if have.contains(&spec.number) {
             continue;
         }
+        while let Some(r) = parts.try_join_next() {
+            absorb(r, src, &mut done, &mut failed, &mut parts);
+        }
+        if ctx.cancel.is_cancelled() {
+            failed.get_or_insert(ctx.interrupted(&src.key));
+        }
+        if failed.is_some() {
+            break;
+        }
+        // Budget is taken here, in part order, not inside the tasks: a finished part may
+        // wait (holding its budget) for the parts before it to be hashed, so every earlier
+        // part must already hold its budget or the two could wait on each other forever.
+        let memory = if server_side {
+            None
+        } else {
+            Some(ctx.budget.reserve(spec.len).await)
+        };
         let (ctx, src, upload, ordered) =
             (ctx.clone(), src.clone(), upload.clone(), ordered.clone());
         parts.spawn(async move {
@@ -779,26 +797,13 @@ async fn striped(
                 server_side,
                 with_md5,
                 ordered.as_deref(),
+                memory,
             )
             .await
         });
     }
-    let mut failed = None;
     while let Some(r) = parts.join_next().await {
-        match r {
-            Ok(Ok(p)) => done.push(p),
-            Ok(Err(e)) => {
-                failed.get_or_insert(e);
-                parts.abort_all();
-            }
-            Err(e) if e.is_cancelled() => {}
-            Err(e) => {
-                failed.get_or_insert(Error::new(
-                    ErrorKind::Other,
-                    format!("{}: part task failed: {e}", src.key),
-                ));
-            }
-        }
+        absorb(r, src, &mut done, &mut failed, &mut parts);
     }
     let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
     // The source's MD5: from the listing, else from what the reads reported.
@@ -894,6 +899,35 @@ async fn striped(
     })
 }
 
+type PartResult = (CompletedPart, Option<ChunkSums>, Option<String>);
+
+/// Takes in one finished part task: its result, or the first failure (which stops the rest).
+fn absorb(
+    r: std::result::Result<Result<PartResult>, tokio::task::JoinError>,
+    src: &ObjectMeta,
+    done: &mut Vec<PartResult>,
+    failed: &mut Option<Error>,
+    parts: &mut JoinSet<Result<PartResult>>,
+) {
+    match r {
+        Ok(Ok(p)) => done.push(p),
+        Ok(Err(e)) => {
+            failed.get_or_insert(e);
+            parts.abort_all();
+        }
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => {
+            failed.get_or_insert(Error::new(
+                ErrorKind::Other,
+                format!("{}: part task failed: {e}", src.key),
+            ));
+        }
+    }
+}
+
+/// Moves one part. `memory` is its share of the budget, taken by the caller in part order
+/// (`None` for server-side copies, whose bytes never pass through here).
+#[allow(clippy::too_many_arguments)]
 async fn move_part(
     ctx: &Ctx,
     src: &ObjectMeta,
@@ -902,7 +936,8 @@ async fn move_part(
     server_side: bool,
     with_md5: bool,
     ordered: Option<&OrderedMd5>,
-) -> Result<(CompletedPart, Option<ChunkSums>, Option<String>)> {
+    memory: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<PartResult> {
     if ctx.cancel.is_cancelled() {
         return Err(ctx.interrupted(&src.key));
     }
@@ -918,7 +953,6 @@ async fn move_part(
         ctx.progress.add_moved(spec.len);
         return Ok((done, None, None));
     }
-    let memory = ctx.budget.reserve(spec.len).await;
     if ctx.cancel.is_cancelled() {
         return Err(ctx.interrupted(&src.key));
     }
@@ -952,7 +986,7 @@ async fn move_part(
     // make a rerun send again is bounded by the budget.
     ctx.resume.part(upload, &done, Some(&sums)).await;
     if let Some(o) = ordered {
-        o.add(spec.number - 1, data, Some(memory));
+        o.add(spec.number - 1, data, memory);
     }
     Ok((done, Some(sums), etag))
 }
