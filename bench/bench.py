@@ -68,6 +68,7 @@ RCLONE_TUNING = [
 NOISY = {"rustc", "cargo", "cc", "cc1", "cc1plus", "ld", "ld.lld", "rust-lld", "clippy-driver", "rustdoc"}
 
 CHILDREN: list[subprocess.Popen] = []
+TIME_BIN = "/usr/bin/time"  # GNU time (Debian package `time`)
 
 
 def log(msg: str) -> None:
@@ -105,6 +106,21 @@ def proc_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime+stime of a process and its live descendants."""
+    total = proc_cpu_seconds(pid)
+    try:
+        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        kids = []
+    for k in kids:
+        try:
+            total += tree_cpu_seconds(int(k))
+        except (OSError, IndexError):
+            pass
+    return total
 
 
 def machine_busy_seconds() -> float:
@@ -372,32 +388,65 @@ class Step:
         self.argv, self.env, self.label = argv, env, label
 
 
-def run_step(step: Step, logdir: Path, tag: str, timeout: float) -> dict:
+def run_step(step: Step, logdir: Path, tag: str, timeout: float, stall: float, watch_servers) -> dict:
     out_path = logdir / f"{tag}.{step.label}.stdout"
     err_path = logdir / f"{tag}.{step.label}.stderr"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(step.argv, stdout=out, stderr=err, env=step.env, start_new_session=True)
+        # GNU time forks the tool from its own small process and reports the tool's ru_maxrss.
+        # The rusage of a child this (large) Python process spawns directly would not do:
+        # Linux carries the pre-exec memory's high-water mark into ru_maxrss.
+        rss_path = logdir / f"{tag}.{step.label}.maxrss"
+        argv = [TIME_BIN, "-f", "%M", "-o", str(rss_path), *step.argv]
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=step.env, start_new_session=True)
         CHILDREN.append(proc)
         timed_out = threading.Event()
 
         def kill():
-            timed_out.set()
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except OSError:
                 pass
 
-        timer = threading.Timer(timeout, kill)
-        timer.start()
+        stalled = threading.Event()
+        finished = threading.Event()
+
+        def watch():
+            # Killed at the timeout, or earlier when nothing moves: the client and both
+            # servers together use < 0.5 CPU-s in `stall` seconds (a hang, not a slow run).
+            last_t, last_cpu = time.monotonic(), None
+            while not finished.wait(2):
+                now = time.monotonic()
+                if now - t0 > timeout:
+                    timed_out.set()
+                    kill()
+                    return
+                try:
+                    cpu = tree_cpu_seconds(proc.pid) + sum(p.cpu() for p in watch_servers)
+                except (OSError, IndexError):
+                    continue
+                if last_cpu is None or cpu - last_cpu >= 0.5:
+                    last_t, last_cpu = now, cpu
+                elif now - last_t > stall:
+                    stalled.set()
+                    kill()
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         _, status, ru = os.wait4(proc.pid, 0)  # rusage of exactly this child (and its reaped children)
         wall = time.monotonic() - t0
-        timer.cancel()
+        finished.set()
+        watcher.join()
         proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
         CHILDREN.remove(proc)
+    try:
+        maxrss_kib = int(rss_path.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        maxrss_kib = ru.ru_maxrss
     return {
-        "argv": step.argv, "exit": proc.returncode, "timed_out": timed_out.is_set(), "wall_s": wall,
-        "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "maxrss_kib": ru.ru_maxrss,
+        "argv": step.argv, "exit": proc.returncode, "timed_out": timed_out.is_set(), "stalled": stalled.is_set(), "wall_s": wall,
+        "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "maxrss_kib": maxrss_kib,
         "stdout": out_path.read_text(errors="replace")[-4000:],
         "stderr": err_path.read_text(errors="replace")[-4000:],
     }
@@ -498,7 +547,7 @@ def run_cell(args, tools: Tools, servers, manifest, set_name, tool, run_idx, log
     busy_before = machine_busy_seconds()
     step_results = []
     for st in steps:
-        r = run_step(st, logdir, tag, args.timeout)
+        r = run_step(st, logdir, tag, args.timeout, args.stall, servers)
         step_results.append(r)
         if r["exit"] != 0:
             break
@@ -527,7 +576,7 @@ def run_cell(args, tools: Tools, servers, manifest, set_name, tool, run_idx, log
             res["report"] = None
     if res["exit"] != 0:
         bad = next(r for r in step_results if r["exit"] != 0)
-        res["error"] = {"argv": " ".join(bad["argv"]), "exit": bad["exit"], "timed_out": bad["timed_out"],
+        res["error"] = {"argv": " ".join(bad["argv"]), "exit": bad["exit"], "timed_out": bad["timed_out"], "stalled": bad["stalled"],
                         "stderr": bad["stderr"][-2000:], "stdout": bad["stdout"][-1000:]}
     res["verify"] = verify(manifest, dst_srv.root, dst_bucket, args.sample, seed=run_idx)
     if before_nosync is not None:
@@ -539,6 +588,9 @@ def run_cell(args, tools: Tools, servers, manifest, set_name, tool, run_idx, log
     shutil.rmtree(tools.stage, ignore_errors=True)
     if set_name != "nosync" and not args.keep_dst:
         remove_bucket(dst_srv.root, dst_bucket)
+    for e in os.scandir(dst_srv.root):  # parts of uploads a failed run left open
+        if e.name.startswith(".upload") or e.name.startswith(".tmp."):
+            os.unlink(e.path)
     return res
 
 
@@ -607,6 +659,8 @@ def render_md(doc: dict) -> str:
     L = [
         f"# skyhaul benchmark — {doc['date']}",
         "",
+        f"Started {doc['date']}, finished {doc.get('finished', '?')} ({doc.get('elapsed_s', 0) / 60:.0f} min).",
+        "",
         f"Machine: {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}. "
         f"Profile: **{doc['profile']}**, {doc['runs']} run(s) per cell, medians over successful runs.",
         f"Versions: {doc['versions']['skyhaul']}; {doc['versions']['rclone']}; s5cmd {doc['versions']['s5cmd']}; "
@@ -640,7 +694,12 @@ def render_md(doc: dict) -> str:
             for i, r in enumerate(runs):
                 if not r.get("ok"):
                     v = r.get("verify", {})
-                    L.append(f"- **{tool} run {i + 1} failed**: exit {r.get('exit')}, verify {json.dumps(v)}")
+                    how = ""
+                    if r.get("error", {}).get("stalled"):
+                        how = f" (killed: hung — no CPU used by client or servers for {doc.get('stall_s')} s)"
+                    elif r.get("error", {}).get("timed_out"):
+                        how = " (killed at the timeout)"
+                    L.append(f"- **{tool} run {i + 1} failed**{how}: exit {r.get('exit')}, verify {json.dumps(v)}")
                     if r.get("error"):
                         L.append(f"  - command: `{r['error']['argv']}`")
                         L.append("  - stderr: `" + r["error"]["stderr"].strip().replace("\n", " ⏎ ")[-800:] + "`")
@@ -657,7 +716,7 @@ def render_md(doc: dict) -> str:
         met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
         L.append(f"| {t['set']} | {t['target']} | {fmt(t['value'])} | {t['limit']} | {met} |")
     L.append("")
-    L.append("Raw per-run numbers (every command line, exit code, step times, server CPU): `latest.json`.")
+    L.append("Raw per-run numbers (every command line, exit code, step times, server CPU): the `.json` file of the same name.")
     return "\n".join(L) + "\n"
 
 
@@ -699,9 +758,12 @@ def main() -> int:
     ap.add_argument("--stage-dir", default="/dev/shm", help="RAM directory for s5cmd's staged copy")
     ap.add_argument("--out", default=None, help="results file stem (default bench/results/latest, quick: quick)")
     ap.add_argument("--sample", type=int, default=32, help="objects whose MD5 is checked per run")
-    ap.add_argument("--timeout", type=float, default=1200, help="seconds before one command is killed")
-    ap.add_argument("--max-quiet-wait", type=float, default=180,
+    ap.add_argument("--timeout", type=float, default=900, help="seconds before one command is killed")
+    ap.add_argument("--stall", type=float, default=60,
+                    help="kill a command when it and both servers used < 0.5 CPU-s for this long (a hang)")
+    ap.add_argument("--max-quiet-wait", type=float, default=90,
                     help="wait up to this long for other builds on the machine to finish before each run")
+    ap.add_argument("--generate-only", action="store_true", help="generate (or check) the data sets, then exit")
     ap.add_argument("--keep-dst", action="store_true", help="keep destination buckets (debugging)")
     args = ap.parse_args()
     if args.quick:
@@ -714,7 +776,7 @@ def main() -> int:
     for t in tools:
         if t not in ALL_TOOLS:
             ap.error(f"unknown tool {t}")
-    for b in (args.skyhaul, args.rclone, args.s5cmd, args.s3s_fs):
+    for b in (args.skyhaul, args.rclone, args.s5cmd, args.s3s_fs, TIME_BIN):
         if not os.access(b, os.X_OK):
             ap.error(f"not executable: {b} (run bench/run.sh, which installs and builds everything)")
 
@@ -755,6 +817,9 @@ def main() -> int:
         }[st]
         manifests[st] = manifests[base]
 
+    if args.generate_only:
+        log(f"data sets ready under {prof_dir}")
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: (stop_children(), sys.exit(143)))
     a = b = None
     try:
@@ -764,7 +829,7 @@ def main() -> int:
         doc = {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine_info(), "profile": profile, "runs": args.runs,
-            "versions": tool_versions(args), "rclone_flags": RCLONE_TUNING,
+            "versions": tool_versions(args), "rclone_flags": RCLONE_TUNING, "stall_s": args.stall,
             "sets": {st: {"description": descriptions[st], "objects": manifests[st]["count"],
                           "bytes": manifests[st]["total_bytes"]} for st in sets},
             "cells": {},
@@ -800,6 +865,7 @@ def main() -> int:
         doc["summary"] = summarize(doc["cells"])
         doc["targets"] = targets(doc["summary"])
         doc["elapsed_s"] = time.monotonic() - t_start
+        doc["finished"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         write_atomic(stem.with_suffix(".json"), json.dumps(doc, indent=1))
         md = render_md(doc)
         write_atomic(stem.with_suffix(".md"), md)
