@@ -174,18 +174,7 @@ pub async fn transfer(
     journal: Option<Arc<Journal>>,
 ) -> Result<Report> {
     let started = Instant::now();
-    // A mistyped endpoint fails in a second; throttling and 5xx get the usual retries.
-    let quick = RetryPolicy {
-        unreachable_retries: 2,
-        ..opts.retry
-    };
-    let probe = AdaptiveLimit::new(1);
-    quick
-        .run(&probe, &progress, || src.store.preflight(false))
-        .await?;
-    quick
-        .run(&probe, &progress, || dst.store.preflight(true))
-        .await?;
+    preflight(src, dst, opts, &progress, true).await?;
 
     let copy_from = match (src.store.copy_domain(), dst.store.copy_domain()) {
         (Some(a), Some(b)) if a == b && opts.server_side_copy => {
@@ -368,6 +357,29 @@ async fn start_planner(
     Ok((tokio::spawn(async { Ok(1) }), rx))
 }
 
+/// Checks both sides before any work: one clear error for a missing bucket or bad
+/// credentials instead of one per object. A mistyped endpoint fails in a second;
+/// throttling and 5xx get the usual retries.
+async fn preflight(
+    src: &Endpoint,
+    dst: &Endpoint,
+    opts: &TransferOptions,
+    progress: &Progress,
+    dst_for_write: bool,
+) -> Result<()> {
+    let quick = RetryPolicy {
+        unreachable_retries: 2,
+        ..opts.retry
+    };
+    let probe = AdaptiveLimit::new(1);
+    quick
+        .run(&probe, progress, || src.store.preflight(false))
+        .await?;
+    quick
+        .run(&probe, progress, || dst.store.preflight(dst_for_write))
+        .await
+}
+
 /// Plans a transfer without copying or deleting anything: `each` sees every job that
 /// [`transfer`] would run, in order (deletions included, which a real sync runs last and
 /// only when every copy succeeded). Nothing is written and no journal is used.
@@ -379,17 +391,7 @@ pub async fn dry_run(
     cancel: CancellationToken,
     mut each: impl FnMut(&Job),
 ) -> Result<()> {
-    let quick = RetryPolicy {
-        unreachable_retries: 2,
-        ..opts.retry
-    };
-    let probe = AdaptiveLimit::new(1);
-    quick
-        .run(&probe, &progress, || src.store.preflight(false))
-        .await?;
-    quick
-        .run(&probe, &progress, || dst.store.preflight(false))
-        .await?;
+    preflight(src, dst, opts, &progress, false).await?;
     let limit = AdaptiveLimit::new(opts.max_connections);
     let (planner, mut rx) = start_planner(src, dst, opts, &limit, &progress).await?;
     while let Some(job) = rx.recv().await {
