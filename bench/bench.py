@@ -7,7 +7,7 @@ Data sets are generated once with random bytes, written directly into server A's
 
 For every data set, run and tool this measures wall time, client CPU (user+sys from wait4
 rusage of the client process, summed over both steps of a staged s5cmd run), client peak RSS
-(ru_maxrss), CPU time of both servers (/proc/PID/stat before/after) and of everything else on
+(ru_maxrss as GNU time reports it), CPU time of both servers (/proc/PID/stat before/after) and of everything else on
 the machine (/proc/stat), then checks the destination on disk: key set, total bytes and the
 MD5 of a sample of objects.
 
