@@ -26,10 +26,27 @@ pub struct Endpoint {
     pub locator: String,
 }
 
-async fn open_bucket(loc: &Location, side: &SideOptions) -> Result<Arc<dyn Store>> {
-    match loc.scheme {
-        Scheme::S3 => Ok(Arc::new(S3Store::connect(&side.s3, &loc.bucket).await?)),
+/// An object-store location: the store is the bucket, the path the key or prefix in it.
+async fn open_bucket(loc: &Location, side: &SideOptions) -> Result<Endpoint> {
+    let store: Arc<dyn Store> = match loc.scheme {
+        Scheme::S3 => Arc::new(S3Store::connect(&side.s3, &loc.bucket).await?),
         Scheme::Local => unreachable!("local locations are opened by directory"),
+    };
+    Ok(Endpoint {
+        store,
+        path: loc.path.clone(),
+        locator: locator(loc, side),
+        display: loc.to_string(),
+    })
+}
+
+/// A local location: a store rooted at `root`, and `path` (a file name or empty) in it.
+fn local(root: &Path, path: String, display: String) -> Endpoint {
+    Endpoint {
+        store: Arc::new(LocalStore::new(root)),
+        path,
+        locator: display.clone(),
+        display,
     }
 }
 
@@ -56,12 +73,7 @@ fn split_file(path: &Path, display: &str) -> Result<(std::path::PathBuf, String)
 pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) -> Result<Endpoint> {
     let display = loc.to_string();
     if loc.scheme != Scheme::Local {
-        return Ok(Endpoint {
-            store: open_bucket(loc, side).await?,
-            path: loc.path.clone(),
-            locator: locator(loc, side),
-            display,
-        });
+        return open_bucket(loc, side).await;
     }
     let path = loc.local_path();
     let md = std::fs::metadata(&path).map_err(|e| {
@@ -71,12 +83,7 @@ pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) ->
         )
     })?;
     match (md.is_dir(), recursive) {
-        (true, true) => Ok(Endpoint {
-            store: Arc::new(LocalStore::new(&path)),
-            path: String::new(),
-            locator: display.clone(),
-            display,
-        }),
+        (true, true) => Ok(local(&path, String::new(), display)),
         (true, false) => Err(Error::new(
             ErrorKind::NotFound,
             format!("{display}: is a directory (use -r to copy a directory)"),
@@ -87,12 +94,7 @@ pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) ->
         )),
         (false, false) => {
             let (root, name) = split_file(&path, &display)?;
-            Ok(Endpoint {
-                store: Arc::new(LocalStore::new(root)),
-                path: name,
-                locator: display.clone(),
-                display,
-            })
+            Ok(local(&root, name, display))
         }
     }
 }
@@ -106,12 +108,7 @@ pub async fn open_destination(
 ) -> Result<Endpoint> {
     let display = loc.to_string();
     if loc.scheme != Scheme::Local {
-        return Ok(Endpoint {
-            store: open_bucket(loc, side).await?,
-            path: loc.path.clone(),
-            locator: locator(loc, side),
-            display,
-        });
+        return open_bucket(loc, side).await;
     }
     let path = loc.local_path();
     if recursive || loc.is_dir_form() || path.is_dir() {
@@ -121,18 +118,8 @@ pub async fn open_destination(
                 format!("{display}: exists and is not a directory (choose another destination)"),
             ));
         }
-        return Ok(Endpoint {
-            store: Arc::new(LocalStore::new(&path)),
-            path: String::new(),
-            locator: display.clone(),
-            display,
-        });
+        return Ok(local(&path, String::new(), display));
     }
     let (root, name) = split_file(&path, &display)?;
-    Ok(Endpoint {
-        store: Arc::new(LocalStore::new(root)),
-        path: name,
-        locator: display.clone(),
-        display,
-    })
+    Ok(local(&root, name, display))
 }
