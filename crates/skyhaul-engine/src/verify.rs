@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 /// Chunk size for deep re-reads: large enough for throughput, small enough for memory.
 const DEEP_CHUNK: u64 = 16 << 20;
+/// HEAD requests in flight when a listing lacks the ETags to compare.
+const HEAD_CONCURRENCY: usize = 32;
 /// Objects re-read concurrently in deep mode.
 const DEEP_CONCURRENCY: usize = 8;
 
@@ -253,6 +255,7 @@ pub async fn verify_copied(
         }
     }
     let mut to_reread = Vec::new();
+    let mut by_etag = Vec::new();
     for (c, m) in found {
         v.objects += 1;
         let Some(m) = m else {
@@ -266,13 +269,25 @@ pub async fn verify_copied(
         let reread = mode == VerifyMode::Deep || !dst.store.etags_are_md5();
         if reread && c.crc64.is_some() {
             to_reread.push((c, m));
-            continue;
-        }
-        let m = if c.etag.is_some() {
-            with_etag(dst.store.as_ref(), m, &retry, &progress).await?
         } else {
-            m
-        };
+            by_etag.push((c, m));
+        }
+    }
+    // Listings without ETags (s3s-fs) need a HEAD per object: many at once, not in turn.
+    let mut heads = futures::stream::iter(by_etag)
+        .map(|(c, m)| {
+            let (store, progress) = (dst.store.clone(), progress.clone());
+            async move {
+                let m = match c.etag {
+                    Some(_) => with_etag(store.as_ref(), m, &retry, &progress).await,
+                    None => Ok(m),
+                };
+                (c, m)
+            }
+        })
+        .buffer_unordered(HEAD_CONCURRENCY);
+    while let Some((c, m)) = heads.next().await {
+        let m = m?;
         let outcome = c
             .etag
             .as_deref()
