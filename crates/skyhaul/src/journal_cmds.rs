@@ -136,8 +136,17 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
             let dst = open_destination(&loc, &side, true)
                 .await
                 .map_err(|e| exit::store("DST", e))?;
+            // Aborts get the same retries as a transfer's requests: a 500 is no reason to
+            // leave an upload behind.
+            let retry = skyhaul_engine::retry::RetryPolicy::default();
+            let limit = skyhaul_engine::limiter::AdaptiveLimit::new(1);
+            let progress = skyhaul_engine::Progress::default();
             for u in &uploads {
-                match dst.store.abort_multipart(&u.upload).await {
+                let store = &dst.store;
+                match retry
+                    .run(&limit, &progress, || store.abort_multipart(&u.upload))
+                    .await
+                {
                     Ok(()) => {}
                     // Gone already (NoSuchUpload): completed by a run killed before its
                     // journal said so.
