@@ -14,9 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// Destination metadata key holding the full-object CRC64-NVME (hex) of single-part copies.
-pub const CRC_METADATA: &str = "skyhaul-crc64nvme";
-
 /// The checksums of one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkSums {

@@ -8,6 +8,8 @@
 //! and every request is retried the same way whatever the backend.
 
 pub mod budget;
+pub mod content;
+mod copy;
 pub mod filter;
 pub mod integrity;
 pub mod limiter;
@@ -19,6 +21,7 @@ pub mod report;
 pub mod resume;
 pub mod retry;
 mod run;
+mod striped;
 pub mod verify;
 
 pub use filter::{Filter, FilterBuilder};

@@ -1,7 +1,7 @@
 //! Listings that survive transient errors and produce the job stream.
 
 use crate::filter::Filter;
-use crate::plan::{needs_copy, Job, Mode};
+use crate::plan::{compare_listed, Job, Listed, Mode};
 use crate::progress::Progress;
 use crate::retry::RetryPolicy;
 use futures::StreamExt;
@@ -218,11 +218,22 @@ pub async fn plan_recursive(
                 listed += 1;
                 if !selected(&a) {
                     None
-                } else if needs_copy(&a, &b, compare) {
-                    Some(copy(a))
                 } else {
-                    progress.add_skipped(a.size);
-                    None
+                    match compare_listed(&a, &b, compare) {
+                        Listed::Copy => Some(copy(a)),
+                        Listed::Skip => {
+                            progress.add_skipped(a.size);
+                            None
+                        }
+                        Listed::CompareContent => {
+                            let dst_key = b.key.clone();
+                            Some(Job::CopyUnlessSame {
+                                src: a,
+                                dst: b,
+                                dst_key,
+                            })
+                        }
+                    }
                 }
             }
         };

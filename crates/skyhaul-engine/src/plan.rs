@@ -1,11 +1,10 @@
 //! What to copy: work items, part sizing, and the sync comparison.
 
-use crate::integrity::plain_md5;
 use serde::{Deserialize, Serialize};
 use skyhaul_store::{Limits, ObjectMeta};
 use std::time::UNIX_EPOCH;
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 
 /// One unit of work. Plain data, so that a journal can store it and (later) a fleet
 /// coordinator can hand it to a worker on another machine.
@@ -13,6 +12,14 @@ const MIB: u64 = 1 << 20;
 pub enum Job {
     /// Copy `src` (as listed) to `dst_key`.
     Copy { src: ObjectMeta, dst_key: String },
+    /// Copy `src` to `dst_key` unless `dst`, of the same size, holds the same bytes: a
+    /// checksum comparison (`sync --checksum`) that may need a HEAD or a read, so it runs
+    /// with the copies rather than in the planner.
+    CopyUnlessSame {
+        src: ObjectMeta,
+        dst: ObjectMeta,
+        dst_key: String,
+    },
     /// Delete an object that exists only at the destination (`sync --delete`).
     Delete { dst_key: String },
 }
@@ -24,7 +31,8 @@ pub enum Compare {
     SizeAndTime,
     /// Copy only when sizes differ.
     SizeOnly,
-    /// Copy when sizes differ or both sides have comparable checksums that differ.
+    /// Copy when sizes or checksums differ; where no checksum is comparable, as
+    /// `SizeAndTime`.
     Checksum,
 }
 
@@ -47,25 +55,28 @@ pub fn part_size(size: u64, preferred: u64, limits: &Limits) -> Option<u64> {
 }
 
 /// Whether a source object must be copied over an existing destination object.
-pub fn needs_copy(src: &ObjectMeta, dst: &ObjectMeta, compare: Compare) -> bool {
+/// What the listings alone say about a source object that exists at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    Copy,
+    Skip,
+    /// Same size; only checksums can tell.
+    CompareContent,
+}
+
+pub fn compare_listed(src: &ObjectMeta, dst: &ObjectMeta, compare: Compare) -> Listed {
+    let copy_if = |b| if b { Listed::Copy } else { Listed::Skip };
     if src.size != dst.size {
-        return true;
+        return Listed::Copy;
     }
     match compare {
-        Compare::SizeOnly => false,
+        Compare::SizeOnly => Listed::Skip,
         // Whole seconds: S3 keeps Last-Modified to the second, file systems to the ns.
-        Compare::SizeAndTime => match (src.mtime, dst.mtime) {
+        Compare::SizeAndTime => copy_if(match (src.mtime, dst.mtime) {
             (Some(s), Some(d)) => secs(s) > secs(d),
             _ => true,
-        },
-        Compare::Checksum => match (
-            plain_md5(src.etag.as_deref()),
-            plain_md5(dst.etag.as_deref()),
-        ) {
-            (Some(a), Some(b)) => a != b,
-            // Without comparable checksums, fall back to the safe default comparison.
-            _ => needs_copy(src, dst, Compare::SizeAndTime),
-        },
+        }),
+        Compare::Checksum => Listed::CompareContent,
     }
 }
 
@@ -98,54 +109,26 @@ mod tests {
         assert_eq!(part_size(6 << 30, 16 * MIB, &s3), Some(16 * MIB));
     }
 
-    fn meta(size: u64, secs: u64, etag: Option<&str>) -> ObjectMeta {
+    fn meta(size: u64, secs: u64) -> ObjectMeta {
         let mut m = ObjectMeta::new("k", size);
         m.mtime = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(secs * 1000 + 300));
-        m.etag = etag.map(str::to_string);
         m
     }
 
     #[test]
     fn sync_comparisons() {
         use Compare::*;
-        assert!(needs_copy(&meta(1, 10, None), &meta(2, 10, None), SizeOnly));
-        assert!(!needs_copy(
-            &meta(1, 99, None),
-            &meta(1, 10, None),
-            SizeOnly
-        ));
-        assert!(needs_copy(
-            &meta(1, 11, None),
-            &meta(1, 10, None),
-            SizeAndTime
-        ));
-        assert!(!needs_copy(
-            &meta(1, 10, None),
-            &meta(1, 10, None),
-            SizeAndTime
-        ));
-        assert!(!needs_copy(
-            &meta(1, 9, None),
-            &meta(1, 10, None),
-            SizeAndTime
-        ));
-        let a = "0123456789abcdef0123456789abcdef";
-        let b = "ffffffffffffffffffffffffffffffff";
-        assert!(needs_copy(
-            &meta(1, 1, Some(a)),
-            &meta(1, 10, Some(b)),
-            Checksum
-        ));
-        assert!(!needs_copy(
-            &meta(1, 99, Some(a)),
-            &meta(1, 10, Some(a)),
-            Checksum
-        ));
-        // Multipart ETags are not content hashes: fall back to size and time.
-        assert!(needs_copy(
-            &meta(1, 11, Some("abc-2")),
-            &meta(1, 10, Some("abc-2")),
-            Checksum
-        ));
+        let cases = [
+            (meta(1, 10), meta(2, 10), SizeOnly, Listed::Copy),
+            (meta(1, 99), meta(1, 10), SizeOnly, Listed::Skip),
+            (meta(1, 11), meta(1, 10), SizeAndTime, Listed::Copy),
+            (meta(1, 10), meta(1, 10), SizeAndTime, Listed::Skip),
+            (meta(1, 9), meta(1, 10), SizeAndTime, Listed::Skip),
+            (meta(1, 1), meta(2, 10), Checksum, Listed::Copy),
+            (meta(1, 99), meta(1, 10), Checksum, Listed::CompareContent),
+        ];
+        for (i, (src, dst, compare, want)) in cases.iter().enumerate() {
+            assert_eq!(compare_listed(src, dst, *compare), *want, "case {i}");
+        }
     }
 }

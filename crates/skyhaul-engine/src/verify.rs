@@ -6,7 +6,8 @@
 //! ETags that are content MD5s (or equal multipart ETags), or, in deep mode, a CRC64 of the
 //! bytes re-read from the store.
 
-use crate::integrity::{combine_crc64, plain_md5, sums};
+use crate::content::{fingerprints, read_sums, Side};
+use crate::integrity::plain_md5;
 use crate::listing::{Merge, Pair, ResilientList};
 use crate::open::Endpoint;
 use crate::progress::Progress;
@@ -19,8 +20,6 @@ use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
 use std::fmt;
 use std::sync::Arc;
 
-/// Chunk size for deep re-reads: large enough for throughput, small enough for memory.
-const DEEP_CHUNK: u64 = 16 << 20;
 /// HEAD requests in flight when a listing lacks the ETags to compare.
 const HEAD_CONCURRENCY: usize = 32;
 /// Objects re-read concurrently in deep mode.
@@ -152,32 +151,37 @@ pub fn sampled(key: &str, percent: f64) -> bool {
     (h % 10_000) as f64 / 100.0 < percent
 }
 
-/// CRC64 of an object re-read from its store in chunks.
-async fn deep_crc(
+/// The checksum comparison for a copied object from what the destination reports: its
+/// ETag where that is predictable, else the full-object CRC recorded with it (a HEAD).
+async fn recorded_outcome(
     store: &dyn Store,
-    meta: &ObjectMeta,
+    c: &Copied,
+    listed: ObjectMeta,
     retry: &RetryPolicy,
     progress: &Progress,
-) -> Result<u64> {
-    let limit = crate::limiter::AdaptiveLimit::new(1);
-    let mut pieces = Vec::new();
-    let mut offset = 0;
-    while offset < meta.size || (meta.size == 0 && pieces.is_empty()) {
-        let len = DEEP_CHUNK.min(meta.size - offset);
-        let range = (meta.size > 0).then_some(offset..offset + len);
-        let data = retry
-            .run(&limit, progress, || {
-                store.get(&meta.key, range.clone(), None)
-            })
-            .await?
-            .data;
-        pieces.push((sums(&data, false).crc64, data.len() as u64));
-        offset += len;
-        if meta.size == 0 {
-            break;
-        }
+) -> Result<Option<(String, String)>> {
+    let mut m = listed;
+    let headed = c.etag.is_some() && m.etag.is_none();
+    if headed {
+        m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);
     }
-    Ok(combine_crc64(pieces))
+    let by_etag = c
+        .etag
+        .as_deref()
+        .zip(m.etag.as_deref())
+        .and_then(|(want, got)| same_form(want, got));
+    let Some(want) = c.crc64.filter(|_| by_etag.is_none()) else {
+        return Ok(by_etag);
+    };
+    if !headed {
+        m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);
+    }
+    Ok(m.crc64nvme().map(|got| {
+        (
+            format!("crc64nvme:{want:016x}"),
+            format!("crc64nvme:{got:016x}"),
+        )
+    }))
 }
 
 /// A HEAD with the transfer's retries: verification must ride out the same faults.
@@ -189,26 +193,6 @@ async fn head(
 ) -> Result<Option<ObjectMeta>> {
     let limit = crate::limiter::AdaptiveLimit::new(1);
     retry.run(&limit, progress, || store.head(key)).await
-}
-
-/// Fills in the ETag with a HEAD when the listing had none (s3s-fs lists without ETags)
-/// and the store's ETags are worth having.
-async fn with_etag(
-    store: &dyn Store,
-    meta: ObjectMeta,
-    retry: &RetryPolicy,
-    progress: &Progress,
-) -> Result<ObjectMeta> {
-    if meta.etag.is_some() || !store.etags_are_md5() {
-        return Ok(meta);
-    }
-    let head = head(store, &meta.key, retry, progress).await?;
-    Ok(head
-        .map(|h| ObjectMeta {
-            etag: h.etag,
-            ..meta.clone()
-        })
-        .unwrap_or(meta))
 }
 
 /// Checks what a transfer wrote against the destination as it lists now.
@@ -273,35 +257,26 @@ pub async fn verify_copied(
             by_etag.push((c, m));
         }
     }
-    // Listings without ETags (s3s-fs) need a HEAD per object: many at once, not in turn.
+    // Listings without ETags (s3s-fs) or metadata need a HEAD per object: many at once.
     let mut heads = futures::stream::iter(by_etag)
         .map(|(c, m)| {
             let (store, progress) = (dst.store.clone(), progress.clone());
             async move {
-                let m = match c.etag {
-                    Some(_) => with_etag(store.as_ref(), m, &retry, &progress).await,
-                    None => Ok(m),
-                };
-                (c, m)
+                let outcome = recorded_outcome(store.as_ref(), &c, m, &retry, &progress).await;
+                (c, outcome)
             }
         })
         .buffer_unordered(HEAD_CONCURRENCY);
-    while let Some((c, m)) = heads.next().await {
-        let m = m?;
-        let outcome = c
-            .etag
-            .as_deref()
-            .zip(m.etag.as_deref())
-            .and_then(|(want, got)| same_form(want, got));
-        v.checksum(&c.dst_key, outcome);
+    while let Some((c, outcome)) = heads.next().await {
+        v.checksum(&c.dst_key, outcome?);
     }
     let store = dst.store.clone();
     let mut rereads = futures::stream::iter(to_reread)
         .map(|(c, m)| {
             let (store, progress) = (store.clone(), progress.clone());
             async move {
-                let got = deep_crc(store.as_ref(), &m, &retry, &progress).await;
-                (c, got)
+                let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
+                (c, got.map(|(crc, _)| crc))
             }
         })
         .buffer_unordered(DEEP_CONCURRENCY);
@@ -374,39 +349,33 @@ pub async fn verify_locations(
             }
         }
     }
-    let mut rereads = Vec::new();
-    for (a, b) in pairs {
-        v.objects += 1;
-        if !v.sizes(&a.key, a.size, b.size) || mode < VerifyMode::Checksum {
-            continue;
-        }
-        let a = with_etag(src.store.as_ref(), a, &retry, &progress).await?;
-        let b = with_etag(dst.store.as_ref(), b, &retry, &progress).await?;
-        match etag_comparison(&a, &b) {
-            Some(outcome) => v.checksum(&a.key, Some(outcome)),
-            None if mode == VerifyMode::Deep => rereads.push((a, b)),
-            None => v.checksum(&a.key, None),
-        }
-    }
-    let (s, d) = (src.store.clone(), dst.store.clone());
-    let mut running = futures::stream::iter(rereads)
+    let deep = mode == VerifyMode::Deep;
+    let mut compared = futures::stream::iter(pairs)
+        .filter_map(|(a, b)| {
+            let keep = v.sizes(&a.key, a.size, b.size) && mode >= VerifyMode::Checksum;
+            v.objects += 1;
+            futures::future::ready(keep.then_some((a, b)))
+        })
         .map(|(a, b)| {
-            let (s, d, progress) = (s.clone(), d.clone(), progress.clone());
+            let (s, d, progress) = (src.store.clone(), dst.store.clone(), progress.clone());
             async move {
-                let x = deep_crc(s.as_ref(), &a, &retry, &progress).await;
-                let y = deep_crc(d.as_ref(), &b, &retry, &progress).await;
-                (a.key, x, y)
+                let key = a.key.clone();
+                let (a, b) = (Side::listed(s.as_ref(), a), Side::listed(d.as_ref(), b));
+                (key, fingerprints(a, b, deep, &retry, &progress).await)
             }
         })
-        .buffer_unordered(DEEP_CONCURRENCY);
-    while let Some((key, x, y)) = running.next().await {
-        v.checksum(
-            &key,
-            Some((
-                format!("crc64nvme:{:016x}", x?),
-                format!("crc64nvme:{:016x}", y?),
-            )),
-        );
+        .buffer_unordered(if deep {
+            DEEP_CONCURRENCY
+        } else {
+            HEAD_CONCURRENCY
+        });
+    let mut outcomes = Vec::new();
+    while let Some((key, outcome)) = compared.next().await {
+        outcomes.push((key, outcome?));
+    }
+    drop(compared);
+    for (key, outcome) in outcomes {
+        v.checksum(&key, outcome);
     }
     Ok(v)
 }
@@ -424,17 +393,6 @@ fn same_form(want: &str, got: &str) -> Option<(String, String)> {
     }
 }
 
-/// ETags say something about content when both are content MD5s, or when both are the
-/// same multipart ETag (same parts, same part MD5s). Anything else is not comparable.
-fn etag_comparison(a: &ObjectMeta, b: &ObjectMeta) -> Option<(String, String)> {
-    let (x, y) = (a.etag.as_deref()?, b.etag.as_deref()?);
-    match (plain_md5(Some(x)), plain_md5(Some(y))) {
-        (Some(x), Some(y)) => Some((x.to_ascii_lowercase(), y.to_ascii_lowercase())),
-        _ if x == y && x.contains('-') => Some((x.to_string(), y.to_string())),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,20 +404,5 @@ mod tests {
         assert!((800..1200).contains(&n), "{n}");
         assert!(keys.iter().all(|k| sampled(k, 100.0)));
         assert_eq!(keys.iter().filter(|k| sampled(k, 10.0)).count(), n);
-    }
-
-    #[test]
-    fn etags_compare_only_when_meaningful() {
-        let meta = |e: &str| {
-            let mut m = ObjectMeta::new("k", 1);
-            m.etag = Some(e.to_string());
-            m
-        };
-        let md5a = "0123456789abcdef0123456789abcdef";
-        let md5b = "ffffffffffffffffffffffffffffffff";
-        assert!(etag_comparison(&meta(md5a), &meta(md5b)).is_some_and(|(x, y)| x != y));
-        assert!(etag_comparison(&meta("abc-3"), &meta("abc-3")).is_some());
-        assert!(etag_comparison(&meta(md5a), &meta("abc-3")).is_none());
-        assert!(etag_comparison(&meta("abc-3"), &meta("abd-3")).is_none());
     }
 }

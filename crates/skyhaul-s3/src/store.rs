@@ -10,8 +10,11 @@ use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3Part};
+use aws_sdk_s3::types::{
+    ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart as S3Part,
+};
 use aws_sdk_s3::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use base64::Engine;
@@ -162,6 +165,21 @@ fn base64_md5(md5: &[u8; 16]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5)
 }
 
+/// The provider's own CRC64-NVME of the whole object (AWS computes one for every object
+/// uploaded since 2025), which is comparable with ours. A composite (per-part) checksum is
+/// not, and a value that is not 8 bytes is a server's mistake (moto reports 4), not a CRC.
+fn full_object_crc64(h: &HeadObjectOutput) -> Option<u64> {
+    if h.checksum_type()
+        .is_some_and(|t| *t != ChecksumType::FullObject)
+    {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(h.checksum_crc64_nvme()?)
+        .ok()?;
+    Some(u64::from_be_bytes(raw.try_into().ok()?))
+}
+
 fn etag(s: Option<&str>) -> Option<String> {
     s.map(|e| e.trim_matches('"').to_string())
 }
@@ -265,6 +283,7 @@ impl Store for S3Store {
             .head_object()
             .bucket(&self.bucket)
             .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
         {
@@ -274,6 +293,9 @@ impl Store for S3Store {
                 m.etag = etag(h.e_tag());
                 if let Some(md) = h.metadata() {
                     m.metadata = md.clone().into_iter().collect();
+                }
+                if let Some(crc) = full_object_crc64(&h) {
+                    m.set_crc64nvme(crc);
                 }
                 Ok(Some(m))
             }

@@ -18,7 +18,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use local::LocalStore;
 pub use types::{
     CompletedPart, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions,
-    Written,
+    Written, CRC_METADATA,
 };
 
 use futures::stream::BoxStream;
@@ -40,6 +40,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Size bounds for single puts and multipart parts.
     fn limits(&self) -> Limits;
+
+    /// Whether reading an object again costs nothing but local I/O (a file system): then a
+    /// checksum the comparison needs is computed by reading rather than left unknown.
+    fn rereads_are_free(&self) -> bool {
+        false
+    }
 
     /// Whether this store's ETags are MD5s of the content (S3: single-part uploads), which
     /// makes computing MD5 while copying worth its CPU.

@@ -254,6 +254,10 @@ impl Store for LocalStore {
         }
     }
 
+    fn rereads_are_free(&self) -> bool {
+        true
+    }
+
     fn list<'a>(
         &'a self,
         prefix: &'a str,

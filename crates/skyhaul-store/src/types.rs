@@ -17,6 +17,11 @@ pub struct ObjectMeta {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// User metadata key holding an object's full-object CRC64-NVME as 16 hex digits. skyhaul
+/// writes it with every object it uploads whose CRC it knows before the upload starts, so
+/// that later comparisons (`verify`, `sync --checksum`) work whatever the part layout.
+pub const CRC_METADATA: &str = "skyhaul-crc64nvme";
+
 impl ObjectMeta {
     pub fn new(key: impl Into<String>, size: u64) -> Self {
         ObjectMeta {
@@ -27,6 +32,30 @@ impl ObjectMeta {
             metadata: BTreeMap::new(),
         }
     }
+
+    /// The full-object CRC64-NVME recorded with the object, if any: from [`CRC_METADATA`],
+    /// which backends also fill from a provider's own full-object CRC64-NVME. Only `head`
+    /// returns metadata, so listed objects never have one.
+    pub fn crc64nvme(&self) -> Option<u64> {
+        parse_crc(self.metadata.get(CRC_METADATA)?)
+    }
+
+    /// Records `crc` as the object's full-object CRC64-NVME unless it has one already.
+    pub fn set_crc64nvme(&mut self, crc: u64) {
+        self.metadata
+            .entry(CRC_METADATA.to_string())
+            .or_insert_with(|| crc_hex(crc));
+    }
+}
+
+fn crc_hex(crc: u64) -> String {
+    format!("{crc:016x}")
+}
+
+fn parse_crc(hex: &str) -> Option<u64> {
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
 }
 
 /// Options for writing an object.
@@ -38,6 +67,18 @@ pub struct PutOptions {
     pub mtime: Option<SystemTime>,
     /// User metadata stored with the object.
     pub metadata: BTreeMap<String, String>,
+}
+
+impl PutOptions {
+    /// Stores `crc` with the object as its full-object CRC64-NVME ([`CRC_METADATA`]).
+    pub fn set_crc64nvme(&mut self, crc: u64) {
+        self.metadata.insert(CRC_METADATA.to_string(), crc_hex(crc));
+    }
+
+    /// The full-object CRC64-NVME the object is being written with, if known.
+    pub fn crc64nvme(&self) -> Option<u64> {
+        parse_crc(self.metadata.get(CRC_METADATA)?)
+    }
 }
 
 /// Bytes to write, with their MD5 when known: S3-compatible servers check `Content-MD5`

@@ -201,7 +201,10 @@ impl DryRun {
 
     pub fn job(&mut self, src: &Endpoint, dst: &Endpoint, job: &Job) {
         match job {
-            Job::Copy { src: meta, dst_key } => {
+            Job::Copy { src: meta, dst_key }
+            | Job::CopyUnlessSame {
+                src: meta, dst_key, ..
+            } => {
                 self.copies += 1;
                 self.bytes += meta.size;
                 let (from, to) = (

@@ -46,6 +46,7 @@ async fn corrupted_downloads_are_detected_and_never_land() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let mut complete_runs = 0;
+    let mut outcomes = Vec::new();
     for run in 0..5 {
         let dst = tmp.path().join(format!("run{run}"));
         let ep = proxy.endpoint();
@@ -62,16 +63,17 @@ async fn corrupted_downloads_are_detected_and_never_land() {
         let out = skyhaul(&args, Some(&s3), None);
         assert!(out.code == 0 || out.code == 1, "run {run}: {}", out.stderr);
         let got = read_tree(&dst);
+        outcomes.push(out.code);
         assert_nothing_corrupt(&got, &files);
         if out.code == 0 {
             complete_runs += 1;
             assert_eq!(got, files, "a successful run copied everything");
         }
     }
-    let injected = proxy.injected().flip_response_body;
+    let counts = proxy.injected();
     assert!(
-        injected >= 5,
-        "the proxy did corrupt downloads ({injected})"
+        counts.flip_response_body >= 5,
+        "the proxy did corrupt downloads ({counts:?}; exit codes {outcomes:?})"
     );
     assert!(complete_runs >= 1, "retries recover from corruption");
 }

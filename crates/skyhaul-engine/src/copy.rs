@@ -1,0 +1,149 @@
+//! Copying one object: whole (one read and one write, or one server-side copy), or striped
+//! into parts when it is large (see [`crate::striped`]). Whatever the way, the bytes are
+//! checked against the source's checksums and against what the destination says it stored.
+
+use crate::content::read_sums;
+use crate::integrity::plain_md5;
+use crate::plan::MIB;
+use crate::run::Ctx;
+use crate::striped::multipart;
+use crate::verify::Copied;
+use skyhaul_store::{Error, ErrorKind, ObjectMeta, Payload, PutOptions, Result};
+use std::sync::Arc;
+
+/// Copies one object, starting over when its checksums do not add up at the end (a part
+/// corrupted in a way no single request could notice). Returns what was written.
+pub(crate) async fn copy_with_retries(
+    ctx: &Arc<Ctx>,
+    src: &ObjectMeta,
+    dst_key: &str,
+) -> Result<Copied> {
+    let mut attempt = 0;
+    loop {
+        match copy_object(ctx, src, dst_key).await {
+            Err(e) if e.kind == ErrorKind::Corrupt && attempt < 2 => {
+                tracing::warn!("{e}; copying the object again");
+                ctx.progress.add_retry();
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<Copied> {
+    if ctx.cancel.is_cancelled() {
+        return Err(ctx.interrupted(&src.key));
+    }
+    let mut put = PutOptions {
+        size: src.size,
+        mtime: src.mtime,
+        ..Default::default()
+    };
+    let limits = ctx.dst.limits();
+    let single_max = ctx.opts.multipart_threshold.min(limits.max_single_put);
+    let dst = &ctx.dst;
+    let mut copied = Copied {
+        dst_key: dst_key.to_string(),
+        size: src.size,
+        crc64: None,
+        etag: None,
+        server_side: false,
+    };
+    if let Some(container) = &ctx.copy_from {
+        copied.server_side = true;
+        // Whole-object copy up to the single-request limit; beyond, parallel part copies.
+        if src.size
+            <= limits
+                .max_single_put
+                .min(ctx.opts.multipart_threshold.max(256 * MIB))
+        {
+            ctx.opts
+                .retry
+                .run(&ctx.dst_limit, &ctx.progress, || {
+                    dst.copy_object(container, src, dst_key, &put)
+                })
+                .await?;
+            // A whole-object copy keeps the content, so a content-MD5 ETag stays the same.
+            copied.etag = plain_md5(src.etag.as_deref()).map(str::to_string);
+            ctx.progress.add_moved(src.size);
+        } else {
+            if let Some(crc) = crc_before_upload(ctx, src).await? {
+                put.set_crc64nvme(crc);
+            }
+            multipart(ctx, src, dst_key, &put, true).await?;
+        }
+        return Ok(copied);
+    }
+    if src.size > single_max {
+        if let Some(crc) = crc_before_upload(ctx, src).await? {
+            put.set_crc64nvme(crc);
+        }
+        return multipart(ctx, src, dst_key, &put, false).await;
+    }
+    let with_md5 = ctx.src.etags_are_md5() || dst.etags_are_md5();
+    let _memory = ctx.budget.reserve(src.size).await;
+    let (data, sums, _) = ctx.read_checked(src, 0..src.size, with_md5).await?;
+    put.set_crc64nvme(sums.crc64);
+    let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
+    ctx.opts
+        .retry
+        .run(&ctx.dst_limit, &ctx.progress, || async {
+            let written = dst
+                .put(
+                    dst_key,
+                    Payload {
+                        data: data.clone(),
+                        md5: sums.md5,
+                    },
+                    &put,
+                )
+                .await?;
+            check_stored(&target, written.etag.as_deref(), sums.md5)
+        })
+        .await?;
+    ctx.progress.add_moved(src.size);
+    copied.crc64 = Some(sums.crc64);
+    copied.etag = sums.md5.filter(|_| dst.etags_are_md5()).map(hex::encode);
+    Ok(copied)
+}
+
+/// Fails when the store reports a content MD5 other than the one of the bytes we sent:
+/// servers that ignore `Content-MD5` would otherwise keep a body corrupted on the way.
+pub(crate) fn check_stored(target: &str, etag: Option<&str>, sent: Option<[u8; 16]>) -> Result<()> {
+    match (plain_md5(etag), sent) {
+        (Some(stored), Some(sent)) if !stored.eq_ignore_ascii_case(&hex::encode(sent)) => {
+            Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{target}: the destination stored different bytes (ETag {stored}, sent MD5 {})",
+                    hex::encode(sent)
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The source's full-object CRC, known before a multipart upload starts so that it can be
+/// stored with the object (metadata is given when an upload is created, not when it is
+/// completed): what the source records (one HEAD), or, from a file system, computed by
+/// reading the file once more, as rclone does with MD5 for the same reason. The parts'
+/// CRCs must add up to it before the upload is completed.
+async fn crc_before_upload(ctx: &Ctx, src: &ObjectMeta) -> Result<Option<u64>> {
+    let (store, retry) = (ctx.src.as_ref(), &ctx.opts.retry);
+    if store.rereads_are_free() {
+        let _memory = ctx
+            .budget
+            .reserve(src.size.min(crate::content::READ_CHUNK))
+            .await;
+        let (crc, _) = read_sums(store, src, false, retry, &ctx.progress).await?;
+        return Ok(Some(crc));
+    }
+    let head = retry
+        .run(&ctx.src_limit, &ctx.progress, || store.head(&src.key))
+        .await?;
+    Ok(head
+        .filter(|h| h.size == src.size)
+        .and_then(|h| h.crc64nvme()))
+}

@@ -1,0 +1,452 @@
+//! Striped copies of large objects: a multipart upload whose parts are read (or copied
+//! server-side) and written concurrently, resumed from the journal after an interruption,
+//! and completed only when every part is in and the checksums agree.
+
+use crate::copy::check_stored;
+use crate::integrity::{combine_crc64, multipart_etag, plain_md5, ChunkSums, OrderedMd5};
+use crate::plan::{part_size, MIB};
+use crate::resume::decode_sums;
+use crate::retry::RetryPolicy;
+use crate::run::Ctx;
+use crate::verify::Copied;
+use skyhaul_store::{
+    CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions,
+    Result,
+};
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Striped copy of a large object: parts are read (or copied server-side) and written
+/// concurrently, each holding its bytes in the memory budget, and the upload is completed
+/// only when every part is in and the checksums agree. Any failure aborts the upload.
+pub(crate) async fn multipart(
+    ctx: &Arc<Ctx>,
+    src: &ObjectMeta,
+    dst_key: &str,
+    put: &PutOptions,
+    server_side: bool,
+) -> Result<Copied> {
+    let preferred = if server_side {
+        ctx.opts.part_size.max(64 * MIB)
+    } else {
+        ctx.opts.part_size
+    };
+    let part = part_size(src.size, preferred, &ctx.dst.limits()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Other,
+            format!(
+                "{}: {} bytes is larger than {} can store",
+                src.key,
+                src.size,
+                ctx.dst.name()
+            ),
+        )
+    })?;
+    // An upload an earlier run left open continues with its finished parts.
+    let resumed = if server_side {
+        None
+    } else {
+        ctx.resume.resumable(src, part)
+    };
+    let earlier = resumed.clone();
+    match striped(ctx, src, dst_key, put, server_side, part, resumed).await {
+        // A journaled upload can be gone although the journal lost its end: killed right
+        // after completing it. Servers then say NoSuchUpload (s3s-fs: AccessDenied).
+        Err(e)
+            if earlier.is_some()
+                && matches!(e.kind, ErrorKind::NotFound | ErrorKind::AccessDenied) =>
+        {
+            let earlier = earlier.expect("checked");
+            ctx.resume.finished(&earlier.upload);
+            if let Some(copied) = completed_earlier(ctx, src, dst_key, part, &earlier).await {
+                return Ok(copied);
+            }
+            // Start afresh once; a real permission problem fails again there.
+            tracing::info!(
+                "{e}; the journaled upload is gone, starting {} afresh",
+                src.key
+            );
+            striped(ctx, src, dst_key, put, server_side, part, None).await
+        }
+        r => r,
+    }
+}
+
+/// The destination object, if it is what completing a multipart upload of `src` makes: a
+/// completion whose answer was lost (to a retry, or to a killed run) did succeed. It has the
+/// source's size and, where the server follows S3, the ETag the parts make.
+async fn already_completed(
+    ctx: &Ctx,
+    src: &ObjectMeta,
+    dst_key: &str,
+    expected_etag: Option<&str>,
+) -> Option<ObjectMeta> {
+    let dst = &ctx.dst;
+    let found = ctx
+        .opts
+        .retry
+        .run(&ctx.dst_limit, &ctx.progress, || dst.head(dst_key))
+        .await
+        .ok()??;
+    let etag_agrees = match (
+        expected_etag,
+        found.etag.as_deref().filter(|e| e.contains('-')),
+    ) {
+        (Some(want), Some(got)) => want == got,
+        _ => true,
+    };
+    (found.size == src.size && etag_agrees).then_some(found)
+}
+
+/// Whether an upload whose every part the journal holds was completed by the run that was
+/// interrupted: the destination object then has the source's size and, where the server
+/// follows S3, the ETag those parts make.
+async fn completed_earlier(
+    ctx: &Ctx,
+    src: &ObjectMeta,
+    dst_key: &str,
+    part: u64,
+    earlier: &skyhaul_journal::ResumableUpload,
+) -> Option<Copied> {
+    if earlier.parts.len() as u64 != src.size.div_ceil(part) {
+        return None;
+    }
+    let sums: Option<Vec<ChunkSums>> = earlier
+        .parts
+        .iter()
+        .map(|p| p.checksum.as_deref().and_then(decode_sums))
+        .collect();
+    let md5s: Option<Vec<[u8; 16]>> = sums
+        .as_ref()
+        .and_then(|s| s.iter().map(|s| s.md5).collect());
+    let expected_etag = md5s
+        .filter(|_| ctx.dst.etags_are_md5())
+        .map(|m| multipart_etag(&m));
+    already_completed(ctx, src, dst_key, expected_etag.as_deref()).await?;
+    let crc64 = sums.map(|s| {
+        combine_crc64(
+            s.iter()
+                .zip(&earlier.parts)
+                .map(|(s, p)| (s.crc64, p.part.len)),
+        )
+    });
+    ctx.resume.done(src, dst_key, crc64);
+    ctx.progress.add_moved(src.size);
+    Some(Copied {
+        dst_key: dst_key.to_string(),
+        size: src.size,
+        crc64,
+        etag: expected_etag,
+        server_side: false,
+    })
+}
+
+/// One striped copy with parts of `part` bytes, continuing `resumed` if given.
+async fn striped(
+    ctx: &Arc<Ctx>,
+    src: &ObjectMeta,
+    dst_key: &str,
+    put: &PutOptions,
+    server_side: bool,
+    part: u64,
+    resumed: Option<skyhaul_journal::ResumableUpload>,
+) -> Result<Copied> {
+    let dst = &ctx.dst;
+    // The whole-object MD5 is worth computing only when the source's ETag is (or, unknown
+    // from the listing, may be) a content MD5 to check it against.
+    let check_source = !server_side
+        && ctx.src.etags_are_md5()
+        && src
+            .etag
+            .as_deref()
+            .is_none_or(|e| plain_md5(Some(e)).is_some());
+    let with_md5 = !server_side && (check_source || dst.etags_are_md5());
+    // Resumed parts are not read again, so the whole-object source check is not possible.
+    let check_source = check_source && resumed.as_ref().is_none_or(|r| r.parts.is_empty());
+    let ordered = check_source.then(|| Arc::new(OrderedMd5::default()));
+    let mut done = Vec::new();
+    let upload = match resumed {
+        Some(r) => {
+            for p in &r.parts {
+                let sums = p.checksum.as_deref().and_then(decode_sums);
+                ctx.progress.add_moved(p.part.len);
+                done.push((p.part.clone(), sums, None));
+            }
+            r.upload
+        }
+        None => {
+            let upload = ctx
+                .opts
+                .retry
+                .run(&ctx.dst_limit, &ctx.progress, || {
+                    dst.create_multipart(dst_key, put)
+                })
+                .await?;
+            ctx.resume.started(src, &upload, part);
+            upload
+        }
+    };
+    let have: std::collections::HashSet<u32> = done.iter().map(|(p, _, _)| p.number).collect();
+    let count = src.size.div_ceil(part);
+    let mut parts = JoinSet::new();
+    let mut failed = None;
+    for i in 0..count {
+        let offset = i * part;
+        let spec = PartSpec {
+            number: i as u32 + 1,
+            offset,
+            len: part.min(src.size - offset),
+        };
+        if have.contains(&spec.number) {
+            continue;
+        }
+        while let Some(r) = parts.try_join_next() {
+            absorb(r, src, &mut done, &mut failed, &mut parts);
+        }
+        if ctx.cancel.is_cancelled() {
+            failed.get_or_insert(ctx.interrupted(&src.key));
+        }
+        if failed.is_some() {
+            break;
+        }
+        // Budget is taken here, in part order, not inside the tasks: a finished part may
+        // wait (holding its budget) for the parts before it to be hashed, so every earlier
+        // part must already hold its budget or the two could wait on each other forever.
+        let memory = if server_side {
+            None
+        } else {
+            Some(ctx.budget.reserve(spec.len).await)
+        };
+        let (ctx, src, upload, ordered) =
+            (ctx.clone(), src.clone(), upload.clone(), ordered.clone());
+        parts.spawn(async move {
+            move_part(
+                &ctx,
+                &src,
+                &upload,
+                spec,
+                server_side,
+                with_md5,
+                ordered.as_deref(),
+                memory,
+            )
+            .await
+        });
+    }
+    while let Some(r) = parts.join_next().await {
+        absorb(r, src, &mut done, &mut failed, &mut parts);
+    }
+    let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
+    // The source's MD5: from the listing, else from what the reads reported.
+    let source_md5 = plain_md5(src.etag.as_deref())
+        .map(str::to_string)
+        .or_else(|| {
+            done.iter()
+                .find_map(|(_, _, e)| plain_md5(e.as_deref()).map(str::to_string))
+        });
+    if failed.is_none() {
+        if let (Some(want), Some(ordered)) = (source_md5, ordered) {
+            let got = Arc::try_unwrap(ordered)
+                .ok()
+                .and_then(|o| o.finish(count as u32));
+            if got.map(hex::encode).as_deref() != Some(want.as_str()) {
+                failed = Some(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("{target}: the bytes read do not hash to the source's MD5 {want}"),
+                ));
+            }
+        }
+    }
+    if let Some(e) = failed {
+        // Interrupted: the journal keeps the upload and its finished parts for the rerun.
+        if e.kind != ErrorKind::Interrupted {
+            abort(ctx, &upload).await;
+        }
+        return Err(e);
+    }
+    done.sort_by_key(|(p, _, _)| p.number);
+    let crc64 = done
+        .iter()
+        .map(|(p, s, _)| s.map(|s| (s.crc64, p.len)))
+        .collect::<Option<Vec<_>>>()
+        .map(combine_crc64);
+    // The CRC stored with the object was known before the upload: the parts must match it.
+    if let (Some(want), Some(got)) = (put.crc64nvme(), crc64) {
+        if want != got {
+            abort(ctx, &upload).await;
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{target}: the parts read have CRC64-NVME {got:016x}, the source's is \
+                     {want:016x} (it changed during the copy, or its recorded checksum is wrong)"
+                ),
+            ));
+        }
+    }
+    let receipts: Vec<CompletedPart> = done.iter().map(|(p, _, _)| p.clone()).collect();
+    let md5s: Option<Vec<[u8; 16]>> = done.iter().map(|(_, s, _)| s.and_then(|s| s.md5)).collect();
+    let expected_etag = md5s
+        .filter(|_| dst.etags_are_md5())
+        .map(|m| multipart_etag(&m));
+    let result = ctx
+        .opts
+        .retry
+        .run(&ctx.dst_limit, &ctx.progress, || {
+            dst.complete_multipart(&upload, &receipts, put)
+        })
+        .await;
+    let written = match result {
+        Ok(w) => w,
+        // A complete whose answer was lost succeeded at the server, so its retry finds the
+        // upload gone (NoSuchUpload; s3s-fs: AccessDenied). The object is then there, with
+        // the source's size and, where predictable, the ETag these parts make.
+        Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::AccessDenied) => {
+            match already_completed(ctx, src, dst_key, expected_etag.as_deref()).await {
+                Some(found) => {
+                    tracing::debug!("{e}; the upload was completed by an earlier attempt");
+                    skyhaul_store::Written { etag: found.etag }
+                }
+                None => {
+                    abort(ctx, &upload).await;
+                    return Err(e);
+                }
+            }
+        }
+        Err(e) => {
+            abort(ctx, &upload).await;
+            return Err(e);
+        }
+    };
+
+    // Servers that follow S3 return md5-of-part-md5s-N; anything else is not comparable.
+    if let (Some(want), Some(got)) = (
+        &expected_etag,
+        written.etag.as_deref().filter(|e| e.contains('-')),
+    ) {
+        if want != got {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{target}: completed ETag {got}, expected {want}"),
+            ));
+        }
+    }
+    // Done first, then the upload's end, in one queue: a kill between the two must not
+    // leave the journal with neither the object nor its parts.
+    ctx.resume.done(src, dst_key, crc64);
+    ctx.resume.finished(&upload);
+    Ok(Copied {
+        dst_key: dst_key.to_string(),
+        size: src.size,
+        crc64,
+        etag: expected_etag,
+        server_side,
+    })
+}
+
+type PartResult = (CompletedPart, Option<ChunkSums>, Option<String>);
+
+/// Takes in one finished part task: its result, or the first failure (which stops the rest).
+fn absorb(
+    r: std::result::Result<Result<PartResult>, tokio::task::JoinError>,
+    src: &ObjectMeta,
+    done: &mut Vec<PartResult>,
+    failed: &mut Option<Error>,
+    parts: &mut JoinSet<Result<PartResult>>,
+) {
+    match r {
+        Ok(Ok(p)) => done.push(p),
+        Ok(Err(e)) => {
+            failed.get_or_insert(e);
+            parts.abort_all();
+        }
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => {
+            failed.get_or_insert(Error::new(
+                ErrorKind::Other,
+                format!("{}: part task failed: {e}", src.key),
+            ));
+        }
+    }
+}
+
+/// Moves one part. `memory` is its share of the budget, taken by the caller in part order
+/// (`None` for server-side copies, whose bytes never pass through here).
+#[allow(clippy::too_many_arguments)]
+async fn move_part(
+    ctx: &Ctx,
+    src: &ObjectMeta,
+    upload: &MultipartUpload,
+    spec: PartSpec,
+    server_side: bool,
+    with_md5: bool,
+    ordered: Option<&OrderedMd5>,
+    memory: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<PartResult> {
+    if ctx.cancel.is_cancelled() {
+        return Err(ctx.interrupted(&src.key));
+    }
+    let dst = &ctx.dst;
+    if let (true, Some(container)) = (server_side, &ctx.copy_from) {
+        let done = ctx
+            .opts
+            .retry
+            .run(&ctx.dst_limit, &ctx.progress, || {
+                dst.copy_part(container, src, upload, spec)
+            })
+            .await?;
+        ctx.progress.add_moved(spec.len);
+        return Ok((done, None, None));
+    }
+    if ctx.cancel.is_cancelled() {
+        return Err(ctx.interrupted(&src.key));
+    }
+    let (data, sums, etag) = ctx.read_checked(src, spec.range(), with_md5).await?;
+    let target = format!(
+        "{}/{} part {}",
+        dst.name().trim_end_matches('/'),
+        upload.key,
+        spec.number
+    );
+    let done = ctx
+        .opts
+        .retry
+        .run(&ctx.dst_limit, &ctx.progress, || async {
+            let part = dst
+                .put_part(
+                    upload,
+                    spec,
+                    Payload {
+                        data: data.clone(),
+                        md5: sums.md5,
+                    },
+                )
+                .await?;
+            check_stored(&target, Some(part.etag.as_str()), sums.md5)?;
+            Ok(part)
+        })
+        .await?;
+    ctx.progress.add_moved(spec.len);
+    // Journaled while its bytes still count against the budget: what an interruption can
+    // make a rerun send again is bounded by the budget.
+    ctx.resume.part(upload, &done, Some(&sums)).await;
+    if let Some(o) = ordered {
+        o.add(spec.number - 1, data, memory);
+    }
+    Ok((done, Some(sums), etag))
+}
+
+async fn abort(ctx: &Ctx, upload: &MultipartUpload) {
+    let dst = &ctx.dst;
+    let quick = RetryPolicy {
+        retries: 3,
+        ..ctx.opts.retry
+    };
+    if let Err(e) = quick
+        .run(&ctx.dst_limit, &ctx.progress, || {
+            dst.abort_multipart(upload)
+        })
+        .await
+    {
+        tracing::warn!("could not abort the upload of {}: {e}", upload.key);
+    }
+}
