@@ -8,7 +8,7 @@ use crate::integrity::ChunkSums;
 use crate::retry::RetryPolicy;
 use crate::{limiter::AdaptiveLimit, progress::Progress};
 use skyhaul_journal::{Journal, ResumableUpload, TransferId, TransferIdentity};
-use skyhaul_store::{CompletedPart, MultipartUpload, ObjectMeta, Store};
+use skyhaul_store::{CompletedPart, ErrorKind, MultipartUpload, ObjectMeta, Store};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -93,6 +93,35 @@ impl Resume {
         Some(r)
     }
 
+    /// Announces, durably, an upload about to be created for `dst_key` (see
+    /// [`Journal::creating`]): a crash before its id is journaled leaves the key named.
+    pub async fn creating(&self, dst_key: &str) {
+        let Some((j, id)) = &self.journal else { return };
+        let (j, id, key) = (j.clone(), *id, dst_key.to_string());
+        let _ = tokio::task::spawn_blocking(move || {
+            warn("announce upload", j.creating(id, &key));
+        })
+        .await;
+    }
+
+    /// The announced upload is journaled, and it is the only one created (the request was
+    /// not retried, so no lost response can have created another).
+    pub fn created(&self, dst_key: &str) {
+        if let Some((j, id)) = &self.journal {
+            warn("confirm upload", j.created(*id, dst_key));
+        }
+    }
+
+    /// Aborts the uploads that announced creations never confirmed may have left (see
+    /// [`sweep_unconfirmed`]), sparing the ones this run uses. Returns how many.
+    pub async fn sweep(&self, dst: &dyn Store, retry: &RetryPolicy, progress: &Progress) -> usize {
+        let Some((j, id)) = &self.journal else {
+            return 0;
+        };
+        let spare = self.used.lock().expect("lock").clone();
+        sweep_unconfirmed(j, *id, dst, &spare, retry, progress).await
+    }
+
     /// Records a new upload durably before any part is sent, so it can never leak.
     pub fn started(&self, src: &ObjectMeta, upload: &MultipartUpload, part_size: u64) {
         if let Some((j, id)) = &self.journal {
@@ -152,7 +181,7 @@ impl Resume {
         };
         let open = warn("list uploads", j.open_uploads(*id)).unwrap_or_default();
         let limit = AdaptiveLimit::new(4);
-        let mut aborted = 0;
+        let mut aborted = self.sweep(dst, retry, progress).await;
         for u in open {
             if self
                 .used
@@ -189,6 +218,72 @@ impl Resume {
             warn("flush", j.flush());
         }
     }
+}
+
+/// For each key whose upload creation was announced but never confirmed, lists the uploads
+/// the destination holds open for that very key, and aborts those no journal record names:
+/// nobody can ever complete them. The key is this transfer's to write, so an unnamed upload
+/// to it is a leftover whenever it began (servers' upload dates cannot be trusted to tell:
+/// moto reports the same date in 2010 for every upload). `spare` names uploads not to touch. Stores that cannot list uploads
+/// (s3s-fs) are told about once; a bucket lifecycle rule is then the remedy. Returns how
+/// many uploads were aborted.
+pub async fn sweep_unconfirmed(
+    j: &Journal,
+    id: TransferId,
+    dst: &dyn Store,
+    spare: &HashSet<String>,
+    retry: &RetryPolicy,
+    progress: &Progress,
+) -> usize {
+    let pending = warn("list announced uploads", j.unconfirmed_creates(id)).unwrap_or_default();
+    if pending.is_empty() {
+        return 0;
+    }
+    let mut known = spare.clone();
+    for u in warn("list uploads", j.open_uploads(id)).unwrap_or_default() {
+        known.insert(u.upload.upload_id);
+    }
+    let limit = AdaptiveLimit::new(4);
+    let mut aborted = 0;
+    for (key, _) in pending {
+        let listed = retry.run(&limit, progress, || dst.list_uploads(&key)).await;
+        let open = match listed {
+            Ok(open) => open,
+            Err(e) if e.kind == ErrorKind::Unsupported => {
+                tracing::warn!(
+                    "{e}: an upload interrupted before it was journaled cannot be found and \
+                     may remain (a lifecycle rule that expires incomplete uploads removes it)"
+                );
+                for (key, _) in
+                    warn("list announced uploads", j.unconfirmed_creates(id)).unwrap_or_default()
+                {
+                    warn("confirm upload", j.created(id, &key));
+                }
+                return aborted;
+            }
+            Err(e) => {
+                tracing::warn!("{e}: will look for leftover uploads again on the next run");
+                continue;
+            }
+        };
+        let orphans = open
+            .iter()
+            .filter(|u| u.key == key && !known.contains(&u.upload_id));
+        let mut all_gone = true;
+        for u in orphans {
+            match retry.run(&limit, progress, || dst.abort_multipart(u)).await {
+                Ok(()) => aborted += 1,
+                Err(e) => {
+                    all_gone = false;
+                    tracing::warn!("could not abort the leftover upload of {key}: {e}");
+                }
+            }
+        }
+        if all_gone {
+            warn("confirm upload", j.created(id, &key));
+        }
+    }
+    aborted
 }
 
 #[cfg(test)]

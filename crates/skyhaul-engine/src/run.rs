@@ -221,6 +221,10 @@ pub async fn transfer(
         resume,
     });
 
+    // Uploads an earlier run created but could not journal are found before new ones start.
+    ctx.resume
+        .sweep(ctx.dst.as_ref(), &opts.retry, &progress)
+        .await;
     let (planner, mut rx) = start_planner(src, dst, opts, &ctx.src_limit, &progress).await?;
 
     let mut tasks = JoinSet::new();

@@ -13,6 +13,7 @@ use skyhaul_store::{
     CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions,
     Result,
 };
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
@@ -175,14 +176,22 @@ async fn striped(
             r.upload
         }
         None => {
+            ctx.resume.creating(dst_key).await;
+            let attempts = AtomicU32::new(0);
             let upload = ctx
                 .opts
                 .retry
                 .run(&ctx.dst_limit, &ctx.progress, || {
+                    attempts.fetch_add(1, Ordering::Relaxed);
                     dst.create_multipart(dst_key, put)
                 })
                 .await?;
             ctx.resume.started(src, &upload, part);
+            // After a retry, an earlier attempt may have created an upload whose answer was
+            // lost: the announcement stays, and the end of the run looks for it.
+            if attempts.into_inner() == 1 {
+                ctx.resume.created(dst_key);
+            }
             upload
         }
     };

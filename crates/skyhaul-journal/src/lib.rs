@@ -536,6 +536,40 @@ impl Journal {
         )
     }
 
+    /// Records, durably, that a multipart upload to `dst_key` is about to be created: if the
+    /// new upload's id never reaches the journal (a crash, or a lost response and a retry
+    /// that creates another), [`Journal::unconfirmed_creates`] still names the key.
+    pub fn creating(&self, id: TransferId, dst_key: &str) -> Result<()> {
+        self.barrier(
+            Some(Op::Creating {
+                transfer: id.0,
+                dst_key: dst_key.to_string(),
+            }),
+            true,
+        )
+    }
+
+    /// The upload [`Journal::creating`] announced is journaled and no other was created.
+    /// Queued: returns at once.
+    pub fn created(&self, id: TransferId, dst_key: &str) -> Result<()> {
+        self.queue(Write::Created {
+            transfer: id.0,
+            dst_key: dst_key.to_string(),
+        })
+    }
+
+    /// Keys with an announced upload creation that was never confirmed, and when it began.
+    pub fn unconfirmed_creates(&self, id: TransferId) -> Result<Vec<(String, SystemTime)>> {
+        self.sync_reads()?;
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT dst_key, started_ms FROM creating WHERE transfer = ?1 ORDER BY dst_key",
+            )?;
+            let rows = stmt.query_map([id.sql()], |r| Ok((r.get(0)?, from_ms(r.get(1)?))))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
     /// Records a part the store accepted. Queued: returns at once. Ignored if the upload is not
     /// (or no longer) recorded as open.
     pub fn part_done(

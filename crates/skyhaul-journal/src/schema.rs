@@ -29,7 +29,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 ///   on another path), and `forget` deletes explicitly.
 /// - `objects.dst_key` is NULL when it equals `src_key` (the usual case): rows stay small.
 /// - Times are Unix milliseconds; source mtimes are Unix nanoseconds (negative before 1970).
-pub(crate) const MIGRATIONS: &[&str] = &[r#"
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value
@@ -83,7 +84,20 @@ CREATE TABLE parts (
     checksum   TEXT,
     PRIMARY KEY (transfer, upload_id, number)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- v2: multipart uploads being created. A row is committed before CreateMultipartUpload is
+-- sent and removed once the new upload's id is journaled; a row left behind (a crash or a
+-- lost response in between) means an upload may exist that no record names, to be found by
+-- listing the destination's uploads for that key.
+CREATE TABLE creating (
+    transfer   INTEGER NOT NULL,
+    dst_key    TEXT    NOT NULL,
+    started_ms INTEGER NOT NULL,
+    PRIMARY KEY (transfer, dst_key)
+) WITHOUT ROWID;
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -88,6 +88,10 @@ pub(crate) enum Write {
         transfer: u64,
         upload_id: String,
     },
+    Created {
+        transfer: u64,
+        dst_key: String,
+    },
 }
 
 pub(crate) struct Barrier {
@@ -119,6 +123,10 @@ pub(crate) enum Op {
         etag: Option<String>,
         mtime: Option<std::time::SystemTime>,
         part_size: u64,
+    },
+    Creating {
+        transfer: u64,
+        dst_key: String,
     },
 }
 
@@ -366,6 +374,10 @@ fn apply_write(tx: &Transaction<'_>, w: &Write) -> Result<()> {
             tx.prepare_cached("DELETE FROM uploads WHERE transfer = ?1 AND upload_id = ?2")?
                 .execute(params![t, upload_id])?;
         }
+        Write::Created { transfer, dst_key } => {
+            tx.prepare_cached("DELETE FROM creating WHERE transfer = ?1 AND dst_key = ?2")?
+                .execute(params![*transfer as i64, dst_key])?;
+        }
     }
     Ok(())
 }
@@ -418,7 +430,7 @@ fn apply_op(tx: &Connection, op: Op) -> Result<()> {
         }
         Op::Forget { id } => {
             let t = id as i64;
-            for table in ["parts", "uploads", "objects"] {
+            for table in ["parts", "uploads", "creating", "objects"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE transfer = ?1"), [t])?;
             }
             tx.execute("DELETE FROM transfers WHERE id = ?1", [t])?;
@@ -456,6 +468,13 @@ fn apply_op(tx: &Connection, op: Op) -> Result<()> {
                 to_sql_i64(part_size),
                 now_ms()
             ])?;
+        }
+        Op::Creating { transfer, dst_key } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO creating (transfer, dst_key, started_ms)
+                 VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![transfer as i64, dst_key, now_ms()])?;
         }
     }
     Ok(())

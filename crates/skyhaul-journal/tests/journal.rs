@@ -268,6 +268,7 @@ fn forget_removes_everything_of_one_transfer() {
             .unwrap();
         j.part_done(t, &up.upload_id, &part(1, 64 << 20), None)
             .unwrap();
+        j.creating(t, "unconfirmed").unwrap();
     }
     j.forget(id).unwrap();
     assert!(j.find(&id.to_string()).unwrap().is_none());
@@ -288,7 +289,7 @@ fn forget_removes_everything_of_one_transfer() {
     // Checked in the file itself: no row of the forgotten transfer is left in any table.
     j.flush().unwrap();
     let conn = rusqlite::Connection::open(j.path()).unwrap();
-    for table in ["objects", "uploads", "parts"] {
+    for table in ["objects", "uploads", "parts", "creating"] {
         let n: i64 = conn
             .query_row(
                 &format!("SELECT count(*) FROM {table} WHERE transfer = ?1"),
@@ -444,6 +445,50 @@ fn two_handles_on_one_file_take_turns() {
     assert_eq!(a.done_count(ib).unwrap().0, 3_000);
     assert_eq!(b.done_count(ia).unwrap().0, 3_000);
     assert_eq!(a.transfers().unwrap().len(), 2);
+}
+
+#[test]
+fn announced_creations_stay_until_confirmed() {
+    let (_dir, j) = open_temp();
+    let id = j.begin(&identity(1)).unwrap();
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    j.creating(id, "a/big").unwrap();
+    j.creating(id, "b/big").unwrap();
+    j.created(id, "a/big").unwrap();
+    let left = j.unconfirmed_creates(id).unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, "b/big");
+    assert!(left[0].1 >= before, "the start time is recorded");
+    // Durable: another handle on the file sees it without a flush of this one.
+    let again = Journal::open(j.path()).unwrap();
+    assert_eq!(again.unconfirmed_creates(id).unwrap().len(), 1);
+}
+
+#[test]
+fn a_version_1_journal_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.sqlite");
+    let id = {
+        let j = Journal::open(&path).unwrap();
+        let id = j.begin(&identity(1)).unwrap();
+        j.record_done(id, &obj("k", 1, None, None), "k", None)
+            .unwrap();
+        j.flush().unwrap();
+        id
+    };
+    // Back to what version 1 wrote: no `creating` table.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TABLE creating; PRAGMA user_version = 1;")
+        .unwrap();
+    let j = Journal::open(&path).unwrap();
+    assert_eq!(
+        j.done_count(id).unwrap().0,
+        1,
+        "records survive the upgrade"
+    );
+    j.creating(id, "x").unwrap();
+    assert_eq!(j.unconfirmed_creates(id).unwrap().len(), 1);
 }
 
 #[test]

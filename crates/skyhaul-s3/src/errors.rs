@@ -92,6 +92,7 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
         | "RequestTimeout"
         | "InternalError"
         | "ServiceUnavailable" => (ErrorKind::Transient, ""),
+        "NotImplemented" => (ErrorKind::Unsupported, " (the server does not offer this)"),
         "NoSuchUpload" => (
             ErrorKind::NotFound,
             " (the multipart upload was aborted or expired)",
@@ -104,6 +105,7 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
             ),
             Some(412) => (ErrorKind::SourceChanged, ""),
             Some(429) | Some(503) => (ErrorKind::Throttled, ""),
+            Some(501) => (ErrorKind::Unsupported, " (the server does not offer this)"),
             Some(408) | Some(500..=599) => (ErrorKind::Transient, ""),
             _ => (ErrorKind::Other, ""),
         },

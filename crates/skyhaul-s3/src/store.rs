@@ -538,6 +538,39 @@ impl Store for S3Store {
         }
     }
 
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<MultipartUpload>> {
+        let mut found = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| map_err(e, &self.target(prefix), "list multipart uploads"))?;
+            for u in page.uploads() {
+                if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                    found.push(MultipartUpload {
+                        key: key.to_string(),
+                        upload_id: id.to_string(),
+                    });
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(found);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
     fn copy_domain(&self) -> Option<String> {
         Some(self.domain.clone())
     }

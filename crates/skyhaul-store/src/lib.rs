@@ -99,6 +99,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Discards an upload and everything uploaded for it.
     async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()>;
 
+    /// The uploads open under keys starting with `prefix`: how an upload whose id was lost
+    /// (a crash right after creating it, or a lost response) can still be found and aborted.
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<MultipartUpload>> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("{}: listing open uploads under '{prefix}'", self.name()),
+        ))
+    }
+
     /// Identifies the account and endpoint for server-side copy: two stores with the same
     /// `Some` id can copy between each other without moving bytes through this machine.
     fn copy_domain(&self) -> Option<String> {

@@ -123,7 +123,9 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
                 ),
             })?;
         let uploads = journal.open_uploads(t.id).map_err(other)?;
-        if !uploads.is_empty() {
+        let unconfirmed = journal.unconfirmed_creates(t.id).map_err(other)?;
+        let mut swept = 0;
+        if !uploads.is_empty() || !unconfirmed.is_empty() {
             let (loc, endpoint) = destination_of(&t);
             let loc = Location::parse(&loc).map_err(exit::usage)?;
             let mut side = SideOptions::default();
@@ -141,6 +143,15 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
             let retry = skyhaul_engine::retry::RetryPolicy::default();
             let limit = skyhaul_engine::limiter::AdaptiveLimit::new(1);
             let progress = skyhaul_engine::Progress::default();
+            swept = skyhaul_engine::resume::sweep_unconfirmed(
+                &journal,
+                t.id,
+                dst.store.as_ref(),
+                &Default::default(),
+                &retry,
+                &progress,
+            )
+            .await;
             for u in &uploads {
                 let store = &dst.store;
                 match retry
@@ -161,7 +172,7 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
         journal.forget(t.id).map_err(other)?;
         println!(
             "skyhaul: aborted {} open uploads and forgot transfer {}",
-            uploads.len(),
+            uploads.len() + swept,
             t.id
         );
         Ok(())
