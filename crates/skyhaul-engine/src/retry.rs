@@ -11,7 +11,8 @@ use std::time::Duration;
 pub struct RetryPolicy {
     /// Attempts after the first.
     pub retries: u32,
-    /// Attempts after the first when the endpoint cannot be reached at all: a first
+    /// Retries after failures to reach the endpoint at all (counted apart from other
+    /// failures, within `retries`): a first
     /// contact gives up quickly on a mistyped endpoint, a running transfer rides out an
     /// outage.
     pub unreachable_retries: u32,
@@ -52,6 +53,8 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T>>,
     {
         let mut attempt = 0;
+        // Counted apart: a 503 followed by one reset is a busy server, not a wrong address.
+        let mut unreachable = 0;
         loop {
             let slot = limit.acquire().await;
             let result = op().await;
@@ -65,8 +68,9 @@ impl RetryPolicy {
                     if e.is_retryable()
                         && attempt < self.retries
                         && (e.kind != ErrorKind::Unreachable
-                            || attempt < self.unreachable_retries) =>
+                            || unreachable < self.unreachable_retries) =>
                 {
+                    unreachable += u32::from(e.kind == ErrorKind::Unreachable);
                     if e.kind == ErrorKind::Throttled {
                         limit.on_throttle();
                     }
@@ -161,5 +165,22 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn other_failures_do_not_use_up_the_unreachable_allowance() {
+        // 503, 503, reset, then success: a busy server that dropped one connection.
+        let calls = AtomicU32::new(0);
+        let limit = AdaptiveLimit::new(4);
+        let out = fast()
+            .run(&limit, &Progress::default(), || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 | 1 => Err(Error::new(ErrorKind::Throttled, "503")),
+                    2 => Err(Error::new(ErrorKind::Unreachable, "reset")),
+                    _ => Ok(1),
+                }
+            })
+            .await;
+        assert_eq!(out.unwrap(), 1);
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::content::{fingerprints, read_sums, Side};
 use crate::integrity::plain_md5;
-use crate::listing::{Merge, Pair, ResilientList};
+use crate::listing::{Listing, Merge, Pair};
 use crate::open::Endpoint;
 use crate::progress::Progress;
 use crate::report::{thousands, Failure};
@@ -218,7 +218,7 @@ pub async fn verify_copied(
     let mut found: Vec<(Copied, Option<ObjectMeta>)> = Vec::with_capacity(copied.len());
     if recursive {
         // One listing of the destination instead of a request per object.
-        let mut listing = ResilientList::new(
+        let mut listing = Listing::new(
             dst.store.clone(),
             dir_form(&dst.path),
             retry,
@@ -305,13 +305,13 @@ pub async fn verify_locations(
     };
     let mut pairs = Vec::new();
     if recursive {
-        let left = ResilientList::new(
+        let left = Listing::new(
             src.store.clone(),
             dir_form(&src.path),
             retry,
             progress.clone(),
         );
-        let right = ResilientList::new(
+        let right = Listing::new(
             dst.store.clone(),
             dir_form(&dst.path),
             retry,

@@ -22,7 +22,7 @@ use bytes::BytesMut;
 use futures::stream::{BoxStream, StreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use skyhaul_store::{
-    CompletedPart, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
+    CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
     Payload, PutOptions, Result, Store, Written,
 };
 use std::collections::HashMap;
@@ -53,6 +53,70 @@ impl std::fmt::Debug for S3Store {
 }
 
 impl S3Store {
+    /// ListObjectsV2 under `prefix`, by level (delimiter `/`) or flat. Pages are fetched by
+    /// a task of their own so the next page is on its way while the engine works through
+    /// the current one.
+    fn pages(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        by_level: bool,
+    ) -> BoxStream<'static, Result<Entry>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Result<Entry>>>(2);
+        let this = self.clone();
+        let prefix = prefix.to_string();
+        let start_after = start_after.map(str::to_string);
+        tokio::spawn(async move {
+            let mut token: Option<String> = None;
+            loop {
+                let req = this
+                    .client
+                    .list_objects_v2()
+                    .bucket(&this.bucket)
+                    .prefix(&prefix)
+                    .set_delimiter(by_level.then(|| "/".to_string()))
+                    .set_start_after(if token.is_none() {
+                        start_after.clone()
+                    } else {
+                        None
+                    })
+                    .set_continuation_token(token.clone());
+                let page = match req.send().await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx
+                            .send(vec![Err(map_err(e, &this.target(&prefix), "list"))])
+                            .await;
+                        return;
+                    }
+                };
+                let objects = page.contents().iter().filter_map(|o| {
+                    let key = o.key()?.to_string();
+                    let mut m = ObjectMeta::new(key, o.size().unwrap_or(0).max(0) as u64);
+                    m.mtime = mtime(o.last_modified());
+                    m.etag = etag(o.e_tag());
+                    Some(Entry::Object(m))
+                });
+                let prefixes = page
+                    .common_prefixes()
+                    .iter()
+                    .filter_map(|p| Some(Entry::Prefix(p.prefix()?.to_string())));
+                // A page holds objects and prefixes as two sorted lists of one key order.
+                let mut items: Vec<Entry> = objects.chain(prefixes).collect();
+                items.sort_by(|a, b| a.key().cmp(b.key()));
+                if tx.send(items.into_iter().map(Ok).collect()).await.is_err() {
+                    return;
+                }
+                token = page.next_continuation_token().map(str::to_string);
+                if !page.is_truncated().unwrap_or(false) || token.is_none() {
+                    return;
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+            .flat_map(futures::stream::iter)
+            .boxed()
+    }
     /// Builds a client for `bucket` from `opts`, resolving credentials once up front so that
     /// a missing profile or key fails here with a clear message, not on the first request.
     pub async fn connect(opts: &S3Options, bucket: &str) -> Result<S3Store> {
@@ -223,58 +287,28 @@ impl Store for S3Store {
         prefix: &'a str,
         start_after: Option<&'a str>,
     ) -> BoxStream<'a, Result<ObjectMeta>> {
-        // Pages are fetched by a task of their own so the next page is on its way while the
-        // engine works through the current one.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Result<ObjectMeta>>>(2);
-        let this = self.clone();
-        let prefix = prefix.to_string();
-        let start_after = start_after.map(str::to_string);
-        tokio::spawn(async move {
-            let mut token: Option<String> = None;
-            loop {
-                let req = this
-                    .client
-                    .list_objects_v2()
-                    .bucket(&this.bucket)
-                    .prefix(&prefix)
-                    .set_start_after(if token.is_none() {
-                        start_after.clone()
-                    } else {
-                        None
-                    })
-                    .set_continuation_token(token.clone());
-                let page = match req.send().await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx
-                            .send(vec![Err(map_err(e, &this.target(&prefix), "list"))])
-                            .await;
-                        return;
-                    }
-                };
-                let items: Vec<Result<ObjectMeta>> = page
-                    .contents()
-                    .iter()
-                    .filter_map(|o| {
-                        let key = o.key()?.to_string();
-                        let mut m = ObjectMeta::new(key, o.size().unwrap_or(0).max(0) as u64);
-                        m.mtime = mtime(o.last_modified());
-                        m.etag = etag(o.e_tag());
-                        Some(Ok(m))
-                    })
-                    .collect();
-                if tx.send(items).await.is_err() {
-                    return;
+        self.pages(prefix, start_after, false)
+            .filter_map(|e| async move {
+                match e {
+                    Ok(Entry::Object(m)) => Some(Ok(m)),
+                    // Without a delimiter S3 rolls nothing up into prefixes.
+                    Ok(Entry::Prefix(_)) => None,
+                    Err(e) => Some(Err(e)),
                 }
-                token = page.next_continuation_token().map(str::to_string);
-                if !page.is_truncated().unwrap_or(false) || token.is_none() {
-                    return;
-                }
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx)
-            .flat_map(futures::stream::iter)
+            })
             .boxed()
+    }
+
+    fn lists_by_level(&self) -> bool {
+        true
+    }
+
+    fn list_level<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<Entry>> {
+        self.pages(prefix, start_after, true)
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {

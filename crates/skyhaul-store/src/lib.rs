@@ -17,11 +17,11 @@ pub mod conformance;
 pub use error::{Error, ErrorKind, Result};
 pub use local::LocalStore;
 pub use types::{
-    CompletedPart, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions,
-    Written, CRC_METADATA,
+    CompletedPart, Entry, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload,
+    PutOptions, Written, CRC_METADATA,
 };
 
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 use std::ops::Range;
 
 /// One bucket, container or directory tree, addressed by `/`-separated keys.
@@ -60,6 +60,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         prefix: &'a str,
         start_after: Option<&'a str>,
     ) -> BoxStream<'a, Result<ObjectMeta>>;
+
+    /// Whether [`Store::list_level`] works. Listing one level at a time lets the engine
+    /// list the subtrees of a large prefix in parallel, and on stores that list by walking
+    /// directories (file-backed S3 servers) it avoids a walk of everything per page.
+    fn lists_by_level(&self) -> bool {
+        false
+    }
+
+    /// One level below `prefix` (empty or ending in `/`), as S3 lists with the delimiter
+    /// `/`: the objects directly under it and the sub-prefixes that hold the rest, in one
+    /// ascending sequence, beginning after `start_after`.
+    fn list_level<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<Entry>> {
+        let _ = start_after;
+        let err = Error::new(
+            ErrorKind::Unsupported,
+            format!("{}: listing '{prefix}' by level", self.name()),
+        );
+        futures::stream::once(async { Err(err) }).boxed()
+    }
 
     /// The object's metadata, or `None` when there is no such object.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;

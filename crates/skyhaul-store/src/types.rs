@@ -58,6 +58,24 @@ fn parse_crc(hex: &str) -> Option<u64> {
         .flatten()
 }
 
+/// One entry of a listing by level ([`crate::Store::list_level`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Object(ObjectMeta),
+    /// A sub-prefix ending in `/`: everything below it is listed by listing it.
+    Prefix(String),
+}
+
+impl Entry {
+    /// The key or prefix: what orders entries.
+    pub fn key(&self) -> &str {
+        match self {
+            Entry::Object(m) => &m.key,
+            Entry::Prefix(p) => p,
+        }
+    }
+}
+
 /// Options for writing an object.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
