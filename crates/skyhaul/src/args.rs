@@ -60,7 +60,7 @@ endpoint's host (amazonaws.com, storage.googleapis.com, blob.core.windows.net,\n
 r2.cloudflarestorage.com), else the remote's provider, else AWS for s3:// without an\n\
 endpoint; what cannot be known is shown as unknown.")]
     Plan(PlanArgs),
-    /// Print the price table `plan` uses (TOML, with the date of the prices and their sources)
+    /// Print the price table `plan` uses, with the date and source of its prices
     #[command(after_help = "Examples:\n  \
 skyhaul prices                        # the built-in table\n  \
 skyhaul prices --prices my.toml       # with my.toml laid over it\n  \
@@ -70,7 +70,7 @@ skyhaul prices > my.toml              # a file to edit; keep only the lines you 
         #[arg(long, value_name = "FILE")]
         prices: Option<std::path::PathBuf>,
     },
-    /// Find AWS profiles, GCP and Azure credentials and record them (never secrets) in the config
+    /// Find AWS, GCP and Azure credentials here and record where they are (never secrets)
     #[command(after_help = "Examples:\n  \
 skyhaul init             # record what was found\n  \
 skyhaul init --dry-run   # only show it\n\n\
@@ -91,10 +91,11 @@ never changes a key that is already set.")]
         after_help = "Examples:\n  skyhaul status\n  skyhaul clean 3f2a --dst-profile nebius"
     )]
     Clean(CleanArgs),
-    /// Show or change the defaults in skyhaul's config file (flag > environment > file > built-in)
+    /// Show or change the config file (precedence: flag > environment > file > built-in)
     #[command(
         after_help = "Keys: max_connections, memory_budget, part_size, multipart_threshold, retries,\n\
-verify, journal, remotes.NAME.{type,provider,endpoint,region,profile}\n\
+verify, journal, bwlimit, prices, gcp_adc_file, azure_env,\n\
+remotes.NAME.{type,provider,endpoint,region,profile}\n\
 File: $SKYHAUL_CONFIG, else ~/.config/skyhaul/config.toml (no secrets are stored)\n\n\
 Examples:\n  \
 skyhaul config set max_connections 128\n  \
@@ -161,18 +162,40 @@ pub struct ConfigArgs {
 #[derive(Debug, Subcommand)]
 pub enum ConfigAction {
     /// Print the value of KEY (nothing, exit code 1, when unset)
-    Get { key: String },
+    #[command(
+        after_help = "Examples:\n  skyhaul config get max_connections\n  skyhaul config get remotes.nebius.endpoint"
+    )]
+    Get {
+        /// A key, as `skyhaul config --help` lists them
+        key: String,
+    },
     /// Set KEY to VALUE
-    Set { key: String, value: String },
+    #[command(
+        after_help = "Examples:\n  skyhaul config set part_size 64M\n  skyhaul config set bwlimit 1Gbit\n  skyhaul config set remotes.r2.endpoint https://ACCOUNT.r2.cloudflarestorage.com"
+    )]
+    Set {
+        /// A key, as `skyhaul config --help` lists them
+        key: String,
+        /// Its value (never a secret: keys and tokens are refused)
+        value: String,
+    },
     /// Print every set KEY = VALUE
+    #[command(after_help = "Examples:\n  skyhaul config list\n  skyhaul config list --json")]
     List {
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Remove KEY (`remotes.NAME` removes the whole remote)
-    Unset { key: String },
+    #[command(
+        after_help = "Examples:\n  skyhaul config unset max_connections\n  skyhaul config unset remotes.nebius"
+    )]
+    Unset {
+        /// A key, or `remotes.NAME` for a whole remote
+        key: String,
+    },
     /// Print the config file's path
+    #[command(after_help = "Example:\n  $EDITOR \"$(skyhaul config path)\"")]
     Path,
 }
 

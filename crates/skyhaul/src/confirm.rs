@@ -17,6 +17,7 @@ use crate::size::Size;
 use skyhaul_engine::report::{human_bytes, thousands};
 use skyhaul_engine::{Endpoint, Job, Mode, Progress, TransferOptions};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -50,11 +51,50 @@ impl Thresholds {
     }
 }
 
-/// Whether the transfer may start; `Go` carries the task that notes a large transfer in
-/// the log when nobody could be asked (abort it when the transfer ends).
+/// Whether the transfer may start; `Go` carries the note that goes to the log when the
+/// transfer turns out large and nobody could be asked (`finish` it when the transfer ends).
 pub enum Decision {
-    Go(Option<tokio::task::JoinHandle<()>>),
+    Go(Option<Note>),
     Declined,
+}
+
+/// Watches a transfer nobody was asked about, to say in the log once it passes a threshold.
+pub struct Note {
+    task: tokio::task::JoinHandle<()>,
+    said: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+    limits: Thresholds,
+    out: Output,
+}
+
+impl Note {
+    fn start(progress: Arc<Progress>, limits: Thresholds, out: Output) -> Note {
+        let said = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (progress, said) = (progress.clone(), said.clone());
+            async move {
+                loop {
+                    if note_if_large(&progress, limits, out, &said) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        });
+        Note {
+            task,
+            said,
+            progress,
+            limits,
+            out,
+        }
+    }
+
+    /// Stops watching; a transfer that ended before the watch saw it pass gets its note now.
+    pub fn finish(self) {
+        self.task.abort();
+        note_if_large(&self.progress, self.limits, self.out, &self.said);
+    }
 }
 
 /// What counting found before asking.
@@ -87,9 +127,7 @@ pub async fn check(
                 "not a terminal, so not asking before sync --delete deletes what the source lacks (-y silences this)",
             );
         }
-        return Ok(Decision::Go(Some(tokio::spawn(note_when_large(
-            progress, limits, out,
-        )))));
+        return Ok(Decision::Go(Some(Note::start(progress, limits, out))));
     }
     let counted = count(src, dst, opts, limits, deleting).await?;
     if !limits.passed(counted.objects, counted.bytes) && counted.deletes == 0 {
@@ -168,21 +206,19 @@ async fn ask(question: String) -> bool {
     .unwrap_or(false)
 }
 
-/// Without a terminal: one log line once the transfer turns out large.
-async fn note_when_large(progress: Arc<Progress>, limits: Thresholds, out: Output) {
-    loop {
-        let s = progress.snapshot();
-        if limits.passed(s.objects_total, s.bytes_total) {
+/// Logs, once, that the transfer passed a threshold; true when there is nothing more to
+/// watch for (said, or the listing is complete and it stayed small).
+fn note_if_large(progress: &Progress, limits: Thresholds, out: Output, said: &AtomicBool) -> bool {
+    let s = progress.snapshot();
+    if limits.passed(s.objects_total, s.bytes_total) {
+        if !said.swap(true, Ordering::AcqRel) {
             out.notice(&format!(
                 "a large transfer (over {} objects or {}): not a terminal, so going on without asking (-y silences this)",
                 thousands(limits.objects),
                 human_bytes(limits.bytes)
             ));
-            return;
         }
-        if s.listing_done {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        return true;
     }
+    s.listing_done
 }

@@ -111,6 +111,7 @@ fn detect(home: Option<&Path>, env: impl Fn(&str) -> Option<std::ffi::OsString>)
         .map(PathBuf::from)
         .or_else(|| {
             let dir = env("CLOUDSDK_CONFIG")
+                .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
                 .or_else(|| home.map(|h| h.join(".config/gcloud")))?;
             Some(dir.join("application_default_credentials.json"))

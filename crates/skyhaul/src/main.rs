@@ -300,7 +300,7 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
             skyhaul_engine::transfer(&src, &dst, &opts, progress, cancel.clone(), journal).await;
         display.finish();
         if let Some(note) = note {
-            note.abort();
+            note.finish();
         }
         let report = report.map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
         out.report(&report);

@@ -83,7 +83,10 @@ async fn the_rate_is_bounded_both_ways() {
     );
     assert_eq!(down.code, 0, "{}", down.stderr);
     let floor = total / 8_000_000.0 - 0.25;
-    assert!(secs >= floor, "took {secs:.2} s, at least {floor:.2} s expected");
+    assert!(
+        secs >= floor,
+        "took {secs:.2} s, at least {floor:.2} s expected"
+    );
     assert!(secs < 12.0, "far slower than the limit: {secs:.2} s");
     assert_eq!(read_tree(&out), files);
 }
@@ -102,5 +105,9 @@ fn bad_rates_are_usage_errors() {
         &[("SKYHAUL_BWLIMIT", "lots")],
     );
     assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("SKYHAUL_BWLIMIT=lots"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("SKYHAUL_BWLIMIT=lots"),
+        "{}",
+        run.stderr
+    );
 }

@@ -72,8 +72,14 @@ async fn event_stream_shape() {
     assert!(events.iter().all(|e| e["schema"] == 1), "{}", run.stdout);
     assert_eq!(events.first().unwrap()["event"], "start");
     assert_eq!(events.last().unwrap()["event"], "done");
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert!(kinds.iter().filter(|k| **k == "progress").count() >= 2, "{kinds:?}");
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.iter().filter(|k| **k == "progress").count() >= 2,
+        "{kinds:?}"
+    );
     assert_eq!(kinds.iter().filter(|k| **k == "object_failed").count(), 1);
     let failed_at = kinds.iter().position(|k| *k == "object_failed").unwrap();
     assert!(failed_at < kinds.len() - 1, "streamed before the end");

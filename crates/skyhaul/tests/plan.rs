@@ -22,7 +22,8 @@ same_continent_egress_per_gib = 3.0
 "#;
 
 fn close(a: &Value, b: f64) -> bool {
-    a.as_f64().is_some_and(|a| (a - b).abs() <= 1e-9 * b.abs().max(1.0))
+    a.as_f64()
+        .is_some_and(|a| (a - b).abs() <= 1e-9 * b.abs().max(1.0))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,14 +82,23 @@ async fn plan_numbers_for_a_known_dataset_then_the_copy_agrees() {
     assert_eq!(plan["objects"], files.len() as u64);
     assert_eq!(plan["bytes"], bytes);
     assert_eq!(plan["requests"]["dst_put"], puts);
-    assert_eq!(plan["requests"]["src_get"], 0, "a local source is not billed");
+    assert_eq!(
+        plan["requests"]["src_get"], 0,
+        "a local source is not billed"
+    );
     assert_eq!(plan["requests"]["src_list"], 0);
-    assert_eq!(plan["requests"]["dst_list"], 1, "the verification's listing");
+    assert_eq!(
+        plan["requests"]["dst_list"], 1,
+        "the verification's listing"
+    );
     let egress = bytes as f64 / GIB * 3.0;
     assert_eq!(plan["egress"]["kind"], "same_continent");
     assert!(close(&plan["egress"]["cost"], egress), "{}", plan["egress"]);
     let dst_requests = puts as f64 * 10.0 / 1000.0 + 100.0 / 1000.0;
-    assert!(close(&plan["destination_requests_cost"], dst_requests), "{plan}");
+    assert!(
+        close(&plan["destination_requests_cost"], dst_requests),
+        "{plan}"
+    );
     assert!(close(&plan["source_requests_cost"], 0.0));
     assert!(close(&plan["total_cost"], egress + dst_requests), "{plan}");
     let seconds = bytes as f64 / MIB as f64 + (puts + 1) as f64 * 0.02 / 4.0;
@@ -110,7 +120,10 @@ async fn plan_numbers_for_a_known_dataset_then_the_copy_agrees() {
     let seen = proxy.injected();
     // The bodies are the data plus the small XML of the multipart completion.
     let sent = seen.request_body_bytes - before.request_body_bytes;
-    assert!((bytes..bytes + 4096).contains(&sent), "{sent} bytes sent for {bytes}");
+    assert!(
+        (bytes..bytes + 4096).contains(&sent),
+        "{sent} bytes sent for {bytes}"
+    );
     assert!(seen.requests - before.requests >= puts + 1);
 
     // A sync plan now finds nothing to copy.
@@ -130,8 +143,16 @@ async fn unknown_places_are_shown_as_unknown_and_deletes_are_counted() {
     s3.put("dst-bucket", "data/old", b"gone soon").await;
     let run = skyhaul(
         &[
-            "plan", "-r", "--sync", "--delete", "s3://src-bucket/data", "s3://dst-bucket/data",
-            "--src-endpoint", &s3.endpoint, "--dst-endpoint", &s3.endpoint,
+            "plan",
+            "-r",
+            "--sync",
+            "--delete",
+            "s3://src-bucket/data",
+            "s3://dst-bucket/data",
+            "--src-endpoint",
+            &s3.endpoint,
+            "--dst-endpoint",
+            &s3.endpoint,
         ],
         Some(&s3),
         Some(&s3),
@@ -139,10 +160,19 @@ async fn unknown_places_are_shown_as_unknown_and_deletes_are_counted() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let text = &run.stdout;
     assert!(text.contains("objects:   1 to copy, 1 to delete"), "{text}");
-    assert!(text.contains("unknown provider (endpoint host not recognised)"), "{text}");
-    assert!(text.contains("egress:    unknown: the source's provider is unknown"), "{text}");
+    assert!(
+        text.contains("unknown provider (endpoint host not recognised)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("egress:    unknown: the source's provider is unknown"),
+        "{text}"
+    );
     assert!(text.contains("total:     unknown"), "{text}");
-    assert!(text.contains("list prices of 20"), "the prices' date is shown: {text}");
+    assert!(
+        text.contains("list prices of 20"),
+        "the prices' date is shown: {text}"
+    );
     // Nothing deleted, nothing copied.
     assert!(s3.get("dst-bucket", "data/old").await.is_some());
     assert!(s3.get("dst-bucket", "data/x").await.is_none());
@@ -164,7 +194,11 @@ fn price_table_and_overrides() {
     let cfg = config.to_str().unwrap();
     let merged = skyhaul_env(&["prices"], None, None, &[("SKYHAUL_CONFIG", cfg)]);
     assert_eq!(merged.code, 0, "{}", merged.stderr);
-    assert!(merged.stdout.contains("internet_egress_per_gib = 0.042"), "{}", merged.stdout);
+    assert!(
+        merged.stdout.contains("internet_egress_per_gib = 0.042"),
+        "{}",
+        merged.stdout
+    );
     assert!(merged.stdout.contains("[providers.aws]"), "the rest stays");
 
     std::fs::write(&file, "[providers.gcp\n").unwrap();

@@ -34,7 +34,11 @@ impl Run {
 
 /// The last line of `stdout` as JSON.
 pub fn last_json_line(stdout: &str) -> Result<serde_json::Value, String> {
-    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     serde_json::from_str(last).map_err(|e| format!("not JSON ({e}): {stdout}"))
 }
 
@@ -43,8 +47,15 @@ pub fn skyhaul(args: &[&str], src: Option<&S3Server>, dst: Option<&S3Server>) ->
     skyhaul_env(args, src, dst, &[])
 }
 
-/// The settings the environment could change, removed so that tests see the defaults.
-const SETTINGS_ENV: [&str; 9] = [
+/// The settings the environment could change, removed so that tests see the defaults (and
+/// `--help`, which shows the variables, reads the same everywhere).
+const SETTINGS_ENV: [&str; 15] = [
+    "SKYHAUL_SRC_ENDPOINT",
+    "SKYHAUL_DST_ENDPOINT",
+    "SKYHAUL_SRC_PROFILE",
+    "SKYHAUL_DST_PROFILE",
+    "SKYHAUL_SRC_REGION",
+    "SKYHAUL_DST_REGION",
     "SKYHAUL_BWLIMIT",
     "SKYHAUL_CONFIRM_OBJECTS",
     "SKYHAUL_CONFIRM_BYTES",
