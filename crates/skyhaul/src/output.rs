@@ -6,9 +6,62 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skyhaul_engine::progress::Snapshot;
 use skyhaul_engine::report::{human_bytes, thousands};
 use skyhaul_engine::{Endpoint, Job, Progress, Report, Verification};
-use std::io::IsTerminal;
-use std::sync::Arc;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The progress bar on screen, if any: log lines and notices written while it is drawn go
+/// through [`ProgressBar::suspend`], which clears the bar, writes the line and redraws the
+/// bar below it, so a warning never lands in the middle of the bar's line.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Writes `text` to stderr as it is, above the bar when one is drawn.
+fn write_stderr(text: &[u8]) {
+    let bar = BAR.lock().expect("bar lock").clone();
+    let write = || {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(text).and_then(|()| err.flush());
+    };
+    match bar {
+        Some(b) => b.suspend(write),
+        None => write(),
+    }
+}
+
+/// One line on stderr, above the bar when one is drawn.
+pub fn stderr_line(line: &str) {
+    write_stderr(format!("{line}\n").as_bytes());
+}
+
+/// The writer for log events (`tracing`): each event is collected and written in one piece
+/// when the writer is dropped, above the bar when one is drawn.
+#[derive(Default)]
+pub struct LogWriter(Vec<u8>);
+
+impl LogWriter {
+    pub fn new() -> Self {
+        LogWriter::default()
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            write_stderr(&self.0);
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
@@ -38,6 +91,7 @@ impl Display {
             t.abort();
         }
         if let Some(b) = self.bar {
+            BAR.lock().expect("bar lock").take();
             b.finish_and_clear();
         }
         if let Some(p) = self.failures {
@@ -149,6 +203,7 @@ impl Output {
             )
             .expect("valid template"),
         );
+        *BAR.lock().expect("bar lock") = Some(bar.clone());
         let b = bar.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -231,7 +286,7 @@ impl Output {
 
     pub fn notice(&self, message: &str) {
         if !self.quiet {
-            eprintln!("skyhaul: {message}");
+            stderr_line(&format!("skyhaul: {message}"));
         }
     }
 }

@@ -341,3 +341,56 @@ async fn without_a_terminal_nothing_asks_and_the_log_says_so() {
     assert!(!run.stderr.contains("not a terminal"), "{}", run.stderr);
     assert!(s3.get("bucket", "m/stale").await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_lines_during_the_bar_stay_whole() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bucket").await;
+    fill_bucket(&s3, "bucket", "data/", &mixed()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    // A file where a directory must go: that object fails mid-transfer, which the engine
+    // logs (at debug level) while the bar is on the screen.
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(dst.join("dir"), b"in the way").unwrap();
+    let mut args = vec![
+        "cp",
+        "-r",
+        "s3://bucket/data",
+        dst.to_str().unwrap(),
+        "--src-endpoint",
+        &s3.endpoint,
+        "--no-journal",
+        "--bwlimit",
+        "6M",
+    ];
+    args.extend(SMALL_PARTS);
+    let log = [
+        ("SKYHAUL_LOG", "warn,skyhaul_engine=debug"),
+        ("NO_COLOR", "1"),
+    ];
+    let (code, raw, parser) = Term::start(&args, Some(&s3), None, &log).finish();
+    assert_eq!(code, 1, "one object fails: {raw}");
+    assert!(
+        raw.matches("ETA").count() >= 3,
+        "no progress bar drawn:\n{raw}"
+    );
+    let screen = parser.screen().contents();
+    let logged: Vec<&str> = screen
+        .lines()
+        .filter(|l| l.contains("DEBUG") && l.contains("cannot write"))
+        .collect();
+    assert_eq!(
+        logged.len(),
+        1,
+        "the log line is not whole on the screen:\n{screen}"
+    );
+    for l in screen.lines() {
+        assert!(!l.contains("ETA"), "a bar is left: {l:?}\n{screen}");
+    }
+    assert!(
+        logged[0].trim_start().starts_with("20"),
+        "starts with its timestamp: {:?}",
+        logged[0]
+    );
+}
