@@ -5,10 +5,13 @@ mod common;
 
 use common::*;
 
-const SUBCOMMANDS: [&str; 8] = [
+const SUBCOMMANDS: [&str; 11] = [
     "cp",
     "sync",
     "verify",
+    "plan",
+    "prices",
+    "init",
     "status",
     "clean",
     "config",
@@ -24,7 +27,14 @@ fn completions_for_each_shell() {
         for sub in SUBCOMMANDS {
             assert!(run.stdout.contains(sub), "{shell} completions lack {sub}");
         }
-        for flag in ["dry-run", "exclude", "files-from", "rclone-config"] {
+        for flag in [
+            "dry-run",
+            "exclude",
+            "files-from",
+            "rclone-config",
+            "bwlimit",
+            "yes",
+        ] {
             assert!(
                 run.stdout.contains(flag),
                 "{shell} completions lack --{flag}"

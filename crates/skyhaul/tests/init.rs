@@ -11,23 +11,30 @@ const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 const GCP_SECRET: &str = "d-FL95Q19q7MQmFpd7hHD0Ty";
 const AZURE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsu";
 
-fn init(home: &Path, extra: &[&str]) -> Run {
+/// `skyhaul init EXTRA` with `home` as the home directory, where every file it looks for
+/// has its default location (the variables that could move them are empty), and `env`.
+fn init_env(home: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
     let mut args = vec!["init"];
     args.extend(extra);
-    let home = home.to_str().unwrap();
-    skyhaul_env(
-        &args,
-        None,
-        None,
+    let mut vars = vec![
+        ("HOME", home.to_str().unwrap()),
+        ("SKYHAUL_CONFIG", ""),
+        ("XDG_CONFIG_HOME", ""),
+        ("AWS_CONFIG_FILE", ""),
+        ("AWS_SHARED_CREDENTIALS_FILE", ""),
+        ("GOOGLE_APPLICATION_CREDENTIALS", ""),
+        ("CLOUDSDK_CONFIG", ""),
+    ];
+    vars.extend(env);
+    skyhaul_env(&args, None, None, &vars)
+}
+
+/// [`init_env`] with two Azure variables set.
+fn init(home: &Path, extra: &[&str]) -> Run {
+    init_env(
+        home,
+        extra,
         &[
-            ("HOME", home),
-            // Empty: the defaults under HOME apply.
-            ("SKYHAUL_CONFIG", ""),
-            ("XDG_CONFIG_HOME", ""),
-            ("AWS_CONFIG_FILE", ""),
-            ("AWS_SHARED_CREDENTIALS_FILE", ""),
-            ("GOOGLE_APPLICATION_CREDENTIALS", ""),
-            ("CLOUDSDK_CONFIG", ""),
             ("AZURE_STORAGE_ACCOUNT", "devaccount"),
             ("AZURE_STORAGE_KEY", AZURE_KEY),
         ],
@@ -194,20 +201,7 @@ fn init_records_what_it_finds_without_secrets_and_is_rerunnable() {
 #[test]
 fn init_on_an_empty_home_says_what_it_looked_for() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = skyhaul_env(
-        &["init"],
-        None,
-        None,
-        &[
-            ("HOME", tmp.path().to_str().unwrap()),
-            ("SKYHAUL_CONFIG", ""),
-            ("XDG_CONFIG_HOME", ""),
-            ("AWS_CONFIG_FILE", ""),
-            ("AWS_SHARED_CREDENTIALS_FILE", ""),
-            ("GOOGLE_APPLICATION_CREDENTIALS", ""),
-            ("CLOUDSDK_CONFIG", ""),
-        ],
-    );
+    let run = init_env(tmp.path(), &[], &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout.contains("AWS: no profiles found"),

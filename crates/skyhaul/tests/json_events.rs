@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use skyhaul_testkit::{S3Kind, S3Server};
 
 /// Replaces every value at `keys` with a placeholder naming its JSON type.
 fn mask(v: &mut Value, keys: &[&str]) {
@@ -37,14 +36,8 @@ fn type_name(v: &Value) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn event_stream_shape() {
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket("bucket").await;
-    fill_bucket(&s3, "bucket", "data/", &mixed()).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dst = tmp.path().join("dst");
-    // A file where a directory must go: one object fails, the others are copied.
-    std::fs::create_dir_all(&dst).unwrap();
-    std::fs::write(dst.join("dir"), b"in the way").unwrap();
+    // One object fails, the others are copied.
+    let (s3, _tmp, dst) = bucket_and_blocked_local_dst().await;
     let mut args = vec![
         "cp",
         "-r",

@@ -28,13 +28,8 @@ fn close(a: &Value, b: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plan_numbers_for_a_known_dataset_then_the_copy_agrees() {
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket("bucket").await;
+    let (s3, tmp, src, files) = bucket_and_local_mixed().await;
     let proxy = FaultProxy::start(&s3.endpoint, Faults::default());
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let files = mixed();
-    write_tree(&src, &files);
     let prices = tmp.path().join("prices.toml");
     std::fs::write(&prices, PRICES).unwrap();
     let endpoint = proxy.endpoint();

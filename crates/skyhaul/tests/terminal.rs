@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use portable_pty::{native_pty_system, CommandBuilder, PtySize};
-use skyhaul_testkit::{S3Kind, S3Server};
+use skyhaul_testkit::S3Server;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -136,12 +136,7 @@ fn upload_args<'a>(src: &'a str, dst: &'a str, endpoint: &'a str) -> Vec<&'a str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_renders_and_finishes_cleanly() {
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket("bucket").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let files = mixed();
-    write_tree(&src, &files);
+    let (s3, _tmp, src, files) = bucket_and_local_mixed().await;
     let mut args = upload_args(src.to_str().unwrap(), "s3://bucket/p/", &s3.endpoint);
     // ~12 MiB at 6 MiB/s: about two seconds of bar at 5 frames a second.
     args.extend(["--bwlimit", "6M"]);
@@ -192,12 +187,7 @@ async fn progress_renders_and_finishes_cleanly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_transfer_asks_first_on_a_terminal() {
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket("bucket").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let files = mixed();
-    write_tree(&src, &files);
+    let (s3, _tmp, src, files) = bucket_and_local_mixed().await;
     let src = src.to_str().unwrap();
     // Thresholds low enough that the 6 objects of the data set are "large".
     let low = [("SKYHAUL_CONFIRM_OBJECTS", "3")];
@@ -255,13 +245,9 @@ async fn a_large_transfer_asks_first_on_a_terminal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_delete_asks_before_deleting_on_a_terminal() {
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket("bucket").await;
+    let (s3, _tmp, src, _) = bucket_and_local_mixed().await;
     s3.put("bucket", "m/stale", b"only at the destination")
         .await;
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    write_tree(&src, &mixed());
     let args = [
         "sync",
         "--delete",
@@ -285,14 +271,9 @@ async fn sync_delete_asks_before_deleting_on_a_terminal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_terminal_nothing_asks_and_the_log_says_so() {
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket("bucket").await;
+    let (s3, _tmp, src, files) = bucket_and_local_mixed().await;
     s3.put("bucket", "m/stale", b"only at the destination")
         .await;
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let files = mixed();
-    write_tree(&src, &files);
     let low = [("SKYHAUL_CONFIRM_OBJECTS", "3")];
     let run = skyhaul_env(
         &upload_args(src.to_str().unwrap(), "s3://bucket/big/", &s3.endpoint),
@@ -344,15 +325,9 @@ async fn without_a_terminal_nothing_asks_and_the_log_says_so() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn log_lines_during_the_bar_stay_whole() {
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket("bucket").await;
-    fill_bucket(&s3, "bucket", "data/", &mixed()).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dst = tmp.path().join("dst");
-    // A file where a directory must go: that object fails mid-transfer, which the engine
-    // logs (at debug level) while the bar is on the screen.
-    std::fs::create_dir_all(&dst).unwrap();
-    std::fs::write(dst.join("dir"), b"in the way").unwrap();
+    // One object fails mid-transfer, which the engine logs (at debug level) while the bar
+    // is on the screen.
+    let (s3, _tmp, dst) = bucket_and_blocked_local_dst().await;
     let mut args = vec![
         "cp",
         "-r",

@@ -203,3 +203,34 @@ pub async fn fill_bucket(
 
 /// Options that make the 12 MiB object of [`mixed`] multipart with 5 MiB parts.
 pub const SMALL_PARTS: [&str; 4] = ["--multipart-threshold", "5M", "--part-size", "5M"];
+
+/// A real S3 server (s3s-fs) with an empty `bucket`, and the [`mixed`] data set in the
+/// local directory `src` of a new temporary directory.
+pub async fn bucket_and_local_mixed() -> (
+    S3Server,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    BTreeMap<String, Vec<u8>>,
+) {
+    let s3 = S3Server::start(skyhaul_testkit::S3Kind::S3sFs);
+    s3.create_bucket("bucket").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let files = mixed();
+    write_tree(&src, &files);
+    (s3, tmp, src, files)
+}
+
+/// A real S3 server with [`mixed`] under `bucket/data/`, and a local destination `dst` in
+/// which a file named `dir` stands where a directory must go: copying `s3://bucket/data`
+/// there fails for `dir/nested/deep.bin` alone, mid-transfer.
+pub async fn bucket_and_blocked_local_dst() -> (S3Server, tempfile::TempDir, std::path::PathBuf) {
+    let s3 = S3Server::start(skyhaul_testkit::S3Kind::S3sFs);
+    s3.create_bucket("bucket").await;
+    fill_bucket(&s3, "bucket", "data/", &mixed()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(dst.join("dir"), b"in the way").unwrap();
+    (s3, tmp, dst)
+}
