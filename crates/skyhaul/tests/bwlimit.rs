@@ -35,15 +35,7 @@ async fn the_rate_is_bounded_both_ways() {
     // Upload (PUT bodies): 16 MiB at 8 MiB/s takes at least 2 s less the 0.25 s burst.
     let upload = |prefix: &str, extra: &[&str]| {
         let dst = format!("s3://bucket/{prefix}");
-        let mut args = vec![
-            "cp",
-            "-r",
-            src.to_str().unwrap(),
-            &dst,
-            "--dst-endpoint",
-            &s3.endpoint,
-            "--no-journal",
-        ];
+        let mut args = cp_r(src.to_str().unwrap(), &dst, "--dst-endpoint", &s3.endpoint);
         args.extend(extra);
         timed(&args, None, Some(&s3))
     };
@@ -66,21 +58,14 @@ async fn the_rate_is_bounded_both_ways() {
 
     // Download (GET bodies), the limit in bits: 64 Mbit/s = 8,000,000 bytes/s.
     let out = tmp.path().join("out");
-    let (down, secs) = timed(
-        &[
-            "cp",
-            "-r",
-            "s3://bucket/limited",
-            out.to_str().unwrap(),
-            "--src-endpoint",
-            &s3.endpoint,
-            "--no-journal",
-            "--bwlimit",
-            "64Mbit",
-        ],
-        Some(&s3),
-        None,
+    let mut args = cp_r(
+        "s3://bucket/limited",
+        out.to_str().unwrap(),
+        "--src-endpoint",
+        &s3.endpoint,
     );
+    args.extend(["--bwlimit", "64Mbit"]);
+    let (down, secs) = timed(&args, Some(&s3), None);
     assert_eq!(down.code, 0, "{}", down.stderr);
     let floor = total / 8_000_000.0 - 0.25;
     assert!(

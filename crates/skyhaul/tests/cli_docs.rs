@@ -5,26 +5,12 @@ mod common;
 
 use common::*;
 
-const SUBCOMMANDS: [&str; 11] = [
-    "cp",
-    "sync",
-    "verify",
-    "plan",
-    "prices",
-    "init",
-    "status",
-    "clean",
-    "config",
-    "completions",
-    "man",
-];
-
 #[test]
 fn completions_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
         let run = skyhaul(&["completions", shell], None, None);
         assert_eq!(run.code, 0, "{shell}: {}", run.stderr);
-        for sub in SUBCOMMANDS {
+        for sub in COMMANDS {
             assert!(run.stdout.contains(sub), "{shell} completions lack {sub}");
         }
         for flag in [
@@ -63,7 +49,7 @@ fn man_page() {
         "{}",
         &run.stdout[..200]
     );
-    for sub in SUBCOMMANDS {
+    for sub in COMMANDS {
         assert!(run.stdout.contains(sub), "man page lacks {sub}");
     }
 }

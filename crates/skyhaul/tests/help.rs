@@ -5,22 +5,7 @@ mod common;
 
 use common::*;
 
-/// Every command and config subcommand, as `skyhaul --help` and `skyhaul config --help`
-/// list them (checked below, so a new command cannot go without a snapshot).
-const COMMANDS: [&str; 12] = [
-    "cp",
-    "sync",
-    "verify",
-    "plan",
-    "prices",
-    "init",
-    "status",
-    "clean",
-    "config",
-    "completions",
-    "man",
-    "help",
-];
+/// The config subcommands, as `skyhaul config --help` lists them.
 const CONFIG_ACTIONS: [&str; 6] = ["get", "set", "list", "unset", "path", "help"];
 
 /// The names in the "Commands:" section of a help text.
@@ -44,14 +29,17 @@ fn help(args: &[&str]) -> String {
 
 #[test]
 fn every_command_is_covered() {
-    assert_eq!(listed(&help(&[])), COMMANDS);
+    // Checked, so that a new command cannot go without a snapshot.
+    let mut commands = COMMANDS.to_vec();
+    commands.push("help");
+    assert_eq!(listed(&help(&[])), commands);
     assert_eq!(listed(&help(&["config"])), CONFIG_ACTIONS);
 }
 
 #[test]
 fn help_snapshots_with_examples() {
     insta::assert_snapshot!("skyhaul", help(&[]));
-    for command in COMMANDS.iter().filter(|c| **c != "help") {
+    for command in COMMANDS {
         let text = help(&[command]);
         assert!(
             text.contains("Example"),

@@ -38,19 +38,18 @@ fn type_name(v: &Value) -> &'static str {
 async fn event_stream_shape() {
     // One object fails, the others are copied.
     let (s3, _tmp, dst) = bucket_and_blocked_local_dst().await;
-    let mut args = vec![
-        "cp",
-        "-r",
+    let mut args = cp_r(
         "s3://bucket/data",
         dst.to_str().unwrap(),
         "--src-endpoint",
         &s3.endpoint,
-        "--no-journal",
+    );
+    args.extend([
         "--json",
         // ~12 MiB at 16 MiB/s: long enough for several progress events.
         "--bwlimit",
         "16M",
-    ];
+    ]);
     args.extend(SMALL_PARTS);
     let run = skyhaul_env(
         &args,

@@ -122,16 +122,9 @@ impl Term {
     }
 }
 
+/// A recursive upload to a test server, no journal.
 fn upload_args<'a>(src: &'a str, dst: &'a str, endpoint: &'a str) -> Vec<&'a str> {
-    vec![
-        "cp",
-        "-r",
-        src,
-        dst,
-        "--dst-endpoint",
-        endpoint,
-        "--no-journal",
-    ]
+    cp_r(src, dst, "--dst-endpoint", endpoint)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -328,17 +321,13 @@ async fn log_lines_during_the_bar_stay_whole() {
     // One object fails mid-transfer, which the engine logs (at debug level) while the bar
     // is on the screen.
     let (s3, _tmp, dst) = bucket_and_blocked_local_dst().await;
-    let mut args = vec![
-        "cp",
-        "-r",
+    let mut args = cp_r(
         "s3://bucket/data",
         dst.to_str().unwrap(),
         "--src-endpoint",
         &s3.endpoint,
-        "--no-journal",
-        "--bwlimit",
-        "6M",
-    ];
+    );
+    args.extend(["--bwlimit", "6M"]);
     args.extend(SMALL_PARTS);
     let log = [
         ("SKYHAUL_LOG", "warn,skyhaul_engine=debug"),

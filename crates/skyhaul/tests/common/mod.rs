@@ -234,3 +234,37 @@ pub async fn bucket_and_blocked_local_dst() -> (S3Server, tempfile::TempDir, std
     std::fs::write(dst.join("dir"), b"in the way").unwrap();
     (s3, tmp, dst)
 }
+
+/// `cp -r SRC DST ENDPOINT_FLAG ENDPOINT --no-journal`: a recursive copy with one side on
+/// a test server (`endpoint_flag` is `--src-endpoint` or `--dst-endpoint`), no journal.
+pub fn cp_r<'a>(
+    src: &'a str,
+    dst: &'a str,
+    endpoint_flag: &'a str,
+    endpoint: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "cp",
+        "-r",
+        src,
+        dst,
+        endpoint_flag,
+        endpoint,
+        "--no-journal",
+    ]
+}
+
+/// Every command, as `skyhaul --help` lists them (with `help` last).
+pub const COMMANDS: [&str; 11] = [
+    "cp",
+    "sync",
+    "verify",
+    "plan",
+    "prices",
+    "init",
+    "status",
+    "clean",
+    "config",
+    "completions",
+    "man",
+];
