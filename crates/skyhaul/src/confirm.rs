@@ -174,7 +174,8 @@ async fn count(
         cancel.clone(),
         |job| {
             match job {
-                Job::Copy { src, .. } => {
+                // A checksum comparison may yet skip it: counted, to err on asking.
+                Job::Copy { src, .. } | Job::CopyUnlessSame { src, .. } => {
                     c.objects += 1;
                     c.bytes += src.size;
                 }

@@ -225,7 +225,8 @@ impl Tally {
     fn add(&mut self, job: &Job, dst: &Endpoint, opts: &TransferOptions, server_side: bool) {
         match job {
             Job::Delete { .. } => self.requests.dst_delete += 1,
-            Job::Copy { src: meta, .. } => {
+            // A checksum comparison may yet skip it: planned as a copy, the upper bound.
+            Job::Copy { src: meta, .. } | Job::CopyUnlessSame { src: meta, .. } => {
                 self.objects += 1;
                 self.bytes += meta.size;
                 let (gets, puts) = requests_for(meta, dst, opts, server_side);

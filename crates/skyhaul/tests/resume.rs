@@ -459,7 +459,7 @@ async fn a_source_that_changes_mid_copy_is_reported_then_copied_anew() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = last_json_line(&String::from_utf8_lossy(&out.stdout)).unwrap();
     let failure = &report["failures"][0];
     assert_eq!(failure["key"], "d/big.bin", "{report}");
     assert!(
