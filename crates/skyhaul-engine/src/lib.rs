@@ -8,6 +8,7 @@
 //! and every request is retried the same way whatever the backend.
 
 pub mod budget;
+pub mod bwlimit;
 pub mod content;
 mod copy;
 pub mod filter;
@@ -24,6 +25,7 @@ mod run;
 mod striped;
 pub mod verify;
 
+pub use bwlimit::BandwidthLimit;
 pub use filter::{Filter, FilterBuilder};
 pub use open::{open_destination, open_source, Endpoint, SideOptions};
 pub use plan::{part_size, Compare, Job, Mode};

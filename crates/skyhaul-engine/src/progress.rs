@@ -1,7 +1,13 @@
 //! Live counters of a transfer, shared between the engine and whatever displays progress.
 
+use crate::report::Failure;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// Failures waiting for a display that streams them; beyond this many the oldest undrained
+/// ones are only counted (the report still has them).
+const MAX_PENDING_FAILURES: usize = 10_000;
 
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -18,6 +24,10 @@ pub struct Progress {
     server_side_copies: AtomicU64,
     retries: AtomicU64,
     resumed: AtomicU64,
+    /// Failed objects not yet taken by [`Progress::take_failures`]; `None` (nothing kept)
+    /// unless a display asked for them with [`Progress::stream_failures`], so nothing
+    /// accumulates when nobody drains it.
+    failure_events: Mutex<Option<Vec<Failure>>>,
 }
 
 /// A consistent-enough copy of the counters at one moment.
@@ -74,6 +84,34 @@ impl Progress {
     }
     pub fn add_retry(&self) {
         self.retries.fetch_add(1, Relaxed);
+    }
+    /// Keeps every failed object from now on for [`Progress::take_failures`], so a display
+    /// can show each failure while the transfer runs (`--json`'s `object_failed` events).
+    pub fn stream_failures(&self) {
+        self.failure_events
+            .lock()
+            .expect("lock")
+            .get_or_insert_with(Vec::new);
+    }
+    /// Called by the engine for each object that failed.
+    pub fn report_failure(&self, key: &str, error: &str) {
+        if let Some(pending) = self.failure_events.lock().expect("lock").as_mut() {
+            if pending.len() < MAX_PENDING_FAILURES {
+                pending.push(Failure {
+                    key: key.to_string(),
+                    error: error.to_string(),
+                });
+            }
+        }
+    }
+    /// The failures reported since the last call (none unless streaming was asked for).
+    pub fn take_failures(&self) -> Vec<Failure> {
+        self.failure_events
+            .lock()
+            .expect("lock")
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {

@@ -54,6 +54,8 @@ pub struct TransferOptions {
     /// The filter as the user gave it, in a stable form: part of the transfer's identity
     /// in the journal, since it changes what is copied. Empty when there is no filter.
     pub filter_identity: String,
+    /// `--bwlimit`: the bytes read from the source draw from this shared bucket.
+    pub bwlimit: Option<Arc<crate::bwlimit::BandwidthLimit>>,
 }
 
 impl Default for TransferOptions {
@@ -71,6 +73,7 @@ impl Default for TransferOptions {
             verify_sample: 100.0,
             filter: Arc::default(),
             filter_identity: String::new(),
+            bwlimit: None,
         }
     }
 }
@@ -101,6 +104,7 @@ impl Ctx {
         }
         tracing::debug!("{err}");
         self.progress.add_failed();
+        self.progress.report_failure(key, &err.message);
         if err.is_fatal() {
             self.fatal.lock().expect("lock").get_or_insert(err.clone());
             self.cancel.cancel();
@@ -152,6 +156,9 @@ impl Ctx {
         self.opts
             .retry
             .run(&self.src_limit, &self.progress, || async {
+                if let Some(limit) = &self.opts.bwlimit {
+                    limit.take(want).await;
+                }
                 let fetched = self.src.get(&src.key, range.clone(), Some(src)).await?;
                 let data = fetched.data;
                 if data.len() as u64 != want {

@@ -1,6 +1,6 @@
 //! The command line, as clap derives it.
 
-use crate::size::Size;
+use crate::size::{Rate, Size};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -47,17 +47,55 @@ skyhaul sync --delete --dry-run s3://src/data /mnt/mirror")]
 skyhaul verify -r s3://src/data s3://dst/data --dst-endpoint https://r2.example.com\n  \
 skyhaul verify -r --deep /data s3://bucket/data")]
     Verify(VerifyArgs),
+    /// Estimate a transfer before running it: objects, bytes, time, egress and request costs
+    #[command(after_help = "Examples:\n  \
+skyhaul plan -r s3://src-bucket/data s3://dst-bucket/data --src-region us-east-1 --dst-region eu-west-1\n  \
+skyhaul plan -r s3://bucket/data gs-mirror:bucket/data --dst-cloud gcp --dst-region us-central1\n  \
+skyhaul plan -r /mnt/data s3://bucket/data --src-cloud aws --src-region us-east-1 --json\n  \
+skyhaul plan -r --sync --delete s3://src/data s3://dst/data --prices my-prices.toml\n  \
+skyhaul prices > my-prices.toml   # the built-in table, to edit\n\n\
+The source's provider charges egress for every byte that leaves its region; each side's\n\
+provider charges its requests. Providers come from --src-cloud/--dst-cloud, else the\n\
+endpoint's host (amazonaws.com, storage.googleapis.com, blob.core.windows.net,\n\
+r2.cloudflarestorage.com), else the remote's provider, else AWS for s3:// without an\n\
+endpoint; what cannot be known is shown as unknown.")]
+    Plan(PlanArgs),
+    /// Print the price table `plan` uses, with the date and source of its prices
+    #[command(after_help = "Examples:\n  \
+skyhaul prices                        # the built-in table\n  \
+skyhaul prices --prices my.toml       # with my.toml laid over it\n  \
+skyhaul prices > my.toml              # a file to edit; keep only the lines you change")]
+    Prices {
+        /// A price file to lay over the built-in table [config: prices]
+        #[arg(long, value_name = "FILE")]
+        prices: Option<std::path::PathBuf>,
+    },
+    /// Find AWS, GCP and Azure credentials here and record where they are (never secrets)
+    #[command(after_help = "Examples:\n  \
+skyhaul init             # record what was found\n  \
+skyhaul init --dry-run   # only show it\n\n\
+Looks at ~/.aws/config and ~/.aws/credentials (profile names and regions; $AWS_CONFIG_FILE,\n\
+$AWS_SHARED_CREDENTIALS_FILE), GCP application-default credentials\n\
+($GOOGLE_APPLICATION_CREDENTIALS, ~/.config/gcloud/application_default_credentials.json:\n\
+the path only) and AZURE_* variables (names only). Each AWS profile becomes a remote\n\
+(`aws` for the default profile, `aws-NAME` for the others). Re-running adds what is new and\n\
+never changes a key that is already set.")]
+    Init(InitArgs),
     /// List the transfers in the journal and their progress
+    #[command(
+        after_help = "Examples:\n  skyhaul status\n  skyhaul status --json --journal /data/skyhaul-journal.sqlite"
+    )]
     Status(StatusArgs),
     /// Abort a transfer's leftover multipart uploads and forget it
     #[command(
         after_help = "Examples:\n  skyhaul status\n  skyhaul clean 3f2a --dst-profile nebius"
     )]
     Clean(CleanArgs),
-    /// Show or change the defaults in skyhaul's config file (flag > environment > file > built-in)
+    /// Show or change the config file (precedence: flag > environment > file > built-in)
     #[command(
         after_help = "Keys: max_connections, memory_budget, part_size, multipart_threshold, retries,\n\
-verify, journal, remotes.NAME.{type,provider,endpoint,region,profile}\n\
+verify, journal, bwlimit, prices, gcp_adc_file, azure_env,\n\
+remotes.NAME.{type,provider,endpoint,region,profile}\n\
 File: $SKYHAUL_CONFIG, else ~/.config/skyhaul/config.toml (no secrets are stored)\n\n\
 Examples:\n  \
 skyhaul config set max_connections 128\n  \
@@ -81,6 +119,41 @@ skyhaul completions fish > ~/.config/fish/completions/skyhaul.fish")]
 }
 
 #[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Plan everything under SRC (a prefix or directory)
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Plan a `sync`: only what is missing or changed at the destination
+    #[arg(long)]
+    pub sync: bool,
+    /// With --sync: also count what `sync --delete` would delete
+    #[arg(long, requires = "sync")]
+    pub delete: bool,
+    /// The source's cloud: aws, gcp, azure, cloudflare or other; for a local path, the cloud this machine runs in [default: from the endpoint]
+    #[arg(long, value_name = "PROVIDER")]
+    pub src_cloud: Option<String>,
+    /// The destination's cloud, as --src-cloud
+    #[arg(long, value_name = "PROVIDER")]
+    pub dst_cloud: Option<String>,
+    /// A price file laid over the built-in table [config: prices]
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<std::path::PathBuf>,
+    /// The throughput to estimate the time with [default: --bwlimit, else 1G (1 GiB/s)]
+    #[arg(long, value_name = "RATE")]
+    pub throughput: Option<Rate>,
+    /// Every cp flag (tuning and filters change the plan as they change the copy)
+    #[command(flatten)]
+    pub common: TransferArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Show what would be recorded; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ConfigArgs {
     #[command(subcommand)]
     pub action: ConfigAction,
@@ -89,18 +162,40 @@ pub struct ConfigArgs {
 #[derive(Debug, Subcommand)]
 pub enum ConfigAction {
     /// Print the value of KEY (nothing, exit code 1, when unset)
-    Get { key: String },
+    #[command(
+        after_help = "Examples:\n  skyhaul config get max_connections\n  skyhaul config get remotes.nebius.endpoint"
+    )]
+    Get {
+        /// A key, as `skyhaul config --help` lists them
+        key: String,
+    },
     /// Set KEY to VALUE
-    Set { key: String, value: String },
+    #[command(
+        after_help = "Examples:\n  skyhaul config set part_size 64M\n  skyhaul config set bwlimit 1Gbit\n  skyhaul config set remotes.r2.endpoint https://ACCOUNT.r2.cloudflarestorage.com"
+    )]
+    Set {
+        /// A key, as `skyhaul config --help` lists them
+        key: String,
+        /// Its value (never a secret: keys and tokens are refused)
+        value: String,
+    },
     /// Print every set KEY = VALUE
+    #[command(after_help = "Examples:\n  skyhaul config list\n  skyhaul config list --json")]
     List {
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Remove KEY (`remotes.NAME` removes the whole remote)
-    Unset { key: String },
+    #[command(
+        after_help = "Examples:\n  skyhaul config unset max_connections\n  skyhaul config unset remotes.nebius"
+    )]
+    Unset {
+        /// A key, or `remotes.NAME` for a whole remote
+        key: String,
+    },
     /// Print the config file's path
+    #[command(after_help = "Example:\n  $EDITOR \"$(skyhaul config path)\"")]
     Path,
 }
 
@@ -264,6 +359,12 @@ pub struct TransferArgs {
     /// Only list what would be copied and deleted; write nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Most bytes per second moved through this machine: 500M (MiB/s) or 1Gbit (bits) [env: SKYHAUL_BWLIMIT, config: bwlimit, default: none]
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<Rate>,
+    /// Start without asking: on a terminal, transfers of over 10,000 objects or 100 GiB, and a sync --delete that deletes, ask first
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     #[command(flatten)]
     pub output: OutputArgs,
     // Last: its help heading applies to everything after it.

@@ -18,6 +18,10 @@
 //! | `retries` | retries per request, an integer |
 //! | `verify` | `none`, `size`, `checksum` or `deep` |
 //! | `journal` | where the transfer journal lives, a path |
+//! | `bwlimit` | most bytes per second moved, a rate such as `500M` or `1Gbit` |
+//! | `prices` | a price file laid over `skyhaul plan`'s built-in table, a path |
+//! | `gcp_adc_file` | where GCP application-default credentials are (a path; `skyhaul init`) |
+//! | `azure_env` | the names (never values) of the Azure variables set (`skyhaul init`) |
 //! | `remotes.NAME.type` | `s3` (the only kind so far; also the default) |
 //! | `remotes.NAME.endpoint` | `https://…` or `http://…` |
 //! | `remotes.NAME.region` | e.g. `eu-north1` |
@@ -56,7 +60,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The top-level keys, in the order `list` and the file show them.
-const GLOBAL_KEYS: [&str; 7] = [
+const GLOBAL_KEYS: [&str; 11] = [
     "max_connections",
     "memory_budget",
     "part_size",
@@ -64,6 +68,10 @@ const GLOBAL_KEYS: [&str; 7] = [
     "retries",
     "verify",
     "journal",
+    "bwlimit",
+    "prices",
+    "gcp_adc_file",
+    "azure_env",
 ];
 
 /// The fields of a `remotes.NAME` table, in the order `list` and the file show them.
@@ -353,7 +361,25 @@ fn normalize(key: &Key, value: &str) -> Result<String> {
                 Err(invalid("one of none, size, checksum, deep"))
             }
         }
-        Key::Global("journal") => {
+        Key::Global("bwlimit") => match v.parse::<crate::size::Rate>() {
+            Ok(_) => Ok(v.to_string()),
+            Err(_) => Err(invalid("a rate such as 500M (MiB/s) or 1Gbit")),
+        },
+        Key::Global("azure_env") => {
+            let names_only = v.split(',').all(|n| {
+                n.starts_with("AZURE_")
+                    && n.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            });
+            if names_only {
+                Ok(v.to_string())
+            } else {
+                Err(invalid(
+                    "comma-separated AZURE_* variable names (never their values)",
+                ))
+            }
+        }
+        Key::Global("journal" | "prices" | "gcp_adc_file") => {
             if v.is_empty() || v.chars().any(char::is_control) {
                 return Err(invalid("a path"));
             }
@@ -661,7 +687,25 @@ impl Config {
 
     /// The journal path, with a leading `~` expanded to the home directory.
     pub fn journal(&self) -> Option<PathBuf> {
-        let raw = self.globals.get("journal")?;
+        self.path("journal")
+    }
+
+    /// The price file laid over `plan`'s built-in table.
+    pub fn prices(&self) -> Option<PathBuf> {
+        self.path("prices")
+    }
+
+    pub fn bwlimit(&self) -> Option<u64> {
+        self.globals
+            .get("bwlimit")?
+            .parse::<crate::size::Rate>()
+            .ok()
+            .map(|r| r.0)
+    }
+
+    /// A path setting, with a leading `~` expanded to the home directory.
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        let raw = self.globals.get(key)?;
         let home = dirs::home_dir();
         match (raw.as_str(), raw.strip_prefix("~/"), home) {
             ("~", _, Some(home)) => Some(home),

@@ -4,9 +4,16 @@
 mod args;
 mod config;
 mod config_cmd;
+mod confirm;
+mod estimate;
+mod events;
 mod exit;
+mod init_cmd;
 mod journal_cmds;
 mod output;
+mod place;
+mod plan_cmd;
+mod prices;
 mod remotes;
 mod settings;
 mod size;
@@ -45,7 +52,7 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(output::LogWriter::new)
         .with_target(false)
         .init();
 }
@@ -61,6 +68,9 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => journal_cmds::status(args),
         Command::Clean(args) => journal_cmds::clean(args).await,
         Command::Config(args) => config_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(args).await,
+        Command::Init(args) => init_cmd::run(args),
+        Command::Prices { prices } => prices::show(prices.as_deref()),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "skyhaul", &mut std::io::stdout());
@@ -191,6 +201,7 @@ async fn verify(args: VerifyArgs) -> ExitCode {
     let out = output::Output::new(args.output.quiet, args.output.json);
     let result: Result<ExitCode, exit::CliError> = async {
         let (src, dst) = open_both(&args.src, &args.dst, &args.endpoints, args.recursive).await?;
+        out.start("verify", &src, &dst, false);
         let mode = if args.deep {
             VerifyMode::Deep
         } else {
@@ -216,12 +227,16 @@ async fn verify(args: VerifyArgs) -> ExitCode {
     }
     .await;
     result.unwrap_or_else(|e| {
-        out.error(&e.message);
+        out.error(&e.message, e.code);
         e.code
     })
 }
 
 async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
+    let command = match mode {
+        Mode::Copy => "cp",
+        Mode::Sync { .. } => "sync",
+    };
     let out = output::Output::new(args.output.quiet, args.output.json);
     let result: Result<ExitCode, exit::CliError> = async {
         let config = settings::load_config()?;
@@ -245,10 +260,14 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
             verify_sample: args.verify_sample,
             filter: Arc::new(filter),
             filter_identity,
+            bwlimit: tuning
+                .bwlimit
+                .map(|rate| Arc::new(skyhaul_engine::BandwidthLimit::new(rate))),
         };
         let progress = Arc::new(Progress::default());
         let cancel = CancellationToken::new();
         exit::on_ctrl_c(cancel.clone(), out);
+        out.start(command, &src, &dst, args.dry_run);
         if args.dry_run {
             let mut plan = output::DryRun::new(out);
             skyhaul_engine::dry_run(&src, &dst, &opts, progress, cancel.clone(), |job| {
@@ -263,6 +282,13 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
                 ExitCode::Ok
             });
         }
+        let note = match confirm::check(&src, &dst, &opts, args.yes, out, progress.clone()).await? {
+            confirm::Decision::Go(note) => note,
+            confirm::Decision::Declined => {
+                out.notice("not confirmed: nothing was copied");
+                return Ok(ExitCode::Interrupted);
+            }
+        };
         let display = out.start_progress(progress.clone());
         let journal = if args.no_journal {
             None
@@ -273,6 +299,9 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
         let report =
             skyhaul_engine::transfer(&src, &dst, &opts, progress, cancel.clone(), journal).await;
         display.finish();
+        if let Some(note) = note {
+            note.finish();
+        }
         let report = report.map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
         out.report(&report);
         Ok(if cancel.is_cancelled() {
@@ -289,7 +318,7 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            out.error(&e.message);
+            out.error(&e.message, e.code);
             e.code
         }
     }

@@ -1,12 +1,67 @@
-//! Everything the command prints: progress on a terminal, the report, errors.
+//! Everything the command prints: progress on a terminal, the report, errors, and with
+//! `--json` the event stream (see `events.rs`).
 
+use crate::events::{self, Event};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skyhaul_engine::progress::Snapshot;
 use skyhaul_engine::report::{human_bytes, thousands};
 use skyhaul_engine::{Endpoint, Job, Progress, Report, Verification};
-use std::io::IsTerminal;
-use std::sync::Arc;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The progress bar on screen, if any: log lines and notices written while it is drawn go
+/// through [`ProgressBar::suspend`], which clears the bar, writes the line and redraws the
+/// bar below it, so a warning never lands in the middle of the bar's line.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Writes `text` to stderr as it is, above the bar when one is drawn.
+fn write_stderr(text: &[u8]) {
+    let bar = BAR.lock().expect("bar lock").clone();
+    let write = || {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(text).and_then(|()| err.flush());
+    };
+    match bar {
+        Some(b) => b.suspend(write),
+        None => write(),
+    }
+}
+
+/// One line on stderr, above the bar when one is drawn.
+pub fn stderr_line(line: &str) {
+    write_stderr(format!("{line}\n").as_bytes());
+}
+
+/// The writer for log events (`tracing`): each event is collected and written in one piece
+/// when the writer is dropped, above the bar when one is drawn.
+#[derive(Default)]
+pub struct LogWriter(Vec<u8>);
+
+impl LogWriter {
+    pub fn new() -> Self {
+        LogWriter::default()
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            write_stderr(&self.0);
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
@@ -18,28 +73,42 @@ pub struct Output {
 pub struct Display {
     bar: Option<ProgressBar>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// With `--json`: where the failures not yet streamed are drained from at the end.
+    failures: Option<Arc<Progress>>,
 }
 
 impl Display {
+    fn none() -> Self {
+        Display {
+            bar: None,
+            task: None,
+            failures: None,
+        }
+    }
+
     pub fn finish(self) {
         if let Some(t) = self.task {
             t.abort();
         }
         if let Some(b) = self.bar {
+            BAR.lock().expect("bar lock").take();
             b.finish_and_clear();
+        }
+        if let Some(p) = self.failures {
+            events::failures(&p.take_failures());
         }
     }
 }
 
-/// How often progress is logged without a terminal: 5 s, or `SKYHAUL_PROGRESS_INTERVAL`
-/// seconds (for tests and for logs that want more or fewer lines).
-fn log_interval() -> Duration {
+/// How often progress is logged: `SKYHAUL_PROGRESS_INTERVAL` seconds (for tests, and for
+/// logs that want more or fewer lines), else `default`.
+fn interval(default: Duration) -> Duration {
     std::env::var("SKYHAUL_PROGRESS_INTERVAL")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
         .filter(|d| !d.is_zero())
-        .unwrap_or(Duration::from_secs(5))
+        .unwrap_or(default)
 }
 
 /// One progress line, as logged without a terminal.
@@ -66,24 +135,65 @@ async fn log_progress(progress: Arc<Progress>, every: Duration) {
     }
 }
 
+/// `--json`: a `progress` event every `every`, and each failed object as it fails.
+async fn stream_events(progress: Arc<Progress>, every: Duration) {
+    let started = std::time::Instant::now();
+    let mut next = started + every;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200).min(every)).await;
+        events::failures(&progress.take_failures());
+        if std::time::Instant::now() >= next {
+            events::emit(&events::progress(progress.snapshot(), started.elapsed()));
+            next += every;
+        }
+    }
+}
+
 impl Output {
     pub fn new(quiet: bool, json: bool) -> Self {
         Output { quiet, json }
     }
 
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// With `--json`, the `start` event.
+    pub fn start(&self, command: &str, src: &Endpoint, dst: &Endpoint, dry_run: bool) {
+        if self.json {
+            events::emit(&Event::Start {
+                command,
+                source: &src.display,
+                destination: &dst.display,
+                dry_run,
+            });
+        }
+    }
+
     /// A live bar on stderr when it is a terminal, else a log line every few seconds;
-    /// nothing when asked for silence or JSON.
+    /// with `--json`, progress and failure events on stdout; nothing with `-q`.
     pub fn start_progress(&self, progress: Arc<Progress>) -> Display {
-        if self.quiet || self.json {
+        if self.json {
+            progress.stream_failures();
             return Display {
                 bar: None,
-                task: None,
+                task: Some(tokio::spawn(stream_events(
+                    progress.clone(),
+                    interval(Duration::from_secs(1)),
+                ))),
+                failures: Some(progress),
             };
+        }
+        if self.quiet {
+            return Display::none();
         }
         if !std::io::stderr().is_terminal() {
             return Display {
-                bar: None,
-                task: Some(tokio::spawn(log_progress(progress, log_interval()))),
+                task: Some(tokio::spawn(log_progress(
+                    progress,
+                    interval(Duration::from_secs(5)),
+                ))),
+                ..Display::none()
             };
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
@@ -93,6 +203,7 @@ impl Output {
             )
             .expect("valid template"),
         );
+        *BAR.lock().expect("bar lock") = Some(bar.clone());
         let b = bar.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -112,12 +223,13 @@ impl Output {
         Display {
             bar: Some(bar),
             task: Some(task),
+            failures: None,
         }
     }
 
     pub fn report(&self, r: &Report) {
         if self.json {
-            println!("{}", serde_json::to_string(r).expect("report serialises"));
+            events::emit(&Event::Done { report: r });
             return;
         }
         for f in &r.failures {
@@ -150,10 +262,7 @@ impl Output {
 
     pub fn verification(&self, v: &Verification) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::to_string(v).expect("verification serialises")
-            );
+            events::emit(&Event::Verified { verification: v });
             return;
         }
         for p in &v.problems {
@@ -164,13 +273,20 @@ impl Output {
         }
     }
 
-    pub fn error(&self, message: &str) {
+    /// The error on stderr, and with `--json` as the last event.
+    pub fn error(&self, message: &str, code: crate::exit::ExitCode) {
         eprintln!("skyhaul: error: {message}");
+        if self.json {
+            events::emit(&Event::Error {
+                message,
+                exit_code: code as i32,
+            });
+        }
     }
 
     pub fn notice(&self, message: &str) {
         if !self.quiet {
-            eprintln!("skyhaul: {message}");
+            stderr_line(&format!("skyhaul: {message}"));
         }
     }
 }
@@ -212,10 +328,12 @@ impl DryRun {
                     full(dst.store.as_ref(), dst_key),
                 );
                 if self.out.json {
-                    let line = serde_json::json!({
-                        "action": "copy", "key": from, "dst": to, "size": meta.size,
+                    events::emit(&Event::Planned {
+                        action: "copy",
+                        key: &from,
+                        dst: Some(&to),
+                        size: Some(meta.size),
                     });
-                    println!("{line}");
                 } else {
                     println!("copy {from} -> {to}");
                 }
@@ -229,19 +347,23 @@ impl DryRun {
     pub fn finish(self) {
         for key in &self.deletes {
             if self.out.json {
-                println!("{}", serde_json::json!({"action": "delete", "key": key}));
+                events::emit(&Event::Planned {
+                    action: "delete",
+                    key,
+                    dst: None,
+                    size: None,
+                });
             } else {
                 println!("delete {key}");
             }
         }
         if self.out.json {
-            let line = serde_json::json!({
-                "dry_run": true,
-                "objects": self.copies,
-                "bytes": self.bytes,
-                "deletes": self.deletes.len(),
+            events::emit(&Event::DryRunDone {
+                dry_run: true,
+                objects: self.copies,
+                bytes: self.bytes,
+                deletes: self.deletes.len() as u64,
             });
-            println!("{line}");
         } else if !self.out.quiet {
             eprintln!(
                 "skyhaul: dry run: would copy {} objects ({}) and delete {}; nothing was written",

@@ -414,6 +414,12 @@ impl RcloneConfig {
         })
     }
 
+    /// One value of one section (the same INI dialect serves `skyhaul init` for the AWS
+    /// config files, where it reads section names and regions only).
+    pub fn value(&self, section: &str, key: &str) -> Option<&str> {
+        self.sections.get(section)?.get(key).map(String::as_str)
+    }
+
     /// The names of all remotes in the file, of any type.
     pub fn remote_names(&self) -> impl Iterator<Item = &str> {
         self.sections.keys().map(String::as_str)

@@ -7,7 +7,7 @@
 use crate::args::{FilterArgs, TransferArgs, VerifyArg};
 use crate::config::Config;
 use crate::exit::{self, CliError};
-use crate::size::Size;
+use crate::size::{Rate, Size};
 use skyhaul_engine::filter::parse_age_or_time;
 use skyhaul_engine::{Filter, FilterBuilder, VerifyMode};
 use std::str::FromStr;
@@ -28,6 +28,8 @@ pub struct Tuning {
     pub multipart_threshold: u64,
     pub retries: u32,
     pub verify: VerifyMode,
+    /// `--bwlimit` in bytes per second; `None` for no limit.
+    pub bwlimit: Option<u64>,
 }
 
 /// Loads the config file (`$SKYHAUL_CONFIG` or the user's config directory); a missing
@@ -124,6 +126,13 @@ pub fn tuning(args: &TransferArgs, config: &Config) -> Result<Tuning, CliError> 
             parse_verify,
             config.verify().and_then(parse_verify),
             VerifyMode::Checksum,
+        )?,
+        bwlimit: pick(
+            args.bwlimit.map(|r| Some(r.0)),
+            "SKYHAUL_BWLIMIT",
+            |s| s.parse::<Rate>().ok().map(|r| Some(r.0)),
+            config.bwlimit().map(Some),
+            None,
         )?,
     })
 }

@@ -5,26 +5,22 @@ mod common;
 
 use common::*;
 
-const SUBCOMMANDS: [&str; 8] = [
-    "cp",
-    "sync",
-    "verify",
-    "status",
-    "clean",
-    "config",
-    "completions",
-    "man",
-];
-
 #[test]
 fn completions_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
         let run = skyhaul(&["completions", shell], None, None);
         assert_eq!(run.code, 0, "{shell}: {}", run.stderr);
-        for sub in SUBCOMMANDS {
+        for sub in COMMANDS {
             assert!(run.stdout.contains(sub), "{shell} completions lack {sub}");
         }
-        for flag in ["dry-run", "exclude", "files-from", "rclone-config"] {
+        for flag in [
+            "dry-run",
+            "exclude",
+            "files-from",
+            "rclone-config",
+            "bwlimit",
+            "yes",
+        ] {
             assert!(
                 run.stdout.contains(flag),
                 "{shell} completions lack --{flag}"
@@ -53,7 +49,7 @@ fn man_page() {
         "{}",
         &run.stdout[..200]
     );
-    for sub in SUBCOMMANDS {
+    for sub in COMMANDS {
         assert!(run.stdout.contains(sub), "man page lacks {sub}");
     }
 }

@@ -340,15 +340,15 @@ async fn dry_run_writes_nothing() {
     json.push("--json");
     let run = skyhaul(&json, Some(&s3), Some(&s3));
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let events: Vec<serde_json::Value> = run
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(events.len(), 5, "{}", run.stdout);
+    let events = run.events();
+    assert_eq!(events.len(), 6, "{}", run.stdout);
+    assert_eq!(events[0]["event"], "start");
+    assert_eq!(events[0]["dry_run"], true);
+    let events = &events[1..];
     assert_eq!(events[0]["action"], "copy");
     assert_eq!(events[0]["size"], 2000);
     assert_eq!(events[3]["action"], "delete");
+    assert_eq!(events[4]["event"], "done");
     assert_eq!(events[4]["dry_run"], true);
     assert_eq!(events[4]["objects"], 3);
     assert_eq!(events[4]["deletes"], 1);

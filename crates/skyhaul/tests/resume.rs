@@ -218,8 +218,7 @@ async fn ctrl_c_stops_gracefully_and_the_rerun_resumes() {
         "{stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.trim()).expect("a report of what was done");
+    let report = last_json_line(&stdout).expect("a report of what was done");
     let copied = report["objects_copied"].as_u64().unwrap();
     assert!(
         copied < files.len() as u64,
@@ -238,7 +237,7 @@ async fn ctrl_c_stops_gracefully_and_the_rerun_resumes() {
         "{}",
         String::from_utf8_lossy(&rerun.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&rerun.stdout).unwrap();
+    let report = last_json_line(&String::from_utf8_lossy(&rerun.stdout)).unwrap();
     assert!(
         report["objects_resumed"].as_u64().unwrap() >= copied,
         "{report}"
@@ -460,7 +459,7 @@ async fn a_source_that_changes_mid_copy_is_reported_then_copied_anew() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = last_json_line(&String::from_utf8_lossy(&out.stdout)).unwrap();
     let failure = &report["failures"][0];
     assert_eq!(failure["key"], "d/big.bin", "{report}");
     assert!(

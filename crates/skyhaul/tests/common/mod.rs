@@ -14,10 +14,32 @@ pub struct Run {
 }
 
 impl Run {
+    /// The last line of `--json` output: the `done` event, which holds the whole report
+    /// (or the verification).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+        last_json_line(&self.stdout).unwrap_or_else(|e| panic!("{e}\nstderr: {}", self.stderr))
     }
+
+    /// Every line of `--json` output, parsed.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\nstderr: {}", self.stderr))
+            })
+            .collect()
+    }
+}
+
+/// The last line of `stdout` as JSON.
+pub fn last_json_line(stdout: &str) -> Result<serde_json::Value, String> {
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    serde_json::from_str(last).map_err(|e| format!("not JSON ({e}): {stdout}"))
 }
 
 /// Runs `skyhaul ARGS` with credentials for each given side and a clean environment.
@@ -25,8 +47,18 @@ pub fn skyhaul(args: &[&str], src: Option<&S3Server>, dst: Option<&S3Server>) ->
     skyhaul_env(args, src, dst, &[])
 }
 
-/// The settings the environment could change, removed so that tests see the defaults.
-const SETTINGS_ENV: [&str; 6] = [
+/// The settings the environment could change, removed so that tests see the defaults (and
+/// `--help`, which shows the variables, reads the same everywhere).
+const SETTINGS_ENV: [&str; 15] = [
+    "SKYHAUL_SRC_ENDPOINT",
+    "SKYHAUL_DST_ENDPOINT",
+    "SKYHAUL_SRC_PROFILE",
+    "SKYHAUL_DST_PROFILE",
+    "SKYHAUL_SRC_REGION",
+    "SKYHAUL_DST_REGION",
+    "SKYHAUL_BWLIMIT",
+    "SKYHAUL_CONFIRM_OBJECTS",
+    "SKYHAUL_CONFIRM_BYTES",
     "SKYHAUL_MAX_CONNECTIONS",
     "SKYHAUL_MEMORY_BUDGET",
     "SKYHAUL_PART_SIZE",
@@ -44,26 +76,12 @@ pub fn skyhaul_env(
     env: &[(&str, &str)],
 ) -> Run {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"));
-    for var in SETTINGS_ENV {
-        cmd.env_remove(var);
-    }
-    cmd.args(args)
-        .env("SKYHAUL_CONFIG", "/nonexistent/skyhaul-test/config.toml")
-        .env("RCLONE_CONFIG", "/nonexistent/skyhaul-test/rclone.conf")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("SKYHAUL_JOURNAL", test_journal());
-    for (side, server) in [("SRC", src), ("DST", dst)] {
-        if let Some(s) = server {
-            for (k, v) in s.env_for(side) {
-                cmd.env(k, v);
-            }
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
+    cmd.args(args);
+    for (k, v) in test_env(src, dst, env) {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
     }
     let out: Output = cmd.output().expect("skyhaul runs");
     Run {
@@ -71,6 +89,35 @@ pub fn skyhaul_env(
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// The environment every test run of skyhaul gets, in order (`None` removes the
+/// variable): no settings from the environment, a config file and rclone.conf that do not
+/// exist, no AWS profile, the test journal, each given server's credentials, then `env`.
+pub fn test_env(
+    src: Option<&S3Server>,
+    dst: Option<&S3Server>,
+    env: &[(&str, &str)],
+) -> Vec<(String, Option<String>)> {
+    let mut vars: Vec<(String, Option<String>)> =
+        SETTINGS_ENV.iter().map(|v| (v.to_string(), None)).collect();
+    let set = |k: &str, v: &str| (k.to_string(), Some(v.to_string()));
+    vars.extend([
+        set("SKYHAUL_CONFIG", "/nonexistent/skyhaul-test/config.toml"),
+        set("RCLONE_CONFIG", "/nonexistent/skyhaul-test/rclone.conf"),
+        ("AWS_PROFILE".to_string(), None),
+        set("AWS_CONFIG_FILE", "/dev/null"),
+        set("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+        set("AWS_EC2_METADATA_DISABLED", "true"),
+        set("SKYHAUL_JOURNAL", &test_journal().to_string_lossy()),
+    ]);
+    for (side, server) in [("SRC", src), ("DST", dst)] {
+        if let Some(s) = server {
+            vars.extend(s.env_for(side).into_iter().map(|(k, v)| (k, Some(v))));
+        }
+    }
+    vars.extend(env.iter().map(|(k, v)| set(k, v)));
+    vars
 }
 
 /// One journal per test binary, so tests never touch the user's own journal.
@@ -156,3 +203,68 @@ pub async fn fill_bucket(
 
 /// Options that make the 12 MiB object of [`mixed`] multipart with 5 MiB parts.
 pub const SMALL_PARTS: [&str; 4] = ["--multipart-threshold", "5M", "--part-size", "5M"];
+
+/// A real S3 server (s3s-fs) with an empty `bucket`, and the [`mixed`] data set in the
+/// local directory `src` of a new temporary directory.
+pub async fn bucket_and_local_mixed() -> (
+    S3Server,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    BTreeMap<String, Vec<u8>>,
+) {
+    let s3 = S3Server::start(skyhaul_testkit::S3Kind::S3sFs);
+    s3.create_bucket("bucket").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let files = mixed();
+    write_tree(&src, &files);
+    (s3, tmp, src, files)
+}
+
+/// A real S3 server with [`mixed`] under `bucket/data/`, and a local destination `dst` in
+/// which a file named `dir` stands where a directory must go: copying `s3://bucket/data`
+/// there fails for `dir/nested/deep.bin` alone, mid-transfer.
+pub async fn bucket_and_blocked_local_dst() -> (S3Server, tempfile::TempDir, std::path::PathBuf) {
+    let s3 = S3Server::start(skyhaul_testkit::S3Kind::S3sFs);
+    s3.create_bucket("bucket").await;
+    fill_bucket(&s3, "bucket", "data/", &mixed()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(dst.join("dir"), b"in the way").unwrap();
+    (s3, tmp, dst)
+}
+
+/// `cp -r SRC DST ENDPOINT_FLAG ENDPOINT --no-journal`: a recursive copy with one side on
+/// a test server (`endpoint_flag` is `--src-endpoint` or `--dst-endpoint`), no journal.
+pub fn cp_r<'a>(
+    src: &'a str,
+    dst: &'a str,
+    endpoint_flag: &'a str,
+    endpoint: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "cp",
+        "-r",
+        src,
+        dst,
+        endpoint_flag,
+        endpoint,
+        "--no-journal",
+    ]
+}
+
+/// Every command, as `skyhaul --help` lists them (with `help` last).
+pub const COMMANDS: [&str; 11] = [
+    "cp",
+    "sync",
+    "verify",
+    "plan",
+    "prices",
+    "init",
+    "status",
+    "clean",
+    "config",
+    "completions",
+    "man",
+];
