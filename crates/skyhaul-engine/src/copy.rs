@@ -52,11 +52,13 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     };
     if let Some(container) = &ctx.copy_from {
         copied.server_side = true;
-        // Whole-object copy up to the single-request limit; beyond, parallel part copies.
-        if src.size
-            <= limits
-                .max_single_put
-                .min(ctx.opts.multipart_threshold.max(256 * MIB))
+        // Whole-object copy up to the single-request limit (none for stores that copy
+        // whole objects of every size); beyond, parallel part copies.
+        if dst.copies_whole_objects()
+            || src.size
+                <= limits
+                    .max_single_put
+                    .min(ctx.opts.multipart_threshold.max(256 * MIB))
         {
             ctx.opts
                 .retry

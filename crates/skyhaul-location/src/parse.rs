@@ -8,26 +8,34 @@ pub enum Scheme {
     Local,
     /// AWS S3 or any S3-compatible store.
     S3,
+    /// Google Cloud Storage (`gs://`).
+    Gcs,
+    /// Azure Blob Storage (`az://`, `https://ACCOUNT.blob.core.windows.net/`).
+    Azure,
 }
 
 /// A parsed source or destination.
 ///
-/// For object stores `bucket` is the bucket and `path` the key or prefix inside it (no leading
-/// `/`). For the local file system `bucket` is empty and `path` is an absolute path.
+/// For object stores `bucket` is the bucket (Azure: container) and `path` the key or prefix
+/// inside it (no leading `/`). For the local file system `bucket` is empty and `path` is an
+/// absolute path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
     pub scheme: Scheme,
     pub bucket: String,
     pub path: String,
+    /// The Azure storage account when the URL names it (`https://ACCOUNT.blob.core.windows.net/…`);
+    /// `az://` URLs leave it to the side's credentials.
+    pub account: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LocationError {
     #[error("'{0}': empty location")]
     Empty(String),
-    #[error("'{0}': no bucket name (expected s3://BUCKET/PREFIX)")]
+    #[error("'{0}': no bucket or container name (expected s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX)")]
     MissingBucket(String),
-    #[error("'{0}': unsupported scheme '{1}' (supported: s3://, file://, or a local path)")]
+    #[error("'{0}': unsupported scheme '{1}' (supported: s3://, gs://, az://, https://ACCOUNT.blob.core.windows.net/, file://, or a local path)")]
     UnsupportedScheme(String, String),
     #[error("'{0}': file:// URLs must be absolute (file:///abs/path)")]
     RelativeFileUrl(String),
@@ -43,17 +51,35 @@ impl Location {
             return Err(LocationError::Empty(input.to_string()));
         }
         if let Some((scheme, rest)) = input.split_once("://") {
+            let bucket_path = |scheme: Scheme, rest: &str, account: Option<&str>| {
+                let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(LocationError::MissingBucket(input.to_string()));
+                }
+                Ok(Location {
+                    scheme,
+                    bucket: bucket.to_string(),
+                    path: path.to_string(),
+                    account: account.map(str::to_string),
+                })
+            };
             return match scheme.to_ascii_lowercase().as_str() {
-                "s3" => {
-                    let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
-                    if bucket.is_empty() {
-                        return Err(LocationError::MissingBucket(input.to_string()));
-                    }
-                    Ok(Location {
-                        scheme: Scheme::S3,
-                        bucket: bucket.to_string(),
-                        path: path.to_string(),
-                    })
+                "s3" => bucket_path(Scheme::S3, rest, None),
+                "gs" => bucket_path(Scheme::Gcs, rest, None),
+                "az" => bucket_path(Scheme::Azure, rest, None),
+                "https" => {
+                    // Azure's own URL form; the blob path in it is percent-encoded.
+                    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+                    let account = host
+                        .to_ascii_lowercase()
+                        .strip_suffix(".blob.core.windows.net")
+                        .filter(|a| !a.is_empty() && !a.contains('.'))
+                        .map(str::to_string)
+                        .ok_or_else(|| {
+                            LocationError::UnsupportedScheme(input.to_string(), "https".into())
+                        })?;
+                    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+                    bucket_path(Scheme::Azure, &decoded, Some(&account))
                 }
                 "file" => {
                     if !rest.starts_with('/') {
@@ -92,6 +118,7 @@ impl Location {
             scheme: Scheme::Local,
             bucket: String::new(),
             path: s,
+            account: None,
         }
     }
 
@@ -128,6 +155,15 @@ impl fmt::Display for Location {
         match self.scheme {
             Scheme::Local => write!(f, "{}", self.path),
             Scheme::S3 => write!(f, "s3://{}/{}", self.bucket, self.path),
+            Scheme::Gcs => write!(f, "gs://{}/{}", self.bucket, self.path),
+            Scheme::Azure => match &self.account {
+                Some(a) => write!(
+                    f,
+                    "https://{a}.blob.core.windows.net/{}/{}",
+                    self.bucket, self.path
+                ),
+                None => write!(f, "az://{}/{}", self.bucket, self.path),
+            },
         }
     }
 }
@@ -152,6 +188,49 @@ mod tests {
         );
         assert!(matches!(
             Location::parse("ftp://x/y"),
+            Err(LocationError::UnsupportedScheme(..))
+        ));
+    }
+
+    #[test]
+    fn gcs_and_azure_urls() {
+        let l = Location::parse("gs://bkt/a/b c/").unwrap();
+        assert_eq!(
+            (l.scheme, l.bucket.as_str(), l.path.as_str(), l.account.clone()),
+            (Scheme::Gcs, "bkt", "a/b c/", None)
+        );
+        assert_eq!(l.to_string(), "gs://bkt/a/b c/");
+        let l = Location::parse("az://cont/x+y").unwrap();
+        assert_eq!(
+            (l.scheme, l.bucket.as_str(), l.path.as_str()),
+            (Scheme::Azure, "cont", "x+y")
+        );
+        assert_eq!(l.to_string(), "az://cont/x+y");
+        let l = Location::parse("https://MyAcct.blob.core.windows.net/cont/dir/%C3%BC%20x").unwrap();
+        assert_eq!(
+            (
+                l.scheme,
+                l.account.as_deref(),
+                l.bucket.as_str(),
+                l.path.as_str()
+            ),
+            (Scheme::Azure, Some("myacct"), "cont", "dir/ü x")
+        );
+        assert_eq!(
+            l.to_string(),
+            "https://myacct.blob.core.windows.net/cont/dir/ü x"
+        );
+        let l = Location::parse("https://acct.blob.core.windows.net/cont").unwrap();
+        assert_eq!((l.bucket.as_str(), l.path.as_str()), ("cont", ""));
+        for bad in ["gs:///x", "az://", "https://acct.blob.core.windows.net/"] {
+            assert!(
+                matches!(Location::parse(bad), Err(LocationError::MissingBucket(_))),
+                "{bad}"
+            );
+        }
+        // Other https URLs are not locations (yet): a clear error, not a guess.
+        assert!(matches!(
+            Location::parse("https://example.com/a/b"),
             Err(LocationError::UnsupportedScheme(..))
         ));
     }

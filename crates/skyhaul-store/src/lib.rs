@@ -1,6 +1,7 @@
 //! The storage abstraction of skyhaul.
 //!
-//! Every backend (local file system here, S3 in `skyhaul-s3`, more later) implements the one
+//! Every backend (local file system here, S3 in `skyhaul-s3`, GCS and Azure in
+//! `skyhaul-cloud`) implements the one
 //! narrow [`Store`] trait, and the engine knows nothing else about a backend. The trait is
 //! shaped by what a bulk copier needs rather than by any one provider: a sorted streaming
 //! listing (so that sync can merge-join both sides in constant memory), ranged reads that
@@ -140,6 +141,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The bucket or container name that [`Store::copy_object`] takes as `src_container`.
     fn container(&self) -> &str {
         ""
+    }
+
+    /// Whether [`Store::copy_object`] copies objects of every size in one call (GCS rewrite,
+    /// Azure Copy Blob), so server-side copies never need [`Store::copy_part`]. S3's
+    /// CopyObject stops at 5 GB, which is why it defaults to false.
+    fn copies_whole_objects(&self) -> bool {
+        false
     }
 
     /// Server-side copy of a whole object from `src_container` (same copy domain).

@@ -2,7 +2,8 @@
 //!
 //! skyhaul's promise is "fast, and with proof that nothing was lost", and mocks cannot prove that:
 //! every S3-compatible store has its own quirks (checksum echoing, range handling, multipart ETags,
-//! conditional writes). So the tests here start REAL servers ([`S3Server`]) and put a
+//! conditional writes). So the tests here start REAL servers ([`S3Server`], and the emulators
+//! [`FakeGcsServer`] and [`AzuriteServer`] for GCS and Azure Blob) and put a
 //! fault-injecting proxy ([`fault_proxy::FaultProxy`]) between skyhaul and a server to prove that
 //! corruption, truncation, throttling and resets are detected or survived.
 //!
@@ -27,12 +28,14 @@
 //! # }
 //! ```
 
+mod emulators;
 pub mod fault_proxy;
 mod server;
 
 use std::path::PathBuf;
 
 pub use fault_proxy::{FaultCounts, FaultProxy, Faults};
+pub use emulators::{AzuriteServer, FakeGcsServer};
 pub use server::{S3Kind, S3Server};
 
 /// Where `scripts/install-test-tools.sh` puts the test tools: `$SKYHAUL_TOOLS` (an absolute path)
@@ -60,7 +63,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The path of an installed test tool: `tools_dir()/bin/<name>` (`s3s-fs`, `rclone`, `s5cmd`,
-/// `moto_server`).
+/// `moto_server`, `azurite-blob`, `fake-gcs-server`).
 ///
 /// # Panics
 /// If the tool is missing. Tests must fail, not skip, when their server cannot be started: the

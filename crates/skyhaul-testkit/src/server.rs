@@ -535,7 +535,7 @@ pub(crate) fn free_port() -> u16 {
 
 /// True if something on `addr` answers an HTTP request with an HTTP status line (any status: an
 /// unauthenticated request gets 403 from most of these servers, which still proves it is up).
-fn answers_http(addr: SocketAddr) -> bool {
+pub(crate) fn answers_http(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };

@@ -1,0 +1,948 @@
+//! Google Cloud Storage over its JSON API.
+//!
+//! * Listing is `objects.list` with `startOffset`, which GCS answers in lexicographic order
+//!   of the object names, as the engine requires.
+//! * Every upload sends the body's CRC32C (and its MD5 when the engine computed one) in the
+//!   object resource, so GCS refuses a body corrupted on the way, and the stored hashes the
+//!   server reports back are compared with what was sent (emulators that ignore the sent
+//!   hashes are caught by that comparison too).
+//! * The ETag the engine sees is the object's MD5 (hex) when GCS has one, which makes GCS
+//!   objects comparable with S3 ETags and local MD5s; composite objects have no MD5, and get
+//!   `g<generation>` instead, which is also what a read pins with `ifGenerationMatch`.
+//! * Striped uploads are parallel composite uploads: each part is a temporary object under
+//!   [`UPLOADS_PREFIX`], and completion composes them (32 at a time, in a tree) into the
+//!   destination and deletes them. This needs nothing but the JSON API, which every GCS
+//!   endpoint and emulator speaks (fake-gcs-server has no XML multipart API), and the upload
+//!   state stays plain data: the upload id names the temporary objects. Completion checks that
+//!   the composite's CRC32C is the combination of the parts' CRC32Cs.
+//! * Server-side copy is `objects.rewrite`, which copies any size, within and across buckets.
+
+use crate::transport::{self, body, header, send, status_error, Provider};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use crc_fast::CrcAlgorithm;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use http::{Method, StatusCode};
+use object_store::client::{HttpClient, HttpRequest, HttpRequestBody, HttpResponse};
+use object_store::gcp::{GcpCredentialProvider, GoogleCloudStorageBuilder};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+use skyhaul_store::{
+    CompletedPart, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
+    Payload, PutOptions, Result, Store, Written,
+};
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+
+/// Where the parts of striped uploads live until completion composes them. Listings leave
+/// them out: they are not user objects, and `skyhaul clean` (abort) removes leftovers.
+pub const UPLOADS_PREFIX: &str = ".skyhaul-uploads/";
+
+/// Compose takes at most 32 source objects.
+const COMPOSE_MAX: usize = 32;
+
+const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
+
+/// Unreserved characters stay, everything else (including `/`) is percent-encoded: object
+/// names are one path segment in the JSON API.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+const PROVIDER: Provider = Provider {
+    container_word: "bucket",
+    credentials_hint: "--src/dst-gcs-service-account, GOOGLE_APPLICATION_CREDENTIALS or \
+                       `gcloud auth application-default login`",
+};
+
+/// Endpoint and credentials of one GCS side.
+#[derive(Debug, Clone, Default)]
+pub struct GcsOptions {
+    /// API endpoint; default `https://storage.googleapis.com`, or `STORAGE_EMULATOR_HOST`.
+    pub endpoint: Option<String>,
+    /// A service-account JSON key file. Without one, application-default credentials
+    /// (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's ADC file, then the metadata server) are
+    /// used, except against an emulator or a custom endpoint, which get no credentials.
+    pub service_account: Option<PathBuf>,
+}
+
+/// One GCS bucket.
+#[derive(Clone)]
+pub struct GcsStore {
+    client: HttpClient,
+    auth: Option<GcpCredentialProvider>,
+    base: String,
+    bucket: String,
+    name: String,
+    domain: String,
+}
+
+impl std::fmt::Debug for GcsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsStore").field("name", &self.name).finish()
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `STORAGE_EMULATOR_HOST` is `host:port` or a URL, depending on the client library.
+fn emulator_url(host: &str) -> String {
+    if host.contains("://") {
+        host.to_string()
+    } else {
+        format!("http://{host}")
+    }
+}
+
+impl GcsStore {
+    /// Builds a client for `bucket`; credential files are read here, so a broken one fails
+    /// at once. Tokens are fetched on the first request ([`Store::preflight`]).
+    pub async fn connect(opts: &GcsOptions, bucket: &str) -> Result<GcsStore> {
+        let name = format!("gs://{bucket}");
+        let emulator = env("STORAGE_EMULATOR_HOST").map(|h| emulator_url(&h));
+        let base = opts
+            .endpoint
+            .clone()
+            .or_else(|| emulator.clone())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
+            .trim_end_matches('/')
+            .to_string();
+        let adc_file = env("GOOGLE_APPLICATION_CREDENTIALS");
+        // Emulators take no credentials; a custom endpoint gets them only when asked for.
+        let anonymous = opts.service_account.is_none()
+            && (opts.endpoint.is_none() && emulator.is_some()
+                || opts.endpoint.is_some() && adc_file.is_none());
+        let (auth, who) = if anonymous {
+            (None, "anonymous".to_string())
+        } else {
+            let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(bucket);
+            let who = if let Some(path) = &opts.service_account {
+                b = b.with_service_account_path(path.to_string_lossy());
+                path.display().to_string()
+            } else if let Some(path) = &adc_file {
+                b = b.with_application_credentials(path);
+                path.clone()
+            } else {
+                "application-default".to_string()
+            };
+            let store = b.build().map_err(|e| {
+                Error::new(
+                    ErrorKind::AccessDenied,
+                    format!(
+                        "{name}: cannot use the Google credentials ({who}): {} (check the file)",
+                        transport::redact(&e.to_string())
+                    ),
+                )
+            })?;
+            (Some(store.credentials().clone()), who)
+        };
+        Ok(GcsStore {
+            client: transport::client()?,
+            auth,
+            domain: format!("gcs|{base}|{who}"),
+            base,
+            bucket: bucket.to_string(),
+            name,
+        })
+    }
+
+    fn target(&self, key: &str) -> String {
+        format!("{}/{key}", self.name)
+    }
+
+    fn object_url(&self, bucket: &str, key: &str) -> String {
+        format!(
+            "{}/storage/v1/b/{}/o/{}",
+            self.base,
+            utf8_percent_encode(bucket, SEGMENT),
+            utf8_percent_encode(key, SEGMENT)
+        )
+    }
+
+    fn bucket_url(&self) -> String {
+        format!(
+            "{}/storage/v1/b/{}/o",
+            self.base,
+            utf8_percent_encode(&self.bucket, SEGMENT)
+        )
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        url: String,
+        headers: &[(&str, String)],
+        body: Bytes,
+        target: &str,
+        what: &str,
+    ) -> Result<HttpResponse> {
+        let mut b = http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, v);
+        }
+        if let Some(auth) = &self.auth {
+            let cred = auth.get_credential().await.map_err(|e| {
+                Error::new(
+                    ErrorKind::AccessDenied,
+                    format!(
+                        "{target}: no usable Google credentials: {} (check {})",
+                        transport::redact(&e.to_string()),
+                        PROVIDER.credentials_hint
+                    ),
+                )
+            })?;
+            if !cred.bearer.is_empty() {
+                b = b.header("authorization", format!("Bearer {}", cred.bearer));
+            }
+        }
+        let req: HttpRequest = b
+            .header("content-length", body.len().to_string())
+            .body(HttpRequestBody::from(body))
+            .map_err(|e| Error::new(ErrorKind::Other, format!("{target}: {what}: {e}")))?;
+        send(&self.client, req, target, what).await
+    }
+
+    /// The response if it succeeded, else the error its status and JSON body mean.
+    async fn ok(&self, resp: HttpResponse, target: &str, what: &str) -> Result<HttpResponse> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = body(resp, target, what).await.unwrap_or_default();
+        let (reason, message) = error_detail(&text);
+        Err(status_error(
+            PROVIDER, status, &reason, &message, target, what,
+        ))
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: HttpResponse,
+        target: &str,
+        what: &str,
+    ) -> Result<T> {
+        let resp = self.ok(resp, target, what).await?;
+        let data = body(resp, target, what).await?;
+        serde_json::from_slice(&data).map_err(|e| {
+            Error::new(
+                ErrorKind::Transient,
+                format!("{target}: {what}: unreadable answer: {e}"),
+            )
+        })
+    }
+
+    /// One simple upload (`uploadType=multipart`: resource and media in one request).
+    async fn upload(
+        &self,
+        key: &str,
+        data: Bytes,
+        md5: Option<[u8; 16]>,
+        metadata: &BTreeMap<String, String>,
+        what: &str,
+    ) -> Result<GcsObject> {
+        let target = self.target(key);
+        let crc = crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, &data) as u32;
+        let mut resource = serde_json::json!({
+            "name": key,
+            "contentType": "application/octet-stream",
+            "crc32c": B64.encode(crc.to_be_bytes()),
+        });
+        if let Some(m) = md5 {
+            resource["md5Hash"] = B64.encode(m).into();
+        }
+        if !metadata.is_empty() {
+            resource["metadata"] = serde_json::to_value(metadata).unwrap_or_default();
+        }
+        let boundary = format!("skyhaul-{:032x}", rand::random::<u128>());
+        let mut buf = BytesMut::with_capacity(data.len() + 512);
+        buf.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{resource}\r\n\
+                 --{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        buf.extend_from_slice(&data);
+        buf.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let url = format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=multipart",
+            self.base,
+            utf8_percent_encode(&self.bucket, SEGMENT)
+        );
+        let resp = self
+            .request(
+                Method::POST,
+                url,
+                &[(
+                    "content-type",
+                    format!("multipart/related; boundary={boundary}"),
+                )],
+                buf.freeze(),
+                &target,
+                what,
+            )
+            .await?;
+        let obj: GcsObject = self.json(resp, &target, what).await?;
+        // GCS refuses mismatching hashes itself; this also catches servers that do not.
+        let stored_crc = obj.crc32c();
+        if stored_crc.is_some_and(|c| c != crc)
+            || md5.is_some_and(|m| obj.md5().is_some_and(|s| s != m))
+        {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{target}: {what}: the server stored different bytes than were sent"),
+            ));
+        }
+        Ok(obj)
+    }
+
+    /// Every object under `prefix`, temporary upload parts included.
+    fn list_raw<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_offset: Option<&'a str>,
+    ) -> BoxStream<'a, Result<GcsObject>> {
+        let target = self.target(prefix);
+        futures::stream::try_unfold(
+            (Some(None::<String>), target),
+            move |(token, target)| async move {
+                let Some(token) = token else {
+                    return Ok(None);
+                };
+                let mut url = format!(
+                    "{}?prefix={}&maxResults=1000&projection=noAcl",
+                    self.bucket_url(),
+                    utf8_percent_encode(prefix, SEGMENT)
+                );
+                if let Some(s) = start_offset {
+                    url.push_str(&format!("&startOffset={}", utf8_percent_encode(s, SEGMENT)));
+                }
+                if let Some(t) = &token {
+                    url.push_str(&format!("&pageToken={}", utf8_percent_encode(t, SEGMENT)));
+                }
+                let resp = self
+                    .request(Method::GET, url, &[], Bytes::new(), &target, "list")
+                    .await?;
+                let page: ListPage = self
+                    .json(resp, &target, "list")
+                    .await
+                    .map_err(bucket_missing)?;
+                let next = page.next_page_token.map(Some);
+                Ok(Some((
+                    futures::stream::iter(page.items.into_iter().map(Ok)),
+                    (next, target),
+                )))
+            },
+        )
+        .try_flatten()
+        .boxed()
+    }
+
+    fn part_name(upload: &MultipartUpload, number: u32) -> String {
+        format!("{UPLOADS_PREFIX}{}/{number:05}", upload.upload_id)
+    }
+
+    async fn compose(
+        &self,
+        sources: &[String],
+        dest: &str,
+        metadata: &BTreeMap<String, String>,
+        target: &str,
+    ) -> Result<GcsObject> {
+        let mut resource = serde_json::json!({ "contentType": "application/octet-stream" });
+        if !metadata.is_empty() {
+            resource["metadata"] = serde_json::to_value(metadata).unwrap_or_default();
+        }
+        let req = serde_json::json!({
+            "sourceObjects": sources.iter().map(|s| serde_json::json!({"name": s})).collect::<Vec<_>>(),
+            "destination": resource,
+        });
+        let resp = self
+            .request(
+                Method::POST,
+                format!("{}/compose", self.object_url(&self.bucket, dest)),
+                &[("content-type", "application/json".to_string())],
+                Bytes::from(req.to_string()),
+                target,
+                "compose",
+            )
+            .await?;
+        self.json(resp, target, "compose").await
+    }
+
+    /// Deletes every temporary object of `upload_id`.
+    async fn delete_upload_objects(&self, upload_id: &str) -> Result<()> {
+        let prefix = format!("{UPLOADS_PREFIX}{upload_id}/");
+        let names: Vec<String> = self
+            .list_raw(&prefix, None)
+            .map_ok(|o| o.name)
+            .try_collect()
+            .await?;
+        futures::stream::iter(names)
+            .map(|n| async move { self.delete(&n).await })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+}
+
+/// A 404 from `objects.list` can only mean the bucket (emulators do not always say so).
+fn bucket_missing(e: Error) -> Error {
+    if e.kind != ErrorKind::NotFound {
+        return e;
+    }
+    Error::new(
+        ErrorKind::BucketNotFound,
+        format!(
+            "{}: the bucket does not exist (check the bucket name and the endpoint)",
+            e.message.split(": ").next().unwrap_or("")
+        ),
+    )
+}
+
+/// GCS's JSON error: `{"error": {"code": 404, "message": "...", "errors": [{"reason": "notFound"}]}}`.
+fn error_detail(text: &[u8]) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(text).unwrap_or_default();
+    let e = &v["error"];
+    let reason = e["errors"][0]["reason"].as_str().unwrap_or("").to_string();
+    let message = e["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(text).trim().to_string());
+    (reason, message)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListPage {
+    #[serde(default)]
+    items: Vec<GcsObject>,
+    next_page_token: Option<String>,
+}
+
+/// The parts of an object resource skyhaul uses. Numbers are JSON strings in this API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GcsObject {
+    name: String,
+    #[serde(default)]
+    size: String,
+    updated: Option<String>,
+    md5_hash: Option<String>,
+    crc32c: Option<String>,
+    generation: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+impl GcsObject {
+    fn md5(&self) -> Option<[u8; 16]> {
+        decode_md5(self.md5_hash.as_deref()?)
+    }
+
+    fn crc32c(&self) -> Option<u32> {
+        let b = B64.decode(self.crc32c.as_deref()?).ok()?;
+        Some(u32::from_be_bytes(b.try_into().ok()?))
+    }
+
+    fn meta(self) -> ObjectMeta {
+        let etag = version_tag(self.md5(), self.generation.as_deref());
+        let mut m = ObjectMeta::new(self.name, self.size.parse().unwrap_or(0));
+        m.mtime = self
+            .updated
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(std::time::SystemTime::from);
+        m.etag = etag;
+        m.metadata = self.metadata;
+        m
+    }
+}
+
+fn decode_md5(b64: &str) -> Option<[u8; 16]> {
+    B64.decode(b64).ok()?.try_into().ok()
+}
+
+/// The ETag skyhaul gives a GCS object: its MD5 in hex, else `g<generation>`.
+fn version_tag(md5: Option<[u8; 16]>, generation: Option<&str>) -> Option<String> {
+    md5.map(hex::encode)
+        .or_else(|| generation.map(|g| format!("g{g}")))
+}
+
+/// `x-goog-hash: crc32c=…,md5=…` (whole-object hashes, also on ranged reads).
+fn goog_hash(headers: &http::HeaderMap) -> (Option<[u8; 16]>, Option<u32>) {
+    let mut md5 = None;
+    let mut crc = None;
+    for v in headers.get_all("x-goog-hash") {
+        for part in v.to_str().unwrap_or("").split(',') {
+            match part.trim().split_once('=') {
+                Some(("md5", b)) => md5 = decode_md5(b.trim()),
+                Some(("crc32c", b)) => {
+                    crc = B64
+                        .decode(b.trim())
+                        .ok()
+                        .and_then(|b| b.try_into().ok())
+                        .map(u32::from_be_bytes)
+                }
+                _ => {}
+            }
+        }
+    }
+    (md5, crc)
+}
+
+fn is_listable(key: &str, prefix: &str) -> bool {
+    !key.ends_with('/') && (prefix.starts_with(UPLOADS_PREFIX) || !key.starts_with(UPLOADS_PREFIX))
+}
+
+#[async_trait::async_trait]
+impl Store for GcsStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            // Composed parts have no minimum size; 1 MiB keeps the object count sane.
+            min_part_size: 1 << 20,
+            max_part_size: 5 << 30,
+            // Two levels of 32-way compose.
+            max_parts: (COMPOSE_MAX * COMPOSE_MAX) as u32,
+            max_single_put: 5 << 30,
+        }
+    }
+
+    /// ETags are content MD5s where GCS has one (see the module documentation).
+    fn etags_are_md5(&self) -> bool {
+        true
+    }
+
+    async fn preflight(&self, _for_write: bool) -> Result<()> {
+        let url = format!("{}?maxResults=1", self.bucket_url());
+        let resp = self
+            .request(Method::GET, url, &[], Bytes::new(), &self.name, "list")
+            .await?;
+        self.ok(resp, &self.name, "list")
+            .await
+            .map(|_| ())
+            .map_err(bucket_missing)
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<ObjectMeta>> {
+        let mut last: Option<String> = None;
+        let target = self.target(prefix);
+        self.list_raw(prefix, start_after)
+            .try_filter(move |o| {
+                let keep = is_listable(&o.name, prefix) && Some(o.name.as_str()) != start_after;
+                async move { keep }
+            })
+            .and_then(move |o| {
+                // The engine merge-joins listings: an out-of-order one must fail, not mislead.
+                let res = if last.as_deref().is_some_and(|l| l >= o.name.as_str()) {
+                    Err(Error::new(
+                        ErrorKind::Other,
+                        format!("{target}: list: the server listed '{}' out of order", o.name),
+                    ))
+                } else {
+                    last = Some(o.name.clone());
+                    Ok(o.meta())
+                };
+                async move { res }
+            })
+            .boxed()
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let target = self.target(key);
+        let resp = self
+            .request(
+                Method::GET,
+                self.object_url(&self.bucket, key),
+                &[],
+                Bytes::new(),
+                &target,
+                "head",
+            )
+            .await?;
+        match self.json::<GcsObject>(resp, &target, "head").await {
+            Ok(o) => Ok(Some(o.meta())),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        expect: Option<&ObjectMeta>,
+    ) -> Result<Fetched> {
+        let target = self.target(key);
+        let mut url = format!("{}?alt=media", self.object_url(&self.bucket, key));
+        let expected_generation = expect
+            .and_then(|e| e.etag.as_deref())
+            .and_then(|t| t.strip_prefix('g'));
+        if let Some(g) = expected_generation {
+            url.push_str(&format!("&ifGenerationMatch={g}"));
+        }
+        let mut headers = Vec::new();
+        if let Some(r) = &range {
+            if r.is_empty() {
+                return Ok(Fetched::default());
+            }
+            headers.push(("range", format!("bytes={}-{}", r.start, r.end - 1)));
+        }
+        let resp = self
+            .request(Method::GET, url, &headers, Bytes::new(), &target, "get")
+            .await?;
+        let resp = self.ok(resp, &target, "get").await?;
+        let (md5, crc) = goog_hash(resp.headers());
+        let generation = header(resp.headers(), "x-goog-generation").map(str::to_string);
+        let ranged_reply = resp.status() == StatusCode::PARTIAL_CONTENT;
+        let total = header(resp.headers(), "content-range")
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|t| t.parse::<u64>().ok());
+        let version = version_tag(md5, generation.as_deref());
+        if let Some(exp) = expect {
+            let expected_md5 = exp.etag.as_deref().and_then(|t| {
+                hex::decode(t)
+                    .ok()
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            });
+            let md5_changed = matches!((expected_md5, md5), (Some(a), Some(b)) if a != b);
+            if md5_changed || total.is_some_and(|t| t != exp.size) {
+                return Err(Error::new(
+                    ErrorKind::SourceChanged,
+                    format!("{target}: object changed while it was being copied"),
+                ));
+            }
+        }
+        let mut data = body(resp, &target, "get").await?;
+        if let Some(r) = &range {
+            let want = r.end - r.start;
+            if !ranged_reply && data.len() as u64 >= r.end && data.len() as u64 != want {
+                data = data.slice(r.start as usize..r.end as usize);
+            }
+            if data.len() as u64 != want {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "{target}: get: expected {want} bytes, received {} (truncated)",
+                        data.len()
+                    ),
+                ));
+            }
+        }
+        // A whole-object read is checked against the CRC32C GCS keeps for every object.
+        let whole = !ranged_reply || range.as_ref().is_some_and(|r| Some(r.end - r.start) == total);
+        if let (true, Some(want)) = (whole, crc) {
+            if crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, &data) as u32 != want {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("{target}: get: the bytes read do not match the object's CRC32C"),
+                ));
+            }
+        }
+        Ok(Fetched {
+            data,
+            etag: version,
+        })
+    }
+
+    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<Written> {
+        let obj = self
+            .upload(key, body.data, body.md5, &opts.metadata, "put")
+            .await?;
+        Ok(Written {
+            etag: obj.meta().etag,
+        })
+    }
+
+    async fn create_multipart(&self, key: &str, _opts: &PutOptions) -> Result<MultipartUpload> {
+        Ok(MultipartUpload {
+            key: key.to_string(),
+            upload_id: format!("{:032x}", rand::random::<u128>()),
+        })
+    }
+
+    async fn put_part(
+        &self,
+        upload: &MultipartUpload,
+        part: PartSpec,
+        body: Payload,
+    ) -> Result<CompletedPart> {
+        let obj = self
+            .upload(
+                &Self::part_name(upload, part.number),
+                body.data,
+                body.md5,
+                &BTreeMap::new(),
+                &format!("upload part {} of '{}'", part.number, upload.key),
+            )
+            .await?;
+        Ok(CompletedPart {
+            number: part.number,
+            len: part.len,
+            etag: version_tag(obj.md5(), obj.generation.as_deref()).unwrap_or_default(),
+        })
+    }
+
+    async fn complete_multipart(
+        &self,
+        upload: &MultipartUpload,
+        parts: &[CompletedPart],
+        opts: &PutOptions,
+    ) -> Result<Written> {
+        let target = self.target(&upload.key);
+        // The parts as stored: they must be exactly the ones the caller completes, and
+        // their CRC32Cs say what the composite's must be.
+        let prefix = format!("{UPLOADS_PREFIX}{}/", upload.upload_id);
+        let stored: BTreeMap<String, GcsObject> = self
+            .list_raw(&prefix, None)
+            .map_ok(|o| (o.name.clone(), o))
+            .try_collect()
+            .await?;
+        let mut names = Vec::with_capacity(parts.len());
+        let mut crc: Option<u32> = None;
+        for p in parts {
+            let name = Self::part_name(upload, p.number);
+            let Some(o) = stored.get(&name) else {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "{target}: complete: part {} is missing (the upload was aborted?)",
+                        p.number
+                    ),
+                ));
+            };
+            let size: u64 = o.size.parse().unwrap_or(0);
+            if size != p.len {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "{target}: complete: part {} has {size} bytes, expected {}",
+                        p.number, p.len
+                    ),
+                ));
+            }
+            crc = match (crc, o.crc32c()) {
+                (None, c) if names.is_empty() => c,
+                (Some(a), Some(b)) => Some(crc_fast::checksum_combine(
+                    CrcAlgorithm::Crc32Iscsi,
+                    a as u64,
+                    b as u64,
+                    size,
+                ) as u32),
+                _ => None,
+            };
+            names.push(name);
+        }
+        if names.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!("{target}: complete: no parts"),
+            ));
+        }
+        // Compose in a tree: groups of 32 into intermediates until one compose is left.
+        let mut level = 0;
+        while names.len() > COMPOSE_MAX {
+            let groups: Vec<(usize, Vec<String>)> = names
+                .chunks(COMPOSE_MAX)
+                .map(|c| c.to_vec())
+                .enumerate()
+                .collect();
+            let no_meta = BTreeMap::new();
+            names = futures::stream::iter(groups)
+                .map(|(i, group)| {
+                    let dest = format!(
+                        "{UPLOADS_PREFIX}{}/c{level}-{i:05}",
+                        upload.upload_id
+                    );
+                    let (target, no_meta) = (&target, &no_meta);
+                    async move {
+                        self.compose(&group, &dest, no_meta, target).await?;
+                        Ok::<_, Error>(dest)
+                    }
+                })
+                .buffered(8)
+                .try_collect()
+                .await?;
+            level += 1;
+        }
+        let obj = self
+            .compose(&names, &upload.key, &opts.metadata, &target)
+            .await?;
+        if let (Some(want), Some(got)) = (crc, obj.crc32c()) {
+            if want != got {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "{target}: complete: the composed object's CRC32C {got:08x} is not \
+                         that of its parts ({want:08x})"
+                    ),
+                ));
+            }
+        }
+        if let Err(e) = self.delete_upload_objects(&upload.upload_id).await {
+            tracing::warn!("{target}: temporary parts were not all deleted: {e}");
+        }
+        Ok(Written {
+            etag: obj.meta().etag,
+        })
+    }
+
+    async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {
+        self.delete_upload_objects(&upload.upload_id).await
+    }
+
+    fn copy_domain(&self) -> Option<String> {
+        Some(self.domain.clone())
+    }
+
+    fn container(&self) -> &str {
+        &self.bucket
+    }
+
+    fn copies_whole_objects(&self) -> bool {
+        true
+    }
+
+    async fn copy_object(
+        &self,
+        src_container: &str,
+        src: &ObjectMeta,
+        dst_key: &str,
+        _opts: &PutOptions,
+    ) -> Result<()> {
+        let target = self.target(dst_key);
+        let what = format!("server-side copy from gs://{src_container}/{}", src.key);
+        let mut url = format!(
+            "{}/rewriteTo/b/{}/o/{}?projection=noAcl",
+            self.object_url(src_container, &src.key),
+            utf8_percent_encode(&self.bucket, SEGMENT),
+            utf8_percent_encode(dst_key, SEGMENT)
+        );
+        if let Some(g) = src.etag.as_deref().and_then(|t| t.strip_prefix('g')) {
+            url.push_str(&format!("&ifSourceGenerationMatch={g}"));
+        }
+        let mut token: Option<String> = None;
+        loop {
+            let mut u = url.clone();
+            if let Some(t) = &token {
+                u.push_str(&format!("&rewriteToken={}", utf8_percent_encode(t, SEGMENT)));
+            }
+            let resp = self
+                .request(
+                    Method::POST,
+                    u,
+                    &[("content-type", "application/json".to_string())],
+                    Bytes::from_static(b"{}"),
+                    &target,
+                    &what,
+                )
+                .await?;
+            let r: Rewrite = self.json(resp, &target, &what).await?;
+            if r.done {
+                let copied = r.resource.map(GcsObject::meta);
+                // The copy is of the listed version, or it is a changed source.
+                let changed = copied.as_ref().is_some_and(|c| {
+                    c.size != src.size
+                        || (src.etag.as_deref().is_some_and(|t| t.len() == 32)
+                            && c.etag != src.etag)
+                });
+                if changed {
+                    return Err(Error::new(
+                        ErrorKind::SourceChanged,
+                        format!("{target}: {what}: the source changed while it was being copied"),
+                    ));
+                }
+                return Ok(());
+            }
+            token = r.rewrite_token;
+            if token.is_none() {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!("{target}: {what}: unfinished rewrite without a token"),
+                ));
+            }
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let target = self.target(key);
+        let resp = self
+            .request(
+                Method::DELETE,
+                self.object_url(&self.bucket, key),
+                &[],
+                Bytes::new(),
+                &target,
+                "delete",
+            )
+            .await?;
+        match self.ok(resp, &target, "delete").await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Rewrite {
+    #[serde(default)]
+    done: bool,
+    rewrite_token: Option<String>,
+    resource: Option<GcsObject>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_tags() {
+        let md5 = [0xab; 16];
+        assert_eq!(
+            version_tag(Some(md5), Some("7")).unwrap(),
+            "ab".repeat(16)
+        );
+        assert_eq!(version_tag(None, Some("7")).unwrap(), "g7");
+        assert_eq!(version_tag(None, None), None);
+    }
+
+    #[test]
+    fn goog_hash_header() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-goog-hash",
+            "crc32c=mnG7TA==,md5=XUFAKrxLKna5cZ2REBfFkg==".parse().unwrap(),
+        );
+        let (md5, crc) = goog_hash(&h);
+        assert_eq!(hex::encode(md5.unwrap()), "5d41402abc4b2a76b9719d911017c592");
+        assert_eq!(
+            crc.unwrap(),
+            crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, b"hello") as u32
+        );
+    }
+
+    #[test]
+    fn temporary_parts_are_not_listed() {
+        assert!(!is_listable(".skyhaul-uploads/abc/00001", ""));
+        assert!(is_listable(".skyhaul-uploads/abc/00001", ".skyhaul-uploads/"));
+        assert!(!is_listable("dir/", ""));
+        assert!(is_listable("dir/x", ""));
+    }
+}

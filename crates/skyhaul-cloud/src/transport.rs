@@ -1,0 +1,226 @@
+//! The HTTP plumbing both backends share: one client per store, sending a request, reading
+//! a body, and turning failures into the [`ErrorKind`]s the engine acts on.
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http::{HeaderMap, StatusCode};
+use object_store::client::{
+    ClientOptions, HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest,
+    HttpResponse, ReqwestConnector,
+};
+use skyhaul_store::{Error, ErrorKind, Result};
+use std::time::Duration;
+
+/// A client for one store. The engine retries (and counts retries) uniformly for every
+/// backend, so this client never retries by itself.
+pub(crate) fn client() -> Result<HttpClient> {
+    let options = ClientOptions::new()
+        .with_allow_http(true)
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(300))
+        .with_pool_max_idle_per_host(256);
+    ReqwestConnector::default()
+        .connect(&options)
+        .map_err(|e| Error::new(ErrorKind::Other, format!("HTTP client: {e}")))
+}
+
+/// How a provider names its containers in messages and hints.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Provider {
+    /// "bucket" or "container".
+    pub container_word: &'static str,
+    /// Where credentials come from, for the access-denied hint.
+    pub credentials_hint: &'static str,
+}
+
+/// A response, or the error it amounts to. `target` names the store and key (never a URL,
+/// which may carry a SAS token).
+pub(crate) async fn send(
+    client: &HttpClient,
+    req: HttpRequest,
+    target: &str,
+    what: &str,
+) -> Result<HttpResponse> {
+    client
+        .execute(req)
+        .await
+        .map_err(|e| transport_error(&e, target, what))
+}
+
+/// A failure before any HTTP status arrived.
+pub(crate) fn transport_error(e: &HttpError, target: &str, what: &str) -> Error {
+    let text = redact(&chain(e));
+    match e.kind() {
+        HttpErrorKind::Connect => Error::new(
+            ErrorKind::Unreachable,
+            format!(
+                "{target}: {what}: cannot reach the endpoint: {text} \
+                 (is the endpoint URL right and the server up?)"
+            ),
+        ),
+        HttpErrorKind::Timeout => {
+            Error::new(ErrorKind::Transient, format!("{target}: {what}: timed out"))
+        }
+        _ => Error::new(
+            ErrorKind::Transient,
+            format!("{target}: {what}: connection failed: {text}"),
+        ),
+    }
+}
+
+/// Reads a whole response body; a body cut short is worth retrying.
+pub(crate) async fn body(resp: HttpResponse, target: &str, what: &str) -> Result<Bytes> {
+    let mut buf = BytesMut::new();
+    let mut stream = resp.into_body().bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            Error::new(
+                ErrorKind::Transient,
+                format!(
+                    "{target}: {what}: body interrupted: {}",
+                    redact(&chain(&e))
+                ),
+            )
+        })?;
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The error an unsuccessful status means. `code` is the provider's error code (Azure's
+/// `x-ms-error-code`, GCS's `reason`) and `message` its text, both possibly empty.
+pub(crate) fn status_error(
+    provider: Provider,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    target: &str,
+    what: &str,
+) -> Error {
+    let container_missing = matches!(code, "ContainerNotFound" | "BucketNotFound")
+        || message.contains("bucket does not exist")
+        || message.contains("Bucket not found")
+        || message.contains("bucket not found");
+    let (kind, hint) = match status.as_u16() {
+        404 if container_missing => (
+            ErrorKind::BucketNotFound,
+            format!(
+                " (check the {} name, the account and the endpoint)",
+                provider.container_word
+            ),
+        ),
+        404 => (ErrorKind::NotFound, String::new()),
+        401 | 403 => (
+            ErrorKind::AccessDenied,
+            format!(
+                " (check the credentials and their permissions: {})",
+                provider.credentials_hint
+            ),
+        ),
+        412 => (
+            ErrorKind::SourceChanged,
+            " (the object changed while it was being copied)".to_string(),
+        ),
+        409 => (ErrorKind::Conflict, String::new()),
+        429 | 503 => (ErrorKind::Throttled, String::new()),
+        408 | 500..=599 => (ErrorKind::Transient, String::new()),
+        // Checksum mismatches (Azure Md5Mismatch, GCS "Provided MD5 hash ... doesn't match")
+        // are bodies corrupted on the way: worth sending again.
+        400 if code.contains("Md5Mismatch") || message.contains("hash") => {
+            (ErrorKind::Corrupt, String::new())
+        }
+        _ => (ErrorKind::Other, String::new()),
+    };
+    let detail = match (code.is_empty(), message.is_empty()) {
+        (true, true) => format!("HTTP {}", status.as_u16()),
+        (true, false) => format!("HTTP {}: {}", status.as_u16(), first_line(message)),
+        (false, true) => code.to_string(),
+        (false, false) => format!("{code}: {}", first_line(message)),
+    };
+    Error::new(kind, format!("{target}: {what}: {}{hint}", redact(&detail)))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("").trim()
+}
+
+/// A header's value as text.
+pub(crate) fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The error and its causes on one line, each cause once.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+/// Cuts the query string off every URL in `text`: Azure SAS tokens travel in the query, and
+/// transport errors print the URL they failed on. Secrets never reach a message or a log.
+pub(crate) fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_query = false;
+    for c in text.chars() {
+        if in_query {
+            if c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>' | ',') {
+                in_query = false;
+                out.push(c);
+            }
+            continue;
+        }
+        if c == '?' {
+            in_query = true;
+            out.push_str("?…");
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_drops_query_strings() {
+        let t = "error sending request for url (http://h:1/c/b?sv=2022&sig=SECRET%2B) and ?x=1";
+        let r = redact(t);
+        assert!(!r.contains("SECRET") && !r.contains("x=1"), "{r}");
+        assert!(r.contains("http://h:1/c/b?…)"), "{r}");
+    }
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        let p = Provider {
+            container_word: "bucket",
+            credentials_hint: "x",
+        };
+        let kind = |s: u16, code: &str, msg: &str| {
+            status_error(p, StatusCode::from_u16(s).unwrap(), code, msg, "t", "w").kind
+        };
+        assert_eq!(kind(404, "ContainerNotFound", ""), ErrorKind::BucketNotFound);
+        assert_eq!(
+            kind(404, "", "The specified bucket does not exist."),
+            ErrorKind::BucketNotFound
+        );
+        assert_eq!(kind(404, "BlobNotFound", ""), ErrorKind::NotFound);
+        assert_eq!(kind(403, "AuthenticationFailed", ""), ErrorKind::AccessDenied);
+        assert_eq!(kind(401, "", ""), ErrorKind::AccessDenied);
+        assert_eq!(kind(412, "ConditionNotMet", ""), ErrorKind::SourceChanged);
+        assert_eq!(kind(503, "ServerBusy", ""), ErrorKind::Throttled);
+        assert_eq!(kind(429, "", ""), ErrorKind::Throttled);
+        assert_eq!(kind(500, "", ""), ErrorKind::Transient);
+        assert_eq!(kind(400, "Md5Mismatch", ""), ErrorKind::Corrupt);
+        assert_eq!(kind(400, "InvalidHeaderValue", ""), ErrorKind::Other);
+    }
+}
