@@ -3,16 +3,31 @@
 //! A local location becomes a store rooted at the directory the transfer may touch, so
 //! that no key can address anything outside it (see `skyhaul_location::local_relative_path`).
 
+use skyhaul_cloud::{AzureOptions, AzureStore, GcsOptions, GcsStore};
 use skyhaul_location::{Location, Scheme};
 use skyhaul_s3::{S3Options, S3Store};
 use skyhaul_store::{Error, ErrorKind, LocalStore, Result, Store};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Endpoint and credentials of one side of a transfer.
+/// Endpoint and credentials of one side of a transfer, for each kind of store it may be.
 #[derive(Debug, Clone, Default)]
 pub struct SideOptions {
     pub s3: S3Options,
+    pub gcs: GcsOptions,
+    pub azure: AzureOptions,
+}
+
+impl SideOptions {
+    /// The custom endpoint this side uses for `scheme`, if any.
+    fn endpoint(&self, scheme: Scheme) -> Option<&str> {
+        match scheme {
+            Scheme::S3 => self.s3.endpoint.as_deref(),
+            Scheme::Gcs => self.gcs.endpoint.as_deref(),
+            Scheme::Azure => self.azure.endpoint.as_deref(),
+            Scheme::Local => None,
+        }
+    }
 }
 
 /// A store plus the key (single object) or prefix (recursive) the user named in it.
@@ -30,6 +45,10 @@ pub struct Endpoint {
 async fn open_bucket(loc: &Location, side: &SideOptions) -> Result<Endpoint> {
     let store: Arc<dyn Store> = match loc.scheme {
         Scheme::S3 => Arc::new(S3Store::connect(&side.s3, &loc.bucket).await?),
+        Scheme::Gcs => Arc::new(GcsStore::connect(&side.gcs, &loc.bucket).await?),
+        Scheme::Azure => Arc::new(
+            AzureStore::connect(&side.azure, loc.account.as_deref(), &loc.bucket).await?,
+        ),
         Scheme::Local => unreachable!("local locations are opened by directory"),
     };
     Ok(Endpoint {
@@ -51,7 +70,7 @@ fn local(root: &Path, path: String, display: String) -> Endpoint {
 }
 
 fn locator(loc: &Location, side: &SideOptions) -> String {
-    match &side.s3.endpoint {
+    match side.endpoint(loc.scheme) {
         Some(e) => format!("{loc} at {e}"),
         None => loc.to_string(),
     }

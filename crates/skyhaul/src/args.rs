@@ -8,11 +8,16 @@ use clap::{Args, Parser, Subcommand};
     name = "skyhaul",
     version,
     about = "Fast, verifiable, resumable bulk data transfer between object stores and file systems",
-    after_help = "Locations: s3://BUCKET/PREFIX, /abs/path, ./rel/path, file:///abs/path,\n\
+    after_help = "Locations: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX,\n\
+https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX, /abs/path, ./rel/path, file:///abs/path,\n\
 REMOTE:BUCKET/PREFIX (a remote from `skyhaul config` or an rclone.conf)\n\
 Credentials per side: --src-profile/--dst-profile, or SKYHAUL_SRC_ACCESS_KEY_ID,\n\
 SKYHAUL_SRC_SECRET_ACCESS_KEY, SKYHAUL_SRC_SESSION_TOKEN (and the same with DST),\n\
-falling back to the standard AWS environment and profile chain."
+falling back to the standard AWS environment and profile chain.\n\
+GCS: --src-gcs-service-account, else application-default credentials; STORAGE_EMULATOR_HOST.\n\
+Azure: --src-azure-key / -sas / -connection-string (or SKYHAUL_SRC_AZURE_*), else\n\
+AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY, Entra ID.\n\
+--src-endpoint/--dst-endpoint point any kind at another endpoint or an emulator."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -272,7 +277,7 @@ pub struct VerifyArgs {
 /// Where each side is and how to sign in there.
 #[derive(Debug, Args)]
 pub struct EndpointArgs {
-    /// Endpoint URL of the source store (any S3-compatible service)
+    /// Endpoint URL of the source store (an S3-compatible service, a GCS or Azure Blob endpoint or emulator)
     #[arg(long, env = "SKYHAUL_SRC_ENDPOINT")]
     pub src_endpoint: Option<String>,
     /// Endpoint URL of the destination store
@@ -293,6 +298,44 @@ pub struct EndpointArgs {
     /// rclone.conf to resolve NAME:bucket/path remotes from [default: rclone's own, $RCLONE_CONFIG]
     #[arg(long, value_name = "PATH")]
     pub rclone_config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+/// GCS and Azure credentials per side. Secrets are best given by environment variable:
+/// flags show in the process list. Their values are never printed (not even by --help).
+#[derive(Debug, Args, Default)]
+pub struct CloudArgs {
+    /// Google service-account JSON key file for a gs:// source [default: application-default credentials]
+    #[arg(long, env = "SKYHAUL_SRC_GCS_SERVICE_ACCOUNT", value_name = "FILE")]
+    pub src_gcs_service_account: Option<std::path::PathBuf>,
+    /// Google service-account JSON key file for a gs:// destination
+    #[arg(long, env = "SKYHAUL_DST_GCS_SERVICE_ACCOUNT", value_name = "FILE")]
+    pub dst_gcs_service_account: Option<std::path::PathBuf>,
+    /// Azure storage account of an az:// source
+    #[arg(long, env = "SKYHAUL_SRC_AZURE_ACCOUNT", value_name = "NAME")]
+    pub src_azure_account: Option<String>,
+    /// Azure storage account of an az:// destination
+    #[arg(long, env = "SKYHAUL_DST_AZURE_ACCOUNT", value_name = "NAME")]
+    pub dst_azure_account: Option<String>,
+    /// Azure account key of the source
+    #[arg(long, env = "SKYHAUL_SRC_AZURE_KEY", hide_env_values = true, value_name = "KEY")]
+    pub src_azure_key: Option<String>,
+    /// Azure account key of the destination
+    #[arg(long, env = "SKYHAUL_DST_AZURE_KEY", hide_env_values = true, value_name = "KEY")]
+    pub dst_azure_key: Option<String>,
+    /// Azure SAS token of the source
+    #[arg(long, env = "SKYHAUL_SRC_AZURE_SAS", hide_env_values = true, value_name = "TOKEN")]
+    pub src_azure_sas: Option<String>,
+    /// Azure SAS token of the destination
+    #[arg(long, env = "SKYHAUL_DST_AZURE_SAS", hide_env_values = true, value_name = "TOKEN")]
+    pub dst_azure_sas: Option<String>,
+    /// Azure connection string of the source
+    #[arg(long, env = "SKYHAUL_SRC_AZURE_CONNECTION_STRING", hide_env_values = true, value_name = "STRING")]
+    pub src_azure_connection_string: Option<String>,
+    /// Azure connection string of the destination
+    #[arg(long, env = "SKYHAUL_DST_AZURE_CONNECTION_STRING", hide_env_values = true, value_name = "STRING")]
+    pub dst_azure_connection_string: Option<String>,
 }
 
 #[derive(Debug, Args)]

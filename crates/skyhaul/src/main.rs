@@ -116,7 +116,9 @@ fn side_options(
     profile: Option<String>,
     region: Option<String>,
     remote: Option<&remotes::ResolvedRemote>,
+    cloud: &args::CloudArgs,
 ) -> SideOptions {
+    let (gcs, azure) = settings::cloud_options(side, endpoint.clone(), cloud);
     let var = |name: &str| {
         std::env::var(format!("SKYHAUL_{side}_{name}"))
             .ok()
@@ -148,6 +150,8 @@ fn side_options(
             session_token,
             path_style: None,
         },
+        gcs,
+        azure,
     }
 }
 
@@ -180,6 +184,7 @@ async fn open_both(
         e.src_profile.clone(),
         e.src_region.clone(),
         src_remote.as_ref(),
+        &e.cloud,
     );
     let dst_side = side_options(
         "DST",
@@ -187,6 +192,7 @@ async fn open_both(
         e.dst_profile.clone(),
         e.dst_region.clone(),
         dst_remote.as_ref(),
+        &e.cloud,
     );
     let src = open_source(&src_loc, &src_side, recursive)
         .await

@@ -4,10 +4,11 @@
 //! (`SKYHAUL_*`) > config file (`skyhaul config`) > built-in default**. The flags therefore
 //! carry no clap defaults; the defaults live here.
 
-use crate::args::{FilterArgs, TransferArgs, VerifyArg};
+use crate::args::{CloudArgs, FilterArgs, TransferArgs, VerifyArg};
 use crate::config::Config;
 use crate::exit::{self, CliError};
 use crate::size::{Rate, Size};
+use skyhaul_cloud::{AzureOptions, GcsOptions};
 use skyhaul_engine::filter::parse_age_or_time;
 use skyhaul_engine::{Filter, FilterBuilder, VerifyMode};
 use std::str::FromStr;
@@ -147,6 +148,60 @@ pub fn journal_path(flag: Option<&std::path::Path>, config: &Config) -> Option<s
         return None;
     }
     config.journal()
+}
+
+/// One side's GCS and Azure options from its flags (clap has already applied the
+/// `SKYHAUL_{SIDE}_*` variables); `endpoint` is the side's `--src/dst-endpoint`, which
+/// serves every kind of store. The providers' own variables (`STORAGE_EMULATOR_HOST`,
+/// `AZURE_STORAGE_*`, `GOOGLE_APPLICATION_CREDENTIALS`) are read by the backends.
+pub fn cloud_options(
+    side: &str,
+    endpoint: Option<String>,
+    c: &CloudArgs,
+) -> (GcsOptions, AzureOptions) {
+    let src = side == "SRC";
+    let pick = |s: &Option<String>, d: &Option<String>| if src { s.clone() } else { d.clone() };
+    let gcs = GcsOptions {
+        endpoint: endpoint.clone(),
+        service_account: if src {
+            c.src_gcs_service_account.clone()
+        } else {
+            c.dst_gcs_service_account.clone()
+        },
+    };
+    let azure = AzureOptions {
+        endpoint,
+        account: pick(&c.src_azure_account, &c.dst_azure_account),
+        key: pick(&c.src_azure_key, &c.dst_azure_key),
+        sas: pick(&c.src_azure_sas, &c.dst_azure_sas),
+        connection_string: pick(
+            &c.src_azure_connection_string,
+            &c.dst_azure_connection_string,
+        ),
+    };
+    (gcs, azure)
+}
+
+/// The same from the `SKYHAUL_{SIDE}_*` variables alone, for commands without the flags
+/// (`clean`).
+pub fn cloud_options_from_env(side: &str, endpoint: Option<String>) -> (GcsOptions, AzureOptions) {
+    let var = |name: &str| env(&format!("SKYHAUL_{side}_{name}"));
+    let mut c = CloudArgs::default();
+    let (sa, account, key, sas, cs) = (
+        var("GCS_SERVICE_ACCOUNT").map(Into::into),
+        var("AZURE_ACCOUNT"),
+        var("AZURE_KEY"),
+        var("AZURE_SAS"),
+        var("AZURE_CONNECTION_STRING"),
+    );
+    if side == "SRC" {
+        (c.src_gcs_service_account, c.src_azure_account, c.src_azure_key, c.src_azure_sas, c.src_azure_connection_string) =
+            (sa, account, key, sas, cs);
+    } else {
+        (c.dst_gcs_service_account, c.dst_azure_account, c.dst_azure_key, c.dst_azure_sas, c.dst_azure_connection_string) =
+            (sa, account, key, sas, cs);
+    }
+    cloud_options(side, endpoint, &c)
 }
 
 /// Builds the filter, and the stable description of it that goes into the transfer's

@@ -67,6 +67,26 @@ const SETTINGS_ENV: [&str; 15] = [
     "SKYHAUL_VERIFY",
 ];
 
+/// GCS and Azure settings, the providers' and skyhaul's, removed like [`SETTINGS_ENV`].
+const CLOUD_ENV: [&str; 16] = [
+    "STORAGE_EMULATOR_HOST",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "SKYHAUL_SRC_GCS_SERVICE_ACCOUNT",
+    "SKYHAUL_DST_GCS_SERVICE_ACCOUNT",
+    "SKYHAUL_SRC_AZURE_ACCOUNT",
+    "SKYHAUL_DST_AZURE_ACCOUNT",
+    "SKYHAUL_SRC_AZURE_KEY",
+    "SKYHAUL_DST_AZURE_KEY",
+    "SKYHAUL_SRC_AZURE_SAS",
+    "SKYHAUL_DST_AZURE_SAS",
+    "SKYHAUL_SRC_AZURE_CONNECTION_STRING",
+    "SKYHAUL_DST_AZURE_CONNECTION_STRING",
+];
+
 /// [`skyhaul`] with extra environment variables (set last, so they win). Without them the
 /// config file is one that does not exist, so the user's own config never leaks in.
 pub fn skyhaul_env(
@@ -111,6 +131,8 @@ pub fn test_env(
         set("AWS_EC2_METADATA_DISABLED", "true"),
         set("SKYHAUL_JOURNAL", &test_journal().to_string_lossy()),
     ]);
+    // Nor the developer's GCS and Azure settings (and so never a cloud metadata server).
+    vars.extend(CLOUD_ENV.iter().map(|v| (v.to_string(), None)));
     for (side, server) in [("SRC", src), ("DST", dst)] {
         if let Some(s) = server {
             vars.extend(s.env_for(side).into_iter().map(|(k, v)| (k, Some(v))));
