@@ -620,7 +620,8 @@ impl Store for S3Store {
         dst_key: &str,
         _opts: &PutOptions,
     ) -> Result<()> {
-        self.client
+        let out = self
+            .client
             .copy_object()
             .bucket(&self.bucket)
             .key(dst_key)
@@ -635,6 +636,23 @@ impl Store for S3Store {
                     &format!("server-side copy from s3://{src_container}/{}", src.key),
                 )
             })?;
+        // Servers that ignore x-amz-copy-source-if-match (rclone serve s3, moto) still say
+        // what they copied: a content-MD5 ETag other than the listed one is a changed source.
+        let copied = etag(out.copy_object_result().and_then(|r| r.e_tag()));
+        let is_md5 = |t: &str| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit());
+        if let (Some(listed), Some(copied)) = (src.etag.as_deref(), copied.as_deref()) {
+            if is_md5(listed) && is_md5(copied) && !listed.eq_ignore_ascii_case(copied) {
+                return Err(Error::new(
+                    ErrorKind::SourceChanged,
+                    format!(
+                        "{}: server-side copy from s3://{src_container}/{}: the source changed \
+                         while it was being copied",
+                        self.target(dst_key),
+                        src.key
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
