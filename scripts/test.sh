@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs the real servers the integration tests
-# start (s3s-fs, rclone serve s3, moto), checks formatting and lints, runs every test.
+# start (s3s-fs, rclone serve s3, moto, Azurite, fake-gcs-server), checks formatting and lints,
+# runs every test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
