@@ -806,6 +806,13 @@ impl Store for GcsStore {
         self.delete_upload_objects(&upload.upload_id).await
     }
 
+    /// Creating an upload leaves nothing on the server here (parts appear only once they are
+    /// sent, and the engine journals the upload before that), so an upload whose id was lost
+    /// has nothing to abort.
+    async fn list_uploads(&self, _prefix: &str) -> Result<Vec<MultipartUpload>> {
+        Ok(Vec::new())
+    }
+
     fn copy_domain(&self) -> Option<String> {
         Some(self.domain.clone())
     }
