@@ -56,7 +56,8 @@ const QUERY: &AsciiSet = &NON_ALPHANUMERIC
 
 const PROVIDER: Provider = Provider {
     container_word: "container",
-    credentials_hint: "--src/dst-azure-key, -sas or -connection-string, \
+    credentials_hint:
+        "--src/dst-azure-key, -sas or -connection-string, \
                        AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY",
 };
 
@@ -752,8 +753,10 @@ impl Store for AzureStore {
             headers.push(("content-md5".into(), B64.encode(m)));
         }
         headers.extend(Self::meta_headers(&opts.metadata));
-        let headers: Vec<(&str, String)> =
-            headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let headers: Vec<(&str, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         let resp = self
             .request(
                 Method::PUT,
@@ -846,8 +849,10 @@ impl Store for AzureStore {
             ),
         ];
         headers.extend(Self::meta_headers(&opts.metadata));
-        let headers: Vec<(&str, String)> =
-            headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let headers: Vec<(&str, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         let url = format!(
             "{}?comp=blocklist",
             self.blob_url(&self.container, &upload.key)
@@ -986,11 +991,16 @@ mod tests {
 
     #[test]
     fn metadata_names_round_trip() {
-        for n in ["skyhaul-crc64nvme", "plain", "with_underscore", "9lives", "a.b"] {
+        for n in [
+            "skyhaul-crc64nvme",
+            "plain",
+            "with_underscore",
+            "9lives",
+            "a.b",
+        ] {
             let e = encode_meta_name(n);
             assert!(
-                e.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                     && !e.as_bytes()[0].is_ascii_digit(),
                 "{e}"
             );
@@ -1008,9 +1018,12 @@ mod tests {
         .unwrap();
         assert_eq!(cs.account.as_deref(), Some("acct"));
         assert_eq!(cs.key.as_deref(), Some("a2V5=="));
-        assert_eq!(cs.blob_endpoint.as_deref(), Some("http://127.0.0.1:10000/acct"));
-        let cs = ConnectionString::parse("AccountName=x;SharedAccessSignature=sv=1&sig=abc")
-            .unwrap();
+        assert_eq!(
+            cs.blob_endpoint.as_deref(),
+            Some("http://127.0.0.1:10000/acct")
+        );
+        let cs =
+            ConnectionString::parse("AccountName=x;SharedAccessSignature=sv=1&sig=abc").unwrap();
         assert_eq!(cs.sas.as_deref(), Some("sv=1&sig=abc"));
         assert_eq!(
             cs.blob_endpoint.as_deref(),

@@ -83,7 +83,9 @@ pub struct GcsStore {
 
 impl std::fmt::Debug for GcsStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GcsStore").field("name", &self.name).finish()
+        f.debug_struct("GcsStore")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -552,7 +554,10 @@ impl Store for GcsStore {
                 let res = if last.as_deref().is_some_and(|l| l >= o.name.as_str()) {
                     Err(Error::new(
                         ErrorKind::Other,
-                        format!("{target}: list: the server listed '{}' out of order", o.name),
+                        format!(
+                            "{target}: list: the server listed '{}' out of order",
+                            o.name
+                        ),
                     ))
                 } else {
                     last = Some(o.name.clone());
@@ -645,7 +650,10 @@ impl Store for GcsStore {
             }
         }
         // A whole-object read is checked against the CRC32C GCS keeps for every object.
-        let whole = !ranged_reply || range.as_ref().is_some_and(|r| Some(r.end - r.start) == total);
+        let whole = !ranged_reply
+            || range
+                .as_ref()
+                .is_some_and(|r| Some(r.end - r.start) == total);
         if let (true, Some(want)) = (whole, crc) {
             if crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, &data) as u32 != want {
                 return Err(Error::new(
@@ -765,10 +773,7 @@ impl Store for GcsStore {
             let no_meta = BTreeMap::new();
             names = futures::stream::iter(groups)
                 .map(|(i, group)| {
-                    let dest = format!(
-                        "{UPLOADS_PREFIX}{}/c{level}-{i:05}",
-                        upload.upload_id
-                    );
+                    let dest = format!("{UPLOADS_PREFIX}{}/c{level}-{i:05}", upload.upload_id);
                     let (target, no_meta) = (&target, &no_meta);
                     async move {
                         self.compose(&group, &dest, no_meta, target).await?;
@@ -847,7 +852,10 @@ impl Store for GcsStore {
         loop {
             let mut u = url.clone();
             if let Some(t) = &token {
-                u.push_str(&format!("&rewriteToken={}", utf8_percent_encode(t, SEGMENT)));
+                u.push_str(&format!(
+                    "&rewriteToken={}",
+                    utf8_percent_encode(t, SEGMENT)
+                ));
             }
             let resp = self
                 .request(
@@ -922,10 +930,7 @@ mod tests {
     #[test]
     fn version_tags() {
         let md5 = [0xab; 16];
-        assert_eq!(
-            version_tag(Some(md5), Some("7")).unwrap(),
-            "ab".repeat(16)
-        );
+        assert_eq!(version_tag(Some(md5), Some("7")).unwrap(), "ab".repeat(16));
         assert_eq!(version_tag(None, Some("7")).unwrap(), "g7");
         assert_eq!(version_tag(None, None), None);
     }
@@ -935,10 +940,15 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert(
             "x-goog-hash",
-            "crc32c=mnG7TA==,md5=XUFAKrxLKna5cZ2REBfFkg==".parse().unwrap(),
+            "crc32c=mnG7TA==,md5=XUFAKrxLKna5cZ2REBfFkg=="
+                .parse()
+                .unwrap(),
         );
         let (md5, crc) = goog_hash(&h);
-        assert_eq!(hex::encode(md5.unwrap()), "5d41402abc4b2a76b9719d911017c592");
+        assert_eq!(
+            hex::encode(md5.unwrap()),
+            "5d41402abc4b2a76b9719d911017c592"
+        );
         assert_eq!(
             crc.unwrap(),
             crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, b"hello") as u32
@@ -948,7 +958,10 @@ mod tests {
     #[test]
     fn temporary_parts_are_not_listed() {
         assert!(!is_listable(".skyhaul-uploads/abc/00001", ""));
-        assert!(is_listable(".skyhaul-uploads/abc/00001", ".skyhaul-uploads/"));
+        assert!(is_listable(
+            ".skyhaul-uploads/abc/00001",
+            ".skyhaul-uploads/"
+        ));
         assert!(!is_listable("dir/", ""));
         assert!(is_listable("dir/x", ""));
     }

@@ -5,8 +5,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::{HeaderMap, StatusCode};
 use object_store::client::{
-    ClientOptions, HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest,
-    HttpResponse, ReqwestConnector,
+    ClientOptions, HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse,
+    ReqwestConnector,
 };
 use skyhaul_store::{Error, ErrorKind, Result};
 use std::time::Duration;
@@ -76,10 +76,7 @@ pub(crate) async fn body(resp: HttpResponse, target: &str, what: &str) -> Result
         let chunk = chunk.map_err(|e| {
             Error::new(
                 ErrorKind::Transient,
-                format!(
-                    "{target}: {what}: body interrupted: {}",
-                    redact(&chain(&e))
-                ),
+                format!("{target}: {what}: body interrupted: {}", redact(&chain(&e))),
             )
         })?;
         buf.extend_from_slice(&chunk);
@@ -208,13 +205,19 @@ mod tests {
         let kind = |s: u16, code: &str, msg: &str| {
             status_error(p, StatusCode::from_u16(s).unwrap(), code, msg, "t", "w").kind
         };
-        assert_eq!(kind(404, "ContainerNotFound", ""), ErrorKind::BucketNotFound);
+        assert_eq!(
+            kind(404, "ContainerNotFound", ""),
+            ErrorKind::BucketNotFound
+        );
         assert_eq!(
             kind(404, "", "The specified bucket does not exist."),
             ErrorKind::BucketNotFound
         );
         assert_eq!(kind(404, "BlobNotFound", ""), ErrorKind::NotFound);
-        assert_eq!(kind(403, "AuthenticationFailed", ""), ErrorKind::AccessDenied);
+        assert_eq!(
+            kind(403, "AuthenticationFailed", ""),
+            ErrorKind::AccessDenied
+        );
         assert_eq!(kind(401, "", ""), ErrorKind::AccessDenied);
         assert_eq!(kind(412, "ConditionNotMet", ""), ErrorKind::SourceChanged);
         assert_eq!(kind(503, "ServerBusy", ""), ErrorKind::Throttled);

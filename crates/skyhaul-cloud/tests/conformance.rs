@@ -111,7 +111,10 @@ async fn azure_preflight_names_the_problem() {
     let store = AzureStore::connect(&wrong, None, "exists").await.unwrap();
     let err = store.preflight(false).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::AccessDenied, "{err}");
-    assert!(!err.message.contains(wrong_key), "secrets never appear: {err}");
+    assert!(
+        !err.message.contains(wrong_key),
+        "secrets never appear: {err}"
+    );
 
     // A SAS token on an unreachable endpoint: the error never shows the token.
     let sas = "sv=2022-11-02&ss=b&srt=sco&sp=rl&se=2099-01-01T00:00:00Z&sig=VERYSECRET";
@@ -165,7 +168,12 @@ async fn checksums_and_many_parts(store: &dyn Store) {
     let head = store.head("sums/hello").await.unwrap().unwrap();
     assert_eq!(head.etag.as_deref(), Some(md5), "{}: head", store.name());
     let listed: Vec<_> = store.list("sums/", None).try_collect().await.unwrap();
-    assert_eq!(listed[0].etag.as_deref(), Some(md5), "{}: list", store.name());
+    assert_eq!(
+        listed[0].etag.as_deref(),
+        Some(md5),
+        "{}: list",
+        store.name()
+    );
     // A wrong Content-MD5 / md5Hash is refused (Azure) or caught on the answer (GCS
     // emulators recompute it), never stored silently as if it were right.
     let bad = store
@@ -229,7 +237,9 @@ async fn checksums_and_many_parts(store: &dyn Store) {
 async fn gcs_checksums_and_compose_tree() {
     let server = FakeGcsServer::start();
     server.create_bucket("sums").await;
-    let store = GcsStore::connect(&gcs_options(&server), "sums").await.unwrap();
+    let store = GcsStore::connect(&gcs_options(&server), "sums")
+        .await
+        .unwrap();
     checksums_and_many_parts(&store).await;
 }
 

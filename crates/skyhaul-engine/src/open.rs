@@ -46,9 +46,9 @@ async fn open_bucket(loc: &Location, side: &SideOptions) -> Result<Endpoint> {
     let store: Arc<dyn Store> = match loc.scheme {
         Scheme::S3 => Arc::new(S3Store::connect(&side.s3, &loc.bucket).await?),
         Scheme::Gcs => Arc::new(GcsStore::connect(&side.gcs, &loc.bucket).await?),
-        Scheme::Azure => Arc::new(
-            AzureStore::connect(&side.azure, loc.account.as_deref(), &loc.bucket).await?,
-        ),
+        Scheme::Azure => {
+            Arc::new(AzureStore::connect(&side.azure, loc.account.as_deref(), &loc.bucket).await?)
+        }
         Scheme::Local => unreachable!("local locations are opened by directory"),
     };
     Ok(Endpoint {

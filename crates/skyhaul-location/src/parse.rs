@@ -196,7 +196,12 @@ mod tests {
     fn gcs_and_azure_urls() {
         let l = Location::parse("gs://bkt/a/b c/").unwrap();
         assert_eq!(
-            (l.scheme, l.bucket.as_str(), l.path.as_str(), l.account.clone()),
+            (
+                l.scheme,
+                l.bucket.as_str(),
+                l.path.as_str(),
+                l.account.clone()
+            ),
             (Scheme::Gcs, "bkt", "a/b c/", None)
         );
         assert_eq!(l.to_string(), "gs://bkt/a/b c/");
@@ -206,7 +211,8 @@ mod tests {
             (Scheme::Azure, "cont", "x+y")
         );
         assert_eq!(l.to_string(), "az://cont/x+y");
-        let l = Location::parse("https://MyAcct.blob.core.windows.net/cont/dir/%C3%BC%20x").unwrap();
+        let l =
+            Location::parse("https://MyAcct.blob.core.windows.net/cont/dir/%C3%BC%20x").unwrap();
         assert_eq!(
             (
                 l.scheme,

@@ -46,9 +46,13 @@ pub async fn run_server_side_copy(src: &dyn Store, dst: &dyn Store, p: &str) {
         (format!("{p}src/empty"), Vec::new()),
     ];
     for (key, data) in &objects {
-        src.put(key, Payload::new(Bytes::from(data.clone())), &opts(data.len()))
-            .await
-            .unwrap();
+        src.put(
+            key,
+            Payload::new(Bytes::from(data.clone())),
+            &opts(data.len()),
+        )
+        .await
+        .unwrap();
         let meta = src.head(key).await.unwrap().expect("put object is there");
         let dst_key = key.replace("/src/", "/dst/");
         dst.copy_object(src.container(), &meta, &dst_key, &opts(data.len()))
@@ -93,7 +97,12 @@ async fn user_metadata(store: &dyn Store, p: &str) {
         .unwrap();
     let got = store.head(&key).await.unwrap().unwrap().metadata;
     if store.etags_are_md5() {
-        assert_eq!(got, put.metadata, "{}: user metadata round-trips", store.name());
+        assert_eq!(
+            got,
+            put.metadata,
+            "{}: user metadata round-trips",
+            store.name()
+        );
     } else {
         assert!(got.is_empty(), "{}: no metadata invented", store.name());
     }

@@ -14,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::azure::{AzureAuthorizer, AzureCredential, MicrosoftAzure, MicrosoftAzureBuilder};
+use object_store::azure::{
+    AzureAuthorizer, AzureCredential, MicrosoftAzure, MicrosoftAzureBuilder,
+};
 use object_store::client::{ClientOptions, HttpConnector, HttpRequestBody, ReqwestConnector};
 use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder};
 use tempfile::TempDir;
@@ -315,7 +317,10 @@ impl AzuriteServer {
                 _ => (b as char).to_string(),
             })
             .collect();
-        format!("sv={sv}&ss={ss}&srt={srt}&sp={sp}&se={}&sig={enc}", se.replace(':', "%3A"))
+        format!(
+            "sv={sv}&ss={ss}&srt={srt}&sp={sp}&se={}&sig={enc}",
+            se.replace(':', "%3A")
+        )
     }
 
     /// Creates a container (Create Container, signed with the account key).

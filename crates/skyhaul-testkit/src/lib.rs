@@ -34,8 +34,8 @@ mod server;
 
 use std::path::PathBuf;
 
-pub use fault_proxy::{FaultCounts, FaultProxy, Faults};
 pub use emulators::{AzuriteServer, FakeGcsServer};
+pub use fault_proxy::{FaultCounts, FaultProxy, Faults};
 pub use server::{S3Kind, S3Server};
 
 /// Where `scripts/install-test-tools.sh` puts the test tools: `$SKYHAUL_TOOLS` (an absolute path)

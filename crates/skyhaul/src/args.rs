@@ -319,22 +319,52 @@ pub struct CloudArgs {
     #[arg(long, env = "SKYHAUL_DST_AZURE_ACCOUNT", value_name = "NAME")]
     pub dst_azure_account: Option<String>,
     /// Azure account key of the source
-    #[arg(long, env = "SKYHAUL_SRC_AZURE_KEY", hide_env_values = true, value_name = "KEY")]
+    #[arg(
+        long,
+        env = "SKYHAUL_SRC_AZURE_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     pub src_azure_key: Option<String>,
     /// Azure account key of the destination
-    #[arg(long, env = "SKYHAUL_DST_AZURE_KEY", hide_env_values = true, value_name = "KEY")]
+    #[arg(
+        long,
+        env = "SKYHAUL_DST_AZURE_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     pub dst_azure_key: Option<String>,
     /// Azure SAS token of the source
-    #[arg(long, env = "SKYHAUL_SRC_AZURE_SAS", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "SKYHAUL_SRC_AZURE_SAS",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub src_azure_sas: Option<String>,
     /// Azure SAS token of the destination
-    #[arg(long, env = "SKYHAUL_DST_AZURE_SAS", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "SKYHAUL_DST_AZURE_SAS",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub dst_azure_sas: Option<String>,
     /// Azure connection string of the source
-    #[arg(long, env = "SKYHAUL_SRC_AZURE_CONNECTION_STRING", hide_env_values = true, value_name = "STRING")]
+    #[arg(
+        long,
+        env = "SKYHAUL_SRC_AZURE_CONNECTION_STRING",
+        hide_env_values = true,
+        value_name = "STRING"
+    )]
     pub src_azure_connection_string: Option<String>,
     /// Azure connection string of the destination
-    #[arg(long, env = "SKYHAUL_DST_AZURE_CONNECTION_STRING", hide_env_values = true, value_name = "STRING")]
+    #[arg(
+        long,
+        env = "SKYHAUL_DST_AZURE_CONNECTION_STRING",
+        hide_env_values = true,
+        value_name = "STRING"
+    )]
     pub dst_azure_connection_string: Option<String>,
 }
 

@@ -195,11 +195,21 @@ pub fn cloud_options_from_env(side: &str, endpoint: Option<String>) -> (GcsOptio
         var("AZURE_CONNECTION_STRING"),
     );
     if side == "SRC" {
-        (c.src_gcs_service_account, c.src_azure_account, c.src_azure_key, c.src_azure_sas, c.src_azure_connection_string) =
-            (sa, account, key, sas, cs);
+        (
+            c.src_gcs_service_account,
+            c.src_azure_account,
+            c.src_azure_key,
+            c.src_azure_sas,
+            c.src_azure_connection_string,
+        ) = (sa, account, key, sas, cs);
     } else {
-        (c.dst_gcs_service_account, c.dst_azure_account, c.dst_azure_key, c.dst_azure_sas, c.dst_azure_connection_string) =
-            (sa, account, key, sas, cs);
+        (
+            c.dst_gcs_service_account,
+            c.dst_azure_account,
+            c.dst_azure_key,
+            c.dst_azure_sas,
+            c.dst_azure_connection_string,
+        ) = (sa, account, key, sas, cs);
     }
     cloud_options(side, endpoint, &c)
 }

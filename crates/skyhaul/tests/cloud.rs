@@ -68,7 +68,10 @@ async fn providers_standard_environment_is_enough() {
         )],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(read_tree(back.path()) == files(), "round trip through GCS and Azure");
+    assert!(
+        read_tree(back.path()) == files(),
+        "round trip through GCS and Azure"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,7 +84,15 @@ async fn azure_https_url_with_a_sas_token() {
     let url = "https://devstoreaccount1.blob.core.windows.net/cont/sas/";
     let sas = azure.account_sas();
     let r = skyhaul_env(
-        &["cp", "-r", &s, url, "--dst-endpoint", &azure.endpoint, "--no-journal"],
+        &[
+            "cp",
+            "-r",
+            &s,
+            url,
+            "--dst-endpoint",
+            &azure.endpoint,
+            "--no-journal",
+        ],
         None,
         None,
         &[("SKYHAUL_DST_AZURE_SAS", sas.as_str())],
@@ -119,14 +130,26 @@ async fn azure_https_url_with_a_sas_token() {
     // A tampered SAS is refused (exit 4), and its signature never shows.
     let bad = sas.replace("sig=", "sig=AAAA");
     let r = skyhaul_env(
-        &["cp", "-r", &s, url, "--dst-endpoint", &azure.endpoint, "--no-journal"],
+        &[
+            "cp",
+            "-r",
+            &s,
+            url,
+            "--dst-endpoint",
+            &azure.endpoint,
+            "--no-journal",
+        ],
         None,
         None,
         &[("SKYHAUL_DST_AZURE_SAS", bad.as_str())],
     );
     assert_eq!(r.code, 4, "{}", r.stderr);
     let sig = bad.split("sig=").nth(1).unwrap();
-    assert!(!r.stderr.contains(sig) && !r.stdout.contains(sig), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains(sig) && !r.stdout.contains(sig),
+        "{}",
+        r.stderr
+    );
 }
 
 async fn read_container(
@@ -143,7 +166,10 @@ async fn read_container(
     let mut out = BTreeMap::new();
     for m in metas {
         let data = store.get(&m.location).await.unwrap().bytes().await.unwrap();
-        out.insert(m.location.to_string()[prefix.len()..].to_string(), data.to_vec());
+        out.insert(
+            m.location.to_string()[prefix.len()..].to_string(),
+            data.to_vec(),
+        );
     }
     out
 }
@@ -157,10 +183,15 @@ async fn errors_name_the_problem_and_hide_secrets() {
     write_tree(src.path(), &files());
     let s = src.path().display().to_string();
 
-    let r = skyhaul_env(&["cp", "-r", &s, "az://missing/x/", "--no-journal"], None, None, &[(
-        "SKYHAUL_DST_AZURE_CONNECTION_STRING",
-        azure.connection_string().as_str(),
-    )]);
+    let r = skyhaul_env(
+        &["cp", "-r", &s, "az://missing/x/", "--no-journal"],
+        None,
+        None,
+        &[(
+            "SKYHAUL_DST_AZURE_CONNECTION_STRING",
+            azure.connection_string().as_str(),
+        )],
+    );
     assert_eq!(r.code, 3, "missing container: {}", r.stderr);
     assert!(r.stderr.contains("container"), "{}", r.stderr);
 
@@ -168,14 +199,25 @@ async fn errors_name_the_problem_and_hide_secrets() {
         &["cp", "-r", &s, "gs://missing/x/", "--no-journal"],
         None,
         None,
-        &gcs.env_for("DST").iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(),
+        &gcs.env_for("DST")
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
     );
     assert_eq!(r.code, 3, "missing bucket: {}", r.stderr);
     assert!(r.stderr.contains("bucket"), "{}", r.stderr);
 
     let wrong = "c2VjcmV0LXdyb25nLWtleS1zZWNyZXQtd3Jvbmcta2V5";
     let r = skyhaul_env(
-        &["cp", "-r", &s, "az://cont/x/", "--dst-endpoint", &azure.endpoint, "--no-journal"],
+        &[
+            "cp",
+            "-r",
+            &s,
+            "az://cont/x/",
+            "--dst-endpoint",
+            &azure.endpoint,
+            "--no-journal",
+        ],
         None,
         None,
         &[
@@ -188,10 +230,23 @@ async fn errors_name_the_problem_and_hide_secrets() {
     assert!(!r.stderr.contains(wrong), "{}", r.stderr);
 
     let r = skyhaul_env(
-        &["cp", "-r", &s, "az://cont/x/", "--dst-endpoint", "http://127.0.0.1:9/devstoreaccount1", "--no-journal", "--retries", "0"],
+        &[
+            "cp",
+            "-r",
+            &s,
+            "az://cont/x/",
+            "--dst-endpoint",
+            "http://127.0.0.1:9/devstoreaccount1",
+            "--no-journal",
+            "--retries",
+            "0",
+        ],
         None,
         None,
-        &[("SKYHAUL_DST_AZURE_CONNECTION_STRING", azure.connection_string().as_str())],
+        &[(
+            "SKYHAUL_DST_AZURE_CONNECTION_STRING",
+            azure.connection_string().as_str(),
+        )],
     );
     assert_eq!(r.code, 5, "unreachable: {}", r.stderr);
     assert!(!r.stderr.contains(&azure.key), "{}", r.stderr);

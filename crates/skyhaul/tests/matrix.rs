@@ -87,10 +87,7 @@ impl Rig {
                 for (k, v) in files {
                     let path = OsPath::parse(format!("{prefix}{k}")).unwrap();
                     store
-                        .put(
-                            &path,
-                            PutPayload::from(v.clone()),
-                        )
+                        .put(&path, PutPayload::from(v.clone()))
                         .await
                         .unwrap_or_else(|e| panic!("{kind:?}: seed {k}: {e}"));
                 }
@@ -155,7 +152,11 @@ async fn every_pair_of_stores_copies_the_mixed_data_set() {
     let files = mixed();
     for kind in KINDS {
         rig.seed(kind, "src/", &files).await;
-        same(&rig.read(kind, "src/").await, &files, &format!("{kind:?}: seeded"));
+        same(
+            &rig.read(kind, "src/").await,
+            &files,
+            &format!("{kind:?}: seeded"),
+        );
     }
     let single_part = files.values().filter(|v| v.len() < 5 << 20).count() as u64;
 
@@ -194,7 +195,16 @@ async fn every_pair_of_stores_copies_the_mixed_data_set() {
     )
     .await;
     let (s, d) = (rig.url(Kind::S3, "src/"), rig.url(Kind::Gcs, "from-s3/"));
-    let r = run(&rig, &["verify", "-r", &s, &d, "--json"], Kind::S3, Kind::Gcs);
-    assert_ne!(r.code, 0, "same-size corruption must fail verify: {}", r.stdout);
+    let r = run(
+        &rig,
+        &["verify", "-r", &s, &d, "--json"],
+        Kind::S3,
+        Kind::Gcs,
+    );
+    assert_ne!(
+        r.code, 0,
+        "same-size corruption must fail verify: {}",
+        r.stdout
+    );
     assert_eq!(r.json()["checksum_mismatch"], 1, "{}", r.stdout);
 }
