@@ -40,6 +40,10 @@ use std::path::PathBuf;
 /// them out: they are not user objects, and `skyhaul clean` (abort) removes leftovers.
 pub const UPLOADS_PREFIX: &str = ".skyhaul-uploads/";
 
+/// Only what [`GcsObject`] reads: listings of millions of objects are mostly these bytes.
+const LIST_FIELDS: &str =
+    "items(name,size,updated,md5Hash,crc32c,generation,metadata),nextPageToken";
+
 /// Compose takes at most 32 source objects.
 const COMPOSE_MAX: usize = 32;
 
@@ -318,9 +322,10 @@ impl GcsStore {
                     return Ok(None);
                 };
                 let mut url = format!(
-                    "{}?prefix={}&maxResults=1000&projection=noAcl",
+                    "{}?prefix={}&maxResults=1000&projection=noAcl&fields={}",
                     self.bucket_url(),
-                    utf8_percent_encode(prefix, SEGMENT)
+                    utf8_percent_encode(prefix, SEGMENT),
+                    utf8_percent_encode(LIST_FIELDS, SEGMENT)
                 );
                 if let Some(s) = start_offset {
                     url.push_str(&format!("&startOffset={}", utf8_percent_encode(s, SEGMENT)));
@@ -626,7 +631,12 @@ impl Store for GcsStore {
                     .and_then(|b| <[u8; 16]>::try_from(b).ok())
             });
             let md5_changed = matches!((expected_md5, md5), (Some(a), Some(b)) if a != b);
-            if md5_changed || total.is_some_and(|t| t != exp.size) {
+            // Also checked here: emulators ignore ifGenerationMatch on downloads.
+            let generation_changed = matches!(
+                (expected_generation, generation.as_deref()),
+                (Some(a), Some(b)) if a != b
+            );
+            if md5_changed || generation_changed || total.is_some_and(|t| t != exp.size) {
                 return Err(Error::new(
                     ErrorKind::SourceChanged,
                     format!("{target}: object changed while it was being copied"),
