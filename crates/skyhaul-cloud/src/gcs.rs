@@ -295,11 +295,22 @@ impl GcsStore {
             )
             .await?;
         let obj: GcsObject = self.json(resp, &target, what).await?;
-        // GCS refuses mismatching hashes itself; this also catches servers that do not.
+        // GCS refuses mismatching hashes itself; this also catches servers that do not, and
+        // removes what they stored, so that a corrupted body never stays under the key.
         let stored_crc = obj.crc32c();
         if stored_crc.is_some_and(|c| c != crc)
             || md5.is_some_and(|m| obj.md5().is_some_and(|s| s != m))
         {
+            let mut url = self.object_url(&self.bucket, key);
+            if let Some(g) = &obj.generation {
+                url.push_str(&format!("?ifGenerationMatch={g}"));
+            }
+            let deleted = self
+                .request(Method::DELETE, url, &[], Bytes::new(), &target, "delete")
+                .await;
+            if let Err(e) = deleted {
+                tracing::warn!("{target}: the corrupted upload could not be removed: {e}");
+            }
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!("{target}: {what}: the server stored different bytes than were sent"),

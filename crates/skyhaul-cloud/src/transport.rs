@@ -12,12 +12,14 @@ use skyhaul_store::{Error, ErrorKind, Result};
 use std::time::Duration;
 
 /// A client for one store. The engine retries (and counts retries) uniformly for every
-/// backend, so this client never retries by itself.
+/// backend, so this client never retries by itself. A stalled connection times out; a
+/// long transfer does not (a multi-GiB part on a slow link may take many minutes).
 pub(crate) fn client() -> Result<HttpClient> {
     let options = ClientOptions::new()
         .with_allow_http(true)
         .with_connect_timeout(Duration::from_secs(10))
-        .with_timeout(Duration::from_secs(300))
+        .with_timeout_disabled()
+        .with_read_timeout(Duration::from_secs(120))
         .with_pool_max_idle_per_host(256);
     ReqwestConnector::default()
         .connect(&options)
