@@ -302,25 +302,30 @@ pub struct EndpointArgs {
     pub cloud: CloudArgs,
 }
 
+/// Their own section of `--help` (per flag: a struct-wide heading would carry over to
+/// the flags that follow this struct).
+const CLOUD_HEADING: &str = "GCS and Azure credentials";
+
 /// GCS and Azure credentials per side. Secrets are best given by environment variable:
 /// flags show in the process list. Their values are never printed (not even by --help).
 #[derive(Debug, Args, Default)]
 pub struct CloudArgs {
     /// Google service-account JSON key file for a gs:// source [default: application-default credentials]
-    #[arg(long, env = "SKYHAUL_SRC_GCS_SERVICE_ACCOUNT", value_name = "FILE")]
+    #[arg(long, help_heading = CLOUD_HEADING, env = "SKYHAUL_SRC_GCS_SERVICE_ACCOUNT", value_name = "FILE")]
     pub src_gcs_service_account: Option<std::path::PathBuf>,
     /// Google service-account JSON key file for a gs:// destination
-    #[arg(long, env = "SKYHAUL_DST_GCS_SERVICE_ACCOUNT", value_name = "FILE")]
+    #[arg(long, help_heading = CLOUD_HEADING, env = "SKYHAUL_DST_GCS_SERVICE_ACCOUNT", value_name = "FILE")]
     pub dst_gcs_service_account: Option<std::path::PathBuf>,
     /// Azure storage account of an az:// source
-    #[arg(long, env = "SKYHAUL_SRC_AZURE_ACCOUNT", value_name = "NAME")]
+    #[arg(long, help_heading = CLOUD_HEADING, env = "SKYHAUL_SRC_AZURE_ACCOUNT", value_name = "NAME")]
     pub src_azure_account: Option<String>,
     /// Azure storage account of an az:// destination
-    #[arg(long, env = "SKYHAUL_DST_AZURE_ACCOUNT", value_name = "NAME")]
+    #[arg(long, help_heading = CLOUD_HEADING, env = "SKYHAUL_DST_AZURE_ACCOUNT", value_name = "NAME")]
     pub dst_azure_account: Option<String>,
     /// Azure account key of the source
     #[arg(
         long,
+        help_heading = CLOUD_HEADING,
         env = "SKYHAUL_SRC_AZURE_KEY",
         hide_env_values = true,
         value_name = "KEY"
@@ -329,6 +334,7 @@ pub struct CloudArgs {
     /// Azure account key of the destination
     #[arg(
         long,
+        help_heading = CLOUD_HEADING,
         env = "SKYHAUL_DST_AZURE_KEY",
         hide_env_values = true,
         value_name = "KEY"
@@ -337,6 +343,7 @@ pub struct CloudArgs {
     /// Azure SAS token of the source
     #[arg(
         long,
+        help_heading = CLOUD_HEADING,
         env = "SKYHAUL_SRC_AZURE_SAS",
         hide_env_values = true,
         value_name = "TOKEN"
@@ -345,6 +352,7 @@ pub struct CloudArgs {
     /// Azure SAS token of the destination
     #[arg(
         long,
+        help_heading = CLOUD_HEADING,
         env = "SKYHAUL_DST_AZURE_SAS",
         hide_env_values = true,
         value_name = "TOKEN"
@@ -353,6 +361,7 @@ pub struct CloudArgs {
     /// Azure connection string of the source
     #[arg(
         long,
+        help_heading = CLOUD_HEADING,
         env = "SKYHAUL_SRC_AZURE_CONNECTION_STRING",
         hide_env_values = true,
         value_name = "STRING"
@@ -361,6 +370,7 @@ pub struct CloudArgs {
     /// Azure connection string of the destination
     #[arg(
         long,
+        help_heading = CLOUD_HEADING,
         env = "SKYHAUL_DST_AZURE_CONNECTION_STRING",
         hide_env_values = true,
         value_name = "STRING"

@@ -93,6 +93,8 @@ pub struct Clues<'a> {
     pub region: Option<&'a str>,
     pub endpoint: Option<&'a str>,
     pub remote_provider: Option<&'a str>,
+    /// The provider a `gs://` or `az://` location names by its scheme.
+    pub scheme_provider: Option<&'a str>,
     pub local: bool,
 }
 
@@ -106,6 +108,8 @@ pub fn locate(c: Clues) -> Place {
         (Some(p.to_string()), "endpoint host".to_string())
     } else if let Some(p) = c.remote_provider.and_then(from_remote_provider) {
         (Some(p.to_string()), "remote's provider".to_string())
+    } else if let Some(p) = c.scheme_provider {
+        (Some(p.to_string()), "location scheme".to_string())
     } else if c.endpoint.is_none() {
         (
             Some("aws".to_string()),
@@ -166,6 +170,7 @@ mod tests {
             region: None,
             endpoint,
             remote_provider: None,
+            scheme_provider: None,
             local,
         };
         let p = locate(clues(
@@ -190,5 +195,28 @@ mod tests {
         let l = locate(clues(None, None, true));
         assert_eq!(l.provider, None);
         assert_eq!(l.describe(), "this machine (cloud unknown)");
+    }
+
+    #[test]
+    fn gs_and_az_locations_name_their_provider() {
+        let scheme = |p, endpoint| Clues {
+            cloud_flag: None,
+            region: None,
+            endpoint,
+            remote_provider: None,
+            scheme_provider: Some(p),
+            local: false,
+        };
+        // Not "s3:// without an endpoint" = AWS, even against an emulator's endpoint.
+        assert_eq!(locate(scheme("gcp", None)).provider.as_deref(), Some("gcp"));
+        assert_eq!(
+            locate(scheme(
+                "azure",
+                Some("http://127.0.0.1:10000/devstoreaccount1")
+            ))
+            .provider
+            .as_deref(),
+            Some("azure")
+        );
     }
 }

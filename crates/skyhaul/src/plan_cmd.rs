@@ -131,13 +131,18 @@ async fn plan(args: &PlanArgs, common: &TransferArgs, out: Output) -> Result<(),
                 region: Option<&str>,
                 endpoint: Option<&str>,
                 remote: Option<&remotes::ResolvedRemote>,
-                local| {
+                loc: &skyhaul_location::Location| {
         place::locate(Clues {
             cloud_flag: cloud,
             region: region.or_else(|| remote.and_then(|r| r.region.as_deref())),
             endpoint: endpoint.or_else(|| remote.and_then(|r| r.endpoint.as_deref())),
             remote_provider: remote.and_then(|r| r.provider.as_deref()),
-            local,
+            scheme_provider: match loc.scheme {
+                skyhaul_location::Scheme::Gcs => Some("gcp"),
+                skyhaul_location::Scheme::Azure => Some("azure"),
+                _ => None,
+            },
+            local: loc.scheme == skyhaul_location::Scheme::Local,
         })
     };
     let e = &common.endpoints;
@@ -146,14 +151,14 @@ async fn plan(args: &PlanArgs, common: &TransferArgs, out: Output) -> Result<(),
         e.src_region.as_deref(),
         e.src_endpoint.as_deref(),
         src_remote.as_ref(),
-        src_local,
+        &src_loc,
     );
     let dst_place = side(
         args.dst_cloud.as_deref(),
         e.dst_region.as_deref(),
         e.dst_endpoint.as_deref(),
         dst_remote.as_ref(),
-        dst_local,
+        &dst_loc,
     );
     let egress = estimate::egress(&prices, &src_place, &dst_place, tally.bytes);
     let src_cost =
