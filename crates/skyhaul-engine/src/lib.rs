@@ -27,6 +27,7 @@ pub mod verify;
 
 pub use bwlimit::BandwidthLimit;
 pub use filter::{Filter, FilterBuilder};
+pub use listing::Listing;
 pub use open::{open_destination, open_source, Endpoint, SideOptions};
 pub use plan::{part_size, Compare, Job, Mode};
 pub use progress::Progress;

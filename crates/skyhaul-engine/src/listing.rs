@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 struct ResilientList {
     store: Arc<dyn Store>,
     prefix: String,
+    /// Try a listing by level first (see [`ResilientList::leaf_first`]).
+    by_level: bool,
     retry: RetryPolicy,
     progress: Arc<Progress>,
     pages: Option<mpsc::Receiver<Result<ObjectMeta>>>,
@@ -34,12 +36,22 @@ impl ResilientList {
         ResilientList {
             store,
             prefix,
+            by_level: false,
             retry,
             progress,
             pages: None,
             last: None,
             attempts: 0,
         }
+    }
+
+    /// Lists by level for as long as the prefix turns out to hold objects only (a leaf
+    /// "directory": one level is the whole listing), and flat from the first sub-prefix on.
+    /// On file-backed servers a leaf listed by level reads one directory, where a flat
+    /// listing walks the whole bucket; elsewhere both cost the same.
+    fn leaf_first(mut self) -> Self {
+        self.by_level = self.store.lists_by_level();
+        self
     }
 
     /// Starts listing before the first `next`; `permit` is held until the listing ends.
@@ -51,9 +63,29 @@ impl ResilientList {
         let (tx, rx) = mpsc::channel(1024);
         let store = self.store.clone();
         let prefix = self.prefix.clone();
-        let after = self.last.clone();
+        let mut after = self.last.clone();
+        let by_level = self.by_level;
         tokio::spawn(async move {
             let _permit = permit;
+            if by_level {
+                let start = after.clone();
+                let mut level = store.list_level(&prefix, start.as_deref());
+                loop {
+                    let item = match level.next().await {
+                        None => return,
+                        Some(Ok(Entry::Object(m))) => {
+                            after = Some(m.key.clone());
+                            Ok(m)
+                        }
+                        Some(Ok(Entry::Prefix(_))) => break,
+                        Some(Err(e)) => Err(e),
+                    };
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        return;
+                    }
+                }
+            }
             let mut s = store.list(&prefix, after.as_deref());
             while let Some(item) = s.next().await {
                 if tx.send(item).await.is_err() {
@@ -106,7 +138,8 @@ const PREFETCH: usize = 16;
 /// what makes a million-object listing take seconds, not minutes (and on file-backed
 /// servers that walk everything for each flat page, it is the difference between linear and
 /// quadratic). Only one level is split so that a tree of many tiny directories (partitions
-/// like `date=…/hour=…/`) does not turn into a request per directory.
+/// like `date=…/hour=…/`) does not turn into a request per directory; each sub-prefix is
+/// listed by level while it looks like a leaf, flat once it has sub-prefixes of its own.
 pub struct Listing {
     pub(crate) prefix: String,
     top: Option<mpsc::Receiver<Result<Piece>>>,
@@ -199,7 +232,8 @@ async fn list_top(
                 }
                 Some(Ok(Entry::Prefix(p))) => {
                     last = Some(p.clone());
-                    let mut list = ResilientList::new(store.clone(), p, retry, progress.clone());
+                    let mut list =
+                        ResilientList::new(store.clone(), p, retry, progress.clone()).leaf_first();
                     if let Ok(permit) = ahead.clone().try_acquire_owned() {
                         list.start_ahead(permit);
                     }
