@@ -83,30 +83,54 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
         }
         return multipart(ctx, src, dst_key, &put, false).await;
     }
-    let with_md5 = ctx.src.etags_are_md5() || dst.etags_are_md5();
+    // Where the destination checks `Content-MD5` or reports the MD5 it stored, the source's
+    // own MD5 (its ETag) sent as `Content-MD5` has the destination check the bytes end to
+    // end, so they need not be hashed here: MD5 is most of the CPU a copy costs.
+    let relay_md5 = ctx.src.etags_are_md5() && dst.etags_are_md5();
+    let with_md5 = !relay_md5 && (ctx.src.etags_are_md5() || dst.etags_are_md5());
     let _memory = ctx.budget.reserve(src.size).await;
-    let (data, sums, _) = ctx.read_checked(src, 0..src.size, with_md5).await?;
+    let (data, mut sums, read_etag) = ctx.read_checked(src, 0..src.size, with_md5).await?;
+    let source_md5 = plain_md5(src.etag.as_deref())
+        .or(plain_md5(read_etag.as_deref()))
+        .and_then(|m| <[u8; 16]>::try_from(hex::decode(m).ok()?).ok())
+        .filter(|_| relay_md5);
+    if relay_md5 && source_md5.is_none() {
+        // The source's ETag is no MD5 (a multipart source): hash the bytes after all.
+        sums = crate::integrity::sums(&data, true);
+    }
+    let md5 = source_md5.or(sums.md5);
     put.set_crc64nvme(sums.crc64);
     let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
     ctx.opts
         .retry
         .run(&ctx.dst_limit, &ctx.progress, || async {
-            let written = dst
-                .put(
-                    dst_key,
-                    Payload {
-                        data: data.clone(),
-                        md5: sums.md5,
-                    },
-                    &put,
-                )
-                .await?;
-            check_stored(&target, written.etag.as_deref(), sums.md5)
+            let payload = Payload {
+                data: data.clone(),
+                md5,
+            };
+            let stored = match dst.put(dst_key, payload, &put).await {
+                Ok(written) => check_stored(&target, written.etag.as_deref(), md5),
+                Err(e) => Err(e),
+            };
+            match stored {
+                // With the source's MD5 relayed, a mismatch may be a download corrupted on
+                // its way here: then sending the same bytes again cannot help, reading can.
+                Err(e) if e.kind == ErrorKind::Corrupt && source_md5.is_some() => {
+                    match crate::integrity::sums(&data, true).md5 == source_md5 {
+                        true => Err(e),
+                        false => Ok(Err(Error::new(
+                            ErrorKind::Corrupt,
+                            format!("{target}: the bytes read do not hash to the source's MD5"),
+                        ))),
+                    }
+                }
+                r => r.map(Ok),
+            }
         })
-        .await?;
+        .await??;
     ctx.progress.add_moved(src.size);
     copied.crc64 = Some(sums.crc64);
-    copied.etag = sums.md5.filter(|_| dst.etags_are_md5()).map(hex::encode);
+    copied.etag = md5.filter(|_| dst.etags_are_md5()).map(hex::encode);
     Ok(copied)
 }
 

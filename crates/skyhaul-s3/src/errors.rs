@@ -85,10 +85,11 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
             ErrorKind::SourceChanged,
             " (the object changed while it was being copied)",
         ),
-        "BadDigest"
-        | "InvalidDigest"
-        | "XAmzContentSHA256Mismatch"
-        | "IncompleteBody"
+        "BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch" => (
+            ErrorKind::Corrupt,
+            " (the bytes received do not match their checksum)",
+        ),
+        "IncompleteBody"
         | "RequestTimeout"
         | "InternalError"
         | "ServiceUnavailable" => (ErrorKind::Transient, ""),

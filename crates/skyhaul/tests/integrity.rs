@@ -79,6 +79,51 @@ async fn corrupted_downloads_are_detected_and_never_land() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn corrupted_downloads_between_buckets_never_land() {
+    // Bucket to bucket, skyhaul does not hash small objects itself: it relays the source's
+    // MD5 as Content-MD5. s3s-fs refuses a body that does not match it; moto stores it, and
+    // only the comparison of the ETag it returns catches the damage.
+    for kind in [S3Kind::S3sFs, S3Kind::Moto] {
+        let src = S3Server::start(S3Kind::S3sFs);
+        let dst = S3Server::start(kind);
+        src.create_bucket("src").await;
+        dst.create_bucket("dst").await;
+        let files = dataset();
+        fill_bucket(&src, "src", "", &files).await;
+        // The first six downloads of an object are corrupted, then the proxy behaves.
+        let proxy = FaultProxy::start(
+            &src.endpoint,
+            Faults {
+                flip_response_body: 1.0,
+                only_methods: vec!["GET".into()],
+                path_contains: Some("/src/many/".into()),
+                max_faults: Some(6),
+                ..Default::default()
+            },
+        );
+        let ep = proxy.endpoint();
+        let mut args = vec![
+            "cp",
+            "-r",
+            "s3://src/",
+            "s3://dst/copy/",
+            "--src-endpoint",
+            &ep,
+            "--dst-endpoint",
+            &dst.endpoint,
+            "--json",
+        ];
+        args.extend(SMALL_PARTS);
+        let out = skyhaul(&args, Some(&src), Some(&dst));
+        let got = read_bucket(&dst, "dst", "copy/").await;
+        assert_nothing_corrupt(&got, &files);
+        assert_eq!(proxy.injected().flip_response_body, 6, "{kind}");
+        assert_eq!(out.code, 0, "{kind}: re-reads recover: {}", out.stderr);
+        assert_eq!(got, files, "{kind}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn corrupted_uploads_are_rejected_or_caught() {
     // s3s-fs checks Content-MD5; moto stores whatever arrives, so only our check of the
     // returned ETag can catch it there.
