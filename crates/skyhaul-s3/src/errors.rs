@@ -89,10 +89,9 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
             ErrorKind::Corrupt,
             " (the bytes received do not match their checksum)",
         ),
-        "IncompleteBody"
-        | "RequestTimeout"
-        | "InternalError"
-        | "ServiceUnavailable" => (ErrorKind::Transient, ""),
+        "IncompleteBody" | "RequestTimeout" | "InternalError" | "ServiceUnavailable" => {
+            (ErrorKind::Transient, "")
+        }
         "NotImplemented" => (ErrorKind::Unsupported, " (the server does not offer this)"),
         "NoSuchUpload" => (
             ErrorKind::NotFound,
