@@ -40,8 +40,6 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
         mtime: src.mtime,
         ..Default::default()
     };
-    let limits = ctx.dst.limits();
-    let single_max = ctx.opts.multipart_threshold.min(limits.max_single_put);
     let dst = &ctx.dst;
     let mut copied = Copied {
         dst_key: dst_key.to_string(),
@@ -52,14 +50,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     };
     if let Some(container) = &ctx.copy_from {
         copied.server_side = true;
-        // Whole-object copy up to the single-request limit (none for stores that copy
-        // whole objects of every size); beyond, parallel part copies.
-        if dst.copies_whole_objects()
-            || src.size
-                <= limits
-                    .max_single_put
-                    .min(ctx.opts.multipart_threshold.max(256 * MIB))
-        {
+        if !stripes(ctx, src.size) {
             ctx.opts
                 .retry
                 .run(&ctx.dst_limit, &ctx.progress, || {
@@ -77,7 +68,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
         }
         return Ok(copied);
     }
-    if src.size > single_max {
+    if stripes(ctx, src.size) {
         if let Some(crc) = crc_before_upload(ctx, src).await? {
             put.set_crc64nvme(crc);
         }
@@ -134,6 +125,21 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     Ok(copied)
 }
 
+/// Whether an object of `size` bytes is moved in parts rather than whole: above the
+/// multipart threshold (or the store's single-request limit); for server-side copies, which
+/// cost no bandwidth here, only above the larger of the threshold and 256 MiB (never for
+/// stores that copy whole objects of every size).
+pub(crate) fn stripes(ctx: &Ctx, size: u64) -> bool {
+    let limits = ctx.dst.limits();
+    let whole_max = match ctx.copy_from {
+        // Some stores copy whole objects of every size in one request.
+        Some(_) if ctx.dst.copies_whole_objects() => return false,
+        Some(_) => ctx.opts.multipart_threshold.max(256 * MIB),
+        None => ctx.opts.multipart_threshold,
+    };
+    size > whole_max.min(limits.max_single_put)
+}
+
 /// Fails when the store reports a content MD5 other than the one of the bytes we sent:
 /// servers that ignore `Content-MD5` would otherwise keep a body corrupted on the way.
 pub(crate) fn check_stored(target: &str, etag: Option<&str>, sent: Option<[u8; 16]>) -> Result<()> {
@@ -156,7 +162,7 @@ pub(crate) fn check_stored(target: &str, etag: Option<&str>, sent: Option<[u8; 1
 /// completed): what the source records (one HEAD), or, from a file system, computed by
 /// reading the file once more, as rclone does with MD5 for the same reason. The parts'
 /// CRCs must add up to it before the upload is completed.
-async fn crc_before_upload(ctx: &Ctx, src: &ObjectMeta) -> Result<Option<u64>> {
+pub(crate) async fn crc_before_upload(ctx: &Ctx, src: &ObjectMeta) -> Result<Option<u64>> {
     let (store, retry) = (ctx.src.as_ref(), &ctx.opts.retry);
     if store.rereads_are_free() {
         let _memory = ctx

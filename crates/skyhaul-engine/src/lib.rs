@@ -24,6 +24,7 @@ pub mod retry;
 mod run;
 mod striped;
 pub mod verify;
+pub mod work;
 
 pub use bwlimit::BandwidthLimit;
 pub use filter::{Filter, FilterBuilder};
@@ -33,4 +34,5 @@ pub use plan::{part_size, Compare, Job, Mode};
 pub use progress::Progress;
 pub use report::{Failure, Report};
 pub use run::{dry_run, transfer, TransferOptions};
-pub use verify::{verify_locations, Verification, VerifyMode};
+pub use verify::{verify_locations, Copied, Verification, VerifyMode};
+pub use work::{Executor, OpenUpload};

@@ -98,6 +98,37 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    pub(crate) fn new(
+        src: &Endpoint,
+        dst: &Endpoint,
+        opts: &TransferOptions,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+        resume: Resume,
+    ) -> Ctx {
+        let copy_from = match (src.store.copy_domain(), dst.store.copy_domain()) {
+            (Some(a), Some(b)) if a == b && opts.server_side_copy => {
+                Some(src.store.container().to_string())
+            }
+            _ => None,
+        };
+        Ctx {
+            src: src.store.clone(),
+            dst: dst.store.clone(),
+            src_limit: AdaptiveLimit::new(opts.max_connections),
+            dst_limit: AdaptiveLimit::new(opts.max_connections),
+            budget: Budget::new(opts.memory_budget),
+            opts: opts.clone(),
+            progress,
+            failures: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            cancel,
+            copy_from,
+            copied: Mutex::new(Vec::new()),
+            resume,
+        }
+    }
+
     pub(crate) fn fail(&self, key: &str, err: Error) {
         if err.kind == ErrorKind::Interrupted {
             return;
@@ -120,7 +151,7 @@ impl Ctx {
 
     /// Whether `dst` already holds `src`'s bytes (`sync --checksum`). Reading a file to
     /// hash it holds memory like a copy does.
-    async fn same_content(&self, src: &ObjectMeta, dst: ObjectMeta) -> Result<bool> {
+    pub(crate) async fn same_content(&self, src: &ObjectMeta, dst: ObjectMeta) -> Result<bool> {
         let reads = self.src.rereads_are_free() || self.dst.rereads_are_free();
         let _memory = match reads {
             true => Some(self.budget.reserve(src.size.min(READ_CHUNK)).await),
@@ -197,12 +228,6 @@ pub async fn transfer(
     let started = Instant::now();
     preflight(src, dst, opts, &progress, true).await?;
 
-    let copy_from = match (src.store.copy_domain(), dst.store.copy_domain()) {
-        (Some(a), Some(b)) if a == b && opts.server_side_copy => {
-            Some(src.store.container().to_string())
-        }
-        _ => None,
-    };
     let resume = match journal {
         Some(j) => Resume::begin(j, &identity(src, dst, opts)).map_err(|e| {
             Error::new(
@@ -212,21 +237,14 @@ pub async fn transfer(
         })?,
         None => Resume::none(),
     };
-    let ctx = Arc::new(Ctx {
-        src: src.store.clone(),
-        dst: dst.store.clone(),
-        src_limit: AdaptiveLimit::new(opts.max_connections),
-        dst_limit: AdaptiveLimit::new(opts.max_connections),
-        budget: Budget::new(opts.memory_budget),
-        opts: opts.clone(),
-        progress: progress.clone(),
-        failures: Mutex::new(Vec::new()),
-        fatal: Mutex::new(None),
-        cancel: cancel.clone(),
-        copy_from,
-        copied: Mutex::new(Vec::new()),
+    let ctx = Arc::new(Ctx::new(
+        src,
+        dst,
+        opts,
+        progress.clone(),
+        cancel.clone(),
         resume,
-    });
+    ));
 
     // Uploads an earlier run created but could not journal are found before new ones start.
     ctx.resume
@@ -289,6 +307,20 @@ pub async fn transfer(
         return Err(nothing_at_source(src).await);
     }
 
+    conclude(&ctx, src, dst, deletes, started).await
+}
+
+/// The end of a transfer once every copy is over: deletions (only when every copy
+/// succeeded), leftover uploads aborted, the verification pass, the report, and the
+/// journal's complete mark.
+pub(crate) async fn conclude(
+    ctx: &Arc<Ctx>,
+    src: &Endpoint,
+    dst: &Endpoint,
+    deletes: Vec<String>,
+    started: Instant,
+) -> Result<Report> {
+    let (opts, progress, cancel) = (&ctx.opts, &ctx.progress, &ctx.cancel);
     // Deletions run last and only after every copy succeeded, so a failed sync never
     // leaves the destination with less than it had.
     if !deletes.is_empty() && progress.snapshot().objects_failed == 0 && !cancel.is_cancelled() {
@@ -363,12 +395,12 @@ async fn copy_and_record(ctx: Arc<Ctx>, src: ObjectMeta, dst_key: String) {
     }
 }
 
-type Planner = tokio::task::JoinHandle<Result<u64>>;
+pub(crate) type Planner = tokio::task::JoinHandle<Result<u64>>;
 
 /// Starts planning: a task that streams the jobs (from the listing with `-r`, else the one
 /// named object when the filter selects its base name) and returns how many source
 /// objects it listed.
-async fn start_planner(
+pub(crate) async fn start_planner(
     src: &Endpoint,
     dst: &Endpoint,
     opts: &TransferOptions,
@@ -406,7 +438,7 @@ async fn start_planner(
 /// Checks both sides before any work: one clear error for a missing bucket or bad
 /// credentials instead of one per object. A mistyped endpoint fails in a second;
 /// throttling and 5xx get the usual retries.
-async fn preflight(
+pub(crate) async fn preflight(
     src: &Endpoint,
     dst: &Endpoint,
     opts: &TransferOptions,
@@ -482,7 +514,7 @@ pub async fn dry_run(
 
 /// What makes a rerun the same transfer: both locations (with their endpoints) and the
 /// options that change what is copied, not how fast.
-fn identity(src: &Endpoint, dst: &Endpoint, opts: &TransferOptions) -> TransferIdentity {
+pub(crate) fn identity(src: &Endpoint, dst: &Endpoint, opts: &TransferOptions) -> TransferIdentity {
     let mode = match opts.mode {
         Mode::Copy => "copy".to_string(),
         Mode::Sync { delete, compare } => format!("sync delete={delete} compare={compare:?}"),
@@ -536,7 +568,7 @@ async fn single_source(
     }
 }
 
-async fn nothing_at_source(src: &Endpoint) -> Error {
+pub(crate) async fn nothing_at_source(src: &Endpoint) -> Error {
     let dir = dir_form(&src.path);
     let is_object = !src.path.is_empty() && matches!(src.store.head(&src.path).await, Ok(Some(_)));
     let hint = if is_object {

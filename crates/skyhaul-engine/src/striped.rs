@@ -27,22 +27,7 @@ pub(crate) async fn multipart(
     put: &PutOptions,
     server_side: bool,
 ) -> Result<Copied> {
-    let preferred = if server_side {
-        ctx.opts.part_size.max(64 * MIB)
-    } else {
-        ctx.opts.part_size
-    };
-    let part = part_size(src.size, preferred, &ctx.dst.limits()).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Other,
-            format!(
-                "{}: {} bytes is larger than {} can store",
-                src.key,
-                src.size,
-                ctx.dst.name()
-            ),
-        )
-    })?;
+    let part = part_size_for(ctx, src, server_side)?;
     // An upload an earlier run left open continues with its finished parts.
     let resumed = if server_side {
         None
@@ -71,6 +56,27 @@ pub(crate) async fn multipart(
         }
         r => r,
     }
+}
+
+/// The part size a striped copy of `src` uses: bigger for server-side copies, whose parts
+/// cost one request each and no bandwidth here.
+pub(crate) fn part_size_for(ctx: &Ctx, src: &ObjectMeta, server_side: bool) -> Result<u64> {
+    let preferred = if server_side {
+        ctx.opts.part_size.max(64 * MIB)
+    } else {
+        ctx.opts.part_size
+    };
+    part_size(src.size, preferred, &ctx.dst.limits()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Other,
+            format!(
+                "{}: {} bytes is larger than {} can store",
+                src.key,
+                src.size,
+                ctx.dst.name()
+            ),
+        )
+    })
 }
 
 /// The destination object, if it is what completing a multipart upload of `src` makes: a
@@ -273,6 +279,25 @@ async fn striped(
         }
         return Err(e);
     }
+    complete_upload(ctx, src, dst_key, put, &upload, done, server_side).await
+}
+
+/// Completes `upload` of `src` from its finished parts (in any order; each with its
+/// checksums where the bytes passed through a worker), once the CRCs agree with the one
+/// stored with the object; journals the object done and the upload finished. Any failure
+/// aborts the upload. A fleet coordinator calls it with parts sent by many workers.
+pub(crate) async fn complete_upload(
+    ctx: &Ctx,
+    src: &ObjectMeta,
+    dst_key: &str,
+    put: &PutOptions,
+    upload: &MultipartUpload,
+    mut done: Vec<PartResult>,
+    server_side: bool,
+) -> Result<Copied> {
+    let dst = &ctx.dst;
+    let upload = upload.clone();
+    let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
     done.sort_by_key(|(p, _, _)| p.number);
     let crc64 = done
         .iter()
@@ -352,7 +377,7 @@ async fn striped(
     })
 }
 
-type PartResult = (CompletedPart, Option<ChunkSums>, Option<String>);
+pub(crate) type PartResult = (CompletedPart, Option<ChunkSums>, Option<String>);
 
 /// Takes in one finished part task: its result, or the first failure (which stops the rest).
 fn absorb(
@@ -381,7 +406,7 @@ fn absorb(
 /// Moves one part. `memory` is its share of the budget, taken by the caller in part order
 /// (`None` for server-side copies, whose bytes never pass through here).
 #[allow(clippy::too_many_arguments)]
-async fn move_part(
+pub(crate) async fn move_part(
     ctx: &Ctx,
     src: &ObjectMeta,
     upload: &MultipartUpload,
@@ -444,7 +469,7 @@ async fn move_part(
     Ok((done, Some(sums), etag))
 }
 
-async fn abort(ctx: &Ctx, upload: &MultipartUpload) {
+pub(crate) async fn abort(ctx: &Ctx, upload: &MultipartUpload) {
     let dst = &ctx.dst;
     let quick = RetryPolicy {
         retries: 3,

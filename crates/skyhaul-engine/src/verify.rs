@@ -35,8 +35,9 @@ pub enum VerifyMode {
     Deep,
 }
 
-/// What the transfer wrote for one object, as the verification pass needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the transfer wrote for one object, as the verification pass needs it. Plain data:
+/// a fleet worker sends it to the coordinator, which verifies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Copied {
     pub dst_key: String,
     pub size: u64,

@@ -41,8 +41,11 @@
 //!
 //! Errors of queued writes (disk full, say) are reported by the next queued write or `flush`.
 
+mod fleet;
 mod schema;
 mod writer;
+
+pub use fleet::{FleetLease, LEASE_COMPLETED, LEASE_EXPIRED, LEASE_GRANTED};
 
 pub use schema::SCHEMA_VERSION;
 

@@ -97,6 +97,30 @@ CREATE TABLE creating (
     PRIMARY KEY (transfer, dst_key)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- v3: a fleet coordinator's leases: which worker held which work items, and what became of
+-- each (see fleet.rs). `payload` is the items as handed out, so that a restarted coordinator
+-- can take back the leases still out.
+CREATE TABLE fleet_leases (
+    transfer   INTEGER NOT NULL,
+    lease_id   INTEGER NOT NULL,
+    worker     TEXT    NOT NULL,
+    bytes      INTEGER NOT NULL,
+    payload    TEXT    NOT NULL,
+    granted_ms INTEGER NOT NULL,
+    state      TEXT    NOT NULL,   -- granted, completed, expired
+    ended_ms   INTEGER,
+    PRIMARY KEY (transfer, lease_id)
+) WITHOUT ROWID;
+
+CREATE TABLE fleet_items (
+    transfer   INTEGER NOT NULL,
+    lease_id   INTEGER NOT NULL,
+    item       TEXT    NOT NULL,
+    outcome    TEXT,               -- NULL while leased; done, duplicate, failed, expired
+    PRIMARY KEY (transfer, lease_id, item)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this build writes.

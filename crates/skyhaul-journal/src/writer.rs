@@ -92,6 +92,8 @@ pub(crate) enum Write {
         transfer: u64,
         dst_key: String,
     },
+    /// A fleet coordinator's lease records (see `fleet.rs`).
+    Fleet(crate::fleet::FleetWrite),
 }
 
 pub(crate) struct Barrier {
@@ -378,6 +380,7 @@ fn apply_write(tx: &Transaction<'_>, w: &Write) -> Result<()> {
             tx.prepare_cached("DELETE FROM creating WHERE transfer = ?1 AND dst_key = ?2")?
                 .execute(params![*transfer as i64, dst_key])?;
         }
+        Write::Fleet(w) => crate::fleet::apply(tx, w)?,
     }
     Ok(())
 }
@@ -430,7 +433,14 @@ fn apply_op(tx: &Connection, op: Op) -> Result<()> {
         }
         Op::Forget { id } => {
             let t = id as i64;
-            for table in ["parts", "uploads", "creating", "objects"] {
+            for table in [
+                "parts",
+                "uploads",
+                "creating",
+                "objects",
+                "fleet_items",
+                "fleet_leases",
+            ] {
                 tx.execute(&format!("DELETE FROM {table} WHERE transfer = ?1"), [t])?;
             }
             tx.execute("DELETE FROM transfers WHERE id = ?1", [t])?;

@@ -1,0 +1,829 @@
+//! The coordinator: plans the transfer, hands work out to workers in leases sized by bytes,
+//! takes leases back from workers that go silent, completes multipart uploads whose parts
+//! many workers sent, and keeps its state in the journal.
+//!
+//! Why leases by bytes and not a split of the listing up front: workers that finish early
+//! simply ask again, so a slow worker or a few huge objects do not hold up the end; and the
+//! parts of one large object go to many workers like any other work.
+//!
+//! What survives a restart (all in the journal): objects done, open uploads with their
+//! finished parts, and the leases. A restarted coordinator plans again from the listing,
+//! skips what is done, and takes the leases that were out back as its own (with a fresh
+//! timeout), so a worker that finished one while the coordinator was away reports it
+//! instead of the work being sent again.
+
+use crate::auth::{self, Token};
+use crate::metrics::{self, Page};
+use crate::protocol::*;
+use crate::status::{Rate, Status, WorkerStatus};
+use axum::extract::State as Axum;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use skyhaul_engine::plan::Job;
+use skyhaul_engine::{Endpoint, Executor, OpenUpload, Progress, Report, TransferOptions};
+use skyhaul_journal::{Journal, TransferId, LEASE_COMPLETED, LEASE_EXPIRED, LEASE_GRANTED};
+use skyhaul_store::{CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, Result};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The most items in one lease, however small they are.
+const MAX_ITEMS_PER_LEASE: usize = 1000;
+/// What an item counts for when sizing a lease, at least: a tiny object still costs requests.
+const MIN_ITEM_COST: u64 = 256 << 10;
+/// Items queued beyond which the planner waits: memory stays bounded on huge listings.
+const MAX_QUEUED: usize = 50_000;
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorOptions {
+    /// A lease not renewed by a heartbeat within this time goes back to the queue.
+    pub lease_timeout: Duration,
+    /// Bytes of work in one lease (fewer near the end, so that the last work is spread).
+    pub lease_bytes: u64,
+    /// After the end, how long to keep telling workers that the transfer is over.
+    pub linger: Duration,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        CoordinatorOptions {
+            lease_timeout: Duration::from_secs(30),
+            lease_bytes: 64 << 20,
+            linger: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Pending {
+    item: WorkItem,
+    /// The lease holding it, or none while queued.
+    lease: Option<u64>,
+}
+
+struct Active {
+    worker: String,
+    items: Vec<String>,
+    deadline: Instant,
+}
+
+/// A striped object whose parts are out.
+struct Upload {
+    src: ObjectMeta,
+    open: OpenUpload,
+    parts: BTreeMap<u32, (CompletedPart, Option<String>)>,
+    total: usize,
+    failed: bool,
+}
+
+struct Worker {
+    info: WorkerInfo,
+    rate: Rate,
+    last_seen: Instant,
+    items_done: u64,
+    told_done: bool,
+}
+
+#[derive(Default)]
+struct State {
+    phase: &'static str,
+    planning_done: bool,
+    /// Item names in hand-out order; names no longer queued are skipped when popped.
+    queue: VecDeque<String>,
+    queued_bytes: u64,
+    /// Every item not done yet, queued or leased.
+    items: HashMap<String, Pending>,
+    leases: HashMap<u64, Active>,
+    next_lease: u64,
+    uploads: HashMap<String, Upload>,
+    /// Parts reported before their upload was registered (after a restart).
+    early_parts: HashMap<String, Vec<(CompletedPart, Option<String>)>>,
+    /// Uploads being completed.
+    completing: usize,
+    workers: BTreeMap<String, Worker>,
+    granted: u64,
+    expired: u64,
+    duplicates: u64,
+}
+
+impl State {
+    fn enqueue(&mut self, item: WorkItem, front: bool) {
+        let name = item.name();
+        if self.items.contains_key(&name) {
+            return;
+        }
+        self.queued_bytes += item.bytes();
+        match front {
+            true => self.queue.push_front(name.clone()),
+            false => self.queue.push_back(name.clone()),
+        }
+        self.items.insert(name, Pending { item, lease: None });
+    }
+
+    fn finished_copying(&self) -> bool {
+        self.planning_done && self.items.is_empty() && self.completing == 0
+    }
+
+    fn live_workers(&self, timeout: Duration) -> usize {
+        let now = Instant::now();
+        self.workers
+            .values()
+            .filter(|w| now.duration_since(w.last_seen) <= timeout)
+            .count()
+    }
+
+    fn worker(&mut self, info: &WorkerInfo) -> &mut Worker {
+        let w = self
+            .workers
+            .entry(info.id.clone())
+            .or_insert_with(|| Worker {
+                info: info.clone(),
+                rate: Rate::default(),
+                last_seen: Instant::now(),
+                items_done: 0,
+                told_done: false,
+            });
+        w.last_seen = Instant::now();
+        w
+    }
+}
+
+/// Work to do after the state lock is released (it involves I/O).
+enum Effect {
+    RecordPart(MultipartUpload, CompletedPart, Option<String>),
+    Complete(String),
+    Abort(MultipartUpload),
+}
+
+struct Shared {
+    exec: Executor,
+    journal: Option<Arc<Journal>>,
+    tid: Option<TransferId>,
+    spec: TransferSpec,
+    opts: CoordinatorOptions,
+    state: Mutex<State>,
+    /// Signalled when work finishes or the queue shrinks.
+    wake: Notify,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn journal(&self, what: &str, f: impl FnOnce(&Journal, TransferId) -> skyhaul_journal::Result<()>) {
+        if let (Some(j), Some(id)) = (&self.journal, self.tid) {
+            if let Err(e) = f(j, id) {
+                tracing::warn!("journal: {what}: {e}");
+            }
+        }
+    }
+}
+
+/// Everything [`run`] needs besides the two sides.
+pub struct Setup {
+    pub listener: tokio::net::TcpListener,
+    pub token: Token,
+    pub spec: TransferSpec,
+    pub transfer: TransferOptions,
+    pub options: CoordinatorOptions,
+    pub progress: Arc<Progress>,
+    pub cancel: CancellationToken,
+    pub journal: Option<Arc<Journal>>,
+}
+
+/// Runs a transfer as its coordinator, serving workers on `setup.listener` until the
+/// transfer is over (and `linger` after, so workers hear it). Returns the report, with the
+/// verification done here.
+pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report> {
+    let started = Instant::now();
+    let Setup {
+        listener,
+        token,
+        mut spec,
+        transfer,
+        options,
+        progress,
+        cancel,
+        journal,
+    } = setup;
+    let exec = Executor::coordinator(
+        src,
+        dst,
+        &transfer,
+        progress.clone(),
+        cancel.clone(),
+        journal.clone(),
+    )
+    .await?;
+    let tid = exec.transfer_id();
+    spec.transfer_id = tid.map(|t| t.to_string());
+    spec.lease_timeout_ms = options.lease_timeout.as_millis() as u64;
+    let shared = Arc::new(Shared {
+        exec,
+        journal,
+        tid,
+        spec,
+        opts: options,
+        state: Mutex::new(State {
+            phase: "planning",
+            ..State::default()
+        }),
+        wake: Notify::new(),
+        cancel: cancel.clone(),
+    });
+    restore_leases(&shared);
+
+    let stop = CancellationToken::new();
+    let server = {
+        let app = router(shared.clone(), token);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!("coordinator server: {e}");
+            }
+        })
+    };
+    let expiry = tokio::spawn(expire_leases(shared.clone(), stop.clone()));
+
+    let result = coordinate(&shared, src, dst, started).await;
+    shared.state().phase = "done";
+    if result.is_ok() && !cancel.is_cancelled() {
+        linger(&shared).await;
+    }
+    stop.cancel();
+    let _ = server.await;
+    let _ = expiry.await;
+    result
+}
+
+/// Plans, waits for the work to be done, and concludes.
+async fn coordinate(
+    shared: &Arc<Shared>,
+    src: &Endpoint,
+    dst: &Endpoint,
+    started: Instant,
+) -> Result<Report> {
+    let (planner, mut rx) = shared.exec.plan(src, dst).await?;
+    shared.state().phase = "copying";
+    let mut deletes = Vec::new();
+    while let Some(job) = rx.recv().await {
+        if shared.cancel.is_cancelled() {
+            break;
+        }
+        while shared.state().items.len() >= MAX_QUEUED && !shared.cancel.is_cancelled() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), shared.wake.notified()).await;
+        }
+        match job {
+            Job::Copy { src, dst_key } => add_object(shared, src, dst_key, None).await,
+            Job::CopyUnlessSame { src, dst, dst_key } => {
+                add_object(shared, src, dst_key, Some(dst)).await
+            }
+            Job::Delete { dst_key } => deletes.push(dst_key),
+        }
+    }
+    drop(rx);
+    let listed = match planner.await {
+        Ok(r) => r,
+        Err(e) => Err(Error::new(ErrorKind::Other, format!("planner failed: {e}"))),
+    };
+    shared.state().planning_done = true;
+    shared.exec.progress().set_listing_done();
+    let listed = listed?;
+    if listed == 0 && shared.spec.recursive && !shared.cancel.is_cancelled() {
+        return Err(Executor::nothing_at_source(src).await);
+    }
+    loop {
+        if shared.state().finished_copying() || shared.cancel.is_cancelled() {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), shared.wake.notified()).await;
+    }
+    shared.state().phase = "finishing";
+    shared.exec.conclude(src, dst, deletes, started).await
+}
+
+/// Queues one object: whole, or as the parts of an upload created here.
+async fn add_object(
+    shared: &Arc<Shared>,
+    src: ObjectMeta,
+    dst_key: String,
+    unless_same: Option<ObjectMeta>,
+) {
+    let exec = &shared.exec;
+    if exec.is_done(&src) {
+        exec.progress().add_skipped(src.size);
+        exec.progress().add_resumed();
+        return;
+    }
+    if unless_same.is_some() || !exec.stripes(src.size) {
+        shared.state().enqueue(
+            WorkItem::Object {
+                src,
+                dst_key,
+                unless_same,
+            },
+            false,
+        );
+        return;
+    }
+    let open = match exec.open_upload(&src, &dst_key).await {
+        Ok(open) => open,
+        Err(e) => return exec.record_failure(&src.key, e),
+    };
+    let missing = open.missing_parts(src.size);
+    let upload_id = open.upload.upload_id.clone();
+    let complete_now = {
+        let mut st = shared.state();
+        let mut parts: BTreeMap<u32, _> = open
+            .done
+            .iter()
+            .map(|(p, s)| (p.number, (p.clone(), s.clone())))
+            .collect();
+        for (p, s) in st.early_parts.remove(&upload_id).unwrap_or_default() {
+            parts.insert(p.number, (p, s));
+        }
+        for p in &open.done {
+            exec.progress().add_moved(p.0.len);
+        }
+        let total = parts.len() + missing.len();
+        for spec in missing {
+            if parts.contains_key(&spec.number) {
+                continue;
+            }
+            st.enqueue(
+                WorkItem::Part {
+                    src: src.clone(),
+                    upload: open.upload.clone(),
+                    spec,
+                    server_side: open.server_side,
+                },
+                false,
+            );
+        }
+        let total = total.min(src.size.div_ceil(open.part_size) as usize);
+        let complete_now = parts.len() >= total;
+        if complete_now {
+            st.completing += 1;
+        }
+        st.uploads.insert(
+            upload_id.clone(),
+            Upload {
+                src,
+                open,
+                parts,
+                total,
+                failed: false,
+            },
+        );
+        complete_now
+    };
+    if complete_now {
+        spawn_completion(shared.clone(), upload_id);
+    }
+}
+
+/// Completes an upload whose every part is in, off the request path.
+fn spawn_completion(shared: Arc<Shared>, upload_id: String) {
+    tokio::spawn(async move {
+        let upload = shared.state().uploads.remove(&upload_id);
+        if let Some(u) = upload {
+            let parts = u.parts.into_values().collect();
+            if let Err(e) = shared.exec.complete_upload(&u.src, &u.open, parts).await {
+                shared.exec.record_failure(&u.src.key, e);
+            }
+        }
+        shared.state().completing -= 1;
+        shared.wake.notify_waiters();
+    });
+}
+
+/// Takes back the leases a previous coordinator of this transfer had out when it stopped.
+fn restore_leases(shared: &Shared) {
+    let (Some(j), Some(id)) = (&shared.journal, shared.tid) else {
+        return;
+    };
+    let leases = match j.fleet_leases(id) {
+        Ok(l) => l,
+        Err(e) => return tracing::warn!("journal: reading leases: {e}"),
+    };
+    let mut st = shared.state();
+    st.next_lease = leases.iter().map(|l| l.lease_id + 1).max().unwrap_or(1);
+    let deadline = Instant::now() + shared.opts.lease_timeout;
+    for lease in leases.into_iter().filter(|l| l.state == LEASE_GRANTED) {
+        let Ok(items) = serde_json::from_str::<Vec<WorkItem>>(&lease.payload) else {
+            continue;
+        };
+        let mut names = Vec::new();
+        for item in items {
+            // Reported (and journaled) just before the stop: nothing left to take back.
+            if matches!(&item, WorkItem::Object { src, .. } if shared.exec.is_done(src)) {
+                continue;
+            }
+            let name = item.name();
+            names.push(name.clone());
+            st.items.insert(
+                name,
+                Pending {
+                    item,
+                    lease: Some(lease.lease_id),
+                },
+            );
+        }
+        tracing::info!(
+            "taking back lease {} of worker {} ({} items)",
+            lease.lease_id,
+            lease.worker,
+            names.len()
+        );
+        st.leases.insert(
+            lease.lease_id,
+            Active {
+                worker: lease.worker,
+                items: names,
+                deadline,
+            },
+        );
+    }
+}
+
+/// Every quarter of the timeout: leases not renewed in time go back to the queue, first.
+async fn expire_leases(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = (shared.opts.lease_timeout / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = Instant::now();
+        let mut ended = Vec::new();
+        {
+            let mut st = shared.state();
+            let due: Vec<u64> = st
+                .leases
+                .iter()
+                .filter(|(_, l)| l.deadline < now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                let lease = st.leases.remove(&id).expect("listed");
+                let mut back = 0;
+                for name in lease.items.iter().rev() {
+                    let item = match st.items.get_mut(name) {
+                        Some(p) if p.lease == Some(id) => {
+                            p.lease = None;
+                            p.item.bytes()
+                        }
+                        _ => continue,
+                    };
+                    st.queued_bytes += item;
+                    st.queue.push_front(name.clone());
+                    back += 1;
+                }
+                st.expired += 1;
+                tracing::warn!(
+                    "lease {id} of worker {} expired: {back} items back in the queue",
+                    lease.worker
+                );
+                ended.push(id);
+            }
+        }
+        for id in ended {
+            shared.journal("lease end", |j, t| j.lease_ended(t, id, LEASE_EXPIRED));
+        }
+    }
+}
+
+/// After the end: until every worker still alive has been told, or `linger` passes.
+async fn linger(shared: &Shared) {
+    let deadline = Instant::now() + shared.opts.linger;
+    while Instant::now() < deadline {
+        let waiting = {
+            let st = shared.state();
+            let now = Instant::now();
+            st.workers.values().any(|w| {
+                !w.told_done && now.duration_since(w.last_seen) <= shared.opts.lease_timeout
+            })
+        };
+        if !waiting {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn router(shared: Arc<Shared>, token: Token) -> Router {
+    Router::new()
+        .route("/v1/transfer", get(transfer_spec))
+        .route("/v1/lease", post(lease))
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/complete", post(complete))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(token, auth::require))
+        .with_state(shared)
+}
+
+async fn transfer_spec(Axum(shared): Axum<Arc<Shared>>) -> Json<TransferSpec> {
+    Json(shared.spec.clone())
+}
+
+async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -> Json<LeaseReply> {
+    let timeout = shared.opts.lease_timeout;
+    let mut st = shared.state();
+    st.worker(&req.worker);
+    if st.phase == "done" {
+        st.worker(&req.worker).told_done = true;
+        return Json(LeaseReply::Done);
+    }
+    let live = st.live_workers(timeout).max(1) as u64;
+    let mut target = shared.opts.lease_bytes.max(1);
+    if st.planning_done {
+        // The last work is spread over everyone rather than handed to the first to ask.
+        target = target.min((st.queued_bytes / (2 * live)).max(1));
+    }
+    let mut items = Vec::new();
+    let (mut cost, mut bytes) = (0u64, 0u64);
+    while let Some(name) = st.queue.pop_front() {
+        let Some(p) = st.items.get(&name).filter(|p| p.lease.is_none()) else {
+            continue;
+        };
+        let c = p.item.bytes().max(MIN_ITEM_COST);
+        if !items.is_empty() && cost + c > target {
+            st.queue.push_front(name);
+            break;
+        }
+        cost += c;
+        bytes += p.item.bytes();
+        items.push(name);
+        if items.len() >= MAX_ITEMS_PER_LEASE {
+            break;
+        }
+    }
+    if items.is_empty() {
+        return Json(LeaseReply::Wait { ms: 250 });
+    }
+    let lease_id = st.next_lease.max(1);
+    st.next_lease = lease_id + 1;
+    st.queued_bytes -= bytes;
+    st.granted += 1;
+    let mut work = Vec::with_capacity(items.len());
+    for name in &items {
+        let p = st.items.get_mut(name).expect("checked");
+        p.lease = Some(lease_id);
+        work.push(p.item.clone());
+    }
+    st.leases.insert(
+        lease_id,
+        Active {
+            worker: req.worker.id.clone(),
+            items: items.clone(),
+            deadline: Instant::now() + timeout,
+        },
+    );
+    drop(st);
+    let payload = serde_json::to_string(&work).expect("work items serialise");
+    shared.journal("lease", |j, t| {
+        j.lease_granted(t, lease_id, &req.worker.id, bytes, &payload, items)
+    });
+    Json(LeaseReply::Lease(Lease {
+        lease_id,
+        items: work,
+        timeout_ms: timeout.as_millis() as u64,
+    }))
+}
+
+async fn heartbeat(
+    Axum(shared): Axum<Arc<Shared>>,
+    Json(hb): Json<Heartbeat>,
+) -> Json<HeartbeatReply> {
+    let deadline = Instant::now() + shared.opts.lease_timeout;
+    let mut st = shared.state();
+    let w = st.worker(&hb.worker);
+    w.rate.record(Instant::now(), hb.bytes_moved);
+    let mut expired = Vec::new();
+    for id in hb.leases {
+        match st.leases.get_mut(&id) {
+            Some(l) if l.worker == hb.worker.id => l.deadline = deadline,
+            _ => expired.push(id),
+        }
+    }
+    Json(HeartbeatReply { expired })
+}
+
+async fn complete(
+    Axum(shared): Axum<Arc<Shared>>,
+    Json(c): Json<Completion>,
+) -> Json<serde_json::Value> {
+    let mut effects = Vec::new();
+    let mut outcomes = Vec::new();
+    {
+        let mut st = shared.state();
+        st.worker(&c.worker);
+        let lease = st.leases.remove(&c.lease_id);
+        let mut done = 0;
+        for r in c.results {
+            let outcome = take_result(&shared, &mut st, r.outcome, &r.item, &mut effects);
+            done += u64::from(outcome == "done");
+            outcomes.push((r.item, outcome));
+        }
+        st.worker(&c.worker).items_done += done;
+        // Items the worker did not report (it should report all) go back to the queue.
+        if let Some(lease) = &lease {
+            for name in &lease.items {
+                let bytes = match st.items.get_mut(name) {
+                    Some(p) if p.lease == Some(c.lease_id) => {
+                        p.lease = None;
+                        p.item.bytes()
+                    }
+                    _ => continue,
+                };
+                st.queued_bytes += bytes;
+                st.queue.push_front(name.clone());
+            }
+        }
+    }
+    let lease_id = c.lease_id;
+    for (item, outcome) in outcomes {
+        shared.journal("lease item", |j, t| j.lease_item(t, lease_id, &item, outcome));
+    }
+    shared.journal("lease end", |j, t| j.lease_ended(t, lease_id, LEASE_COMPLETED));
+    for e in effects {
+        match e {
+            Effect::RecordPart(upload, part, sums) => {
+                if let Some(sums) = sums {
+                    shared.exec.record_part(&upload, &part, &sums).await;
+                }
+            }
+            Effect::Complete(upload_id) => spawn_completion(shared.clone(), upload_id),
+            Effect::Abort(upload) => shared.exec.abort_upload(&upload).await,
+        }
+    }
+    shared.wake.notify_waiters();
+    Json(serde_json::json!({}))
+}
+
+/// Applies one result: the first result for an item counts; a later one (the item was
+/// re-issued after an expiry and done twice) is a duplicate.
+fn take_result(
+    shared: &Shared,
+    st: &mut State,
+    outcome: Outcome,
+    name: &str,
+    effects: &mut Vec<Effect>,
+) -> &'static str {
+    let Some(p) = st.items.remove(name) else {
+        st.duplicates += 1;
+        return "duplicate";
+    };
+    if p.lease.is_none() {
+        st.queued_bytes -= p.item.bytes();
+    }
+    let exec = &shared.exec;
+    let progress = exec.progress();
+    match (p.item, outcome) {
+        (WorkItem::Object { src, unless_same, .. }, Outcome::Copied { copied }) => {
+            if unless_same.is_some() {
+                progress.add_planned(src.size);
+            }
+            progress.add_moved(src.size);
+            exec.record_copied(&src, copied);
+            "done"
+        }
+        (WorkItem::Object { src, .. }, Outcome::Same) => {
+            progress.add_skipped(src.size);
+            "done"
+        }
+        (WorkItem::Part { upload, spec, .. }, Outcome::Part { part, sums }) => {
+            progress.add_moved(spec.len);
+            effects.push(Effect::RecordPart(upload.clone(), part.clone(), sums.clone()));
+            let id = &upload.upload_id;
+            match st.uploads.get_mut(id) {
+                Some(u) => {
+                    u.parts.insert(part.number, (part, sums));
+                    if !u.failed && u.parts.len() >= u.total {
+                        st.completing += 1;
+                        effects.push(Effect::Complete(id.clone()));
+                    }
+                }
+                None => st.early_parts.entry(id.clone()).or_default().push((part, sums)),
+            }
+            "done"
+        }
+        (item, outcome) => {
+            let error = match outcome {
+                Outcome::Failed { error } => error,
+                _ => "the worker answered with a result of another kind".to_string(),
+            };
+            match item {
+                WorkItem::Object { src, .. } => {
+                    exec.record_failure(&src.key, Error::new(ErrorKind::Other, error))
+                }
+                WorkItem::Part { src, upload, .. } => {
+                    let id = upload.upload_id.clone();
+                    if let Some(u) = st.uploads.get_mut(&id).filter(|u| !u.failed) {
+                        u.failed = true;
+                        exec.record_failure(&src.key, Error::new(ErrorKind::Other, error));
+                        st.uploads.remove(&id);
+                        // The other parts of this object are not worth sending.
+                        st.items.retain(|_, p| {
+                            !matches!(&p.item, WorkItem::Part { upload, .. } if upload.upload_id == id)
+                        });
+                        effects.push(Effect::Abort(upload));
+                    }
+                }
+            }
+            "failed"
+        }
+    }
+}
+
+fn snapshot(shared: &Shared) -> Status {
+    let p = shared.exec.progress().snapshot();
+    let st = shared.state();
+    let now = Instant::now();
+    let mut leases_of: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (id, l) in &st.leases {
+        leases_of.entry(l.worker.as_str()).or_default().push(*id);
+    }
+    let workers: Vec<WorkerStatus> = st
+        .workers
+        .values()
+        .map(|w| {
+            let mut leases = leases_of.remove(w.info.id.as_str()).unwrap_or_default();
+            leases.sort_unstable();
+            let seen = now.duration_since(w.last_seen);
+            WorkerStatus {
+                id: w.info.id.clone(),
+                host: w.info.host.clone(),
+                pid: w.info.pid,
+                metrics_url: w.info.metrics_url.clone(),
+                bytes_moved: w.rate.latest(),
+                throughput_bytes_per_second: w.rate.per_second(),
+                leases,
+                items_done: w.items_done,
+                last_seen_ms: seen.as_millis() as u64,
+                alive: seen <= shared.opts.lease_timeout,
+            }
+        })
+        .collect();
+    Status {
+        transfer_id: shared.tid.map(|t| t.to_string()),
+        phase: st.phase.to_string(),
+        objects_planned: p.objects_total,
+        bytes_planned: p.bytes_total,
+        objects_done: p.objects_done,
+        bytes_done: p.bytes_done,
+        objects_failed: p.objects_failed,
+        objects_skipped: p.objects_skipped,
+        items_queued: st.items.values().filter(|i| i.lease.is_none()).count() as u64,
+        leases_active: st.leases.len() as u64,
+        leases_granted: st.granted,
+        leases_expired: st.expired,
+        duplicate_results: st.duplicates,
+        throughput_bytes_per_second: workers
+            .iter()
+            .filter(|w| w.alive)
+            .map(|w| w.throughput_bytes_per_second)
+            .sum(),
+        workers,
+    }
+}
+
+async fn status(Axum(shared): Axum<Arc<Shared>>) -> Json<Status> {
+    Json(snapshot(&shared))
+}
+
+async fn metrics(Axum(shared): Axum<Arc<Shared>>) -> impl IntoResponse {
+    let s = snapshot(&shared);
+    let mut p = Page::default();
+    let f = |v: u64| v as f64;
+    p.metric("skyhaul_fleet_objects_planned", "gauge", "Objects to copy, as planned so far.", f(s.objects_planned));
+    p.metric("skyhaul_fleet_bytes_planned", "gauge", "Bytes to copy, as planned so far.", f(s.bytes_planned));
+    p.metric("skyhaul_fleet_objects_done_total", "counter", "Objects copied.", f(s.objects_done));
+    p.metric("skyhaul_fleet_bytes_done_total", "counter", "Bytes copied.", f(s.bytes_done));
+    p.metric("skyhaul_fleet_objects_failed_total", "counter", "Objects that failed.", f(s.objects_failed));
+    p.metric("skyhaul_fleet_items_queued", "gauge", "Work items waiting for a worker.", f(s.items_queued));
+    p.metric("skyhaul_fleet_leases_active", "gauge", "Leases held by workers.", f(s.leases_active));
+    p.metric("skyhaul_fleet_leases_granted_total", "counter", "Leases handed out.", f(s.leases_granted));
+    p.metric("skyhaul_fleet_leases_expired_total", "counter", "Leases taken back after their worker went silent.", f(s.leases_expired));
+    p.metric("skyhaul_fleet_duplicate_results_total", "counter", "Results for work already done through another lease.", f(s.duplicate_results));
+    p.metric("skyhaul_fleet_throughput_bytes_per_second", "gauge", "Sum of the live workers' throughput.", s.throughput_bytes_per_second);
+    p.metric("skyhaul_fleet_workers_alive", "gauge", "Workers heard from within the lease timeout.", s.workers.iter().filter(|w| w.alive).count() as f64);
+    p.family("skyhaul_fleet_worker_bytes_moved_total", "counter", "Bytes each worker moved.");
+    for w in &s.workers {
+        p.sample("skyhaul_fleet_worker_bytes_moved_total", &[("worker", &w.id)], f(w.bytes_moved));
+    }
+    p.family("skyhaul_fleet_worker_throughput_bytes_per_second", "gauge", "Each worker's throughput over the last 10 s.");
+    for w in &s.workers {
+        p.sample("skyhaul_fleet_worker_throughput_bytes_per_second", &[("worker", &w.id)], w.throughput_bytes_per_second);
+    }
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], p.finish())
+}

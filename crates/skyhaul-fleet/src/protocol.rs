@@ -1,0 +1,182 @@
+//! The messages between a coordinator and its workers: JSON over HTTP, every request
+//! carrying `Authorization: Bearer TOKEN`.
+//!
+//! | request | body | answer |
+//! |---|---|---|
+//! | `GET /v1/transfer` | | [`TransferSpec`]: what to copy, from where to where |
+//! | `POST /v1/lease` | [`LeaseRequest`] | [`LeaseReply`]: work, wait, or done |
+//! | `POST /v1/heartbeat` | [`Heartbeat`] | [`HeartbeatReply`]: leases that expired |
+//! | `POST /v1/complete` | [`Completion`] | `{}` |
+//! | `GET /v1/status` | | [`crate::status::Status`] |
+//! | `GET /metrics` | | Prometheus text (coordinator and workers) |
+//!
+//! Work items are the engine's own serialisable types, and results name their item rather
+//! than only their lease: a result that arrives late (after its lease expired, or at a
+//! restarted coordinator) is still matched to the work it did.
+
+use serde::{Deserialize, Serialize};
+use skyhaul_engine::Copied;
+use skyhaul_store::{CompletedPart, MultipartUpload, ObjectMeta, PartSpec};
+
+/// The version of this protocol; a worker of another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a worker needs to open both sides and copy like the coordinator would. Never any
+/// credential: each worker signs in with its own environment (`SKYHAUL_SRC_*`, profiles,
+/// instance roles), the way the launchers pass them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferSpec {
+    pub protocol: u32,
+    /// The transfer's id in the coordinator's journal, for logs.
+    pub transfer_id: Option<String>,
+    pub src: String,
+    pub dst: String,
+    pub recursive: bool,
+    pub sides: Sides,
+    pub settings: WorkerSettings,
+    /// How often a worker must be heard from for its leases to stay valid.
+    pub lease_timeout_ms: u64,
+}
+
+/// Where each side is, as the coordinator's command line named it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sides {
+    pub src_endpoint: Option<String>,
+    pub dst_endpoint: Option<String>,
+    pub src_region: Option<String>,
+    pub dst_region: Option<String>,
+    pub src_profile: Option<String>,
+    pub dst_profile: Option<String>,
+}
+
+/// The engine settings that change how a worker copies (not what).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSettings {
+    pub max_connections: usize,
+    pub memory_budget: u64,
+    pub part_size: u64,
+    pub multipart_threshold: u64,
+    pub retries: u32,
+    pub server_side_copy: bool,
+    /// Bytes per second per worker, if limited.
+    pub bwlimit: Option<u64>,
+}
+
+/// Who a worker is: its id is its own choice (host, pid and a random suffix), so that it
+/// needs no registration and a restarted coordinator knows it at its next request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// Where the worker serves its own `/metrics`, if it does.
+    pub metrics_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub worker: WorkerInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum LeaseReply {
+    /// Work to do; report it before `timeout_ms` passes without a heartbeat.
+    Lease(Lease),
+    /// Nothing to hand out now (the listing is still running, or the last work is out):
+    /// ask again after `ms`.
+    Wait { ms: u64 },
+    /// The transfer is over: exit.
+    Done,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub lease_id: u64,
+    pub items: Vec<WorkItem>,
+    pub timeout_ms: u64,
+}
+
+/// One piece of work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkItem {
+    /// Copy a whole object; with `unless_same`, only if that destination object differs.
+    Object {
+        src: ObjectMeta,
+        dst_key: String,
+        unless_same: Option<ObjectMeta>,
+    },
+    /// Send one part of an upload the coordinator created.
+    Part {
+        src: ObjectMeta,
+        upload: MultipartUpload,
+        spec: PartSpec,
+        server_side: bool,
+    },
+}
+
+impl WorkItem {
+    /// The item's name, unique within a transfer: what results and the journal refer to.
+    pub fn name(&self) -> String {
+        match self {
+            WorkItem::Object { src, .. } => format!("object {}", src.key),
+            WorkItem::Part { upload, spec, .. } => {
+                format!("part {} #{}", upload.upload_id, spec.number)
+            }
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        match self {
+            WorkItem::Object { src, .. } => src.size,
+            WorkItem::Part { spec, .. } => spec.len,
+        }
+    }
+}
+
+/// A worker is alive: its leases stay valid for another timeout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub worker: WorkerInfo,
+    /// Bytes the worker has moved since it started (for its throughput).
+    pub bytes_moved: u64,
+    pub leases: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Of the leases named, those the coordinator no longer holds for this worker.
+    pub expired: Vec<u64>,
+}
+
+/// The results of a lease's items.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Completion {
+    pub worker: WorkerInfo,
+    pub lease_id: u64,
+    pub results: Vec<ItemResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ItemResult {
+    /// [`WorkItem::name`] of the item.
+    pub item: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The object was copied.
+    Copied { copied: Copied },
+    /// The destination already held the same bytes (`sync --checksum`).
+    Same,
+    /// The part was sent; `sums` as the journal keeps a part's checksums.
+    Part {
+        part: CompletedPart,
+        sums: Option<String>,
+    },
+    /// It failed after the engine's retries.
+    Failed { error: String },
+}

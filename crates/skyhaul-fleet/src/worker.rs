@@ -1,0 +1,286 @@
+//! A worker: asks the coordinator for leases, does their work with the engine, reports each
+//! item's result, and keeps its leases alive with heartbeats until it is told the transfer
+//! is over.
+
+use crate::auth::{self, Token};
+use crate::client::{Client, ClientError};
+use crate::metrics::{self, Page};
+use crate::protocol::*;
+use axum::extract::State as Axum;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use futures::StreamExt;
+use skyhaul_engine::resume::encode_sums;
+use skyhaul_engine::{Endpoint, Executor, Progress, TransferOptions};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Leases a worker holds at once: the next is fetched while the last is finishing, so the
+/// connections do not idle for a round trip between leases.
+const LEASES_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Coordinator(#[from] ClientError),
+    #[error("the coordinator speaks protocol {0}, this worker {PROTOCOL_VERSION}: run the same skyhaul version everywhere")]
+    Version(u32),
+    /// Opening a side failed (credentials, endpoint, path).
+    #[error("{0}")]
+    Open(skyhaul_store::Error),
+}
+
+/// What a worker did, for its last log line and its metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub leases: AtomicU64,
+    pub items: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+struct Live {
+    progress: Arc<Progress>,
+    counters: Arc<Counters>,
+}
+
+/// Runs a worker until the coordinator says the transfer is over. `open` opens both sides
+/// from the transfer's description with this machine's own credentials.
+pub async fn run<F, Fut>(
+    client: Client,
+    info: WorkerInfo,
+    metrics: Option<(tokio::net::TcpListener, Token)>,
+    open: F,
+) -> Result<Arc<Counters>, WorkerError>
+where
+    F: FnOnce(TransferSpec) -> Fut,
+    Fut: Future<Output = skyhaul_store::Result<(Endpoint, Endpoint)>>,
+{
+    let spec: TransferSpec = client.get("/v1/transfer").await?;
+    if spec.protocol != PROTOCOL_VERSION {
+        return Err(WorkerError::Version(spec.protocol));
+    }
+    tracing::info!(
+        "worker {} joins transfer {} of {}",
+        info.id,
+        spec.transfer_id.as_deref().unwrap_or("-"),
+        client.base()
+    );
+    let opts = transfer_options(&spec);
+    let timeout = Duration::from_millis(spec.lease_timeout_ms.max(300));
+    let (src, dst) = open(spec).await.map_err(WorkerError::Open)?;
+    let progress = Arc::new(Progress::default());
+    let cancel = CancellationToken::new();
+    let exec = Arc::new(Executor::new(
+        &src,
+        &dst,
+        &opts,
+        progress.clone(),
+        cancel.clone(),
+    ));
+    let counters = Arc::new(Counters::default());
+    let stop = CancellationToken::new();
+    if let Some((listener, token)) = metrics {
+        let live = Arc::new(Live {
+            progress: progress.clone(),
+            counters: counters.clone(),
+        });
+        let app = Router::new()
+            .route("/metrics", get(worker_metrics))
+            .layer(axum::middleware::from_fn_with_state(token, auth::require))
+            .with_state(live);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+    }
+    let client = Arc::new(client);
+    let held = Arc::new(Mutex::new(BTreeSet::new()));
+    let beats = tokio::spawn(heartbeats(
+        client.clone(),
+        info.clone(),
+        progress.clone(),
+        held.clone(),
+        timeout / 3,
+        stop.clone(),
+    ));
+    let mut loops = tokio::task::JoinSet::new();
+    for _ in 0..LEASES_IN_FLIGHT {
+        loops.spawn(lease_loop(
+            client.clone(),
+            info.clone(),
+            exec.clone(),
+            opts.max_connections.max(1),
+            held.clone(),
+            counters.clone(),
+        ));
+    }
+    let mut result = Ok(());
+    while let Some(r) = loops.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                result = Err(e);
+                loops.abort_all();
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => panic!("lease loop panicked: {e}"),
+        }
+    }
+    stop.cancel();
+    let _ = beats.await;
+    result.map(|()| counters).map_err(WorkerError::from)
+}
+
+/// The engine options a worker copies with, from the coordinator's settings.
+fn transfer_options(spec: &TransferSpec) -> TransferOptions {
+    let s = &spec.settings;
+    TransferOptions {
+        recursive: spec.recursive,
+        max_connections: s.max_connections,
+        memory_budget: s.memory_budget,
+        part_size: s.part_size,
+        multipart_threshold: s.multipart_threshold,
+        retry: skyhaul_engine::retry::RetryPolicy {
+            retries: s.retries,
+            unreachable_retries: s.retries,
+            ..Default::default()
+        },
+        server_side_copy: s.server_side_copy,
+        bwlimit: s
+            .bwlimit
+            .map(|rate| Arc::new(skyhaul_engine::BandwidthLimit::new(rate))),
+        ..TransferOptions::default()
+    }
+}
+
+async fn lease_loop(
+    client: Arc<Client>,
+    info: WorkerInfo,
+    exec: Arc<Executor>,
+    concurrency: usize,
+    held: Arc<Mutex<BTreeSet<u64>>>,
+    counters: Arc<Counters>,
+) -> Result<(), ClientError> {
+    let request = LeaseRequest {
+        worker: info.clone(),
+    };
+    loop {
+        let lease = match client.post("/v1/lease", &request).await? {
+            LeaseReply::Done => return Ok(()),
+            LeaseReply::Wait { ms } => {
+                tokio::time::sleep(Duration::from_millis(ms.clamp(10, 5000))).await;
+                continue;
+            }
+            LeaseReply::Lease(l) => l,
+        };
+        held.lock().expect("lock").insert(lease.lease_id);
+        let results: Vec<ItemResult> = futures::stream::iter(lease.items)
+            .map(|item| run_item(&exec, item))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let failed = results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Failed { .. }))
+            .count() as u64;
+        counters.items.fetch_add(results.len() as u64, Ordering::Relaxed);
+        counters.failed.fetch_add(failed, Ordering::Relaxed);
+        let completion = Completion {
+            worker: info.clone(),
+            lease_id: lease.lease_id,
+            results,
+        };
+        let _: serde_json::Value = client.post("/v1/complete", &completion).await?;
+        held.lock().expect("lock").remove(&lease.lease_id);
+        counters.leases.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn run_item(exec: &Executor, item: WorkItem) -> ItemResult {
+    let name = item.name();
+    let outcome = match item {
+        WorkItem::Object {
+            src,
+            dst_key,
+            unless_same,
+        } => match exec.copy(&src, &dst_key, unless_same).await {
+            Ok(Some(copied)) => Outcome::Copied { copied },
+            Ok(None) => Outcome::Same,
+            Err(e) => Outcome::Failed { error: e.message },
+        },
+        WorkItem::Part {
+            src,
+            upload,
+            spec,
+            server_side,
+        } => match exec.move_part(&src, &upload, spec, server_side).await {
+            Ok((part, sums)) => Outcome::Part {
+                part,
+                sums: sums.as_ref().map(encode_sums),
+            },
+            Err(e) => Outcome::Failed { error: e.message },
+        },
+    };
+    if let Outcome::Failed { error } = &outcome {
+        tracing::warn!("{name}: {error}");
+    }
+    ItemResult {
+        item: name,
+        outcome,
+    }
+}
+
+/// Tells the coordinator this worker is alive (renewing its leases) and how much it moved.
+async fn heartbeats(
+    client: Arc<Client>,
+    info: WorkerInfo,
+    progress: Arc<Progress>,
+    held: Arc<Mutex<BTreeSet<u64>>>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let beat = Heartbeat {
+            worker: info.clone(),
+            bytes_moved: progress.snapshot().bytes_moved,
+            leases: held.lock().expect("lock").iter().copied().collect(),
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = client.post::<_, HeartbeatReply>("/v1/heartbeat", &beat) => {
+                match r {
+                    Ok(reply) if !reply.expired.is_empty() => tracing::warn!(
+                        "leases {:?} expired at the coordinator; their results will count only if nobody else did the work first",
+                        reply.expired
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("heartbeat: {e}"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn worker_metrics(Axum(live): Axum<Arc<Live>>) -> impl IntoResponse {
+    let s = live.progress.snapshot();
+    let c = &live.counters;
+    let mut p = Page::default();
+    p.metric("skyhaul_worker_bytes_moved_total", "counter", "Bytes this worker moved.", s.bytes_moved as f64);
+    p.metric("skyhaul_worker_items_total", "counter", "Work items this worker finished.", c.items.load(Ordering::Relaxed) as f64);
+    p.metric("skyhaul_worker_items_failed_total", "counter", "Work items that failed here.", c.failed.load(Ordering::Relaxed) as f64);
+    p.metric("skyhaul_worker_leases_total", "counter", "Leases this worker completed.", c.leases.load(Ordering::Relaxed) as f64);
+    p.metric("skyhaul_worker_retries_total", "counter", "Requests retried.", s.retries as f64);
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], p.finish())
+}
