@@ -362,7 +362,8 @@ pub fn parse_age_or_time(s: &str, now: SystemTime) -> Result<SystemTime, FilterE
         .ok_or_else(|| err("age reaches before the representable time range"))
 }
 
-fn parse_age(s: &str) -> Result<Duration, String> {
+/// A duration like `30s`, `1.5m`, `2h30m` or `7d` (units s, m, h, d, w; m is minutes).
+pub fn parse_age(s: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {

@@ -15,7 +15,6 @@ use futures::StreamExt;
 use skyhaul_engine::resume::encode_sums;
 use skyhaul_engine::{Endpoint, Executor, Progress, TransferOptions};
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,9 +30,6 @@ pub enum WorkerError {
     Coordinator(#[from] ClientError),
     #[error("the coordinator speaks protocol {0}, this worker {PROTOCOL_VERSION}: run the same skyhaul version everywhere")]
     Version(u32),
-    /// Opening a side failed (credentials, endpoint, path).
-    #[error("{0}")]
-    Open(skyhaul_store::Error),
 }
 
 /// What a worker did, for its last log line and its metrics.
@@ -49,22 +45,25 @@ struct Live {
     counters: Arc<Counters>,
 }
 
-/// Runs a worker until the coordinator says the transfer is over. `open` opens both sides
-/// from the transfer's description with this machine's own credentials.
-pub async fn run<F, Fut>(
-    client: Client,
-    info: WorkerInfo,
-    metrics: Option<(tokio::net::TcpListener, Token)>,
-    open: F,
-) -> Result<Arc<Counters>, WorkerError>
-where
-    F: FnOnce(TransferSpec) -> Fut,
-    Fut: Future<Output = skyhaul_store::Result<(Endpoint, Endpoint)>>,
-{
+/// Asks the coordinator what the transfer is (waiting for it to come up if need be).
+pub async fn join(client: &Client) -> Result<TransferSpec, WorkerError> {
     let spec: TransferSpec = client.get("/v1/transfer").await?;
     if spec.protocol != PROTOCOL_VERSION {
         return Err(WorkerError::Version(spec.protocol));
     }
+    Ok(spec)
+}
+
+/// Runs a worker until the coordinator says the transfer is over, on both sides as this
+/// machine opened them from `spec` (with its own credentials).
+pub async fn run(
+    client: Client,
+    info: WorkerInfo,
+    metrics: Option<(tokio::net::TcpListener, Token)>,
+    spec: TransferSpec,
+    src: &Endpoint,
+    dst: &Endpoint,
+) -> Result<Arc<Counters>, WorkerError> {
     tracing::info!(
         "worker {} joins transfer {} of {}",
         info.id,
@@ -73,12 +72,11 @@ where
     );
     let opts = transfer_options(&spec);
     let timeout = Duration::from_millis(spec.lease_timeout_ms.max(300));
-    let (src, dst) = open(spec).await.map_err(WorkerError::Open)?;
     let progress = Arc::new(Progress::default());
     let cancel = CancellationToken::new();
     let exec = Arc::new(Executor::new(
-        &src,
-        &dst,
+        src,
+        dst,
         &opts,
         progress.clone(),
         cancel.clone(),

@@ -118,6 +118,22 @@ skyhaul completions fish > ~/.config/fish/completions/skyhaul.fish")]
         /// The shell: bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+    /// Coordinate a transfer that workers on other machines carry out (`skyhaul worker`)
+    #[command(after_help = "Examples:\n  \
+export SKYHAUL_FLEET_TOKEN=$(openssl rand -hex 32)\n  \
+skyhaul coordinator --listen 0.0.0.0:7070 cp -r s3://src/data s3://dst/data\n  \
+skyhaul coordinator --listen 10.0.0.5:7070 sync --delete s3://src/data /mnt/shared/data --lease-timeout 1m\n\n\
+Workers need the same token and their own credentials for both sides. The coordinator\n\
+plans, hands out work, completes multipart uploads, keeps the journal and verifies; it\n\
+also serves GET /v1/status (JSON) and GET /metrics (Prometheus), with the token.")]
+    Coordinator(CoordinatorArgs),
+    /// Work for a coordinator until its transfer is over
+    #[command(after_help = "Examples:\n  \
+SKYHAUL_FLEET_TOKEN=... skyhaul worker --coordinator http://10.0.0.5:7070\n  \
+skyhaul worker --coordinator http://head:7070 --metrics-listen 0.0.0.0:9101\n\n\
+Credentials for both sides come from this machine's environment (SKYHAUL_SRC_*,\n\
+SKYHAUL_DST_*, AWS profiles, instance roles): the coordinator never sends any.")]
+    Worker(WorkerArgs),
     /// Print the man page (roff)
     #[command(after_help = "Example:\n  skyhaul man > /usr/local/share/man/man1/skyhaul.1")]
     Man,
@@ -239,6 +255,66 @@ pub struct CpArgs {
     pub recursive: bool,
     #[command(flatten)]
     pub common: TransferArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Spreading one transfer over worker processes.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Fleet")]
+pub struct FleetArgs {
+    /// Run N worker processes on this machine under one coordinator (a local fleet)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+    /// A lease its worker does not renew within this time goes back to the queue [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub lease_timeout: Option<std::time::Duration>,
+    /// Bytes of work per lease (less near the end, to spread the last work) [default: 64M]
+    #[arg(long, value_name = "SIZE")]
+    pub lease_size: Option<Size>,
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// Address to serve workers on, HOST:PORT (port 0: any free port)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// The token workers must present, at least 16 characters (prefer the environment: `ps` shows flags)
+    #[arg(long, env = "SKYHAUL_FLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub transfer: CoordinatedTransfer,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CoordinatedTransfer {
+    /// Coordinate a copy (every cp flag applies)
+    Cp(CpArgs),
+    /// Coordinate a sync (every sync flag applies)
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The coordinator's URL, e.g. http://10.0.0.5:7070
+    #[arg(long, value_name = "URL")]
+    pub coordinator: String,
+    /// The coordinator's token (prefer the environment: `ps` shows flags)
+    #[arg(long, env = "SKYHAUL_FLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How long to keep trying while the coordinator does not answer (starting, restarting)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
+    pub wait: std::time::Duration,
+    /// Serve this worker's Prometheus metrics at http://ADDR/metrics (same token)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// rclone.conf to resolve NAME:bucket/path remotes from [default: rclone's own, $RCLONE_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    pub rclone_config: Option<std::path::PathBuf>,
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    skyhaul_engine::filter::parse_age(s).map_err(|e| format!("'{s}': {e} (try 30s or 2m)"))
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +330,8 @@ pub struct SyncArgs {
     pub checksum: bool,
     #[command(flatten)]
     pub common: TransferArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Debug, Args)]

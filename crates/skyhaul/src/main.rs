@@ -8,6 +8,7 @@ mod confirm;
 mod estimate;
 mod events;
 mod exit;
+mod fleet_cmd;
 mod init_cmd;
 mod journal_cmds;
 mod output;
@@ -67,10 +68,18 @@ fn init_logging(verbose: u8) {
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Cp(args) => {
-            let mode = Mode::Copy;
-            let recursive = args.recursive;
-            transfer(args.common, mode, recursive).await
+            let fleet = fleet_cmd::Fleet::local(&args.fleet);
+            transfer(args.common, Mode::Copy, args.recursive, fleet).await
         }
+        Command::Coordinator(args) => {
+            let (common, fleet_args, mode, recursive) = match args.transfer {
+                args::CoordinatedTransfer::Cp(a) => (a.common, a.fleet, Mode::Copy, a.recursive),
+                args::CoordinatedTransfer::Sync(a) => (a.common, a.fleet, sync_mode(a.delete, a.size_only, a.checksum), true),
+            };
+            let fleet = fleet_cmd::Fleet::coordinator(args.listen, args.token.as_deref(), &fleet_args).map(Some);
+            transfer(common, mode, recursive, fleet).await
+        }
+        Command::Worker(args) => fleet_cmd::worker(args).await,
         Command::Verify(args) => verify(args).await,
         Command::Status(args) => journal_cmds::status(args),
         Command::Clean(args) => journal_cmds::clean(args).await,
@@ -94,24 +103,22 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Sync(args) => {
-            let compare = if args.size_only {
-                Compare::SizeOnly
-            } else if args.checksum {
-                Compare::Checksum
-            } else {
-                Compare::SizeAndTime
-            };
-            transfer(
-                args.common,
-                Mode::Sync {
-                    delete: args.delete,
-                    compare,
-                },
-                true,
-            )
-            .await
+            let fleet = fleet_cmd::Fleet::local(&args.fleet);
+            let mode = sync_mode(args.delete, args.size_only, args.checksum);
+            transfer(args.common, mode, true, fleet).await
         }
     }
+}
+
+fn sync_mode(delete: bool, size_only: bool, checksum: bool) -> Mode {
+    let compare = if size_only {
+        Compare::SizeOnly
+    } else if checksum {
+        Compare::Checksum
+    } else {
+        Compare::SizeAndTime
+    };
+    Mode::Sync { delete, compare }
 }
 
 /// Reads one side's credentials from `SKYHAUL_{SIDE}_*`, then from the named remote (if
@@ -175,7 +182,7 @@ fn location(
 }
 
 /// Parses both locations and opens both stores.
-async fn open_both(
+pub(crate) async fn open_both(
     src: &str,
     dst: &str,
     e: &EndpointArgs,
@@ -245,13 +252,20 @@ async fn verify(args: VerifyArgs) -> ExitCode {
     })
 }
 
-async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
+/// Runs `cp` or `sync` here, or as a fleet's coordinator when `fleet` says so.
+async fn transfer(
+    args: TransferArgs,
+    mode: Mode,
+    recursive: bool,
+    fleet: Result<Option<fleet_cmd::Fleet>, exit::CliError>,
+) -> ExitCode {
     let command = match mode {
         Mode::Copy => "cp",
         Mode::Sync { .. } => "sync",
     };
     let out = output::Output::new(args.output.quiet, args.output.json);
     let result: Result<ExitCode, exit::CliError> = async {
+        let fleet = fleet?;
         let config = settings::load_config()?;
         let tuning = settings::tuning(&args, &config)?;
         let (filter, filter_identity) = settings::filter(&args.filter)?;
@@ -309,8 +323,27 @@ async fn transfer(args: TransferArgs, mode: Mode, recursive: bool) -> ExitCode {
             let path = settings::journal_path(args.journal.as_deref(), &config);
             Some(Arc::new(journal_cmds::open(path.as_deref())?))
         };
-        let report =
-            skyhaul_engine::transfer(&src, &dst, &opts, progress, cancel.clone(), journal).await;
+        let report = match fleet {
+            Some(fleet) => {
+                let spec = fleet_cmd::spec(&args, &opts, tuning.bwlimit);
+                fleet_cmd::coordinate(
+                    fleet,
+                    spec,
+                    &src,
+                    &dst,
+                    &opts,
+                    progress,
+                    cancel.clone(),
+                    journal,
+                    out,
+                )
+                .await
+            }
+            None => {
+                skyhaul_engine::transfer(&src, &dst, &opts, progress, cancel.clone(), journal)
+                    .await
+            }
+        };
         display.finish();
         if let Some(note) = note {
             note.finish();

@@ -1,0 +1,321 @@
+//! Fleet mode on the command line: `cp/sync --workers N` (a coordinator and N worker
+//! processes on this machine), `skyhaul coordinator` and `skyhaul worker`.
+
+use crate::args::{EndpointArgs, FleetArgs, TransferArgs, WorkerArgs};
+use crate::exit::{self, CliError, ExitCode};
+use crate::output::Output;
+use skyhaul_engine::{Endpoint, Progress, Report, TransferOptions};
+use skyhaul_fleet::{
+    coordinator, worker, Client, ClientError, CoordinatorOptions, Setup, Sides, Token,
+    TransferSpec, WorkerError, WorkerInfo, WorkerSettings, PROTOCOL_VERSION, TOKEN_ENV,
+};
+use skyhaul_journal::Journal;
+use skyhaul_store::{Error, ErrorKind};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A transfer run as a fleet's coordinator.
+pub struct Fleet {
+    listen: SocketAddr,
+    /// Worker processes to start on this machine.
+    workers: u16,
+    token: Token,
+    options: CoordinatorOptions,
+}
+
+impl Fleet {
+    /// `cp/sync --workers N`: a coordinator on a free loopback port and N local workers,
+    /// with a fresh token unless one is set in the environment. `None` without `--workers`.
+    pub fn local(args: &FleetArgs) -> Result<Option<Fleet>, CliError> {
+        let Some(workers) = args.workers else {
+            return Ok(None);
+        };
+        let token = match std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
+            Some(t) => Token::new(&t).map_err(exit::usage)?,
+            None => Token::generate(),
+        };
+        Ok(Some(Fleet {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers,
+            token,
+            options: options(args),
+        }))
+    }
+
+    /// `skyhaul coordinator --listen ADDR`: workers join from elsewhere (and `--workers N`
+    /// more start here).
+    pub fn coordinator(
+        listen: SocketAddr,
+        token: Option<&str>,
+        args: &FleetArgs,
+    ) -> Result<Fleet, CliError> {
+        let token = token.ok_or_else(|| {
+            exit::usage(format!(
+                "the coordinator needs a token: set {TOKEN_ENV} (or --token) to a secret of 16+ characters that the workers share"
+            ))
+        })?;
+        Ok(Fleet {
+            listen,
+            workers: args.workers.unwrap_or(0),
+            token: Token::new(token).map_err(exit::usage)?,
+            options: options(args),
+        })
+    }
+}
+
+fn options(args: &FleetArgs) -> CoordinatorOptions {
+    let d = CoordinatorOptions::default();
+    CoordinatorOptions {
+        lease_timeout: args.lease_timeout.unwrap_or(d.lease_timeout),
+        lease_bytes: args.lease_size.map_or(d.lease_bytes, |s| s.0.max(1)),
+        linger: d.linger,
+    }
+}
+
+/// What workers are told about the transfer: the locations as typed, the endpoints,
+/// regions and profile names, and the engine settings; never a credential.
+pub fn spec(args: &TransferArgs, opts: &TransferOptions, bwlimit: Option<u64>) -> TransferSpec {
+    let e = &args.endpoints;
+    TransferSpec {
+        protocol: PROTOCOL_VERSION,
+        transfer_id: None,
+        src: args.src.clone(),
+        dst: args.dst.clone(),
+        recursive: opts.recursive,
+        sides: Sides {
+            src_endpoint: e.src_endpoint.clone(),
+            dst_endpoint: e.dst_endpoint.clone(),
+            src_region: e.src_region.clone(),
+            dst_region: e.dst_region.clone(),
+            src_profile: e.src_profile.clone(),
+            dst_profile: e.dst_profile.clone(),
+        },
+        settings: WorkerSettings {
+            max_connections: opts.max_connections,
+            memory_budget: opts.memory_budget,
+            part_size: opts.part_size,
+            multipart_threshold: opts.multipart_threshold,
+            retries: opts.retry.retries,
+            server_side_copy: opts.server_side_copy,
+            bwlimit,
+        },
+        lease_timeout_ms: 0,
+    }
+}
+
+/// Runs the transfer as the fleet's coordinator, with the local workers it asks for.
+#[allow(clippy::too_many_arguments)]
+pub async fn coordinate(
+    fleet: Fleet,
+    spec: TransferSpec,
+    src: &Endpoint,
+    dst: &Endpoint,
+    opts: &TransferOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+    journal: Option<Arc<Journal>>,
+    out: Output,
+) -> skyhaul_store::Result<Report> {
+    let listener = tokio::net::TcpListener::bind(fleet.listen)
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Other,
+                format!("--listen {}: {e} (choose another address or port)", fleet.listen),
+            )
+        })?;
+    let addr = listener.local_addr().map_err(|e| {
+        Error::new(ErrorKind::Other, format!("coordinator address: {e}"))
+    })?;
+    let url = format!("http://{addr}");
+    out.notice(&format!("fleet: coordinator at {url}"));
+    let children = spawn_workers(fleet.workers, &url, &fleet.token)?;
+    let all_gone = Arc::new(AtomicBool::new(false));
+    let supervisor = watch_workers(children, cancel.clone(), all_gone.clone());
+    let report = coordinator::run(
+        src,
+        dst,
+        Setup {
+            listener,
+            token: fleet.token,
+            spec,
+            transfer: opts.clone(),
+            options: fleet.options,
+            progress,
+            cancel,
+            journal,
+        },
+    )
+    .await;
+    supervisor.stop.cancel();
+    let _ = supervisor.task.await;
+    if all_gone.load(Ordering::Relaxed) {
+        return Err(Error::new(
+            ErrorKind::Other,
+            format!(
+                "all {} workers exited before the transfer finished (rerun the command to resume)",
+                fleet.workers
+            ),
+        ));
+    }
+    report
+}
+
+/// Starts `n` `skyhaul worker` processes; the token goes through their environment, never
+/// their command line (which `ps` shows).
+fn spawn_workers(
+    n: u16,
+    url: &str,
+    token: &Token,
+) -> skyhaul_store::Result<Vec<tokio::process::Child>> {
+    let exe = std::env::current_exe().map_err(|e| {
+        Error::new(ErrorKind::Other, format!("finding the skyhaul binary: {e}"))
+    })?;
+    (0..n)
+        .map(|_| {
+            tokio::process::Command::new(&exe)
+                .args(["worker", "--coordinator", url, "--wait", "1m"])
+                .env(TOKEN_ENV, token.expose())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| Error::new(ErrorKind::Other, format!("starting a worker: {e}")))
+        })
+        .collect()
+}
+
+struct Supervisor {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Watches the local workers: when every one of them has exited while the transfer still
+/// runs, nothing will finish it, so it is cancelled. At the end, workers get a few seconds
+/// to hear that the transfer is over before they are killed (by their own handles).
+fn watch_workers(
+    mut children: Vec<tokio::process::Child>,
+    cancel: CancellationToken,
+    all_gone: Arc<AtomicBool>,
+) -> Supervisor {
+    let stop = CancellationToken::new();
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if children.is_empty() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                let mut running = 0;
+                for c in &mut children {
+                    running += usize::from(matches!(c.try_wait(), Ok(None)));
+                }
+                if running == 0 {
+                    all_gone.store(true, Ordering::Relaxed);
+                    cancel.cancel();
+                    return;
+                }
+            }
+            for c in &mut children {
+                if tokio::time::timeout(Duration::from_secs(5), c.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = c.kill().await;
+                }
+            }
+        })
+    };
+    Supervisor { stop, task }
+}
+
+/// `skyhaul worker`: works for a coordinator until its transfer is over.
+pub async fn worker(args: WorkerArgs) -> ExitCode {
+    let out = Output::new(false, false);
+    match run_worker(args).await {
+        Ok(()) => ExitCode::Ok,
+        Err(e) => {
+            out.error(&e.message, e.code);
+            e.code
+        }
+    }
+}
+
+async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
+    let token = args.token.as_deref().ok_or_else(|| {
+        exit::usage(format!(
+            "the worker needs the coordinator's token: set {TOKEN_ENV} (or --token)"
+        ))
+    })?;
+    let token = Token::new(token).map_err(exit::usage)?;
+    let client = Client::new(&args.coordinator, token.clone(), args.wait).map_err(exit::usage)?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| exit::usage(format!("--metrics-listen {addr}: {e}")))?;
+            Some((l, token))
+        }
+        None => None,
+    };
+    let host = hostname();
+    let pid = std::process::id();
+    let info = WorkerInfo {
+        id: format!("{host}-{pid}-{:04x}", rand::random::<u16>()),
+        host,
+        pid,
+        metrics_url: metrics
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| format!("http://{a}/metrics")),
+    };
+    let spec = worker::join(&client).await.map_err(worker_error)?;
+    let endpoints = EndpointArgs {
+        src_endpoint: spec.sides.src_endpoint.clone(),
+        dst_endpoint: spec.sides.dst_endpoint.clone(),
+        src_profile: spec.sides.src_profile.clone(),
+        dst_profile: spec.sides.dst_profile.clone(),
+        src_region: spec.sides.src_region.clone(),
+        dst_region: spec.sides.dst_region.clone(),
+        rclone_config: args.rclone_config.clone(),
+    };
+    let (src, dst) = crate::open_both(&spec.src, &spec.dst, &endpoints, spec.recursive).await?;
+    let counters = worker::run(client, info, metrics, spec, &src, &dst)
+        .await
+        .map_err(worker_error)?;
+    tracing::info!(
+        "worker done: {} items in {} leases",
+        counters.items.load(Ordering::Relaxed),
+        counters.leases.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+fn worker_error(e: WorkerError) -> CliError {
+    let code = match &e {
+        WorkerError::Coordinator(ClientError::Unauthorized(_)) => ExitCode::AccessDenied,
+        WorkerError::Coordinator(ClientError::Unreachable { .. }) => ExitCode::Unreachable,
+        _ => ExitCode::PartialFailure,
+    };
+    CliError {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// This machine's name, for worker ids and the status page.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_string())
+}
