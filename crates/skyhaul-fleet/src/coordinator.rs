@@ -77,6 +77,8 @@ struct Upload {
     parts: BTreeMap<u32, (CompletedPart, Option<String>)>,
     total: usize,
     failed: bool,
+    /// Its completion has started: a late duplicate part must not start another.
+    completing: bool,
 }
 
 struct Worker {
@@ -381,6 +383,7 @@ async fn add_object(
                 parts,
                 total,
                 failed: false,
+                completing: complete_now,
             },
         );
         complete_now
@@ -708,7 +711,8 @@ fn take_result(
             match st.uploads.get_mut(id) {
                 Some(u) => {
                     u.parts.insert(part.number, (part, sums));
-                    if !u.failed && u.parts.len() >= u.total {
+                    if !u.failed && !u.completing && u.parts.len() >= u.total {
+                        u.completing = true;
                         st.completing += 1;
                         effects.push(Effect::Complete(id.clone()));
                     }

@@ -106,10 +106,12 @@ pub async fn run(
         info.clone(),
         progress.clone(),
         held.clone(),
-        timeout / 3,
+        (timeout / 3).min(Duration::from_secs(2)),
         stop.clone(),
     ));
     let mut loops = tokio::task::JoinSet::new();
+    // Told by the coordinator that the transfer is over (through any one loop).
+    let over = CancellationToken::new();
     for _ in 0..LEASES_IN_FLIGHT {
         loops.spawn(lease_loop(
             client.clone(),
@@ -118,6 +120,7 @@ pub async fn run(
             opts.max_connections.max(1),
             held.clone(),
             counters.clone(),
+            over.clone(),
         ));
     }
     let mut result = Ok(());
@@ -166,15 +169,26 @@ async fn lease_loop(
     concurrency: usize,
     held: Arc<Mutex<BTreeSet<u64>>>,
     counters: Arc<Counters>,
+    over: CancellationToken,
 ) -> Result<(), ClientError> {
     let request = LeaseRequest {
         worker: info.clone(),
     };
     loop {
-        let lease = match client.post("/v1/lease", &request).await? {
-            LeaseReply::Done => return Ok(()),
+        let reply = tokio::select! {
+            _ = over.cancelled() => return Ok(()),
+            r = client.post("/v1/lease", &request) => r?,
+        };
+        let lease = match reply {
+            LeaseReply::Done => {
+                over.cancel();
+                return Ok(());
+            }
             LeaseReply::Wait { ms } => {
-                tokio::time::sleep(Duration::from_millis(ms.clamp(10, 5000))).await;
+                tokio::select! {
+                    _ = over.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(ms.clamp(10, 5000))) => {}
+                }
                 continue;
             }
             LeaseReply::Lease(l) => l,

@@ -1,0 +1,340 @@
+//! Fleet mode against real S3 servers: a local fleet losing a worker to `kill -9`, a
+//! coordinator killed and restarted, and the API's authentication.
+//!
+//! Each transfer is slowed with `--bwlimit` per worker so that it is still running when
+//! something is killed, and every claim about redone work is read from the journal's lease
+//! records, not assumed.
+
+mod common;
+
+use common::*;
+use skyhaul_journal::{FleetLease, Journal, LEASE_EXPIRED};
+use skyhaul_testkit::{S3Kind, S3Server};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+const TOKEN: &str = "fleet-test-token-0123456789abcdef";
+
+/// Small objects (batched into leases) and large ones (their parts spread over workers).
+fn workload() -> BTreeMap<String, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for i in 0..120 {
+        m.insert(format!("small/{i:03}.bin"), data(150_000 + i * 17, i as u64));
+    }
+    for i in 0..3 {
+        m.insert(format!("large/{i}.bin"), data(21 * MIB + i * 999, 500 + i as u64));
+    }
+    m
+}
+
+/// Flags that make the transfer take several seconds and hand out many small leases.
+const SLOW: [&str; 12] = [
+    "--bwlimit",
+    "6M",
+    "--lease-size",
+    "2M",
+    "--lease-timeout",
+    "2s",
+    "--multipart-threshold",
+    "8M",
+    "--part-size",
+    "5M",
+    "--max-connections",
+    "4",
+];
+
+fn command(args: &[&str], src: &S3Server, dst: &S3Server, journal: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyhaul"));
+    cmd.args(args);
+    if args[0] != "worker" {
+        cmd.args(["--src-endpoint", &src.endpoint, "--dst-endpoint", &dst.endpoint]);
+    }
+    for (k, v) in test_env(Some(src), Some(dst), &[]) {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.env("SKYHAUL_JOURNAL", journal)
+        .env("SKYHAUL_FLEET_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Reads a child's stderr on a thread: returns the coordinator's URL once announced, and
+/// keeps collecting the rest for failure messages.
+fn coordinator_url(child: &mut Child) -> (String, std::sync::mpsc::Receiver<String>) {
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if let Some(url) = line.split("coordinator at ").nth(1) {
+                return (url.trim().to_string(), rx);
+            }
+            seen.push(line);
+        }
+    }
+    panic!("no coordinator URL announced; stderr: {seen:?}");
+}
+
+/// One HTTP/1.1 GET with std only: (status, body).
+fn http_get(url: &str, path: &str, auth: Option<&str>) -> (u16, String) {
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("coordinator at {addr} unreachable: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    // One write: a request arriving in pieces can be answered (and the connection closed)
+    // before its last piece, which then resets the connection.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().expect("status code");
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+fn status(url: &str) -> serde_json::Value {
+    let (code, body) = http_get(url, "/v1/status", Some(&format!("Bearer {TOKEN}")));
+    assert_eq!(code, 200, "{body}");
+    // Small bodies come in one chunk; skip a chunked encoding's size line if present.
+    let json = body.trim_start_matches(|c: char| c != '{');
+    let end = json.rfind('}').expect("JSON object");
+    serde_json::from_str(&json[..=end]).expect("status is JSON")
+}
+
+/// Polls the status until `ready` holds for it.
+fn wait_status(url: &str, what: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(url);
+        if ready(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_exit(child: &mut Child, secs: u64) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("skyhaul did not finish within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn kill9(pid: u32) {
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0, "kill -9 {pid}");
+}
+
+fn leases(journal: &Path) -> Vec<FleetLease> {
+    let j = Journal::open(journal).unwrap();
+    let t = j.transfers().unwrap();
+    assert_eq!(t.len(), 1, "one transfer in the journal");
+    j.fleet_leases(t[0].id).unwrap()
+}
+
+/// How many leases did each item, by item name.
+fn done_counts(leases: &[FleetLease]) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for l in leases {
+        for (item, outcome) in &l.items {
+            if outcome.as_deref() == Some("done") {
+                *n.entry(item.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    n
+}
+
+async fn servers() -> (S3Server, S3Server, BTreeMap<String, Vec<u8>>) {
+    let src = S3Server::start(S3Kind::S3sFs);
+    let dst = S3Server::start(S3Kind::S3sFs);
+    src.create_bucket("src").await;
+    dst.create_bucket("dst").await;
+    let files = workload();
+    fill_bucket(&src, "src", "data/", &files).await;
+    (src, dst, files)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_fleet_survives_a_worker_killed_mid_transfer() {
+    let (src, dst, files) = servers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let mut args = vec![
+        "cp", "-r", "s3://src/data", "s3://dst/data", "--workers", "4", "--json", "-y",
+    ];
+    args.extend(SLOW);
+    let mut child = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut child);
+
+    // The API wants the token, and never repeats it.
+    let (code, body) = http_get(&url, "/v1/status", None);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = http_get(&url, "/v1/status", Some("Bearer wrong-token-0123456789"));
+    assert_eq!(code, 401, "{body}");
+    assert!(!body.contains(TOKEN));
+    let (code, metrics) = http_get(&url, "/metrics", Some(&format!("Bearer {TOKEN}")));
+    assert_eq!(code, 200);
+    assert!(metrics.contains("# TYPE skyhaul_fleet_bytes_done_total counter"), "{metrics}");
+
+    // Mid-transfer: some objects done, and a live worker holding work.
+    let s = wait_status(&url, "4 workers at work", |s| {
+        s["objects_done"].as_u64() >= Some(5)
+            && s["workers"].as_array().map_or(0, |w| w.len()) == 4
+            && s["workers"][0]["leases"].as_array().is_some_and(|l| !l.is_empty())
+    });
+    let victim = s["workers"][0].clone();
+    let victim_id = victim["id"].as_str().unwrap().to_string();
+    assert!(
+        s["objects_done"].as_u64().unwrap() < files.len() as u64,
+        "the transfer must still be running when the worker is killed: {s}"
+    );
+    kill9(victim["pid"].as_u64().unwrap() as u32);
+
+    let code = wait_exit(&mut child, 180);
+    let rest: Vec<String> = stderr.try_iter().collect();
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(code, 0, "stderr: {rest:#?}\nstdout: {out}");
+    let report = last_json_line(&out).unwrap();
+    assert_eq!(report["objects_failed"], 0, "{report}");
+    assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
+    assert_eq!(report["verification"]["checksum_mismatch"], 0, "{report}");
+    assert_eq!(report["verification"]["missing"], 0, "{report}");
+    assert_eq!(read_bucket(&dst, "dst", "data/").await, files);
+
+    // From the journal: the killed worker's lease expired, and every item it held was
+    // then done exactly once, by another worker; nothing at all was done twice.
+    let leases = leases(&journal);
+    let expired: Vec<&FleetLease> = leases
+        .iter()
+        .filter(|l| l.worker == victim_id && l.state == LEASE_EXPIRED)
+        .collect();
+    assert!(!expired.is_empty(), "the killed worker's lease never expired: {leases:#?}");
+    let done = done_counts(&leases);
+    let mut redone = 0;
+    for lease in &expired {
+        for item in lease.items.keys() {
+            assert_eq!(done.get(item), Some(&1), "{item} of expired lease {}", lease.lease_id);
+            let by = leases
+                .iter()
+                .find(|l| l.items.get(item).is_some_and(|o| o.as_deref() == Some("done")))
+                .unwrap();
+            assert_ne!(by.worker, victim_id, "{item} was redone by another worker");
+            redone += 1;
+        }
+    }
+    assert!(redone > 0);
+    assert!(done.values().all(|&n| n == 1), "work done twice: {done:?}");
+    // The parts of the large objects went to more than one worker.
+    let part_workers: std::collections::HashSet<&str> = leases
+        .iter()
+        .filter(|l| l.items.keys().any(|i| i.starts_with("part ")))
+        .map(|l| l.worker.as_str())
+        .collect();
+    assert!(part_workers.len() > 1, "{part_workers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coordinator_killed_and_restarted_resumes() {
+    let (src, dst, files) = servers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "coordinator", "--listen", &listen, "cp", "-r", "s3://src/data", "s3://dst/data", "--json",
+        "-y",
+    ];
+    args.extend(SLOW);
+    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, _stderr) = coordinator_url(&mut coordinator);
+    let worker_dir = tempfile::tempdir().unwrap();
+    let mut workers: Vec<Child> = (0..2)
+        .map(|_| {
+            // Workers keep no journal: give them one nobody else uses.
+            command(&["worker", "--coordinator", &url, "--wait", "60s"], &src, &dst, &worker_dir.path().join("unused.sqlite"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+
+    let s = wait_status(&url, "some progress", |s| s["objects_done"].as_u64() >= Some(20));
+    assert!(s["objects_done"].as_u64().unwrap() < files.len() as u64, "{s}");
+    kill9(coordinator.id());
+    assert_ne!(wait_exit(&mut coordinator, 10), 0);
+    let before = leases(&journal);
+    assert!(done_counts(&before).len() >= 10, "{before:#?}");
+    // The journal commits within 50 ms: what it holds now is what the restart must skip.
+    let journaled = {
+        let j = Journal::open(&journal).unwrap();
+        let t = &j.transfers().unwrap()[0];
+        j.done_count(t.id).unwrap().0
+    };
+    assert!(journaled >= 10, "{journaled}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Restarted with the same command: the same transfer, continued.
+    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (_url, stderr) = coordinator_url(&mut coordinator);
+    let code = wait_exit(&mut coordinator, 180);
+    let rest: Vec<String> = stderr.try_iter().collect();
+    let mut out = String::new();
+    coordinator.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(code, 0, "stderr: {rest:#?}\nstdout: {out}");
+    for w in &mut workers {
+        assert_eq!(wait_exit(w, 30), 0, "a worker failed");
+    }
+    let report = last_json_line(&out).unwrap();
+    assert_eq!(report["objects_failed"], 0, "{report}");
+    assert_eq!(report["verification"]["missing"], 0, "{report}");
+    assert_eq!(report["verification"]["checksum_mismatch"], 0, "{report}");
+    // What the first run finished was not copied again; the rest was.
+    assert_eq!(report["objects_resumed"].as_u64(), Some(journaled), "{report}");
+    assert_eq!(
+        report["objects_copied"].as_u64().unwrap() + journaled,
+        files.len() as u64,
+        "{report}"
+    );
+    assert_eq!(read_bucket(&dst, "dst", "data/").await, files);
+
+    let j = Journal::open(&journal).unwrap();
+    let t = &j.transfers().unwrap()[0];
+    assert_eq!(t.runs, 2);
+    assert!(t.complete);
+    assert_eq!(t.open_uploads, 0, "every upload was completed");
+    // Items done in the first run were not done again in the second.
+    let after = done_counts(&j.fleet_leases(t.id).unwrap());
+    for (item, _) in done_counts(&before) {
+        assert_eq!(after.get(&item), Some(&1), "{item} done again after the restart");
+    }
+}
