@@ -62,6 +62,8 @@ struct Pending {
     item: WorkItem,
     /// The lease holding it, or none while queued.
     lease: Option<u64>,
+    /// Taken back from a previous coordinator's lease.
+    restored: bool,
 }
 
 struct Active {
@@ -105,6 +107,9 @@ struct State {
     early_parts: HashMap<String, Vec<(CompletedPart, Option<String>)>>,
     /// Uploads being completed.
     completing: usize,
+    /// Objects of taken-back leases done in this run before the planner reached them: the
+    /// journal says they are done, but this run copied them (not an earlier one).
+    restored_done: std::collections::HashSet<String>,
     workers: BTreeMap<String, Worker>,
     granted: u64,
     expired: u64,
@@ -122,7 +127,14 @@ impl State {
             true => self.queue.push_front(name.clone()),
             false => self.queue.push_back(name.clone()),
         }
-        self.items.insert(name, Pending { item, lease: None });
+        self.items.insert(
+            name,
+            Pending {
+                item,
+                lease: None,
+                restored: false,
+            },
+        );
     }
 
     fn finished_copying(&self) -> bool {
@@ -321,6 +333,10 @@ async fn add_object(
 ) {
     let exec = &shared.exec;
     if exec.is_done(&src) {
+        let name = format!("object {}", src.key);
+        if shared.state().restored_done.remove(&name) {
+            return;
+        }
         exec.progress().add_skipped(src.size);
         exec.progress().add_resumed();
         return;
@@ -437,6 +453,7 @@ fn restore_leases(shared: &Shared) {
                 Pending {
                     item,
                     lease: Some(lease.lease_id),
+                    restored: true,
                 },
             );
         }
@@ -669,6 +686,14 @@ async fn complete(
             Effect::Abort(upload) => shared.exec.abort_upload(&upload).await,
         }
     }
+    // Answered only once committed: a worker whose results were acknowledged never has
+    // its work redone, whenever the coordinator is killed.
+    if let Some(j) = shared.journal.clone() {
+        let flushed = tokio::task::spawn_blocking(move || j.flush()).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!("journal: commit: {e}");
+        }
+    }
     shared.wake.notify_waiters();
     Json(serde_json::json!({}))
 }
@@ -688,6 +713,9 @@ fn take_result(
     };
     if p.lease.is_none() {
         st.queued_bytes -= p.item.bytes();
+    }
+    if p.restored && !st.planning_done && matches!(p.item, WorkItem::Object { .. }) {
+        st.restored_done.insert(name.to_string());
     }
     let exec = &shared.exec;
     let progress = exec.progress();
