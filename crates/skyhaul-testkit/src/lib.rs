@@ -31,12 +31,14 @@
 mod emulators;
 pub mod fault_proxy;
 mod server;
+pub mod slurm;
 
 use std::path::PathBuf;
 
 pub use emulators::{AzuriteServer, FakeGcsServer};
 pub use fault_proxy::{FaultCounts, FaultProxy, Faults};
 pub use server::{S3Kind, S3Server};
+pub use slurm::SlurmCluster;
 
 /// Where `scripts/install-test-tools.sh` puts the test tools: `$SKYHAUL_TOOLS` (an absolute path)
 /// if set, otherwise

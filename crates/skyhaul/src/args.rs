@@ -134,6 +134,17 @@ skyhaul worker --coordinator http://head:7070 --metrics-listen 0.0.0.0:9101\n\n\
 Credentials for both sides come from this machine's environment (SKYHAUL_SRC_*,\n\
 SKYHAUL_DST_*, AWS profiles, instance roles): the coordinator never sends any.")]
     Worker(WorkerArgs),
+    /// Write (and with --submit, submit) a job that runs a fleet on SLURM, SkyPilot, Kubernetes or SSH hosts
+    #[command(after_help = "Examples:\n  \
+skyhaul launch --backend slurm --nodes 8 -- cp -r s3://src/data s3://dst/data\n  \
+skyhaul launch --backend skypilot --nodes 8 --spot --cpus 16+ -- sync s3://a/x s3://b/x\n  \
+skyhaul launch --backend kubernetes --nodes 4 --image registry/skyhaul:0.1 -- cp -r s3://a s3://b\n  \
+skyhaul launch --backend ssh --hosts h1,h2,h3 --submit -- cp -r /shared/data s3://bucket/data\n\n\
+Rank 0 runs the coordinator (and one worker), every other rank a worker. No secret is\n\
+written into the file: SLURM and SSH pass the submitting shell's environment\n\
+(SKYHAUL_FLEET_TOKEN, SKYHAUL_SRC_*, SKYHAUL_DST_*, AWS_*), SkyPilot takes them as\n\
+--secret at launch, Kubernetes from the Secret named by --secret.")]
+    Launch(LaunchArgs),
     /// Print the man page (roff)
     #[command(after_help = "Example:\n  skyhaul man > /usr/local/share/man/man1/skyhaul.1")]
     Man,
@@ -568,4 +579,59 @@ fn percent(s: &str) -> Result<f64, String> {
         Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
         _ => Err(format!("'{s}' is not a percentage in (0, 100]")),
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// A SLURM batch script (sbatch; one srun step)
+    Slurm,
+    /// A SkyPilot task YAML (sky launch)
+    Skypilot,
+    /// A Kubernetes Indexed Job with a headless Service (kubectl apply)
+    Kubernetes,
+    /// A bash runner over SSH for --hosts
+    Ssh,
+}
+
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// The engine that runs the fleet
+    #[arg(long, value_enum)]
+    pub backend: BackendArg,
+    /// Tasks (machines, pods): rank 0 coordinates [default: 2; ssh: one per host]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nodes: Option<u32>,
+    /// SSH hosts, rank 0 first (comma-separated, [user@]host)
+    #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// The coordinator's port
+    #[arg(long, default_value_t = 7070)]
+    pub port: u16,
+    /// The job's name (lowercase letters, digits and -)
+    #[arg(long, default_value = "skyhaul-fleet")]
+    pub name: String,
+    /// Where to write the job [default: NAME.sbatch, NAME.sky.yaml, NAME.k8s.yaml or NAME.sh]
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Also submit it (sbatch, sky launch, kubectl apply, or run the SSH runner)
+    #[arg(long)]
+    pub submit: bool,
+    /// The skyhaul binary on the nodes
+    #[arg(long, default_value = "skyhaul", value_name = "PATH")]
+    pub skyhaul: String,
+    /// Kubernetes: the container image with skyhaul
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Kubernetes: the Secret holding SKYHAUL_FLEET_TOKEN and the credentials
+    #[arg(long, default_value = "skyhaul-credentials", value_name = "NAME")]
+    pub secret: String,
+    /// SkyPilot: use spot instances
+    #[arg(long)]
+    pub spot: bool,
+    /// SkyPilot: CPUs per node, e.g. 16+
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// The transfer, as for `skyhaul coordinator`: cp -r SRC DST [flags] or sync SRC DST [flags]
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "TRANSFER")]
+    pub transfer: Vec<String>,
 }

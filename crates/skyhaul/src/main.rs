@@ -11,6 +11,7 @@ mod exit;
 mod fleet_cmd;
 mod init_cmd;
 mod journal_cmds;
+mod launch_cmd;
 mod output;
 mod place;
 mod plan_cmd;
@@ -80,6 +81,7 @@ async fn run(cli: Cli) -> ExitCode {
             transfer(common, mode, recursive, fleet).await
         }
         Command::Worker(args) => fleet_cmd::worker(args).await,
+        Command::Launch(args) => launch_cmd::run(args),
         Command::Verify(args) => verify(args).await,
         Command::Status(args) => journal_cmds::status(args),
         Command::Clean(args) => journal_cmds::clean(args).await,
