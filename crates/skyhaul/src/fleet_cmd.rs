@@ -193,9 +193,10 @@ struct Supervisor {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Watches the local workers: when every one of them has exited while the transfer still
-/// runs, nothing will finish it, so it is cancelled. At the end, workers get a few seconds
-/// to hear that the transfer is over before they are killed (by their own handles).
+/// Watches the local workers: when every one of them has exited and none of them because
+/// the coordinator said the transfer is over (exit code 0), nothing will finish it, so it
+/// is cancelled. At the end, workers get a few seconds to hear that the transfer is over
+/// before they are killed (by their own handles).
 fn watch_workers(
     mut children: Vec<tokio::process::Child>,
     cancel: CancellationToken,
@@ -213,11 +214,15 @@ fn watch_workers(
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
-                let mut running = 0;
+                let (mut running, mut told_done) = (0, false);
                 for c in &mut children {
-                    running += usize::from(matches!(c.try_wait(), Ok(None)));
+                    match c.try_wait() {
+                        Ok(None) => running += 1,
+                        Ok(Some(status)) => told_done |= status.success(),
+                        Err(_) => {}
+                    }
                 }
-                if running == 0 {
+                if running == 0 && !told_done {
                     all_gone.store(true, Ordering::Relaxed);
                     cancel.cancel();
                     return;

@@ -24,8 +24,15 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
     let mut argv = vec!["skyhaul", "coordinator", "--listen", "0.0.0.0:1"];
     argv.extend(args.transfer.iter().map(String::as_str));
     if let Err(e) = Cli::try_parse_from(&argv) {
+        // clap's first line, with the argument it names on the next one when there is one.
         let text = e.to_string();
-        let first = text.lines().next().unwrap_or("invalid transfer").trim_start_matches("error: ");
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let mut first = lines.first().unwrap_or(&"invalid transfer").trim_start_matches("error: ").to_string();
+        if first.ends_with(':') {
+            if let Some(next) = lines.get(1) {
+                first = format!("{first} {next}");
+            }
+        }
         return Err(exit::usage(format!(
             "the transfer after the launch options is not valid for `skyhaul coordinator`: {first}"
         )));

@@ -196,6 +196,15 @@ async fn local_fleet_survives_a_worker_killed_mid_transfer() {
     let (code, body) = http_get(&url, "/v1/status", Some("Bearer wrong-token-0123456789"));
     assert_eq!(code, 401, "{body}");
     assert!(!body.contains(TOKEN));
+    // A worker with the wrong token is turned away with exit code 4, naming no token.
+    let wrong = "wrong-token-0123456789abcdef";
+    let out = command(&["worker", "--coordinator", &url, "--wait", "5s"], &src, &dst, &journal)
+        .env("SKYHAUL_FLEET_TOKEN", wrong)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("refused the token") && !err.contains(wrong) && !err.contains(TOKEN), "{err}");
     let (code, metrics) = http_get(&url, "/metrics", Some(&format!("Bearer {TOKEN}")));
     assert_eq!(code, 200);
     assert!(metrics.contains("# TYPE skyhaul_fleet_bytes_done_total counter"), "{metrics}");

@@ -277,7 +277,7 @@ pub fn cp_r<'a>(
 }
 
 /// Every command, as `skyhaul --help` lists them (with `help` last).
-pub const COMMANDS: [&str; 11] = [
+pub const COMMANDS: [&str; 14] = [
     "cp",
     "sync",
     "verify",
@@ -288,5 +288,8 @@ pub const COMMANDS: [&str; 11] = [
     "clean",
     "config",
     "completions",
+    "coordinator",
+    "worker",
+    "launch",
     "man",
 ];
