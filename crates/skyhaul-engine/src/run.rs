@@ -347,7 +347,7 @@ pub(crate) async fn conclude(
 
     if !cancel.is_cancelled() {
         ctx.resume
-            .abort_unused(ctx.dst.as_ref(), &opts.retry, &progress)
+            .abort_unused(ctx.dst.as_ref(), &opts.retry, progress)
             .await;
     }
     let copied = std::mem::take(&mut *ctx.copied.lock().expect("lock"));

@@ -185,11 +185,7 @@ impl Executor {
                 part_size,
                 server_side,
                 put,
-                done: r
-                    .parts
-                    .into_iter()
-                    .map(|p| (p.part, p.checksum))
-                    .collect(),
+                done: r.parts.into_iter().map(|p| (p.part, p.checksum)).collect(),
             });
         }
         ctx.resume.creating(dst_key).await;

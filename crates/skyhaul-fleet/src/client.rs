@@ -13,7 +13,11 @@ pub enum ClientError {
     Unauthorized(String),
     /// Not answering within the patience given.
     #[error("the coordinator at {url} did not answer for {secs} s: {last}")]
-    Unreachable { url: String, secs: u64, last: String },
+    Unreachable {
+        url: String,
+        secs: u64,
+        last: String,
+    },
     /// Answered, but not with what the protocol says (another version, a proxy page).
     #[error("the coordinator at {url} answered {path} with {detail}")]
     Protocol {

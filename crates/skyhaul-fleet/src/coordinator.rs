@@ -189,7 +189,11 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn journal(&self, what: &str, f: impl FnOnce(&Journal, TransferId) -> skyhaul_journal::Result<()>) {
+    fn journal(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Journal, TransferId) -> skyhaul_journal::Result<()>,
+    ) {
         if let (Some(j), Some(id)) = (&self.journal, self.tid) {
             if let Err(e) = f(j, id) {
                 tracing::warn!("journal: {what}: {e}");
@@ -672,9 +676,13 @@ async fn complete(
     }
     let lease_id = c.lease_id;
     for (item, outcome) in outcomes {
-        shared.journal("lease item", |j, t| j.lease_item(t, lease_id, &item, outcome));
+        shared.journal("lease item", |j, t| {
+            j.lease_item(t, lease_id, &item, outcome)
+        });
     }
-    shared.journal("lease end", |j, t| j.lease_ended(t, lease_id, LEASE_COMPLETED));
+    shared.journal("lease end", |j, t| {
+        j.lease_ended(t, lease_id, LEASE_COMPLETED)
+    });
     for e in effects {
         match e {
             Effect::RecordPart(upload, part, sums) => {
@@ -720,7 +728,12 @@ fn take_result(
     let exec = &shared.exec;
     let progress = exec.progress();
     match (p.item, outcome) {
-        (WorkItem::Object { src, unless_same, .. }, Outcome::Copied { copied }) => {
+        (
+            WorkItem::Object {
+                src, unless_same, ..
+            },
+            Outcome::Copied { copied },
+        ) => {
             if unless_same.is_some() {
                 progress.add_planned(src.size);
             }
@@ -734,7 +747,11 @@ fn take_result(
         }
         (WorkItem::Part { upload, spec, .. }, Outcome::Part { part, sums }) => {
             progress.add_moved(spec.len);
-            effects.push(Effect::RecordPart(upload.clone(), part.clone(), sums.clone()));
+            effects.push(Effect::RecordPart(
+                upload.clone(),
+                part.clone(),
+                sums.clone(),
+            ));
             let id = &upload.upload_id;
             match st.uploads.get_mut(id) {
                 Some(u) => {
@@ -745,7 +762,11 @@ fn take_result(
                         effects.push(Effect::Complete(id.clone()));
                     }
                 }
-                None => st.early_parts.entry(id.clone()).or_default().push((part, sums)),
+                None => st
+                    .early_parts
+                    .entry(id.clone())
+                    .or_default()
+                    .push((part, sums)),
             }
             "done"
         }
@@ -837,25 +858,101 @@ async fn metrics(Axum(shared): Axum<Arc<Shared>>) -> impl IntoResponse {
     let s = snapshot(&shared);
     let mut p = Page::default();
     let f = |v: u64| v as f64;
-    p.metric("skyhaul_fleet_objects_planned", "gauge", "Objects to copy, as planned so far.", f(s.objects_planned));
-    p.metric("skyhaul_fleet_bytes_planned", "gauge", "Bytes to copy, as planned so far.", f(s.bytes_planned));
-    p.metric("skyhaul_fleet_objects_done_total", "counter", "Objects copied.", f(s.objects_done));
-    p.metric("skyhaul_fleet_bytes_done_total", "counter", "Bytes copied.", f(s.bytes_done));
-    p.metric("skyhaul_fleet_objects_failed_total", "counter", "Objects that failed.", f(s.objects_failed));
-    p.metric("skyhaul_fleet_items_queued", "gauge", "Work items waiting for a worker.", f(s.items_queued));
-    p.metric("skyhaul_fleet_leases_active", "gauge", "Leases held by workers.", f(s.leases_active));
-    p.metric("skyhaul_fleet_leases_granted_total", "counter", "Leases handed out.", f(s.leases_granted));
-    p.metric("skyhaul_fleet_leases_expired_total", "counter", "Leases taken back after their worker went silent.", f(s.leases_expired));
-    p.metric("skyhaul_fleet_duplicate_results_total", "counter", "Results for work already done through another lease.", f(s.duplicate_results));
-    p.metric("skyhaul_fleet_throughput_bytes_per_second", "gauge", "Sum of the live workers' throughput.", s.throughput_bytes_per_second);
-    p.metric("skyhaul_fleet_workers_alive", "gauge", "Workers heard from within the lease timeout.", s.workers.iter().filter(|w| w.alive).count() as f64);
-    p.family("skyhaul_fleet_worker_bytes_moved_total", "counter", "Bytes each worker moved.");
+    p.metric(
+        "skyhaul_fleet_objects_planned",
+        "gauge",
+        "Objects to copy, as planned so far.",
+        f(s.objects_planned),
+    );
+    p.metric(
+        "skyhaul_fleet_bytes_planned",
+        "gauge",
+        "Bytes to copy, as planned so far.",
+        f(s.bytes_planned),
+    );
+    p.metric(
+        "skyhaul_fleet_objects_done_total",
+        "counter",
+        "Objects copied.",
+        f(s.objects_done),
+    );
+    p.metric(
+        "skyhaul_fleet_bytes_done_total",
+        "counter",
+        "Bytes copied.",
+        f(s.bytes_done),
+    );
+    p.metric(
+        "skyhaul_fleet_objects_failed_total",
+        "counter",
+        "Objects that failed.",
+        f(s.objects_failed),
+    );
+    p.metric(
+        "skyhaul_fleet_items_queued",
+        "gauge",
+        "Work items waiting for a worker.",
+        f(s.items_queued),
+    );
+    p.metric(
+        "skyhaul_fleet_leases_active",
+        "gauge",
+        "Leases held by workers.",
+        f(s.leases_active),
+    );
+    p.metric(
+        "skyhaul_fleet_leases_granted_total",
+        "counter",
+        "Leases handed out.",
+        f(s.leases_granted),
+    );
+    p.metric(
+        "skyhaul_fleet_leases_expired_total",
+        "counter",
+        "Leases taken back after their worker went silent.",
+        f(s.leases_expired),
+    );
+    p.metric(
+        "skyhaul_fleet_duplicate_results_total",
+        "counter",
+        "Results for work already done through another lease.",
+        f(s.duplicate_results),
+    );
+    p.metric(
+        "skyhaul_fleet_throughput_bytes_per_second",
+        "gauge",
+        "Sum of the live workers' throughput.",
+        s.throughput_bytes_per_second,
+    );
+    p.metric(
+        "skyhaul_fleet_workers_alive",
+        "gauge",
+        "Workers heard from within the lease timeout.",
+        s.workers.iter().filter(|w| w.alive).count() as f64,
+    );
+    p.family(
+        "skyhaul_fleet_worker_bytes_moved_total",
+        "counter",
+        "Bytes each worker moved.",
+    );
     for w in &s.workers {
-        p.sample("skyhaul_fleet_worker_bytes_moved_total", &[("worker", &w.id)], f(w.bytes_moved));
+        p.sample(
+            "skyhaul_fleet_worker_bytes_moved_total",
+            &[("worker", &w.id)],
+            f(w.bytes_moved),
+        );
     }
-    p.family("skyhaul_fleet_worker_throughput_bytes_per_second", "gauge", "Each worker's throughput over the last 10 s.");
+    p.family(
+        "skyhaul_fleet_worker_throughput_bytes_per_second",
+        "gauge",
+        "Each worker's throughput over the last 10 s.",
+    );
     for w in &s.workers {
-        p.sample("skyhaul_fleet_worker_throughput_bytes_per_second", &[("worker", &w.id)], w.throughput_bytes_per_second);
+        p.sample(
+            "skyhaul_fleet_worker_throughput_bytes_per_second",
+            &[("worker", &w.id)],
+            w.throughput_bytes_per_second,
+        );
     }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], p.finish())
 }

@@ -203,7 +203,9 @@ async fn lease_loop(
             .iter()
             .filter(|r| matches!(r.outcome, Outcome::Failed { .. }))
             .count() as u64;
-        counters.items.fetch_add(results.len() as u64, Ordering::Relaxed);
+        counters
+            .items
+            .fetch_add(results.len() as u64, Ordering::Relaxed);
         counters.failed.fetch_add(failed, Ordering::Relaxed);
         let completion = Completion {
             worker: info.clone(),
@@ -289,10 +291,35 @@ async fn worker_metrics(Axum(live): Axum<Arc<Live>>) -> impl IntoResponse {
     let s = live.progress.snapshot();
     let c = &live.counters;
     let mut p = Page::default();
-    p.metric("skyhaul_worker_bytes_moved_total", "counter", "Bytes this worker moved.", s.bytes_moved as f64);
-    p.metric("skyhaul_worker_items_total", "counter", "Work items this worker finished.", c.items.load(Ordering::Relaxed) as f64);
-    p.metric("skyhaul_worker_items_failed_total", "counter", "Work items that failed here.", c.failed.load(Ordering::Relaxed) as f64);
-    p.metric("skyhaul_worker_leases_total", "counter", "Leases this worker completed.", c.leases.load(Ordering::Relaxed) as f64);
-    p.metric("skyhaul_worker_retries_total", "counter", "Requests retried.", s.retries as f64);
+    p.metric(
+        "skyhaul_worker_bytes_moved_total",
+        "counter",
+        "Bytes this worker moved.",
+        s.bytes_moved as f64,
+    );
+    p.metric(
+        "skyhaul_worker_items_total",
+        "counter",
+        "Work items this worker finished.",
+        c.items.load(Ordering::Relaxed) as f64,
+    );
+    p.metric(
+        "skyhaul_worker_items_failed_total",
+        "counter",
+        "Work items that failed here.",
+        c.failed.load(Ordering::Relaxed) as f64,
+    );
+    p.metric(
+        "skyhaul_worker_leases_total",
+        "counter",
+        "Leases this worker completed.",
+        c.leases.load(Ordering::Relaxed) as f64,
+    );
+    p.metric(
+        "skyhaul_worker_retries_total",
+        "counter",
+        "Requests retried.",
+        s.retries as f64,
+    );
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], p.finish())
 }

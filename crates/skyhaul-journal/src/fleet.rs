@@ -203,7 +203,12 @@ pub(crate) fn apply(tx: &Transaction<'_>, w: &FleetWrite) -> Result<()> {
                 "UPDATE fleet_items SET outcome = ?4
                  WHERE transfer = ?1 AND lease_id = ?2 AND item = ?3",
             )?
-            .execute(params![*transfer as i64, to_sql_i64(*lease_id), item, outcome])?;
+            .execute(params![
+                *transfer as i64,
+                to_sql_i64(*lease_id),
+                item,
+                outcome
+            ])?;
         }
     }
     Ok(())

@@ -59,9 +59,18 @@ impl SlurmCluster {
                 .arg("--force")
                 .arg(format!("--socket={}", socket.display()))
                 .arg(format!("--key-file={}", key.display()))
-                .arg(format!("--pid-file={}", d.join("munge/munged.pid").display()))
-                .arg(format!("--seed-file={}", d.join("munge/munge.seed").display()))
-                .arg(format!("--log-file={}", d.join("munge/munged.log").display())),
+                .arg(format!(
+                    "--pid-file={}",
+                    d.join("munge/munged.pid").display()
+                ))
+                .arg(format!(
+                    "--seed-file={}",
+                    d.join("munge/munge.seed").display()
+                ))
+                .arg(format!(
+                    "--log-file={}",
+                    d.join("munge/munged.log").display()
+                )),
             &d.join("munged.out"),
         ));
         wait_for(|| socket.exists(), "munged socket", d);
@@ -143,7 +152,10 @@ impl SlurmCluster {
                     .to_string()
             };
             let state = field("JobState=");
-            if !matches!(state.as_str(), "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "") {
+            if !matches!(
+                state.as_str(),
+                "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | ""
+            ) {
                 return JobEnd {
                     state,
                     exit_code: field("ExitCode="),
@@ -151,7 +163,10 @@ impl SlurmCluster {
             }
             if Instant::now() > deadline {
                 let _ = self.client("scancel").arg(id.to_string()).status();
-                panic!("job {id} still {state} after {timeout:?}:\n{text}\n{}", self.logs());
+                panic!(
+                    "job {id} still {state} after {timeout:?}:\n{text}\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }

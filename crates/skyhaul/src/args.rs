@@ -322,6 +322,9 @@ pub struct WorkerArgs {
     /// rclone.conf to resolve NAME:bucket/path remotes from [default: rclone's own, $RCLONE_CONFIG]
     #[arg(long, value_name = "PATH")]
     pub rclone_config: Option<std::path::PathBuf>,
+    /// GCS and Azure credentials, this machine's own (the coordinator sends none)
+    #[command(flatten)]
+    pub cloud: CloudArgs,
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, String> {
@@ -632,6 +635,11 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
     /// The transfer, as for `skyhaul coordinator`: cp -r SRC DST [flags] or sync SRC DST [flags]
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "TRANSFER")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "TRANSFER"
+    )]
     pub transfer: Vec<String>,
 }

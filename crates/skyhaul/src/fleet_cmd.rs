@@ -124,12 +124,15 @@ pub async fn coordinate(
         .map_err(|e| {
             Error::new(
                 ErrorKind::Other,
-                format!("--listen {}: {e} (choose another address or port)", fleet.listen),
+                format!(
+                    "--listen {}: {e} (choose another address or port)",
+                    fleet.listen
+                ),
             )
         })?;
-    let addr = listener.local_addr().map_err(|e| {
-        Error::new(ErrorKind::Other, format!("coordinator address: {e}"))
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::new(ErrorKind::Other, format!("coordinator address: {e}")))?;
     let url = format!("http://{addr}");
     out.notice(&format!("fleet: coordinator at {url}"));
     let children = spawn_workers(fleet.workers, &url, &fleet.token)?;
@@ -171,9 +174,8 @@ fn spawn_workers(
     url: &str,
     token: &Token,
 ) -> skyhaul_store::Result<Vec<tokio::process::Child>> {
-    let exe = std::env::current_exe().map_err(|e| {
-        Error::new(ErrorKind::Other, format!("finding the skyhaul binary: {e}"))
-    })?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::new(ErrorKind::Other, format!("finding the skyhaul binary: {e}")))?;
     (0..n)
         .map(|_| {
             tokio::process::Command::new(&exe)
@@ -290,6 +292,7 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         src_region: spec.sides.src_region.clone(),
         dst_region: spec.sides.dst_region.clone(),
         rclone_config: args.rclone_config.clone(),
+        cloud: args.cloud,
     };
     let (src, dst) = crate::open_both(&spec.src, &spec.dst, &endpoints, spec.recursive).await?;
     let counters = worker::run(client, info, metrics, spec, &src, &dst)

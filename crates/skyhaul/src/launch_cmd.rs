@@ -26,8 +26,16 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
     if let Err(e) = Cli::try_parse_from(&argv) {
         // clap's first line, with the argument it names on the next one when there is one.
         let text = e.to_string();
-        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-        let mut first = lines.first().unwrap_or(&"invalid transfer").trim_start_matches("error: ").to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let mut first = lines
+            .first()
+            .unwrap_or(&"invalid transfer")
+            .trim_start_matches("error: ")
+            .to_string();
         if first.ends_with(':') {
             if let Some(next) = lines.get(1) {
                 first = format!("{first} {next}");
@@ -38,7 +46,10 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         )));
     }
     if args.name.is_empty()
-        || !args.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || !args
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
         return Err(exit::usage(format!(
             "--name {}: use lowercase letters, digits and - (it names pods and files)",
@@ -60,7 +71,9 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
     };
     let image = match (backend, &args.image) {
         (Backend::Kubernetes, None) => {
-            return Err(exit::usage("--backend kubernetes needs --image (an image with skyhaul)"))
+            return Err(exit::usage(
+                "--backend kubernetes needs --image (an image with skyhaul)",
+            ))
         }
         (_, i) => i.clone().unwrap_or_default(),
     };
@@ -91,7 +104,7 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         Backend::Slurm | Backend::Ssh => cmd.arg(&file),
         Backend::Skypilot => {
             cmd.args(["launch", "-y", "-c", &job.name, &file]);
-            for v in skyhaul_fleet::launch::FORWARDED_ENV.iter().take(7) {
+            for v in skyhaul_fleet::launch::SECRET_ENV.iter() {
                 if std::env::var_os(v).is_some() {
                     cmd.args(["--secret", v]);
                 }

@@ -75,9 +75,16 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Coordinator(args) => {
             let (common, fleet_args, mode, recursive) = match args.transfer {
                 args::CoordinatedTransfer::Cp(a) => (a.common, a.fleet, Mode::Copy, a.recursive),
-                args::CoordinatedTransfer::Sync(a) => (a.common, a.fleet, sync_mode(a.delete, a.size_only, a.checksum), true),
+                args::CoordinatedTransfer::Sync(a) => (
+                    a.common,
+                    a.fleet,
+                    sync_mode(a.delete, a.size_only, a.checksum),
+                    true,
+                ),
             };
-            let fleet = fleet_cmd::Fleet::coordinator(args.listen, args.token.as_deref(), &fleet_args).map(Some);
+            let fleet =
+                fleet_cmd::Fleet::coordinator(args.listen, args.token.as_deref(), &fleet_args)
+                    .map(Some);
             transfer(common, mode, recursive, fleet).await
         }
         Command::Worker(args) => fleet_cmd::worker(args).await,
@@ -342,8 +349,7 @@ async fn transfer(
                 .await
             }
             None => {
-                skyhaul_engine::transfer(&src, &dst, &opts, progress, cancel.clone(), journal)
-                    .await
+                skyhaul_engine::transfer(&src, &dst, &opts, progress, cancel.clone(), journal).await
             }
         };
         display.finish();

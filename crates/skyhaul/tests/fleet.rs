@@ -23,10 +23,16 @@ const TOKEN: &str = "fleet-test-token-0123456789abcdef";
 fn workload() -> BTreeMap<String, Vec<u8>> {
     let mut m = BTreeMap::new();
     for i in 0..120 {
-        m.insert(format!("small/{i:03}.bin"), data(150_000 + i * 17, i as u64));
+        m.insert(
+            format!("small/{i:03}.bin"),
+            data(150_000 + i * 17, i as u64),
+        );
     }
     for i in 0..3 {
-        m.insert(format!("large/{i}.bin"), data(21 * MIB + i * 999, 500 + i as u64));
+        m.insert(
+            format!("large/{i}.bin"),
+            data(21 * MIB + i * 999, 500 + i as u64),
+        );
     }
     m
 }
@@ -51,7 +57,12 @@ fn command(args: &[&str], src: &S3Server, dst: &S3Server, journal: &Path) -> Com
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyhaul"));
     cmd.args(args);
     if args[0] != "worker" {
-        cmd.args(["--src-endpoint", &src.endpoint, "--dst-endpoint", &dst.endpoint]);
+        cmd.args([
+            "--src-endpoint",
+            &src.endpoint,
+            "--dst-endpoint",
+            &dst.endpoint,
+        ]);
     }
     for (k, v) in test_env(Some(src), Some(dst), &[]) {
         match v {
@@ -118,14 +129,21 @@ fn status(url: &str) -> serde_json::Value {
 }
 
 /// Polls the status until `ready` holds for it.
-fn wait_status(url: &str, what: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_status(
+    url: &str,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = status(url);
         if ready(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -145,7 +163,11 @@ fn wait_exit(child: &mut Child, secs: u64) -> i32 {
 }
 
 fn kill9(pid: u32) {
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0, "kill -9 {pid}");
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) },
+        0,
+        "kill -9 {pid}"
+    );
 }
 
 fn leases(journal: &Path) -> Vec<FleetLease> {
@@ -184,7 +206,14 @@ async fn local_fleet_survives_a_worker_killed_mid_transfer() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.sqlite");
     let mut args = vec![
-        "cp", "-r", "s3://src/data", "s3://dst/data", "--workers", "4", "--json", "-y",
+        "cp",
+        "-r",
+        "s3://src/data",
+        "s3://dst/data",
+        "--workers",
+        "4",
+        "--json",
+        "-y",
     ];
     args.extend(SLOW);
     let mut child = command(&args, &src, &dst, &journal).spawn().unwrap();
@@ -198,22 +227,35 @@ async fn local_fleet_survives_a_worker_killed_mid_transfer() {
     assert!(!body.contains(TOKEN));
     // A worker with the wrong token is turned away with exit code 4, naming no token.
     let wrong = "wrong-token-0123456789abcdef";
-    let out = command(&["worker", "--coordinator", &url, "--wait", "5s"], &src, &dst, &journal)
-        .env("SKYHAUL_FLEET_TOKEN", wrong)
-        .output()
-        .unwrap();
+    let out = command(
+        &["worker", "--coordinator", &url, "--wait", "5s"],
+        &src,
+        &dst,
+        &journal,
+    )
+    .env("SKYHAUL_FLEET_TOKEN", wrong)
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(err.contains("refused the token") && !err.contains(wrong) && !err.contains(TOKEN), "{err}");
+    assert!(
+        err.contains("refused the token") && !err.contains(wrong) && !err.contains(TOKEN),
+        "{err}"
+    );
     let (code, metrics) = http_get(&url, "/metrics", Some(&format!("Bearer {TOKEN}")));
     assert_eq!(code, 200);
-    assert!(metrics.contains("# TYPE skyhaul_fleet_bytes_done_total counter"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE skyhaul_fleet_bytes_done_total counter"),
+        "{metrics}"
+    );
 
     // Mid-transfer: some objects done, and a live worker holding work.
     let s = wait_status(&url, "4 workers at work", |s| {
         s["objects_done"].as_u64() >= Some(5)
             && s["workers"].as_array().map_or(0, |w| w.len()) == 4
-            && s["workers"][0]["leases"].as_array().is_some_and(|l| !l.is_empty())
+            && s["workers"][0]["leases"]
+                .as_array()
+                .is_some_and(|l| !l.is_empty())
     });
     let victim = s["workers"][0].clone();
     let victim_id = victim["id"].as_str().unwrap().to_string();
@@ -226,7 +268,12 @@ async fn local_fleet_survives_a_worker_killed_mid_transfer() {
     let code = wait_exit(&mut child, 180);
     let rest: Vec<String> = stderr.try_iter().collect();
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert_eq!(code, 0, "stderr: {rest:#?}\nstdout: {out}");
     let report = last_json_line(&out).unwrap();
     assert_eq!(report["objects_failed"], 0, "{report}");
@@ -242,15 +289,27 @@ async fn local_fleet_survives_a_worker_killed_mid_transfer() {
         .iter()
         .filter(|l| l.worker == victim_id && l.state == LEASE_EXPIRED)
         .collect();
-    assert!(!expired.is_empty(), "the killed worker's lease never expired: {leases:#?}");
+    assert!(
+        !expired.is_empty(),
+        "the killed worker's lease never expired: {leases:#?}"
+    );
     let done = done_counts(&leases);
     let mut redone = 0;
     for lease in &expired {
         for item in lease.items.keys() {
-            assert_eq!(done.get(item), Some(&1), "{item} of expired lease {}", lease.lease_id);
+            assert_eq!(
+                done.get(item),
+                Some(&1),
+                "{item} of expired lease {}",
+                lease.lease_id
+            );
             let by = leases
                 .iter()
-                .find(|l| l.items.get(item).is_some_and(|o| o.as_deref() == Some("done")))
+                .find(|l| {
+                    l.items
+                        .get(item)
+                        .is_some_and(|o| o.as_deref() == Some("done"))
+                })
                 .unwrap();
             assert_ne!(by.worker, victim_id, "{item} was redone by another worker");
             redone += 1;
@@ -279,7 +338,14 @@ async fn coordinator_killed_and_restarted_resumes() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec![
-        "coordinator", "--listen", &listen, "cp", "-r", "s3://src/data", "s3://dst/data", "--json",
+        "coordinator",
+        "--listen",
+        &listen,
+        "cp",
+        "-r",
+        "s3://src/data",
+        "s3://dst/data",
+        "--json",
         "-y",
     ];
     args.extend(SLOW);
@@ -289,16 +355,26 @@ async fn coordinator_killed_and_restarted_resumes() {
     let mut workers: Vec<Child> = (0..2)
         .map(|_| {
             // Workers keep no journal: give them one nobody else uses.
-            command(&["worker", "--coordinator", &url, "--wait", "60s"], &src, &dst, &worker_dir.path().join("unused.sqlite"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            command(
+                &["worker", "--coordinator", &url, "--wait", "60s"],
+                &src,
+                &dst,
+                &worker_dir.path().join("unused.sqlite"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
         })
         .collect();
 
-    let s = wait_status(&url, "some progress", |s| s["objects_done"].as_u64() >= Some(20));
-    assert!(s["objects_done"].as_u64().unwrap() < files.len() as u64, "{s}");
+    let s = wait_status(&url, "some progress", |s| {
+        s["objects_done"].as_u64() >= Some(20)
+    });
+    assert!(
+        s["objects_done"].as_u64().unwrap() < files.len() as u64,
+        "{s}"
+    );
     kill9(coordinator.id());
     assert_ne!(wait_exit(&mut coordinator, 10), 0);
     let before = leases(&journal);
@@ -319,7 +395,12 @@ async fn coordinator_killed_and_restarted_resumes() {
     let code = wait_exit(&mut coordinator, 180);
     let rest: Vec<String> = stderr.try_iter().collect();
     let mut out = String::new();
-    coordinator.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    coordinator
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert_eq!(code, 0, "stderr: {rest:#?}\nstdout: {out}");
     for w in &mut workers {
         assert_eq!(wait_exit(w, 30), 0, "a worker failed");
@@ -329,7 +410,11 @@ async fn coordinator_killed_and_restarted_resumes() {
     assert_eq!(report["verification"]["missing"], 0, "{report}");
     assert_eq!(report["verification"]["checksum_mismatch"], 0, "{report}");
     // What the first run finished was not copied again; the rest was.
-    assert_eq!(report["objects_resumed"].as_u64(), Some(journaled), "{report}");
+    assert_eq!(
+        report["objects_resumed"].as_u64(),
+        Some(journaled),
+        "{report}"
+    );
     assert_eq!(
         report["objects_copied"].as_u64().unwrap() + journaled,
         files.len() as u64,
@@ -345,6 +430,10 @@ async fn coordinator_killed_and_restarted_resumes() {
     // Items done in the first run were not done again in the second.
     let after = done_counts(&j.fleet_leases(t.id).unwrap());
     for (item, _) in done_counts(&before) {
-        assert_eq!(after.get(&item), Some(&1), "{item} done again after the restart");
+        assert_eq!(
+            after.get(&item),
+            Some(&1),
+            "{item} done again after the restart"
+        );
     }
 }

@@ -36,11 +36,38 @@ async fn slurm_script_runs_a_coordinator_and_workers_that_copy_and_verify() {
         .to_string();
     let gen = skyhaul(
         &[
-            "launch", "--backend", "slurm", "--nodes", "3", "--name", "fleet-test", "--port", &port,
-            "--skyhaul", env!("CARGO_BIN_EXE_skyhaul"), "-o", script.to_str().unwrap(), "--",
-            "cp", "-r", "s3://src/data", "s3://dst/data", "--src-endpoint", &src.endpoint,
-            "--dst-endpoint", &dst.endpoint, "--multipart-threshold", "8M", "--part-size", "5M",
-            "--bwlimit", "8M", "--lease-size", "1M", "--json", "-y",
+            "launch",
+            "--backend",
+            "slurm",
+            "--nodes",
+            "3",
+            "--name",
+            "fleet-test",
+            "--port",
+            &port,
+            "--skyhaul",
+            env!("CARGO_BIN_EXE_skyhaul"),
+            "-o",
+            script.to_str().unwrap(),
+            "--",
+            "cp",
+            "-r",
+            "s3://src/data",
+            "s3://dst/data",
+            "--src-endpoint",
+            &src.endpoint,
+            "--dst-endpoint",
+            &dst.endpoint,
+            "--multipart-threshold",
+            "8M",
+            "--part-size",
+            "5M",
+            "--bwlimit",
+            "8M",
+            "--lease-size",
+            "1M",
+            "--json",
+            "-y",
         ],
         None,
         None,
@@ -61,8 +88,8 @@ async fn slurm_script_runs_a_coordinator_and_workers_that_copy_and_verify() {
     env.push(("SKYHAUL_JOURNAL".into(), journal.display().to_string()));
     let id = cluster.sbatch(&script, dir.path(), &env);
     let end = cluster.wait(id, Duration::from_secs(240));
-    let output =
-        std::fs::read_to_string(dir.path().join(format!("fleet-test-{id}.out"))).unwrap_or_default();
+    let output = std::fs::read_to_string(dir.path().join(format!("fleet-test-{id}.out")))
+        .unwrap_or_default();
     assert_eq!(end.state, "COMPLETED", "{output}\n{}", cluster.logs());
     assert_eq!(end.exit_code, "0:0", "{output}");
 
