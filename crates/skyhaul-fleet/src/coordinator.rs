@@ -337,7 +337,7 @@ async fn add_object(
 ) {
     let exec = &shared.exec;
     if exec.is_done(&src) {
-        let name = format!("object {}", src.key);
+        let name = WorkItem::object_name(&src.key);
         if shared.state().restored_done.remove(&name) {
             return;
         }

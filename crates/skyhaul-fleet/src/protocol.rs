@@ -120,11 +120,16 @@ impl WorkItem {
     /// The item's name, unique within a transfer: what results and the journal refer to.
     pub fn name(&self) -> String {
         match self {
-            WorkItem::Object { src, .. } => format!("object {}", src.key),
+            WorkItem::Object { src, .. } => Self::object_name(&src.key),
             WorkItem::Part { upload, spec, .. } => {
                 format!("part {} #{}", upload.upload_id, spec.number)
             }
         }
+    }
+
+    /// The name of the whole-object item for source `key`.
+    pub fn object_name(key: &str) -> String {
+        format!("object {key}")
     }
 
     pub fn bytes(&self) -> u64 {

@@ -162,6 +162,17 @@ fn wait_exit(child: &mut Child, secs: u64) -> i32 {
     }
 }
 
+/// Waits for a skyhaul that must succeed; returns its stdout.
+fn succeeded(child: &mut Child, stderr: &std::sync::mpsc::Receiver<String>) -> String {
+    let code = wait_exit(child, 180);
+    let rest: Vec<String> = stderr.try_iter().collect();
+    let mut out = String::new();
+    let stdout = child.stdout.as_mut().expect("piped");
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(code, 0, "stderr: {rest:#?}\nstdout: {out}");
+    out
+}
+
 fn kill9(pid: u32) {
     assert_eq!(
         unsafe { libc::kill(pid as i32, libc::SIGKILL) },
@@ -265,16 +276,7 @@ async fn local_fleet_survives_a_worker_killed_mid_transfer() {
     );
     kill9(victim["pid"].as_u64().unwrap() as u32);
 
-    let code = wait_exit(&mut child, 180);
-    let rest: Vec<String> = stderr.try_iter().collect();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert_eq!(code, 0, "stderr: {rest:#?}\nstdout: {out}");
+    let out = succeeded(&mut child, &stderr);
     let report = last_json_line(&out).unwrap();
     assert_eq!(report["objects_failed"], 0, "{report}");
     assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
@@ -392,16 +394,7 @@ async fn coordinator_killed_and_restarted_resumes() {
     // Restarted with the same command: the same transfer, continued.
     let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
     let (_url, stderr) = coordinator_url(&mut coordinator);
-    let code = wait_exit(&mut coordinator, 180);
-    let rest: Vec<String> = stderr.try_iter().collect();
-    let mut out = String::new();
-    coordinator
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert_eq!(code, 0, "stderr: {rest:#?}\nstdout: {out}");
+    let out = succeeded(&mut coordinator, &stderr);
     for w in &mut workers {
         assert_eq!(wait_exit(w, 30), 0, "a worker failed");
     }
