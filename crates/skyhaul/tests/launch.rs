@@ -116,3 +116,88 @@ async fn slurm_script_runs_a_coordinator_and_workers_that_copy_and_verify() {
         .collect();
     assert!(workers.len() >= 2, "{workers:?}\n{output}");
 }
+
+/// SkyPilot's own parser loads the generated task: the nodes, spot, CPUs and port as asked,
+/// the token as a secret given at launch (never a value in the file), and a run script that
+/// starts the coordinator at rank 0.
+#[test]
+fn skypilot_task_loads_in_skypilot() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("fleet.sky.yaml");
+    let gen = skyhaul(
+        &[
+            "launch",
+            "--backend",
+            "skypilot",
+            "--nodes",
+            "4",
+            "--spot",
+            "--cpus",
+            "8+",
+            "--port",
+            "7171",
+            "-o",
+            task.to_str().unwrap(),
+            "--",
+            "sync",
+            "s3://a/x",
+            "s3://b/x",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(gen.code, 0, "{}", gen.stderr);
+    let script = r#"
+import json, sys, yaml, sky
+config = yaml.safe_load(open(sys.argv[1]))
+declared = dict(config["secrets"])  # from_yaml_config consumes the section
+t = sky.Task.from_yaml_config(config, secrets_overrides=[("SKYHAUL_FLEET_TOKEN", "given-at-launch-0123456789")])
+r = list(t.resources)[0]
+print(json.dumps({
+    "num_nodes": t.num_nodes,
+    "use_spot": r.use_spot,
+    "cpus": r.cpus,
+    "ports": r.ports,
+    "secrets": sorted(t.secrets),
+    "declared_secrets": declared,
+    "run": t.run,
+}))
+"#;
+    let out = std::process::Command::new(skyhaul_testkit::tool("sky-python"))
+        .args(["-c", script])
+        .arg(&task)
+        .output()
+        .expect("the SkyPilot venv's python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["num_nodes"], 4, "{v}");
+    assert_eq!(v["use_spot"], true, "{v}");
+    assert_eq!(v["cpus"], "8+", "{v}");
+    assert_eq!(v["ports"], serde_json::json!(["7171"]), "{v}");
+    assert_eq!(
+        v["secrets"],
+        serde_json::json!(["SKYHAUL_FLEET_TOKEN"]),
+        "{v}"
+    );
+    assert!(
+        v["declared_secrets"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|s| s.is_null()),
+        "no secret has a value in the file: {v}"
+    );
+    let run = v["run"].as_str().unwrap();
+    assert!(
+        run.contains("SKYPILOT_NODE_RANK") && run.contains("SKYPILOT_NODE_IPS"),
+        "{run}"
+    );
+    assert!(
+        run.contains("coordinator --listen 0.0.0.0:7171 sync s3://a/x s3://b/x --workers 1"),
+        "{run}"
+    );
+}
