@@ -271,6 +271,12 @@ impl Executor {
         self.ctx.resume.finished(upload);
     }
 
+    /// Forgets a journaled upload the store no longer has (it was completed, or lost, by a
+    /// run that was killed before journaling it), so that the object starts afresh.
+    pub fn forget_upload(&self, upload: &MultipartUpload) {
+        self.ctx.resume.finished(upload);
+    }
+
     /// The error for a recursive transfer that found nothing at the source.
     pub async fn nothing_at_source(src: &Endpoint) -> Error {
         crate::run::nothing_at_source(src).await

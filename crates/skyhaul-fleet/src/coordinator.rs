@@ -81,6 +81,8 @@ struct Upload {
     failed: bool,
     /// Its completion has started: a late duplicate part must not start another.
     completing: bool,
+    /// Continued from the journal (an earlier coordinator's upload).
+    resumed: bool,
 }
 
 struct Worker {
@@ -362,6 +364,7 @@ async fn add_object(
     };
     let missing = open.missing_parts(src.size);
     let upload_id = open.upload.upload_id.clone();
+    let resumed = !open.done.is_empty();
     let complete_now = {
         let mut st = shared.state();
         let mut parts: BTreeMap<u32, _> = open
@@ -404,6 +407,7 @@ async fn add_object(
                 total,
                 failed: false,
                 completing: complete_now,
+                resumed,
             },
         );
         complete_now
@@ -419,8 +423,25 @@ fn spawn_completion(shared: Arc<Shared>, upload_id: String) {
         let upload = shared.state().uploads.remove(&upload_id);
         if let Some(u) = upload {
             let parts = u.parts.into_values().collect();
-            if let Err(e) = shared.exec.complete_upload(&u.src, &u.open, parts).await {
-                shared.exec.record_failure(&u.src.key, e);
+            match shared.exec.complete_upload(&u.src, &u.open, parts).await {
+                Ok(_) => {}
+                // A journaled upload the store no longer has, and whose object is not there
+                // either (checked by the completion): an earlier coordinator was killed
+                // while completing it, and some stores (s3s-fs) drop an upload's parts when
+                // a completion starts. Once, the object is sent afresh.
+                Err(e)
+                    if u.resumed
+                        && matches!(e.kind, ErrorKind::NotFound | ErrorKind::AccessDenied) =>
+                {
+                    tracing::info!(
+                        "{e}; the journaled upload is gone, sending {} afresh",
+                        u.src.key
+                    );
+                    shared.exec.forget_upload(&u.open.upload);
+                    let dst_key = u.open.upload.key.clone();
+                    Box::pin(add_object(&shared, u.src, dst_key, None)).await;
+                }
+                Err(e) => shared.exec.record_failure(&u.src.key, e),
             }
         }
         shared.state().completing -= 1;
