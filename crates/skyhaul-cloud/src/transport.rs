@@ -8,7 +8,7 @@ use object_store::client::{
     ClientOptions, HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse,
     ReqwestConnector,
 };
-use skyhaul_store::{Error, ErrorKind, Result};
+use skyhaul_store::{cause_chain, Error, ErrorKind, Result};
 use std::time::Duration;
 
 /// A client for one store. The engine retries (and counts retries) uniformly for every
@@ -51,7 +51,7 @@ pub(crate) async fn send(
 
 /// A failure before any HTTP status arrived.
 pub(crate) fn transport_error(e: &HttpError, target: &str, what: &str) -> Error {
-    let text = redact(&chain(e));
+    let text = redact(&cause_chain(e));
     match e.kind() {
         HttpErrorKind::Connect => Error::new(
             ErrorKind::Unreachable,
@@ -78,7 +78,10 @@ pub(crate) async fn body(resp: HttpResponse, target: &str, what: &str) -> Result
         let chunk = chunk.map_err(|e| {
             Error::new(
                 ErrorKind::Transient,
-                format!("{target}: {what}: body interrupted: {}", redact(&chain(&e))),
+                format!(
+                    "{target}: {what}: body interrupted: {}",
+                    redact(&cause_chain(&e))
+                ),
             )
         })?;
         buf.extend_from_slice(&chunk);
@@ -146,21 +149,6 @@ fn first_line(s: &str) -> &str {
 /// A header's value as text.
 pub(crate) fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The error and its causes on one line, each cause once.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = c.source();
-    }
-    line
 }
 
 /// Cuts the query string off every URL in `text`: Azure SAS tokens travel in the query, and

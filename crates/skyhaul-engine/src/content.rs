@@ -44,16 +44,22 @@ impl<'a> Side<'a> {
             return Ok(());
         }
         self.headed = true;
-        let limit = AdaptiveLimit::new(1);
-        let key = self.meta.key.clone();
-        if let Some(h) = retry
-            .run(&limit, progress, || self.store.head(&key))
-            .await?
-        {
+        if let Some(h) = head(self.store, &self.meta.key, retry, progress).await? {
             self.meta = h;
         }
         Ok(())
     }
+}
+
+/// A HEAD with the transfer's retries: comparisons must ride out the same faults.
+pub(crate) async fn head(
+    store: &dyn Store,
+    key: &str,
+    retry: &RetryPolicy,
+    progress: &Progress,
+) -> Result<Option<ObjectMeta>> {
+    let limit = AdaptiveLimit::new(1);
+    retry.run(&limit, progress, || store.head(key)).await
 }
 
 /// The two fingerprints compared (the first side's, then the second's), in a form such as

@@ -183,6 +183,10 @@ impl Listing {
 
     /// The next object, `None` at the end.
     pub async fn next(&mut self) -> Option<Result<ObjectMeta>> {
+        if self.top.is_none() {
+            // Not split: the one flat listing checks its own order.
+            return self.flat.as_mut()?.next().await;
+        }
         let m = loop {
             if let Some(flat) = self.flat.as_mut() {
                 match flat.next().await {

@@ -6,7 +6,7 @@
 //! ETags that are content MD5s (or equal multipart ETags), or, in deep mode, a CRC64 of the
 //! bytes re-read from the store.
 
-use crate::content::{fingerprints, read_sums, Side};
+use crate::content::{fingerprints, head, read_sums, Side};
 use crate::integrity::plain_md5;
 use crate::listing::{Listing, Merge, Pair};
 use crate::open::Endpoint;
@@ -183,17 +183,6 @@ async fn recorded_outcome(
             format!("crc64nvme:{got:016x}"),
         )
     }))
-}
-
-/// A HEAD with the transfer's retries: verification must ride out the same faults.
-async fn head(
-    store: &dyn Store,
-    key: &str,
-    retry: &RetryPolicy,
-    progress: &Progress,
-) -> Result<Option<ObjectMeta>> {
-    let limit = crate::limiter::AdaptiveLimit::new(1);
-    retry.run(&limit, progress, || store.head(key)).await
 }
 
 /// Checks what a transfer wrote against the destination as it lists now.

@@ -1,6 +1,6 @@
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use skyhaul_store::{Error, ErrorKind};
+use skyhaul_store::{cause_chain, Error, ErrorKind};
 
 /// Maps an SDK error to the kind the engine acts on, with `target` (store and key) and a
 /// hint in the message. SDK errors carry endpoint URLs but never credentials.
@@ -25,7 +25,7 @@ where
                 kind,
                 format!(
                     "{target}: {what}: cannot reach the endpoint: {}{hint}",
-                    chain(&err)
+                    cause_chain(&err)
                 ),
             )
         }
@@ -34,7 +34,7 @@ where
         }
         SdkError::ResponseError(_) => Error::new(
             ErrorKind::Transient,
-            format!("{target}: {what}: bad response: {}", chain(&err)),
+            format!("{target}: {what}: bad response: {}", cause_chain(&err)),
         ),
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("").to_string();
@@ -49,7 +49,7 @@ where
         }
         _ => Error::new(
             ErrorKind::Other,
-            format!("{target}: {what}: {}", chain(&err)),
+            format!("{target}: {what}: {}", cause_chain(&err)),
         ),
     }
 }
@@ -110,20 +110,4 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
             _ => (ErrorKind::Other, ""),
         },
     }
-}
-
-/// The error and its causes on one line, each cause once (the SDK's own context display
-/// appends a debug dump that no user should have to read).
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = c.source();
-    }
-    line
 }

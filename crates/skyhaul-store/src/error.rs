@@ -77,3 +77,20 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// An error and its causes on one line, each cause once: what backends put in messages
+/// (SDK and HTTP client errors nest their causes, and their own displays either drop them or
+/// append debug dumps no user should have to read).
+pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}

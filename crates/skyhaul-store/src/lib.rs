@@ -15,7 +15,7 @@ mod types;
 
 pub mod conformance;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{cause_chain, Error, ErrorKind, Result};
 pub use local::LocalStore;
 pub use types::{
     CompletedPart, Entry, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload,
