@@ -12,7 +12,8 @@ use skyhaul_store::{Error, ErrorKind, ObjectMeta, Payload, PutOptions, Result};
 use std::sync::Arc;
 
 /// Copies one object, starting over when its checksums do not add up at the end (a part
-/// corrupted in a way no single request could notice). Returns what was written.
+/// corrupted in a way no single request could notice). Returns what was written, which is
+/// already recorded in the journal (where the transfer keeps one).
 pub(crate) async fn copy_with_retries(
     ctx: &Arc<Ctx>,
     src: &ObjectMeta,
@@ -46,6 +47,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
         size: src.size,
         crc64: None,
         etag: None,
+        written_etag: None,
         server_side: false,
     };
     if let Some(container) = &ctx.copy_from {
@@ -59,6 +61,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
                 .await?;
             // A whole-object copy keeps the content, so a content-MD5 ETag stays the same.
             copied.etag = plain_md5(src.etag.as_deref()).map(str::to_string);
+            ctx.resume.done(src, dst_key, None);
             ctx.progress.add_moved(src.size);
         } else {
             if let Some(crc) = crc_before_upload(ctx, src).await? {
@@ -79,7 +82,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     // end, so they need not be hashed here: MD5 is most of the CPU a copy costs.
     let relay_md5 = ctx.src.etags_are_md5() && dst.etags_are_md5();
     let with_md5 = !relay_md5 && (ctx.src.etags_are_md5() || dst.etags_are_md5());
-    let _memory = ctx.budget.reserve(src.size).await;
+    let memory = ctx.budget.reserve(src.size).await;
     let (data, mut sums, read_etag) = ctx.read_checked(src, 0..src.size, with_md5).await?;
     let source_md5 = plain_md5(src.etag.as_deref())
         .or(plain_md5(read_etag.as_deref()))
@@ -92,7 +95,8 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     let md5 = source_md5.or(sums.md5);
     put.set_crc64nvme(sums.crc64);
     let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
-    ctx.opts
+    let written_etag = ctx
+        .opts
         .retry
         .run(&ctx.dst_limit, &ctx.progress, || async {
             let payload = Payload {
@@ -100,7 +104,9 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
                 md5,
             };
             let stored = match dst.put(dst_key, payload, &put).await {
-                Ok(written) => check_stored(&target, written.etag.as_deref(), md5),
+                Ok(written) => {
+                    check_stored(&target, written.etag.as_deref(), md5).map(|()| written.etag)
+                }
                 Err(e) => Err(e),
             };
             match stored {
@@ -119,6 +125,9 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
             }
         })
         .await??;
+    copied.written_etag = written_etag;
+    ctx.resume
+        .done_holding(src, dst_key, Some(sums.crc64), memory);
     ctx.progress.add_moved(src.size);
     copied.crc64 = Some(sums.crc64);
     copied.etag = md5.filter(|_| dst.etags_are_md5()).map(hex::encode);

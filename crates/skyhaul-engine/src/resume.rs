@@ -11,11 +11,17 @@ use skyhaul_journal::{Journal, ResumableUpload, TransferId, TransferIdentity};
 use skyhaul_store::{CompletedPart, ErrorKind, MultipartUpload, ObjectMeta, Store};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use tokio::sync::OwnedSemaphorePermit;
 
 pub struct Resume {
     journal: Option<(Arc<Journal>, TransferId)>,
     /// Uploads this run created or resumed; any other open upload is no longer needed.
     used: Mutex<HashSet<String>>,
+}
+
+/// How the journal records an object's CRC64-NVME.
+fn sum(crc64: Option<u64>) -> Option<String> {
+    crc64.map(|c| format!("crc64nvme:{c:016x}"))
 }
 
 fn warn<T>(what: &str, r: Result<T, skyhaul_journal::JournalError>) -> Option<T> {
@@ -77,8 +83,30 @@ impl Resume {
 
     pub fn done(&self, src: &ObjectMeta, dst_key: &str, crc64: Option<u64>) {
         if let Some((j, id)) = &self.journal {
-            let sum = crc64.map(|c| format!("crc64nvme:{c:016x}"));
-            warn("record", j.record_done(*id, src, dst_key, sum.as_deref()));
+            warn(
+                "record",
+                j.record_done(*id, src, dst_key, sum(crc64).as_deref()),
+            );
+        }
+    }
+
+    /// [`done`](Self::done) for an object whose bytes hold `memory` of the budget: the
+    /// budget is released when the record is committed, so bytes sent but not yet journaled
+    /// never exceed the budget — the most a crash can make the rerun send again.
+    pub fn done_holding(
+        &self,
+        src: &ObjectMeta,
+        dst_key: &str,
+        crc64: Option<u64>,
+        memory: OwnedSemaphorePermit,
+    ) {
+        if let Some((j, id)) = &self.journal {
+            let sum = sum(crc64);
+            let hold = Box::new(memory);
+            warn(
+                "record",
+                j.record_done_holding(*id, src, dst_key, sum.as_deref(), hold),
+            );
         }
     }
 

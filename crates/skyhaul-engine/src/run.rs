@@ -382,12 +382,11 @@ pub(crate) async fn conclude(
     Ok(report)
 }
 
-/// Copies one object and records the outcome: in the journal and the progress when it
-/// worked, as a failure in the report when it did not.
+/// Copies one object and records the outcome: in the progress and the verification list
+/// when it worked (the copy journaled it), as a failure in the report when it did not.
 async fn copy_and_record(ctx: Arc<Ctx>, src: ObjectMeta, dst_key: String) {
     match copy_with_retries(&ctx, &src, &dst_key).await {
         Ok(copied) => {
-            ctx.resume.done(&src, &dst_key, copied.crc64);
             ctx.progress.add_done(src.size, copied.server_side);
             ctx.copied.lock().expect("lock").push(copied);
         }

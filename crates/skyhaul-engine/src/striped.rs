@@ -129,7 +129,7 @@ async fn completed_earlier(
     let expected_etag = md5s
         .filter(|_| ctx.dst.etags_are_md5())
         .map(|m| multipart_etag(&m));
-    already_completed(ctx, src, dst_key, expected_etag.as_deref()).await?;
+    let found = already_completed(ctx, src, dst_key, expected_etag.as_deref()).await?;
     let crc64 = sums.map(|s| {
         combine_crc64(
             s.iter()
@@ -144,6 +144,7 @@ async fn completed_earlier(
         size: src.size,
         crc64,
         etag: expected_etag,
+        written_etag: found.etag,
         server_side: false,
     })
 }
@@ -373,6 +374,7 @@ pub(crate) async fn complete_upload(
         size: src.size,
         crc64,
         etag: expected_etag,
+        written_etag: written.etag,
         server_side,
     })
 }

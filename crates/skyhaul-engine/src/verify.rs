@@ -45,6 +45,11 @@ pub struct Copied {
     pub crc64: Option<u64>,
     /// The ETag the destination should report, when it is predictable.
     pub etag: Option<String>,
+    /// The ETag the destination answered the write with. Where a listing shows no ETags,
+    /// this is compared instead of sending a HEAD per object: it is the store's own account
+    /// of the bytes it received, the same a HEAD would give a moment later.
+    #[serde(default)]
+    pub written_etag: Option<String>,
     pub server_side: bool,
 }
 
@@ -162,6 +167,9 @@ async fn recorded_outcome(
     progress: &Progress,
 ) -> Result<Option<(String, String)>> {
     let mut m = listed;
+    if m.etag.is_none() {
+        m.etag = c.written_etag.clone();
+    }
     let headed = c.etag.is_some() && m.etag.is_none();
     if headed {
         m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);

@@ -483,6 +483,32 @@ impl Journal {
         dst_key: &str,
         checksum: Option<&str>,
     ) -> Result<()> {
+        self.queue_done(id, src, dst_key, checksum, None)
+    }
+
+    /// [`record_done`](Self::record_done), keeping `hold` alive until the record is committed.
+    /// The engine passes the object's memory-budget permit: bytes uploaded but not yet durable
+    /// then still count against the budget, so what a crash makes the rerun send again stays
+    /// within the budget even though records are committed in batches.
+    pub fn record_done_holding(
+        &self,
+        id: TransferId,
+        src: &ObjectMeta,
+        dst_key: &str,
+        checksum: Option<&str>,
+        hold: Box<dyn Send>,
+    ) -> Result<()> {
+        self.queue_done(id, src, dst_key, checksum, Some(hold))
+    }
+
+    fn queue_done(
+        &self,
+        id: TransferId,
+        src: &ObjectMeta,
+        dst_key: &str,
+        checksum: Option<&str>,
+        until_committed: Option<Box<dyn Send>>,
+    ) -> Result<()> {
         *lock(&self.shared.pending_done)
             .entry(id.0)
             .or_default()
@@ -497,6 +523,7 @@ impl Journal {
             dst_key: dst_key.to_string(),
             checksum: checksum.map(str::to_string),
             at_ms: now_ms(),
+            until_committed,
         })
     }
 

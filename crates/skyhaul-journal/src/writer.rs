@@ -75,6 +75,8 @@ pub(crate) enum Write {
         dst_key: String,
         checksum: Option<String>,
         at_ms: i64,
+        /// Kept alive until the record is committed (or lost with its batch), then dropped.
+        until_committed: Option<Box<dyn Send>>,
     },
     Part {
         transfer: u64,
@@ -263,6 +265,15 @@ impl Writer {
             // The caller may have gone away (its thread panicked); nothing to do then.
             let _ = reply.send(op_result);
         }
+        // Only now, with the batch committed (or lost), is what the records held released.
+        for w in writes {
+            if let Write::Done {
+                until_committed, ..
+            } = w
+            {
+                drop(until_committed);
+            }
+        }
     }
 }
 
@@ -324,6 +335,7 @@ fn apply_write(tx: &Transaction<'_>, w: &Write) -> Result<()> {
             dst_key,
             checksum,
             at_ms,
+            ..
         } => {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO objects

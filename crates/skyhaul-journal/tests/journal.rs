@@ -447,6 +447,48 @@ fn two_handles_on_one_file_take_turns() {
     assert_eq!(a.transfers().unwrap().len(), 2);
 }
 
+/// Released by the writer: it looks, from another connection, whether its record is
+/// already committed at that moment.
+struct CommittedWhenReleased {
+    path: std::path::PathBuf,
+    id: TransferId,
+    src: ObjectMeta,
+    seen: std::sync::mpsc::Sender<bool>,
+}
+
+impl Drop for CommittedWhenReleased {
+    fn drop(&mut self) {
+        let other = Journal::open(&self.path).unwrap();
+        let _ = self
+            .seen
+            .send(other.is_done(self.id, &self.src).unwrap().is_some());
+    }
+}
+
+#[test]
+fn what_a_record_holds_is_released_only_once_it_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    let j = Journal::open(&path).unwrap();
+    let id = j.begin(&identity(1)).unwrap();
+    let (seen, released) = std::sync::mpsc::channel();
+    for n in 0..20 {
+        let src = obj(&format!("k{n}"), 10, None, None);
+        let hold = CommittedWhenReleased {
+            path: path.clone(),
+            id,
+            src: src.clone(),
+            seen: seen.clone(),
+        };
+        j.record_done_holding(id, &src, &src.key, None, Box::new(hold))
+            .unwrap();
+    }
+    drop(seen);
+    // Without any flush: the batch window alone commits and releases them.
+    let committed: Vec<bool> = released.iter().take(20).collect();
+    assert_eq!(committed, vec![true; 20], "released before committed");
+}
+
 #[test]
 fn announced_creations_stay_until_confirmed() {
     let (_dir, j) = open_temp();

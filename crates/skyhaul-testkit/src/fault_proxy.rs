@@ -65,9 +65,14 @@ pub struct Faults {
 pub struct FaultCounts {
     /// Requests received (faulted or not).
     pub requests: u64,
+    /// The part of `requests` that were HEADs.
+    pub head_requests: u64,
     /// Bytes of request bodies (with a Content-Length) forwarded upstream in full: what a
     /// client really uploaded, to measure how much it sends again after an interruption.
     pub request_body_bytes: u64,
+    /// The part of `request_body_bytes` sent with PUT: object and part uploads, the data
+    /// itself, without the XML of other requests (such as a multipart completion).
+    pub put_body_bytes: u64,
     pub reset_connection: u64,
     pub slow_down_503: u64,
     pub internal_error_500: u64,
@@ -237,6 +242,9 @@ impl Shared {
     fn draw(&self, method: &str, target: &str) -> Option<FaultKind> {
         let mut st = self.state.lock().unwrap();
         st.counts.requests += 1;
+        if method.eq_ignore_ascii_case("HEAD") {
+            st.counts.head_requests += 1;
+        }
         let f = &st.faults;
         if !f.only_methods.is_empty()
             && !f
@@ -785,7 +793,11 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
                     shared.unreserve(FaultKind::FlipRequest);
                 }
                 if let Framing::Length(n) = req.framing {
-                    shared.state.lock().unwrap().counts.request_body_bytes += n;
+                    let counts = &mut shared.state.lock().unwrap().counts;
+                    counts.request_body_bytes += n;
+                    if req.method.eq_ignore_ascii_case("PUT") {
+                        counts.put_body_bytes += n;
+                    }
                 }
                 // Forward interim responses (100 Continue…) until the final one.
                 loop {

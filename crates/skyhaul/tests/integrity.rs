@@ -329,3 +329,37 @@ async fn verify_handles_multipart_objects_made_by_another_client() {
     assert_eq!(caught.code, 6, "{}", caught.stderr);
     assert_eq!(caught.json()["checksum_mismatch"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verification_compares_the_etag_each_write_returned_instead_of_a_head() {
+    // s3s-fs lists no ETags: without the ETag its PUT answered, verifying each object would
+    // take a HEAD.
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("dst").await;
+    let proxy = FaultProxy::start(&s3.endpoint, Faults::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let files = dataset();
+    write_tree(&tmp.path().join("src"), &files);
+    let ep = proxy.endpoint();
+    let src = tmp.path().join("src");
+    let run = skyhaul(
+        &[
+            "cp",
+            "-r",
+            src.to_str().unwrap(),
+            "s3://dst/data",
+            "--dst-endpoint",
+            &ep,
+            "--no-journal",
+            "--json",
+        ],
+        None,
+        Some(&s3),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v = &run.json()["verification"];
+    assert_eq!(v["checksum_ok"], files.len(), "{v}");
+    assert_eq!(v["not_comparable"], 0, "{v}");
+    assert_eq!(proxy.injected().head_requests, 0, "HEADs sent to verify");
+    assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
+}
