@@ -262,6 +262,52 @@ async fn ctrl_c_stops_gracefully_and_the_rerun_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("dst").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let files = workload();
+    write_tree(&tmp.path().join("src"), &files);
+    let journal = tmp.path().join("journal.sqlite");
+    let src = tmp.path().join("src");
+    let mut args = copy_args(src.to_str().unwrap(), &s3.endpoint);
+    // At 1 MiB/s the parts in flight take seconds to finish: a graceful stop would wait.
+    args.extend(["--bwlimit", "1M"]);
+    let child = spawn(&args, &s3, &journal);
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first Ctrl-C lets the work in flight finish"
+    );
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "the second Ctrl-C stopped it in {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130));
+    // Nothing partial is visible, and the rerun finishes the job.
+    for (k, v) in read_bucket(&s3, "dst", "data/").await {
+        assert!(files.get(&k) == Some(&v), "{k} is partial or wrong");
+    }
+    let rerun = spawn(
+        &copy_args(src.to_str().unwrap(), &s3.endpoint),
+        &s3,
+        &journal,
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_succeeded(&rerun);
+    assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_lost_journal_still_ends_right_and_status_and_clean_work() {
     // moto: S3's own semantics for uploads (NoSuchUpload, ListMultipartUploads), which
     // s3s-fs lacks, so that "clean aborted everything" can be checked at the server.
