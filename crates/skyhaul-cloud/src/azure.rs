@@ -1,6 +1,7 @@
 //! Azure Blob Storage (block blobs) over its REST API.
 //!
-//! * Listing is List Blobs, which answers in lexicographic order of the names. It has no
+//! * Listing is List Blobs, which answers in lexicographic order of the names (Azurite puts a
+//!   page's prefixes after its blobs, so a listing by level sorts each page). It has no
 //!   "start after": a resumed listing skips the names up to it on this side.
 //! * Uploads send `Content-MD5` (the engine computes it for stores whose ETags are MD5s), so
 //!   Azure refuses a corrupted body; Put Blob and Put Block answer with the MD5 they computed,
@@ -16,6 +17,7 @@
 //! * User metadata names must be C# identifiers on Azure; other names (skyhaul's own
 //!   `skyhaul-crc64nvme`) are escaped reversibly, see [`encode_meta_name`].
 
+use crate::order::InOrder;
 use crate::transport::{self, body, header, send, status_error, Provider};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -31,7 +33,7 @@ use object_store::StaticCredentialProvider;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use skyhaul_store::{
-    CompletedPart, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
+    CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
     Payload, PutOptions, Result, Store, Written,
 };
 use std::collections::BTreeMap;
@@ -381,7 +383,13 @@ impl AzureStore {
         B64.encode(format!("{}-{number:05}", upload.upload_id))
     }
 
-    fn list_pages<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<BlobItem>> {
+    /// The blobs under `prefix` and, when `by_level` (delimiter `/`), the sub-prefixes, in
+    /// the order listed.
+    fn list_pages<'a>(
+        &'a self,
+        prefix: &'a str,
+        by_level: bool,
+    ) -> BoxStream<'a, Result<BlobEntry>> {
         let target = self.target(prefix);
         futures::stream::try_unfold(
             (Some(None::<String>), target),
@@ -394,6 +402,9 @@ impl AzureStore {
                     self.container_url(),
                     utf8_percent_encode(prefix, QUERY)
                 );
+                if by_level {
+                    url.push_str("&delimiter=%2F");
+                }
                 if let Some(m) = &marker {
                     url.push_str(&format!("&marker={}", utf8_percent_encode(m, QUERY)));
                 }
@@ -409,7 +420,11 @@ impl AzureStore {
                     )
                 })?;
                 let next = page.next_marker.filter(|m| !m.is_empty()).map(Some);
-                let items = page.blobs.map(|b| b.blob).unwrap_or_default();
+                let mut items = page.blobs.map(|b| b.entries).unwrap_or_default();
+                if by_level {
+                    // Azurite answers a page's prefixes after its blobs; the order is by name.
+                    items.sort_by_cached_key(BlobEntry::key);
+                }
                 Ok(Some((
                     futures::stream::iter(items.into_iter().map(Ok)),
                     (next, target),
@@ -520,8 +535,30 @@ struct ListResult {
 
 #[derive(Debug, Deserialize)]
 struct Blobs {
-    #[serde(rename = "Blob", default)]
-    blob: Vec<BlobItem>,
+    /// `Blob` and (with a delimiter) `BlobPrefix` elements, interleaved in key order.
+    #[serde(rename = "$value", default)]
+    entries: Vec<BlobEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+enum BlobEntry {
+    Blob(BlobItem),
+    BlobPrefix(BlobPrefix),
+}
+
+impl BlobEntry {
+    fn key(&self) -> String {
+        match self {
+            BlobEntry::Blob(b) => b.key(),
+            BlobEntry::BlobPrefix(p) => p.name.decoded(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BlobPrefix {
+    #[serde(rename = "Name")]
+    name: BlobName,
 }
 
 #[derive(Debug, Deserialize)]
@@ -553,15 +590,21 @@ struct BlobProperties {
     content_md5: Option<String>,
 }
 
-impl BlobItem {
-    fn key(&self) -> String {
-        if self.name.encoded == Some(true) {
-            percent_encoding::percent_decode_str(&self.name.text)
+impl BlobName {
+    fn decoded(&self) -> String {
+        if self.encoded == Some(true) {
+            percent_encoding::percent_decode_str(&self.text)
                 .decode_utf8_lossy()
                 .into_owned()
         } else {
-            self.name.text.clone()
+            self.text.clone()
         }
+    }
+}
+
+impl BlobItem {
+    fn key(&self) -> String {
+        self.name.decoded()
     }
 
     fn meta(&self) -> ObjectMeta {
@@ -626,25 +669,44 @@ impl Store for AzureStore {
         prefix: &'a str,
         start_after: Option<&'a str>,
     ) -> BoxStream<'a, Result<ObjectMeta>> {
-        let mut last: Option<String> = None;
-        let target = self.target(prefix);
-        self.list_pages(prefix)
-            .try_filter_map(move |b| {
+        let mut order = InOrder::new(self.target(prefix));
+        self.list_pages(prefix, false)
+            .try_filter_map(move |e| {
+                let BlobEntry::Blob(b) = e else {
+                    return futures::future::ready(Ok(None));
+                };
                 let key = b.key();
                 let skip = key.ends_with('/') || start_after.is_some_and(|s| key.as_str() <= s);
-                let res = if skip {
-                    Ok(None)
-                } else if last.as_deref().is_some_and(|l| l >= key.as_str()) {
-                    // The engine merge-joins listings: an out-of-order one must fail.
-                    Err(Error::new(
-                        ErrorKind::Other,
-                        format!("{target}: list: the server listed '{key}' out of order"),
-                    ))
-                } else {
-                    last = Some(key);
-                    Ok(Some(b.meta()))
+                futures::future::ready(match skip {
+                    true => Ok(None),
+                    false => order.check(&key).map(|()| Some(b.meta())),
+                })
+            })
+            .boxed()
+    }
+
+    fn lists_by_level(&self) -> bool {
+        true
+    }
+
+    fn list_level<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<Entry>> {
+        let mut order = InOrder::new(self.target(prefix));
+        self.list_pages(prefix, true)
+            .try_filter_map(move |e| {
+                let entry = match e {
+                    BlobEntry::Blob(b) if !b.key().ends_with('/') => Entry::Object(b.meta()),
+                    BlobEntry::Blob(_) => return futures::future::ready(Ok(None)),
+                    BlobEntry::BlobPrefix(p) => Entry::Prefix(p.name.decoded()),
                 };
-                async move { res }
+                // Azure has no "start after": earlier entries are skipped here.
+                if start_after.is_some_and(|s| entry.key() <= s) {
+                    return futures::future::ready(Ok(None));
+                }
+                futures::future::ready(order.check(entry.key()).map(|()| Some(entry)))
             })
             .boxed()
     }

@@ -17,6 +17,7 @@
 //!   the composite's CRC32C is the combination of the parts' CRC32Cs.
 //! * Server-side copy is `objects.rewrite`, which copies any size, within and across buckets.
 
+use crate::order::InOrder;
 use crate::transport::{self, body, header, send, status_error, Provider};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -29,7 +30,7 @@ use object_store::gcp::{GcpCredentialProvider, GoogleCloudStorageBuilder};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use skyhaul_store::{
-    CompletedPart, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
+    CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
     Payload, PutOptions, Result, Store, Written,
 };
 use std::collections::BTreeMap;
@@ -42,7 +43,7 @@ pub const UPLOADS_PREFIX: &str = ".skyhaul-uploads/";
 
 /// Only what [`GcsObject`] reads: listings of millions of objects are mostly these bytes.
 const LIST_FIELDS: &str =
-    "items(name,size,updated,md5Hash,crc32c,generation,metadata),nextPageToken";
+    "items(name,size,updated,md5Hash,crc32c,generation,metadata),prefixes,nextPageToken";
 
 /// Compose takes at most 32 source objects.
 const COMPOSE_MAX: usize = 32;
@@ -325,6 +326,20 @@ impl GcsStore {
         prefix: &'a str,
         start_offset: Option<&'a str>,
     ) -> BoxStream<'a, Result<GcsObject>> {
+        self.list_pages(prefix, start_offset, false)
+            .map_ok(|page| futures::stream::iter(page.items.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed()
+    }
+
+    /// The pages of a listing from `start_offset` (inclusive), with the delimiter `/` when
+    /// `by_level` (then `prefixes` holds the sub-prefixes).
+    fn list_pages<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_offset: Option<&'a str>,
+        by_level: bool,
+    ) -> BoxStream<'a, Result<ListPage>> {
         let target = self.target(prefix);
         futures::stream::try_unfold(
             (Some(None::<String>), target),
@@ -338,6 +353,9 @@ impl GcsStore {
                     utf8_percent_encode(prefix, SEGMENT),
                     utf8_percent_encode(LIST_FIELDS, SEGMENT)
                 );
+                if by_level {
+                    url.push_str("&delimiter=%2F");
+                }
                 if let Some(s) = start_offset {
                     url.push_str(&format!("&startOffset={}", utf8_percent_encode(s, SEGMENT)));
                 }
@@ -347,18 +365,14 @@ impl GcsStore {
                 let resp = self
                     .request(Method::GET, url, &[], Bytes::new(), &target, "list")
                     .await?;
-                let page: ListPage = self
+                let mut page: ListPage = self
                     .json(resp, &target, "list")
                     .await
                     .map_err(bucket_missing)?;
-                let next = page.next_page_token.map(Some);
-                Ok(Some((
-                    futures::stream::iter(page.items.into_iter().map(Ok)),
-                    (next, target),
-                )))
+                let next = page.next_page_token.take().map(Some);
+                Ok(Some((page, (next, target))))
             },
         )
-        .try_flatten()
         .boxed()
     }
 
@@ -442,6 +456,9 @@ fn error_detail(text: &[u8]) -> (String, String) {
 struct ListPage {
     #[serde(default)]
     items: Vec<GcsObject>,
+    /// Sub-prefixes, when listed with a delimiter.
+    #[serde(default)]
+    prefixes: Vec<String>,
     next_page_token: Option<String>,
 }
 
@@ -558,27 +575,54 @@ impl Store for GcsStore {
         prefix: &'a str,
         start_after: Option<&'a str>,
     ) -> BoxStream<'a, Result<ObjectMeta>> {
-        let mut last: Option<String> = None;
-        let target = self.target(prefix);
+        let mut order = InOrder::new(self.target(prefix));
         self.list_raw(prefix, start_after)
             .try_filter(move |o| {
                 let keep = is_listable(&o.name, prefix) && Some(o.name.as_str()) != start_after;
                 async move { keep }
             })
             .and_then(move |o| {
-                // The engine merge-joins listings: an out-of-order one must fail, not mislead.
-                let res = if last.as_deref().is_some_and(|l| l >= o.name.as_str()) {
-                    Err(Error::new(
-                        ErrorKind::Other,
-                        format!(
-                            "{target}: list: the server listed '{}' out of order",
-                            o.name
-                        ),
-                    ))
-                } else {
-                    last = Some(o.name.clone());
-                    Ok(o.meta())
+                let res = order.check(&o.name).map(|()| o.meta());
+                async move { res }
+            })
+            .boxed()
+    }
+
+    fn lists_by_level(&self) -> bool {
+        true
+    }
+
+    fn list_level<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<Entry>> {
+        let mut order = InOrder::new(self.target(prefix));
+        self.list_pages(prefix, start_after, true)
+            .map_ok(|page| {
+                // A page holds its objects and its sub-prefixes apart, each in order.
+                let mut entries: Vec<Entry> = page
+                    .items
+                    .into_iter()
+                    .map(|o| Entry::Object(o.meta()))
+                    .chain(page.prefixes.into_iter().map(Entry::Prefix))
+                    .collect();
+                entries.sort_by(|a, b| a.key().cmp(b.key()));
+                futures::stream::iter(entries.into_iter().map(Ok))
+            })
+            .try_flatten()
+            .try_filter(move |e| {
+                let key = e.key();
+                let keep = match e {
+                    Entry::Object(_) => is_listable(key, prefix),
+                    Entry::Prefix(_) => prefix.starts_with(UPLOADS_PREFIX) || key != UPLOADS_PREFIX,
                 };
+                // startOffset is inclusive, and a prefix holding it comes again.
+                let keep = keep && start_after.is_none_or(|s| key > s);
+                async move { keep }
+            })
+            .and_then(move |e| {
+                let res = order.check(e.key()).map(|()| e);
                 async move { res }
             })
             .boxed()

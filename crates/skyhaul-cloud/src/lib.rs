@@ -14,6 +14,7 @@
 
 pub mod azure;
 pub mod gcs;
+mod order;
 mod transport;
 
 pub use azure::{AzureOptions, AzureStore, ConnectionString};

@@ -1,13 +1,14 @@
 //! The engine's split, parallel listing delivers exactly what one flat listing does, in the
-//! same order, on every S3 server we run: sync's merge-join depends on it.
+//! same order, on every server we run that lists by level: sync's merge-join depends on it.
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use skyhaul_cloud::{AzureOptions, AzureStore, GcsOptions, GcsStore};
 use skyhaul_engine::retry::RetryPolicy;
 use skyhaul_engine::{Listing, Progress};
 use skyhaul_s3::{S3Options, S3Store};
 use skyhaul_store::{Payload, PutOptions, Store};
-use skyhaul_testkit::{S3Kind, S3Server};
+use skyhaul_testkit::{AzuriteServer, FakeGcsServer, S3Kind, S3Server};
 use std::sync::Arc;
 
 /// Leaves, a subtree several levels deep, neighbours that sort around `/`, odd characters.
@@ -42,7 +43,7 @@ async fn listed(store: &Arc<dyn Store>, prefix: &str) -> Vec<String> {
     out
 }
 
-async fn same_as_flat(kind: S3Kind) {
+async fn on_s3(kind: S3Kind) {
     let server = S3Server::start(kind);
     server.create_bucket("tree").await;
     let opts = S3Options {
@@ -51,7 +52,11 @@ async fn same_as_flat(kind: S3Kind) {
         secret_access_key: Some(server.secret_key.clone()),
         ..Default::default()
     };
-    let store: Arc<dyn Store> = Arc::new(S3Store::connect(&opts, "tree").await.unwrap());
+    let store = S3Store::connect(&opts, "tree").await.unwrap();
+    same_as_flat(Arc::new(store), &kind.to_string()).await;
+}
+
+async fn same_as_flat(store: Arc<dyn Store>, kind: &str) {
     assert!(
         store.lists_by_level(),
         "the split path is the one under test"
@@ -89,15 +94,41 @@ async fn same_as_flat(kind: S3Kind) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn split_listing_matches_flat_on_s3s_fs() {
-    same_as_flat(S3Kind::S3sFs).await;
+    on_s3(S3Kind::S3sFs).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn split_listing_matches_flat_on_rclone_serve_s3() {
-    same_as_flat(S3Kind::RcloneServe).await;
+    on_s3(S3Kind::RcloneServe).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn split_listing_matches_flat_on_moto() {
-    same_as_flat(S3Kind::Moto).await;
+    on_s3(S3Kind::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn split_listing_matches_flat_on_fake_gcs_server() {
+    let server = FakeGcsServer::start();
+    server.create_bucket("tree").await;
+    let opts = GcsOptions {
+        endpoint: Some(server.endpoint.clone()),
+        ..Default::default()
+    };
+    let store = GcsStore::connect(&opts, "tree").await.unwrap();
+    same_as_flat(Arc::new(store), "fake-gcs-server").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn split_listing_matches_flat_on_azurite() {
+    let server = AzuriteServer::start();
+    server.create_container("tree").await;
+    let opts = AzureOptions {
+        endpoint: Some(server.endpoint.clone()),
+        account: Some(server.account.clone()),
+        key: Some(server.key.clone()),
+        ..Default::default()
+    };
+    let store = AzureStore::connect(&opts, None, "tree").await.unwrap();
+    same_as_flat(Arc::new(store), "azurite").await;
 }
