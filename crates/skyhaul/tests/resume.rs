@@ -6,7 +6,7 @@ use common::*;
 use skyhaul_journal::Journal;
 use skyhaul_testkit::{FaultProxy, Faults, S3Kind, S3Server};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,20 @@ fn workload() -> BTreeMap<String, Vec<u8>> {
     }
     m
 }
+
+/// A server with an empty bucket `dst`; the workload written under `src`; the journal's
+/// path; the temporary directory holding both.
+async fn setup(kind: S3Kind) -> (S3Server, Files, PathBuf, PathBuf, tempfile::TempDir) {
+    let s3 = S3Server::start(kind);
+    s3.create_bucket("dst").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let files = workload();
+    let src = tmp.path().join("src");
+    write_tree(&src, &files);
+    (s3, files, tmp.path().join("journal.sqlite"), src, tmp)
+}
+
+type Files = BTreeMap<String, Vec<u8>>;
 
 fn spawn(args: &[&str], dst: &S3Server, journal: &Path) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyhaul"));
@@ -96,16 +110,10 @@ async fn kill_9_at_random_moments_then_resume_on_s3s_fs() {
 /// then the destination must equal the source, no upload may be left open, and each run
 /// may have sent at most the memory budget that the journal does not show as done.
 async fn kill_9_at_random_moments_then_resume(kind: S3Kind) {
-    let s3 = S3Server::start(kind);
-    s3.create_bucket("dst").await;
+    let (s3, files, journal, src, _tmp) = setup(kind).await;
     // The proxy injects nothing; it counts the bytes really uploaded.
     let proxy = FaultProxy::start(&s3.endpoint, Faults::default());
-    let tmp = tempfile::tempdir().unwrap();
-    let files = workload();
     let total: u64 = files.values().map(|v| v.len() as u64).sum();
-    write_tree(&tmp.path().join("src"), &files);
-    let journal = tmp.path().join("journal.sqlite");
-    let src = tmp.path().join("src");
     let ep = proxy.endpoint();
     let args = copy_args(src.to_str().unwrap(), &ep);
 
@@ -209,13 +217,7 @@ async fn kill_9_at_random_moments_then_resume(kind: S3Kind) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_gracefully_and_the_rerun_resumes() {
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket("dst").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = workload();
-    write_tree(&tmp.path().join("src"), &files);
-    let journal = tmp.path().join("journal.sqlite");
-    let src = tmp.path().join("src");
+    let (s3, files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;
     let args = copy_args(src.to_str().unwrap(), &s3.endpoint);
     let child = spawn(&args, &s3, &journal);
     std::thread::sleep(Duration::from_millis(400));
@@ -263,13 +265,7 @@ async fn ctrl_c_stops_gracefully_and_the_rerun_resumes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket("dst").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = workload();
-    write_tree(&tmp.path().join("src"), &files);
-    let journal = tmp.path().join("journal.sqlite");
-    let src = tmp.path().join("src");
+    let (s3, files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;
     let mut args = copy_args(src.to_str().unwrap(), &s3.endpoint);
     // At 1 MiB/s the parts in flight take seconds to finish: a graceful stop would wait.
     args.extend(["--bwlimit", "1M"]);
@@ -311,13 +307,7 @@ async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
 async fn a_lost_journal_still_ends_right_and_status_and_clean_work() {
     // moto: S3's own semantics for uploads (NoSuchUpload, ListMultipartUploads), which
     // s3s-fs lacks, so that "clean aborted everything" can be checked at the server.
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket("dst").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = workload();
-    write_tree(&tmp.path().join("src"), &files);
-    let journal = tmp.path().join("journal.sqlite");
-    let src = tmp.path().join("src");
+    let (s3, files, journal, src, _tmp) = setup(S3Kind::Moto).await;
     let args = copy_args(src.to_str().unwrap(), &s3.endpoint);
 
     // Interrupt, then look at the journal and clean up what the transfer left open.
@@ -367,14 +357,8 @@ async fn a_lost_journal_still_ends_right_and_status_and_clean_work() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_transfer_rides_out_an_endpoint_outage() {
-    let s3 = S3Server::start(S3Kind::S3sFs);
-    s3.create_bucket("dst").await;
+    let (s3, files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;
     let proxy = FaultProxy::start(&s3.endpoint, Faults::default());
-    let tmp = tempfile::tempdir().unwrap();
-    let files = workload();
-    write_tree(&tmp.path().join("src"), &files);
-    let journal = tmp.path().join("journal.sqlite");
-    let src = tmp.path().join("src");
     let ep = proxy.endpoint();
     let args = copy_args(src.to_str().unwrap(), &ep);
     let child = spawn(&args, &s3, &journal);
