@@ -1,7 +1,8 @@
 //! Google Cloud Storage over its JSON API.
 //!
 //! * Listing is `objects.list` with `startOffset`, which GCS answers in lexicographic order
-//!   of the object names, as the engine requires.
+//!   of the object names, as the engine requires. By level it adds the delimiter `/`; a page
+//!   then holds its objects and its sub-prefixes apart, each in order, and they are merged.
 //! * Every upload sends the body's CRC32C (and its MD5 when the engine computed one) in the
 //!   object resource, so GCS refuses a body corrupted on the way, and the stored hashes the
 //!   server reports back are compared with what was sent (emulators that ignore the sent
