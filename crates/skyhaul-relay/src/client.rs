@@ -1,0 +1,588 @@
+//! [`RelayStore`]: the destination store as seen from the source side. Every call is a
+//! request to a gateway near the real destination; bodies go out as compressed, encrypted
+//! chunks spread over the gateway's K connections. A connection that breaks, or a gateway
+//! that rejects a frame and closes it, fails only the requests that had frames on it, and
+//! those are sent again, through another gateway when there is one.
+
+use crate::codec::Compression;
+use crate::key::RelayKey;
+use crate::message::{encode, is_request, Assembler, Message};
+use crate::rpc::{error_from, md5_hex, Info, ListPage, Opts, Request, Response, WireEntry};
+use crate::stats::{RelayStats, RelaySummary};
+use crate::wire::{handshake_client, read_frame, ClientHello, Kind, Plain};
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use skyhaul_store::{
+    CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
+    Payload, PutOptions, Result, Store, Written,
+};
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// Tries of one request (over all gateways) before the engine sees an error.
+const ATTEMPTS: u32 = 6;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A gateway that could not be reached is skipped for this long.
+const DOWN_FOR: Duration = Duration::from_secs(5);
+/// The wait for an answer: this, plus a second per MiB of body (a very slow link).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to reach the destination gateways.
+#[derive(Clone)]
+pub struct RelayOptions {
+    /// `host:port` of each destination gateway.
+    pub gateways: Vec<String>,
+    /// TCP connections per gateway (at most 64).
+    pub connections: usize,
+    pub compression: Compression,
+    /// Plaintext bytes per frame.
+    pub chunk_size: usize,
+    pub key: RelayKey,
+    /// The bucket the transfer writes to; the gateway must serve it.
+    pub container: String,
+}
+
+impl fmt::Debug for RelayOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayOptions")
+            .field("gateways", &self.gateways)
+            .field("connections", &self.connections)
+            .field("compression", &self.compression)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The destination store, reached through relay gateways.
+pub struct RelayStore {
+    shared: Arc<Shared>,
+    info: Info,
+    name: String,
+}
+
+impl fmt::Debug for RelayStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayStore")
+            .field("name", &self.name)
+            .field("gateways", &self.shared.opts.gateways)
+            .finish()
+    }
+}
+
+struct Shared {
+    opts: RelayOptions,
+    session: u64,
+    next_stream: AtomicU64,
+    next_link: AtomicUsize,
+    links: Vec<Link>,
+    stats: Arc<RelayStats>,
+}
+
+/// One gateway: its connections and the requests waiting for its answers.
+struct Link {
+    addr: String,
+    conns: tokio::sync::Mutex<Vec<Option<Arc<Conn>>>>,
+    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
+    assembler: Arc<Mutex<Assembler>>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+struct Conn {
+    tx: mpsc::Sender<Plain>,
+    alive: Arc<AtomicBool>,
+}
+
+struct Waiter {
+    /// Bit i: a frame of this request went over connection i.
+    mask: u64,
+    tx: oneshot::Sender<Message>,
+}
+
+impl RelayStore {
+    /// Connects to the gateways and asks what they serve.
+    pub async fn connect(opts: RelayOptions) -> Result<RelayStore> {
+        if opts.gateways.is_empty() {
+            return Err(Error::new(ErrorKind::Other, "--relay: no gateway address"));
+        }
+        let mut session = [0u8; 8];
+        crate::key::random(&mut session);
+        let links = opts
+            .gateways
+            .iter()
+            .map(|addr| Link {
+                addr: addr.clone(),
+                conns: tokio::sync::Mutex::new(vec![None; opts.connections.clamp(1, 64)]),
+                waiters: Arc::default(),
+                assembler: Arc::default(),
+                down_until: Mutex::new(None),
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            session: u64::from_be_bytes(session),
+            next_stream: AtomicU64::new(1),
+            next_link: AtomicUsize::new(0),
+            links,
+            stats: Arc::default(),
+            opts,
+        });
+        let container = shared.opts.container.clone();
+        let (value, _) = shared
+            .call(&Request::Info { container }, Bytes::new())
+            .await?;
+        let info: Info = parse(value)?;
+        Ok(RelayStore {
+            name: format!("{} (via relay)", info.name),
+            shared,
+            info,
+        })
+    }
+
+    /// The byte counts so far.
+    pub fn stats(&self) -> Arc<RelayStats> {
+        self.shared.stats.clone()
+    }
+
+    /// The byte counts so far, with the compression they were made with.
+    pub fn summary(&self) -> RelaySummary {
+        self.shared
+            .stats
+            .summary(self.shared.opts.compression.to_string())
+    }
+
+    async fn call_parse<T: DeserializeOwned>(&self, req: Request, body: Bytes) -> Result<T> {
+        let (value, _) = self.shared.call(&req, body).await?;
+        parse(value)
+    }
+
+    fn list_pages<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+        by_level: bool,
+    ) -> BoxStream<'a, Result<Entry>> {
+        let first = (start_after.map(str::to_string), true);
+        futures::stream::try_unfold(first, move |(after, more)| async move {
+            if !more {
+                return Ok(None);
+            }
+            let req = Request::List {
+                prefix: prefix.to_string(),
+                start_after: after,
+                by_level,
+            };
+            let page: ListPage = self.call_parse(req, Bytes::new()).await?;
+            let last = page.entries.last().map(|e| match e {
+                WireEntry::Object(m) => m.key.clone(),
+                WireEntry::Prefix(p) => p.clone(),
+            });
+            let more = page.more && last.is_some();
+            let entries = page.entries.into_iter().map(|e| Ok(Entry::from(e)));
+            Ok(Some((futures::stream::iter(entries), (last, more))))
+        })
+        .try_flatten()
+        .boxed()
+    }
+}
+
+fn parse<T: DeserializeOwned>(value: Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| {
+        Error::new(
+            ErrorKind::Other,
+            format!("relay: unexpected answer from the gateway: {e}"),
+        )
+    })
+}
+
+fn etag_of(value: Value) -> Result<Written> {
+    #[derive(serde::Deserialize)]
+    struct E {
+        etag: Option<String>,
+    }
+    let e: E = parse(value)?;
+    Ok(Written { etag: e.etag })
+}
+
+impl Shared {
+    /// Sends `req` until a gateway answers it; the answer may still be the store's error.
+    async fn call(&self, req: &Request, body: Bytes) -> Result<(Value, Bytes)> {
+        let meta = serde_json::to_vec(req).expect("requests serialise");
+        let op = op_name(req);
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                RelayStats::add(&self.stats.resent, 1);
+                let backoff = Duration::from_millis(50 << attempt.min(5));
+                tokio::time::sleep(backoff).await;
+            }
+            let link = self.pick(attempt);
+            match self.try_call(link, &meta, &body).await {
+                Ok(msg) => return answer(msg),
+                Err(e) => {
+                    tracing::warn!(
+                        "relay: {op} via gateway {}: {e}; sending it again",
+                        link.addr
+                    );
+                    last = format!("gateway {}: {e}", link.addr);
+                }
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Unreachable,
+            format!(
+                "relay: no gateway answered {op} after {ATTEMPTS} tries (last: {last}); check that the gateways run and have the same {}",
+                crate::KEY_ENV
+            ),
+        ))
+    }
+
+    /// The next gateway in turn that is not known to be down (any, if all are).
+    fn pick(&self, attempt: u32) -> &Link {
+        let n = self.links.len();
+        let start = self.next_link.fetch_add(1, Relaxed) + attempt as usize;
+        let now = Instant::now();
+        (0..n)
+            .map(|i| &self.links[(start + i) % n])
+            .find(|l| l.down_until.lock().unwrap().is_none_or(|t| t <= now))
+            .unwrap_or(&self.links[start % n])
+    }
+
+    async fn try_call(
+        &self,
+        link: &Link,
+        meta: &[u8],
+        body: &Bytes,
+    ) -> std::result::Result<Message, String> {
+        let conns = match link.connections(self).await {
+            Ok(c) => c,
+            Err(e) => {
+                *link.down_until.lock().unwrap() = Some(Instant::now() + DOWN_FOR);
+                return Err(e);
+            }
+        };
+        let stream = self.next_stream.fetch_add(1, Relaxed);
+        let n = conns.len();
+        let frames = {
+            let (meta, body) = (meta.to_vec(), body.clone());
+            let (session, comp, chunk) =
+                (self.session, self.opts.compression, self.opts.chunk_size);
+            tokio::task::spawn_blocking(move || {
+                encode(
+                    Kind::RequestMeta,
+                    session,
+                    stream,
+                    &meta,
+                    &body,
+                    comp,
+                    chunk,
+                )
+            })
+            .await
+            .expect("encoding does not panic")
+        };
+        let route = |i: usize| (stream as usize + i) % n;
+        let mask = (0..frames.len().min(n)).fold(0u64, |m, i| m | 1 << conns[route(i)].0);
+        let (tx, rx) = oneshot::channel();
+        link.waiters
+            .lock()
+            .unwrap()
+            .insert(stream, Waiter { mask, tx });
+        for (i, f) in frames.into_iter().enumerate() {
+            RelayStats::add(&self.stats.logical_sent, f.header.plain_len as usize);
+            if conns[route(i)].1.tx.send(f).await.is_err() {
+                link.waiters.lock().unwrap().remove(&stream);
+                return Err("connection closed while sending".into());
+            }
+        }
+        let wait = ANSWER_TIMEOUT + Duration::from_secs(body.len() as u64 >> 20);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(msg)) => Ok(msg),
+            Ok(Err(_)) => Err("connection lost before the answer".into()),
+            Err(_) => {
+                link.waiters.lock().unwrap().remove(&stream);
+                Err(format!("no answer within {wait:?}"))
+            }
+        }
+    }
+}
+
+fn op_name(req: &Request) -> String {
+    let v = serde_json::to_value(req).unwrap_or_default();
+    let op = v.get("op").and_then(Value::as_str).unwrap_or("request");
+    match v.get("key").and_then(Value::as_str) {
+        Some(key) => format!("{op} '{key}'"),
+        None => op.to_string(),
+    }
+}
+
+fn answer(msg: Message) -> Result<(Value, Bytes)> {
+    match serde_json::from_slice::<Response>(&msg.meta) {
+        Ok(Response::Ok { value }) => Ok((value, msg.body)),
+        Ok(Response::Err { kind, message }) => Err(error_from(&kind, message)),
+        Err(e) => Err(Error::new(
+            ErrorKind::Other,
+            format!("relay: unreadable answer from the gateway: {e}"),
+        )),
+    }
+}
+
+impl Link {
+    /// The live connections with their indices, opening any that are missing or broken.
+    async fn connections(
+        &self,
+        shared: &Shared,
+    ) -> std::result::Result<Vec<(usize, Arc<Conn>)>, String> {
+        let mut conns = self.conns.lock().await;
+        let missing: Vec<usize> = (0..conns.len())
+            .filter(|&i| conns[i].as_ref().is_none_or(|c| !c.alive.load(Relaxed)))
+            .collect();
+        let opened = futures::future::join_all(missing.iter().map(|&i| self.open(shared, i))).await;
+        let mut last = None;
+        for (&i, r) in missing.iter().zip(opened) {
+            match r {
+                Ok(c) => conns[i] = Some(Arc::new(c)),
+                Err(e) => {
+                    conns[i] = None;
+                    last = Some(e);
+                }
+            }
+        }
+        let live: Vec<(usize, Arc<Conn>)> = conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.clone().map(|c| (i, c)))
+            .collect();
+        match (live.is_empty(), last) {
+            (true, Some(e)) => Err(e),
+            (true, None) => Err("no connection".into()),
+            _ => Ok(live),
+        }
+    }
+
+    async fn open(&self, shared: &Shared, index: usize) -> std::result::Result<Conn, String> {
+        let mut sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("connect: {e}"))?;
+        crate::tune(&sock);
+        let hello = ClientHello {
+            session: shared.session,
+            compression: shared.opts.compression,
+        };
+        let (mut sealer, mut opener) = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            handshake_client(&mut sock, &shared.opts.key, hello),
+        )
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| format!("handshake: {e}"))?;
+        let (rd, mut wr) = sock.into_split();
+        let (tx, mut rx) = mpsc::channel::<Plain>(8);
+        let alive = Arc::new(AtomicBool::new(true));
+        let ended = {
+            let (alive, waiters) = (alive.clone(), self.waiters.clone());
+            move || {
+                alive.store(false, Relaxed);
+                waiters
+                    .lock()
+                    .unwrap()
+                    .retain(|_, w| w.mask & (1 << index) == 0);
+            }
+        };
+        let stats = shared.stats.clone();
+        let (alive_w, ended_w) = (alive.clone(), ended.clone());
+        tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                let bytes = sealer.seal(p);
+                if !alive_w.load(Relaxed) || wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+                RelayStats::add(&stats.wire_sent, bytes.len());
+            }
+            ended_w();
+        });
+        let (stats, waiters, assembler) = (
+            shared.stats.clone(),
+            self.waiters.clone(),
+            self.assembler.clone(),
+        );
+        let (session, addr) = (shared.session, self.addr.clone());
+        tokio::spawn(async move {
+            let mut rd = BufReader::with_capacity(1 << 20, rd);
+            loop {
+                let why = match read_frame(&mut rd, &mut opener).await {
+                    Ok((h, plain, n)) if h.session == session && !is_request(h.kind) => {
+                        RelayStats::add(&stats.wire_received, n);
+                        RelayStats::add(&stats.logical_received, plain.len());
+                        match assembler.lock().unwrap().add(&h, plain, index as u64) {
+                            Ok(Some(msg)) => {
+                                if let Some(w) = waiters.lock().unwrap().remove(&msg.stream) {
+                                    let _ = w.tx.send(msg);
+                                }
+                                continue;
+                            }
+                            Ok(None) => continue,
+                            Err(e) => e,
+                        }
+                    }
+                    Ok(_) => "frame of another session or a request".to_string(),
+                    Err(e) if e.is_rejection() => e.to_string(),
+                    Err(_) => break,
+                };
+                RelayStats::add(&stats.rejected, 1);
+                tracing::warn!("relay: rejected a frame from gateway {addr}: {why}");
+                break;
+            }
+            ended();
+        });
+        Ok(Conn { tx, alive })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RelayStore {
+    async fn preflight(&self, for_write: bool) -> Result<()> {
+        self.call_parse::<Value>(Request::Preflight { for_write }, Bytes::new())
+            .await
+            .map(drop)
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn limits(&self) -> Limits {
+        self.info.limits()
+    }
+
+    fn etags_are_md5(&self) -> bool {
+        self.info.etags_are_md5
+    }
+
+    fn container(&self) -> &str {
+        &self.info.container
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<ObjectMeta>> {
+        self.list_pages(prefix, start_after, false)
+            .try_filter_map(|e| async move {
+                Ok(match e {
+                    Entry::Object(m) => Some(m),
+                    Entry::Prefix(_) => None,
+                })
+            })
+            .boxed()
+    }
+
+    fn lists_by_level(&self) -> bool {
+        self.info.lists_by_level
+    }
+
+    fn list_level<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<Entry>> {
+        self.list_pages(prefix, start_after, true)
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let key = key.to_string();
+        self.call_parse(Request::Head { key }, Bytes::new()).await
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        expect: Option<&ObjectMeta>,
+    ) -> Result<Fetched> {
+        let req = Request::Get {
+            key: key.to_string(),
+            range: range.map(|r| (r.start, r.end)),
+            expect: expect.cloned(),
+        };
+        let (value, data) = self.shared.call(&req, Bytes::new()).await?;
+        let etag = etag_of(value)?.etag;
+        Ok(Fetched { data, etag })
+    }
+
+    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<Written> {
+        let req = Request::Put {
+            key: key.to_string(),
+            md5: md5_hex(body.md5),
+            opts: Opts::from(opts),
+        };
+        let (value, _) = self.shared.call(&req, body.data).await?;
+        etag_of(value)
+    }
+
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload> {
+        let req = Request::CreateMultipart {
+            key: key.to_string(),
+            opts: Opts::from(opts),
+        };
+        self.call_parse(req, Bytes::new()).await
+    }
+
+    async fn put_part(
+        &self,
+        upload: &MultipartUpload,
+        part: PartSpec,
+        body: Payload,
+    ) -> Result<CompletedPart> {
+        let req = Request::PutPart {
+            upload: upload.clone(),
+            part,
+            md5: md5_hex(body.md5),
+        };
+        self.call_parse(req, body.data).await
+    }
+
+    async fn complete_multipart(
+        &self,
+        upload: &MultipartUpload,
+        parts: &[CompletedPart],
+        opts: &PutOptions,
+    ) -> Result<Written> {
+        let req = Request::CompleteMultipart {
+            upload: upload.clone(),
+            parts: parts.to_vec(),
+            opts: Opts::from(opts),
+        };
+        let (value, _) = self.shared.call(&req, Bytes::new()).await?;
+        etag_of(value)
+    }
+
+    async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {
+        let req = Request::AbortMultipart {
+            upload: upload.clone(),
+        };
+        self.call_parse::<Value>(req, Bytes::new()).await.map(drop)
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<MultipartUpload>> {
+        let req = Request::ListUploads {
+            prefix: prefix.to_string(),
+        };
+        self.call_parse(req, Bytes::new()).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let req = Request::Delete {
+            key: key.to_string(),
+        };
+        self.call_parse::<Value>(req, Bytes::new()).await.map(drop)
+    }
+}

@@ -1,0 +1,72 @@
+//! Relay mode: the wide-area hop of a transfer as a compressed, encrypted, framed stream
+//! between the source side and gateways near the destination.
+//!
+//! The engine already plans, journals, checksums and verifies a copy over the narrow
+//! [`skyhaul_store::Store`] trait, so relay mode is a store: [`RelayStore`] runs on the source
+//! side (the `skyhaul cp` process, or fleet workers placed near the source) and turns every
+//! store call into a request to a destination [`Gateway`], which runs it on the real
+//! destination store beside it. Object bodies cross the link as chunks that are compressed
+//! (zstd by default, lz4, or none; a chunk that does not shrink is sent as it is), sealed
+//! with AES-256-GCM and spread over K TCP connections per gateway. Egress is paid on what
+//! crosses the link, so compressible data costs a fraction; the destination's credentials
+//! never leave its side.
+//!
+//! # Wire protocol, version 1
+//!
+//! A connection starts with two 32-byte hellos, client first, both in clear:
+//! `SKHR`, version (1), role (`C` or `G`), compression code and level (client), the client's
+//! session id (8 bytes, random per [`RelayStore`]), 16 random bytes. Each side then derives
+//! the connection key `HKDF-SHA256(salt = client hello ‖ gateway hello, ikm = transfer key,
+//! info = "skyhaul-relay v1 connection key")`. The transfer key is 32 random bytes per
+//! transfer ([`RelayKey`]), handed out of band.
+//!
+//! Then frames, each a 64-byte [header](wire::Header) followed by `wire_len` bytes of
+//! AES-256-GCM ciphertext and its 16-byte tag. The nonce is the direction (4 bytes: 0 towards
+//! the gateway, 1 back) and the frame's sequence number on that connection (8 bytes); the
+//! whole header is the additional authenticated data. So:
+//!
+//! - a changed byte anywhere in a frame fails the tag;
+//! - a replayed, dropped, reordered or spliced frame fails: the receiver accepts only the
+//!   next sequence number of its connection, and another connection has another key;
+//! - a recorded connection cannot be replayed to a gateway: the gateway's random half of
+//!   the key differs each time.
+//!
+//! After decryption the chunk is decompressed and checked against the CRC64-NVME of its
+//! plaintext in the header: a fault between compression and encryption is caught too. A
+//! receiver closes a connection at the first frame it refuses (its framing cannot be
+//! trusted after that); the client sends every request that had a frame on it again, to
+//! another gateway if there is one.
+//!
+//! A message (request or response) is a meta frame (its JSON, see [`rpc::Request`]; `total`
+//! is the body length) and data frames (`offset`, `total`) that may travel over different
+//! connections of the same session and arrive in any order; the receiver reassembles by
+//! `(session, stream, offset)`. The gateway answers on the connection the meta frame came on.
+
+mod client;
+pub mod codec;
+mod gateway;
+mod key;
+pub mod message;
+pub mod rpc;
+mod stats;
+pub mod wire;
+
+pub use client::{RelayOptions, RelayStore};
+pub use codec::Compression;
+pub use gateway::Gateway;
+pub use key::{RelayKey, KEY_ENV};
+pub use stats::{RelayStats, RelaySummary};
+
+/// Default plaintext bytes per frame: large enough that the 80 bytes of header and tag are
+/// noise, small enough to spread one part over all connections.
+pub const DEFAULT_CHUNK: usize = 1 << 20;
+
+/// Socket settings for a long fat pipe: no Nagle delay on the small request frames, and
+/// keep-alives so a gateway that vanished is noticed. Buffer sizes are left to the kernel:
+/// setting SO_RCVBUF switches Linux's receive autotuning off, and autotuning grows the
+/// window to the bandwidth-delay product (up to `net.ipv4.tcp_rmem`) by itself.
+pub(crate) fn tune(sock: &tokio::net::TcpStream) {
+    let _ = sock.set_nodelay(true);
+    let s = socket2::SockRef::from(sock);
+    let _ = s.set_keepalive(true);
+}

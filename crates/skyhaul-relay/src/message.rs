@@ -1,0 +1,232 @@
+//! Messages (a request or a response: JSON plus a body) cut into frames, and put back
+//! together from frames that arrived over several connections, in any order, possibly more
+//! than once (a re-sent chunk).
+
+use crate::codec::Compression;
+use crate::wire::{Header, Kind, Plain};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Largest message body accepted: S3's largest part or single put.
+pub const MAX_MESSAGE: u64 = 5 << 30;
+
+/// A whole request or response.
+#[derive(Debug)]
+pub struct Message {
+    pub session: u64,
+    pub stream: u64,
+    /// Which connection brought the meta frame: where a response goes back.
+    pub meta_conn: u64,
+    pub meta: Bytes,
+    pub body: Bytes,
+}
+
+#[derive(Default)]
+struct Partial {
+    meta: Option<(Vec<u8>, u64)>,
+    body_len: Option<u64>,
+    body: Vec<u8>,
+    got: u64,
+    offsets: HashSet<u64>,
+    meta_conn: u64,
+    started: Option<Instant>,
+}
+
+/// Messages in progress, keyed by session and stream.
+#[derive(Default)]
+pub struct Assembler {
+    partial: HashMap<(u64, u64), Partial>,
+}
+
+impl Assembler {
+    /// Adds one authenticated, checked chunk that came over connection `conn`; returns the
+    /// message once every byte of it is in.
+    pub fn add(
+        &mut self,
+        h: &Header,
+        chunk: Vec<u8>,
+        conn: u64,
+    ) -> Result<Option<Message>, String> {
+        if h.total > MAX_MESSAGE || (!h.kind.is_meta() && h.offset + chunk.len() as u64 > h.total) {
+            return Err(format!(
+                "chunk at {} of {} bytes overruns its message of {} bytes",
+                h.offset,
+                chunk.len(),
+                h.total
+            ));
+        }
+        let p = self.partial.entry((h.session, h.stream)).or_default();
+        p.started.get_or_insert_with(Instant::now);
+        if h.kind.is_meta() {
+            p.meta_conn = conn;
+            p.meta = Some((chunk, h.total));
+        } else {
+            if *p.body_len.get_or_insert(h.total) != h.total {
+                return Err(format!("message {} changed its length", h.stream));
+            }
+            if p.offsets.insert(h.offset) {
+                if p.body.is_empty() {
+                    p.body = vec![0u8; h.total as usize];
+                }
+                p.body[h.offset as usize..h.offset as usize + chunk.len()].copy_from_slice(&chunk);
+                p.got += chunk.len() as u64;
+            }
+        }
+        let complete = match &p.meta {
+            Some((_, body_len)) => p.got == *body_len && p.body_len.is_none_or(|b| b == *body_len),
+            None => false,
+        };
+        if !complete {
+            return Ok(None);
+        }
+        let p = self
+            .partial
+            .remove(&(h.session, h.stream))
+            .expect("present");
+        let (meta, _) = p.meta.expect("complete");
+        Ok(Some(Message {
+            session: h.session,
+            stream: h.stream,
+            meta_conn: p.meta_conn,
+            meta: meta.into(),
+            body: p.body.into(),
+        }))
+    }
+
+    /// Drops messages whose rest never came (their sender gave up and sent them again under
+    /// a new stream), so a dead connection does not leak their memory.
+    pub fn expire(&mut self, older_than: Duration) {
+        self.partial
+            .retain(|_, p| p.started.is_none_or(|t| t.elapsed() < older_than));
+    }
+}
+
+/// Cuts a message into frames: the meta frame (the JSON) first, then the body in chunks of
+/// `chunk` bytes, each checksummed and compressed on its own. CPU-bound: run it off the
+/// async threads for large bodies.
+pub fn encode(
+    meta_kind: Kind,
+    session: u64,
+    stream: u64,
+    meta: &[u8],
+    body: &[u8],
+    compression: Compression,
+    chunk: usize,
+) -> Vec<Plain> {
+    let data_kind = match meta_kind {
+        Kind::RequestMeta => Kind::RequestData,
+        _ => Kind::ResponseData,
+    };
+    let total = body.len() as u64;
+    let mut frames = vec![Plain::new(
+        meta_kind,
+        session,
+        stream,
+        0,
+        total,
+        meta,
+        compression,
+    )];
+    for (i, piece) in body.chunks(chunk.max(1)).enumerate() {
+        let offset = (i * chunk) as u64;
+        frames.push(Plain::new(
+            data_kind,
+            session,
+            stream,
+            offset,
+            total,
+            piece,
+            compression,
+        ));
+    }
+    frames
+}
+
+/// Whether a frame of this kind belongs to a request (what a gateway accepts).
+pub fn is_request(kind: Kind) -> bool {
+    matches!(kind, Kind::RequestMeta | Kind::RequestData)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(kind: Kind, offset: u64, total: u64) -> Header {
+        Header {
+            kind,
+            flags: 0,
+            session: 1,
+            stream: 2,
+            offset,
+            total,
+            plain_len: 0,
+            wire_len: 0,
+            plain_crc: 0,
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn any_order_with_duplicates() {
+        let mut a = Assembler::default();
+        assert!(a
+            .add(&h(Kind::RequestData, 3, 6), b"def".to_vec(), 1)
+            .unwrap()
+            .is_none());
+        assert!(a
+            .add(&h(Kind::RequestData, 3, 6), b"def".to_vec(), 2)
+            .unwrap()
+            .is_none());
+        assert!(a
+            .add(&h(Kind::RequestMeta, 0, 6), b"{}".to_vec(), 3)
+            .unwrap()
+            .is_none());
+        let m = a
+            .add(&h(Kind::RequestData, 0, 6), b"abc".to_vec(), 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (&m.body[..], &m.meta[..], m.meta_conn),
+            (&b"abcdef"[..], &b"{}"[..], 3)
+        );
+        // A message without a body is complete with its meta frame.
+        assert!(a
+            .add(&h(Kind::RequestMeta, 0, 0), b"{}".to_vec(), 1)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn encode_then_assemble() {
+        let body: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_be_bytes()).collect();
+        let frames = encode(
+            Kind::ResponseMeta,
+            1,
+            2,
+            b"{\"a\":1}",
+            &body,
+            Compression::Lz4,
+            3000,
+        );
+        assert_eq!(frames.len(), 1 + 14);
+        let mut a = Assembler::default();
+        let mut done = None;
+        for f in frames.into_iter().rev() {
+            let plain =
+                crate::codec::decompress(f.header.flags, f.payload, f.header.plain_len as usize)
+                    .unwrap();
+            done = a.add(&f.header, plain, 0).unwrap();
+        }
+        let m = done.expect("complete after the last frame");
+        assert_eq!((&m.body[..], &m.meta[..]), (&body[..], &b"{\"a\":1}"[..]));
+    }
+
+    #[test]
+    fn overruns_are_refused() {
+        let mut a = Assembler::default();
+        assert!(a
+            .add(&h(Kind::RequestData, 4, 6), b"abc".to_vec(), 1)
+            .is_err());
+    }
+}

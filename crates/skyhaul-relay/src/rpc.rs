@@ -1,0 +1,219 @@
+//! The store operations carried over the relay, as JSON in meta frames. Bodies (object data)
+//! travel as data frames beside them, never inside the JSON.
+
+use serde::{Deserialize, Serialize};
+use skyhaul_store::{
+    CompletedPart, Entry, Error, ErrorKind, Limits, MultipartUpload, ObjectMeta, PartSpec,
+    PutOptions,
+};
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+/// Most entries in one listing page: bounds a response and lets the client stream pages.
+pub const LIST_PAGE: usize = 1000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// What the gateway serves; `container` is the bucket the client means to write to, so
+    /// that a client pointed at the wrong gateway fails at once.
+    Info {
+        container: String,
+    },
+    Preflight {
+        for_write: bool,
+    },
+    Head {
+        key: String,
+    },
+    List {
+        prefix: String,
+        start_after: Option<String>,
+        by_level: bool,
+    },
+    Get {
+        key: String,
+        range: Option<(u64, u64)>,
+        expect: Option<ObjectMeta>,
+    },
+    Put {
+        key: String,
+        md5: Option<String>,
+        opts: Opts,
+    },
+    CreateMultipart {
+        key: String,
+        opts: Opts,
+    },
+    PutPart {
+        upload: MultipartUpload,
+        part: PartSpec,
+        md5: Option<String>,
+    },
+    CompleteMultipart {
+        upload: MultipartUpload,
+        parts: Vec<CompletedPart>,
+        opts: Opts,
+    },
+    AbortMultipart {
+        upload: MultipartUpload,
+    },
+    ListUploads {
+        prefix: String,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+/// [`PutOptions`] on the wire.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Opts {
+    pub size: u64,
+    pub mtime: Option<SystemTime>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl From<&PutOptions> for Opts {
+    fn from(o: &PutOptions) -> Self {
+        Opts {
+            size: o.size,
+            mtime: o.mtime,
+            metadata: o.metadata.clone(),
+        }
+    }
+}
+
+impl From<Opts> for PutOptions {
+    fn from(o: Opts) -> Self {
+        PutOptions {
+            size: o.size,
+            mtime: o.mtime,
+            metadata: o.metadata,
+        }
+    }
+}
+
+/// What the gateway's store is, for the client's synchronous [`skyhaul_store::Store`] methods.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Info {
+    pub name: String,
+    pub container: String,
+    pub min_part_size: u64,
+    pub max_part_size: u64,
+    pub max_parts: u32,
+    pub max_single_put: u64,
+    pub etags_are_md5: bool,
+    pub lists_by_level: bool,
+}
+
+impl Info {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            min_part_size: self.min_part_size,
+            max_part_size: self.max_part_size,
+            max_parts: self.max_parts,
+            max_single_put: self.max_single_put,
+        }
+    }
+}
+
+/// One listing entry: an object, or (listing by level) a sub-prefix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WireEntry {
+    Object(ObjectMeta),
+    Prefix(String),
+}
+
+impl From<Entry> for WireEntry {
+    fn from(e: Entry) -> Self {
+        match e {
+            Entry::Object(m) => WireEntry::Object(m),
+            Entry::Prefix(p) => WireEntry::Prefix(p),
+        }
+    }
+}
+
+impl From<WireEntry> for Entry {
+    fn from(e: WireEntry) -> Self {
+        match e {
+            WireEntry::Object(m) => Entry::Object(m),
+            WireEntry::Prefix(p) => Entry::Prefix(p),
+        }
+    }
+}
+
+/// A page of a listing; `more` when the client should ask again after the last entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListPage {
+    pub entries: Vec<WireEntry>,
+    pub more: bool,
+}
+
+/// The answer to any request: a JSON value (per operation) or the store's error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    Ok { value: serde_json::Value },
+    Err { kind: String, message: String },
+}
+
+impl Response {
+    pub fn from_error(e: &Error) -> Response {
+        Response::Err {
+            kind: format!("{:?}", e.kind),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// The store error a gateway reported, with its kind, so that the engine retries (or not)
+/// exactly as it would for the store itself.
+pub fn error_from(kind: &str, message: String) -> Error {
+    use ErrorKind::*;
+    let kind = [
+        NotFound,
+        BucketNotFound,
+        AccessDenied,
+        Unreachable,
+        Throttled,
+        Transient,
+        Corrupt,
+        SourceChanged,
+        InvalidKey,
+        Conflict,
+        NoSpace,
+        Unsupported,
+        Interrupted,
+    ]
+    .into_iter()
+    .find(|k| format!("{k:?}") == kind)
+    .unwrap_or(Other);
+    Error::new(kind, message)
+}
+
+/// An MD5 as hex for the JSON, and back.
+pub fn md5_hex(md5: Option<[u8; 16]>) -> Option<String> {
+    md5.map(hex::encode)
+}
+
+pub fn md5_bytes(md5: Option<&str>) -> Option<[u8; 16]> {
+    md5.and_then(|h| hex::decode(h).ok())
+        .and_then(|b| b.try_into().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_survive_the_wire() {
+        for kind in [ErrorKind::Throttled, ErrorKind::NotFound, ErrorKind::Other] {
+            let r = Response::from_error(&Error::new(kind, "m"));
+            let Response::Err { kind: k, message } = r else {
+                unreachable!()
+            };
+            assert_eq!(error_from(&k, message).kind, kind);
+        }
+    }
+}
