@@ -15,6 +15,8 @@
 #   SLURM/munge programs (slurmctld, slurmd, munged, sbatch, srun, scontrol, squeue, sinfo,
 #   scancel) from Debian's packages, which the fleet tests run as a single-node cluster
 #   (apt-get; needs root)
+#   tcpdump and iproute2 from Debian's packages: the relay tests capture the emulated wide-area
+#   link between two network namespaces and check that no plaintext crosses it
 #
 # Idempotent: each part is skipped when already present, so a second run takes about a second.
 # Exits non-zero with a clear message if any tool is missing or does not run.
@@ -144,6 +146,18 @@ else
         || die "apt-get install of SLURM failed"
 fi
 
+# --- tcpdump and iproute2 (Debian packages), for the relay tests' namespaces and capture ----
+if command -v tcpdump >/dev/null && command -v ip >/dev/null; then
+    log "tcpdump and iproute2 already installed"
+else
+    command -v apt-get >/dev/null || die "apt-get not found: install tcpdump and iproute2 by hand"
+    log "installing tcpdump and iproute2 with apt-get..."
+    SUDO=""; [[ $EUID -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends tcpdump iproute2 \
+        || die "apt-get install of tcpdump and iproute2 failed"
+fi
+
 # --- symlinks --------------------------------------------------------------------------------
 link() { # link NAME TARGET
     [[ -x "$2" ]] || die "$1 not found at $2"
@@ -162,7 +176,7 @@ link fake-gcs-server "$(fake_gcs_bin)"
 [[ -x "$SKY_VENV/bin/python" ]] || die "sky-python not found at $SKY_VENV/bin/python"
 printf '#!/bin/sh\nexec "%s" "$@"\n' "$SKY_VENV/bin/python" > "$TOOLS/bin/sky-python"
 chmod +x "$TOOLS/bin/sky-python"
-for prog in slurmctld slurmd munged sbatch srun scontrol squeue sinfo scancel; do
+for prog in slurmctld slurmd munged sbatch srun scontrol squeue sinfo scancel tcpdump; do
     link "$prog" "$(command -v "$prog" || echo "/usr/sbin/$prog")"
 done
 
@@ -188,6 +202,7 @@ check fake-gcs-server -help
 check sky-python -c "import sky; print('skypilot', sky.__version__)"
 check slurmctld -V
 check munged --version
+check tcpdump --version
 if ((${#failed[@]})); then
     die "these tools do not run: ${failed[*]} (delete $TOOLS and rerun $0)"
 fi

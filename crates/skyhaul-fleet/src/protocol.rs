@@ -36,6 +36,32 @@ pub struct TransferSpec {
     pub settings: WorkerSettings,
     /// How often a worker must be heard from for its leases to stay valid.
     pub lease_timeout_ms: u64,
+    /// Relay mode: workers send the destination's side through these gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelaySpec>,
+}
+
+/// The destination gateways a worker relays through, and the transfer's key: the one secret
+/// the coordinator hands out, and only over its token-authenticated API (the gateways get the
+/// same key from their own environment).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelaySpec {
+    pub gateways: Vec<String>,
+    pub connections: u8,
+    pub compression: String,
+    /// 64 hex digits.
+    pub key: String,
+}
+
+impl std::fmt::Debug for RelaySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelaySpec")
+            .field("gateways", &self.gateways)
+            .field("connections", &self.connections)
+            .field("compression", &self.compression)
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Where each side is, as the coordinator's command line named it.

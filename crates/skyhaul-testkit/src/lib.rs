@@ -30,6 +30,7 @@
 
 mod emulators;
 pub mod fault_proxy;
+pub mod netns;
 mod server;
 pub mod slurm;
 

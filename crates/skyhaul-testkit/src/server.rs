@@ -95,6 +95,13 @@ impl S3Server {
     /// If the tool is not installed, or the server does not answer within 20 s; the message has the
     /// tail of the server's output.
     pub fn start(kind: S3Kind) -> S3Server {
+        Self::start_in(kind, None)
+    }
+
+    /// Like [`S3Server::start`], but inside the network namespace `netns` (on its own
+    /// loopback): reachable only from processes in that namespace. Set-up and checks then go
+    /// through [`crate::netns::Region::block_on`].
+    pub fn start_in(kind: S3Kind, netns: Option<&str>) -> S3Server {
         let bin = tool(match kind {
             S3Kind::S3sFs => "s3s-fs",
             S3Kind::RcloneServe => "rclone",
@@ -102,7 +109,7 @@ impl S3Server {
         });
         let mut last_err = String::new();
         for _attempt in 0..3 {
-            match Self::try_start(kind, &bin) {
+            match Self::try_start(kind, &bin, netns) {
                 Ok(server) => return server,
                 Err(StartError::Exited(msg)) => last_err = msg,
                 Err(StartError::Timeout(msg)) => panic!("{msg}"),
@@ -111,7 +118,7 @@ impl S3Server {
         panic!("{last_err}");
     }
 
-    fn try_start(kind: S3Kind, bin: &Path) -> Result<S3Server, StartError> {
+    fn try_start(kind: S3Kind, bin: &Path, netns: Option<&str>) -> Result<S3Server, StartError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("skyhaul-{kind}-"))
             .tempdir()
@@ -119,11 +126,21 @@ impl S3Server {
         let data_dir = dir.path().join("data");
         std::fs::create_dir(&data_dir).expect("create server data dir");
         let log_path = dir.path().join("server.log");
-        let port = free_port();
+        let port = match netns {
+            Some(ns) => crate::netns::in_netns(ns, free_port),
+            None => free_port(),
+        };
         let access_key = format!("AK{:016x}", rand::random::<u64>());
         let secret_key = format!("SK{:032x}", rand::random::<u128>());
 
-        let mut cmd = Command::new(bin);
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         match kind {
             S3Kind::S3sFs => {
                 cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -177,7 +194,11 @@ impl S3Server {
                     server.log_tail()
                 )));
             }
-            if answers_http(addr) {
+            let up = match netns {
+                Some(ns) => crate::netns::in_netns(ns, || answers_http(addr)),
+                None => answers_http(addr),
+            };
+            if up {
                 return Ok(server);
             }
             if Instant::now() >= deadline {

@@ -134,6 +134,14 @@ skyhaul worker --coordinator http://head:7070 --metrics-listen 0.0.0.0:9101\n\n\
 Credentials for both sides come from this machine's environment (SKYHAUL_SRC_*,\n\
 SKYHAUL_DST_*, AWS profiles, instance roles): the coordinator never sends any.")]
     Worker(WorkerArgs),
+    /// Run a relay gateway near the destination: it receives a relayed transfer's compressed, encrypted chunks and writes them to the destination store
+    #[command(after_help = "Examples:\n  \
+export SKYHAUL_RELAY_KEY=$(openssl rand -hex 32)   # the same on both sides, new per transfer\n  \
+skyhaul gateway --listen 0.0.0.0:7400 s3://dst-bucket --dst-region eu-west-1\n  \
+skyhaul cp -r s3://src/data s3://dst-bucket/data --relay gw1:7400,gw2:7400   # near the source\n\n\
+The destination's credentials (SKYHAUL_DST_*, profiles, instance roles) are this machine's;\n\
+they never cross the link. Frames whose tag or checksum fails are refused and re-sent.")]
+    Gateway(GatewayArgs),
     /// Write (and with --submit, submit) a job that runs a fleet on SLURM, SkyPilot, Kubernetes or SSH hosts
     #[command(after_help = "Examples:\n  \
 skyhaul launch --backend slurm --nodes 8 -- cp -r s3://src/data s3://dst/data\n  \
@@ -388,6 +396,53 @@ pub struct EndpointArgs {
     #[arg(long, env = "SKYHAUL_DST_REGION")]
     pub dst_region: Option<String>,
     /// rclone.conf to resolve NAME:bucket/path remotes from [default: rclone's own, $RCLONE_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    pub rclone_config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+}
+
+/// Its own section of `--help` (per flag, as with the cloud credentials).
+const RELAY_HEADING: &str = "Relay mode";
+
+/// Sending the destination's side of a transfer through relay gateways near the destination
+/// (`skyhaul gateway`): compressed and encrypted on the wide-area hop. The transfer key comes
+/// from SKYHAUL_RELAY_KEY only, never from a flag (`ps` shows flags).
+#[derive(Debug, Args, Default, Clone)]
+pub struct RelayArgs {
+    /// Relay through these gateways (HOST:PORT, comma-separated) running `skyhaul gateway` near the destination; needs SKYHAUL_RELAY_KEY
+    #[arg(long, help_heading = RELAY_HEADING, env = "SKYHAUL_RELAY", value_delimiter = ',', value_name = "HOST:PORT")]
+    pub relay: Vec<String>,
+    /// TCP connections to each relay gateway
+    #[arg(long, help_heading = RELAY_HEADING, value_name = "K", default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=64))]
+    pub relay_connections: u8,
+    /// Compression on the relay link: zstd (level 1), zstd:LEVEL, lz4 or none; chunks that do not shrink go as they are
+    #[arg(long, help_heading = RELAY_HEADING, value_name = "ALGO", default_value = "zstd")]
+    pub relay_compression: skyhaul_relay::Compression,
+    /// The key a fleet worker got from its coordinator (otherwise SKYHAUL_RELAY_KEY is read).
+    #[arg(skip)]
+    pub key: Option<skyhaul_relay::RelayKey>,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Where to accept relay connections, e.g. 0.0.0.0:7400
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// The destination store this gateway writes to: s3://BUCKET, gs://BUCKET or az://CONTAINER (no prefix: clients name whole keys)
+    pub destination: String,
+    /// Endpoint URL of the destination store
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT")]
+    pub dst_endpoint: Option<String>,
+    /// AWS shared-config profile for the destination
+    #[arg(long, env = "SKYHAUL_DST_PROFILE")]
+    pub dst_profile: Option<String>,
+    /// Region of the destination bucket
+    #[arg(long, env = "SKYHAUL_DST_REGION")]
+    pub dst_region: Option<String>,
+    /// rclone.conf to resolve NAME:bucket remotes from
     #[arg(long, value_name = "PATH")]
     pub rclone_config: Option<std::path::PathBuf>,
     #[command(flatten)]

@@ -56,6 +56,9 @@ pub enum Event<'a> {
     Done {
         #[serde(flatten)]
         report: &'a Report,
+        /// Relay mode's byte counts: logical bytes, bytes on the wire, egress saved.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        relay: Option<&'a skyhaul_relay::RelaySummary>,
     },
     /// The end of `verify`: the whole verification.
     #[serde(rename = "done")]

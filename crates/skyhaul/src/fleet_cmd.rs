@@ -103,6 +103,7 @@ pub fn spec(args: &TransferArgs, opts: &TransferOptions, bwlimit: Option<u64>) -
             bwlimit,
         },
         lease_timeout_ms: 0,
+        relay: None,
     }
 }
 
@@ -293,8 +294,9 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         dst_region: spec.sides.dst_region.clone(),
         rclone_config: args.rclone_config.clone(),
         cloud: args.cloud,
+        relay: crate::relay_cmd::from_spec(spec.relay.as_ref())?,
     };
-    let (src, dst) = crate::open_both(&spec.src, &spec.dst, &endpoints, spec.recursive).await?;
+    let (src, dst, _) = crate::open_both(&spec.src, &spec.dst, &endpoints, spec.recursive).await?;
     let counters = worker::run(client, info, metrics, spec, &src, &dst)
         .await
         .map_err(worker_error)?;

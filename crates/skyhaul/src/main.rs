@@ -16,6 +16,7 @@ mod output;
 mod place;
 mod plan_cmd;
 mod prices;
+mod relay_cmd;
 mod remotes;
 mod settings;
 mod size;
@@ -88,6 +89,7 @@ async fn run(cli: Cli) -> ExitCode {
             transfer(common, mode, recursive, fleet).await
         }
         Command::Worker(args) => fleet_cmd::worker(args).await,
+        Command::Gateway(args) => relay_cmd::gateway(args).await,
         Command::Launch(args) => launch_cmd::run(args),
         Command::Verify(args) => verify(args).await,
         Command::Status(args) => journal_cmds::status(args),
@@ -190,13 +192,14 @@ fn location(
     Ok((loc, remote))
 }
 
-/// Parses both locations and opens both stores.
+/// Parses both locations and opens both stores; with `--relay` the destination is reached
+/// through relay gateways, whose byte counts come back as the third value.
 pub(crate) async fn open_both(
     src: &str,
     dst: &str,
     e: &EndpointArgs,
     recursive: bool,
-) -> Result<(Endpoint, Endpoint), exit::CliError> {
+) -> Result<(Endpoint, Endpoint, Option<Arc<skyhaul_relay::RelayStore>>), exit::CliError> {
     let config = settings::load_config()?;
     let rclone = e.rclone_config.as_deref();
     let (src_loc, src_remote) = location(src, &config, rclone)?;
@@ -220,16 +223,21 @@ pub(crate) async fn open_both(
     let src = open_source(&src_loc, &src_side, recursive)
         .await
         .map_err(|e| exit::store("SRC", e))?;
+    if !e.relay.relay.is_empty() {
+        let (dst, relay) = relay_cmd::open_destination(&dst_loc, &e.relay).await?;
+        return Ok((src, dst, Some(relay)));
+    }
     let dst = open_destination(&dst_loc, &dst_side, recursive)
         .await
         .map_err(|e| exit::store("DST", e))?;
-    Ok((src, dst))
+    Ok((src, dst, None))
 }
 
 async fn verify(args: VerifyArgs) -> ExitCode {
     let out = output::Output::new(args.output.quiet, args.output.json);
     let result: Result<ExitCode, exit::CliError> = async {
-        let (src, dst) = open_both(&args.src, &args.dst, &args.endpoints, args.recursive).await?;
+        let (src, dst, _) =
+            open_both(&args.src, &args.dst, &args.endpoints, args.recursive).await?;
         out.start("verify", &src, &dst, false);
         let mode = if args.deep {
             VerifyMode::Deep
@@ -278,7 +286,8 @@ async fn transfer(
         let config = settings::load_config()?;
         let tuning = settings::tuning(&args, &config)?;
         let (filter, filter_identity) = settings::filter(&args.filter)?;
-        let (src, dst) = open_both(&args.src, &args.dst, &args.endpoints, recursive).await?;
+        let (src, dst, relay) =
+            open_both(&args.src, &args.dst, &args.endpoints, recursive).await?;
         let opts = TransferOptions {
             mode,
             recursive,
@@ -334,7 +343,8 @@ async fn transfer(
         };
         let report = match fleet {
             Some(fleet) => {
-                let spec = fleet_cmd::spec(&args, &opts, tuning.bwlimit);
+                let mut spec = fleet_cmd::spec(&args, &opts, tuning.bwlimit);
+                spec.relay = relay_cmd::spec(&args.endpoints.relay)?;
                 fleet_cmd::coordinate(
                     fleet,
                     spec,
@@ -357,7 +367,7 @@ async fn transfer(
             note.finish();
         }
         let report = report.map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
-        out.report(&report);
+        out.report(&report, relay.map(|r| r.summary()).as_ref());
         Ok(if cancel.is_cancelled() {
             ExitCode::Interrupted
         } else if report.objects_failed > 0 {

@@ -227,9 +227,9 @@ impl Output {
         }
     }
 
-    pub fn report(&self, r: &Report) {
+    pub fn report(&self, r: &Report, relay: Option<&skyhaul_relay::RelaySummary>) {
         if self.json {
-            events::emit(&Event::Done { report: r });
+            events::emit(&Event::Done { report: r, relay });
             return;
         }
         for f in &r.failures {
@@ -248,6 +248,9 @@ impl Output {
         }
         if !self.quiet {
             println!("skyhaul: {r}");
+            if let Some(relay) = relay {
+                println!("skyhaul: {relay}");
+            }
             if let Some(v) = r.verification.as_ref().filter(|v| v.objects > 0) {
                 println!("skyhaul: {v}");
             }

@@ -49,7 +49,9 @@ pub fn skyhaul(args: &[&str], src: Option<&S3Server>, dst: Option<&S3Server>) ->
 
 /// The settings the environment could change, removed so that tests see the defaults (and
 /// `--help`, which shows the variables, reads the same everywhere).
-const SETTINGS_ENV: [&str; 15] = [
+const SETTINGS_ENV: [&str; 17] = [
+    "SKYHAUL_RELAY",
+    "SKYHAUL_RELAY_KEY",
     "SKYHAUL_SRC_ENDPOINT",
     "SKYHAUL_DST_ENDPOINT",
     "SKYHAUL_SRC_PROFILE",

@@ -1,0 +1,131 @@
+//! Relay mode on the command line: `skyhaul gateway` (the destination side) and `--relay`
+//! (the source side, which opens the destination as a [`RelayStore`]).
+
+use crate::args::{GatewayArgs, RelayArgs};
+use crate::exit::{self, CliError, ExitCode};
+use skyhaul_engine::Endpoint;
+use skyhaul_fleet::protocol::RelaySpec;
+use skyhaul_location::{Location, Scheme};
+use skyhaul_relay::{Gateway, RelayKey, RelayOptions, RelayStore, DEFAULT_CHUNK, KEY_ENV};
+use std::sync::Arc;
+
+/// The transfer key from the environment; relay mode cannot run without one.
+fn key() -> Result<RelayKey, CliError> {
+    match RelayKey::from_env() {
+        Ok(Some(k)) => Ok(k),
+        Ok(None) => Err(exit::usage(format!(
+            "relay mode needs the transfer key in {KEY_ENV} (64 hex digits, e.g. from `openssl rand -hex 32`), the same at the gateways"
+        ))),
+        Err(e) => Err(exit::usage(e)),
+    }
+}
+
+/// Opens `dst` as a store reached through the gateways of `relay`.
+pub async fn open_destination(
+    dst: &Location,
+    relay: &RelayArgs,
+) -> Result<(Endpoint, Arc<RelayStore>), CliError> {
+    if dst.scheme == Scheme::Local {
+        return Err(exit::usage(format!(
+            "--relay: the destination {dst} is a local path; relay mode writes to an object store (s3://, gs://, az://) that the gateways reach"
+        )));
+    }
+    let opts = RelayOptions {
+        gateways: relay.relay.clone(),
+        connections: relay.relay_connections.into(),
+        compression: relay.relay_compression,
+        chunk_size: DEFAULT_CHUNK,
+        key: match &relay.key {
+            Some(k) => k.clone(),
+            None => key()?,
+        },
+        container: dst.bucket.clone(),
+    };
+    let store = Arc::new(
+        RelayStore::connect(opts)
+            .await
+            .map_err(|e| exit::store("DST", e))?,
+    );
+    let endpoint = Endpoint {
+        store: store.clone(),
+        path: dst.path.clone(),
+        display: dst.to_string(),
+        locator: dst.to_string(),
+    };
+    Ok((endpoint, store))
+}
+
+/// What a fleet's workers need to relay as the coordinator does.
+pub fn spec(relay: &RelayArgs) -> Result<Option<RelaySpec>, CliError> {
+    if relay.relay.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(RelaySpec {
+        gateways: relay.relay.clone(),
+        connections: relay.relay_connections,
+        compression: relay.relay_compression.to_string(),
+        key: key()?.to_hex(),
+    }))
+}
+
+/// The relay settings a worker got from its coordinator (over its authenticated API),
+/// the key included.
+pub fn from_spec(spec: Option<&RelaySpec>) -> Result<RelayArgs, CliError> {
+    let Some(s) = spec else {
+        return Ok(RelayArgs::default());
+    };
+    let key = RelayKey::from_hex(&s.key).map_err(exit::usage)?;
+    Ok(RelayArgs {
+        key: Some(key),
+        relay: s.gateways.clone(),
+        relay_connections: s.connections,
+        relay_compression: s.compression.parse().map_err(exit::usage)?,
+    })
+}
+
+/// `skyhaul gateway`: serves one destination store until stopped.
+pub async fn gateway(args: GatewayArgs) -> ExitCode {
+    match run_gateway(args).await {
+        Ok(()) => ExitCode::Ok,
+        Err(e) => {
+            eprintln!("skyhaul: error: {}", e.message);
+            e.code
+        }
+    }
+}
+
+async fn run_gateway(args: GatewayArgs) -> Result<(), CliError> {
+    let key = key()?;
+    let config = crate::settings::load_config()?;
+    let (loc, remote) =
+        crate::location(&args.destination, &config, args.rclone_config.as_deref())?;
+    if loc.scheme == Scheme::Local || !loc.path.is_empty() {
+        return Err(exit::usage(format!(
+            "{}: a gateway serves a whole bucket or container (s3://BUCKET, gs://BUCKET, az://CONTAINER)",
+            args.destination
+        )));
+    }
+    let side = crate::side_options(
+        "DST",
+        args.dst_endpoint.clone(),
+        args.dst_profile.clone(),
+        args.dst_region.clone(),
+        remote.as_ref(),
+        &args.cloud,
+    );
+    let dst = skyhaul_engine::open_destination(&loc, &side, true)
+        .await
+        .map_err(|e| exit::store("DST", e))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| exit::usage(format!("--listen {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| exit::usage(format!("--listen {}: {e}", args.listen)))?;
+    eprintln!("skyhaul: relay gateway for {loc} listening on {addr}");
+    let gateway = Gateway::new(dst.store, key);
+    tokio::select! {
+        r = gateway.serve(listener) => r.map_err(|e| exit::usage(format!("--listen {addr}: {e}"))),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
