@@ -7,7 +7,7 @@
 use crate::codec::Compression;
 use crate::key::RelayKey;
 use crate::message::{encode, is_request, Assembler, Message};
-use crate::rpc::{error_from, md5_hex, Info, ListPage, Opts, Request, Response, WireEntry};
+use crate::rpc::{md5_hex, Info, ListPage, Opts, Request, Response, WireEntry};
 use crate::stats::{RelayStats, RelaySummary};
 use crate::wire::{handshake_client, read_frame, ClientHello, Kind, Plain};
 use bytes::Bytes;
@@ -325,7 +325,7 @@ fn op_name(req: &Request) -> String {
 fn answer(msg: Message) -> Result<(Value, Bytes)> {
     match serde_json::from_slice::<Response>(&msg.meta) {
         Ok(Response::Ok { value }) => Ok((value, msg.body)),
-        Ok(Response::Err { kind, message }) => Err(error_from(&kind, message)),
+        Ok(Response::Err { kind, message }) => Err(Error::new(kind, message)),
         Err(e) => Err(Error::new(
             ErrorKind::Other,
             format!("relay: unreadable answer from the gateway: {e}"),

@@ -78,6 +78,7 @@ impl Gateway {
             }
         };
         let id = self.next_conn.fetch_add(1, Relaxed);
+        tracing::info!("relay gateway: relay connection from {peer}");
         let (rd, mut wr) = sock.into_split();
         let (tx, mut rx) = mpsc::channel::<Plain>(16);
         self.writers

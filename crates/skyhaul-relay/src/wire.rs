@@ -367,6 +367,22 @@ async fn read_hello<R: AsyncRead + Unpin>(
     Ok(b)
 }
 
+/// A connection's two directions, both under its key, starting at sequence number 0.
+fn channel(k: &[u8; KEY_LEN], send: Direction, receive: Direction) -> (Sealer, Opener) {
+    (
+        Sealer {
+            key: aead_key(k),
+            dir: send,
+            seq: 0,
+        },
+        Opener {
+            key: aead_key(k),
+            dir: receive,
+            next: 0,
+        },
+    )
+}
+
 fn keys(key: &RelayKey, client: &[u8; HELLO_LEN], gateway: &[u8; HELLO_LEN]) -> [u8; KEY_LEN] {
     let mut salt = Vec::with_capacity(2 * HELLO_LEN);
     salt.extend_from_slice(client);
@@ -392,18 +408,7 @@ pub async fn handshake_client<S: AsyncRead + AsyncWrite + Unpin>(
     s.flush().await?;
     let theirs = read_hello(s, b'G').await?;
     let k = keys(key, &mine, &theirs);
-    Ok((
-        Sealer {
-            key: aead_key(&k),
-            dir: Direction::ToGateway,
-            seq: 0,
-        },
-        Opener {
-            key: aead_key(&k),
-            dir: Direction::ToClient,
-            next: 0,
-        },
-    ))
+    Ok(channel(&k, Direction::ToGateway, Direction::ToClient))
 }
 
 /// The gateway's side: returns the client's hello, the sealer (to the client) and opener.
@@ -423,19 +428,8 @@ pub async fn handshake_gateway<S: AsyncRead + AsyncWrite + Unpin>(
         session: u64::from_be_bytes(theirs[8..16].try_into().unwrap()),
         compression: compression_from(theirs[6], theirs[7]),
     };
-    Ok((
-        client,
-        Sealer {
-            key: aead_key(&k),
-            dir: Direction::ToClient,
-            seq: 0,
-        },
-        Opener {
-            key: aead_key(&k),
-            dir: Direction::ToGateway,
-            next: 0,
-        },
-    ))
+    let (sealer, opener) = channel(&k, Direction::ToClient, Direction::ToGateway);
+    Ok((client, sealer, opener))
 }
 
 #[cfg(test)]

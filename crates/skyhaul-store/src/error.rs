@@ -2,8 +2,9 @@ use std::fmt;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What went wrong, in the terms the engine and the user act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What went wrong, in the terms the engine and the user act on. Serialisable, so that an
+/// error can cross a process boundary (a relay gateway's answer) and be acted on the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ErrorKind {
     /// The object does not exist.
     NotFound,

@@ -186,7 +186,15 @@ impl Wan {
         let fb = tun(&dev_b);
         for (region, dev, addr) in [(&a, &dev_a, A_IP), (&b, &dev_b, B_IP)] {
             ip(&["link", "set", dev, "netns", &region.name]);
-            ip(&["-n", &region.name, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&[
+                "-n",
+                &region.name,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                dev,
+            ]);
             ip(&["-n", &region.name, "link", "set", dev, "mtu", "1500", "up"]);
         }
         let stats = Arc::new(WireStats::default());
@@ -234,10 +242,9 @@ impl Wan {
         while !String::from_utf8_lossy(&seen).contains("listening on") {
             use std::io::Read;
             match err.read(&mut buf) {
-                Ok(0) | Err(_) => panic!(
-                    "tcpdump did not start: {}",
-                    String::from_utf8_lossy(&seen)
-                ),
+                Ok(0) | Err(_) => {
+                    panic!("tcpdump did not start: {}", String::from_utf8_lossy(&seen))
+                }
                 Ok(n) => seen.extend_from_slice(&buf[..n]),
             }
         }
@@ -411,9 +418,15 @@ fn flip_payload_byte(p: &mut [u8], k: usize) {
     let doff = ((p[ihl + 12] >> 4) as usize) * 4;
     let pos = doff + k; // offset within the TCP segment
     let word_at = ihl + (pos & !1);
-    let old = u16::from_be_bytes([p[word_at], p[word_at + 1]]);
+    let total = u16::from_be_bytes([p[2], p[3]]) as usize;
+    // The checksum pads an odd-length segment with a zero byte.
+    let word = |p: &[u8]| {
+        let low = if word_at + 1 < total { p[word_at + 1] } else { 0 };
+        u16::from_be_bytes([p[word_at], low])
+    };
+    let old = word(p);
     p[ihl + pos] ^= 0xff;
-    let new = u16::from_be_bytes([p[word_at], p[word_at + 1]]);
+    let new = word(p);
     let csum_at = ihl + 16;
     let hc = u16::from_be_bytes([p[csum_at], p[csum_at + 1]]);
     let mut sum = (!hc as u32) + (!old as u32) + new as u32;

@@ -286,8 +286,7 @@ async fn transfer(
         let config = settings::load_config()?;
         let tuning = settings::tuning(&args, &config)?;
         let (filter, filter_identity) = settings::filter(&args.filter)?;
-        let (src, dst, relay) =
-            open_both(&args.src, &args.dst, &args.endpoints, recursive).await?;
+        let (src, dst, relay) = open_both(&args.src, &args.dst, &args.endpoints, recursive).await?;
         let opts = TransferOptions {
             mode,
             recursive,

@@ -97,8 +97,7 @@ pub async fn gateway(args: GatewayArgs) -> ExitCode {
 async fn run_gateway(args: GatewayArgs) -> Result<(), CliError> {
     let key = key()?;
     let config = crate::settings::load_config()?;
-    let (loc, remote) =
-        crate::location(&args.destination, &config, args.rclone_config.as_deref())?;
+    let (loc, remote) = crate::location(&args.destination, &config, args.rclone_config.as_deref())?;
     if loc.scheme == Scheme::Local || !loc.path.is_empty() {
         return Err(exit::usage(format!(
             "{}: a gateway serves a whole bucket or container (s3://BUCKET, gs://BUCKET, az://CONTAINER)",

@@ -91,6 +91,7 @@ impl Regions {
     fn gateway(&self, port: u16, log: &Path) -> Child {
         let listen = format!("{B_IP}:{port}");
         let args = [
+            "-v",
             "gateway",
             "--listen",
             &listen,
@@ -107,7 +108,10 @@ impl Regions {
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         err.read_line(&mut line).unwrap();
-        assert!(line.contains("listening on"), "gateway did not start: {line}");
+        assert!(
+            line.contains("listening on"),
+            "gateway did not start: {line}"
+        );
         // Keep draining its log into the file for the test to read.
         let mut file = std::fs::File::create(log).unwrap();
         std::thread::spawn(move || std::io::copy(&mut err, &mut file));
@@ -139,12 +143,7 @@ impl Regions {
 }
 
 fn run(mut cmd: Command) -> Run {
-    let out = cmd.output().expect("skyhaul runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(cmd.output().expect("skyhaul runs"))
 }
 
 /// Source code shipped by a Debian package (Python's standard library, `.py` files under
@@ -311,7 +310,12 @@ fn a_flipped_byte_on_the_wire_is_rejected_and_the_chunk_sent_again() {
 fn a_gateway_killed_mid_transfer_is_survived() {
     let regions = Regions::start("skrC", LinkSpec::wan());
     let files: BTreeMap<String, Vec<u8>> = (0..12)
-        .map(|i| (format!("bin/{i:02}.bin"), data(3 * MIB + i * 1000, 100 + i as u64)))
+        .map(|i| {
+            (
+                format!("bin/{i:02}.bin"),
+                data(3 * MIB + i * 1000, 100 + i as u64),
+            )
+        })
         .collect();
     let total: usize = files.values().map(Vec::len).sum();
     regions.seed(&files);
@@ -334,17 +338,40 @@ fn a_gateway_killed_mid_transfer_is_survived() {
         cp.try_wait().unwrap().is_none(),
         "the copy ended before the gateway was killed: the test proves nothing"
     );
-    let out = cp.wait_with_output().unwrap();
-    let r = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let r = Run::from(cp.wait_with_output().unwrap());
     let relay = relay_summary(&r);
     assert!(
         relay["requests_resent"].as_u64().unwrap() >= 1,
         "no request was re-sent after the gateway died: {relay}"
     );
+    assert_eq!(regions.destination(), files);
+}
+
+#[test]
+fn a_local_fleet_relays_through_the_gateways() {
+    let regions = Regions::start("skrD", LinkSpec::wan());
+    let mut files = text_corpus(2 * MIB);
+    files.extend((0..4).map(|i| (format!("bin/{i}.bin"), data(3 * MIB, 300 + i as u64))));
+    regions.seed(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let _g1 = KillOnDrop(regions.gateway(7440, &dir.path().join("gw1.log")));
+    let _g2 = KillOnDrop(regions.gateway(7441, &dir.path().join("gw2.log")));
+    let r = run(regions.relay_cp(&[7440, 7441], "", &["--workers", "2"]));
+    assert_eq!(r.code, 0, "fleet copy failed: {}\n{}", r.stderr, r.stdout);
+    let v = &r.json()["verification"];
+    assert!(
+        v["objects"].as_u64() == Some(files.len() as u64) && v["checksum_ok"] == v["objects"],
+        "{v:#}"
+    );
+    // Both gateways were used (the workers spread their requests), none refused a frame.
+    for log in ["gw1.log", "gw2.log"] {
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap();
+        assert!(
+            text.contains("relay connection from"),
+            "{log} unused: {text}"
+        );
+        assert!(!text.contains("rejected"), "{log}: {text}");
+    }
     assert_eq!(regions.destination(), files);
 }
 
@@ -371,13 +398,23 @@ fn relay_throughput() {
     for (name, filter, comp) in [
         ("random", "random/**", "zstd"),
         ("text", "text/**", "zstd"),
+        ("text", "text/**", "zstd:3"),
         ("text", "text/**", "lz4"),
     ] {
-        let prefix = format!("{name}-{comp}/");
+        let prefix = format!("{name}-{}/", comp.replace(':', "-"));
         let r = run(regions.relay_cp(
             &[7430],
             &prefix,
-            &["--include", filter, "--relay-compression", comp],
+            &[
+                "--include",
+                filter,
+                "--relay-compression",
+                comp,
+                "--relay-connections",
+                "32",
+                "--max-connections",
+                "256",
+            ],
         ));
         let relay = relay_summary(&r);
         let report = r.json();

@@ -13,6 +13,16 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Run {
     /// The last line of `--json` output: the `done` event, which holds the whole report
     /// (or the verification).
@@ -105,12 +115,7 @@ pub fn skyhaul_env(
             None => cmd.env_remove(k),
         };
     }
-    let out: Output = cmd.output().expect("skyhaul runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(cmd.output().expect("skyhaul runs"))
 }
 
 /// The environment every test run of skyhaul gets, in order (`None` removes the
@@ -279,7 +284,7 @@ pub fn cp_r<'a>(
 }
 
 /// Every command, as `skyhaul --help` lists them (with `help` last).
-pub const COMMANDS: [&str; 14] = [
+pub const COMMANDS: [&str; 15] = [
     "cp",
     "sync",
     "verify",
@@ -292,6 +297,7 @@ pub const COMMANDS: [&str; 14] = [
     "completions",
     "coordinator",
     "worker",
+    "gateway",
     "launch",
     "man",
 ];
