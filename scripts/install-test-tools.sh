@@ -124,6 +124,21 @@ else
     log "SkyPilot installed in $((SECONDS - start)) s"
 fi
 
+# Runs apt-get update once per run of this script, then installs the given packages.
+APT_UPDATED=""
+apt_install() { # apt_install WHAT PACKAGE...
+    local what="$1"; shift
+    command -v apt-get >/dev/null || die "apt-get not found: install $what by hand"
+    log "installing $what with apt-get..."
+    SUDO=""; [[ $EUID -ne 0 ]] && SUDO="sudo"
+    if [[ -z "$APT_UPDATED" ]]; then
+        $SUDO apt-get update -qq || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" \
+        || die "apt-get install of $what failed"
+}
+
 # --- SLURM and munge (Debian packages) -------------------------------------------------------
 # Pinned to Debian 12's release: the fleet tests write a slurm.conf for this version.
 SLURM_VERSION="22.05.8"
@@ -136,26 +151,20 @@ if slurm_complete; then
     log "SLURM $SLURM_VERSION and munge already installed"
 else
     command -v apt-get >/dev/null || die "apt-get not found: install SLURM $SLURM_VERSION and munge by hand"
-    log "installing SLURM $SLURM_VERSION and munge with apt-get..."
     SUDO=""; [[ $EUID -ne 0 ]] && SUDO="sudo"
     $SUDO apt-get update -qq || die "apt-get update failed"
+    APT_UPDATED=1
     ver="$(apt-cache madison slurmctld | awk -v v="$SLURM_VERSION" 'index($3, v) == 1 {print $3; exit}')"
     [[ -n "$ver" ]] || die "SLURM $SLURM_VERSION is not in the apt sources (Debian 12 has it)"
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        "slurm-wlm=$ver" "slurmctld=$ver" "slurmd=$ver" "slurm-client=$ver" munge \
-        || die "apt-get install of SLURM failed"
+    apt_install "SLURM $SLURM_VERSION and munge" \
+        "slurm-wlm=$ver" "slurmctld=$ver" "slurmd=$ver" "slurm-client=$ver" munge
 fi
 
 # --- tcpdump and iproute2 (Debian packages), for the relay tests' namespaces and capture ----
 if command -v tcpdump >/dev/null && command -v ip >/dev/null; then
     log "tcpdump and iproute2 already installed"
 else
-    command -v apt-get >/dev/null || die "apt-get not found: install tcpdump and iproute2 by hand"
-    log "installing tcpdump and iproute2 with apt-get..."
-    SUDO=""; [[ $EUID -ne 0 ]] && SUDO="sudo"
-    $SUDO apt-get update -qq || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends tcpdump iproute2 \
-        || die "apt-get install of tcpdump and iproute2 failed"
+    apt_install "tcpdump and iproute2" tcpdump iproute2
 fi
 
 # --- symlinks --------------------------------------------------------------------------------

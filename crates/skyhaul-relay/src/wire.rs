@@ -500,6 +500,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_chunk_that_decodes_wrongly_fails_its_crc() {
+        let k = RelayKey::generate();
+        let ((mut cs, _), (_, mut go)) = pair(&k, &k).await;
+        // Sealed correctly, but the plaintext is not what the CRC was taken of (as when
+        // compression or decompression goes wrong between the two ends).
+        let mut f = frame(0);
+        f.header.plain_crc ^= 1;
+        assert!(matches!(
+            open(&cs.seal(f), &mut go).await,
+            Err(WireError::Checksum { stream: 1, offset: 0 })
+        ));
+    }
+
+    #[tokio::test]
     async fn replayed_reordered_and_foreign_frames_are_rejected() {
         let k = RelayKey::generate();
         let ((mut cs, _), (_, mut go)) = pair(&k, &k).await;
