@@ -2,13 +2,15 @@
 # Relay-mode throughput over the emulated wide-area link (issue 9): two network namespaces
 # joined by a userspace TUN wire with 40 ms RTT, 200 Mbit/s and 0.1% loss, the source S3
 # server in one and the destination's (behind a `skyhaul gateway`) in the other.
-# Copies incompressible data (zstd; sent raw, as it does not shrink) and Python's standard
-# library sources (zstd, then lz4), printing one JSON line per copy: effective Mbit/s, the
-# multiple of the link rate, and the share of egress saved.
+# Copies incompressible data (zstd; sent raw, as it does not shrink), Python's standard
+# library sources as files and as 16 MiB objects (zstd, zstd:3, lz4), and each set again
+# inside region A without relay or link (what the stores and engine manage alone), printing one
+# JSON line per copy: effective Mbit/s, the multiple of the link rate, the egress saved.
 #
-#   bench/relay.sh                   # 256 MiB random + 64 MiB text (release build; root)
-#   RELAY_BENCH_MIB=64 bench/relay.sh
-#   PROFILE=dev bench/relay.sh       # a debug build, to compare
+#   bench/relay.sh                                # 256 MiB random, 64 MiB text (release; root)
+#   RELAY_BENCH_MIB=768 RELAY_BENCH_ONLY=random bench/relay.sh   # sets: random,text,blobs
+#   RELAY_BENCH_CONNECTIONS=64 bench/relay.sh     # --relay-connections (default 32)
+#   PROFILE=dev bench/relay.sh                    # a debug build, to compare
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -509,7 +509,10 @@ mod tests {
         f.header.plain_crc ^= 1;
         assert!(matches!(
             open(&cs.seal(f), &mut go).await,
-            Err(WireError::Checksum { stream: 1, offset: 0 })
+            Err(WireError::Checksum {
+                stream: 1,
+                offset: 0
+            })
         ));
     }
 

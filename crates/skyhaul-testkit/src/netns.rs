@@ -421,7 +421,11 @@ fn flip_payload_byte(p: &mut [u8], k: usize) {
     let total = u16::from_be_bytes([p[2], p[3]]) as usize;
     // The checksum pads an odd-length segment with a zero byte.
     let word = |p: &[u8]| {
-        let low = if word_at + 1 < total { p[word_at + 1] } else { 0 };
+        let low = if word_at + 1 < total {
+            p[word_at + 1]
+        } else {
+            0
+        };
         u16::from_be_bytes([p[word_at], low])
     };
     let old = word(p);

@@ -390,17 +390,50 @@ fn relay_throughput() {
         .map(|i| (format!("random/{i:03}.bin"), data(16 * MIB, i as u64)))
         .collect();
     let text = text_corpus(mb * MIB / 4);
+    // The same text as large objects (as a dump or a log archive is): what compression does
+    // when per-object costs do not dominate.
+    let all: Vec<u8> = text.values().flatten().copied().collect();
+    let blobs: BTreeMap<String, Vec<u8>> = all
+        .chunks(16 * MIB)
+        .enumerate()
+        .map(|(i, c)| (format!("blobs/{i:03}.txt"), c.to_vec()))
+        .collect();
     regions.seed(&random);
     regions.seed(&text);
+    regions.seed(&blobs);
     let dir = tempfile::tempdir().unwrap();
     let _gw = KillOnDrop(regions.gateway(7430, &dir.path().join("gw.log")));
     let link_bytes_per_s = 200e6 / 8.0;
+    let connections = std::env::var("RELAY_BENCH_CONNECTIONS").unwrap_or_else(|_| "32".into());
+    let only = std::env::var("RELAY_BENCH_ONLY").unwrap_or_default();
+    let print = |name: &str, comp: &str, r: &Run, relay: &serde_json::Value| {
+        let report = r.json();
+        let secs = report["seconds"].as_f64().unwrap();
+        let bytes = report["bytes_copied"].as_f64().unwrap();
+        println!(
+            "{}",
+            serde_json::json!({
+                "data": name, "compression": comp, "connections": connections,
+                "bytes": bytes, "seconds": secs,
+                "effective_mbit_s": bytes * 8.0 / secs / 1e6,
+                "times_link_rate": bytes / secs / link_bytes_per_s,
+                "egress_saved": relay["egress_saved"],
+                "wire_bytes": relay["wire_bytes"],
+            })
+        );
+    };
     for (name, filter, comp) in [
         ("random", "random/**", "zstd"),
         ("text", "text/**", "zstd"),
         ("text", "text/**", "zstd:3"),
         ("text", "text/**", "lz4"),
+        ("blobs", "blobs/**", "zstd"),
+        ("blobs", "blobs/**", "zstd:3"),
+        ("blobs", "blobs/**", "lz4"),
     ] {
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+            continue;
+        }
         let prefix = format!("{name}-{}/", comp.replace(':', "-"));
         let r = run(regions.relay_cp(
             &[7430],
@@ -411,24 +444,52 @@ fn relay_throughput() {
                 "--relay-compression",
                 comp,
                 "--relay-connections",
-                "32",
+                &connections,
                 "--max-connections",
                 "256",
             ],
         ));
         let relay = relay_summary(&r);
-        let report = r.json();
-        let secs = report["seconds"].as_f64().unwrap();
-        let bytes = report["bytes_copied"].as_f64().unwrap();
-        println!(
-            "{}",
-            serde_json::json!({
-                "data": name, "compression": comp, "bytes": bytes, "seconds": secs,
-                "effective_mbit_s": bytes * 8.0 / secs / 1e6,
-                "times_link_rate": bytes / secs / link_bytes_per_s,
-                "egress_saved": relay["egress_saved"],
-                "wire_bytes": relay["wire_bytes"],
-            })
+        print(name, comp, &r, &relay);
+    }
+    // What the stores and the engine manage without the link or the relay: a copy inside
+    // region A, from the source bucket to itself.
+    for (name, filter) in [
+        ("random", "random/**"),
+        ("text", "text/**"),
+        ("blobs", "blobs/**"),
+    ] {
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+            continue;
+        }
+        let args = [
+            "cp",
+            "-r",
+            "s3://src/",
+            "s3://src/baseline/",
+            "--src-endpoint",
+            &regions.src.endpoint,
+            "--dst-endpoint",
+            &regions.src.endpoint,
+            "--include",
+            filter,
+            "--no-server-side-copy",
+            "--max-connections",
+            "256",
+            "--no-journal",
+            "--json",
+        ];
+        let mut cmd = regions.command(true, &args, &[]);
+        for (k, v) in regions.src.env_for("DST") {
+            cmd.env(k, v);
+        }
+        let r = run(cmd);
+        assert_eq!(r.code, 0, "baseline copy failed: {}", r.stderr);
+        print(
+            &format!("{name} (no relay, no link)"),
+            "-",
+            &r,
+            &serde_json::Value::Null,
         );
     }
 }
