@@ -375,6 +375,60 @@ fn a_local_fleet_relays_through_the_gateways() {
     assert_eq!(regions.destination(), files);
 }
 
+#[test]
+fn sync_through_the_relay_mirrors_the_source() {
+    let regions = Regions::start("skrE", LinkSpec::wan());
+    let mut files = text_corpus(MIB);
+    files.insert("bin/a.bin".into(), data(2 * MIB, 7));
+    regions.seed(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let _gw = KillOnDrop(regions.gateway(7450, &dir.path().join("gw.log")));
+    let first = run(regions.relay_cp(&[7450], "", &[]));
+    relay_summary(&first);
+    // Change the source: one object gone, one rewritten, one new; sync --delete through the relay.
+    let gone = files
+        .keys()
+        .find(|k| k.starts_with("text/"))
+        .unwrap()
+        .clone();
+    files.remove(&gone);
+    files.insert("bin/a.bin".into(), data(2 * MIB + 5, 8));
+    files.insert("bin/new.bin".into(), data(1000, 9));
+    regions.wan.a.block_on(|| async {
+        let client = regions.src.client().await;
+        client
+            .delete_object()
+            .bucket("src")
+            .key(&gone)
+            .send()
+            .await
+            .expect("delete a source object");
+        for k in ["bin/a.bin", "bin/new.bin"] {
+            regions.src.put("src", k, &files[k]).await;
+        }
+    });
+    let args = [
+        "sync",
+        "s3://src/",
+        "s3://dst/",
+        "--delete",
+        "--src-endpoint",
+        &regions.src.endpoint,
+        "--relay",
+        &format!("{B_IP}:7450"),
+        "--no-journal",
+        "--json",
+    ];
+    let mut cmd = regions.command(true, &args, &[]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "sync failed: {}\n{}", r.stderr, r.stdout);
+    let done = r.json();
+    assert_eq!(done["objects_deleted"], 1, "{done:#}");
+    assert_eq!(done["objects_copied"], 2, "{done:#}");
+    assert_eq!(regions.destination(), files);
+}
+
 /// Throughput over the emulated link, for the README (`bench/relay.sh`, a release build).
 /// Prints one JSON line per run; asserts nothing about speed (a shared 2-core machine is
 /// too noisy for that) but that each copy verified.
