@@ -242,7 +242,14 @@ fn relay_copy_is_unreadable_on_the_wire_and_reports_the_egress_saved() {
         "no compression saves nothing: {plain}"
     );
 
-    let zstd = relay_summary(&run(regions.relay_cp(&[7400], "zstd/", &[])));
+    // With debug logging, neither side prints the transfer key.
+    let zstd_run = run(regions.relay_cp(&[7400], "zstd/", &["-vv"]));
+    let zstd = relay_summary(&zstd_run);
+    let gw_log = std::fs::read_to_string(dir.path().join("gw.log")).unwrap();
+    assert!(gw_log.contains("relay connection from"), "{gw_log}");
+    for text in [&zstd_run.stdout, &zstd_run.stderr, &gw_log] {
+        assert!(!text.contains(&regions.key), "the transfer key was printed");
+    }
     let lz4 = relay_summary(&run(regions.relay_cp(
         &[7400],
         "lz4/",
