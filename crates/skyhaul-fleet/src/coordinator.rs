@@ -23,13 +23,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use skyhaul_engine::plan::Job;
 use skyhaul_engine::{Endpoint, Executor, OpenUpload, Progress, Report, TransferOptions};
-use skyhaul_journal::{Journal, TransferId, LEASE_COMPLETED, LEASE_EXPIRED, LEASE_GRANTED};
+use skyhaul_journal::{
+    Journal, TransferId, LEASE_COMPLETED, LEASE_EXPIRED, LEASE_GRANTED, LEASE_SUPERSEDED,
+};
 use skyhaul_store::{CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, Result};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+mod speculate;
 
 /// The most items in one lease, however small they are.
 const MAX_ITEMS_PER_LEASE: usize = 1000;
@@ -46,6 +50,8 @@ pub struct CoordinatorOptions {
     pub lease_bytes: u64,
     /// After the end, how long to keep telling workers that the transfer is over.
     pub linger: Duration,
+    /// With nothing queued, a lease out for this long is also handed to an idle worker.
+    pub speculate_after: Duration,
 }
 
 impl Default for CoordinatorOptions {
@@ -54,6 +60,7 @@ impl Default for CoordinatorOptions {
             lease_timeout: Duration::from_secs(30),
             lease_bytes: 64 << 20,
             linger: Duration::from_secs(10),
+            speculate_after: Duration::from_secs(2),
         }
     }
 }
@@ -62,6 +69,8 @@ struct Pending {
     item: WorkItem,
     /// The lease holding it, or none while queued.
     lease: Option<u64>,
+    /// A speculative copy of that lease holding it too.
+    spare: Option<u64>,
     /// Taken back from a previous coordinator's lease.
     restored: bool,
 }
@@ -70,6 +79,11 @@ struct Active {
     worker: String,
     items: Vec<String>,
     deadline: Instant,
+    granted: Instant,
+    /// The speculative copy of this lease handed to another worker, if any.
+    copy: Option<u64>,
+    /// The lease this one is a speculative copy of.
+    copy_of: Option<u64>,
 }
 
 /// A striped object whose parts are out.
@@ -116,6 +130,11 @@ struct State {
     granted: u64,
     expired: u64,
     duplicates: u64,
+    /// Speculative copies of leases handed to idle workers.
+    reissued: u64,
+    /// Leases ended because another lease did all their work; their holders are told.
+    superseded: std::collections::HashSet<u64>,
+    superseded_count: u64,
 }
 
 impl State {
@@ -134,6 +153,7 @@ impl State {
             Pending {
                 item,
                 lease: None,
+                spare: None,
                 restored: false,
             },
         );
@@ -466,6 +486,7 @@ fn restore_leases(shared: &Shared) {
             continue;
         };
         let mut names = Vec::new();
+        let mut copy_of = None;
         for item in items {
             // Reported (and journaled) just before the stop: nothing left to take back.
             if matches!(&item, WorkItem::Object { src, .. } if shared.exec.is_done(src)) {
@@ -473,14 +494,24 @@ fn restore_leases(shared: &Shared) {
             }
             let name = item.name();
             names.push(name.clone());
+            // A speculative copy of an earlier lease (both were out): it stays the spare.
+            if let Some(p) = st.items.get_mut(&name) {
+                copy_of = copy_of.or(p.lease);
+                p.spare = Some(lease.lease_id);
+                continue;
+            }
             st.items.insert(
                 name,
                 Pending {
                     item,
                     lease: Some(lease.lease_id),
+                    spare: None,
                     restored: true,
                 },
             );
+        }
+        if let Some(original) = copy_of.and_then(|o| st.leases.get_mut(&o)) {
+            original.copy = Some(lease.lease_id);
         }
         tracing::info!(
             "taking back lease {} of worker {} ({} items)",
@@ -494,6 +525,9 @@ fn restore_leases(shared: &Shared) {
                 worker: lease.worker,
                 items: names,
                 deadline,
+                granted: Instant::now(),
+                copy: None,
+                copy_of,
             },
         );
     }
@@ -518,20 +552,9 @@ async fn expire_leases(shared: Arc<Shared>, stop: CancellationToken) {
                 .map(|(id, _)| *id)
                 .collect();
             for id in due {
+                let items = st.leases[&id].items.clone();
+                let back = speculate::release(&mut st, id, &items);
                 let lease = st.leases.remove(&id).expect("listed");
-                let mut back = 0;
-                for name in lease.items.iter().rev() {
-                    let item = match st.items.get_mut(name) {
-                        Some(p) if p.lease == Some(id) => {
-                            p.lease = None;
-                            p.item.bytes()
-                        }
-                        _ => continue,
-                    };
-                    st.queued_bytes += item;
-                    st.queue.push_front(name.clone());
-                    back += 1;
-                }
                 st.expired += 1;
                 tracing::warn!(
                     "lease {id} of worker {} expired: {back} items back in the queue",
@@ -612,17 +635,42 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
             break;
         }
     }
-    if items.is_empty() {
-        return Json(LeaseReply::Wait { ms: 250 });
-    }
+    let now = Instant::now();
     let lease_id = st.next_lease.max(1);
+    let mut copy_of = None;
+    if items.is_empty() {
+        // Nothing queued: once the plan is complete, an idle worker doubles the oldest
+        // lease still out (see `speculate`), so that a slow holder does not hold up the end.
+        let after = shared.opts.speculate_after;
+        copy_of = st
+            .planning_done
+            .then(|| speculate::pick(&st, &req.worker.id, after, now))
+            .flatten();
+        let Some(original) = copy_of else {
+            return Json(LeaseReply::Wait { ms: 250 });
+        };
+        let l = &st.leases[&original];
+        items = speculate::pending(&st, original, l).cloned().collect();
+        bytes = items.iter().map(|n| st.items[n].item.bytes()).sum();
+        tracing::info!(
+            "re-issuing lease {original} of worker {} to idle worker {} as lease {lease_id}",
+            l.worker,
+            req.worker.id
+        );
+        st.leases.get_mut(&original).expect("picked").copy = Some(lease_id);
+        st.reissued += 1;
+    } else {
+        st.queued_bytes -= bytes;
+    }
     st.next_lease = lease_id + 1;
-    st.queued_bytes -= bytes;
     st.granted += 1;
     let mut work = Vec::with_capacity(items.len());
     for name in &items {
         let p = st.items.get_mut(name).expect("checked");
-        p.lease = Some(lease_id);
+        match copy_of {
+            Some(_) => p.spare = Some(lease_id),
+            None => p.lease = Some(lease_id),
+        }
         work.push(p.item.clone());
     }
     st.leases.insert(
@@ -630,7 +678,10 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
         Active {
             worker: req.worker.id.clone(),
             items: items.clone(),
-            deadline: Instant::now() + timeout,
+            deadline: now + timeout,
+            granted: now,
+            copy: None,
+            copy_of,
         },
     );
     drop(st);
@@ -650,17 +701,22 @@ async fn heartbeat(
     Json(hb): Json<Heartbeat>,
 ) -> Json<HeartbeatReply> {
     let deadline = Instant::now() + shared.opts.lease_timeout;
-    let mut st = shared.state();
+    let mut guard = shared.state();
+    let st = &mut *guard;
     let w = st.worker(&hb.worker);
     w.rate.record(Instant::now(), hb.bytes_moved);
-    let mut expired = Vec::new();
+    let (mut expired, mut superseded) = (Vec::new(), Vec::new());
     for id in hb.leases {
         match st.leases.get_mut(&id) {
             Some(l) if l.worker == hb.worker.id => l.deadline = deadline,
+            _ if st.superseded.contains(&id) => superseded.push(id),
             _ => expired.push(id),
         }
     }
-    Json(HeartbeatReply { expired })
+    Json(HeartbeatReply {
+        expired,
+        superseded,
+    })
 }
 
 async fn complete(
@@ -669,31 +725,41 @@ async fn complete(
 ) -> Json<serde_json::Value> {
     let mut effects = Vec::new();
     let mut outcomes = Vec::new();
-    {
+    let (superseded, was_superseded) = {
         let mut st = shared.state();
         st.worker(&c.worker);
-        let lease = st.leases.remove(&c.lease_id);
+        // The other leases that held an item reported here: done now, they may be over.
+        let mut others = Vec::new();
         let mut done = 0;
         for r in c.results {
+            if let Some(p) = st.items.get(&r.item) {
+                let other = [p.lease, p.spare].into_iter().flatten();
+                let other: Vec<u64> = other.filter(|&l| l != c.lease_id).collect();
+                // One holder of a doubled item failed: the other may still succeed.
+                if matches!(r.outcome, Outcome::Failed { .. }) && !other.is_empty() {
+                    speculate::release(&mut st, c.lease_id, std::slice::from_ref(&r.item));
+                    outcomes.push((r.item, "failed"));
+                    continue;
+                }
+                others.extend(other);
+            }
             let outcome = take_result(&shared, &mut st, r.outcome, &r.item, &mut effects);
             done += u64::from(outcome == "done");
             outcomes.push((r.item, outcome));
         }
         st.worker(&c.worker).items_done += done;
         // Items the worker did not report (it should report all) go back to the queue.
-        if let Some(lease) = &lease {
-            for name in &lease.items {
-                let bytes = match st.items.get_mut(name) {
-                    Some(p) if p.lease == Some(c.lease_id) => {
-                        p.lease = None;
-                        p.item.bytes()
-                    }
-                    _ => continue,
-                };
-                st.queued_bytes += bytes;
-                st.queue.push_front(name.clone());
-            }
+        if let Some(items) = st.leases.get(&c.lease_id).map(|l| l.items.clone()) {
+            speculate::release(&mut st, c.lease_id, &items);
+            st.leases.remove(&c.lease_id);
         }
+        others.sort_unstable();
+        others.dedup();
+        let was = st.superseded.contains(&c.lease_id);
+        (speculate::superseded(&mut st, &others), was)
+    };
+    for id in superseded {
+        shared.journal("lease end", |j, t| j.lease_ended(t, id, LEASE_SUPERSEDED));
     }
     let lease_id = c.lease_id;
     for (item, outcome) in outcomes {
@@ -701,9 +767,11 @@ async fn complete(
             j.lease_item(t, lease_id, &item, outcome)
         });
     }
-    shared.journal("lease end", |j, t| {
-        j.lease_ended(t, lease_id, LEASE_COMPLETED)
-    });
+    if !was_superseded {
+        shared.journal("lease end", |j, t| {
+            j.lease_ended(t, lease_id, LEASE_COMPLETED)
+        });
+    }
     for e in effects {
         match e {
             Effect::RecordPart(upload, part, sums) => {
@@ -861,6 +929,8 @@ fn snapshot(shared: &Shared) -> Status {
         leases_active: st.leases.len() as u64,
         leases_granted: st.granted,
         leases_expired: st.expired,
+        leases_reissued: st.reissued,
+        leases_superseded: st.superseded_count,
         duplicate_results: st.duplicates,
         throughput_bytes_per_second: workers
             .iter()
@@ -932,6 +1002,18 @@ async fn metrics(Axum(shared): Axum<Arc<Shared>>) -> impl IntoResponse {
         "counter",
         "Leases taken back after their worker went silent.",
         f(s.leases_expired),
+    );
+    p.metric(
+        "skyhaul_fleet_leases_reissued_total",
+        "counter",
+        "Leases also handed to an idle worker because nothing else was left to do.",
+        f(s.leases_reissued),
+    );
+    p.metric(
+        "skyhaul_fleet_leases_superseded_total",
+        "counter",
+        "Leases ended because another lease did all their work first.",
+        f(s.leases_superseded),
     );
     p.metric(
         "skyhaul_fleet_duplicate_results_total",

@@ -179,6 +179,9 @@ pub struct Heartbeat {
 pub struct HeartbeatReply {
     /// Of the leases named, those the coordinator no longer holds for this worker.
     pub expired: Vec<u64>,
+    /// Of the leases named, those whose work another worker has done: drop them.
+    #[serde(default)]
+    pub superseded: Vec<u64>,
 }
 
 /// The results of a lease's items.

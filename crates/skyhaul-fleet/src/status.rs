@@ -23,7 +23,12 @@ pub struct Status {
     pub leases_active: u64,
     pub leases_granted: u64,
     pub leases_expired: u64,
-    /// Results for work another lease had already done (re-issued after an expiry).
+    /// Leases also handed to an idle worker at the end (speculative copies).
+    pub leases_reissued: u64,
+    /// Leases ended because another lease did all their work first.
+    pub leases_superseded: u64,
+    /// Results for work another lease had already done (re-issued after an expiry, or a
+    /// speculative copy that lost).
     pub duplicate_results: u64,
     pub throughput_bytes_per_second: f64,
     pub workers: Vec<WorkerStatus>,

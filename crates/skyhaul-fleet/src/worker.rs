@@ -14,7 +14,7 @@ use axum::Router;
 use futures::StreamExt;
 use skyhaul_engine::resume::encode_sums;
 use skyhaul_engine::{Endpoint, Executor, Progress, TransferOptions};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +39,10 @@ pub struct Counters {
     pub items: AtomicU64,
     pub failed: AtomicU64,
 }
+
+/// The leases a worker holds, each with the token that drops its work when the coordinator
+/// says another worker has done it (or that the transfer is over).
+type Held = Arc<Mutex<BTreeMap<u64, CancellationToken>>>;
 
 struct Live {
     progress: Arc<Progress>,
@@ -100,7 +104,7 @@ pub async fn run(
         });
     }
     let client = Arc::new(client);
-    let held = Arc::new(Mutex::new(BTreeSet::new()));
+    let held: Held = Arc::new(Mutex::new(BTreeMap::new()));
     let beats = tokio::spawn(heartbeats(
         client.clone(),
         info.clone(),
@@ -167,7 +171,7 @@ async fn lease_loop(
     info: WorkerInfo,
     exec: Arc<Executor>,
     concurrency: usize,
-    held: Arc<Mutex<BTreeSet<u64>>>,
+    held: Held,
     counters: Arc<Counters>,
     over: CancellationToken,
 ) -> Result<(), ClientError> {
@@ -193,12 +197,25 @@ async fn lease_loop(
             }
             LeaseReply::Lease(l) => l,
         };
-        held.lock().expect("lock").insert(lease.lease_id);
-        let results: Vec<ItemResult> = futures::stream::iter(lease.items)
+        let drop_it = over.child_token();
+        held.lock()
+            .expect("lock")
+            .insert(lease.lease_id, drop_it.clone());
+        let work = futures::stream::iter(lease.items)
             .map(|item| run_item(&exec, item))
             .buffer_unordered(concurrency)
-            .collect()
-            .await;
+            .collect::<Vec<ItemResult>>();
+        let results = tokio::select! {
+            r = work => r,
+            // Done by another worker, or the transfer is over: the rest is not needed
+            // (a request cut off here leaves no partial object; an orphan part is
+            // overwritten or dropped with its upload).
+            _ = drop_it.cancelled() => {
+                held.lock().expect("lock").remove(&lease.lease_id);
+                tracing::info!("lease {} dropped: its work was done elsewhere", lease.lease_id);
+                continue;
+            }
+        };
         let failed = results
             .iter()
             .filter(|r| matches!(r.outcome, Outcome::Failed { .. }))
@@ -257,7 +274,7 @@ async fn heartbeats(
     client: Arc<Client>,
     info: WorkerInfo,
     progress: Arc<Progress>,
-    held: Arc<Mutex<BTreeSet<u64>>>,
+    held: Held,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -265,17 +282,26 @@ async fn heartbeats(
         let beat = Heartbeat {
             worker: info.clone(),
             bytes_moved: progress.snapshot().bytes_moved,
-            leases: held.lock().expect("lock").iter().copied().collect(),
+            leases: held.lock().expect("lock").keys().copied().collect(),
         };
         tokio::select! {
             _ = stop.cancelled() => return,
             r = client.post::<_, HeartbeatReply>("/v1/heartbeat", &beat) => {
                 match r {
-                    Ok(reply) if !reply.expired.is_empty() => tracing::warn!(
-                        "leases {:?} expired at the coordinator; their results will count only if nobody else did the work first",
-                        reply.expired
-                    ),
-                    Ok(_) => {}
+                    Ok(reply) => {
+                        if !reply.expired.is_empty() {
+                            tracing::warn!(
+                                "leases {:?} expired at the coordinator; their results will count only if nobody else did the work first",
+                                reply.expired
+                            );
+                        }
+                        let held = held.lock().expect("lock");
+                        for id in &reply.superseded {
+                            if let Some(t) = held.get(id) {
+                                t.cancel();
+                            }
+                        }
+                    }
                     Err(e) => tracing::warn!("heartbeat: {e}"),
                 }
             }

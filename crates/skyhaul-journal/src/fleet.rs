@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 pub const LEASE_GRANTED: &str = "granted";
 pub const LEASE_COMPLETED: &str = "completed";
 pub const LEASE_EXPIRED: &str = "expired";
+/// Ended because another lease (a speculative copy, or the lease it copied) did its work.
+pub const LEASE_SUPERSEDED: &str = "superseded";
 
 /// One lease as the journal holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,10 +26,10 @@ pub struct FleetLease {
     pub bytes: u64,
     /// The work items as the coordinator handed them out (its own serialisation).
     pub payload: String,
-    /// [`LEASE_GRANTED`], [`LEASE_COMPLETED`] or [`LEASE_EXPIRED`].
+    /// [`LEASE_GRANTED`], [`LEASE_COMPLETED`], [`LEASE_EXPIRED`] or [`LEASE_SUPERSEDED`].
     pub state: String,
     /// Each item's name and outcome (`None` while the lease is out): `done`, `duplicate` (it
-    /// was already done through another lease), `failed`, `expired`.
+    /// was already done through another lease), `failed`, `expired`, `superseded`.
     pub items: BTreeMap<String, Option<String>>,
 }
 
@@ -78,8 +80,8 @@ impl Journal {
         }))
     }
 
-    /// Records a lease's end: [`LEASE_COMPLETED`] or [`LEASE_EXPIRED`] (its items without an
-    /// outcome become `expired`). Queued.
+    /// Records a lease's end: [`LEASE_COMPLETED`], [`LEASE_EXPIRED`] or [`LEASE_SUPERSEDED`]
+    /// (for the last two, its items without an outcome take that state). Queued.
     pub fn lease_ended(&self, id: TransferId, lease_id: u64, state: &'static str) -> Result<()> {
         self.queue(Write::Fleet(FleetWrite::Ended {
             transfer: id.as_u64(),
@@ -185,12 +187,12 @@ pub(crate) fn apply(tx: &Transaction<'_>, w: &FleetWrite) -> Result<()> {
                  WHERE transfer = ?1 AND lease_id = ?2",
             )?
             .execute(params![t, l, state, at_ms])?;
-            if *state == LEASE_EXPIRED {
+            if *state == LEASE_EXPIRED || *state == LEASE_SUPERSEDED {
                 tx.prepare_cached(
-                    "UPDATE fleet_items SET outcome = 'expired'
+                    "UPDATE fleet_items SET outcome = ?3
                      WHERE transfer = ?1 AND lease_id = ?2 AND outcome IS NULL",
                 )?
-                .execute(params![t, l])?;
+                .execute(params![t, l, state])?;
             }
         }
         FleetWrite::Outcome {

@@ -327,6 +327,9 @@ pub struct WorkerArgs {
     /// Serve this worker's Prometheus metrics at http://ADDR/metrics (same token)
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Most bytes per second this worker moves, instead of the coordinator's --bwlimit
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<Rate>,
     /// rclone.conf to resolve NAME:bucket/path remotes from [default: rclone's own, $RCLONE_CONFIG]
     #[arg(long, value_name = "PATH")]
     pub rclone_config: Option<std::path::PathBuf>,

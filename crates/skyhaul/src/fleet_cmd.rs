@@ -71,7 +71,7 @@ fn options(args: &FleetArgs) -> CoordinatorOptions {
     CoordinatorOptions {
         lease_timeout: args.lease_timeout.unwrap_or(d.lease_timeout),
         lease_bytes: args.lease_size.map_or(d.lease_bytes, |s| s.0.max(1)),
-        linger: d.linger,
+        ..d
     }
 }
 
@@ -284,7 +284,10 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
             .and_then(|(l, _)| l.local_addr().ok())
             .map(|a| format!("http://{a}/metrics")),
     };
-    let spec = worker::join(&client).await.map_err(worker_error)?;
+    let mut spec = worker::join(&client).await.map_err(worker_error)?;
+    if let Some(rate) = args.bwlimit {
+        spec.settings.bwlimit = Some(rate.0);
+    }
     let endpoints = EndpointArgs {
         src_endpoint: spec.sides.src_endpoint.clone(),
         dst_endpoint: spec.sides.dst_endpoint.clone(),

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use skyhaul_journal::{FleetLease, Journal, LEASE_EXPIRED};
+use skyhaul_journal::{FleetLease, Journal, LEASE_EXPIRED, LEASE_SUPERSEDED};
 use skyhaul_testkit::{S3Kind, S3Server};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -429,4 +429,149 @@ async fn coordinator_killed_and_restarted_resumes() {
             "{item} done again after the restart"
         );
     }
+}
+
+/// A free port on 127.0.0.1 for a coordinator that workers must find before it is up.
+fn free_listen() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+fn spawn_worker(url: &str, extra: &[&str], src: &S3Server, dst: &S3Server, dir: &Path) -> Child {
+    let mut args = vec!["worker", "--coordinator", url, "--wait", "60s"];
+    args.extend(extra);
+    command(&args, src, dst, &dir.join("unused.sqlite"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// One worker's link is 32 times slower than the others': once nothing else is left, its
+/// leases are re-issued to the idle workers, the transfer ends long before it could have
+/// finished them, and the doubled work is visible in the status, the metrics and the
+/// journal (each item done once; the slow worker's leases superseded, not expired).
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_worker_does_not_hold_up_the_end() {
+    const SLOW_RATE: u64 = 128 << 10;
+    let src = S3Server::start(S3Kind::S3sFs);
+    let dst = S3Server::start(S3Kind::S3sFs);
+    src.create_bucket("src").await;
+    dst.create_bucket("dst").await;
+    // The large object lists first: the slow worker's first leases are two of its parts.
+    let mut files = BTreeMap::new();
+    files.insert("a/large.bin".to_string(), data(20 * MIB, 7));
+    for i in 0..40 {
+        files.insert(format!("b/{i:02}.bin"), data(256 << 10, 100 + i as u64));
+    }
+    fill_bucket(&src, "src", "data/", &files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let listen = free_listen();
+    let args = [
+        "coordinator",
+        "--listen",
+        &listen,
+        "cp",
+        "-r",
+        "s3://src/data",
+        "s3://dst/data",
+        "--json",
+        "-y",
+        "--bwlimit",
+        "4M",
+        "--lease-size",
+        "1M",
+        "--lease-timeout",
+        "10s",
+        "--multipart-threshold",
+        "8M",
+        "--part-size",
+        "5M",
+        "--max-connections",
+        "4",
+    ];
+    let started = Instant::now();
+    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut coordinator);
+    let rate = format!("{}K", SLOW_RATE >> 10);
+    let mut slow = spawn_worker(&url, &["--bwlimit", &rate], &src, &dst, dir.path());
+    let s = wait_status(&url, "the slow worker holding two leases", |s| {
+        s["workers"][0]["leases"].as_array().map_or(0, |l| l.len()) == 2
+    });
+    let slow_id = s["workers"][0]["id"].as_str().unwrap().to_string();
+    let mut fast: Vec<Child> = (0..3)
+        .map(|_| spawn_worker(&url, &[], &src, &dst, dir.path()))
+        .collect();
+
+    // Seen while it happens: the status and the metrics count the copies.
+    let s = wait_status(&url, "a lease re-issued", |s| {
+        s["leases_reissued"].as_u64() >= Some(1)
+    });
+    assert_eq!(s["leases_expired"], 0, "{s}");
+    let (code, metrics) = http_get(&url, "/metrics", Some(&format!("Bearer {TOKEN}")));
+    assert_eq!(code, 200);
+    let reissued: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("skyhaul_fleet_leases_reissued_total "))
+        .unwrap_or_else(|| panic!("no reissued metric: {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(reissued >= 1.0, "{metrics}");
+
+    let out = succeeded(&mut coordinator, &stderr);
+    let elapsed = started.elapsed();
+    let report = last_json_line(&out).unwrap();
+    assert_eq!(report["objects_failed"], 0, "{report}");
+    assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
+    assert_eq!(report["verification"]["missing"], 0, "{report}");
+    assert_eq!(report["verification"]["checksum_mismatch"], 0, "{report}");
+    assert_eq!(read_bucket(&dst, "dst", "data/").await, files);
+    assert_eq!(wait_exit(&mut slow, 30), 0, "the slow worker failed");
+    for w in &mut fast {
+        assert_eq!(wait_exit(w, 30), 0, "a worker failed");
+    }
+
+    // The slow worker's work, at its rate, would have taken far longer than the transfer.
+    let leases = leases(&journal);
+    let slow_leases: Vec<&FleetLease> = leases.iter().filter(|l| l.worker == slow_id).collect();
+    let slow_bytes: u64 = slow_leases.iter().map(|l| l.bytes).sum();
+    let slow_secs = slow_bytes as f64 / SLOW_RATE as f64;
+    eprintln!(
+        "transfer {elapsed:?}; the slow worker's {slow_bytes} leased bytes need {slow_secs:.0} s at its rate"
+    );
+    assert!(
+        elapsed.as_secs_f64() < slow_secs / 2.0,
+        "took {elapsed:?}; the slow worker alone needed {slow_secs:.0} s for its {slow_bytes} bytes"
+    );
+    // Its first leases were superseded by copies that other workers finished; every item
+    // of the transfer was done exactly once, and none of the slow worker's leases expired.
+    let superseded: Vec<&&FleetLease> = slow_leases
+        .iter()
+        .filter(|l| l.state == LEASE_SUPERSEDED)
+        .collect();
+    assert!(!superseded.is_empty(), "{slow_leases:#?}");
+    assert!(slow_leases.iter().all(|l| l.state != LEASE_EXPIRED));
+    let done = done_counts(&leases);
+    assert!(done.values().all(|&n| n == 1), "work done twice: {done:?}");
+    for lease in &superseded {
+        for item in lease.items.keys() {
+            let by = leases
+                .iter()
+                .find(|l| {
+                    l.items
+                        .get(item)
+                        .is_some_and(|o| o.as_deref() == Some("done"))
+                })
+                .unwrap_or_else(|| panic!("{item} never done"));
+            assert_ne!(by.worker, slow_id, "{item}");
+        }
+    }
+    assert!(
+        superseded
+            .iter()
+            .any(|l| l.items.keys().any(|i| i.starts_with("part "))),
+        "a doubled part: {superseded:#?}"
+    );
 }
