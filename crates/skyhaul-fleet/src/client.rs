@@ -11,6 +11,9 @@ pub enum ClientError {
     /// 401/403: the token is wrong. Retrying cannot help.
     #[error("the coordinator at {0} refused the token (401): check SKYHAUL_FLEET_TOKEN / --token")]
     Unauthorized(String),
+    /// The coordinator's TLS certificate is not trusted here. Retrying cannot help.
+    #[error("the coordinator at {url} presented a certificate this worker does not trust ({detail}): pass its CA with --tls-ca")]
+    Untrusted { url: String, detail: String },
     /// Not answering within the patience given.
     #[error("the coordinator at {url} did not answer for {secs} s: {last}")]
     Unreachable {
@@ -36,13 +39,20 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str, token: Token, patience: Duration) -> Result<Client, String> {
+    /// A client for the coordinator at `base`; `ca` are trusted besides the system's roots.
+    pub fn new(
+        base: &str,
+        token: Token,
+        patience: Duration,
+        ca: Vec<reqwest::Certificate>,
+    ) -> Result<Client, String> {
         let url = reqwest::Url::parse(base)
             .map_err(|e| format!("--coordinator {base}: not a URL ({e})"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("--coordinator {base}: use http:// or https://"));
         }
         let http = reqwest::Client::builder()
+            .tls_certs_merge(ca)
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -105,6 +115,13 @@ impl Client {
                         detail: format!("HTTP {}", r.status()),
                     })
                 }
+                Err(e) if untrusted(&e).is_some() => {
+                    let detail = untrusted(&e).unwrap_or_default();
+                    return Err(ClientError::Untrusted {
+                        url: self.base.clone(),
+                        detail,
+                    });
+                }
                 // reqwest's errors name the URL but never the headers: no token in here.
                 Err(e) => without_url(&e),
             };
@@ -121,6 +138,21 @@ impl Client {
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// The certificate error under a transport error, if that is what it is. Matched on rustls's
+/// text ("invalid peer certificate: …"): the layers between reqwest and rustls (hyper, the
+/// platform verifier, `io::Error`) do not keep a typed chain down to the rustls error.
+fn untrusted(e: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if let Some(i) = text.find("invalid peer certificate") {
+            return Some(text[i..].to_string());
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// A transport error's kind and causes, without the URL (the message names the coordinator).

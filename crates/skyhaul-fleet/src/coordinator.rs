@@ -227,6 +227,8 @@ impl Shared {
 /// Everything [`run`] needs besides the two sides.
 pub struct Setup {
     pub listener: tokio::net::TcpListener,
+    /// Serve the API over TLS with this configuration (see [`crate::tls`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub token: Token,
     pub spec: TransferSpec,
     pub transfer: TransferOptions,
@@ -243,6 +245,7 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
     let started = Instant::now();
     let Setup {
         listener,
+        tls,
         token,
         mut spec,
         transfer,
@@ -281,15 +284,15 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
     let stop = CancellationToken::new();
     let server = {
         let app = router(shared.clone(), token);
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = r {
-                tracing::error!("coordinator server: {e}");
+        let stop = stop.clone().cancelled_owned();
+        match tls {
+            Some(config) => {
+                let listener = crate::tls::TlsListener::new(listener, config)
+                    .map_err(|e| Error::new(ErrorKind::Other, format!("coordinator: {e}")))?;
+                tokio::spawn(serve(listener, app, stop))
             }
-        })
+            None => tokio::spawn(serve(listener, app, stop)),
+        }
     };
     let expiry = tokio::spawn(expire_leases(shared.clone(), stop.clone()));
 
@@ -302,6 +305,19 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
     let _ = server.await;
     let _ = expiry.await;
     result
+}
+
+async fn serve<L>(listener: L, app: Router, stop: tokio_util::sync::WaitForCancellationFutureOwned)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await;
+    if let Err(e) = r {
+        tracing::error!("coordinator server: {e}");
+    }
 }
 
 /// Plans, waits for the work to be done, and concludes.

@@ -14,6 +14,7 @@ pub mod launch;
 pub mod metrics;
 pub mod protocol;
 pub mod status;
+pub mod tls;
 pub mod worker;
 
 pub use auth::{Token, TOKEN_ENV};

@@ -201,9 +201,12 @@ pub(crate) fn apply(tx: &Transaction<'_>, w: &FleetWrite) -> Result<()> {
             item,
             outcome,
         } => {
+            // A lease reported twice (its report committed, the answer lost to a coordinator
+            // killed just then, and the worker's retry reaching the next one) was done once:
+            // the retry's `duplicate` does not overwrite the `done`.
             tx.prepare_cached(
                 "UPDATE fleet_items SET outcome = ?4
-                 WHERE transfer = ?1 AND lease_id = ?2 AND item = ?3",
+                 WHERE transfer = ?1 AND lease_id = ?2 AND item = ?3 AND outcome IS NOT 'done'",
             )?
             .execute(params![
                 *transfer as i64,

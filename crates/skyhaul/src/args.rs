@@ -301,6 +301,12 @@ pub struct CoordinatorArgs {
     /// The token workers must present, at least 16 characters (prefer the environment: `ps` shows flags)
     #[arg(long, env = "SKYHAUL_FLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Serve workers over HTTPS with this PEM certificate chain (it must name the address workers dial)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub transfer: CoordinatedTransfer,
 }
@@ -321,6 +327,9 @@ pub struct WorkerArgs {
     /// The coordinator's token (prefer the environment: `ps` shows flags)
     #[arg(long, env = "SKYHAUL_FLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Trust the CA certificates in this PEM file for an https:// coordinator, besides the system's
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// How long to keep trying while the coordinator does not answer (starting, restarting)
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
     pub wait: std::time::Duration,

@@ -12,6 +12,7 @@ use skyhaul_fleet::{
 use skyhaul_journal::Journal;
 use skyhaul_store::{Error, ErrorKind};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub struct Fleet {
     workers: u16,
     token: Token,
     options: CoordinatorOptions,
+    /// HTTPS: the server configuration, and the certificate file local workers trust.
+    tls: Option<(Arc<skyhaul_fleet::tls::ServerConfig>, PathBuf)>,
 }
 
 impl Fleet {
@@ -42,6 +45,7 @@ impl Fleet {
             workers,
             token,
             options: options(args),
+            tls: None,
         }))
     }
 
@@ -50,8 +54,16 @@ impl Fleet {
     pub fn coordinator(
         listen: SocketAddr,
         token: Option<&str>,
+        tls: Option<(&Path, &Path)>,
         args: &FleetArgs,
     ) -> Result<Fleet, CliError> {
+        let tls = match tls {
+            Some((cert, key)) => Some((
+                skyhaul_fleet::tls::server_config(cert, key).map_err(exit::usage)?,
+                cert.to_path_buf(),
+            )),
+            None => None,
+        };
         let token = token.ok_or_else(|| {
             exit::usage(format!(
                 "the coordinator needs a token: set {TOKEN_ENV} (or --token) to a secret of 16+ characters that the workers share"
@@ -62,6 +74,7 @@ impl Fleet {
             workers: args.workers.unwrap_or(0),
             token: Token::new(token).map_err(exit::usage)?,
             options: options(args),
+            tls,
         })
     }
 }
@@ -134,9 +147,11 @@ pub async fn coordinate(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::new(ErrorKind::Other, format!("coordinator address: {e}")))?;
-    let url = format!("http://{addr}");
+    let scheme = if fleet.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
     out.notice(&format!("fleet: coordinator at {url}"));
-    let children = spawn_workers(fleet.workers, &url, &fleet.token)?;
+    let (tls, cert) = fleet.tls.unzip();
+    let children = spawn_workers(fleet.workers, &url, &fleet.token, cert.as_deref())?;
     let all_gone = Arc::new(AtomicBool::new(false));
     let supervisor = watch_workers(children, cancel.clone(), all_gone.clone());
     let report = coordinator::run(
@@ -144,6 +159,7 @@ pub async fn coordinate(
         dst,
         Setup {
             listener,
+            tls,
             token: fleet.token,
             spec,
             transfer: opts.clone(),
@@ -174,14 +190,19 @@ fn spawn_workers(
     n: u16,
     url: &str,
     token: &Token,
+    tls_ca: Option<&Path>,
 ) -> skyhaul_store::Result<Vec<tokio::process::Child>> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::new(ErrorKind::Other, format!("finding the skyhaul binary: {e}")))?;
     (0..n)
         .map(|_| {
-            tokio::process::Command::new(&exe)
-                .args(["worker", "--coordinator", url, "--wait", "1m"])
-                .env(TOKEN_ENV, token.expose())
+            let mut cmd = tokio::process::Command::new(&exe);
+            cmd.args(["worker", "--coordinator", url, "--wait", "1m"]);
+            // Local workers trust the coordinator's own certificate.
+            if let Some(ca) = tls_ca {
+                cmd.arg("--tls-ca").arg(ca);
+            }
+            cmd.env(TOKEN_ENV, token.expose())
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true)
@@ -263,7 +284,12 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         ))
     })?;
     let token = Token::new(token).map_err(exit::usage)?;
-    let client = Client::new(&args.coordinator, token.clone(), args.wait).map_err(exit::usage)?;
+    let ca = match &args.tls_ca {
+        Some(path) => skyhaul_fleet::tls::ca_certificates(path).map_err(exit::usage)?,
+        None => Vec::new(),
+    };
+    let client =
+        Client::new(&args.coordinator, token.clone(), args.wait, ca).map_err(exit::usage)?;
     let metrics = match args.metrics_listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -314,7 +340,8 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
 fn worker_error(e: WorkerError) -> CliError {
     let code = match &e {
         WorkerError::Coordinator(ClientError::Unauthorized(_)) => ExitCode::AccessDenied,
-        WorkerError::Coordinator(ClientError::Unreachable { .. }) => ExitCode::Unreachable,
+        WorkerError::Coordinator(ClientError::Unreachable { .. })
+        | WorkerError::Coordinator(ClientError::Untrusted { .. }) => ExitCode::Unreachable,
         _ => ExitCode::PartialFailure,
     };
     CliError {

@@ -54,7 +54,8 @@ fn main() {
 fn init_logging(verbose: u8) {
     let default = match verbose {
         // The AWS SDK warns about every provider it tries; those are not the user's problem.
-        0 => "warn,aws_config=error,aws_smithy_runtime=error",
+        // A certificate the platform verifier rejects is reported once, as the error itself.
+        0 => "warn,aws_config=error,aws_smithy_runtime=error,rustls_platform_verifier=off",
         1 => "info,aws_config=warn,aws_smithy_runtime=warn",
         _ => "debug,aws=info,hyper=info,h2=info",
     };
@@ -83,8 +84,9 @@ async fn run(cli: Cli) -> ExitCode {
                     true,
                 ),
             };
+            let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
             let fleet =
-                fleet_cmd::Fleet::coordinator(args.listen, args.token.as_deref(), &fleet_args)
+                fleet_cmd::Fleet::coordinator(args.listen, args.token.as_deref(), tls, &fleet_args)
                     .map(Some);
             transfer(common, mode, recursive, fleet).await
         }

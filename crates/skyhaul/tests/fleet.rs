@@ -421,12 +421,21 @@ async fn coordinator_killed_and_restarted_resumes() {
     assert!(t.complete);
     assert_eq!(t.open_uploads, 0, "every upload was completed");
     // Items done in the first run were not done again in the second.
-    let after = done_counts(&j.fleet_leases(t.id).unwrap());
+    let all = j.fleet_leases(t.id).unwrap();
+    let after = done_counts(&all);
     for (item, _) in done_counts(&before) {
+        let holders: Vec<_> = all
+            .iter()
+            .filter_map(|l| {
+                l.items
+                    .get(&item)
+                    .map(|o| (l.lease_id, &l.worker, &l.state, o))
+            })
+            .collect();
         assert_eq!(
             after.get(&item),
             Some(&1),
-            "{item} done again after the restart"
+            "{item} done again after the restart: {holders:?}"
         );
     }
 }
@@ -574,4 +583,127 @@ async fn slow_worker_does_not_hold_up_the_end() {
             .any(|l| l.items.keys().any(|i| i.starts_with("part "))),
         "a doubled part: {superseded:#?}"
     );
+}
+
+/// A CA and a certificate it signs for 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
+fn tls_files(
+    dir: &Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let paths = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}-cert.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// With --tls-cert/--tls-key the coordinator speaks HTTPS only: a worker trusting its CA
+/// (--tls-ca) joins and the copy verifies; plain HTTP gets no answer, and workers that do
+/// not trust the certificate (system roots only, or another CA) are refused with exit 5.
+#[tokio::test(flavor = "multi_thread")]
+async fn coordinator_over_tls() {
+    let src = S3Server::start(S3Kind::S3sFs);
+    let dst = S3Server::start(S3Kind::S3sFs);
+    src.create_bucket("src").await;
+    dst.create_bucket("dst").await;
+    let files: BTreeMap<String, Vec<u8>> = (0..12)
+        .map(|i| (format!("f/{i:02}.bin"), data(100_000 + i * 7, i as u64)))
+        .collect();
+    fill_bucket(&src, "src", "data/", &files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path(), "good");
+    let (other_ca, _, _) = tls_files(dir.path(), "other");
+    let journal = dir.path().join("journal.sqlite");
+    let listen = free_listen();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let args = [
+        "coordinator",
+        "--listen",
+        &listen,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "cp",
+        "-r",
+        "s3://src/data",
+        "s3://dst/data",
+        "--json",
+        "-y",
+    ];
+    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut coordinator);
+    assert_eq!(url, format!("https://{listen}"));
+
+    // Plain HTTP to the TLS port: no HTTP answer at all, so no token is ever sent in clear.
+    let mut s = std::net::TcpStream::connect(&listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!("GET /v1/status HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A worker dialling http:// is turned away too.
+    let worker = |coordinator: &str, extra: &[&str]| {
+        let mut a = vec!["worker", "--coordinator", coordinator, "--wait", "3s"];
+        a.extend(extra);
+        command(&a, &src, &dst, &dir.path().join("unused.sqlite"))
+            .output()
+            .unwrap()
+    };
+    let out = worker(&format!("http://{listen}"), &[]);
+    assert_ne!(out.status.code(), Some(0));
+    // Workers that do not trust the certificate: one clear line, exit 5, no retrying.
+    let other = other_ca.to_str().unwrap();
+    for extra in [&[][..], &["--tls-ca", other][..]] {
+        let t = Instant::now();
+        let out = worker(&url, extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{extra:?}: {err}");
+        assert!(
+            err.contains("does not trust") && err.contains("--tls-ca"),
+            "{err}"
+        );
+        assert!(!err.contains(TOKEN), "{err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "retried: {:?}",
+            t.elapsed()
+        );
+    }
+    // Nobody got in: nothing was copied yet.
+    assert!(read_bucket(&dst, "dst", "data/").await.is_empty());
+
+    // The worker that trusts the CA does the transfer.
+    let mut good = spawn_worker(
+        &url,
+        &["--tls-ca", ca.to_str().unwrap()],
+        &src,
+        &dst,
+        dir.path(),
+    );
+    let out = succeeded(&mut coordinator, &stderr);
+    assert_eq!(wait_exit(&mut good, 30), 0, "the TLS worker failed");
+    let report = last_json_line(&out).unwrap();
+    assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
+    assert_eq!(report["verification"]["missing"], 0, "{report}");
+    assert_eq!(read_bucket(&dst, "dst", "data/").await, files);
 }
