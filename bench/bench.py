@@ -247,17 +247,17 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, binary: str, root: Path, logdir: Path):
+    def __init__(self, name: str, binary: str, root: Path, logdir: Path, host: str = "127.0.0.1"):
         self.name = name
         self.root = root
         self.port = free_port()
         self.access_key = f"bench-{name.lower()}-key"
         self.secret_key = f"bench-{name.lower()}-secret-{os.urandom(4).hex()}"
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"http://{host}:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG",)}
         self.log = open(logdir / f"s3s-fs-{name}.log", "ab")
         self.proc = subprocess.Popen(
-            [binary, "--host", "127.0.0.1", "--port", str(self.port),
+            [binary, "--host", host, "--port", str(self.port),
              "--access-key", self.access_key, "--secret-key", self.secret_key, str(root)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
@@ -267,7 +267,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise SystemExit(f"s3s-fs {name} exited with {self.proc.returncode}; see {self.log.name}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((host, self.port), timeout=1).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
