@@ -50,7 +50,8 @@ pub struct CoordinatorOptions {
     pub lease_bytes: u64,
     /// After the end, how long to keep telling workers that the transfer is over.
     pub linger: Duration,
-    /// With nothing queued, a lease out for this long is also handed to an idle worker.
+    /// With nothing queued, a lease out for this long (and twice as long as leases usually
+    /// take) is also handed to an idle worker.
     pub speculate_after: Duration,
 }
 
@@ -80,6 +81,7 @@ struct Active {
     items: Vec<String>,
     deadline: Instant,
     granted: Instant,
+    bytes: u64,
     /// The speculative copy of this lease handed to another worker, if any.
     copy: Option<u64>,
     /// The lease this one is a speculative copy of.
@@ -135,6 +137,9 @@ struct State {
     /// Leases ended because another lease did all their work; their holders are told.
     superseded: std::collections::HashSet<u64>,
     superseded_count: u64,
+    /// How fast recent leases were done, bytes per second from grant to report (for
+    /// speculation's threshold).
+    rates: VecDeque<f64>,
 }
 
 impl State {
@@ -542,6 +547,7 @@ fn restore_leases(shared: &Shared) {
                 items: names,
                 deadline,
                 granted: Instant::now(),
+                bytes: lease.bytes,
                 copy: None,
                 copy_of,
             },
@@ -696,6 +702,7 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
             items: items.clone(),
             deadline: now + timeout,
             granted: now,
+            bytes,
             copy: None,
             copy_of,
         },
@@ -765,7 +772,12 @@ async fn complete(
         }
         st.worker(&c.worker).items_done += done;
         // Items the worker did not report (it should report all) go back to the queue.
-        if let Some(items) = st.leases.get(&c.lease_id).map(|l| l.items.clone()) {
+        if let Some((items, granted, bytes)) = st
+            .leases
+            .get(&c.lease_id)
+            .map(|l| (l.items.clone(), l.granted, l.bytes))
+        {
+            speculate::took(&mut st, bytes, granted.elapsed());
             speculate::release(&mut st, c.lease_id, &items);
             st.leases.remove(&c.lease_id);
         }

@@ -13,16 +13,39 @@
 use super::{Active, State};
 use std::time::{Duration, Instant};
 
-/// The lease to copy for `worker`, if any: the oldest one held by another worker for at
-/// least `after`, not a copy itself and not copied yet, with items still to do.
+/// How many recent leases the usual pace is taken from.
+const RATES_KEPT: usize = 64;
+
+/// Notes how fast a lease was done (its bytes from grant to report).
+pub(super) fn took(st: &mut State, bytes: u64, d: Duration) {
+    if st.rates.len() == RATES_KEPT {
+        st.rates.pop_front();
+    }
+    st.rates
+        .push_back(bytes.max(1) as f64 / d.as_secs_f64().max(1e-3));
+}
+
+/// The lease to copy for `worker`, if any: the oldest one held by another worker, not a copy
+/// itself and not copied yet, with items still to do, out for at least `after` and for twice
+/// as long as a lease of its size usually takes (at the median pace of recent leases). Why:
+/// at the end of a transfer whose workers are equally fast the last leases are on time and
+/// nothing is doubled; only a lease that overstays its size's usual time is worth a second
+/// worker.
 pub(super) fn pick(st: &State, worker: &str, after: Duration, now: Instant) -> Option<u64> {
+    let mut rates: Vec<f64> = st.rates.iter().copied().collect();
+    rates.sort_unstable_by(f64::total_cmp);
+    let pace = rates.get(rates.len() / 2).copied();
+    let due = |l: &Active| match pace {
+        Some(p) => after.max(Duration::from_secs_f64(2.0 * l.bytes as f64 / p)),
+        None => after,
+    };
     st.leases
         .iter()
         .filter(|(_, l)| {
             l.worker != worker
                 && l.copy_of.is_none()
                 && l.copy.is_none()
-                && now.duration_since(l.granted) >= after
+                && now.duration_since(l.granted) >= due(l)
         })
         .filter(|(id, l)| pending(st, **id, l).next().is_some())
         .min_by_key(|(id, l)| (l.granted, **id))
