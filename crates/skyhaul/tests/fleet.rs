@@ -201,14 +201,42 @@ fn done_counts(leases: &[FleetLease]) -> HashMap<String, usize> {
     n
 }
 
+/// The lease that did `item`.
+fn done_by<'a>(leases: &'a [FleetLease], item: &str) -> &'a FleetLease {
+    leases
+        .iter()
+        .find(|l| {
+            l.items
+                .get(item)
+                .is_some_and(|o| o.as_deref() == Some("done"))
+        })
+        .unwrap_or_else(|| panic!("{item} never done"))
+}
+
 async fn servers() -> (S3Server, S3Server, BTreeMap<String, Vec<u8>>) {
+    let files = workload();
+    let (src, dst) = servers_with(&files).await;
+    (src, dst, files)
+}
+
+/// Two s3s-fs servers, `files` under s3://src/data/ and an empty bucket dst.
+async fn servers_with(files: &BTreeMap<String, Vec<u8>>) -> (S3Server, S3Server) {
     let src = S3Server::start(S3Kind::S3sFs);
     let dst = S3Server::start(S3Kind::S3sFs);
     src.create_bucket("src").await;
     dst.create_bucket("dst").await;
-    let files = workload();
-    fill_bucket(&src, "src", "data/", &files).await;
-    (src, dst, files)
+    fill_bucket(&src, "src", "data/", files).await;
+    (src, dst)
+}
+
+/// The report on `out` says every file was copied and verified, and dst holds them.
+async fn copied_all(out: &str, dst: &S3Server, files: &BTreeMap<String, Vec<u8>>) {
+    let report = last_json_line(out).unwrap();
+    assert_eq!(report["objects_failed"], 0, "{report}");
+    assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
+    assert_eq!(report["verification"]["checksum_mismatch"], 0, "{report}");
+    assert_eq!(report["verification"]["missing"], 0, "{report}");
+    assert_eq!(&read_bucket(dst, "dst", "data/").await, files);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,12 +305,7 @@ async fn local_fleet_survives_a_worker_killed_mid_transfer() {
     kill9(victim["pid"].as_u64().unwrap() as u32);
 
     let out = succeeded(&mut child, &stderr);
-    let report = last_json_line(&out).unwrap();
-    assert_eq!(report["objects_failed"], 0, "{report}");
-    assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
-    assert_eq!(report["verification"]["checksum_mismatch"], 0, "{report}");
-    assert_eq!(report["verification"]["missing"], 0, "{report}");
-    assert_eq!(read_bucket(&dst, "dst", "data/").await, files);
+    copied_all(&out, &dst, &files).await;
 
     // From the journal: the killed worker's lease expired, and every item it held was
     // then done exactly once, by another worker; nothing at all was done twice.
@@ -305,14 +328,7 @@ async fn local_fleet_survives_a_worker_killed_mid_transfer() {
                 "{item} of expired lease {}",
                 lease.lease_id
             );
-            let by = leases
-                .iter()
-                .find(|l| {
-                    l.items
-                        .get(item)
-                        .is_some_and(|o| o.as_deref() == Some("done"))
-                })
-                .unwrap();
+            let by = done_by(&leases, item);
             assert_ne!(by.worker, victim_id, "{item} was redone by another worker");
             redone += 1;
         }
@@ -333,41 +349,13 @@ async fn coordinator_killed_and_restarted_resumes() {
     let (src, dst, files) = servers().await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.sqlite");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "coordinator",
-        "--listen",
-        &listen,
-        "cp",
-        "-r",
-        "s3://src/data",
-        "s3://dst/data",
-        "--json",
-        "-y",
-    ];
-    args.extend(SLOW);
+    let listen = free_listen();
+    let args = coordinator_cp(&listen, &[], &SLOW);
     let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
     let (url, _stderr) = coordinator_url(&mut coordinator);
     let worker_dir = tempfile::tempdir().unwrap();
     let mut workers: Vec<Child> = (0..2)
-        .map(|_| {
-            // Workers keep no journal: give them one nobody else uses.
-            command(
-                &["worker", "--coordinator", &url, "--wait", "60s"],
-                &src,
-                &dst,
-                &worker_dir.path().join("unused.sqlite"),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-        })
+        .map(|_| spawn_worker(&url, &[], &src, &dst, worker_dir.path()))
         .collect();
 
     let s = wait_status(&url, "some progress", |s| {
@@ -440,6 +428,15 @@ async fn coordinator_killed_and_restarted_resumes() {
     }
 }
 
+/// `skyhaul coordinator --listen LISTEN [OPTS] cp -r s3://src/data s3://dst/data --json -y [TUNING]`
+fn coordinator_cp<'a>(listen: &'a str, opts: &[&'a str], tuning: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["coordinator", "--listen", listen];
+    args.extend(opts);
+    args.extend(["cp", "-r", "s3://src/data", "s3://dst/data", "--json", "-y"]);
+    args.extend(tuning);
+    args
+}
+
 /// A free port on 127.0.0.1 for a coordinator that workers must find before it is up.
 fn free_listen() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -463,43 +460,23 @@ fn spawn_worker(url: &str, extra: &[&str], src: &S3Server, dst: &S3Server, dir: 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_worker_does_not_hold_up_the_end() {
     const SLOW_RATE: u64 = 128 << 10;
-    let src = S3Server::start(S3Kind::S3sFs);
-    let dst = S3Server::start(S3Kind::S3sFs);
-    src.create_bucket("src").await;
-    dst.create_bucket("dst").await;
     // The large object lists first: the slow worker's first leases are two of its parts.
     let mut files = BTreeMap::new();
     files.insert("a/large.bin".to_string(), data(20 * MIB, 7));
     for i in 0..40 {
         files.insert(format!("b/{i:02}.bin"), data(256 << 10, 100 + i as u64));
     }
-    fill_bucket(&src, "src", "data/", &files).await;
+    let (src, dst) = servers_with(&files).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.sqlite");
     let listen = free_listen();
-    let args = [
-        "coordinator",
-        "--listen",
-        &listen,
-        "cp",
-        "-r",
-        "s3://src/data",
-        "s3://dst/data",
-        "--json",
-        "-y",
-        "--bwlimit",
-        "4M",
-        "--lease-size",
-        "1M",
-        "--lease-timeout",
-        "10s",
-        "--multipart-threshold",
-        "8M",
-        "--part-size",
-        "5M",
-        "--max-connections",
-        "4",
-    ];
+    // SLOW, with a lease timeout far beyond the test: only a re-issue, never an expiry,
+    // can take the slow worker's work away from it.
+    let tuning: Vec<&str> = SLOW
+        .iter()
+        .map(|a| if *a == "2s" { "60s" } else { a })
+        .collect();
+    let args = coordinator_cp(&listen, &[], &tuning);
     let started = Instant::now();
     let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
     let (url, stderr) = coordinator_url(&mut coordinator);
@@ -531,12 +508,7 @@ async fn slow_worker_does_not_hold_up_the_end() {
 
     let out = succeeded(&mut coordinator, &stderr);
     let elapsed = started.elapsed();
-    let report = last_json_line(&out).unwrap();
-    assert_eq!(report["objects_failed"], 0, "{report}");
-    assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
-    assert_eq!(report["verification"]["missing"], 0, "{report}");
-    assert_eq!(report["verification"]["checksum_mismatch"], 0, "{report}");
-    assert_eq!(read_bucket(&dst, "dst", "data/").await, files);
+    copied_all(&out, &dst, &files).await;
     assert_eq!(wait_exit(&mut slow, 30), 0, "the slow worker failed");
     for w in &mut fast {
         assert_eq!(wait_exit(w, 30), 0, "a worker failed");
@@ -566,15 +538,7 @@ async fn slow_worker_does_not_hold_up_the_end() {
     assert!(done.values().all(|&n| n == 1), "work done twice: {done:?}");
     for lease in &superseded {
         for item in lease.items.keys() {
-            let by = leases
-                .iter()
-                .find(|l| {
-                    l.items
-                        .get(item)
-                        .is_some_and(|o| o.as_deref() == Some("done"))
-                })
-                .unwrap_or_else(|| panic!("{item} never done"));
-            assert_ne!(by.worker, slow_id, "{item}");
+            assert_ne!(done_by(&leases, item).worker, slow_id, "{item}");
         }
     }
     assert!(
@@ -616,35 +580,17 @@ fn tls_files(
 /// not trust the certificate (system roots only, or another CA) are refused with exit 5.
 #[tokio::test(flavor = "multi_thread")]
 async fn coordinator_over_tls() {
-    let src = S3Server::start(S3Kind::S3sFs);
-    let dst = S3Server::start(S3Kind::S3sFs);
-    src.create_bucket("src").await;
-    dst.create_bucket("dst").await;
     let files: BTreeMap<String, Vec<u8>> = (0..12)
         .map(|i| (format!("f/{i:02}.bin"), data(100_000 + i * 7, i as u64)))
         .collect();
-    fill_bucket(&src, "src", "data/", &files).await;
+    let (src, dst) = servers_with(&files).await;
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = tls_files(dir.path(), "good");
     let (other_ca, _, _) = tls_files(dir.path(), "other");
     let journal = dir.path().join("journal.sqlite");
     let listen = free_listen();
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let args = [
-        "coordinator",
-        "--listen",
-        &listen,
-        "--tls-cert",
-        cert,
-        "--tls-key",
-        key,
-        "cp",
-        "-r",
-        "s3://src/data",
-        "s3://dst/data",
-        "--json",
-        "-y",
-    ];
+    let args = coordinator_cp(&listen, &["--tls-cert", cert, "--tls-key", key], &[]);
     let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
     let (url, stderr) = coordinator_url(&mut coordinator);
     assert_eq!(url, format!("https://{listen}"));
@@ -702,8 +648,5 @@ async fn coordinator_over_tls() {
     );
     let out = succeeded(&mut coordinator, &stderr);
     assert_eq!(wait_exit(&mut good, 30), 0, "the TLS worker failed");
-    let report = last_json_line(&out).unwrap();
-    assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
-    assert_eq!(report["verification"]["missing"], 0, "{report}");
-    assert_eq!(read_bucket(&dst, "dst", "data/").await, files);
+    copied_all(&out, &dst, &files).await;
 }
