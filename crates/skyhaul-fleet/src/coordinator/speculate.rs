@@ -124,3 +124,131 @@ pub(super) fn superseded(st: &mut State, candidates: &[u64]) -> Vec<u64> {
     }
     ended
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::Pending;
+    use crate::protocol::WorkItem;
+    use skyhaul_store::ObjectMeta;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A state with lease 1 (worker "slow", items a and b, granted `age` ago).
+    fn state(age: Duration) -> State {
+        let mut st = State::default();
+        let granted = Instant::now() - age;
+        for name in ["a", "b"] {
+            let item = WorkItem::Object {
+                src: ObjectMeta {
+                    key: name.into(),
+                    size: MIB,
+                    mtime: None,
+                    etag: None,
+                    metadata: Default::default(),
+                },
+                dst_key: name.into(),
+                unless_same: None,
+            };
+            let pending = Pending {
+                item,
+                lease: Some(1),
+                spare: None,
+                restored: false,
+            };
+            st.items.insert(pending.item.name(), pending);
+        }
+        st.leases.insert(
+            1,
+            Active {
+                worker: "slow".into(),
+                items: vec!["object a".into(), "object b".into()],
+                deadline: granted + Duration::from_secs(60),
+                granted,
+                bytes: 2 * MIB,
+                copy: None,
+                copy_of: None,
+            },
+        );
+        st
+    }
+
+    /// Makes lease 2 (worker "fast") a copy of lease 1, as the lease handler does.
+    fn copy(st: &mut State) {
+        let l = Active {
+            worker: "fast".into(),
+            items: st.leases[&1].items.clone(),
+            deadline: Instant::now() + Duration::from_secs(60),
+            granted: Instant::now(),
+            bytes: 2 * MIB,
+            copy: None,
+            copy_of: Some(1),
+        };
+        st.leases.insert(2, l);
+        st.leases.get_mut(&1).unwrap().copy = Some(2);
+        for p in st.items.values_mut() {
+            p.spare = Some(2);
+        }
+    }
+
+    #[test]
+    fn picks_an_overdue_lease_of_another_worker_once() {
+        let after = Duration::from_secs(2);
+        let now = Instant::now();
+        // Too young, or the asker's own: nothing.
+        assert_eq!(
+            pick(&state(Duration::from_secs(1)), "fast", after, now),
+            None
+        );
+        assert_eq!(
+            pick(&state(Duration::from_secs(5)), "slow", after, now),
+            None
+        );
+        let mut st = state(Duration::from_secs(5));
+        assert_eq!(pick(&st, "fast", after, now), Some(1));
+        // At the usual pace (1 MiB/s), 2 MiB are due after 4 s: 5 s is overdue, 3 s not.
+        took(&mut st, MIB, Duration::from_secs(1));
+        assert_eq!(pick(&st, "fast", after, now), Some(1));
+        let mut young = state(Duration::from_secs(3));
+        took(&mut young, MIB, Duration::from_secs(1));
+        assert_eq!(pick(&young, "fast", after, now), None);
+        // Copied once: neither it nor its copy is copied again.
+        copy(&mut st);
+        assert_eq!(pick(&st, "third", after, now), None);
+    }
+
+    #[test]
+    fn the_first_report_supersedes_the_other_lease() {
+        let mut st = state(Duration::from_secs(5));
+        copy(&mut st);
+        // The copy (lease 2) reports both items first: the original is superseded.
+        st.items.clear();
+        release(&mut st, 2, &["object a".into(), "object b".into()]);
+        st.leases.remove(&2);
+        assert_eq!(superseded(&mut st, &[1]), vec![1]);
+        assert!(st.leases.is_empty());
+        assert!(st.superseded.contains(&1));
+    }
+
+    #[test]
+    fn an_expired_holder_leaves_the_item_to_the_other() {
+        let mut st = state(Duration::from_secs(5));
+        copy(&mut st);
+        // The original expires: its items stay with the copy, nothing is queued.
+        let items = st.leases[&1].items.clone();
+        assert_eq!(release(&mut st, 1, &items), 0);
+        assert!(st.queue.is_empty());
+        assert!(st
+            .items
+            .values()
+            .all(|p| p.lease == Some(2) && p.spare.is_none()));
+        assert_eq!(
+            st.leases[&2].copy_of, None,
+            "the copy may be copied in turn"
+        );
+        // Then the copy expires too: now they go back to the queue.
+        st.leases.remove(&1);
+        assert_eq!(release(&mut st, 2, &items), 2);
+        assert_eq!(st.queued_bytes, 2 * MIB);
+    }
+}
