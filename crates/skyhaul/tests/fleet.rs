@@ -54,9 +54,29 @@ const SLOW: [&str; 12] = [
 ];
 
 fn command(args: &[&str], src: &S3Server, dst: &S3Server, journal: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyhaul"));
+    command_in(None, args, src, dst, journal)
+}
+
+/// `command`, run in network namespace `netns` if given; endpoints given in `args` are
+/// kept (else the servers' own are added).
+fn command_in(
+    netns: Option<&str>,
+    args: &[&str],
+    src: &S3Server,
+    dst: &S3Server,
+    journal: &Path,
+) -> Command {
+    let bin = env!("CARGO_BIN_EXE_skyhaul");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.args(args);
-    if args[0] != "worker" {
+    if args[0] != "worker" && !args.contains(&"--src-endpoint") {
         cmd.args([
             "--src-endpoint",
             &src.endpoint,
@@ -649,4 +669,207 @@ async fn coordinator_over_tls() {
     let out = succeeded(&mut coordinator, &stderr);
     assert_eq!(wait_exit(&mut good, 30), 0, "the TLS worker failed");
     copied_all(&out, &dst, &files).await;
+}
+
+/// Two "hosts" on one bridge: network namespaces whose veth links are rate-limited (tbf,
+/// both directions), deleted on drop. The servers stay on 127.0.0.1 in the root namespace,
+/// reached from the hosts through TCP forwarders on the bridge's address.
+struct Hosts {
+    bridge: String,
+    names: Vec<String>,
+}
+
+const HEAD_IP: &str = "10.232.0.1";
+
+impl Hosts {
+    fn new(n: usize, rate: &str) -> Option<Hosts> {
+        let ip_works = Command::new("ip").arg("netns").arg("list").output();
+        if unsafe { libc::geteuid() } != 0 || !ip_works.is_ok_and(|o| o.status.success()) {
+            return None;
+        }
+        let tag = std::process::id() % 100_000;
+        let hosts = Hosts {
+            bridge: format!("shtb{tag}"),
+            names: (0..n).map(|i| format!("sht{tag}h{i}")).collect(),
+        };
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(out.status.success(), "{args:?}: {:?}", out);
+        };
+        let br = hosts.bridge.as_str();
+        run(&["ip", "link", "add", br, "type", "bridge"]);
+        run(&["ip", "addr", "add", &format!("{HEAD_IP}/24"), "dev", br]);
+        run(&["ip", "link", "set", br, "up"]);
+        let tbf = ["tbf", "rate", rate, "burst", "256kb", "latency", "50ms"];
+        for (i, ns) in hosts.names.iter().enumerate() {
+            let outer = format!("{ns}v");
+            run(&["ip", "netns", "add", ns]);
+            run(&[
+                "ip", "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ]);
+            run(&["ip", "link", "set", &outer, "master", br, "up"]);
+            let addr = format!("10.232.0.{}/24", 10 + i);
+            run(&["ip", "-n", ns, "addr", "add", &addr, "dev", "eth0"]);
+            run(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            let mut up = vec![
+                "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root",
+            ];
+            up.extend(tbf);
+            run(&up);
+            let mut down = vec!["tc", "qdisc", "add", "dev", &outer, "root"];
+            down.extend(tbf);
+            run(&down);
+        }
+        Some(hosts)
+    }
+
+    /// Bytes host `ns` received and sent on its link.
+    fn traffic(&self, ns: &str) -> (u64, u64) {
+        let read = |what: &str| -> u64 {
+            let path = format!("/sys/class/net/eth0/statistics/{what}_bytes");
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "cat", &path])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        (read("rx"), read("tx"))
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+/// Forwards TCP connections to `HEAD_IP:port` on to 127.0.0.1:`to` (for the life of the test).
+fn forward(to: u16) -> String {
+    let listener = std::net::TcpListener::bind((HEAD_IP, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (conn.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, conn),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Two workers on two "hosts" (network namespaces, each link 100 Mbit/s): the work is
+/// spread over both by bytes, and each host's share of the data crossed its own link. The
+/// scaling numbers are in bench/fleet_scaling.py, not here.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_on_two_hosts_share_the_bytes() {
+    let Some(hosts) = Hosts::new(2, "100mbit") else {
+        eprintln!("SKIPPED: needs root and iproute2 (network namespaces)");
+        return;
+    };
+    let mut files = BTreeMap::new();
+    files.insert("large.bin".to_string(), data(15 * MIB, 3));
+    for i in 0..24 {
+        files.insert(
+            format!("small/{i:02}.bin"),
+            data(MIB - i * 1000, 50 + i as u64),
+        );
+    }
+    let total: u64 = files.values().map(|f| f.len() as u64).sum();
+    let (src, dst) = servers_with(&files).await;
+    let port = |s: &S3Server| s.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let (src_url, dst_url) = (forward(port(&src)), forward(port(&dst)));
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let listen = format!("{HEAD_IP}:{}", free_listen().rsplit(':').next().unwrap());
+    let endpoints = ["--src-endpoint", &src_url, "--dst-endpoint", &dst_url];
+    let tuning = [
+        "--lease-size",
+        "2M",
+        "--multipart-threshold",
+        "8M",
+        "--part-size",
+        "5M",
+    ];
+    let mut args = coordinator_cp(&listen, &[], &endpoints);
+    args.extend(tuning);
+    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut coordinator);
+    let mut workers: Vec<Child> = hosts
+        .names
+        .iter()
+        .map(|ns| {
+            let args = ["worker", "--coordinator", &url, "--wait", "60s"];
+            let unused = dir.path().join("unused.sqlite");
+            command_in(Some(ns), &args, &src, &dst, &unused)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let out = succeeded(&mut coordinator, &stderr);
+    copied_all(&out, &dst, &files).await;
+    for w in &mut workers {
+        assert_eq!(wait_exit(w, 30), 0, "a worker failed");
+    }
+
+    // Bytes done per worker, from the journal; a worker id names its pid, which is the
+    // pid `ip netns exec` ran it as.
+    let mut by_pid: HashMap<u32, u64> = HashMap::new();
+    for l in leases(&journal) {
+        let pid = l.worker.rsplit('-').nth(1).unwrap().parse().unwrap();
+        let payload: Vec<serde_json::Value> = serde_json::from_str(&l.payload).unwrap();
+        for item in payload {
+            let name = match item["kind"].as_str().unwrap() {
+                "object" => format!("object {}", item["src"]["key"].as_str().unwrap()),
+                _ => format!(
+                    "part {} #{}",
+                    item["upload"]["upload_id"].as_str().unwrap(),
+                    item["spec"]["number"]
+                ),
+            };
+            if l.items
+                .get(&name)
+                .is_some_and(|o| o.as_deref() == Some("done"))
+            {
+                let bytes = item["spec"]["len"]
+                    .as_u64()
+                    .or(item["src"]["size"].as_u64());
+                *by_pid.entry(pid).or_default() += bytes.unwrap();
+            }
+        }
+    }
+    assert_eq!(by_pid.values().sum::<u64>(), total, "{by_pid:?}");
+    for (ns, w) in hosts.names.iter().zip(&workers) {
+        let done = by_pid.get(&w.id()).copied().unwrap_or(0);
+        // Equal links: each host did a fair share, by bytes.
+        assert!(
+            done * 10 >= total * 3,
+            "{ns} did {done} of {total} bytes: {by_pid:?}"
+        );
+        // And those bytes went through its own link, in (from src) and out (to dst).
+        let (rx, tx) = hosts.traffic(ns);
+        eprintln!("{ns}: did {done} of {total} bytes; its link: rx {rx}, tx {tx}");
+        assert!(
+            rx >= done && tx >= done,
+            "{ns}: rx {rx}, tx {tx}, done {done}"
+        );
+        // But not the other host's share: its link carried its own work.
+        assert!(rx <= done + total / 4, "{ns}: rx {rx}, done {done}");
+    }
 }
