@@ -169,7 +169,7 @@ def render_md(doc: dict) -> str:
 
 
 def main() -> int:
-    tools_bin = REPO / ".tools" / "bin"
+    tools_bin = Path(os.environ.get("SKYHAUL_TOOLS", REPO / ".tools")) / "bin"
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skyhaul", default=str(REPO / "target" / "release" / "skyhaul"))
     ap.add_argument("--s3s-fs", dest="s3s_fs", default=str(tools_bin / "s3s-fs"))
