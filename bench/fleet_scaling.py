@@ -85,31 +85,37 @@ class Hosts:
 
 
 def run_fleet(args, hosts: Hosts, a: bench.Server, b: bench.Server, manifest: dict, n: int,
-              logdir: Path) -> dict:
+              run_idx: int, logdir: Path) -> dict:
     dst_bucket = f"d-fleet-{n}"
+    tag = f"{n}-{run_idx}"
+    # A fresh journal per run: the same command on the same journal would resume (skip) the
+    # previous run's transfer.
+    journal = logdir / f"journal-{tag}.sqlite"
+    for stale in logdir.glob(f"journal-{tag}.sqlite*"):
+        stale.unlink()
     bench.remove_bucket(b.root, dst_bucket)
     (b.root / dst_bucket).mkdir()
     env = dict(os.environ, SKYHAUL_FLEET_TOKEN=TOKEN, HOME=str(logdir), AWS_EC2_METADATA_DISABLED="true",
                AWS_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
                SKYHAUL_SRC_ACCESS_KEY_ID=a.access_key, SKYHAUL_SRC_SECRET_ACCESS_KEY=a.secret_key,
                SKYHAUL_DST_ACCESS_KEY_ID=b.access_key, SKYHAUL_DST_SECRET_ACCESS_KEY=b.secret_key,
-               SKYHAUL_JOURNAL=str(logdir / f"journal-{n}.sqlite"))
+               SKYHAUL_JOURNAL=str(journal))
     port = bench.free_port()
     os.sync()
     bench.wait_for_quiet(args.max_quiet_wait)
     before = hosts.counters()
     busy0, srv0 = bench.machine_busy_seconds(), [a.cpu(), b.cpu()]
     t0 = time.monotonic()
-    clog = open(logdir / f"coordinator-{n}.log", "wb")
+    clog = open(logdir / f"coordinator-{tag}.log", "wb")
     coord = subprocess.Popen(
         [args.skyhaul, "coordinator", "--listen", f"{HEAD}:{port}", "cp", "-r", "s3://files",
          f"s3://{dst_bucket}", "--src-endpoint", a.endpoint, "--dst-endpoint", b.endpoint, "--json", "-y",
-         "--lease-size", args.lease_size],
+         "--lease-size", args.lease_size, *args.flag],
         stdout=subprocess.PIPE, stderr=clog, env=env, start_new_session=True)
     bench.CHILDREN.append(coord)
     workers = []
     for ns in hosts.names[:n]:
-        wlog = open(logdir / f"worker-{n}-{ns}.log", "wb")
+        wlog = open(logdir / f"worker-{tag}-{ns}.log", "wb")
         w = subprocess.Popen(
             ["ip", "netns", "exec", ns, args.skyhaul, "worker", "--coordinator", f"http://{HEAD}:{port}",
              "--wait", "60s"], stdout=wlog, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -118,8 +124,14 @@ def run_fleet(args, hosts: Hosts, a: bench.Server, b: bench.Server, manifest: di
     out, _ = coord.communicate(timeout=args.timeout)
     wall = time.monotonic() - t0
     busy1, srv1 = bench.machine_busy_seconds(), [a.cpu(), b.cpu()]
+    stragglers = 0
     for w in workers:
-        w.wait(60)
+        try:
+            w.wait(30)
+        except subprocess.TimeoutExpired:
+            stragglers += 1
+            w.kill()
+            w.wait()
     after = hosts.counters()
     report = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
     check = bench.verify(manifest, b.root, dst_bucket, args.sample, seed=n)
@@ -127,7 +139,8 @@ def run_fleet(args, hosts: Hosts, a: bench.Server, b: bench.Server, manifest: di
     per_host = {ns: {k: after[ns][k] - before[ns][k] for k in ("tx", "rx")} for ns in hosts.names[:n]}
     idle = {ns: after[ns]["tx"] - before[ns]["tx"] for ns in hosts.names[n:]}
     res = {
-        "hosts": n, "exit": coord.returncode, "wall_s": round(wall, 2),
+        "hosts": n, "run": run_idx, "exit": coord.returncode, "workers_killed": stragglers,
+        "wall_s": round(wall, 2),
         "mib_per_s": round(moved / wall / MIB, 2), "mbit_per_s": round(moved * 8 / wall / 1e6, 1),
         "per_host_bytes": per_host, "idle_hosts_tx": idle,
         "server_cpu_s": [round(y - x, 1) for x, y in zip(srv0, srv1)],
@@ -151,6 +164,7 @@ def render_md(doc: dict) -> str:
         f"Machine: {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB, kernel {m['kernel']}. "
         f"skyhaul {doc['skyhaul']}. Data: {doc['objects']} objects, {doc['total_bytes'] / MIB:.0f} MiB "
         f"(s3s-fs A → s3s-fs B). Each host's link: tbf {doc['rate']} each way. "
+        f"Flags: `--lease-size {doc['lease_size']}{''.join(' ' + f for f in doc['flags'])}`. "
         f"Runs per size: {doc['runs']} (median shown).",
         "",
         "| hosts | wall s | aggregate MiB/s | Mbit/s | × 1 host | efficiency vs linear | machine CPU busy | verified |",
@@ -179,6 +193,8 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=4, help="size of each object")
     ap.add_argument("--lease-size", default="16M", help="--lease-size for the coordinator")
     ap.add_argument("--runs", type=int, default=1, help="runs per host count (median reported)")
+    ap.add_argument("--flag", action="append", default=[],
+                    help="one more word for the coordinator's cp (repeat), e.g. --flag=--max-connections --flag=8")
     ap.add_argument("--sample", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--max-quiet-wait", type=float, default=60)
@@ -209,8 +225,8 @@ def main() -> int:
     try:
         a = bench.Server("A", args.s3s_fs, prof_dir / "a", work / "logs", host=HEAD)
         b = bench.Server("B", args.s3s_fs, prof_dir / "b", work / "logs", host=HEAD)
-        detail = [run_fleet(args, hosts, a, b, manifest, n, work / "logs")
-                  for _ in range(args.runs) for n in counts]
+        detail = [run_fleet(args, hosts, a, b, manifest, n, i, work / "logs")
+                  for i in range(args.runs) for n in counts]
     finally:
         bench.stop_children()
         hosts.teardown()
@@ -232,6 +248,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": bench.machine_info(), "skyhaul": f"{version} ({commit})", "rate": args.rate,
         "objects": args.objects, "total_bytes": manifest["total_bytes"], "runs": args.runs,
+        "flags": args.flag, "lease_size": args.lease_size,
         "summary": summary, "runs_detail": detail,
         "target_met": all(s["efficiency"] >= 0.85 for s in summary),
     }
