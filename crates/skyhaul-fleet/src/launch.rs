@@ -20,9 +20,13 @@ pub const SECRET_ENV: [&str; 7] = [
     "SKYHAUL_DST_SESSION_TOKEN",
 ];
 
+/// The relay's transfer key (`skyhaul_relay::key::KEY_ENV`): the coordinator of a transfer
+/// with `--relay` needs it, and hands it to the workers itself.
+pub const RELAY_KEY_ENV: &str = "SKYHAUL_RELAY_KEY";
+
 /// More credentials the SSH runner passes on when set, besides [`SECRET_ENV`] (names
-/// only, never values): AWS's own variables and the GCS/Azure ones.
-pub const CREDENTIAL_ENV: [&str; 12] = [
+/// only, never values): AWS's own variables, the GCS/Azure ones and the relay's key.
+pub const CREDENTIAL_ENV: [&str; 13] = [
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -35,6 +39,7 @@ pub const CREDENTIAL_ENV: [&str; 12] = [
     "SKYHAUL_DST_AZURE_SAS",
     "SKYHAUL_SRC_GCS_SERVICE_ACCOUNT",
     "SKYHAUL_DST_GCS_SERVICE_ACCOUNT",
+    RELAY_KEY_ENV,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +99,20 @@ fn yaml(s: &str) -> String {
 }
 
 impl Job {
+    /// The secrets a SkyPilot task declares: [`SECRET_ENV`], and the relay's key when the
+    /// transfer goes through gateways.
+    pub fn secrets(&self) -> Vec<&'static str> {
+        let relays = self
+            .transfer
+            .iter()
+            .any(|a| a == "--relay" || a.starts_with("--relay="));
+        let mut v = SECRET_ENV.to_vec();
+        if relays {
+            v.push(RELAY_KEY_ENV);
+        }
+        v
+    }
+
     /// The transfer command words, with one local worker on the coordinator's node.
     fn coordinator_args(&self) -> String {
         let mut words: Vec<String> = self.transfer.iter().map(|w| sh(w)).collect();
@@ -168,7 +187,7 @@ impl Job {
         );
         let _ = writeln!(s, "# taken from your environment (none is in this file):");
         let mut launch = format!("#   sky launch -c {} THIS_FILE", self.name);
-        for v in SECRET_ENV.iter() {
+        for v in self.secrets() {
             let _ = write!(launch, " --secret {v}");
         }
         let _ = writeln!(s, "{launch}");
@@ -183,7 +202,7 @@ impl Job {
         let _ = writeln!(s, "envs:");
         let _ = writeln!(s, "  SKYHAUL_PORT: {}", yaml(&self.port.to_string()));
         let _ = writeln!(s, "secrets:");
-        for v in SECRET_ENV.iter() {
+        for v in self.secrets() {
             let _ = writeln!(s, "  {v}: null");
         }
         let _ = writeln!(s, "setup: |");
@@ -325,6 +344,22 @@ mod tests {
             // The transfer's words survive quoting.
             assert!(text.contains("it"), "{b:?}");
         }
+    }
+
+    #[test]
+    fn the_relay_key_is_passed_on_like_the_other_secrets() {
+        let mut j = job();
+        assert!(!j.render(Backend::Skypilot).contains(RELAY_KEY_ENV));
+        j.transfer.extend(["--relay".into(), "gw1:7400".into()]);
+        let task = j.render(Backend::Skypilot);
+        assert!(task.contains(&format!("  {RELAY_KEY_ENV}: null")), "{task}");
+        assert!(
+            task.contains(&format!("--secret {RELAY_KEY_ENV}")),
+            "{task}"
+        );
+        // The SSH runner passes it when set, as it does credentials.
+        let runner = j.render(Backend::Ssh);
+        assert!(runner.contains(RELAY_KEY_ENV), "{runner}");
     }
 
     #[test]

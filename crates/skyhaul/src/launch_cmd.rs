@@ -104,7 +104,7 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         Backend::Slurm | Backend::Ssh => cmd.arg(&file),
         Backend::Skypilot => {
             cmd.args(["launch", "-y", "-c", &job.name, &file]);
-            for v in skyhaul_fleet::launch::SECRET_ENV.iter() {
+            for v in job.secrets() {
                 if std::env::var_os(v).is_some() {
                     cmd.args(["--secret", v]);
                 }
