@@ -25,6 +25,7 @@ import os
 import platform
 import random
 import shutil
+import shlex
 import signal
 import socket
 import statistics
@@ -481,7 +482,8 @@ class Tools:
                    SKYHAUL_DST_ACCESS_KEY_ID=dsrv.access_key, SKYHAUL_DST_SECRET_ACCESS_KEY=dsrv.secret_key)
         cmd = ["sync"] if kind == "sync" else ["cp", "-r"]
         return [Step([self.args.skyhaul, *cmd, f"s3://{sb}", f"s3://{db}",
-                      "--src-endpoint", ssrv.endpoint, "--dst-endpoint", dsrv.endpoint, "--json"], env, "skyhaul")]
+                      "--src-endpoint", ssrv.endpoint, "--dst-endpoint", dsrv.endpoint, "--json",
+                      *shlex.split(self.args.skyhaul_args)], env, "skyhaul")]
 
     def rclone(self, kind: str, src: tuple, dst: tuple) -> list[Step]:
         (ssrv, sb), (dsrv, db) = src, dst
@@ -665,6 +667,8 @@ def render_md(doc: dict) -> str:
         f"Profile: **{doc['profile']}**, {doc['runs']} run(s) per cell, medians over successful runs.",
         f"Versions: {doc['versions']['skyhaul']}; {doc['versions']['rclone']}; s5cmd {doc['versions']['s5cmd']}; "
         f"{doc['versions']['s3s_fs']} (two servers, A and B, different credentials, 127.0.0.1).",
+        *([f"skyhaul run with extra options: `{doc['skyhaul_args']}` (not its defaults)."]
+          if doc.get("skyhaul_args") else []),
         "",
         "Ratios are skyhaul ÷ peer (below 1 = skyhaul better). CPU = client user+sys; "
         "srv A/B = CPU seconds of the s3s-fs servers during the run; other = CPU used by anything else "
@@ -751,6 +755,9 @@ def main() -> int:
     ap.add_argument("--sets", default=",".join(ALL_SETS), help=f"comma-separated, of {','.join(ALL_SETS)}")
     ap.add_argument("--tools", default=",".join(ALL_TOOLS), help=f"comma-separated, of {','.join(ALL_TOOLS)}")
     ap.add_argument("--skyhaul", default=str(REPO / "target" / "release" / "skyhaul"))
+    ap.add_argument("--skyhaul-args", default="", metavar="ARGS",
+                    help="extra options for every skyhaul run, e.g. '--memory-budget 128M' "
+                         "(an experiment: the published table uses the defaults)")
     ap.add_argument("--rclone", default=str(tools_bin / "rclone"))
     ap.add_argument("--s5cmd", default=str(tools_bin / "s5cmd"))
     ap.add_argument("--s3s-fs", dest="s3s_fs", default=str(tools_bin / "s3s-fs"))
@@ -829,7 +836,7 @@ def main() -> int:
         doc = {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine_info(), "profile": profile, "runs": args.runs,
-            "versions": tool_versions(args), "rclone_flags": RCLONE_TUNING, "stall_s": args.stall,
+            "versions": tool_versions(args), "rclone_flags": RCLONE_TUNING, "skyhaul_args": args.skyhaul_args, "stall_s": args.stall,
             "sets": {st: {"description": descriptions[st], "objects": manifests[st]["count"],
                           "bytes": manifests[st]["total_bytes"]} for st in sets},
             "cells": {},

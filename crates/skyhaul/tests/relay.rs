@@ -447,26 +447,32 @@ fn relay_throughput() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
-    let random: BTreeMap<String, Vec<u8>> = (0..mb / 16)
-        .map(|i| (format!("random/{i:03}.bin"), data(16 * MIB, i as u64)))
-        .collect();
-    let text = text_corpus(mb * MIB / 4);
-    // The same text as large objects (as a dump or a log archive is): what compression does
-    // when per-object costs do not dominate.
-    let all: Vec<u8> = text.values().flatten().copied().collect();
-    let blobs: BTreeMap<String, Vec<u8>> = all
-        .chunks(16 * MIB)
-        .enumerate()
-        .map(|(i, c)| (format!("blobs/{i:03}.txt"), c.to_vec()))
-        .collect();
-    regions.seed(&random);
-    regions.seed(&text);
-    regions.seed(&blobs);
+    let only = std::env::var("RELAY_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
+    if wanted("random") {
+        let random: BTreeMap<String, Vec<u8>> = (0..mb / 16)
+            .map(|i| (format!("random/{i:03}.bin"), data(16 * MIB, i as u64)))
+            .collect();
+        regions.seed(&random);
+    }
+    if wanted("text") {
+        regions.seed(&text_corpus(mb * MIB / 4));
+    }
+    if wanted("blobs") {
+        // Text as large objects (as a dump, a log archive or a dataset's shards are), as much
+        // of it as of random data: what compression does when per-object costs do not dominate.
+        let all: Vec<u8> = text_corpus(mb * MIB).values().flatten().copied().collect();
+        let blobs: BTreeMap<String, Vec<u8>> = all
+            .chunks(16 * MIB)
+            .enumerate()
+            .map(|(i, c)| (format!("blobs/{i:03}.txt"), c.to_vec()))
+            .collect();
+        regions.seed(&blobs);
+    }
     let dir = tempfile::tempdir().unwrap();
     let _gw = KillOnDrop(regions.gateway(7430, &dir.path().join("gw.log")));
     let link_bytes_per_s = 200e6 / 8.0;
     let connections = std::env::var("RELAY_BENCH_CONNECTIONS").unwrap_or_else(|_| "32".into());
-    let only = std::env::var("RELAY_BENCH_ONLY").unwrap_or_default();
     let print = |name: &str, comp: &str, r: &Run, relay: &serde_json::Value| {
         let report = r.json();
         let secs = report["seconds"].as_f64().unwrap();
@@ -492,7 +498,7 @@ fn relay_throughput() {
         ("blobs", "blobs/**", "zstd:3"),
         ("blobs", "blobs/**", "lz4"),
     ] {
-        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+        if !wanted(name) {
             continue;
         }
         let prefix = format!("{name}-{}/", comp.replace(':', "-"));
@@ -520,7 +526,7 @@ fn relay_throughput() {
         ("text", "text/**"),
         ("blobs", "blobs/**"),
     ] {
-        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+        if !wanted(name) {
             continue;
         }
         let args = [
