@@ -115,8 +115,8 @@ impl Client {
                         detail: format!("HTTP {}", r.status()),
                     })
                 }
-                Err(e) if untrusted(&e).is_some() => {
-                    let detail = untrusted(&e).unwrap_or_default();
+                Err(e) if skyhaul_tls::untrusted(&e).is_some() => {
+                    let detail = skyhaul_tls::untrusted(&e).unwrap_or_default();
                     return Err(ClientError::Untrusted {
                         url: self.base.clone(),
                         detail,
@@ -138,21 +138,6 @@ impl Client {
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
-}
-
-/// The certificate error under a transport error, if that is what it is. Matched on rustls's
-/// text ("invalid peer certificate: …"): the layers between reqwest and rustls (hyper, the
-/// platform verifier, `io::Error`) do not keep a typed chain down to the rustls error.
-fn untrusted(e: &reqwest::Error) -> Option<String> {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if let Some(i) = text.find("invalid peer certificate") {
-            return Some(text[i..].to_string());
-        }
-        source = s.source();
-    }
-    None
 }
 
 /// A transport error's kind and causes, without the URL (the message names the coordinator).

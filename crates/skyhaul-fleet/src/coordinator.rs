@@ -233,7 +233,7 @@ impl Shared {
 pub struct Setup {
     pub listener: tokio::net::TcpListener,
     /// Serve the API over TLS with this configuration (see [`crate::tls`]).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<Arc<skyhaul_tls::ServerConfig>>,
     pub token: Token,
     pub spec: TransferSpec,
     pub transfer: TransferOptions,
