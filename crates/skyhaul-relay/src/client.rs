@@ -130,7 +130,7 @@ impl RelayStore {
             next_stream: AtomicU64::new(1),
             next_link: AtomicUsize::new(0),
             links,
-            stats: Arc::default(),
+            stats: Arc::new(RelayStats::with_connections(opts.connections.clamp(1, 64))),
             opts,
         });
         let container = shared.opts.container.clone();
@@ -214,6 +214,8 @@ impl Shared {
     /// Sends `req` until a gateway answers it; the answer may still be the store's error.
     async fn call(&self, req: &Request, body: Bytes) -> Result<(Value, Bytes)> {
         let meta = serde_json::to_vec(req).expect("requests serialise");
+        // Only a read is answered with a body, which the gateway spreads over all connections.
+        let read = matches!(req, Request::Get { .. });
         let op = op_name(req);
         let mut last = String::new();
         for attempt in 0..ATTEMPTS {
@@ -223,7 +225,7 @@ impl Shared {
                 tokio::time::sleep(backoff).await;
             }
             let link = self.pick(attempt);
-            match self.try_call(link, &meta, &body).await {
+            match self.try_call(link, &meta, &body, read).await {
                 Ok(msg) => return answer(msg),
                 Err(e) => {
                     tracing::warn!(
@@ -259,6 +261,7 @@ impl Shared {
         link: &Link,
         meta: &[u8],
         body: &Bytes,
+        read: bool,
     ) -> std::result::Result<Message, String> {
         let conns = match link.connections(self).await {
             Ok(c) => c,
@@ -288,7 +291,11 @@ impl Shared {
             .expect("encoding does not panic")
         };
         let route = |i: usize| (stream as usize + i) % n;
-        let mask = (0..frames.len().min(n)).fold(0u64, |m, i| m | 1 << conns[route(i)].0);
+        // A read's answer may come over any connection: losing any of them loses it.
+        let mask = match read {
+            true => u64::MAX,
+            false => (0..frames.len().min(n)).fold(0u64, |m, i| m | 1 << conns[route(i)].0),
+        };
         let (tx, rx) = oneshot::channel();
         link.waiters
             .lock()
@@ -420,6 +427,9 @@ impl Link {
                 let why = match read_frame(&mut rd, &mut opener).await {
                     Ok((h, plain, n)) if h.session == session && !is_request(h.kind) => {
                         RelayStats::add(&stats.wire_received, n);
+                        if let Some(c) = stats.wire_received_by_connection.get(index) {
+                            RelayStats::add(c, n);
+                        }
                         RelayStats::add(&stats.logical_received, plain.len());
                         match assembler.lock().unwrap().add(&h, plain, index as u64) {
                             Ok(Some(msg)) => {

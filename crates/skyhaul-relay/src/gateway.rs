@@ -27,12 +27,20 @@ const PARTIAL_EXPIRY: Duration = Duration::from_secs(300);
 /// Response bodies (reads) are cut into chunks of this size.
 const RESPONSE_CHUNK: usize = 1 << 20;
 
+/// Where the frames of one connection go out, and what its client asked for.
+#[derive(Clone)]
+struct Writer {
+    tx: mpsc::Sender<Plain>,
+    compression: Compression,
+    session: u64,
+}
+
 /// A gateway serving one destination store.
 pub struct Gateway {
     store: Arc<dyn Store>,
     key: RelayKey,
     next_conn: AtomicU64,
-    writers: Mutex<HashMap<u64, (mpsc::Sender<Plain>, Compression)>>,
+    writers: Mutex<HashMap<u64, Writer>>,
     assembler: Mutex<Assembler>,
     /// Frames refused (failed authentication, checksum or framing), each closing its
     /// connection; the client sends what was on it again.
@@ -81,10 +89,12 @@ impl Gateway {
         tracing::info!("relay gateway: relay connection from {peer}");
         let (rd, mut wr) = sock.into_split();
         let (tx, mut rx) = mpsc::channel::<Plain>(16);
-        self.writers
-            .lock()
-            .unwrap()
-            .insert(id, (tx, client.compression));
+        let writer = Writer {
+            tx,
+            compression: client.compression,
+            session: client.session,
+        };
+        self.writers.lock().unwrap().insert(id, writer);
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
                 if wr.write_all(&sealer.seal(p)).await.is_err() {
@@ -137,12 +147,28 @@ impl Gateway {
                 Bytes::new(),
             ),
         };
-        let writer = self.writers.lock().unwrap().get(&msg.meta_conn).cloned();
+        let (writer, spread) = {
+            let writers = self.writers.lock().unwrap();
+            let writer = writers.get(&msg.meta_conn).cloned();
+            // A body (a read) goes out over all the client's connections here, as its
+            // requests' bodies come in: one read is not bound by one connection's window.
+            let mut spread: Vec<(u64, mpsc::Sender<Plain>)> = Vec::new();
+            if !body.is_empty() {
+                spread = writers
+                    .iter()
+                    .filter(|(_, w)| w.session == msg.session)
+                    .map(|(&id, w)| (id, w.tx.clone()))
+                    .collect();
+                spread.sort_by_key(|(id, _)| *id);
+            }
+            (writer, spread)
+        };
         // The connection the request came on is gone: the client has sent it again.
-        let Some((tx, compression)) = writer else {
+        let Some(writer) = writer else {
             return;
         };
         let meta = serde_json::to_vec(&response).expect("responses serialise");
+        let compression = writer.compression;
         let frames = tokio::task::spawn_blocking(move || {
             encode(
                 Kind::ResponseMeta,
@@ -156,7 +182,13 @@ impl Gateway {
         })
         .await
         .expect("encoding does not panic");
-        for f in frames {
+        for (i, f) in frames.into_iter().enumerate() {
+            // The meta frame on the request's connection, the data frames in turn over all,
+            // starting at a different one for each message.
+            let tx = match i {
+                0 => &writer.tx,
+                _ => &spread[(msg.stream as usize + i) % spread.len()].1,
+            };
             if tx.send(f).await.is_err() {
                 return;
             }

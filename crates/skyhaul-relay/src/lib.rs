@@ -40,7 +40,15 @@
 //! A message (request or response) is a meta frame (its JSON, see [`rpc::Request`]; `total`
 //! is the body length) and data frames (`offset`, `total`) that may travel over different
 //! connections of the same session and arrive in any order; the receiver reassembles by
-//! `(session, stream, offset)`. The gateway answers on the connection the meta frame came on.
+//! `(session, stream, offset)`. The gateway sends a response's meta frame on the connection
+//! its request's meta frame came on, and the response's data frames (a read's body) in turn
+//! over all of that session's connections to it, as the client spreads a request's: one read
+//! is not bound by one connection's window. A client therefore accepts response frames on any
+//! of its connections to a gateway, and counts a read in flight as lost when any of them
+//! breaks (other requests only when a connection that carried their frames does). Gateways
+//! before this answered wholly on the request's connection; the frames and their order rules
+//! are the same, and either kind of client reassembles either kind of answer, so the version
+//! stays 1.
 
 mod client;
 pub mod codec;

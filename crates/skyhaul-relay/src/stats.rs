@@ -17,9 +17,19 @@ pub struct RelayStats {
     pub resent: AtomicU64,
     /// Frames from a gateway that failed authentication or their checksum.
     pub rejected: AtomicU64,
+    /// `wire_received` by connection: entry i counts connection i of every gateway.
+    pub wire_received_by_connection: Vec<AtomicU64>,
 }
 
 impl RelayStats {
+    /// Counters for a client with `connections` connections per gateway.
+    pub fn with_connections(connections: usize) -> RelayStats {
+        RelayStats {
+            wire_received_by_connection: (0..connections).map(|_| AtomicU64::new(0)).collect(),
+            ..RelayStats::default()
+        }
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Relaxed);
     }
@@ -40,6 +50,11 @@ impl RelayStats {
             wire_bytes_received: self.wire_received.load(Relaxed),
             requests_resent: self.resent.load(Relaxed),
             frames_rejected: self.rejected.load(Relaxed),
+            wire_bytes_received_by_connection: self
+                .wire_received_by_connection
+                .iter()
+                .map(|c| c.load(Relaxed))
+                .collect(),
         }
     }
 }
@@ -58,6 +73,9 @@ pub struct RelaySummary {
     pub wire_bytes_received: u64,
     pub requests_resent: u64,
     pub frames_rejected: u64,
+    /// `wire_bytes_received` by connection (entry i: connection i of every gateway), which
+    /// shows whether reads were spread over the connections.
+    pub wire_bytes_received_by_connection: Vec<u64>,
 }
 
 impl std::fmt::Display for RelaySummary {

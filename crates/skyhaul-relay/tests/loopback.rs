@@ -124,3 +124,29 @@ async fn a_dead_gateway_is_failed_over() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_read_comes_back_over_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = RelayKey::generate();
+    let (addr, _g) = gateway(dir.path(), &key).await;
+    // 6 MiB: six 1 MiB response chunks for 3 connections.
+    let body: Vec<u8> = (0..6u32 << 18).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::write(dir.path().join("big.bin"), &body).unwrap();
+    let store = RelayStore::connect(options(vec![addr], &key, Compression::None))
+        .await
+        .unwrap();
+    let before = store.summary().wire_bytes_received_by_connection;
+    let got = store.get("big.bin", None, None).await.unwrap();
+    assert!(got.data == body, "the read differs");
+    let after = store.summary().wire_bytes_received_by_connection;
+    let per_conn: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(per_conn.len(), 3);
+    // Each connection carried two of the six chunks (one carried the answer's JSON too).
+    for n in &per_conn {
+        assert!(
+            *n >= 2 << 20,
+            "a connection carried {n} bytes: {per_conn:?}"
+        );
+    }
+}

@@ -65,6 +65,9 @@ pub enum Event<'a> {
     Verified {
         #[serde(flatten)]
         verification: &'a Verification,
+        /// Through a relay: its byte counts (a deep verify reads the destination over it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        relay: Option<&'a skyhaul_relay::RelaySummary>,
     },
     /// The end of a dry run.
     #[serde(rename = "done")]

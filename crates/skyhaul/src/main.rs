@@ -238,7 +238,7 @@ pub(crate) async fn open_both(
 async fn verify(args: VerifyArgs) -> ExitCode {
     let out = output::Output::new(args.output.quiet, args.output.json);
     let result: Result<ExitCode, exit::CliError> = async {
-        let (src, dst, _) =
+        let (src, dst, relay) =
             open_both(&args.src, &args.dst, &args.endpoints, args.recursive).await?;
         out.start("verify", &src, &dst, false);
         let mode = if args.deep {
@@ -257,7 +257,7 @@ async fn verify(args: VerifyArgs) -> ExitCode {
         )
         .await
         .map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
-        out.verification(&v);
+        out.verification(&v, relay.map(|r| r.summary()).as_ref());
         Ok(if v.passed() {
             ExitCode::Ok
         } else {

@@ -263,9 +263,12 @@ impl Output {
         }
     }
 
-    pub fn verification(&self, v: &Verification) {
+    pub fn verification(&self, v: &Verification, relay: Option<&skyhaul_relay::RelaySummary>) {
         if self.json {
-            events::emit(&Event::Verified { verification: v });
+            events::emit(&Event::Verified {
+                verification: v,
+                relay,
+            });
             return;
         }
         for p in &v.problems {
@@ -273,6 +276,9 @@ impl Output {
         }
         if !self.quiet {
             println!("skyhaul: {v}");
+            if let Some(relay) = relay {
+                println!("skyhaul: {relay}");
+            }
         }
     }
 

@@ -436,6 +436,66 @@ fn sync_through_the_relay_mirrors_the_source() {
     assert_eq!(regions.destination(), files);
 }
 
+#[test]
+fn a_deep_verify_reads_over_every_connection() {
+    let regions = Regions::start("skrF", LinkSpec::wan());
+    // One object of 16 MiB: the deep verification reads it back as one 16 MiB read, so a
+    // spread over the connections can only come from that one answer being spread.
+    let files = BTreeMap::from([("big.bin".to_string(), data(16 * MIB, 61))]);
+    regions.seed(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let _gw = KillOnDrop(regions.gateway(7460, &dir.path().join("gw.log")));
+    let extra = [
+        "--verify",
+        "deep",
+        "--relay-connections",
+        "4",
+        "--relay-compression",
+        "none",
+    ];
+    let relay = relay_summary(&run(regions.relay_cp(&[7460], "", &extra)));
+    let per_conn: Vec<u64> = relay["wire_bytes_received_by_connection"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no per-connection counts: {relay:#}"))
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    // 16 one-MiB chunks over 4 connections: 4 MiB each (besides the small JSON answers).
+    assert_eq!(per_conn.len(), 4, "{per_conn:?}");
+    for n in &per_conn {
+        assert!(*n >= 4 * MIB as u64, "{per_conn:?}");
+    }
+    assert_eq!(regions.destination(), files);
+
+    // `verify` through the relay reports the relay's counts too.
+    let gateway = format!("{B_IP}:7460");
+    let args = [
+        "verify",
+        "-r",
+        "--deep",
+        "s3://src/",
+        "s3://dst/",
+        "--src-endpoint",
+        &regions.src.endpoint,
+        "--relay",
+        &gateway,
+        "--json",
+    ];
+    let mut cmd = regions.command(true, &args, &[]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "verify failed: {}\n{}", r.stderr, r.stdout);
+    let done = r.json();
+    assert_eq!(
+        (&done["objects"], &done["mode"]),
+        (&1.into(), &"deep".into())
+    );
+    assert!(
+        done["relay"]["wire_bytes_received"].as_u64() > Some(0),
+        "{done:#}"
+    );
+}
+
 /// Throughput over the emulated link, for the README (`bench/relay.sh`, a release build).
 /// Prints one JSON line per run; asserts nothing about speed (a shared 2-core machine is
 /// too noisy for that) but that each copy verified.
