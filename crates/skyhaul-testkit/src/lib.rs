@@ -33,6 +33,7 @@ pub mod fault_proxy;
 pub mod netns;
 mod server;
 pub mod slurm;
+pub mod tls;
 
 use std::path::PathBuf;
 

@@ -158,32 +158,14 @@ pub fn untrusted(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A CA and a certificate it signs for 127.0.0.1, as PEM files: (ca, cert, key).
     fn files(
         dir: &Path,
         name: &str,
     ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        let p = (
-            dir.join(format!("{name}-ca.pem")),
-            dir.join(format!("{name}-cert.pem")),
-            dir.join(format!("{name}-key.pem")),
-        );
-        std::fs::write(&p.0, ca.pem()).unwrap();
-        std::fs::write(&p.1, leaf.pem()).unwrap();
-        std::fs::write(&p.2, key.serialize_pem()).unwrap();
-        p
+        let f = skyhaul_testkit::tls::files(dir, name, &["127.0.0.1"]);
+        (f.ca, f.cert, f.key)
     }
 
     async fn serve_once(

@@ -572,32 +572,6 @@ async fn slow_worker_does_not_hold_up_the_end() {
     );
 }
 
-/// A CA and a certificate it signs for 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
-fn tls_files(
-    dir: &Path,
-    name: &str,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let paths = (
-        dir.join(format!("{name}-ca.pem")),
-        dir.join(format!("{name}-cert.pem")),
-        dir.join(format!("{name}-key.pem")),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 /// With --tls-cert/--tls-key the coordinator speaks HTTPS only: a worker trusting its CA
 /// (--tls-ca) joins and the copy verifies; plain HTTP gets no answer, and workers that do
 /// not trust the certificate (system roots only, or another CA) are refused with exit 5.
@@ -608,8 +582,10 @@ async fn coordinator_over_tls() {
         .collect();
     let (src, dst) = servers_with(&files).await;
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = tls_files(dir.path(), "good");
-    let (other_ca, _, _) = tls_files(dir.path(), "other");
+    let local = ["127.0.0.1", "localhost"];
+    let good = skyhaul_testkit::tls::files(dir.path(), "good", &local);
+    let (ca, cert, key) = (good.ca, good.cert, good.key);
+    let other_ca = skyhaul_testkit::tls::files(dir.path(), "other", &local).ca;
     let journal = dir.path().join("journal.sqlite");
     let listen = free_listen();
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
