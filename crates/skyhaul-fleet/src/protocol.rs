@@ -51,6 +51,11 @@ pub struct RelaySpec {
     pub compression: String,
     /// 64 hex digits.
     pub key: String,
+    /// TLS to the gateways, trusting the system's roots and `tls_ca` (PEM; not secret).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
 }
 
 impl std::fmt::Debug for RelaySpec {
@@ -60,6 +65,8 @@ impl std::fmt::Debug for RelaySpec {
             .field("connections", &self.connections)
             .field("compression", &self.compression)
             .field("key", &"<redacted>")
+            .field("tls", &self.tls)
+            .field("tls_ca", &self.tls_ca.is_some())
             .finish()
     }
 }

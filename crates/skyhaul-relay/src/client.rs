@@ -36,6 +36,26 @@ const DOWN_FOR: Duration = Duration::from_secs(5);
 /// The wait for an answer: this, plus a second per MiB of body (a very slow link).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why one try of a request failed.
+enum TryError {
+    /// Worth another try: another connection, another gateway, a gateway back up.
+    Again(String),
+    /// The gateway's TLS certificate is not trusted here, which no retry changes.
+    Untrusted(String),
+}
+
+impl From<String> for TryError {
+    fn from(e: String) -> Self {
+        TryError::Again(e)
+    }
+}
+
+impl From<&str> for TryError {
+    fn from(e: &str) -> Self {
+        TryError::Again(e.to_string())
+    }
+}
+
 /// How to reach the destination gateways.
 #[derive(Clone)]
 pub struct RelayOptions {
@@ -49,6 +69,9 @@ pub struct RelayOptions {
     pub key: RelayKey,
     /// The bucket the transfer writes to; the gateway must serve it.
     pub container: String,
+    /// TLS around every connection (the gateways then need a certificate), on top of the
+    /// frames' own encryption: the hellos and frame headers are hidden too.
+    pub tls: Option<Arc<skyhaul_tls::ClientConfig>>,
 }
 
 impl fmt::Debug for RelayOptions {
@@ -57,6 +80,7 @@ impl fmt::Debug for RelayOptions {
             .field("gateways", &self.gateways)
             .field("connections", &self.connections)
             .field("compression", &self.compression)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -227,7 +251,16 @@ impl Shared {
             let link = self.pick(attempt);
             match self.try_call(link, &meta, &body, read).await {
                 Ok(msg) => return answer(msg),
-                Err(e) => {
+                Err(TryError::Untrusted(why)) => {
+                    return Err(Error::new(
+                        ErrorKind::Unreachable,
+                        format!(
+                            "relay: gateway {} presented a certificate this side does not trust ({why}): pass its CA with --relay-tls-ca",
+                            link.addr
+                        ),
+                    ))
+                }
+                Err(TryError::Again(e)) => {
                     tracing::warn!(
                         "relay: {op} via gateway {}: {e}; sending it again",
                         link.addr
@@ -239,7 +272,7 @@ impl Shared {
         Err(Error::new(
             ErrorKind::Unreachable,
             format!(
-                "relay: no gateway answered {op} after {ATTEMPTS} tries (last: {last}); check that the gateways run and have the same {}",
+                "relay: no gateway answered {op} after {ATTEMPTS} tries (last: {last}); check that the gateways run, have the same {}, and use TLS (--tls-cert) exactly when this side does (--relay-tls)",
                 crate::KEY_ENV
             ),
         ))
@@ -262,7 +295,7 @@ impl Shared {
         meta: &[u8],
         body: &Bytes,
         read: bool,
-    ) -> std::result::Result<Message, String> {
+    ) -> std::result::Result<Message, TryError> {
         let conns = match link.connections(self).await {
             Ok(c) => c,
             Err(e) => {
@@ -314,7 +347,7 @@ impl Shared {
             Ok(Err(_)) => Err("connection lost before the answer".into()),
             Err(_) => {
                 link.waiters.lock().unwrap().remove(&stream);
-                Err(format!("no answer within {wait:?}"))
+                Err(format!("no answer within {wait:?}").into())
             }
         }
     }
@@ -345,7 +378,7 @@ impl Link {
     async fn connections(
         &self,
         shared: &Shared,
-    ) -> std::result::Result<Vec<(usize, Arc<Conn>)>, String> {
+    ) -> std::result::Result<Vec<(usize, Arc<Conn>)>, TryError> {
         let mut conns = self.conns.lock().await;
         let missing: Vec<usize> = (0..conns.len())
             .filter(|&i| conns[i].as_ref().is_none_or(|c| !c.alive.load(Relaxed)))
@@ -355,6 +388,7 @@ impl Link {
         for (&i, r) in missing.iter().zip(opened) {
             match r {
                 Ok(c) => conns[i] = Some(Arc::new(c)),
+                Err(TryError::Untrusted(e)) => return Err(TryError::Untrusted(e)),
                 Err(e) => {
                     conns[i] = None;
                     last = Some(e);
@@ -373,24 +407,38 @@ impl Link {
         }
     }
 
-    async fn open(&self, shared: &Shared, index: usize) -> std::result::Result<Conn, String> {
-        let mut sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+    async fn open(&self, shared: &Shared, index: usize) -> std::result::Result<Conn, TryError> {
+        let sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
             .await
             .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| format!("connect: {e}"))?;
         crate::tune(&sock);
+        let (rd, wr) = match &shared.opts.tls {
+            Some(config) => {
+                let host = self.addr.rsplit_once(':').map_or(&*self.addr, |(h, _)| h);
+                let tls = skyhaul_tls::connect(config.clone(), host, sock)
+                    .await
+                    .map_err(|e| match skyhaul_tls::untrusted(&e) {
+                        Some(why) => TryError::Untrusted(why),
+                        None => TryError::Again(format!("TLS: {e}")),
+                    })?;
+                crate::tls_halves(tls)
+            }
+            None => crate::tcp_halves(sock),
+        };
         let hello = ClientHello {
             session: shared.session,
             compression: shared.opts.compression,
         };
+        let mut io = tokio::io::join(rd, wr);
         let (mut sealer, mut opener) = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            handshake_client(&mut sock, &shared.opts.key, hello),
+            handshake_client(&mut io, &shared.opts.key, hello),
         )
         .await
         .map_err(|_| "handshake timed out".to_string())?
         .map_err(|e| format!("handshake: {e}"))?;
-        let (rd, mut wr) = sock.into_split();
+        let (rd, mut wr) = io.into_inner();
         let (tx, mut rx) = mpsc::channel::<Plain>(8);
         let alive = Arc::new(AtomicBool::new(true));
         let ended = {
@@ -408,7 +456,12 @@ impl Link {
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
                 let bytes = sealer.seal(p);
-                if !alive_w.load(Relaxed) || wr.write_all(&bytes).await.is_err() {
+                // TLS holds back what it could not write yet until the next write or a
+                // flush: flush whenever nothing else is queued.
+                if !alive_w.load(Relaxed)
+                    || wr.write_all(&bytes).await.is_err()
+                    || (rx.is_empty() && wr.flush().await.is_err())
+                {
                     break;
                 }
                 RelayStats::add(&stats.wire_sent, bytes.len());

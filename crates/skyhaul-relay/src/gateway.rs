@@ -6,7 +6,8 @@ use crate::codec::Compression;
 use crate::key::RelayKey;
 use crate::message::{encode, is_request, Assembler, Message};
 use crate::rpc::{md5_bytes, Info, ListPage, Request, Response, WireEntry, LIST_PAGE};
-use crate::wire::{handshake_gateway, read_frame, Kind, Plain};
+use crate::wire::{handshake_gateway, read_frame, ClientHello, Kind, Opener, Plain, Sealer, MAGIC};
+use crate::{Reader, Writer};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -20,8 +21,9 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// How long a client may take to say hello before its connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to set up its connection (TLS and the relay hello) before it
+/// is dropped: a silent client holds its task and socket no longer than this.
+const HANDSHAKE_TIMEOUT: Duration = skyhaul_tls::HANDSHAKE_TIMEOUT;
 /// A message whose other chunks have not come for this long was given up by its sender.
 const PARTIAL_EXPIRY: Duration = Duration::from_secs(300);
 /// Response bodies (reads) are cut into chunks of this size.
@@ -29,7 +31,7 @@ const RESPONSE_CHUNK: usize = 1 << 20;
 
 /// Where the frames of one connection go out, and what its client asked for.
 #[derive(Clone)]
-struct Writer {
+struct Outgoing {
     tx: mpsc::Sender<Plain>,
     compression: Compression,
     session: u64,
@@ -39,8 +41,10 @@ struct Writer {
 pub struct Gateway {
     store: Arc<dyn Store>,
     key: RelayKey,
+    /// TLS around every connection, where the gateway has a certificate.
+    tls: Option<skyhaul_tls::TlsAcceptor>,
     next_conn: AtomicU64,
-    writers: Mutex<HashMap<u64, Writer>>,
+    writers: Mutex<HashMap<u64, Outgoing>>,
     assembler: Mutex<Assembler>,
     /// Frames refused (failed authentication, checksum or framing), each closing its
     /// connection; the client sends what was on it again.
@@ -50,10 +54,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(store: Arc<dyn Store>, key: RelayKey) -> Arc<Gateway> {
+    /// A gateway for `store`; with `tls`, clients must connect over TLS (see
+    /// [`crate::TLS_ALPN`]).
+    pub fn new(
+        store: Arc<dyn Store>,
+        key: RelayKey,
+        tls: Option<Arc<skyhaul_tls::ServerConfig>>,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             store,
             key,
+            tls: tls.map(skyhaul_tls::TlsAcceptor::from),
             next_conn: AtomicU64::new(0),
             writers: Mutex::new(HashMap::new()),
             assembler: Mutex::new(Assembler::default()),
@@ -71,25 +82,55 @@ impl Gateway {
         }
     }
 
-    async fn connection(self: Arc<Self>, mut sock: TcpStream, peer: SocketAddr) {
-        let hello =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_gateway(&mut sock, &self.key));
-        let (client, mut sealer, mut opener) = match hello.await {
-            Ok(Ok(h)) => h,
+    /// TLS where configured, then the relay's hello: the connection's halves and keys.
+    async fn set_up(
+        &self,
+        sock: TcpStream,
+    ) -> Result<(ClientHello, Sealer, Opener, Reader, Writer), String> {
+        let (rd, wr) = match &self.tls {
+            Some(acceptor) => {
+                // A client without TLS starts with the relay's hello: say so, rather than
+                // leave its operator with a TLS parser's complaint.
+                let mut first = [0u8; 4];
+                if sock.peek(&mut first).await.is_ok_and(|n| n == 4) && first == MAGIC {
+                    return Err("it connected without TLS, and this gateway has --tls-cert (give the sending side --relay-tls or --relay-tls-ca)".into());
+                }
+                crate::tls_halves(skyhaul_tls::accept(acceptor, sock).await?)
+            }
+            None => crate::tcp_halves(sock),
+        };
+        let mut io = tokio::io::join(rd, wr);
+        let (client, sealer, opener) = handshake_gateway(&mut io, &self.key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (rd, wr) = io.into_inner();
+        Ok((client, sealer, opener, rd, wr))
+    }
+
+    async fn connection(self: Arc<Self>, sock: TcpStream, peer: SocketAddr) {
+        let (client, mut sealer, mut opener, rd, mut wr) = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            self.set_up(sock),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 tracing::warn!("relay gateway: refused {peer}: {e}");
                 return;
             }
             Err(_) => {
-                tracing::warn!("relay gateway: {peer} sent no hello within {HANDSHAKE_TIMEOUT:?}");
+                tracing::warn!(
+                        "relay gateway: {peer} did not set up its connection within {HANDSHAKE_TIMEOUT:?}"
+                    );
                 return;
             }
         };
         let id = self.next_conn.fetch_add(1, Relaxed);
-        tracing::info!("relay gateway: relay connection from {peer}");
-        let (rd, mut wr) = sock.into_split();
+        let over = if self.tls.is_some() { " over TLS" } else { "" };
+        tracing::info!("relay gateway: relay connection from {peer}{over}");
         let (tx, mut rx) = mpsc::channel::<Plain>(16);
-        let writer = Writer {
+        let writer = Outgoing {
             tx,
             compression: client.compression,
             session: client.session,
@@ -97,7 +138,11 @@ impl Gateway {
         self.writers.lock().unwrap().insert(id, writer);
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
-                if wr.write_all(&sealer.seal(p)).await.is_err() {
+                // TLS holds back what it could not write yet until the next write or a
+                // flush: flush whenever nothing else is queued.
+                if wr.write_all(&sealer.seal(p)).await.is_err()
+                    || (rx.is_empty() && wr.flush().await.is_err())
+                {
                     break;
                 }
             }

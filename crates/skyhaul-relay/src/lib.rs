@@ -50,6 +50,16 @@
 //! are the same, and either kind of client reassembles either kind of answer, so the version
 //! stays 1.
 
+//!
+//! # TLS
+//!
+//! Optionally each connection is a TLS stream (rustls; ALPN [`TLS_ALPN`]) and all of the above
+//! runs inside it unchanged: the gateway's certificate is checked against the system's roots
+//! and a CA the sender names, and the hellos and frame headers are hidden too. The frames keep
+//! their own sealing, so the transfer key still authenticates both ends. A certificate the
+//! client does not trust fails its request at once (no retry can change it); a gateway gives a
+//! connection [`skyhaul_tls::HANDSHAKE_TIMEOUT`] for TLS and the hello together.
+
 mod client;
 pub mod codec;
 mod gateway;
@@ -68,6 +78,28 @@ pub use stats::{RelayStats, RelaySummary};
 /// Default plaintext bytes per frame: large enough that the 80 bytes of header and tag are
 /// noise, small enough to spread one part over all connections.
 pub const DEFAULT_CHUNK: usize = 1 << 20;
+
+/// The ALPN protocol of a relay connection over TLS: a relay client that reaches some other
+/// TLS server (or the reverse) fails at the handshake, not at the first frame.
+pub const TLS_ALPN: &[u8] = b"skyhaul-relay/1";
+
+/// The halves of a connection, each driven by its own task: a TCP socket's own halves, or
+/// those of a TLS stream over one.
+pub(crate) type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+pub(crate) type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+pub(crate) fn tcp_halves(sock: tokio::net::TcpStream) -> (Reader, Writer) {
+    let (r, w) = sock.into_split();
+    (Box::new(r), Box::new(w))
+}
+
+pub(crate) fn tls_halves<S>(stream: S) -> (Reader, Writer)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    (Box::new(r), Box::new(w))
+}
 
 /// Socket settings for a long fat pipe: no Nagle delay on the small request frames, and
 /// keep-alives so a gateway that vanished is noticed. Buffer sizes are left to the kernel:

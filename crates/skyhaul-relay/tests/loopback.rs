@@ -2,17 +2,42 @@
 //! store conformance suite must pass through the relay exactly as it does directly.
 
 use bytes::Bytes;
-use skyhaul_relay::{Compression, Gateway, RelayKey, RelayOptions, RelayStore};
+use skyhaul_relay::{Compression, Gateway, RelayKey, RelayOptions, RelayStore, TLS_ALPN};
 use skyhaul_store::{LocalStore, Payload, PutOptions, Store};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 async fn gateway(root: &std::path::Path, key: &RelayKey) -> (String, Arc<Gateway>) {
+    gateway_with(root, key, None).await
+}
+
+async fn gateway_with(
+    root: &std::path::Path,
+    key: &RelayKey,
+    tls: Option<Arc<skyhaul_tls::ServerConfig>>,
+) -> (String, Arc<Gateway>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let g = Gateway::new(Arc::new(LocalStore::new(root)), key.clone());
+    let g = Gateway::new(Arc::new(LocalStore::new(root)), key.clone(), tls);
     tokio::spawn(g.clone().serve(listener));
     (addr, g)
+}
+
+/// A gateway with a certificate for 127.0.0.1, the client options that trust its CA, and
+/// another CA's PEM file.
+async fn tls_gateway(
+    root: &std::path::Path,
+    pki: &std::path::Path,
+    key: &RelayKey,
+) -> (String, Arc<Gateway>, RelayOptions, std::path::PathBuf) {
+    let good = skyhaul_testkit::tls::files(pki, "good", &["127.0.0.1"]);
+    let other = skyhaul_testkit::tls::files(pki, "other", &["127.0.0.1"]);
+    let server = skyhaul_tls::server_config(&good.cert, &good.key, &[TLS_ALPN]).unwrap();
+    let (addr, g) = gateway_with(root, key, Some(server)).await;
+    let roots = skyhaul_tls::ca_certificates(&good.ca, "--relay-tls-ca").unwrap();
+    let mut opts = options(vec![addr.clone()], key, Compression::Zstd(1));
+    opts.tls = Some(skyhaul_tls::client_config(roots, &[TLS_ALPN]).unwrap());
+    (addr, g, opts, other.ca)
 }
 
 fn options(gateways: Vec<String>, key: &RelayKey, compression: Compression) -> RelayOptions {
@@ -23,6 +48,7 @@ fn options(gateways: Vec<String>, key: &RelayKey, compression: Compression) -> R
         chunk_size: 4096,
         key: key.clone(),
         container: String::new(),
+        tls: None,
     }
 }
 
@@ -149,4 +175,69 @@ async fn one_read_comes_back_over_every_connection() {
             "a connection carried {n} bytes: {per_conn:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_through_a_tls_gateway() {
+    let (dir, pki) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = RelayKey::generate();
+    let (_, g, opts, _) = tls_gateway(dir.path(), pki.path(), &key).await;
+    let store = RelayStore::connect(opts).await.unwrap();
+    skyhaul_store::conformance::run_all(&store, "tls/").await;
+    assert_eq!(store.summary().requests_resent, 0);
+    assert_eq!(g.rejected.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_gateway_certificate_fails_at_once() {
+    let (dir, pki) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = RelayKey::generate();
+    let (_, g, good, other_ca) = tls_gateway(dir.path(), pki.path(), &key).await;
+    let other = skyhaul_tls::ca_certificates(&other_ca, "--relay-tls-ca").unwrap();
+    // Another CA, and the system's roots only: both refused at the first try.
+    for roots in [other, Vec::new()] {
+        let mut opts = good.clone();
+        opts.tls = Some(skyhaul_tls::client_config(roots, &[TLS_ALPN]).unwrap());
+        let t = std::time::Instant::now();
+        let e = RelayStore::connect(opts).await.unwrap_err();
+        assert_eq!(e.kind, skyhaul_store::ErrorKind::Unreachable, "{e}");
+        assert!(
+            e.message.contains("does not trust") && e.message.contains("--relay-tls-ca"),
+            "{e}"
+        );
+        assert!(!e.message.contains(&key.to_hex()[..16]), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "retried");
+    }
+    // A client without TLS is turned away too (by the gateway), after its retries.
+    let mut plain = good.clone();
+    plain.tls = None;
+    let e = RelayStore::connect(plain).await.unwrap_err();
+    assert!(e.message.contains("no gateway answered"), "{e}");
+    assert_eq!(g.requests.load(Relaxed), 0, "a request got through");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_does_not_hold_a_tls_gateway() {
+    use tokio::io::AsyncReadExt;
+    let (dir, pki) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = RelayKey::generate();
+    let (addr, _g, opts, _) = tls_gateway(dir.path(), pki.path(), &key).await;
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Others are served meanwhile.
+    let store = RelayStore::connect(opts).await.unwrap();
+    let body = Bytes::from_static(b"served while another connection says nothing");
+    let opts = PutOptions {
+        size: body.len() as u64,
+        ..Default::default()
+    };
+    store.put("k", Payload::new(body), &opts).await.unwrap();
+    // And the silent one is closed once the handshake deadline passes.
+    let t = std::time::Instant::now();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), silent.read(&mut b))
+        .await
+        .expect("the gateway still holds the silent connection");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(t.elapsed() < skyhaul_tls::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(2));
 }

@@ -138,7 +138,9 @@ SKYHAUL_DST_*, AWS profiles, instance roles): the coordinator never sends any.")
     #[command(after_help = "Examples:\n  \
 export SKYHAUL_RELAY_KEY=$(openssl rand -hex 32)   # the same on both sides, new per transfer\n  \
 skyhaul gateway --listen 0.0.0.0:7400 s3://dst-bucket --dst-region eu-west-1\n  \
-skyhaul cp -r s3://src/data s3://dst-bucket/data --relay gw1:7400,gw2:7400   # near the source\n\n\
+skyhaul cp -r s3://src/data s3://dst-bucket/data --relay gw1:7400,gw2:7400   # near the source\n  \
+skyhaul gateway --listen 0.0.0.0:7400 s3://dst-bucket --tls-cert gw.pem --tls-key gw.key\n  \
+skyhaul cp -r s3://src/data s3://dst-bucket/data --relay gw1:7400 --relay-tls-ca ca.pem\n\n\
 The destination's credentials (SKYHAUL_DST_*, profiles, instance roles) are this machine's;\n\
 they never cross the link. Frames whose tag or checksum fails are refused and re-sent.")]
     Gateway(GatewayArgs),
@@ -433,9 +435,18 @@ pub struct RelayArgs {
     /// Compression on the relay link: zstd (level 1), zstd:LEVEL, lz4 or none; chunks that do not shrink go as they are
     #[arg(long, help_heading = RELAY_HEADING, value_name = "ALGO", default_value = "zstd")]
     pub relay_compression: skyhaul_relay::Compression,
+    /// Connect to the relay gateways over TLS (theirs: --tls-cert/--tls-key), trusting the system's roots
+    #[arg(long, help_heading = RELAY_HEADING)]
+    pub relay_tls: bool,
+    /// Also trust the CA certificates in this PEM file for the gateways' TLS (implies --relay-tls)
+    #[arg(long, help_heading = RELAY_HEADING, value_name = "FILE")]
+    pub relay_tls_ca: Option<std::path::PathBuf>,
     /// The key a fleet worker got from its coordinator (otherwise SKYHAUL_RELAY_KEY is read).
     #[arg(skip)]
     pub key: Option<skyhaul_relay::RelayKey>,
+    /// The --relay-tls-ca PEM a fleet worker got from its coordinator.
+    #[arg(skip)]
+    pub tls_ca_pem: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -443,6 +454,12 @@ pub struct GatewayArgs {
     /// Where to accept relay connections, e.g. 0.0.0.0:7400
     #[arg(long, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
+    /// Accept relay connections over TLS only, with this PEM certificate chain (it must name the address senders dial)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// The destination store this gateway writes to: s3://BUCKET, gs://BUCKET or az://CONTAINER (no prefix: clients name whole keys)
     pub destination: String,
     /// Endpoint URL of the destination store

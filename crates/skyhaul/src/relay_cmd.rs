@@ -6,7 +6,10 @@ use crate::exit::{self, CliError, ExitCode};
 use skyhaul_engine::Endpoint;
 use skyhaul_fleet::protocol::RelaySpec;
 use skyhaul_location::{Location, Scheme};
-use skyhaul_relay::{Gateway, RelayKey, RelayOptions, RelayStore, DEFAULT_CHUNK, KEY_ENV};
+use skyhaul_relay::{
+    Gateway, RelayKey, RelayOptions, RelayStore, DEFAULT_CHUNK, KEY_ENV, TLS_ALPN,
+};
+use skyhaul_store::ErrorKind;
 use std::sync::Arc;
 
 /// The transfer key from the environment; relay mode cannot run without one.
@@ -40,12 +43,17 @@ pub async fn open_destination(
             None => key()?,
         },
         container: dst.bucket.clone(),
+        tls: tls_client(relay)?,
     };
-    let store = Arc::new(
-        RelayStore::connect(opts)
-            .await
-            .map_err(|e| exit::store("DST", e))?,
-    );
+    let store = Arc::new(RelayStore::connect(opts).await.map_err(|e| match e.kind {
+        // The relay's own message says what to check (the gateways, the key, TLS), not
+        // --dst-endpoint, which a relayed transfer does not use.
+        ErrorKind::Unreachable => CliError {
+            code: ExitCode::Unreachable,
+            message: e.message,
+        },
+        _ => exit::store("DST", e),
+    })?);
     let endpoint = Endpoint {
         store: store.clone(),
         path: dst.path.clone(),
@@ -55,16 +63,43 @@ pub async fn open_destination(
     Ok((endpoint, store))
 }
 
-/// What a fleet's workers need to relay as the coordinator does.
+/// The TLS configuration for the gateways, when the sending side asks for TLS: the
+/// system's roots and a CA from `--relay-tls-ca` (or from a worker's coordinator).
+fn tls_client(relay: &RelayArgs) -> Result<Option<Arc<skyhaul_tls::ClientConfig>>, CliError> {
+    let roots = match (&relay.relay_tls_ca, &relay.tls_ca_pem) {
+        (Some(path), _) => skyhaul_tls::ca_certificates(path, "--relay-tls-ca"),
+        (None, Some(pem)) => {
+            skyhaul_tls::ca_certificates_pem(pem.as_bytes(), "the coordinator's --relay-tls-ca")
+        }
+        (None, None) if relay.relay_tls => Ok(Vec::new()),
+        (None, None) => return Ok(None),
+    }
+    .map_err(exit::usage)?;
+    skyhaul_tls::client_config(roots, &[TLS_ALPN])
+        .map(Some)
+        .map_err(exit::usage)
+}
+
+/// What a fleet's workers need to relay as the coordinator does: the CA goes as its PEM
+/// text (a worker may not have the file), which is public.
 pub fn spec(relay: &RelayArgs) -> Result<Option<RelaySpec>, CliError> {
     if relay.relay.is_empty() {
         return Ok(None);
     }
+    let tls_ca = match &relay.relay_tls_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| exit::usage(format!("--relay-tls-ca {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     Ok(Some(RelaySpec {
         gateways: relay.relay.clone(),
         connections: relay.relay_connections,
         compression: relay.relay_compression.to_string(),
         key: key()?.to_hex(),
+        tls: relay.relay_tls || tls_ca.is_some(),
+        tls_ca,
     }))
 }
 
@@ -80,6 +115,9 @@ pub fn from_spec(spec: Option<&RelaySpec>) -> Result<RelayArgs, CliError> {
         relay: s.gateways.clone(),
         relay_connections: s.connections,
         relay_compression: s.compression.parse().map_err(exit::usage)?,
+        relay_tls: s.tls || s.tls_ca.is_some(),
+        relay_tls_ca: None,
+        tls_ca_pem: s.tls_ca.clone(),
     })
 }
 
@@ -96,6 +134,12 @@ pub async fn gateway(args: GatewayArgs) -> ExitCode {
 
 async fn run_gateway(args: GatewayArgs) -> Result<(), CliError> {
     let key = key()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(skyhaul_tls::server_config(cert, key, &[TLS_ALPN]).map_err(exit::usage)?)
+        }
+        _ => None,
+    };
     let config = crate::settings::load_config()?;
     let (loc, remote) = crate::location(&args.destination, &config, args.rclone_config.as_deref())?;
     if loc.scheme == Scheme::Local || !loc.path.is_empty() {
@@ -121,8 +165,9 @@ async fn run_gateway(args: GatewayArgs) -> Result<(), CliError> {
     let addr = listener
         .local_addr()
         .map_err(|e| exit::usage(format!("--listen {}: {e}", args.listen)))?;
-    eprintln!("skyhaul: relay gateway for {loc} listening on {addr}");
-    let gateway = Gateway::new(dst.store, key);
+    let over = if tls.is_some() { " (TLS)" } else { "" };
+    eprintln!("skyhaul: relay gateway for {loc} listening on {addr}{over}");
+    let gateway = Gateway::new(dst.store, key, tls);
     tokio::select! {
         r = gateway.serve(listener) => r.map_err(|e| exit::usage(format!("--listen {addr}: {e}"))),
         _ = tokio::signal::ctrl_c() => Ok(()),

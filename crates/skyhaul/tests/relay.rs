@@ -14,10 +14,11 @@ mod common;
 
 use common::*;
 use skyhaul_testkit::netns::{Flip, LinkSpec, Wan, B_IP};
+use skyhaul_testkit::tls::TlsFiles;
 use skyhaul_testkit::{S3Kind, S3Server};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -89,8 +90,13 @@ impl Regions {
 
     /// A gateway in region B on `port`; its log goes to `log`.
     fn gateway(&self, port: u16, log: &Path) -> Child {
+        self.gateway_with(port, log, &[])
+    }
+
+    /// A gateway with `extra` arguments (e.g. its TLS certificate).
+    fn gateway_with(&self, port: u16, log: &Path, extra: &[&str]) -> Child {
         let listen = format!("{B_IP}:{port}");
-        let args = [
+        let mut args = vec![
             "-v",
             "gateway",
             "--listen",
@@ -99,6 +105,7 @@ impl Regions {
             "--dst-endpoint",
             &self.dst.endpoint,
         ];
+        args.extend_from_slice(extra);
         let mut child = self
             .command(false, &args, &[])
             .stdout(Stdio::null())
@@ -433,6 +440,110 @@ fn sync_through_the_relay_mirrors_the_source() {
     let done = r.json();
     assert_eq!(done["objects_deleted"], 1, "{done:#}");
     assert_eq!(done["objects_copied"], 2, "{done:#}");
+    assert_eq!(regions.destination(), files);
+}
+
+/// A gateway with a certificate for its address in region B, signed by a CA of the test's
+/// own; and another CA's file, which does not vouch for it.
+fn tls_gateway(regions: &Regions, port: u16, dir: &Path) -> (Child, TlsFiles, PathBuf) {
+    let b = B_IP.to_string();
+    let good = skyhaul_testkit::tls::files(dir, "gw", &[&b]);
+    let other = skyhaul_testkit::tls::files(dir, "other", &[&b]).ca;
+    let (cert, key) = (good.cert.to_str().unwrap(), good.key.to_str().unwrap());
+    let extra = ["--tls-cert", cert, "--tls-key", key];
+    let gw = regions.gateway_with(port, &dir.join("gw.log"), &extra);
+    (gw, good, other)
+}
+
+#[test]
+fn relay_over_tls_hides_even_the_frames_and_refuses_an_untrusted_gateway() {
+    let regions = Regions::start("skrG", LinkSpec::wan());
+    let marker = format!("SKYHAUL-PLAINTEXT-MARKER-{:016x}", rand::random::<u64>());
+    let mut files = text_corpus(MIB);
+    files.insert("marker.txt".into(), marker.repeat(2000).into_bytes());
+    files.insert("bin/a.bin".into(), data(3 * MIB, 71));
+    regions.seed(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, pki, other_ca) = tls_gateway(&regions, 7470, dir.path());
+    let _gw = KillOnDrop(gw);
+    let tls_key = std::fs::read_to_string(&pki.key).unwrap();
+    let key_line = tls_key.lines().nth(1).unwrap();
+
+    // A CA that did not sign the gateway's certificate, and the system's roots alone: one
+    // clear line, exit 5 (as a worker that does not trust its coordinator), at once.
+    let other = other_ca.to_str().unwrap();
+    for extra in [&["--relay-tls-ca", other][..], &["--relay-tls"][..]] {
+        let t = Instant::now();
+        let r = run(regions.relay_cp(&[7470], "", extra));
+        assert_eq!(r.code, 5, "{extra:?}: {}\n{}", r.stderr, r.stdout);
+        let line = r.stderr.lines().find(|l| l.contains("error")).unwrap_or("");
+        assert!(
+            line.contains("does not trust") && line.contains("--relay-tls-ca"),
+            "{}",
+            r.stderr
+        );
+        for secret in [key_line, &regions.key] {
+            assert!(!r.stderr.contains(secret) && !r.stdout.contains(secret));
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "retried: {:?}",
+            t.elapsed()
+        );
+    }
+    // A sender without TLS is turned away by the gateway.
+    let r = run(regions.relay_cp(&[7470], "", &[]));
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(regions.destination().is_empty(), "something was written");
+    let gw_log = std::fs::read_to_string(dir.path().join("gw.log")).unwrap();
+    assert!(gw_log.contains("connected without TLS"), "{gw_log}");
+
+    // Trusting the CA: the copy verifies, and the link shows neither the data (no
+    // compression, so only encryption hides it) nor even the relay's frame headers.
+    let pcap = dir.path().join("wan.pcap");
+    let capture = regions.wan.capture(&pcap);
+    let ca = pki.ca.to_str().unwrap();
+    let extra = ["--relay-tls-ca", ca, "--relay-compression", "none"];
+    let relay = relay_summary(&run(regions.relay_cp(&[7470], "", &extra)));
+    capture.stop();
+    let wire = std::fs::read(&pcap).unwrap();
+    assert!(
+        wire.len() as u64 > relay["wire_bytes"].as_u64().unwrap(),
+        "the capture ({} bytes) misses relay traffic: {relay}",
+        wire.len()
+    );
+    assert!(!contains(&wire, b"SKHR"), "relay frames visible under TLS");
+    assert!(
+        !contains(&wire, marker.as_bytes()),
+        "plaintext marker on the wire"
+    );
+    assert_eq!(regions.destination(), files);
+    let gw_log = std::fs::read_to_string(dir.path().join("gw.log")).unwrap();
+    assert!(gw_log.contains("over TLS"), "{gw_log}");
+    assert!(!gw_log.contains(key_line) && !gw_log.contains(&regions.key));
+}
+
+#[test]
+fn a_local_fleet_relays_over_tls() {
+    let regions = Regions::start("skrH", LinkSpec::wan());
+    let files: BTreeMap<String, Vec<u8>> = (0..6)
+        .map(|i| (format!("bin/{i}.bin"), data(MIB + i * 100, 80 + i as u64)))
+        .collect();
+    regions.seed(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, pki, _) = tls_gateway(&regions, 7480, dir.path());
+    let _gw = KillOnDrop(gw);
+    // The workers get TLS and the CA's PEM from the coordinator's spec: they have no flag.
+    let ca = pki.ca.to_str().unwrap();
+    let r = run(regions.relay_cp(&[7480], "", &["--relay-tls-ca", ca, "--workers", "2"]));
+    assert_eq!(r.code, 0, "fleet copy failed: {}\n{}", r.stderr, r.stdout);
+    let v = &r.json()["verification"];
+    assert!(
+        v["objects"].as_u64() == Some(files.len() as u64) && v["checksum_ok"] == v["objects"],
+        "{v:#}"
+    );
+    let gw_log = std::fs::read_to_string(dir.path().join("gw.log")).unwrap();
+    assert!(!gw_log.contains("refused"), "{gw_log}");
     assert_eq!(regions.destination(), files);
 }
 
