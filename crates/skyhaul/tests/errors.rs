@@ -149,3 +149,50 @@ fn bad_arguments_are_usage_errors() {
     let run = skyhaul(&["cp", "a", "bkt", "--part-size", "12X"], None, None);
     assert_eq!(run.code, 2, "{}", run.stderr);
 }
+
+#[test]
+fn relay_tls_files_that_do_not_load_are_usage_errors_without_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["127.0.0.1"]);
+    let key_line = std::fs::read_to_string(&pki.key).unwrap();
+    let key_line = key_line.lines().nth(1).unwrap().to_string();
+    let relay_key = "ab".repeat(32);
+    let env = [("SKYHAUL_RELAY_KEY", relay_key.as_str())];
+    let (cert, key) = (pki.cert.to_str().unwrap(), pki.key.to_str().unwrap());
+    // Gateway: a key where the certificate goes, a certificate where the key goes.
+    for (c, k, flag) in [(key, key, "--tls-cert"), (cert, cert, "--tls-key")] {
+        let args = [
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "s3://b",
+            "--tls-cert",
+            c,
+            "--tls-key",
+            k,
+        ];
+        let run = skyhaul_env(&args, None, None, &env);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        let line = one_line_error(&run);
+        assert!(line.contains(flag) && line.contains(".pem"), "{line}");
+        assert!(!run.stderr.contains(&key_line), "{}", run.stderr);
+    }
+    // Sender: a --relay-tls-ca that holds no certificate.
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let args = [
+        "cp",
+        "-r",
+        src.to_str().unwrap(),
+        "s3://b/x",
+        "--relay",
+        "127.0.0.1:9",
+        "--relay-tls-ca",
+        key,
+    ];
+    let run = skyhaul_env(&args, None, None, &env);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(line.contains("--relay-tls-ca"), "{line}");
+    assert!(!run.stderr.contains(&key_line), "{}", run.stderr);
+}
