@@ -26,6 +26,7 @@ use skyhaul_engine::{Endpoint, Executor, OpenUpload, Progress, Report, TransferO
 use skyhaul_journal::{
     Journal, TransferId, LEASE_COMPLETED, LEASE_EXPIRED, LEASE_GRANTED, LEASE_SUPERSEDED,
 };
+use skyhaul_relay::{RelayCounts, RelayStats};
 use skyhaul_store::{CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, Result};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -107,6 +108,8 @@ struct Worker {
     last_seen: Instant,
     items_done: u64,
     told_done: bool,
+    /// Relay mode: the latest totals the worker reported.
+    relay: Option<RelayCounts>,
 }
 
 #[derive(Default)]
@@ -186,11 +189,30 @@ impl State {
                 last_seen: Instant::now(),
                 items_done: 0,
                 told_done: false,
+                relay: None,
             });
         w.last_seen = Instant::now();
         w
     }
+
+    /// Takes a worker's relay totals. What they hold beyond the worker's previous report is
+    /// added to the transfer's counts, so each byte is counted once, by the worker that sent
+    /// it, whatever happened to the lease it was for: bytes a superseded or expired lease
+    /// sent crossed the link too, and are egress like any other.
+    fn relay_report(&mut self, info: &WorkerInfo, counts: Option<RelayCounts>, into: &Relay) {
+        let Some(counts) = counts else { return };
+        let w = self.worker(info);
+        let before = w.relay.unwrap_or_default();
+        let now = before.max(&counts);
+        w.relay = Some(now);
+        if let Some(total) = into {
+            total.add_counts(&now.since(&before));
+        }
+    }
 }
+
+/// The coordinator's own relay counts, to which the workers' reports are added.
+type Relay = Option<Arc<RelayStats>>;
 
 /// Work to do after the state lock is released (it involves I/O).
 enum Effect {
@@ -205,6 +227,7 @@ struct Shared {
     tid: Option<TransferId>,
     spec: TransferSpec,
     opts: CoordinatorOptions,
+    relay: Relay,
     state: Mutex<State>,
     /// Signalled when work finishes or the queue shrinks.
     wake: Notify,
@@ -241,6 +264,10 @@ pub struct Setup {
     pub progress: Arc<Progress>,
     pub cancel: CancellationToken,
     pub journal: Option<Arc<Journal>>,
+    /// Relay mode: the byte counts of the coordinator's own relay store. The workers' counts
+    /// are added to them as they report, so after [`run`] they cover the whole transfer
+    /// (what workers sent before they were last heard from).
+    pub relay: Option<Arc<RelayStats>>,
 }
 
 /// Runs a transfer as its coordinator, serving workers on `setup.listener` until the
@@ -258,6 +285,7 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
         progress,
         cancel,
         journal,
+        relay,
     } = setup;
     let exec = Executor::coordinator(
         src,
@@ -277,6 +305,7 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
         tid,
         spec,
         opts: options,
+        relay,
         state: Mutex::new(State {
             phase: "planning",
             ..State::default()
@@ -628,7 +657,7 @@ async fn transfer_spec(Axum(shared): Axum<Arc<Shared>>) -> Json<TransferSpec> {
 async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -> Json<LeaseReply> {
     let timeout = shared.opts.lease_timeout;
     let mut st = shared.state();
-    st.worker(&req.worker);
+    st.relay_report(&req.worker, req.relay, &shared.relay);
     if st.phase == "done" {
         st.worker(&req.worker).told_done = true;
         return Json(LeaseReply::Done);
@@ -726,6 +755,7 @@ async fn heartbeat(
     let deadline = Instant::now() + shared.opts.lease_timeout;
     let mut guard = shared.state();
     let st = &mut *guard;
+    st.relay_report(&hb.worker, hb.relay, &shared.relay);
     let w = st.worker(&hb.worker);
     w.rate.record(Instant::now(), hb.bytes_moved);
     let (mut expired, mut superseded) = (Vec::new(), Vec::new());
@@ -941,6 +971,7 @@ fn snapshot(shared: &Shared) -> Status {
                 items_done: w.items_done,
                 last_seen_ms: seen.as_millis() as u64,
                 alive: seen <= shared.opts.lease_timeout,
+                relay: w.relay,
             }
         })
         .collect();
@@ -965,6 +996,11 @@ fn snapshot(shared: &Shared) -> Status {
             .filter(|w| w.alive)
             .map(|w| w.throughput_bytes_per_second)
             .sum(),
+        relay: shared
+            .relay
+            .as_ref()
+            .zip(shared.spec.relay.as_ref())
+            .map(|(r, spec)| r.summary(spec.compression.clone())),
         workers,
     }
 }
@@ -1085,5 +1121,78 @@ async fn metrics(Axum(shared): Axum<Arc<Shared>>) -> impl IntoResponse {
             w.throughput_bytes_per_second,
         );
     }
+    if let Some(r) = &s.relay {
+        p.metric(
+            "skyhaul_fleet_relay_logical_bytes_total",
+            "counter",
+            "Bytes sent to the relay gateways before compression, by the workers and the coordinator.",
+            f(r.logical_bytes),
+        );
+        p.metric(
+            "skyhaul_fleet_relay_wire_bytes_total",
+            "counter",
+            "Bytes sent to the relay gateways on the wire (the egress), by the workers and the coordinator.",
+            f(r.wire_bytes),
+        );
+        p.metric(
+            "skyhaul_fleet_relay_requests_resent_total",
+            "counter",
+            "Relay requests sent again after a connection or gateway failed.",
+            f(r.requests_resent),
+        );
+        for (name, help, field) in [
+            (
+                "skyhaul_fleet_worker_relay_logical_bytes_total",
+                "Bytes each worker sent to the relay gateways before compression.",
+                (|c: &RelayCounts| c.logical_sent) as fn(&RelayCounts) -> u64,
+            ),
+            (
+                "skyhaul_fleet_worker_relay_wire_bytes_total",
+                "Bytes each worker sent to the relay gateways on the wire.",
+                |c: &RelayCounts| c.wire_sent,
+            ),
+        ] {
+            p.family(name, "counter", help);
+            for w in &s.workers {
+                if let Some(c) = &w.relay {
+                    p.sample(name, &[("worker", &w.id)], f(field(c)));
+                }
+            }
+        }
+    }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], p.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_reports_count_each_byte_once() {
+        let stats = Arc::new(RelayStats::default());
+        let total: Relay = Some(stats.clone());
+        let mut st = State::default();
+        let w = |id: &str| WorkerInfo {
+            id: id.into(),
+            host: "h".into(),
+            pid: 1,
+            metrics_url: None,
+        };
+        let counts = |logical, wire| RelayCounts {
+            logical_sent: logical,
+            wire_sent: wire,
+            ..RelayCounts::default()
+        };
+        st.relay_report(&w("a"), Some(counts(100, 40)), &total);
+        // The same totals again (a heartbeat after a lease request), then an older report
+        // overtaken by a newer one: nothing is added twice, nothing goes back.
+        st.relay_report(&w("a"), Some(counts(100, 40)), &total);
+        st.relay_report(&w("a"), Some(counts(300, 90)), &total);
+        st.relay_report(&w("a"), Some(counts(200, 70)), &total);
+        st.relay_report(&w("b"), Some(counts(50, 50)), &total);
+        st.relay_report(&w("b"), None, &total);
+        let c = stats.counts();
+        assert_eq!((c.logical_sent, c.wire_sent), (350, 140));
+        assert_eq!(st.workers["a"].relay, Some(counts(300, 90)));
+    }
 }

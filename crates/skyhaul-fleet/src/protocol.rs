@@ -16,6 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 use skyhaul_engine::Copied;
+pub use skyhaul_relay::RelayCounts;
 use skyhaul_store::{CompletedPart, MultipartUpload, ObjectMeta, PartSpec};
 
 /// The version of this protocol; a worker of another version is refused.
@@ -109,6 +110,11 @@ pub struct WorkerInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseRequest {
     pub worker: WorkerInfo,
+    /// Relay mode: the worker's byte counts so far (as in [`Heartbeat::relay`]). A worker
+    /// asks after every lease and once more to hear that the transfer is over, so the
+    /// coordinator has its final counts before it reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayCounts>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +186,11 @@ pub struct Heartbeat {
     /// Bytes the worker has moved since it started (for its throughput).
     pub bytes_moved: u64,
     pub leases: Vec<u64>,
+    /// Relay mode: what the worker sent to the gateways since it started, logical and on
+    /// the wire. Totals, not increments: the coordinator counts each byte once however
+    /// many reports carry it, and in whatever order they arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayCounts>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -31,6 +31,10 @@ pub struct Status {
     /// speculative copy that lost).
     pub duplicate_results: u64,
     pub throughput_bytes_per_second: f64,
+    /// Relay mode: what crossed the link so far, the coordinator's own requests and every
+    /// worker's as last reported (each byte once, superseded and expired leases' included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<skyhaul_relay::RelaySummary>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -47,6 +51,9 @@ pub struct WorkerStatus {
     pub last_seen_ms: u64,
     /// Heard from within the lease timeout.
     pub alive: bool,
+    /// Relay mode: the worker's byte counts as it last reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<skyhaul_relay::RelayCounts>,
 }
 
 /// A worker's byte counter over time, for its throughput.

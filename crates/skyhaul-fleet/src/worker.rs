@@ -14,6 +14,7 @@ use axum::Router;
 use futures::StreamExt;
 use skyhaul_engine::resume::encode_sums;
 use skyhaul_engine::{Endpoint, Executor, Progress, TransferOptions};
+use skyhaul_relay::RelayStats;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,7 @@ type Held = Arc<Mutex<BTreeMap<u64, CancellationToken>>>;
 struct Live {
     progress: Arc<Progress>,
     counters: Arc<Counters>,
+    relay: Relay,
 }
 
 /// Asks the coordinator what the transfer is (waiting for it to come up if need be).
@@ -58,15 +60,19 @@ pub async fn join(client: &Client) -> Result<TransferSpec, WorkerError> {
     Ok(spec)
 }
 
+/// The byte counts of the relay a worker's destination goes through, if it does.
+type Relay = Option<Arc<RelayStats>>;
+
 /// Runs a worker until the coordinator says the transfer is over, on both sides as this
-/// machine opened them from `spec` (with its own credentials).
+/// machine opened them from `spec` (with its own credentials). With relay mode, `relay` is
+/// the destination's byte counts, reported to the coordinator.
 pub async fn run(
     client: Client,
     info: WorkerInfo,
     metrics: Option<(tokio::net::TcpListener, Token)>,
     spec: TransferSpec,
-    src: &Endpoint,
-    dst: &Endpoint,
+    (src, dst): (&Endpoint, &Endpoint),
+    relay: Relay,
 ) -> Result<Arc<Counters>, WorkerError> {
     tracing::info!(
         "worker {} joins transfer {} of {}",
@@ -91,6 +97,7 @@ pub async fn run(
         let live = Arc::new(Live {
             progress: progress.clone(),
             counters: counters.clone(),
+            relay: relay.clone(),
         });
         let app = Router::new()
             .route("/metrics", get(worker_metrics))
@@ -109,6 +116,7 @@ pub async fn run(
         client.clone(),
         info.clone(),
         progress.clone(),
+        relay.clone(),
         held.clone(),
         (timeout / 3).min(Duration::from_secs(2)),
         stop.clone(),
@@ -119,7 +127,10 @@ pub async fn run(
     for _ in 0..LEASES_IN_FLIGHT {
         loops.spawn(lease_loop(
             client.clone(),
-            info.clone(),
+            Asker {
+                info: info.clone(),
+                relay: relay.clone(),
+            },
             exec.clone(),
             opts.max_connections.max(1),
             held.clone(),
@@ -166,19 +177,27 @@ fn transfer_options(spec: &TransferSpec) -> TransferOptions {
     }
 }
 
+/// Who asks for leases, and the relay counts that go with each request.
+struct Asker {
+    info: WorkerInfo,
+    relay: Relay,
+}
+
 async fn lease_loop(
     client: Arc<Client>,
-    info: WorkerInfo,
+    asker: Asker,
     exec: Arc<Executor>,
     concurrency: usize,
     held: Held,
     counters: Arc<Counters>,
     over: CancellationToken,
 ) -> Result<(), ClientError> {
-    let request = LeaseRequest {
-        worker: info.clone(),
-    };
+    let info = asker.info;
     loop {
+        let request = LeaseRequest {
+            worker: info.clone(),
+            relay: asker.relay.as_ref().map(|r| r.counts()),
+        };
         let reply = tokio::select! {
             _ = over.cancelled() => return Ok(()),
             r = client.post("/v1/lease", &request) => r?,
@@ -274,6 +293,7 @@ async fn heartbeats(
     client: Arc<Client>,
     info: WorkerInfo,
     progress: Arc<Progress>,
+    relay: Relay,
     held: Held,
     every: Duration,
     stop: CancellationToken,
@@ -283,6 +303,7 @@ async fn heartbeats(
             worker: info.clone(),
             bytes_moved: progress.snapshot().bytes_moved,
             leases: held.lock().expect("lock").keys().copied().collect(),
+            relay: relay.as_ref().map(|r| r.counts()),
         };
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -347,5 +368,20 @@ async fn worker_metrics(Axum(live): Axum<Arc<Live>>) -> impl IntoResponse {
         "Requests retried.",
         s.retries as f64,
     );
+    if let Some(r) = &live.relay {
+        let r = r.counts();
+        p.metric(
+            "skyhaul_worker_relay_logical_bytes_total",
+            "counter",
+            "Bytes sent to the relay gateways before compression.",
+            r.logical_sent as f64,
+        );
+        p.metric(
+            "skyhaul_worker_relay_wire_bytes_total",
+            "counter",
+            "Bytes sent to the relay gateways on the wire (the egress).",
+            r.wire_sent as f64,
+        );
+    }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], p.finish())
 }

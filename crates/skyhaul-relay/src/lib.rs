@@ -73,7 +73,7 @@ pub use client::{RelayOptions, RelayStore};
 pub use codec::Compression;
 pub use gateway::Gateway;
 pub use key::{RelayKey, KEY_ENV};
-pub use stats::{RelayStats, RelaySummary};
+pub use stats::{RelayCounts, RelayStats, RelaySummary};
 
 /// Default plaintext bytes per frame: large enough that the 80 bytes of header and tag are
 /// noise, small enough to spread one part over all connections.

@@ -131,6 +131,7 @@ pub async fn coordinate(
     progress: Arc<Progress>,
     cancel: CancellationToken,
     journal: Option<Arc<Journal>>,
+    relay: Option<Arc<skyhaul_relay::RelayStats>>,
     out: Output,
 ) -> skyhaul_store::Result<Report> {
     let listener = tokio::net::TcpListener::bind(fleet.listen)
@@ -167,6 +168,7 @@ pub async fn coordinate(
             progress,
             cancel,
             journal,
+            relay,
         },
     )
     .await;
@@ -325,8 +327,10 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         cloud: args.cloud,
         relay: crate::relay_cmd::from_spec(spec.relay.as_ref())?,
     };
-    let (src, dst, _) = crate::open_both(&spec.src, &spec.dst, &endpoints, spec.recursive).await?;
-    let counters = worker::run(client, info, metrics, spec, &src, &dst)
+    let (src, dst, relay) =
+        crate::open_both(&spec.src, &spec.dst, &endpoints, spec.recursive).await?;
+    let relay = relay.map(|r| r.stats());
+    let counters = worker::run(client, info, metrics, spec, (&src, &dst), relay)
         .await
         .map_err(worker_error)?;
     tracing::info!(

@@ -355,6 +355,7 @@ async fn transfer(
                     progress,
                     cancel.clone(),
                     journal,
+                    relay.as_ref().map(|r| r.stats()),
                     out,
                 )
                 .await

@@ -372,11 +372,29 @@ fn a_local_fleet_relays_through_the_gateways() {
     let _g2 = KillOnDrop(regions.gateway(7441, &dir.path().join("gw2.log")));
     let r = run(regions.relay_cp(&[7440, 7441], "", &["--workers", "2"]));
     assert_eq!(r.code, 0, "fleet copy failed: {}\n{}", r.stderr, r.stdout);
-    let v = &r.json()["verification"];
+    let done = r.json();
+    let v = &done["verification"];
     assert!(
         v["objects"].as_u64() == Some(files.len() as u64) && v["checksum_ok"] == v["objects"],
         "{v:#}"
     );
+    // The coordinator's report counts the workers' relay traffic, not only its own
+    // (creating and completing uploads, listing for verification: far less than the data).
+    let relay = &done["relay"];
+    let data: u64 = files.values().map(|v| v.len() as u64).sum();
+    assert_eq!(done["bytes_copied"].as_u64(), Some(data), "{done:#}");
+    let logical = relay["logical_bytes"].as_u64().unwrap();
+    let wire = relay["wire_bytes"].as_u64().unwrap();
+    assert!(
+        logical >= data,
+        "{logical} logical bytes for {data} copied: {relay:#}"
+    );
+    // Counted once: beyond the data, only the requests' own JSON (and what was re-sent).
+    if relay["requests_resent"] == 0 {
+        assert!(logical < data + data / 4, "{relay:#}");
+    }
+    assert!(wire < logical, "the text compresses: {relay:#}");
+    assert!(relay["egress_saved"].as_f64().unwrap() > 0.0, "{relay:#}");
     // Both gateways were used (the workers spread their requests), none refused a frame.
     for log in ["gw1.log", "gw2.log"] {
         let text = std::fs::read_to_string(dir.path().join(log)).unwrap();
