@@ -149,11 +149,17 @@ they never cross the link. Frames whose tag or checksum fails are refused and re
 skyhaul launch --backend slurm --nodes 8 -- cp -r s3://src/data s3://dst/data\n  \
 skyhaul launch --backend skypilot --nodes 8 --spot --cpus 16+ -- sync s3://a/x s3://b/x\n  \
 skyhaul launch --backend kubernetes --nodes 4 --image registry/skyhaul:0.1 -- cp -r s3://a s3://b\n  \
-skyhaul launch --backend ssh --hosts h1,h2,h3 --submit -- cp -r /shared/data s3://bucket/data\n\n\
+skyhaul launch --backend ssh --hosts h1,h2,h3 --submit -- cp -r /shared/data s3://bucket/data\n  \
+skyhaul launch --backend skypilot --gateways 2 --gateway-region eu-west-1 -- cp -r s3://a s3://b\n\n\
 Rank 0 runs the coordinator (and one worker), every other rank a worker. No secret is\n\
 written into the file: SLURM and SSH pass the submitting shell's environment\n\
 (SKYHAUL_FLEET_TOKEN, SKYHAUL_SRC_*, SKYHAUL_DST_*, AWS_*), SkyPilot takes them as\n\
---secret at launch, Kubernetes from the Secret named by --secret.")]
+--secret at launch, Kubernetes from the Secret named by --secret.\n\n\
+With --gateways, relay gateways start too, near the destination, and the transfer relays\n\
+through them: they get SKYHAUL_RELAY_KEY and the destination's credentials, the fleet the\n\
+key and the source's. SLURM: a job of their own, submitted by the batch script; SkyPilot:\n\
+one cluster per gateway from NAME.gateway.sky.yaml (--submit launches them and passes their\n\
+IPs); Kubernetes: a StatefulSet in the same cluster; SSH: --gateway-hosts.")]
     Launch(LaunchArgs),
     /// Print the man page (roff)
     #[command(after_help = "Example:\n  skyhaul man > /usr/local/share/man/man1/skyhaul.1")]
@@ -680,6 +686,9 @@ pub enum BackendArg {
     Ssh,
 }
 
+/// `skyhaul launch`'s relay gateway options, in their own section of `--help`.
+const GATEWAY_HEADING: &str = "Relay gateways (started with the fleet, near the destination)";
+
 #[derive(Debug, Args)]
 pub struct LaunchArgs {
     /// The engine that runs the fleet
@@ -718,6 +727,30 @@ pub struct LaunchArgs {
     /// SkyPilot: CPUs per node, e.g. 16+
     #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
+    /// Also start N relay gateways near the destination and relay the transfer through them (SKYHAUL_RELAY_KEY must be set; ssh: one per --gateway-hosts)
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateways: Option<u32>,
+    /// The port the gateways listen on
+    #[arg(long, help_heading = GATEWAY_HEADING, default_value_t = 7400, value_name = "PORT")]
+    pub gateway_port: u16,
+    /// SkyPilot: the destination's region, where the gateways run (e.g. eu-west-1)
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "REGION")]
+    pub gateway_region: Option<String>,
+    /// SkyPilot: the destination's cloud (e.g. aws) [default: any cloud with --gateway-region]
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "CLOUD")]
+    pub gateway_cloud: Option<String>,
+    /// SLURM: the partition whose nodes are near the destination [default: the cluster's default]
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "NAME")]
+    pub gateway_partition: Option<String>,
+    /// Kubernetes: a node label KEY=VALUE the gateway pods must run on, e.g. topology.kubernetes.io/region=eu-west-1 (repeatable)
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "KEY=VALUE")]
+    pub gateway_node_selector: Vec<String>,
+    /// Kubernetes: the Secret holding SKYHAUL_RELAY_KEY and the destination's credentials, for the gateways
+    #[arg(long, help_heading = GATEWAY_HEADING, default_value = "skyhaul-gateway-credentials", value_name = "NAME")]
+    pub gateway_secret: String,
+    /// SSH: the hosts near the destination that run the gateways (comma-separated, [user@]host)
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "HOSTS", value_delimiter = ',')]
+    pub gateway_hosts: Vec<String>,
     /// The transfer, as for `skyhaul coordinator`: cp -r SRC DST [flags] or sync SRC DST [flags]
     #[arg(
         required = true,

@@ -1,10 +1,11 @@
 //! `skyhaul launch`: writes (and submits) a job that runs a fleet on an existing engine.
 
-use crate::args::{BackendArg, Cli, LaunchArgs};
+use crate::args::{BackendArg, Cli, Command as Cmd, CoordinatedTransfer, LaunchArgs};
 use crate::exit::{self, CliError, ExitCode};
 use crate::output::Output;
 use clap::Parser;
-use skyhaul_fleet::launch::{Backend, Job};
+use skyhaul_fleet::launch::{Backend, Gateways, Job, GATEWAYS_ENV};
+use skyhaul_location::{Location, Scheme};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -23,7 +24,8 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
     // The transfer must be one `skyhaul coordinator` accepts: check it here, not on the nodes.
     let mut argv = vec!["skyhaul", "coordinator", "--listen", "0.0.0.0:1"];
     argv.extend(args.transfer.iter().map(String::as_str));
-    if let Err(e) = Cli::try_parse_from(&argv) {
+    let parsed = Cli::try_parse_from(&argv);
+    if let Err(e) = &parsed {
         // clap's first line, with the argument it names on the next one when there is one.
         let text = e.to_string();
         let lines: Vec<&str> = text
@@ -77,6 +79,14 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         }
         (_, i) => i.clone().unwrap_or_default(),
     };
+    let dst = match parsed.map(|c| c.command) {
+        Ok(Cmd::Coordinator(c)) => match c.transfer {
+            CoordinatedTransfer::Cp(a) => a.common.dst,
+            CoordinatedTransfer::Sync(a) => a.common.dst,
+        },
+        _ => unreachable!("checked above"),
+    };
+    let gateways = gateways(&args, backend, &dst)?;
     let job = Job {
         nodes,
         port: args.port,
@@ -88,6 +98,7 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         spot: args.spot,
         cpus: args.cpus,
         hosts: args.hosts,
+        gateways,
     };
     let path = args
         .output
@@ -95,6 +106,16 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
     std::fs::write(&path, job.render(backend))
         .map_err(|e| exit::usage(format!("{}: {e}", path.display())))?;
     out.notice(&format!("wrote {}", path.display()));
+    // SkyPilot's gateways are their own task, beside the fleet's (its comments name it so).
+    let gateway_file = match job.render_gateway(backend) {
+        Some(text) => {
+            let p = path.with_file_name(format!("{}.gateway.sky.yaml", job.name));
+            std::fs::write(&p, text).map_err(|e| exit::usage(format!("{}: {e}", p.display())))?;
+            out.notice(&format!("wrote {}", p.display()));
+            Some(p.to_string_lossy().into_owned())
+        }
+        None => None,
+    };
     if !args.submit {
         return Ok(ExitCode::Ok);
     }
@@ -104,24 +125,235 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         Backend::Slurm | Backend::Ssh => cmd.arg(&file),
         Backend::Skypilot => {
             cmd.args(["launch", "-y", "-c", &job.name, &file]);
-            for v in job.secrets() {
-                if std::env::var_os(v).is_some() {
-                    cmd.args(["--secret", v]);
-                }
+            if let (Some(g), Some(gw_file)) = (&job.gateways, &gateway_file) {
+                let addrs = launch_sky_gateways(&job, g, gw_file, out)?;
+                cmd.arg("--env").arg(format!("{GATEWAYS_ENV}={addrs}"));
             }
+            secrets_set(&mut cmd, &job.secrets());
             &mut cmd
         }
         Backend::Kubernetes => cmd.args(["apply", "-f", &file]),
     };
+    let result = run_submit(&mut cmd, submit, &file);
+    if backend == Backend::Skypilot && job.gateways.is_some() {
+        let clusters: Vec<String> = (0..job.gateways.as_ref().map_or(0, |g| g.count))
+            .map(|i| job.gateway_cluster(i))
+            .collect();
+        out.notice(&format!(
+            "the relay gateways keep running (and billing) until you stop them: sky down {}",
+            clusters.join(" ")
+        ));
+    }
+    result
+}
+
+/// `--secret NAME` for each of `names` set here: SkyPilot reads the value from this
+/// environment, so it never appears on a command line.
+fn secrets_set(cmd: &mut Command, names: &[&str]) {
+    for v in names {
+        if std::env::var_os(v).is_some() {
+            cmd.args(["--secret", v]);
+        }
+    }
+}
+
+fn run_submit(cmd: &mut Command, what: &str, file: &str) -> Result<ExitCode, CliError> {
     match cmd.status() {
         Ok(s) if s.success() => Ok(ExitCode::Ok),
         Ok(s) => Err(CliError {
             code: ExitCode::PartialFailure,
-            message: format!("{submit} failed ({s}); the job file is {file}"),
+            message: format!("{what} failed ({s}); the job file is {file}"),
         }),
         Err(e) => Err(CliError {
             code: ExitCode::Usage,
-            message: format!("--submit: cannot run {submit} ({e}); the job file is {file}"),
+            message: format!("--submit: cannot run {what} ({e}); the job file is {file}"),
         }),
     }
+}
+
+/// Launches one SkyPilot cluster per gateway (detached: a gateway runs until stopped) and
+/// returns their `IP:PORT`s from `sky status --ip`, for the fleet's `--relay`.
+fn launch_sky_gateways(
+    job: &Job,
+    g: &Gateways,
+    file: &str,
+    out: Output,
+) -> Result<String, CliError> {
+    let mut addrs = Vec::new();
+    for i in 0..g.count {
+        let cluster = job.gateway_cluster(i);
+        let mut cmd = Command::new("sky");
+        cmd.args(["launch", "-y", "-d", "-c", &cluster, file]);
+        secrets_set(&mut cmd, &job.gateway_secrets());
+        run_submit(&mut cmd, &format!("sky launch of gateway {cluster}"), file)?;
+        let ip = Command::new("sky")
+            .args(["status", "--ip", &cluster])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|ip| !ip.is_empty() && !ip.contains(char::is_whitespace))
+            .ok_or_else(|| CliError {
+                code: ExitCode::PartialFailure,
+                message: format!(
+                    "`sky status --ip {cluster}` gave no address for gateway {cluster}; start the fleet by hand with --env {GATEWAYS_ENV}=IP:{},...",
+                    g.port
+                ),
+            })?;
+        out.notice(&format!("relay gateway {cluster} at {ip}:{}", g.port));
+        addrs.push(format!("{ip}:{}", g.port));
+    }
+    Ok(addrs.join(","))
+}
+
+/// The gateways asked for, checked against the backend: each backend takes its own
+/// placement options, and an option meant for another is an error rather than ignored.
+fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gateways>, CliError> {
+    let own: &[(&str, bool)] = &[
+        ("--gateway-region", args.gateway_region.is_some()),
+        ("--gateway-cloud", args.gateway_cloud.is_some()),
+        ("--gateway-partition", args.gateway_partition.is_some()),
+        (
+            "--gateway-node-selector",
+            !args.gateway_node_selector.is_empty(),
+        ),
+        ("--gateway-hosts", !args.gateway_hosts.is_empty()),
+    ];
+    let allowed: &[&str] = match backend {
+        Backend::Skypilot => &["--gateway-region", "--gateway-cloud"],
+        Backend::Slurm => &["--gateway-partition"],
+        Backend::Kubernetes => &["--gateway-node-selector"],
+        Backend::Ssh => &["--gateway-hosts"],
+    };
+    let backend_name = match backend {
+        Backend::Skypilot => "skypilot",
+        Backend::Slurm => "slurm",
+        Backend::Kubernetes => "kubernetes",
+        Backend::Ssh => "ssh",
+    };
+    for (flag, given) in own {
+        if *given && !allowed.contains(flag) {
+            return Err(exit::usage(format!(
+                "{flag} is not an option of --backend {backend_name} (its gateway options: {})",
+                allowed.join(", ")
+            )));
+        }
+    }
+    let count = match (backend, args.gateways) {
+        (Backend::Ssh, n) if !args.gateway_hosts.is_empty() => {
+            let hosts = args.gateway_hosts.len() as u32;
+            if n.is_some_and(|n| n != hosts) {
+                return Err(exit::usage(format!(
+                    "--gateways {} but {hosts} --gateway-hosts: with ssh there is one gateway per host",
+                    n.unwrap_or(0)
+                )));
+            }
+            hosts
+        }
+        (Backend::Ssh, Some(_)) => {
+            return Err(exit::usage(
+                "--backend ssh --gateways needs --gateway-hosts g1,g2,... (the hosts near the destination)",
+            ))
+        }
+        (_, Some(n)) => n,
+        (_, None) => {
+            if let Some((flag, _)) = own.iter().find(|(_, given)| *given) {
+                return Err(exit::usage(format!("{flag} needs --gateways N")));
+            }
+            return Ok(None);
+        }
+    };
+    if backend == Backend::Skypilot && args.gateway_region.is_none() {
+        return Err(exit::usage(
+            "--backend skypilot --gateways needs --gateway-region (the destination's region, where the gateways run)",
+        ));
+    }
+    if args
+        .transfer
+        .iter()
+        .any(|a| a == "--relay" || a.starts_with("--relay="))
+    {
+        return Err(exit::usage(
+            "--gateways and a transfer with --relay: launch gives the transfer its gateways' addresses itself; drop one",
+        ));
+    }
+    let mut node_selector = Vec::new();
+    for s in &args.gateway_node_selector {
+        match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => node_selector.push((k.to_string(), v.to_string())),
+            _ => {
+                return Err(exit::usage(format!(
+                    "--gateway-node-selector {s}: expected KEY=VALUE, e.g. topology.kubernetes.io/region=eu-west-1"
+                )))
+            }
+        }
+    }
+    let mut gateway_args = vec![gateway_destination(dst)?];
+    gateway_args.extend(destination_flags(&args.transfer));
+    Ok(Some(Gateways {
+        count,
+        port: args.gateway_port,
+        args: gateway_args,
+        cloud: args.gateway_cloud.clone(),
+        region: args.gateway_region.clone(),
+        partition: args.gateway_partition.clone(),
+        node_selector,
+        secret: args.gateway_secret.clone(),
+        hosts: args.gateway_hosts.clone(),
+    }))
+}
+
+/// What a gateway serves: the whole bucket (or container) of the transfer's destination,
+/// as `skyhaul gateway` takes it; a named remote stays a remote (`NAME:BUCKET`).
+fn gateway_destination(dst: &str) -> Result<String, CliError> {
+    let not_a_store = || {
+        exit::usage(format!(
+            "--gateways: the destination {dst} is a local path; relay gateways write to an object store (s3://, gs://, az://)"
+        ))
+    };
+    if dst.contains("://") {
+        let loc = Location::parse(dst).map_err(exit::usage)?;
+        if loc.scheme == Scheme::Local {
+            return Err(not_a_store());
+        }
+        let root = Location {
+            path: String::new(),
+            ..loc
+        };
+        return Ok(root.to_string().trim_end_matches('/').to_string());
+    }
+    match dst.split_once(':') {
+        Some((remote, rest)) if !remote.is_empty() && !remote.contains('/') && !rest.is_empty() => {
+            let bucket = rest.trim_start_matches('/').split('/').next().unwrap_or("");
+            Ok(format!("{remote}:{bucket}"))
+        }
+        _ => Err(not_a_store()),
+    }
+}
+
+/// The transfer's flags that say where the destination is (never a secret: those go through
+/// each engine's secret mechanism), as the gateways must be given them.
+fn destination_flags(transfer: &[String]) -> Vec<String> {
+    const FLAGS: [&str; 6] = [
+        "--dst-endpoint",
+        "--dst-region",
+        "--dst-profile",
+        "--dst-azure-account",
+        "--dst-gcs-service-account",
+        "--rclone-config",
+    ];
+    let mut out = Vec::new();
+    let mut words = transfer.iter();
+    while let Some(w) = words.next() {
+        for flag in FLAGS {
+            if w == flag {
+                if let Some(v) = words.next() {
+                    out.extend([flag.to_string(), v.clone()]);
+                }
+            } else if let Some(v) = w.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+                out.extend([flag.to_string(), v.to_string()]);
+            }
+        }
+    }
+    out
 }

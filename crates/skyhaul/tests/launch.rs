@@ -117,6 +117,162 @@ async fn slurm_script_runs_a_coordinator_and_workers_that_copy_and_verify() {
     assert!(workers.len() >= 2, "{workers:?}\n{output}");
 }
 
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string()
+}
+
+/// `--gateways 1`: the batch script submits a SLURM job of its own that runs a relay gateway.
+/// The fleet's tasks drop the destination's credentials (the script unsets them), so every
+/// write reaches the destination through the gateway; the coordinator's report counts what
+/// the workers relayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
+    let cluster = SlurmCluster::start();
+    let src = S3Server::start(S3Kind::S3sFs);
+    let dst = S3Server::start(S3Kind::S3sFs);
+    src.create_bucket("src").await;
+    dst.create_bucket("dst").await;
+    let mut files = BTreeMap::new();
+    for i in 0..24 {
+        let text: String = (0..1500)
+            .map(|j| format!("row {j} of table {i}: name=skyhaul, region=eu-west-1\n"))
+            .collect();
+        files.insert(format!("text/{i:02}.csv"), text.into_bytes());
+    }
+    files.insert("large.bin".to_string(), data(12 << 20, 7));
+    fill_bucket(&src, "src", "data/", &files).await;
+    let bytes: u64 = files.values().map(|v| v.len() as u64).sum();
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("relay.sbatch");
+    let journal = dir.path().join("journal.sqlite");
+    let (port, gw_port) = (free_port(), free_port());
+    let gen = skyhaul(
+        &[
+            "launch",
+            "--backend",
+            "slurm",
+            "--nodes",
+            "2",
+            "--name",
+            "relay-test",
+            "--port",
+            &port,
+            "--gateways",
+            "1",
+            "--gateway-port",
+            &gw_port,
+            "--skyhaul",
+            env!("CARGO_BIN_EXE_skyhaul"),
+            "-o",
+            script.to_str().unwrap(),
+            "--",
+            "cp",
+            "-r",
+            "s3://src/data",
+            "s3://dst/data",
+            "--src-endpoint",
+            &src.endpoint,
+            "--dst-endpoint",
+            &dst.endpoint,
+            "--multipart-threshold",
+            "8M",
+            "--part-size",
+            "5M",
+            "--bwlimit",
+            "8M",
+            "--lease-size",
+            "1M",
+            "--json",
+            "-y",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(gen.code, 0, "{}", gen.stderr);
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(
+        text.contains("--job-name=relay-test-gw --nodes=1"),
+        "{text}"
+    );
+    let key = "5a".repeat(32);
+    for secret in [&src.secret_key, &dst.secret_key, &dst.access_key, &key] {
+        assert!(!text.contains(secret.as_str()), "{text}");
+    }
+    // The gateway is told where the destination is.
+    assert!(
+        text.contains(&format!(
+            "gateway --listen 0.0.0.0:{gw_port} s3://dst --dst-endpoint"
+        )),
+        "{text}"
+    );
+
+    let mut env: Vec<(String, String)> = test_env(Some(&src), Some(&dst), &[])
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    env.push(("SKYHAUL_FLEET_TOKEN".into(), TOKEN.into()));
+    env.push(("SKYHAUL_RELAY_KEY".into(), key.clone()));
+    env.push(("SKYHAUL_JOURNAL".into(), journal.display().to_string()));
+    let id = cluster.sbatch(&script, dir.path(), &env);
+    let end = cluster.wait(id, Duration::from_secs(240));
+    let output = std::fs::read_to_string(dir.path().join(format!("relay-test-{id}.out")))
+        .unwrap_or_default();
+    assert_eq!(end.state, "COMPLETED", "{output}\n{}", cluster.logs());
+    assert_eq!(end.exit_code, "0:0", "{output}");
+
+    let report = output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .unwrap_or_else(|| panic!("no report in the job output:\n{output}"));
+    assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
+    assert_eq!(
+        report["verification"]["checksum_ok"],
+        files.len() as u64,
+        "{report}"
+    );
+    assert_eq!(read_bucket(&dst, "dst", "data/").await, files);
+    // Through the gateway: the whole data set crossed the relay, compressed.
+    let relay = &report["relay"];
+    let logical = relay["logical_bytes"].as_u64().unwrap_or(0);
+    assert!(logical >= bytes, "{relay}\n{output}");
+    assert!(relay["wire_bytes"].as_u64().unwrap() < logical, "{relay}");
+    let gw_output: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("relay-test-gw-")
+        })
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        gw_output.contains("relay gateway for s3://dst/ listening on 0.0.0.0:"),
+        "{gw_output}"
+    );
+    // The gateway's job was cancelled once the transfer was over.
+    let gw_job = id + 1;
+    let gw_end = cluster.wait(gw_job, Duration::from_secs(30));
+    assert_eq!(gw_end.state, "CANCELLED", "{gw_output}");
+
+    let j = Journal::open(&journal).unwrap();
+    let t = &j.transfers().unwrap()[0];
+    let workers: std::collections::BTreeSet<String> = j
+        .fleet_leases(t.id)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.worker)
+        .collect();
+    assert!(workers.len() >= 2, "{workers:?}\n{output}");
+}
+
 /// SkyPilot's own parser loads the generated task: the nodes, spot, CPUs and port as asked,
 /// the token as a secret given at launch (never a value in the file), and a run script that
 /// starts the coordinator at rank 0.
