@@ -540,15 +540,15 @@ impl Job {
                 head,
                 "\n#   kubectl create secret generic {} --from-literal={RELAY_KEY_ENV}=$(openssl rand -hex 32) \\\n\
                  #     --from-literal=SKYHAUL_DST_ACCESS_KEY_ID=... --from-literal=SKYHAUL_DST_SECRET_ACCESS_KEY=...\n\
+                 #   kubectl apply -f THIS_FILE\n\
                  # The gateways keep running after the Job: `kubectl delete statefulset,service {gw}`.",
                 g.secret
             );
         } else {
-            head.push_str(" (and DST)");
+            head.push_str(" (and DST)\n#   kubectl apply -f THIS_FILE");
         }
         let mut text = format!(
             "{head}\n\
-             #   kubectl apply -f THIS_FILE\n\
              apiVersion: v1\n\
              kind: Service\n\
              metadata:\n  name: {qname}\n\

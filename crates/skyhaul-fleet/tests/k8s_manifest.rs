@@ -5,10 +5,11 @@
 //! fleet work are checked on the typed objects. Then the pod's command runs for ranks 0 and
 //! 1 as a shell would in the pod.
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job as K8sJob;
 use k8s_openapi::api::core::v1::Service;
 use serde::Deserialize;
-use skyhaul_fleet::launch::{Backend, Job};
+use skyhaul_fleet::launch::{Backend, Gateways, Job};
 
 const NODES: u32 = 4;
 
@@ -29,6 +30,7 @@ fn job(skyhaul: &str) -> Job {
         spot: false,
         cpus: None,
         hosts: Vec::new(),
+        gateways: None,
     }
 }
 
@@ -147,4 +149,172 @@ fn manifest_round_trips_through_the_kubernetes_types() {
     );
     // Without the token from the Secret, no rank starts.
     assert!(!run("0", None).0);
+}
+
+fn with_gateways(skyhaul: &str) -> Job {
+    Job {
+        gateways: Some(Gateways {
+            count: 2,
+            port: 7400,
+            args: vec!["s3://dst".into(), "--dst-region".into(), "eu-west-1".into()],
+            node_selector: vec![("topology.kubernetes.io/region".into(), "eu-west-1".into())],
+            secret: "gw-credentials".into(),
+            ..Gateways::default()
+        }),
+        ..job(skyhaul)
+    }
+}
+
+/// Runs a container's command as its pod would, with only `env` set.
+fn run_command(command: &[String], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    )
+}
+
+/// `--gateways 2`: a StatefulSet of gateways behind its own headless Service, each pod
+/// addressed by its DNS name in the fleet's `SKYHAUL_GATEWAYS`; secrets only through the
+/// gateways' Secret (`envFrom`) and, for the fleet, the relay key alone (`secretKeyRef`).
+#[test]
+fn gateway_manifest_round_trips_through_the_kubernetes_types() {
+    let text = with_gateways("skyhaul").render(Backend::Kubernetes);
+    let docs = documents(&text);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["Service", "Job", "Service", "StatefulSet"],
+        "{text}"
+    );
+    let _: Service = typed(&docs[0]);
+
+    let svc: Service = typed(&docs[2]);
+    let svc_name = svc.metadata.name.clone().unwrap();
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "headless");
+    let ports = spec.ports.unwrap();
+    assert_eq!(
+        (ports[0].port, ports[0].name.as_deref()),
+        (7400, Some("relay"))
+    );
+    let selector = spec.selector.unwrap();
+
+    let sts: StatefulSet = typed(&docs[3]);
+    let sts_name = sts.metadata.name.clone().unwrap();
+    let spec = sts.spec.unwrap();
+    assert_eq!(spec.service_name.as_deref(), Some(svc_name.as_str()));
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    let template = spec.template;
+    let labels = template.metadata.unwrap().labels.unwrap();
+    for (k, v) in &selector {
+        assert_eq!(labels.get(k), Some(v), "selector {k}");
+    }
+    assert_eq!(spec.selector.match_labels.as_ref(), Some(&selector));
+    let pod = template.spec.unwrap();
+    let placement = pod.node_selector.unwrap();
+    assert_eq!(
+        placement
+            .get("topology.kubernetes.io/region")
+            .map(String::as_str),
+        Some("eu-west-1")
+    );
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.example/skyhaul:0.1"));
+    assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 7400);
+    let probe = c
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .tcp_socket
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(7400)
+    );
+    assert!(
+        c.env.is_none(),
+        "no inline env on the gateways: {:?}",
+        c.env
+    );
+    let from = c.env_from.as_ref().unwrap();
+    assert_eq!(from.len(), 1);
+    assert_eq!(from[0].secret_ref.as_ref().unwrap().name, "gw-credentials");
+
+    // The fleet: each gateway pod by its name under the headless Service, and the relay key
+    // from the gateways' Secret; nothing secret inline.
+    let kjob: K8sJob = typed(&docs[1]);
+    let fc = &kjob.spec.unwrap().template.spec.unwrap().containers[0];
+    let env = fc.env.clone().unwrap();
+    let value = |name: &str| env.iter().find(|e| e.name == name).unwrap().clone();
+    assert_eq!(
+        value("SKYHAUL_GATEWAYS").value.as_deref(),
+        Some(format!("{sts_name}-0.{svc_name}:7400,{sts_name}-1.{svc_name}:7400").as_str())
+    );
+    let key = value("SKYHAUL_RELAY_KEY");
+    assert!(key.value.is_none());
+    let key_ref = key.value_from.unwrap().secret_key_ref.unwrap();
+    assert_eq!(
+        (key_ref.name.as_str(), key_ref.key.as_str()),
+        ("gw-credentials", "SKYHAUL_RELAY_KEY")
+    );
+    for e in &env {
+        assert!(
+            ["SKYHAUL_HEAD", "SKYHAUL_GATEWAYS", "SKYHAUL_RELAY_KEY"].contains(&e.name.as_str()),
+            "{e:?}"
+        );
+    }
+    // Credentials are named only in the comment and in the scripts' `unset` lines.
+    let yaml_only: String = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(!yaml_only.contains("SECRET_ACCESS_KEY="), "{text}");
+    assert!(!yaml_only.contains("SECRET_ACCESS_KEY:"), "{text}");
+
+    // The commands, as the pods run them (`echo` stands in for skyhaul). A gateway starts
+    // only with the relay key, and without the fleet's token or the source's keys.
+    let docs = documents(&with_gateways("echo").render(Backend::Kubernetes));
+    let sts: StatefulSet = typed(&docs[3]);
+    let gw = sts.spec.unwrap().template.spec.unwrap().containers[0]
+        .command
+        .clone()
+        .unwrap();
+    let key = "ab".repeat(32);
+    assert_eq!(
+        run_command(&gw, &[("SKYHAUL_RELAY_KEY", &key)]),
+        (
+            true,
+            "gateway --listen 0.0.0.0:7400 s3://dst --dst-region eu-west-1".to_string()
+        )
+    );
+    assert!(!run_command(&gw, &[]).0, "a gateway without the key starts");
+    // Rank 0 waits for the gateways to accept connections, then coordinates through them.
+    let k: K8sJob = typed(&docs[1]);
+    let fleet = k.spec.unwrap().template.spec.unwrap().containers[0]
+        .command
+        .clone()
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateways = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let (ok, out) = run_command(
+        &fleet,
+        &[
+            ("JOB_COMPLETION_INDEX", "0"),
+            ("SKYHAUL_HEAD", "skyhaul-fleet-0.skyhaul-fleet"),
+            ("SKYHAUL_FLEET_TOKEN", "0123456789abcdef0123"),
+            ("SKYHAUL_GATEWAYS", &gateways),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.ends_with(&format!("--workers 1 --relay {gateways}")),
+        "{out}"
+    );
 }

@@ -357,3 +357,318 @@ print(json.dumps({
         "{run}"
     );
 }
+
+/// Runs a Python snippet in the SkyPilot venv with `args`; its JSON output.
+fn sky_python(script: &str, args: &[&std::path::Path]) -> serde_json::Value {
+    let out = std::process::Command::new(skyhaul_testkit::tool("sky-python"))
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("the SkyPilot venv's python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `--gateways 2 --gateway-region`: SkyPilot's parser loads the gateway task (the region and
+/// cloud asked, the port open, the relay key and the destination's keys as secrets without
+/// values, a run script that starts `skyhaul gateway` for the destination's bucket) and the
+/// fleet task, which SkyPilot refuses to launch until the gateways' addresses are given.
+#[test]
+fn skypilot_gateway_task_loads_in_skypilot() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("fleet.sky.yaml");
+    let gen = skyhaul(
+        &[
+            "launch",
+            "--backend",
+            "skypilot",
+            "--name",
+            "relay",
+            "--nodes",
+            "3",
+            "--gateways",
+            "2",
+            "--gateway-region",
+            "eu-west-1",
+            "--gateway-cloud",
+            "aws",
+            "-o",
+            task.to_str().unwrap(),
+            "--",
+            "cp",
+            "-r",
+            "s3://a/x",
+            "s3://b/y",
+            "--dst-region",
+            "eu-west-1",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(gen.code, 0, "{}", gen.stderr);
+    let gateway = dir.path().join("relay.gateway.sky.yaml");
+    assert!(
+        gen.stderr.contains("relay.gateway.sky.yaml"),
+        "{}",
+        gen.stderr
+    );
+    let script = r#"
+import json, sys, yaml, sky
+config = yaml.safe_load(open(sys.argv[1]))
+declared = dict(config["secrets"])
+t = sky.Task.from_yaml_config(config, secrets_overrides=[(k, "given-at-launch") for k in declared])
+r = list(t.resources)[0]
+print(json.dumps({
+    "name": t.name,
+    "num_nodes": t.num_nodes,
+    "cloud": str(r.cloud),
+    "region": r.region,
+    "ports": r.ports,
+    "secrets": sorted(t.secrets),
+    "declared_secrets": declared,
+    "run": t.run,
+}))
+"#;
+    let v = sky_python(script, &[&gateway]);
+    assert_eq!(v["name"], "relay-gw", "{v}");
+    assert_eq!(v["num_nodes"], 1, "{v}");
+    assert_eq!(v["cloud"], "AWS", "{v}");
+    assert_eq!(v["region"], "eu-west-1", "{v}");
+    assert_eq!(v["ports"], serde_json::json!(["7400"]), "{v}");
+    assert_eq!(
+        v["secrets"],
+        serde_json::json!([
+            "SKYHAUL_DST_ACCESS_KEY_ID",
+            "SKYHAUL_DST_SECRET_ACCESS_KEY",
+            "SKYHAUL_DST_SESSION_TOKEN",
+            "SKYHAUL_RELAY_KEY"
+        ]),
+        "{v}"
+    );
+    assert!(
+        v["declared_secrets"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|s| s.is_null()),
+        "{v}"
+    );
+    let run = v["run"].as_str().unwrap();
+    assert!(
+        run.contains("exec skyhaul gateway --listen 0.0.0.0:7400 s3://b --dst-region eu-west-1"),
+        "{run}"
+    );
+    assert!(
+        run.contains("unset SKYHAUL_FLEET_TOKEN SKYHAUL_SRC_ACCESS_KEY_ID"),
+        "{run}"
+    );
+
+    // The fleet: no destination keys among its secrets, the relay key among them, and the
+    // gateways' addresses an env SkyPilot will not launch without.
+    let script = r#"
+import json, sys, yaml, sky
+def load(envs):
+    config = yaml.safe_load(open(sys.argv[1]))
+    declared = dict(config["secrets"])
+    t = sky.Task.from_yaml_config(config, env_overrides=envs, secrets_overrides=[(k, "given") for k in declared])
+    return t
+try:
+    load(None)
+    refused = None
+except Exception as e:
+    refused = str(e)
+t = load([("SKYHAUL_GATEWAYS", "10.0.0.7:7400,10.0.0.8:7400")])
+print(json.dumps({"refused": refused, "secrets": sorted(t.secrets), "envs": t.envs, "run": t.run}))
+"#;
+    let v = sky_python(script, &[&task]);
+    assert!(
+        v["refused"]
+            .as_str()
+            .is_some_and(|e| e.contains("SKYHAUL_GATEWAYS")),
+        "{v}"
+    );
+    assert_eq!(
+        v["secrets"],
+        serde_json::json!([
+            "SKYHAUL_FLEET_TOKEN",
+            "SKYHAUL_RELAY_KEY",
+            "SKYHAUL_SRC_ACCESS_KEY_ID",
+            "SKYHAUL_SRC_SECRET_ACCESS_KEY",
+            "SKYHAUL_SRC_SESSION_TOKEN"
+        ]),
+        "{v}"
+    );
+    assert_eq!(
+        v["envs"]["SKYHAUL_GATEWAYS"], "10.0.0.7:7400,10.0.0.8:7400",
+        "{v}"
+    );
+    let run = v["run"].as_str().unwrap();
+    assert!(
+        run.contains("coordinator --listen 0.0.0.0:7070 cp -r s3://a/x s3://b/y --dst-region eu-west-1 --workers 1 --relay \"$SKYHAUL_GATEWAYS\""),
+        "{run}"
+    );
+    // The comment says how to launch both, in order, with every secret from the environment.
+    let text = std::fs::read_to_string(&task).unwrap();
+    assert!(
+        text.contains(
+            "sky launch -y -d -c relay-gw-1 relay.gateway.sky.yaml --secret SKYHAUL_RELAY_KEY"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("--env SKYHAUL_GATEWAYS=$(sky status --ip relay-gw-0):7400,$(sky status --ip relay-gw-1):7400"),
+        "{text}"
+    );
+}
+
+/// Gateway options that cannot work are refused with a one-line usage error (exit 2), before
+/// anything is written.
+#[test]
+fn gateway_options_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("job");
+    let out = out.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--backend",
+                "slurm",
+                "--gateways",
+                "1",
+                "-o",
+                out,
+                "--",
+                "cp",
+                "-r",
+                "s3://a/x",
+                "/mnt/x",
+            ],
+            "is a local path",
+        ),
+        (
+            &[
+                "--backend",
+                "slurm",
+                "--gateways",
+                "1",
+                "--gateway-region",
+                "eu",
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+            ],
+            "--gateway-region is not an option of --backend slurm",
+        ),
+        (
+            &[
+                "--backend",
+                "skypilot",
+                "--gateways",
+                "1",
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+            ],
+            "needs --gateway-region",
+        ),
+        (
+            &[
+                "--backend",
+                "kubernetes",
+                "--image",
+                "i",
+                "--gateway-node-selector",
+                "a=b",
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+            ],
+            "--gateway-node-selector needs --gateways N",
+        ),
+        (
+            &[
+                "--backend",
+                "ssh",
+                "--hosts",
+                "h1",
+                "--gateways",
+                "1",
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+            ],
+            "needs --gateway-hosts",
+        ),
+        (
+            &[
+                "--backend",
+                "slurm",
+                "--gateways",
+                "1",
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+                "--relay",
+                "gw:7400",
+            ],
+            "--gateways and a transfer with --relay",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut all = vec!["launch"];
+        all.extend_from_slice(args);
+        let run = skyhaul(&all, None, None);
+        assert_eq!(run.code, 2, "{all:?}: {}", run.stderr);
+        assert!(run.stderr.contains(message), "{all:?}: {}", run.stderr);
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+        assert!(!std::path::Path::new(out).exists(), "{all:?} wrote the job");
+    }
+    // A named remote's gateway serves the remote's bucket.
+    let run = skyhaul(
+        &[
+            "launch",
+            "--backend",
+            "ssh",
+            "--hosts",
+            "h1",
+            "--gateway-hosts",
+            "g1",
+            "-o",
+            out,
+            "--",
+            "cp",
+            "-r",
+            "s3://a/x",
+            "nebius:bucket/data/2024",
+            "--dst-profile",
+            "neb",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = std::fs::read_to_string(out).unwrap();
+    assert!(
+        text.contains("gateway --listen 0.0.0.0:7400 nebius:bucket --dst-profile neb"),
+        "{text}"
+    );
+}
