@@ -121,31 +121,8 @@ fn coordinator_url(child: &mut Child) -> (String, std::sync::mpsc::Receiver<Stri
     panic!("no coordinator URL announced; stderr: {seen:?}");
 }
 
-/// One HTTP/1.1 GET with std only: (status, body).
-fn http_get(url: &str, path: &str, auth: Option<&str>) -> (u16, String) {
-    let addr = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr)
-        .unwrap_or_else(|e| panic!("coordinator at {addr} unreachable: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    // One write: a request arriving in pieces can be answered (and the connection closed)
-    // before its last piece, which then resets the connection.
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().expect("status code");
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_string())
-}
-
 fn status(url: &str) -> serde_json::Value {
-    let (code, body) = http_get(url, "/v1/status", Some(&format!("Bearer {TOKEN}")));
-    assert_eq!(code, 200, "{body}");
-    // Small bodies come in one chunk; skip a chunked encoding's size line if present.
-    let json = body.trim_start_matches(|c: char| c != '{');
-    let end = json.rfind('}').expect("JSON object");
-    serde_json::from_str(&json[..=end]).expect("status is JSON")
+    fleet_status(url, TOKEN)
 }
 
 /// Polls the status until `ready` holds for it.

@@ -407,6 +407,143 @@ fn a_local_fleet_relays_through_the_gateways() {
     assert_eq!(regions.destination(), files);
 }
 
+/// A coordinator and a worker started apart, as `skyhaul launch` starts them: while the copy
+/// runs, `/v1/status` and `/metrics` show the relay's bytes, the worker's among them.
+#[test]
+fn a_fleet_coordinator_shows_its_workers_relay_bytes_while_they_copy() {
+    const TOKEN: &str = "relay-fleet-token-0123456789";
+    let regions = Regions::start("skrF", LinkSpec::wan());
+    let files = text_corpus(3 * MIB);
+    regions.seed(&files);
+    let data: u64 = files.values().map(|v| v.len() as u64).sum();
+    let dir = tempfile::tempdir().unwrap();
+    let _g = KillOnDrop(regions.gateway(7450, &dir.path().join("gw.log")));
+    let relay = format!("{B_IP}:7450");
+    let listen = "127.0.0.1:7451";
+    let url = format!("http://{listen}");
+    // A rate limit keeps the copy running for a few seconds, long enough to look at it.
+    let coordinator = regions
+        .command(
+            true,
+            &[
+                "coordinator",
+                "--listen",
+                listen,
+                "cp",
+                "-r",
+                "s3://src/",
+                "s3://dst/",
+                "--src-endpoint",
+                &regions.src.endpoint,
+                "--relay",
+                &relay,
+                "--no-journal",
+                "--json",
+                "--bwlimit",
+                "600K",
+                "--lease-size",
+                "256K",
+            ],
+            &[("SKYHAUL_FLEET_TOKEN", TOKEN)],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut coordinator = KillOnDrop(coordinator);
+    let read_all = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = r.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(coordinator.0.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(coordinator.0.stderr.take().unwrap()));
+    let _worker = KillOnDrop(
+        regions
+            .command(
+                true,
+                &["worker", "--coordinator", &url, "--wait", "60s"],
+                &[("SKYHAUL_FLEET_TOKEN", TOKEN)],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (status, metrics) = regions.wan.a.run(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no worker relay bytes in the status"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            if std::net::TcpStream::connect(listen).is_err() {
+                continue;
+            }
+            let s = fleet_status(&url, TOKEN);
+            let reported = s["workers"]
+                .as_array()
+                .and_then(|w| w.first())
+                .and_then(|w| w["relay"]["logical_sent"].as_u64())
+                .unwrap_or(0);
+            if reported > 0 && s["phase"] == "copying" {
+                let (code, m) = http_get(&url, "/metrics", Some(&format!("Bearer {TOKEN}")));
+                assert_eq!(code, 200, "{m}");
+                return (s, m);
+            }
+        }
+    });
+    let worker = &status["workers"][0]["relay"];
+    let total = &status["relay"];
+    assert_eq!(total["compression"], "zstd:1", "{status:#}");
+    // The total holds the worker's bytes (and the coordinator's own requests).
+    assert!(
+        total["logical_bytes"].as_u64() >= worker["logical_sent"].as_u64(),
+        "{status:#}"
+    );
+    assert!(
+        total["wire_bytes"].as_u64() >= worker["wire_sent"].as_u64(),
+        "{status:#}"
+    );
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(
+        metric("skyhaul_fleet_relay_logical_bytes_total ") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric("skyhaul_fleet_relay_wire_bytes_total ") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric("skyhaul_fleet_worker_relay_wire_bytes_total{worker=") > 0.0,
+        "{metrics}"
+    );
+
+    let code = coordinator.0.wait().unwrap().code().unwrap_or(-1);
+    let r = Run {
+        code,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    let done = r.json();
+    let relay = &done["relay"];
+    let logical = relay["logical_bytes"].as_u64().unwrap();
+    assert!(logical >= data, "{relay:#}");
+    assert!(relay["wire_bytes"].as_u64().unwrap() < logical, "{relay:#}");
+    assert_eq!(regions.destination(), files);
+}
+
 #[test]
 fn sync_through_the_relay_mirrors_the_source() {
     let regions = Regions::start("skrE", LinkSpec::wan());

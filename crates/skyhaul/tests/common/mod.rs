@@ -4,6 +4,7 @@
 
 use skyhaul_testkit::S3Server;
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Output;
 
@@ -301,3 +302,32 @@ pub const COMMANDS: [&str; 15] = [
     "launch",
     "man",
 ];
+
+/// One HTTP/1.1 GET with std only: (status, body).
+pub fn http_get(url: &str, path: &str, auth: Option<&str>) -> (u16, String) {
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("coordinator at {addr} unreachable: {e}"));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    // One write: a request arriving in pieces can be answered (and the connection closed)
+    // before its last piece, which then resets the connection.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().expect("status code");
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+/// A fleet coordinator's `GET /v1/status`, parsed.
+pub fn fleet_status(url: &str, token: &str) -> serde_json::Value {
+    let (code, body) = http_get(url, "/v1/status", Some(&format!("Bearer {token}")));
+    assert_eq!(code, 200, "{body}");
+    // Small bodies come in one chunk; skip a chunked encoding's size line if present.
+    let json = body.trim_start_matches(|c: char| c != '{');
+    let end = json.rfind('}').expect("JSON object");
+    serde_json::from_str(&json[..=end]).expect("status is JSON")
+}
