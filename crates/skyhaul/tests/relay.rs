@@ -412,7 +412,7 @@ fn a_local_fleet_relays_through_the_gateways() {
 #[test]
 fn a_fleet_coordinator_shows_its_workers_relay_bytes_while_they_copy() {
     const TOKEN: &str = "relay-fleet-token-0123456789";
-    let regions = Regions::start("skrF", LinkSpec::wan());
+    let regions = Regions::start("skrI", LinkSpec::wan());
     let files = text_corpus(3 * MIB);
     regions.seed(&files);
     let data: u64 = files.values().map(|v| v.len() as u64).sum();
