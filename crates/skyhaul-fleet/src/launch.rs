@@ -304,67 +304,10 @@ impl Job {
         let _ = writeln!(s, "#SBATCH --ntasks={n}");
         let _ = writeln!(s, "#SBATCH --output={}-%j.out", self.name);
         let _ = writeln!(s, "#SBATCH --export=ALL");
-        let Some(g) = &self.gateways else {
-            s.push_str(&preamble("slurm", "sbatch THIS_FILE"));
-            let _ = writeln!(
-                s,
-                "# Task 0 runs on the first node of the allocation: the coordinator."
-            );
-            let _ = writeln!(
-                s,
-                "export SKYHAUL_HEAD=\"$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1)\""
-            );
-            let _ = writeln!(
-                s,
-                "srun --ntasks={n} --distribution=block --kill-on-bad-exit=0 bash -c {}",
-                sh(&self.rank_script("SLURM_PROCID", "SKYHAUL_HEAD"))
-            );
-            return s;
-        };
         s.push_str(&preamble("slurm", "sbatch THIS_FILE"));
-        let _ = writeln!(
-            s,
-            ": \"${{{RELAY_KEY_ENV}:?set {RELAY_KEY_ENV} (64 hex digits: openssl rand -hex 32) first}}\""
-        );
-        let _ = writeln!(
-            s,
-            "# The relay gateways are a job of their own, one per node (a heterogeneous job would\n\
-             # keep them on other nodes than the fleet's, which a small cluster may not have). It\n\
-             # inherits this job's environment, drops what it does not need, and is cancelled\n\
-             # when the transfer ends."
-        );
-        let mut options = format!(
-            "--parsable --job-name={}-gw --nodes={} --ntasks-per-node=1 --output={}-gw-%j.out --export=ALL",
-            self.name, g.count, self.name
-        );
-        if let Some(p) = &g.partition {
-            let _ = write!(options, " --partition={}", sh(p));
+        if let Some(g) = &self.gateways {
+            self.slurm_gateway_job(&mut s, g);
         }
-        let _ = writeln!(
-            s,
-            "GATEWAY_JOB=\"$(sbatch {options} <<'SKYHAUL_GATEWAY_JOB'\n#!/bin/bash\nsrun bash -c {}\nSKYHAUL_GATEWAY_JOB\n)\"",
-            sh(&self.gateway_script(g, true))
-        );
-        let _ = writeln!(s, "GATEWAY_JOB=\"${{GATEWAY_JOB%%;*}}\"");
-        let _ = writeln!(
-            s,
-            "trap 'scancel \"$GATEWAY_JOB\" 2>/dev/null || true' EXIT"
-        );
-        let _ = writeln!(
-            s,
-            "until [ \"$(squeue -h -j \"$GATEWAY_JOB\" -o %T 2>/dev/null)\" = RUNNING ]; do\n  \
-             case \"$(squeue -h -j \"$GATEWAY_JOB\" -o %T 2>/dev/null)\" in\n    \
-             PENDING|CONFIGURING) sleep 2 ;;\n    \
-             *) echo \"skyhaul: the relay gateways' job $GATEWAY_JOB ended before it ran (see {}-gw-$GATEWAY_JOB.out)\" >&2; exit 1 ;;\n  \
-             esac\n\
-             done",
-            self.name
-        );
-        let _ = writeln!(
-            s,
-            "export {GATEWAYS_ENV}=\"$(scontrol show hostnames \"$(squeue -h -j \"$GATEWAY_JOB\" -o %N)\" | sed 's/$/:{}/' | paste -sd, -)\"",
-            g.port
-        );
         let _ = writeln!(
             s,
             "# Task 0 runs on the first node of the allocation: the coordinator."
@@ -379,6 +322,54 @@ impl Job {
             sh(&self.rank_script("SLURM_PROCID", "SKYHAUL_HEAD"))
         );
         s
+    }
+
+    /// The lines of a SLURM batch script that submit the relay gateways' job, wait until it
+    /// runs, and export their addresses for the coordinator.
+    fn slurm_gateway_job(&self, s: &mut String, g: &Gateways) {
+        let _ = writeln!(
+            *s,
+            ": \"${{{RELAY_KEY_ENV}:?set {RELAY_KEY_ENV} (64 hex digits: openssl rand -hex 32) first}}\""
+        );
+        let _ = writeln!(
+            *s,
+            "# The relay gateways are a job of their own, one per node (a heterogeneous job would\n\
+             # keep them on other nodes than the fleet's, which a small cluster may not have). It\n\
+             # inherits this job's environment, drops what it does not need, and is cancelled\n\
+             # when the transfer ends."
+        );
+        let mut options = format!(
+            "--parsable --job-name={}-gw --nodes={} --ntasks-per-node=1 --output={}-gw-%j.out --export=ALL",
+            self.name, g.count, self.name
+        );
+        if let Some(p) = &g.partition {
+            let _ = write!(options, " --partition={}", sh(p));
+        }
+        let _ = writeln!(
+            *s,
+            "GATEWAY_JOB=\"$(sbatch {options} <<'SKYHAUL_GATEWAY_JOB'\n#!/bin/bash\nsrun bash -c {}\nSKYHAUL_GATEWAY_JOB\n)\"",
+            sh(&self.gateway_script(g, true))
+        );
+        let _ = writeln!(*s, "GATEWAY_JOB=\"${{GATEWAY_JOB%%;*}}\"");
+        let _ = writeln!(
+            *s,
+            "trap 'scancel \"$GATEWAY_JOB\" 2>/dev/null || true' EXIT"
+        );
+        let _ = writeln!(
+            *s,
+            "until [ \"$(squeue -h -j \"$GATEWAY_JOB\" -o %T 2>/dev/null)\" = RUNNING ]; do\n  \
+             case \"$(squeue -h -j \"$GATEWAY_JOB\" -o %T 2>/dev/null)\" in\n    \
+             PENDING|CONFIGURING) sleep 2 ;;\n    \
+             *) echo \"skyhaul: the relay gateways' job $GATEWAY_JOB ended before it ran (see {}-gw-$GATEWAY_JOB.out)\" >&2; exit 1 ;;\n  \
+             esac\n\
+             done",
+            self.name
+        );
+        let _ = writeln!(
+            *s,
+            "export {GATEWAYS_ENV}=\"$(scontrol show hostnames \"$(squeue -h -j \"$GATEWAY_JOB\" -o %N)\" | sed 's/$/:{}/' | paste -sd, -)\"",
+            g.port
+        );
     }
 
     /// A SkyPilot task: `num_nodes` nodes, rank and head from SKYPILOT_NODE_RANK and

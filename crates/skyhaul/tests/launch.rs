@@ -14,10 +14,7 @@ const TOKEN: &str = "slurm-test-token-0123456789abcdef";
 #[tokio::test(flavor = "multi_thread")]
 async fn slurm_script_runs_a_coordinator_and_workers_that_copy_and_verify() {
     let cluster = SlurmCluster::start();
-    let src = S3Server::start(S3Kind::S3sFs);
-    let dst = S3Server::start(S3Kind::S3sFs);
-    src.create_bucket("src").await;
-    dst.create_bucket("dst").await;
+    let (src, dst) = stores().await;
     let mut files = BTreeMap::new();
     for i in 0..40 {
         files.insert(format!("small/{i:02}.bin"), data(90_000 + i * 7, i as u64));
@@ -27,103 +24,24 @@ async fn slurm_script_runs_a_coordinator_and_workers_that_copy_and_verify() {
 
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("fleet.sbatch");
-    let journal = dir.path().join("journal.sqlite");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
-    let gen = skyhaul(
-        &[
-            "launch",
-            "--backend",
-            "slurm",
-            "--nodes",
-            "3",
-            "--name",
-            "fleet-test",
-            "--port",
-            &port,
-            "--skyhaul",
-            env!("CARGO_BIN_EXE_skyhaul"),
-            "-o",
-            script.to_str().unwrap(),
-            "--",
-            "cp",
-            "-r",
-            "s3://src/data",
-            "s3://dst/data",
-            "--src-endpoint",
-            &src.endpoint,
-            "--dst-endpoint",
-            &dst.endpoint,
-            "--multipart-threshold",
-            "8M",
-            "--part-size",
-            "5M",
-            "--bwlimit",
-            "8M",
-            "--lease-size",
-            "1M",
-            "--json",
-            "-y",
-        ],
-        None,
-        None,
-    );
-    assert_eq!(gen.code, 0, "{}", gen.stderr);
-    let text = std::fs::read_to_string(&script).unwrap();
+    let text = generate_slurm_script(&script, "fleet-test", &["--nodes", "3"], &src, &dst);
     // Secrets stay in the environment: none is in the file.
     for secret in [&src.secret_key, &dst.secret_key, &src.access_key] {
         assert!(!text.contains(secret.as_str()), "{text}");
     }
     assert!(text.contains("#SBATCH --ntasks=3"), "{text}");
 
-    let mut env: Vec<(String, String)> = test_env(Some(&src), Some(&dst), &[])
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect();
-    env.push(("SKYHAUL_FLEET_TOKEN".into(), TOKEN.into()));
-    env.push(("SKYHAUL_JOURNAL".into(), journal.display().to_string()));
-    let id = cluster.sbatch(&script, dir.path(), &env);
-    let end = cluster.wait(id, Duration::from_secs(240));
-    let output = std::fs::read_to_string(dir.path().join(format!("fleet-test-{id}.out")))
-        .unwrap_or_default();
-    assert_eq!(end.state, "COMPLETED", "{output}\n{}", cluster.logs());
-    assert_eq!(end.exit_code, "0:0", "{output}");
-
+    let job = run_job(&cluster, &script, "fleet-test", &src, &dst, &[]);
     // The coordinator's report (rank 0's stdout) says everything was copied and verified.
-    let report = output
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .unwrap_or_else(|| panic!("no report in the job output:\n{output}"));
+    let report = &job.report;
     assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
     assert_eq!(report["objects_failed"], 0, "{report}");
     assert_eq!(report["verification"]["missing"], 0, "{report}");
     assert_eq!(report["verification"]["checksum_mismatch"], 0, "{report}");
     assert_eq!(read_bucket(&dst, "dst", "data/").await, files);
-
     // Work went to the srun tasks' workers too, not only to the coordinator's own.
-    let j = Journal::open(&journal).unwrap();
-    let t = &j.transfers().unwrap()[0];
-    let workers: std::collections::BTreeSet<String> = j
-        .fleet_leases(t.id)
-        .unwrap()
-        .into_iter()
-        .map(|l| l.worker)
-        .collect();
-    assert!(workers.len() >= 2, "{workers:?}\n{output}");
-}
-
-fn free_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string()
+    let workers = job.workers();
+    assert!(workers.len() >= 2, "{workers:?}\n{}", job.output);
 }
 
 /// `--gateways 1`: the batch script submits a SLURM job of its own that runs a relay gateway.
@@ -133,10 +51,7 @@ fn free_port() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
     let cluster = SlurmCluster::start();
-    let src = S3Server::start(S3Kind::S3sFs);
-    let dst = S3Server::start(S3Kind::S3sFs);
-    src.create_bucket("src").await;
-    dst.create_bucket("dst").await;
+    let (src, dst) = stores().await;
     let mut files = BTreeMap::new();
     for i in 0..24 {
         let text: String = (0..1500)
@@ -150,52 +65,21 @@ async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
 
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("relay.sbatch");
-    let journal = dir.path().join("journal.sqlite");
-    let (port, gw_port) = (free_port(), free_port());
-    let gen = skyhaul(
+    let gw_port = free_port();
+    let text = generate_slurm_script(
+        &script,
+        "relay-test",
         &[
-            "launch",
-            "--backend",
-            "slurm",
             "--nodes",
             "2",
-            "--name",
-            "relay-test",
-            "--port",
-            &port,
             "--gateways",
             "1",
             "--gateway-port",
             &gw_port,
-            "--skyhaul",
-            env!("CARGO_BIN_EXE_skyhaul"),
-            "-o",
-            script.to_str().unwrap(),
-            "--",
-            "cp",
-            "-r",
-            "s3://src/data",
-            "s3://dst/data",
-            "--src-endpoint",
-            &src.endpoint,
-            "--dst-endpoint",
-            &dst.endpoint,
-            "--multipart-threshold",
-            "8M",
-            "--part-size",
-            "5M",
-            "--bwlimit",
-            "8M",
-            "--lease-size",
-            "1M",
-            "--json",
-            "-y",
         ],
-        None,
-        None,
+        &src,
+        &dst,
     );
-    assert_eq!(gen.code, 0, "{}", gen.stderr);
-    let text = std::fs::read_to_string(&script).unwrap();
     assert!(
         text.contains("--job-name=relay-test-gw --nodes=1"),
         "{text}"
@@ -212,25 +96,15 @@ async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
         "{text}"
     );
 
-    let mut env: Vec<(String, String)> = test_env(Some(&src), Some(&dst), &[])
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect();
-    env.push(("SKYHAUL_FLEET_TOKEN".into(), TOKEN.into()));
-    env.push(("SKYHAUL_RELAY_KEY".into(), key.clone()));
-    env.push(("SKYHAUL_JOURNAL".into(), journal.display().to_string()));
-    let id = cluster.sbatch(&script, dir.path(), &env);
-    let end = cluster.wait(id, Duration::from_secs(240));
-    let output = std::fs::read_to_string(dir.path().join(format!("relay-test-{id}.out")))
-        .unwrap_or_default();
-    assert_eq!(end.state, "COMPLETED", "{output}\n{}", cluster.logs());
-    assert_eq!(end.exit_code, "0:0", "{output}");
-
-    let report = output
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .unwrap_or_else(|| panic!("no report in the job output:\n{output}"));
+    let job = run_job(
+        &cluster,
+        &script,
+        "relay-test",
+        &src,
+        &dst,
+        &[("SKYHAUL_RELAY_KEY", &key)],
+    );
+    let (report, output) = (&job.report, &job.output);
     assert_eq!(report["objects_copied"], files.len() as u64, "{report}");
     assert_eq!(
         report["verification"]["checksum_ok"],
@@ -243,7 +117,7 @@ async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
     let logical = relay["logical_bytes"].as_u64().unwrap_or(0);
     assert!(logical >= bytes, "{relay}\n{output}");
     assert!(relay["wire_bytes"].as_u64().unwrap() < logical, "{relay}");
-    let gw_output: String = std::fs::read_dir(dir.path())
+    let gw_output: String = std::fs::read_dir(job.dir.path())
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| {
@@ -258,19 +132,138 @@ async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
         "{gw_output}"
     );
     // The gateway's job was cancelled once the transfer was over.
-    let gw_job = id + 1;
-    let gw_end = cluster.wait(gw_job, Duration::from_secs(30));
+    let gw_end = cluster.wait(job.id + 1, Duration::from_secs(30));
     assert_eq!(gw_end.state, "CANCELLED", "{gw_output}");
-
-    let j = Journal::open(&journal).unwrap();
-    let t = &j.transfers().unwrap()[0];
-    let workers: std::collections::BTreeSet<String> = j
-        .fleet_leases(t.id)
-        .unwrap()
-        .into_iter()
-        .map(|l| l.worker)
-        .collect();
+    let workers = job.workers();
     assert!(workers.len() >= 2, "{workers:?}\n{output}");
+}
+
+/// The two S3 servers of the SLURM tests, with buckets `src` and `dst`.
+async fn stores() -> (S3Server, S3Server) {
+    let src = S3Server::start(S3Kind::S3sFs);
+    let dst = S3Server::start(S3Kind::S3sFs);
+    src.create_bucket("src").await;
+    dst.create_bucket("dst").await;
+    (src, dst)
+}
+
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string()
+}
+
+/// `skyhaul launch --backend slurm --name NAME LAUNCH_ARGS… -o SCRIPT -- cp -r s3://src/data
+/// s3://dst/data …` (small parts, a bandwidth limit and small leases, so the work spreads over
+/// the workers); returns the script.
+fn generate_slurm_script(
+    script: &std::path::Path,
+    name: &str,
+    launch_args: &[&str],
+    src: &S3Server,
+    dst: &S3Server,
+) -> String {
+    let port = free_port();
+    let mut args = vec![
+        "launch",
+        "--backend",
+        "slurm",
+        "--name",
+        name,
+        "--port",
+        &port,
+    ];
+    args.extend_from_slice(launch_args);
+    args.extend_from_slice(&[
+        "--skyhaul",
+        env!("CARGO_BIN_EXE_skyhaul"),
+        "-o",
+        script.to_str().unwrap(),
+        "--",
+        "cp",
+        "-r",
+        "s3://src/data",
+        "s3://dst/data",
+        "--src-endpoint",
+        &src.endpoint,
+        "--dst-endpoint",
+        &dst.endpoint,
+        "--multipart-threshold",
+        "8M",
+        "--part-size",
+        "5M",
+        "--bwlimit",
+        "8M",
+        "--lease-size",
+        "1M",
+        "--json",
+        "-y",
+    ]);
+    let gen = skyhaul(&args, None, None);
+    assert_eq!(gen.code, 0, "{}", gen.stderr);
+    std::fs::read_to_string(script).unwrap()
+}
+
+/// A batch job that ran to completion: its output, the coordinator's report, its journal.
+struct Job {
+    id: u32,
+    dir: tempfile::TempDir,
+    output: String,
+    report: serde_json::Value,
+}
+
+impl Job {
+    /// The workers that held leases in the transfer.
+    fn workers(&self) -> std::collections::BTreeSet<String> {
+        let j = Journal::open(&self.dir.path().join("journal.sqlite")).unwrap();
+        let t = &j.transfers().unwrap()[0];
+        j.fleet_leases(t.id)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.worker)
+            .collect()
+    }
+}
+
+/// Submits `script` with both stores' credentials, the fleet token and `extra` in its
+/// environment, waits for it to complete and finds rank 0's report in its output.
+fn run_job(
+    cluster: &SlurmCluster,
+    script: &std::path::Path,
+    name: &str,
+    src: &S3Server,
+    dst: &S3Server,
+    extra: &[(&str, &str)],
+) -> Job {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env: Vec<(String, String)> = test_env(Some(src), Some(dst), &[])
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    env.push(("SKYHAUL_FLEET_TOKEN".into(), TOKEN.into()));
+    let journal = dir.path().join("journal.sqlite");
+    env.push(("SKYHAUL_JOURNAL".into(), journal.display().to_string()));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let id = cluster.sbatch(script, dir.path(), &env);
+    let end = cluster.wait(id, Duration::from_secs(240));
+    let output =
+        std::fs::read_to_string(dir.path().join(format!("{name}-{id}.out"))).unwrap_or_default();
+    assert_eq!(end.state, "COMPLETED", "{output}\n{}", cluster.logs());
+    assert_eq!(end.exit_code, "0:0", "{output}");
+    let report = output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .unwrap_or_else(|| panic!("no report in the job output:\n{output}"));
+    Job {
+        id,
+        dir,
+        output,
+        report,
+    }
 }
 
 /// SkyPilot's own parser loads the generated task: the nodes, spot, CPUs and port as asked,
