@@ -312,17 +312,7 @@ print(json.dumps({
     "run": t.run,
 }))
 "#;
-    let out = std::process::Command::new(skyhaul_testkit::tool("sky-python"))
-        .args(["-c", script])
-        .arg(&task)
-        .output()
-        .expect("the SkyPilot venv's python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = sky_python(script, &[&task]);
     assert_eq!(v["num_nodes"], 4, "{v}");
     assert_eq!(v["use_spot"], true, "{v}");
     assert_eq!(v["cpus"], "8+", "{v}");
@@ -332,14 +322,7 @@ print(json.dumps({
         serde_json::json!(["SKYHAUL_FLEET_TOKEN"]),
         "{v}"
     );
-    assert!(
-        v["declared_secrets"]
-            .as_object()
-            .unwrap()
-            .values()
-            .all(|s| s.is_null()),
-        "no secret has a value in the file: {v}"
-    );
+    assert_no_secret_has_a_value(&v);
     let run = v["run"].as_str().unwrap();
     assert!(
         run.contains("SKYPILOT_NODE_RANK") && run.contains("SKYPILOT_NODE_IPS"),
@@ -348,6 +331,18 @@ print(json.dumps({
     assert!(
         run.contains("coordinator --listen 0.0.0.0:7171 sync s3://a/x s3://b/x --workers 1"),
         "{run}"
+    );
+}
+
+/// The task's `secrets:` section (as the snippets print it) names its secrets only.
+fn assert_no_secret_has_a_value(v: &serde_json::Value) {
+    assert!(
+        v["declared_secrets"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|s| s.is_null()),
+        "no secret has a value in the file: {v}"
     );
 }
 
@@ -442,14 +437,7 @@ print(json.dumps({
         ]),
         "{v}"
     );
-    assert!(
-        v["declared_secrets"]
-            .as_object()
-            .unwrap()
-            .values()
-            .all(|s| s.is_null()),
-        "{v}"
-    );
+    assert_no_secret_has_a_value(&v);
     let run = v["run"].as_str().unwrap();
     assert!(
         run.contains("exec skyhaul gateway --listen 0.0.0.0:7400 s3://b --dst-region eu-west-1"),
