@@ -539,12 +539,7 @@ impl Store for RelayStore {
         start_after: Option<&'a str>,
     ) -> BoxStream<'a, Result<ObjectMeta>> {
         self.list_pages(prefix, start_after, false)
-            .try_filter_map(|e| async move {
-                Ok(match e {
-                    Entry::Object(m) => Some(m),
-                    Entry::Prefix(_) => None,
-                })
-            })
+            .try_filter_map(|e| async move { Ok(e.into_object()) })
             .boxed()
     }
 

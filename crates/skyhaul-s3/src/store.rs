@@ -19,7 +19,7 @@ use aws_sdk_s3::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use base64::Engine;
 use bytes::BytesMut;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use skyhaul_store::{
     CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
@@ -287,15 +287,9 @@ impl Store for S3Store {
         prefix: &'a str,
         start_after: Option<&'a str>,
     ) -> BoxStream<'a, Result<ObjectMeta>> {
+        // Without a delimiter S3 rolls nothing up into prefixes: every entry is an object.
         self.pages(prefix, start_after, false)
-            .filter_map(|e| async move {
-                match e {
-                    Ok(Entry::Object(m)) => Some(Ok(m)),
-                    // Without a delimiter S3 rolls nothing up into prefixes.
-                    Ok(Entry::Prefix(_)) => None,
-                    Err(e) => Some(Err(e)),
-                }
-            })
+            .try_filter_map(|e| async move { Ok(e.into_object()) })
             .boxed()
     }
 

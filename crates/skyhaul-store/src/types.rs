@@ -67,6 +67,14 @@ pub enum Entry {
 }
 
 impl Entry {
+    /// The object, if this entry is one: what a flat listing keeps of a listing by level.
+    pub fn into_object(self) -> Option<ObjectMeta> {
+        match self {
+            Entry::Object(m) => Some(m),
+            Entry::Prefix(_) => None,
+        }
+    }
+
     /// The key or prefix: what orders entries.
     pub fn key(&self) -> &str {
         match self {
