@@ -9,7 +9,7 @@ use crate::key::RelayKey;
 use crate::message::{encode, is_request, Assembler, Message};
 use crate::rpc::{md5_hex, Info, ListPage, Opts, Request, Response, WireEntry};
 use crate::stats::{RelayStats, RelaySummary};
-use crate::wire::{handshake_client, read_frame, ClientHello, Kind, Plain};
+use crate::wire::{handshake_client, read_frame, write_frame, ClientHello, Kind, Plain};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
@@ -24,7 +24,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -456,11 +456,8 @@ impl Link {
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
                 let bytes = sealer.seal(p);
-                // TLS holds back what it could not write yet until the next write or a
-                // flush: flush whenever nothing else is queued.
                 if !alive_w.load(Relaxed)
-                    || wr.write_all(&bytes).await.is_err()
-                    || (rx.is_empty() && wr.flush().await.is_err())
+                    || write_frame(&mut wr, &bytes, !rx.is_empty()).await.is_err()
                 {
                     break;
                 }

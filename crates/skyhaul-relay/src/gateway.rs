@@ -6,7 +6,9 @@ use crate::codec::Compression;
 use crate::key::RelayKey;
 use crate::message::{encode, is_request, Assembler, Message};
 use crate::rpc::{md5_bytes, Info, ListPage, Request, Response, WireEntry, LIST_PAGE};
-use crate::wire::{handshake_gateway, read_frame, ClientHello, Kind, Opener, Plain, Sealer, MAGIC};
+use crate::wire::{
+    handshake_gateway, read_frame, write_frame, ClientHello, Kind, Opener, Plain, Sealer, MAGIC,
+};
 use crate::{Reader, Writer};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -17,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -138,10 +140,9 @@ impl Gateway {
         self.writers.lock().unwrap().insert(id, writer);
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
-                // TLS holds back what it could not write yet until the next write or a
-                // flush: flush whenever nothing else is queued.
-                if wr.write_all(&sealer.seal(p)).await.is_err()
-                    || (rx.is_empty() && wr.flush().await.is_err())
+                if write_frame(&mut wr, &sealer.seal(p), !rx.is_empty())
+                    .await
+                    .is_err()
                 {
                     break;
                 }

@@ -49,7 +49,6 @@
 //! before this answered wholly on the request's connection; the frames and their order rules
 //! are the same, and either kind of client reassembles either kind of answer, so the version
 //! stays 1.
-
 //!
 //! # TLS
 //!

@@ -274,6 +274,21 @@ pub struct Opener {
     next: u64,
 }
 
+/// Writes one sealed frame, and flushes when `more_queued` is false: TLS holds back what it
+/// could not write yet until the next write or a flush, so a connection's writer flushes
+/// whenever nothing else waits behind this frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &[u8],
+    more_queued: bool,
+) -> std::io::Result<()> {
+    w.write_all(frame).await?;
+    if !more_queued {
+        w.flush().await?;
+    }
+    Ok(())
+}
+
 /// Reads, authenticates, decompresses and checks one frame. Returns its header, plaintext and
 /// the bytes it took on the wire. Any error leaves the stream unusable: the caller closes it.
 pub async fn read_frame<R: AsyncRead + Unpin>(
