@@ -3,7 +3,7 @@
 use crate::args::{BackendArg, Cli, Command as Cmd, CoordinatedTransfer, LaunchArgs};
 use crate::exit::{self, CliError, ExitCode};
 use crate::output::Output;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use skyhaul_fleet::launch::{Backend, Gateways, Job, GATEWAYS_ENV};
 use skyhaul_location::{Location, Scheme};
 use std::path::PathBuf;
@@ -225,12 +225,12 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
         Backend::Kubernetes => &["--gateway-node-selector"],
         Backend::Ssh => &["--gateway-hosts"],
     };
-    let backend_name = match backend {
-        Backend::Skypilot => "skypilot",
-        Backend::Slurm => "slurm",
-        Backend::Kubernetes => "kubernetes",
-        Backend::Ssh => "ssh",
-    };
+    // The name the user typed: clap's own for the value.
+    let backend_name = args
+        .backend
+        .to_possible_value()
+        .expect("no variant is skipped");
+    let backend_name = backend_name.get_name();
     for (flag, given) in own {
         if *given && !allowed.contains(flag) {
             return Err(exit::usage(format!(
