@@ -138,6 +138,14 @@ pub struct Gateways {
     pub hosts: Vec<String>,
 }
 
+/// The line that stops a shell launcher where it is run when the relay's key is not set (the
+/// gateways and the coordinator both need it).
+fn relay_key_check() -> String {
+    format!(
+        ": \"${{{RELAY_KEY_ENV}:?set {RELAY_KEY_ENV} (64 hex digits: openssl rand -hex 32) first}}\"\n"
+    )
+}
+
 /// The comment, strict mode and token check at the top of a generated shell script.
 fn preamble(backend: &str, run: &str) -> String {
     format!(
@@ -327,10 +335,7 @@ impl Job {
     /// The lines of a SLURM batch script that submit the relay gateways' job, wait until it
     /// runs, and export their addresses for the coordinator.
     fn slurm_gateway_job(&self, s: &mut String, g: &Gateways) {
-        let _ = writeln!(
-            *s,
-            ": \"${{{RELAY_KEY_ENV}:?set {RELAY_KEY_ENV} (64 hex digits: openssl rand -hex 32) first}}\""
-        );
+        s.push_str(&relay_key_check());
         let _ = writeln!(
             *s,
             "# The relay gateways are a job of their own, one per node (a heterogeneous job would\n\
@@ -639,10 +644,7 @@ impl Job {
                 .copied()
                 .collect();
             let gw_hosts: Vec<String> = g.hosts.iter().map(|h| sh(h)).collect();
-            let _ = writeln!(
-                s,
-                ": \"${{{RELAY_KEY_ENV}:?set {RELAY_KEY_ENV} (64 hex digits: openssl rand -hex 32) first}}\""
-            );
+            s.push_str(&relay_key_check());
             let _ = writeln!(s, "GATEWAY_HOSTS=({})", gw_hosts.join(" "));
             let _ = writeln!(s, "GATEWAY_VARS=({})", gw_vars.join(" "));
             let _ = writeln!(
