@@ -270,7 +270,13 @@ async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
     // At 1 MiB/s the parts in flight take seconds to finish: a graceful stop would wait.
     args.extend(["--bwlimit", "1M"]);
     let child = spawn(&args, &s3, &journal);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Interrupted only once objects arrive: on a loaded machine a fixed wait could end
+    // before any work is in flight, and a graceful stop with nothing to finish is instant.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3.list("dst", "data/").await.is_empty() {
+        assert!(Instant::now() < deadline, "no object arrived within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let pid = child.id() as i32;
     unsafe { libc::kill(pid, libc::SIGINT) };
     std::thread::sleep(Duration::from_millis(300));
