@@ -112,6 +112,8 @@ impl Ctx {
             }
             _ => None,
         };
+        // Idle part buffers are kept up to the budget: memory stays near it either way.
+        skyhaul_store::buffers::keep_at_most(opts.memory_budget);
         Ctx {
             src: src.store.clone(),
             dst: dst.store.clone(),

@@ -18,12 +18,11 @@ use aws_sdk_s3::types::{
 use aws_sdk_s3::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use base64::Engine;
-use bytes::BytesMut;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use skyhaul_store::{
-    CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
-    Payload, PutOptions, Result, Store, Written,
+    buffers, CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta,
+    PartSpec, Payload, PutOptions, Result, Store, Written,
 };
 use std::collections::HashMap;
 use std::ops::Range;
@@ -388,7 +387,7 @@ impl Store for S3Store {
         let ranged_reply = resp.content_range().is_some();
         let version = etag(resp.e_tag());
         let want = range.as_ref().map(|r| r.end - r.start);
-        let mut buf = BytesMut::with_capacity(resp.content_length().unwrap_or(0).max(0) as usize);
+        let mut buf = buffers::take(resp.content_length().unwrap_or(0).max(0) as usize);
         let mut body = resp.body;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
@@ -399,7 +398,7 @@ impl Store for S3Store {
             })?;
             buf.extend_from_slice(&chunk);
         }
-        let mut data = buf.freeze();
+        let mut data = buffers::freeze(buf);
         if let (Some(r), Some(want)) = (&range, want) {
             if !ranged_reply && data.len() as u64 >= r.end && data.len() as u64 != want {
                 // The server ignored Range and sent the whole object.

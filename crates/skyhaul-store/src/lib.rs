@@ -9,6 +9,7 @@
 //! serialisable value (so that parts of one upload can later be sent by different workers),
 //! and server-side copy where the provider offers it.
 
+pub mod buffers;
 mod error;
 mod local;
 mod types;

@@ -10,7 +10,6 @@ use crate::{
     CompletedPart, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
     Payload, PutOptions, Result, Store, Written,
 };
-use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use skyhaul_location::local_relative_path;
 use std::fs::{self, File, OpenOptions};
@@ -364,7 +363,9 @@ impl Store for LocalStore {
                 return Err(changed());
             }
             let range = range.unwrap_or(0..md.len());
-            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            let len = (range.end - range.start) as usize;
+            let mut buf = crate::buffers::take(len);
+            buf.resize(len, 0);
             read_exact_at(&file, &mut buf, range.start).map_err(|e| {
                 if e.kind() == io::ErrorKind::UnexpectedEof {
                     changed()
@@ -380,7 +381,7 @@ impl Store for LocalStore {
                 return Err(changed());
             }
             Ok(Fetched {
-                data: Bytes::from(buf),
+                data: crate::buffers::freeze(buf),
                 etag: None,
             })
         })
