@@ -161,8 +161,12 @@ async fn striped(
 ) -> Result<Copied> {
     let dst = &ctx.dst;
     // The whole-object MD5 is worth computing only when the source's ETag is (or, unknown
-    // from the listing, may be) a content MD5 to check it against.
+    // from the listing, may be) a content MD5 to check it against, and the source records
+    // no full-object CRC64-NVME (AWS S3 does for new objects, skyhaul for what it writes):
+    // the parts' CRCs must add up to that before the upload is completed, which checks
+    // every byte read without a second pass over the object.
     let check_source = !server_side
+        && put.crc64nvme().is_none()
         && ctx.src.etags_are_md5()
         && src
             .etag
@@ -276,7 +280,7 @@ async fn striped(
     if let Some(e) = failed {
         // Interrupted: the journal keeps the upload and its finished parts for the rerun.
         if e.kind != ErrorKind::Interrupted {
-            abort(ctx, &upload).await;
+            abort(ctx, &upload, e.kind == ErrorKind::Corrupt).await;
         }
         return Err(e);
     }
@@ -308,7 +312,7 @@ pub(crate) async fn complete_upload(
     // The CRC stored with the object was known before the upload: the parts must match it.
     if let (Some(want), Some(got)) = (put.crc64nvme(), crc64) {
         if want != got {
-            abort(ctx, &upload).await;
+            abort(ctx, &upload, true).await;
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
@@ -342,13 +346,13 @@ pub(crate) async fn complete_upload(
                     skyhaul_store::Written { etag: found.etag }
                 }
                 None => {
-                    abort(ctx, &upload).await;
+                    abort(ctx, &upload, false).await;
                     return Err(e);
                 }
             }
         }
         Err(e) => {
-            abort(ctx, &upload).await;
+            abort(ctx, &upload, false).await;
             return Err(e);
         }
     };
@@ -471,18 +475,25 @@ pub(crate) async fn move_part(
     Ok((done, Some(sums), etag))
 }
 
-pub(crate) async fn abort(ctx: &Ctx, upload: &MultipartUpload) {
+/// Aborts `upload`. The journal forgets it once the server has, and with `forget` even if
+/// the abort fails: when its parts hold bytes known to be wrong, a retry or a rerun would
+/// otherwise continue the upload with them (and where the source records no CRC, nothing
+/// would notice); a failed part that was only unreachable leaves it for a rerun.
+pub(crate) async fn abort(ctx: &Ctx, upload: &MultipartUpload, forget: bool) {
     let dst = &ctx.dst;
     let quick = RetryPolicy {
         retries: 3,
         ..ctx.opts.retry
     };
-    if let Err(e) = quick
+    let aborted = quick
         .run(&ctx.dst_limit, &ctx.progress, || {
             dst.abort_multipart(upload)
         })
-        .await
-    {
+        .await;
+    if let Err(e) = &aborted {
         tracing::warn!("could not abort the upload of {}: {e}", upload.key);
+    }
+    if aborted.is_ok() || forget {
+        ctx.resume.finished(upload);
     }
 }

@@ -267,8 +267,7 @@ impl Executor {
 
     /// Aborts an upload that cannot be completed (a part failed) and forgets it.
     pub async fn abort_upload(&self, upload: &MultipartUpload) {
-        abort(&self.ctx, upload).await;
-        self.ctx.resume.finished(upload);
+        abort(&self.ctx, upload, true).await;
     }
 
     /// Forgets a journaled upload the store no longer has (it was completed, or lost, by a

@@ -123,6 +123,86 @@ async fn corrupted_downloads_between_buckets_never_land() {
     }
 }
 
+/// A part of a striped copy corrupted on its way from the source is caught, and the object
+/// is copied again from scratch, never completed from the journaled parts of the failed
+/// attempt. Where the source records a full-object CRC64-NVME (skyhaul writes one with
+/// every object; AWS S3 keeps one for new objects), the parts' CRCs catch it before the
+/// upload is completed, without a second MD5 pass; otherwise the whole-object MD5 does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_part_is_caught_and_the_object_copied_afresh() {
+    let files: BTreeMap<String, Vec<u8>> = mixed()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("big/"))
+        .collect();
+    for recorded_crc in [true, false] {
+        let (src, dst) = (
+            S3Server::start(S3Kind::S3sFs),
+            S3Server::start(S3Kind::S3sFs),
+        );
+        src.create_bucket("src").await;
+        dst.create_bucket("dst").await;
+        if recorded_crc {
+            // Below the default threshold, so one PUT: a plain-MD5 ETag, and the CRC.
+            let tmp = tempfile::tempdir().unwrap();
+            write_tree(tmp.path(), &files);
+            let from = tmp.path().to_str().unwrap();
+            let seeded = skyhaul(
+                &[
+                    "cp",
+                    "-r",
+                    from,
+                    "s3://src/",
+                    "--dst-endpoint",
+                    &src.endpoint,
+                ],
+                None,
+                Some(&src),
+            );
+            assert_eq!(seeded.code, 0, "{}", seeded.stderr);
+        } else {
+            fill_bucket(&src, "src", "", &files).await;
+        }
+        let proxy = FaultProxy::start(
+            &src.endpoint,
+            Faults {
+                flip_response_body: 1.0,
+                only_methods: vec!["GET".into()],
+                path_contains: Some("/src/big/".into()),
+                max_faults: Some(1),
+                ..Default::default()
+            },
+        );
+        let ep = proxy.endpoint();
+        let mut args = vec![
+            "cp",
+            "-r",
+            "s3://src/",
+            "s3://dst/copy/",
+            "--src-endpoint",
+            &ep,
+            "--dst-endpoint",
+            &dst.endpoint,
+            "--json",
+        ];
+        args.extend(SMALL_PARTS);
+        let out = skyhaul(&args, Some(&src), Some(&dst));
+        assert_eq!(proxy.injected().flip_response_body, 1);
+        assert_nothing_corrupt(&read_bucket(&dst, "dst", "copy/").await, &files);
+        assert_eq!(out.code, 0, "copied again: {}", out.stderr);
+        let caught_by = if recorded_crc {
+            "CRC64-NVME"
+        } else {
+            "source's MD5"
+        };
+        assert!(
+            out.stderr.contains(caught_by),
+            "{caught_by}: {}",
+            out.stderr
+        );
+        assert_eq!(read_bucket(&dst, "dst", "copy/").await, files);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupted_uploads_are_rejected_or_caught() {
     // s3s-fs checks Content-MD5; moto stores whatever arrives, so only our check of the
