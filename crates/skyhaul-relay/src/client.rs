@@ -130,12 +130,24 @@ struct Waiter {
     tx: oneshot::Sender<Message>,
 }
 
-impl RelayStore {
-    /// Connects to the gateways and asks what they serve.
-    pub async fn connect(opts: RelayOptions) -> Result<RelayStore> {
-        if opts.gateways.is_empty() {
-            return Err(Error::new(ErrorKind::Other, "--relay: no gateway address"));
-        }
+/// Tells every gateway of `opts` that the transfer is over ([`Request::Stop`]), each over
+/// connections of its own; gateways started with `--exit-on-stop` then exit. Returns each
+/// gateway's address with its answer (an error when it refused or could not be reached).
+pub async fn stop_gateways(opts: RelayOptions) -> Vec<(String, Result<()>)> {
+    // One connection each is enough for one small request.
+    let shared = Shared::new(RelayOptions {
+        connections: 1,
+        ..opts
+    });
+    let stops = shared.links.iter().map(|link| async {
+        let answer = shared.call_via(&Request::Stop, Bytes::new(), Some(link));
+        (link.addr.clone(), answer.await.map(drop))
+    });
+    futures::future::join_all(stops).await
+}
+
+impl Shared {
+    fn new(opts: RelayOptions) -> Arc<Shared> {
         let mut session = [0u8; 8];
         crate::key::random(&mut session);
         let links = opts
@@ -149,14 +161,24 @@ impl RelayStore {
                 down_until: Mutex::new(None),
             })
             .collect();
-        let shared = Arc::new(Shared {
+        Arc::new(Shared {
             session: u64::from_be_bytes(session),
             next_stream: AtomicU64::new(1),
             next_link: AtomicUsize::new(0),
             links,
             stats: Arc::new(RelayStats::with_connections(opts.connections.clamp(1, 64))),
             opts,
-        });
+        })
+    }
+}
+
+impl RelayStore {
+    /// Connects to the gateways and asks what they serve.
+    pub async fn connect(opts: RelayOptions) -> Result<RelayStore> {
+        if opts.gateways.is_empty() {
+            return Err(Error::new(ErrorKind::Other, "--relay: no gateway address"));
+        }
+        let shared = Shared::new(opts);
         let container = shared.opts.container.clone();
         let (value, _) = shared
             .call(&Request::Info { container }, Bytes::new())
@@ -237,6 +259,16 @@ fn etag_of(value: Value) -> Result<Written> {
 impl Shared {
     /// Sends `req` until a gateway answers it; the answer may still be the store's error.
     async fn call(&self, req: &Request, body: Bytes) -> Result<(Value, Bytes)> {
+        self.call_via(req, body, None).await
+    }
+
+    /// [`Shared::call`], through `only` this gateway when given.
+    async fn call_via(
+        &self,
+        req: &Request,
+        body: Bytes,
+        only: Option<&Link>,
+    ) -> Result<(Value, Bytes)> {
         let meta = serde_json::to_vec(req).expect("requests serialise");
         // Only a read is answered with a body, which the gateway spreads over all connections.
         let read = matches!(req, Request::Get { .. });
@@ -248,7 +280,7 @@ impl Shared {
                 let backoff = Duration::from_millis(50 << attempt.min(5));
                 tokio::time::sleep(backoff).await;
             }
-            let link = self.pick(attempt);
+            let link = only.unwrap_or_else(|| self.pick(attempt));
             match self.try_call(link, &meta, &body, read).await {
                 Ok(msg) => return answer(msg),
                 Err(TryError::Untrusted(why)) => {

@@ -18,10 +18,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// How long a client may take to set up its connection (TLS and the relay hello) before it
 /// is dropped: a silent client holds its task and socket no longer than this.
@@ -30,6 +30,36 @@ const HANDSHAKE_TIMEOUT: Duration = skyhaul_tls::HANDSHAKE_TIMEOUT;
 const PARTIAL_EXPIRY: Duration = Duration::from_secs(300);
 /// Response bodies (reads) are cut into chunks of this size.
 const RESPONSE_CHUNK: usize = 1 << 20;
+/// After a stop, the longest wait for answers still being written (a client that stopped
+/// reading must not keep the gateway, and its bill, alive).
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// When a gateway ends by itself, besides a failing listener.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lifetime {
+    /// Exit when a client with the transfer key sends [`Request::Stop`] (the coordinator of
+    /// a launched fleet, once its transfer is over); without it such a request is refused.
+    pub exit_on_stop: bool,
+    /// Exit after this long without an authenticated relay connection: the safety net for a
+    /// sender that died before it could say stop. Connections that never complete the relay
+    /// hello (health probes, scanners) do not count.
+    pub idle_exit: Option<Duration>,
+}
+
+/// Why [`Gateway::serve`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A client with the transfer key said the transfer is over.
+    Stopped,
+    /// No relay connection for the [`Lifetime::idle_exit`] given.
+    Idle(Duration),
+}
+
+/// Relay connections open now, and since when that number last changed.
+struct Activity {
+    open: usize,
+    since: Instant,
+}
 
 /// Where the frames of one connection go out, and what its client asked for.
 #[derive(Clone)]
@@ -53,6 +83,11 @@ pub struct Gateway {
     pub rejected: AtomicU64,
     /// Requests run on the store.
     pub requests: AtomicU64,
+    lifetime: Lifetime,
+    activity: Mutex<Activity>,
+    /// Requests being run plus answer frames not yet written: a stop waits for none.
+    busy: Arc<AtomicU64>,
+    stop: Notify,
 }
 
 impl Gateway {
@@ -62,6 +97,7 @@ impl Gateway {
         store: Arc<dyn Store>,
         key: RelayKey,
         tls: Option<Arc<skyhaul_tls::ServerConfig>>,
+        lifetime: Lifetime,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             store,
@@ -72,16 +108,69 @@ impl Gateway {
             assembler: Mutex::new(Assembler::default()),
             rejected: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            lifetime,
+            activity: Mutex::new(Activity {
+                open: 0,
+                since: Instant::now(),
+            }),
+            busy: Arc::new(AtomicU64::new(0)),
+            stop: Notify::new(),
         })
     }
 
-    /// Accepts connections until the listener fails.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+    /// Accepts connections until the listener fails, or its [`Lifetime`] says to end.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<Ended> {
         loop {
-            let (sock, peer) = listener.accept().await?;
-            crate::tune(&sock);
-            tokio::spawn(self.clone().connection(sock, peer));
+            let idle = match self.lifetime.idle_exit {
+                Some(limit) => {
+                    let a = self.activity.lock().unwrap();
+                    if a.open == 0 && a.since.elapsed() >= limit {
+                        return Ok(Ended::Idle(limit));
+                    }
+                    // With connections open, look again after a whole period.
+                    Some(match a.open {
+                        0 => limit.saturating_sub(a.since.elapsed()),
+                        _ => limit,
+                    })
+                }
+                None => None,
+            };
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (sock, peer) = accepted?;
+                    crate::tune(&sock);
+                    tokio::spawn(self.clone().connection(sock, peer));
+                }
+                _ = self.stop.notified() => {
+                    drop(listener);
+                    self.drain().await;
+                    return Ok(Ended::Stopped);
+                }
+                _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {}
+            }
         }
+    }
+
+    /// Waits until the requests in progress have run and their answers are written (the
+    /// stop's own answer among them), for at most [`DRAIN_LIMIT`].
+    async fn drain(&self) {
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while self.busy.load(Relaxed) > 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "relay gateway: answers still unwritten after {DRAIN_LIMIT:?}; exiting anyway"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Counts a relay connection opening (`+1`) or closing (`-1`) for [`Lifetime::idle_exit`].
+    fn active(&self, change: isize) {
+        let mut a = self.activity.lock().unwrap();
+        a.open = a.open.saturating_add_signed(change);
+        a.since = Instant::now();
     }
 
     /// TLS where configured, then the relay's hello: the connection's halves and keys.
@@ -131,6 +220,7 @@ impl Gateway {
         let id = self.next_conn.fetch_add(1, Relaxed);
         let over = if self.tls.is_some() { " over TLS" } else { "" };
         tracing::info!("relay gateway: relay connection from {peer}{over}");
+        self.active(1);
         let (tx, mut rx) = mpsc::channel::<Plain>(16);
         let writer = Outgoing {
             tx,
@@ -138,14 +228,19 @@ impl Gateway {
             session: client.session,
         };
         self.writers.lock().unwrap().insert(id, writer);
+        let busy = self.busy.clone();
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
-                if write_frame(&mut wr, &sealer.seal(p), !rx.is_empty())
-                    .await
-                    .is_err()
-                {
+                let written = write_frame(&mut wr, &sealer.seal(p), !rx.is_empty()).await;
+                busy.fetch_sub(1, Relaxed);
+                if written.is_err() {
                     break;
                 }
+            }
+            // What is still queued will never be written: it keeps no stop waiting.
+            rx.close();
+            while rx.try_recv().is_ok() {
+                busy.fetch_sub(1, Relaxed);
             }
         });
         let mut rd = BufReader::with_capacity(1 << 20, rd);
@@ -155,6 +250,7 @@ impl Gateway {
                     let done = self.assembler.lock().unwrap().add(&h, plain, id);
                     match done {
                         Ok(Some(msg)) => {
+                            self.busy.fetch_add(1, Relaxed);
                             tokio::spawn(self.clone().handle(msg));
                             continue;
                         }
@@ -176,9 +272,16 @@ impl Gateway {
             break;
         }
         self.writers.lock().unwrap().remove(&id);
+        self.active(-1);
     }
 
+    /// Runs one request and queues its answer; `busy` was counted up for it.
     async fn handle(self: Arc<Self>, msg: Message) {
+        self.answer(msg).await;
+        self.busy.fetch_sub(1, Relaxed);
+    }
+
+    async fn answer(&self, msg: Message) {
         self.requests.fetch_add(1, Relaxed);
         let (response, body) = match serde_json::from_slice::<Request>(&msg.meta) {
             Ok(req) => match self.execute(req, msg.body).await {
@@ -235,7 +338,9 @@ impl Gateway {
                 0 => &writer.tx,
                 _ => &spread[(msg.stream as usize + i) % spread.len()].1,
             };
+            self.busy.fetch_add(1, Relaxed);
             if tx.send(f).await.is_err() {
+                self.busy.fetch_sub(1, Relaxed);
                 return;
             }
         }
@@ -335,6 +440,22 @@ impl Gateway {
             Request::ListUploads { prefix } => (json!(s.list_uploads(&prefix).await?), none),
             Request::Delete { key } => {
                 s.delete(&key).await?;
+                (Value::Null, none)
+            }
+            Request::Stop => {
+                if !self.lifetime.exit_on_stop {
+                    tracing::warn!(
+                        "relay gateway: a sender asked it to stop; it keeps serving (it was started without --exit-on-stop)"
+                    );
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "this relay gateway was started without --exit-on-stop: it keeps serving",
+                    ));
+                }
+                tracing::info!(
+                    "relay gateway: the transfer is over (stop from a sender with the transfer key); exiting once its answers are written"
+                );
+                self.stop.notify_one();
                 (Value::Null, none)
             }
         })

@@ -68,9 +68,9 @@ pub mod rpc;
 mod stats;
 pub mod wire;
 
-pub use client::{RelayOptions, RelayStore};
+pub use client::{stop_gateways, RelayOptions, RelayStore};
 pub use codec::Compression;
-pub use gateway::Gateway;
+pub use gateway::{Ended, Gateway, Lifetime};
 pub use key::{RelayKey, KEY_ENV};
 pub use stats::{RelayCounts, RelayStats, RelaySummary};
 

@@ -64,6 +64,10 @@ pub enum Request {
     Delete {
         key: String,
     },
+    /// The transfer is over: a gateway started to exit on it (`--exit-on-stop`) stops taking
+    /// connections and exits once what it is writing is written; any other refuses. Sealed
+    /// like every request, so only a holder of the transfer key can stop a gateway.
+    Stop,
 }
 
 /// [`PutOptions`] on the wire.

@@ -2,7 +2,7 @@
 //! store conformance suite must pass through the relay exactly as it does directly.
 
 use bytes::Bytes;
-use skyhaul_relay::{Compression, Gateway, RelayKey, RelayOptions, RelayStore, TLS_ALPN};
+use skyhaul_relay::{Compression, Gateway, Lifetime, RelayKey, RelayOptions, RelayStore, TLS_ALPN};
 use skyhaul_store::{LocalStore, Payload, PutOptions, Store};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -18,7 +18,12 @@ async fn gateway_with(
 ) -> (String, Arc<Gateway>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let g = Gateway::new(Arc::new(LocalStore::new(root)), key.clone(), tls);
+    let g = Gateway::new(
+        Arc::new(LocalStore::new(root)),
+        key.clone(),
+        tls,
+        Lifetime::default(),
+    );
     tokio::spawn(g.clone().serve(listener));
     (addr, g)
 }

@@ -315,6 +315,9 @@ pub struct CoordinatorArgs {
     /// The PEM private key of --tls-cert
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Once the transfer has succeeded, tell its relay gateways (--relay) to exit: those started with --exit-on-stop do
+    #[arg(long)]
+    pub relay_stop_gateways: bool,
     #[command(subcommand)]
     pub transfer: CoordinatedTransfer,
 }
@@ -466,6 +469,12 @@ pub struct GatewayArgs {
     /// The PEM private key of --tls-cert
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Exit (code 0) when a sender with the transfer key says the transfer is over (`skyhaul coordinator --relay-stop-gateways`), once the answers in progress are written
+    #[arg(long)]
+    pub exit_on_stop: bool,
+    /// Exit (code 0) after this long without a relay connection, e.g. 30m: the safety net for a sender that died before saying stop
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub idle_exit: Option<std::time::Duration>,
     /// The destination store this gateway writes to: s3://BUCKET, gs://BUCKET or az://CONTAINER (no prefix: clients name whole keys)
     pub destination: String,
     /// Endpoint URL of the destination store

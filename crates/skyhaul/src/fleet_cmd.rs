@@ -27,6 +27,8 @@ pub struct Fleet {
     options: CoordinatorOptions,
     /// HTTPS: the server configuration, and the certificate file local workers trust.
     tls: Option<(Arc<skyhaul_fleet::tls::ServerConfig>, PathBuf)>,
+    /// Tell the relay gateways to exit once the transfer has succeeded.
+    pub stop_gateways: bool,
 }
 
 impl Fleet {
@@ -46,6 +48,7 @@ impl Fleet {
             token,
             options: options(args),
             tls: None,
+            stop_gateways: false,
         }))
     }
 
@@ -56,6 +59,7 @@ impl Fleet {
         token: Option<&str>,
         tls: Option<(&Path, &Path)>,
         args: &FleetArgs,
+        stop_gateways: bool,
     ) -> Result<Fleet, CliError> {
         let tls = match tls {
             Some((cert, key)) => Some((
@@ -75,6 +79,7 @@ impl Fleet {
             token: Token::new(token).map_err(exit::usage)?,
             options: options(args),
             tls,
+            stop_gateways,
         })
     }
 }

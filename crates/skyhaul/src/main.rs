@@ -85,9 +85,14 @@ async fn run(cli: Cli) -> ExitCode {
                 ),
             };
             let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
-            let fleet =
-                fleet_cmd::Fleet::coordinator(args.listen, args.token.as_deref(), tls, &fleet_args)
-                    .map(Some);
+            let fleet = fleet_cmd::Fleet::coordinator(
+                args.listen,
+                args.token.as_deref(),
+                tls,
+                &fleet_args,
+                args.relay_stop_gateways,
+            )
+            .map(Some);
             transfer(common, mode, recursive, fleet).await
         }
         Command::Worker(args) => fleet_cmd::worker(args).await,
@@ -285,6 +290,12 @@ async fn transfer(
     let out = output::Output::new(args.output.quiet, args.output.json);
     let result: Result<ExitCode, exit::CliError> = async {
         let fleet = fleet?;
+        let stop_gateways = fleet.as_ref().is_some_and(|f| f.stop_gateways);
+        if stop_gateways && args.endpoints.relay.relay.is_empty() {
+            return Err(exit::usage(
+                "--relay-stop-gateways: the transfer has no --relay gateways to stop",
+            ));
+        }
         let config = settings::load_config()?;
         let tuning = settings::tuning(&args, &config)?;
         let (filter, filter_identity) = settings::filter(&args.filter)?;
@@ -370,7 +381,7 @@ async fn transfer(
         }
         let report = report.map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
         out.report(&report, relay.map(|r| r.summary()).as_ref());
-        Ok(if cancel.is_cancelled() {
+        let code = if cancel.is_cancelled() {
             ExitCode::Interrupted
         } else if report.objects_failed > 0 {
             ExitCode::PartialFailure
@@ -378,7 +389,13 @@ async fn transfer(
             ExitCode::VerifyFailed
         } else {
             ExitCode::Ok
-        })
+        };
+        // Only a transfer that is done: after a failure the gateways stay for the rerun (an
+        // engine restarting the coordinator) until their --idle-exit.
+        if stop_gateways && code == ExitCode::Ok {
+            relay_cmd::stop_gateways(&args.endpoints.relay, out).await;
+        }
+        Ok(code)
     }
     .await;
     match result {

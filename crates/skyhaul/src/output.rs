@@ -298,6 +298,12 @@ impl Output {
             stderr_line(&format!("skyhaul: {message}"));
         }
     }
+
+    /// Something that did not fail the command but needs the user's eye (a relay gateway
+    /// that may still be running and billing): printed even with `--quiet`.
+    pub fn warning(&self, message: &str) {
+        stderr_line(&format!("skyhaul: warning: {message}"));
+    }
 }
 
 /// `--dry-run`: one line per job that would run (`copy SRC -> DST`, `delete DST`, or one

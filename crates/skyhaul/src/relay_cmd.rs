@@ -3,11 +3,12 @@
 
 use crate::args::{GatewayArgs, RelayArgs};
 use crate::exit::{self, CliError, ExitCode};
+use crate::output::Output;
 use skyhaul_engine::Endpoint;
 use skyhaul_fleet::protocol::RelaySpec;
 use skyhaul_location::{Location, Scheme};
 use skyhaul_relay::{
-    Gateway, RelayKey, RelayOptions, RelayStore, DEFAULT_CHUNK, KEY_ENV, TLS_ALPN,
+    Ended, Gateway, Lifetime, RelayKey, RelayOptions, RelayStore, DEFAULT_CHUNK, KEY_ENV, TLS_ALPN,
 };
 use skyhaul_store::ErrorKind;
 use std::sync::Arc;
@@ -33,18 +34,7 @@ pub async fn open_destination(
             "--relay: the destination {dst} is a local path; relay mode writes to an object store (s3://, gs://, az://) that the gateways reach"
         )));
     }
-    let opts = RelayOptions {
-        gateways: relay.relay.clone(),
-        connections: relay.relay_connections.into(),
-        compression: relay.relay_compression,
-        chunk_size: DEFAULT_CHUNK,
-        key: match &relay.key {
-            Some(k) => k.clone(),
-            None => key()?,
-        },
-        container: dst.bucket.clone(),
-        tls: tls_client(relay)?,
-    };
+    let opts = options(relay, &dst.bucket)?;
     let store = Arc::new(RelayStore::connect(opts).await.map_err(|e| match e.kind {
         // The relay's own message says what to check (the gateways, the key, TLS), not
         // --dst-endpoint, which a relayed transfer does not use.
@@ -61,6 +51,41 @@ pub async fn open_destination(
         locator: dst.to_string(),
     };
     Ok((endpoint, store))
+}
+
+/// How to reach the gateways of `relay`, for a transfer into `container`.
+fn options(relay: &RelayArgs, container: &str) -> Result<RelayOptions, CliError> {
+    Ok(RelayOptions {
+        gateways: relay.relay.clone(),
+        connections: relay.relay_connections.into(),
+        compression: relay.relay_compression,
+        chunk_size: DEFAULT_CHUNK,
+        key: match &relay.key {
+            Some(k) => k.clone(),
+            None => key()?,
+        },
+        container: container.to_string(),
+        tls: tls_client(relay)?,
+    })
+}
+
+/// `skyhaul coordinator --relay-stop-gateways`: tells the gateways the transfer is over. A
+/// gateway that cannot be told is a warning, not a failed transfer: the data is there, and
+/// its own `--idle-exit` (or its engine) ends it.
+pub async fn stop_gateways(relay: &RelayArgs, out: Output) {
+    let opts = match options(relay, "") {
+        Ok(o) => o,
+        Err(e) => return out.warning(&format!("relay gateways not stopped: {}", e.message)),
+    };
+    for (gateway, answer) in skyhaul_relay::stop_gateways(opts).await {
+        match answer {
+            Ok(()) => out.notice(&format!("relay gateway {gateway} told to stop")),
+            Err(e) => out.warning(&format!(
+                "relay gateway {gateway} was not stopped: {}",
+                e.message
+            )),
+        }
+    }
 }
 
 /// The TLS configuration for the gateways, when the sending side asks for TLS: the
@@ -121,7 +146,8 @@ pub fn from_spec(spec: Option<&RelaySpec>) -> Result<RelayArgs, CliError> {
     })
 }
 
-/// `skyhaul gateway`: serves one destination store until stopped.
+/// `skyhaul gateway`: serves one destination store until stopped (a signal; with
+/// `--exit-on-stop`, its sender; with `--idle-exit`, no sender for that long).
 pub async fn gateway(args: GatewayArgs) -> ExitCode {
     match run_gateway(args).await {
         Ok(()) => ExitCode::Ok,
@@ -167,9 +193,21 @@ async fn run_gateway(args: GatewayArgs) -> Result<(), CliError> {
         .map_err(|e| exit::usage(format!("--listen {}: {e}", args.listen)))?;
     let over = if tls.is_some() { " (TLS)" } else { "" };
     eprintln!("skyhaul: relay gateway for {loc} listening on {addr}{over}");
-    let gateway = Gateway::new(dst.store, key, tls);
-    tokio::select! {
-        r = gateway.serve(listener) => r.map_err(|e| exit::usage(format!("--listen {addr}: {e}"))),
-        _ = tokio::signal::ctrl_c() => Ok(()),
+    let lifetime = Lifetime {
+        exit_on_stop: args.exit_on_stop,
+        idle_exit: args.idle_exit,
+    };
+    let gateway = Gateway::new(dst.store, key, tls, lifetime);
+    let ended = tokio::select! {
+        r = gateway.serve(listener) => r.map_err(|e| exit::usage(format!("--listen {addr}: {e}")))?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
+    match ended {
+        Ended::Stopped => eprintln!("skyhaul: relay gateway stopped: the transfer is over"),
+        Ended::Idle(d) => eprintln!(
+            "skyhaul: relay gateway exiting: no relay connection for {} s (--idle-exit)",
+            d.as_secs()
+        ),
     }
+    Ok(())
 }

@@ -707,6 +707,189 @@ fn a_local_fleet_relays_over_tls() {
     assert_eq!(regions.destination(), files);
 }
 
+/// A gateway's log once it holds `needle` (its lines are copied to the file by a thread, a
+/// moment after the gateway writes them), or as it is after 5 s.
+fn log_with(path: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) || Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits up to `limit` for `child` to exit; its exit code, or `None` if it still runs.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `skyhaul coordinator --relay-stop-gateways`, as `skyhaul launch` runs it: once the copy has
+/// verified, the gateway started with `--exit-on-stop` exits 0 by itself, and one started
+/// without it refuses, keeps serving, and costs the transfer only a warning.
+#[test]
+fn the_coordinator_stops_its_gateways_when_the_transfer_is_over() {
+    let regions = Regions::start("skrL", LinkSpec::wan());
+    let files: BTreeMap<String, Vec<u8>> = (0..6)
+        .map(|i| (format!("bin/{i}.bin"), data(MIB + i * 10, 90 + i as u64)))
+        .collect();
+    regions.seed(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let stops = dir.path().join("stops.log");
+    let mut stopping = KillOnDrop(regions.gateway_with(7490, &stops, &["--exit-on-stop"]));
+    let mut staying = KillOnDrop(regions.gateway(7491, &dir.path().join("stays.log")));
+    let relay = format!("{B_IP}:7490,{B_IP}:7491");
+    let args = [
+        "coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-stop-gateways",
+        "cp",
+        "-r",
+        "s3://src/",
+        "s3://dst/",
+        "--src-endpoint",
+        &regions.src.endpoint,
+        "--relay",
+        &relay,
+        "--workers",
+        "2",
+        "--no-journal",
+        "--json",
+    ];
+    let token = [("SKYHAUL_FLEET_TOKEN", "relay-stop-token-0123456789")];
+    let mut cmd = regions.command(true, &args, &token);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let r = run(cmd);
+    assert_eq!(
+        r.code, 0,
+        "{}
+{}",
+        r.stderr, r.stdout
+    );
+    let v = &r.json()["verification"];
+    assert_eq!(v["checksum_ok"].as_u64(), Some(files.len() as u64), "{v}");
+    assert_eq!(regions.destination(), files);
+    assert!(
+        r.stderr
+            .contains(&format!("relay gateway {B_IP}:7490 told to stop")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!(
+            "warning: relay gateway {B_IP}:7491 was not stopped: this relay gateway was started without --exit-on-stop"
+        )),
+        "{}",
+        r.stderr
+    );
+    // The coordinator returns once the stop is answered; the gateway exits right after.
+    assert_eq!(
+        exit_within(&mut stopping.0, Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&stops).unwrap()
+    );
+    let log = log_with(&stops, "the transfer is over");
+    assert!(log.contains("the transfer is over"), "{log}");
+    assert!(
+        staying.0.try_wait().unwrap().is_none(),
+        "a gateway without --exit-on-stop exited"
+    );
+}
+
+/// A stop sealed with another key is a forged frame: the gateway refuses it, says so, and
+/// goes on serving; the same request with the transfer's key stops it.
+#[test]
+fn a_stop_under_another_key_does_not_stop_a_gateway() {
+    let regions = Regions::start("skrM", LinkSpec::wan());
+    let files = BTreeMap::from([("a.bin".to_string(), data(MIB, 5))]);
+    regions.seed(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gw.log");
+    let mut gw = KillOnDrop(regions.gateway_with(7500, &log, &["--exit-on-stop"]));
+    let stop = |key: skyhaul_relay::RelayKey| {
+        let opts = skyhaul_relay::RelayOptions {
+            gateways: vec![format!("{B_IP}:7500")],
+            connections: 1,
+            compression: skyhaul_relay::Compression::None,
+            chunk_size: skyhaul_relay::DEFAULT_CHUNK,
+            key,
+            container: String::new(),
+            tls: None,
+        };
+        let mut answers = regions
+            .wan
+            .a
+            .block_on(|| skyhaul_relay::stop_gateways(opts));
+        answers.pop().unwrap().1
+    };
+    let forged = stop(skyhaul_relay::RelayKey::from_hex(&"07".repeat(32)).unwrap());
+    assert!(forged.is_err(), "a stop under another key was answered");
+    assert_eq!(
+        exit_within(&mut gw.0, Duration::from_secs(2)),
+        None,
+        "the gateway stopped"
+    );
+    let text = log_with(&log, "failed authentication");
+    assert!(
+        text.contains("rejected a frame") && text.contains("failed authentication"),
+        "{text}"
+    );
+    assert!(!text.contains("the transfer is over"), "{text}");
+    // Still serving.
+    relay_summary(&run(regions.relay_cp(&[7500], "", &[])));
+    assert_eq!(regions.destination(), files);
+
+    let key = skyhaul_relay::RelayKey::from_hex(&regions.key).unwrap();
+    stop(key).expect("the transfer's key stops it");
+    assert_eq!(exit_within(&mut gw.0, Duration::from_secs(10)), Some(0));
+}
+
+/// `--idle-exit`: a relay connection in use keeps a gateway up past the idle time, a TCP
+/// connection that never says hello does not, and with nobody left it exits 0.
+#[test]
+fn an_idle_gateway_exits_by_itself() {
+    let regions = Regions::start("skrN", LinkSpec::wan());
+    let files: BTreeMap<String, Vec<u8>> = (0..4)
+        .map(|i| (format!("bin/{i}.bin"), data(MIB, 40 + i as u64)))
+        .collect();
+    regions.seed(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gw.log");
+    let mut gw = KillOnDrop(regions.gateway_with(7510, &log, &["--idle-exit", "2s"]));
+    // 4 MiB at 1 MiB/s: the copy holds its connections twice as long as the idle time.
+    let t = Instant::now();
+    relay_summary(&run(regions.relay_cp(&[7510], "", &["--bwlimit", "1M"])));
+    let copied = t.elapsed();
+    assert!(
+        copied > Duration::from_secs(3),
+        "copy too short: {copied:?}"
+    );
+    assert_eq!(regions.destination(), files);
+    // A silent connection held open (a health probe, a scanner) is no relay client.
+    let _silent = regions
+        .wan
+        .a
+        .run(|| std::net::TcpStream::connect((B_IP, 7510)).expect("the gateway still listens"));
+    let code = exit_within(&mut gw.0, Duration::from_secs(6));
+    let idle = t.elapsed() - copied;
+    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(idle >= Duration::from_secs(2), "exited after {idle:?}");
+    let text = log_with(&log, "no relay connection for 2 s");
+    assert!(text.contains("no relay connection for 2 s"), "{text}");
+}
+
 #[test]
 fn a_deep_verify_reads_over_every_connection() {
     let regions = Regions::start("skrF", LinkSpec::wan());
