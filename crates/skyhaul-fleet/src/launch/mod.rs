@@ -1,0 +1,463 @@
+//! Job files that start a fleet on an existing engine: a SLURM batch script, a SkyPilot
+//! task, a Kubernetes Indexed Job with a headless Service, or an SSH runner for a host list.
+//!
+//! Every job has `nodes` tasks; rank 0 runs the coordinator (with one local worker, so no
+//! machine idles) and every other rank a worker pointed at rank 0. Secrets are never
+//! written into the file: each engine gets them the way it expects — SLURM and the SSH
+//! runner from the submitting shell's environment, SkyPilot through `--env`/`--secret`,
+//! Kubernetes from a Secret — and every job refuses to start without the fleet token.
+//!
+//! With [`Gateways`], the job also starts relay gateways (`skyhaul gateway`) near the
+//! destination and the coordinator relays through them: a SLURM job of their own that the
+//! batch script submits, a second SkyPilot task, a StatefulSet behind a headless Service, or
+//! more SSH hosts. The gateways
+//! get the relay key and the destination's credentials; the fleet the key and the source's.
+
+use std::fmt::Write;
+
+mod kubernetes;
+mod skypilot;
+mod slurm;
+mod ssh;
+
+/// The secrets a SkyPilot task declares (given at launch): the fleet token and S3 keys.
+pub const SECRET_ENV: [&str; 7] = [
+    "SKYHAUL_FLEET_TOKEN",
+    "SKYHAUL_SRC_ACCESS_KEY_ID",
+    "SKYHAUL_SRC_SECRET_ACCESS_KEY",
+    "SKYHAUL_SRC_SESSION_TOKEN",
+    "SKYHAUL_DST_ACCESS_KEY_ID",
+    "SKYHAUL_DST_SECRET_ACCESS_KEY",
+    "SKYHAUL_DST_SESSION_TOKEN",
+];
+
+/// The relay's transfer key (`skyhaul_relay::key::KEY_ENV`): the coordinator of a transfer
+/// with `--relay` needs it, and hands it to the workers itself.
+pub const RELAY_KEY_ENV: &str = "SKYHAUL_RELAY_KEY";
+
+/// More credentials the SSH runner passes on when set, besides [`SECRET_ENV`] (names
+/// only, never values): AWS's own variables, the GCS/Azure ones and the relay's key.
+pub const CREDENTIAL_ENV: [&str; 13] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "SKYHAUL_SRC_AZURE_ACCOUNT",
+    "SKYHAUL_SRC_AZURE_KEY",
+    "SKYHAUL_SRC_AZURE_SAS",
+    "SKYHAUL_DST_AZURE_ACCOUNT",
+    "SKYHAUL_DST_AZURE_KEY",
+    "SKYHAUL_DST_AZURE_SAS",
+    "SKYHAUL_SRC_GCS_SERVICE_ACCOUNT",
+    "SKYHAUL_DST_GCS_SERVICE_ACCOUNT",
+    RELAY_KEY_ENV,
+];
+
+/// The destination's credentials: with gateways they are the gateways' alone, and the
+/// fleet's nodes drop them if the environment carries them (SLURM, SSH).
+pub const DST_CREDENTIAL_ENV: [&str; 7] = [
+    "SKYHAUL_DST_ACCESS_KEY_ID",
+    "SKYHAUL_DST_SECRET_ACCESS_KEY",
+    "SKYHAUL_DST_SESSION_TOKEN",
+    "SKYHAUL_DST_AZURE_KEY",
+    "SKYHAUL_DST_AZURE_SAS",
+    "SKYHAUL_DST_AZURE_CONNECTION_STRING",
+    "SKYHAUL_DST_GCS_SERVICE_ACCOUNT",
+];
+
+/// What a gateway does not need: the fleet's token and the source's credentials.
+const GATEWAY_DROPS: [&str; 8] = [
+    "SKYHAUL_FLEET_TOKEN",
+    "SKYHAUL_SRC_ACCESS_KEY_ID",
+    "SKYHAUL_SRC_SECRET_ACCESS_KEY",
+    "SKYHAUL_SRC_SESSION_TOKEN",
+    "SKYHAUL_SRC_AZURE_KEY",
+    "SKYHAUL_SRC_AZURE_SAS",
+    "SKYHAUL_SRC_AZURE_CONNECTION_STRING",
+    "SKYHAUL_SRC_GCS_SERVICE_ACCOUNT",
+];
+
+/// The variable the coordinator's `--relay` is read from in a job with gateways: the
+/// gateways' `HOST:PORT`s, comma-separated, as the engine placed them.
+pub const GATEWAYS_ENV: &str = "SKYHAUL_GATEWAYS";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Slurm,
+    Skypilot,
+    Kubernetes,
+    Ssh,
+}
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Tasks (machines, pods, SLURM tasks); at least 1.
+    pub nodes: u32,
+    /// The port the coordinator listens on.
+    pub port: u16,
+    /// A name for the job, its Service and files (letters, digits, `-`).
+    pub name: String,
+    /// The transfer as `skyhaul coordinator` takes it: `cp -r SRC DST [flags]` or `sync …`.
+    pub transfer: Vec<String>,
+    /// The skyhaul binary on the nodes.
+    pub skyhaul: String,
+    /// Kubernetes: the container image with skyhaul in it.
+    pub image: String,
+    /// Kubernetes: the Secret with the token and credentials (as environment variables).
+    pub secret: String,
+    /// SkyPilot: spot instances.
+    pub spot: bool,
+    /// SkyPilot: CPUs per node (e.g. `8+`).
+    pub cpus: Option<String>,
+    /// SSH: the hosts, rank 0 first.
+    pub hosts: Vec<String>,
+    /// Relay gateways to start with the fleet, near the destination.
+    pub gateways: Option<Gateways>,
+}
+
+/// Relay gateways started with a fleet: `skyhaul gateway` on machines near the destination,
+/// with the relay key and the destination's credentials.
+#[derive(Debug, Clone, Default)]
+pub struct Gateways {
+    /// How many (SSH: one per host of `hosts`).
+    pub count: u32,
+    /// The port each listens on.
+    pub port: u16,
+    /// `skyhaul gateway`'s words after `--listen ADDR`: the destination bucket and the flags
+    /// that say where it is (endpoint, region, profile).
+    pub args: Vec<String>,
+    /// SkyPilot: the destination's cloud (optional) and region.
+    pub cloud: Option<String>,
+    pub region: Option<String>,
+    /// SLURM: the partition whose nodes are near the destination (default: the cluster's
+    /// default partition).
+    pub partition: Option<String>,
+    /// Kubernetes: a node selector placing the pods (e.g.
+    /// `topology.kubernetes.io/region=eu-west-1`), and the Secret with the relay key and the
+    /// destination's credentials. They run in the fleet's namespace, whose pods reach each
+    /// gateway pod by its DNS name.
+    pub node_selector: Vec<(String, String)>,
+    pub secret: String,
+    /// SSH: the hosts.
+    pub hosts: Vec<String>,
+}
+
+/// The line that stops a shell launcher where it is run when the relay's key is not set (the
+/// gateways and the coordinator both need it).
+fn relay_key_check() -> String {
+    format!(
+        ": \"${{{RELAY_KEY_ENV}:?set {RELAY_KEY_ENV} (64 hex digits: openssl rand -hex 32) first}}\"\n"
+    )
+}
+
+/// The comment, strict mode and token check at the top of a generated shell script.
+fn preamble(backend: &str, run: &str) -> String {
+    format!(
+        "# Generated by `skyhaul launch --backend {backend}`. Run it with the token and the\n\
+         # credentials in the environment (nothing secret is in this file):\n\
+         #   export SKYHAUL_FLEET_TOKEN=$(openssl rand -hex 32); {run}\n\
+         set -euo pipefail\n\
+         : \"${{SKYHAUL_FLEET_TOKEN:?set SKYHAUL_FLEET_TOKEN (16+ characters) first}}\"\n"
+    )
+}
+
+/// Bash lines (they use `/dev/tcp`) that wait up to 10 minutes for every gateway of
+/// `$SKYHAUL_GATEWAYS` to accept connections: the coordinator opens the destination through
+/// them first thing, and gateways start with the fleet, on machines that may come up later.
+const WAIT_FOR_GATEWAYS: &str = r#"for gw in ${SKYHAUL_GATEWAYS//,/ }; do
+  tries=0
+  until (exec 3<>"/dev/tcp/${gw%:*}/${gw##*:}") 2>/dev/null; do
+    tries=$((tries + 1))
+    if [ "$tries" -ge 300 ]; then echo "skyhaul: relay gateway $gw did not come up within 10 minutes" >&2; exit 1; fi
+    sleep 2
+  done
+done
+"#;
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines().map(|l| format!("{by}{l}\n")).collect()
+}
+
+/// Single-quotes a word for a POSIX shell.
+fn sh(word: &str) -> String {
+    shlex::try_quote(word)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| format!("'{}'", word.replace('\0', "")))
+}
+
+/// A YAML scalar: JSON strings are valid YAML double-quoted strings.
+fn yaml(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+impl Job {
+    /// The secrets a SkyPilot task declares: [`SECRET_ENV`], and the relay's key when the
+    /// transfer goes through gateways.
+    pub fn secrets(&self) -> Vec<&'static str> {
+        let relays = self
+            .transfer
+            .iter()
+            .any(|a| a == "--relay" || a.starts_with("--relay="));
+        let mut v = SECRET_ENV.to_vec();
+        if self.gateways.is_some() {
+            // The destination's credentials go to the gateways only.
+            v.retain(|s| !DST_CREDENTIAL_ENV.contains(s));
+        }
+        if relays || self.gateways.is_some() {
+            v.push(RELAY_KEY_ENV);
+        }
+        v
+    }
+
+    /// The secrets the gateways' SkyPilot task declares: the relay key and the destination's
+    /// S3 keys.
+    pub fn gateway_secrets(&self) -> Vec<&'static str> {
+        let mut v = vec![RELAY_KEY_ENV];
+        v.extend(SECRET_ENV.iter().filter(|s| DST_CREDENTIAL_ENV.contains(s)));
+        v
+    }
+
+    /// The SkyPilot cluster of gateway `i`: one single-node cluster each, since SkyPilot
+    /// gives out only a cluster's head IP (`sky status --ip`).
+    pub fn gateway_cluster(&self, i: u32) -> String {
+        format!("{}-gw-{i}", self.name)
+    }
+
+    /// The shell lines that run one gateway (the script's last command, `exec`ed unless
+    /// `exec` is false), without the fleet's token or the source's credentials.
+    fn gateway_script(&self, g: &Gateways, exec: bool) -> String {
+        let mut words = vec![
+            sh(&self.skyhaul),
+            "gateway".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{}", g.port),
+        ];
+        words.extend(g.args.iter().map(|w| sh(w)));
+        format!(
+            ": \"${{{RELAY_KEY_ENV}:?set {RELAY_KEY_ENV} (64 hex digits, as for the coordinator) where the job is submitted}}\"\n\
+             unset {drops}\n\
+             {exec}{command}\n",
+            drops = GATEWAY_DROPS.join(" "),
+            exec = if exec { "exec " } else { "" },
+            command = words.join(" "),
+        )
+    }
+
+    /// The transfer command words, with one local worker on the coordinator's node.
+    fn coordinator_args(&self) -> String {
+        let mut words: Vec<String> = self.transfer.iter().map(|w| sh(w)).collect();
+        if !self.transfer.iter().any(|w| w == "--workers") {
+            words.push("--workers".into());
+            words.push("1".into());
+        }
+        words.join(" ")
+    }
+
+    /// The shell lines that start rank `$rank_var`: the coordinator at rank 0 (listening on
+    /// every address), else a worker of `http://$head_var:PORT`.
+    fn rank_script(&self, rank_var: &str, head_var: &str) -> String {
+        let skyhaul = sh(&self.skyhaul);
+        let mut s = String::from(
+            ": \"${SKYHAUL_FLEET_TOKEN:?set SKYHAUL_FLEET_TOKEN (16+ characters) where the job is submitted}\"\n",
+        );
+        let mut relay = String::new();
+        if self.gateways.is_some() {
+            let _ = writeln!(s, "unset {}", DST_CREDENTIAL_ENV.join(" "));
+            let _ = writeln!(
+                s,
+                ": \"${{{GATEWAYS_ENV}:?set {GATEWAYS_ENV} to the relay gateways as HOST:PORT,...}}\""
+            );
+            relay = format!(" --relay \"${GATEWAYS_ENV}\"");
+        }
+        let _ = writeln!(s, "if [ \"${rank_var}\" = 0 ]; then");
+        if self.gateways.is_some() {
+            s.push_str(&indent(WAIT_FOR_GATEWAYS, "  "));
+        }
+        let _ = write!(
+            s,
+            "  exec {skyhaul} coordinator --listen 0.0.0.0:{port} {args}{relay}\n\
+             else\n  \
+             exec {skyhaul} worker --coordinator \"http://${head_var}:{port}\" --wait 10m\n\
+             fi\n",
+            port = self.port,
+            args = self.coordinator_args(),
+        );
+        s
+    }
+
+    pub fn render(&self, backend: Backend) -> String {
+        match backend {
+            Backend::Slurm => self.slurm(),
+            Backend::Skypilot => self.skypilot(),
+            Backend::Kubernetes => self.kubernetes(),
+            Backend::Ssh => self.ssh(),
+        }
+    }
+
+    /// The gateways' own file, for the engines that launch them apart from the fleet: the
+    /// SkyPilot task of one gateway (launched once per gateway, in the destination's region).
+    /// The other engines start them from the fleet's file.
+    pub fn render_gateway(&self, backend: Backend) -> Option<String> {
+        match (backend, &self.gateways) {
+            (Backend::Skypilot, Some(g)) => Some(self.skypilot_gateway(g)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            nodes: 3,
+            port: 7070,
+            name: "skyhaul-x".into(),
+            transfer: vec![
+                "cp".into(),
+                "-r".into(),
+                "s3://a/it's".into(),
+                "/mnt/b".into(),
+            ],
+            skyhaul: "skyhaul".into(),
+            image: "example/skyhaul:1".into(),
+            secret: "skyhaul-credentials".into(),
+            spot: true,
+            cpus: Some("8+".into()),
+            hosts: vec!["h1".into(), "user@h2".into()],
+            gateways: None,
+        }
+    }
+
+    fn with_gateways() -> Job {
+        Job {
+            gateways: Some(Gateways {
+                count: 2,
+                port: 7400,
+                args: vec!["s3://b".into(), "--dst-region".into(), "eu-west-1".into()],
+                hosts: vec!["g1".into(), "user@g2".into()],
+                secret: "gw-credentials".into(),
+                ..Gateways::default()
+            }),
+            ..job()
+        }
+    }
+
+    #[test]
+    fn every_backend_needs_the_token_and_starts_the_coordinator() {
+        for b in [
+            Backend::Slurm,
+            Backend::Skypilot,
+            Backend::Kubernetes,
+            Backend::Ssh,
+        ] {
+            let text = job().render(b);
+            assert!(text.contains("${SKYHAUL_FLEET_TOKEN:?"), "{b:?}");
+            assert!(text.contains("coordinator --listen 0.0.0.0:7070"), "{b:?}");
+            // The transfer's words survive quoting.
+            assert!(text.contains("it"), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn the_relay_key_is_passed_on_like_the_other_secrets() {
+        let mut j = job();
+        assert!(!j.render(Backend::Skypilot).contains(RELAY_KEY_ENV));
+        j.transfer.extend(["--relay".into(), "gw1:7400".into()]);
+        let task = j.render(Backend::Skypilot);
+        assert!(task.contains(&format!("  {RELAY_KEY_ENV}: null")), "{task}");
+        assert!(
+            task.contains(&format!("--secret {RELAY_KEY_ENV}")),
+            "{task}"
+        );
+        // The SSH runner passes it when set, as it does credentials.
+        let runner = j.render(Backend::Ssh);
+        assert!(runner.contains(RELAY_KEY_ENV), "{runner}");
+    }
+
+    #[test]
+    fn local_worker_is_added_once() {
+        let mut j = job();
+        assert!(j.coordinator_args().ends_with("--workers 1"));
+        j.transfer.extend(["--workers".into(), "4".into()]);
+        assert!(j.coordinator_args().ends_with("--workers 4"));
+    }
+
+    #[test]
+    fn gateways_get_the_destination_credentials_and_the_fleet_the_source_ones() {
+        let j = with_gateways();
+        let fleet = j.secrets();
+        assert!(fleet.contains(&RELAY_KEY_ENV) && fleet.contains(&"SKYHAUL_SRC_ACCESS_KEY_ID"));
+        assert!(
+            !fleet.iter().any(|s| s.starts_with("SKYHAUL_DST_")),
+            "{fleet:?}"
+        );
+        let gw = j.gateway_secrets();
+        assert!(gw.contains(&RELAY_KEY_ENV) && gw.contains(&"SKYHAUL_DST_SECRET_ACCESS_KEY"));
+        assert!(!gw.iter().any(|s| s.starts_with("SKYHAUL_SRC_")), "{gw:?}");
+        assert!(!gw.contains(&"SKYHAUL_FLEET_TOKEN"));
+        for b in [
+            Backend::Slurm,
+            Backend::Skypilot,
+            Backend::Kubernetes,
+            Backend::Ssh,
+        ] {
+            let text = j.render(b);
+            assert!(
+                text.contains("--relay ") && text.contains("$SKYHAUL_GATEWAYS"),
+                "{b:?}: {text}"
+            );
+            let gateway = j.render_gateway(b).unwrap_or_else(|| text.clone());
+            assert!(
+                gateway.contains("gateway --listen 0.0.0.0:7400 s3://b --dst-region eu-west-1"),
+                "{b:?}: {gateway}"
+            );
+        }
+    }
+
+    /// The SSH runner as bash reads it: valid syntax, one gateway per gateway host, and their
+    /// addresses (without the user) handed to the coordinator.
+    #[test]
+    fn ssh_runner_starts_the_gateways() {
+        let text = with_gateways().render(Backend::Ssh);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runner.sh");
+        std::fs::write(&path, &text).unwrap();
+        let check = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert!(text.contains("GATEWAY_HOSTS=(g1 user@g2)"), "{text}");
+        // The gateway hosts get the destination's credentials, the fleet's hosts do not.
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+                .to_string()
+        };
+        let fleet = line("FLEET_VARS=(");
+        let gw = line("GATEWAY_VARS=(");
+        assert!(
+            !fleet.contains("SKYHAUL_DST_SECRET_ACCESS_KEY")
+                && fleet.contains("SKYHAUL_SRC_SECRET_ACCESS_KEY"),
+            "{fleet}"
+        );
+        assert!(
+            gw.contains("SKYHAUL_DST_SECRET_ACCESS_KEY")
+                && !gw.contains("SKYHAUL_SRC_SECRET_ACCESS_KEY"),
+            "{gw}"
+        );
+        assert!(
+            !gw.contains("SKYHAUL_FLEET_TOKEN") && gw.contains(RELAY_KEY_ENV),
+            "{gw}"
+        );
+    }
+}

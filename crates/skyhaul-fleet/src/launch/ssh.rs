@@ -1,0 +1,114 @@
+//! SSH: a bash runner that starts every rank (and gateway) over `ssh HOST bash -s`.
+
+use super::*;
+use std::fmt::Write;
+
+impl Job {
+    /// A bash runner for a host list: the coordinator on the first host, a worker on every
+    /// other. The token and credentials are read from the running shell's environment and
+    /// sent over each SSH connection's stdin, so they are neither in this file nor on any
+    /// command line. With gateways, each gateway host gets the relay key and the
+    /// destination's credentials the same way (and the fleet's hosts not those), and its
+    /// gateway runs while that connection's stdin stays open: until the transfer is over.
+    pub(super) fn ssh(&self) -> String {
+        let mut s = String::from("#!/bin/bash\n");
+        let hosts: Vec<String> = self.hosts.iter().map(|h| sh(h)).collect();
+        s.push_str(&preamble("ssh", "bash THIS_FILE"));
+        let _ = writeln!(s, "HOSTS=({})", hosts.join(" "));
+        let _ = writeln!(
+            s,
+            "export SKYHAUL_HEAD=\"${{SKYHAUL_HEAD_ADDR:-${{HOSTS[0]#*@}}}}\""
+        );
+        let all: Vec<&str> = SECRET_ENV
+            .iter()
+            .chain(CREDENTIAL_ENV.iter())
+            .copied()
+            .collect();
+        let fleet_vars: Vec<&str> = match &self.gateways {
+            Some(_) => all
+                .iter()
+                .filter(|v| !DST_CREDENTIAL_ENV.contains(v))
+                .copied()
+                .chain(["SKYHAUL_HEAD", GATEWAYS_ENV])
+                .collect(),
+            None => all.iter().copied().chain(["SKYHAUL_HEAD"]).collect(),
+        };
+        let _ = writeln!(
+            s,
+            "# Prints `export NAME=VALUE` for each variable named that is set."
+        );
+        let _ = writeln!(s, "exports() {{");
+        let _ = writeln!(s, "  for v in \"$@\"; do");
+        let _ = writeln!(
+            s,
+            "    if [ -n \"${{!v:-}}\" ]; then printf 'export %s=%q\\n' \"$v\" \"${{!v}}\"; fi"
+        );
+        let _ = writeln!(s, "  done");
+        let _ = writeln!(s, "}}");
+        let _ = writeln!(s, "FLEET_VARS=({})", fleet_vars.join(" "));
+        let _ = writeln!(s, "pids=()");
+        if let Some(g) = &self.gateways {
+            let gw_vars: Vec<&str> = all
+                .iter()
+                .filter(|v| !GATEWAY_DROPS.contains(v))
+                .copied()
+                .collect();
+            let gw_hosts: Vec<String> = g.hosts.iter().map(|h| sh(h)).collect();
+            s.push_str(&relay_key_check());
+            let _ = writeln!(s, "GATEWAY_HOSTS=({})", gw_hosts.join(" "));
+            let _ = writeln!(s, "GATEWAY_VARS=({})", gw_vars.join(" "));
+            let _ = writeln!(
+                s,
+                "if [ -z \"${{{GATEWAYS_ENV}:-}}\" ]; then\n  \
+                 for h in \"${{GATEWAY_HOSTS[@]}}\"; do {GATEWAYS_ENV}+=\"${{h#*@}}:{port},\"; done\n  \
+                 {GATEWAYS_ENV}=\"${{{GATEWAYS_ENV}%,}}\"\n\
+                 fi\n\
+                 export {GATEWAYS_ENV}",
+                port = g.port
+            );
+            // Runs until this SSH session's input closes, which the runner does at the end.
+            let script = format!(
+                "{} &\ngw=$!\nread -r _ || true\nkill \"$gw\" 2>/dev/null || true\nwait \"$gw\" || true\n",
+                self.gateway_script(g, false).trim_end()
+            );
+            let _ = writeln!(s, "GATEWAY_SCRIPT={}", sh(&script));
+            let _ = writeln!(s, "STATE=\"$(mktemp -d)\"");
+            let _ = writeln!(s, "trap 'rm -rf \"$STATE\"' EXIT");
+            let _ = writeln!(s, "gateway_pids=()");
+            let _ = writeln!(s, "for h in \"${{GATEWAY_HOSTS[@]}}\"; do");
+            let _ = writeln!(
+                s,
+                "  {{ exports \"${{GATEWAY_VARS[@]}}\"; echo \"$GATEWAY_SCRIPT\"; while [ ! -e \"$STATE/done\" ]; do sleep 1; done; }} | ssh -o BatchMode=yes \"$h\" bash -s &"
+            );
+            let _ = writeln!(s, "  gateway_pids+=($!)");
+            let _ = writeln!(s, "done");
+        }
+        let _ = writeln!(
+            s,
+            "RANK_SCRIPT={}",
+            sh(&self.rank_script("SKYHAUL_RANK", "SKYHAUL_HEAD"))
+        );
+        let _ = writeln!(s, "for i in \"${{!HOSTS[@]}}\"; do");
+        let _ = writeln!(
+            s,
+            "  {{ exports \"${{FLEET_VARS[@]}}\"; echo \"export SKYHAUL_RANK=$i\"; echo \"$RANK_SCRIPT\"; }} | ssh -o BatchMode=yes \"${{HOSTS[$i]}}\" bash -s &"
+        );
+        let _ = writeln!(s, "  pids+=($!)");
+        let _ = writeln!(s, "done");
+        let _ = writeln!(s, "# The coordinator's exit code is the transfer's.");
+        let _ = writeln!(s, "status=0; wait \"${{pids[0]}}\" || status=$?");
+        let _ = writeln!(
+            s,
+            "for p in \"${{pids[@]:1}}\"; do wait \"$p\" || true; done"
+        );
+        if self.gateways.is_some() {
+            let _ = writeln!(s, "touch \"$STATE/done\"");
+            let _ = writeln!(
+                s,
+                "for p in \"${{gateway_pids[@]}}\"; do wait \"$p\" || true; done"
+            );
+        }
+        let _ = writeln!(s, "exit $status");
+        s
+    }
+}
