@@ -5,11 +5,11 @@
 //! fleet work are checked on the typed objects. Then the pod's command runs for ranks 0 and
 //! 1 as a shell would in the pod.
 
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job as K8sJob;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Container, PodSpec, Service};
 use serde::Deserialize;
-use skyhaul_fleet::launch::{Backend, Gateways, Job};
+use skyhaul_fleet::launch::{Backend, GatewayTls, Gateways, Job};
+use std::time::Duration;
 
 const NODES: u32 = 4;
 
@@ -159,6 +159,12 @@ fn with_gateways(skyhaul: &str) -> Job {
             args: vec!["s3://dst".into(), "--dst-region".into(), "eu-west-1".into()],
             node_selector: vec![("topology.kubernetes.io/region".into(), "eu-west-1".into())],
             secret: "gw-credentials".into(),
+            idle_exit: Some(Duration::from_secs(1800)),
+            tls: Some(GatewayTls {
+                cert: "/certs/gw.pem".into(),
+                key: "/certs/gw-key.pem".into(),
+                ca: Some("/certs/ca.pem".into()),
+            }),
             ..Gateways::default()
         }),
         ..job(skyhaul)
@@ -181,17 +187,46 @@ fn run_command(command: &[String], env: &[(&str, &str)]) -> (bool, String) {
     )
 }
 
-/// `--gateways 2`: a StatefulSet of gateways behind its own headless Service, each pod
-/// addressed by its DNS name in the fleet's `SKYHAUL_GATEWAYS`; secrets only through the
-/// gateways' Secret (`envFrom`) and, for the fleet, the relay key alone (`secretKeyRef`).
+/// The one read-only volume of a pod and its container: (mount path, source kind, source
+/// name).
+fn mounted(pod: &PodSpec, c: &Container) -> (String, &'static str, String) {
+    let mounts = c.volume_mounts.as_ref().expect("a volume mount");
+    let volumes = pod.volumes.as_ref().expect("a volume");
+    assert_eq!((mounts.len(), volumes.len()), (1, 1));
+    assert_eq!(mounts[0].name, volumes[0].name);
+    assert_eq!(mounts[0].read_only, Some(true));
+    let v = &volumes[0];
+    let source = match (&v.secret, &v.config_map) {
+        (Some(s), None) => ("secret", s.secret_name.clone().unwrap()),
+        (None, Some(m)) => ("configMap", m.name.clone()),
+        _ => panic!("{v:?}"),
+    };
+    (mounts[0].mount_path.clone(), source.0, source.1)
+}
+
+/// `--gateways 2` with TLS: an Indexed Job of gateways behind its own headless Service, each
+/// pod addressed by its DNS name in the fleet's `SKYHAUL_GATEWAYS`, done when its gateway
+/// exits 0; secrets only through the gateways' Secret (`envFrom`) and, for the fleet, the
+/// relay key alone (`secretKeyRef`); the TLS Secret mounted by the gateways, the CA's
+/// ConfigMap by the fleet.
 #[test]
 fn gateway_manifest_round_trips_through_the_kubernetes_types() {
     let text = with_gateways("skyhaul").render(Backend::Kubernetes);
     let docs = documents(&text);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(
-        kinds,
-        ["Service", "Job", "Service", "StatefulSet"],
+    assert_eq!(kinds, ["Service", "Job", "Service", "Job"], "{text}");
+    // How to make the TLS Secret and the CA's ConfigMap: from the files' paths, the files
+    // themselves never in the manifest.
+    assert!(
+        text.contains(
+            "#   kubectl create secret tls skyhaul-fleet-gw-tls --cert=/certs/gw.pem --key=/certs/gw-key.pem\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "#   kubectl create configmap skyhaul-fleet-relay-ca --from-file=ca.crt=/certs/ca.pem\n"
+        ),
         "{text}"
     );
     let _: Service = typed(&docs[0]);
@@ -207,20 +242,26 @@ fn gateway_manifest_round_trips_through_the_kubernetes_types() {
     );
     let selector = spec.selector.unwrap();
 
-    let sts: StatefulSet = typed(&docs[3]);
-    let sts_name = sts.metadata.name.clone().unwrap();
-    let spec = sts.spec.unwrap();
-    assert_eq!(spec.service_name.as_deref(), Some(svc_name.as_str()));
-    assert_eq!(spec.replicas, Some(2));
-    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    let gw_job: K8sJob = typed(&docs[3]);
+    // Pod i of an Indexed Job is host JOB-i; under the Service as subdomain it is
+    // JOB-i.SERVICE, which the fleet dials.
+    let gw_name = gw_job.metadata.name.clone().unwrap();
+    let spec = gw_job.spec.unwrap();
+    assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+    assert_eq!((spec.completions, spec.parallelism), (Some(2), Some(2)));
+    // A failed gateway is replaced (under the same name); one that exited 0 is done, and
+    // the finished Job goes after an hour.
+    assert_eq!(spec.backoff_limit_per_index, Some(3));
+    assert_eq!(spec.ttl_seconds_after_finished, Some(3600));
     let template = spec.template;
     let labels = template.metadata.unwrap().labels.unwrap();
     for (k, v) in &selector {
         assert_eq!(labels.get(k), Some(v), "selector {k}");
     }
-    assert_eq!(spec.selector.match_labels.as_ref(), Some(&selector));
     let pod = template.spec.unwrap();
-    let placement = pod.node_selector.unwrap();
+    assert_eq!(pod.subdomain.as_deref(), Some(svc_name.as_str()));
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let placement = pod.node_selector.clone().unwrap();
     assert_eq!(
         placement
             .get("topology.kubernetes.io/region")
@@ -249,16 +290,33 @@ fn gateway_manifest_round_trips_through_the_kubernetes_types() {
     let from = c.env_from.as_ref().unwrap();
     assert_eq!(from.len(), 1);
     assert_eq!(from[0].secret_ref.as_ref().unwrap().name, "gw-credentials");
+    assert_eq!(
+        mounted(&pod, c),
+        (
+            "/etc/skyhaul/gateway-tls".to_string(),
+            "secret",
+            "skyhaul-fleet-gw-tls".to_string()
+        )
+    );
 
     // The fleet: each gateway pod by its name under the headless Service, and the relay key
     // from the gateways' Secret; nothing secret inline.
     let kjob: K8sJob = typed(&docs[1]);
-    let fc = &kjob.spec.unwrap().template.spec.unwrap().containers[0];
+    let fleet_pod = kjob.spec.unwrap().template.spec.unwrap();
+    let fc = &fleet_pod.containers[0];
+    assert_eq!(
+        mounted(&fleet_pod, fc),
+        (
+            "/etc/skyhaul/relay-ca".to_string(),
+            "configMap",
+            "skyhaul-fleet-relay-ca".to_string()
+        )
+    );
     let env = fc.env.clone().unwrap();
     let value = |name: &str| env.iter().find(|e| e.name == name).unwrap().clone();
     assert_eq!(
         value("SKYHAUL_GATEWAYS").value.as_deref(),
-        Some(format!("{sts_name}-0.{svc_name}:7400,{sts_name}-1.{svc_name}:7400").as_str())
+        Some(format!("{gw_name}-0.{svc_name}:7400,{gw_name}-1.{svc_name}:7400").as_str())
     );
     let key = value("SKYHAUL_RELAY_KEY");
     assert!(key.value.is_none());
@@ -281,8 +339,8 @@ fn gateway_manifest_round_trips_through_the_kubernetes_types() {
     // The commands, as the pods run them (`echo` stands in for skyhaul). A gateway starts
     // only with the relay key, and without the fleet's token or the source's keys.
     let docs = documents(&with_gateways("echo").render(Backend::Kubernetes));
-    let sts: StatefulSet = typed(&docs[3]);
-    let gw = sts.spec.unwrap().template.spec.unwrap().containers[0]
+    let gw_job: K8sJob = typed(&docs[3]);
+    let gw = gw_job.spec.unwrap().template.spec.unwrap().containers[0]
         .command
         .clone()
         .unwrap();
@@ -291,7 +349,9 @@ fn gateway_manifest_round_trips_through_the_kubernetes_types() {
         run_command(&gw, &[("SKYHAUL_RELAY_KEY", &key)]),
         (
             true,
-            "gateway --listen 0.0.0.0:7400 s3://dst --dst-region eu-west-1".to_string()
+            "gateway --listen 0.0.0.0:7400 s3://dst --dst-region eu-west-1 --exit-on-stop --idle-exit 1800s \
+             --tls-cert /etc/skyhaul/gateway-tls/tls.crt --tls-key /etc/skyhaul/gateway-tls/tls.key"
+                .to_string()
         )
     );
     assert!(!run_command(&gw, &[]).0, "a gateway without the key starts");
@@ -313,8 +373,15 @@ fn gateway_manifest_round_trips_through_the_kubernetes_types() {
         ],
     );
     assert!(ok, "{out}");
+    // It tells the gateways when the transfer is over, and trusts their CA.
     assert!(
-        out.ends_with(&format!("--workers 1 --relay {gateways}")),
+        out.starts_with("coordinator --listen 0.0.0.0:7070 --relay-stop-gateways cp -r "),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(&format!(
+            "--workers 1 --relay {gateways} --relay-tls-ca /etc/skyhaul/relay-ca/ca.crt"
+        )),
         "{out}"
     );
 }

@@ -159,7 +159,15 @@ With --gateways, relay gateways start too, near the destination, and the transfe
 through them: they get SKYHAUL_RELAY_KEY and the destination's credentials, the fleet the\n\
 key and the source's. SLURM: a job of their own, submitted by the batch script; SkyPilot:\n\
 one cluster per gateway from NAME.gateway.sky.yaml (--submit launches them and passes their\n\
-IPs); Kubernetes: a StatefulSet in the same cluster; SSH: --gateway-hosts.")]
+IPs); Kubernetes: an Indexed Job in the same cluster; SSH: --gateway-hosts.\n\n\
+The gateways end with the transfer: once it has succeeded the coordinator tells them to\n\
+exit, and one that no sender uses for --gateway-idle-exit exits anyway. A SkyPilot gateway's\n\
+cluster then goes down by itself, a Kubernetes gateway's pod completes, SLURM's gateway job\n\
+ends (or is cancelled), the SSH runner's sessions close.\n\n\
+TLS on the relay: --gateway-tls-cert/--gateway-tls-key (and --relay-tls-ca for a private CA).\n\
+SLURM reads the files where they are (a shared file system), the SSH runner copies them over\n\
+its connections, SkyPilot with file_mounts; Kubernetes mounts the Secret NAME-gw-tls and the\n\
+ConfigMap NAME-relay-ca that the file's comments say how to create.")]
     Launch(LaunchArgs),
     /// Print the man page (roff)
     #[command(after_help = "Example:\n  skyhaul man > /usr/local/share/man/man1/skyhaul.1")]
@@ -760,6 +768,18 @@ pub struct LaunchArgs {
     /// SSH: the hosts near the destination that run the gateways (comma-separated, [user@]host)
     #[arg(long, help_heading = GATEWAY_HEADING, value_name = "HOSTS", value_delimiter = ',')]
     pub gateway_hosts: Vec<String>,
+    /// A gateway no sender has used for this long exits (its coordinator died before it could say the transfer is over)
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "DURATION", default_value = "30m", value_parser = duration)]
+    pub gateway_idle_exit: std::time::Duration,
+    /// The gateways' TLS certificate chain (PEM), naming each gateway as the fleet dials it; shipped to them, never written into a job file
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "FILE")]
+    pub gateway_tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --gateway-tls-cert; shipped to the gateways, never written into a job file
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "FILE")]
+    pub gateway_tls_key: Option<std::path::PathBuf>,
+    /// A CA (PEM) the fleet trusts for the gateways' certificate, besides the system's roots
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "FILE")]
+    pub relay_tls_ca: Option<std::path::PathBuf>,
     /// The transfer, as for `skyhaul coordinator`: cp -r SRC DST [flags] or sync SRC DST [flags]
     #[arg(
         required = true,

@@ -4,7 +4,7 @@ use crate::args::{BackendArg, Cli, Command as Cmd, CoordinatedTransfer, LaunchAr
 use crate::exit::{self, CliError, ExitCode};
 use crate::output::Output;
 use clap::{Parser, ValueEnum};
-use skyhaul_fleet::launch::{Backend, Gateways, Job, GATEWAYS_ENV};
+use skyhaul_fleet::launch::{Backend, GatewayTls, Gateways, Job, GATEWAYS_ENV};
 use skyhaul_location::{Location, Scheme};
 use std::path::PathBuf;
 use std::process::Command;
@@ -135,12 +135,11 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         Backend::Kubernetes => cmd.args(["apply", "-f", &file]),
     };
     let result = run_submit(&mut cmd, submit, &file);
-    if backend == Backend::Skypilot && job.gateways.is_some() {
-        let clusters: Vec<String> = (0..job.gateways.as_ref().map_or(0, |g| g.count))
-            .map(|i| job.gateway_cluster(i))
-            .collect();
+    if let (Backend::Skypilot, Some(g)) = (backend, &job.gateways) {
+        let clusters: Vec<String> = (0..g.count).map(|i| job.gateway_cluster(i)).collect();
         out.notice(&format!(
-            "the relay gateways keep running (and billing) until you stop them: sky down {}",
+            "the relay gateways exit once the transfer has succeeded, or after {} s without a sender, and their clusters then go down by themselves; to end them sooner: sky down {}",
+            args.gateway_idle_exit.as_secs(),
             clusters.join(" ")
         ));
     }
@@ -183,7 +182,7 @@ fn launch_sky_gateways(
     for i in 0..g.count {
         let cluster = job.gateway_cluster(i);
         let mut cmd = Command::new("sky");
-        cmd.args(["launch", "-y", "-d", "-c", &cluster, file]);
+        cmd.args(["launch", "-y", "-d", "--down", "-c", &cluster, file]);
         secrets_set(&mut cmd, &job.gateway_secrets());
         run_submit(&mut cmd, &format!("sky launch of gateway {cluster}"), file)?;
         let ip = Command::new("sky")
@@ -257,7 +256,7 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
         }
         (_, Some(n)) => n,
         (_, None) => {
-            if let Some((flag, _)) = own.iter().find(|(_, given)| *given) {
+            if let Some((flag, _)) = own.iter().chain(&tls_flags(args)).find(|(_, given)| *given) {
                 return Err(exit::usage(format!("{flag} needs --gateways N")));
             }
             return Ok(None);
@@ -276,6 +275,15 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
         return Err(exit::usage(
             "--gateways and a transfer with --relay: launch gives the transfer its gateways' addresses itself; drop one",
         ));
+    }
+    if let Some(flag) = args.transfer.iter().find(|a| {
+        ["--relay-tls", "--relay-tls-ca"]
+            .iter()
+            .any(|f| a == f || a.starts_with(&format!("{f}=")))
+    }) {
+        return Err(exit::usage(format!(
+            "--gateways and a transfer with {flag}: give the gateways' TLS to launch instead (--gateway-tls-cert, --gateway-tls-key, --relay-tls-ca before the --)"
+        )));
     }
     let mut node_selector = Vec::new();
     for s in &args.gateway_node_selector {
@@ -300,7 +308,64 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
         node_selector,
         secret: args.gateway_secret.clone(),
         hosts: args.gateway_hosts.clone(),
+        idle_exit: Some(args.gateway_idle_exit),
+        tls: gateway_tls(args)?,
     }))
+}
+
+/// Launch's TLS options, and whether each was given.
+fn tls_flags(args: &LaunchArgs) -> [(&'static str, bool); 3] {
+    [
+        ("--gateway-tls-cert", args.gateway_tls_cert.is_some()),
+        ("--gateway-tls-key", args.gateway_tls_key.is_some()),
+        ("--relay-tls-ca", args.relay_tls_ca.is_some()),
+    ]
+}
+
+/// The gateways' TLS files, checked here (they must make a TLS server, the CA must hold a
+/// certificate) so that a job does not fail on its nodes; as absolute paths, which the
+/// engines read or copy from wherever they run.
+fn gateway_tls(args: &LaunchArgs) -> Result<Option<GatewayTls>, CliError> {
+    let (cert, key) = match (&args.gateway_tls_cert, &args.gateway_tls_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) if args.relay_tls_ca.is_some() => {
+            return Err(exit::usage(
+                "--relay-tls-ca needs --gateway-tls-cert and --gateway-tls-key (the CA vouches for the gateways' certificate)",
+            ))
+        }
+        (None, None) => return Ok(None),
+        _ => {
+            return Err(exit::usage(
+                "--gateway-tls-cert and --gateway-tls-key go together (the gateways' certificate chain and its key)",
+            ))
+        }
+    };
+    let absolute = |flag: &str, path: &std::path::Path| {
+        std::fs::File::open(path)
+            .and_then(|_| std::path::absolute(path))
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(|e| exit::usage(format!("{flag} {}: {e}", path.display())))
+    };
+    let tls = GatewayTls {
+        cert: absolute("--gateway-tls-cert", cert)?,
+        key: absolute("--gateway-tls-key", key)?,
+        ca: match &args.relay_tls_ca {
+            Some(ca) => {
+                skyhaul_tls::ca_certificates(ca, "--relay-tls-ca").map_err(exit::usage)?;
+                Some(absolute("--relay-tls-ca", ca)?)
+            }
+            None => None,
+        },
+    };
+    skyhaul_tls::server_config(cert, key, &[skyhaul_relay::TLS_ALPN]).map_err(|e| {
+        exit::usage(format!(
+            "--gateway-tls-cert {} with --gateway-tls-key {}: {}",
+            cert.display(),
+            key.display(),
+            e.trim_start_matches("--tls-cert/--tls-key: ")
+        ))
+    })?;
+    Ok(Some(tls))
 }
 
 /// What a gateway serves: the whole bucket (or container) of the transfer's destination,

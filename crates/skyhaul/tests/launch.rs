@@ -44,10 +44,12 @@ async fn slurm_script_runs_a_coordinator_and_workers_that_copy_and_verify() {
     assert!(workers.len() >= 2, "{workers:?}\n{}", job.output);
 }
 
-/// `--gateways 1`: the batch script submits a SLURM job of its own that runs a relay gateway.
-/// The fleet's tasks drop the destination's credentials (the script unsets them), so every
-/// write reaches the destination through the gateway; the coordinator's report counts what
-/// the workers relayed.
+/// `--gateways 1` with TLS: the batch script submits a SLURM job of its own that runs a relay
+/// gateway with the certificate (for the node's host name, from a CA of the test's own) read
+/// where it lies, never written into the script. The fleet's tasks drop the destination's
+/// credentials (the script unsets them), so every write reaches the destination through the
+/// gateway, over TLS; the coordinator's report counts what the workers relayed, and once the
+/// copy has verified it tells the gateway to exit: its job completes by itself.
 #[tokio::test(flavor = "multi_thread")]
 async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
     let cluster = SlurmCluster::start();
@@ -66,6 +68,8 @@ async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("relay.sbatch");
     let gw_port = free_port();
+    // The test cluster's one node is `localhost`: the name the fleet dials the gateway by.
+    let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["localhost"]);
     let text = generate_slurm_script(
         &script,
         "relay-test",
@@ -76,9 +80,30 @@ async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
             "1",
             "--gateway-port",
             &gw_port,
+            "--gateway-tls-cert",
+            pki.cert.to_str().unwrap(),
+            "--gateway-tls-key",
+            pki.key.to_str().unwrap(),
+            "--relay-tls-ca",
+            pki.ca.to_str().unwrap(),
         ],
         &src,
         &dst,
+    );
+    // The TLS files by their paths; the key's PEM is nowhere in the script.
+    let tls_key = std::fs::read_to_string(&pki.key).unwrap();
+    assert!(!text.contains(tls_key.lines().nth(1).unwrap()), "{text}");
+    assert!(
+        text.contains(&format!(
+            "--tls-cert {} --tls-key {}",
+            pki.cert.display(),
+            pki.key.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("--relay-tls-ca {}", pki.ca.display())),
+        "{text}"
     );
     assert!(
         text.contains("--job-name=relay-test-gw --nodes=1"),
@@ -128,12 +153,26 @@ async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
         .map(|e| std::fs::read_to_string(e.path()).unwrap())
         .collect();
     assert!(
-        gw_output.contains("relay gateway for s3://dst/ listening on 0.0.0.0:"),
+        gw_output.contains(&format!(
+            "relay gateway for s3://dst/ listening on 0.0.0.0:{gw_port} (TLS)"
+        )),
         "{gw_output}"
     );
-    // The gateway's job was cancelled once the transfer was over.
+    // The coordinator told the gateway the transfer is over, and its job ended by itself.
+    assert!(
+        output.contains(&format!("relay gateway localhost:{gw_port} told to stop")),
+        "{output}"
+    );
     let gw_end = cluster.wait(job.id + 1, Duration::from_secs(30));
-    assert_eq!(gw_end.state, "CANCELLED", "{gw_output}");
+    assert_eq!(
+        (gw_end.state.as_str(), gw_end.exit_code.as_str()),
+        ("COMPLETED", "0:0"),
+        "{gw_output}"
+    );
+    assert!(
+        gw_output.contains("relay gateway stopped: the transfer is over"),
+        "{gw_output}"
+    );
     let workers = job.workers();
     assert!(workers.len() >= 2, "{workers:?}\n{output}");
 }
@@ -361,14 +400,17 @@ fn sky_python(script: &str, args: &[&std::path::Path]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// `--gateways 2 --gateway-region`: SkyPilot's parser loads the gateway task (the region and
-/// cloud asked, the port open, the relay key and the destination's keys as secrets without
-/// values, a run script that starts `skyhaul gateway` for the destination's bucket) and the
-/// fleet task, which SkyPilot refuses to launch until the gateways' addresses are given.
+/// `--gateways 2 --gateway-region` with TLS: SkyPilot's parser loads the gateway task (the
+/// region and cloud asked, the port open, autodown once the gateway exits, the relay key and
+/// the destination's keys as secrets without values, the TLS files as file mounts, a run
+/// script that starts `skyhaul gateway` for the destination's bucket, to exit when told or
+/// idle) and the fleet task (the CA as a file mount), which SkyPilot refuses to launch until
+/// the gateways' addresses are given.
 #[test]
 fn skypilot_gateway_task_loads_in_skypilot() {
     let dir = tempfile::tempdir().unwrap();
     let task = dir.path().join("fleet.sky.yaml");
+    let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["10.0.0.7", "10.0.0.8"]);
     let gen = skyhaul(
         &[
             "launch",
@@ -384,6 +426,14 @@ fn skypilot_gateway_task_loads_in_skypilot() {
             "eu-west-1",
             "--gateway-cloud",
             "aws",
+            "--gateway-idle-exit",
+            "20m",
+            "--gateway-tls-cert",
+            pki.cert.to_str().unwrap(),
+            "--gateway-tls-key",
+            pki.key.to_str().unwrap(),
+            "--relay-tls-ca",
+            pki.ca.to_str().unwrap(),
             "-o",
             task.to_str().unwrap(),
             "--",
@@ -416,6 +466,8 @@ print(json.dumps({
     "cloud": str(r.cloud),
     "region": r.region,
     "ports": r.ports,
+    "autostop": r.autostop_config.to_yaml_config(),
+    "file_mounts": t.file_mounts,
     "secrets": sorted(t.secrets),
     "declared_secrets": declared,
     "run": t.run,
@@ -427,6 +479,22 @@ print(json.dumps({
     assert_eq!(v["cloud"], "AWS", "{v}");
     assert_eq!(v["region"], "eu-west-1", "{v}");
     assert_eq!(v["ports"], serde_json::json!(["7400"]), "{v}");
+    assert_eq!(
+        v["autostop"],
+        serde_json::json!({"idle_minutes": 0, "down": true}),
+        "{v}"
+    );
+    assert_eq!(
+        v["file_mounts"],
+        serde_json::json!({
+            "~/.skyhaul-tls/gateway-cert.pem": pki.cert,
+            "~/.skyhaul-tls/gateway-key.pem": pki.key,
+        }),
+        "{v}"
+    );
+    let text = std::fs::read_to_string(&gateway).unwrap();
+    let tls_key = std::fs::read_to_string(&pki.key).unwrap();
+    assert!(!text.contains(tls_key.lines().nth(1).unwrap()), "{text}");
     assert_eq!(
         v["secrets"],
         serde_json::json!([
@@ -440,7 +508,10 @@ print(json.dumps({
     assert_no_secret_has_a_value(&v);
     let run = v["run"].as_str().unwrap();
     assert!(
-        run.contains("exec skyhaul gateway --listen 0.0.0.0:7400 s3://b --dst-region eu-west-1"),
+        run.contains(
+            "exec skyhaul gateway --listen 0.0.0.0:7400 s3://b --dst-region eu-west-1 --exit-on-stop --idle-exit 1200s \
+             --tls-cert \"$HOME/.skyhaul-tls\"/gateway-cert.pem --tls-key \"$HOME/.skyhaul-tls\"/gateway-key.pem"
+        ),
         "{run}"
     );
     assert!(
@@ -463,7 +534,7 @@ try:
 except Exception as e:
     refused = str(e)
 t = load([("SKYHAUL_GATEWAYS", "10.0.0.7:7400,10.0.0.8:7400")])
-print(json.dumps({"refused": refused, "secrets": sorted(t.secrets), "envs": t.envs, "run": t.run}))
+print(json.dumps({"refused": refused, "secrets": sorted(t.secrets), "envs": t.envs, "run": t.run, "file_mounts": t.file_mounts}))
 "#;
     let v = sky_python(script, &[&task]);
     assert!(
@@ -487,16 +558,21 @@ print(json.dumps({"refused": refused, "secrets": sorted(t.secrets), "envs": t.en
         v["envs"]["SKYHAUL_GATEWAYS"], "10.0.0.7:7400,10.0.0.8:7400",
         "{v}"
     );
+    assert_eq!(
+        v["file_mounts"],
+        serde_json::json!({"~/.skyhaul-tls/relay-ca.pem": pki.ca}),
+        "{v}"
+    );
     let run = v["run"].as_str().unwrap();
     assert!(
-        run.contains("coordinator --listen 0.0.0.0:7070 cp -r s3://a/x s3://b/y --dst-region eu-west-1 --workers 1 --relay \"$SKYHAUL_GATEWAYS\""),
+        run.contains("coordinator --listen 0.0.0.0:7070 --relay-stop-gateways cp -r s3://a/x s3://b/y --dst-region eu-west-1 --workers 1 --relay \"$SKYHAUL_GATEWAYS\" --relay-tls-ca \"$HOME/.skyhaul-tls\"/relay-ca.pem"),
         "{run}"
     );
     // The comment says how to launch both, in order, with every secret from the environment.
     let text = std::fs::read_to_string(&task).unwrap();
     assert!(
         text.contains(
-            "sky launch -y -d -c relay-gw-1 relay.gateway.sky.yaml --secret SKYHAUL_RELAY_KEY"
+            "sky launch -y -d --down -c relay-gw-1 relay.gateway.sky.yaml --secret SKYHAUL_RELAY_KEY"
         ),
         "{text}"
     );
@@ -513,7 +589,123 @@ fn gateway_options_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("job");
     let out = out.to_str().unwrap();
+    let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["localhost"]);
+    let (cert, key, ca) = (
+        pki.cert.to_str().unwrap(),
+        pki.key.to_str().unwrap(),
+        pki.ca.to_str().unwrap(),
+    );
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--backend",
+                "slurm",
+                "--gateway-tls-cert",
+                cert,
+                "--gateway-tls-key",
+                key,
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+            ],
+            "--gateway-tls-cert needs --gateways N",
+        ),
+        (
+            &[
+                "--backend",
+                "slurm",
+                "--gateways",
+                "1",
+                "--gateway-tls-cert",
+                cert,
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+            ],
+            "--gateway-tls-cert and --gateway-tls-key go together",
+        ),
+        (
+            &[
+                "--backend",
+                "slurm",
+                "--gateways",
+                "1",
+                "--relay-tls-ca",
+                ca,
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+            ],
+            "--relay-tls-ca needs --gateway-tls-cert and --gateway-tls-key",
+        ),
+        (
+            &[
+                "--backend",
+                "slurm",
+                "--gateways",
+                "1",
+                "--gateway-tls-cert",
+                missing,
+                "--gateway-tls-key",
+                key,
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+            ],
+            "missing.pem: No such file",
+        ),
+        (
+            &[
+                "--backend",
+                "slurm",
+                "--gateways",
+                "1",
+                "--gateway-tls-cert",
+                cert,
+                "--gateway-tls-key",
+                key,
+                "--relay-tls-ca",
+                key,
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+            ],
+            "gw-key.pem: no PEM certificate in it",
+        ),
+        (
+            &[
+                "--backend",
+                "slurm",
+                "--gateways",
+                "1",
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+                "--relay-tls-ca",
+                ca,
+            ],
+            "--gateways and a transfer with --relay-tls-ca",
+        ),
         (
             &[
                 "--backend",

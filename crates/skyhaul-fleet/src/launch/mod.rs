@@ -9,11 +9,15 @@
 //!
 //! With [`Gateways`], the job also starts relay gateways (`skyhaul gateway`) near the
 //! destination and the coordinator relays through them: a SLURM job of their own that the
-//! batch script submits, a second SkyPilot task, a StatefulSet behind a headless Service, or
-//! more SSH hosts. The gateways
-//! get the relay key and the destination's credentials; the fleet the key and the source's.
+//! batch script submits, a second SkyPilot task, an Indexed Job behind a headless Service,
+//! or more SSH hosts. The gateways get the relay key and the destination's credentials; the
+//! fleet the key and the source's. Gateways end with the transfer: the coordinator tells
+//! them once it has succeeded (`--relay-stop-gateways`, `--exit-on-stop`), and a gateway no
+//! sender has used for a while exits by itself (`--idle-exit`), which is what takes a
+//! SkyPilot gateway's cluster down (autodown) or completes a Kubernetes gateway's pod.
 
 use std::fmt::Write;
+use std::time::Duration;
 
 mod kubernetes;
 mod skypilot;
@@ -141,7 +145,75 @@ pub struct Gateways {
     pub secret: String,
     /// SSH: the hosts.
     pub hosts: Vec<String>,
+    /// A gateway no sender has used for this long exits (`skyhaul gateway --idle-exit`):
+    /// the end of gateways whose coordinator died before it could tell them.
+    pub idle_exit: Option<Duration>,
+    /// TLS on the relay connections.
+    pub tls: Option<GatewayTls>,
 }
+
+/// TLS for launched gateways: files on the machine that runs `skyhaul launch` (absolute
+/// paths). Each engine ships them its own way, the key never inside a generated file.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayTls {
+    /// The gateways' certificate chain (PEM): it must name each gateway as the fleet dials
+    /// it (SLURM: the node's host name; Kubernetes: `NAME-gw-I.NAME-gw`; SkyPilot: its IP;
+    /// SSH: the host as given).
+    pub cert: String,
+    /// Its private key (PEM).
+    pub key: String,
+    /// A CA (PEM) the fleet trusts for the gateways besides the system's roots; the
+    /// coordinator hands it to its workers.
+    pub ca: Option<String>,
+}
+
+/// Where an engine's machines find the TLS files, as shell words.
+struct TlsPaths {
+    cert: String,
+    key: String,
+    ca: String,
+}
+
+impl Backend {
+    /// SLURM reads the files where they are (a file system its nodes share); SkyPilot copies
+    /// them with `file_mounts` to [`SKY_TLS_DIR`]; Kubernetes mounts a Secret and a
+    /// ConfigMap; the SSH runner writes them into a private directory over each connection.
+    fn tls_paths(self, tls: &GatewayTls) -> TlsPaths {
+        let under = |dir: &str, cert: &str, key: &str, ca: &str| TlsPaths {
+            cert: format!("{dir}/{cert}"),
+            key: format!("{dir}/{key}"),
+            ca: format!("{dir}/{ca}"),
+        };
+        match self {
+            Backend::Slurm => TlsPaths {
+                cert: sh(&tls.cert),
+                key: sh(&tls.key),
+                ca: tls.ca.as_deref().map(sh).unwrap_or_default(),
+            },
+            Backend::Skypilot => under(
+                "\"$HOME/.skyhaul-tls\"",
+                TLS_FILES[0],
+                TLS_FILES[1],
+                TLS_FILES[2],
+            ),
+            Backend::Kubernetes => TlsPaths {
+                cert: format!("{K8S_GATEWAY_TLS}/tls.crt"),
+                key: format!("{K8S_GATEWAY_TLS}/tls.key"),
+                ca: format!("{K8S_RELAY_CA}/ca.crt"),
+            },
+            Backend::Ssh => under("\"$SKYHAUL_TLS\"", TLS_FILES[0], TLS_FILES[1], TLS_FILES[2]),
+        }
+    }
+}
+
+/// Where SkyPilot's `file_mounts` put the TLS files on a node (`~` is the node's home).
+const SKY_TLS_DIR: &str = "~/.skyhaul-tls";
+/// The TLS files' names on a SkyPilot node or an SSH host: certificate, key, CA.
+const TLS_FILES: [&str; 3] = ["gateway-cert.pem", "gateway-key.pem", "relay-ca.pem"];
+/// Where a Kubernetes gateway pod mounts its `kubernetes.io/tls` Secret.
+const K8S_GATEWAY_TLS: &str = "/etc/skyhaul/gateway-tls";
+/// Where a Kubernetes fleet pod mounts the ConfigMap with the gateways' CA.
+const K8S_RELAY_CA: &str = "/etc/skyhaul/relay-ca";
 
 /// The line that stops a shell launcher where it is run when the relay's key is not set (the
 /// gateways and the coordinator both need it).
@@ -225,8 +297,9 @@ impl Job {
     }
 
     /// The shell lines that run one gateway (the script's last command, `exec`ed unless
-    /// `exec` is false), without the fleet's token or the source's credentials.
-    fn gateway_script(&self, g: &Gateways, exec: bool) -> String {
+    /// `exec` is false), without the fleet's token or the source's credentials. It exits
+    /// when the coordinator says the transfer is over, or when no sender comes for a while.
+    fn gateway_script(&self, g: &Gateways, exec: bool, backend: Backend) -> String {
         let mut words = vec![
             sh(&self.skyhaul),
             "gateway".into(),
@@ -234,6 +307,14 @@ impl Job {
             format!("0.0.0.0:{}", g.port),
         ];
         words.extend(g.args.iter().map(|w| sh(w)));
+        words.push("--exit-on-stop".into());
+        if let Some(idle) = g.idle_exit {
+            words.push(format!("--idle-exit {}s", idle.as_secs()));
+        }
+        if let Some(tls) = &g.tls {
+            let paths = backend.tls_paths(tls);
+            words.push(format!("--tls-cert {} --tls-key {}", paths.cert, paths.key));
+        }
         format!(
             ": \"${{{RELAY_KEY_ENV}:?set {RELAY_KEY_ENV} (64 hex digits, as for the coordinator) where the job is submitted}}\"\n\
              unset {drops}\n\
@@ -256,19 +337,28 @@ impl Job {
 
     /// The shell lines that start rank `$rank_var`: the coordinator at rank 0 (listening on
     /// every address), else a worker of `http://$head_var:PORT`.
-    fn rank_script(&self, rank_var: &str, head_var: &str) -> String {
+    fn rank_script(&self, rank_var: &str, head_var: &str, backend: Backend) -> String {
         let skyhaul = sh(&self.skyhaul);
         let mut s = String::from(
             ": \"${SKYHAUL_FLEET_TOKEN:?set SKYHAUL_FLEET_TOKEN (16+ characters) where the job is submitted}\"\n",
         );
         let mut relay = String::new();
-        if self.gateways.is_some() {
+        let mut coordinator = String::new();
+        if let Some(g) = &self.gateways {
             let _ = writeln!(s, "unset {}", DST_CREDENTIAL_ENV.join(" "));
             let _ = writeln!(
                 s,
                 ": \"${{{GATEWAYS_ENV}:?set {GATEWAYS_ENV} to the relay gateways as HOST:PORT,...}}\""
             );
             relay = format!(" --relay \"${GATEWAYS_ENV}\"");
+            match &g.tls {
+                Some(tls) if tls.ca.is_some() => {
+                    let _ = write!(relay, " --relay-tls-ca {}", backend.tls_paths(tls).ca);
+                }
+                Some(_) => relay.push_str(" --relay-tls"),
+                None => {}
+            }
+            coordinator.push_str(" --relay-stop-gateways");
         }
         let _ = writeln!(s, "if [ \"${rank_var}\" = 0 ]; then");
         if self.gateways.is_some() {
@@ -276,7 +366,7 @@ impl Job {
         }
         let _ = write!(
             s,
-            "  exec {skyhaul} coordinator --listen 0.0.0.0:{port} {args}{relay}\n\
+            "  exec {skyhaul} coordinator --listen 0.0.0.0:{port}{coordinator} {args}{relay}\n\
              else\n  \
              exec {skyhaul} worker --coordinator \"http://${head_var}:{port}\" --wait 10m\n\
              fi\n",

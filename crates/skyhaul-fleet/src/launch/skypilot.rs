@@ -25,8 +25,10 @@ impl Job {
             let ips: Vec<String> = (0..g.count)
                 .map(|i| {
                     let c = self.gateway_cluster(i);
-                    let mut l =
-                        format!("#   sky launch -y -d -c {c} {}.gateway.sky.yaml", self.name);
+                    let mut l = format!(
+                        "#   sky launch -y -d --down -c {c} {}.gateway.sky.yaml",
+                        self.name
+                    );
                     for v in self.gateway_secrets() {
                         let _ = write!(l, " --secret {v}");
                     }
@@ -58,6 +60,14 @@ impl Job {
         for v in self.secrets() {
             let _ = writeln!(s, "  {v}: null");
         }
+        // Only rank 0 uses the CA (the coordinator hands it to the workers); it is public.
+        if let Some(ca) = self
+            .gateways
+            .as_ref()
+            .and_then(|g| g.tls.as_ref()?.ca.as_ref())
+        {
+            file_mounts(&mut s, &[(TLS_FILES[2], ca)]);
+        }
         self.skypilot_setup(&mut s);
         let _ = writeln!(s, "run: |");
         let _ = writeln!(
@@ -65,7 +75,7 @@ impl Job {
             "  export SKYHAUL_HEAD=\"$(echo \"$SKYPILOT_NODE_IPS\" | head -n1)\""
         );
         s.push_str(&indent(
-            &self.rank_script("SKYPILOT_NODE_RANK", "SKYHAUL_HEAD"),
+            &self.rank_script("SKYPILOT_NODE_RANK", "SKYHAUL_HEAD", Backend::Skypilot),
             "  ",
         ));
         s
@@ -81,7 +91,9 @@ impl Job {
     }
 
     /// The SkyPilot task of one relay gateway: one node in the destination's region, its port
-    /// open, the relay key and the destination's keys as secrets given at launch.
+    /// open, the relay key and the destination's keys as secrets given at launch, the TLS
+    /// files copied by `file_mounts`. Its cluster goes down by itself once the gateway
+    /// exits (autodown), which it does when the transfer is over or no sender comes.
     pub(super) fn skypilot_gateway(&self, g: &Gateways) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -93,15 +105,20 @@ impl Job {
             s,
             "# the destination. One cluster per gateway, secrets from your environment (none is here):"
         );
-        let mut launch = format!("#   sky launch -y -d -c {}-gw-N THIS_FILE", self.name);
+        let mut launch = format!(
+            "#   sky launch -y -d --down -c {}-gw-N THIS_FILE",
+            self.name
+        );
         for v in self.gateway_secrets() {
             let _ = write!(launch, " --secret {v}");
         }
         let _ = writeln!(s, "{launch}");
         let _ = writeln!(
             s,
-            "# They run until stopped: `sky down {}-gw-N` once the transfer is over.",
-            self.name
+            "# Each exits when the coordinator says the transfer is over, or after {} without a\n\
+             # sender; its cluster then goes down by itself (autodown).",
+            g.idle_exit
+                .map_or("a while".into(), |d| format!("{} s", d.as_secs()))
         );
         let _ = writeln!(s, "name: {}", yaml(&format!("{}-gw", self.name)));
         let _ = writeln!(s, "num_nodes: 1");
@@ -113,13 +130,32 @@ impl Job {
             let _ = writeln!(s, "  region: {}", yaml(region));
         }
         let _ = writeln!(s, "  ports: {}", g.port);
+        let _ = writeln!(s, "  autostop:\n    idle_minutes: 0\n    down: true");
         let _ = writeln!(s, "secrets:");
         for v in self.gateway_secrets() {
             let _ = writeln!(s, "  {v}: null");
         }
+        if let Some(tls) = &g.tls {
+            file_mounts(
+                &mut s,
+                &[(TLS_FILES[0], &tls.cert), (TLS_FILES[1], &tls.key)],
+            );
+        }
         self.skypilot_setup(&mut s);
         let _ = writeln!(s, "run: |");
-        s.push_str(&indent(&self.gateway_script(g, true), "  "));
+        s.push_str(&indent(
+            &self.gateway_script(g, true, Backend::Skypilot),
+            "  ",
+        ));
         s
+    }
+}
+
+/// A `file_mounts:` section: each local file (by its path, never its content) copied to
+/// [`SKY_TLS_DIR`] on the nodes under the name given.
+fn file_mounts(s: &mut String, files: &[(&str, &String)]) {
+    let _ = writeln!(s, "file_mounts:");
+    for (name, local) in files {
+        let _ = writeln!(s, "  {SKY_TLS_DIR}/{name}: {}", yaml(local));
     }
 }

@@ -3,6 +3,23 @@
 use super::*;
 use std::fmt::Write;
 
+/// Bash lines that end the gateways' job when the batch script exits: after a transfer
+/// that succeeded it ends by itself (the coordinator stopped the gateways), else, or if it
+/// lingers, it is cancelled.
+const END_GATEWAYS: &str = r#"end_gateways() {
+  if [ "$1" = 0 ]; then
+    for _ in $(seq 30); do
+      case "$(squeue -h -j "$GATEWAY_JOB" -o %T 2>/dev/null)" in
+        PENDING|CONFIGURING|RUNNING|COMPLETING|SUSPENDED) sleep 2 ;;
+        *) return 0 ;;
+      esac
+    done
+  fi
+  scancel "$GATEWAY_JOB" 2>/dev/null || true
+}
+trap 'end_gateways $?' EXIT
+"#;
+
 impl Job {
     /// A batch script: one srun step of `nodes` tasks. sbatch passes the submitting shell's
     /// environment (`--export=ALL`, its default) to every task: that is how the token and
@@ -31,7 +48,7 @@ impl Job {
         let _ = writeln!(
             s,
             "srun --ntasks={n} --distribution=block --kill-on-bad-exit=0 bash -c {}",
-            sh(&self.rank_script("SLURM_PROCID", "SKYHAUL_HEAD"))
+            sh(&self.rank_script("SLURM_PROCID", "SKYHAUL_HEAD", Backend::Slurm))
         );
         s
     }
@@ -44,8 +61,9 @@ impl Job {
             *s,
             "# The relay gateways are a job of their own, one per node (a heterogeneous job would\n\
              # keep them on other nodes than the fleet's, which a small cluster may not have). It\n\
-             # inherits this job's environment, drops what it does not need, and is cancelled\n\
-             # when the transfer ends."
+             # inherits this job's environment, drops what it does not need, and ends when the\n\
+             # coordinator tells its gateways that the transfer is over; it is cancelled if it\n\
+             # is still there a minute later, or at once if the transfer failed."
         );
         let mut options = format!(
             "--parsable --job-name={}-gw --nodes={} --ntasks-per-node=1 --output={}-gw-%j.out --export=ALL",
@@ -57,13 +75,10 @@ impl Job {
         let _ = writeln!(
             *s,
             "GATEWAY_JOB=\"$(sbatch {options} <<'SKYHAUL_GATEWAY_JOB'\n#!/bin/bash\nsrun bash -c {}\nSKYHAUL_GATEWAY_JOB\n)\"",
-            sh(&self.gateway_script(g, true))
+            sh(&self.gateway_script(g, true, Backend::Slurm))
         );
         let _ = writeln!(*s, "GATEWAY_JOB=\"${{GATEWAY_JOB%%;*}}\"");
-        let _ = writeln!(
-            *s,
-            "trap 'scancel \"$GATEWAY_JOB\" 2>/dev/null || true' EXIT"
-        );
+        s.push_str(END_GATEWAYS);
         let _ = writeln!(
             *s,
             "until [ \"$(squeue -h -j \"$GATEWAY_JOB\" -o %T 2>/dev/null)\" = RUNNING ]; do\n  \

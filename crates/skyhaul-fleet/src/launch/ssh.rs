@@ -3,6 +3,21 @@
 use super::*;
 use std::fmt::Write;
 
+/// A bash function of the runner: prints the lines that write each `NAME FILE` pair's file
+/// (read here, when the runner runs) into a private directory `$SKYHAUL_TLS` on the host,
+/// which goes when that shell ends. The TLS key so travels only over the SSH connection, as
+/// the credentials do.
+const PEM_FILES: &str = r#"pem_files() {
+  echo 'SKYHAUL_TLS="$(mktemp -d)"; trap '"'"'rm -rf "$SKYHAUL_TLS"'"'"' EXIT'
+  while [ "$#" -gt 0 ]; do
+    printf 'cat > "$SKYHAUL_TLS/%s" <<'"'"'SKYHAUL_PEM'"'"'\n' "$1"
+    cat "$2"
+    printf '\nSKYHAUL_PEM\n'
+    shift 2
+  done
+}
+"#;
+
 impl Job {
     /// A bash runner for a host list: the coordinator on the first host, a worker on every
     /// other. The token and credentials are read from the running shell's environment and
@@ -47,6 +62,7 @@ impl Job {
         let _ = writeln!(s, "}}");
         let _ = writeln!(s, "FLEET_VARS=({})", fleet_vars.join(" "));
         let _ = writeln!(s, "pids=()");
+        let mut rank_tls = "";
         if let Some(g) = &self.gateways {
             let gw_vars: Vec<&str> = all
                 .iter()
@@ -66,10 +82,28 @@ impl Job {
                  export {GATEWAYS_ENV}",
                 port = g.port
             );
-            // Runs until this SSH session's input closes, which the runner does at the end.
+            let mut gateway_tls = "";
+            if let Some(tls) = &g.tls {
+                s.push_str(PEM_FILES);
+                let _ = writeln!(
+                    s,
+                    "GATEWAY_TLS=({} {} {} {})",
+                    TLS_FILES[0],
+                    sh(&tls.cert),
+                    TLS_FILES[1],
+                    sh(&tls.key)
+                );
+                gateway_tls = " pem_files \"${GATEWAY_TLS[@]}\";";
+                if let Some(ca) = &tls.ca {
+                    let _ = writeln!(s, "RANK_TLS=({} {})", TLS_FILES[2], sh(ca));
+                    rank_tls = " if [ \"$i\" = 0 ]; then pem_files \"${RANK_TLS[@]}\"; fi;";
+                }
+            }
+            // The gateway exits when the coordinator tells it the transfer is over; the end
+            // of this SSH session's input (the runner's end) stops it otherwise.
             let script = format!(
                 "{} &\ngw=$!\nread -r _ || true\nkill \"$gw\" 2>/dev/null || true\nwait \"$gw\" || true\n",
-                self.gateway_script(g, false).trim_end()
+                self.gateway_script(g, false, Backend::Ssh).trim_end()
             );
             let _ = writeln!(s, "GATEWAY_SCRIPT={}", sh(&script));
             let _ = writeln!(s, "STATE=\"$(mktemp -d)\"");
@@ -78,7 +112,7 @@ impl Job {
             let _ = writeln!(s, "for h in \"${{GATEWAY_HOSTS[@]}}\"; do");
             let _ = writeln!(
                 s,
-                "  {{ exports \"${{GATEWAY_VARS[@]}}\"; echo \"$GATEWAY_SCRIPT\"; while [ ! -e \"$STATE/done\" ]; do sleep 1; done; }} | ssh -o BatchMode=yes \"$h\" bash -s &"
+                "  {{ exports \"${{GATEWAY_VARS[@]}}\";{gateway_tls} echo \"$GATEWAY_SCRIPT\"; while [ ! -e \"$STATE/done\" ]; do sleep 1; done; }} | ssh -o BatchMode=yes \"$h\" bash -s &"
             );
             let _ = writeln!(s, "  gateway_pids+=($!)");
             let _ = writeln!(s, "done");
@@ -86,12 +120,12 @@ impl Job {
         let _ = writeln!(
             s,
             "RANK_SCRIPT={}",
-            sh(&self.rank_script("SKYHAUL_RANK", "SKYHAUL_HEAD"))
+            sh(&self.rank_script("SKYHAUL_RANK", "SKYHAUL_HEAD", Backend::Ssh))
         );
         let _ = writeln!(s, "for i in \"${{!HOSTS[@]}}\"; do");
         let _ = writeln!(
             s,
-            "  {{ exports \"${{FLEET_VARS[@]}}\"; echo \"export SKYHAUL_RANK=$i\"; echo \"$RANK_SCRIPT\"; }} | ssh -o BatchMode=yes \"${{HOSTS[$i]}}\" bash -s &"
+            "  {{ exports \"${{FLEET_VARS[@]}}\";{rank_tls} echo \"export SKYHAUL_RANK=$i\"; echo \"$RANK_SCRIPT\"; }} | ssh -o BatchMode=yes \"${{HOSTS[$i]}}\" bash -s &"
         );
         let _ = writeln!(s, "  pids+=($!)");
         let _ = writeln!(s, "done");
