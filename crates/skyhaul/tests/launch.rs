@@ -845,3 +845,138 @@ fn gateway_options_are_checked() {
         "{text}"
     );
 }
+
+/// The SSH runner run for real, with `ssh` standing in as a local shell (`ssh … HOST bash -s`
+/// runs `bash -s` here) and a stand-in skyhaul that records what it is given: the gateway
+/// host gets the certificate and key the runner read here, byte for byte, in a private
+/// directory that is gone once its session ends; rank 0 gets the CA and tells the gateways
+/// to stop; the runner ends once every session has.
+#[test]
+fn ssh_runner_ships_the_tls_files_and_ends_with_its_gateways() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["g1"]);
+    let record = dir.path().join("record");
+    std::fs::create_dir(&record).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let script = |name: &str, text: &str| {
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    script(
+        "ssh",
+        "#!/bin/bash\nwhile [ \"$1\" = -o ]; do shift 2; done\nshift\nexec \"$@\"\n",
+    );
+    // Copies the file after each of `flags` into the record directory, and the arguments.
+    let fake = script(
+        "fake-skyhaul",
+        r#"#!/bin/bash
+role=$1
+echo "$@" > "$RECORD/$role.args"
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --tls-cert|--tls-key|--relay-tls-ca) cp "$2" "$RECORD/$role$1.pem"; shift ;;
+  esac
+  shift
+done
+"#,
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateways = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let runner = dir.path().join("runner.sh");
+    let gen = skyhaul(
+        &[
+            "launch",
+            "--backend",
+            "ssh",
+            "--hosts",
+            "h1",
+            "--gateway-hosts",
+            "g1",
+            "--gateway-tls-cert",
+            pki.cert.to_str().unwrap(),
+            "--gateway-tls-key",
+            pki.key.to_str().unwrap(),
+            "--relay-tls-ca",
+            pki.ca.to_str().unwrap(),
+            "--skyhaul",
+            fake.to_str().unwrap(),
+            "-o",
+            runner.to_str().unwrap(),
+            "--",
+            "cp",
+            "-r",
+            "s3://a/x",
+            "s3://b/x",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(gen.code, 0, "{}", gen.stderr);
+    let text = std::fs::read_to_string(&runner).unwrap();
+    let tls_key = std::fs::read_to_string(&pki.key).unwrap();
+    assert!(!text.contains(tls_key.lines().nth(1).unwrap()), "{text}");
+
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let mut run = std::process::Command::new("bash")
+        .arg(&runner)
+        .env("PATH", path)
+        .env("RECORD", &record)
+        .env("SKYHAUL_GATEWAYS", &gateways)
+        .env("SKYHAUL_FLEET_TOKEN", TOKEN)
+        .env("SKYHAUL_RELAY_KEY", "5a".repeat(32))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while run.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runner did not end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| std::fs::read(record.join(name)).unwrap();
+    assert_eq!(
+        read("gateway--tls-cert.pem"),
+        std::fs::read(&pki.cert).unwrap()
+    );
+    assert_eq!(read("gateway--tls-key.pem"), tls_key.as_bytes());
+    assert_eq!(
+        read("coordinator--relay-tls-ca.pem"),
+        std::fs::read(&pki.ca).unwrap()
+    );
+    let gateway = String::from_utf8(read("gateway.args")).unwrap();
+    assert!(
+        gateway.contains(" --exit-on-stop --idle-exit 1800s "),
+        "{gateway}"
+    );
+    // The private directory the key was written to went with the gateway's session.
+    let key_file = gateway
+        .split_whitespace()
+        .skip_while(|w| *w != "--tls-key")
+        .nth(1);
+    assert!(
+        key_file.is_some_and(|k| !std::path::Path::new(k).exists()),
+        "{gateway}"
+    );
+    let coordinator = String::from_utf8(read("coordinator.args")).unwrap();
+    assert!(
+        coordinator.starts_with("coordinator --listen 0.0.0.0:7070 --relay-stop-gateways cp "),
+        "{coordinator}"
+    );
+    assert!(
+        coordinator.contains(&format!("--relay {gateways} --relay-tls-ca ")),
+        "{coordinator}"
+    );
+}

@@ -12,7 +12,9 @@ const PEM_FILES: &str = r#"pem_files() {
   while [ "$#" -gt 0 ]; do
     printf 'cat > "$SKYHAUL_TLS/%s" <<'"'"'SKYHAUL_PEM'"'"'\n' "$1"
     cat "$2"
-    printf '\nSKYHAUL_PEM\n'
+    # The terminator on a line of its own, the file unchanged.
+    if [ -n "$(tail -c1 "$2")" ]; then echo; fi
+    echo SKYHAUL_PEM
     shift 2
   done
 }
