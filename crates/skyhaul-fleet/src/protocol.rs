@@ -57,6 +57,9 @@ pub struct RelaySpec {
     pub tls: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<String>,
+    /// The name the gateways' certificates must carry, if not the hosts dialed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_name: Option<String>,
 }
 
 impl std::fmt::Debug for RelaySpec {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for RelaySpec {
             .field("key", &"<redacted>")
             .field("tls", &self.tls)
             .field("tls_ca", &self.tls_ca.is_some())
+            .field("tls_name", &self.tls_name)
             .finish()
     }
 }

@@ -164,6 +164,7 @@ fn with_gateways(skyhaul: &str) -> Job {
                 cert: "/certs/gw.pem".into(),
                 key: "/certs/gw-key.pem".into(),
                 ca: Some("/certs/ca.pem".into()),
+                name: None,
             }),
             ..Gateways::default()
         }),

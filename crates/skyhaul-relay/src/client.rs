@@ -72,6 +72,9 @@ pub struct RelayOptions {
     /// TLS around every connection (the gateways then need a certificate), on top of the
     /// frames' own encryption: the hellos and frame headers are hidden too.
     pub tls: Option<Arc<skyhaul_tls::ClientConfig>>,
+    /// The name every gateway's certificate must carry, instead of the host dialed: for
+    /// gateways known by addresses no certificate could name in advance (a cloud's IPs).
+    pub tls_name: Option<String>,
 }
 
 impl fmt::Debug for RelayOptions {
@@ -81,6 +84,7 @@ impl fmt::Debug for RelayOptions {
             .field("connections", &self.connections)
             .field("compression", &self.compression)
             .field("tls", &self.tls.is_some())
+            .field("tls_name", &self.tls_name)
             .finish_non_exhaustive()
     }
 }
@@ -447,7 +451,8 @@ impl Link {
         crate::tune(&sock);
         let (rd, wr) = match &shared.opts.tls {
             Some(config) => {
-                let host = self.addr.rsplit_once(':').map_or(&*self.addr, |(h, _)| h);
+                let dialed = self.addr.rsplit_once(':').map_or(&*self.addr, |(h, _)| h);
+                let host = shared.opts.tls_name.as_deref().unwrap_or(dialed);
                 let tls = skyhaul_tls::connect(config.clone(), host, sock)
                     .await
                     .map_err(|e| match skyhaul_tls::untrusted(&e) {

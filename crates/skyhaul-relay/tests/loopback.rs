@@ -54,6 +54,7 @@ fn options(gateways: Vec<String>, key: &RelayKey, compression: Compression) -> R
         key: key.clone(),
         container: String::new(),
         tls: None,
+        tls_name: None,
     }
 }
 

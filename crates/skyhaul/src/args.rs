@@ -458,6 +458,9 @@ pub struct RelayArgs {
     /// Also trust the CA certificates in this PEM file for the gateways' TLS (implies --relay-tls)
     #[arg(long, help_heading = RELAY_HEADING, value_name = "FILE")]
     pub relay_tls_ca: Option<std::path::PathBuf>,
+    /// Check every gateway's certificate for this DNS name instead of the host dialed, for gateways known by addresses no certificate names (implies --relay-tls)
+    #[arg(long, help_heading = RELAY_HEADING, value_name = "NAME")]
+    pub relay_tls_name: Option<String>,
     /// The key a fleet worker got from its coordinator (otherwise SKYHAUL_RELAY_KEY is read).
     #[arg(skip)]
     pub key: Option<skyhaul_relay::RelayKey>,
@@ -780,6 +783,9 @@ pub struct LaunchArgs {
     /// A CA (PEM) the fleet trusts for the gateways' certificate, besides the system's roots
     #[arg(long, help_heading = GATEWAY_HEADING, value_name = "FILE")]
     pub relay_tls_ca: Option<std::path::PathBuf>,
+    /// A DNS name in --gateway-tls-cert that the fleet checks instead of each gateway's address (SkyPilot, whose gateways' IPs no certificate can name in advance, needs it)
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "NAME")]
+    pub gateway_tls_name: Option<String>,
     /// The transfer, as for `skyhaul coordinator`: cp -r SRC DST [flags] or sync SRC DST [flags]
     #[arg(
         required = true,

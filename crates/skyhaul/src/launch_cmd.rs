@@ -309,31 +309,34 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
         secret: args.gateway_secret.clone(),
         hosts: args.gateway_hosts.clone(),
         idle_exit: Some(args.gateway_idle_exit),
-        tls: gateway_tls(args)?,
+        tls: gateway_tls(args, backend)?,
     }))
 }
 
 /// Launch's TLS options, and whether each was given.
-fn tls_flags(args: &LaunchArgs) -> [(&'static str, bool); 3] {
+fn tls_flags(args: &LaunchArgs) -> [(&'static str, bool); 4] {
     [
         ("--gateway-tls-cert", args.gateway_tls_cert.is_some()),
         ("--gateway-tls-key", args.gateway_tls_key.is_some()),
         ("--relay-tls-ca", args.relay_tls_ca.is_some()),
+        ("--gateway-tls-name", args.gateway_tls_name.is_some()),
     ]
 }
 
 /// The gateways' TLS files, checked here (they must make a TLS server, the CA must hold a
 /// certificate) so that a job does not fail on its nodes; as absolute paths, which the
 /// engines read or copy from wherever they run.
-fn gateway_tls(args: &LaunchArgs) -> Result<Option<GatewayTls>, CliError> {
+fn gateway_tls(args: &LaunchArgs, backend: Backend) -> Result<Option<GatewayTls>, CliError> {
     let (cert, key) = match (&args.gateway_tls_cert, &args.gateway_tls_key) {
         (Some(cert), Some(key)) => (cert, key),
-        (None, None) if args.relay_tls_ca.is_some() => {
-            return Err(exit::usage(
-                "--relay-tls-ca needs --gateway-tls-cert and --gateway-tls-key (the CA vouches for the gateways' certificate)",
-            ))
+        (None, None) => {
+            return match tls_flags(args).iter().find(|(_, given)| *given) {
+                Some((flag, _)) => Err(exit::usage(format!(
+                    "{flag} needs --gateway-tls-cert and --gateway-tls-key (the gateways' certificate it is about)"
+                ))),
+                None => Ok(None),
+            }
         }
-        (None, None) => return Ok(None),
         _ => {
             return Err(exit::usage(
                 "--gateway-tls-cert and --gateway-tls-key go together (the gateways' certificate chain and its key)",
@@ -346,6 +349,11 @@ fn gateway_tls(args: &LaunchArgs) -> Result<Option<GatewayTls>, CliError> {
             .map(|p| p.to_string_lossy().into_owned())
             .map_err(|e| exit::usage(format!("{flag} {}: {e}", path.display())))
     };
+    if backend == Backend::Skypilot && args.gateway_tls_name.is_none() {
+        return Err(exit::usage(
+            "--backend skypilot --gateway-tls-cert needs --gateway-tls-name NAME (a DNS name in the certificate): SkyPilot gives its gateways IP addresses no certificate can name in advance",
+        ));
+    }
     let tls = GatewayTls {
         cert: absolute("--gateway-tls-cert", cert)?,
         key: absolute("--gateway-tls-key", key)?,
@@ -356,6 +364,7 @@ fn gateway_tls(args: &LaunchArgs) -> Result<Option<GatewayTls>, CliError> {
             }
             None => None,
         },
+        name: args.gateway_tls_name.clone(),
     };
     skyhaul_tls::server_config(cert, key, &[skyhaul_relay::TLS_ALPN]).map_err(|e| {
         exit::usage(format!(

@@ -66,6 +66,7 @@ fn options(relay: &RelayArgs, container: &str) -> Result<RelayOptions, CliError>
         },
         container: container.to_string(),
         tls: tls_client(relay)?,
+        tls_name: relay.relay_tls_name.clone(),
     })
 }
 
@@ -96,7 +97,7 @@ fn tls_client(relay: &RelayArgs) -> Result<Option<Arc<skyhaul_tls::ClientConfig>
         (None, Some(pem)) => {
             skyhaul_tls::ca_certificates_pem(pem.as_bytes(), "the coordinator's --relay-tls-ca")
         }
-        (None, None) if relay.relay_tls => Ok(Vec::new()),
+        (None, None) if relay.relay_tls || relay.relay_tls_name.is_some() => Ok(Vec::new()),
         (None, None) => return Ok(None),
     }
     .map_err(exit::usage)?;
@@ -123,8 +124,9 @@ pub fn spec(relay: &RelayArgs) -> Result<Option<RelaySpec>, CliError> {
         connections: relay.relay_connections,
         compression: relay.relay_compression.to_string(),
         key: key()?.to_hex(),
-        tls: relay.relay_tls || tls_ca.is_some(),
+        tls: relay.relay_tls || tls_ca.is_some() || relay.relay_tls_name.is_some(),
         tls_ca,
+        tls_name: relay.relay_tls_name.clone(),
     }))
 }
 
@@ -142,6 +144,7 @@ pub fn from_spec(spec: Option<&RelaySpec>) -> Result<RelayArgs, CliError> {
         relay_compression: s.compression.parse().map_err(exit::usage)?,
         relay_tls: s.tls || s.tls_ca.is_some(),
         relay_tls_ca: None,
+        relay_tls_name: s.tls_name.clone(),
         tls_ca_pem: s.tls_ca.clone(),
     })
 }

@@ -410,7 +410,9 @@ fn sky_python(script: &str, args: &[&std::path::Path]) -> serde_json::Value {
 fn skypilot_gateway_task_loads_in_skypilot() {
     let dir = tempfile::tempdir().unwrap();
     let task = dir.path().join("fleet.sky.yaml");
-    let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["10.0.0.7", "10.0.0.8"]);
+    // SkyPilot's gateways get IPs only once they run: the certificate names them by a name
+    // of their own, which the fleet checks instead.
+    let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["relay-gateway"]);
     let gen = skyhaul(
         &[
             "launch",
@@ -434,6 +436,8 @@ fn skypilot_gateway_task_loads_in_skypilot() {
             pki.key.to_str().unwrap(),
             "--relay-tls-ca",
             pki.ca.to_str().unwrap(),
+            "--gateway-tls-name",
+            "relay-gateway",
             "-o",
             task.to_str().unwrap(),
             "--",
@@ -565,7 +569,7 @@ print(json.dumps({"refused": refused, "secrets": sorted(t.secrets), "envs": t.en
     );
     let run = v["run"].as_str().unwrap();
     assert!(
-        run.contains("coordinator --listen 0.0.0.0:7070 --relay-stop-gateways cp -r s3://a/x s3://b/y --dst-region eu-west-1 --workers 1 --relay \"$SKYHAUL_GATEWAYS\" --relay-tls-ca \"$HOME/.skyhaul-tls\"/relay-ca.pem"),
+        run.contains("coordinator --listen 0.0.0.0:7070 --relay-stop-gateways cp -r s3://a/x s3://b/y --dst-region eu-west-1 --workers 1 --relay \"$SKYHAUL_GATEWAYS\" --relay-tls-ca \"$HOME/.skyhaul-tls\"/relay-ca.pem --relay-tls-name relay-gateway"),
         "{run}"
     );
     // The comment says how to launch both, in order, with every secret from the environment.
@@ -705,6 +709,27 @@ fn gateway_options_are_checked() {
                 ca,
             ],
             "--gateways and a transfer with --relay-tls-ca",
+        ),
+        (
+            &[
+                "--backend",
+                "skypilot",
+                "--gateways",
+                "1",
+                "--gateway-region",
+                "eu",
+                "--gateway-tls-cert",
+                cert,
+                "--gateway-tls-key",
+                key,
+                "-o",
+                out,
+                "--",
+                "cp",
+                "s3://a/x",
+                "s3://b/x",
+            ],
+            "--backend skypilot --gateway-tls-cert needs --gateway-tls-name NAME",
         ),
         (
             &[

@@ -827,6 +827,7 @@ fn a_stop_under_another_key_does_not_stop_a_gateway() {
             key,
             container: String::new(),
             tls: None,
+            tls_name: None,
         };
         let mut answers = regions
             .wan
@@ -888,6 +889,43 @@ fn an_idle_gateway_exits_by_itself() {
     assert!(idle >= Duration::from_secs(2), "exited after {idle:?}");
     let text = log_with(&log, "no relay connection for 2 s");
     assert!(text.contains("no relay connection for 2 s"), "{text}");
+}
+
+/// `--relay-tls-name`: a gateway whose certificate names it by a name of its own, not by the
+/// address the senders dial (as for SkyPilot's gateways, whose IPs nobody knows in advance).
+/// Checked against that name a fleet relays through it (the workers get the name from the
+/// coordinator's spec); checked against the address it is refused.
+#[test]
+fn a_gateway_certificate_for_a_name_of_its_own() {
+    let regions = Regions::start("skrO", LinkSpec::wan());
+    let files: BTreeMap<String, Vec<u8>> = (0..4)
+        .map(|i| (format!("bin/{i}.bin"), data(MIB + i * 100, 20 + i as u64)))
+        .collect();
+    regions.seed(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["relay-gateway"]);
+    let (cert, key) = (pki.cert.to_str().unwrap(), pki.key.to_str().unwrap());
+    let log = dir.path().join("gw.log");
+    let extra = ["--tls-cert", cert, "--tls-key", key];
+    let _gw = KillOnDrop(regions.gateway_with(7520, &log, &extra));
+    let ca = pki.ca.to_str().unwrap();
+    let r = run(regions.relay_cp(&[7520], "", &["--relay-tls-ca", ca]));
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(r.stderr.contains("does not trust"), "{}", r.stderr);
+    assert!(regions.destination().is_empty(), "something was written");
+    let extra = [
+        "--relay-tls-ca",
+        ca,
+        "--relay-tls-name",
+        "relay-gateway",
+        "--workers",
+        "2",
+    ];
+    let r = run(regions.relay_cp(&[7520], "", &extra));
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    let v = &r.json()["verification"];
+    assert_eq!(v["checksum_ok"].as_u64(), Some(files.len() as u64), "{v}");
+    assert_eq!(regions.destination(), files);
 }
 
 #[test]

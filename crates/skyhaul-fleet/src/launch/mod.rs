@@ -157,14 +157,17 @@ pub struct Gateways {
 #[derive(Debug, Clone, Default)]
 pub struct GatewayTls {
     /// The gateways' certificate chain (PEM): it must name each gateway as the fleet dials
-    /// it (SLURM: the node's host name; Kubernetes: `NAME-gw-I.NAME-gw`; SkyPilot: its IP;
-    /// SSH: the host as given).
+    /// it (SLURM: the node's host name; Kubernetes: `NAME-gw-I.NAME-gw`; SSH: the host as
+    /// given), or carry [`GatewayTls::name`].
     pub cert: String,
     /// Its private key (PEM).
     pub key: String,
     /// A CA (PEM) the fleet trusts for the gateways besides the system's roots; the
     /// coordinator hands it to its workers.
     pub ca: Option<String>,
+    /// The name the certificate carries, checked instead of each gateway's address (which
+    /// SkyPilot gives out only once they run).
+    pub name: Option<String>,
 }
 
 /// Where an engine's machines find the TLS files, as shell words.
@@ -351,12 +354,16 @@ impl Job {
                 ": \"${{{GATEWAYS_ENV}:?set {GATEWAYS_ENV} to the relay gateways as HOST:PORT,...}}\""
             );
             relay = format!(" --relay \"${GATEWAYS_ENV}\"");
-            match &g.tls {
-                Some(tls) if tls.ca.is_some() => {
-                    let _ = write!(relay, " --relay-tls-ca {}", backend.tls_paths(tls).ca);
+            if let Some(tls) = &g.tls {
+                match &tls.ca {
+                    Some(_) => {
+                        let _ = write!(relay, " --relay-tls-ca {}", backend.tls_paths(tls).ca);
+                    }
+                    None => relay.push_str(" --relay-tls"),
                 }
-                Some(_) => relay.push_str(" --relay-tls"),
-                None => {}
+                if let Some(name) = &tls.name {
+                    let _ = write!(relay, " --relay-tls-name {}", sh(name));
+                }
             }
             coordinator.push_str(" --relay-stop-gateways");
         }
