@@ -150,7 +150,9 @@ skyhaul launch --backend slurm --nodes 8 -- cp -r s3://src/data s3://dst/data\n 
 skyhaul launch --backend skypilot --nodes 8 --spot --cpus 16+ -- sync s3://a/x s3://b/x\n  \
 skyhaul launch --backend kubernetes --nodes 4 --image registry/skyhaul:0.1 -- cp -r s3://a s3://b\n  \
 skyhaul launch --backend ssh --hosts h1,h2,h3 --submit -- cp -r /shared/data s3://bucket/data\n  \
-skyhaul launch --backend skypilot --gateways 2 --gateway-region eu-west-1 -- cp -r s3://a s3://b\n\n\
+skyhaul launch --backend skypilot --gateways 2 --gateway-region eu-west-1 -- cp -r s3://a s3://b\n  \
+skyhaul launch --backend slurm --gateways 2 --gateway-tls-cert gw.pem --gateway-tls-key gw.key \\\n      \
+--relay-tls-ca ca.pem -- cp -r s3://a s3://b\n\n\
 Rank 0 runs the coordinator (and one worker), every other rank a worker. No secret is\n\
 written into the file: SLURM and SSH pass the submitting shell's environment\n\
 (SKYHAUL_FLEET_TOKEN, SKYHAUL_SRC_*, SKYHAUL_DST_*, AWS_*), SkyPilot takes them as\n\
