@@ -70,26 +70,16 @@ async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
     let gw_port = free_port();
     // The test cluster's one node is `localhost`: the name the fleet dials the gateway by.
     let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["localhost"]);
-    let text = generate_slurm_script(
-        &script,
-        "relay-test",
-        &[
-            "--nodes",
-            "2",
-            "--gateways",
-            "1",
-            "--gateway-port",
-            &gw_port,
-            "--gateway-tls-cert",
-            pki.cert.to_str().unwrap(),
-            "--gateway-tls-key",
-            pki.key.to_str().unwrap(),
-            "--relay-tls-ca",
-            pki.ca.to_str().unwrap(),
-        ],
-        &src,
-        &dst,
-    );
+    let mut launch = vec![
+        "--nodes",
+        "2",
+        "--gateways",
+        "1",
+        "--gateway-port",
+        &gw_port,
+    ];
+    launch.extend(tls_options(&pki));
+    let text = generate_slurm_script(&script, "relay-test", &launch, &src, &dst);
     // The TLS files by their paths; the key's PEM is nowhere in the script.
     let tls_key = std::fs::read_to_string(&pki.key).unwrap();
     assert!(!text.contains(tls_key.lines().nth(1).unwrap()), "{text}");
@@ -184,6 +174,18 @@ async fn stores() -> (S3Server, S3Server) {
     src.create_bucket("src").await;
     dst.create_bucket("dst").await;
     (src, dst)
+}
+
+/// Launch's TLS options for the files of `pki`.
+fn tls_options(pki: &skyhaul_testkit::tls::TlsFiles) -> [&str; 6] {
+    [
+        "--gateway-tls-cert",
+        pki.cert.to_str().unwrap(),
+        "--gateway-tls-key",
+        pki.key.to_str().unwrap(),
+        "--relay-tls-ca",
+        pki.ca.to_str().unwrap(),
+    ]
 }
 
 fn free_port() -> String {
@@ -413,44 +415,38 @@ fn skypilot_gateway_task_loads_in_skypilot() {
     // SkyPilot's gateways get IPs only once they run: the certificate names them by a name
     // of their own, which the fleet checks instead.
     let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["relay-gateway"]);
-    let gen = skyhaul(
-        &[
-            "launch",
-            "--backend",
-            "skypilot",
-            "--name",
-            "relay",
-            "--nodes",
-            "3",
-            "--gateways",
-            "2",
-            "--gateway-region",
-            "eu-west-1",
-            "--gateway-cloud",
-            "aws",
-            "--gateway-idle-exit",
-            "20m",
-            "--gateway-tls-cert",
-            pki.cert.to_str().unwrap(),
-            "--gateway-tls-key",
-            pki.key.to_str().unwrap(),
-            "--relay-tls-ca",
-            pki.ca.to_str().unwrap(),
-            "--gateway-tls-name",
-            "relay-gateway",
-            "-o",
-            task.to_str().unwrap(),
-            "--",
-            "cp",
-            "-r",
-            "s3://a/x",
-            "s3://b/y",
-            "--dst-region",
-            "eu-west-1",
-        ],
-        None,
-        None,
-    );
+    let mut args = vec![
+        "launch",
+        "--backend",
+        "skypilot",
+        "--name",
+        "relay",
+        "--nodes",
+        "3",
+        "--gateways",
+        "2",
+        "--gateway-region",
+        "eu-west-1",
+        "--gateway-cloud",
+        "aws",
+        "--gateway-idle-exit",
+        "20m",
+        "--gateway-tls-name",
+        "relay-gateway",
+    ];
+    args.extend(tls_options(&pki));
+    args.extend([
+        "-o",
+        task.to_str().unwrap(),
+        "--",
+        "cp",
+        "-r",
+        "s3://a/x",
+        "s3://b/y",
+        "--dst-region",
+        "eu-west-1",
+    ]);
+    let gen = skyhaul(&args, None, None);
     assert_eq!(gen.code, 0, "{}", gen.stderr);
     let gateway = dir.path().join("relay.gateway.sky.yaml");
     assert!(
@@ -601,239 +597,91 @@ fn gateway_options_are_checked() {
     );
     let missing = dir.path().join("missing.pem");
     let missing = missing.to_str().unwrap();
-    let cases: &[(&[&str], &str)] = &[
+    // Each case: launch's options, the transfer, what the one-line error says.
+    let plain: &[&str] = &["cp", "s3://a/x", "s3://b/x"];
+    let slurm: &[&str] = &["--backend", "slurm", "--gateways", "1"];
+    let cert_key: &[&str] = &["--gateway-tls-cert", cert, "--gateway-tls-key", key];
+    let sky: &[&str] = &[
+        "--backend",
+        "skypilot",
+        "--gateways",
+        "1",
+        "--gateway-region",
+        "eu",
+    ];
+    let k8s: &[&str] = &["--backend", "kubernetes", "--image", "i"];
+    let cases: &[(Vec<&str>, &[&str], &str)] = &[
         (
-            &[
-                "--backend",
-                "slurm",
-                "--gateway-tls-cert",
-                cert,
-                "--gateway-tls-key",
-                key,
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-            ],
-            "--gateway-tls-cert needs --gateways N",
-        ),
-        (
-            &[
-                "--backend",
-                "slurm",
-                "--gateways",
-                "1",
-                "--gateway-tls-cert",
-                cert,
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-            ],
-            "--gateway-tls-cert and --gateway-tls-key go together",
-        ),
-        (
-            &[
-                "--backend",
-                "slurm",
-                "--gateways",
-                "1",
-                "--relay-tls-ca",
-                ca,
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-            ],
-            "--relay-tls-ca needs --gateway-tls-cert and --gateway-tls-key",
-        ),
-        (
-            &[
-                "--backend",
-                "slurm",
-                "--gateways",
-                "1",
-                "--gateway-tls-cert",
-                missing,
-                "--gateway-tls-key",
-                key,
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-            ],
-            "missing.pem: No such file",
-        ),
-        (
-            &[
-                "--backend",
-                "slurm",
-                "--gateways",
-                "1",
-                "--gateway-tls-cert",
-                cert,
-                "--gateway-tls-key",
-                key,
-                "--relay-tls-ca",
-                key,
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-            ],
-            "gw-key.pem: no PEM certificate in it",
-        ),
-        (
-            &[
-                "--backend",
-                "slurm",
-                "--gateways",
-                "1",
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-                "--relay-tls-ca",
-                ca,
-            ],
-            "--gateways and a transfer with --relay-tls-ca",
-        ),
-        (
-            &[
-                "--backend",
-                "skypilot",
-                "--gateways",
-                "1",
-                "--gateway-region",
-                "eu",
-                "--gateway-tls-cert",
-                cert,
-                "--gateway-tls-key",
-                key,
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-            ],
-            "--backend skypilot --gateway-tls-cert needs --gateway-tls-name NAME",
-        ),
-        (
-            &[
-                "--backend",
-                "slurm",
-                "--gateways",
-                "1",
-                "-o",
-                out,
-                "--",
-                "cp",
-                "-r",
-                "s3://a/x",
-                "/mnt/x",
-            ],
+            slurm.to_vec(),
+            &["cp", "-r", "s3://a/x", "/mnt/x"],
             "is a local path",
         ),
         (
-            &[
-                "--backend",
-                "slurm",
-                "--gateways",
-                "1",
-                "--gateway-region",
-                "eu",
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-            ],
+            [slurm, &["--gateway-region", "eu"]].concat(),
+            plain,
             "--gateway-region is not an option of --backend slurm",
         ),
+        (sky[..4].to_vec(), plain, "needs --gateway-region"),
         (
-            &[
-                "--backend",
-                "skypilot",
-                "--gateways",
-                "1",
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-            ],
-            "needs --gateway-region",
-        ),
-        (
-            &[
-                "--backend",
-                "kubernetes",
-                "--image",
-                "i",
-                "--gateway-node-selector",
-                "a=b",
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-            ],
+            [k8s, &["--gateway-node-selector", "a=b"]].concat(),
+            plain,
             "--gateway-node-selector needs --gateways N",
         ),
         (
-            &[
-                "--backend",
-                "ssh",
-                "--hosts",
-                "h1",
-                "--gateways",
-                "1",
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-            ],
+            vec!["--backend", "ssh", "--hosts", "h1", "--gateways", "1"],
+            plain,
             "needs --gateway-hosts",
         ),
         (
-            &[
-                "--backend",
-                "slurm",
-                "--gateways",
-                "1",
-                "-o",
-                out,
-                "--",
-                "cp",
-                "s3://a/x",
-                "s3://b/x",
-                "--relay",
-                "gw:7400",
-            ],
+            slurm.to_vec(),
+            &["cp", "s3://a/x", "s3://b/x", "--relay", "gw:7400"],
             "--gateways and a transfer with --relay",
         ),
+        (
+            [&slurm[..2], cert_key].concat(),
+            plain,
+            "--gateway-tls-cert needs --gateways N",
+        ),
+        (
+            [slurm, &cert_key[..2]].concat(),
+            plain,
+            "--gateway-tls-cert and --gateway-tls-key go together",
+        ),
+        (
+            [slurm, &["--relay-tls-ca", ca]].concat(),
+            plain,
+            "--relay-tls-ca needs --gateway-tls-cert and --gateway-tls-key",
+        ),
+        (
+            [
+                slurm,
+                &["--gateway-tls-cert", missing, "--gateway-tls-key", key],
+            ]
+            .concat(),
+            plain,
+            "missing.pem: No such file",
+        ),
+        (
+            [slurm, cert_key, &["--relay-tls-ca", key]].concat(),
+            plain,
+            "gw-key.pem: no PEM certificate in it",
+        ),
+        (
+            slurm.to_vec(),
+            &["cp", "s3://a/x", "s3://b/x", "--relay-tls-ca", ca],
+            "--gateways and a transfer with --relay-tls-ca",
+        ),
+        (
+            [sky, cert_key].concat(),
+            plain,
+            "--backend skypilot --gateway-tls-cert needs --gateway-tls-name NAME",
+        ),
     ];
-    for (args, message) in cases {
+    for (options, transfer, message) in cases {
         let mut all = vec!["launch"];
-        all.extend_from_slice(args);
+        all.extend(options);
+        all.extend(["-o", out, "--"]);
+        all.extend(transfer.iter());
         let run = skyhaul(&all, None, None);
         assert_eq!(run.code, 2, "{all:?}: {}", run.stderr);
         assert!(run.stderr.contains(message), "{all:?}: {}", run.stderr);
@@ -912,34 +760,28 @@ done
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gateways = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     let runner = dir.path().join("runner.sh");
-    let gen = skyhaul(
-        &[
-            "launch",
-            "--backend",
-            "ssh",
-            "--hosts",
-            "h1",
-            "--gateway-hosts",
-            "g1",
-            "--gateway-tls-cert",
-            pki.cert.to_str().unwrap(),
-            "--gateway-tls-key",
-            pki.key.to_str().unwrap(),
-            "--relay-tls-ca",
-            pki.ca.to_str().unwrap(),
-            "--skyhaul",
-            fake.to_str().unwrap(),
-            "-o",
-            runner.to_str().unwrap(),
-            "--",
-            "cp",
-            "-r",
-            "s3://a/x",
-            "s3://b/x",
-        ],
-        None,
-        None,
-    );
+    let mut args = vec![
+        "launch",
+        "--backend",
+        "ssh",
+        "--hosts",
+        "h1",
+        "--gateway-hosts",
+        "g1",
+    ];
+    args.extend(tls_options(&pki));
+    args.extend([
+        "--skyhaul",
+        fake.to_str().unwrap(),
+        "-o",
+        runner.to_str().unwrap(),
+        "--",
+        "cp",
+        "-r",
+        "s3://a/x",
+        "s3://b/x",
+    ]);
+    let gen = skyhaul(&args, None, None);
     assert_eq!(gen.code, 0, "{}", gen.stderr);
     let text = std::fs::read_to_string(&runner).unwrap();
     let tls_key = std::fs::read_to_string(&pki.key).unwrap();

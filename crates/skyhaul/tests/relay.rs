@@ -132,10 +132,25 @@ impl Regions {
 
     /// `skyhaul cp -r SRC s3://dst/PREFIX --relay ...` in region A.
     fn relay_cp_from(&self, src: &str, gateways: &[u16], prefix: &str, extra: &[&str]) -> Command {
+        self.relayed(&[], src, gateways, prefix, extra, &[])
+    }
+
+    /// `skyhaul HEAD… cp -r SRC s3://dst/PREFIX --relay ... EXTRA…` in region A, with `env`
+    /// (HEAD: e.g. `coordinator --listen ADDR`).
+    fn relayed(
+        &self,
+        head: &[&str],
+        src: &str,
+        gateways: &[u16],
+        prefix: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Command {
         let relay: Vec<String> = gateways.iter().map(|p| format!("{B_IP}:{p}")).collect();
         let relay = relay.join(",");
         let dst = format!("s3://dst/{prefix}");
-        let mut args = vec![
+        let mut args = head.to_vec();
+        args.extend([
             "cp",
             "-r",
             src,
@@ -146,9 +161,9 @@ impl Regions {
             &relay,
             "--no-journal",
             "--json",
-        ];
+        ]);
         args.extend_from_slice(extra);
-        let mut cmd = self.command(true, &args, &[]);
+        let mut cmd = self.command(true, &args, env);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     }
@@ -215,6 +230,19 @@ fn relay_summary(r: &Run) -> serde_json::Value {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `n` objects `bin/I.bin` of about a MiB each (object i is `grow * i` bytes longer), their
+/// contents seeded from `seed`.
+fn binaries(n: usize, grow: usize, seed: u64) -> BTreeMap<String, Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("bin/{i}.bin"),
+                data(MIB + i * grow, seed + i as u64),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -686,9 +714,7 @@ fn relay_over_tls_hides_even_the_frames_and_refuses_an_untrusted_gateway() {
 #[test]
 fn a_local_fleet_relays_over_tls() {
     let regions = Regions::start("skrH", LinkSpec::wan());
-    let files: BTreeMap<String, Vec<u8>> = (0..6)
-        .map(|i| (format!("bin/{i}.bin"), data(MIB + i * 100, 80 + i as u64)))
-        .collect();
+    let files = binaries(6, 100, 80);
     regions.seed(&files);
     let dir = tempfile::tempdir().unwrap();
     let (gw, pki, _) = tls_gateway(&regions, 7480, dir.path());
@@ -740,43 +766,29 @@ fn exit_within(child: &mut Child, limit: Duration) -> Option<i32> {
 #[test]
 fn the_coordinator_stops_its_gateways_when_the_transfer_is_over() {
     let regions = Regions::start("skrL", LinkSpec::wan());
-    let files: BTreeMap<String, Vec<u8>> = (0..6)
-        .map(|i| (format!("bin/{i}.bin"), data(MIB + i * 10, 90 + i as u64)))
-        .collect();
+    let files = binaries(6, 10, 90);
     regions.seed(&files);
     let dir = tempfile::tempdir().unwrap();
     let stops = dir.path().join("stops.log");
     let mut stopping = KillOnDrop(regions.gateway_with(7490, &stops, &["--exit-on-stop"]));
     let mut staying = KillOnDrop(regions.gateway(7491, &dir.path().join("stays.log")));
-    let relay = format!("{B_IP}:7490,{B_IP}:7491");
-    let args = [
+    let head = [
         "coordinator",
         "--listen",
         "127.0.0.1:0",
         "--relay-stop-gateways",
-        "cp",
-        "-r",
-        "s3://src/",
-        "s3://dst/",
-        "--src-endpoint",
-        &regions.src.endpoint,
-        "--relay",
-        &relay,
-        "--workers",
-        "2",
-        "--no-journal",
-        "--json",
     ];
     let token = [("SKYHAUL_FLEET_TOKEN", "relay-stop-token-0123456789")];
-    let mut cmd = regions.command(true, &args, &token);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let r = run(cmd);
-    assert_eq!(
-        r.code, 0,
-        "{}
-{}",
-        r.stderr, r.stdout
+    let cmd = regions.relayed(
+        &head,
+        "s3://src/",
+        &[7490, 7491],
+        "",
+        &["--workers", "2"],
+        &token,
     );
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
     let v = &r.json()["verification"];
     assert_eq!(v["checksum_ok"].as_u64(), Some(files.len() as u64), "{v}");
     assert_eq!(regions.destination(), files);
@@ -862,9 +874,7 @@ fn a_stop_under_another_key_does_not_stop_a_gateway() {
 #[test]
 fn an_idle_gateway_exits_by_itself() {
     let regions = Regions::start("skrN", LinkSpec::wan());
-    let files: BTreeMap<String, Vec<u8>> = (0..4)
-        .map(|i| (format!("bin/{i}.bin"), data(MIB, 40 + i as u64)))
-        .collect();
+    let files = binaries(4, 0, 40);
     regions.seed(&files);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gw.log");
@@ -898,9 +908,7 @@ fn an_idle_gateway_exits_by_itself() {
 #[test]
 fn a_gateway_certificate_for_a_name_of_its_own() {
     let regions = Regions::start("skrO", LinkSpec::wan());
-    let files: BTreeMap<String, Vec<u8>> = (0..4)
-        .map(|i| (format!("bin/{i}.bin"), data(MIB + i * 100, 20 + i as u64)))
-        .collect();
+    let files = binaries(4, 100, 20);
     regions.seed(&files);
     let dir = tempfile::tempdir().unwrap();
     let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["relay-gateway"]);
