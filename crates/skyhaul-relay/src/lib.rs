@@ -50,6 +50,15 @@
 //! are the same, and either kind of client reassembles either kind of answer, so the version
 //! stays 1.
 //!
+//! # Ending a gateway
+//!
+//! A [`rpc::Request::Stop`] (no body) tells a gateway that the transfer is over. It travels
+//! like any request, sealed with the transfer key, so only a holder of the key can send it;
+//! a gateway started to exit on it ([`Lifetime::exit_on_stop`]) answers, stops accepting,
+//! writes the answers in progress and ends, any other answers with an error and keeps
+//! serving (as a gateway from before this request does: it cannot read it). A gateway may
+//! also end after a time without relay connections ([`Lifetime::idle_exit`]).
+//!
 //! # TLS
 //!
 //! Optionally each connection is a TLS stream (rustls; ALPN [`TLS_ALPN`]) and all of the above
@@ -101,11 +110,16 @@ where
 }
 
 /// Socket settings for a long fat pipe: no Nagle delay on the small request frames, and
-/// keep-alives so a gateway that vanished is noticed. Buffer sizes are left to the kernel:
+/// keep-alives so a peer that vanished without closing its connections (a machine gone) is
+/// noticed within about two minutes rather than the kernel's two hours: a gateway's
+/// `--idle-exit` waits for its open connections. Buffer sizes are left to the kernel:
 /// setting SO_RCVBUF switches Linux's receive autotuning off, and autotuning grows the
 /// window to the bandwidth-delay product (up to `net.ipv4.tcp_rmem`) by itself.
 pub(crate) fn tune(sock: &tokio::net::TcpStream) {
     let _ = sock.set_nodelay(true);
-    let s = socket2::SockRef::from(sock);
-    let _ = s.set_keepalive(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(60))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(6);
+    let _ = socket2::SockRef::from(sock).set_tcp_keepalive(&keepalive);
 }
