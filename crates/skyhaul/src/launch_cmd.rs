@@ -277,12 +277,12 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
         ));
     }
     if let Some(flag) = args.transfer.iter().find(|a| {
-        ["--relay-tls", "--relay-tls-ca"]
+        ["--relay-tls", "--relay-tls-ca", "--relay-tls-name"]
             .iter()
             .any(|f| a == f || a.starts_with(&format!("{f}=")))
     }) {
         return Err(exit::usage(format!(
-            "--gateways and a transfer with {flag}: give the gateways' TLS to launch instead (--gateway-tls-cert, --gateway-tls-key, --relay-tls-ca before the --)"
+            "--gateways and a transfer with {flag}: give the gateways' TLS to launch instead (--gateway-tls-cert, --gateway-tls-key, --relay-tls-ca, --gateway-tls-name before the --)"
         )));
     }
     let mut node_selector = Vec::new();
@@ -366,12 +366,12 @@ fn gateway_tls(args: &LaunchArgs, backend: Backend) -> Result<Option<GatewayTls>
         },
         name: args.gateway_tls_name.clone(),
     };
+    // Its errors name the gateway's own flags: say launch's.
     skyhaul_tls::server_config(cert, key, &[skyhaul_relay::TLS_ALPN]).map_err(|e| {
-        exit::usage(format!(
-            "--gateway-tls-cert {} with --gateway-tls-key {}: {}",
-            cert.display(),
-            key.display(),
-            e.trim_start_matches("--tls-cert/--tls-key: ")
+        exit::usage(e.replacen("--tls-key", "--gateway-tls-key", 1).replacen(
+            "--tls-cert",
+            "--gateway-tls-cert",
+            1,
         ))
     })?;
     Ok(Some(tls))

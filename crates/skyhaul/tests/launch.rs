@@ -595,6 +595,8 @@ fn gateway_options_are_checked() {
         pki.key.to_str().unwrap(),
         pki.ca.to_str().unwrap(),
     );
+    let other = skyhaul_testkit::tls::files(dir.path(), "other", &["localhost"]);
+    let other_key = other.key.to_str().unwrap();
     let missing = dir.path().join("missing.pem");
     let missing = missing.to_str().unwrap();
     // Each case: launch's options, the transfer, what the one-line error says.
@@ -660,6 +662,15 @@ fn gateway_options_are_checked() {
             .concat(),
             plain,
             "missing.pem: No such file",
+        ),
+        (
+            [
+                slurm,
+                &["--gateway-tls-cert", cert, "--gateway-tls-key", other_key],
+            ]
+            .concat(),
+            plain,
+            "--gateway-tls-cert/--gateway-tls-key: ",
         ),
         (
             [slurm, cert_key, &["--relay-tls-ca", key]].concat(),

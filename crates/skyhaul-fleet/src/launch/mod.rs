@@ -182,10 +182,10 @@ impl Backend {
     /// them with `file_mounts` to [`SKY_TLS_DIR`]; Kubernetes mounts a Secret and a
     /// ConfigMap; the SSH runner writes them into a private directory over each connection.
     fn tls_paths(self, tls: &GatewayTls) -> TlsPaths {
-        let under = |dir: &str, cert: &str, key: &str, ca: &str| TlsPaths {
-            cert: format!("{dir}/{cert}"),
-            key: format!("{dir}/{key}"),
-            ca: format!("{dir}/{ca}"),
+        let under = |dir: &str| TlsPaths {
+            cert: format!("{dir}/{}", TLS_FILES[0]),
+            key: format!("{dir}/{}", TLS_FILES[1]),
+            ca: format!("{dir}/{}", TLS_FILES[2]),
         };
         match self {
             Backend::Slurm => TlsPaths {
@@ -193,23 +193,19 @@ impl Backend {
                 key: sh(&tls.key),
                 ca: tls.ca.as_deref().map(sh).unwrap_or_default(),
             },
-            Backend::Skypilot => under(
-                "\"$HOME/.skyhaul-tls\"",
-                TLS_FILES[0],
-                TLS_FILES[1],
-                TLS_FILES[2],
-            ),
+            Backend::Skypilot => under("\"$HOME/.skyhaul-tls\""),
             Backend::Kubernetes => TlsPaths {
                 cert: format!("{K8S_GATEWAY_TLS}/tls.crt"),
                 key: format!("{K8S_GATEWAY_TLS}/tls.key"),
                 ca: format!("{K8S_RELAY_CA}/ca.crt"),
             },
-            Backend::Ssh => under("\"$SKYHAUL_TLS\"", TLS_FILES[0], TLS_FILES[1], TLS_FILES[2]),
+            Backend::Ssh => under("\"$SKYHAUL_TLS\""),
         }
     }
 }
 
-/// Where SkyPilot's `file_mounts` put the TLS files on a node (`~` is the node's home).
+/// Where SkyPilot's `file_mounts` put the TLS files on a node (`~` is the node's home, the
+/// run script's `$HOME`).
 const SKY_TLS_DIR: &str = "~/.skyhaul-tls";
 /// The TLS files' names on a SkyPilot node or an SSH host: certificate, key, CA.
 const TLS_FILES: [&str; 3] = ["gateway-cert.pem", "gateway-key.pem", "relay-ca.pem"];
