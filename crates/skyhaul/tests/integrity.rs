@@ -125,9 +125,10 @@ async fn corrupted_downloads_between_buckets_never_land() {
 
 /// A part of a striped copy corrupted on its way from the source is caught, and the object
 /// is copied again from scratch, never completed from the journaled parts of the failed
-/// attempt. Where the source records a full-object CRC64-NVME (skyhaul writes one with any
-/// object it writes in one PUT; AWS S3 keeps one for new objects), the parts' CRCs catch it before the
-/// upload is completed, without a second MD5 pass; otherwise the whole-object MD5 does.
+/// attempt. Where the source records a full-object CRC64-NVME (skyhaul writes one with each
+/// object it writes in one PUT; AWS S3 keeps one for new objects), the parts' CRCs catch it
+/// before the upload is completed, without a second MD5 pass; otherwise the whole-object MD5
+/// does.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupted_part_is_caught_and_the_object_copied_afresh() {
     let files: BTreeMap<String, Vec<u8>> = mixed()
