@@ -29,6 +29,42 @@ fn assert_nothing_corrupt(got: &BTreeMap<String, Vec<u8>>, want: &BTreeMap<Strin
     }
 }
 
+/// Copies `s3://src/` to `s3://dst/copy/` (with 5 MiB parts) through a proxy that corrupts
+/// the first `faults` downloads whose path contains `path`, then behaves. Returns the run and
+/// how many downloads it corrupted.
+fn copy_with_corrupted_downloads(
+    src: &S3Server,
+    dst: &S3Server,
+    path: &str,
+    faults: u64,
+) -> (Run, u64) {
+    let proxy = FaultProxy::start(
+        &src.endpoint,
+        Faults {
+            flip_response_body: 1.0,
+            only_methods: vec!["GET".into()],
+            path_contains: Some(path.into()),
+            max_faults: Some(faults),
+            ..Default::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let mut args = vec![
+        "cp",
+        "-r",
+        "s3://src/",
+        "s3://dst/copy/",
+        "--src-endpoint",
+        &ep,
+        "--dst-endpoint",
+        &dst.endpoint,
+        "--json",
+    ];
+    args.extend(SMALL_PARTS);
+    let out = skyhaul(&args, Some(src), Some(dst));
+    (out, proxy.injected().flip_response_body)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupted_downloads_are_detected_and_never_land() {
     let s3 = S3Server::start(S3Kind::S3sFs);
@@ -91,33 +127,10 @@ async fn corrupted_downloads_between_buckets_never_land() {
         let files = dataset();
         fill_bucket(&src, "src", "", &files).await;
         // The first six downloads of an object are corrupted, then the proxy behaves.
-        let proxy = FaultProxy::start(
-            &src.endpoint,
-            Faults {
-                flip_response_body: 1.0,
-                only_methods: vec!["GET".into()],
-                path_contains: Some("/src/many/".into()),
-                max_faults: Some(6),
-                ..Default::default()
-            },
-        );
-        let ep = proxy.endpoint();
-        let mut args = vec![
-            "cp",
-            "-r",
-            "s3://src/",
-            "s3://dst/copy/",
-            "--src-endpoint",
-            &ep,
-            "--dst-endpoint",
-            &dst.endpoint,
-            "--json",
-        ];
-        args.extend(SMALL_PARTS);
-        let out = skyhaul(&args, Some(&src), Some(&dst));
+        let (out, corrupted) = copy_with_corrupted_downloads(&src, &dst, "/src/many/", 6);
         let got = read_bucket(&dst, "dst", "copy/").await;
         assert_nothing_corrupt(&got, &files);
-        assert_eq!(proxy.injected().flip_response_body, 6, "{kind}");
+        assert_eq!(corrupted, 6, "{kind}");
         assert_eq!(out.code, 0, "{kind}: re-reads recover: {}", out.stderr);
         assert_eq!(got, files, "{kind}");
     }
@@ -163,31 +176,8 @@ async fn a_corrupted_part_is_caught_and_the_object_copied_afresh() {
         } else {
             fill_bucket(&src, "src", "", &files).await;
         }
-        let proxy = FaultProxy::start(
-            &src.endpoint,
-            Faults {
-                flip_response_body: 1.0,
-                only_methods: vec!["GET".into()],
-                path_contains: Some("/src/big/".into()),
-                max_faults: Some(1),
-                ..Default::default()
-            },
-        );
-        let ep = proxy.endpoint();
-        let mut args = vec![
-            "cp",
-            "-r",
-            "s3://src/",
-            "s3://dst/copy/",
-            "--src-endpoint",
-            &ep,
-            "--dst-endpoint",
-            &dst.endpoint,
-            "--json",
-        ];
-        args.extend(SMALL_PARTS);
-        let out = skyhaul(&args, Some(&src), Some(&dst));
-        assert_eq!(proxy.injected().flip_response_body, 1);
+        let (out, corrupted) = copy_with_corrupted_downloads(&src, &dst, "/src/big/", 1);
+        assert_eq!(corrupted, 1);
         assert_nothing_corrupt(&read_bucket(&dst, "dst", "copy/").await, &files);
         assert_eq!(out.code, 0, "copied again: {}", out.stderr);
         let caught_by = if recorded_crc {
