@@ -74,6 +74,9 @@ fn manifest_round_trips_through_the_kubernetes_types() {
     assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
     assert_eq!(spec.completions, Some(NODES as i32));
     assert_eq!(spec.parallelism, Some(NODES as i32));
+    // Once it has finished, the Job and its pods go by themselves (after an hour, to read
+    // the logs).
+    assert_eq!(spec.ttl_seconds_after_finished, Some(3600));
     let template = spec.template;
     // The Service selects the Job's pods, and the pods take its name as their subdomain:
     // rank 0 is reachable as JOB-0.SERVICE.

@@ -3,6 +3,10 @@
 use super::*;
 use std::fmt::Write;
 
+/// A finished Job (the fleet's or the gateways') is deleted, with its pods, after this long:
+/// time to read their logs, and nothing left behind once the transfer is over.
+const JOB_TTL_SECONDS: u32 = 3600;
+
 impl Job {
     /// A headless Service and an Indexed Job: pod `NAME-0` (reachable as `NAME-0.NAME`)
     /// coordinates. Token and credentials come from a Secret, as environment variables.
@@ -11,7 +15,7 @@ impl Job {
     /// frames of one request must reach one gateway), placed by a node selector, with its own
     /// Secret; the fleet takes only the relay key from that Secret. A gateway that fails is
     /// replaced under the same name; one that exits 0 (told the transfer is over, or idle)
-    /// is done, and the Job is deleted an hour after all are. With TLS, the gateways mount a
+    /// is done. Each Job is deleted an hour after it finishes. With TLS, the gateways mount a
     /// `kubernetes.io/tls` Secret and the fleet a ConfigMap with the CA, both made by the user.
     pub(super) fn kubernetes(&self) -> String {
         let name = &self.name;
@@ -76,12 +80,16 @@ impl Job {
                 head,
                 "\n#   kubectl apply -f THIS_FILE\n\
                  # The gateways exit once the coordinator tells them the transfer is over (or after\n\
-                 # {} without a sender); their Job is deleted an hour later. The Services stay (they\n\
-                 # cost nothing): `kubectl delete -f THIS_FILE` removes everything.",
+                 # {} without a sender). Each Job is deleted an hour after it finishes; the Services\n\
+                 # stay (they cost nothing): `kubectl delete -f THIS_FILE` removes everything.",
                 g.idle_exit.map_or("a while".into(), |d| format!("{} s", d.as_secs()))
             );
         } else {
-            head.push_str(" (and DST)\n#   kubectl apply -f THIS_FILE");
+            head.push_str(
+                " (and DST)\n#   kubectl apply -f THIS_FILE\n\
+                 # The Job is deleted an hour after it finishes; the Service stays (it costs\n\
+                 # nothing): `kubectl delete -f THIS_FILE` removes both.",
+            );
         }
         let mut text = format!(
             "{head}\n\
@@ -93,7 +101,7 @@ impl Job {
              apiVersion: batch/v1\n\
              kind: Job\n\
              metadata:\n  name: {qname}\n\
-             spec:\n  completionMode: Indexed\n  completions: {n}\n  parallelism: {n}\n  backoffLimitPerIndex: 2\n  template:\n    metadata:\n      labels:\n        job-name: {qname}\n    spec:\n      subdomain: {qname}\n      restartPolicy: Never\n      containers:\n        - name: skyhaul\n          image: {image}\n          env:\n{env}          envFrom:\n            - secretRef:\n                name: {qsecret}\n          ports:\n            - containerPort: {port}\n{mounts}          command: [\"{shell}\", \"-c\", {script}]\n{volumes}",
+             spec:\n  completionMode: Indexed\n  completions: {n}\n  parallelism: {n}\n  backoffLimitPerIndex: 2\n  ttlSecondsAfterFinished: {JOB_TTL_SECONDS}\n  template:\n    metadata:\n      labels:\n        job-name: {qname}\n    spec:\n      subdomain: {qname}\n      restartPolicy: Never\n      containers:\n        - name: skyhaul\n          image: {image}\n          env:\n{env}          envFrom:\n            - secretRef:\n                name: {qsecret}\n          ports:\n            - containerPort: {port}\n{mounts}          command: [\"{shell}\", \"-c\", {script}]\n{volumes}",
             mounts = mounts.mounts,
             volumes = mounts.volumes,
             qsecret = yaml(&self.secret),
@@ -138,7 +146,7 @@ impl Job {
              apiVersion: batch/v1\n\
              kind: Job\n\
              metadata:\n  name: {gw}\n\
-             spec:\n  completionMode: Indexed\n  completions: {count}\n  parallelism: {count}\n  backoffLimitPerIndex: 3\n  ttlSecondsAfterFinished: 3600\n  template:\n    metadata:\n      labels:\n        app: {gw}\n    spec:\n      subdomain: {gw}\n      restartPolicy: Never\n{selector}      containers:\n        - name: gateway\n          image: {image}\n          envFrom:\n            - secretRef:\n                name: {secret}\n          ports:\n            - containerPort: {port}\n          readinessProbe:\n            tcpSocket:\n              port: {port}\n{mounts}          command: [\"sh\", \"-c\", {script}]\n{volumes}",
+             spec:\n  completionMode: Indexed\n  completions: {count}\n  parallelism: {count}\n  backoffLimitPerIndex: 3\n  ttlSecondsAfterFinished: {JOB_TTL_SECONDS}\n  template:\n    metadata:\n      labels:\n        app: {gw}\n    spec:\n      subdomain: {gw}\n      restartPolicy: Never\n{selector}      containers:\n        - name: gateway\n          image: {image}\n          envFrom:\n            - secretRef:\n                name: {secret}\n          ports:\n            - containerPort: {port}\n          readinessProbe:\n            tcpSocket:\n              port: {port}\n{mounts}          command: [\"sh\", \"-c\", {script}]\n{volumes}",
             port = g.port,
             count = g.count,
             image = yaml(&self.image),
