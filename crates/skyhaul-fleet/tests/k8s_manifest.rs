@@ -29,6 +29,7 @@ fn job(skyhaul: &str) -> Job {
         secret: "skyhaul-credentials".into(),
         spot: false,
         cpus: None,
+        keep_cluster: false,
         hosts: Vec::new(),
         gateways: None,
     }

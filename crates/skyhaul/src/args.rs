@@ -157,6 +157,9 @@ Rank 0 runs the coordinator (and one worker), every other rank a worker. No secr
 written into the file: SLURM and SSH pass the submitting shell's environment\n\
 (SKYHAUL_FLEET_TOKEN, SKYHAUL_SRC_*, SKYHAUL_DST_*, AWS_*), SkyPilot takes them as\n\
 --secret at launch, Kubernetes from the Secret named by --secret.\n\n\
+The fleet's SkyPilot cluster goes down by itself once its job has ended (sky launch --down,\n\
+and autodown in the task), the journal on it too; --keep-cluster keeps it. Kubernetes\n\
+deletes the finished Job an hour later.\n\n\
 With --gateways, relay gateways start too, near the destination, and the transfer relays\n\
 through them: they get SKYHAUL_RELAY_KEY and the destination's credentials, the fleet the\n\
 key and the source's. SLURM: a job of their own, submitted by the batch script; SkyPilot:\n\
@@ -749,6 +752,9 @@ pub struct LaunchArgs {
     /// SkyPilot: CPUs per node, e.g. 16+
     #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
+    /// SkyPilot: keep the fleet's cluster up after the transfer (by default it goes down once its job ends, with the journal on it)
+    #[arg(long)]
+    pub keep_cluster: bool,
     /// Also start N relay gateways near the destination and relay the transfer through them (SKYHAUL_RELAY_KEY must be set; ssh: one per --gateway-hosts)
     #[arg(long, help_heading = GATEWAY_HEADING, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub gateways: Option<u32>,

@@ -64,6 +64,11 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         BackendArg::Kubernetes => (Backend::Kubernetes, "k8s.yaml", "kubectl"),
         BackendArg::Ssh => (Backend::Ssh, "sh", "bash"),
     };
+    if args.keep_cluster && backend != Backend::Skypilot {
+        return Err(exit::usage(
+            "--keep-cluster is an option of --backend skypilot (the other engines start no cluster of their own)",
+        ));
+    }
     let nodes = match backend {
         Backend::Ssh if args.hosts.is_empty() => {
             return Err(exit::usage("--backend ssh needs --hosts h1,h2,..."))
@@ -97,6 +102,7 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         secret: args.secret,
         spot: args.spot,
         cpus: args.cpus,
+        keep_cluster: args.keep_cluster,
         hosts: args.hosts,
         gateways,
     };
@@ -124,7 +130,11 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
     match backend {
         Backend::Slurm | Backend::Ssh => cmd.arg(&file),
         Backend::Skypilot => {
-            cmd.args(["launch", "-y", "-c", &job.name, &file]);
+            cmd.args(["launch", "-y"]);
+            if !job.keep_cluster {
+                cmd.arg("--down");
+            }
+            cmd.args(["-c", &job.name, &file]);
             if let (Some(g), Some(gw_file)) = (&job.gateways, &gateway_file) {
                 let addrs = launch_sky_gateways(&job, g, gw_file, out)?;
                 cmd.arg("--env").arg(format!("{GATEWAYS_ENV}={addrs}"));
@@ -135,6 +145,20 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         Backend::Kubernetes => cmd.args(["apply", "-f", &file]),
     };
     let result = run_submit(&mut cmd, submit, &file);
+    // `sky launch` returns once the job has ended; when it fails SkyPilot keeps a cluster
+    // that did not come up, for debugging, so only a launch that ran can promise autodown.
+    if backend == Backend::Skypilot && result.is_ok() {
+        out.notice(&match job.keep_cluster {
+            false => format!(
+                "the fleet's cluster {} goes down by itself now that its job has ended (autodown)",
+                job.name
+            ),
+            true => format!(
+                "the fleet's cluster {name} stays up (--keep-cluster): sky down {name} ends it",
+                name = job.name
+            ),
+        });
+    }
     if let (Backend::Skypilot, Some(g)) = (backend, &job.gateways) {
         let clusters: Vec<String> = (0..g.count).map(|i| job.gateway_cluster(i)).collect();
         out.notice(&format!(

@@ -308,8 +308,8 @@ fn run_job(
 }
 
 /// SkyPilot's own parser loads the generated task: the nodes, spot, CPUs and port as asked,
-/// the token as a secret given at launch (never a value in the file), and a run script that
-/// starts the coordinator at rank 0.
+/// autodown once its job has ended, the token as a secret given at launch (never a value in
+/// the file), and a run script that starts the coordinator at rank 0.
 #[test]
 fn skypilot_task_loads_in_skypilot() {
     let dir = tempfile::tempdir().unwrap();
@@ -348,6 +348,7 @@ print(json.dumps({
     "use_spot": r.use_spot,
     "cpus": r.cpus,
     "ports": r.ports,
+    "autostop": r.autostop_config and r.autostop_config.to_yaml_config(),
     "secrets": sorted(t.secrets),
     "declared_secrets": declared,
     "run": t.run,
@@ -355,6 +356,17 @@ print(json.dumps({
 "#;
     let v = sky_python(script, &[&task]);
     assert_eq!(v["num_nodes"], 4, "{v}");
+    // The cluster goes down once the job has ended (autodown), and the comment launches it so.
+    assert_eq!(
+        v["autostop"],
+        serde_json::json!({"idle_minutes": 0, "down": true}),
+        "{v}"
+    );
+    let text = std::fs::read_to_string(&task).unwrap();
+    assert!(
+        text.contains("#   sky launch --down -c skyhaul-fleet THIS_FILE"),
+        "{text}"
+    );
     assert_eq!(v["use_spot"], true, "{v}");
     assert_eq!(v["cpus"], "8+", "{v}");
     assert_eq!(v["ports"], serde_json::json!(["7171"]), "{v}");
@@ -582,8 +594,8 @@ print(json.dumps({"refused": refused, "secrets": sorted(t.secrets), "envs": t.en
     );
 }
 
-/// Gateway options that cannot work are refused with a one-line usage error (exit 2), before
-/// anything is written.
+/// Gateway options that cannot work, and `--keep-cluster` where launch starts no cluster,
+/// are refused with a one-line usage error (exit 2), before anything is written.
 #[test]
 fn gateway_options_are_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -624,6 +636,11 @@ fn gateway_options_are_checked() {
             "--gateway-region is not an option of --backend slurm",
         ),
         (sky[..4].to_vec(), plain, "needs --gateway-region"),
+        (
+            vec!["--backend", "slurm", "--keep-cluster"],
+            plain,
+            "--keep-cluster is an option of --backend skypilot",
+        ),
         (
             [k8s, &["--gateway-node-selector", "a=b"]].concat(),
             plain,
@@ -737,19 +754,13 @@ fn gateway_options_are_checked() {
 /// to stop; the runner ends once every session has.
 #[test]
 fn ssh_runner_ships_the_tls_files_and_ends_with_its_gateways() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["g1"]);
     let record = dir.path().join("record");
     std::fs::create_dir(&record).unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
-    let script = |name: &str, text: &str| {
-        let p = bin.join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        p
-    };
+    let script = |name: &str, text: &str| executable(&bin, name, text);
     script(
         "ssh",
         "#!/bin/bash\nwhile [ \"$1\" = -o ]; do shift 2; done\nshift\nexec \"$@\"\n",
@@ -857,4 +868,89 @@ done
         coordinator.contains(&format!("--relay {gateways} --relay-tls-ca ")),
         "{coordinator}"
     );
+}
+
+/// Writes an executable script `name` into `dir`: a stand-in for a program on `PATH`.
+fn executable(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// `--submit` with `sky` replaced by a stand-in that records its arguments: the fleet is
+/// launched with `--down` after its gateways (each `-d --down`), and the notice says the
+/// cluster goes by itself; with `--keep-cluster` neither the command nor the task (loaded by
+/// SkyPilot's parser) takes it down, and the notice says how to.
+#[test]
+fn skypilot_submit_takes_the_fleet_down_unless_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let record = dir.path().join("sky.args");
+    executable(
+        &bin,
+        "sky",
+        &format!(
+            "#!/bin/sh\necho \"$@\" >> {}\n[ \"$1 $2\" = \"status --ip\" ] && echo 10.0.0.7\nexit 0\n",
+            record.display()
+        ),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let task = dir.path().join("fl.sky.yaml");
+    let submit = |extra: &[&str]| {
+        let _ = std::fs::remove_file(&record);
+        let mut args = vec![
+            "launch",
+            "--backend",
+            "skypilot",
+            "--name",
+            "fl",
+            "--submit",
+            "-o",
+            task.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        args.extend(["--", "cp", "-r", "s3://a/x", "s3://b/x"]);
+        let env = [("PATH", path.as_str()), ("SKYHAUL_FLEET_TOKEN", TOKEN)];
+        let run = skyhaul_env(&args, None, None, &env);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let calls = std::fs::read_to_string(&record).unwrap();
+        (run.stderr, calls)
+    };
+    let file = task.display();
+    let (stderr, calls) = submit(&["--gateways", "1", "--gateway-region", "eu-west-1"]);
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(
+        calls[0].starts_with("launch -y -d --down -c fl-gw-0 "),
+        "{calls:?}"
+    );
+    assert_eq!(calls[1], "status --ip fl-gw-0");
+    assert!(
+        calls[2].starts_with(&format!(
+            "launch -y --down -c fl {file} --env SKYHAUL_GATEWAYS=10.0.0.7:7400 --secret SKYHAUL_FLEET_TOKEN"
+        )),
+        "{calls:?}"
+    );
+    assert!(
+        stderr.contains("the fleet's cluster fl goes down by itself"),
+        "{stderr}"
+    );
+
+    let (stderr, calls) = submit(&["--keep-cluster"]);
+    assert_eq!(
+        calls.trim(),
+        format!("launch -y -c fl {file} --secret SKYHAUL_FLEET_TOKEN")
+    );
+    assert!(stderr.contains("sky down fl"), "{stderr}");
+    let script = r#"
+import json, sys, yaml, sky
+config = yaml.safe_load(open(sys.argv[1]))
+t = sky.Task.from_yaml_config(config, secrets_overrides=[(k, "given") for k in config["secrets"]])
+print(json.dumps({"autostop": list(t.resources)[0].autostop_config is not None}))
+"#;
+    let v = sky_python(script, &[&task]);
+    assert_eq!(v["autostop"], false, "{v}");
 }

@@ -15,6 +15,10 @@
 //! them once it has succeeded (`--relay-stop-gateways`, `--exit-on-stop`), and a gateway no
 //! sender has used for a while exits by itself (`--idle-exit`), which is what takes a
 //! SkyPilot gateway's cluster down (autodown) or completes a Kubernetes gateway's pod.
+//!
+//! Nothing a job starts outlives it for long: the fleet's own SkyPilot cluster goes down once
+//! its job has ended (unless [`Job::keep_cluster`]), and Kubernetes deletes a finished Job
+//! after an hour.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -114,6 +118,9 @@ pub struct Job {
     pub spot: bool,
     /// SkyPilot: CPUs per node (e.g. `8+`).
     pub cpus: Option<String>,
+    /// SkyPilot: leave the fleet's cluster up once its job has ended (by default it goes down
+    /// by itself then, as the gateways' clusters do).
+    pub keep_cluster: bool,
     /// SSH: the hosts, rank 0 first.
     pub hosts: Vec<String>,
     /// Relay gateways to start with the fleet, near the destination.
@@ -419,6 +426,7 @@ mod tests {
             secret: "skyhaul-credentials".into(),
             spot: true,
             cpus: Some("8+".into()),
+            keep_cluster: false,
             hosts: vec!["h1".into(), "user@h2".into()],
             gateways: None,
         }
