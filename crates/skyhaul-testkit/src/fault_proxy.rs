@@ -58,6 +58,11 @@ pub struct Faults {
     /// Stop injecting once this many faults (of all kinds) have been injected, e.g. `Some(1)` for
     /// "fail exactly once, then behave".
     pub max_faults: Option<u64>,
+    /// Hold every request that `only_methods` and `path_contains` select this long before any
+    /// of it goes upstream (a slow store: the server sees nothing of it until then). Not a
+    /// fault: it is not drawn, nor counted by `max_faults`; a request answered by a fault
+    /// instead of the server is not held.
+    pub delay: Option<Duration>,
 }
 
 /// How many requests the proxy saw and how many faults of each kind it injected.
@@ -73,6 +78,8 @@ pub struct FaultCounts {
     /// The part of `request_body_bytes` sent with PUT: object and part uploads, the data
     /// itself, without the XML of other requests (such as a multipart completion).
     pub put_body_bytes: u64,
+    /// Requests held by [`Faults::delay`] (counted when the hold starts).
+    pub delayed: u64,
     pub reset_connection: u64,
     pub slow_down_503: u64,
     pub internal_error_500: u64,
@@ -236,6 +243,21 @@ struct Shared {
     state: Mutex<State>,
 }
 
+impl Faults {
+    /// Whether `only_methods` and `path_contains` select this request.
+    fn selects(&self, method: &str, target: &str) -> bool {
+        (self.only_methods.is_empty()
+            || self
+                .only_methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(method)))
+            && self
+                .path_contains
+                .as_ref()
+                .is_none_or(|p| target.contains(p.as_str()))
+    }
+}
+
 impl Shared {
     /// Counts the request and draws its fault, counting it right away so `max_faults` holds under
     /// concurrency; [`Shared::unreserve`] takes it back if it turns out not to apply.
@@ -246,18 +268,8 @@ impl Shared {
             st.counts.head_requests += 1;
         }
         let f = &st.faults;
-        if !f.only_methods.is_empty()
-            && !f
-                .only_methods
-                .iter()
-                .any(|m| m.eq_ignore_ascii_case(method))
-        {
+        if !f.selects(method, target) {
             return None;
-        }
-        if let Some(p) = &f.path_contains {
-            if !target.contains(p.as_str()) {
-                return None;
-            }
         }
         if let Some(max) = f.max_faults {
             if st.counts.total() >= max {
@@ -278,6 +290,17 @@ impl Shared {
             .map(|(_, k)| k)?;
         *st.counts.slot(kind) += 1;
         Some(kind)
+    }
+
+    /// How long to hold this request before forwarding it ([`Faults::delay`]), counted.
+    fn hold(&self, method: &str, target: &str) -> Option<Duration> {
+        let mut st = self.state.lock().unwrap();
+        let delay = st
+            .faults
+            .delay
+            .filter(|_| st.faults.selects(method, target))?;
+        st.counts.delayed += 1;
+        Some(delay)
     }
 
     fn unreserve(&self, kind: FaultKind) {
@@ -743,6 +766,9 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
                 continue;
             }
             _ => {}
+        }
+        if let Some(delay) = shared.hold(&req.method, &req.target) {
+            tokio::time::sleep(delay).await;
         }
 
         if up.as_ref().is_some_and(Peer::is_stale) {

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::RequestChecksumCalculation;
@@ -333,6 +334,59 @@ async fn proxy_answers_slow_down_503() {
         .await
         .expect("budget spent, passes");
     assert_eq!(proxy.injected().internal_error_500, 1);
+}
+
+/// `delay` holds the selected requests, and only them, before the server sees any of them:
+/// while a PUT is held the object is not there, a request the filters leave out passes at
+/// once, and the held PUT then arrives whole. A hold is no fault.
+#[tokio::test]
+async fn proxy_holds_selected_requests() {
+    const HOLD: Duration = Duration::from_millis(1500);
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("bkt").await;
+    let proxy = FaultProxy::start(
+        &s.endpoint,
+        Faults {
+            delay: Some(HOLD),
+            only_methods: vec!["PUT".into()],
+            path_contains: Some("slow".into()),
+            ..Faults::default()
+        },
+    );
+    let c = client_via(&s, &proxy.endpoint());
+    let body = data(2 * MIB, 6);
+    let started = Instant::now();
+    let slow = tokio::spawn({
+        let (c, body) = (c.clone(), body.clone());
+        async move {
+            c.put_object()
+                .bucket("bkt")
+                .key("slow")
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .expect("held put");
+            started.elapsed()
+        }
+    });
+    while proxy.injected().delayed == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t = Instant::now();
+    c.put_object()
+        .bucket("bkt")
+        .key("fast")
+        .body(ByteStream::from(data(1000, 7)))
+        .send()
+        .await
+        .expect("put not held");
+    assert!(t.elapsed() < HOLD / 2, "{:?}", t.elapsed());
+    assert_eq!(s.get("bkt", "slow").await, None, "the held PUT arrived");
+    let took = slow.await.unwrap();
+    assert!(took >= HOLD, "{took:?}");
+    assert_eq!(s.get("bkt", "slow").await, Some(body));
+    let counts = proxy.injected();
+    assert_eq!((counts.delayed, counts.total()), (1, 0), "{counts:?}");
 }
 
 #[tokio::test]
