@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use skyhaul_store::{Entry, Error, ErrorKind, Payload, Store};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::BufReader;
@@ -88,6 +88,9 @@ pub struct Gateway {
     /// Requests being run plus answer frames not yet written: a stop waits for none.
     busy: Arc<AtomicU64>,
     stop: Notify,
+    /// Set by an accepted stop: what is in progress is finished, nothing new is started (a
+    /// request sent after the stop could be cut off by the exit half-way).
+    stopping: AtomicBool,
 }
 
 impl Gateway {
@@ -115,6 +118,7 @@ impl Gateway {
             }),
             busy: Arc::new(AtomicU64::new(0)),
             stop: Notify::new(),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -348,6 +352,14 @@ impl Gateway {
     }
 
     async fn execute(&self, req: Request, body: Bytes) -> skyhaul_store::Result<(Value, Bytes)> {
+        if self.stopping.load(Relaxed) && !matches!(req, Request::Stop) {
+            tracing::warn!("relay gateway: refused a request that came after the stop");
+            // Unreachable, as the gateway soon is: a sender with another gateway retries there.
+            return Err(Error::new(
+                ErrorKind::Unreachable,
+                "this relay gateway is stopping (a sender with the transfer key said the transfer is over): it takes no new requests",
+            ));
+        }
         let s = &*self.store;
         let none = Bytes::new();
         Ok(match req {
@@ -455,6 +467,7 @@ impl Gateway {
                 tracing::info!(
                     "relay gateway: the transfer is over (stop from a sender with the transfer key); exiting once its answers are written"
                 );
+                self.stopping.store(true, Relaxed);
                 self.stop.notify_one();
                 (Value::Null, none)
             }

@@ -55,7 +55,9 @@
 //! A [`rpc::Request::Stop`] (no body) tells a gateway that the transfer is over. It travels
 //! like any request, sealed with the transfer key, so only a holder of the key can send it;
 //! a gateway started to exit on it ([`Lifetime::exit_on_stop`]) answers, stops accepting,
-//! writes the answers in progress and ends, any other answers with an error and keeps
+//! finishes the requests in progress (a write held up by the store included) and writes their
+//! answers, refuses any request that comes after the stop (an `Unreachable` error, which a
+//! sender with other gateways retries there) and ends; any other answers with an error and keeps
 //! serving (as a gateway from before this request does: it cannot read it). A gateway may
 //! also end after a time without relay connections ([`Lifetime::idle_exit`]).
 //!

@@ -15,7 +15,7 @@ mod common;
 use common::*;
 use skyhaul_testkit::netns::{Flip, LinkSpec, Wan, B_IP};
 use skyhaul_testkit::tls::TlsFiles;
-use skyhaul_testkit::{S3Kind, S3Server};
+use skyhaul_testkit::{FaultProxy, Faults, S3Kind, S3Server};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -95,6 +95,12 @@ impl Regions {
 
     /// A gateway with `extra` arguments (e.g. its TLS certificate).
     fn gateway_with(&self, port: u16, log: &Path, extra: &[&str]) -> Child {
+        self.gateway_to(&self.dst.endpoint, port, log, extra)
+    }
+
+    /// A gateway that reaches the destination's store at `endpoint` (e.g. through a proxy in
+    /// region B).
+    fn gateway_to(&self, endpoint: &str, port: u16, log: &Path, extra: &[&str]) -> Child {
         let listen = format!("{B_IP}:{port}");
         let mut args = vec![
             "-v",
@@ -103,7 +109,7 @@ impl Regions {
             &listen,
             "s3://dst",
             "--dst-endpoint",
-            &self.dst.endpoint,
+            endpoint,
         ];
         args.extend_from_slice(extra);
         let mut child = self
@@ -867,6 +873,114 @@ fn a_stop_under_another_key_does_not_stop_a_gateway() {
     let key = skyhaul_relay::RelayKey::from_hex(&regions.key).unwrap();
     stop(key).expect("the transfer's key stops it");
     assert_eq!(exit_within(&mut gw.0, Duration::from_secs(10)), Some(0));
+}
+
+/// A stop while a write is in flight: the destination's store (behind the test kit's proxy,
+/// in region B) holds the PUT of a relayed copy for 4 s, and the stop comes meanwhile. It is
+/// answered at once; a write sent after it, on a connection opened before, is refused; and
+/// the gateway exits 0 only once the held PUT has reached the store: the copy gets its
+/// answer and ends 0, and the object is whole at the destination.
+#[test]
+fn a_stop_lets_the_write_in_flight_finish() {
+    const HOLD: Duration = Duration::from_secs(4);
+    let regions = Regions::start("skrP", LinkSpec::wan());
+    let files = BTreeMap::from([("held.bin".to_string(), data(3 * MIB / 2, 71))]);
+    regions.seed(&files);
+    let held = Faults {
+        delay: Some(HOLD),
+        only_methods: vec!["PUT".into()],
+        path_contains: Some("held.bin".into()),
+        ..Faults::default()
+    };
+    let proxy = regions
+        .wan
+        .b
+        .run(|| FaultProxy::start(&regions.dst.endpoint, held));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gw.log");
+    let mut gw = KillOnDrop(regions.gateway_to(&proxy.endpoint(), 7530, &log, &["--exit-on-stop"]));
+    let copy = regions
+        .relay_cp(&[7530], "", &["--verify", "none"])
+        .spawn()
+        .unwrap();
+    let opts = skyhaul_relay::RelayOptions {
+        gateways: vec![format!("{B_IP}:7530")],
+        connections: 1,
+        compression: skyhaul_relay::Compression::None,
+        chunk_size: skyhaul_relay::DEFAULT_CHUNK,
+        key: skyhaul_relay::RelayKey::from_hex(&regions.key).unwrap(),
+        container: "dst".into(),
+        tls: None,
+        tls_name: None,
+    };
+    let (held_at, late) = regions.wan.a.block_on(|| async {
+        use skyhaul_store::Store;
+        let late = skyhaul_relay::RelayStore::connect(opts.clone())
+            .await
+            .expect("the gateway serves");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while proxy.injected().delayed == 0 {
+            assert!(Instant::now() < deadline, "the copy's PUT never came");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let held_at = Instant::now();
+        let (_, stopped) = skyhaul_relay::stop_gateways(opts).await.pop().unwrap();
+        stopped.expect("the stop is answered");
+        let body = data(1000, 72);
+        let put = skyhaul_store::PutOptions {
+            size: body.len() as u64,
+            ..Default::default()
+        };
+        let payload = skyhaul_store::Payload {
+            data: body.into(),
+            md5: None,
+        };
+        (held_at, late.put("late.bin", payload, &put).await)
+    });
+    let refused = late.expect_err("a write after the stop was accepted");
+    assert_eq!(
+        refused.kind,
+        skyhaul_store::ErrorKind::Unreachable,
+        "{refused:?}"
+    );
+    assert!(refused.message.contains("stopping"), "{refused:?}");
+    // All that came while the PUT was still held (nothing has reached the store), and the
+    // gateway still runs.
+    assert!(
+        held_at.elapsed() < HOLD,
+        "too slow to test: {:?}",
+        held_at.elapsed()
+    );
+    assert_eq!(
+        proxy.injected().put_body_bytes,
+        0,
+        "a PUT reached the store"
+    );
+    assert_eq!(
+        gw.0.try_wait().unwrap(),
+        None,
+        "the gateway exited at the stop"
+    );
+
+    let code = exit_within(&mut gw.0, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        held_at.elapsed() >= HOLD - Duration::from_millis(200),
+        "exited after {:?}",
+        held_at.elapsed()
+    );
+    let r = Run::from(copy.wait_with_output().unwrap());
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    assert_eq!(r.json()["objects_copied"], 1, "{}", r.stdout);
+    assert_eq!(regions.destination(), files);
+    let text = log_with(&log, "stopped: the transfer is over");
+    for line in [
+        "exiting once its answers are written",
+        "refused a request that came after the stop",
+        "stopped: the transfer is over",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
 }
 
 /// `--idle-exit`: a relay connection in use keeps a gateway up past the idle time, a TCP
