@@ -31,14 +31,8 @@ impl Job {
             let ips: Vec<String> = (0..g.count)
                 .map(|i| {
                     let c = self.gateway_cluster(i);
-                    let mut l = format!(
-                        "#   sky launch -y -d --down -c {c} {}.gateway.sky.yaml",
-                        self.name
-                    );
-                    for v in self.gateway_secrets() {
-                        let _ = write!(l, " --secret {v}");
-                    }
-                    let _ = writeln!(s, "{l}");
+                    let file = format!("{}.gateway.sky.yaml", self.name);
+                    let _ = writeln!(s, "{}", self.gateway_launch_comment(&c, &file));
                     format!("$(sky status --ip {c}):{}", g.port)
                 })
                 .collect();
@@ -117,6 +111,16 @@ impl Job {
     /// open, the relay key and the destination's keys as secrets given at launch, the TLS
     /// files copied by `file_mounts`. Its cluster goes down by itself once the gateway
     /// exits (autodown), which it does when the transfer is over or no sender comes.
+    /// The commented command that launches gateway cluster `cluster` from `file` with its
+    /// secrets: detached, and down once the gateway has exited (`--submit` runs the same).
+    fn gateway_launch_comment(&self, cluster: &str, file: &str) -> String {
+        let mut line = format!("#   sky launch -y -d --down -c {cluster} {file}");
+        for v in self.gateway_secrets() {
+            let _ = write!(line, " --secret {v}");
+        }
+        line
+    }
+
     pub(super) fn skypilot_gateway(&self, g: &Gateways) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -128,14 +132,8 @@ impl Job {
             s,
             "# the destination. One cluster per gateway, secrets from your environment (none is here):"
         );
-        let mut launch = format!(
-            "#   sky launch -y -d --down -c {}-gw-N THIS_FILE",
-            self.name
-        );
-        for v in self.gateway_secrets() {
-            let _ = write!(launch, " --secret {v}");
-        }
-        let _ = writeln!(s, "{launch}");
+        let cluster = format!("{}-gw-N", self.name);
+        let _ = writeln!(s, "{}", self.gateway_launch_comment(&cluster, "THIS_FILE"));
         let _ = writeln!(
             s,
             "# Each exits when the coordinator says the transfer is over, or after {} without a\n\
