@@ -20,10 +20,12 @@ static IDLE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// Sets how many bytes of idle buffers are kept; 0 keeps none.
 pub fn keep_at_most(bytes: u64) {
-    LIMIT.store(bytes.try_into().unwrap_or(usize::MAX), Ordering::Relaxed);
+    let limit = bytes.try_into().unwrap_or(usize::MAX);
+    LIMIT.store(limit, Ordering::Relaxed);
     let mut idle = IDLE.lock().expect("buffer pool lock");
-    while idle.iter().map(Vec::capacity).sum::<usize>() > LIMIT.load(Ordering::Relaxed) {
-        idle.pop();
+    let mut held: usize = idle.iter().map(Vec::capacity).sum();
+    while held > limit {
+        held -= idle.pop().map_or(0, |b| b.capacity());
     }
 }
 
