@@ -151,6 +151,8 @@ skyhaul launch --backend skypilot --nodes 8 --spot --cpus 16+ -- sync s3://a/x s
 skyhaul launch --backend kubernetes --nodes 4 --image registry/skyhaul:0.1 -- cp -r s3://a s3://b\n  \
 skyhaul launch --backend ssh --hosts h1,h2,h3 --submit -- cp -r /shared/data s3://bucket/data\n  \
 skyhaul launch --backend skypilot --gateways 2 --gateway-region eu-west-1 -- cp -r s3://a s3://b\n  \
+skyhaul launch --backend kubernetes --image registry/skyhaul:0.1 --gateways 2 \\\n      \
+--gateway-kube-context dst-cluster -- cp -r s3://a s3://b\n  \
 skyhaul launch --backend slurm --gateways 2 --gateway-tls-cert gw.pem --gateway-tls-key gw.key \\\n      \
 --relay-tls-ca ca.pem -- cp -r s3://a s3://b\n\n\
 Rank 0 runs the coordinator (and one worker), every other rank a worker. No secret is\n\
@@ -164,7 +166,10 @@ With --gateways, relay gateways start too, near the destination, and the transfe
 through them: they get SKYHAUL_RELAY_KEY and the destination's credentials, the fleet the\n\
 key and the source's. SLURM: a job of their own, submitted by the batch script; SkyPilot:\n\
 one cluster per gateway from NAME.gateway.sky.yaml (--submit launches them and passes their\n\
-IPs); Kubernetes: an Indexed Job in the same cluster; SSH: --gateway-hosts.\n\n\
+IPs); Kubernetes: an Indexed Job in the same cluster, or with --gateway-kube-context in\n\
+another one from NAME.gateways.yaml, one LoadBalancer Service per gateway (--submit applies\n\
+both files and gives the fleet their addresses as the ConfigMap NAME-gateways); SSH:\n\
+--gateway-hosts.\n\n\
 The gateways end with the transfer: once it has succeeded the coordinator tells them to\n\
 exit, and one that no sender uses for --gateway-idle-exit exits anyway. A SkyPilot gateway's\n\
 cluster then goes down by itself, a Kubernetes gateway's pod completes, SLURM's gateway job\n\
@@ -172,7 +177,9 @@ ends (or is cancelled), the SSH runner's sessions close.\n\n\
 TLS on the relay: --gateway-tls-cert/--gateway-tls-key (and --relay-tls-ca for a private CA).\n\
 SLURM reads the files where they are (a shared file system), the SSH runner copies them over\n\
 its connections, SkyPilot with file_mounts; Kubernetes mounts the Secret NAME-gw-tls and the\n\
-ConfigMap NAME-relay-ca that the file's comments say how to create.")]
+ConfigMap NAME-relay-ca that the file's comments say how to create. SkyPilot and\n\
+--gateway-kube-context need --gateway-tls-name: their gateways' addresses are known only\n\
+once they run.")]
     Launch(LaunchArgs),
     /// Print the man page (roff)
     #[command(after_help = "Example:\n  skyhaul man > /usr/local/share/man/man1/skyhaul.1")]
@@ -776,6 +783,9 @@ pub struct LaunchArgs {
     /// Kubernetes: the Secret holding SKYHAUL_RELAY_KEY and the destination's credentials, for the gateways
     #[arg(long, help_heading = GATEWAY_HEADING, default_value = "skyhaul-gateway-credentials", value_name = "NAME")]
     pub gateway_secret: String,
+    /// Kubernetes: run the gateways in the cluster of this kubectl context (e.g. the destination's) instead of the fleet's, from NAME.gateways.yaml, each behind a LoadBalancer Service
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "CONTEXT")]
+    pub gateway_kube_context: Option<String>,
     /// SSH: the hosts near the destination that run the gateways (comma-separated, [user@]host)
     #[arg(long, help_heading = GATEWAY_HEADING, value_name = "HOSTS", value_delimiter = ',')]
     pub gateway_hosts: Vec<String>,
@@ -791,7 +801,7 @@ pub struct LaunchArgs {
     /// A CA (PEM) the fleet trusts for the gateways' certificate, besides the system's roots
     #[arg(long, help_heading = GATEWAY_HEADING, value_name = "FILE")]
     pub relay_tls_ca: Option<std::path::PathBuf>,
-    /// A DNS name in --gateway-tls-cert that the fleet checks instead of each gateway's address (SkyPilot, whose gateways' IPs no certificate can name in advance, needs it)
+    /// A DNS name in --gateway-tls-cert that the fleet checks instead of each gateway's address (SkyPilot and --gateway-kube-context, whose gateways' addresses no certificate can name in advance, need it)
     #[arg(long, help_heading = GATEWAY_HEADING, value_name = "NAME")]
     pub gateway_tls_name: Option<String>,
     /// The transfer, as for `skyhaul coordinator`: cp -r SRC DST [flags] or sync SRC DST [flags]

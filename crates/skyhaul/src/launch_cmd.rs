@@ -9,6 +9,8 @@ use skyhaul_location::{Location, Scheme};
 use std::path::PathBuf;
 use std::process::Command;
 
+mod kubernetes;
+
 pub fn run(args: LaunchArgs) -> ExitCode {
     let out = Output::new(false, false);
     match launch(args, out) {
@@ -112,16 +114,19 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
     std::fs::write(&path, job.render(backend))
         .map_err(|e| exit::usage(format!("{}: {e}", path.display())))?;
     out.notice(&format!("wrote {}", path.display()));
-    // SkyPilot's gateways are their own task, beside the fleet's (its comments name it so).
-    let gateway_file = match job.render_gateway(backend) {
-        Some(text) => {
-            let p = path.with_file_name(format!("{}.gateway.sky.yaml", job.name));
+    // SkyPilot's gateways are their own task, and Kubernetes gateways in another cluster their
+    // own manifest, beside the fleet's file (whose comments name it).
+    let gateway_file = match (job.render_gateway(backend), job.gateway_file(backend)) {
+        (Some(text), Some(name)) => {
+            let p = path.with_file_name(name);
             std::fs::write(&p, text).map_err(|e| exit::usage(format!("{}: {e}", p.display())))?;
             out.notice(&format!("wrote {}", p.display()));
             Some(p.to_string_lossy().into_owned())
         }
-        None => None,
+        _ => None,
     };
+    // Kubernetes: the cluster of the gateways, when it is not the fleet's.
+    let kube_context = job.gateways.as_ref().and_then(|g| g.kube_context.clone());
     if !args.submit {
         return Ok(ExitCode::Ok);
     }
@@ -142,9 +147,24 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
             secrets_set(&mut cmd, &job.secrets());
             &mut cmd
         }
-        Backend::Kubernetes => cmd.args(["apply", "-f", &file]),
+        Backend::Kubernetes => {
+            if let (Some(context), Some(gw_file)) = (&kube_context, &gateway_file) {
+                kubernetes::apply_gateways(context, gw_file)?;
+            }
+            cmd.args(["apply", "-f", &file])
+        }
     };
-    let result = run_submit(&mut cmd, submit, &file);
+    let mut result = run_submit(&mut cmd, submit, &file);
+    // The fleet's pods wait for their gateways' addresses, which exist only now.
+    if let (Ok(_), Some(g), Some(context)) = (&result, &job.gateways, &kube_context) {
+        result = kubernetes::give_addresses(&job, g, context, &file, out);
+        if let Some(gw_file) = &gateway_file {
+            out.notice(&format!(
+                "the relay gateways exit once the transfer has succeeded, or after {} s without a sender; their load balancers stay, and are billed, until: kubectl --context {context} delete -f {gw_file}",
+                args.gateway_idle_exit.as_secs(),
+            ));
+        }
+    }
     // `sky launch` returns once the job has ended; when it fails SkyPilot keeps a cluster
     // that did not come up, for debugging, so only a launch that ran can promise autodown.
     if backend == Backend::Skypilot && result.is_ok() {
@@ -160,7 +180,7 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         });
     }
     if let (Backend::Skypilot, Some(g)) = (backend, &job.gateways) {
-        let clusters: Vec<String> = (0..g.count).map(|i| job.gateway_cluster(i)).collect();
+        let clusters: Vec<String> = (0..g.count).map(|i| job.gateway_name(i)).collect();
         out.notice(&format!(
             "the relay gateways exit once the transfer has succeeded, or after {} s without a sender, and their clusters then go down by themselves; to end them sooner: sky down {}",
             args.gateway_idle_exit.as_secs(),
@@ -204,7 +224,7 @@ fn launch_sky_gateways(
 ) -> Result<String, CliError> {
     let mut addrs = Vec::new();
     for i in 0..g.count {
-        let cluster = job.gateway_cluster(i);
+        let cluster = job.gateway_name(i);
         let mut cmd = Command::new("sky");
         cmd.args(["launch", "-y", "-d", "--down", "-c", &cluster, file]);
         secrets_set(&mut cmd, &job.gateway_secrets());
@@ -241,11 +261,15 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
             !args.gateway_node_selector.is_empty(),
         ),
         ("--gateway-hosts", !args.gateway_hosts.is_empty()),
+        (
+            "--gateway-kube-context",
+            args.gateway_kube_context.is_some(),
+        ),
     ];
     let allowed: &[&str] = match backend {
         Backend::Skypilot => &["--gateway-region", "--gateway-cloud"],
         Backend::Slurm => &["--gateway-partition"],
-        Backend::Kubernetes => &["--gateway-node-selector"],
+        Backend::Kubernetes => &["--gateway-node-selector", "--gateway-kube-context"],
         Backend::Ssh => &["--gateway-hosts"],
     };
     // The name the user typed: clap's own for the value.
@@ -286,6 +310,15 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
             return Ok(None);
         }
     };
+    if args
+        .gateway_kube_context
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty())
+    {
+        return Err(exit::usage(
+            "--gateway-kube-context needs a context's name (kubectl config get-contexts lists them)",
+        ));
+    }
     if backend == Backend::Skypilot && args.gateway_region.is_none() {
         return Err(exit::usage(
             "--backend skypilot --gateways needs --gateway-region (the destination's region, where the gateways run)",
@@ -331,6 +364,7 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
         partition: args.gateway_partition.clone(),
         node_selector,
         secret: args.gateway_secret.clone(),
+        kube_context: args.gateway_kube_context.clone(),
         hosts: args.gateway_hosts.clone(),
         idle_exit: Some(args.gateway_idle_exit),
         tls: gateway_tls(args, backend)?,
@@ -376,6 +410,11 @@ fn gateway_tls(args: &LaunchArgs, backend: Backend) -> Result<Option<GatewayTls>
     if backend == Backend::Skypilot && args.gateway_tls_name.is_none() {
         return Err(exit::usage(
             "--backend skypilot --gateway-tls-cert needs --gateway-tls-name NAME (a DNS name in the certificate): SkyPilot gives its gateways IP addresses no certificate can name in advance",
+        ));
+    }
+    if args.gateway_kube_context.is_some() && args.gateway_tls_name.is_none() {
+        return Err(exit::usage(
+            "--gateway-kube-context with --gateway-tls-cert needs --gateway-tls-name NAME (a DNS name in the certificate): the load balancers' addresses are known only once they exist",
         ));
     }
     let tls = GatewayTls {

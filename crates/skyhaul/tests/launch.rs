@@ -624,6 +624,16 @@ fn gateway_options_are_checked() {
         "eu",
     ];
     let k8s: &[&str] = &["--backend", "kubernetes", "--image", "i"];
+    let k8s_across: &[&str] = &[
+        "--backend",
+        "kubernetes",
+        "--image",
+        "i",
+        "--gateways",
+        "1",
+        "--gateway-kube-context",
+        "dst",
+    ];
     let cases: &[(Vec<&str>, &[&str], &str)] = &[
         (
             slurm.to_vec(),
@@ -704,6 +714,30 @@ fn gateway_options_are_checked() {
             plain,
             "--backend skypilot --gateway-tls-cert needs --gateway-tls-name NAME",
         ),
+        (
+            k8s_across[..4]
+                .iter()
+                .chain(&k8s_across[6..])
+                .copied()
+                .collect(),
+            plain,
+            "--gateway-kube-context needs --gateways N",
+        ),
+        (
+            [slurm, &k8s_across[6..]].concat(),
+            plain,
+            "--gateway-kube-context is not an option of --backend slurm",
+        ),
+        (
+            [&k8s_across[..7], &[" "]].concat(),
+            plain,
+            "--gateway-kube-context needs a context's name",
+        ),
+        (
+            [k8s_across, cert_key].concat(),
+            plain,
+            "--gateway-kube-context with --gateway-tls-cert needs --gateway-tls-name NAME",
+        ),
     ];
     for (options, transfer, message) in cases {
         let mut all = vec!["launch"];
@@ -715,6 +749,8 @@ fn gateway_options_are_checked() {
         assert!(run.stderr.contains(message), "{all:?}: {}", run.stderr);
         assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
         assert!(!std::path::Path::new(out).exists(), "{all:?} wrote the job");
+        let gateway_file = dir.path().join("skyhaul-fleet.gateways.yaml");
+        assert!(!gateway_file.exists(), "{all:?} wrote the gateways' file");
     }
     // A named remote's gateway serves the remote's bucket.
     let run = skyhaul(
@@ -953,4 +989,164 @@ print(json.dumps({"autostop": list(t.resources)[0].autostop_config is not None})
 "#;
     let v = sky_python(script, &[&task]);
     assert_eq!(v["autostop"], false, "{v}");
+}
+
+/// `--backend kubernetes --gateway-kube-context`: the gateways go into a file of their own
+/// beside the fleet's, with no secret in either (the relay key set here, and the TLS key,
+/// appear in neither). `--submit`, with `kubectl` replaced by a stand-in that records its
+/// arguments, applies the gateways in their context, then the fleet, waits for each load
+/// balancer's address (one has a host name at once, the other no address at first, then an
+/// IP) and makes the ConfigMap of `SKYHAUL_GATEWAYS` the fleet's pods wait for; a kubectl
+/// that cannot reach the gateways' cluster, or read their Services, ends it with a one-line
+/// error (and the fleet is not applied without its gateways).
+#[test]
+fn kubernetes_gateways_in_another_cluster_get_their_own_file_and_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["relay-gateway"]);
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let record = dir.path().join("kubectl.args");
+    executable(
+        &bin,
+        "kubectl",
+        &format!(
+            r#"#!/bin/sh
+echo "$@" >> {record}
+case "$*" in
+*"--context gone "*) echo 'error: context "gone" does not exist' >&2; exit 1 ;;
+*"--context hidden get "*) echo 'Error from server (Forbidden): services "fl-gw-0" is forbidden' >&2; exit 1 ;;
+*"get service fl-gw-0 "*) echo " gw0.elb.example.com" ;;
+*"get service fl-gw-1 "*)
+  if [ -e {record}.asked ]; then echo "203.0.113.7 "; else : > {record}.asked; echo " "; fi ;;
+esac
+exit 0
+"#,
+            record = record.display()
+        ),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let fleet = dir.path().join("fl.k8s.yaml");
+    let gateways = dir.path().join("fl.gateways.yaml");
+    let relay_key = "ef".repeat(32);
+    let launch = |context: &str, submit: bool| {
+        let _ = std::fs::remove_file(&record);
+        let mut args = vec![
+            "launch",
+            "--backend",
+            "kubernetes",
+            "--image",
+            "registry.example/skyhaul:0.1",
+            "--name",
+            "fl",
+            "--gateways",
+            "2",
+            "--gateway-kube-context",
+            context,
+            "--gateway-tls-name",
+            "relay-gateway",
+        ];
+        args.extend(tls_options(&pki));
+        if submit {
+            args.push("--submit");
+        }
+        args.extend([
+            "-o",
+            fleet.to_str().unwrap(),
+            "--",
+            "cp",
+            "-r",
+            "s3://a/x",
+            "s3://b/y",
+        ]);
+        let env = [
+            ("PATH", path.as_str()),
+            ("SKYHAUL_RELAY_KEY", relay_key.as_str()),
+        ];
+        skyhaul_env(&args, None, None, &env)
+    };
+
+    let run = launch("dst", false);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("fl.k8s.yaml"), "{}", run.stderr);
+    assert!(run.stderr.contains("fl.gateways.yaml"), "{}", run.stderr);
+    assert!(!record.exists(), "kubectl ran without --submit");
+    let fleet_text = std::fs::read_to_string(&fleet).unwrap();
+    let gw_text = std::fs::read_to_string(&gateways).unwrap();
+    assert!(fleet_text.contains("configMapKeyRef"), "{fleet_text}");
+    assert!(
+        !fleet_text.contains("kind: Job\nmetadata:\n  name: \"fl-gw\""),
+        "{fleet_text}"
+    );
+    assert_eq!(
+        gw_text.matches("type: LoadBalancer").count(),
+        2,
+        "{gw_text}"
+    );
+    assert!(
+        gw_text.contains("kind: Job\nmetadata:\n  name: \"fl-gw\""),
+        "{gw_text}"
+    );
+    assert!(
+        fleet_text.contains("--relay-tls-name relay-gateway"),
+        "{fleet_text}"
+    );
+    let tls_key = std::fs::read_to_string(&pki.key).unwrap();
+    for text in [&fleet_text, &gw_text] {
+        assert!(!text.contains(&relay_key), "{text}");
+        assert!(!text.contains(tls_key.lines().nth(1).unwrap()), "{text}");
+    }
+
+    let run = launch("dst", true);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let calls = std::fs::read_to_string(&record).unwrap();
+    let get = |i: u32| {
+        format!("--context dst get service fl-gw-{i} -o jsonpath={{.status.loadBalancer.ingress[0].ip}} {{.status.loadBalancer.ingress[0].hostname}}")
+    };
+    assert_eq!(
+        calls.lines().collect::<Vec<_>>(),
+        [
+            format!("--context dst apply -f {}", gateways.display()),
+            format!("apply -f {}", fleet.display()),
+            get(0),
+            get(1),
+            get(1),
+            "create configmap fl-gateways --from-literal=SKYHAUL_GATEWAYS=gw0.elb.example.com:7400,203.0.113.7:7400".to_string(),
+        ]
+    );
+    assert!(
+        run.stderr
+            .contains("relay gateway fl-gw-1 at 203.0.113.7:7400"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "are billed, until: kubectl --context dst delete -f {}",
+            gateways.display()
+        )),
+        "{}",
+        run.stderr
+    );
+
+    for (context, message) in [
+        ("gone", "skyhaul: error: kubectl apply of the relay gateways in context gone failed (exit status: 1)"),
+        ("hidden", "skyhaul: error: kubectl --context hidden get service fl-gw-0 failed: Error from server (Forbidden): services \"fl-gw-0\" is forbidden"),
+    ] {
+        let run = launch(context, true);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        let ours: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("skyhaul: error"))
+            .collect();
+        assert_eq!(ours.len(), 1, "{}", run.stderr);
+        assert!(ours[0].starts_with(message), "{}", run.stderr);
+        let calls = std::fs::read_to_string(&record).unwrap();
+        assert_eq!(
+            calls.contains(&format!("apply -f {}", fleet.display())),
+            context == "hidden",
+            "{calls}"
+        );
+        assert!(!calls.contains("create configmap"), "{calls}");
+    }
 }

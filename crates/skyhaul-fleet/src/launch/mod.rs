@@ -9,12 +9,14 @@
 //!
 //! With [`Gateways`], the job also starts relay gateways (`skyhaul gateway`) near the
 //! destination and the coordinator relays through them: a SLURM job of their own that the
-//! batch script submits, a second SkyPilot task, an Indexed Job behind a headless Service,
-//! or more SSH hosts. The gateways get the relay key and the destination's credentials; the
-//! fleet the key and the source's. Gateways end with the transfer: the coordinator tells
-//! them once it has succeeded (`--relay-stop-gateways`, `--exit-on-stop`), and a gateway no
-//! sender has used for a while exits by itself (`--idle-exit`), which is what takes a
-//! SkyPilot gateway's cluster down (autodown) or completes a Kubernetes gateway's pod.
+//! batch script submits, a second SkyPilot task, an Indexed Job behind a headless Service
+//! (or, in another Kubernetes cluster, behind one load balancer per gateway, in a file of
+//! their own), or more SSH hosts. The gateways get the relay key and the destination's
+//! credentials; the fleet the key and the source's. Gateways end with the transfer: the
+//! coordinator tells them once it has succeeded (`--relay-stop-gateways`, `--exit-on-stop`),
+//! and a gateway no sender has used for a while exits by itself (`--idle-exit`), which is
+//! what takes a SkyPilot gateway's cluster down (autodown) or completes a Kubernetes
+//! gateway's pod.
 //!
 //! Nothing a job starts outlives it for long: the fleet's own SkyPilot cluster goes down once
 //! its job has ended (unless [`Job::keep_cluster`]), and Kubernetes deletes a finished Job
@@ -89,6 +91,12 @@ const GATEWAY_DROPS: [&str; 8] = [
 /// gateways' `HOST:PORT`s, comma-separated, as the engine placed them.
 pub const GATEWAYS_ENV: &str = "SKYHAUL_GATEWAYS";
 
+/// The `kubectl get service -o jsonpath=…` template that prints a load balancer's address:
+/// its IP and its host name, separated by a space, as clouds give one or the other (AWS a
+/// host name, GCP and Azure an IP). The first word is the address; none yet, nothing.
+pub const K8S_LOAD_BALANCER_ADDRESS: &str =
+    "{.status.loadBalancer.ingress[0].ip} {.status.loadBalancer.ingress[0].hostname}";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Slurm,
@@ -147,9 +155,14 @@ pub struct Gateways {
     /// Kubernetes: a node selector placing the pods (e.g.
     /// `topology.kubernetes.io/region=eu-west-1`), and the Secret with the relay key and the
     /// destination's credentials. They run in the fleet's namespace, whose pods reach each
-    /// gateway pod by its DNS name.
+    /// gateway pod by its DNS name, unless [`Gateways::kube_context`] puts them elsewhere.
     pub node_selector: Vec<(String, String)>,
     pub secret: String,
+    /// Kubernetes: the kubectl context of another cluster (the destination's) for the
+    /// gateways. A pod's DNS name does not resolve outside its cluster, so there each gateway
+    /// is behind a LoadBalancer Service of its own, in a file of their own; the fleet takes
+    /// their addresses, which exist only once the load balancers do, from a ConfigMap.
+    pub kube_context: Option<String>,
     /// SSH: the hosts.
     pub hosts: Vec<String>,
     /// A gateway no sender has used for this long exits (`skyhaul gateway --idle-exit`):
@@ -165,7 +178,7 @@ pub struct Gateways {
 pub struct GatewayTls {
     /// The gateways' certificate chain (PEM): it must name each gateway as the fleet dials
     /// it (SLURM: the node's host name; Kubernetes: `NAME-gw-I.NAME-gw`; SSH: the host as
-    /// given), or carry [`GatewayTls::name`].
+    /// given), or carry [`GatewayTls::name`] (SkyPilot, and Kubernetes across clusters).
     pub cert: String,
     /// Its private key (PEM).
     pub key: String,
@@ -173,7 +186,7 @@ pub struct GatewayTls {
     /// coordinator hands it to its workers.
     pub ca: Option<String>,
     /// The name the certificate carries, checked instead of each gateway's address (which
-    /// SkyPilot gives out only once they run).
+    /// SkyPilot and a cloud's load balancers give out only once they run).
     pub name: Option<String>,
 }
 
@@ -296,10 +309,17 @@ impl Job {
         v
     }
 
-    /// The SkyPilot cluster of gateway `i`: one single-node cluster each, since SkyPilot
-    /// gives out only a cluster's head IP (`sky status --ip`).
-    pub fn gateway_cluster(&self, i: u32) -> String {
+    /// What gateway `i` runs in, or behind, by itself: its SkyPilot cluster (one single-node
+    /// cluster each, since SkyPilot gives out only a cluster's head IP, `sky status --ip`),
+    /// or, in another Kubernetes cluster, its LoadBalancer Service.
+    pub fn gateway_name(&self, i: u32) -> String {
         format!("{}-gw-{i}", self.name)
+    }
+
+    /// Kubernetes, gateways in another cluster: the ConfigMap the fleet's pods take
+    /// `SKYHAUL_GATEWAYS` from, made once the load balancers have addresses.
+    pub fn gateways_config_map(&self) -> String {
+        format!("{}-gateways", self.name)
     }
 
     /// The shell lines that run one gateway (the script's last command, `exec`ed unless
@@ -396,11 +416,28 @@ impl Job {
     }
 
     /// The gateways' own file, for the engines that launch them apart from the fleet: the
-    /// SkyPilot task of one gateway (launched once per gateway, in the destination's region).
-    /// The other engines start them from the fleet's file.
+    /// SkyPilot task of one gateway (launched once per gateway, in the destination's region),
+    /// or the Kubernetes manifest for another cluster. The other engines start them from the
+    /// fleet's file.
     pub fn render_gateway(&self, backend: Backend) -> Option<String> {
         match (backend, &self.gateways) {
             (Backend::Skypilot, Some(g)) => Some(self.skypilot_gateway(g)),
+            (Backend::Kubernetes, Some(g)) => {
+                let context = g.kube_context.as_deref()?;
+                Some(self.kubernetes_gateway_file(g, context))
+            }
+            _ => None,
+        }
+    }
+
+    /// The name of the file [`Job::render_gateway`] gives, written beside the fleet's (whose
+    /// comments name it).
+    pub fn gateway_file(&self, backend: Backend) -> Option<String> {
+        match (backend, &self.gateways) {
+            (Backend::Skypilot, Some(_)) => Some(format!("{}.gateway.sky.yaml", self.name)),
+            (Backend::Kubernetes, Some(g)) if g.kube_context.is_some() => {
+                Some(format!("{}.gateways.yaml", self.name))
+            }
             _ => None,
         }
     }

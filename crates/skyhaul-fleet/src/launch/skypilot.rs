@@ -28,10 +28,12 @@ impl Job {
                 s,
                 "# first the relay gateways in the destination's region (`--submit` does all this),"
             );
+            let file = self
+                .gateway_file(Backend::Skypilot)
+                .expect("a job with gateways has their file");
             let ips: Vec<String> = (0..g.count)
                 .map(|i| {
-                    let c = self.gateway_cluster(i);
-                    let file = format!("{}.gateway.sky.yaml", self.name);
+                    let c = self.gateway_name(i);
                     let _ = writeln!(s, "{}", self.gateway_launch_comment(&c, &file));
                     format!("$(sky status --ip {c}):{}", g.port)
                 })
