@@ -750,7 +750,7 @@ pub struct LaunchArgs {
     /// Kubernetes: the container image with skyhaul
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
-    /// Kubernetes: the Secret holding SKYHAUL_FLEET_TOKEN and the credentials
+    /// Kubernetes: the Secret holding SKYHAUL_FLEET_TOKEN and the credentials (with --gateway-kube-context, SKYHAUL_RELAY_KEY too)
     #[arg(long, default_value = "skyhaul-credentials", value_name = "NAME")]
     pub secret: String,
     /// SkyPilot: use spot instances
