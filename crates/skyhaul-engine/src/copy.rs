@@ -3,9 +3,10 @@
 //! checked against the source's checksums and against what the destination says it stored.
 
 use crate::content::read_sums;
-use crate::integrity::plain_md5;
+use crate::integrity::{plain_md5, source_md5};
 use crate::plan::MIB;
 use crate::run::Ctx;
+use crate::streamed::{copy_streamed, streamable};
 use crate::striped::multipart;
 use crate::verify::Copied;
 use skyhaul_store::{Error, ErrorKind, ObjectMeta, Payload, PutOptions, Result};
@@ -77,6 +78,11 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
         }
         return multipart(ctx, src, dst_key, &put, false).await;
     }
+    if streamable(ctx, src) {
+        if let Some(copied) = copy_streamed(ctx, src, dst_key, &put).await? {
+            return Ok(copied);
+        }
+    }
     // Where the destination checks `Content-MD5` or reports the MD5 it stored, the source's
     // own MD5 (its ETag) sent as `Content-MD5` has the destination check the bytes end to
     // end, so they need not be hashed here: MD5 is most of the CPU a copy costs.
@@ -84,10 +90,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     let with_md5 = !relay_md5 && (ctx.src.etags_are_md5() || dst.etags_are_md5());
     let memory = ctx.budget.reserve(src.size).await;
     let (data, mut sums, read_etag) = ctx.read_checked(src, 0..src.size, with_md5).await?;
-    let source_md5 = plain_md5(src.etag.as_deref())
-        .or(plain_md5(read_etag.as_deref()))
-        .and_then(|m| <[u8; 16]>::try_from(hex::decode(m).ok()?).ok())
-        .filter(|_| relay_md5);
+    let source_md5 = source_md5(src, read_etag.as_deref()).filter(|_| relay_md5);
     if relay_md5 && source_md5.is_none() {
         // The source's ETag is no MD5 (a multipart source): hash the bytes after all.
         sums = crate::integrity::sums(&data, true);

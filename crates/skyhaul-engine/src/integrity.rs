@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use crc_fast::CrcAlgorithm;
 use md5::{Digest, Md5};
+use skyhaul_store::ObjectMeta;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
@@ -43,6 +44,13 @@ pub fn combine_crc64(pieces: impl IntoIterator<Item = (u64, u64)>) -> u64 {
 /// An ETag that is the MD5 of the content: 32 hex digits, no `-N` part count.
 pub fn plain_md5(etag: Option<&str>) -> Option<&str> {
     etag.filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The source's content MD5: its listed ETag, else the one its read was answered with
+/// (some listings carry none), when that is a content MD5.
+pub fn source_md5(src: &ObjectMeta, read_etag: Option<&str>) -> Option<[u8; 16]> {
+    let hex = plain_md5(src.etag.as_deref()).or(plain_md5(read_etag))?;
+    <[u8; 16]>::try_from(hex::decode(hex).ok()?).ok()
 }
 
 /// The ETag S3 gives a multipart object with these part MD5s.

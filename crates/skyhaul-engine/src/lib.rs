@@ -22,6 +22,7 @@ pub mod report;
 pub mod resume;
 pub mod retry;
 mod run;
+mod streamed;
 mod striped;
 pub mod verify;
 pub mod work;

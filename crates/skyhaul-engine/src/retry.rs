@@ -1,6 +1,6 @@
 //! Retries with exponential backoff and jitter, the same for every backend.
 
-use crate::limiter::AdaptiveLimit;
+use crate::limiter::{AdaptiveLimit, Slot};
 use crate::progress::Progress;
 use skyhaul_store::{ErrorKind, Result};
 use std::future::Future;
@@ -46,8 +46,24 @@ impl RetryPolicy {
         &self,
         limit: &Arc<AdaptiveLimit>,
         progress: &Progress,
-        mut op: F,
+        op: F,
     ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let (value, _slot) = self.run_holding(limit, progress, op).await?;
+        Ok(value)
+    }
+
+    /// As [`RetryPolicy::run`], but the caller keeps the successful try's slot: for a
+    /// request whose connection stays busy after it returns (a body still being read).
+    pub async fn run_holding<T, F, Fut>(
+        &self,
+        limit: &Arc<AdaptiveLimit>,
+        progress: &Progress,
+        mut op: F,
+    ) -> Result<(T, Slot)>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -57,18 +73,19 @@ impl RetryPolicy {
         let mut unreachable = 0;
         loop {
             let slot = limit.acquire().await;
-            let result = op().await;
-            drop(slot);
-            match result {
+            let e = match op().await {
                 Ok(v) => {
                     limit.on_success();
-                    return Ok(v);
+                    return Ok((v, slot));
                 }
-                Err(e)
-                    if e.is_retryable()
-                        && attempt < self.retries
-                        && (e.kind != ErrorKind::Unreachable
-                            || unreachable < self.unreachable_retries) =>
+                Err(e) => e,
+            };
+            drop(slot);
+            match e {
+                e if e.is_retryable()
+                    && attempt < self.retries
+                    && (e.kind != ErrorKind::Unreachable
+                        || unreachable < self.unreachable_retries) =>
                 {
                     unreachable += u32::from(e.kind == ErrorKind::Unreachable);
                     if e.kind == ErrorKind::Throttled {
@@ -79,7 +96,7 @@ impl RetryPolicy {
                     tokio::time::sleep(self.backoff(attempt)).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(e),
+                e => return Err(e),
             }
         }
     }

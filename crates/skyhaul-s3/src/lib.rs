@@ -7,6 +7,7 @@
 //! retries every backend the same way and counts it), and errors mapped to
 //! [`skyhaul_store::ErrorKind`] with a hint.
 
+mod body;
 mod config;
 mod errors;
 mod store;

@@ -1,3 +1,4 @@
+use crate::body::ChunkBody;
 use crate::config::S3Options;
 use crate::errors::map_err;
 use aws_config::environment::EnvironmentVariableRegionProvider;
@@ -10,6 +11,7 @@ use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
@@ -21,8 +23,8 @@ use base64::Engine;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use skyhaul_store::{
-    buffers, CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta,
-    PartSpec, Payload, PutOptions, Result, Store, Written,
+    buffers, Chunks, CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload,
+    ObjectMeta, PartSpec, Payload, PutOptions, Result, Store, Streamed, Written,
 };
 use std::collections::HashMap;
 use std::ops::Range;
@@ -185,9 +187,62 @@ impl S3Store {
         format!("{}/{key}", self.name)
     }
 
+    /// GetObject up to its headers, refused when the object is no longer `expect`.
+    async fn send_get(
+        &self,
+        key: &str,
+        range: Option<&Range<u64>>,
+        expect: Option<&ObjectMeta>,
+    ) -> Result<GetObjectOutput> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(r) = range {
+            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        if let Some(tag) = expect.and_then(|e| e.etag.as_deref()) {
+            req = req.if_match(format!("\"{tag}\""));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.target(key), "get"))?;
+        // Servers that ignore If-Match still tell the version by ETag and total size.
+        if let Some(exp) = expect {
+            let total = resp
+                .content_range()
+                .and_then(|r| r.rsplit('/').next())
+                .and_then(|t| t.parse::<u64>().ok())
+                .or_else(|| {
+                    resp.content_range()
+                        .is_none()
+                        .then(|| resp.content_length().unwrap_or(0) as u64)
+                });
+            let tag = etag(resp.e_tag());
+            if total.is_some_and(|t| t != exp.size)
+                || (exp.etag.is_some() && tag.is_some() && tag != exp.etag)
+            {
+                return Err(Error::new(
+                    ErrorKind::SourceChanged,
+                    format!(
+                        "{}: object changed while it was being copied",
+                        self.target(key)
+                    ),
+                ));
+            }
+        }
+        Ok(resp)
+    }
+
     fn copy_source(src_container: &str, key: &str) -> String {
         format!("{src_container}/{}", utf8_percent_encode(key, COPY_SOURCE))
     }
+}
+
+/// A response body that broke off: worth another try.
+fn interrupted(target: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Transient,
+        format!("{target}: get: body interrupted: {e}"),
+    )
 }
 
 /// Where the region comes from: the flag, then the environment and the profile, then (for
@@ -343,59 +398,17 @@ impl Store for S3Store {
         range: Option<Range<u64>>,
         expect: Option<&ObjectMeta>,
     ) -> Result<Fetched> {
-        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
-        if let Some(r) = &range {
-            if r.is_empty() {
-                return Ok(Fetched::default());
-            }
-            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        if range.as_ref().is_some_and(|r| r.is_empty()) {
+            return Ok(Fetched::default());
         }
-        if let Some(tag) = expect.and_then(|e| e.etag.as_deref()) {
-            req = req.if_match(format!("\"{tag}\""));
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| map_err(e, &self.target(key), "get"))?;
-        let changed = || {
-            Error::new(
-                ErrorKind::SourceChanged,
-                format!(
-                    "{}: object changed while it was being copied",
-                    self.target(key)
-                ),
-            )
-        };
-        // Servers that ignore If-Match still tell the version by ETag and total size.
-        if let Some(exp) = expect {
-            let total = resp
-                .content_range()
-                .and_then(|r| r.rsplit('/').next())
-                .and_then(|t| t.parse::<u64>().ok())
-                .or_else(|| {
-                    resp.content_range()
-                        .is_none()
-                        .then(|| resp.content_length().unwrap_or(0) as u64)
-                });
-            let tag = etag(resp.e_tag());
-            if total.is_some_and(|t| t != exp.size)
-                || (exp.etag.is_some() && tag.is_some() && tag != exp.etag)
-            {
-                return Err(changed());
-            }
-        }
+        let resp = self.send_get(key, range.as_ref(), expect).await?;
         let ranged_reply = resp.content_range().is_some();
         let version = etag(resp.e_tag());
         let want = range.as_ref().map(|r| r.end - r.start);
         let mut buf = buffers::take(resp.content_length().unwrap_or(0).max(0) as usize);
         let mut body = resp.body;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| {
-                Error::new(
-                    ErrorKind::Transient,
-                    format!("{}: get: body interrupted: {e}", self.target(key)),
-                )
-            })?;
+            let chunk = chunk.map_err(|e| interrupted(&self.target(key), e))?;
             buf.extend_from_slice(&chunk);
         }
         let mut data = buffers::freeze(buf);
@@ -440,6 +453,60 @@ impl Store for S3Store {
             req.send().await
         }
         .map_err(|e| map_err(e, &self.target(key), "put"))?;
+        Ok(Written {
+            etag: etag(out.e_tag()),
+        })
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    async fn get_stream(&self, key: &str, expect: Option<&ObjectMeta>) -> Result<Streamed> {
+        let resp = self.send_get(key, None, expect).await?;
+        let etag = etag(resp.e_tag());
+        let target: std::sync::Arc<str> = self.target(key).into();
+        let body = futures::stream::unfold(resp.body, move |mut body| {
+            let target = target.clone();
+            async move {
+                let chunk = body.next().await?;
+                Some((chunk.map_err(|e| interrupted(&target, e)), body))
+            }
+        });
+        Ok(Streamed {
+            body: body.boxed(),
+            etag,
+        })
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: Chunks,
+        md5: Option<[u8; 16]>,
+        opts: &PutOptions,
+    ) -> Result<Written> {
+        let (body, failure) = ChunkBody::new(body, opts.size, &self.name, key);
+        // Unsigned payload: a body that is not held cannot be hashed for the signature
+        // before it is sent. `Content-MD5`, which the engine always gives here, is signed.
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(opts.size as i64)
+            .set_content_md5(md5.as_ref().map(base64_md5))
+            .set_metadata(metadata(opts))
+            .body(ByteStream::from_body_1_x(body))
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| {
+                failure
+                    .take()
+                    .unwrap_or_else(|| map_err(e, &self.target(key), "put"))
+            })?;
         Ok(Written {
             etag: etag(out.e_tag()),
         })

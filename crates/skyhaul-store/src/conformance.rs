@@ -5,7 +5,7 @@
 //!
 //! Every check works under its own key prefix, so one store can host the whole suite.
 
-use crate::{Entry, ErrorKind, ObjectMeta, PartSpec, Payload, PutOptions, Store};
+use crate::{Chunks, Entry, Error, ErrorKind, ObjectMeta, PartSpec, Payload, PutOptions, Store};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
@@ -23,6 +23,7 @@ pub async fn run_all(store: &dyn Store, prefix: &str) {
     changed_source_detected(store, &format!("{prefix}changed/")).await;
     delete(store, &format!("{prefix}delete/")).await;
     user_metadata(store, &format!("{prefix}meta/")).await;
+    streamed(store, &format!("{prefix}stream/")).await;
     if store.copy_domain().is_some() {
         run_server_side_copy(store, store, &format!("{prefix}copy/")).await;
     }
@@ -530,6 +531,104 @@ async fn changed_source_detected(store: &dyn Store, p: &str) {
         "{}: changed object detected: {err}",
         store.name()
     );
+}
+
+/// `data` as a body of `piece`-byte chunks, then `end` if given (a read that fails).
+fn chunks(data: &[u8], piece: usize, end: Option<Error>) -> Chunks {
+    let mut items: Vec<crate::Result<Bytes>> = data
+        .chunks(piece)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    items.extend(end.map(Err));
+    futures::stream::iter(items).boxed()
+}
+
+/// Streamed writes and reads, which the engine uses between stores that stream (every store
+/// has them, by default through `put` and `get`): what streams in reads back whole, an empty
+/// object too; a body that fails, falls short or runs long writes nothing, neither a new
+/// object nor over an existing one, and its own error comes back; a streamed read of a
+/// version that has changed fails as `get` does.
+async fn streamed(store: &dyn Store, p: &str) {
+    let name = store.name();
+    let data = pattern(300_000, 21);
+    let key = format!("{p}whole.bin");
+    store
+        .put_stream(&key, chunks(&data, 64_000, None), None, &opts(data.len()))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: streamed write: {e}"));
+    let read = store.get_stream(&key, None).await.unwrap();
+    let got: Vec<Bytes> = read.body.try_collect().await.unwrap();
+    assert!(got.concat() == data, "{name}: a streamed write reads back");
+    let listed = store.head(&key).await.unwrap().unwrap();
+    if let (Some(listed), Some(read)) = (&listed.etag, &read.etag) {
+        assert_eq!(listed, read, "{name}: a streamed read reports the ETag");
+    }
+    let empty = format!("{p}empty");
+    store
+        .put_stream(&empty, chunks(&[], 1, None), None, &opts(0))
+        .await
+        .unwrap();
+    let got: Vec<Bytes> = store
+        .get_stream(&empty, None)
+        .await
+        .unwrap()
+        .body
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(got.concat().is_empty(), "{name}: empty streamed object");
+
+    let broke = || Error::new(ErrorKind::Corrupt, "the read did not check out");
+    let cases = [
+        (
+            "fails",
+            chunks(&data[..100_000], 50_000, Some(broke())),
+            300_000,
+        ),
+        (
+            "falls short",
+            chunks(&data[..100_000], 50_000, None),
+            300_000,
+        ),
+        ("runs long", chunks(&data, 64_000, None), 200_000),
+    ];
+    for (case, body, size) in cases {
+        let target = format!("{p}{}", case.replace(' ', "-"));
+        let err = store
+            .put_stream(&target, body, None, &opts(size))
+            .await
+            .expect_err(&format!("{name}: a body that {case} must fail its write"));
+        if case == "fails" {
+            assert_eq!(err, broke(), "{name}: the body's own error comes back");
+        }
+        assert!(
+            store.head(&target).await.unwrap().is_none(),
+            "{name}: a body that {case} wrote nothing"
+        );
+    }
+    // Over an existing object, a failed write leaves it as it was.
+    let err = store
+        .put_stream(
+            &key,
+            chunks(&data[..10], 5, Some(broke())),
+            None,
+            &opts(300_000),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Corrupt, "{name}: {err}");
+    let kept = store.get(&key, None, None).await.unwrap().data;
+    assert!(
+        kept.as_ref() == &data[..],
+        "{name}: the existing object is kept"
+    );
+
+    store
+        .put(&key, Payload::new(Bytes::from_static(b"v2")), &opts(2))
+        .await
+        .unwrap();
+    let err = store.get_stream(&key, Some(&listed)).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::SourceChanged, "{name}: {err}");
 }
 
 async fn delete(store: &dyn Store, p: &str) {

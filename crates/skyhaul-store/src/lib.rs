@@ -17,13 +17,13 @@ mod types;
 pub mod conformance;
 
 pub use error::{cause_chain, Error, ErrorKind, Result};
-pub use local::LocalStore;
+pub use local::{LocalStore, LOCAL_CHUNK};
 pub use types::{
-    CompletedPart, Entry, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload,
-    PutOptions, Written, CRC_METADATA,
+    Chunks, CompletedPart, Entry, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload,
+    PutOptions, Streamed, Written, CRC_METADATA,
 };
 
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use std::ops::Range;
 
 /// One bucket, container or directory tree, addressed by `/`-separated keys.
@@ -101,6 +101,49 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Writes a whole object. Readers never see a partial object under `key`.
     async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<Written>;
+
+    /// Whether [`Store::get_stream`] and [`Store::put_stream`] move a body without holding
+    /// all of it. Between two such stores the engine streams whole objects from the read
+    /// into the write, so an object in flight costs a few chunks of memory, not its size,
+    /// and its write starts with the read's first bytes rather than after its last.
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// Reads a whole object as a stream of chunks; `expect` as in [`Store::get`]. The
+    /// default reads it whole and yields it as one chunk.
+    async fn get_stream(&self, key: &str, expect: Option<&ObjectMeta>) -> Result<Streamed> {
+        let fetched = self.get(key, None, expect).await?;
+        Ok(Streamed {
+            body: futures::stream::once(async { Ok(fetched.data) }).boxed(),
+            etag: fetched.etag,
+        })
+    }
+
+    /// Writes a whole object of `opts.size` bytes from `body`, with its MD5 when known (as
+    /// [`Payload::md5`]). When `body` ends with an error, or with other than `opts.size`
+    /// bytes, nothing is written under `key` and the body's error (or one saying how many
+    /// bytes came) is returned. The default collects the body and calls [`Store::put`].
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: Chunks,
+        md5: Option<[u8; 16]>,
+        opts: &PutOptions,
+    ) -> Result<Written> {
+        let size = usize::try_from(opts.size).unwrap_or(usize::MAX);
+        let data = body
+            .try_fold(buffers::take(size), |mut buf, chunk| async move {
+                buf.extend_from_slice(&chunk);
+                Ok(buf)
+            })
+            .await?;
+        if data.len() != size {
+            return Err(short_body(self.name(), key, data.len() as u64, opts.size));
+        }
+        let data = buffers::freeze(data);
+        self.put(key, Payload { data, md5 }, opts).await
+    }
 
     /// Starts a multipart upload of `opts.size` bytes to `key`.
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload>;
@@ -181,4 +224,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// The error of a streamed write whose body did not hold the object's size: the read was cut
+/// short (or the object grew), so the write must not complete.
+pub fn short_body(store: &str, key: &str, got: u64, want: u64) -> Error {
+    Error::new(
+        ErrorKind::Transient,
+        format!(
+            "{}/{key}: the body held {got} bytes, expected {want}",
+            store.trim_end_matches('/')
+        ),
+    )
 }

@@ -7,8 +7,8 @@
 //! from key and upload id) the whole serialisable upload state.
 
 use crate::{
-    CompletedPart, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
-    Payload, PutOptions, Result, Store, Written,
+    Chunks, CompletedPart, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta,
+    PartSpec, Payload, PutOptions, Result, Store, Streamed, Written,
 };
 use futures::stream::{BoxStream, StreamExt};
 use skyhaul_location::local_relative_path;
@@ -22,6 +22,9 @@ use std::time::SystemTime;
 
 /// Suffix of in-progress files; listings skip them so a resumed sync never copies one.
 const TMP_SUFFIX: &str = ".skyhaul-tmp";
+
+mod stream;
+pub use stream::CHUNK as LOCAL_CHUNK;
 /// Keys are sent to the engine in pages of this many to keep channel overhead low.
 const LIST_PAGE: usize = 1000;
 
@@ -58,6 +61,17 @@ impl LocalStore {
         // Keep the temporary name within NAME_MAX even for a 255-byte base name.
         let base: String = base.chars().take(180).collect();
         Ok(path.with_file_name(format!(".{base}.{upload_id}{TMP_SUFFIX}")))
+    }
+
+    /// The error of a read that saw the file change (a writer at work).
+    fn changed(&self, key: &str) -> Error {
+        Error::new(
+            ErrorKind::SourceChanged,
+            format!(
+                "{}/{key}: file changed while it was being copied",
+                self.name.trim_end_matches('/')
+            ),
+        )
     }
 
     fn io_err(&self, key: &str, what: &str, e: io::Error) -> Error {
@@ -350,15 +364,7 @@ impl Store for LocalStore {
             let md = file
                 .metadata()
                 .map_err(|e| this.io_err(&key, "cannot stat", e))?;
-            let changed = || {
-                Error::new(
-                    ErrorKind::SourceChanged,
-                    format!(
-                        "{}/{key}: file changed while it was being copied",
-                        this.name.trim_end_matches('/')
-                    ),
-                )
-            };
+            let changed = || this.changed(&key);
             if expect.as_ref().is_some_and(|e| !same_version(&md, e)) {
                 return Err(changed());
             }
@@ -411,6 +417,25 @@ impl Store for LocalStore {
             Ok(Written::default())
         })
         .await
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    async fn get_stream(&self, key: &str, expect: Option<&ObjectMeta>) -> Result<Streamed> {
+        stream::get_stream(self, key, expect).await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: Chunks,
+        _md5: Option<[u8; 16]>,
+        opts: &PutOptions,
+    ) -> Result<Written> {
+        stream::put_stream(self, key, body, opts).await?;
+        Ok(Written::default())
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload> {

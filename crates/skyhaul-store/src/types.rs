@@ -129,6 +129,25 @@ pub struct Fetched {
     pub etag: Option<String>,
 }
 
+/// A body in order, chunk by chunk. A stream that ends with an error means the bytes cannot
+/// be trusted (a read failed, or a check on them did), so a write from it must fail.
+pub type Chunks = futures::stream::BoxStream<'static, crate::Result<bytes::Bytes>>;
+
+/// A whole object being read as a stream, with the entity tag its response carried (known
+/// before the body, as [`Fetched::etag`] is).
+pub struct Streamed {
+    pub body: Chunks,
+    pub etag: Option<String>,
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed")
+            .field("etag", &self.etag)
+            .finish()
+    }
+}
+
 /// What the store says it stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {

@@ -75,3 +75,54 @@ async fn file_where_a_directory_must_go_is_a_conflict() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+/// A file written while it is streamed out: the stream ends with `SourceChanged` in place of
+/// its last chunk, so a copy never completes from bytes of two versions.
+#[tokio::test]
+async fn a_file_changed_during_a_streamed_read_fails_the_read() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(dir.path());
+    let path = dir.path().join("f.bin");
+    std::fs::write(&path, vec![1u8; 4 * skyhaul_store::LOCAL_CHUNK]).unwrap();
+    let meta = store.head("f.bin").await.unwrap().unwrap();
+    let mut body = store.get_stream("f.bin", Some(&meta)).await.unwrap().body;
+    let first = body.next().await.unwrap().unwrap();
+    assert_eq!(first.len(), skyhaul_store::LOCAL_CHUNK);
+    // Same size, new content and a new mtime: a writer at work.
+    std::fs::write(&path, vec![2u8; 4 * skyhaul_store::LOCAL_CHUNK]).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let rest: Vec<_> = body.collect().await;
+    let err = rest.last().unwrap().as_ref().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::SourceChanged, "{err}");
+    assert_eq!(rest.len(), 3, "no chunk after the error");
+}
+
+/// A streamed write dropped half way (as a Ctrl-C drops it) leaves neither the file nor its
+/// temporary file behind.
+#[tokio::test]
+async fn a_streamed_write_dropped_half_way_leaves_nothing() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(dir.path());
+    let first = futures::stream::once(async { Ok(bytes::Bytes::from(vec![7u8; 1 << 20])) });
+    let body = first.chain(futures::stream::pending()).boxed();
+    let opts = PutOptions {
+        size: 2 << 20,
+        ..Default::default()
+    };
+    let write = store.put_stream("d/f.bin", body, None, &opts);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), write).await;
+    assert!(waited.is_err(), "the write waits for the rest of its body");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -136,6 +136,81 @@ async fn corrupted_downloads_between_buckets_never_land() {
     }
 }
 
+/// Bucket to bucket, a whole object streams from the source's response into the
+/// destination's request (so it is never held in memory whole). A read cut short must abort
+/// that write before the server has its body: the destination sees the PUT begin while the
+/// read is still under way, but never the whole body, and with no retries left the object is
+/// missing, never truncated. A rerun then copies it whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_cut_short_aborts_its_streamed_write() {
+    for kind in [S3Kind::S3sFs, S3Kind::Moto] {
+        let (src, dst) = (S3Server::start(S3Kind::S3sFs), S3Server::start(kind));
+        src.create_bucket("src").await;
+        dst.create_bucket("dst").await;
+        let body = data(4 << 20, 77);
+        src.put("src", "big.bin", &body).await;
+        let from = FaultProxy::start(
+            &src.endpoint,
+            Faults {
+                truncate_response_body: 1.0,
+                only_methods: vec!["GET".into()],
+                path_contains: Some("big.bin".into()),
+                max_faults: Some(1),
+                ..Default::default()
+            },
+        );
+        // A hold of no time: only to count the writes of the object that begin.
+        let to = FaultProxy::start(
+            &dst.endpoint,
+            Faults {
+                delay: Some(std::time::Duration::ZERO),
+                only_methods: vec!["PUT".into()],
+                path_contains: Some("big.bin".into()),
+                ..Default::default()
+            },
+        );
+        let (from_ep, to_ep) = (from.endpoint(), to.endpoint());
+        let copy = |retries: &str| {
+            skyhaul(
+                &[
+                    "cp",
+                    "s3://src/big.bin",
+                    "s3://dst/big.bin",
+                    "--src-endpoint",
+                    &from_ep,
+                    "--dst-endpoint",
+                    &to_ep,
+                    "--retries",
+                    retries,
+                ],
+                Some(&src),
+                Some(&dst),
+            )
+        };
+        let out = copy("0");
+        assert_eq!(out.code, 1, "{kind}: the object failed: {}", out.stderr);
+        assert_eq!(from.injected().truncate_response_body, 1, "{kind}");
+        let seen = to.injected();
+        assert_eq!(seen.delayed, 1, "{kind}: the write began during the read");
+        assert_eq!(
+            seen.put_body_bytes, 0,
+            "{kind}: no write body arrived whole"
+        );
+        assert_eq!(
+            dst.get("dst", "big.bin").await,
+            None,
+            "{kind}: nothing partial was stored"
+        );
+        let out = copy("3");
+        assert_eq!(out.code, 0, "{kind}: {}", out.stderr);
+        assert!(
+            dst.get("dst", "big.bin").await == Some(body.clone()),
+            "{kind}"
+        );
+        assert_eq!(to.injected().put_body_bytes, body.len() as u64, "{kind}");
+    }
+}
+
 /// A part of a striped copy corrupted on its way from the source is caught, and the object
 /// is copied again from scratch, never completed from the journaled parts of the failed
 /// attempt. Where the source records a full-object CRC64-NVME (skyhaul writes one with each

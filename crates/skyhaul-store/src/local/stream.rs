@@ -1,0 +1,162 @@
+//! Streamed reads and writes of whole files, so that an object copied from or to a file
+//! system is never held in memory whole.
+
+use super::LocalStore;
+use super::{blocking, create_parent, random_id, read_exact_at, same_version, set_mtime};
+use crate::{short_body, Chunks, ObjectMeta, PutOptions, Result, Streamed};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bytes per read, and gathered per write: large enough that the blocking pool's hand-offs
+/// cost little, small enough that a stream holds little.
+pub const CHUNK: usize = 256 << 10;
+
+/// The file as chunks. It is looked at again (size and mtime) before its last chunk is
+/// given out, so a file changed during the read ends the stream with
+/// [`ErrorKind::SourceChanged`] instead of its last bytes.
+pub(super) async fn get_stream(
+    store: &LocalStore,
+    key: &str,
+    expect: Option<&ObjectMeta>,
+) -> Result<Streamed> {
+    let path = store.path_of(key)?;
+    let (this, k, expect) = (store.clone(), key.to_string(), expect.cloned());
+    let (file, md) = blocking(move || {
+        let file = File::open(&path).map_err(|e| this.io_err(&k, "cannot open", e))?;
+        let md = file
+            .metadata()
+            .map_err(|e| this.io_err(&k, "cannot stat", e))?;
+        match expect.as_ref().is_some_and(|e| !same_version(&md, e)) {
+            true => Err(this.changed(&k)),
+            false => Ok((Arc::new(file), md)),
+        }
+    })
+    .await?;
+    let size = md.len();
+    let (this, key) = (store.clone(), key.to_string());
+    let body = futures::stream::unfold(Some(0u64), move |offset| {
+        let (file, md, this, key) = (file.clone(), md.clone(), this.clone(), key.clone());
+        async move {
+            let offset = offset.filter(|&o| o < size)?;
+            let len = (size - offset).min(CHUNK as u64) as usize;
+            let chunk = blocking(move || {
+                let mut buf = vec![0; len];
+                read_exact_at(&file, &mut buf, offset).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => this.changed(&key),
+                    _ => this.io_err(&key, "cannot read", e),
+                })?;
+                if offset + len as u64 == size {
+                    // A writer may have changed the bytes just read: look again.
+                    let after = file
+                        .metadata()
+                        .map_err(|e| this.io_err(&key, "cannot stat", e))?;
+                    if after.len() != md.len() || after.modified().ok() != md.modified().ok() {
+                        return Err(this.changed(&key));
+                    }
+                }
+                Ok(Bytes::from(buf))
+            })
+            .await;
+            let next = chunk.is_ok().then_some(offset + len as u64);
+            Some((chunk, next))
+        }
+    });
+    Ok(Streamed {
+        body: body.boxed(),
+        etag: None,
+    })
+}
+
+/// Writes the body into a hidden temporary file beside the target, renamed into place only
+/// once every byte is written; a body that fails, falls short or runs long (or a write
+/// dropped half way, as on Ctrl-C) leaves nothing behind.
+pub(super) async fn put_stream(
+    store: &LocalStore,
+    key: &str,
+    mut body: Chunks,
+    opts: &PutOptions,
+) -> Result<()> {
+    let path = store.path_of(key)?;
+    let tmp = Tmp(Some(store.tmp_path(key, &random_id())?));
+    let (this, k, at) = (store.clone(), key.to_string(), tmp.path().to_path_buf());
+    let file = blocking(move || {
+        create_parent(&at)
+            .and_then(|()| File::create(&at))
+            .map(Arc::new)
+            .map_err(|e| this.io_err(&k, "cannot write", e))
+    })
+    .await?;
+    let size = opts.size;
+    let mut written = 0u64;
+    let mut gathered: Vec<Bytes> = Vec::new();
+    let mut gathered_len = 0usize;
+    loop {
+        let next = body.next().await.transpose()?;
+        let end = next.is_none();
+        if let Some(chunk) = next {
+            if written + (gathered_len + chunk.len()) as u64 > size {
+                let got = written + (gathered_len + chunk.len()) as u64;
+                return Err(short_body(&store.name, key, got, size));
+            }
+            gathered_len += chunk.len();
+            gathered.push(chunk);
+        }
+        if gathered_len >= CHUNK || (end && gathered_len > 0) {
+            let (this, k, file) = (store.clone(), key.to_string(), file.clone());
+            let pieces = std::mem::take(&mut gathered);
+            let at = written;
+            blocking(move || {
+                let mut offset = at;
+                for piece in pieces {
+                    file.write_all_at(&piece, offset)
+                        .map_err(|e| this.io_err(&k, "cannot write", e))?;
+                    offset += piece.len() as u64;
+                }
+                Ok(())
+            })
+            .await?;
+            written += gathered_len as u64;
+            gathered_len = 0;
+        }
+        if end {
+            break;
+        }
+    }
+    if written != size {
+        return Err(short_body(&store.name, key, written, size));
+    }
+    let (this, k, mtime) = (store.clone(), key.to_string(), opts.mtime);
+    blocking(move || {
+        set_mtime(&file, mtime)
+            .and_then(|()| fs::rename(tmp.path(), &path))
+            .map_err(|e| this.io_err(&k, "cannot write", e))?;
+        tmp.renamed();
+        Ok(())
+    })
+    .await
+}
+
+/// A temporary file, removed when dropped unless it was renamed into place.
+struct Tmp(Option<PathBuf>);
+
+impl Tmp {
+    fn path(&self) -> &Path {
+        self.0.as_deref().expect("a temporary file not yet renamed")
+    }
+
+    fn renamed(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
