@@ -53,6 +53,18 @@ pub fn source_md5(src: &ObjectMeta, read_etag: Option<&str>) -> Option<[u8; 16]>
     <[u8; 16]>::try_from(hex::decode(hex).ok()?).ok()
 }
 
+/// The error of bytes read from `target` that do not hash to its content MD5.
+pub fn md5_mismatch(target: &str, want: [u8; 16], got: [u8; 16]) -> skyhaul_store::Error {
+    skyhaul_store::Error::new(
+        skyhaul_store::ErrorKind::Corrupt,
+        format!(
+            "{target}: checksum mismatch: the source's MD5 is {}, the bytes received hash to {}",
+            hex::encode(want),
+            hex::encode(got)
+        ),
+    )
+}
+
 /// The ETag S3 gives a multipart object with these part MD5s.
 pub fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
     let mut h = Md5::new();

@@ -2,7 +2,7 @@
 
 use crate::limiter::{AdaptiveLimit, Slot};
 use crate::progress::Progress;
-use skyhaul_store::{ErrorKind, Result};
+use skyhaul_store::{Error, ErrorKind, Result};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,37 +68,65 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut attempt = 0;
-        // Counted apart: a 503 followed by one reset is a busy server, not a wrong address.
-        let mut unreachable = 0;
+        let mut tries = self.tries(limit, progress);
         loop {
             let slot = limit.acquire().await;
-            let e = match op().await {
+            match op().await {
                 Ok(v) => {
                     limit.on_success();
                     return Ok((v, slot));
                 }
-                Err(e) => e,
-            };
-            drop(slot);
-            match e {
-                e if e.is_retryable()
-                    && attempt < self.retries
-                    && (e.kind != ErrorKind::Unreachable
-                        || unreachable < self.unreachable_retries) =>
-                {
-                    unreachable += u32::from(e.kind == ErrorKind::Unreachable);
-                    if e.kind == ErrorKind::Throttled {
-                        limit.on_throttle();
-                    }
-                    tracing::debug!("retrying after: {e}");
-                    progress.add_retry();
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    attempt += 1;
+                Err(e) => {
+                    drop(slot);
+                    tries.after(e).await?;
                 }
-                e => return Err(e),
             }
         }
+    }
+
+    /// The retry state of one operation through `limit`, for loops that cannot be one
+    /// closure (a streamed copy opens its source before it takes a destination slot).
+    pub fn tries<'a>(&'a self, limit: &'a AdaptiveLimit, progress: &'a Progress) -> Tries<'a> {
+        Tries {
+            policy: self,
+            limit,
+            progress,
+            attempt: 0,
+            unreachable: 0,
+        }
+    }
+}
+
+/// See [`RetryPolicy::tries`].
+pub struct Tries<'a> {
+    policy: &'a RetryPolicy,
+    limit: &'a AdaptiveLimit,
+    progress: &'a Progress,
+    attempt: u32,
+    /// Counted apart: a 503 followed by one reset is a busy server, not a wrong address.
+    unreachable: u32,
+}
+
+impl Tries<'_> {
+    /// After a failed try: waits out the backoff and returns `Ok` when the operation is worth
+    /// another try, else gives the error back. The caller holds no slot meanwhile.
+    pub async fn after(&mut self, e: Error) -> Result<()> {
+        let retry = e.is_retryable()
+            && self.attempt < self.policy.retries
+            && (e.kind != ErrorKind::Unreachable
+                || self.unreachable < self.policy.unreachable_retries);
+        if !retry {
+            return Err(e);
+        }
+        self.unreachable += u32::from(e.kind == ErrorKind::Unreachable);
+        if e.kind == ErrorKind::Throttled {
+            self.limit.on_throttle();
+        }
+        tracing::debug!("retrying after: {e}");
+        self.progress.add_retry();
+        tokio::time::sleep(self.policy.backoff(self.attempt)).await;
+        self.attempt += 1;
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@ use crate::budget::Budget;
 use crate::content::{same_content, Side, READ_CHUNK};
 use crate::copy::copy_with_retries;
 use crate::filter::Filter;
-use crate::integrity::{plain_md5, sums, ChunkSums};
+use crate::integrity::{md5_mismatch, source_md5, sums, ChunkSums};
 use crate::limiter::AdaptiveLimit;
 use crate::listing::plan_recursive;
 use crate::open::Endpoint;
@@ -201,13 +201,10 @@ impl Ctx {
                     ));
                 }
                 let sums = sums(&data, with_md5);
-                let expected = plain_md5(src.etag.as_deref()).or(plain_md5(fetched.etag.as_deref())).filter(|_| whole);
+                let expected = source_md5(src, fetched.etag.as_deref()).filter(|_| whole);
                 if let (Some(want), Some(got)) = (expected, sums.md5) {
-                    if !want.eq_ignore_ascii_case(&hex::encode(got)) {
-                        return Err(Error::new(
-                            ErrorKind::Corrupt,
-                            format!("{target}: checksum mismatch: the source's MD5 is {want}, the bytes received hash to {}", hex::encode(got)),
-                        ));
+                    if want != got {
+                        return Err(md5_mismatch(&target, want, got));
                     }
                 }
                 Ok((data, sums, fetched.etag))

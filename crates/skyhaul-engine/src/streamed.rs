@@ -22,7 +22,7 @@
 //! makes up for in later comparisons.
 
 use crate::copy::check_stored;
-use crate::integrity::{plain_md5, source_md5};
+use crate::integrity::{md5_mismatch, plain_md5, source_md5};
 use crate::limiter::Slot;
 use crate::run::Ctx;
 use crate::verify::Copied;
@@ -66,47 +66,51 @@ pub(crate) async fn copy_streamed(
     let source = format!("{}/{}", ctx.src.name().trim_end_matches('/'), src.key);
     let md5_first = ctx.dst.etags_are_md5();
     let memory = ctx.budget.reserve(src.size.min(STREAM_HELD)).await;
-    let outcome = ctx
-        .opts
-        .retry
-        .run(&ctx.dst_limit, &ctx.progress, || async {
-            if let Some(limit) = &ctx.opts.bwlimit {
-                limit.take(src.size).await;
+    let (retry, progress) = (&ctx.opts.retry, ctx.progress.as_ref());
+    // The source is opened before a destination slot is taken, so a source that is slow to
+    // answer (or retried) holds no destination connection. A mismatch of checksums is not
+    // retried here: `copy_with_retries` copies the object again a bounded number of times,
+    // and a mismatch that lasts (an ETag that only looks like an MD5) fails fast.
+    let mut tries = retry.tries(&ctx.dst_limit, progress);
+    let (written_etag, md5, crc) = loop {
+        if let Some(limit) = &ctx.opts.bwlimit {
+            limit.take(src.size).await;
+        }
+        let (streamed, slot) = retry
+            .run_holding(&ctx.src_limit, progress, || {
+                ctx.src.get_stream(&src.key, Some(src))
+            })
+            .await?;
+        let md5 = source_md5(src, streamed.etag.as_deref());
+        if md5_first && md5.is_none() {
+            return Ok(None);
+        }
+        let crc = Arc::new(OnceLock::new());
+        let hashed = !md5_first && ctx.src.etags_are_md5();
+        let check = md5.filter(|_| hashed).map(|md5| (md5, source.clone()));
+        let body = summed(streamed.body, src.size, check, crc.clone(), slot);
+        let sent_md5 = md5.filter(|_| md5_first);
+        let dst_slot = ctx.dst_limit.acquire().await;
+        let written = ctx
+            .dst
+            .put_stream(dst_key, body, sent_md5, put)
+            .await
+            .and_then(|w| check_stored(&target, w.etag.as_deref(), sent_md5).map(|()| w));
+        drop(dst_slot);
+        match written {
+            Ok(w) => {
+                ctx.dst_limit.on_success();
+                let crc = crc.get().copied().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Corrupt,
+                        format!("{target}: the write ended before the whole body was read"),
+                    )
+                })?;
+                break (w.etag, sent_md5, crc);
             }
-            let opened = ctx
-                .opts
-                .retry
-                .run_holding(&ctx.src_limit, &ctx.progress, || {
-                    ctx.src.get_stream(&src.key, Some(src))
-                })
-                .await;
-            // Opening the read had its own retries: its failure is the object's outcome.
-            let (streamed, slot) = match opened {
-                Ok(opened) => opened,
-                Err(e) => return Ok(Err(e)),
-            };
-            let md5 = source_md5(src, streamed.etag.as_deref());
-            if md5_first && md5.is_none() {
-                return Ok(Ok(None));
-            }
-            let crc = Arc::new(OnceLock::new());
-            let hashed = !md5_first && ctx.src.etags_are_md5();
-            let check = md5.filter(|_| hashed).map(|md5| (md5, source.clone()));
-            let body = summed(streamed.body, src.size, check, crc.clone(), slot);
-            let sent_md5 = md5.filter(|_| md5_first);
-            let written = ctx.dst.put_stream(dst_key, body, sent_md5, put).await?;
-            check_stored(&target, written.etag.as_deref(), sent_md5)?;
-            let crc = crc.get().copied().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Corrupt,
-                    format!("{target}: the write ended before the whole body was read"),
-                )
-            })?;
-            Ok(Ok(Some((written.etag, sent_md5, crc))))
-        })
-        .await??;
-    let Some((written_etag, md5, crc)) = outcome else {
-        return Ok(None);
+            Err(e) if e.kind == ErrorKind::Corrupt => return Err(e),
+            Err(e) => tries.after(e).await?,
+        }
     };
     ctx.resume.done_holding(src, dst_key, Some(crc), memory);
     ctx.progress.add_moved(src.size);
@@ -187,14 +191,7 @@ impl Sums {
         if let Some((md5, want, target)) = self.md5.take() {
             let got: [u8; 16] = md5.finalize().into();
             if got != want {
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    format!(
-                        "{target}: checksum mismatch: the source's MD5 is {}, the bytes received hash to {}",
-                        hex::encode(want),
-                        hex::encode(got)
-                    ),
-                ));
+                return Err(md5_mismatch(&target, want, got));
             }
         }
         let _ = self.out.set(self.crc.finalize());

@@ -11,13 +11,21 @@ use std::task::{ready, Context, Poll};
 
 /// The body of one streamed write of exactly `size` bytes. A body that fails or holds another
 /// size ends in an error, which makes the HTTP client abort the request: with fewer bytes
-/// than its Content-Length the server never stores the object.
+/// than its Content-Length the server never stores the object. The chunk that completes
+/// the size is held back until the stream is seen to end there, because the client stops
+/// reading a body once Content-Length bytes have gone, and a body that runs on would
+/// otherwise be stored cut short without an error.
 pub(crate) struct ChunkBody {
     /// Behind a mutex only because the SDK wants a `Sync` body; polling has `&mut self`, so
     /// it is never locked.
     chunks: Mutex<Chunks>,
-    left: u64,
     size: u64,
+    /// Bytes given out so far.
+    sent: u64,
+    /// The chunk that completes the size, until the stream has ended.
+    last: Option<Bytes>,
+    /// Set once the body has ended, well or not: nothing is read after that.
+    done: bool,
     target: (String, String),
     /// The error the body ended with, for the caller: the SDK reports it only as a failed
     /// dispatch, which would lose its kind (a corrupt read is not a network fault).
@@ -29,8 +37,10 @@ impl ChunkBody {
         let failure = Arc::new(Mutex::new(None));
         let body = ChunkBody {
             chunks: Mutex::new(chunks),
-            left: size,
             size,
+            sent: 0,
+            last: None,
+            done: false,
             target: (store.to_string(), key.to_string()),
             failure: failure.clone(),
         };
@@ -38,8 +48,17 @@ impl ChunkBody {
     }
 
     fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        *self.failure.lock().expect("body failure lock") = Some(e.clone());
+        self.done = true;
+        self.failure
+            .lock()
+            .expect("body failure lock")
+            .get_or_insert(e.clone());
         Poll::Ready(Some(Err(e)))
+    }
+
+    fn wrong_size(&mut self, got: u64) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let e = short_body(&self.target.0, &self.target.1, got, self.size);
+        self.fail(e)
     }
 }
 
@@ -61,32 +80,47 @@ impl Body for ChunkBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
-        let next = ready!(this
-            .chunks
-            .get_mut()
-            .expect("body chunks lock")
-            .poll_next_unpin(cx));
-        let sent = this.size - this.left;
-        match next {
-            Some(Ok(chunk)) if chunk.len() as u64 > this.left => {
-                let got = sent + chunk.len() as u64;
-                let e = short_body(&this.target.0, &this.target.1, got, this.size);
-                this.fail(e)
+        loop {
+            if this.done {
+                return Poll::Ready(None);
             }
-            Some(Ok(chunk)) => {
-                this.left -= chunk.len() as u64;
-                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            let next = ready!(this
+                .chunks
+                .get_mut()
+                .expect("body chunks lock")
+                .poll_next_unpin(cx));
+            match next {
+                Some(Err(e)) => return this.fail(e),
+                Some(Ok(chunk)) if chunk.is_empty() => {}
+                Some(Ok(chunk))
+                    if this.last.is_some() || this.sent + chunk.len() as u64 > this.size =>
+                {
+                    let got = this.sent + chunk.len() as u64;
+                    return this.wrong_size(got);
+                }
+                Some(Ok(chunk)) => {
+                    this.sent += chunk.len() as u64;
+                    if this.sent < this.size {
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    }
+                    // The size is complete: hand this chunk over once the stream ends.
+                    this.last = Some(chunk);
+                }
+                None if this.sent < this.size => return this.wrong_size(this.sent),
+                None => {
+                    this.done = true;
+                    return Poll::Ready(this.last.take().map(|c| Ok(Frame::data(c))));
+                }
             }
-            Some(Err(e)) => this.fail(e),
-            None if this.left > 0 => {
-                let e = short_body(&this.target.0, &this.target.1, sent, this.size);
-                this.fail(e)
-            }
-            None => Poll::Ready(None),
         }
     }
 
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.left)
+        let held = self.last.as_ref().map_or(0, |c| c.len() as u64);
+        SizeHint::with_exact(self.size - self.sent + held)
     }
 }

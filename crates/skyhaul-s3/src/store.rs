@@ -486,16 +486,19 @@ impl Store for S3Store {
         md5: Option<[u8; 16]>,
         opts: &PutOptions,
     ) -> Result<Written> {
+        // A body that is not held cannot be hashed for the signature before it is sent, so a
+        // streamed write goes unsigned and relies on `Content-MD5` (itself signed) instead.
+        let Some(md5) = md5 else {
+            return skyhaul_store::put_collected(self, key, body, None, opts).await;
+        };
         let (body, failure) = ChunkBody::new(body, opts.size, &self.name, key);
-        // Unsigned payload: a body that is not held cannot be hashed for the signature
-        // before it is sent. `Content-MD5`, which the engine always gives here, is signed.
         let out = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_length(opts.size as i64)
-            .set_content_md5(md5.as_ref().map(base64_md5))
+            .content_md5(base64_md5(&md5))
             .set_metadata(metadata(opts))
             .body(ByteStream::from_body_1_x(body))
             .customize()

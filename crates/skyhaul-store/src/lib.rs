@@ -131,18 +131,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         md5: Option<[u8; 16]>,
         opts: &PutOptions,
     ) -> Result<Written> {
-        let size = usize::try_from(opts.size).unwrap_or(usize::MAX);
-        let data = body
-            .try_fold(buffers::take(size), |mut buf, chunk| async move {
-                buf.extend_from_slice(&chunk);
-                Ok(buf)
-            })
-            .await?;
-        if data.len() != size {
-            return Err(short_body(self.name(), key, data.len() as u64, opts.size));
-        }
-        let data = buffers::freeze(data);
-        self.put(key, Payload { data, md5 }, opts).await
+        put_collected(self, key, body, md5, opts).await
     }
 
     /// Starts a multipart upload of `opts.size` bytes to `key`.
@@ -224,6 +213,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// A streamed write done as one [`Store::put`] of the whole body: what stores that cannot
+/// stream a write do, and what a streaming store falls back to where it must see every byte
+/// before it sends the first (an S3 write without `Content-MD5`, which must be signed).
+pub async fn put_collected<S: Store + ?Sized>(
+    store: &S,
+    key: &str,
+    body: Chunks,
+    md5: Option<[u8; 16]>,
+    opts: &PutOptions,
+) -> Result<Written> {
+    let size = usize::try_from(opts.size).unwrap_or(usize::MAX);
+    let data = body
+        .try_fold(buffers::take(size), |mut buf, chunk| async move {
+            buf.extend_from_slice(&chunk);
+            Ok(buf)
+        })
+        .await?;
+    if data.len() != size {
+        return Err(short_body(store.name(), key, data.len() as u64, opts.size));
+    }
+    let data = buffers::freeze(data);
+    store.put(key, Payload { data, md5 }, opts).await
 }
 
 /// The error of a streamed write whose body did not hold the object's size: the read was cut

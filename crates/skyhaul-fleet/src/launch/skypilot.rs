@@ -109,10 +109,6 @@ impl Job {
         );
     }
 
-    /// The SkyPilot task of one relay gateway: one node in the destination's region, its port
-    /// open, the relay key and the destination's keys as secrets given at launch, the TLS
-    /// files copied by `file_mounts`. Its cluster goes down by itself once the gateway
-    /// exits (autodown), which it does when the transfer is over or no sender comes.
     /// The commented command that launches gateway cluster `cluster` from `file` with its
     /// secrets: detached, and down once the gateway has exited (`--submit` runs the same).
     fn gateway_launch_comment(&self, cluster: &str, file: &str) -> String {
@@ -123,6 +119,10 @@ impl Job {
         line
     }
 
+    /// The SkyPilot task of one relay gateway: one node in the destination's region, its port
+    /// open, the relay key and the destination's keys as secrets given at launch, the TLS
+    /// files copied by `file_mounts`. Its cluster goes down by itself once the gateway
+    /// exits (autodown), which it does when the transfer is over or no sender comes.
     pub(super) fn skypilot_gateway(&self, g: &Gateways) -> String {
         let mut s = String::new();
         let _ = writeln!(

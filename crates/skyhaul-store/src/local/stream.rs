@@ -41,7 +41,8 @@ pub(super) async fn get_stream(
     let body = futures::stream::unfold(Some(0u64), move |offset| {
         let (file, md, this, key) = (file.clone(), md.clone(), this.clone(), key.clone());
         async move {
-            let offset = offset.filter(|&o| o < size)?;
+            // One read even of an empty file, for the look after it.
+            let offset = offset?;
             let len = (size - offset).min(CHUNK as u64) as usize;
             let chunk = blocking(move || {
                 let mut buf = vec![0; len];
@@ -61,8 +62,12 @@ pub(super) async fn get_stream(
                 Ok(Bytes::from(buf))
             })
             .await;
-            let next = chunk.is_ok().then_some(offset + len as u64);
-            Some((chunk, next))
+            let end = offset + len as u64;
+            match chunk {
+                Ok(c) if c.is_empty() => None,
+                Ok(c) => Some((Ok(c), (end < size).then_some(end))),
+                Err(e) => Some((Err(e), None)),
+            }
         }
     });
     Ok(Streamed {
