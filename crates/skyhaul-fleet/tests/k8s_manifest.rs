@@ -194,6 +194,29 @@ fn run_command(command: &[String], env: &[(&str, &str)]) -> (bool, String) {
 
 /// The one read-only volume of a pod and its container: (mount path, source kind, source
 /// name).
+/// The command of a Job's (only) container.
+fn command_of(job: K8sJob) -> Vec<String> {
+    job.spec.unwrap().template.spec.unwrap().containers[0]
+        .command
+        .clone()
+        .unwrap()
+}
+
+/// A gateway's command runs `skyhaul gateway` with its TLS files, and only given the relay key.
+fn assert_gateway_starts_only_with_the_key(gw: &[String]) {
+    let key = "ab".repeat(32);
+    assert_eq!(
+        run_command(gw, &[("SKYHAUL_RELAY_KEY", &key)]),
+        (
+            true,
+            "gateway --listen 0.0.0.0:7400 s3://dst --dst-region eu-west-1 --exit-on-stop --idle-exit 1800s \
+             --tls-cert /etc/skyhaul/gateway-tls/tls.crt --tls-key /etc/skyhaul/gateway-tls/tls.key"
+                .to_string()
+        )
+    );
+    assert!(!run_command(gw, &[]).0, "a gateway without the key starts");
+}
+
 fn mounted(pod: &PodSpec, c: &Container) -> (String, &'static str, String) {
     let mounts = c.volume_mounts.as_ref().expect("a volume mount");
     let volumes = pod.volumes.as_ref().expect("a volume");
@@ -345,27 +368,10 @@ fn gateway_manifest_round_trips_through_the_kubernetes_types() {
     // only with the relay key, and without the fleet's token or the source's keys.
     let docs = documents(&with_gateways("echo").render(Backend::Kubernetes));
     let gw_job: K8sJob = typed(&docs[3]);
-    let gw = gw_job.spec.unwrap().template.spec.unwrap().containers[0]
-        .command
-        .clone()
-        .unwrap();
-    let key = "ab".repeat(32);
-    assert_eq!(
-        run_command(&gw, &[("SKYHAUL_RELAY_KEY", &key)]),
-        (
-            true,
-            "gateway --listen 0.0.0.0:7400 s3://dst --dst-region eu-west-1 --exit-on-stop --idle-exit 1800s \
-             --tls-cert /etc/skyhaul/gateway-tls/tls.crt --tls-key /etc/skyhaul/gateway-tls/tls.key"
-                .to_string()
-        )
-    );
-    assert!(!run_command(&gw, &[]).0, "a gateway without the key starts");
+    assert_gateway_starts_only_with_the_key(&command_of(gw_job));
     // Rank 0 waits for the gateways to accept connections, then coordinates through them.
     let k: K8sJob = typed(&docs[1]);
-    let fleet = k.spec.unwrap().template.spec.unwrap().containers[0]
-        .command
-        .clone()
-        .unwrap();
+    let fleet = command_of(k);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gateways = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     let (ok, out) = run_command(
@@ -409,6 +415,29 @@ fn across_clusters(skyhaul: &str, tls_dir: &str) -> Job {
         name: Some("relay-gateway".into()),
     });
     j
+}
+
+/// `--gateway-source-ranges`: every gateway's load balancer accepts those ranges only, and
+/// the file's comments say so instead of warning that any address may connect.
+#[test]
+fn load_balancers_accept_only_the_given_ranges() {
+    let mut job = across_clusters("skyhaul", "/certs");
+    let ranges = vec!["203.0.113.0/24".to_string(), "2001:db8::/32".to_string()];
+    job.gateways.as_mut().unwrap().source_ranges = ranges.clone();
+    let text = job.render_gateway(Backend::Kubernetes).unwrap();
+    let docs = documents(&text);
+    for doc in &docs[..2] {
+        let svc: Service = typed(doc);
+        assert_eq!(
+            svc.spec.unwrap().load_balancer_source_ranges.as_ref(),
+            Some(&ranges)
+        );
+    }
+    assert!(
+        text.contains("connections only from 203.0.113.0/24, 2001:db8::/32"),
+        "{text}"
+    );
+    assert!(!text.contains("from any address"), "{text}");
 }
 
 /// The `metadata.name` of every document.
@@ -526,6 +555,10 @@ fn gateways_in_another_cluster_round_trip_through_the_kubernetes_types() {
         let spec = svc.spec.unwrap();
         assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
         assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(
+            spec.load_balancer_source_ranges, None,
+            "open to any address"
+        );
         assert_eq!(spec.cluster_ip, None, "not headless");
         let selector = spec.selector.unwrap();
         let expected: std::collections::BTreeMap<String, String> = [
@@ -605,26 +638,9 @@ fn gateways_in_another_cluster_round_trip_through_the_kubernetes_types() {
     // mounted TLS files; rank 0 waits for the gateways, then checks the certificate's name.
     let job = across_clusters("echo", "/certs");
     let gw_job: K8sJob = typed(&documents(&job.render_gateway(Backend::Kubernetes).unwrap())[2]);
-    let gw = gw_job.spec.unwrap().template.spec.unwrap().containers[0]
-        .command
-        .clone()
-        .unwrap();
-    let key = "ab".repeat(32);
-    assert_eq!(
-        run_command(&gw, &[("SKYHAUL_RELAY_KEY", &key)]),
-        (
-            true,
-            "gateway --listen 0.0.0.0:7400 s3://dst --dst-region eu-west-1 --exit-on-stop --idle-exit 1800s \
-             --tls-cert /etc/skyhaul/gateway-tls/tls.crt --tls-key /etc/skyhaul/gateway-tls/tls.key"
-                .to_string()
-        )
-    );
-    assert!(!run_command(&gw, &[]).0, "a gateway without the key starts");
+    assert_gateway_starts_only_with_the_key(&command_of(gw_job));
     let k: K8sJob = typed(&documents(&job.render(Backend::Kubernetes))[1]);
-    let fleet = k.spec.unwrap().template.spec.unwrap().containers[0]
-        .command
-        .clone()
-        .unwrap();
+    let fleet = command_of(k);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gateways = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     let rank0 = |gateways: Option<&str>| {

@@ -786,6 +786,9 @@ pub struct LaunchArgs {
     /// Kubernetes: run the gateways in the cluster of this kubectl context (e.g. the destination's) instead of the fleet's, from NAME.gateways.yaml, each behind a LoadBalancer Service
     #[arg(long, help_heading = GATEWAY_HEADING, value_name = "CONTEXT")]
     pub gateway_kube_context: Option<String>,
+    /// Kubernetes with --gateway-kube-context: the only addresses the gateways' load balancers accept connections from, e.g. the fleet's egress (comma-separated CIDRs) [default: any]
+    #[arg(long, help_heading = GATEWAY_HEADING, value_name = "CIDRS", value_delimiter = ',')]
+    pub gateway_source_ranges: Vec<String>,
     /// SSH: the hosts near the destination that run the gateways (comma-separated, [user@]host)
     #[arg(long, help_heading = GATEWAY_HEADING, value_name = "HOSTS", value_delimiter = ',')]
     pub gateway_hosts: Vec<String>,

@@ -265,11 +265,19 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
             "--gateway-kube-context",
             args.gateway_kube_context.is_some(),
         ),
+        (
+            "--gateway-source-ranges",
+            !args.gateway_source_ranges.is_empty(),
+        ),
     ];
     let allowed: &[&str] = match backend {
         Backend::Skypilot => &["--gateway-region", "--gateway-cloud"],
         Backend::Slurm => &["--gateway-partition"],
-        Backend::Kubernetes => &["--gateway-node-selector", "--gateway-kube-context"],
+        Backend::Kubernetes => &[
+            "--gateway-node-selector",
+            "--gateway-kube-context",
+            "--gateway-source-ranges",
+        ],
         Backend::Ssh => &["--gateway-hosts"],
     };
     // The name the user typed: clap's own for the value.
@@ -319,6 +327,16 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
             "--gateway-kube-context needs a context's name (kubectl config get-contexts lists them)",
         ));
     }
+    if !args.gateway_source_ranges.is_empty() && args.gateway_kube_context.is_none() {
+        return Err(exit::usage(
+            "--gateway-source-ranges needs --gateway-kube-context CONTEXT (only gateways in another cluster have load balancers)",
+        ));
+    }
+    if let Some(r) = args.gateway_source_ranges.iter().find(|r| !is_cidr(r)) {
+        return Err(exit::usage(format!(
+            "--gateway-source-ranges {r}: expected CIDRs such as 203.0.113.0/24 or 2001:db8::/32"
+        )));
+    }
     if backend == Backend::Skypilot && args.gateway_region.is_none() {
         return Err(exit::usage(
             "--backend skypilot --gateways needs --gateway-region (the destination's region, where the gateways run)",
@@ -365,10 +383,24 @@ fn gateways(args: &LaunchArgs, backend: Backend, dst: &str) -> Result<Option<Gat
         node_selector,
         secret: args.gateway_secret.clone(),
         kube_context: args.gateway_kube_context.clone(),
+        source_ranges: args.gateway_source_ranges.clone(),
         hosts: args.gateway_hosts.clone(),
         idle_exit: Some(args.gateway_idle_exit),
         tls: gateway_tls(args, backend)?,
     }))
+}
+
+/// Whether `s` is an address range as `loadBalancerSourceRanges` takes it: `ADDRESS/BITS`.
+fn is_cidr(s: &str) -> bool {
+    let Some((addr, bits)) = s.split_once('/') else {
+        return false;
+    };
+    let max = match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => 32,
+        Ok(std::net::IpAddr::V6(_)) => 128,
+        Err(_) => return false,
+    };
+    bits.parse::<u8>().is_ok_and(|b| b <= max)
 }
 
 /// Launch's TLS options, and whether each was given.

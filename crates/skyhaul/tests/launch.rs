@@ -738,6 +738,30 @@ fn gateway_options_are_checked() {
             plain,
             "--gateway-kube-context with --gateway-tls-cert needs --gateway-tls-name NAME",
         ),
+        (
+            [&k8s_across[..6], &["--gateway-source-ranges", "10.0.0.0/8"]].concat(),
+            plain,
+            "--gateway-source-ranges needs --gateway-kube-context CONTEXT",
+        ),
+        (
+            [
+                k8s_across,
+                &["--gateway-source-ranges", "10.0.0.0/8,10.0.0.300/8"],
+            ]
+            .concat(),
+            plain,
+            "--gateway-source-ranges 10.0.0.300/8: expected CIDRs",
+        ),
+        (
+            [k8s_across, &["--gateway-source-ranges", "10.0.0.0/33"]].concat(),
+            plain,
+            "--gateway-source-ranges 10.0.0.0/33: expected CIDRs",
+        ),
+        (
+            [slurm, &["--gateway-source-ranges", "10.0.0.0/8"]].concat(),
+            plain,
+            "--gateway-source-ranges is not an option of --backend slurm",
+        ),
     ];
     for (options, transfer, message) in cases {
         let mut all = vec!["launch"];

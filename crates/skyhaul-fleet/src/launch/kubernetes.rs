@@ -206,9 +206,8 @@ impl Job {
              # the fleet's Secret: make it once in this shell, and create both from it (the fleet's file\n\
              # says how to create its own), then apply:\n\
              {RELAY_KEY_ONCE}{steps}{addresses}\
-             # Each load balancer takes connections from any address (the gateways refuse frames without\n\
-             # the relay key); `spec.loadBalancerSourceRanges` with the fleet's egress addresses in each\n\
-             # Service keeps the others out. The gateways exit once the coordinator tells them the transfer\n\
+             {reach}\
+             # The gateways exit once the coordinator tells them the transfer\n\
              # is over (or after {idle} without a sender), and the Job is deleted an hour after it\n\
              # finishes. The load balancers stay, and are billed, until `{kubectl} delete -f THIS_FILE`.\n",
             count = g.count,
@@ -218,7 +217,26 @@ impl Job {
                 .idle_exit
                 .map_or("a while".into(), |d| format!("{} s", d.as_secs())),
             kubectl = kubectl(Some(context)),
+            reach = match g.source_ranges.is_empty() {
+                true => "# Each load balancer takes connections from any address (the gateways refuse frames without\n\
+                         # the relay key); `--gateway-source-ranges` with the fleet's egress addresses keeps the\n\
+                         # others out.\n".to_string(),
+                false => format!(
+                    "# Each load balancer takes connections only from {} (`loadBalancerSourceRanges`).\n",
+                    g.source_ranges.join(", ")
+                ),
+            },
         );
+        let ranges: String = match g.source_ranges.is_empty() {
+            true => String::new(),
+            false => g.source_ranges.iter().fold(
+                "  loadBalancerSourceRanges:\n".to_string(),
+                |mut acc, r| {
+                    let _ = writeln!(acc, "    - {}", yaml(r));
+                    acc
+                },
+            ),
+        };
         for i in 0..g.count {
             // `externalTrafficPolicy: Local`: the load balancer sends to the node that runs the
             // pod (no second hop through another node), and checks that node's health on a
@@ -229,7 +247,7 @@ impl Job {
                  apiVersion: v1\n\
                  kind: Service\n\
                  metadata:\n  name: {name}\n\
-                 spec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector:\n    job-name: {gw}\n    {COMPLETION_INDEX_LABEL}: {index}\n  ports:\n    - name: relay\n      port: {port}\n",
+                 spec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n{ranges}  selector:\n    job-name: {gw}\n    {COMPLETION_INDEX_LABEL}: {index}\n  ports:\n    - name: relay\n      port: {port}\n",
                 name = yaml(&self.gateway_name(i)),
                 gw = yaml(&gw),
                 index = yaml(&i.to_string()),

@@ -163,6 +163,9 @@ pub struct Gateways {
     /// is behind a LoadBalancer Service of its own, in a file of their own; the fleet takes
     /// their addresses, which exist only once the load balancers do, from a ConfigMap.
     pub kube_context: Option<String>,
+    /// Kubernetes in another cluster: the CIDRs the load balancers accept connections from
+    /// (`loadBalancerSourceRanges`); empty for any address.
+    pub source_ranges: Vec<String>,
     /// SSH: the hosts.
     pub hosts: Vec<String>,
     /// A gateway no sender has used for this long exits (`skyhaul gateway --idle-exit`):
