@@ -281,10 +281,15 @@ async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
     unsafe { libc::kill(pid, libc::SIGINT) };
     std::thread::sleep(Duration::from_millis(300));
     let mut child = child;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the first Ctrl-C lets the work in flight finish"
-    );
+    if let Some(status) = child.try_wait().unwrap() {
+        // Seen once and not reproduced since: say how it ended, to tell why.
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the first Ctrl-C lets the work in flight finish, but it ended at once ({status}): {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
     unsafe { libc::kill(pid, libc::SIGINT) };
     let signalled = Instant::now();
     let out = child.wait_with_output().unwrap();
