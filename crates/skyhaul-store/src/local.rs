@@ -74,6 +74,44 @@ impl LocalStore {
         )
     }
 
+    /// Opens the file of `key` at `path`, refused when it is no longer the version `expect`
+    /// describes. Blocking.
+    fn open_version(
+        &self,
+        key: &str,
+        path: &Path,
+        expect: Option<&ObjectMeta>,
+    ) -> Result<(File, fs::Metadata)> {
+        let file = File::open(path).map_err(|e| self.io_err(key, "cannot open", e))?;
+        let md = file
+            .metadata()
+            .map_err(|e| self.io_err(key, "cannot stat", e))?;
+        match expect.is_some_and(|e| !same_version(&md, e)) {
+            true => Err(self.changed(key)),
+            false => Ok((file, md)),
+        }
+    }
+
+    /// Fills `buf` from `offset`; a file that ends too early has changed. Blocking.
+    fn read_at(&self, key: &str, file: &File, buf: &mut [u8], offset: u64) -> Result<()> {
+        read_exact_at(file, buf, offset).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => self.changed(key),
+            _ => self.io_err(key, "cannot read", e),
+        })
+    }
+
+    /// Fails when the file is no longer as `md` found it on opening: a writer may have
+    /// changed the bytes just read. Blocking.
+    fn unchanged(&self, key: &str, file: &File, md: &fs::Metadata) -> Result<()> {
+        let after = file
+            .metadata()
+            .map_err(|e| self.io_err(key, "cannot stat", e))?;
+        match after.len() != md.len() || after.modified().ok() != md.modified().ok() {
+            true => Err(self.changed(key)),
+            false => Ok(()),
+        }
+    }
+
     fn io_err(&self, key: &str, what: &str, e: io::Error) -> Error {
         io_error(
             &format!("{}/{key}", self.name.trim_end_matches('/')),
@@ -360,32 +398,13 @@ impl Store for LocalStore {
         let expect = expect.cloned();
         let this = self.clone();
         blocking(move || {
-            let file = File::open(&path).map_err(|e| this.io_err(&key, "cannot open", e))?;
-            let md = file
-                .metadata()
-                .map_err(|e| this.io_err(&key, "cannot stat", e))?;
-            let changed = || this.changed(&key);
-            if expect.as_ref().is_some_and(|e| !same_version(&md, e)) {
-                return Err(changed());
-            }
+            let (file, md) = this.open_version(&key, &path, expect.as_ref())?;
             let range = range.unwrap_or(0..md.len());
             let len = (range.end - range.start) as usize;
             let mut buf = crate::buffers::take(len);
             buf.resize(len, 0);
-            read_exact_at(&file, &mut buf, range.start).map_err(|e| {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    changed()
-                } else {
-                    this.io_err(&key, "cannot read", e)
-                }
-            })?;
-            // A writer may have changed the bytes we just read: look again.
-            let after = file
-                .metadata()
-                .map_err(|e| this.io_err(&key, "cannot stat", e))?;
-            if after.len() != md.len() || after.modified().ok() != md.modified().ok() {
-                return Err(changed());
-            }
+            this.read_at(&key, &file, &mut buf, range.start)?;
+            this.unchanged(&key, &file, &md)?;
             Ok(Fetched {
                 data: crate::buffers::freeze(buf),
                 etag: None,

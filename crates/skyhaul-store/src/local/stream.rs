@@ -2,7 +2,7 @@
 //! system is never held in memory whole.
 
 use super::LocalStore;
-use super::{blocking, create_parent, random_id, read_exact_at, same_version, set_mtime};
+use super::{blocking, create_parent, random_id, set_mtime};
 use crate::{short_body, Chunks, ObjectMeta, PutOptions, Result, Streamed};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -25,17 +25,8 @@ pub(super) async fn get_stream(
 ) -> Result<Streamed> {
     let path = store.path_of(key)?;
     let (this, k, expect) = (store.clone(), key.to_string(), expect.cloned());
-    let (file, md) = blocking(move || {
-        let file = File::open(&path).map_err(|e| this.io_err(&k, "cannot open", e))?;
-        let md = file
-            .metadata()
-            .map_err(|e| this.io_err(&k, "cannot stat", e))?;
-        match expect.as_ref().is_some_and(|e| !same_version(&md, e)) {
-            true => Err(this.changed(&k)),
-            false => Ok((Arc::new(file), md)),
-        }
-    })
-    .await?;
+    let (file, md) = blocking(move || this.open_version(&k, &path, expect.as_ref())).await?;
+    let file = Arc::new(file);
     let size = md.len();
     let (this, key) = (store.clone(), key.to_string());
     // Chunks are split off one buffer, whose memory is used again once the chunks given out
@@ -51,18 +42,9 @@ pub(super) async fn get_stream(
             buf.reserve(len);
             let read = blocking(move || {
                 buf.resize(len, 0);
-                read_exact_at(&file, &mut buf, offset).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => this.changed(&key),
-                    _ => this.io_err(&key, "cannot read", e),
-                })?;
+                this.read_at(&key, &file, &mut buf, offset)?;
                 if offset + len as u64 == size {
-                    // A writer may have changed the bytes just read: look again.
-                    let after = file
-                        .metadata()
-                        .map_err(|e| this.io_err(&key, "cannot stat", e))?;
-                    if after.len() != md.len() || after.modified().ok() != md.modified().ok() {
-                        return Err(this.changed(&key));
-                    }
+                    this.unchanged(&key, &file, &md)?;
                 }
                 Ok(buf)
             })
