@@ -227,16 +227,13 @@ impl Job {
                 ),
             },
         );
-        let ranges: String = match g.source_ranges.is_empty() {
-            true => String::new(),
-            false => g.source_ranges.iter().fold(
-                "  loadBalancerSourceRanges:\n".to_string(),
-                |mut acc, r| {
-                    let _ = writeln!(acc, "    - {}", yaml(r));
-                    acc
-                },
-            ),
-        };
+        let mut ranges = String::new();
+        if !g.source_ranges.is_empty() {
+            ranges.push_str("  loadBalancerSourceRanges:\n");
+            for r in &g.source_ranges {
+                let _ = writeln!(ranges, "    - {}", yaml(r));
+            }
+        }
         for i in 0..g.count {
             // `externalTrafficPolicy: Local`: the load balancer sends to the node that runs the
             // pod (no second hop through another node), and checks that node's health on a
