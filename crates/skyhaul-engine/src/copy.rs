@@ -3,13 +3,12 @@
 //! checked against the source's checksums and against what the destination says it stored.
 
 use crate::content::read_sums;
-use crate::integrity::{plain_md5, source_md5};
 use crate::plan::MIB;
 use crate::run::Ctx;
 use crate::streamed::{copy_streamed, streamable};
 use crate::striped::multipart;
 use crate::verify::Copied;
-use skyhaul_store::{Error, ErrorKind, ObjectMeta, Payload, PutOptions, Result};
+use skyhaul_store::{Error, ErrorKind, ObjectMeta, Payload, PutOptions, Result, Written};
 use std::sync::Arc;
 
 /// Copies one object, starting over when its checksums do not add up at the end (a part
@@ -54,14 +53,20 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     if let Some(container) = &ctx.copy_from {
         copied.server_side = true;
         if !stripes(ctx, src.size) {
-            ctx.opts
+            let written = ctx
+                .opts
                 .retry
                 .run(&ctx.dst_limit, &ctx.progress, || {
                     dst.copy_object(container, src, dst_key, &put)
                 })
                 .await?;
-            // A whole-object copy keeps the content, so a content-MD5 ETag stays the same.
-            copied.etag = plain_md5(src.etag.as_deref()).map(str::to_string);
+            // A whole-object copy keeps the content, so a content-MD5 ETag stays the same
+            // (the store has compared the copy's with the listed one). A copy into a bucket
+            // that encrypts with SSE-KMS, or from an object it encrypts, changes the ETag.
+            copied.etag = match written.etag {
+                Some(_) => written.content_md5().map(str::to_string),
+                None => src.content_md5().map(str::to_string),
+            };
             ctx.resume.done(src, dst_key, None);
             ctx.progress.add_moved(src.size);
         } else {
@@ -86,19 +91,19 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     // Where the destination checks `Content-MD5` or reports the MD5 it stored, the source's
     // own MD5 (its ETag) sent as `Content-MD5` has the destination check the bytes end to
     // end, so they need not be hashed here: MD5 is most of the CPU a copy costs.
-    let relay_md5 = ctx.src.etags_are_md5() && dst.etags_are_md5();
+    let relay_md5 = ctx.listed_md5(src) && dst.etags_are_md5();
     let with_md5 = !relay_md5 && (ctx.src.etags_are_md5() || dst.etags_are_md5());
     let memory = ctx.budget.reserve(src.size).await;
-    let (data, mut sums, read_etag) = ctx.read_checked(src, 0..src.size, with_md5).await?;
-    let source_md5 = source_md5(src, read_etag.as_deref()).filter(|_| relay_md5);
+    let (data, mut sums, read_md5) = ctx.read_checked(src, 0..src.size, with_md5).await?;
+    let source_md5 = read_md5.filter(|_| relay_md5);
     if relay_md5 && source_md5.is_none() {
-        // The source's ETag is no MD5 (a multipart source): hash the bytes after all.
+        // The source's ETag is no MD5 (a multipart or SSE-KMS source): hash the bytes.
         sums = crate::integrity::sums(&data, true);
     }
     let md5 = source_md5.or(sums.md5);
     put.set_crc64nvme(sums.crc64);
     let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
-    let written_etag = ctx
+    let written = ctx
         .opts
         .retry
         .run(&ctx.dst_limit, &ctx.progress, || async {
@@ -107,9 +112,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
                 md5,
             };
             let stored = match dst.put(dst_key, payload, &put).await {
-                Ok(written) => {
-                    check_stored(&target, written.etag.as_deref(), md5).map(|()| written.etag)
-                }
+                Ok(written) => check_stored(&target, written.content_md5(), md5).map(|()| written),
                 Err(e) => Err(e),
             };
             match stored {
@@ -128,12 +131,12 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
             }
         })
         .await??;
-    copied.written_etag = written_etag;
     ctx.resume
         .done_holding(src, dst_key, Some(sums.crc64), memory);
     ctx.progress.add_moved(src.size);
     copied.crc64 = Some(sums.crc64);
-    copied.etag = md5.filter(|_| dst.etags_are_md5()).map(hex::encode);
+    copied.etag = expected_etag(dst.as_ref(), &written, md5);
+    copied.written_etag = written.etag;
     Ok(copied)
 }
 
@@ -152,10 +155,26 @@ pub(crate) fn stripes(ctx: &Ctx, size: u64) -> bool {
     size > whole_max.min(limits.max_single_put)
 }
 
-/// Fails when the store reports a content MD5 other than the one of the bytes we sent:
-/// servers that ignore `Content-MD5` would otherwise keep a body corrupted on the way.
-pub(crate) fn check_stored(target: &str, etag: Option<&str>, sent: Option<[u8; 16]>) -> Result<()> {
-    match (plain_md5(etag), sent) {
+/// The ETag the destination will list for an object written whole from bytes with `md5`:
+/// that MD5, where the store's ETags are content MD5s and its answer did not say otherwise.
+pub(crate) fn expected_etag(
+    dst: &dyn skyhaul_store::Store,
+    written: &Written,
+    md5: Option<[u8; 16]>,
+) -> Option<String> {
+    md5.filter(|_| dst.etags_are_md5() && !written.opaque_etag)
+        .map(hex::encode)
+}
+
+/// Fails when the store reports a content MD5 (`stored`, from its answer) other than the
+/// one of the bytes we sent: servers that ignore `Content-MD5` would otherwise keep a body
+/// corrupted on the way.
+pub(crate) fn check_stored(
+    target: &str,
+    stored: Option<&str>,
+    sent: Option<[u8; 16]>,
+) -> Result<()> {
+    match (stored, sent) {
         (Some(stored), Some(sent)) if !stored.eq_ignore_ascii_case(&hex::encode(sent)) => {
             Err(Error::new(
                 ErrorKind::Corrupt,

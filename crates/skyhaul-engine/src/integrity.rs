@@ -41,15 +41,24 @@ pub fn combine_crc64(pieces: impl IntoIterator<Item = (u64, u64)>) -> u64 {
     crc
 }
 
-/// An ETag that is the MD5 of the content: 32 hex digits, no `-N` part count.
+/// An ETag in the form of a content MD5: 32 hex digits, no `-N` part count. Whether it is
+/// one, only the store's answers tell ([`skyhaul_store::content_md5`]).
 pub fn plain_md5(etag: Option<&str>) -> Option<&str> {
-    etag.filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+    skyhaul_store::content_md5(etag, false)
 }
 
 /// The source's content MD5: its listed ETag, else the one its read was answered with
-/// (some listings carry none), when that is a content MD5.
-pub fn source_md5(src: &ObjectMeta, read_etag: Option<&str>) -> Option<[u8; 16]> {
-    let hex = plain_md5(src.etag.as_deref()).or(plain_md5(read_etag))?;
+/// (some listings carry none), when that is a content MD5. None when the read (or a HEAD)
+/// said the object's ETag is no MD5 (SSE-KMS, SSE-C), which a listing cannot say.
+pub fn source_md5(
+    src: &ObjectMeta,
+    read_etag: Option<&str>,
+    read_opaque: bool,
+) -> Option<[u8; 16]> {
+    if read_opaque || src.opaque_etag {
+        return None;
+    }
+    let hex = src.content_md5().or(plain_md5(read_etag))?;
     <[u8; 16]>::try_from(hex::decode(hex).ok()?).ok()
 }
 

@@ -4,7 +4,7 @@ use crate::budget::Budget;
 use crate::content::{same_content, Side, READ_CHUNK};
 use crate::copy::copy_with_retries;
 use crate::filter::Filter;
-use crate::integrity::{md5_mismatch, source_md5, sums, ChunkSums};
+use crate::integrity::{md5_mismatch, plain_md5, source_md5, sums, ChunkSums};
 use crate::limiter::AdaptiveLimit;
 use crate::listing::plan_recursive;
 use crate::open::Endpoint;
@@ -19,6 +19,7 @@ use futures::StreamExt;
 use skyhaul_journal::{Journal, TransferIdentity};
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::task::JoinSet;
@@ -95,6 +96,11 @@ pub(crate) struct Ctx {
     /// What was written, for the verification pass.
     pub(crate) copied: Mutex<Vec<Copied>>,
     pub(crate) resume: Resume,
+    /// Set once a read of the source says its ETag is no MD5 (a bucket that encrypts with
+    /// SSE-KMS): from then on listed ETags are not taken for content MD5s (see
+    /// [`Ctx::listed_md5`]), which spares every object of such a bucket a read begun for
+    /// nothing.
+    opaque_source: AtomicBool,
 }
 
 impl Ctx {
@@ -128,6 +134,26 @@ impl Ctx {
             copy_from,
             copied: Mutex::new(Vec::new()),
             resume,
+            opaque_source: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether `src`'s listed ETag may be its content MD5: the source's store has such
+    /// ETags, the listed one has that form (or there is none, and the read will tell), and
+    /// no read of this source has yet said that its ETags are not MD5s.
+    pub(crate) fn listed_md5(&self, src: &ObjectMeta) -> bool {
+        self.src.etags_are_md5()
+            && !self.opaque_source.load(Ordering::Relaxed)
+            && src
+                .etag
+                .as_deref()
+                .is_none_or(|e| plain_md5(Some(e)).is_some())
+    }
+
+    /// Records what a read of the source said of its ETag ([`Ctx::listed_md5`]).
+    pub(crate) fn saw_source_etag(&self, opaque: bool) {
+        if opaque {
+            self.opaque_source.store(true, Ordering::Relaxed);
         }
     }
 
@@ -175,13 +201,14 @@ impl Ctx {
     /// Reads `range` of `src` with retries, failing (and so retrying) on a short read, a
     /// changed source, or, for a whole-object read, bytes that do not hash to the source's
     /// MD5 (from the listing or, when the listing has none, from the read itself).
-    /// Returns the bytes, their checksums and the ETag the read reported.
+    /// Returns the bytes, their checksums and the source's content MD5 as the read vouches
+    /// for it (none when the read said the object's ETag is no MD5).
     pub(crate) async fn read_checked(
         &self,
         src: &ObjectMeta,
         range: std::ops::Range<u64>,
         with_md5: bool,
-    ) -> Result<(Bytes, ChunkSums, Option<String>)> {
+    ) -> Result<(Bytes, ChunkSums, Option<[u8; 16]>)> {
         let want = range.end - range.start;
         let whole = want == src.size;
         let range = (src.size > 0).then_some(range);
@@ -193,6 +220,7 @@ impl Ctx {
                     limit.take(want).await;
                 }
                 let fetched = self.src.get(&src.key, range.clone(), Some(src)).await?;
+                self.saw_source_etag(fetched.opaque_etag);
                 let data = fetched.data;
                 if data.len() as u64 != want {
                     return Err(Error::new(
@@ -201,13 +229,13 @@ impl Ctx {
                     ));
                 }
                 let sums = sums(&data, with_md5);
-                let expected = source_md5(src, fetched.etag.as_deref()).filter(|_| whole);
-                if let (Some(want), Some(got)) = (expected, sums.md5) {
+                let source = source_md5(src, fetched.etag.as_deref(), fetched.opaque_etag);
+                if let (Some(want), Some(got), true) = (source, sums.md5, whole) {
                     if want != got {
                         return Err(md5_mismatch(&target, want, got));
                     }
                 }
-                Ok((data, sums, fetched.etag))
+                Ok((data, sums, source))
             })
             .await
     }

@@ -23,8 +23,8 @@
 //! (metadata goes with the headers, before the bytes), which the object's content-MD5 ETag
 //! makes up for in later comparisons.
 
-use crate::copy::check_stored;
-use crate::integrity::{md5_mismatch, plain_md5, source_md5};
+use crate::copy::{check_stored, expected_etag};
+use crate::integrity::{md5_mismatch, source_md5};
 use crate::limiter::Slot;
 use crate::run::Ctx;
 use crate::verify::Copied;
@@ -41,19 +41,12 @@ const STREAM_HELD: u64 = 2 * skyhaul_store::LOCAL_CHUNK as u64;
 
 /// Whether `src`, copied whole, goes by [`copy_streamed`]: both stores stream, and where the
 /// destination needs the content MD5 before the bytes, the source's ETag gives it. A listed
-/// ETag that is no MD5 (an object uploaded in parts) is buffered and hashed instead; a
+/// ETag that is no MD5 (an object uploaded in parts) is buffered and hashed instead, as is
+/// every object of a source whose reads have said its ETags are not MD5s (SSE-KMS); a
 /// listing without ETags is decided by the read's.
 pub(crate) fn streamable(ctx: &Ctx, src: &ObjectMeta) -> bool {
     let (from, to) = (ctx.src.as_ref(), ctx.dst.as_ref());
-    let md5_first = to.etags_are_md5();
-    from.streams()
-        && to.streams()
-        && (!md5_first
-            || (from.etags_are_md5()
-                && src
-                    .etag
-                    .as_deref()
-                    .is_none_or(|e| plain_md5(Some(e)).is_some())))
+    from.streams() && to.streams() && (!to.etags_are_md5() || ctx.listed_md5(src))
 }
 
 /// Copies `src` whole by streaming it, or returns `None` when its read shows an ETag that
@@ -74,7 +67,7 @@ pub(crate) async fn copy_streamed(
     // retried here: `copy_with_retries` copies the object again a bounded number of times,
     // and a mismatch that lasts (an ETag that only looks like an MD5) fails fast.
     let mut tries = retry.tries(&ctx.dst_limit, progress);
-    let (written_etag, md5, crc) = loop {
+    let (written, md5, crc) = loop {
         if let Some(limit) = &ctx.opts.bwlimit {
             limit.take(src.size).await;
         }
@@ -83,7 +76,8 @@ pub(crate) async fn copy_streamed(
                 ctx.src.get_stream(&src.key, Some(src))
             })
             .await?;
-        let md5 = source_md5(src, streamed.etag.as_deref());
+        ctx.saw_source_etag(streamed.opaque_etag);
+        let md5 = source_md5(src, streamed.etag.as_deref(), streamed.opaque_etag);
         if md5_first && md5.is_none() {
             return Ok(None);
         }
@@ -97,7 +91,7 @@ pub(crate) async fn copy_streamed(
             .dst
             .put_stream(dst_key, body, sent_md5, put)
             .await
-            .and_then(|w| check_stored(&target, w.etag.as_deref(), sent_md5).map(|()| w));
+            .and_then(|w| check_stored(&target, w.content_md5(), sent_md5).map(|()| w));
         drop(dst_slot);
         match written {
             Ok(w) => {
@@ -108,7 +102,7 @@ pub(crate) async fn copy_streamed(
                         format!("{target}: the write ended before the whole body was read"),
                     )
                 })?;
-                break (w.etag, sent_md5, crc);
+                break (w, sent_md5, crc);
             }
             Err(e) if e.kind == ErrorKind::Corrupt => return Err(e),
             Err(e) => tries.after(e).await?,
@@ -120,8 +114,8 @@ pub(crate) async fn copy_streamed(
         dst_key: dst_key.to_string(),
         size: src.size,
         crc64: Some(crc),
-        etag: md5.map(hex::encode),
-        written_etag,
+        etag: expected_etag(ctx.dst.as_ref(), &written, md5),
+        written_etag: written.etag,
         server_side: false,
     }))
 }

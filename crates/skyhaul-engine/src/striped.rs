@@ -3,7 +3,7 @@
 //! and completed only when every part is in and the checksums agree.
 
 use crate::copy::check_stored;
-use crate::integrity::{combine_crc64, multipart_etag, plain_md5, ChunkSums, OrderedMd5};
+use crate::integrity::{combine_crc64, multipart_etag, ChunkSums, OrderedMd5};
 use crate::plan::{part_size, MIB};
 use crate::resume::decode_sums;
 use crate::retry::RetryPolicy;
@@ -81,7 +81,8 @@ pub(crate) fn part_size_for(ctx: &Ctx, src: &ObjectMeta, server_side: bool) -> R
 
 /// The destination object, if it is what completing a multipart upload of `src` makes: a
 /// completion whose answer was lost (to a retry, or to a killed run) did succeed. It has the
-/// source's size and, where the server follows S3, the ETag the parts make.
+/// source's size and, where the server follows S3, the ETag the parts make (unless it says
+/// that ETag is no MD5: SSE-KMS).
 async fn already_completed(
     ctx: &Ctx,
     src: &ObjectMeta,
@@ -97,7 +98,10 @@ async fn already_completed(
         .ok()??;
     let etag_agrees = match (
         expected_etag,
-        found.etag.as_deref().filter(|e| e.contains('-')),
+        found
+            .etag
+            .as_deref()
+            .filter(|e| e.contains('-') && !found.opaque_etag),
     ) {
         (Some(want), Some(got)) => want == got,
         _ => true,
@@ -143,7 +147,7 @@ async fn completed_earlier(
         dst_key: dst_key.to_string(),
         size: src.size,
         crc64,
-        etag: expected_etag,
+        etag: expected_etag.filter(|_| !found.opaque_etag),
         written_etag: found.etag,
         server_side: false,
     })
@@ -165,13 +169,7 @@ async fn striped(
     // no full-object CRC64-NVME (AWS S3 does for new objects, skyhaul for what it writes):
     // the parts' CRCs must add up to that before the upload is completed, which checks
     // every byte read without a second pass over the object.
-    let check_source = !server_side
-        && put.crc64nvme().is_none()
-        && ctx.src.etags_are_md5()
-        && src
-            .etag
-            .as_deref()
-            .is_none_or(|e| plain_md5(Some(e)).is_some());
+    let check_source = !server_side && put.crc64nvme().is_none() && ctx.listed_md5(src);
     let with_md5 = !server_side && (check_source || dst.etags_are_md5());
     // Resumed parts are not read again, so the whole-object source check is not possible.
     let check_source = check_source && resumed.as_ref().is_none_or(|r| r.parts.is_empty());
@@ -257,22 +255,21 @@ async fn striped(
         absorb(r, src, &mut done, &mut failed, &mut parts);
     }
     let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
-    // The source's MD5: from the listing, else from what the reads reported.
-    let source_md5 = plain_md5(src.etag.as_deref())
-        .map(str::to_string)
-        .or_else(|| {
-            done.iter()
-                .find_map(|(_, _, e)| plain_md5(e.as_deref()).map(str::to_string))
-        });
+    // The source's MD5 as its reads vouch for it (none for an SSE-KMS object, whose
+    // listed ETag only looks like one).
+    let source_md5 = done.iter().find_map(|(_, _, m)| *m);
     if failed.is_none() {
         if let (Some(want), Some(ordered)) = (source_md5, ordered) {
             let got = Arc::try_unwrap(ordered)
                 .ok()
                 .and_then(|o| o.finish(count as u32));
-            if got.map(hex::encode).as_deref() != Some(want.as_str()) {
+            if got != Some(want) {
                 failed = Some(Error::new(
                     ErrorKind::Corrupt,
-                    format!("{target}: the bytes read do not hash to the source's MD5 {want}"),
+                    format!(
+                        "{target}: the bytes read do not hash to the source's MD5 {}",
+                        hex::encode(want)
+                    ),
                 ));
             }
         }
@@ -343,7 +340,10 @@ pub(crate) async fn complete_upload(
             match already_completed(ctx, src, dst_key, expected_etag.as_deref()).await {
                 Some(found) => {
                     tracing::debug!("{e}; the upload was completed by an earlier attempt");
-                    skyhaul_store::Written { etag: found.etag }
+                    skyhaul_store::Written {
+                        etag: found.etag,
+                        opaque_etag: found.opaque_etag,
+                    }
                 }
                 None => {
                     abort(ctx, &upload, false).await;
@@ -358,6 +358,7 @@ pub(crate) async fn complete_upload(
     };
 
     // Servers that follow S3 return md5-of-part-md5s-N; anything else is not comparable.
+    let expected_etag = expected_etag.filter(|_| !written.opaque_etag);
     if let (Some(want), Some(got)) = (
         &expected_etag,
         written.etag.as_deref().filter(|e| e.contains('-')),
@@ -383,7 +384,9 @@ pub(crate) async fn complete_upload(
     })
 }
 
-pub(crate) type PartResult = (CompletedPart, Option<ChunkSums>, Option<String>);
+/// A part sent: the store's receipt, the checksums of its bytes where they passed through
+/// here, and the source's content MD5 as the part's read vouched for it.
+pub(crate) type PartResult = (CompletedPart, Option<ChunkSums>, Option<[u8; 16]>);
 
 /// Takes in one finished part task: its result, or the first failure (which stops the rest).
 fn absorb(
@@ -440,7 +443,7 @@ pub(crate) async fn move_part(
     if ctx.cancel.is_cancelled() {
         return Err(ctx.interrupted(&src.key));
     }
-    let (data, sums, etag) = ctx.read_checked(src, spec.range(), with_md5).await?;
+    let (data, sums, source_md5) = ctx.read_checked(src, spec.range(), with_md5).await?;
     let target = format!(
         "{}/{} part {}",
         dst.name().trim_end_matches('/'),
@@ -461,7 +464,7 @@ pub(crate) async fn move_part(
                     },
                 )
                 .await?;
-            check_stored(&target, Some(part.etag.as_str()), sums.md5)?;
+            check_stored(&target, part.content_md5(), sums.md5)?;
             Ok(part)
         })
         .await?;
@@ -472,7 +475,7 @@ pub(crate) async fn move_part(
     if let Some(o) = ordered {
         o.add(spec.number - 1, data, memory);
     }
-    Ok((done, Some(sums), etag))
+    Ok((done, Some(sums), source_md5))
 }
 
 /// Aborts `upload`. The journal forgets it once the server has, and with `forget` even if

@@ -170,15 +170,25 @@ async fn recorded_outcome(
     if m.etag.is_none() {
         m.etag = c.written_etag.clone();
     }
-    let headed = c.etag.is_some() && m.etag.is_none();
+    let mut headed = c.etag.is_some() && m.etag.is_none();
     if headed {
         m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);
     }
-    let by_etag = c
-        .etag
-        .as_deref()
-        .zip(m.etag.as_deref())
-        .and_then(|(want, got)| same_form(want, got));
+    let by_etag_of = |m: &ObjectMeta| {
+        let got = m.etag.as_deref().filter(|_| !m.opaque_etag);
+        c.etag
+            .as_deref()
+            .zip(got)
+            .and_then(|(want, got)| same_form(want, got))
+    };
+    let mut by_etag = by_etag_of(&m);
+    // A listed ETag that differs may be one the store calls no MD5 (SSE-KMS, after the
+    // object was written over by another tool): only a HEAD says so.
+    if !headed && by_etag.as_ref().is_some_and(|(want, got)| want != got) {
+        m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);
+        headed = true;
+        by_etag = by_etag_of(&m);
+    }
     let Some(want) = c.crc64.filter(|_| by_etag.is_none()) else {
         return Ok(by_etag);
     };

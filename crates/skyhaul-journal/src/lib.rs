@@ -665,6 +665,7 @@ impl Journal {
                             number: r.get(0)?,
                             len: r.get::<_, i64>(1)? as u64,
                             etag: r.get(2)?,
+                            opaque_etag: false,
                         },
                         checksum: r.get(3)?,
                     })

@@ -45,6 +45,7 @@ fn child(path: &Path, round: u32) {
             number: n,
             len: 8 << 20,
             etag: format!("p{n}"),
+            opaque_etag: false,
         };
         j.part_done(id, &up.upload_id, &p, None).unwrap();
     }

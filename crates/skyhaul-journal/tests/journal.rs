@@ -27,6 +27,7 @@ fn part(number: u32, len: u64) -> CompletedPart {
         number,
         len,
         etag: format!("etag-{number}"),
+        opaque_etag: false,
     }
 }
 

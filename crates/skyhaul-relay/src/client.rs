@@ -251,15 +251,6 @@ fn parse<T: DeserializeOwned>(value: Value) -> Result<T> {
     })
 }
 
-fn etag_of(value: Value) -> Result<Written> {
-    #[derive(serde::Deserialize)]
-    struct E {
-        etag: Option<String>,
-    }
-    let e: E = parse(value)?;
-    Ok(Written { etag: e.etag })
-}
-
 impl Shared {
     /// Sends `req` until a gateway answers it; the answer may still be the store's error.
     async fn call(&self, req: &Request, body: Bytes) -> Result<(Value, Bytes)> {
@@ -606,8 +597,12 @@ impl Store for RelayStore {
             expect: expect.cloned(),
         };
         let (value, data) = self.shared.call(&req, Bytes::new()).await?;
-        let etag = etag_of(value)?.etag;
-        Ok(Fetched { data, etag })
+        let tag: Written = parse(value)?;
+        Ok(Fetched {
+            data,
+            etag: tag.etag,
+            opaque_etag: tag.opaque_etag,
+        })
     }
 
     async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<Written> {
@@ -617,7 +612,7 @@ impl Store for RelayStore {
             opts: Opts::from(opts),
         };
         let (value, _) = self.shared.call(&req, body.data).await?;
-        etag_of(value)
+        parse(value)
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload> {
@@ -654,7 +649,7 @@ impl Store for RelayStore {
             opts: Opts::from(opts),
         };
         let (value, _) = self.shared.call(&req, Bytes::new()).await?;
-        etag_of(value)
+        parse(value)
     }
 
     async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {

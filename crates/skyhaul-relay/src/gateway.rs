@@ -13,7 +13,7 @@ use crate::{Reader, Writer};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use skyhaul_store::{Entry, Error, ErrorKind, Payload, Store};
+use skyhaul_store::{Entry, Error, ErrorKind, Payload, Store, Written};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -417,7 +417,11 @@ impl Gateway {
                 let f = s
                     .get(&key, range.map(|(a, b)| a..b), expect.as_ref())
                     .await?;
-                (json!({ "etag": f.etag }), f.data)
+                let tag = Written {
+                    etag: f.etag,
+                    opaque_etag: f.opaque_etag,
+                };
+                (json!(tag), f.data)
             }
             Request::Put { key, md5, opts } => {
                 let payload = Payload {
@@ -425,7 +429,7 @@ impl Gateway {
                     md5: md5_bytes(md5.as_deref()),
                 };
                 let w = s.put(&key, payload, &opts.into()).await?;
-                (json!({ "etag": w.etag }), none)
+                (json!(w), none)
             }
             Request::CreateMultipart { key, opts } => {
                 (json!(s.create_multipart(&key, &opts.into()).await?), none)
@@ -443,7 +447,7 @@ impl Gateway {
                 opts,
             } => {
                 let w = s.complete_multipart(&upload, &parts, &opts.into()).await?;
-                (json!({ "etag": w.etag }), none)
+                (json!(w), none)
             }
             Request::AbortMultipart { upload } => {
                 s.abort_multipart(&upload).await?;

@@ -16,6 +16,7 @@ use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart as S3Part,
+    ServerSideEncryption,
 };
 use aws_sdk_s3::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -235,6 +236,45 @@ impl S3Store {
     fn copy_source(src_container: &str, key: &str) -> String {
         format!("{src_container}/{}", utf8_percent_encode(key, COPY_SOURCE))
     }
+
+    /// HEAD of `key` in `bucket` (this store's, or a server-side copy's source).
+    async fn head_in(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>> {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+        {
+            Ok(h) => {
+                let mut m = ObjectMeta::new(key, h.content_length().unwrap_or(0).max(0) as u64);
+                m.mtime = mtime(h.last_modified());
+                m.etag = etag(h.e_tag());
+                m.opaque_etag = opaque_etag(h.server_side_encryption(), h.sse_customer_algorithm());
+                if let Some(md) = h.metadata() {
+                    m.metadata = md.clone().into_iter().collect();
+                }
+                if let Some(crc) = full_object_crc64(&h) {
+                    m.set_crc64nvme(crc);
+                }
+                Ok(Some(m))
+            }
+            Err(e) => {
+                let target = match bucket == self.bucket {
+                    true => self.target(key),
+                    false => format!("s3://{bucket}/{key}"),
+                };
+                let err = map_err(e, &target, "head");
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
 }
 
 /// A response body that broke off: worth another try.
@@ -302,6 +342,16 @@ fn etag(s: Option<&str>) -> Option<String> {
     s.map(|e| e.trim_matches('"').to_string())
 }
 
+/// Whether an answer's encryption headers say its ETag is not the content's MD5: AWS gives
+/// objects it encrypts with SSE-KMS, DSSE-KMS or SSE-C ETags that only look like one (and
+/// their parts too). SSE-S3 (`AES256`) keeps the MD5.
+fn opaque_etag(sse: Option<&ServerSideEncryption>, customer_algorithm: Option<&str>) -> bool {
+    matches!(
+        sse,
+        Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
+    ) || customer_algorithm.is_some()
+}
+
 fn mtime(t: Option<&aws_smithy_types::DateTime>) -> Option<SystemTime> {
     t.and_then(|t| SystemTime::try_from(*t).ok())
 }
@@ -360,36 +410,7 @@ impl Store for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-        {
-            Ok(h) => {
-                let mut m = ObjectMeta::new(key, h.content_length().unwrap_or(0).max(0) as u64);
-                m.mtime = mtime(h.last_modified());
-                m.etag = etag(h.e_tag());
-                if let Some(md) = h.metadata() {
-                    m.metadata = md.clone().into_iter().collect();
-                }
-                if let Some(crc) = full_object_crc64(&h) {
-                    m.set_crc64nvme(crc);
-                }
-                Ok(Some(m))
-            }
-            Err(e) => {
-                let err = map_err(e, &self.target(key), "head");
-                if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        self.head_in(&self.bucket, key).await
     }
 
     async fn get(
@@ -404,6 +425,7 @@ impl Store for S3Store {
         let resp = self.send_get(key, range.as_ref(), expect).await?;
         let ranged_reply = resp.content_range().is_some();
         let version = etag(resp.e_tag());
+        let opaque = opaque_etag(resp.server_side_encryption(), resp.sse_customer_algorithm());
         let want = range.as_ref().map(|r| r.end - r.start);
         let mut buf = buffers::take(resp.content_length().unwrap_or(0).max(0) as usize);
         let mut body = resp.body;
@@ -431,6 +453,7 @@ impl Store for S3Store {
         Ok(Fetched {
             data,
             etag: version,
+            opaque_etag: opaque,
         })
     }
 
@@ -455,6 +478,7 @@ impl Store for S3Store {
         .map_err(|e| map_err(e, &self.target(key), "put"))?;
         Ok(Written {
             etag: etag(out.e_tag()),
+            opaque_etag: opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
         })
     }
 
@@ -465,6 +489,7 @@ impl Store for S3Store {
     async fn get_stream(&self, key: &str, expect: Option<&ObjectMeta>) -> Result<Streamed> {
         let resp = self.send_get(key, None, expect).await?;
         let etag = etag(resp.e_tag());
+        let opaque_etag = opaque_etag(resp.server_side_encryption(), resp.sse_customer_algorithm());
         let target: std::sync::Arc<str> = self.target(key).into();
         let body = futures::stream::unfold(resp.body, move |mut body| {
             let target = target.clone();
@@ -476,6 +501,7 @@ impl Store for S3Store {
         Ok(Streamed {
             body: body.boxed(),
             etag,
+            opaque_etag,
         })
     }
 
@@ -512,6 +538,7 @@ impl Store for S3Store {
             })?;
         Ok(Written {
             etag: etag(out.e_tag()),
+            opaque_etag: opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
         })
     }
 
@@ -576,6 +603,7 @@ impl Store for S3Store {
             number: part.number,
             len: part.len,
             etag: etag(out.e_tag()).unwrap_or_default(),
+            opaque_etag: opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
         })
     }
 
@@ -610,6 +638,7 @@ impl Store for S3Store {
             .map_err(|e| map_err(e, &self.target(&upload.key), "complete multipart upload"))?;
         Ok(Written {
             etag: etag(out.e_tag()),
+            opaque_etag: opaque_etag(out.server_side_encryption(), None),
         })
     }
 
@@ -682,7 +711,8 @@ impl Store for S3Store {
         src: &ObjectMeta,
         dst_key: &str,
         _opts: &PutOptions,
-    ) -> Result<()> {
+    ) -> Result<Written> {
+        let from = format!("s3://{src_container}/{}", src.key);
         let out = self
             .client
             .copy_object()
@@ -696,27 +726,37 @@ impl Store for S3Store {
                 map_err(
                     e,
                     &self.target(dst_key),
-                    &format!("server-side copy from s3://{src_container}/{}", src.key),
+                    &format!("server-side copy from {from}"),
                 )
             })?;
+        let written = Written {
+            etag: etag(out.copy_object_result().and_then(|r| r.e_tag())),
+            opaque_etag: opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
+        };
         // Servers that ignore x-amz-copy-source-if-match (rclone serve s3, moto) still say
         // what they copied: a content-MD5 ETag other than the listed one is a changed source.
-        let copied = etag(out.copy_object_result().and_then(|r| r.e_tag()));
-        let is_md5 = |t: &str| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit());
-        if let (Some(listed), Some(copied)) = (src.etag.as_deref(), copied.as_deref()) {
-            if is_md5(listed) && is_md5(copied) && !listed.eq_ignore_ascii_case(copied) {
-                return Err(Error::new(
-                    ErrorKind::SourceChanged,
-                    format!(
-                        "{}: server-side copy from s3://{src_container}/{}: the source changed \
-                         while it was being copied",
-                        self.target(dst_key),
-                        src.key
-                    ),
-                ));
-            }
+        // Unless one of the two ETags is no MD5 (SSE-KMS): then the source's own is asked for.
+        let md5_shaped = |t: &str| skyhaul_store::content_md5(Some(t), false).is_some();
+        let Some((listed, copied)) = src.etag.as_deref().zip(written.etag.as_deref()) else {
+            return Ok(written);
+        };
+        if listed.eq_ignore_ascii_case(copied) || !md5_shaped(listed) || !md5_shaped(copied) {
+            return Ok(written);
         }
-        Ok(())
+        let now = self.head_in(src_container, &src.key).await?;
+        let unchanged = now.is_some_and(|now| {
+            now.etag.as_deref() == Some(listed) && (now.opaque_etag || written.opaque_etag)
+        });
+        if unchanged {
+            return Ok(written);
+        }
+        Err(Error::new(
+            ErrorKind::SourceChanged,
+            format!(
+                "{}: server-side copy from {from}: the source changed while it was being copied",
+                self.target(dst_key),
+            ),
+        ))
     }
 
     async fn copy_part(
@@ -757,6 +797,7 @@ impl Store for S3Store {
             number: part.number,
             len: part.len,
             etag: tag,
+            opaque_etag: opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
         })
     }
 

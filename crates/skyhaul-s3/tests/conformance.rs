@@ -39,6 +39,59 @@ async fn moto_passes_the_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn moto_encrypting_with_sse_kms_passes_the_conformance_suite() {
+    suite(S3Kind::MotoSseKms).await;
+}
+
+/// The suite passes whether or not a store calls its ETags opaque; this pins down that an
+/// SSE-KMS bucket's are, and that they are indeed no MD5s (so that the integration tests
+/// with this server test what they claim to).
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_kms_etags_are_reported_as_no_md5s() {
+    use bytes::Bytes;
+    use futures::TryStreamExt;
+    use md5::{Digest, Md5};
+    use skyhaul_store::{Payload, PutOptions};
+    let server = S3Server::start(S3Kind::MotoSseKms);
+    server.create_bucket("kms").await;
+    let store = S3Store::connect(&options(&server), "kms").await.unwrap();
+    let data = Bytes::from_static(b"encrypted at rest");
+    let md5: [u8; 16] = Md5::digest(&data).into();
+    let opts = PutOptions {
+        size: data.len() as u64,
+        ..Default::default()
+    };
+    let written = store
+        .put(
+            "k",
+            Payload {
+                data,
+                md5: Some(md5),
+            },
+            &opts,
+        )
+        .await
+        .unwrap();
+    let etag = written.etag.clone().unwrap();
+    assert!(written.opaque_etag, "{written:?}");
+    assert_eq!(etag.len(), 32, "it looks like an MD5: {etag}");
+    assert_ne!(etag, hex::encode(md5), "but it is none");
+    assert_eq!(written.content_md5(), None);
+    let head = store.head("k").await.unwrap().unwrap();
+    assert!(
+        head.opaque_etag && head.etag.as_deref() == Some(etag.as_str()),
+        "{head:?}"
+    );
+    let got = store.get("k", None, None).await.unwrap();
+    assert!(got.opaque_etag && got.content_md5().is_none(), "{got:?}");
+    // A listing cannot say: its ETag is the same, in the form of an MD5.
+    let listed: Vec<_> = store.list("", None).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].etag.as_deref(), Some(etag.as_str()));
+    assert!(!listed[0].opaque_etag);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn preflight_names_the_problem() {
     let server = S3Server::start(S3Kind::S3sFs);
     server.create_bucket("exists").await;

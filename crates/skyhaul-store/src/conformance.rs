@@ -24,6 +24,7 @@ pub async fn run_all(store: &dyn Store, prefix: &str) {
     delete(store, &format!("{prefix}delete/")).await;
     user_metadata(store, &format!("{prefix}meta/")).await;
     streamed(store, &format!("{prefix}stream/")).await;
+    etags_say_what_they_are(store, &format!("{prefix}etag/")).await;
     if store.copy_domain().is_some() {
         run_server_side_copy(store, store, &format!("{prefix}copy/")).await;
     }
@@ -109,6 +110,105 @@ async fn user_metadata(store: &dyn Store, p: &str) {
     }
 }
 
+/// Where ETags are content MD5s, the store says of every ETag it reports whether it is one
+/// (an S3 bucket that encrypts with SSE-KMS gives ETags that only look like MD5s), and says
+/// the same of one object whichever way it is asked: the engine checks bytes against every
+/// ETag not called opaque, so an unflagged opaque ETag fails copies, and a wrongly flagged
+/// one loses a check.
+async fn etags_say_what_they_are(store: &dyn Store, p: &str) {
+    if !store.etags_are_md5() {
+        return;
+    }
+    let name = store.name();
+    let data = pattern(5000, 31);
+    let want = md5(&data).map(hex::encode);
+    let key = format!("{p}one.bin");
+    let put = put_bytes(store, &key, &data).await;
+    let streamed_key = format!("{p}streamed.bin");
+    let streamed = store
+        .put_stream(
+            &streamed_key,
+            chunks(&data, 1000, None),
+            md5(&data),
+            &opts(data.len()),
+        )
+        .await
+        .unwrap();
+    for (key, written) in [(&key, &put), (&streamed_key, &streamed)] {
+        if let Some(stored) = written.content_md5() {
+            assert_eq!(
+                Some(stored.to_ascii_lowercase()),
+                want,
+                "{name}: {key}: an ETag in the form of an MD5, not called opaque, is the content's"
+            );
+        }
+        let head = store.head(key).await.unwrap().unwrap();
+        let got = store.get(key, None, None).await.unwrap();
+        let part = store.get(key, Some(10..20), None).await.unwrap();
+        let stream = store.get_stream(key, None).await.unwrap();
+        assert_eq!(
+            (
+                head.opaque_etag,
+                got.opaque_etag,
+                part.opaque_etag,
+                stream.opaque_etag
+            ),
+            (written.opaque_etag, written.opaque_etag, written.opaque_etag, written.opaque_etag),
+            "{name}: {key}: head, get, ranged get and streamed get say what the write said of the ETag"
+        );
+        assert_eq!(
+            head.etag, written.etag,
+            "{name}: {key}: the ETag written is the one headed"
+        );
+        assert_eq!(
+            got.etag, written.etag,
+            "{name}: {key}: the ETag written is the one read"
+        );
+    }
+    let part_len = store.limits().min_part_size.max(1) as usize;
+    let big = pattern(part_len + 10, 32);
+    let big_key = format!("{p}parts.bin");
+    let upload = store
+        .create_multipart(&big_key, &opts(big.len()))
+        .await
+        .unwrap();
+    let mut parts = Vec::new();
+    for (number, range) in [(1, 0..part_len), (2, part_len..big.len())] {
+        let spec = PartSpec {
+            number,
+            offset: range.start as u64,
+            len: range.len() as u64,
+        };
+        let body = Payload {
+            data: Bytes::copy_from_slice(&big[range.clone()]),
+            md5: md5(&big[range.clone()]),
+        };
+        let done = store.put_part(&upload, spec, body).await.unwrap();
+        if let Some(stored) = done.content_md5() {
+            assert_eq!(
+                Some(stored.to_ascii_lowercase()),
+                md5(&big[range]).map(hex::encode),
+                "{name}: a part's ETag in the form of an MD5, not called opaque, is the part's"
+            );
+        }
+        assert_eq!(
+            done.opaque_etag, put.opaque_etag,
+            "{name}: parts' ETags are opaque where objects' are"
+        );
+        parts.push(done);
+    }
+    let completed = store
+        .complete_multipart(&upload, &parts, &opts(big.len()))
+        .await
+        .unwrap();
+    let head = store.head(&big_key).await.unwrap().unwrap();
+    assert_eq!(
+        (completed.opaque_etag, head.opaque_etag),
+        (put.opaque_etag, put.opaque_etag),
+        "{name}: a completed upload's ETag is opaque where objects' are, as written and headed"
+    );
+}
+
 /// Deterministic, non-repeating test bytes, so a misplaced range shows up as a mismatch.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -120,6 +220,18 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Writes `data` whole under `key`, which must succeed.
+async fn put_bytes(store: &dyn Store, key: &str, data: &[u8]) -> crate::Written {
+    store
+        .put(
+            key,
+            Payload::new(Bytes::copy_from_slice(data)),
+            &opts(data.len()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: put {key}: {e}", store.name()))
 }
 
 fn opts(size: usize) -> PutOptions {
@@ -140,14 +252,7 @@ async fn list_keys(store: &dyn Store, prefix: &str, start_after: Option<&str>) -
 async fn put_get_head(store: &dyn Store, p: &str) {
     let key = format!("{p}object.bin");
     let data = pattern(100_000, 1);
-    store
-        .put(
-            &key,
-            Payload::new(Bytes::from(data.clone())),
-            &opts(data.len()),
-        )
-        .await
-        .unwrap();
+    put_bytes(store, &key, &data).await;
     let fetched = store.get(&key, None, None).await.unwrap();
     if let (Some(listed), Some(read)) = (
         &store.head(&key).await.unwrap().and_then(|m| m.etag),
@@ -195,14 +300,7 @@ async fn put_get_head(store: &dyn Store, p: &str) {
 async fn ranged_get(store: &dyn Store, p: &str) {
     let key = format!("{p}r.bin");
     let data = pattern(300_001, 2);
-    store
-        .put(
-            &key,
-            Payload::new(Bytes::from(data.clone())),
-            &opts(data.len()),
-        )
-        .await
-        .unwrap();
+    put_bytes(store, &key, &data).await;
     for r in [0..1, 0..65_536, 65_536..200_000, 299_000..300_001] {
         let got = store.get(&key, Some(r.clone()), None).await.unwrap().data;
         assert_eq!(

@@ -19,8 +19,8 @@ pub mod conformance;
 pub use error::{cause_chain, Error, ErrorKind, Result};
 pub use local::{LocalStore, LOCAL_CHUNK};
 pub use types::{
-    Chunks, CompletedPart, Entry, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload,
-    PutOptions, Streamed, Written, CRC_METADATA,
+    content_md5, Chunks, CompletedPart, Entry, Fetched, Limits, MultipartUpload, ObjectMeta,
+    PartSpec, Payload, PutOptions, Streamed, Written, CRC_METADATA,
 };
 
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -117,6 +117,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(Streamed {
             body: futures::stream::once(async { Ok(fetched.data) }).boxed(),
             etag: fetched.etag,
+            opaque_etag: fetched.opaque_etag,
         })
     }
 
@@ -183,14 +184,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         false
     }
 
-    /// Server-side copy of a whole object from `src_container` (same copy domain).
+    /// Server-side copy of a whole object from `src_container` (same copy domain); returns
+    /// what the store says it stored, as [`Store::put`] does.
     async fn copy_object(
         &self,
         _src_container: &str,
         src: &ObjectMeta,
         _dst_key: &str,
         _opts: &PutOptions,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         Err(Error::new(
             ErrorKind::Unsupported,
             format!("{}: server-side copy of '{}'", self.name(), src.key),

@@ -407,7 +407,7 @@ impl Store for LocalStore {
             this.unchanged(&key, &file, &md)?;
             Ok(Fetched {
                 data: crate::buffers::freeze(buf),
-                etag: None,
+                ..Default::default()
             })
         })
         .await
@@ -500,6 +500,7 @@ impl Store for LocalStore {
                 number: part.number,
                 len: part.len,
                 etag: String::new(),
+                opaque_etag: false,
             })
         })
         .await

@@ -12,9 +12,27 @@ pub struct ObjectMeta {
     pub mtime: Option<SystemTime>,
     /// The provider's entity tag, quotes removed, when it has one.
     pub etag: Option<String>,
+    /// The store said `etag` is not the content's MD5, whatever it looks like: see
+    /// [`content_md5`]. Only `head` can tell; a listing leaves it false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub opaque_etag: bool,
     /// User metadata; only filled by `head`, listings do not return it.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// The content MD5 an ETag stands for: one of 32 hex digits (no `-N` part count) that the
+/// store has not called `opaque`. S3 gives an object written in one request the MD5 of its
+/// bytes as ETag, except where it encrypts the object with SSE-KMS or SSE-C: then the ETag
+/// looks the same but is not the MD5, and only the response's headers tell. A listing
+/// carries no such headers, so an ETag listed as a content MD5 may still turn out opaque
+/// when the object is read or headed.
+pub fn content_md5(etag: Option<&str>, opaque: bool) -> Option<&str> {
+    etag.filter(|e| !opaque && e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// User metadata key holding an object's full-object CRC64-NVME as 16 hex digits. skyhaul
@@ -29,8 +47,14 @@ impl ObjectMeta {
             size,
             mtime: None,
             etag: None,
+            opaque_etag: false,
             metadata: BTreeMap::new(),
         }
+    }
+
+    /// The object's content MD5, if its ETag is one ([`content_md5`]).
+    pub fn content_md5(&self) -> Option<&str> {
+        content_md5(self.etag.as_deref(), self.opaque_etag)
     }
 
     /// The full-object CRC64-NVME recorded with the object, if any: from [`CRC_METADATA`],
@@ -127,6 +151,15 @@ impl Payload {
 pub struct Fetched {
     pub data: bytes::Bytes,
     pub etag: Option<String>,
+    /// The read's answer said `etag` is not the content's MD5 ([`content_md5`]).
+    pub opaque_etag: bool,
+}
+
+impl Fetched {
+    /// The content MD5 the read vouches for, if its ETag is one ([`content_md5`]).
+    pub fn content_md5(&self) -> Option<&str> {
+        content_md5(self.etag.as_deref(), self.opaque_etag)
+    }
 }
 
 /// A body in order, chunk by chunk. A stream that ends with an error means the bytes cannot
@@ -138,22 +171,37 @@ pub type Chunks = futures::stream::BoxStream<'static, crate::Result<bytes::Bytes
 pub struct Streamed {
     pub body: Chunks,
     pub etag: Option<String>,
+    /// The read's answer said `etag` is not the content's MD5 ([`content_md5`]).
+    pub opaque_etag: bool,
 }
 
 impl std::fmt::Debug for Streamed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Streamed")
             .field("etag", &self.etag)
+            .field("opaque_etag", &self.opaque_etag)
             .finish()
     }
 }
 
 /// What the store says it stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Written {
     /// The entity tag of the new object, quotes removed (MD5 of the body for single-part
     /// uploads on S3; `md5-of-part-md5s-N` for multipart).
     pub etag: Option<String>,
+    /// The store said `etag` is not the content's MD5 ([`content_md5`]): a bucket that
+    /// encrypts with SSE-KMS. What was sent is then checked only by the store itself
+    /// (`Content-MD5`) and by the CRC stored with the object.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub opaque_etag: bool,
+}
+
+impl Written {
+    /// The content MD5 the store reports for what it stored ([`content_md5`]).
+    pub fn content_md5(&self) -> Option<&str> {
+        content_md5(self.etag.as_deref(), self.opaque_etag)
+    }
 }
 
 /// Bounds a backend puts on object and part sizes.
@@ -202,4 +250,15 @@ pub struct CompletedPart {
     pub number: u32,
     pub len: u64,
     pub etag: String,
+    /// The store said `etag` is not the part's MD5 ([`content_md5`]). Not journaled: it
+    /// matters only for the check made when the part is sent.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub opaque_etag: bool,
+}
+
+impl CompletedPart {
+    /// The part's MD5 as the store reports it, if its ETag is one ([`content_md5`]).
+    pub fn content_md5(&self) -> Option<&str> {
+        content_md5(Some(&self.etag), self.opaque_etag)
+    }
 }

@@ -32,11 +32,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 ///   with the whole-object checksum, ignores If-None-Match / If-Match, multipart ETag has no `-N`.
 /// - [`S3Kind::Moto`]: moto's server (Python, in RAM); the only one honouring conditional writes
 ///   (412); slow and memory-hungry, so keep objects small.
+/// - [`S3Kind::MotoSseKms`]: moto taught to behave as AWS does for a bucket that encrypts
+///   every object with SSE-KMS (`moto_sse_kms.py`): each object's answers carry
+///   `x-amz-server-side-encryption: aws:kms`, and its ETag is random, not the content's MD5,
+///   though it has the same form. Not in [`S3Kind::ALL`]: the tests that need it name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum S3Kind {
     S3sFs,
     RcloneServe,
     Moto,
+    MotoSseKms,
 }
 
 impl S3Kind {
@@ -50,6 +55,7 @@ impl fmt::Display for S3Kind {
             S3Kind::S3sFs => "s3s-fs",
             S3Kind::RcloneServe => "rclone-serve-s3",
             S3Kind::Moto => "moto",
+            S3Kind::MotoSseKms => "moto-sse-kms",
         })
     }
 }
@@ -106,6 +112,8 @@ impl S3Server {
             S3Kind::S3sFs => "s3s-fs",
             S3Kind::RcloneServe => "rclone",
             S3Kind::Moto => "moto_server",
+            // The Python of moto's environment, to run the wrapper that patches it.
+            S3Kind::MotoSseKms => "moto-python",
         });
         let mut last_err = String::new();
         for _attempt in 0..3 {
@@ -162,6 +170,14 @@ impl S3Server {
             S3Kind::Moto => {
                 // moto keeps everything in RAM and accepts any credentials.
                 cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            }
+            S3Kind::MotoSseKms => {
+                // The wrapper patches moto, then runs its server with these arguments.
+                let script = dir.path().join("moto_sse_kms.py");
+                std::fs::write(&script, include_str!("moto_sse_kms.py"))
+                    .expect("write moto_sse_kms.py");
+                cmd.arg(&script)
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()]);
             }
         }
         let log = std::fs::File::create(&log_path).expect("create server log");

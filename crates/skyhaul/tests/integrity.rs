@@ -509,3 +509,182 @@ async fn verification_compares_the_etag_each_write_returned_instead_of_a_head() 
     assert_eq!(proxy.injected().head_requests, 0, "HEADs sent to verify");
     assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
 }
+
+/// A bucket that encrypts with SSE-KMS gives its objects ETags that look like MD5s but are
+/// none (AWS does; `S3Kind::MotoSseKms` is moto taught the same). Copies from it, into it and
+/// within it must neither take those ETags for checksums nor fail on them, whole, streamed,
+/// striped or server-side, and `verify` and `sync --checksum` must still tell identical from
+/// different.
+#[tokio::test(flavor = "multi_thread")]
+async fn buckets_encrypted_with_sse_kms_copy_verify_and_sync() {
+    let kms = S3Server::start(S3Kind::MotoSseKms);
+    let plain = S3Server::start(S3Kind::S3sFs);
+    kms.create_bucket("kms").await;
+    plain.create_bucket("plain").await;
+    let files = mixed();
+    fill_bucket(&plain, "plain", "data/", &files).await;
+    let (k, p) = (kms.endpoint.as_str(), plain.endpoint.as_str());
+    let run = |args: &[&str], src: &S3Server, dst: &S3Server| {
+        let mut args = args.to_vec();
+        args.extend(["--no-journal", "--json"]);
+        args.extend(SMALL_PARTS);
+        skyhaul(&args, Some(src), Some(dst))
+    };
+    let copied = |run: &common::Run| {
+        assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
+        let r = run.json();
+        assert_eq!(r["objects_copied"], files.len() as u64, "{r}");
+        assert_eq!(r["verification"]["checksum_mismatch"], 0, "{r}");
+        r
+    };
+
+    // Into the bucket: streamed and striped from a bucket, buffered from files.
+    let into = [
+        "cp",
+        "-r",
+        "s3://plain/data/",
+        "s3://kms/in/",
+        "--src-endpoint",
+        p,
+        "--dst-endpoint",
+        k,
+    ];
+    copied(&run(&into, &plain, &kms));
+    assert_eq!(read_bucket(&kms, "kms", "in/").await, files);
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("files");
+    write_tree(&local, &files);
+    let from_files = [
+        "cp",
+        "-r",
+        local.to_str().unwrap(),
+        "s3://kms/files/",
+        "--dst-endpoint",
+        k,
+    ];
+    copied(&run(&from_files, &plain, &kms));
+    assert_eq!(read_bucket(&kms, "kms", "files/").await, files);
+
+    // Out of it, into another bucket and into a file system; within it, server-side.
+    let out = [
+        "cp",
+        "-r",
+        "s3://kms/in/",
+        "s3://plain/out/",
+        "--src-endpoint",
+        k,
+        "--dst-endpoint",
+        p,
+    ];
+    copied(&run(&out, &kms, &plain));
+    assert_eq!(read_bucket(&plain, "plain", "out/").await, files);
+    let down = tmp.path().join("down");
+    let to_files = [
+        "cp",
+        "-r",
+        "s3://kms/in/",
+        down.to_str().unwrap(),
+        "--src-endpoint",
+        k,
+    ];
+    copied(&run(&to_files, &kms, &plain));
+    assert_eq!(read_tree(&down), files);
+    let within = [
+        "cp",
+        "-r",
+        "s3://kms/in/",
+        "s3://kms/copy/",
+        "--src-endpoint",
+        k,
+        "--dst-endpoint",
+        k,
+    ];
+    let r = copied(&run(&within, &kms, &kms));
+    assert_eq!(r["server_side_copies"], files.len() as u64, "{r}");
+    assert_eq!(read_bucket(&kms, "kms", "copy/").await, files);
+
+    // verify: an ETag that only looks like an MD5 is never reported as a mismatch. Where
+    // no checksum is comparable without reading (neither side records a CRC, and this
+    // server, unlike AWS, computes none), the object is "not comparable"; `--deep` reads.
+    let verify = |dst: &str, extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "-r",
+            "s3://plain/data/",
+            dst,
+            "--src-endpoint",
+            p,
+            "--dst-endpoint",
+            k,
+            "--json",
+        ];
+        args.extend(extra);
+        skyhaul(&args, Some(&plain), Some(&kms))
+    };
+    let n = files.len() as u64;
+    let same = verify("s3://kms/in/", &[]);
+    assert_eq!(same.code, 0, "{}\n{}", same.stderr, same.stdout);
+    let v = same.json();
+    assert_eq!(v["checksum_mismatch"], 0, "{v}");
+    assert_eq!(
+        v["checksum_ok"].as_u64().unwrap() + v["not_comparable"].as_u64().unwrap(),
+        n,
+        "{v}"
+    );
+    let deep = verify("s3://kms/in/", &["--deep"]);
+    assert_eq!(deep.code, 0, "{}\n{}", deep.stderr, deep.stdout);
+    assert_eq!(deep.json()["checksum_ok"], n, "{}", deep.stdout);
+    // Files uploaded by skyhaul carry its CRC, which a file system can compute: comparable.
+    let files_verify = skyhaul(
+        &[
+            "verify",
+            "-r",
+            local.to_str().unwrap(),
+            "s3://kms/files/",
+            "--dst-endpoint",
+            k,
+            "--json",
+        ],
+        None,
+        Some(&kms),
+    );
+    assert_eq!(files_verify.code, 0, "{}", files_verify.stderr);
+    assert_eq!(
+        files_verify.json()["checksum_ok"],
+        n,
+        "{}",
+        files_verify.stdout
+    );
+
+    // sync --checksum does not take the differing ETags for differing content.
+    let sync = [
+        "sync",
+        "--checksum",
+        "s3://plain/data/",
+        "s3://kms/in/",
+        "--src-endpoint",
+        p,
+        "--dst-endpoint",
+        k,
+    ];
+    let again = run(&sync, &plain, &kms);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.json()["objects_copied"], 0, "{}", again.stdout);
+
+    // An object changed behind skyhaul's back: `--deep` finds it; plain `verify` cannot
+    // compare it and says so rather than calling it equal.
+    let mut changed = files["dir/nested/deep.bin"].clone();
+    changed[9] ^= 1;
+    kms.put("kms", "in/dir/nested/deep.bin", &changed).await;
+    let deep = verify("s3://kms/in/", &["--deep"]);
+    assert_eq!(deep.code, 6, "{}", deep.stderr);
+    assert_eq!(deep.json()["checksum_mismatch"], 1, "{}", deep.stdout);
+    let blind = verify("s3://kms/in/", &[]);
+    assert_eq!(blind.code, 0, "{}", blind.stderr);
+    assert_eq!(blind.json()["checksum_mismatch"], 0, "{}", blind.stdout);
+    assert!(
+        blind.json()["not_comparable"].as_u64().unwrap() >= 1,
+        "{}",
+        blind.stdout
+    );
+}

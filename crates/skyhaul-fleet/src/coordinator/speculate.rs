@@ -140,13 +140,7 @@ mod tests {
         let granted = Instant::now() - age;
         for name in ["a", "b"] {
             let item = WorkItem::Object {
-                src: ObjectMeta {
-                    key: name.into(),
-                    size: MIB,
-                    mtime: None,
-                    etag: None,
-                    metadata: Default::default(),
-                },
+                src: ObjectMeta::new(name, MIB),
                 dst_key: name.into(),
                 unless_same: None,
             };

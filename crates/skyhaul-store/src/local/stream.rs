@@ -63,6 +63,7 @@ pub(super) async fn get_stream(
     Ok(Streamed {
         body: body.boxed(),
         etag: None,
+        opaque_etag: false,
     })
 }
 
