@@ -70,18 +70,14 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
             ctx.resume.done(src, dst_key, None);
             ctx.progress.add_moved(src.size);
         } else {
-            if let Some(crc) = crc_before_upload(ctx, src).await? {
-                put.set_crc64nvme(crc);
-            }
-            multipart(ctx, src, dst_key, &put, true).await?;
+            let src = prepare_upload(ctx, src, &mut put).await?;
+            multipart(ctx, &src, dst_key, &put, true).await?;
         }
         return Ok(copied);
     }
     if stripes(ctx, src.size) {
-        if let Some(crc) = crc_before_upload(ctx, src).await? {
-            put.set_crc64nvme(crc);
-        }
-        return multipart(ctx, src, dst_key, &put, false).await;
+        let src = prepare_upload(ctx, src, &mut put).await?;
+        return multipart(ctx, &src, dst_key, &put, false).await;
     }
     if streamable(ctx, src) {
         if let Some(copied) = copy_streamed(ctx, src, dst_key, &put).await? {
@@ -91,7 +87,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     // Where the destination checks `Content-MD5` or reports the MD5 it stored, the source's
     // own MD5 (its ETag) sent as `Content-MD5` has the destination check the bytes end to
     // end, so they need not be hashed here: MD5 is most of the CPU a copy costs.
-    let relay_md5 = ctx.listed_md5(src) && dst.etags_are_md5();
+    let relay_md5 = ctx.streams_md5(src) && dst.etags_are_md5();
     let with_md5 = !relay_md5 && (ctx.src.etags_are_md5() || dst.etags_are_md5());
     let memory = ctx.budget.reserve(src.size).await;
     let (data, mut sums, read_md5) = ctx.read_checked(src, 0..src.size, with_md5).await?;
@@ -188,12 +184,17 @@ pub(crate) fn check_stored(
     }
 }
 
-/// The source's full-object CRC, known before a multipart upload starts so that it can be
-/// stored with the object (metadata is given when an upload is created, not when it is
-/// completed): what the source records (one HEAD), or, from a file system, computed by
+/// Learns what a multipart upload of `src` needs before it starts, since metadata is given
+/// when an upload is created, not when it is completed. Sets in `put` the source's
+/// full-object CRC: what the source records (one HEAD), or, from a file system, computed by
 /// reading the file once more, as rclone does with MD5 for the same reason. The parts'
-/// CRCs must add up to it before the upload is completed.
-pub(crate) async fn crc_before_upload(ctx: &Ctx, src: &ObjectMeta) -> Result<Option<u64>> {
+/// CRCs must add up to it before the upload is completed. Returns `src` with what the HEAD
+/// says of its ETag (an SSE-KMS object's is no MD5, which its listing cannot say).
+pub(crate) async fn prepare_upload(
+    ctx: &Ctx,
+    src: &ObjectMeta,
+    put: &mut PutOptions,
+) -> Result<ObjectMeta> {
     let (store, retry) = (ctx.src.as_ref(), &ctx.opts.retry);
     if store.rereads_are_free() {
         let _memory = ctx
@@ -201,12 +202,19 @@ pub(crate) async fn crc_before_upload(ctx: &Ctx, src: &ObjectMeta) -> Result<Opt
             .reserve(src.size.min(crate::content::READ_CHUNK))
             .await;
         let (crc, _) = read_sums(store, src, false, retry, &ctx.progress).await?;
-        return Ok(Some(crc));
+        put.set_crc64nvme(crc);
+        return Ok(src.clone());
     }
     let head = retry
         .run(&ctx.src_limit, &ctx.progress, || store.head(&src.key))
         .await?;
-    Ok(head
-        .filter(|h| h.size == src.size)
-        .and_then(|h| h.crc64nvme()))
+    let mut src = src.clone();
+    if let Some(head) = head.filter(|h| h.size == src.size) {
+        if let Some(crc) = head.crc64nvme() {
+            put.set_crc64nvme(crc);
+        }
+        src.opaque_etag = head.opaque_etag;
+        ctx.saw_source_etag(head.opaque_etag);
+    }
+    Ok(src)
 }

@@ -4,7 +4,7 @@ use crate::budget::Budget;
 use crate::content::{same_content, Side, READ_CHUNK};
 use crate::copy::copy_with_retries;
 use crate::filter::Filter;
-use crate::integrity::{md5_mismatch, plain_md5, source_md5, sums, ChunkSums};
+use crate::integrity::{md5_mismatch, source_md5, sums, ChunkSums};
 use crate::limiter::AdaptiveLimit;
 use crate::listing::plan_recursive;
 use crate::open::Endpoint;
@@ -97,9 +97,9 @@ pub(crate) struct Ctx {
     pub(crate) copied: Mutex<Vec<Copied>>,
     pub(crate) resume: Resume,
     /// Set once a read of the source says its ETag is no MD5 (a bucket that encrypts with
-    /// SSE-KMS): from then on listed ETags are not taken for content MD5s (see
-    /// [`Ctx::listed_md5`]), which spares every object of such a bucket a read begun for
-    /// nothing.
+    /// SSE-KMS): from then on whole objects are not opened to be streamed on the strength
+    /// of their listed ETag ([`Ctx::streams_md5`]), which spares every object of such a
+    /// bucket a read begun for nothing.
     opaque_source: AtomicBool,
 }
 
@@ -138,19 +138,22 @@ impl Ctx {
         }
     }
 
-    /// Whether `src`'s listed ETag may be its content MD5: the source's store has such
-    /// ETags, the listed one has that form (or there is none, and the read will tell), and
-    /// no read of this source has yet said that its ETags are not MD5s.
+    /// Whether `src`'s ETag may be its content MD5: the source's store has such ETags, and
+    /// the one known has that form and was not called opaque (or none is known yet, and the
+    /// read will tell).
     pub(crate) fn listed_md5(&self, src: &ObjectMeta) -> bool {
-        self.src.etags_are_md5()
-            && !self.opaque_source.load(Ordering::Relaxed)
-            && src
-                .etag
-                .as_deref()
-                .is_none_or(|e| plain_md5(Some(e)).is_some())
+        self.src.etags_are_md5() && (src.etag.is_none() || src.content_md5().is_some())
     }
 
-    /// Records what a read of the source said of its ETag ([`Ctx::listed_md5`]).
+    /// [`Ctx::listed_md5`], unless a read of this source has already said its ETags are
+    /// not MD5s: whether to begin a read that is of use only if the ETag is the MD5 (a
+    /// streamed copy, or one that relays the MD5 instead of hashing the bytes). A wrong
+    /// guess costs a read or a hash, never a check.
+    pub(crate) fn streams_md5(&self, src: &ObjectMeta) -> bool {
+        self.listed_md5(src) && !self.opaque_source.load(Ordering::Relaxed)
+    }
+
+    /// Records what a read of the source said of its ETag ([`Ctx::streams_md5`]).
     pub(crate) fn saw_source_etag(&self, opaque: bool) {
         if opaque {
             self.opaque_source.store(true, Ordering::Relaxed);

@@ -46,7 +46,7 @@ const STREAM_HELD: u64 = 2 * skyhaul_store::LOCAL_CHUNK as u64;
 /// listing without ETags is decided by the read's.
 pub(crate) fn streamable(ctx: &Ctx, src: &ObjectMeta) -> bool {
     let (from, to) = (ctx.src.as_ref(), ctx.dst.as_ref());
-    from.streams() && to.streams() && (!to.etags_are_md5() || ctx.listed_md5(src))
+    from.streams() && to.streams() && (!to.etags_are_md5() || ctx.streams_md5(src))
 }
 
 /// Copies `src` whole by streaming it, or returns `None` when its read shows an ETag that

@@ -7,7 +7,7 @@
 //! local transfer (the same checks, retries and journal records) through an [`Executor`],
 //! which is the engine's per-transfer context with the steps made callable one at a time.
 
-use crate::copy::{copy_with_retries, crc_before_upload, stripes};
+use crate::copy::{copy_with_retries, prepare_upload, stripes};
 use crate::integrity::ChunkSums;
 use crate::limiter::AdaptiveLimit;
 use crate::open::Endpoint;
@@ -173,9 +173,7 @@ impl Executor {
             mtime: src.mtime,
             ..Default::default()
         };
-        if let Some(crc) = crc_before_upload(ctx, src).await? {
-            put.set_crc64nvme(crc);
-        }
+        prepare_upload(ctx, src, &mut put).await?;
         let resumed = (!server_side)
             .then(|| ctx.resume.resumable(src, part_size))
             .flatten();

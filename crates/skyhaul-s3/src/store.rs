@@ -744,19 +744,29 @@ impl Store for S3Store {
             return Ok(written);
         }
         let now = self.head_in(src_container, &src.key).await?;
-        let unchanged = now.is_some_and(|now| {
-            now.etag.as_deref() == Some(listed) && (now.opaque_etag || written.opaque_etag)
-        });
-        if unchanged {
-            return Ok(written);
+        match now.filter(|now| {
+            now.etag
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(listed))
+        }) {
+            Some(now) if now.opaque_etag || written.opaque_etag => Ok(written),
+            Some(_) => Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{}: server-side copy from {from}: the copy's ETag {copied} is not the \
+                     unchanged source's {listed}",
+                    self.target(dst_key),
+                ),
+            )),
+            None => Err(Error::new(
+                ErrorKind::SourceChanged,
+                format!(
+                    "{}: server-side copy from {from}: the source changed while it was being \
+                     copied",
+                    self.target(dst_key),
+                ),
+            )),
         }
-        Err(Error::new(
-            ErrorKind::SourceChanged,
-            format!(
-                "{}: server-side copy from {from}: the source changed while it was being copied",
-                self.target(dst_key),
-            ),
-        ))
     }
 
     async fn copy_part(
@@ -810,5 +820,20 @@ impl Store for S3Store {
             .await
             .map_err(|e| map_err(e, &self.target(key), "delete"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_kms_and_customer_keys_make_etags_opaque() {
+        // AWS sends AES256 (SSE-S3) on every object now: those ETags stay content MD5s.
+        assert!(!opaque_etag(None, None));
+        assert!(!opaque_etag(Some(&ServerSideEncryption::Aes256), None));
+        assert!(opaque_etag(Some(&ServerSideEncryption::AwsKms), None));
+        assert!(opaque_etag(Some(&ServerSideEncryption::AwsKmsDsse), None));
+        assert!(opaque_etag(None, Some("AES256")), "SSE-C");
     }
 }

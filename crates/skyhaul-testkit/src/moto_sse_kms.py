@@ -17,22 +17,19 @@ import sys
 from moto.s3 import models
 
 _plain_init = models.FakeKey.__init__
-_plain_etag = models.FakeKey.etag.fget
 
 
 def _init(self, *args, **kwargs):
     _plain_init(self, *args, **kwargs)
     self.encryption = "aws:kms"
     self.kms_key_id = "arn:aws:kms:us-east-1:123456789012:key/skyhaul-test"
+    # Fixed here, when the object is made: moto's server answers on several threads. An
+    # object completed from parts is made with its ETag (`…-N`), whose part count stays.
+    count = (self._etag or "").strip('"').partition("-")[2]
+    self._kms_etag = os.urandom(16).hex() + (f"-{count}" if count else "")
 
 
 def _etag(self):
-    if self.encryption != "aws:kms":
-        return _plain_etag(self)
-    if getattr(self, "_kms_etag", None) is None:
-        # A multipart object's own ETag (from its parts' ETags) keeps its part count.
-        count = _plain_etag(self).strip('"').partition("-")[2]
-        self._kms_etag = os.urandom(16).hex() + (f"-{count}" if count else "")
     return f'"{self._kms_etag}"'
 
 

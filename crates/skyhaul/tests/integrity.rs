@@ -511,180 +511,187 @@ async fn verification_compares_the_etag_each_write_returned_instead_of_a_head() 
 }
 
 /// A bucket that encrypts with SSE-KMS gives its objects ETags that look like MD5s but are
-/// none (AWS does; `S3Kind::MotoSseKms` is moto taught the same). Copies from it, into it and
-/// within it must neither take those ETags for checksums nor fail on them, whole, streamed,
-/// striped or server-side, and `verify` and `sync --checksum` must still tell identical from
-/// different.
-#[tokio::test(flavor = "multi_thread")]
-async fn buckets_encrypted_with_sse_kms_copy_verify_and_sync() {
-    let kms = S3Server::start(S3Kind::MotoSseKms);
-    let plain = S3Server::start(S3Kind::S3sFs);
-    kms.create_bucket("kms").await;
-    plain.create_bucket("plain").await;
-    let files = mixed();
-    fill_bucket(&plain, "plain", "data/", &files).await;
-    let (k, p) = (kms.endpoint.as_str(), plain.endpoint.as_str());
-    let run = |args: &[&str], src: &S3Server, dst: &S3Server| {
-        let mut args = args.to_vec();
-        args.extend(["--no-journal", "--json"]);
-        args.extend(SMALL_PARTS);
-        skyhaul(&args, Some(src), Some(dst))
-    };
-    let copied = |run: &common::Run| {
-        assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
+/// none (AWS does; `S3Kind::MotoSseKms` is moto taught the same). Two servers: such a bucket
+/// and an ordinary one (s3s-fs).
+struct KmsRig {
+    kms: S3Server,
+    plain: S3Server,
+    tmp: tempfile::TempDir,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl KmsRig {
+    async fn start() -> KmsRig {
+        let kms = S3Server::start(S3Kind::MotoSseKms);
+        let plain = S3Server::start(S3Kind::S3sFs);
+        kms.create_bucket("kms").await;
+        plain.create_bucket("plain").await;
+        let tmp = tempfile::tempdir().unwrap();
+        let files = mixed();
+        write_tree(&tmp.path().join("files"), &files);
+        KmsRig {
+            kms,
+            plain,
+            tmp,
+            files,
+        }
+    }
+
+    fn local(&self, name: &str) -> String {
+        self.tmp.path().join(name).to_str().unwrap().to_string()
+    }
+
+    /// `skyhaul ARGS`, with the endpoint and credentials of the server each `s3://kms/…` or
+    /// `s3://plain/…` location names, `--json`, and for copies 5 MiB parts and no journal.
+    fn run(&self, args: &[&str]) -> common::Run {
+        let mut sides = args[1..].iter().filter(|a| !a.starts_with('-'));
+        let mut server = |flag: &str, args: &mut Vec<String>| {
+            let server = match sides.next() {
+                Some(l) if l.starts_with("s3://kms/") => &self.kms,
+                Some(l) if l.starts_with("s3://plain/") => &self.plain,
+                _ => return None,
+            };
+            args.extend([flag.to_string(), server.endpoint.clone()]);
+            Some(server)
+        };
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (src, dst) = (
+            server("--src-endpoint", &mut all),
+            server("--dst-endpoint", &mut all),
+        );
+        all.push("--json".into());
+        if args[0] != "verify" {
+            all.push("--no-journal".into());
+            all.extend(SMALL_PARTS.map(String::from));
+        }
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        skyhaul(&all, src, dst)
+    }
+
+    /// `cp -r SRC DST`, which must copy every one of `want` and verify them.
+    async fn copies(&self, src: &str, dst: &str, want: &BTreeMap<String, Vec<u8>>) -> common::Run {
+        let run = self.run(&["cp", "-r", src, dst]);
+        assert_eq!(
+            run.code, 0,
+            "{src} -> {dst}: {}\n{}",
+            run.stderr, run.stdout
+        );
         let r = run.json();
-        assert_eq!(r["objects_copied"], files.len() as u64, "{r}");
-        assert_eq!(r["verification"]["checksum_mismatch"], 0, "{r}");
-        r
-    };
+        assert_eq!(r["objects_copied"], want.len(), "{src} -> {dst}: {r}");
+        assert_eq!(
+            r["verification"]["checksum_mismatch"], 0,
+            "{src} -> {dst}: {r}"
+        );
+        let got = match dst.strip_prefix("s3://") {
+            Some(path) => {
+                let (bucket, prefix) = path.split_once('/').unwrap();
+                let server = if bucket == "kms" {
+                    &self.kms
+                } else {
+                    &self.plain
+                };
+                read_bucket(server, bucket, prefix).await
+            }
+            None => read_tree(std::path::Path::new(dst)),
+        };
+        assert!(got == *want, "{src} -> {dst}: the copy differs");
+        run
+    }
+}
 
-    // Into the bucket: streamed and striped from a bucket, buffered from files.
-    let into = [
-        "cp",
-        "-r",
-        "s3://plain/data/",
-        "s3://kms/in/",
-        "--src-endpoint",
-        p,
-        "--dst-endpoint",
-        k,
-    ];
-    copied(&run(&into, &plain, &kms));
-    assert_eq!(read_bucket(&kms, "kms", "in/").await, files);
-    let tmp = tempfile::tempdir().unwrap();
-    let local = tmp.path().join("files");
-    write_tree(&local, &files);
-    let from_files = [
-        "cp",
-        "-r",
-        local.to_str().unwrap(),
-        "s3://kms/files/",
-        "--dst-endpoint",
-        k,
-    ];
-    copied(&run(&from_files, &plain, &kms));
-    assert_eq!(read_bucket(&kms, "kms", "files/").await, files);
-
-    // Out of it, into another bucket and into a file system; within it, server-side.
-    let out = [
-        "cp",
-        "-r",
-        "s3://kms/in/",
-        "s3://plain/out/",
-        "--src-endpoint",
-        k,
-        "--dst-endpoint",
-        p,
-    ];
-    copied(&run(&out, &kms, &plain));
-    assert_eq!(read_bucket(&plain, "plain", "out/").await, files);
-    let down = tmp.path().join("down");
-    let to_files = [
-        "cp",
-        "-r",
-        "s3://kms/in/",
-        down.to_str().unwrap(),
-        "--src-endpoint",
-        k,
-    ];
-    copied(&run(&to_files, &kms, &plain));
-    assert_eq!(read_tree(&down), files);
-    let within = [
-        "cp",
-        "-r",
-        "s3://kms/in/",
-        "s3://kms/copy/",
-        "--src-endpoint",
-        k,
-        "--dst-endpoint",
-        k,
-    ];
-    let r = copied(&run(&within, &kms, &kms));
-    assert_eq!(r["server_side_copies"], files.len() as u64, "{r}");
-    assert_eq!(read_bucket(&kms, "kms", "copy/").await, files);
-
-    // verify: an ETag that only looks like an MD5 is never reported as a mismatch. Where
-    // no checksum is comparable without reading (neither side records a CRC, and this
-    // server, unlike AWS, computes none), the object is "not comparable"; `--deep` reads.
-    let verify = |dst: &str, extra: &[&str]| {
-        let mut args = vec![
-            "verify",
-            "-r",
-            "s3://plain/data/",
-            dst,
-            "--src-endpoint",
-            p,
-            "--dst-endpoint",
-            k,
-            "--json",
-        ];
-        args.extend(extra);
-        skyhaul(&args, Some(&plain), Some(&kms))
-    };
-    let n = files.len() as u64;
-    let same = verify("s3://kms/in/", &[]);
-    assert_eq!(same.code, 0, "{}\n{}", same.stderr, same.stdout);
-    let v = same.json();
-    assert_eq!(v["checksum_mismatch"], 0, "{v}");
+/// Copies from, into and within an SSE-KMS bucket neither take its ETags for checksums nor
+/// fail on them: whole, streamed, striped or server-side. Objects another tool put there,
+/// one of them large enough to be striped and with no CRC recorded, come out whole too.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_from_into_and_within_an_sse_kms_bucket() {
+    let rig = KmsRig::start().await;
+    let files = &rig.files;
+    fill_bucket(&rig.plain, "plain", "data/", files).await;
+    rig.copies("s3://plain/data/", "s3://kms/in/", files).await;
+    rig.copies(&rig.local("files"), "s3://kms/files/", files)
+        .await;
+    rig.copies("s3://kms/in/", "s3://plain/out/", files).await;
+    rig.copies("s3://kms/in/", &rig.local("down"), files).await;
+    let within = rig.copies("s3://kms/in/", "s3://kms/copy/", files).await;
     assert_eq!(
-        v["checksum_ok"].as_u64().unwrap() + v["not_comparable"].as_u64().unwrap(),
-        n,
-        "{v}"
-    );
-    let deep = verify("s3://kms/in/", &["--deep"]);
-    assert_eq!(deep.code, 0, "{}\n{}", deep.stderr, deep.stdout);
-    assert_eq!(deep.json()["checksum_ok"], n, "{}", deep.stdout);
-    // Files uploaded by skyhaul carry its CRC, which a file system can compute: comparable.
-    let files_verify = skyhaul(
-        &[
-            "verify",
-            "-r",
-            local.to_str().unwrap(),
-            "s3://kms/files/",
-            "--dst-endpoint",
-            k,
-            "--json",
-        ],
-        None,
-        Some(&kms),
-    );
-    assert_eq!(files_verify.code, 0, "{}", files_verify.stderr);
-    assert_eq!(
-        files_verify.json()["checksum_ok"],
-        n,
+        within.json()["server_side_copies"],
+        files.len(),
         "{}",
-        files_verify.stdout
+        within.stdout
     );
 
-    // sync --checksum does not take the differing ETags for differing content.
-    let sync = [
-        "sync",
-        "--checksum",
-        "s3://plain/data/",
-        "s3://kms/in/",
-        "--src-endpoint",
-        p,
-        "--dst-endpoint",
-        k,
-    ];
-    let again = run(&sync, &plain, &kms);
+    fill_bucket(&rig.kms, "kms", "seeded/", files).await;
+    rig.copies("s3://kms/seeded/", "s3://plain/seeded/", files)
+        .await;
+    rig.copies("s3://kms/seeded/", &rig.local("seeded"), files)
+        .await;
+}
+
+/// `verify` and `sync --checksum` never take the differing ETags of an SSE-KMS bucket's
+/// copy for differing content: they compare the CRCs recorded with the objects, which find
+/// a real difference; with none recorded (and this server, unlike AWS, computes none), an
+/// object is "not comparable" to `verify`, and `--deep` reads both sides.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_and_sync_compare_sse_kms_objects_by_their_crc() {
+    let rig = KmsRig::start().await;
+    let (files, n) = (&rig.files, rig.files.len());
+    let local = rig.local("files");
+    rig.copies(&local, "s3://plain/files/", files).await;
+    rig.copies(&local, "s3://kms/files/", files).await;
+
+    let verify = |src: &str, extra: &[&str]| {
+        let mut args = vec!["verify", "-r", src, "s3://kms/files/"];
+        args.extend(extra);
+        let run = rig.run(&args);
+        (run.code, run.json())
+    };
+    for src in ["s3://plain/files/", &local] {
+        let (code, v) = verify(src, &[]);
+        assert_eq!(code, 0, "{src}: {v}");
+        assert_eq!(v["checksum_ok"], n, "{src}: {v}");
+    }
+
+    let sync = ["sync", "--checksum", "s3://plain/files/", "s3://kms/files/"];
+    let again = rig.run(&sync);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.json()["objects_copied"], 0, "{}", again.stdout);
 
-    // An object changed behind skyhaul's back: `--deep` finds it; plain `verify` cannot
-    // compare it and says so rather than calling it equal.
-    let mut changed = files["dir/nested/deep.bin"].clone();
-    changed[9] ^= 1;
-    kms.put("kms", "in/dir/nested/deep.bin", &changed).await;
-    let deep = verify("s3://kms/in/", &["--deep"]);
-    assert_eq!(deep.code, 6, "{}", deep.stderr);
-    assert_eq!(deep.json()["checksum_mismatch"], 1, "{}", deep.stdout);
-    let blind = verify("s3://kms/in/", &[]);
-    assert_eq!(blind.code, 0, "{}", blind.stderr);
-    assert_eq!(blind.json()["checksum_mismatch"], 0, "{}", blind.stdout);
-    assert!(
-        blind.json()["not_comparable"].as_u64().unwrap() >= 1,
-        "{}",
-        blind.stdout
+    // The destination's copy replaced, by skyhaul, with other bytes of the same size: it is
+    // newer than its source, so only a checksum sees the difference.
+    let key = "dir/nested/deep.bin";
+    let other = rig.tmp.path().join("other");
+    let mut changed = files.clone();
+    changed.get_mut(key).unwrap()[9] ^= 1;
+    write_tree(&other, &changed);
+    let replaced = rig.run(&[
+        "cp",
+        &format!("{}/{key}", other.display()),
+        &format!("s3://kms/files/{key}"),
+    ]);
+    assert_eq!(replaced.code, 0, "{}", replaced.stderr);
+    let (code, v) = verify("s3://plain/files/", &[]);
+    assert_eq!(code, 6, "{v}");
+    assert_eq!(v["checksum_mismatch"], 1, "{v}");
+    let by_sum = rig.run(&sync);
+    assert_eq!(by_sum.code, 0, "{}", by_sum.stderr);
+    assert_eq!(by_sum.json()["objects_copied"], 1, "{}", by_sum.stdout);
+    assert!(read_bucket(&rig.kms, "kms", "files/").await == *files);
+
+    // Written by another tool, with no CRC: not comparable, and `--deep` reads.
+    rig.kms
+        .put("kms", &format!("files/{key}"), &changed[key])
+        .await;
+    let (code, v) = verify("s3://plain/files/", &[]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (
+            v["checksum_mismatch"].as_u64(),
+            v["not_comparable"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "{v}"
     );
+    let (code, v) = verify("s3://plain/files/", &["--deep"]);
+    assert_eq!(code, 6, "{v}");
+    assert_eq!(v["checksum_mismatch"], 1, "{v}");
 }
