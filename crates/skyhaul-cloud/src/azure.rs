@@ -18,7 +18,9 @@
 //!   `skyhaul-crc64nvme`) are escaped reversibly, see [`encode_meta_name`].
 
 use crate::order::InOrder;
-use crate::transport::{self, body, header, send, status_error, Provider};
+use crate::transport::{
+    self, body, content_headers, header, prefixed_metadata, send, status_error, Provider,
+};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
@@ -435,11 +437,31 @@ impl AzureStore {
         .boxed()
     }
 
-    /// Metadata headers for a write.
-    fn meta_headers(metadata: &BTreeMap<String, String>) -> Vec<(String, String)> {
-        metadata
+    /// The headers that give a blob being written `opts`' user metadata and content
+    /// headers (a blob with no content type is served as `application/octet-stream`).
+    fn meta_headers(opts: &PutOptions) -> Vec<(String, String)> {
+        let h = &opts.headers;
+        let content_type = h
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream");
+        let properties = [
+            ("x-ms-blob-content-type", Some(content_type)),
+            ("x-ms-blob-content-encoding", h.content_encoding.as_deref()),
+            (
+                "x-ms-blob-content-disposition",
+                h.content_disposition.as_deref(),
+            ),
+            ("x-ms-blob-content-language", h.content_language.as_deref()),
+            ("x-ms-blob-cache-control", h.cache_control.as_deref()),
+        ];
+        let properties = properties
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?.to_string())));
+        opts.metadata
             .iter()
             .map(|(k, v)| (format!("x-ms-meta-{}", encode_meta_name(k)), v.clone()))
+            .chain(properties)
             .collect()
     }
 }
@@ -509,13 +531,8 @@ fn meta_from_headers(key: &str, h: &http::HeaderMap) -> ObjectMeta {
         header(h, "content-md5").and_then(decode_md5),
         header(h, "etag"),
     );
-    for (k, v) in h {
-        if let Some(n) = k.as_str().strip_prefix("x-ms-meta-") {
-            if let Ok(v) = v.to_str() {
-                m.metadata.insert(decode_meta_name(n), v.to_string());
-            }
-        }
-    }
+    m.metadata = prefixed_metadata(h, "x-ms-meta-", decode_meta_name);
+    m.headers = Some(Box::new(content_headers(h)));
     m
 }
 
@@ -648,6 +665,10 @@ impl Store for AzureStore {
         }
     }
 
+    fn keeps_headers(&self) -> bool {
+        true
+    }
+
     /// ETags are content MD5s where the blob has one (see the module documentation).
     fn etags_are_md5(&self) -> bool {
         true
@@ -776,6 +797,10 @@ impl Store for AzureStore {
             .or_else(|| (!ranged_reply).then(|| header(h, "content-md5")).flatten())
             .and_then(decode_md5);
         let version = version_tag(md5, header(h, "etag"));
+        let (headers, metadata) = (
+            content_headers(h),
+            prefixed_metadata(h, "x-ms-meta-", decode_meta_name),
+        );
         if let Some(exp) = expect {
             if total.is_some_and(|t| t != exp.size)
                 || matches!((expected_md5, md5), (Some(a), Some(b)) if a != b)
@@ -803,6 +828,8 @@ impl Store for AzureStore {
             data,
             etag: version,
             opaque_etag: false,
+            headers,
+            metadata,
         })
     }
 
@@ -815,7 +842,7 @@ impl Store for AzureStore {
         if let Some(m) = body.md5 {
             headers.push(("content-md5".into(), B64.encode(m)));
         }
-        headers.extend(Self::meta_headers(&opts.metadata));
+        headers.extend(Self::meta_headers(opts));
         let headers: Vec<(&str, String)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()))
@@ -906,14 +933,9 @@ impl Store for AzureStore {
             ));
         }
         xml.push_str("</BlockList>");
-        let mut headers: Vec<(String, String)> = vec![
-            ("content-type".into(), "application/xml".into()),
-            (
-                "x-ms-blob-content-type".into(),
-                "application/octet-stream".into(),
-            ),
-        ];
-        headers.extend(Self::meta_headers(&opts.metadata));
+        let mut headers: Vec<(String, String)> =
+            vec![("content-type".into(), "application/xml".into())];
+        headers.extend(Self::meta_headers(opts));
         let headers: Vec<(&str, String)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()))

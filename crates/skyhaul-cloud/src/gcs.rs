@@ -19,7 +19,9 @@
 //! * Server-side copy is `objects.rewrite`, which copies any size, within and across buckets.
 
 use crate::order::InOrder;
-use crate::transport::{self, body, header, send, status_error, Provider};
+use crate::transport::{
+    self, body, content_headers, header, prefixed_metadata, send, status_error, Provider,
+};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -31,8 +33,8 @@ use object_store::gcp::{GcpCredentialProvider, GoogleCloudStorageBuilder};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use skyhaul_store::{
-    CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
-    Payload, PutOptions, Result, Store, Written,
+    CompletedPart, ContentHeaders, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload,
+    ObjectMeta, PartSpec, Payload, PutOptions, Result, Store, Written,
 };
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -251,28 +253,28 @@ impl GcsStore {
         key: &str,
         data: Bytes,
         md5: Option<[u8; 16]>,
-        metadata: &BTreeMap<String, String>,
+        opts: &PutOptions,
         what: &str,
     ) -> Result<GcsObject> {
         let target = self.target(key);
         let crc = crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, &data) as u32;
-        let mut resource = serde_json::json!({
-            "name": key,
-            "contentType": "application/octet-stream",
-            "crc32c": B64.encode(crc.to_be_bytes()),
-        });
+        let mut resource = resource(opts);
+        resource["name"] = key.into();
+        resource["crc32c"] = B64.encode(crc.to_be_bytes()).into();
         if let Some(m) = md5 {
             resource["md5Hash"] = B64.encode(m).into();
         }
-        if !metadata.is_empty() {
-            resource["metadata"] = serde_json::to_value(metadata).unwrap_or_default();
-        }
+        // The media part's type too: some servers (fake-gcs-server) take the object's from it.
+        let media_type = resource["contentType"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let boundary = format!("skyhaul-{:032x}", rand::random::<u128>());
         let mut buf = BytesMut::with_capacity(data.len() + 512);
         buf.extend_from_slice(
             format!(
                 "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{resource}\r\n\
-                 --{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
+                 --{boundary}\r\nContent-Type: {media_type}\r\n\r\n"
             )
             .as_bytes(),
         );
@@ -385,13 +387,10 @@ impl GcsStore {
         &self,
         sources: &[String],
         dest: &str,
-        metadata: &BTreeMap<String, String>,
+        opts: &PutOptions,
         target: &str,
     ) -> Result<GcsObject> {
-        let mut resource = serde_json::json!({ "contentType": "application/octet-stream" });
-        if !metadata.is_empty() {
-            resource["metadata"] = serde_json::to_value(metadata).unwrap_or_default();
-        }
+        let resource = resource(opts);
         let req = serde_json::json!({
             "sourceObjects": sources.iter().map(|s| serde_json::json!({"name": s})).collect::<Vec<_>>(),
             "destination": resource,
@@ -476,6 +475,11 @@ struct GcsObject {
     generation: Option<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    content_disposition: Option<String>,
+    content_language: Option<String>,
+    cache_control: Option<String>,
 }
 
 impl GcsObject {
@@ -498,12 +502,44 @@ impl GcsObject {
             .map(std::time::SystemTime::from);
         m.etag = etag;
         m.metadata = self.metadata;
+        let headers = ContentHeaders {
+            content_type: self.content_type,
+            content_encoding: self.content_encoding,
+            content_disposition: self.content_disposition,
+            content_language: self.content_language,
+            cache_control: self.cache_control,
+        };
+        // Listings ask for none of these fields: their objects stay without.
+        m.headers = (!headers.is_empty()).then(|| Box::new(headers));
         m
     }
 }
 
 fn decode_md5(b64: &str) -> Option<[u8; 16]> {
     B64.decode(b64).ok()?.try_into().ok()
+}
+
+/// The object resource that gives an object being written `opts`' user metadata and content
+/// headers (an object with no content type is served as `application/octet-stream`).
+fn resource(opts: &PutOptions) -> serde_json::Value {
+    let h = &opts.headers;
+    let mut resource = serde_json::json!({
+        "contentType": h.content_type.as_deref().unwrap_or("application/octet-stream"),
+    });
+    for (field, value) in [
+        ("contentEncoding", &h.content_encoding),
+        ("contentDisposition", &h.content_disposition),
+        ("contentLanguage", &h.content_language),
+        ("cacheControl", &h.cache_control),
+    ] {
+        if let Some(v) = value {
+            resource[field] = v.as_str().into();
+        }
+    }
+    if !opts.metadata.is_empty() {
+        resource["metadata"] = serde_json::to_value(&opts.metadata).unwrap_or_default();
+    }
+    resource
 }
 
 /// The ETag skyhaul gives a GCS object: its MD5 in hex, else `g<generation>`.
@@ -556,6 +592,10 @@ impl Store for GcsStore {
     }
 
     /// ETags are content MD5s where GCS has one (see the module documentation).
+    fn keeps_headers(&self) -> bool {
+        true
+    }
+
     fn etags_are_md5(&self) -> bool {
         true
     }
@@ -675,6 +715,8 @@ impl Store for GcsStore {
         let resp = self.ok(resp, &target, "get").await?;
         let (md5, crc) = goog_hash(resp.headers());
         let generation = header(resp.headers(), "x-goog-generation").map(str::to_string);
+        let headers = content_headers(resp.headers());
+        let metadata = prefixed_metadata(resp.headers(), "x-goog-meta-", str::to_string);
         let ranged_reply = resp.status() == StatusCode::PARTIAL_CONTENT;
         let total = header(resp.headers(), "content-range")
             .and_then(|r| r.rsplit('/').next())
@@ -732,13 +774,13 @@ impl Store for GcsStore {
             data,
             etag: version,
             opaque_etag: false,
+            headers,
+            metadata,
         })
     }
 
     async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<Written> {
-        let obj = self
-            .upload(key, body.data, body.md5, &opts.metadata, "put")
-            .await?;
+        let obj = self.upload(key, body.data, body.md5, opts, "put").await?;
         Ok(Written {
             etag: obj.meta().etag,
             opaque_etag: false,
@@ -763,7 +805,7 @@ impl Store for GcsStore {
                 &Self::part_name(upload, part.number),
                 body.data,
                 body.md5,
-                &BTreeMap::new(),
+                &PutOptions::default(),
                 &format!("upload part {} of '{}'", part.number, upload.key),
             )
             .await?;
@@ -839,7 +881,7 @@ impl Store for GcsStore {
                 .map(|c| c.to_vec())
                 .enumerate()
                 .collect();
-            let no_meta = BTreeMap::new();
+            let no_meta = PutOptions::default();
             names = futures::stream::iter(groups)
                 .map(|(i, group)| {
                     let dest = format!("{UPLOADS_PREFIX}{}/c{level}-{i:05}", upload.upload_id);
@@ -854,9 +896,7 @@ impl Store for GcsStore {
                 .await?;
             level += 1;
         }
-        let obj = self
-            .compose(&names, &upload.key, &opts.metadata, &target)
-            .await?;
+        let obj = self.compose(&names, &upload.key, opts, &target).await?;
         if let (Some(want), Some(got)) = (crc, obj.crc32c()) {
             if want != got {
                 return Err(Error::new(

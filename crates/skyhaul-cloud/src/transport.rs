@@ -8,7 +8,8 @@ use object_store::client::{
     ClientOptions, HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse,
     ReqwestConnector,
 };
-use skyhaul_store::{cause_chain, Error, ErrorKind, Result};
+use skyhaul_store::{cause_chain, ContentHeaders, Error, ErrorKind, Result};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A client for one store. The engine retries (and counts retries) uniformly for every
@@ -149,6 +150,32 @@ fn first_line(s: &str) -> &str {
 /// A header's value as text.
 pub(crate) fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The content headers an object was served with (a whole-object read's, or a HEAD's).
+pub(crate) fn content_headers(h: &HeaderMap) -> ContentHeaders {
+    let get = |name| header(h, name).map(str::to_string);
+    ContentHeaders {
+        content_type: get("content-type"),
+        content_encoding: get("content-encoding"),
+        content_disposition: get("content-disposition"),
+        content_language: get("content-language"),
+        cache_control: get("cache-control"),
+    }
+}
+
+/// The user metadata in headers named `prefix` + name, each name as `decode` gives it.
+pub(crate) fn prefixed_metadata(
+    h: &HeaderMap,
+    prefix: &str,
+    decode: impl Fn(&str) -> String,
+) -> BTreeMap<String, String> {
+    h.iter()
+        .filter_map(|(k, v)| {
+            let name = k.as_str().strip_prefix(prefix)?;
+            Some((decode(name), v.to_str().ok()?.to_string()))
+        })
+        .collect()
 }
 
 /// Cuts the query string off every URL in `text`: Azure SAS tokens travel in the query, and

@@ -2,6 +2,7 @@
 //! into parts when it is large (see [`crate::striped`]). Whatever the way, the bytes are
 //! checked against the source's checksums and against what the destination says it stored.
 
+use crate::attributes::carry;
 use crate::content::read_sums;
 use crate::plan::MIB;
 use crate::run::Ctx;
@@ -90,7 +91,9 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     let relay_md5 = ctx.streams_md5(src) && dst.etags_are_md5();
     let with_md5 = !relay_md5 && (ctx.src.etags_are_md5() || dst.etags_are_md5());
     let memory = ctx.budget.reserve(src.size).await;
-    let (data, mut sums, read_md5) = ctx.read_checked(src, 0..src.size, with_md5).await?;
+    let (read, mut sums, read_md5) = ctx.read_checked(src, 0..src.size, with_md5).await?;
+    carry(&mut put, &src.key, &read.headers, &read.metadata);
+    let data = read.data;
     let source_md5 = read_md5.filter(|_| relay_md5);
     if relay_md5 && source_md5.is_none() {
         // The source's ETag is no MD5 (a multipart or SSE-KMS source): hash the bytes.
@@ -185,8 +188,8 @@ pub(crate) fn check_stored(
 }
 
 /// Learns what a multipart upload of `src` needs before it starts, since metadata is given
-/// when an upload is created, not when it is completed. Sets in `put` the source's
-/// full-object CRC: what the source records (one HEAD), or, from a file system, computed by
+/// when an upload is created, not when it is completed. Gives `put` the source's content
+/// headers and user metadata ([`carry`]), and its full-object CRC: what the source records (one HEAD), or, from a file system, computed by
 /// reading the file once more, as rclone does with MD5 for the same reason. The parts'
 /// CRCs must add up to it before the upload is completed. Returns `src` with what the HEAD
 /// says of its ETag (an SSE-KMS object's is no MD5, which its listing cannot say).
@@ -203,18 +206,24 @@ pub(crate) async fn prepare_upload(
             .await;
         let (crc, _) = read_sums(store, src, false, retry, &ctx.progress).await?;
         put.set_crc64nvme(crc);
+        carry(put, &src.key, &Default::default(), &Default::default());
         return Ok(src.clone());
     }
     let head = retry
         .run(&ctx.src_limit, &ctx.progress, || store.head(&src.key))
         .await?;
     let mut src = src.clone();
-    if let Some(head) = head.filter(|h| h.size == src.size) {
-        if let Some(crc) = head.crc64nvme() {
-            put.set_crc64nvme(crc);
+    match head.filter(|h| h.size == src.size) {
+        Some(head) => {
+            if let Some(crc) = head.crc64nvme() {
+                put.set_crc64nvme(crc);
+            }
+            let headers = head.headers.as_deref().cloned().unwrap_or_default();
+            carry(put, &src.key, &headers, &head.metadata);
+            src.opaque_etag = head.opaque_etag;
+            ctx.saw_source_etag(head.opaque_etag);
         }
-        src.opaque_etag = head.opaque_etag;
-        ctx.saw_source_etag(head.opaque_etag);
+        None => carry(put, &src.key, &Default::default(), &Default::default()),
     }
     Ok(src)
 }

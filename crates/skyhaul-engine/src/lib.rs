@@ -7,6 +7,7 @@
 //! byte [`budget`], connections per side by adaptive limits that back off on throttling,
 //! and every request is retried the same way whatever the backend.
 
+mod attributes;
 pub mod budget;
 pub mod bwlimit;
 pub mod content;

@@ -14,11 +14,10 @@ use crate::report::{Failure, Report};
 use crate::resume::Resume;
 use crate::retry::RetryPolicy;
 use crate::verify::{verify_copied, Copied, VerifyMode};
-use bytes::Bytes;
 use futures::StreamExt;
 use skyhaul_journal::{Journal, TransferIdentity};
 use skyhaul_location::{dir_form, map_key};
-use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
+use skyhaul_store::{Error, ErrorKind, Fetched, ObjectMeta, Result, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -204,14 +203,15 @@ impl Ctx {
     /// Reads `range` of `src` with retries, failing (and so retrying) on a short read, a
     /// changed source, or, for a whole-object read, bytes that do not hash to the source's
     /// MD5 (from the listing or, when the listing has none, from the read itself).
-    /// Returns the bytes, their checksums and the source's content MD5 as the read vouches
-    /// for it (none when the read said the object's ETag is no MD5).
+    /// Returns what was read (the bytes, and what the answer said of the object), the bytes'
+    /// checksums, and the source's content MD5 as the read vouches for it (none when the
+    /// read said the object's ETag is no MD5).
     pub(crate) async fn read_checked(
         &self,
         src: &ObjectMeta,
         range: std::ops::Range<u64>,
         with_md5: bool,
-    ) -> Result<(Bytes, ChunkSums, Option<[u8; 16]>)> {
+    ) -> Result<(Fetched, ChunkSums, Option<[u8; 16]>)> {
         let want = range.end - range.start;
         let whole = want == src.size;
         let range = (src.size > 0).then_some(range);
@@ -224,21 +224,23 @@ impl Ctx {
                 }
                 let fetched = self.src.get(&src.key, range.clone(), Some(src)).await?;
                 self.saw_source_etag(fetched.opaque_etag);
-                let data = fetched.data;
-                if data.len() as u64 != want {
+                if fetched.data.len() as u64 != want {
                     return Err(Error::new(
                         ErrorKind::Transient,
-                        format!("{target}: read {} bytes, expected {want}", data.len()),
+                        format!(
+                            "{target}: read {} bytes, expected {want}",
+                            fetched.data.len()
+                        ),
                     ));
                 }
-                let sums = sums(&data, with_md5);
+                let sums = sums(&fetched.data, with_md5);
                 let source = source_md5(src, fetched.etag.as_deref(), fetched.opaque_etag);
                 if let (Some(want), Some(got), true) = (source, sums.md5, whole) {
                     if want != got {
                         return Err(md5_mismatch(&target, want, got));
                     }
                 }
-                Ok((data, sums, source))
+                Ok((fetched, sums, source))
             })
             .await
     }

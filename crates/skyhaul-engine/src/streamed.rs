@@ -23,6 +23,7 @@
 //! (metadata goes with the headers, before the bytes), which the object's content-MD5 ETag
 //! makes up for in later comparisons.
 
+use crate::attributes::carry;
 use crate::copy::{check_stored, expected_etag};
 use crate::integrity::{md5_mismatch, source_md5};
 use crate::limiter::Slot;
@@ -84,12 +85,14 @@ pub(crate) async fn copy_streamed(
         let crc = Arc::new(OnceLock::new());
         let hashed = !md5_first && ctx.src.etags_are_md5();
         let check = md5.filter(|_| hashed).map(|md5| (md5, source.clone()));
+        let mut put = put.clone();
+        carry(&mut put, &src.key, &streamed.headers, &streamed.metadata);
         let body = summed(streamed.body, src.size, check, crc.clone(), slot);
         let sent_md5 = md5.filter(|_| md5_first);
         let dst_slot = ctx.dst_limit.acquire().await;
         let written = ctx
             .dst
-            .put_stream(dst_key, body, sent_md5, put)
+            .put_stream(dst_key, body, sent_md5, &put)
             .await
             .and_then(|w| check_stored(&target, w.content_md5(), sent_md5).map(|()| w));
         drop(dst_slot);

@@ -443,7 +443,8 @@ pub(crate) async fn move_part(
     if ctx.cancel.is_cancelled() {
         return Err(ctx.interrupted(&src.key));
     }
-    let (data, sums, source_md5) = ctx.read_checked(src, spec.range(), with_md5).await?;
+    let (read, sums, source_md5) = ctx.read_checked(src, spec.range(), with_md5).await?;
+    let data = read.data;
     let target = format!(
         "{}/{} part {}",
         dst.name().trim_end_matches('/'),

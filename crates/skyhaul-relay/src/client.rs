@@ -7,7 +7,7 @@
 use crate::codec::Compression;
 use crate::key::RelayKey;
 use crate::message::{encode, is_request, Assembler, Message};
-use crate::rpc::{md5_hex, Info, ListPage, Opts, Request, Response, WireEntry};
+use crate::rpc::{md5_hex, Info, ListPage, Opts, ReadAnswer, Request, Response, WireEntry};
 use crate::stats::{RelayStats, RelaySummary};
 use crate::wire::{handshake_client, read_frame, write_frame, ClientHello, Kind, Plain};
 use bytes::Bytes;
@@ -550,6 +550,10 @@ impl Store for RelayStore {
         self.info.limits()
     }
 
+    fn keeps_headers(&self) -> bool {
+        self.info.keeps_headers
+    }
+
     fn etags_are_md5(&self) -> bool {
         self.info.etags_are_md5
     }
@@ -597,11 +601,13 @@ impl Store for RelayStore {
             expect: expect.cloned(),
         };
         let (value, data) = self.shared.call(&req, Bytes::new()).await?;
-        let tag: Written = parse(value)?;
+        let read: ReadAnswer = parse(value)?;
         Ok(Fetched {
             data,
-            etag: tag.etag,
-            opaque_etag: tag.opaque_etag,
+            etag: read.etag,
+            opaque_etag: read.opaque_etag,
+            headers: read.headers,
+            metadata: read.metadata,
         })
     }
 

@@ -5,7 +5,7 @@
 use crate::codec::Compression;
 use crate::key::RelayKey;
 use crate::message::{encode, is_request, Assembler, Message};
-use crate::rpc::{md5_bytes, Info, ListPage, Request, Response, WireEntry, LIST_PAGE};
+use crate::rpc::{md5_bytes, Info, ListPage, ReadAnswer, Request, Response, WireEntry, LIST_PAGE};
 use crate::wire::{
     handshake_gateway, read_frame, write_frame, ClientHello, Kind, Opener, Plain, Sealer, MAGIC,
 };
@@ -13,7 +13,7 @@ use crate::{Reader, Writer};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use skyhaul_store::{Entry, Error, ErrorKind, Payload, Store, Written};
+use skyhaul_store::{Entry, Error, ErrorKind, Payload, Store};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -382,6 +382,7 @@ impl Gateway {
                     max_parts: l.max_parts,
                     max_single_put: l.max_single_put,
                     etags_are_md5: s.etags_are_md5(),
+                    keeps_headers: s.keeps_headers(),
                     lists_by_level: s.lists_by_level(),
                 };
                 (json!(info), none)
@@ -417,11 +418,13 @@ impl Gateway {
                 let f = s
                     .get(&key, range.map(|(a, b)| a..b), expect.as_ref())
                     .await?;
-                let tag = Written {
+                let read = ReadAnswer {
                     etag: f.etag,
                     opaque_etag: f.opaque_etag,
+                    headers: f.headers,
+                    metadata: f.metadata,
                 };
-                (json!(tag), f.data)
+                (json!(read), f.data)
             }
             Request::Put { key, md5, opts } => {
                 let payload = Payload {

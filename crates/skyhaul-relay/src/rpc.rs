@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 use skyhaul_store::{
-    CompletedPart, Entry, Error, ErrorKind, Limits, MultipartUpload, ObjectMeta, PartSpec,
-    PutOptions,
+    CompletedPart, ContentHeaders, Entry, Error, ErrorKind, Limits, MultipartUpload, ObjectMeta,
+    PartSpec, PutOptions,
 };
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -76,6 +76,8 @@ pub struct Opts {
     pub size: u64,
     pub mtime: Option<SystemTime>,
     pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers: ContentHeaders,
 }
 
 impl From<&PutOptions> for Opts {
@@ -84,6 +86,7 @@ impl From<&PutOptions> for Opts {
             size: o.size,
             mtime: o.mtime,
             metadata: o.metadata.clone(),
+            headers: o.headers.clone(),
         }
     }
 }
@@ -94,6 +97,7 @@ impl From<Opts> for PutOptions {
             size: o.size,
             mtime: o.mtime,
             metadata: o.metadata,
+            headers: o.headers,
         }
     }
 }
@@ -109,6 +113,22 @@ pub struct Info {
     pub max_single_put: u64,
     pub etags_are_md5: bool,
     pub lists_by_level: bool,
+    /// Gateways before content headers were carried did not say: they kept none.
+    #[serde(default)]
+    pub keeps_headers: bool,
+}
+
+/// The answer to a read, besides its bytes: what [`skyhaul_store::Fetched`] says of the
+/// object. Gateways before SSE-KMS support sent only `etag`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReadAnswer {
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub opaque_etag: bool,
+    #[serde(default)]
+    pub headers: ContentHeaders,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl Info {

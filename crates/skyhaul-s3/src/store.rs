@@ -24,12 +24,39 @@ use base64::Engine;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use skyhaul_store::{
-    buffers, Chunks, CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload,
-    ObjectMeta, PartSpec, Payload, PutOptions, Result, Store, Streamed, Written,
+    buffers, Chunks, CompletedPart, ContentHeaders, Entry, Error, ErrorKind, Fetched, Limits,
+    MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions, Result, Store, Streamed, Written,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
+
+/// The [`ContentHeaders`] of a GET's or HEAD's answer: the SDK gives each output type the
+/// same accessors, but no trait to name them by.
+macro_rules! headers_of {
+    ($out:expr) => {
+        ContentHeaders {
+            content_type: $out.content_type().map(str::to_string),
+            content_encoding: $out.content_encoding().map(str::to_string),
+            content_disposition: $out.content_disposition().map(str::to_string),
+            content_language: $out.content_language().map(str::to_string),
+            cache_control: $out.cache_control().map(str::to_string),
+        }
+    };
+}
+
+/// A PUT or CreateMultipartUpload request with `opts`' user metadata and content headers.
+macro_rules! with_headers {
+    ($req:expr, $opts:expr) => {{
+        let h = &$opts.headers;
+        $req.set_metadata(metadata($opts))
+            .set_content_type(h.content_type.clone())
+            .set_content_encoding(h.content_encoding.clone())
+            .set_content_disposition(h.content_disposition.clone())
+            .set_content_language(h.content_language.clone())
+            .set_cache_control(h.cache_control.clone())
+    }};
+}
 
 /// `x-amz-copy-source` is `bucket/key` with the key URL-encoded except for `/`.
 const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
@@ -253,9 +280,8 @@ impl S3Store {
                 m.mtime = mtime(h.last_modified());
                 m.etag = etag(h.e_tag());
                 m.opaque_etag = opaque_etag(h.server_side_encryption(), h.sse_customer_algorithm());
-                if let Some(md) = h.metadata() {
-                    m.metadata = md.clone().into_iter().collect();
-                }
+                m.metadata = metadata_of(h.metadata());
+                m.headers = Some(Box::new(headers_of!(h)));
                 if let Some(crc) = full_object_crc64(&h) {
                     m.set_crc64nvme(crc);
                 }
@@ -360,6 +386,12 @@ fn metadata(opts: &PutOptions) -> Option<HashMap<String, String>> {
     (!opts.metadata.is_empty()).then(|| opts.metadata.clone().into_iter().collect())
 }
 
+/// The user metadata of an answer (GET or HEAD), in order.
+fn metadata_of(md: Option<&HashMap<String, String>>) -> BTreeMap<String, String> {
+    md.map(|m| m.clone().into_iter().collect())
+        .unwrap_or_default()
+}
+
 #[async_trait::async_trait]
 impl Store for S3Store {
     fn name(&self) -> &str {
@@ -371,6 +403,10 @@ impl Store for S3Store {
     }
 
     fn etags_are_md5(&self) -> bool {
+        true
+    }
+
+    fn keeps_headers(&self) -> bool {
         true
     }
 
@@ -426,6 +462,7 @@ impl Store for S3Store {
         let ranged_reply = resp.content_range().is_some();
         let version = etag(resp.e_tag());
         let opaque = opaque_etag(resp.server_side_encryption(), resp.sse_customer_algorithm());
+        let (headers, metadata) = (headers_of!(resp), metadata_of(resp.metadata()));
         let want = range.as_ref().map(|r| r.end - r.start);
         let mut buf = buffers::take(resp.content_length().unwrap_or(0).max(0) as usize);
         let mut body = resp.body;
@@ -454,6 +491,8 @@ impl Store for S3Store {
             data,
             etag: version,
             opaque_etag: opaque,
+            headers,
+            metadata,
         })
     }
 
@@ -465,9 +504,8 @@ impl Store for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .content_length(body.data.len() as i64)
-            .set_content_md5(body.md5.as_ref().map(base64_md5))
-            .set_metadata(metadata(opts))
-            .body(ByteStream::from(body.data));
+            .set_content_md5(body.md5.as_ref().map(base64_md5));
+        let req = with_headers!(req, opts).body(ByteStream::from(body.data));
         // With Content-MD5 (itself signed) the server checks the body; hashing it again
         // with SHA-256 for the signature would double the CPU per byte for nothing.
         let out = if signed_md5 {
@@ -490,6 +528,7 @@ impl Store for S3Store {
         let resp = self.send_get(key, None, expect).await?;
         let etag = etag(resp.e_tag());
         let opaque_etag = opaque_etag(resp.server_side_encryption(), resp.sse_customer_algorithm());
+        let (headers, metadata) = (headers_of!(resp), metadata_of(resp.metadata()));
         let target: std::sync::Arc<str> = self.target(key).into();
         let body = futures::stream::unfold(resp.body, move |mut body| {
             let target = target.clone();
@@ -502,6 +541,8 @@ impl Store for S3Store {
             body: body.boxed(),
             etag,
             opaque_etag,
+            headers,
+            metadata,
         })
     }
 
@@ -518,14 +559,14 @@ impl Store for S3Store {
             return skyhaul_store::put_collected(self, key, body, None, opts).await;
         };
         let (body, failure) = ChunkBody::new(body, opts.size, &self.name, key);
-        let out = self
+        let req = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_length(opts.size as i64)
-            .content_md5(base64_md5(&md5))
-            .set_metadata(metadata(opts))
+            .content_md5(base64_md5(&md5));
+        let out = with_headers!(req, opts)
             .body(ByteStream::from_body_1_x(body))
             .customize()
             .disable_payload_signing()
@@ -543,14 +584,12 @@ impl Store for S3Store {
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload> {
-        let out = self
+        let req = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(key)
-            .set_metadata(metadata(opts))
-            .send()
-            .await;
+            .key(key);
+        let out = with_headers!(req, opts).send().await;
         let upload_id = match out {
             Ok(out) => out.upload_id().map(str::to_string),
             Err(e) => match upload_id_from_unparsed_reply(&e) {

@@ -5,7 +5,10 @@
 //!
 //! Every check works under its own key prefix, so one store can host the whole suite.
 
-use crate::{Chunks, Entry, Error, ErrorKind, ObjectMeta, PartSpec, Payload, PutOptions, Store};
+use crate::{
+    Chunks, ContentHeaders, Entry, Error, ErrorKind, ObjectMeta, PartSpec, Payload, PutOptions,
+    Store,
+};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
@@ -25,6 +28,7 @@ pub async fn run_all(store: &dyn Store, prefix: &str) {
     user_metadata(store, &format!("{prefix}meta/")).await;
     streamed(store, &format!("{prefix}stream/")).await;
     etags_say_what_they_are(store, &format!("{prefix}etag/")).await;
+    content_headers(store, &format!("{prefix}headers/")).await;
     if store.copy_domain().is_some() {
         run_server_side_copy(store, store, &format!("{prefix}copy/")).await;
     }
@@ -107,6 +111,85 @@ async fn user_metadata(store: &dyn Store, p: &str) {
         );
     } else {
         assert!(got.is_empty(), "{}: no metadata invented", store.name());
+    }
+}
+
+/// A store that keeps content headers and user metadata gives them back from a HEAD, a
+/// read and a streamed read, for objects written whole, streamed and in parts: a copy
+/// takes them from those and gives them to its write.
+async fn content_headers(store: &dyn Store, p: &str) {
+    if !store.keeps_headers() {
+        return;
+    }
+    let name = store.name();
+    let headers = ContentHeaders {
+        content_type: Some("text/html; charset=utf-8".into()),
+        content_encoding: Some("br".into()),
+        content_disposition: Some("attachment; filename=\"report.html\"".into()),
+        content_language: Some("en".into()),
+        cache_control: Some("max-age=3600".into()),
+    };
+    let mut put = opts(0);
+    put.headers = headers.clone();
+    put.metadata.insert("owner".into(), "ml-team".into());
+    let data = pattern(3000, 41);
+    let part_len = store.limits().min_part_size.max(1) as usize;
+    let big = pattern(part_len + 5, 42);
+    let (whole, streamed, parts) = (
+        format!("{p}whole"),
+        format!("{p}streamed"),
+        format!("{p}parts"),
+    );
+    put.size = data.len() as u64;
+    store
+        .put(&whole, Payload::new(Bytes::from(data.clone())), &put)
+        .await
+        .unwrap();
+    store
+        .put_stream(&streamed, chunks(&data, 1000, None), md5(&data), &put)
+        .await
+        .unwrap();
+    put.size = big.len() as u64;
+    let upload = store.create_multipart(&parts, &put).await.unwrap();
+    let mut done = Vec::new();
+    for (number, range) in [(1, 0..part_len), (2, part_len..big.len())] {
+        let spec = PartSpec {
+            number,
+            offset: range.start as u64,
+            len: range.len() as u64,
+        };
+        let body = Payload::new(Bytes::copy_from_slice(&big[range]));
+        done.push(store.put_part(&upload, spec, body).await.unwrap());
+    }
+    store
+        .complete_multipart(&upload, &done, &put)
+        .await
+        .unwrap();
+    for key in [&whole, &streamed, &parts] {
+        let head = store.head(key).await.unwrap().unwrap();
+        assert_eq!(
+            head.headers.as_deref(),
+            Some(&headers),
+            "{name}: {key}: a HEAD gives the content headers written"
+        );
+        assert_eq!(
+            head.metadata.get("owner").map(String::as_str),
+            Some("ml-team"),
+            "{name}: {key}"
+        );
+        let read = store.get(key, None, None).await.unwrap();
+        assert_eq!(read.headers, headers, "{name}: {key}: a read gives them");
+        assert_eq!(
+            read.metadata.get("owner").map(String::as_str),
+            Some("ml-team"),
+            "{name}: {key}: a read gives the metadata"
+        );
+        let stream = store.get_stream(key, None).await.unwrap();
+        assert_eq!(
+            (stream.headers, stream.metadata.get("owner").cloned()),
+            (headers.clone(), Some("ml-team".to_string())),
+            "{name}: {key}: a streamed read gives them"
+        );
     }
 }
 

@@ -19,8 +19,8 @@ pub mod conformance;
 pub use error::{cause_chain, Error, ErrorKind, Result};
 pub use local::{LocalStore, LOCAL_CHUNK};
 pub use types::{
-    content_md5, Chunks, CompletedPart, Entry, Fetched, Limits, MultipartUpload, ObjectMeta,
-    PartSpec, Payload, PutOptions, Streamed, Written, CRC_METADATA,
+    content_md5, Chunks, CompletedPart, ContentHeaders, Entry, Fetched, Limits, MultipartUpload,
+    ObjectMeta, PartSpec, Payload, PutOptions, Streamed, Written, CRC_METADATA,
 };
 
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -46,6 +46,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Whether reading an object again costs nothing but local I/O (a file system): then a
     /// checksum the comparison needs is computed by reading rather than left unknown.
     fn rereads_are_free(&self) -> bool {
+        false
+    }
+
+    /// Whether objects keep the [`ContentHeaders`] and user metadata they are written with,
+    /// and reads and HEADs return them (S3, GCS, Azure; not a file system).
+    fn keeps_headers(&self) -> bool {
         false
     }
 
@@ -118,6 +124,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             body: futures::stream::once(async { Ok(fetched.data) }).boxed(),
             etag: fetched.etag,
             opaque_etag: fetched.opaque_etag,
+            headers: fetched.headers,
+            metadata: fetched.metadata,
         })
     }
 

@@ -19,6 +19,34 @@ pub struct ObjectMeta {
     /// User metadata; only filled by `head`, listings do not return it.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The content headers the store serves the object with; only filled by `head`. Boxed:
+    /// listings hold millions of these without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Box<ContentHeaders>>,
+}
+
+/// The standard HTTP headers a store keeps with an object and serves it with. A copy
+/// between stores that keep them carries them over, with the user metadata: a bucket
+/// migrated without its `Content-Type` serves every page as a download. A file keeps
+/// none, so an object uploaded from one gets a `Content-Type` guessed from its name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentHeaders {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+}
+
+impl ContentHeaders {
+    pub fn is_empty(&self) -> bool {
+        *self == ContentHeaders::default()
+    }
 }
 
 /// The content MD5 an ETag stands for: one of 32 hex digits (no `-N` part count) that the
@@ -49,6 +77,7 @@ impl ObjectMeta {
             etag: None,
             opaque_etag: false,
             metadata: BTreeMap::new(),
+            headers: None,
         }
     }
 
@@ -117,6 +146,8 @@ pub struct PutOptions {
     pub mtime: Option<SystemTime>,
     /// User metadata stored with the object.
     pub metadata: BTreeMap<String, String>,
+    /// Content headers stored with the object, where the store keeps them.
+    pub headers: ContentHeaders,
 }
 
 impl PutOptions {
@@ -153,6 +184,10 @@ pub struct Fetched {
     pub etag: Option<String>,
     /// The read's answer said `etag` is not the content's MD5 ([`content_md5`]).
     pub opaque_etag: bool,
+    /// The object's content headers and user metadata, where the read's answer carries
+    /// them (S3's does): what a copy gives the destination.
+    pub headers: ContentHeaders,
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl Fetched {
@@ -173,6 +208,9 @@ pub struct Streamed {
     pub etag: Option<String>,
     /// The read's answer said `etag` is not the content's MD5 ([`content_md5`]).
     pub opaque_etag: bool,
+    /// As [`Fetched::headers`] and [`Fetched::metadata`].
+    pub headers: ContentHeaders,
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Streamed {

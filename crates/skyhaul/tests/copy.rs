@@ -432,3 +432,116 @@ async fn a_tight_budget_never_deadlocks_the_in_order_source_check() {
         assert!(std::fs::read(&out).unwrap() == big);
     }
 }
+
+/// A copy keeps what an object is served with: its `Content-Type` and other content headers
+/// and its user metadata, whether it streams bucket to bucket, goes in parts, or is read
+/// whole into GCS and back; a file gets a `Content-Type` from its extension.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_headers_and_metadata_travel_with_the_objects() {
+    let src = S3Server::start(S3Kind::S3sFs);
+    let dst = S3Server::start(S3Kind::Moto);
+    let gcs = skyhaul_testkit::FakeGcsServer::start();
+    src.create_bucket("src").await;
+    dst.create_bucket("dst").await;
+    gcs.create_bucket("gcs").await;
+    // (key, size, Content-Type, Cache-Control, owner): a page that streams, a large
+    // object that goes in 5 MiB parts.
+    let objects = [
+        (
+            "site/page.html",
+            2000,
+            "text/html; charset=utf-8",
+            "max-age=60",
+            "web",
+        ),
+        (
+            "site/shard.tar",
+            6 << 20,
+            "application/x-tar",
+            "no-store",
+            "ml",
+        ),
+    ];
+    let client = src.client().await;
+    for (key, size, content_type, cache, owner) in objects {
+        client
+            .put_object()
+            .bucket("src")
+            .key(key)
+            .content_type(content_type)
+            .cache_control(cache)
+            .metadata("owner", owner)
+            .body(data(size, 3).into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let (s, d) = (src.endpoint.as_str(), dst.endpoint.as_str());
+    let gcs_host = gcs.endpoint.trim_start_matches("http://").to_string();
+    let gcs_env = [("STORAGE_EMULATOR_HOST", gcs_host.as_str())];
+    let cp = |from: &str, to: &str, extra: &[&str], src_server, dst_server| {
+        let mut args = vec!["cp", "-r", from, to, "--no-journal"];
+        args.extend(SMALL_PARTS);
+        args.extend(extra);
+        let run = skyhaul_env(&args, src_server, dst_server, &gcs_env);
+        assert_eq!(run.code, 0, "{from} -> {to}: {}", run.stderr);
+    };
+    let endpoints = ["--src-endpoint", s, "--dst-endpoint", d];
+    cp(
+        "s3://src/site/",
+        "s3://dst/direct/",
+        &endpoints,
+        Some(&src),
+        Some(&dst),
+    );
+    cp(
+        "s3://src/site/",
+        "gs://gcs/site/",
+        &endpoints[..2],
+        Some(&src),
+        None,
+    );
+    cp(
+        "gs://gcs/site/",
+        "s3://dst/via-gcs/",
+        &endpoints[2..],
+        None,
+        Some(&dst),
+    );
+
+    let client = dst.client().await;
+    let head = |key: String| {
+        let request = client.head_object().bucket("dst").key(&key).send();
+        async move { (request.await.unwrap(), key) }
+    };
+    for prefix in ["direct", "via-gcs"] {
+        for (key, _, content_type, cache, owner) in objects {
+            let (head, key) = head(key.replacen("site", prefix, 1)).await;
+            assert_eq!(head.content_type(), Some(content_type), "{key}");
+            assert_eq!(head.cache_control(), Some(cache), "{key}");
+            assert_eq!(
+                head.metadata()
+                    .and_then(|m| m.get("owner"))
+                    .map(String::as_str),
+                Some(owner),
+                "{key}"
+            );
+        }
+    }
+
+    // Files have no Content-Type: it is guessed from the name, as other tools do.
+    let tmp = tempfile::tempdir().unwrap();
+    let names = [
+        ("index.html", "text/html"),
+        ("labels.json", "application/json"),
+    ];
+    for (name, _) in names {
+        std::fs::write(tmp.path().join(name), b"{}").unwrap();
+    }
+    let local = tmp.path().to_str().unwrap();
+    cp(local, "s3://dst/files/", &endpoints[2..], None, Some(&dst));
+    for (name, content_type) in names {
+        let (head, key) = head(format!("files/{name}")).await;
+        assert_eq!(head.content_type(), Some(content_type), "{key}");
+    }
+}

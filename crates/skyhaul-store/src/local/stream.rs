@@ -64,6 +64,8 @@ pub(super) async fn get_stream(
         body: body.boxed(),
         etag: None,
         opaque_etag: false,
+        headers: Default::default(),
+        metadata: Default::default(),
     })
 }
 
