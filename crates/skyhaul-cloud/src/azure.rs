@@ -35,8 +35,8 @@ use object_store::StaticCredentialProvider;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use skyhaul_store::{
-    CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload, ObjectMeta, PartSpec,
-    Payload, PutOptions, Result, Store, Written,
+    header_value, CompletedPart, Entry, Error, ErrorKind, Fetched, Limits, MultipartUpload,
+    ObjectMeta, PartSpec, Payload, PutOptions, Result, Store, Written,
 };
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -438,9 +438,10 @@ impl AzureStore {
     }
 
     /// The headers that give a blob being written `opts`' user metadata and content
-    /// headers (a blob with no content type is served as `application/octet-stream`).
-    fn meta_headers(opts: &PutOptions) -> Vec<(String, String)> {
-        let h = &opts.headers;
+    /// headers (a blob with no content type is served as `application/octet-stream`), as
+    /// header values ([`header_value`], [`skyhaul_store::ContentHeaders::sendable`]).
+    fn meta_headers(opts: &PutOptions, target: &str) -> Vec<(String, String)> {
+        let h = opts.headers.sendable(target);
         let content_type = h
             .content_type
             .as_deref()
@@ -460,7 +461,10 @@ impl AzureStore {
             .filter_map(|(k, v)| Some((k.to_string(), v?.to_string())));
         opts.metadata
             .iter()
-            .map(|(k, v)| (format!("x-ms-meta-{}", encode_meta_name(k)), v.clone()))
+            .map(|(k, v)| {
+                let name = format!("x-ms-meta-{}", encode_meta_name(k));
+                (name, header_value(v).into_owned())
+            })
             .chain(properties)
             .collect()
     }
@@ -842,7 +846,7 @@ impl Store for AzureStore {
         if let Some(m) = body.md5 {
             headers.push(("content-md5".into(), B64.encode(m)));
         }
-        headers.extend(Self::meta_headers(opts));
+        headers.extend(Self::meta_headers(opts, &target));
         let headers: Vec<(&str, String)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()))
@@ -935,7 +939,7 @@ impl Store for AzureStore {
         xml.push_str("</BlockList>");
         let mut headers: Vec<(String, String)> =
             vec![("content-type".into(), "application/xml".into())];
-        headers.extend(Self::meta_headers(opts));
+        headers.extend(Self::meta_headers(opts, &target));
         let headers: Vec<(&str, String)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()))

@@ -702,7 +702,9 @@ impl Store for GcsStore {
         if let Some(g) = expected_generation {
             url.push_str(&format!("&ifGenerationMatch={g}"));
         }
-        let mut headers = Vec::new();
+        // Without it GCS unzips an object stored with Content-Encoding gzip as it serves it
+        // (and ignores Range): the bytes would not be the object's.
+        let mut headers = vec![("accept-encoding", "gzip".to_string())];
         if let Some(r) = &range {
             if r.is_empty() {
                 return Ok(Fetched::default());
@@ -715,7 +717,16 @@ impl Store for GcsStore {
         let resp = self.ok(resp, &target, "get").await?;
         let (md5, crc) = goog_hash(resp.headers());
         let generation = header(resp.headers(), "x-goog-generation").map(str::to_string);
-        let headers = content_headers(resp.headers());
+        // What the object was stored with: a download's Cache-Control is GCS's own default
+        // when the object has none, so it is left out (a HEAD has the object's), and its
+        // Content-Encoding is the stored one (downloads ask for the stored bytes).
+        let headers = ContentHeaders {
+            cache_control: None,
+            content_encoding: header(resp.headers(), "x-goog-stored-content-encoding")
+                .filter(|e| *e != "identity")
+                .map(str::to_string),
+            ..content_headers(resp.headers())
+        };
         let metadata = prefixed_metadata(resp.headers(), "x-goog-meta-", str::to_string);
         let ranged_reply = resp.status() == StatusCode::PARTIAL_CONTENT;
         let total = header(resp.headers(), "content-range")

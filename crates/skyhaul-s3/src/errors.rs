@@ -92,6 +92,16 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
         "IncompleteBody" | "RequestTimeout" | "InternalError" | "ServiceUnavailable" => {
             (ErrorKind::Transient, "")
         }
+        // A 403 on AWS, but not a matter of permissions: one object, not the transfer.
+        "InvalidObjectState" => (
+            ErrorKind::Other,
+            " (the object is archived, e.g. in GLACIER or DEEP_ARCHIVE: restore it first \
+             with `aws s3api restore-object`, or leave it out with --exclude)",
+        ),
+        "MetadataTooLarge" => (
+            ErrorKind::Other,
+            " (S3 keeps at most 2 KB of user metadata per object; the source's has more)",
+        ),
         "NotImplemented" => (ErrorKind::Unsupported, " (the server does not offer this)"),
         "NoSuchUpload" => (
             ErrorKind::NotFound,

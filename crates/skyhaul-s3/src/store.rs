@@ -24,8 +24,9 @@ use base64::Engine;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use skyhaul_store::{
-    buffers, Chunks, CompletedPart, ContentHeaders, Entry, Error, ErrorKind, Fetched, Limits,
-    MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions, Result, Store, Streamed, Written,
+    buffers, header_value, Chunks, CompletedPart, ContentHeaders, Entry, Error, ErrorKind, Fetched,
+    Limits, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions, Result, Store, Streamed,
+    Written, CRC_METADATA,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -45,13 +46,14 @@ macro_rules! headers_of {
     };
 }
 
-/// A PUT or CreateMultipartUpload request with `opts`' user metadata and content headers.
+/// A PUT or CreateMultipartUpload request with `opts`' user metadata and content headers,
+/// as far as S3 can take them ([`metadata`], [`ContentHeaders::sendable`]) for `target`.
 macro_rules! with_headers {
-    ($req:expr, $opts:expr) => {{
-        let h = &$opts.headers;
-        $req.set_metadata(metadata($opts))
+    ($req:expr, $opts:expr, $target:expr) => {{
+        let h = $opts.headers.sendable($target);
+        $req.set_metadata(metadata($opts, $target))
             .set_content_type(h.content_type.clone())
-            .set_content_encoding(h.content_encoding.clone())
+            .set_content_encoding(content_encoding(&h))
             .set_content_disposition(h.content_disposition.clone())
             .set_content_language(h.content_language.clone())
             .set_cache_control(h.cache_control.clone())
@@ -382,8 +384,46 @@ fn mtime(t: Option<&aws_smithy_types::DateTime>) -> Option<SystemTime> {
     t.and_then(|t| SystemTime::try_from(*t).ok())
 }
 
-fn metadata(opts: &PutOptions) -> Option<HashMap<String, String>> {
-    (!opts.metadata.is_empty()).then(|| opts.metadata.clone().into_iter().collect())
+/// The Content-Encoding to write: the source's, without `aws-chunked`, which some
+/// S3-compatible servers keep from the upload that made the object. Sent on, it would tell
+/// the destination that this plain body is chunk-signed.
+fn content_encoding(h: &ContentHeaders) -> Option<String> {
+    let kept: Vec<&str> = h
+        .content_encoding
+        .as_deref()?
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
+}
+
+/// S3 keeps at most this many bytes of user metadata (names and values) per object.
+const METADATA_LIMIT: usize = 2048;
+
+/// `opts`' user metadata as S3 can take it for `target`: names that are HTTP tokens (others,
+/// which GCS allows, are left out and logged), values as header values ([`header_value`]),
+/// and skyhaul's CRC entry only while the whole fits in S3's 2 KB: a source's own metadata
+/// near that size is worth more than a checksum later comparisons can do without.
+fn metadata(opts: &PutOptions, target: &str) -> Option<HashMap<String, String>> {
+    let token = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let mut out: HashMap<String, String> = HashMap::new();
+    for (name, value) in &opts.metadata {
+        if token(name) {
+            out.insert(name.clone(), header_value(value).into_owned());
+        } else {
+            tracing::warn!("{target}: metadata {name:?} left out: S3 takes only token names");
+        }
+    }
+    let size: usize = out.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > METADATA_LIMIT && out.remove(CRC_METADATA).is_some() {
+        tracing::debug!("{target}: no {CRC_METADATA} entry: the source's metadata fills S3's 2 KB");
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The user metadata of an answer (GET or HEAD), in order.
@@ -505,7 +545,7 @@ impl Store for S3Store {
             .key(key)
             .content_length(body.data.len() as i64)
             .set_content_md5(body.md5.as_ref().map(base64_md5));
-        let req = with_headers!(req, opts).body(ByteStream::from(body.data));
+        let req = with_headers!(req, opts, &self.target(key)).body(ByteStream::from(body.data));
         // With Content-MD5 (itself signed) the server checks the body; hashing it again
         // with SHA-256 for the signature would double the CPU per byte for nothing.
         let out = if signed_md5 {
@@ -566,7 +606,7 @@ impl Store for S3Store {
             .key(key)
             .content_length(opts.size as i64)
             .content_md5(base64_md5(&md5));
-        let out = with_headers!(req, opts)
+        let out = with_headers!(req, opts, &self.target(key))
             .body(ByteStream::from_body_1_x(body))
             .customize()
             .disable_payload_signing()
@@ -589,7 +629,7 @@ impl Store for S3Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key);
-        let out = with_headers!(req, opts).send().await;
+        let out = with_headers!(req, opts, &self.target(key)).send().await;
         let upload_id = match out {
             Ok(out) => out.upload_id().map(str::to_string),
             Err(e) => match upload_id_from_unparsed_reply(&e) {
@@ -865,6 +905,40 @@ impl Store for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_chunked_is_not_passed_on_as_a_content_encoding() {
+        let enc = |e: &str| {
+            content_encoding(&ContentHeaders {
+                content_encoding: Some(e.to_string()),
+                ..Default::default()
+            })
+        };
+        assert_eq!(enc("gzip").as_deref(), Some("gzip"));
+        assert_eq!(enc("aws-chunked"), None);
+        assert_eq!(enc("aws-chunked,gzip").as_deref(), Some("gzip"));
+        assert_eq!(enc("gzip, br").as_deref(), Some("gzip, br"));
+    }
+
+    #[test]
+    fn metadata_fits_s3_names_values_and_size() {
+        let mut opts = PutOptions::default();
+        opts.metadata.insert("owner".into(), "équipe".into());
+        opts.metadata.insert("has space".into(), "x".into());
+        opts.set_crc64nvme(1);
+        let m = metadata(&opts, "t").unwrap();
+        assert_eq!(m["owner"], "=?UTF-8?Q?=C3=A9quipe?=");
+        assert!(!m.contains_key("has space"));
+        assert!(m.contains_key(CRC_METADATA));
+        opts.metadata
+            .insert("big".into(), "v".repeat(METADATA_LIMIT));
+        let m = metadata(&opts, "t").unwrap();
+        assert!(
+            !m.contains_key(CRC_METADATA),
+            "the source's own metadata comes first"
+        );
+        assert_eq!(m["big"].len(), METADATA_LIMIT);
+    }
 
     #[test]
     fn only_kms_and_customer_keys_make_etags_opaque() {

@@ -19,8 +19,9 @@ pub mod conformance;
 pub use error::{cause_chain, Error, ErrorKind, Result};
 pub use local::{LocalStore, LOCAL_CHUNK};
 pub use types::{
-    content_md5, Chunks, CompletedPart, ContentHeaders, Entry, Fetched, Limits, MultipartUpload,
-    ObjectMeta, PartSpec, Payload, PutOptions, Streamed, Written, CRC_METADATA,
+    content_md5, header_safe, header_value, Chunks, CompletedPart, ContentHeaders, Entry, Fetched,
+    Limits, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions, Streamed, Written,
+    CRC_METADATA,
 };
 
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};

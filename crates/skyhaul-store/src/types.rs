@@ -47,6 +47,56 @@ impl ContentHeaders {
     pub fn is_empty(&self) -> bool {
         *self == ContentHeaders::default()
     }
+
+    /// The headers that can be sent as HTTP header values (visible ASCII): a store reached
+    /// over HTTP headers (S3, Azure) cannot be given the others, which come from stores
+    /// that keep them as JSON (GCS). Each one left out is logged with `target`.
+    pub fn sendable(&self, target: &str) -> ContentHeaders {
+        let keep = |name: &str, v: &Option<String>| {
+            v.clone().filter(|v| {
+                let ok = header_safe(v);
+                if !ok {
+                    tracing::warn!("{target}: {name} {v:?} left out: not sendable as a header");
+                }
+                ok
+            })
+        };
+        ContentHeaders {
+            content_type: keep("Content-Type", &self.content_type),
+            content_encoding: keep("Content-Encoding", &self.content_encoding),
+            content_disposition: keep("Content-Disposition", &self.content_disposition),
+            content_language: keep("Content-Language", &self.content_language),
+            cache_control: keep("Cache-Control", &self.cache_control),
+        }
+    }
+}
+
+/// Whether `value` can be sent as an HTTP header value as it is: visible ASCII, spaces, tabs.
+pub fn header_safe(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// `value` as an HTTP header value: as it is when [`header_safe`], else as an RFC 2047
+/// encoded word (`=?UTF-8?Q?…?=`), the form S3 itself gives metadata values that are not
+/// ASCII. User metadata from a store that keeps any UTF-8 (GCS) so reaches S3 and Azure
+/// instead of failing the object.
+pub fn header_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if header_safe(value) {
+        return value.into();
+    }
+    let mut out = String::from("=?UTF-8?Q?");
+    for b in value.bytes() {
+        match b {
+            b' ' => out.push('_'),
+            b'=' | b'?' | b'_' => out.push_str(&format!("={b:02X}")),
+            0x21..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("={b:02X}")),
+        }
+    }
+    out.push_str("?=");
+    out.into()
 }
 
 /// The content MD5 an ETag stands for: one of 32 hex digits (no `-N` part count) that the
@@ -298,5 +348,28 @@ impl CompletedPart {
     /// The part's MD5 as the store reports it, if its ETag is one ([`content_md5`]).
     pub fn content_md5(&self) -> Option<&str> {
         content_md5(Some(&self.etag), self.opaque_etag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_that_are_not_ascii_become_encoded_words() {
+        assert_eq!(header_value("plain value"), "plain value");
+        assert_eq!(
+            header_value("naïve café"),
+            "=?UTF-8?Q?na=C3=AFve_caf=C3=A9?="
+        );
+        assert_eq!(header_value("a=b\n"), "=?UTF-8?Q?a=3Db=0A?=");
+        let h = ContentHeaders {
+            content_type: Some("text/plain".into()),
+            content_disposition: Some("attachment; filename=\"résumé.pdf\"".into()),
+            ..Default::default()
+        };
+        let sent = h.sendable("t");
+        assert_eq!(sent.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(sent.content_disposition, None);
     }
 }

@@ -196,3 +196,51 @@ fn relay_tls_files_that_do_not_load_are_usage_errors_without_the_key() {
     assert!(line.contains("--relay-tls-ca"), "{line}");
     assert!(!run.stderr.contains(&key_line), "{}", run.stderr);
 }
+
+/// An archived object (GLACIER, DEEP_ARCHIVE) cannot be read until it is restored. S3
+/// answers its GET with a 403, which is not about permissions: that object fails, saying
+/// what to do, and the rest of the transfer goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archived_object_fails_alone_and_says_to_restore_it() {
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket("bkt").await;
+    s3.put("bkt", "data/warm.txt", b"readable").await;
+    s3.client()
+        .await
+        .put_object()
+        .bucket("bkt")
+        .key("data/cold.bin")
+        .storage_class("DEEP_ARCHIVE".into())
+        .body(b"archived".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    let run = skyhaul(
+        &[
+            "cp",
+            "-r",
+            "s3://bkt/data/",
+            dst.to_str().unwrap(),
+            "--src-endpoint",
+            &s3.endpoint,
+            "--no-journal",
+            "--json",
+        ],
+        Some(&s3),
+        None,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(report["objects_copied"], 1, "{report}");
+    assert_eq!(report["objects_failed"], 1, "{report}");
+    let error = report["failures"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("data/cold.bin") && error.contains("restore it first"),
+        "{error}"
+    );
+    assert!(!error.contains("credentials"), "{error}");
+    assert_eq!(std::fs::read(dst.join("warm.txt")).unwrap(), b"readable");
+    assert!(!dst.join("cold.bin").exists());
+}
