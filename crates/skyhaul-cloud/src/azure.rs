@@ -455,6 +455,7 @@ impl AzureStore {
             ),
             ("x-ms-blob-content-language", h.content_language.as_deref()),
             ("x-ms-blob-cache-control", h.cache_control.as_deref()),
+            ("x-ms-access-tier", opts.storage_class.as_deref()),
         ];
         let properties = properties
             .into_iter()
@@ -995,7 +996,7 @@ impl Store for AzureStore {
         src_container: &str,
         src: &ObjectMeta,
         dst_key: &str,
-        _opts: &PutOptions,
+        opts: &PutOptions,
     ) -> Result<Written> {
         let target = self.target(dst_key);
         let what = format!("server-side copy from {src_container}/{}", src.key);
@@ -1005,6 +1006,10 @@ impl Store for AzureStore {
             self.source_sas().await
         );
         let mut headers = vec![("x-ms-copy-source", source)];
+        // Copy Blob keeps the source's metadata and properties; a tier given is set.
+        if let Some(tier) = &opts.storage_class {
+            headers.push(("x-ms-access-tier", tier.clone()));
+        }
         let src_md5 = md5_of_tag(src.etag.as_deref());
         if let (None, Some(tag)) = (src_md5, src.etag.as_deref()) {
             headers.push(("x-ms-source-if-match", format!("\"{tag}\"")));

@@ -536,6 +536,9 @@ fn resource(opts: &PutOptions) -> serde_json::Value {
             resource[field] = v.as_str().into();
         }
     }
+    if let Some(class) = &opts.storage_class {
+        resource["storageClass"] = class.as_str().into();
+    }
     if !opts.metadata.is_empty() {
         resource["metadata"] = serde_json::to_value(&opts.metadata).unwrap_or_default();
     }
@@ -956,7 +959,7 @@ impl Store for GcsStore {
         src_container: &str,
         src: &ObjectMeta,
         dst_key: &str,
-        _opts: &PutOptions,
+        opts: &PutOptions,
     ) -> Result<Written> {
         let target = self.target(dst_key);
         let what = format!("server-side copy from gs://{src_container}/{}", src.key);
@@ -969,6 +972,13 @@ impl Store for GcsStore {
         if let Some(g) = src.etag.as_deref().and_then(|t| t.strip_prefix('g')) {
             url.push_str(&format!("&ifSourceGenerationMatch={g}"));
         }
+        // A rewrite keeps the source's metadata and content headers; a storage class given
+        // goes in the destination resource.
+        let mut resource = serde_json::json!({});
+        if let Some(class) = &opts.storage_class {
+            resource["storageClass"] = class.as_str().into();
+        }
+        let body = Bytes::from(resource.to_string());
         let mut token: Option<String> = None;
         loop {
             let mut u = url.clone();
@@ -983,7 +993,7 @@ impl Store for GcsStore {
                     Method::POST,
                     u,
                     &[("content-type", "application/json".to_string())],
-                    Bytes::from_static(b"{}"),
+                    body.clone(),
                     &target,
                     &what,
                 )

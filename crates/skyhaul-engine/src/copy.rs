@@ -40,6 +40,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     let mut put = PutOptions {
         size: src.size,
         mtime: src.mtime,
+        storage_class: ctx.opts.storage_class.clone(),
         ..Default::default()
     };
     let dst = &ctx.dst;

@@ -56,6 +56,9 @@ pub struct TransferOptions {
     pub filter_identity: String,
     /// `--bwlimit`: the bytes read from the source draw from this shared bucket.
     pub bwlimit: Option<Arc<crate::bwlimit::BandwidthLimit>>,
+    /// `--storage-class`: the class every object is written in (the bucket's default if
+    /// `None`), in the destination store's own terms.
+    pub storage_class: Option<String>,
 }
 
 impl Default for TransferOptions {
@@ -74,6 +77,7 @@ impl Default for TransferOptions {
             filter: Arc::default(),
             filter_identity: String::new(),
             bwlimit: None,
+            storage_class: None,
         }
     }
 }

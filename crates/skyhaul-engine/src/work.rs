@@ -171,6 +171,7 @@ impl Executor {
         let mut put = PutOptions {
             size: src.size,
             mtime: src.mtime,
+            storage_class: ctx.opts.storage_class.clone(),
             ..Default::default()
         };
         prepare_upload(ctx, src, &mut put).await?;

@@ -98,6 +98,9 @@ pub struct WorkerSettings {
     pub server_side_copy: bool,
     /// Bytes per second per worker, if limited.
     pub bwlimit: Option<u64>,
+    /// `--storage-class` (coordinators from before it did not send it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
 }
 
 /// Who a worker is: its id is its own choice (host, pid and a random suffix), so that it

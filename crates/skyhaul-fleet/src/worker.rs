@@ -170,6 +170,7 @@ fn transfer_options(spec: &TransferSpec) -> TransferOptions {
             ..Default::default()
         },
         server_side_copy: s.server_side_copy,
+        storage_class: s.storage_class.clone(),
         bwlimit: s
             .bwlimit
             .map(|rate| Arc::new(skyhaul_engine::BandwidthLimit::new(rate))),

@@ -78,6 +78,8 @@ pub struct Opts {
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub headers: ContentHeaders,
+    #[serde(default)]
+    pub storage_class: Option<String>,
 }
 
 impl From<&PutOptions> for Opts {
@@ -87,6 +89,7 @@ impl From<&PutOptions> for Opts {
             mtime: o.mtime,
             metadata: o.metadata.clone(),
             headers: o.headers.clone(),
+            storage_class: o.storage_class.clone(),
         }
     }
 }
@@ -98,6 +101,7 @@ impl From<Opts> for PutOptions {
             mtime: o.mtime,
             metadata: o.metadata,
             headers: o.headers,
+            storage_class: o.storage_class,
         }
     }
 }

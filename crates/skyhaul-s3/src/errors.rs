@@ -98,6 +98,10 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
             " (the object is archived, e.g. in GLACIER or DEEP_ARCHIVE: restore it first \
              with `aws s3api restore-object`, or leave it out with --exclude)",
         ),
+        "InvalidStorageClass" => (
+            ErrorKind::Other,
+            " (this store has no such storage class: check --storage-class)",
+        ),
         "MetadataTooLarge" => (
             ErrorKind::Other,
             " (S3 keeps at most 2 KB of user metadata per object; the source's has more)",

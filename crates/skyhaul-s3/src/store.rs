@@ -16,7 +16,7 @@ use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart as S3Part,
-    ServerSideEncryption,
+    ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -57,6 +57,7 @@ macro_rules! with_headers {
             .set_content_disposition(h.content_disposition.clone())
             .set_content_language(h.content_language.clone())
             .set_cache_control(h.cache_control.clone())
+            .set_storage_class($opts.storage_class.as_deref().map(StorageClass::from))
     }};
 }
 
@@ -789,9 +790,11 @@ impl Store for S3Store {
         src_container: &str,
         src: &ObjectMeta,
         dst_key: &str,
-        _opts: &PutOptions,
+        opts: &PutOptions,
     ) -> Result<Written> {
         let from = format!("s3://{src_container}/{}", src.key);
+        // The copy keeps the source's metadata and content headers (CopyObject's default),
+        // but takes the storage class it is given, else the bucket's default.
         let out = self
             .client
             .copy_object()
@@ -799,6 +802,7 @@ impl Store for S3Store {
             .key(dst_key)
             .copy_source(Self::copy_source(src_container, &src.key))
             .set_copy_source_if_match(src.etag.as_ref().map(|t| format!("\"{t}\"")))
+            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
             .send()
             .await
             .map_err(|e| {

@@ -198,6 +198,9 @@ pub struct PutOptions {
     pub metadata: BTreeMap<String, String>,
     /// Content headers stored with the object, where the store keeps them.
     pub headers: ContentHeaders,
+    /// The storage class (tier) to write the object in, in the store's own terms (S3's
+    /// `STANDARD_IA`, GCS's `NEARLINE`, Azure's `Cool`…); `None` for the bucket's default.
+    pub storage_class: Option<String>,
 }
 
 impl PutOptions {

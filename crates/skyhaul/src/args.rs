@@ -641,6 +641,9 @@ pub struct TransferArgs {
     /// Move bytes through this machine even when the store could copy them itself
     #[arg(long)]
     pub no_server_side_copy: bool,
+    /// Write the objects in this storage class, as the destination names it: S3's STANDARD_IA, GLACIER_IR, DEEP_ARCHIVE…; GCS's NEARLINE, COLDLINE, ARCHIVE; Azure's Hot, Cool, Cold, Archive [default: the bucket's]
+    #[arg(long, value_name = "CLASS", env = "SKYHAUL_STORAGE_CLASS")]
+    pub storage_class: Option<String>,
     /// The journal that makes reruns resume [default: $SKYHAUL_JOURNAL, else the user's data dir]
     #[arg(long, value_name = "PATH")]
     pub journal: Option<std::path::PathBuf>,

@@ -119,6 +119,7 @@ pub fn spec(args: &TransferArgs, opts: &TransferOptions, bwlimit: Option<u64>) -
             retries: opts.retry.retries,
             server_side_copy: opts.server_side_copy,
             bwlimit,
+            storage_class: opts.storage_class.clone(),
         },
         lease_timeout_ms: 0,
         relay: None,

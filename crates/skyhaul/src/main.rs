@@ -320,6 +320,7 @@ async fn transfer(
             bwlimit: tuning
                 .bwlimit
                 .map(|rate| Arc::new(skyhaul_engine::BandwidthLimit::new(rate))),
+            storage_class: args.storage_class.clone(),
         };
         let progress = Arc::new(Progress::default());
         let cancel = CancellationToken::new();

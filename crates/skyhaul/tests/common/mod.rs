@@ -60,7 +60,7 @@ pub fn skyhaul(args: &[&str], src: Option<&S3Server>, dst: Option<&S3Server>) ->
 
 /// The settings the environment could change, removed so that tests see the defaults (and
 /// `--help`, which shows the variables, reads the same everywhere).
-const SETTINGS_ENV: [&str; 17] = [
+const SETTINGS_ENV: [&str; 18] = [
     "SKYHAUL_RELAY",
     "SKYHAUL_RELAY_KEY",
     "SKYHAUL_SRC_ENDPOINT",
@@ -78,6 +78,7 @@ const SETTINGS_ENV: [&str; 17] = [
     "SKYHAUL_MULTIPART_THRESHOLD",
     "SKYHAUL_RETRIES",
     "SKYHAUL_VERIFY",
+    "SKYHAUL_STORAGE_CLASS",
 ];
 
 /// GCS and Azure settings, the providers' and skyhaul's, removed like [`SETTINGS_ENV`].
@@ -305,21 +306,31 @@ pub const COMMANDS: [&str; 15] = [
 
 /// One HTTP/1.1 GET with std only: (status, body).
 pub fn http_get(url: &str, path: &str, auth: Option<&str>) -> (u16, String) {
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let (status, _, body) = http_request("GET", url, path, &auth);
+    (status, body)
+}
+
+/// One HTTP/1.1 request with std only and `headers` (each line ending in CRLF): (status,
+/// the response's header lines, body).
+pub fn http_request(method: &str, url: &str, path: &str, headers: &str) -> (u16, String, String) {
     let addr = url.trim_start_matches("http://");
+    let addr = addr.split('/').next().unwrap_or(addr);
     let mut s = std::net::TcpStream::connect(addr)
-        .unwrap_or_else(|e| panic!("coordinator at {addr} unreachable: {e}"));
+        .unwrap_or_else(|e| panic!("server at {addr} unreachable: {e}"));
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     // One write: a request arriving in pieces can be answered (and the connection closed)
     // before its last piece, which then resets the connection.
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
     s.write_all(request.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let resp = String::from_utf8_lossy(&raw);
     let status = resp[9..12].parse().expect("status code");
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_string())
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (status, head.to_string(), body.to_string())
 }
 
 /// A fleet coordinator's `GET /v1/status`, parsed.
