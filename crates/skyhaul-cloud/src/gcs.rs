@@ -379,6 +379,29 @@ impl GcsStore {
         .boxed()
     }
 
+    /// The object resource of `key` in `bucket` (this store's, or a rewrite's source).
+    async fn head_in(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>> {
+        let target = match bucket == self.bucket {
+            true => self.target(key),
+            false => format!("gs://{bucket}/{key}"),
+        };
+        let resp = self
+            .request(
+                Method::GET,
+                self.object_url(bucket, key),
+                &[],
+                Bytes::new(),
+                &target,
+                "head",
+            )
+            .await?;
+        match self.json::<GcsObject>(resp, &target, "head").await {
+            Ok(o) => Ok(Some(o.meta())),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn part_name(upload: &MultipartUpload, number: u32) -> String {
         format!("{UPLOADS_PREFIX}{}/{number:05}", upload.upload_id)
     }
@@ -518,6 +541,13 @@ impl GcsObject {
 fn decode_md5(b64: &str) -> Option<[u8; 16]> {
     B64.decode(b64).ok()?.try_into().ok()
 }
+
+/// What GCS answers downloads of objects without a Cache-Control of their own with.
+const GCS_DEFAULT_CACHE_CONTROL: [&str; 3] = [
+    "private, max-age=0",
+    "public, max-age=3600",
+    "no-cache, no-store, max-age=0, must-revalidate",
+];
 
 /// The object resource that gives an object being written `opts`' user metadata and content
 /// headers (an object with no content type is served as `application/octet-stream`).
@@ -673,22 +703,7 @@ impl Store for GcsStore {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        let target = self.target(key);
-        let resp = self
-            .request(
-                Method::GET,
-                self.object_url(&self.bucket, key),
-                &[],
-                Bytes::new(),
-                &target,
-                "head",
-            )
-            .await?;
-        match self.json::<GcsObject>(resp, &target, "head").await {
-            Ok(o) => Ok(Some(o.meta())),
-            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.head_in(&self.bucket, key).await
     }
 
     async fn get(
@@ -720,11 +735,23 @@ impl Store for GcsStore {
         let resp = self.ok(resp, &target, "get").await?;
         let (md5, crc) = goog_hash(resp.headers());
         let generation = header(resp.headers(), "x-goog-generation").map(str::to_string);
-        // What the object was stored with: a download's Cache-Control is GCS's own default
-        // when the object has none, so it is left out (a HEAD has the object's), and its
-        // Content-Encoding is the stored one (downloads ask for the stored bytes).
+        // Asked for the stored bytes, GCS may still unzip (for some content types), and then
+        // ignores Range: those bytes are not the object's.
+        if header(resp.headers(), "x-guploader-response-body-transformations")
+            .is_some_and(|t| t.contains("gunzipped"))
+        {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!("{target}: get: GCS would serve this gzip-encoded object only unzipped"),
+            ));
+        }
+        // What the object was stored with: its Content-Encoding is the stored one, and a
+        // Cache-Control that is one of GCS's own defaults (sent when the object has none)
+        // is left out.
         let headers = ContentHeaders {
-            cache_control: None,
+            cache_control: header(resp.headers(), "cache-control")
+                .filter(|c| !GCS_DEFAULT_CACHE_CONTROL.contains(c))
+                .map(str::to_string),
             content_encoding: header(resp.headers(), "x-goog-stored-content-encoding")
                 .filter(|e| *e != "identity")
                 .map(str::to_string),
@@ -972,12 +999,26 @@ impl Store for GcsStore {
         if let Some(g) = src.etag.as_deref().and_then(|t| t.strip_prefix('g')) {
             url.push_str(&format!("&ifSourceGenerationMatch={g}"));
         }
-        // A rewrite keeps the source's metadata and content headers; a storage class given
-        // goes in the destination resource.
-        let mut resource = serde_json::json!({});
-        if let Some(class) = &opts.storage_class {
-            resource["storageClass"] = class.as_str().into();
-        }
+        // A rewrite with an empty body keeps the source's metadata and content headers. A
+        // storage class must go in a destination resource, which then replaces them all:
+        // so it carries the source's, as its record has them.
+        let resource = match &opts.storage_class {
+            None => serde_json::json!({}),
+            Some(_) => {
+                let Some(from) = self.head_in(src_container, &src.key).await? else {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("{target}: {what}: the source is gone"),
+                    ));
+                };
+                resource(&PutOptions {
+                    headers: from.headers.as_deref().cloned().unwrap_or_default(),
+                    metadata: from.metadata,
+                    storage_class: opts.storage_class.clone(),
+                    ..Default::default()
+                })
+            }
+        };
         let body = Bytes::from(resource.to_string());
         let mut token: Option<String> = None;
         loop {

@@ -560,6 +560,11 @@ pub(crate) fn identity(src: &Endpoint, dst: &Endpoint, opts: &TransferOptions) -
         options.push_str(" filter ");
         options.push_str(&opts.filter_identity);
     }
+    // Objects and uploads already in one class are not what a rerun in another asks for.
+    if let Some(class) = &opts.storage_class {
+        options.push_str(" storage-class ");
+        options.push_str(class);
+    }
     TransferIdentity::new(src.locator.clone(), dst.locator.clone(), options)
 }
 

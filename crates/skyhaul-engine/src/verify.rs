@@ -100,6 +100,29 @@ impl Verification {
         false
     }
 
+    /// Records a comparison that could not be made because the object could not be read or
+    /// HEADed (an archived object, say), as not comparable, with the reason. Errors after
+    /// which nothing else can be compared either are returned.
+    fn unreadable(&mut self, key: &str, err: Error) -> Result<()> {
+        if err.is_fatal() || err.kind == ErrorKind::Interrupted {
+            return Err(err);
+        }
+        self.not_comparable += 1;
+        self.problem(key, format!("not compared: {err}"));
+        Ok(())
+    }
+
+    /// [`Verification::checksum`] of an outcome, or [`Verification::unreadable`] of its error.
+    fn compared(&mut self, key: &str, outcome: Result<Option<(String, String)>>) -> Result<()> {
+        match outcome {
+            Ok(outcome) => {
+                self.checksum(key, outcome);
+                Ok(())
+            }
+            Err(e) => self.unreadable(key, e),
+        }
+    }
+
     fn checksum(&mut self, key: &str, outcome: Option<(String, String)>) {
         match outcome {
             None => self.not_comparable += 1,
@@ -276,7 +299,7 @@ pub async fn verify_copied(
         })
         .buffer_unordered(HEAD_CONCURRENCY);
     while let Some((c, outcome)) = heads.next().await {
-        v.checksum(&c.dst_key, outcome?);
+        v.compared(&c.dst_key, outcome)?;
     }
     let store = dst.store.clone();
     let mut rereads = futures::stream::iter(to_reread)
@@ -293,7 +316,8 @@ pub async fn verify_copied(
             "crc64nvme:{:016x}",
             c.crc64.expect("only objects with a CRC are re-read")
         );
-        v.checksum(&c.dst_key, Some((want, format!("crc64nvme:{:016x}", got?))));
+        let outcome = got.map(|got| Some((want, format!("crc64nvme:{got:016x}"))));
+        v.compared(&c.dst_key, outcome)?;
     }
     Ok(v)
 }
@@ -379,11 +403,11 @@ pub async fn verify_locations(
         });
     let mut outcomes = Vec::new();
     while let Some((key, outcome)) = compared.next().await {
-        outcomes.push((key, outcome?));
+        outcomes.push((key, outcome));
     }
     drop(compared);
     for (key, outcome) in outcomes {
-        v.checksum(&key, outcome);
+        v.compared(&key, outcome)?;
     }
     Ok(v)
 }

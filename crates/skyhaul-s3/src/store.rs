@@ -931,7 +931,7 @@ mod tests {
         opts.metadata.insert("has space".into(), "x".into());
         opts.set_crc64nvme(1);
         let m = metadata(&opts, "t").unwrap();
-        assert_eq!(m["owner"], "=?UTF-8?Q?=C3=A9quipe?=");
+        assert_eq!(m["owner"], "=?UTF-8?B?w6lxdWlwZQ==?=");
         assert!(!m.contains_key("has space"));
         assert!(m.contains_key(CRC_METADATA));
         opts.metadata

@@ -79,24 +79,17 @@ pub fn header_safe(value: &str) -> bool {
 }
 
 /// `value` as an HTTP header value: as it is when [`header_safe`], else as an RFC 2047
-/// encoded word (`=?UTF-8?Q?…?=`), the form S3 itself gives metadata values that are not
+/// encoded word (`=?UTF-8?B?…?=`), the form S3 itself gives metadata values that are not
 /// ASCII. User metadata from a store that keeps any UTF-8 (GCS) so reaches S3 and Azure
-/// instead of failing the object.
+/// instead of failing the object. One word whatever its length: S3 and Azure keep it as
+/// text and do not decode it.
 pub fn header_value(value: &str) -> std::borrow::Cow<'_, str> {
+    use base64::Engine;
     if header_safe(value) {
         return value.into();
     }
-    let mut out = String::from("=?UTF-8?Q?");
-    for b in value.bytes() {
-        match b {
-            b' ' => out.push('_'),
-            b'=' | b'?' | b'_' => out.push_str(&format!("={b:02X}")),
-            0x21..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("={b:02X}")),
-        }
-    }
-    out.push_str("?=");
-    out.into()
+    let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+    format!("=?UTF-8?B?{encoded}?=").into()
 }
 
 /// The content MD5 an ETag stands for: one of 32 hex digits (no `-N` part count) that the
@@ -361,11 +354,8 @@ mod tests {
     #[test]
     fn header_values_that_are_not_ascii_become_encoded_words() {
         assert_eq!(header_value("plain value"), "plain value");
-        assert_eq!(
-            header_value("naïve café"),
-            "=?UTF-8?Q?na=C3=AFve_caf=C3=A9?="
-        );
-        assert_eq!(header_value("a=b\n"), "=?UTF-8?Q?a=3Db=0A?=");
+        assert_eq!(header_value("naïve café"), "=?UTF-8?B?bmHDr3ZlIGNhZsOp?=");
+        assert_eq!(header_value("a=b\n"), "=?UTF-8?B?YT1iCg==?=");
         let h = ContentHeaders {
             content_type: Some("text/plain".into()),
             content_disposition: Some("attachment; filename=\"résumé.pdf\"".into()),

@@ -243,4 +243,39 @@ async fn an_archived_object_fails_alone_and_says_to_restore_it() {
     assert!(!error.contains("credentials"), "{error}");
     assert_eq!(std::fs::read(dst.join("warm.txt")).unwrap(), b"readable");
     assert!(!dst.join("cold.bin").exists());
+
+    // Nor does it stop a verification that must read it: it is not compared, and says why.
+    // (A copy uploaded in one part has an ETag of another form: only reading compares.)
+    s3.create_bucket("two").await;
+    s3.put("two", "data/warm.txt", b"readable").await;
+    s3.put_multipart("two", "data/cold.bin", b"archived", 8)
+        .await;
+    let verify = skyhaul(
+        &[
+            "verify",
+            "-r",
+            "--deep",
+            "s3://bkt/data/",
+            "s3://two/data/",
+            "--src-endpoint",
+            &s3.endpoint,
+            "--dst-endpoint",
+            &s3.endpoint,
+            "--json",
+        ],
+        Some(&s3),
+        Some(&s3),
+    );
+    assert_eq!(verify.code, 0, "{}", verify.stderr);
+    let v = verify.json();
+    assert_eq!(
+        (v["checksum_ok"].as_u64(), v["not_comparable"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    let problem = v["problems"][0].to_string();
+    assert!(
+        problem.contains("cold.bin") && problem.contains("restore it first"),
+        "{problem}"
+    );
 }
