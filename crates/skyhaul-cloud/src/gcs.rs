@@ -1012,7 +1012,7 @@ impl Store for GcsStore {
                     ));
                 };
                 resource(&PutOptions {
-                    headers: from.headers.as_deref().cloned().unwrap_or_default(),
+                    headers: from.headers.map(|h| *h).unwrap_or_default(),
                     metadata: from.metadata,
                     storage_class: opts.storage_class.clone(),
                     ..Default::default()

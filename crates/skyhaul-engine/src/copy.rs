@@ -190,41 +190,40 @@ pub(crate) fn check_stored(
 
 /// Learns what a multipart upload of `src` needs before it starts, since metadata is given
 /// when an upload is created, not when it is completed. Gives `put` the source's content
-/// headers and user metadata ([`carry`]), and its full-object CRC: what the source records (one HEAD), or, from a file system, computed by
-/// reading the file once more, as rclone does with MD5 for the same reason. The parts'
-/// CRCs must add up to it before the upload is completed. Returns `src` with what the HEAD
-/// says of its ETag (an SSE-KMS object's is no MD5, which its listing cannot say).
+/// headers and user metadata ([`carry`]), and its full-object CRC: what the source records
+/// (one HEAD), or, from a file system, computed by reading the file once more, as rclone
+/// does with MD5 for the same reason. The parts' CRCs must add up to it before the upload
+/// is completed. Returns `src` with what the HEAD says of its ETag (an SSE-KMS object's is
+/// no MD5, which its listing cannot say).
 pub(crate) async fn prepare_upload(
     ctx: &Ctx,
     src: &ObjectMeta,
     put: &mut PutOptions,
 ) -> Result<ObjectMeta> {
     let (store, retry) = (ctx.src.as_ref(), &ctx.opts.retry);
+    let mut src = src.clone();
+    let (mut headers, mut metadata) = Default::default();
     if store.rereads_are_free() {
         let _memory = ctx
             .budget
             .reserve(src.size.min(crate::content::READ_CHUNK))
             .await;
-        let (crc, _) = read_sums(store, src, false, retry, &ctx.progress).await?;
+        let (crc, _) = read_sums(store, &src, false, retry, &ctx.progress).await?;
         put.set_crc64nvme(crc);
-        carry(put, &src.key, &Default::default(), &Default::default());
-        return Ok(src.clone());
-    }
-    let head = retry
-        .run(&ctx.src_limit, &ctx.progress, || store.head(&src.key))
-        .await?;
-    let mut src = src.clone();
-    match head.filter(|h| h.size == src.size) {
-        Some(head) => {
+    } else {
+        let head = retry
+            .run(&ctx.src_limit, &ctx.progress, || store.head(&src.key))
+            .await?;
+        if let Some(head) = head.filter(|h| h.size == src.size) {
             if let Some(crc) = head.crc64nvme() {
                 put.set_crc64nvme(crc);
             }
-            let headers = head.headers.as_deref().cloned().unwrap_or_default();
-            carry(put, &src.key, &headers, &head.metadata);
             src.opaque_etag = head.opaque_etag;
             ctx.saw_source_etag(head.opaque_etag);
+            headers = head.headers.map(|h| *h).unwrap_or_default();
+            metadata = head.metadata;
         }
-        None => carry(put, &src.key, &Default::default(), &Default::default()),
     }
+    carry(put, &src.key, &headers, &metadata);
     Ok(src)
 }
