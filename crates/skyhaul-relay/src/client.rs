@@ -7,7 +7,7 @@
 use crate::codec::Compression;
 use crate::key::RelayKey;
 use crate::message::{encode, is_request, Assembler, Message};
-use crate::rpc::{md5_hex, Info, ListPage, Opts, ReadAnswer, Request, Response, WireEntry};
+use crate::rpc::{md5_hex, Info, ListPage, ReadAnswer, Request, Response, WireEntry};
 use crate::stats::{RelayStats, RelaySummary};
 use crate::wire::{handshake_client, read_frame, write_frame, ClientHello, Kind, Plain};
 use bytes::Bytes;
@@ -615,7 +615,7 @@ impl Store for RelayStore {
         let req = Request::Put {
             key: key.to_string(),
             md5: md5_hex(body.md5),
-            opts: Opts::from(opts),
+            opts: opts.clone(),
         };
         let (value, _) = self.shared.call(&req, body.data).await?;
         parse(value)
@@ -624,7 +624,7 @@ impl Store for RelayStore {
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<MultipartUpload> {
         let req = Request::CreateMultipart {
             key: key.to_string(),
-            opts: Opts::from(opts),
+            opts: opts.clone(),
         };
         self.call_parse(req, Bytes::new()).await
     }
@@ -652,7 +652,7 @@ impl Store for RelayStore {
         let req = Request::CompleteMultipart {
             upload: upload.clone(),
             parts: parts.to_vec(),
-            opts: Opts::from(opts),
+            opts: opts.clone(),
         };
         let (value, _) = self.shared.call(&req, Bytes::new()).await?;
         parse(value)

@@ -431,11 +431,11 @@ impl Gateway {
                     data: body,
                     md5: md5_bytes(md5.as_deref()),
                 };
-                let w = s.put(&key, payload, &opts.into()).await?;
+                let w = s.put(&key, payload, &opts).await?;
                 (json!(w), none)
             }
             Request::CreateMultipart { key, opts } => {
-                (json!(s.create_multipart(&key, &opts.into()).await?), none)
+                (json!(s.create_multipart(&key, &opts).await?), none)
             }
             Request::PutPart { upload, part, md5 } => {
                 let payload = Payload {
@@ -449,7 +449,7 @@ impl Gateway {
                 parts,
                 opts,
             } => {
-                let w = s.complete_multipart(&upload, &parts, &opts.into()).await?;
+                let w = s.complete_multipart(&upload, &parts, &opts).await?;
                 (json!(w), none)
             }
             Request::AbortMultipart { upload } => {

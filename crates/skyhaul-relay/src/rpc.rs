@@ -7,7 +7,6 @@ use skyhaul_store::{
     PartSpec, PutOptions,
 };
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 /// Most entries in one listing page: bounds a response and lets the client stream pages.
 pub const LIST_PAGE: usize = 1000;
@@ -39,11 +38,11 @@ pub enum Request {
     Put {
         key: String,
         md5: Option<String>,
-        opts: Opts,
+        opts: PutOptions,
     },
     CreateMultipart {
         key: String,
-        opts: Opts,
+        opts: PutOptions,
     },
     PutPart {
         upload: MultipartUpload,
@@ -53,7 +52,7 @@ pub enum Request {
     CompleteMultipart {
         upload: MultipartUpload,
         parts: Vec<CompletedPart>,
-        opts: Opts,
+        opts: PutOptions,
     },
     AbortMultipart {
         upload: MultipartUpload,
@@ -68,42 +67,6 @@ pub enum Request {
     /// connections and exits once what it is writing is written; any other refuses. Sealed
     /// like every request, so only a holder of the transfer key can stop a gateway.
     Stop,
-}
-
-/// [`PutOptions`] on the wire.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Opts {
-    pub size: u64,
-    pub mtime: Option<SystemTime>,
-    pub metadata: BTreeMap<String, String>,
-    #[serde(default)]
-    pub headers: ContentHeaders,
-    #[serde(default)]
-    pub storage_class: Option<String>,
-}
-
-impl From<&PutOptions> for Opts {
-    fn from(o: &PutOptions) -> Self {
-        Opts {
-            size: o.size,
-            mtime: o.mtime,
-            metadata: o.metadata.clone(),
-            headers: o.headers.clone(),
-            storage_class: o.storage_class.clone(),
-        }
-    }
-}
-
-impl From<Opts> for PutOptions {
-    fn from(o: Opts) -> Self {
-        PutOptions {
-            size: o.size,
-            mtime: o.mtime,
-            metadata: o.metadata,
-            headers: o.headers,
-            storage_class: o.storage_class,
-        }
-    }
 }
 
 /// What the gateway's store is, for the client's synchronous [`skyhaul_store::Store`] methods.

@@ -180,8 +180,8 @@ impl Entry {
     }
 }
 
-/// Options for writing an object.
-#[derive(Debug, Clone, Default)]
+/// Options for writing an object. Plain data, so that a relay gateway can be sent them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PutOptions {
     /// Total size of the object being written.
     pub size: u64,
@@ -190,9 +190,11 @@ pub struct PutOptions {
     /// User metadata stored with the object.
     pub metadata: BTreeMap<String, String>,
     /// Content headers stored with the object, where the store keeps them.
+    #[serde(default)]
     pub headers: ContentHeaders,
     /// The storage class (tier) to write the object in, in the store's own terms (S3's
     /// `STANDARD_IA`, GCS's `NEARLINE`, Azure's `Cool`…); `None` for the bucket's default.
+    #[serde(default)]
     pub storage_class: Option<String>,
 }
 
