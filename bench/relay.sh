@@ -5,11 +5,14 @@
 # Copies incompressible data (zstd; sent raw, as it does not shrink), Python's standard
 # library sources as files and as 16 MiB objects (zstd, zstd:3, lz4), and each set again
 # inside region A without relay or link (what the stores and engine manage alone), printing one
-# JSON line per copy: effective Mbit/s, the multiple of the link rate, the egress saved.
+# JSON line per copy: effective Mbit/s, the multiple of the link rate, the egress saved, and
+# what the wire saw (link_busy: IP bytes carried ÷ what the link could carry in that time;
+# packets lost at random and dropped by its full queue, both directions).
 #
 #   bench/relay.sh                                # 256 MiB random, 64 MiB text (release; root)
 #   RELAY_BENCH_MIB=768 RELAY_BENCH_ONLY=random bench/relay.sh   # sets: random,text,blobs
 #   RELAY_BENCH_CONNECTIONS=64 bench/relay.sh     # --relay-connections (default 32)
+#   RELAY_BENCH_CONGESTION=system bench/relay.sh  # --relay-congestion (default cubic)
 #   PROFILE=dev bench/relay.sh                    # a debug build, to compare
 #   RELAY_BENCH_TMPDIR=/var/tmp bench/relay.sh    # where both stores keep their data
 #

@@ -50,6 +50,9 @@ pub struct RelaySpec {
     pub gateways: Vec<String>,
     pub connections: u8,
     pub compression: String,
+    /// `--relay-congestion` as given (each worker checks that its system offers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub congestion: Option<String>,
     /// 64 hex digits.
     pub key: String,
     /// TLS to the gateways, trusting the system's roots and `tls_ca` (PEM; not secret).

@@ -1,15 +1,17 @@
 //! [`RelayStore`]: the destination store as seen from the source side. Every call is a
 //! request to a gateway near the real destination; bodies go out as compressed, encrypted
-//! chunks spread over the gateway's K connections. A connection that breaks, or a gateway
-//! that rejects a frame and closes it, fails only the requests that had frames on it, and
-//! those are sent again, through another gateway when there is one.
+//! chunks that the gateway's K connections take from one [`Outbox`] as each is free. A
+//! connection that breaks, or a gateway that rejects a frame and closes it, fails only the
+//! requests that had frames on it, and those are sent again, through another gateway when
+//! there is one.
 
 use crate::codec::Compression;
 use crate::key::RelayKey;
 use crate::message::{encode, is_request, Assembler, Message};
+use crate::outbox::Outbox;
 use crate::rpc::{md5_hex, Info, ListPage, ReadAnswer, Request, Response, WireEntry};
 use crate::stats::{RelayStats, RelaySummary};
-use crate::wire::{handshake_client, read_frame, write_frame, ClientHello, Kind, Plain};
+use crate::wire::{handshake_client, read_frame, write_frame, ClientHello, Kind};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
@@ -26,14 +28,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 
 /// Tries of one request (over all gateways) before the engine sees an error.
 const ATTEMPTS: u32 = 6;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A gateway that could not be reached is skipped for this long.
 const DOWN_FOR: Duration = Duration::from_secs(5);
-/// The wait for an answer: this, plus a second per MiB of body (a very slow link).
+/// The wait for an answer: this, plus a second per MiB queued for the gateway when the
+/// request's frames were (its own and those sent before it: a very slow link).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why one try of a request failed.
@@ -75,6 +78,8 @@ pub struct RelayOptions {
     /// The name every gateway's certificate must carry, instead of the host dialed: for
     /// gateways known by addresses no certificate could name in advance (a cloud's IPs).
     pub tls_name: Option<String>,
+    /// TCP congestion control of the connections (`None`: the system's default).
+    pub congestion: Option<String>,
 }
 
 impl fmt::Debug for RelayOptions {
@@ -85,6 +90,7 @@ impl fmt::Debug for RelayOptions {
             .field("compression", &self.compression)
             .field("tls", &self.tls.is_some())
             .field("tls_name", &self.tls_name)
+            .field("congestion", &self.congestion)
             .finish_non_exhaustive()
     }
 }
@@ -118,20 +124,56 @@ struct Shared {
 struct Link {
     addr: String,
     conns: tokio::sync::Mutex<Vec<Option<Arc<Conn>>>>,
+    /// Open connections; when the last one ends, no queued frame can leave.
+    live: Arc<AtomicUsize>,
+    outbox: Arc<Outbox>,
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     assembler: Arc<Mutex<Assembler>>,
     down_until: Mutex<Option<Instant>>,
 }
 
 struct Conn {
-    tx: mpsc::Sender<Plain>,
     alive: Arc<AtomicBool>,
 }
 
 struct Waiter {
-    /// Bit i: a frame of this request went over connection i.
+    /// Bit i: a frame of this request went over connection i (set by the connection's
+    /// writer as it takes the frame).
     mask: u64,
     tx: oneshot::Sender<Message>,
+}
+
+/// What a connection's writer does with a frame it took from the outbox.
+enum Claim {
+    Send,
+    /// Its request has failed or been answered already.
+    Skip,
+    /// The connection has ended: the request is failed, as it would have been had the frame
+    /// gone out a moment earlier.
+    Dead,
+}
+
+/// Marks `stream`'s request as having a frame on connection `index`. Under the waiters' lock,
+/// as a connection's end clears the requests with frames on it under the same lock: a
+/// request is either marked before the end and cleared by it, or sees the end here.
+fn claim(
+    waiters: &Mutex<HashMap<u64, Waiter>>,
+    alive: &AtomicBool,
+    stream: u64,
+    index: usize,
+) -> Claim {
+    let mut waiters = waiters.lock().unwrap();
+    if !alive.load(Relaxed) {
+        waiters.remove(&stream);
+        return Claim::Dead;
+    }
+    match waiters.get_mut(&stream) {
+        Some(w) => {
+            w.mask |= 1 << index;
+            Claim::Send
+        }
+        None => Claim::Skip,
+    }
 }
 
 /// Tells every gateway of `opts` that the transfer is over ([`Request::Stop`]), each over
@@ -160,6 +202,8 @@ impl Shared {
             .map(|addr| Link {
                 addr: addr.clone(),
                 conns: tokio::sync::Mutex::new(vec![None; opts.connections.clamp(1, 64)]),
+                live: Arc::default(),
+                outbox: Arc::default(),
                 waiters: Arc::default(),
                 assembler: Arc::default(),
                 down_until: Mutex::new(None),
@@ -323,52 +367,48 @@ impl Shared {
         body: &Bytes,
         read: bool,
     ) -> std::result::Result<Message, TryError> {
-        let conns = match link.connections(self).await {
-            Ok(c) => c,
-            Err(e) => {
-                *link.down_until.lock().unwrap() = Some(Instant::now() + DOWN_FOR);
-                return Err(e);
-            }
-        };
+        if let Err(e) = link.connect(self).await {
+            *link.down_until.lock().unwrap() = Some(Instant::now() + DOWN_FOR);
+            return Err(e);
+        }
         let stream = self.next_stream.fetch_add(1, Relaxed);
-        let n = conns.len();
-        let frames = {
-            let (meta, body) = (meta.to_vec(), body.clone());
-            let (session, comp, chunk) =
-                (self.session, self.opts.compression, self.opts.chunk_size);
-            tokio::task::spawn_blocking(move || {
-                encode(
-                    Kind::RequestMeta,
-                    session,
-                    stream,
-                    &meta,
-                    &body,
-                    comp,
-                    chunk,
-                )
-            })
-            .await
-            .expect("encoding does not panic")
-        };
-        let route = |i: usize| (stream as usize + i) % n;
         // A read's answer may come over any connection: losing any of them loses it.
-        let mask = match read {
-            true => u64::MAX,
-            false => (0..frames.len().min(n)).fold(0u64, |m, i| m | 1 << conns[route(i)].0),
-        };
+        let mask = if read { u64::MAX } else { 0 };
         let (tx, rx) = oneshot::channel();
         link.waiters
             .lock()
             .unwrap()
             .insert(stream, Waiter { mask, tx });
-        for (i, f) in frames.into_iter().enumerate() {
-            RelayStats::add(&self.stats.logical_sent, f.header.plain_len as usize);
-            if conns[route(i)].1.tx.send(f).await.is_err() {
-                link.waiters.lock().unwrap().remove(&stream);
-                return Err("connection closed while sending".into());
+        // Each frame is queued as soon as it is compressed: the connections start on a
+        // large body while the rest of it is compressed.
+        let (meta, body) = (meta.to_vec(), body.clone());
+        let (session, comp, chunk) = (self.session, self.opts.compression, self.opts.chunk_size);
+        let (outbox, stats) = (link.outbox.clone(), self.stats.clone());
+        tokio::task::spawn_blocking(move || {
+            let frames = encode(
+                Kind::RequestMeta,
+                session,
+                stream,
+                &meta,
+                &body,
+                comp,
+                chunk,
+            );
+            for f in frames {
+                RelayStats::add(&stats.logical_sent, f.header.plain_len as usize);
+                outbox.push(f);
             }
+        })
+        .await
+        .expect("encoding does not panic");
+        // The frames queued before this one's go first: the wait allows for them too.
+        let wait = ANSWER_TIMEOUT + Duration::from_secs(link.outbox.queued_bytes() as u64 >> 20);
+        // The gateway's last connection ended since `connect`: nothing will send the frames.
+        // (Once this sees one open, its end fails the request in turn.)
+        if link.live.load(Relaxed) == 0 {
+            link.waiters.lock().unwrap().remove(&stream);
+            return Err("connection closed while sending".into());
         }
-        let wait = ANSWER_TIMEOUT + Duration::from_secs(body.len() as u64 >> 20);
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(msg)) => Ok(msg),
             Ok(Err(_)) => Err("connection lost before the answer".into()),
@@ -401,11 +441,8 @@ fn answer(msg: Message) -> Result<(Value, Bytes)> {
 }
 
 impl Link {
-    /// The live connections with their indices, opening any that are missing or broken.
-    async fn connections(
-        &self,
-        shared: &Shared,
-    ) -> std::result::Result<Vec<(usize, Arc<Conn>)>, TryError> {
+    /// Opens the connections that are missing or broken; fails when none is open.
+    async fn connect(&self, shared: &Shared) -> std::result::Result<(), TryError> {
         let mut conns = self.conns.lock().await;
         let missing: Vec<usize> = (0..conns.len())
             .filter(|&i| conns[i].as_ref().is_none_or(|c| !c.alive.load(Relaxed)))
@@ -422,15 +459,10 @@ impl Link {
                 }
             }
         }
-        let live: Vec<(usize, Arc<Conn>)> = conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.clone().map(|c| (i, c)))
-            .collect();
-        match (live.is_empty(), last) {
+        match (conns.iter().all(Option::is_none), last) {
             (true, Some(e)) => Err(e),
             (true, None) => Err("no connection".into()),
-            _ => Ok(live),
+            _ => Ok(()),
         }
     }
 
@@ -439,7 +471,7 @@ impl Link {
             .await
             .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| format!("connect: {e}"))?;
-        crate::tune(&sock);
+        crate::tune(&sock, shared.opts.congestion.as_deref());
         let (rd, wr) = match &shared.opts.tls {
             Some(config) => {
                 let dialed = self.addr.rsplit_once(':').map_or(&*self.addr, |(h, _)| h);
@@ -467,26 +499,48 @@ impl Link {
         .map_err(|_| "handshake timed out".to_string())?
         .map_err(|e| format!("handshake: {e}"))?;
         let (rd, mut wr) = io.into_inner();
-        let (tx, mut rx) = mpsc::channel::<Plain>(8);
         let alive = Arc::new(AtomicBool::new(true));
+        let dead = Arc::new(Notify::new());
+        self.live.fetch_add(1, Relaxed);
+        // Run by whichever of the connection's two tasks stops first: fails the requests
+        // with frames on it, or all of them when it was the gateway's last connection.
         let ended = {
-            let (alive, waiters) = (alive.clone(), self.waiters.clone());
+            let (alive, dead, live) = (alive.clone(), dead.clone(), self.live.clone());
+            let (waiters, outbox) = (self.waiters.clone(), self.outbox.clone());
             move || {
-                alive.store(false, Relaxed);
-                waiters
-                    .lock()
-                    .unwrap()
-                    .retain(|_, w| w.mask & (1 << index) == 0);
+                if alive.swap(false, Relaxed) {
+                    dead.notify_one();
+                    let last = live.fetch_sub(1, Relaxed) == 1;
+                    waiters
+                        .lock()
+                        .unwrap()
+                        .retain(|_, w| !last && w.mask & (1 << index) == 0);
+                    if last {
+                        // Their requests just failed; the frames would hold their memory
+                        // until the gateway is back.
+                        outbox.clear();
+                    }
+                }
             }
         };
         let stats = shared.stats.clone();
+        let (outbox, waiters) = (self.outbox.clone(), self.waiters.clone());
         let (alive_w, ended_w) = (alive.clone(), ended.clone());
         tokio::spawn(async move {
-            while let Some(p) = rx.recv().await {
+            loop {
+                let p = tokio::select! {
+                    biased;
+                    _ = dead.notified() => break,
+                    p = outbox.take() => p,
+                };
+                match claim(&waiters, &alive_w, p.header.stream, index) {
+                    Claim::Send => {}
+                    Claim::Skip => continue,
+                    Claim::Dead => break,
+                }
                 let bytes = sealer.seal(p);
-                if !alive_w.load(Relaxed)
-                    || write_frame(&mut wr, &bytes, !rx.is_empty()).await.is_err()
-                {
+                // Flushed every time: the next frame may go out on another connection.
+                if write_frame(&mut wr, &bytes, false).await.is_err() {
                     break;
                 }
                 RelayStats::add(&stats.wire_sent, bytes.len());
@@ -530,7 +584,7 @@ impl Link {
             }
             ended();
         });
-        Ok(Conn { tx, alive })
+        Ok(Conn { alive })
     }
 }
 

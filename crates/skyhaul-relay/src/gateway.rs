@@ -142,7 +142,7 @@ impl Gateway {
             tokio::select! {
                 accepted = listener.accept() => {
                     let (sock, peer) = accepted?;
-                    crate::tune(&sock);
+                    crate::tune(&sock, None);
                     tokio::spawn(self.clone().connection(sock, peer));
                 }
                 _ = self.stop.notified() => {
@@ -332,6 +332,7 @@ impl Gateway {
                 compression,
                 RESPONSE_CHUNK,
             )
+            .collect::<Vec<_>>()
         })
         .await
         .expect("encoding does not panic");

@@ -103,34 +103,30 @@ impl Assembler {
 }
 
 /// Cuts a message into frames: the meta frame (the JSON) first, then the body in chunks of
-/// `chunk` bytes, each checksummed and compressed on its own. CPU-bound: run it off the
-/// async threads for large bodies.
-pub fn encode(
+/// `chunk` bytes, each checksummed and compressed on its own as the iterator reaches it, so
+/// the first frames can be on their way while the rest are compressed. CPU-bound: run it
+/// off the async threads for large bodies.
+pub fn encode<'a>(
     meta_kind: Kind,
     session: u64,
     stream: u64,
-    meta: &[u8],
-    body: &[u8],
+    meta: &'a [u8],
+    body: &'a [u8],
     compression: Compression,
     chunk: usize,
-) -> Vec<Plain> {
+) -> impl Iterator<Item = Plain> + 'a {
     let data_kind = match meta_kind {
         Kind::RequestMeta => Kind::RequestData,
         _ => Kind::ResponseData,
     };
     let total = body.len() as u64;
-    let mut frames = vec![Plain::new(
-        meta_kind,
-        session,
-        stream,
-        0,
-        total,
-        meta,
-        compression,
-    )];
-    for (i, piece) in body.chunks(chunk.max(1)).enumerate() {
+    let chunk = chunk.max(1);
+    let meta = std::iter::once_with(move || {
+        Plain::new(meta_kind, session, stream, 0, total, meta, compression)
+    });
+    let data = body.chunks(chunk).enumerate().map(move |(i, piece)| {
         let offset = (i * chunk) as u64;
-        frames.push(Plain::new(
+        Plain::new(
             data_kind,
             session,
             stream,
@@ -138,9 +134,9 @@ pub fn encode(
             total,
             piece,
             compression,
-        ));
-    }
-    frames
+        )
+    });
+    meta.chain(data)
 }
 
 /// Whether a frame of this kind belongs to a request (what a gateway accepts).
@@ -208,7 +204,8 @@ mod tests {
             &body,
             Compression::Lz4,
             3000,
-        );
+        )
+        .collect::<Vec<_>>();
         assert_eq!(frames.len(), 1 + 14);
         let mut a = Assembler::default();
         let mut done = None;

@@ -58,6 +58,7 @@ fn options(gateways: Vec<String>, key: &RelayKey, compression: Compression) -> R
         container: String::new(),
         tls: None,
         tls_name: None,
+        congestion: None,
     }
 }
 

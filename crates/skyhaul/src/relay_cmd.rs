@@ -8,7 +8,8 @@ use skyhaul_engine::Endpoint;
 use skyhaul_fleet::protocol::RelaySpec;
 use skyhaul_location::{Location, Scheme};
 use skyhaul_relay::{
-    Ended, Gateway, Lifetime, RelayKey, RelayOptions, RelayStore, DEFAULT_CHUNK, KEY_ENV, TLS_ALPN,
+    Ended, Gateway, Lifetime, RelayKey, RelayOptions, RelayStore, DEFAULT_CHUNK,
+    DEFAULT_CONGESTION, KEY_ENV, TLS_ALPN,
 };
 use skyhaul_store::ErrorKind;
 use std::sync::Arc;
@@ -67,7 +68,26 @@ fn options(relay: &RelayArgs, container: &str) -> Result<RelayOptions, CliError>
         container: container.to_string(),
         tls: tls_client(relay)?,
         tls_name: relay.relay_tls_name.clone(),
+        congestion: congestion(relay.relay_congestion.as_deref())?,
     })
+}
+
+/// The congestion control for the relay's connections: the one asked for, which this
+/// system must offer; without `--relay-congestion`, [`DEFAULT_CONGESTION`] where the system
+/// has it (not on every OS), else the system's default.
+fn congestion(asked: Option<&str>) -> Result<Option<String>, CliError> {
+    match asked {
+        Some("system") => Ok(None),
+        Some(name) => match skyhaul_relay::congestion_available(name) {
+            Ok(()) => Ok(Some(name.to_string())),
+            Err(e) => Err(exit::usage(format!(
+                "--relay-congestion {name}: this system does not offer it ({e}); Linux lists what it has in /proc/sys/net/ipv4/tcp_allowed_congestion_control, or pass --relay-congestion system"
+            ))),
+        },
+        None => Ok(skyhaul_relay::congestion_available(DEFAULT_CONGESTION)
+            .is_ok()
+            .then(|| DEFAULT_CONGESTION.to_string())),
+    }
 }
 
 /// `skyhaul coordinator --relay-stop-gateways`: tells the gateways the transfer is over. A
@@ -123,6 +143,7 @@ pub fn spec(relay: &RelayArgs) -> Result<Option<RelaySpec>, CliError> {
         gateways: relay.relay.clone(),
         connections: relay.relay_connections,
         compression: relay.relay_compression.to_string(),
+        congestion: relay.relay_congestion.clone(),
         key: key()?.to_hex(),
         tls: relay.relay_tls || tls_ca.is_some() || relay.relay_tls_name.is_some(),
         tls_ca,
@@ -142,6 +163,7 @@ pub fn from_spec(spec: Option<&RelaySpec>) -> Result<RelayArgs, CliError> {
         relay: s.gateways.clone(),
         relay_connections: s.connections,
         relay_compression: s.compression.parse().map_err(exit::usage)?,
+        relay_congestion: s.congestion.clone(),
         relay_tls: s.tls || s.tls_ca.is_some(),
         relay_tls_ca: None,
         relay_tls_name: s.tls_name.clone(),

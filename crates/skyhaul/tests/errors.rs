@@ -197,6 +197,31 @@ fn relay_tls_files_that_do_not_load_are_usage_errors_without_the_key() {
     assert!(!run.stderr.contains(&key_line), "{}", run.stderr);
 }
 
+#[test]
+fn a_relay_congestion_control_the_system_lacks_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let relay_key = "ab".repeat(32);
+    let args = [
+        "cp",
+        "-r",
+        src.to_str().unwrap(),
+        "s3://b/x",
+        "--relay",
+        "127.0.0.1:9",
+        "--relay-congestion",
+        "no-such-algorithm",
+    ];
+    let run = skyhaul_env(&args, None, None, &[("SKYHAUL_RELAY_KEY", &relay_key)]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("--relay-congestion no-such-algorithm") && line.contains("system"),
+        "{line}"
+    );
+}
+
 /// An archived object (GLACIER, DEEP_ARCHIVE) cannot be read until it is restored. S3
 /// answers its GET with a 403, which is not about permissions: that object fails, saying
 /// what to do, and the rest of the transfer goes on.
