@@ -12,7 +12,7 @@
 #   bench/relay.sh                                # 256 MiB random, 64 MiB text (release; root)
 #   RELAY_BENCH_MIB=768 RELAY_BENCH_ONLY=random bench/relay.sh   # sets: random,text,blobs
 #   RELAY_BENCH_CONNECTIONS=64 bench/relay.sh     # --relay-connections (default 32)
-#   RELAY_BENCH_CONGESTION=system bench/relay.sh  # --relay-congestion (default cubic)
+#   RELAY_BENCH_CONGESTION=cubic bench/relay.sh   # --relay-congestion (default: the system's)
 #   PROFILE=dev bench/relay.sh                    # a debug build, to compare
 #   RELAY_BENCH_TMPDIR=/var/tmp bench/relay.sh    # where both stores keep their data
 #

@@ -50,7 +50,8 @@ pub struct RelaySpec {
     pub gateways: Vec<String>,
     pub connections: u8,
     pub compression: String,
-    /// `--relay-congestion` as given (each worker checks that its system offers it).
+    /// `--relay-congestion` as given (each worker checks that its system offers it; workers
+    /// of a version before it ignore it and keep their system's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub congestion: Option<String>,
     /// 64 hex digits.
@@ -71,6 +72,7 @@ impl std::fmt::Debug for RelaySpec {
             .field("gateways", &self.gateways)
             .field("connections", &self.connections)
             .field("compression", &self.compression)
+            .field("congestion", &self.congestion)
             .field("key", &"<redacted>")
             .field("tls", &self.tls)
             .field("tls_ca", &self.tls_ca.is_some())

@@ -26,7 +26,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::BufReader;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 
@@ -134,6 +134,18 @@ struct Link {
 
 struct Conn {
     alive: Arc<AtomicBool>,
+    /// Ends the connection's writer (which then closes its side).
+    dead: Arc<Notify>,
+}
+
+impl Drop for Link {
+    /// The writers wait on the outbox, which lives as long as they do: a store dropped must
+    /// end them, or its connections stay open until the process exits.
+    fn drop(&mut self) {
+        for conn in self.conns.get_mut().iter().flatten() {
+            conn.dead.notify_one();
+        }
+    }
 }
 
 struct Waiter {
@@ -379,11 +391,19 @@ impl Shared {
             .lock()
             .unwrap()
             .insert(stream, Waiter { mask, tx });
+        // The wait allows for this body and for what is queued ahead of it, at a MiB/s.
+        let wait = ANSWER_TIMEOUT
+            + Duration::from_secs((body.len() + link.outbox.queued_bytes()) as u64 >> 20);
         // Each frame is queued as soon as it is compressed: the connections start on a
-        // large body while the rest of it is compressed.
+        // large body while the rest of it is compressed. A request that failed meanwhile (its
+        // connection ended) stops there.
         let (meta, body) = (meta.to_vec(), body.clone());
         let (session, comp, chunk) = (self.session, self.opts.compression, self.opts.chunk_size);
-        let (outbox, stats) = (link.outbox.clone(), self.stats.clone());
+        let (outbox, stats, waiters) = (
+            link.outbox.clone(),
+            self.stats.clone(),
+            link.waiters.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let frames = encode(
                 Kind::RequestMeta,
@@ -395,18 +415,21 @@ impl Shared {
                 chunk,
             );
             for f in frames {
+                if !waiters.lock().unwrap().contains_key(&stream) {
+                    outbox.remove(stream);
+                    return;
+                }
                 RelayStats::add(&stats.logical_sent, f.header.plain_len as usize);
                 outbox.push(f);
             }
         })
         .await
         .expect("encoding does not panic");
-        // The frames queued before this one's go first: the wait allows for them too.
-        let wait = ANSWER_TIMEOUT + Duration::from_secs(link.outbox.queued_bytes() as u64 >> 20);
         // The gateway's last connection ended since `connect`: nothing will send the frames.
         // (Once this sees one open, its end fails the request in turn.)
         if link.live.load(Relaxed) == 0 {
             link.waiters.lock().unwrap().remove(&stream);
+            link.outbox.remove(stream);
             return Err("connection closed while sending".into());
         }
         match tokio::time::timeout(wait, rx).await {
@@ -511,13 +534,12 @@ impl Link {
                 if alive.swap(false, Relaxed) {
                     dead.notify_one();
                     let last = live.fetch_sub(1, Relaxed) == 1;
-                    waiters
-                        .lock()
-                        .unwrap()
-                        .retain(|_, w| !last && w.mask & (1 << index) == 0);
+                    let mut waiters = waiters.lock().unwrap();
+                    waiters.retain(|_, w| !last && w.mask & (1 << index) == 0);
                     if last {
                         // Their requests just failed; the frames would hold their memory
-                        // until the gateway is back.
+                        // until the gateway is back. Under the waiters' lock: a request
+                        // that starts after this finds its waiter, and its frames, intact.
                         outbox.clear();
                     }
                 }
@@ -525,12 +547,12 @@ impl Link {
         };
         let stats = shared.stats.clone();
         let (outbox, waiters) = (self.outbox.clone(), self.waiters.clone());
-        let (alive_w, ended_w) = (alive.clone(), ended.clone());
+        let (alive_w, ended_w, dead_w) = (alive.clone(), ended.clone(), dead.clone());
         tokio::spawn(async move {
             loop {
                 let p = tokio::select! {
                     biased;
-                    _ = dead.notified() => break,
+                    _ = dead_w.notified() => break,
                     p = outbox.take() => p,
                 };
                 match claim(&waiters, &alive_w, p.header.stream, index) {
@@ -546,6 +568,9 @@ impl Link {
                 RelayStats::add(&stats.wire_sent, bytes.len());
             }
             ended_w();
+            // Tells the gateway (a FIN, or TLS's close_notify): it closes its side, and this
+            // connection's reader ends.
+            let _ = tokio::time::timeout(Duration::from_secs(5), wr.shutdown()).await;
         });
         let (stats, waiters, assembler) = (
             shared.stats.clone(),
@@ -584,7 +609,7 @@ impl Link {
             }
             ended();
         });
-        Ok(Conn { alive })
+        Ok(Conn { alive, dead })
     }
 }
 

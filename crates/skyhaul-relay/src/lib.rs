@@ -133,17 +133,6 @@ pub(crate) fn tune(sock: &tokio::net::TcpStream, congestion: Option<&str>) {
     }
 }
 
-/// The congestion control the relay's connections use unless told otherwise.
-///
-/// The relay gets its throughput from many parallel connections, and BBR (v1), the default
-/// of some systems, does badly with many flows through one bottleneck: each flow probes for
-/// more than its share. Through the emulated link's 50 ms drop-tail queue, 32 BBR flows had
-/// 7.5% of their packets dropped (CUBIC: under 0.2%), a loss that a shared link's other
-/// users pay for; and flows that started together entered PROBE_RTT together every 10
-/// seconds, idling the link for a few hundred milliseconds each time. CUBIC's weakness, a
-/// single flow's rate under random loss, is what the parallel flows make up for.
-pub const DEFAULT_CONGESTION: &str = "cubic";
-
 /// Whether this system lets a socket use congestion control `name` (Linux: built in or
 /// loaded, and listed in `net.ipv4.tcp_allowed_congestion_control` for an unprivileged
 /// process).

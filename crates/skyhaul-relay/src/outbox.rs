@@ -67,9 +67,8 @@ impl PartialEq for Queued {
 impl Eq for Queued {}
 
 impl Outbox {
-    /// Queues a frame. The queue is not bounded: a message is encoded whole before its
-    /// frames are pushed, so they take no more memory here than they already did, and that
-    /// is bounded by the engine's memory budget.
+    /// Queues a frame. The queue is not bounded: its frames are the compressed copies of
+    /// bodies the engine holds within its memory budget.
     pub fn push(&self, frame: Plain) {
         {
             let mut q = self.queue.lock().unwrap();
@@ -79,6 +78,20 @@ impl Outbox {
             q.frames.push(Queued { key, frame });
         }
         self.ready.notify_one();
+    }
+
+    /// Drops the frames of message `stream` still waiting: its request has failed.
+    pub fn remove(&self, stream: u64) {
+        let mut q = self.queue.lock().unwrap();
+        let mut dropped = 0;
+        q.frames.retain(|f| {
+            let gone = f.frame.header.stream == stream;
+            if gone {
+                dropped += f.frame.payload.len();
+            }
+            !gone
+        });
+        q.bytes -= dropped;
     }
 
     fn pop(&self) -> Option<Plain> {
@@ -96,7 +109,8 @@ impl Outbox {
         q.bytes = 0;
     }
 
-    /// Payload bytes waiting: what a message queued now has ahead of it, with itself.
+    /// Payload bytes waiting (a message queued now may have fewer ahead of it: those without
+    /// a body, and older messages, go first).
     pub fn queued_bytes(&self) -> usize {
         self.queue.lock().unwrap().bytes
     }

@@ -464,7 +464,7 @@ pub struct RelayArgs {
     /// Compression on the relay link: zstd (level 1), zstd:LEVEL, lz4 or none; chunks that do not shrink go as they are
     #[arg(long, help_heading = RELAY_HEADING, value_name = "ALGO", default_value = "zstd")]
     pub relay_compression: skyhaul_relay::Compression,
-    /// TCP congestion control of the relay connections: cubic (the default, where the system has it), bbr, another the system offers, or system (its own default)
+    /// TCP congestion control of the relay connections, e.g. bbr or cubic (one the system offers) [default: the system's]
     #[arg(long, help_heading = RELAY_HEADING, value_name = "ALGO")]
     pub relay_congestion: Option<String>,
     /// Connect to the relay gateways over TLS (theirs: --tls-cert/--tls-key), trusting the system's roots

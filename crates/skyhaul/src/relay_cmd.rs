@@ -8,8 +8,7 @@ use skyhaul_engine::Endpoint;
 use skyhaul_fleet::protocol::RelaySpec;
 use skyhaul_location::{Location, Scheme};
 use skyhaul_relay::{
-    Ended, Gateway, Lifetime, RelayKey, RelayOptions, RelayStore, DEFAULT_CHUNK,
-    DEFAULT_CONGESTION, KEY_ENV, TLS_ALPN,
+    Ended, Gateway, Lifetime, RelayKey, RelayOptions, RelayStore, DEFAULT_CHUNK, KEY_ENV, TLS_ALPN,
 };
 use skyhaul_store::ErrorKind;
 use std::sync::Arc;
@@ -73,20 +72,16 @@ fn options(relay: &RelayArgs, container: &str) -> Result<RelayOptions, CliError>
 }
 
 /// The congestion control for the relay's connections: the one asked for, which this
-/// system must offer; without `--relay-congestion`, [`DEFAULT_CONGESTION`] where the system
-/// has it (not on every OS), else the system's default.
+/// system must offer, or (`None`) the system's default.
 fn congestion(asked: Option<&str>) -> Result<Option<String>, CliError> {
     match asked {
-        Some("system") => Ok(None),
+        None | Some("system") => Ok(None),
         Some(name) => match skyhaul_relay::congestion_available(name) {
             Ok(()) => Ok(Some(name.to_string())),
             Err(e) => Err(exit::usage(format!(
-                "--relay-congestion {name}: this system does not offer it ({e}); Linux lists what it has in /proc/sys/net/ipv4/tcp_allowed_congestion_control, or pass --relay-congestion system"
+                "--relay-congestion {name}: this system does not offer it ({e}); Linux lists what it has in /proc/sys/net/ipv4/tcp_allowed_congestion_control, or leave the flag out for the system's default"
             ))),
         },
-        None => Ok(skyhaul_relay::congestion_available(DEFAULT_CONGESTION)
-            .is_ok()
-            .then(|| DEFAULT_CONGESTION.to_string())),
     }
 }
 

@@ -217,7 +217,8 @@ fn a_relay_congestion_control_the_system_lacks_is_a_usage_error() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     let line = one_line_error(&run);
     assert!(
-        line.contains("--relay-congestion no-such-algorithm") && line.contains("system"),
+        line.contains("--relay-congestion no-such-algorithm")
+            && line.contains("tcp_allowed_congestion_control"),
         "{line}"
     );
 }

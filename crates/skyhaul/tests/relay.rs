@@ -1225,8 +1225,8 @@ fn relay_throughput() {
     let _gw = KillOnDrop(regions.gateway(7430, &dir.path().join("gw.log")));
     let link_bytes_per_s = 200e6 / 8.0;
     let connections = std::env::var("RELAY_BENCH_CONNECTIONS").unwrap_or_else(|_| "32".into());
-    // The sender's default (cubic) unless told, e.g. `system` for the machine's own.
-    let congestion = std::env::var("RELAY_BENCH_CONGESTION").unwrap_or_else(|_| "cubic".into());
+    // The system's own (skyhaul's default) unless told, e.g. `cubic` or `bbr`.
+    let congestion = std::env::var("RELAY_BENCH_CONGESTION").unwrap_or_else(|_| "system".into());
     // The wire's counters, read before and after each copy: how full the link was kept and
     // what it dropped (its random loss, and the overflow of its queue).
     let wire = || {
