@@ -127,6 +127,9 @@ struct Link {
     /// Open connections; when the last one ends, no queued frame can leave.
     live: Arc<AtomicUsize>,
     outbox: Arc<Outbox>,
+    /// Dropped with the link (the store): its connections' writers, which otherwise wait on
+    /// the outbox for ever, then end and close their side.
+    closed: tokio::sync::watch::Sender<()>,
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     assembler: Arc<Mutex<Assembler>>,
     down_until: Mutex<Option<Instant>>,
@@ -134,18 +137,6 @@ struct Link {
 
 struct Conn {
     alive: Arc<AtomicBool>,
-    /// Ends the connection's writer (which then closes its side).
-    dead: Arc<Notify>,
-}
-
-impl Drop for Link {
-    /// The writers wait on the outbox, which lives as long as they do: a store dropped must
-    /// end them, or its connections stay open until the process exits.
-    fn drop(&mut self) {
-        for conn in self.conns.get_mut().iter().flatten() {
-            conn.dead.notify_one();
-        }
-    }
 }
 
 struct Waiter {
@@ -216,6 +207,7 @@ impl Shared {
                 conns: tokio::sync::Mutex::new(vec![None; opts.connections.clamp(1, 64)]),
                 live: Arc::default(),
                 outbox: Arc::default(),
+                closed: tokio::sync::watch::channel(()).0,
                 waiters: Arc::default(),
                 assembler: Arc::default(),
                 down_until: Mutex::new(None),
@@ -437,6 +429,7 @@ impl Shared {
             Ok(Err(_)) => Err("connection lost before the answer".into()),
             Err(_) => {
                 link.waiters.lock().unwrap().remove(&stream);
+                link.outbox.remove(stream);
                 Err(format!("no answer within {wait:?}").into())
             }
         }
@@ -533,13 +526,14 @@ impl Link {
             move || {
                 if alive.swap(false, Relaxed) {
                     dead.notify_one();
-                    let last = live.fetch_sub(1, Relaxed) == 1;
+                    // Under the waiters' lock, as a request's waiter goes in under it after
+                    // its `connect`: none slips in between this count and the clearing.
                     let mut waiters = waiters.lock().unwrap();
+                    let last = live.fetch_sub(1, Relaxed) == 1;
                     waiters.retain(|_, w| !last && w.mask & (1 << index) == 0);
                     if last {
                         // Their requests just failed; the frames would hold their memory
-                        // until the gateway is back. Under the waiters' lock: a request
-                        // that starts after this finds its waiter, and its frames, intact.
+                        // until the gateway is back.
                         outbox.clear();
                     }
                 }
@@ -547,12 +541,14 @@ impl Link {
         };
         let stats = shared.stats.clone();
         let (outbox, waiters) = (self.outbox.clone(), self.waiters.clone());
-        let (alive_w, ended_w, dead_w) = (alive.clone(), ended.clone(), dead.clone());
+        let (alive_w, ended_w) = (alive.clone(), ended.clone());
+        let mut closed = self.closed.subscribe();
         tokio::spawn(async move {
             loop {
                 let p = tokio::select! {
                     biased;
-                    _ = dead_w.notified() => break,
+                    _ = dead.notified() => break,
+                    _ = closed.changed() => break,
                     p = outbox.take() => p,
                 };
                 match claim(&waiters, &alive_w, p.header.stream, index) {
@@ -609,7 +605,7 @@ impl Link {
             }
             ended();
         });
-        Ok(Conn { alive, dead })
+        Ok(Conn { alive })
     }
 }
 

@@ -181,6 +181,21 @@ mod tests {
         assert_eq!(offsets, [0, 0, 1024, 2048], "{got:?}");
     }
 
+    #[test]
+    fn a_failed_request_s_frames_can_be_dropped() {
+        let outbox = Outbox::default();
+        frames(1, 3000).into_iter().for_each(|f| outbox.push(f));
+        frames(2, 2000).into_iter().for_each(|f| outbox.push(f));
+        outbox.remove(1);
+        assert_eq!(
+            outbox.queued_bytes(),
+            2 + 2000,
+            "message 2's meta and body remain"
+        );
+        let streams: Vec<u64> = order(&outbox).iter().map(|(s, _)| *s).collect();
+        assert_eq!(streams, [2, 2, 2]);
+    }
+
     #[tokio::test]
     async fn a_waiting_take_gets_the_next_push_and_a_dropped_one_loses_nothing() {
         let outbox = std::sync::Arc::new(Outbox::default());
