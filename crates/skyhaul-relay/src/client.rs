@@ -420,16 +420,14 @@ impl Shared {
         // The gateway's last connection ended since `connect`: nothing will send the frames.
         // (Once this sees one open, its end fails the request in turn.)
         if link.live.load(Relaxed) == 0 {
-            link.waiters.lock().unwrap().remove(&stream);
-            link.outbox.remove(stream);
+            link.abandon(stream);
             return Err("connection closed while sending".into());
         }
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(msg)) => Ok(msg),
             Ok(Err(_)) => Err("connection lost before the answer".into()),
             Err(_) => {
-                link.waiters.lock().unwrap().remove(&stream);
-                link.outbox.remove(stream);
+                link.abandon(stream);
                 Err(format!("no answer within {wait:?}").into())
             }
         }
@@ -457,6 +455,12 @@ fn answer(msg: Message) -> Result<(Value, Bytes)> {
 }
 
 impl Link {
+    /// Gives up on request `stream`: no answer is awaited and its frames not yet sent go.
+    fn abandon(&self, stream: u64) {
+        self.waiters.lock().unwrap().remove(&stream);
+        self.outbox.remove(stream);
+    }
+
     /// Opens the connections that are missing or broken; fails when none is open.
     async fn connect(&self, shared: &Shared) -> std::result::Result<(), TryError> {
         let mut conns = self.conns.lock().await;

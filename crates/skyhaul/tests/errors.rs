@@ -178,31 +178,18 @@ fn relay_tls_files_that_do_not_load_are_usage_errors_without_the_key() {
         assert!(!run.stderr.contains(&key_line), "{}", run.stderr);
     }
     // Sender: a --relay-tls-ca that holds no certificate.
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let args = [
-        "cp",
-        "-r",
-        src.to_str().unwrap(),
-        "s3://b/x",
-        "--relay",
-        "127.0.0.1:9",
-        "--relay-tls-ca",
-        key,
-    ];
-    let run = skyhaul_env(&args, None, None, &env);
+    let run = relay_cp_with(dir.path(), "--relay-tls-ca", key);
     assert_eq!(run.code, 2, "{}", run.stderr);
     let line = one_line_error(&run);
     assert!(line.contains("--relay-tls-ca"), "{line}");
     assert!(!run.stderr.contains(&key_line), "{}", run.stderr);
 }
 
-#[test]
-fn a_relay_congestion_control_the_system_lacks_is_a_usage_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
+/// `skyhaul cp -r DIR/src s3://b/x --relay 127.0.0.1:9 FLAG VALUE` with a relay key: a
+/// relayed copy that must stop at FLAG before it connects to anything.
+fn relay_cp_with(dir: &std::path::Path, flag: &str, value: &str) -> Run {
+    let src = dir.join("src");
     std::fs::create_dir(&src).unwrap();
-    let relay_key = "ab".repeat(32);
     let args = [
         "cp",
         "-r",
@@ -210,10 +197,21 @@ fn a_relay_congestion_control_the_system_lacks_is_a_usage_error() {
         "s3://b/x",
         "--relay",
         "127.0.0.1:9",
-        "--relay-congestion",
-        "no-such-algorithm",
+        flag,
+        value,
     ];
-    let run = skyhaul_env(&args, None, None, &[("SKYHAUL_RELAY_KEY", &relay_key)]);
+    skyhaul_env(
+        &args,
+        None,
+        None,
+        &[("SKYHAUL_RELAY_KEY", &"ab".repeat(32))],
+    )
+}
+
+#[test]
+fn a_relay_congestion_control_the_system_lacks_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = relay_cp_with(dir.path(), "--relay-congestion", "no-such-algorithm");
     assert_eq!(run.code, 2, "{}", run.stderr);
     let line = one_line_error(&run);
     assert!(
