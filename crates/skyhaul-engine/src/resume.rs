@@ -15,6 +15,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 pub struct Resume {
     journal: Option<(Arc<Journal>, TransferId)>,
+    /// Whether an earlier run recorded any object as copied. When none did, nothing listed
+    /// can be done yet (a listing names each object once), so the per-object lookup — one
+    /// SQLite query for each of millions of objects — is skipped.
+    earlier_done: bool,
     /// Uploads this run created or resumed; any other open upload is no longer needed.
     used: Mutex<HashSet<String>>,
 }
@@ -54,6 +58,7 @@ impl Resume {
     pub fn none() -> Self {
         Resume {
             journal: None,
+            earlier_done: false,
             used: Mutex::new(HashSet::new()),
         }
     }
@@ -63,8 +68,10 @@ impl Resume {
         identity: &TransferIdentity,
     ) -> Result<Self, skyhaul_journal::JournalError> {
         let id = journal.begin(identity)?;
+        let earlier_done = journal.done_count(id)?.0 > 0;
         Ok(Resume {
             journal: Some((journal, id)),
+            earlier_done,
             used: Mutex::new(HashSet::new()),
         })
     }
@@ -75,7 +82,7 @@ impl Resume {
 
     /// Whether an earlier run already copied this version of the object.
     pub fn is_done(&self, src: &ObjectMeta) -> bool {
-        let Some((j, id)) = &self.journal else {
+        let Some((j, id)) = self.journal.as_ref().filter(|_| self.earlier_done) else {
             return false;
         };
         warn("lookup", j.is_done(*id, src)).flatten().is_some()
@@ -331,5 +338,24 @@ mod tests {
         };
         assert_eq!(decode_sums(&encode_sums(&s)), Some(s));
         assert_eq!(decode_sums("garbage"), None);
+    }
+
+    #[test]
+    fn only_a_transfer_with_earlier_records_looks_objects_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("j.sqlite")).unwrap());
+        let identity = TransferIdentity::new("s3://a/", "s3://b/", "cp");
+        let a = ObjectMeta::new("a", 1);
+
+        let first = Resume::begin(journal.clone(), &identity).unwrap();
+        assert!(!first.earlier_done);
+        first.done(&a, "a", None);
+        // Within a run each object is listed once, so its own records are never looked up.
+        assert!(!first.is_done(&a));
+
+        let second = Resume::begin(journal, &identity).unwrap();
+        assert!(second.earlier_done);
+        assert!(second.is_done(&a));
+        assert!(!second.is_done(&ObjectMeta::new("a", 2)), "another version");
     }
 }

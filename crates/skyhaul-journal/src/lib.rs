@@ -744,10 +744,14 @@ impl Journal {
 
     /// Queues a write for the writer thread and reports an earlier queued write's failure.
     fn queue(&self, w: Write) -> Result<()> {
-        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        let queued = self.shared.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
         if self.sender()?.send(Cmd::Write(w)).is_err() {
             self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
             return Err(JournalError::Closed);
+        }
+        // A full batch is waiting: no reason to sleep out the rest of the window.
+        if queued.is_multiple_of(writer::BATCH_MAX as u64) {
+            self.wake_writer();
         }
         self.check_background()
     }
@@ -765,7 +769,16 @@ impl Journal {
         self.sender()?
             .send(Cmd::Barrier(Barrier { op, durable, reply }))
             .map_err(|_| JournalError::Closed)?;
+        self.wake_writer();
         wait.recv().map_err(|_| JournalError::Closed)?
+    }
+
+    /// Ends the writer's batch window early: it sleeps through the window without watching
+    /// the queue (see `writer::run`), so whoever waits on it must wake it.
+    fn wake_writer(&self) {
+        if let Some(writer) = &self.writer {
+            writer.thread().unpark();
+        }
     }
 
     /// Makes the writes this process queued before now visible to reads.
@@ -795,6 +808,7 @@ impl Drop for Journal {
     /// Commits everything queued, durably, and waits for the writer thread to finish.
     fn drop(&mut self) {
         drop(self.tx.take());
+        self.wake_writer();
         if let Some(writer) = self.writer.take() {
             if writer.join().is_err() {
                 tracing::error!("journal writer thread panicked");

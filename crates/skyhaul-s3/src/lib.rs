@@ -9,6 +9,7 @@
 
 mod body;
 mod config;
+mod endpoint;
 mod errors;
 mod store;
 

@@ -205,6 +205,7 @@ impl S3Store {
             }
         };
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .endpoint_resolver(crate::endpoint::KeyBlindResolver::default())
             .force_path_style(opts.path_style.unwrap_or(opts.endpoint.is_some()));
         Ok(S3Store {
             client: Client::from_conf(conf.build()),
