@@ -15,10 +15,11 @@ use tokio::sync::OwnedSemaphorePermit;
 
 pub struct Resume {
     journal: Option<(Arc<Journal>, TransferId)>,
-    /// Whether an earlier run recorded any object as copied. When none did, nothing listed
-    /// can be done yet (a listing names each object once), so the per-object lookup — one
-    /// SQLite query for each of millions of objects — is skipped.
-    earlier_done: bool,
+    /// Whether the transfer ran before. On its first run nothing can be done before this
+    /// run does it, and this run asks about each object once, before copying it (a listing
+    /// names it once; a fleet coordinator only takes work back from an earlier run), so the
+    /// lookup — one SQLite query for each of millions of objects — is skipped.
+    ran_before: bool,
     /// Uploads this run created or resumed; any other open upload is no longer needed.
     used: Mutex<HashSet<String>>,
 }
@@ -58,7 +59,7 @@ impl Resume {
     pub fn none() -> Self {
         Resume {
             journal: None,
-            earlier_done: false,
+            ran_before: false,
             used: Mutex::new(HashSet::new()),
         }
     }
@@ -67,11 +68,12 @@ impl Resume {
         journal: Arc<Journal>,
         identity: &TransferIdentity,
     ) -> Result<Self, skyhaul_journal::JournalError> {
+        // When in doubt, look objects up: slower, never wrong.
+        let ran_before = warn("lookup", journal.has_begun(identity.id())).unwrap_or(true);
         let id = journal.begin(identity)?;
-        let earlier_done = journal.done_count(id)?.0 > 0;
         Ok(Resume {
             journal: Some((journal, id)),
-            earlier_done,
+            ran_before,
             used: Mutex::new(HashSet::new()),
         })
     }
@@ -82,7 +84,7 @@ impl Resume {
 
     /// Whether an earlier run already copied this version of the object.
     pub fn is_done(&self, src: &ObjectMeta) -> bool {
-        let Some((j, id)) = self.journal.as_ref().filter(|_| self.earlier_done) else {
+        let Some((j, id)) = self.journal.as_ref().filter(|_| self.ran_before) else {
             return false;
         };
         warn("lookup", j.is_done(*id, src)).flatten().is_some()
@@ -341,21 +343,27 @@ mod tests {
     }
 
     #[test]
-    fn only_a_transfer_with_earlier_records_looks_objects_up() {
+    fn only_a_transfer_that_ran_before_looks_objects_up() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Arc::new(Journal::open(&dir.path().join("j.sqlite")).unwrap());
         let identity = TransferIdentity::new("s3://a/", "s3://b/", "cp");
         let a = ObjectMeta::new("a", 1);
 
         let first = Resume::begin(journal.clone(), &identity).unwrap();
-        assert!(!first.earlier_done);
+        assert!(!first.ran_before);
         first.done(&a, "a", None);
-        // Within a run each object is listed once, so its own records are never looked up.
+        // A first run asks about each object once, before copying it: not after.
         assert!(!first.is_done(&a));
 
-        let second = Resume::begin(journal, &identity).unwrap();
-        assert!(second.earlier_done);
+        let second = Resume::begin(journal.clone(), &identity).unwrap();
+        assert!(second.ran_before);
         assert!(second.is_done(&a));
         assert!(!second.is_done(&ObjectMeta::new("a", 2)), "another version");
+
+        // A run that recorded nothing still counts: a restarted fleet coordinator must look
+        // up what its workers reported for the leases it took back.
+        let idle = TransferIdentity::new("s3://a/", "s3://c/", "cp");
+        drop(Resume::begin(journal.clone(), &idle).unwrap());
+        assert!(Resume::begin(journal, &idle).unwrap().ran_before);
     }
 }

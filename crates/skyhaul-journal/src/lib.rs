@@ -371,6 +371,17 @@ impl Journal {
         Ok(id)
     }
 
+    /// Whether a run of the transfer has begun before (and it was not forgotten since). A
+    /// transfer's first run can skip looking up what is done: nothing is, yet.
+    pub fn has_begun(&self, id: TransferId) -> Result<bool> {
+        self.sync_reads()?;
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT EXISTS(SELECT 1 FROM transfers WHERE id = ?1)")?;
+            Ok(stmt.query_row([id.sql()], |r| r.get(0))?)
+        })
+    }
+
     /// Marks the transfer complete (or not). Waits for a durable commit.
     pub fn mark_complete(&self, id: TransferId, complete: bool) -> Result<()> {
         self.barrier(Some(Op::MarkComplete { id: id.0, complete }), true)
@@ -749,7 +760,8 @@ impl Journal {
             self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
             return Err(JournalError::Closed);
         }
-        // A full batch is waiting: no reason to sleep out the rest of the window.
+        // About a full batch is waiting (the count includes writes being committed, so it is
+        // a hint): no reason to sleep out the rest of the window, which bounds the wait anyway.
         if queued.is_multiple_of(writer::BATCH_MAX as u64) {
             self.wake_writer();
         }

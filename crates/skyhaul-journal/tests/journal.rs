@@ -254,8 +254,10 @@ fn multipart_uploads_resume_only_the_same_version_and_part_size() {
 #[test]
 fn forget_removes_everything_of_one_transfer() {
     let (_dir, j) = open_temp();
+    assert!(!j.has_begun(identity(1).id()).unwrap());
     let id = j.begin(&identity(1)).unwrap();
     let keep = j.begin(&identity(2)).unwrap();
+    assert!(j.has_begun(id).unwrap());
     for t in [id, keep] {
         for i in 0..50 {
             j.record_done(t, &obj(&format!("k{i}"), i, None, None), "d", None)
@@ -272,6 +274,8 @@ fn forget_removes_everything_of_one_transfer() {
         j.creating(t, "unconfirmed").unwrap();
     }
     j.forget(id).unwrap();
+    assert!(!j.has_begun(id).unwrap());
+    assert!(j.has_begun(keep).unwrap());
     assert!(j.find(&id.to_string()).unwrap().is_none());
     assert_eq!(j.done_count(id).unwrap(), (0, 0));
     assert!(j.open_uploads(id).unwrap().is_empty());
