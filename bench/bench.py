@@ -44,6 +44,38 @@ REPO = BENCH_DIR.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FIXED_MTIME = 1_700_000_000  # identical mtime at both ends, so size+time sync has nothing to do
 
+# Where the servers keep their buckets. On a disk file system the servers' cost per object is the
+# file system's, not S3's: ext4 on this rig spent ~2 ms of server CPU per 16 KiB PUT once earlier
+# runs' buckets had been deleted (perf: recently_deleted, find_inode_bit in inode allocation), three
+# times a first run's, for every tool — so `small` measured the allocator. RAM keeps the servers cheap
+# and equal, and the tools apart. Needs ~7 GiB (4 GiB of data, a run's copy, s5cmd's stage).
+TMPFS_DATA_DIR = Path("/dev/shm/skyhaul-bench")
+TMPFS_NEEDED = 10 << 30
+
+
+def fs_type(path: Path) -> str:
+    """The file system type holding `path`, from /proc/mounts (longest matching mount point)."""
+    best, kind = "", "?"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, mnt, fstype, *_ = line.split()
+            if str(path.resolve()).startswith(mnt) and len(mnt) > len(best):
+                best, kind = mnt, fstype
+    except OSError:
+        pass
+    return kind
+
+
+def default_data_dir() -> Path:
+    try:
+        st = os.statvfs(TMPFS_DATA_DIR.parent)
+        if st.f_bavail * st.f_frsize >= TMPFS_NEEDED or TMPFS_DATA_DIR.exists():
+            return TMPFS_DATA_DIR
+    except OSError:
+        pass
+    return BENCH_DIR / "data"
+
+
 # name -> (objects, object size, number of prefixes)
 SETS_FULL = {
     "files": (1152, 1 * MIB, 9),
@@ -667,6 +699,8 @@ def render_md(doc: dict) -> str:
         f"Profile: **{doc['profile']}**, {doc['runs']} run(s) per cell, medians over successful runs.",
         f"Versions: {doc['versions']['skyhaul']}; {doc['versions']['rclone']}; s5cmd {doc['versions']['s5cmd']}; "
         f"{doc['versions']['s3s_fs']} (two servers, A and B, different credentials, 127.0.0.1).",
+        *([f"The servers' buckets live in `{doc['data_dir']}` ({doc.get('data_fs', '?')})."]
+          if doc.get("data_dir") else []),
         *([f"skyhaul run with extra options: `{doc['skyhaul_args']}` (not its defaults)."]
           if doc.get("skyhaul_args") else []),
         "",
@@ -761,7 +795,9 @@ def main() -> int:
     ap.add_argument("--rclone", default=str(tools_bin / "rclone"))
     ap.add_argument("--s5cmd", default=str(tools_bin / "s5cmd"))
     ap.add_argument("--s3s-fs", dest="s3s_fs", default=str(tools_bin / "s3s-fs"))
-    ap.add_argument("--data-dir", default=str(BENCH_DIR / "data"))
+    ap.add_argument("--data-dir", default=str(default_data_dir()),
+                    help=f"where the data sets and the servers' buckets live (default {TMPFS_DATA_DIR} "
+                         f"when /dev/shm has 10 GiB free, else bench/data: see TMPFS_DATA_DIR)")
     ap.add_argument("--stage-dir", default="/dev/shm", help="RAM directory for s5cmd's staged copy")
     ap.add_argument("--out", default=None, help="results file stem (default bench/results/latest, quick: quick)")
     ap.add_argument("--sample", type=int, default=32, help="objects whose MD5 is checked per run")
@@ -836,6 +872,7 @@ def main() -> int:
         doc = {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine_info(), "profile": profile, "runs": args.runs,
+            "data_dir": str(args.data_dir), "data_fs": fs_type(Path(args.data_dir)),
             "versions": tool_versions(args), "rclone_flags": RCLONE_TUNING, "skyhaul_args": args.skyhaul_args, "stall_s": args.stall,
             "sets": {st: {"description": descriptions[st], "objects": manifests[st]["count"],
                           "bytes": manifests[st]["total_bytes"]} for st in sets},
