@@ -51,15 +51,19 @@ FIXED_MTIME = 1_700_000_000  # identical mtime at both ends, so size+time sync h
 # and equal, and the tools apart. Needs ~7 GiB (4 GiB of data, a run's copy, s5cmd's stage).
 TMPFS_DATA_DIR = Path("/dev/shm/skyhaul-bench")
 TMPFS_NEEDED = 10 << 30
+TMPFS_NEEDED_WITH_DATA = 3 << 30  # once the data sets are there: a run's copy, s5cmd's stage
 
 
 def fs_type(path: Path) -> str:
     """The file system type holding `path`, from /proc/mounts (longest matching mount point)."""
     best, kind = "", "?"
+    target = str(path.resolve())
     try:
         for line in Path("/proc/mounts").read_text().splitlines():
             _, mnt, fstype, *_ = line.split()
-            if str(path.resolve()).startswith(mnt) and len(mnt) > len(best):
+            mnt = mnt.replace("\\040", " ")
+            inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
+            if inside and len(mnt) > len(best):
                 best, kind = mnt, fstype
     except OSError:
         pass
@@ -69,7 +73,8 @@ def fs_type(path: Path) -> str:
 def default_data_dir() -> Path:
     try:
         st = os.statvfs(TMPFS_DATA_DIR.parent)
-        if st.f_bavail * st.f_frsize >= TMPFS_NEEDED or TMPFS_DATA_DIR.exists():
+        needed = TMPFS_NEEDED_WITH_DATA if TMPFS_DATA_DIR.exists() else TMPFS_NEEDED
+        if st.f_bavail * st.f_frsize >= needed:
             return TMPFS_DATA_DIR
     except OSError:
         pass

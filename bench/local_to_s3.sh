@@ -12,8 +12,11 @@
 set -euo pipefail
 (( $# )) || { echo "usage: $0 BINARY..." >&2; exit 2; }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-FILES="$ROOT/bench/data/full/a/files"
-[[ -d "$FILES" ]] || { echo "no $FILES: run bench/bench.py --generate-only first" >&2; exit 2; }
+# Where bench.py keeps the data sets: RAM when there was room, else bench/data.
+for FILES in /dev/shm/skyhaul-bench/full/a/files "$ROOT/bench/data/full/a/files"; do
+  [[ -d "$FILES" ]] && break
+done
+[[ -d "$FILES" ]] || { echo "no files set: run bench/bench.py --generate-only first" >&2; exit 2; }
 bash "$ROOT/scripts/install-test-tools.sh" >/dev/null
 S3S="${SKYHAUL_TOOLS:-$ROOT/.tools}/bin/s3s-fs"
 D="$(mktemp -d /dev/shm/local-to-s3.XXXXXX)"

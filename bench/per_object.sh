@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Client CPU per object: 10,000 objects of 16 KiB (the bench's `small` shape) copied bucket to
+# bucket, each BINARY in turn, five rounds, to compare builds on the per-request path (issue 5:
+# journal lookups and wake-ups, endpoint resolution). Medians at the end.
+#
+#   bench/per_object.sh BINARY...    # e.g. an older build and target/release/skyhaul
+#
+# Two s3s-fs servers keep their data in /dev/shm. The first BINARY uploads the objects to A;
+# every copy then goes A → B into an empty bucket, as a first run with the default journal
+# (a fresh HOME each time). Per run: wall, client user+sys and server B's CPU seconds.
+set -euo pipefail
+(( $# )) || { echo "usage: $0 BINARY..." >&2; exit 2; }
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/install-test-tools.sh" >/dev/null
+S3S="${SKYHAUL_TOOLS:-$ROOT/.tools}/bin/s3s-fs"
+D="$(mktemp -d /dev/shm/per-object.XXXXXX)"
+mkdir -p "$D/a/src" "$D/b" "$D/files"
+"$S3S" --host 127.0.0.1 --port 19104 --access-key AKA --secret-key SKAAAAAAAA "$D/a" >/dev/null 2>&1 &
+A=$!
+"$S3S" --host 127.0.0.1 --port 19105 --access-key AKB --secret-key SKBBBBBBBB "$D/b" >/dev/null 2>&1 &
+B=$!
+trap 'kill $A $B; rm -rf "$D"' EXIT
+sleep 1
+export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+export SKYHAUL_SRC_ACCESS_KEY_ID=AKA SKYHAUL_SRC_SECRET_ACCESS_KEY=SKAAAAAAAA
+python3 - "$D/files" <<'EOF'
+import os, sys
+for i in range(10_000):
+    d = os.path.join(sys.argv[1], f"p{i % 4}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"{i:05}.bin"), "wb") as f:
+        f.write(os.urandom(16 << 10))
+EOF
+HOME="$D/home0" SKYHAUL_DST_ACCESS_KEY_ID=AKA SKYHAUL_DST_SECRET_ACCESS_KEY=SKAAAAAAAA \
+  "$1" cp -r "$D/files" s3://src/ --dst-endpoint http://127.0.0.1:19104 --no-journal -y \
+  >/dev/null
+rm -rf "$D/files"
+export SKYHAUL_DST_ACCESS_KEY_ID=AKB SKYHAUL_DST_SECRET_ACCESS_KEY=SKBBBBBBBB
+
+# utime + stime of a process, in seconds.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
+
+for round in 1 2 3 4 5; do
+  for bin in "$@"; do
+    rm -rf "${D:?}/b/dst" "$D/home"
+    mkdir "$D/b/dst" "$D/home"
+    before=$(cpu $B)
+    HOME="$D/home" /usr/bin/time -f "%e %U %S" -o "$D/time" "$bin" cp -r s3://src s3://dst \
+      --src-endpoint http://127.0.0.1:19104 --dst-endpoint http://127.0.0.1:19105 -y \
+      >/dev/null 2>"$D/err" || { cat "$D/err" >&2; exit 1; }
+    read -r wall user sys <"$D/time"
+    awk -v b="$bin" -v r="$round" -v w="$wall" -v u="$user" -v s="$sys" -v s0="$before" \
+      -v s1="$(cpu $B)" 'BEGIN { printf "%s round %s: wall %s s, client CPU %.2f s, server B CPU %.2f s\n",
+      b, r, w, u + s, s1 - s0 }'
+  done
+done | tee "$D/runs"
+python3 - "$D/runs" "$@" <<'EOF'
+import re, statistics, sys
+runs = open(sys.argv[1]).read().splitlines()
+print("medians:")
+for b in sys.argv[2:]:
+    rows = [list(map(float, re.findall(r"([0-9.]+) s", r))) for r in runs if r.startswith(b + " round")]
+    wall, cpu, srv = (statistics.median(col) for col in zip(*rows))
+    print(f"{b}: wall {wall:.2f} s, client CPU {cpu:.2f} s, server B CPU {srv:.2f} s")
+EOF
