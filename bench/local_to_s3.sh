@@ -11,20 +11,14 @@
 # bucket; GNU time prints wall, user, sys and peak RSS (KiB) per run.
 set -euo pipefail
 (( $# )) || { echo "usage: $0 BINARY..." >&2; exit 2; }
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Where bench.py keeps the data sets: RAM when there was room, else bench/data.
 for FILES in /dev/shm/skyhaul-bench/full/a/files "$ROOT/bench/data/full/a/files"; do
   [[ -d "$FILES" ]] && break
 done
 [[ -d "$FILES" ]] || { echo "no files set: run bench/bench.py --generate-only first" >&2; exit 2; }
-bash "$ROOT/scripts/install-test-tools.sh" >/dev/null
-S3S="${SKYHAUL_TOOLS:-$ROOT/.tools}/bin/s3s-fs"
-D="$(mktemp -d /dev/shm/local-to-s3.XXXXXX)"
-"$S3S" --host 127.0.0.1 --port 19103 --access-key AKL --secret-key SKLLLLLLLL "$D" >/dev/null 2>&1 &
-S=$!
-trap 'kill $S; rm -rf "$D"' EXIT
-sleep 1
-export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+scratch local-to-s3
+start_s3s 19103 AKL SKLLLLLLLL "$D"
 export SKYHAUL_DST_ACCESS_KEY_ID=AKL SKYHAUL_DST_SECRET_ACCESS_KEY=SKLLLLLLLL
 for bin in "$@"; do
   for _ in 1 2 3; do

@@ -10,18 +10,12 @@
 # (a fresh HOME each time). Per run: wall, client user+sys and server B's CPU seconds.
 set -euo pipefail
 (( $# )) || { echo "usage: $0 BINARY..." >&2; exit 2; }
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/install-test-tools.sh" >/dev/null
-S3S="${SKYHAUL_TOOLS:-$ROOT/.tools}/bin/s3s-fs"
-D="$(mktemp -d /dev/shm/per-object.XXXXXX)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+scratch per-object
 mkdir -p "$D/a/src" "$D/b" "$D/files"
-"$S3S" --host 127.0.0.1 --port 19104 --access-key AKA --secret-key SKAAAAAAAA "$D/a" >/dev/null 2>&1 &
-A=$!
-"$S3S" --host 127.0.0.1 --port 19105 --access-key AKB --secret-key SKBBBBBBBB "$D/b" >/dev/null 2>&1 &
-B=$!
-trap 'kill $A $B; rm -rf "$D"' EXIT
-sleep 1
-export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+start_s3s 19104 AKA SKAAAAAAAA "$D/a"
+start_s3s 19105 AKB SKBBBBBBBB "$D/b"
+B=${SERVERS[1]}
 export SKYHAUL_SRC_ACCESS_KEY_ID=AKA SKYHAUL_SRC_SECRET_ACCESS_KEY=SKAAAAAAAA
 python3 - "$D/files" <<'EOF'
 import os, sys

@@ -11,18 +11,11 @@
 # copies it three times; GNU time prints wall, user, sys and peak RSS (KiB) per run.
 set -euo pipefail
 (( $# )) || { echo "usage: $0 BINARY..." >&2; exit 2; }
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/install-test-tools.sh" >/dev/null
-S3S="${SKYHAUL_TOOLS:-$ROOT/.tools}/bin/s3s-fs"
-D="$(mktemp -d /dev/shm/source-crc.XXXXXX)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+scratch source-crc
 mkdir -p "$D/a/src" "$D/b/dst"
-"$S3S" --host 127.0.0.1 --port 19101 --access-key AKA --secret-key SKAAAAAAAA "$D/a" >/dev/null 2>&1 &
-A=$!
-"$S3S" --host 127.0.0.1 --port 19102 --access-key AKB --secret-key SKBBBBBBBB "$D/b" >/dev/null 2>&1 &
-B=$!
-trap 'kill $A $B; rm -rf "$D"' EXIT
-sleep 1
-export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+start_s3s 19101 AKA SKAAAAAAAA "$D/a"
+start_s3s 19102 AKB SKBBBBBBBB "$D/b"
 export SKYHAUL_SRC_ACCESS_KEY_ID=AKA SKYHAUL_SRC_SECRET_ACCESS_KEY=SKAAAAAAAA
 head -c $((1 << 30)) /dev/urandom >"$D/big.bin"
 SKYHAUL_DST_ACCESS_KEY_ID=AKA SKYHAUL_DST_SECRET_ACCESS_KEY=SKAAAAAAAA \

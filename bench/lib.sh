@@ -1,0 +1,21 @@
+# Shared by the A/B scripts (source_crc.sh, local_to_s3.sh, per_object.sh): source it, then
+# `scratch NAME` and `start_s3s PORT ACCESS_KEY SECRET DIR` for each server. Servers and the
+# scratch directory (in RAM) go away when the script exits.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/install-test-tools.sh" >/dev/null
+S3S="${SKYHAUL_TOOLS:-$ROOT/.tools}/bin/s3s-fs"
+# No user's AWS config or credentials reach the tools under test.
+export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+SERVERS=()
+D=""
+trap '(( ${#SERVERS[@]} )) && kill "${SERVERS[@]}"; [[ -n "$D" ]] && rm -rf "$D"' EXIT
+
+# scratch NAME: a fresh directory on /dev/shm in $D.
+scratch() { D="$(mktemp -d "/dev/shm/$1.XXXXXX")"; }
+
+# start_s3s PORT ACCESS_KEY SECRET DIR: an s3s-fs serving DIR; its pid is appended to SERVERS.
+start_s3s() {
+  "$S3S" --host 127.0.0.1 --port "$1" --access-key "$2" --secret-key "$3" "$4" >/dev/null 2>&1 &
+  SERVERS+=($!)
+  sleep 1
+}
