@@ -12,6 +12,7 @@ pub mod budget;
 pub mod bwlimit;
 pub mod content;
 mod copy;
+mod denials;
 pub mod filter;
 pub mod integrity;
 pub mod limiter;

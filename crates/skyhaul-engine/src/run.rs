@@ -3,6 +3,7 @@
 use crate::budget::Budget;
 use crate::content::{same_content, Side, READ_CHUNK};
 use crate::copy::copy_with_retries;
+use crate::denials::Denials;
 use crate::filter::Filter;
 use crate::integrity::{md5_mismatch, source_md5, sums, ChunkSums};
 use crate::limiter::AdaptiveLimit;
@@ -93,6 +94,8 @@ pub(crate) struct Ctx {
     pub(crate) progress: Arc<Progress>,
     pub(crate) failures: Mutex<Vec<Failure>>,
     pub(crate) fatal: Mutex<Option<Error>>,
+    /// Which denials are about their objects and which about the credentials.
+    denials: Denials,
     pub(crate) cancel: CancellationToken,
     /// The source bucket, when objects can be copied server-side.
     pub(crate) copy_from: Option<String>,
@@ -133,6 +136,7 @@ impl Ctx {
             progress,
             failures: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
+            denials: Denials::default(),
             cancel,
             copy_from,
             copied: Mutex::new(Vec::new()),
@@ -163,6 +167,13 @@ impl Ctx {
         }
     }
 
+    /// Records an object done: copied, found identical at the destination, or deleted.
+    pub(crate) fn done(&self) {
+        self.denials.done();
+    }
+
+    /// Records an object that failed, for the report; stops the transfer when the error
+    /// means that nothing else can succeed either.
     pub(crate) fn fail(&self, key: &str, err: Error) {
         if err.kind == ErrorKind::Interrupted {
             return;
@@ -170,8 +181,8 @@ impl Ctx {
         tracing::debug!("{err}");
         self.progress.add_failed();
         self.progress.report_failure(key, &err.message);
-        if err.is_fatal() {
-            self.fatal.lock().expect("lock").get_or_insert(err.clone());
+        if let Some(stop) = self.denials.failed(&err) {
+            self.fatal.lock().expect("lock").get_or_insert(stop);
             self.cancel.cancel();
         }
         let mut f = self.failures.lock().expect("lock");
@@ -316,7 +327,10 @@ pub async fn transfer(
                 let ctx = ctx.clone();
                 tasks.spawn(async move {
                     match ctx.same_content(&src, dst).await {
-                        Ok(true) => ctx.progress.add_skipped(src.size),
+                        Ok(true) => {
+                            ctx.done();
+                            ctx.progress.add_skipped(src.size);
+                        }
                         Ok(false) => {
                             ctx.progress.add_planned(src.size);
                             copy_and_record(ctx.clone(), src, dst_key).await;
@@ -337,6 +351,9 @@ pub async fn transfer(
     progress.set_listing_done();
     if let Some(fatal) = ctx.fatal.lock().expect("lock").take() {
         return Err(fatal);
+    }
+    if let Some(denied) = ctx.denials.only_denied() {
+        return Err(denied);
     }
     let listed = listed?;
     if listed == 0 && opts.recursive && !cancel.is_cancelled() {
@@ -375,7 +392,10 @@ pub(crate) async fn conclude(
             .buffer_unordered(opts.max_connections.max(1));
         while let Some((key, r)) = running.next().await {
             match r {
-                Ok(()) => progress.add_deleted(),
+                Ok(()) => {
+                    ctx.done();
+                    progress.add_deleted();
+                }
                 Err(e) => ctx.fail(&key, e),
             }
         }
@@ -423,6 +443,7 @@ pub(crate) async fn conclude(
 async fn copy_and_record(ctx: Arc<Ctx>, src: ObjectMeta, dst_key: String) {
     match copy_with_retries(&ctx, &src, &dst_key).await {
         Ok(copied) => {
+            ctx.done();
             ctx.progress.add_done(src.size, copied.server_side);
             ctx.copied.lock().expect("lock").push(copied);
         }

@@ -90,6 +90,9 @@ pub struct Sides {
     pub dst_region: Option<String>,
     pub src_profile: Option<String>,
     pub dst_profile: Option<String>,
+    /// `--requester-pays` (absent from coordinators that predate it).
+    #[serde(default)]
+    pub requester_pays: bool,
 }
 
 /// The engine settings that change how a worker copies (not what).

@@ -15,6 +15,9 @@ pub struct S3Options {
     /// Path-style addressing (`endpoint/bucket/key`); defaults to on for custom endpoints,
     /// which rarely have wildcard DNS for virtual-host style.
     pub path_style: Option<bool>,
+    /// Acknowledge, on every request, that the requester pays for it (requester-pays
+    /// buckets refuse requests without it).
+    pub requester_pays: bool,
 }
 
 // Hand-written so that secrets can never reach a log line through `{:?}`.
@@ -37,6 +40,7 @@ impl fmt::Debug for S3Options {
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
             .field("path_style", &self.path_style)
+            .field("requester_pays", &self.requester_pays)
             .finish()
     }
 }

@@ -11,6 +11,7 @@ mod body;
 mod config;
 mod endpoint;
 mod errors;
+mod requester_pays;
 mod store;
 
 pub use config::S3Options;

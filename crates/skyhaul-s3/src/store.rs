@@ -204,13 +204,23 @@ impl S3Store {
                 ))
             }
         };
-        let conf = aws_sdk_s3::config::Builder::from(&sdk)
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
             .endpoint_resolver(crate::endpoint::KeyBlindResolver::default())
             .force_path_style(opts.path_style.unwrap_or(opts.endpoint.is_some()));
+        if opts.requester_pays {
+            conf = conf.interceptor(crate::requester_pays::RequesterPays);
+        }
+        // A server-side copy is asked of the destination's client: out of a requester-pays
+        // bucket it must carry the acknowledgement too, so both sides must send it.
+        let pays = if opts.requester_pays {
+            "|requester-pays"
+        } else {
+            ""
+        };
         Ok(S3Store {
             client: Client::from_conf(conf.build()),
             bucket: bucket.to_string(),
-            domain: format!("s3|{endpoint}|{}", creds.access_key_id()),
+            domain: format!("s3|{endpoint}|{}{pays}", creds.access_key_id()),
             name,
         })
     }

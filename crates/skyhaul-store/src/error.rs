@@ -62,7 +62,9 @@ impl Error {
         )
     }
 
-    /// Errors after which nothing else in the transfer can succeed either.
+    /// Errors after which nothing else in the transfer can succeed either. A denial of one
+    /// object's read or write may concern that object alone: the engine stops a transfer
+    /// for those only when they come one after another (`skyhaul_engine`'s `denials`).
     pub fn is_fatal(&self) -> bool {
         matches!(
             self.kind,

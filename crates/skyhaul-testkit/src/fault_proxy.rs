@@ -39,6 +39,10 @@ pub struct Faults {
     pub slow_down_503: f64,
     /// Answer `500 InternalError` without forwarding the request.
     pub internal_error_500: f64,
+    /// Answer `403 AccessDenied` without forwarding the request: what S3 says of an object
+    /// the credentials may not read (another account's, or under a KMS key they may not
+    /// use) while the rest of the bucket is theirs. Aim it with `path_contains`.
+    pub access_denied_403: f64,
     /// Flip one random byte of the request body before forwarding it (an upload corrupted in
     /// flight: the server must reject it if a checksum was sent, or the copier's verify must catch
     /// it). Not counted for requests without a body.
@@ -63,6 +67,9 @@ pub struct Faults {
     /// fault: it is not drawn, nor counted by `max_faults`; a request answered by a fault
     /// instead of the server is not held.
     pub delay: Option<Duration>,
+    /// Count the requests that carry this header (any case) and, of those, the ones whose
+    /// SigV4 `Authorization` signs it ([`FaultCounts::watched`]). Not a fault.
+    pub watch_header: Option<String>,
 }
 
 /// How many requests the proxy saw and how many faults of each kind it injected.
@@ -80,9 +87,14 @@ pub struct FaultCounts {
     pub put_body_bytes: u64,
     /// Requests held by [`Faults::delay`] (counted when the hold starts).
     pub delayed: u64,
+    /// Requests that carried [`Faults::watch_header`].
+    pub watched: u64,
+    /// The part of `watched` whose signature covers the header.
+    pub watched_signed: u64,
     pub reset_connection: u64,
     pub slow_down_503: u64,
     pub internal_error_500: u64,
+    pub access_denied_403: u64,
     pub flip_request_body: u64,
     pub truncate_response_body: u64,
     pub flip_response_body: u64,
@@ -94,6 +106,7 @@ impl FaultCounts {
         self.reset_connection
             + self.slow_down_503
             + self.internal_error_500
+            + self.access_denied_403
             + self.flip_request_body
             + self.truncate_response_body
             + self.flip_response_body
@@ -104,6 +117,7 @@ impl FaultCounts {
             FaultKind::Reset => &mut self.reset_connection,
             FaultKind::SlowDown => &mut self.slow_down_503,
             FaultKind::Internal => &mut self.internal_error_500,
+            FaultKind::Denied => &mut self.access_denied_403,
             FaultKind::FlipRequest => &mut self.flip_request_body,
             FaultKind::TruncateResponse => &mut self.truncate_response_body,
             FaultKind::FlipResponse => &mut self.flip_response_body,
@@ -228,6 +242,7 @@ enum FaultKind {
     Reset,
     SlowDown,
     Internal,
+    Denied,
     FlipRequest,
     TruncateResponse,
     FlipResponse,
@@ -280,6 +295,7 @@ impl Shared {
             (f.reset_connection, FaultKind::Reset),
             (f.slow_down_503, FaultKind::SlowDown),
             (f.internal_error_500, FaultKind::Internal),
+            (f.access_denied_403, FaultKind::Denied),
             (f.flip_request_body, FaultKind::FlipRequest),
             (f.truncate_response_body, FaultKind::TruncateResponse),
             (f.flip_response_body, FaultKind::FlipResponse),
@@ -290,6 +306,25 @@ impl Shared {
             .map(|(_, k)| k)?;
         *st.counts.slot(kind) += 1;
         Some(kind)
+    }
+
+    /// Counts `req` if it carries [`Faults::watch_header`], and whether it signs it.
+    fn watch(&self, req: &Head) {
+        let mut st = self.state.lock().unwrap();
+        let Some(name) = st
+            .faults
+            .watch_header
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+        else {
+            return;
+        };
+        if req.headers.contains(&name) {
+            st.counts.watched += 1;
+            if req.signed.contains(&name) {
+                st.counts.watched_signed += 1;
+            }
+        }
     }
 
     /// How long to hold this request before forwarding it ([`Faults::delay`]), counted.
@@ -446,6 +481,10 @@ struct Head {
     framing: Framing,
     close: bool,
     expect_continue: bool,
+    /// A request's header names, lower case.
+    headers: Vec<String>,
+    /// The header names a request's SigV4 `Authorization` signs.
+    signed: Vec<String>,
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -487,6 +526,17 @@ fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool 
     })
 }
 
+/// The `SignedHeaders=a;b;c` list of a SigV4 `Authorization` value.
+fn signed_headers(authorization: &[u8]) -> Vec<String> {
+    let value = String::from_utf8_lossy(authorization);
+    value
+        .split(',')
+        .filter_map(|part| part.trim().strip_prefix("SignedHeaders="))
+        .flat_map(|list| list.split(';'))
+        .map(str::to_string)
+        .collect()
+}
+
 fn parse_request(head: &[u8]) -> io::Result<Head> {
     let mut headers = [httparse::EMPTY_HEADER; 256];
     let mut req = httparse::Request::new(&mut headers);
@@ -502,6 +552,12 @@ fn parse_request(head: &[u8]) -> io::Result<Head> {
     };
     let close = has_token(req.headers, "connection", "close")
         || (version == 0 && !has_token(req.headers, "connection", "keep-alive"));
+    let signed = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
+        .flat_map(|h| signed_headers(h.value))
+        .collect();
     Ok(Head {
         method: req.method.unwrap_or_default().to_string(),
         target: req.path.unwrap_or_default().to_string(),
@@ -509,6 +565,12 @@ fn parse_request(head: &[u8]) -> io::Result<Head> {
         framing,
         close,
         expect_continue: has_token(req.headers, "expect", "100-continue"),
+        headers: req
+            .headers
+            .iter()
+            .map(|h| h.name.to_ascii_lowercase())
+            .collect(),
+        signed,
     })
 }
 
@@ -539,6 +601,8 @@ fn parse_response(head: &[u8], request_method: &str) -> io::Result<Head> {
         framing,
         close,
         expect_continue: false,
+        headers: Vec::new(),
+        signed: Vec::new(),
     })
 }
 
@@ -729,6 +793,7 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
                 return Ok(());
             }
         };
+        shared.watch(&req);
         let fault = shared.draw(&req.method, &req.target);
         let head_only = req.method.eq_ignore_ascii_case("HEAD");
         match fault {
@@ -736,15 +801,15 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
                 reset(down.stream);
                 return Ok(());
             }
-            Some(k @ (FaultKind::SlowDown | FaultKind::Internal)) => {
-                let (status, code, msg) = if k == FaultKind::SlowDown {
-                    (503, "SlowDown", "Please reduce your request rate.")
-                } else {
-                    (
+            Some(k @ (FaultKind::SlowDown | FaultKind::Internal | FaultKind::Denied)) => {
+                let (status, code, msg) = match k {
+                    FaultKind::SlowDown => (503, "SlowDown", "Please reduce your request rate."),
+                    FaultKind::Denied => (403, "AccessDenied", "Access Denied"),
+                    _ => (
                         500,
                         "InternalError",
                         "We encountered an internal error. Please try again.",
-                    )
+                    ),
                 };
                 // With Expect: 100-continue the client may or may not send its body now: answer
                 // and close rather than guess where the next request starts.

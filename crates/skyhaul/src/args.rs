@@ -438,6 +438,9 @@ pub struct EndpointArgs {
     /// Region of the destination bucket
     #[arg(long, env = "SKYHAUL_DST_REGION")]
     pub dst_region: Option<String>,
+    /// Acknowledge that requests are billed to you, as S3 requester-pays buckets require (both sides)
+    #[arg(long, env = "SKYHAUL_REQUESTER_PAYS")]
+    pub requester_pays: bool,
     /// rclone.conf to resolve NAME:bucket/path remotes from [default: rclone's own, $RCLONE_CONFIG]
     #[arg(long, value_name = "PATH")]
     pub rclone_config: Option<std::path::PathBuf>,
@@ -512,6 +515,9 @@ pub struct GatewayArgs {
     /// Region of the destination bucket
     #[arg(long, env = "SKYHAUL_DST_REGION")]
     pub dst_region: Option<String>,
+    /// Acknowledge that requests are billed to you, as S3 requester-pays buckets require
+    #[arg(long, env = "SKYHAUL_REQUESTER_PAYS")]
+    pub requester_pays: bool,
     /// rclone.conf to resolve NAME:bucket remotes from
     #[arg(long, value_name = "PATH")]
     pub rclone_config: Option<std::path::PathBuf>,

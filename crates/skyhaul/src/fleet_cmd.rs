@@ -110,6 +110,7 @@ pub fn spec(args: &TransferArgs, opts: &TransferOptions, bwlimit: Option<u64>) -
             dst_region: e.dst_region.clone(),
             src_profile: e.src_profile.clone(),
             dst_profile: e.dst_profile.clone(),
+            requester_pays: e.requester_pays,
         },
         settings: WorkerSettings {
             max_connections: opts.max_connections,
@@ -329,6 +330,7 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         dst_profile: spec.sides.dst_profile.clone(),
         src_region: spec.sides.src_region.clone(),
         dst_region: spec.sides.dst_region.clone(),
+        requester_pays: spec.sides.requester_pays,
         rclone_config: args.rclone_config.clone(),
         cloud: args.cloud,
         relay: crate::relay_cmd::from_spec(spec.relay.as_ref())?,

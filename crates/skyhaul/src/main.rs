@@ -141,12 +141,14 @@ fn sync_mode(delete: bool, size_only: bool, checksum: bool) -> Mode {
 
 /// Reads one side's credentials from `SKYHAUL_{SIDE}_*`, then from the named remote (if
 /// the location is one); unset ones fall back to the standard AWS chain inside the SDK.
-/// Flags and `SKYHAUL_*` settings win over the remote's.
+/// Flags and `SKYHAUL_*` settings win over the remote's; requester-pays is on when either
+/// the flag or the remote says so.
 fn side_options(
     side: &str,
     endpoint: Option<String>,
     profile: Option<String>,
     region: Option<String>,
+    requester_pays: bool,
     remote: Option<&remotes::ResolvedRemote>,
     cloud: &args::CloudArgs,
 ) -> SideOptions {
@@ -181,6 +183,7 @@ fn side_options(
             secret_access_key,
             session_token,
             path_style: None,
+            requester_pays: requester_pays || remote.is_some_and(|r| r.requester_pays),
         },
         gcs,
         azure,
@@ -216,6 +219,7 @@ pub(crate) async fn open_both(
         e.src_endpoint.clone(),
         e.src_profile.clone(),
         e.src_region.clone(),
+        e.requester_pays,
         src_remote.as_ref(),
         &e.cloud,
     );
@@ -224,6 +228,7 @@ pub(crate) async fn open_both(
         e.dst_endpoint.clone(),
         e.dst_profile.clone(),
         e.dst_region.clone(),
+        e.requester_pays,
         dst_remote.as_ref(),
         &e.cloud,
     );

@@ -199,6 +199,7 @@ async fn run_gateway(args: GatewayArgs) -> Result<(), CliError> {
         args.dst_endpoint.clone(),
         args.dst_profile.clone(),
         args.dst_region.clone(),
+        args.requester_pays,
         remote.as_ref(),
         &args.cloud,
     );

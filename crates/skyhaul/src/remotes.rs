@@ -24,8 +24,8 @@
 //!
 //! From an rclone `[NAME]` section skyhaul reads `type` (must be `s3`), `provider`,
 //! `endpoint` (`https://` is assumed when no scheme is given, as rclone does), `region`,
-//! `profile`, `access_key_id`, `secret_access_key` and `session_token`; other options
-//! (`force_path_style`, `acl`, `location_constraint`…) are ignored. Keys in the section are
+//! `profile`, `access_key_id`, `secret_access_key`, `session_token` and `requester_pays`;
+//! other options (`force_path_style`, `acl`, `location_constraint`…) are ignored. Keys in the section are
 //! used when present, as rclone does whatever `env_auth` says; a section without keys gets
 //! its credentials from the standard AWS chain (environment, profile, instance role) —
 //! where rclone would, with `env_auth = false`, fall back to anonymous access instead.
@@ -78,6 +78,8 @@ pub struct ResolvedRemote {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
+    /// rclone's `requester_pays`: every request acknowledges that the requester pays.
+    pub requester_pays: bool,
 }
 
 impl ResolvedRemote {
@@ -103,6 +105,7 @@ impl fmt::Debug for ResolvedRemote {
             .field("access_key_id", &redact(&self.access_key_id))
             .field("secret_access_key", &redact(&self.secret_access_key))
             .field("session_token", &redact(&self.session_token))
+            .field("requester_pays", &self.requester_pays)
             .finish()
     }
 }
@@ -263,6 +266,7 @@ pub fn resolve(
         access_key_id: None,
         secret_access_key: None,
         session_token: None,
+        requester_pays: false,
     };
 
     if let Some(remote) = config.remote(name) {
@@ -484,6 +488,9 @@ impl RcloneConfig {
             secret_access_key,
             // A session token only makes sense with the keys it belongs to.
             session_token: session_token.filter(|_| has_keys),
+            // rclone parses booleans with Go's strconv.ParseBool.
+            requester_pays: get("requester_pays")
+                .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True")),
         }))
     }
 }
@@ -540,6 +547,7 @@ provider = AWS
 env_auth = true
 region = us-west-2
 profile = prod
+requester_pays = true
 
 [nebius-bare]
 type = s3
@@ -638,6 +646,7 @@ access_key_id = onlythis
         );
         assert_eq!(r.session_token, None);
         assert_eq!(r.profile, None);
+        assert!(!r.requester_pays);
         assert!(matches!(r.source, RemoteSource::Rclone(_)));
     }
 
@@ -671,6 +680,7 @@ access_key_id = onlythis
         assert_eq!(r.profile.as_deref(), Some("prod"));
         assert_eq!(r.region.as_deref(), Some("us-west-2"));
         assert_eq!(r.endpoint, None);
+        assert!(r.requester_pays);
     }
 
     #[test]

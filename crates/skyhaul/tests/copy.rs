@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use skyhaul_testkit::{S3Kind, S3Server};
+use skyhaul_testkit::{FaultProxy, Faults, S3Kind, S3Server};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn local_to_s3_and_back_on_two_servers() {
@@ -107,6 +107,93 @@ async fn same_endpoint_uses_server_side_copy() {
     let report = run.json();
     assert_eq!(report["server_side_copies"], files.len() as u64, "{report}");
     assert_eq!(read_bucket(&s, "two", "mirror/").await, files);
+}
+
+/// `--requester-pays` puts `x-amz-request-payer: requester` on every request, signed (S3
+/// refuses unsigned `x-amz-*` headers), in each way of copying: reads, whole and multipart
+/// uploads, server-side copies; without it, on none.
+#[tokio::test(flavor = "multi_thread")]
+async fn requester_pays_is_acknowledged_on_every_request() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("src").await;
+    s3.create_bucket("dst").await;
+    let files = mixed();
+    fill_bucket(&s3, "src", "data/", &files).await;
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            watch_header: Some("X-Amz-Request-Payer".into()),
+            ..Default::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    let local_str = local.to_str().unwrap().to_string();
+    let runs: [(&[&str], &str); 3] = [
+        (
+            &["s3://src/data/", &local_str, "--src-endpoint", &ep],
+            "download",
+        ),
+        (
+            &[&local_str, "s3://dst/up/", "--dst-endpoint", &ep],
+            "upload",
+        ),
+        (
+            &[
+                "s3://src/data/",
+                "s3://dst/ssc/",
+                "--src-endpoint",
+                &ep,
+                "--dst-endpoint",
+                &ep,
+            ],
+            "server-side copy",
+        ),
+    ];
+    for (places, what) in runs {
+        let before = proxy.injected();
+        let mut args = vec!["cp", "-r", "--no-journal", "--json", "--requester-pays"];
+        args.extend(places);
+        args.extend(SMALL_PARTS);
+        let run = skyhaul(&args, Some(&s3), Some(&s3));
+        assert_eq!(run.code, 0, "{what}: {}", run.stderr);
+        let after = proxy.injected();
+        let requests = after.requests - before.requests;
+        assert!(requests > files.len() as u64, "{what}: {requests} requests");
+        assert_eq!(after.watched - before.watched, requests, "{what}");
+        assert_eq!(
+            after.watched_signed - before.watched_signed,
+            requests,
+            "{what}"
+        );
+        if what == "server-side copy" {
+            assert_eq!(run.json()["server_side_copies"], files.len() as u64);
+        }
+    }
+    assert_eq!(read_tree(&local), files);
+    assert_eq!(read_bucket(&s3, "dst", "up/").await, files);
+    assert_eq!(read_bucket(&s3, "dst", "ssc/").await, files);
+
+    let before = proxy.injected();
+    let again = tmp.path().join("again");
+    let run = skyhaul(
+        &cp_r(
+            "s3://src/data/",
+            again.to_str().unwrap(),
+            "--src-endpoint",
+            &ep,
+        ),
+        Some(&s3),
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let after = proxy.injected();
+    assert!(after.requests > before.requests);
+    assert_eq!(
+        after.watched, before.watched,
+        "sent without --requester-pays"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use skyhaul_testkit::{S3Kind, S3Server};
+use skyhaul_testkit::{FaultProxy, Faults, S3Kind, S3Server};
 
 fn one_line_error(run: &Run) -> &str {
     let lines: Vec<&str> = run.stderr.lines().filter(|l| l.contains("error")).collect();
@@ -302,4 +302,119 @@ async fn an_archived_object_fails_alone_and_says_to_restore_it() {
         problem.contains("cold.bin") && problem.contains("restore it first"),
         "{problem}"
     );
+}
+
+/// A proxy in front of `s3` that answers every GET under `path` with S3's 403 AccessDenied,
+/// as S3 answers for an object these credentials may not read while the rest of the bucket
+/// is theirs (another account's upload, a KMS key they may not use).
+fn denying_gets_under(s3: &S3Server, path: &str) -> FaultProxy {
+    FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            access_denied_403: 1.0,
+            only_methods: vec!["GET".into()],
+            path_contains: Some(path.into()),
+            ..Default::default()
+        },
+    )
+}
+
+/// An object the credentials may not read fails alone, named in the report, and the rest
+/// is copied (exit 1); the same object copied on its own is the credentials' problem (exit 4).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_object_fails_alone() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bkt").await;
+    for key in ["data/a.txt", "data/secret/b.txt", "data/z.txt"] {
+        s3.put("bkt", key, key.as_bytes()).await;
+    }
+    let proxy = denying_gets_under(&s3, "/bkt/data/secret/");
+    let ep = proxy.endpoint();
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    let mut args = cp_r(
+        "s3://bkt/data/",
+        dst.to_str().unwrap(),
+        "--src-endpoint",
+        &ep,
+    );
+    args.push("--json");
+    let run = skyhaul(&args, Some(&s3), None);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(
+        (
+            report["objects_copied"].as_u64(),
+            report["objects_failed"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+    let error = report["failures"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("secret/b.txt") && error.contains("AccessDenied"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"data/a.txt");
+    assert_eq!(std::fs::read(dst.join("z.txt")).unwrap(), b"data/z.txt");
+    assert!(!dst.join("secret").exists());
+
+    let alone = tmp.path().join("alone.txt");
+    let run = skyhaul(
+        &[
+            "cp",
+            "s3://bkt/data/secret/b.txt",
+            alone.to_str().unwrap(),
+            "--src-endpoint",
+            &ep,
+            "--no-journal",
+        ],
+        Some(&s3),
+        None,
+    );
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("secret/b.txt") && line.contains("SKYHAUL_SRC_ACCESS_KEY_ID"),
+        "{line}"
+    );
+    assert!(!alone.exists());
+}
+
+/// Credentials that may read no object stop the transfer after a hundred denials in a row,
+/// with one line that says so and what to do, instead of failing every object in turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn denials_in_a_row_stop_the_transfer() {
+    const OBJECTS: usize = 300;
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bkt").await;
+    for i in 0..OBJECTS {
+        s3.put("bkt", &format!("many/{i:03}"), b"x").await;
+    }
+    let proxy = denying_gets_under(&s3, "/bkt/many/");
+    let ep = proxy.endpoint();
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    let run = skyhaul(
+        &cp_r(
+            "s3://bkt/many/",
+            dst.to_str().unwrap(),
+            "--src-endpoint",
+            &ep,
+        ),
+        Some(&s3),
+        None,
+    );
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("100 objects in a row were denied") && line.contains("--exclude"),
+        "{line}"
+    );
+    let denied = proxy.injected().access_denied_403;
+    assert!(
+        (100..OBJECTS as u64).contains(&denied),
+        "{denied} GETs denied: the transfer must stop after 100"
+    );
+    assert!(read_tree(&dst).is_empty());
 }
