@@ -34,7 +34,9 @@ case "$SET" in
     export SKYHAUL_DST_ACCESS_KEY_ID=AKA SKYHAUL_DST_SECRET_ACCESS_KEY=SKAAAAAAAA
     DST_BUCKET="d-profile-$$"
     mkdir "$DATA/a/$DST_BUCKET"
-    trap 'rm -rf "${DATA:?}/a/$DST_BUCKET" "$DATA"/a/.bucket-"$DST_BUCKET".*; kill "${SERVERS[@]}"; rm -rf "$D"' EXIT
+    # s3s-fs keeps each object's ETag in .bucket-<base64url(bucket)>.object-….internal.json.
+    MARKER=".bucket-$(printf %s "$DST_BUCKET" | base64 -w0 | tr '+/' '-_' | tr -d '=')."
+    trap 'kill "${SERVERS[@]}"; rm -rf "${DATA:?}/a/$DST_BUCKET" "$DATA/a/$MARKER"* "$D"' EXIT
     args=(cp -r s3://files "s3://$DST_BUCKET" --src-endpoint "$A" --dst-endpoint "$A") ;;
   *) echo "unknown set $SET" >&2; exit 2 ;;
 esac

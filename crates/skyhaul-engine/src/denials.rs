@@ -8,40 +8,40 @@
 //! copied, as rclone, s5cmd and the AWS CLI do.
 //!
 //! Nothing in the answer tells the two apart, so the pattern does. A denial after which
-//! other objects still succeed was about its object. [`STOP_AFTER`] denials in a row, with
-//! no object done between them, stop the transfer: denials are answered at once, so that
-//! costs a moment, and it also stops a transfer whose credentials lose their permission
-//! half-way. A transfer that ends with nothing done and nothing but denials failed ends
-//! with the denial as its error, as if it had been stopped: exit 4, whatever its size.
+//! another object still succeeds was about its object. Once [`SUSPECT_AFTER`] denials came
+//! in a row, the transfer starts nothing new until the objects in flight are over: denials
+//! are answered at once while a good object may take minutes, so a run of denials proves
+//! nothing while good objects are still on their way. If none of them succeeded either,
+//! the credentials are what is denied, and the transfer stops (exit 4); this also stops a
+//! transfer whose credentials lose their permission half-way. A transfer that ends with
+//! nothing done or skipped and nothing but denials failed ends with the denial as its
+//! error, whatever its size: the one object of a single-object copy, say.
 
 use skyhaul_store::{Error, ErrorKind};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
-/// Denials in a row that stop a transfer: more than a side's connections (64 by default), so
-/// that the first wave of requests, answered together, decides nothing alone.
-pub(crate) const STOP_AFTER: u32 = 100;
+/// Denials in a row after which the transfer waits for the objects in flight to decide.
+pub(crate) const SUSPECT_AFTER: u32 = 100;
 
 /// The denials of one transfer, and whether anything succeeded between them.
 #[derive(Default)]
 pub(crate) struct Denials {
     in_a_row: AtomicU32,
-    anything_done: AtomicBool,
     other_failure: AtomicBool,
     first: Mutex<Option<Error>>,
+    last: Mutex<Option<Error>>,
 }
 
 impl Denials {
-    /// Records an object done (copied, found identical, deleted): the denials before it were
-    /// about their own objects.
+    /// Records an object done (copied, found identical at the destination, deleted): the
+    /// denials before it were about their own objects.
     pub(crate) fn done(&self) {
         self.in_a_row.store(0, Ordering::Relaxed);
-        self.anything_done.store(true, Ordering::Relaxed);
     }
 
-    /// Records an object's failure. Returns the error that must stop the transfer, if this
-    /// one must: a fatal one (a missing bucket, a full disk), or the denial that completes
-    /// [`STOP_AFTER`] in a row.
+    /// Records an object's failure. Returns the error that must stop the transfer at once,
+    /// if this one must: a fatal one (a missing bucket, a full disk). Denials only count.
     pub(crate) fn failed(&self, err: &Error) -> Option<Error> {
         if err.kind != ErrorKind::AccessDenied {
             self.other_failure.store(true, Ordering::Relaxed);
@@ -51,24 +51,39 @@ impl Denials {
             .lock()
             .expect("denials lock")
             .get_or_insert_with(|| err.clone());
-        let in_a_row = self.in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-        (in_a_row == STOP_AFTER).then(|| {
-            Error::new(
-                ErrorKind::AccessDenied,
-                format!(
-                    "{err} ({STOP_AFTER} objects in a row were denied, none done between them, \
-                     so the transfer stopped; if only some objects are off limits to these \
-                     credentials, leave them out with --exclude)"
-                ),
-            )
-        })
+        *self.last.lock().expect("denials lock") = Some(err.clone());
+        self.in_a_row.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
-    /// The first denial, when the transfer is over and it failed every object that failed,
-    /// and nothing was done: the credentials, not the objects, are what was denied.
+    /// Whether so many denials came in a row that nothing new should start until the
+    /// objects in flight are over ([`Denials::stop`] then decides).
+    pub(crate) fn suspect(&self) -> bool {
+        self.in_a_row.load(Ordering::Relaxed) >= SUSPECT_AFTER
+    }
+
+    /// With nothing in flight any more: the error that stops the transfer, if the denials
+    /// still came in a row (no object in flight succeeded).
+    pub(crate) fn stop(&self) -> Option<Error> {
+        let in_a_row = self.in_a_row.load(Ordering::Relaxed);
+        if in_a_row < SUSPECT_AFTER {
+            return None;
+        }
+        let last = self.last.lock().expect("denials lock").clone()?;
+        Some(Error::new(
+            ErrorKind::AccessDenied,
+            format!(
+                "{last} ({in_a_row} objects in a row were denied, none done between them, so \
+                 the transfer stopped; if only some objects are off limits to these \
+                 credentials, leave them out with --exclude)"
+            ),
+        ))
+    }
+
+    /// The first denial, when it and other denials are all that failed: the error of a
+    /// transfer that did nothing else, whose credentials, not its objects, were denied.
     pub(crate) fn only_denied(&self) -> Option<Error> {
-        if self.anything_done.load(Ordering::Relaxed) || self.other_failure.load(Ordering::Relaxed)
-        {
+        if self.other_failure.load(Ordering::Relaxed) {
             return None;
         }
         self.first.lock().expect("denials lock").clone()
@@ -89,29 +104,40 @@ mod tests {
     #[test]
     fn a_denial_among_successes_is_the_objects_alone() {
         let d = Denials::default();
-        d.done();
-        for i in 0..STOP_AFTER - 1 {
+        for i in 0..SUSPECT_AFTER - 1 {
             assert!(d.failed(&denied(&format!("k{i}"))).is_none());
         }
         d.done();
-        for i in 0..STOP_AFTER - 1 {
+        for i in 0..SUSPECT_AFTER - 1 {
             assert!(d.failed(&denied(&format!("j{i}"))).is_none());
         }
-        assert!(d.only_denied().is_none(), "objects were done");
+        assert!(!d.suspect());
+        assert!(d.stop().is_none());
     }
 
     #[test]
-    fn denials_in_a_row_stop_the_transfer_once() {
+    fn denials_in_a_row_are_suspect_until_an_object_succeeds() {
         let d = Denials::default();
-        let stops: Vec<Error> = (0..STOP_AFTER * 2)
-            .filter_map(|i| d.failed(&denied(&format!("k{i}"))))
-            .collect();
-        assert_eq!(stops.len(), 1, "one error stops the transfer");
-        let stop = &stops[0];
+        for i in 0..SUSPECT_AFTER {
+            assert!(
+                d.failed(&denied(&format!("k{i}"))).is_none(),
+                "denials only count"
+            );
+        }
+        assert!(d.suspect());
+        // An object in flight succeeds: the denials were the objects'.
+        d.done();
+        assert!(!d.suspect());
+        assert!(d.stop().is_none());
+
+        for i in 0..SUSPECT_AFTER + 5 {
+            d.failed(&denied(&format!("m{i}")));
+        }
+        let stop = d.stop().expect("nothing succeeded between them");
         assert_eq!(stop.kind, ErrorKind::AccessDenied);
         assert!(
             stop.message
-                .starts_with("s3://b/k99: get: AccessDenied (100 objects in a row"),
+                .starts_with("s3://b/m104: get: AccessDenied (105 objects in a row"),
             "{}",
             stop.message
         );
@@ -119,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_done_and_only_denials_is_the_credentials() {
+    fn only_denials_failing_is_the_credentials() {
         let d = Denials::default();
         assert!(d.only_denied().is_none(), "nothing failed");
         assert!(d.failed(&denied("a")).is_none());
@@ -142,7 +168,6 @@ mod tests {
     #[test]
     fn fatal_errors_stop_at_once() {
         let d = Denials::default();
-        d.done();
         let full = Error::new(ErrorKind::NoSpace, "/dst/k: no space left on device");
         assert_eq!(d.failed(&full).unwrap().message, full.message);
         let missing = Error::new(ErrorKind::BucketNotFound, "s3://gone: NoSuchBucket");

@@ -172,6 +172,12 @@ impl Ctx {
         self.denials.done();
     }
 
+    /// Stops the transfer with `err`, the first such error kept.
+    fn stop(&self, err: Error) {
+        self.fatal.lock().expect("lock").get_or_insert(err);
+        self.cancel.cancel();
+    }
+
     /// Records an object that failed, for the report; stops the transfer when the error
     /// means that nothing else can succeed either.
     pub(crate) fn fail(&self, key: &str, err: Error) {
@@ -181,9 +187,8 @@ impl Ctx {
         tracing::debug!("{err}");
         self.progress.add_failed();
         self.progress.report_failure(key, &err.message);
-        if let Some(stop) = self.denials.failed(&err) {
-            self.fatal.lock().expect("lock").get_or_insert(stop);
-            self.cancel.cancel();
+        if let Some(fatal) = self.denials.failed(&err) {
+            self.stop(fatal);
         }
         let mut f = self.failures.lock().expect("lock");
         if f.len() < MAX_FAILURES_KEPT {
@@ -309,6 +314,15 @@ pub async fn transfer(
         while tasks.len() >= max_tasks {
             tasks.join_next().await;
         }
+        // Denials in a row: the objects in flight decide whether they were about their
+        // objects or about the credentials (see `denials`).
+        if ctx.denials.suspect() {
+            while ctx.denials.suspect() && tasks.join_next().await.is_some() {}
+            if let Some(stop) = ctx.denials.stop() {
+                ctx.stop(stop);
+                break;
+            }
+        }
         match job {
             Job::Copy { src, dst_key } => {
                 if ctx.resume.is_done(&src) {
@@ -352,10 +366,13 @@ pub async fn transfer(
     if let Some(fatal) = ctx.fatal.lock().expect("lock").take() {
         return Err(fatal);
     }
-    if let Some(denied) = ctx.denials.only_denied() {
-        return Err(denied);
-    }
     let listed = listed?;
+    let snapshot = progress.snapshot();
+    if snapshot.objects_done + snapshot.objects_skipped == 0 && !cancel.is_cancelled() {
+        if let Some(denied) = ctx.denials.only_denied() {
+            return Err(denied);
+        }
+    }
     if listed == 0 && opts.recursive && !cancel.is_cancelled() {
         return Err(nothing_at_source(src).await);
     }

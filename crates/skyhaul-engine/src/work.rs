@@ -152,7 +152,6 @@ impl Executor {
     /// Records an object a worker copied: journal, progress, and the verification list.
     pub fn record_copied(&self, src: &ObjectMeta, copied: Copied) {
         let ctx = &self.ctx;
-        ctx.done();
         ctx.resume.done(src, &copied.dst_key, copied.crc64);
         ctx.progress.add_done(src.size, copied.server_side);
         ctx.copied.lock().expect("lock").push(copied);

@@ -20,7 +20,7 @@ pub use skyhaul_relay::RelayCounts;
 use skyhaul_store::{CompletedPart, MultipartUpload, ObjectMeta, PartSpec};
 
 /// The version of this protocol; a worker of another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What a worker needs to open both sides and copy like the coordinator would. Never any
 /// credential: each worker signs in with its own environment (`SKYHAUL_SRC_*`, profiles,

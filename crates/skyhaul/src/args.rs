@@ -1,6 +1,7 @@
 //! The command line, as clap derives it.
 
 use crate::size::{Rate, Size};
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -293,6 +294,9 @@ pub struct CleanArgs {
     /// Destination region
     #[arg(long, env = "SKYHAUL_DST_REGION")]
     pub dst_region: Option<String>,
+    /// Acknowledge that requests are billed to you, as S3 requester-pays buckets require
+    #[arg(long, env = "SKYHAUL_REQUESTER_PAYS", value_parser = BoolishValueParser::new())]
+    pub requester_pays: bool,
 }
 
 #[derive(Debug, Args)]
@@ -439,7 +443,7 @@ pub struct EndpointArgs {
     #[arg(long, env = "SKYHAUL_DST_REGION")]
     pub dst_region: Option<String>,
     /// Acknowledge that requests are billed to you, as S3 requester-pays buckets require (both sides)
-    #[arg(long, env = "SKYHAUL_REQUESTER_PAYS")]
+    #[arg(long, env = "SKYHAUL_REQUESTER_PAYS", value_parser = BoolishValueParser::new())]
     pub requester_pays: bool,
     /// rclone.conf to resolve NAME:bucket/path remotes from [default: rclone's own, $RCLONE_CONFIG]
     #[arg(long, value_name = "PATH")]
@@ -516,7 +520,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "SKYHAUL_DST_REGION")]
     pub dst_region: Option<String>,
     /// Acknowledge that requests are billed to you, as S3 requester-pays buckets require
-    #[arg(long, env = "SKYHAUL_REQUESTER_PAYS")]
+    #[arg(long, env = "SKYHAUL_REQUESTER_PAYS", value_parser = BoolishValueParser::new())]
     pub requester_pays: bool,
     /// rclone.conf to resolve NAME:bucket remotes from
     #[arg(long, value_name = "PATH")]

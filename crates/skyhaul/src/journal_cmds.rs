@@ -132,6 +132,7 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
             side.s3.endpoint = args.dst_endpoint.clone().or(endpoint);
             side.s3.profile = args.dst_profile.clone();
             side.s3.region = args.dst_region.clone();
+            side.s3.requester_pays = args.requester_pays;
             side.s3.access_key_id = std::env::var("SKYHAUL_DST_ACCESS_KEY_ID").ok();
             side.s3.secret_access_key = std::env::var("SKYHAUL_DST_SECRET_ACCESS_KEY").ok();
             side.s3.session_token = std::env::var("SKYHAUL_DST_SESSION_TOKEN").ok();
