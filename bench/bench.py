@@ -824,7 +824,9 @@ def main() -> int:
     for t in tools:
         if t not in ALL_TOOLS:
             ap.error(f"unknown tool {t}")
-    for b in (args.skyhaul, args.rclone, args.s5cmd, args.s3s_fs, TIME_BIN):
+    # Generating the data sets runs none of the tools.
+    needed = () if args.generate_only else (args.skyhaul, args.rclone, args.s5cmd, args.s3s_fs, TIME_BIN)
+    for b in needed:
         if not os.access(b, os.X_OK):
             ap.error(f"not executable: {b} (run bench/run.sh, which installs and builds everything)")
 
@@ -842,9 +844,10 @@ def main() -> int:
     stem = Path(args.out) if args.out else results_dir / ("quick" if args.quick else "latest")
 
     # a private copy of the binary: a rebuild by someone else must not swap it mid-run
-    sky_copy = work / "skyhaul"
-    shutil.copy2(args.skyhaul, sky_copy)
-    args.skyhaul = str(sky_copy)
+    if not args.generate_only:
+        sky_copy = work / "skyhaul"
+        shutil.copy2(args.skyhaul, sky_copy)
+        args.skyhaul = str(sky_copy)
 
     for root in (prof_dir / "a", prof_dir / "b"):
         clean_leftovers(root)

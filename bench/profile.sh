@@ -8,8 +8,9 @@
 #   bench/profile.sh SET [BINARY]    # SET: files, large, small or samesite
 #                                    # BINARY: default target/release/skyhaul
 #
-# perf samples at 997 Hz with DWARF call graphs (release builds keep no frame pointers), so
-# `perf report -i "$PERF_DATA"` can show callers too: set PERF_DATA to keep the recording.
+# perf samples at 997 Hz without call graphs: DWARF unwinding (release builds keep no frame
+# pointers) copies stack with every sample and more than doubled the client's system time.
+# Set PERF_DATA to keep the recording for `perf report -i`.
 set -euo pipefail
 SET="${1:?usage: $0 files|large|small|samesite [BINARY]}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -36,12 +37,12 @@ case "$SET" in
     mkdir "$DATA/a/$DST_BUCKET"
     # s3s-fs keeps each object's ETag in .bucket-<base64url(bucket)>.object-….internal.json.
     MARKER=".bucket-$(printf %s "$DST_BUCKET" | base64 -w0 | tr '+/' '-_' | tr -d '=')."
-    trap 'kill "${SERVERS[@]}"; rm -rf "${DATA:?}/a/$DST_BUCKET" "$DATA/a/$MARKER"* "$D"' EXIT
+    trap 'rm -rf "${DATA:?}/a/$DST_BUCKET" "$DATA/a/$MARKER"* "$D"; kill "${SERVERS[@]}" 2>/dev/null || true' EXIT
     args=(cp -r s3://files "s3://$DST_BUCKET" --src-endpoint "$A" --dst-endpoint "$A") ;;
   *) echo "unknown set $SET" >&2; exit 2 ;;
 esac
 PERF_DATA="${PERF_DATA:-$D/perf.data}"
-HOME="$D" perf record -q -F 997 --call-graph dwarf,16384 -o "$PERF_DATA" -- \
+HOME="$D" perf record -q -F 997 -o "$PERF_DATA" -- \
   /usr/bin/time -f "wall %e s, client CPU %U user + %S sys s, peak RSS %M KiB" \
   "$BIN" "${args[@]}" --no-journal -y >/dev/null 2>"$D/err" || { cat "$D/err" >&2; exit 1; }
 echo "# skyhaul ${args[*]} ($SET), $(date -u '+%Y-%m-%d %H:%M UTC'), $("$BIN" --version)"
@@ -63,10 +64,14 @@ for line in open(sys.argv[1]):
         lib = "kernel"
     elif dso.startswith("lib") and ".so" in dso:
         lib = dso.split(".so")[0]
+    elif "::" in sym:
+        # `<T as tokio::io::AsyncRead>::…` is the trait's crate; `<hyper::…>` is hyper.
+        path = re.sub(r"^[<_&\s]*(\w+ as )?", "", sym)
+        lib = re.split(r"::|\s|<", path, maxsplit=1)[0]
     else:
-        path = re.sub(r"^(<|_<)+", "", sym)
-        lib = re.split(r"::|\s", path, maxsplit=1)[0] if "::" in path else sym.split("_")[0] or sym
+        lib = sym.split("_")[0] or sym
     by[lib] += share
+rows.sort(reverse=True)
 print("\nself time by library (%):")
 for lib, share in by.most_common(25):
     print(f"  {share:6.2f}  {lib}")

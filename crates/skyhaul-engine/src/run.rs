@@ -318,9 +318,11 @@ pub async fn transfer(
         // objects or about the credentials (see `denials`).
         if ctx.denials.suspect() {
             while ctx.denials.suspect() && tasks.join_next().await.is_some() {}
-            if let Some(stop) = ctx.denials.stop() {
-                ctx.stop(stop);
-                break;
+            if tasks.is_empty() && !cancel.is_cancelled() {
+                if let Some(stop) = ctx.denials.stop() {
+                    ctx.stop(stop);
+                    break;
+                }
             }
         }
         match job {

@@ -64,7 +64,8 @@ impl Error {
 
     /// Errors after which nothing else in the transfer can succeed either. A denial of one
     /// object's read or write may concern that object alone: the engine stops a transfer
-    /// for those only when they come one after another (`skyhaul_engine`'s `denials`).
+    /// for those only when many come in a row and none of the objects then in flight
+    /// succeeds (`skyhaul_engine`'s `denials`).
     pub fn is_fatal(&self) -> bool {
         matches!(
             self.kind,
