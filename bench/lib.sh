@@ -2,7 +2,8 @@
 # `scratch NAME` and `start_s3s PORT ACCESS_KEY SECRET DIR` for each server. Servers and the
 # scratch directory (in RAM) go away when the script exits.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/install-test-tools.sh" >/dev/null
+bash "$ROOT/scripts/install-test-tools.sh" >/dev/null 2>/tmp/skyhaul-install-tools.log \
+  || { cat /tmp/skyhaul-install-tools.log >&2; exit 1; }
 S3S="${SKYHAUL_TOOLS:-$ROOT/.tools}/bin/s3s-fs"
 # No user's AWS config or credentials reach the tools under test.
 export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null

@@ -45,7 +45,7 @@ PERF_DATA="${PERF_DATA:-$D/perf.data}"
 HOME="$D" perf record -q -F 997 -o "$PERF_DATA" -- \
   /usr/bin/time -f "wall %e s, client CPU %U user + %S sys s, peak RSS %M KiB" \
   "$BIN" "${args[@]}" --no-journal -y >/dev/null 2>"$D/err" || { cat "$D/err" >&2; exit 1; }
-echo "# skyhaul ${args[*]} ($SET), $(date -u '+%Y-%m-%d %H:%M UTC'), $("$BIN" --version)"
+echo "# skyhaul ${args[*]} ($SET), $(date -u "+%Y-%m-%d %H:%M UTC"), $("$BIN" --version), repo at git $(git -C "$ROOT" rev-parse --short HEAD)"
 echo "# $(tail -1 "$D/err")"
 perf report -i "$PERF_DATA" --no-children --sort dso,sym -F overhead,dso,sym --stdio 2>/dev/null \
   | grep -v '^#' | grep '%' >"$D/symbols"
