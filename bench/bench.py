@@ -117,12 +117,18 @@ def log(msg: str) -> None:
 # machine and process accounting
 
 
+# CPU features that change what the tools' hashing and copying cost (VMs of one kind differ).
+CPU_FEATURES = ("avx2", "avx512f", "vpclmulqdq", "sha_ni")
+
+
 def machine_info() -> dict:
-    model = "unknown"
+    model, flags = "unknown", set()
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
+            if line.startswith("model name") and model == "unknown":
                 model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
@@ -133,6 +139,7 @@ def machine_info() -> dict:
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
+        "cpu_features": [f for f in CPU_FEATURES if f in flags],
         "ram_gib": round(mem_kib / MIB, 1),
         "kernel": platform.release(),
         "os": platform.platform(),
@@ -700,7 +707,7 @@ def render_md(doc: dict) -> str:
         "",
         f"Started {doc['date']}, finished {doc.get('finished', '?')} ({doc.get('elapsed_s', 0) / 60:.0f} min).",
         "",
-        f"Machine: {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}. "
+        f"Machine: {m['nproc']} cores ({m['cpu_model']}; {', '.join(m.get('cpu_features', [])) or 'no'} of {', '.join(CPU_FEATURES)}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}. "
         f"Profile: **{doc['profile']}**, {doc['runs']} run(s) per cell, medians over successful runs.",
         f"Versions: {doc['versions']['skyhaul']}; {doc['versions']['rclone']}; s5cmd {doc['versions']['s5cmd']}; "
         f"{doc['versions']['s3s_fs']} (two servers, A and B, different credentials, 127.0.0.1).",

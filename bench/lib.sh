@@ -9,7 +9,9 @@ S3S="${SKYHAUL_TOOLS:-$ROOT/.tools}/bin/s3s-fs"
 export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 SERVERS=()
 D=""
-trap '(( ${#SERVERS[@]} )) && kill "${SERVERS[@]}"; [[ -n "$D" ]] && rm -rf "$D"' EXIT
+# Cleanup first, and no failure in the trap: under `set -e` a server that already died would
+# otherwise end it before the scratch directory (up to a GiB of RAM) is removed.
+trap '[[ -n "$D" ]] && rm -rf "$D"; (( ${#SERVERS[@]} )) && kill "${SERVERS[@]}" 2>/dev/null; true' EXIT
 
 # scratch NAME: a fresh directory on /dev/shm in $D.
 scratch() { D="$(mktemp -d "/dev/shm/$1.XXXXXX")"; }

@@ -65,9 +65,12 @@ for line in open(sys.argv[1]):
     elif dso.startswith("lib") and ".so" in dso:
         lib = dso.split(".so")[0]
     elif "::" in sym:
-        # `<T as tokio::io::AsyncRead>::…` is the trait's crate; `<hyper::…>` is hyper.
+        # `<hyper::X as Trait>::…` counts for hyper, the type's crate; a generic type
+        # (`<T as tokio::io::AsyncRead>::…`) for the trait's.
         path = re.sub(r"^[<_&\s]*(\w+ as )?", "", sym)
         lib = re.split(r"::|\s|<", path, maxsplit=1)[0]
+    elif sym.startswith("_rjem_") or sym in ("do_rallocx", "do_rallocx.constprop.0"):
+        lib = "jemalloc"
     else:
         lib = sym.split("_")[0] or sym
     by[lib] += share
