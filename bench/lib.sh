@@ -11,7 +11,7 @@ SERVERS=()
 D=""
 # Cleanup first, and no failure in the trap: under `set -e` a server that already died would
 # otherwise end it before the scratch directory (up to a GiB of RAM) is removed.
-trap '[[ -n "$D" ]] && rm -rf "$D"; (( ${#SERVERS[@]} )) && kill "${SERVERS[@]}" 2>/dev/null; true' EXIT
+trap '[[ -n "$D" ]] && rm -rf "$D"; (( ${#SERVERS[@]} )) && { kill "${SERVERS[@]}" 2>/dev/null || true; }' EXIT
 
 # scratch NAME: a fresh directory on /dev/shm in $D.
 scratch() { D="$(mktemp -d "/dev/shm/$1.XXXXXX")"; }
