@@ -12,11 +12,8 @@
 set -euo pipefail
 (( $# )) || { echo "usage: $0 BINARY..." >&2; exit 2; }
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-# Where bench.py keeps the data sets: RAM when there was room, else bench/data.
-for FILES in /dev/shm/skyhaul-bench/full/a/files "$ROOT/bench/data/full/a/files"; do
-  [[ -d "$FILES" ]] && break
-done
-[[ -d "$FILES" ]] || { echo "no files set: run bench/bench.py --generate-only first" >&2; exit 2; }
+bench_data
+FILES="$DATA/a/files"
 scratch local-to-s3
 start_s3s 19103 AKL SKLLLLLLLL "$D"
 export SKYHAUL_DST_ACCESS_KEY_ID=AKL SKYHAUL_DST_SECRET_ACCESS_KEY=SKLLLLLLLL

@@ -16,10 +16,7 @@ SET="${1:?usage: $0 files|large|small|samesite [BINARY]}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BIN="${2:-$ROOT/target/release/skyhaul}"
 command -v perf >/dev/null || { echo "perf not found (Debian: linux-perf)" >&2; exit 2; }
-for DATA in /dev/shm/skyhaul-bench/full "$ROOT/bench/data/full"; do
-  [[ -d "$DATA/a/files" ]] && break
-done
-[[ -d "$DATA/a/files" ]] || { echo "no data sets: run bench/bench.py --generate-only first" >&2; exit 2; }
+bench_data
 scratch profile
 start_s3s 19106 AKA SKAAAAAAAA "$DATA/a"
 start_s3s 19107 AKB SKBBBBBBBB "$D"
@@ -37,7 +34,7 @@ case "$SET" in
     mkdir "$DATA/a/$DST_BUCKET"
     # s3s-fs keeps each object's ETag in .bucket-<base64url(bucket)>.object-….internal.json.
     MARKER=".bucket-$(printf %s "$DST_BUCKET" | base64 -w0 | tr '+/' '-_' | tr -d '=')."
-    trap 'rm -rf "${DATA:?}/a/$DST_BUCKET" "$DATA/a/$MARKER"* "$D"; kill "${SERVERS[@]}" 2>/dev/null || true' EXIT
+    on_exit() { rm -rf "${DATA:?}/a/$DST_BUCKET" "$DATA/a/$MARKER"*; }
     args=(cp -r s3://files "s3://$DST_BUCKET" --src-endpoint "$A" --dst-endpoint "$A") ;;
   *) echo "unknown set $SET" >&2; exit 2 ;;
 esac

@@ -90,7 +90,8 @@ pub struct Sides {
     pub dst_region: Option<String>,
     pub src_profile: Option<String>,
     pub dst_profile: Option<String>,
-    /// `--requester-pays` (absent from coordinators that predate it).
+    /// `--requester-pays`. Defaulted so that a spec from a coordinator of protocol 1, which
+    /// lacks it, still parses and is refused by its version, with the message that says so.
     #[serde(default)]
     pub requester_pays: bool,
 }

@@ -308,22 +308,32 @@ impl Shared {
         Some(kind)
     }
 
-    /// Counts `req` if it carries [`Faults::watch_header`], and whether it signs it.
-    fn watch(&self, req: &Head) {
-        let mut st = self.state.lock().unwrap();
-        let Some(name) = st
-            .faults
-            .watch_header
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-        else {
+    /// Counts a request (its raw head) if it carries [`Faults::watch_header`], and whether
+    /// its signature covers it. Parsed again only while a header is watched.
+    fn watch(&self, head: &[u8]) {
+        let Some(name) = self.state.lock().unwrap().faults.watch_header.clone() else {
             return;
         };
-        if req.headers.contains(&name) {
-            st.counts.watched += 1;
-            if req.signed.contains(&name) {
-                st.counts.watched_signed += 1;
-            }
+        let mut headers = [httparse::EMPTY_HEADER; 256];
+        let mut req = httparse::Request::new(&mut headers);
+        if req.parse(head).is_err()
+            || !req
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(&name))
+        {
+            return;
+        }
+        let signed = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
+            .flat_map(|h| signed_headers(h.value))
+            .any(|h| h.eq_ignore_ascii_case(&name));
+        let mut st = self.state.lock().unwrap();
+        st.counts.watched += 1;
+        if signed {
+            st.counts.watched_signed += 1;
         }
     }
 
@@ -481,10 +491,6 @@ struct Head {
     framing: Framing,
     close: bool,
     expect_continue: bool,
-    /// A request's header names, lower case.
-    headers: Vec<String>,
-    /// The header names a request's SigV4 `Authorization` signs.
-    signed: Vec<String>,
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -552,12 +558,6 @@ fn parse_request(head: &[u8]) -> io::Result<Head> {
     };
     let close = has_token(req.headers, "connection", "close")
         || (version == 0 && !has_token(req.headers, "connection", "keep-alive"));
-    let signed = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
-        .flat_map(|h| signed_headers(h.value))
-        .collect();
     Ok(Head {
         method: req.method.unwrap_or_default().to_string(),
         target: req.path.unwrap_or_default().to_string(),
@@ -565,12 +565,6 @@ fn parse_request(head: &[u8]) -> io::Result<Head> {
         framing,
         close,
         expect_continue: has_token(req.headers, "expect", "100-continue"),
-        headers: req
-            .headers
-            .iter()
-            .map(|h| h.name.to_ascii_lowercase())
-            .collect(),
-        signed,
     })
 }
 
@@ -601,8 +595,6 @@ fn parse_response(head: &[u8], request_method: &str) -> io::Result<Head> {
         framing,
         close,
         expect_continue: false,
-        headers: Vec::new(),
-        signed: Vec::new(),
     })
 }
 
@@ -793,7 +785,7 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
                 return Ok(());
             }
         };
-        shared.watch(&req);
+        shared.watch(&head);
         let fault = shared.draw(&req.method, &req.target);
         let head_only = req.method.eq_ignore_ascii_case("HEAD");
         match fault {

@@ -307,15 +307,30 @@ async fn an_archived_object_fails_alone_and_says_to_restore_it() {
 /// A proxy in front of `s3` that answers every GET under `path` with S3's 403 AccessDenied,
 /// as S3 answers for an object these credentials may not read while the rest of the bucket
 /// is theirs (another account's upload, a KMS key they may not use).
-fn denying_gets_under(s3: &S3Server, path: &str) -> FaultProxy {
+fn denying_gets_under(upstream: &str, path: &str) -> FaultProxy {
     FaultProxy::start(
-        &s3.endpoint,
+        upstream,
         Faults {
             access_denied_403: 1.0,
             only_methods: vec!["GET".into()],
             path_contains: Some(path.into()),
             ..Default::default()
         },
+    )
+}
+
+/// `cp -r SRC DST --src-endpoint ENDPOINT --json`, with `s3`'s credentials for the source.
+fn copy_through(endpoint: &str, src: &str, dst: &std::path::Path, s3: &S3Server) -> Run {
+    let mut args = cp_r(src, dst.to_str().unwrap(), "--src-endpoint", endpoint);
+    args.push("--json");
+    skyhaul(&args, Some(s3), None)
+}
+
+/// A report's objects copied and failed.
+fn copied_and_failed(report: &serde_json::Value) -> (Option<u64>, Option<u64>) {
+    (
+        report["objects_copied"].as_u64(),
+        report["objects_failed"].as_u64(),
     )
 }
 
@@ -328,28 +343,14 @@ async fn a_denied_object_fails_alone() {
     for key in ["data/a.txt", "data/secret/b.txt", "data/z.txt"] {
         s3.put("bkt", key, key.as_bytes()).await;
     }
-    let proxy = denying_gets_under(&s3, "/bkt/data/secret/");
+    let proxy = denying_gets_under(&s3.endpoint, "/bkt/data/secret/");
     let ep = proxy.endpoint();
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("dst");
-    let mut args = cp_r(
-        "s3://bkt/data/",
-        dst.to_str().unwrap(),
-        "--src-endpoint",
-        &ep,
-    );
-    args.push("--json");
-    let run = skyhaul(&args, Some(&s3), None);
+    let run = copy_through(&ep, "s3://bkt/data/", &dst, &s3);
     assert_eq!(run.code, 1, "{}", run.stderr);
     let report = run.json();
-    assert_eq!(
-        (
-            report["objects_copied"].as_u64(),
-            report["objects_failed"].as_u64()
-        ),
-        (Some(2), Some(1)),
-        "{report}"
-    );
+    assert_eq!(copied_and_failed(&report), (Some(2), Some(1)), "{report}");
     let error = report["failures"][0]["error"].as_str().unwrap();
     assert!(
         error.contains("secret/b.txt") && error.contains("AccessDenied"),
@@ -426,34 +427,15 @@ async fn many_quick_denials_do_not_outrun_slow_good_objects() {
             ..Default::default()
         },
     );
-    let denying = FaultProxy::start(
-        &slow.endpoint(),
-        Faults {
-            access_denied_403: 1.0,
-            only_methods: vec!["GET".into()],
-            path_contains: Some("-denied".into()),
-            ..Default::default()
-        },
-    );
-    let ep = denying.endpoint();
+    let denying = denying_gets_under(&slow.endpoint(), "-denied");
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("dst");
-    let mut args = cp_r(
-        "s3://bkt/mix/",
-        dst.to_str().unwrap(),
-        "--src-endpoint",
-        &ep,
-    );
-    args.push("--json");
-    let run = skyhaul(&args, Some(&s3), None);
+    let run = copy_through(&denying.endpoint(), "s3://bkt/mix/", &dst, &s3);
     assert_eq!(run.code, 1, "{}", run.stderr);
     let goods = (0..OBJECTS).filter(|&i| good(i)).count() as u64;
     let report = run.json();
     assert_eq!(
-        (
-            report["objects_copied"].as_u64(),
-            report["objects_failed"].as_u64()
-        ),
+        copied_and_failed(&report),
         (Some(goods), Some(OBJECTS as u64 - goods)),
         "{report}"
     );
@@ -470,7 +452,7 @@ async fn denials_in_a_row_stop_the_transfer() {
     for i in 0..OBJECTS {
         s3.put("bkt", &format!("many/{i:03}"), b"x").await;
     }
-    let proxy = denying_gets_under(&s3, "/bkt/many/");
+    let proxy = denying_gets_under(&s3.endpoint, "/bkt/many/");
     let ep = proxy.endpoint();
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("dst");
