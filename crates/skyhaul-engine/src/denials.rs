@@ -62,9 +62,10 @@ impl Denials {
         self.in_a_row.load(Ordering::Relaxed) >= SUSPECT_AFTER
     }
 
-    /// With nothing in flight any more: the error that stops the transfer, if the denials
-    /// still came in a row (no object in flight succeeded).
-    pub(crate) fn stop(&self) -> Option<Error> {
+    /// With nothing in flight any more: the error that stops the work, if the denials still
+    /// came in a row (no object in flight succeeded). `then` says what stopped and what the
+    /// user can do.
+    pub(crate) fn stop(&self, then: &str) -> Option<Error> {
         let in_a_row = self.in_a_row.load(Ordering::Relaxed);
         if in_a_row < SUSPECT_AFTER {
             return None;
@@ -73,9 +74,7 @@ impl Denials {
         Some(Error::new(
             ErrorKind::AccessDenied,
             format!(
-                "{last} ({in_a_row} objects in a row were denied, none done between them, so \
-                 the transfer stopped; if only some objects are off limits to these \
-                 credentials, leave them out with --exclude)"
+                "{last} ({in_a_row} objects in a row were denied, none done between them, {then})"
             ),
         ))
     }
@@ -93,6 +92,8 @@ impl Denials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TRANSFER: &str = "so the transfer stopped; leave them out with --exclude";
 
     fn denied(key: &str) -> Error {
         Error::new(
@@ -112,7 +113,7 @@ mod tests {
             assert!(d.failed(&denied(&format!("j{i}"))).is_none());
         }
         assert!(!d.suspect());
-        assert!(d.stop().is_none());
+        assert!(d.stop(TRANSFER).is_none());
     }
 
     #[test]
@@ -128,12 +129,12 @@ mod tests {
         // An object in flight succeeds: the denials were the objects'.
         d.done();
         assert!(!d.suspect());
-        assert!(d.stop().is_none());
+        assert!(d.stop(TRANSFER).is_none());
 
         for i in 0..SUSPECT_AFTER + 5 {
             d.failed(&denied(&format!("m{i}")));
         }
-        let stop = d.stop().expect("nothing succeeded between them");
+        let stop = d.stop(TRANSFER).expect("nothing succeeded between them");
         assert_eq!(stop.kind, ErrorKind::AccessDenied);
         assert!(
             stop.message

@@ -319,7 +319,9 @@ pub async fn transfer(
         if ctx.denials.suspect() {
             while ctx.denials.suspect() && tasks.join_next().await.is_some() {}
             if tasks.is_empty() && !cancel.is_cancelled() {
-                if let Some(stop) = ctx.denials.stop() {
+                let then = "so the transfer stopped; if only some objects are off limits to \
+                            these credentials, leave them out with --exclude";
+                if let Some(stop) = ctx.denials.stop(then) {
                     ctx.stop(stop);
                     break;
                 }
@@ -382,6 +384,18 @@ pub async fn transfer(
     conclude(&ctx, src, dst, deletes, started).await
 }
 
+/// The destination denied what verifying a copy needs (a listing, HEADs): credentials that
+/// may write a bucket but not read it (a drop box) are told how to copy without reading back.
+fn read_back_denied(e: Error) -> Error {
+    Error::new(
+        e.kind,
+        format!(
+            "{e}; to copy into a destination these credentials may write but not read, pass \
+             --verify none"
+        ),
+    )
+}
+
 /// The end of a transfer once every copy is over: deletions (only when every copy
 /// succeeded), leftover uploads aborted, the verification pass, the report, and the
 /// journal's complete mark.
@@ -439,7 +453,11 @@ pub(crate) async fn conclude(
                 opts.retry,
                 progress.clone(),
             )
-            .await?,
+            .await
+            .map_err(|e| match e.kind {
+                ErrorKind::AccessDenied => read_back_denied(e),
+                _ => e,
+            })?,
         )
     };
     let failures = std::mem::take(&mut *ctx.failures.lock().expect("lock"));
@@ -528,9 +546,21 @@ pub(crate) async fn preflight(
     quick
         .run(&probe, progress, || src.store.preflight(false))
         .await?;
-    quick
+    match quick
         .run(&probe, progress, || dst.store.preflight(dst_for_write))
         .await
+    {
+        // Credentials that may write a bucket but not list it (a drop box) can copy into it
+        // when nothing is to be read back: the writes' own answers tell whether they may.
+        Err(e) if e.kind == ErrorKind::AccessDenied && dst_for_write && opts.mode == Mode::Copy => {
+            if opts.verify != VerifyMode::None {
+                return Err(read_back_denied(e));
+            }
+            tracing::info!("{e}: copying without listing the destination (--verify none)");
+            Ok(())
+        }
+        checked => checked,
+    }
 }
 
 /// Plans a transfer without copying or deleting anything: `each` sees every job that

@@ -7,13 +7,15 @@
 //! bytes re-read from the store.
 
 use crate::content::{fingerprints, head, read_sums, Side};
+use crate::denials::Denials;
 use crate::integrity::plain_md5;
 use crate::listing::{Listing, Merge, Pair};
 use crate::open::Endpoint;
 use crate::progress::Progress;
 use crate::report::{thousands, Failure};
 use crate::retry::RetryPolicy;
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{Future, StreamExt};
 use serde::{Deserialize, Serialize};
 use skyhaul_location::dir_form;
 use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
@@ -101,10 +103,12 @@ impl Verification {
     }
 
     /// Records a comparison that could not be made because the object could not be read or
-    /// HEADed (an archived object, say), as not comparable, with the reason. Errors after
-    /// which nothing else can be compared either are returned.
+    /// HEADed (an archived object, one these credentials may not read), as not comparable,
+    /// with the reason. Errors after which nothing else can be compared either are returned;
+    /// denials in a row are [`compare_each`]'s to judge.
     fn unreadable(&mut self, key: &str, err: Error) -> Result<()> {
-        if err.is_fatal() || err.kind == ErrorKind::Interrupted {
+        let denied = err.kind == ErrorKind::AccessDenied;
+        if (err.is_fatal() && !denied) || err.kind == ErrorKind::Interrupted {
             return Err(err);
         }
         self.not_comparable += 1;
@@ -178,6 +182,54 @@ pub fn sampled(key: &str, percent: f64) -> bool {
     }
     let h = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, key.as_bytes());
     (h % 10_000) as f64 / 100.0 < percent
+}
+
+/// Runs `check` on each of `items`, `limit` at a time, and records the outcomes in `v`.
+///
+/// A denied object is not comparable, and the others are still compared, as a transfer
+/// fails a denied object alone (see `denials`): many denials in a row with nothing compared
+/// between them stop the pass once the checks in flight are over, and a pass in which every
+/// check was denied ends with the first denial (exit 4 either way).
+async fn compare_each<T, F, Fut>(
+    v: &mut Verification,
+    items: impl IntoIterator<Item = T>,
+    limit: usize,
+    mut check: F,
+) -> Result<()>
+where
+    F: FnMut(T) -> Fut,
+    Fut: Future<Output = (String, Result<Option<(String, String)>>)>,
+{
+    let denials = Denials::default();
+    let mut compared_any = false;
+    let mut items = items.into_iter();
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < limit && !denials.suspect() {
+            let Some(item) = items.next() else { break };
+            running.push(check(item));
+        }
+        let Some((key, outcome)) = running.next().await else {
+            if let Some(stop) = denials.stop("so the verification stopped") {
+                return Err(stop);
+            }
+            break;
+        };
+        match &outcome {
+            Ok(_) => {
+                compared_any = true;
+                denials.done();
+            }
+            Err(e) => {
+                denials.failed(e);
+            }
+        }
+        v.compared(&key, outcome)?;
+    }
+    match denials.only_denied().filter(|_| !compared_any) {
+        Some(denied) => Err(denied),
+        None => Ok(()),
+    }
 }
 
 /// The checksum comparison for a copied object from what the destination reports: its
@@ -289,36 +341,30 @@ pub async fn verify_copied(
         }
     }
     // Listings without ETags (s3s-fs) or metadata need a HEAD per object: many at once.
-    let mut heads = futures::stream::iter(by_etag)
-        .map(|(c, m)| {
-            let (store, progress) = (dst.store.clone(), progress.clone());
-            async move {
-                let outcome = recorded_outcome(store.as_ref(), &c, m, &retry, &progress).await;
-                (c, outcome)
-            }
-        })
-        .buffer_unordered(HEAD_CONCURRENCY);
-    while let Some((c, outcome)) = heads.next().await {
-        v.compared(&c.dst_key, outcome)?;
-    }
     let store = dst.store.clone();
-    let mut rereads = futures::stream::iter(to_reread)
-        .map(|(c, m)| {
-            let (store, progress) = (store.clone(), progress.clone());
-            async move {
-                let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
-                (c, got.map(|(crc, _)| crc))
-            }
-        })
-        .buffer_unordered(DEEP_CONCURRENCY);
-    while let Some((c, got)) = rereads.next().await {
-        let want = format!(
-            "crc64nvme:{:016x}",
-            c.crc64.expect("only objects with a CRC are re-read")
-        );
-        let outcome = got.map(|got| Some((want, format!("crc64nvme:{got:016x}"))));
-        v.compared(&c.dst_key, outcome)?;
-    }
+    compare_each(&mut v, by_etag, HEAD_CONCURRENCY, |(c, m)| {
+        let (store, progress) = (store.clone(), progress.clone());
+        async move {
+            let outcome = recorded_outcome(store.as_ref(), &c, m, &retry, &progress).await;
+            (c.dst_key, outcome)
+        }
+    })
+    .await?;
+    compare_each(&mut v, to_reread, DEEP_CONCURRENCY, |(c, m)| {
+        let (store, progress) = (store.clone(), progress.clone());
+        async move {
+            let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
+            let want = c.crc64.expect("only objects with a CRC are re-read");
+            let outcome = got.map(|(got, _)| {
+                Some((
+                    format!("crc64nvme:{want:016x}"),
+                    format!("crc64nvme:{got:016x}"),
+                ))
+            });
+            (c.dst_key, outcome)
+        }
+    })
+    .await?;
     Ok(v)
 }
 
@@ -381,34 +427,28 @@ pub async fn verify_locations(
             }
         }
     }
+    let mut same_size = Vec::new();
+    for (a, b) in pairs {
+        v.objects += 1;
+        if v.sizes(&a.key, a.size, b.size) && mode >= VerifyMode::Checksum {
+            same_size.push((a, b));
+        }
+    }
     let deep = mode == VerifyMode::Deep;
-    let mut compared = futures::stream::iter(pairs)
-        .filter_map(|(a, b)| {
-            let keep = v.sizes(&a.key, a.size, b.size) && mode >= VerifyMode::Checksum;
-            v.objects += 1;
-            futures::future::ready(keep.then_some((a, b)))
-        })
-        .map(|(a, b)| {
-            let (s, d, progress) = (src.store.clone(), dst.store.clone(), progress.clone());
-            async move {
-                let key = a.key.clone();
-                let (a, b) = (Side::listed(s.as_ref(), a), Side::listed(d.as_ref(), b));
-                (key, fingerprints(a, b, deep, &retry, &progress).await)
-            }
-        })
-        .buffer_unordered(if deep {
-            DEEP_CONCURRENCY
-        } else {
-            HEAD_CONCURRENCY
-        });
-    let mut outcomes = Vec::new();
-    while let Some((key, outcome)) = compared.next().await {
-        outcomes.push((key, outcome));
-    }
-    drop(compared);
-    for (key, outcome) in outcomes {
-        v.compared(&key, outcome)?;
-    }
+    let limit = if deep {
+        DEEP_CONCURRENCY
+    } else {
+        HEAD_CONCURRENCY
+    };
+    compare_each(&mut v, same_size, limit, |(a, b)| {
+        let (s, d, progress) = (src.store.clone(), dst.store.clone(), progress.clone());
+        async move {
+            let key = a.key.clone();
+            let (a, b) = (Side::listed(s.as_ref(), a), Side::listed(d.as_ref(), b));
+            (key, fingerprints(a, b, deep, &retry, &progress).await)
+        }
+    })
+    .await?;
     Ok(v)
 }
 

@@ -40,14 +40,22 @@ pub fn usage(e: impl std::fmt::Display) -> CliError {
     }
 }
 
-/// Which side an error is about, from the store name it starts with.
+/// Which side an error is about, from the location or store name it starts with: the
+/// longer match where both sides are in one bucket (`s3://b/in/` → `s3://b/out/`).
 pub fn side_of(e: &Error, src: &Endpoint, dst: &Endpoint) -> &'static str {
-    if e.message.starts_with(src.store.name())
-        || (!e.message.starts_with(dst.store.name()) && e.kind == ErrorKind::NotFound)
-    {
-        "SRC"
-    } else {
-        "DST"
+    let named = |ep: &Endpoint| {
+        [ep.display.as_str(), ep.store.name()]
+            .into_iter()
+            .filter(|name| e.message.starts_with(name))
+            .map(str::len)
+            .max()
+    };
+    match (named(src), named(dst)) {
+        (Some(s), Some(d)) if d > s => "DST",
+        (Some(_), _) => "SRC",
+        (None, Some(_)) => "DST",
+        (None, None) if e.kind == ErrorKind::NotFound => "SRC",
+        (None, None) => "DST",
     }
 }
 

@@ -304,15 +304,15 @@ async fn an_archived_object_fails_alone_and_says_to_restore_it() {
     );
 }
 
-/// A proxy in front of `s3` that answers every GET under `path` with S3's 403 AccessDenied,
-/// as S3 answers for an object these credentials may not read while the rest of the bucket
-/// is theirs (another account's upload, a KMS key they may not use).
-fn denying_gets_under(upstream: &str, path: &str) -> FaultProxy {
+/// A proxy in front of `s3` that answers every GET and HEAD under `path` with S3's 403
+/// AccessDenied, as S3 answers for an object these credentials may not read while the rest
+/// of the bucket is theirs (another account's upload, a KMS key they may not use).
+fn denying_reads_under(upstream: &str, path: &str) -> FaultProxy {
     FaultProxy::start(
         upstream,
         Faults {
             access_denied_403: 1.0,
-            only_methods: vec!["GET".into()],
+            only_methods: vec!["GET".into(), "HEAD".into()],
             path_contains: Some(path.into()),
             ..Default::default()
         },
@@ -343,7 +343,7 @@ async fn a_denied_object_fails_alone() {
     for key in ["data/a.txt", "data/secret/b.txt", "data/z.txt"] {
         s3.put("bkt", key, key.as_bytes()).await;
     }
-    let proxy = denying_gets_under(&s3.endpoint, "/bkt/data/secret/");
+    let proxy = denying_reads_under(&s3.endpoint, "/bkt/data/secret/");
     let ep = proxy.endpoint();
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("dst");
@@ -427,7 +427,7 @@ async fn many_quick_denials_do_not_outrun_slow_good_objects() {
             ..Default::default()
         },
     );
-    let denying = denying_gets_under(&slow.endpoint(), "-denied");
+    let denying = denying_reads_under(&slow.endpoint(), "-denied");
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("dst");
     let run = copy_through(&denying.endpoint(), "s3://bkt/mix/", &dst, &s3);
@@ -452,7 +452,7 @@ async fn denials_in_a_row_stop_the_transfer() {
     for i in 0..OBJECTS {
         s3.put("bkt", &format!("many/{i:03}"), b"x").await;
     }
-    let proxy = denying_gets_under(&s3.endpoint, "/bkt/many/");
+    let proxy = denying_reads_under(&s3.endpoint, "/bkt/many/");
     let ep = proxy.endpoint();
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("dst");
@@ -478,4 +478,202 @@ async fn denials_in_a_row_stop_the_transfer() {
         "{denied} GETs denied: the transfer must stop after 100"
     );
     assert!(read_tree(&dst).is_empty());
+}
+
+/// `verify -r SRC DST --src-endpoint ENDPOINT --json [EXTRA]`, with `s3`'s credentials for
+/// the source.
+fn verify_through(
+    endpoint: &str,
+    src: &str,
+    dst: &std::path::Path,
+    s3: &S3Server,
+    extra: &[&str],
+) -> Run {
+    let mut args = vec![
+        "verify",
+        "-r",
+        src,
+        dst.to_str().unwrap(),
+        "--src-endpoint",
+        endpoint,
+        "--json",
+    ];
+    args.extend(extra);
+    skyhaul(&args, Some(s3), None)
+}
+
+/// `verify` compares every object it may read: one it may not is "not compared", named with
+/// the denial, as a copy fails it alone; a verify that could read none of them is the
+/// credentials' problem (exit 4).
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_compares_the_rest_when_some_objects_are_denied() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bkt").await;
+    for key in ["data/a.txt", "data/secret/b.txt", "data/z.txt"] {
+        s3.put("bkt", key, key.as_bytes()).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    let copy = copy_through(&s3.endpoint, "s3://bkt/data/", &dst, &s3);
+    assert_eq!(copy.code, 0, "{}", copy.stderr);
+    let proxy = denying_reads_under(&s3.endpoint, "/bkt/data/secret/");
+    let ep = proxy.endpoint();
+    for extra in [&[][..], &["--deep"][..]] {
+        let run = verify_through(&ep, "s3://bkt/data/", &dst, &s3, extra);
+        assert_eq!(run.code, 0, "{extra:?}: {}", run.stderr);
+        let v = run.json();
+        assert_eq!(
+            (
+                v["size_ok"].as_u64(),
+                v["checksum_ok"].as_u64(),
+                v["not_comparable"].as_u64()
+            ),
+            (Some(3), Some(2), Some(1)),
+            "{extra:?}: {v}"
+        );
+        let problem = &v["problems"][0];
+        assert_eq!(problem["key"], "data/secret/b.txt", "{v}");
+        let error = problem["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("not compared") && error.contains("403"),
+            "{error}"
+        );
+    }
+    assert!(proxy.injected().access_denied_403 >= 2);
+
+    let secret = verify_through(&ep, "s3://bkt/data/secret/", &dst.join("secret"), &s3, &[]);
+    assert_eq!(secret.code, 4, "{}", secret.stderr);
+    let line = one_line_error(&secret);
+    assert!(
+        line.contains("secret/b.txt") && line.contains("403"),
+        "{line}"
+    );
+}
+
+/// Credentials that may list but read nothing stop `verify` after a hundred denials in a
+/// row, instead of asking for every object in turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_stops_after_denials_in_a_row() {
+    const OBJECTS: usize = 300;
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bkt").await;
+    for i in 0..OBJECTS {
+        s3.put("bkt", &format!("many/{i:03}"), b"x").await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    let copy = copy_through(&s3.endpoint, "s3://bkt/many/", &dst, &s3);
+    assert_eq!(copy.code, 0, "{}", copy.stderr);
+    let proxy = denying_reads_under(&s3.endpoint, "/bkt/many/");
+    let run = verify_through(&proxy.endpoint(), "s3://bkt/many/", &dst, &s3, &[]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("objects in a row were denied") && line.contains("verification stopped"),
+        "{line}"
+    );
+    let denied = proxy.injected().access_denied_403;
+    assert!(
+        (100..OBJECTS as u64).contains(&denied),
+        "{denied} HEADs denied: the verification must stop after 100"
+    );
+}
+
+/// A bucket these credentials may write but not list (a drop box): a copy that would read
+/// it back stops before writing anything and says how to copy without that; with
+/// `--verify none` the copy lands. A sync, which must list, stays denied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_that_cannot_be_listed_takes_verify_none() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("drop").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let files = mixed();
+    write_tree(&src, &files);
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            access_denied_403: 1.0,
+            only_methods: vec!["GET".into()],
+            path_contains: Some("list-type=2".into()),
+            ..Default::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let mut args = cp_r(
+        src.to_str().unwrap(),
+        "s3://drop/in/",
+        "--dst-endpoint",
+        &ep,
+    );
+    let run = skyhaul(&args, None, Some(&s3));
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("AccessDenied") && line.contains("--verify none"),
+        "{line}"
+    );
+    assert!(
+        read_bucket(&s3, "drop", "").await.is_empty(),
+        "nothing written"
+    );
+
+    args.extend(["--verify", "none"]);
+    let run = skyhaul(&args, None, Some(&s3));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(read_bucket(&s3, "drop", "in/").await, files);
+
+    args[0] = "sync";
+    args.remove(1); // -r
+    let run = skyhaul(&args, None, Some(&s3));
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        one_line_error(&run).contains("AccessDenied"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A destination that lists but answers no HEAD: the server-side copies land, and the
+/// verification, which must HEAD them (s3s-fs lists no ETags), says how to do without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verification_denied_its_reads_names_verify_none() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bkt").await;
+    let files = mixed();
+    fill_bucket(&s3, "bkt", "in/", &files).await;
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            access_denied_403: 1.0,
+            only_methods: vec!["HEAD".into()],
+            ..Default::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let run = skyhaul(
+        &[
+            "cp",
+            "-r",
+            "s3://bkt/in/",
+            "s3://bkt/copy/",
+            "--src-endpoint",
+            &ep,
+            "--dst-endpoint",
+            &ep,
+            "--no-journal",
+        ],
+        Some(&s3),
+        Some(&s3),
+    );
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let line = one_line_error(&run);
+    // Source and destination are one bucket: the copy's prefix names the side.
+    assert!(
+        line.contains("s3://bkt/copy/")
+            && line.contains("--verify none")
+            && line.contains("--dst-profile"),
+        "{line}"
+    );
+    assert_eq!(read_bucket(&s3, "bkt", "copy/").await, files);
 }
