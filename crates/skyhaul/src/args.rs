@@ -101,7 +101,7 @@ never changes a key that is already set.")]
     #[command(
         after_help = "Keys: max_connections, memory_budget, part_size, multipart_threshold, retries,\n\
 verify, journal, bwlimit, prices, gcp_adc_file, azure_env,\n\
-remotes.NAME.{type,provider,endpoint,region,profile}\n\
+remotes.NAME.{type,provider,endpoint,region,profile,requester_pays}\n\
 File: $SKYHAUL_CONFIG, else ~/.config/skyhaul/config.toml (no secrets are stored)\n\n\
 Examples:\n  \
 skyhaul config set max_connections 128\n  \

@@ -27,6 +27,7 @@
 //! | `remotes.NAME.region` | e.g. `eu-north1` |
 //! | `remotes.NAME.profile` | an AWS shared-config profile holding the credentials |
 //! | `remotes.NAME.provider` | free text, as rclone's `provider` (`AWS`, `Cloudflare`, `Other`…) |
+//! | `remotes.NAME.requester_pays` | `true` to acknowledge that the requester pays (S3 requester-pays buckets) |
 //!
 //! Keys may be written with `-` instead of `_` (`max-connections`, like the flags). A named
 //! remote makes `NAME:bucket/path` usable wherever a location is expected (see
@@ -75,7 +76,14 @@ const GLOBAL_KEYS: [&str; 11] = [
 ];
 
 /// The fields of a `remotes.NAME` table, in the order `list` and the file show them.
-const REMOTE_FIELDS: [&str; 5] = ["type", "provider", "endpoint", "region", "profile"];
+const REMOTE_FIELDS: [&str; 6] = [
+    "type",
+    "provider",
+    "endpoint",
+    "region",
+    "profile",
+    "requester_pays",
+];
 
 /// Keys stored as TOML integers (everything else is a string).
 const INTEGER_KEYS: [&str; 2] = ["max_connections", "retries"];
@@ -188,9 +196,16 @@ pub struct RemoteConfig {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub profile: Option<String>,
+    /// `true` or `false` when set.
+    pub requester_pays: Option<String>,
 }
 
 impl RemoteConfig {
+    /// Whether every request to this remote acknowledges that the requester pays.
+    pub fn requester_pays(&self) -> bool {
+        self.requester_pays.as_deref() == Some("true")
+    }
+
     fn field(&self, field: &str) -> Option<&String> {
         match field {
             "type" => self.kind.as_ref(),
@@ -198,6 +213,7 @@ impl RemoteConfig {
             "endpoint" => self.endpoint.as_ref(),
             "region" => self.region.as_ref(),
             "profile" => self.profile.as_ref(),
+            "requester_pays" => self.requester_pays.as_ref(),
             _ => None,
         }
     }
@@ -208,6 +224,7 @@ impl RemoteConfig {
             "provider" => &mut self.provider,
             "endpoint" => &mut self.endpoint,
             "region" => &mut self.region,
+            "requester_pays" => &mut self.requester_pays,
             _ => &mut self.profile,
         }
     }
@@ -426,6 +443,14 @@ fn normalize(key: &Key, value: &str) -> Result<String> {
         Key::Remote {
             field: "profile", ..
         } => word("a profile name"),
+        Key::Remote {
+            field: "requester_pays",
+            ..
+        } => match v.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok("true".into()),
+            "false" | "no" | "off" | "0" => Ok("false".into()),
+            _ => Err(invalid("true or false")),
+        },
         Key::Remote { .. } => word("a provider name such as AWS, Cloudflare, Minio or Other"),
     }
 }
@@ -498,17 +523,18 @@ impl Config {
     }
 
     /// Applies one value read from the file: strings as they are, integers as their
-    /// digits (so `part_size = 16777216` works as well as `"16M"`).
+    /// digits (so `part_size = 16777216` works as well as `"16M"`), booleans as words.
     fn set_value(&mut self, key: &str, value: &toml::Value) -> Result<()> {
         let text = match value {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
             other => {
                 parse_key(key)?;
                 return Err(ConfigError::InvalidValue {
                     key: key.to_string(),
                     value: other.to_string(),
-                    expected: "a string or an integer".into(),
+                    expected: "a string, an integer or a boolean".into(),
                 });
             }
         };
@@ -571,7 +597,7 @@ impl Config {
              # Never put credentials here: use profiles or environment variables.\n",
         );
         let value = |key: &str, v: &str| {
-            if INTEGER_KEYS.contains(&key) {
+            if INTEGER_KEYS.contains(&key) || key == "requester_pays" {
                 v.to_string()
             } else {
                 toml::Value::String(v.to_string()).to_string()
@@ -777,6 +803,7 @@ mod tests {
             ),
             ("remotes.nebius.region", "eu-north1"),
             ("remotes.nebius.profile", "nebius"),
+            ("remotes.nebius.requester-pays", "Yes"),
             (
                 "remotes.r2.endpoint",
                 "https://acc0123.r2.cloudflarestorage.com",
@@ -803,11 +830,14 @@ mod tests {
             Some("https://storage.eu-north1.nebius.cloud"),
             "trailing / removed"
         );
+        assert!(nebius.requester_pays());
+        assert!(!loaded.remote("r2").unwrap().requester_pays());
         assert_eq!(loaded.remote_names().collect::<Vec<_>>(), ["nebius", "r2"]);
 
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("max_connections = 32\n"), "{text}");
         assert!(text.contains("part_size = \"64MiB\"\n"), "{text}");
+        assert!(text.contains("\nrequester_pays = true\n"), "{text}");
         assert!(
             text.contains("\n[remotes.nebius]\ntype = \"s3\"\n"),
             "{text}"
@@ -818,9 +848,11 @@ mod tests {
     fn hand_written_files_load_including_integer_sizes_and_dashes() {
         let c = Config::parse(
             "# mine\nmax-connections = 8\npart_size = 16777216\nverify = \"size\"\n\n\
-             [remotes.minio]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"us-east-1\"\n",
+             [remotes.minio]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"us-east-1\"\n\
+             requester_pays = true\n",
         )
         .unwrap();
+        assert!(c.remote("minio").unwrap().requester_pays());
         assert_eq!(c.max_connections(), Some(8));
         assert_eq!(c.part_size(), Some(16 << 20));
         assert_eq!(c.verify(), Some("size"));
@@ -850,8 +882,9 @@ mod tests {
                 "unknown config key 'max_conections'",
             ),
             ("max_connections = 0\n", "an integer from 1 to 65535"),
-            ("verify = true\n", "a string or an integer"),
-            ("part_size = [1]\n", "a string or an integer"),
+            ("verify = true\n", "one of none, size, checksum, deep"),
+            ("part_size = [1]\n", "a string, an integer or a boolean"),
+            ("[remotes.a]\nrequester_pays = \"maybe\"\n", "true or false"),
             ("this is not toml\n", ""),
             ("remotes = 3\n", "[remotes.NAME]"),
             ("[remotes]\nx = 1\n", "[remotes.x]"),

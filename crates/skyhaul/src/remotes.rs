@@ -13,7 +13,7 @@
 //! # Where remotes come from
 //!
 //! 1. skyhaul's config (`skyhaul config set remotes.NAME.endpoint URL`, see `config.rs`):
-//!    endpoint, region, profile and provider, never keys;
+//!    endpoint, region, profile, provider and requester_pays, never keys;
 //! 2. an rclone.conf: `--rclone-config PATH`, else rclone's own location (`$RCLONE_CONFIG`;
 //!    `$XDG_CONFIG_HOME/rclone/rclone.conf`; `~/.config/rclone/rclone.conf`, or the legacy
 //!    `~/.rclone.conf` when only that exists; `%APPDATA%\rclone\rclone.conf` on Windows).
@@ -275,6 +275,7 @@ pub fn resolve(
             region: remote.region.clone(),
             profile: remote.profile.clone(),
             provider: remote.provider.clone(),
+            requester_pays: remote.requester_pays(),
             ..located(RemoteSource::SkyhaulConfig)
         }));
     }
@@ -759,6 +760,7 @@ access_key_id = onlythis
         config.set("remotes.nebius.profile", "nebius-prod").unwrap();
         config.set("remotes.nebius.region", "eu-north1").unwrap();
         config.set("remotes.nebius.provider", "Other").unwrap();
+        config.set("remotes.nebius.requester_pays", "true").unwrap();
         let file = rclone_file(RCLONE_CONF);
         let r = resolve("nebius:b/k", &config, Some(file.path()))
             .unwrap()
@@ -768,6 +770,7 @@ access_key_id = onlythis
         assert_eq!(r.profile.as_deref(), Some("nebius-prod"));
         assert_eq!(r.region.as_deref(), Some("eu-north1"));
         assert_eq!(r.provider.as_deref(), Some("Other"));
+        assert!(r.requester_pays);
         assert_eq!(r.access_key_id, None, "skyhaul's config holds no keys");
 
         // The rclone file is not even read when skyhaul's config has the remote.

@@ -194,6 +194,34 @@ async fn requester_pays_is_acknowledged_on_every_request() {
         after.watched, before.watched,
         "sent without --requester-pays"
     );
+
+    // A remote in skyhaul's config can say it for its side.
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[remotes.rp]\nendpoint = \"{ep}\"\nrequester_pays = true\n"),
+    )
+    .unwrap();
+    let before = proxy.injected();
+    let via = tmp.path().join("via-remote");
+    let run = skyhaul_env(
+        &[
+            "cp",
+            "-r",
+            "rp:src/data/",
+            via.to_str().unwrap(),
+            "--no-journal",
+        ],
+        Some(&s3),
+        None,
+        &[("SKYHAUL_CONFIG", config.to_str().unwrap())],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let after = proxy.injected();
+    let requests = after.requests - before.requests;
+    assert!(requests > files.len() as u64, "{requests} requests");
+    assert_eq!(after.watched_signed - before.watched_signed, requests);
+    assert_eq!(read_tree(&via), files);
 }
 
 #[tokio::test(flavor = "multi_thread")]
