@@ -113,7 +113,16 @@ pub(crate) fn status_error(
             ),
         ),
         404 => (ErrorKind::NotFound, String::new()),
-        401 | 403 => (
+        // 401, and Azure's AuthenticationFailed (a wrong key or SAS), refuse the credentials
+        // themselves; other 403s refuse a permission.
+        401 | 403 if status.as_u16() == 401 || code == "AuthenticationFailed" => (
+            ErrorKind::BadCredentials,
+            format!(
+                " (the store does not accept these credentials: {})",
+                provider.credentials_hint
+            ),
+        ),
+        403 => (
             ErrorKind::AccessDenied,
             format!(
                 " (check the credentials and their permissions: {})",
@@ -233,9 +242,13 @@ mod tests {
         assert_eq!(kind(404, "BlobNotFound", ""), ErrorKind::NotFound);
         assert_eq!(
             kind(403, "AuthenticationFailed", ""),
+            ErrorKind::BadCredentials
+        );
+        assert_eq!(
+            kind(403, "AuthorizationPermissionMismatch", ""),
             ErrorKind::AccessDenied
         );
-        assert_eq!(kind(401, "", ""), ErrorKind::AccessDenied);
+        assert_eq!(kind(401, "", ""), ErrorKind::BadCredentials);
         assert_eq!(kind(412, "ConditionNotMet", ""), ErrorKind::SourceChanged);
         assert_eq!(kind(503, "ServerBusy", ""), ErrorKind::Throttled);
         assert_eq!(kind(429, "", ""), ErrorKind::Throttled);

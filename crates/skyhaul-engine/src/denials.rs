@@ -17,7 +17,9 @@
 //! nothing done or skipped and nothing but denials failed ends with the denial as its
 //! error, whatever its size: the one object of a single-object copy, say.
 
-use skyhaul_store::{Error, ErrorKind};
+use futures::stream::FuturesUnordered;
+use futures::{Future, StreamExt};
+use skyhaul_store::{Error, ErrorKind, Result};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
@@ -86,6 +88,40 @@ impl Denials {
             return None;
         }
         self.first.lock().expect("denials lock").clone()
+    }
+}
+
+/// Runs `work` on each of `items`, at most `limit` at once, and hands each outcome to
+/// `record` as it comes; `record` tells `denials` how it went (and may end the run with an
+/// error). While denials are suspect nothing new starts, and once nothing is in flight
+/// [`Denials::stop`] decides whether the rest may start (`then` says what stopped, for its
+/// error). Denials at the very end stop nothing: everything was tried.
+pub(crate) async fn run_bounded<T, R, Fut>(
+    denials: &Denials,
+    items: impl IntoIterator<Item = T>,
+    limit: usize,
+    then: &str,
+    mut work: impl FnMut(T) -> Fut,
+    mut record: impl FnMut(R) -> Result<()>,
+) -> Result<()>
+where
+    Fut: Future<Output = R>,
+{
+    let mut items = items.into_iter().peekable();
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < limit.max(1) && !denials.suspect() {
+            let Some(item) = items.next() else { break };
+            running.push(work(item));
+        }
+        match running.next().await {
+            Some(outcome) => record(outcome)?,
+            None if items.peek().is_none() => return Ok(()),
+            None => match denials.stop(then) {
+                Some(stop) => return Err(stop),
+                None => continue,
+            },
+        }
     }
 }
 
@@ -164,6 +200,52 @@ mod tests {
             other.only_denied().is_none(),
             "another failure is not a denial"
         );
+    }
+
+    /// `run_bounded` over `n` objects that are all denied, `limit` at a time: what it
+    /// returned and how many it started.
+    async fn all_denied(n: usize, limit: usize) -> (Result<()>, usize) {
+        let d = Denials::default();
+        let mut started = 0;
+        let outcome = run_bounded(
+            &d,
+            0..n,
+            limit,
+            TRANSFER,
+            |i| {
+                started += 1;
+                async move { denied(&format!("k{i}")) }
+            },
+            |e| {
+                d.failed(&e);
+                Ok(())
+            },
+        )
+        .await;
+        (outcome, started)
+    }
+
+    #[tokio::test]
+    async fn denials_in_a_row_stop_what_has_not_started() {
+        let (outcome, started) = all_denied(300, 10).await;
+        let stop = outcome.unwrap_err();
+        assert!(
+            stop.message.ends_with(&format!("{TRANSFER})")),
+            "{}",
+            stop.message
+        );
+        assert!(
+            (usize::try_from(SUSPECT_AFTER).unwrap()..300).contains(&started),
+            "{started} started"
+        );
+    }
+
+    #[tokio::test]
+    async fn denials_at_the_very_end_stop_nothing() {
+        // Everything had started before the denials came: nothing is left to hold back.
+        let (outcome, started) = all_denied(150, 200).await;
+        assert!(outcome.is_ok());
+        assert_eq!(started, 150);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::budget::Budget;
 use crate::content::{same_content, Side, READ_CHUNK};
 use crate::copy::copy_with_retries;
-use crate::denials::Denials;
+use crate::denials::{run_bounded, Denials};
 use crate::filter::Filter;
 use crate::integrity::{md5_mismatch, source_md5, sums, ChunkSums};
 use crate::limiter::AdaptiveLimit;
@@ -410,20 +410,23 @@ pub(crate) async fn conclude(
     // Deletions run last and only after every copy succeeded, so a failed sync never
     // leaves the destination with less than it had.
     if !deletes.is_empty() && progress.snapshot().objects_failed == 0 && !cancel.is_cancelled() {
-        let mut running = futures::stream::iter(deletes)
-            .map(|key| {
-                let ctx = ctx.clone();
-                async move {
-                    let r = ctx
-                        .opts
-                        .retry
-                        .run(&ctx.dst_limit, &ctx.progress, || ctx.dst.delete(&key))
-                        .await;
-                    (key, r)
+        // As copies do, a denied deletion fails alone, and many in a row stop the rest.
+        let delete = |key: String| {
+            let ctx = ctx.clone();
+            async move {
+                if ctx.cancel.is_cancelled() {
+                    let interrupted = ctx.interrupted(&key);
+                    return (key, Err(interrupted));
                 }
-            })
-            .buffer_unordered(opts.max_connections.max(1));
-        while let Some((key, r)) = running.next().await {
+                let r = ctx
+                    .opts
+                    .retry
+                    .run(&ctx.dst_limit, &ctx.progress, || ctx.dst.delete(&key))
+                    .await;
+                (key, r)
+            }
+        };
+        let record = |(key, r): (String, Result<()>)| {
             match r {
                 Ok(()) => {
                     ctx.done();
@@ -431,6 +434,15 @@ pub(crate) async fn conclude(
                 }
                 Err(e) => ctx.fail(&key, e),
             }
+            Ok(())
+        };
+        let then = "so the deletions stopped (the copies are done)";
+        let limit = opts.max_connections.max(1);
+        if let Err(stop) = run_bounded(&ctx.denials, deletes, limit, then, delete, record).await {
+            ctx.stop(stop);
+        }
+        if let Some(fatal) = ctx.fatal.lock().expect("lock").take() {
+            return Err(fatal);
         }
     }
 
@@ -552,11 +564,12 @@ pub(crate) async fn preflight(
     {
         // Credentials that may write a bucket but not list it (a drop box) can copy into it
         // when nothing is to be read back: the writes' own answers tell whether they may.
-        Err(e) if e.kind == ErrorKind::AccessDenied && dst_for_write && opts.mode == Mode::Copy => {
-            if opts.verify != VerifyMode::None {
+        // Credentials the store refuses outright are another kind (BadCredentials).
+        Err(e) if e.kind == ErrorKind::AccessDenied && opts.mode == Mode::Copy => {
+            if opts.verify != VerifyMode::None && opts.verify_sample > 0.0 {
                 return Err(read_back_denied(e));
             }
-            tracing::info!("{e}: copying without listing the destination (--verify none)");
+            tracing::info!("{e}: copying without listing the destination (nothing is read back)");
             Ok(())
         }
         checked => checked,

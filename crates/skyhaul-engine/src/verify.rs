@@ -7,15 +7,14 @@
 //! bytes re-read from the store.
 
 use crate::content::{fingerprints, head, read_sums, Side};
-use crate::denials::Denials;
+use crate::denials::{run_bounded, Denials};
 use crate::integrity::plain_md5;
 use crate::listing::{Listing, Merge, Pair};
 use crate::open::Endpoint;
 use crate::progress::Progress;
 use crate::report::{thousands, Failure};
 use crate::retry::RetryPolicy;
-use futures::stream::FuturesUnordered;
-use futures::{Future, StreamExt};
+use futures::Future;
 use serde::{Deserialize, Serialize};
 use skyhaul_location::dir_form;
 use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
@@ -62,6 +61,9 @@ pub struct Verification {
     pub size_ok: u64,
     pub checksum_ok: u64,
     pub not_comparable: u64,
+    /// Of those not comparable, the ones whose HEAD or read failed (denied, archived): not
+    /// checked although they could have been.
+    pub unreadable: u64,
     pub missing: u64,
     pub extra: u64,
     pub size_mismatch: u64,
@@ -72,6 +74,12 @@ pub struct Verification {
 impl Verification {
     pub fn passed(&self) -> bool {
         self.missing + self.extra + self.size_mismatch + self.checksum_mismatch == 0
+    }
+
+    /// Whether every object was checked as far as the mode and its checksums allow: none
+    /// was left unchecked because it could not be read.
+    pub fn complete(&self) -> bool {
+        self.unreadable == 0
     }
 
     fn problem(&mut self, key: &str, what: String) {
@@ -112,6 +120,7 @@ impl Verification {
             return Err(err);
         }
         self.not_comparable += 1;
+        self.unreadable += 1;
         self.problem(key, format!("not compared: {err}"));
         Ok(())
     }
@@ -162,6 +171,7 @@ impl fmt::Display for Verification {
             )?;
         }
         for (n, what) in [
+            (self.unreadable, "unreadable"),
             (self.missing, "missing"),
             (self.extra, "extra"),
             (self.size_mismatch, "size mismatch"),
@@ -184,52 +194,63 @@ pub fn sampled(key: &str, percent: f64) -> bool {
     (h % 10_000) as f64 / 100.0 < percent
 }
 
+/// How a verification's checks went, across all its passes: a denied object is not
+/// comparable and the others are still compared, as a transfer fails a denied object alone
+/// (see `denials`). Many denials in a row with nothing compared between them stop the
+/// verification once the checks in flight are over, and one in which every check that was
+/// made was denied ends with the first denial (exit 4 either way).
+#[derive(Default)]
+struct Checks {
+    denials: Denials,
+    compared_any: bool,
+}
+
+impl Checks {
+    /// The end of the verification: the first denial, if every check was denied.
+    fn end(self) -> Result<()> {
+        match self.denials.only_denied().filter(|_| !self.compared_any) {
+            Some(denied) => Err(denied),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Runs `check` on each of `items`, `limit` at a time, and records the outcomes in `v`.
-///
-/// A denied object is not comparable, and the others are still compared, as a transfer
-/// fails a denied object alone (see `denials`): many denials in a row with nothing compared
-/// between them stop the pass once the checks in flight are over, and a pass in which every
-/// check was denied ends with the first denial (exit 4 either way).
-async fn compare_each<T, F, Fut>(
+async fn compare_each<T, Fut>(
     v: &mut Verification,
+    checks: &mut Checks,
     items: impl IntoIterator<Item = T>,
     limit: usize,
-    mut check: F,
+    check: impl FnMut(T) -> Fut,
 ) -> Result<()>
 where
-    F: FnMut(T) -> Fut,
     Fut: Future<Output = (String, Result<Option<(String, String)>>)>,
 {
-    let denials = Denials::default();
-    let mut compared_any = false;
-    let mut items = items.into_iter();
-    let mut running = FuturesUnordered::new();
-    loop {
-        while running.len() < limit && !denials.suspect() {
-            let Some(item) = items.next() else { break };
-            running.push(check(item));
-        }
-        let Some((key, outcome)) = running.next().await else {
-            if let Some(stop) = denials.stop("so the verification stopped") {
-                return Err(stop);
-            }
-            break;
-        };
+    let Checks {
+        denials,
+        compared_any,
+    } = checks;
+    let record = |(key, outcome): (String, Result<_>)| {
         match &outcome {
             Ok(_) => {
-                compared_any = true;
+                *compared_any = true;
                 denials.done();
             }
             Err(e) => {
                 denials.failed(e);
             }
         }
-        v.compared(&key, outcome)?;
-    }
-    match denials.only_denied().filter(|_| !compared_any) {
-        Some(denied) => Err(denied),
-        None => Ok(()),
-    }
+        v.compared(&key, outcome)
+    };
+    run_bounded(
+        denials,
+        items,
+        limit,
+        "so the verification stopped",
+        check,
+        record,
+    )
+    .await
 }
 
 /// The checksum comparison for a copied object from what the destination reports: its
@@ -342,7 +363,8 @@ pub async fn verify_copied(
     }
     // Listings without ETags (s3s-fs) or metadata need a HEAD per object: many at once.
     let store = dst.store.clone();
-    compare_each(&mut v, by_etag, HEAD_CONCURRENCY, |(c, m)| {
+    let mut checks = Checks::default();
+    compare_each(&mut v, &mut checks, by_etag, HEAD_CONCURRENCY, |(c, m)| {
         let (store, progress) = (store.clone(), progress.clone());
         async move {
             let outcome = recorded_outcome(store.as_ref(), &c, m, &retry, &progress).await;
@@ -350,21 +372,28 @@ pub async fn verify_copied(
         }
     })
     .await?;
-    compare_each(&mut v, to_reread, DEEP_CONCURRENCY, |(c, m)| {
-        let (store, progress) = (store.clone(), progress.clone());
-        async move {
-            let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
-            let want = c.crc64.expect("only objects with a CRC are re-read");
-            let outcome = got.map(|(got, _)| {
-                Some((
-                    format!("crc64nvme:{want:016x}"),
-                    format!("crc64nvme:{got:016x}"),
-                ))
-            });
-            (c.dst_key, outcome)
-        }
-    })
+    compare_each(
+        &mut v,
+        &mut checks,
+        to_reread,
+        DEEP_CONCURRENCY,
+        |(c, m)| {
+            let (store, progress) = (store.clone(), progress.clone());
+            async move {
+                let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
+                let want = c.crc64.expect("only objects with a CRC are re-read");
+                let outcome = got.map(|(got, _)| {
+                    Some((
+                        format!("crc64nvme:{want:016x}"),
+                        format!("crc64nvme:{got:016x}"),
+                    ))
+                });
+                (c.dst_key, outcome)
+            }
+        },
+    )
     .await?;
+    checks.end()?;
     Ok(v)
 }
 
@@ -440,7 +469,8 @@ pub async fn verify_locations(
     } else {
         HEAD_CONCURRENCY
     };
-    compare_each(&mut v, same_size, limit, |(a, b)| {
+    let mut checks = Checks::default();
+    compare_each(&mut v, &mut checks, same_size, limit, |(a, b)| {
         let (s, d, progress) = (src.store.clone(), dst.store.clone(), progress.clone());
         async move {
             let key = a.key.clone();
@@ -449,6 +479,7 @@ pub async fn verify_locations(
         }
     })
     .await?;
+    checks.end()?;
     Ok(v)
 }
 

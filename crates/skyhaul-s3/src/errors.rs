@@ -61,14 +61,13 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
             " (check the bucket name, endpoint and region)",
         ),
         "NoSuchKey" | "NotFound" => (ErrorKind::NotFound, ""),
-        "AccessDenied"
-        | "InvalidAccessKeyId"
-        | "SignatureDoesNotMatch"
-        | "InvalidToken"
-        | "ExpiredToken"
-        | "AllAccessDisabled" => (
+        "AccessDenied" | "AllAccessDisabled" => (
             ErrorKind::AccessDenied,
             " (check the credentials and their permissions)",
+        ),
+        "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken" => (
+            ErrorKind::BadCredentials,
+            " (the store does not accept these credentials: check the key, secret and token)",
         ),
         "PermanentRedirect"
         | "AuthorizationHeaderMalformed"

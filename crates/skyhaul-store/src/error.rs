@@ -10,8 +10,11 @@ pub enum ErrorKind {
     NotFound,
     /// The bucket or root directory does not exist.
     BucketNotFound,
-    /// Credentials missing, wrong, or not allowed to do this.
+    /// The credentials may not do this (to this object, or to anything).
     AccessDenied,
+    /// The store refuses the credentials themselves: an unknown key, a wrong secret or
+    /// signature, an expired token. Unlike a denial, never about one object.
+    BadCredentials,
     /// The endpoint cannot be reached (refused, DNS, TLS).
     Unreachable,
     /// The store asked us to slow down (503 SlowDown, 429).
@@ -69,7 +72,10 @@ impl Error {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::AccessDenied | ErrorKind::BucketNotFound | ErrorKind::NoSpace
+            ErrorKind::AccessDenied
+                | ErrorKind::BadCredentials
+                | ErrorKind::BucketNotFound
+                | ErrorKind::NoSpace
         )
     }
 }

@@ -65,10 +65,10 @@ pub fn store(side: &str, e: Error) -> CliError {
     let (code, hint) = match e.kind {
         ErrorKind::NotFound | ErrorKind::BucketNotFound => (ExitCode::NotFound, String::new()),
         // GCS and Azure errors carry their own credential hint.
-        ErrorKind::AccessDenied if !e.message.starts_with("s3://") => {
+        ErrorKind::AccessDenied | ErrorKind::BadCredentials if !e.message.starts_with("s3://") => {
             (ExitCode::AccessDenied, String::new())
         }
-        ErrorKind::AccessDenied => (
+        ErrorKind::AccessDenied | ErrorKind::BadCredentials => (
             ExitCode::AccessDenied,
             format!("; set {flag} credentials with --{flag}-profile or SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY"),
         ),

@@ -268,10 +268,12 @@ async fn verify(args: VerifyArgs) -> ExitCode {
         .await
         .map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
         out.verification(&v, relay.map(|r| r.summary()).as_ref());
-        Ok(if v.passed() {
-            ExitCode::Ok
-        } else {
+        Ok(if !v.passed() {
             ExitCode::VerifyFailed
+        } else if !v.complete() {
+            ExitCode::PartialFailure
+        } else {
+            ExitCode::Ok
         })
     }
     .await;
@@ -393,6 +395,8 @@ async fn transfer(
             ExitCode::PartialFailure
         } else if !report.verified() {
             ExitCode::VerifyFailed
+        } else if report.verification.as_ref().is_some_and(|v| !v.complete()) {
+            ExitCode::PartialFailure
         } else {
             ExitCode::Ok
         };

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use skyhaul_testkit::{FaultProxy, Faults, S3Kind, S3Server};
+use std::collections::BTreeMap;
 
 fn one_line_error(run: &Run) -> &str {
     let lines: Vec<&str> = run.stderr.lines().filter(|l| l.contains("error")).collect();
@@ -290,11 +291,16 @@ async fn an_archived_object_fails_alone_and_says_to_restore_it() {
         Some(&s3),
         Some(&s3),
     );
-    assert_eq!(verify.code, 0, "{}", verify.stderr);
+    // Exit 1: the rest is the same, but not everything could be checked.
+    assert_eq!(verify.code, 1, "{}", verify.stderr);
     let v = verify.json();
     assert_eq!(
-        (v["checksum_ok"].as_u64(), v["not_comparable"].as_u64()),
-        (Some(1), Some(1)),
+        (
+            v["checksum_ok"].as_u64(),
+            v["not_comparable"].as_u64(),
+            v["unreadable"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
         "{v}"
     );
     let problem = v["problems"][0].to_string();
@@ -503,8 +509,8 @@ fn verify_through(
 }
 
 /// `verify` compares every object it may read: one it may not is "not compared", named with
-/// the denial, as a copy fails it alone; a verify that could read none of them is the
-/// credentials' problem (exit 4).
+/// the denial, as a copy fails it alone (exit 1: not everything was checked); a verify that
+/// could read none of them is the credentials' problem (exit 4).
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_compares_the_rest_when_some_objects_are_denied() {
     let s3 = S3Server::start(S3Kind::S3sFs);
@@ -520,15 +526,16 @@ async fn verify_compares_the_rest_when_some_objects_are_denied() {
     let ep = proxy.endpoint();
     for extra in [&[][..], &["--deep"][..]] {
         let run = verify_through(&ep, "s3://bkt/data/", &dst, &s3, extra);
-        assert_eq!(run.code, 0, "{extra:?}: {}", run.stderr);
+        assert_eq!(run.code, 1, "{extra:?}: {}", run.stderr);
         let v = run.json();
         assert_eq!(
             (
                 v["size_ok"].as_u64(),
                 v["checksum_ok"].as_u64(),
-                v["not_comparable"].as_u64()
+                v["not_comparable"].as_u64(),
+                v["unreadable"].as_u64()
             ),
-            (Some(3), Some(2), Some(1)),
+            (Some(3), Some(2), Some(1), Some(1)),
             "{extra:?}: {v}"
         );
         let problem = &v["problems"][0];
@@ -618,6 +625,42 @@ async fn a_destination_that_cannot_be_listed_takes_verify_none() {
         "nothing written"
     );
 
+    // Credentials the store refuses are no drop box: the first answers stop the copy.
+    let many = tmp.path().join("many");
+    let files_many: BTreeMap<String, Vec<u8>> =
+        (0..300).map(|i| (format!("{i:03}"), vec![b'x'])).collect();
+    write_tree(&many, &files_many);
+    let wrong = skyhaul_env(
+        &[
+            "cp",
+            "-r",
+            many.to_str().unwrap(),
+            "s3://drop/many/",
+            "--dst-endpoint",
+            &ep,
+            "--no-journal",
+            "--verify",
+            "none",
+            "--max-connections",
+            "4",
+        ],
+        None,
+        Some(&s3),
+        &[("SKYHAUL_DST_SECRET_ACCESS_KEY", "wrong-secret-value")],
+    );
+    assert_eq!(wrong.code, 4, "{}", wrong.stderr);
+    let line = one_line_error(&wrong);
+    assert!(
+        line.contains("does not accept these credentials") && !line.contains("wrong-secret"),
+        "{line}"
+    );
+    let puts = proxy.injected().requests;
+    assert!(puts < 20, "{puts} requests: wrong credentials stop at once");
+    assert!(
+        read_bucket(&s3, "drop", "").await.is_empty(),
+        "nothing written"
+    );
+
     args.extend(["--verify", "none"]);
     let run = skyhaul(&args, None, Some(&s3));
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -676,4 +719,58 @@ async fn a_verification_denied_its_reads_names_verify_none() {
         "{line}"
     );
     assert_eq!(read_bucket(&s3, "bkt", "copy/").await, files);
+}
+
+/// `sync --delete` with credentials that may not delete: the copies are done, and the
+/// deletions stop after a hundred denials in a row instead of asking for every one.
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_deletions_in_a_row_stop_the_rest() {
+    const EXTRA: usize = 300;
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("src").await;
+    s3.create_bucket("dst").await;
+    s3.put("src", "keep", b"keep").await;
+    for i in 0..EXTRA {
+        s3.put("dst", &format!("old/{i:03}"), b"x").await;
+    }
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            access_denied_403: 1.0,
+            only_methods: vec!["DELETE".into()],
+            ..Default::default()
+        },
+    );
+    let run = skyhaul(
+        &[
+            "sync",
+            "s3://src/",
+            "s3://dst/",
+            "--delete",
+            "-y",
+            "--src-endpoint",
+            &s3.endpoint,
+            "--dst-endpoint",
+            &proxy.endpoint(),
+            "--max-connections",
+            "4",
+            "--no-journal",
+        ],
+        Some(&s3),
+        Some(&s3),
+    );
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("objects in a row were denied") && line.contains("deletions stopped"),
+        "{line}"
+    );
+    let denied = proxy.injected().access_denied_403;
+    assert!(
+        (100..EXTRA as u64).contains(&denied),
+        "{denied} DELETEs denied: the deletions must stop after 100"
+    );
+    let left = read_bucket(&s3, "dst", "").await;
+    assert_eq!(left.get("keep").map(Vec::as_slice), Some(&b"keep"[..]));
+    assert_eq!(left.len(), EXTRA + 1, "nothing deleted");
 }
