@@ -480,6 +480,9 @@ pub(crate) async fn conclude(
         started.elapsed().as_secs_f64(),
         failures,
     );
+    if let Some(v) = verification.as_ref().filter(|v| !v.differing.is_empty()) {
+        ctx.resume.undo(v.differing.clone());
+    }
     report.verification = verification;
     report.transfer_id = ctx.resume.id().map(|id| id.to_string());
     ctx.resume

@@ -69,6 +69,10 @@ pub struct Verification {
     pub size_mismatch: u64,
     pub checksum_mismatch: u64,
     pub problems: Vec<Failure>,
+    /// The keys found missing or different, every one (`problems` keeps the first 10,000):
+    /// after a copy, the journal forgets them so that a rerun copies them again.
+    #[serde(skip)]
+    pub differing: Vec<String>,
 }
 
 impl Verification {
@@ -93,6 +97,7 @@ impl Verification {
 
     fn missing(&mut self, key: &str) {
         self.missing += 1;
+        self.differing.push(key.to_string());
         self.problem(key, "missing at the destination".into());
     }
 
@@ -103,6 +108,7 @@ impl Verification {
             return true;
         }
         self.size_mismatch += 1;
+        self.differing.push(key.to_string());
         self.problem(
             key,
             format!("size differs: {want} bytes expected, {got} found"),
@@ -142,6 +148,7 @@ impl Verification {
             Some((a, b)) if a == b => self.checksum_ok += 1,
             Some((a, b)) => {
                 self.checksum_mismatch += 1;
+                self.differing.push(key.to_string());
                 self.problem(key, format!("checksum differs: {a} expected, {b} found"));
             }
         }

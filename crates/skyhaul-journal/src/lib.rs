@@ -387,6 +387,13 @@ impl Journal {
         self.barrier(Some(Op::MarkComplete { id: id.0, complete }), true)
     }
 
+    /// Forgets that the objects written to `dst_keys` are done, so that a rerun copies them
+    /// again: the check after a copy found them missing or different at the destination.
+    /// Waits for a durable commit (after the records queued before it).
+    pub fn undo_done(&self, id: TransferId, dst_keys: Vec<String>) -> Result<()> {
+        self.barrier(Some(Op::Undone { id: id.0, dst_keys }), true)
+    }
+
     /// Deletes everything the journal knows about a transfer. Abort its open uploads first (see
     /// [`Journal::open_uploads`]): once forgotten, nothing remembers them. Must not run while the
     /// transfer is being written, or the writes after it recreate records. Waits for a durable

@@ -118,6 +118,10 @@ pub(crate) enum Op {
         id: u64,
         complete: bool,
     },
+    Undone {
+        id: u64,
+        dst_keys: Vec<String>,
+    },
     UploadStarted {
         transfer: u64,
         upload_id: String,
@@ -463,6 +467,22 @@ fn apply_op(tx: &Connection, op: Op) -> Result<()> {
                 tx.execute(&format!("DELETE FROM {table} WHERE transfer = ?1"), [t])?;
             }
             tx.execute("DELETE FROM transfers WHERE id = ?1", [t])?;
+        }
+        Op::Undone { id, dst_keys } => {
+            // One pass over the transfer's records, whatever the number of keys.
+            tx.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS undone (key TEXT PRIMARY KEY) WITHOUT ROWID;
+                 DELETE FROM temp.undone;",
+            )?;
+            let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO temp.undone VALUES (?1)")?;
+            for key in &dst_keys {
+                insert.execute([key])?;
+            }
+            tx.execute(
+                "DELETE FROM objects WHERE transfer = ?1
+                 AND coalesce(dst_key, src_key) IN (SELECT key FROM temp.undone)",
+                [id as i64],
+            )?;
         }
         Op::MarkComplete { id, complete } => {
             tx.execute(

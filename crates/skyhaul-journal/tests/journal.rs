@@ -252,6 +252,38 @@ fn multipart_uploads_resume_only_the_same_version_and_part_size() {
 }
 
 #[test]
+fn undone_objects_are_no_longer_done_whatever_their_key_mapping() {
+    let (_dir, j) = open_temp();
+    let id = j.begin(&identity(1)).unwrap();
+    let other = j.begin(&identity(2)).unwrap();
+    let same = obj("same.txt", 1, None, Some(1));
+    let mapped = obj("in/mapped.txt", 2, None, Some(2));
+    let kept = obj("kept.txt", 3, None, Some(3));
+    j.record_done(id, &same, "same.txt", None).unwrap();
+    j.record_done(id, &mapped, "out/mapped.txt", None).unwrap();
+    j.record_done(id, &kept, "kept.txt", None).unwrap();
+    j.record_done(other, &same, "same.txt", None).unwrap();
+    // Still queued when the undo comes: it must land after them.
+    j.undo_done(
+        id,
+        vec![
+            "same.txt".into(),
+            "out/mapped.txt".into(),
+            "never.txt".into(),
+        ],
+    )
+    .unwrap();
+    assert!(j.is_done(id, &same).unwrap().is_none());
+    assert!(j.is_done(id, &mapped).unwrap().is_none());
+    assert!(j.is_done(id, &kept).unwrap().is_some());
+    assert!(
+        j.is_done(other, &same).unwrap().is_some(),
+        "another transfer's"
+    );
+    assert_eq!(j.done_count(id).unwrap(), (1, 3));
+}
+
+#[test]
 fn forget_removes_everything_of_one_transfer() {
     let (_dir, j) = open_temp();
     assert!(!j.has_begun(identity(1).id()).unwrap());

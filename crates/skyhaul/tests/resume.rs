@@ -534,3 +534,58 @@ async fn a_source_that_changes_mid_copy_is_reported_then_copied_anew() {
     assert_succeeded(&out);
     assert_eq!(read_tree(&dst)["big.bin"], new);
 }
+
+/// An object the check after the copy finds different (here, overwritten by someone else
+/// between the copy and the check) is not left "done" in the journal: the check fails
+/// (exit 6), and the rerun copies that object again instead of skipping it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerun_after_a_failed_check_copies_what_differed() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("dst").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let files: Files = (0..5)
+        .map(|i| (format!("f{i}"), data(1000 + i, i as u64)))
+        .collect();
+    let src = tmp.path().join("src");
+    write_tree(&src, &files);
+    let journal = tmp.path().join("journal.sqlite");
+    // The check's listing (the only request with a prefix) waits long enough for the
+    // overwrite to land first.
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            only_methods: vec!["GET".into()],
+            path_contains: Some("prefix=data".into()),
+            delay: Some(Duration::from_secs(3)),
+            ..Default::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let args = [
+        "cp",
+        "-r",
+        src.to_str().unwrap(),
+        "s3://dst/data",
+        "--dst-endpoint",
+        &ep,
+        "--json",
+    ];
+    let child = spawn(&args, &s3, &journal);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_bucket(&s3, "dst", "data/").await.len() < files.len() {
+        assert!(Instant::now() < deadline, "the copy did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s3.put("dst", "data/f2", b"someone else's").await;
+    let first = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(first.code, 6, "{}", first.stderr);
+    assert_eq!(proxy.injected().delayed, 1, "the check's listing was held");
+    let report = first.json();
+    assert_eq!(report["verification"]["size_mismatch"], 1, "{report}");
+
+    let rerun = Run::from(spawn(&args, &s3, &journal).wait_with_output().unwrap());
+    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
+    let report = rerun.json();
+    assert_eq!(report["objects_copied"], 1, "{report}");
+    assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
+}
