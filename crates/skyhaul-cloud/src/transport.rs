@@ -113,15 +113,22 @@ pub(crate) fn status_error(
             ),
         ),
         404 => (ErrorKind::NotFound, String::new()),
-        // 401, and Azure's AuthenticationFailed (a wrong key or SAS), refuse the credentials
-        // themselves; other 403s refuse a permission.
-        401 | 403 if status.as_u16() == 401 || code == "AuthenticationFailed" => (
-            ErrorKind::BadCredentials,
-            format!(
-                " (the store does not accept these credentials: {})",
-                provider.credentials_hint
-            ),
-        ),
+        // 401, and Azure's AuthenticationFailed (a wrong key or SAS; Azurite says
+        // AuthorizationFailure, with the same text), refuse the credentials themselves;
+        // other 403s refuse a permission.
+        401 | 403
+            if status.as_u16() == 401
+                || code == "AuthenticationFailed"
+                || message.starts_with("Server failed to authenticate the request") =>
+        {
+            (
+                ErrorKind::BadCredentials,
+                format!(
+                    " (the store does not accept these credentials: {})",
+                    provider.credentials_hint
+                ),
+            )
+        }
         403 => (
             ErrorKind::AccessDenied,
             format!(
@@ -249,6 +256,23 @@ mod tests {
             ErrorKind::AccessDenied
         );
         assert_eq!(kind(401, "", ""), ErrorKind::BadCredentials);
+        assert_eq!(
+            kind(
+                403,
+                "AuthorizationFailure",
+                "Server failed to authenticate the request. Make sure the value of the \
+                 Authorization header is formed correctly including the signature."
+            ),
+            ErrorKind::BadCredentials
+        );
+        assert_eq!(
+            kind(
+                403,
+                "AuthorizationFailure",
+                "This request is not authorized to perform this operation."
+            ),
+            ErrorKind::AccessDenied
+        );
         assert_eq!(kind(412, "ConditionNotMet", ""), ErrorKind::SourceChanged);
         assert_eq!(kind(503, "ServerBusy", ""), ErrorKind::Throttled);
         assert_eq!(kind(429, "", ""), ErrorKind::Throttled);

@@ -110,7 +110,7 @@ async fn azure_preflight_names_the_problem() {
     wrong.key = Some(wrong_key.into());
     let store = AzureStore::connect(&wrong, None, "exists").await.unwrap();
     let err = store.preflight(false).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::AccessDenied, "{err}");
+    assert_eq!(err.kind, ErrorKind::BadCredentials, "{err}");
     assert!(
         !err.message.contains(wrong_key),
         "secrets never appear: {err}"

@@ -71,9 +71,12 @@ impl Report {
         }
     }
 
-    /// Everything was copied and the verification (if any) found nothing wrong.
+    /// Everything was copied and the verification (if any) checked it all and found
+    /// nothing wrong.
     pub fn succeeded(&self) -> bool {
-        self.objects_failed == 0 && self.verified()
+        self.objects_failed == 0
+            && self.verified()
+            && self.verification.as_ref().is_none_or(|v| v.complete())
     }
 
     pub fn verified(&self) -> bool {

@@ -248,7 +248,6 @@ impl Resume {
         aborted
     }
 
-    /// Marks the transfer complete (or not) and makes everything recorded durable.
     /// Forgets that the objects at `dst_keys` are done: the check after the copy found them
     /// missing or different, and a rerun must copy them again instead of skipping them.
     pub fn undo(&self, dst_keys: Vec<String>) {
@@ -257,6 +256,7 @@ impl Resume {
         }
     }
 
+    /// Marks the transfer complete (or not) and makes everything recorded durable.
     pub fn finish(&self, complete: bool) {
         if let Some((j, id)) = &self.journal {
             warn("mark complete", j.mark_complete(*id, complete));

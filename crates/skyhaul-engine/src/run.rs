@@ -172,6 +172,14 @@ impl Ctx {
         self.denials.done();
     }
 
+    /// The error that stopped the transfer, if one did (taken: returned once).
+    fn check_fatal(&self) -> Result<()> {
+        match self.fatal.lock().expect("lock").take() {
+            Some(fatal) => Err(fatal),
+            None => Ok(()),
+        }
+    }
+
     /// Stops the transfer with `err`, the first such error kept.
     fn stop(&self, err: Error) {
         self.fatal.lock().expect("lock").get_or_insert(err);
@@ -367,9 +375,7 @@ pub async fn transfer(
         Err(e) => Err(Error::new(ErrorKind::Other, format!("planner failed: {e}"))),
     };
     progress.set_listing_done();
-    if let Some(fatal) = ctx.fatal.lock().expect("lock").take() {
-        return Err(fatal);
-    }
+    ctx.check_fatal()?;
     let listed = listed?;
     let snapshot = progress.snapshot();
     if snapshot.objects_done + snapshot.objects_skipped == 0 && !cancel.is_cancelled() {
@@ -407,6 +413,8 @@ pub(crate) async fn conclude(
     started: Instant,
 ) -> Result<Report> {
     let (opts, progress, cancel) = (&ctx.opts, &ctx.progress, &ctx.cancel);
+    // A fleet's coordinator comes here after its own requests failed fatally, too.
+    ctx.check_fatal()?;
     // Deletions run last and only after every copy succeeded, so a failed sync never
     // leaves the destination with less than it had.
     if !deletes.is_empty() && progress.snapshot().objects_failed == 0 && !cancel.is_cancelled() {
@@ -436,14 +444,12 @@ pub(crate) async fn conclude(
             }
             Ok(())
         };
-        let then = "so the deletions stopped (the copies are done)";
+        let then = "so the deletions stopped; the copies were made but not checked";
         let limit = opts.max_connections.max(1);
         if let Err(stop) = run_bounded(&ctx.denials, deletes, limit, then, delete, record).await {
             ctx.stop(stop);
         }
-        if let Some(fatal) = ctx.fatal.lock().expect("lock").take() {
-            return Err(fatal);
-        }
+        ctx.check_fatal()?;
     }
 
     if !cancel.is_cancelled() {
@@ -455,22 +461,26 @@ pub(crate) async fn conclude(
     let verification = if opts.verify == VerifyMode::None || cancel.is_cancelled() {
         None
     } else {
-        Some(
-            verify_copied(
-                dst,
-                opts.recursive,
-                copied,
-                opts.verify,
-                opts.verify_sample,
-                opts.retry,
-                progress.clone(),
-            )
-            .await
-            .map_err(|e| match e.kind {
-                ErrorKind::AccessDenied => read_back_denied(e),
-                _ => e,
-            })?,
+        let (v, checked) = verify_copied(
+            dst,
+            opts.recursive,
+            copied,
+            opts.verify,
+            opts.verify_sample,
+            opts.retry,
+            progress.clone(),
         )
+        .await;
+        // What was found missing or different is copied again by a rerun, even when the
+        // check could not be finished.
+        if !v.differing.is_empty() {
+            ctx.resume.undo(v.differing.clone());
+        }
+        checked.map_err(|e| match e.kind {
+            ErrorKind::AccessDenied => read_back_denied(e),
+            _ => e,
+        })?;
+        Some(v)
     };
     let failures = std::mem::take(&mut *ctx.failures.lock().expect("lock"));
     let mut report = Report::new(
@@ -480,9 +490,6 @@ pub(crate) async fn conclude(
         started.elapsed().as_secs_f64(),
         failures,
     );
-    if let Some(v) = verification.as_ref().filter(|v| !v.differing.is_empty()) {
-        ctx.resume.undo(v.differing.clone());
-    }
     report.verification = verification;
     report.transfer_id = ctx.resume.id().map(|id| id.to_string());
     ctx.resume
@@ -569,7 +576,7 @@ pub(crate) async fn preflight(
         // when nothing is to be read back: the writes' own answers tell whether they may.
         // Credentials the store refuses outright are another kind (BadCredentials).
         Err(e) if e.kind == ErrorKind::AccessDenied && opts.mode == Mode::Copy => {
-            if opts.verify != VerifyMode::None && opts.verify_sample > 0.0 {
+            if opts.verify != VerifyMode::None {
                 return Err(read_back_denied(e));
             }
             tracing::info!("{e}: copying without listing the destination (nothing is read back)");

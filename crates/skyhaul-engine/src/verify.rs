@@ -204,8 +204,9 @@ pub fn sampled(key: &str, percent: f64) -> bool {
 /// How a verification's checks went, across all its passes: a denied object is not
 /// comparable and the others are still compared, as a transfer fails a denied object alone
 /// (see `denials`). Many denials in a row with nothing compared between them stop the
-/// verification once the checks in flight are over, and one in which every check that was
-/// made was denied ends with the first denial (exit 4 either way).
+/// verification once the checks in flight are over, and one in which every request was
+/// denied, and nothing was found missing or different, ends with the first denial (exit 4
+/// either way).
 #[derive(Default)]
 struct Checks {
     denials: Denials,
@@ -213,9 +214,11 @@ struct Checks {
 }
 
 impl Checks {
-    /// The end of the verification: the first denial, if every check was denied.
-    fn end(self) -> Result<()> {
-        match self.denials.only_denied().filter(|_| !self.compared_any) {
+    /// The end of the verification: the first denial, if every request was denied and
+    /// nothing else was learnt.
+    fn end(self, v: &Verification) -> Result<()> {
+        let learnt = self.compared_any || !v.differing.is_empty();
+        match self.denials.only_denied().filter(|_| !learnt) {
             Some(denied) => Err(denied),
             None => Ok(()),
         }
@@ -306,7 +309,9 @@ async fn recorded_outcome(
     }))
 }
 
-/// Checks what a transfer wrote against the destination as it lists now.
+/// Checks what a transfer wrote against the destination as it lists now. The error, if
+/// the check could not be finished, comes with what it found until then: the objects found
+/// missing or different must not stay "done" in the journal either way.
 pub async fn verify_copied(
     dst: &Endpoint,
     recursive: bool,
@@ -315,7 +320,7 @@ pub async fn verify_copied(
     sample_percent: f64,
     retry: RetryPolicy,
     progress: Arc<Progress>,
-) -> Result<Verification> {
+) -> (Verification, Result<()>) {
     let mut v = Verification {
         mode,
         ..Default::default()
@@ -323,8 +328,21 @@ pub async fn verify_copied(
     copied.retain(|c| sampled(&c.dst_key, sample_percent));
     if copied.is_empty() {
         // Nothing was written (a sync with nothing to do): no listing to pay for.
-        return Ok(v);
+        return (v, Ok(()));
     }
+    let checked = check_copied(&mut v, dst, recursive, copied, retry, progress).await;
+    (v, checked)
+}
+
+async fn check_copied(
+    v: &mut Verification,
+    dst: &Endpoint,
+    recursive: bool,
+    mut copied: Vec<Copied>,
+    retry: RetryPolicy,
+    progress: Arc<Progress>,
+) -> Result<()> {
+    let mode = v.mode;
     copied.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
     let mut found: Vec<(Copied, Option<ObjectMeta>)> = Vec::with_capacity(copied.len());
     if recursive {
@@ -371,7 +389,7 @@ pub async fn verify_copied(
     // Listings without ETags (s3s-fs) or metadata need a HEAD per object: many at once.
     let store = dst.store.clone();
     let mut checks = Checks::default();
-    compare_each(&mut v, &mut checks, by_etag, HEAD_CONCURRENCY, |(c, m)| {
+    compare_each(v, &mut checks, by_etag, HEAD_CONCURRENCY, |(c, m)| {
         let (store, progress) = (store.clone(), progress.clone());
         async move {
             let outcome = recorded_outcome(store.as_ref(), &c, m, &retry, &progress).await;
@@ -379,29 +397,22 @@ pub async fn verify_copied(
         }
     })
     .await?;
-    compare_each(
-        &mut v,
-        &mut checks,
-        to_reread,
-        DEEP_CONCURRENCY,
-        |(c, m)| {
-            let (store, progress) = (store.clone(), progress.clone());
-            async move {
-                let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
-                let want = c.crc64.expect("only objects with a CRC are re-read");
-                let outcome = got.map(|(got, _)| {
-                    Some((
-                        format!("crc64nvme:{want:016x}"),
-                        format!("crc64nvme:{got:016x}"),
-                    ))
-                });
-                (c.dst_key, outcome)
-            }
-        },
-    )
+    compare_each(v, &mut checks, to_reread, DEEP_CONCURRENCY, |(c, m)| {
+        let (store, progress) = (store.clone(), progress.clone());
+        async move {
+            let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
+            let want = c.crc64.expect("only objects with a CRC are re-read");
+            let outcome = got.map(|(got, _)| {
+                Some((
+                    format!("crc64nvme:{want:016x}"),
+                    format!("crc64nvme:{got:016x}"),
+                ))
+            });
+            (c.dst_key, outcome)
+        }
+    })
     .await?;
-    checks.end()?;
-    Ok(v)
+    checks.end(v)
 }
 
 /// Compares two locations: missing, extra, size- and checksum-mismatched objects.
@@ -486,7 +497,7 @@ pub async fn verify_locations(
         }
     })
     .await?;
-    checks.end()?;
+    checks.end(&v)?;
     Ok(v)
 }
 

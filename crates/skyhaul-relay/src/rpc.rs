@@ -175,7 +175,12 @@ mod tests {
 
     #[test]
     fn error_kinds_survive_the_wire() {
-        for kind in [ErrorKind::Throttled, ErrorKind::NotFound, ErrorKind::Other] {
+        for kind in [
+            ErrorKind::Throttled,
+            ErrorKind::NotFound,
+            ErrorKind::BadCredentials,
+            ErrorKind::Other,
+        ] {
             let r = Response::from_error(&Error::new(kind, "m"));
             let json = serde_json::to_vec(&r).unwrap();
             let Response::Err { kind: k, message } = serde_json::from_slice(&json).unwrap() else {

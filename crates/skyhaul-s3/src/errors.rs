@@ -124,3 +124,37 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_credentials_are_told_from_refused_permissions() {
+        for code in [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "InvalidToken",
+            "ExpiredToken",
+        ] {
+            assert_eq!(
+                classify(code, Some(403)).0,
+                ErrorKind::BadCredentials,
+                "{code}"
+            );
+        }
+        for code in ["AccessDenied", "AllAccessDisabled"] {
+            assert_eq!(
+                classify(code, Some(403)).0,
+                ErrorKind::AccessDenied,
+                "{code}"
+            );
+        }
+        // A HEAD's 403 has no body to tell which: a denial, object by object.
+        assert_eq!(classify("", Some(403)).0, ErrorKind::AccessDenied);
+        assert_eq!(
+            classify("InvalidObjectState", Some(403)).0,
+            ErrorKind::Other
+        );
+    }
+}

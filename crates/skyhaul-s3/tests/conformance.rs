@@ -120,7 +120,7 @@ async fn preflight_names_the_problem() {
     wrong.secret_access_key = Some("not-the-secret".into());
     let store = S3Store::connect(&wrong, "exists").await.unwrap();
     let err = store.preflight(false).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::AccessDenied, "{err}");
+    assert_eq!(err.kind, ErrorKind::BadCredentials, "{err}");
     assert!(
         !err.message.contains("not-the-secret"),
         "secrets never appear in errors: {err}"

@@ -661,6 +661,16 @@ async fn a_destination_that_cannot_be_listed_takes_verify_none() {
         "nothing written"
     );
 
+    // A dry run of that copy works the same way, writing nothing.
+    let mut dry = args.clone();
+    dry.extend(["--verify", "none", "--dry-run"]);
+    let run = skyhaul(&dry, None, Some(&s3));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        read_bucket(&s3, "drop", "").await.is_empty(),
+        "nothing written"
+    );
+
     args.extend(["--verify", "none"]);
     let run = skyhaul(&args, None, Some(&s3));
     assert_eq!(run.code, 0, "{}", run.stderr);
