@@ -829,3 +829,42 @@ async fn workers_on_two_hosts_share_the_bytes() {
         assert!(rx <= done + total / 4, "{ns}: rx {rx}, done {done}");
     }
 }
+
+/// A worker whose credentials the destination refuses tells the coordinator so (the error's
+/// kind goes with it): the fleet stops with exit 4 and that error, as a local run does,
+/// instead of failing every object one by one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_with_refused_credentials_stops_the_fleet() {
+    let (src, dst, _files) = servers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let listen = free_listen();
+    let args = coordinator_cp(&listen, &[], &["--max-connections", "2"]);
+    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut coordinator);
+    let mut worker = command(
+        &["worker", "--coordinator", &url, "--wait", "60s"],
+        &src,
+        &dst,
+        &dir.path().join("unused.sqlite"),
+    )
+    .env("SKYHAUL_DST_SECRET_ACCESS_KEY", "wrong-secret-value")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let code = wait_exit(&mut coordinator, 120);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let lines: Vec<String> = stderr.try_iter().collect();
+    assert_eq!(code, 4, "{lines:#?}");
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("skyhaul: error:"))
+        .unwrap_or_else(|| panic!("no error line: {lines:#?}"));
+    assert!(
+        error.contains("does not accept these credentials") && !error.contains("wrong-secret"),
+        "{error}"
+    );
+    assert!(read_bucket(&dst, "dst", "data/").await.is_empty());
+}
