@@ -919,24 +919,18 @@ fn take_result(
         }
         (item, outcome) => {
             let error = match outcome {
-                // An item a worker's Ctrl-C cut short failed for this run (the engine would
-                // leave an interrupted object out of the report).
-                Outcome::Failed { error, kind } => match kind {
-                    ErrorKind::Interrupted => Error::new(ErrorKind::Other, error),
-                    kind => Error::new(kind, error),
-                },
-                _ => Error::new(
-                    ErrorKind::Other,
-                    "the worker answered with a result of another kind",
-                ),
+                Outcome::Failed { error } => error,
+                _ => "the worker answered with a result of another kind".to_string(),
             };
             match item {
-                WorkItem::Object { src, .. } => exec.record_failure(&src.key, error),
+                WorkItem::Object { src, .. } => {
+                    exec.record_failure(&src.key, Error::new(ErrorKind::Other, error))
+                }
                 WorkItem::Part { src, upload, .. } => {
                     let id = upload.upload_id.clone();
                     if let Some(u) = st.uploads.get_mut(&id).filter(|u| !u.failed) {
                         u.failed = true;
-                        exec.record_failure(&src.key, error);
+                        exec.record_failure(&src.key, Error::new(ErrorKind::Other, error));
                         st.uploads.remove(&id);
                         // The other parts of this object are not worth sending.
                         st.items.retain(|_, p| {

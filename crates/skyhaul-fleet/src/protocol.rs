@@ -17,11 +17,10 @@
 use serde::{Deserialize, Serialize};
 use skyhaul_engine::Copied;
 pub use skyhaul_relay::RelayCounts;
-use skyhaul_store::{CompletedPart, ErrorKind, MultipartUpload, ObjectMeta, PartSpec};
+use skyhaul_store::{CompletedPart, MultipartUpload, ObjectMeta, PartSpec};
 
 /// The version of this protocol; a worker of another version is refused.
-/// 3: a failed item says what kind of error it was.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What a worker needs to open both sides and copy like the coordinator would. Never any
 /// credential: each worker signs in with its own environment (`SKYHAUL_SRC_*`, profiles,
@@ -246,7 +245,6 @@ pub enum Outcome {
         part: CompletedPart,
         sums: Option<String>,
     },
-    /// It failed after the engine's retries. The kind lets the coordinator act on it as on
-    /// its own errors: credentials the store refuses, or a missing bucket, stop the fleet.
-    Failed { error: String, kind: ErrorKind },
+    /// It failed after the engine's retries.
+    Failed { error: String },
 }

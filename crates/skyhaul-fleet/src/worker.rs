@@ -265,10 +265,7 @@ async fn run_item(exec: &Executor, item: WorkItem) -> ItemResult {
         } => match exec.copy(&src, &dst_key, unless_same).await {
             Ok(Some(copied)) => Outcome::Copied { copied },
             Ok(None) => Outcome::Same,
-            Err(e) => Outcome::Failed {
-                error: e.message,
-                kind: e.kind,
-            },
+            Err(e) => Outcome::Failed { error: e.message },
         },
         WorkItem::Part {
             src,
@@ -280,13 +277,10 @@ async fn run_item(exec: &Executor, item: WorkItem) -> ItemResult {
                 part,
                 sums: sums.as_ref().map(encode_sums),
             },
-            Err(e) => Outcome::Failed {
-                error: e.message,
-                kind: e.kind,
-            },
+            Err(e) => Outcome::Failed { error: e.message },
         },
     };
-    if let Outcome::Failed { error, .. } = &outcome {
+    if let Outcome::Failed { error } = &outcome {
         tracing::warn!("{name}: {error}");
     }
     ItemResult {
