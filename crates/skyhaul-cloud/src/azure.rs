@@ -323,7 +323,7 @@ impl AzureStore {
             .map_err(|e| Error::new(ErrorKind::Other, format!("{target}: {what}: {e}")))?;
         let cred = self.credentials.get_credential().await.map_err(|e| {
             Error::new(
-                ErrorKind::BadCredentials,
+                ErrorKind::AccessDenied,
                 format!(
                     "{target}: no usable Azure credentials: {} (give {})",
                     transport::redact(&e.to_string()),

@@ -199,7 +199,7 @@ impl GcsStore {
         if let Some(auth) = &self.auth {
             let cred = auth.get_credential().await.map_err(|e| {
                 Error::new(
-                    ErrorKind::BadCredentials,
+                    ErrorKind::AccessDenied,
                     format!(
                         "{target}: no usable Google credentials: {} (check {})",
                         transport::redact(&e.to_string()),

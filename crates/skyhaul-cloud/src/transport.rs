@@ -119,7 +119,8 @@ pub(crate) fn status_error(
         401 | 403
             if status.as_u16() == 401
                 || code == "AuthenticationFailed"
-                || message.starts_with("Server failed to authenticate the request") =>
+                || (code == "AuthorizationFailure"
+                    && message.starts_with("Server failed to authenticate the request")) =>
         {
             (
                 ErrorKind::BadCredentials,

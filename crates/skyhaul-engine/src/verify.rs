@@ -217,7 +217,7 @@ impl Checks {
     /// The end of the verification: the first denial, if every request was denied and
     /// nothing else was learnt.
     fn end(self, v: &Verification) -> Result<()> {
-        let learnt = self.compared_any || !v.differing.is_empty();
+        let learnt = self.compared_any || !v.passed();
         match self.denials.only_denied().filter(|_| !learnt) {
             Some(denied) => Err(denied),
             None => Ok(()),

@@ -152,8 +152,14 @@ pub enum Response {
 
 impl Response {
     pub fn from_error(e: &Error) -> Response {
+        // Version 1 of the wire predates BadCredentials: its peers could not read it. The
+        // message still says what the store answered.
+        let kind = match e.kind {
+            ErrorKind::BadCredentials => ErrorKind::AccessDenied,
+            kind => kind,
+        };
         Response::Err {
-            kind: e.kind,
+            kind,
             message: e.message.clone(),
         }
     }
@@ -175,12 +181,7 @@ mod tests {
 
     #[test]
     fn error_kinds_survive_the_wire() {
-        for kind in [
-            ErrorKind::Throttled,
-            ErrorKind::NotFound,
-            ErrorKind::BadCredentials,
-            ErrorKind::Other,
-        ] {
+        for kind in [ErrorKind::Throttled, ErrorKind::NotFound, ErrorKind::Other] {
             let r = Response::from_error(&Error::new(kind, "m"));
             let json = serde_json::to_vec(&r).unwrap();
             let Response::Err { kind: k, message } = serde_json::from_slice(&json).unwrap() else {
@@ -188,5 +189,13 @@ mod tests {
             };
             assert_eq!((k, message.as_str()), (kind, "m"));
         }
+        let refused = Response::from_error(&Error::new(ErrorKind::BadCredentials, "m"));
+        assert!(matches!(
+            refused,
+            Response::Err {
+                kind: ErrorKind::AccessDenied,
+                ..
+            }
+        ));
     }
 }

@@ -14,8 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// First bytes of every hello and frame.
 pub const MAGIC: [u8; 4] = *b"SKHR";
 /// Version of this format; a peer of another version is refused at the handshake.
-/// 2: answers may carry the error kind `BadCredentials`, which version 1 cannot read.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 1;
 /// Bytes in a frame header (all of it is authenticated as AAD).
 pub const HEADER_LEN: usize = 64;
 /// Bytes in a hello.
