@@ -332,6 +332,22 @@ fn copy_through(endpoint: &str, src: &str, dst: &std::path::Path, s3: &S3Server)
     skyhaul(&args, Some(s3), None)
 }
 
+/// Asserts that `run` stopped with exit 4 after a hundred or so of `total` requests were
+/// denied by `proxy`, with one error line that says so and `then`.
+fn stopped_after_denials(run: &Run, proxy: &FaultProxy, total: usize, then: &str) {
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let line = one_line_error(run);
+    assert!(
+        line.contains("objects in a row were denied") && line.contains(then),
+        "{line}"
+    );
+    let denied = proxy.injected().access_denied_403;
+    assert!(
+        (100..total as u64).contains(&denied),
+        "{denied} of {total} requests denied: the run must stop after 100"
+    );
+}
+
 /// A report's objects copied and failed.
 fn copied_and_failed(report: &serde_json::Value) -> (Option<u64>, Option<u64>) {
     (
@@ -472,17 +488,7 @@ async fn denials_in_a_row_stop_the_transfer() {
         Some(&s3),
         None,
     );
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    let line = one_line_error(&run);
-    assert!(
-        line.contains("objects in a row were denied") && line.contains("--exclude"),
-        "{line}"
-    );
-    let denied = proxy.injected().access_denied_403;
-    assert!(
-        (100..OBJECTS as u64).contains(&denied),
-        "{denied} GETs denied: the transfer must stop after 100"
-    );
+    stopped_after_denials(&run, &proxy, OBJECTS, "--exclude");
     assert!(read_tree(&dst).is_empty());
 }
 
@@ -573,17 +579,7 @@ async fn verify_stops_after_denials_in_a_row() {
     assert_eq!(copy.code, 0, "{}", copy.stderr);
     let proxy = denying_reads_under(&s3.endpoint, "/bkt/many/");
     let run = verify_through(&proxy.endpoint(), "s3://bkt/many/", &dst, &s3, &[]);
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    let line = one_line_error(&run);
-    assert!(
-        line.contains("objects in a row were denied") && line.contains("verification stopped"),
-        "{line}"
-    );
-    let denied = proxy.injected().access_denied_403;
-    assert!(
-        (100..OBJECTS as u64).contains(&denied),
-        "{denied} HEADs denied: the verification must stop after 100"
-    );
+    stopped_after_denials(&run, &proxy, OBJECTS, "verification stopped");
 }
 
 /// A bucket these credentials may write but not list (a drop box): a copy that would read
@@ -769,17 +765,7 @@ async fn denied_deletions_in_a_row_stop_the_rest() {
         Some(&s3),
         Some(&s3),
     );
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    let line = one_line_error(&run);
-    assert!(
-        line.contains("objects in a row were denied") && line.contains("deletions stopped"),
-        "{line}"
-    );
-    let denied = proxy.injected().access_denied_403;
-    assert!(
-        (100..EXTRA as u64).contains(&denied),
-        "{denied} DELETEs denied: the deletions must stop after 100"
-    );
+    stopped_after_denials(&run, &proxy, EXTRA, "deletions stopped");
     let left = read_bucket(&s3, "dst", "").await;
     assert_eq!(left.get("keep").map(Vec::as_slice), Some(&b"keep"[..]));
     assert_eq!(left.len(), EXTRA + 1, "nothing deleted");
