@@ -390,9 +390,12 @@ pub async fn transfer(
     conclude(&ctx, src, dst, deletes, started).await
 }
 
-/// The destination denied what verifying a copy needs (a listing, HEADs): credentials that
+/// An error of the destination's listing or check: where it is a denial, credentials that
 /// may write a bucket but not read it (a drop box) are told how to copy without reading back.
 fn read_back_denied(e: Error) -> Error {
+    if e.kind != ErrorKind::AccessDenied {
+        return e;
+    }
     Error::new(
         e.kind,
         format!(
@@ -476,10 +479,7 @@ pub(crate) async fn conclude(
         if !v.differing.is_empty() {
             ctx.resume.undo(v.differing.clone());
         }
-        checked.map_err(|e| match e.kind {
-            ErrorKind::AccessDenied => read_back_denied(e),
-            _ => e,
-        })?;
+        checked.map_err(read_back_denied)?;
         Some(v)
     };
     let failures = std::mem::take(&mut *ctx.failures.lock().expect("lock"));

@@ -86,6 +86,12 @@ impl Verification {
         self.unreadable == 0
     }
 
+    /// Checksum comparisons made, whatever they found (not comparable included), as
+    /// opposed to those whose HEAD or read failed.
+    fn comparisons_made(&self) -> u64 {
+        self.checksum_ok + self.checksum_mismatch + self.not_comparable - self.unreadable
+    }
+
     fn problem(&mut self, key: &str, what: String) {
         if self.problems.len() < 10_000 {
             self.problems.push(Failure {
@@ -201,34 +207,25 @@ pub fn sampled(key: &str, percent: f64) -> bool {
     (h % 10_000) as f64 / 100.0 < percent
 }
 
-/// How a verification's checks went, across all its passes: a denied object is not
-/// comparable and the others are still compared, as a transfer fails a denied object alone
-/// (see `denials`). Many denials in a row with nothing compared between them stop the
-/// verification once the checks in flight are over, and one in which every request was
-/// denied, and nothing was found missing or different, ends with the first denial (exit 4
-/// either way).
-#[derive(Default)]
-struct Checks {
-    denials: Denials,
-    compared_any: bool,
-}
-
-impl Checks {
-    /// The end of the verification: the first denial, if every request was denied and
-    /// nothing else was learnt.
-    fn end(self, v: &Verification) -> Result<()> {
-        let learnt = self.compared_any || !v.passed();
-        match self.denials.only_denied().filter(|_| !learnt) {
-            Some(denied) => Err(denied),
-            None => Ok(()),
-        }
+/// The end of a verification whose checks were run by [`compare_each`] with `denials`:
+/// the first denial, if every request was denied and nothing else was learnt (nothing
+/// compared, nothing found wrong). Many denials in a row stop the checks themselves; both
+/// are exit 4.
+fn end_of_checks(denials: &Denials, v: &Verification) -> Result<()> {
+    let learnt = v.comparisons_made() > 0 || !v.passed();
+    match denials.only_denied().filter(|_| !learnt) {
+        Some(denied) => Err(denied),
+        None => Ok(()),
     }
 }
 
-/// Runs `check` on each of `items`, `limit` at a time, and records the outcomes in `v`.
+/// Runs `check` on each of `items`, `limit` at a time, and records the outcomes in `v`. A
+/// denied object is not comparable and the others are still compared, as a transfer fails
+/// a denied object alone; `denials`, shared by a verification's passes, stops the checks
+/// once many come in a row with nothing compared between them (see `denials`).
 async fn compare_each<T, Fut>(
     v: &mut Verification,
-    checks: &mut Checks,
+    denials: &Denials,
     items: impl IntoIterator<Item = T>,
     limit: usize,
     check: impl FnMut(T) -> Fut,
@@ -236,16 +233,9 @@ async fn compare_each<T, Fut>(
 where
     Fut: Future<Output = (String, Result<Option<(String, String)>>)>,
 {
-    let Checks {
-        denials,
-        compared_any,
-    } = checks;
     let record = |(key, outcome): (String, Result<_>)| {
         match &outcome {
-            Ok(_) => {
-                *compared_any = true;
-                denials.done();
-            }
+            Ok(_) => denials.done(),
             Err(e) => {
                 denials.failed(e);
             }
@@ -388,8 +378,8 @@ async fn check_copied(
     }
     // Listings without ETags (s3s-fs) or metadata need a HEAD per object: many at once.
     let store = dst.store.clone();
-    let mut checks = Checks::default();
-    compare_each(v, &mut checks, by_etag, HEAD_CONCURRENCY, |(c, m)| {
+    let denials = Denials::default();
+    compare_each(v, &denials, by_etag, HEAD_CONCURRENCY, |(c, m)| {
         let (store, progress) = (store.clone(), progress.clone());
         async move {
             let outcome = recorded_outcome(store.as_ref(), &c, m, &retry, &progress).await;
@@ -397,7 +387,7 @@ async fn check_copied(
         }
     })
     .await?;
-    compare_each(v, &mut checks, to_reread, DEEP_CONCURRENCY, |(c, m)| {
+    compare_each(v, &denials, to_reread, DEEP_CONCURRENCY, |(c, m)| {
         let (store, progress) = (store.clone(), progress.clone());
         async move {
             let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
@@ -412,7 +402,7 @@ async fn check_copied(
         }
     })
     .await?;
-    checks.end(v)
+    end_of_checks(&denials, v)
 }
 
 /// Compares two locations: missing, extra, size- and checksum-mismatched objects.
@@ -487,8 +477,8 @@ pub async fn verify_locations(
     } else {
         HEAD_CONCURRENCY
     };
-    let mut checks = Checks::default();
-    compare_each(&mut v, &mut checks, same_size, limit, |(a, b)| {
+    let denials = Denials::default();
+    compare_each(&mut v, &denials, same_size, limit, |(a, b)| {
         let (s, d, progress) = (src.store.clone(), dst.store.clone(), progress.clone());
         async move {
             let key = a.key.clone();
@@ -497,7 +487,7 @@ pub async fn verify_locations(
         }
     })
     .await?;
-    checks.end(&v)?;
+    end_of_checks(&denials, &v)?;
     Ok(v)
 }
 

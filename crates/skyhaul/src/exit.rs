@@ -1,7 +1,7 @@
 //! Exit codes (documented in the README) and turning errors into one clear line.
 
 use crate::output::Output;
-use skyhaul_engine::Endpoint;
+use skyhaul_engine::{Endpoint, Verification};
 use skyhaul_store::{Error, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,18 @@ pub fn usage(e: impl std::fmt::Display) -> CliError {
     CliError {
         code: ExitCode::Usage,
         message: e.to_string(),
+    }
+}
+
+/// The exit code a verification calls for, if not 0: 6 when something is missing, extra or
+/// different, else 1 when something could not be read to be checked.
+pub fn verification(v: &Verification) -> Option<ExitCode> {
+    if !v.passed() {
+        Some(ExitCode::VerifyFailed)
+    } else if !v.complete() {
+        Some(ExitCode::PartialFailure)
+    } else {
+        None
     }
 }
 

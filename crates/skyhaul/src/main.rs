@@ -268,13 +268,7 @@ async fn verify(args: VerifyArgs) -> ExitCode {
         .await
         .map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
         out.verification(&v, relay.map(|r| r.summary()).as_ref());
-        Ok(if !v.passed() {
-            ExitCode::VerifyFailed
-        } else if !v.complete() {
-            ExitCode::PartialFailure
-        } else {
-            ExitCode::Ok
-        })
+        Ok(exit::verification(&v).unwrap_or(ExitCode::Ok))
     }
     .await;
     result.unwrap_or_else(|e| {
@@ -393,12 +387,12 @@ async fn transfer(
             ExitCode::Interrupted
         } else if report.objects_failed > 0 {
             ExitCode::PartialFailure
-        } else if !report.verified() {
-            ExitCode::VerifyFailed
-        } else if report.verification.as_ref().is_some_and(|v| !v.complete()) {
-            ExitCode::PartialFailure
         } else {
-            ExitCode::Ok
+            report
+                .verification
+                .as_ref()
+                .and_then(exit::verification)
+                .unwrap_or(ExitCode::Ok)
         };
         // Only a transfer that is done: after a failure the gateways stay for the rerun (an
         // engine restarting the coordinator) until their --idle-exit.
