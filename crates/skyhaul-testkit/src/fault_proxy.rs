@@ -50,6 +50,10 @@ pub struct Faults {
     /// Send the response head with the original `Content-Length`, then only part of the body, then
     /// close the connection (a download cut short). Not counted for empty bodies.
     pub truncate_response_body: f64,
+    /// Cut a truncated body at its middle instead of at a random byte: for a test that needs
+    /// the read well under way when it fails (a cut in the first bytes can fail it before the
+    /// client has started anything that depends on it).
+    pub truncate_halfway: bool,
     /// Flip one random byte of the response body (a download corrupted in flight, same length). Not
     /// counted for empty bodies. With chunked responses the byte is in the first chunk. Any
     /// response with a body qualifies, listings and XML errors included: aim it with
@@ -603,7 +607,10 @@ fn parse_response(head: &[u8], request_method: &str) -> io::Result<Head> {
 enum BodyFault {
     None,
     Flip,
-    Truncate,
+    /// Cut the body short: at its middle if `halfway`, else at a random byte.
+    Truncate {
+        halfway: bool,
+    },
 }
 
 /// Whether the body fault was applied, and whether the body was cut short.
@@ -613,17 +620,19 @@ struct Copied {
     truncated: bool,
 }
 
-/// Copies `len` bytes; `fault` hits the byte at a random offset (flip it / stop before it).
+/// Copies `len` bytes; `fault` hits the byte at a random offset (flip it / stop before it), or
+/// the middle one for a halfway cut.
 async fn copy_exact<W: AsyncWrite + Unpin>(
     src: &mut Peer,
     dst: &mut W,
     len: u64,
     fault: BodyFault,
 ) -> io::Result<Copied> {
-    let at = if fault != BodyFault::None && len > 0 {
-        Some(rand::random_range(0..len))
-    } else {
-        None
+    let at = match fault {
+        _ if len == 0 => None,
+        BodyFault::None => None,
+        BodyFault::Truncate { halfway: true } => Some(len / 2),
+        _ => Some(rand::random_range(0..len)),
     };
     let mut done = 0u64;
     while done < len {
@@ -635,7 +644,7 @@ async fn copy_exact<W: AsyncWrite + Unpin>(
         let n = piece.len() as u64;
         if let Some(at) = at.filter(|&a| a >= done && a < done + n) {
             let i = (at - done) as usize;
-            if fault == BodyFault::Truncate {
+            if let BodyFault::Truncate { .. } = fault {
                 dst.write_all(&piece[..i]).await?;
                 dst.flush().await?;
                 return Ok(Copied {
@@ -718,9 +727,12 @@ async fn copy_body<W: AsyncWrite + Unpin>(
                     break;
                 }
                 if pending != BodyFault::None {
-                    let i = rand::random_range(0..piece.len());
+                    let i = match pending {
+                        BodyFault::Truncate { halfway: true } => piece.len() / 2,
+                        _ => rand::random_range(0..piece.len()),
+                    };
                     result.applied = true;
-                    if pending == BodyFault::Truncate {
+                    if let BodyFault::Truncate { .. } = pending {
                         dst.write_all(&piece[..i]).await?;
                         result.truncated = true;
                         break;
@@ -897,7 +909,10 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
         let resp = parse_response(&resp_head, &req.method)?;
         down.stream.write_all(&resp_head).await?;
         let (resp_fault, kind) = match fault {
-            Some(FaultKind::TruncateResponse) => (BodyFault::Truncate, FaultKind::TruncateResponse),
+            Some(FaultKind::TruncateResponse) => {
+                let halfway = shared.state.lock().unwrap().faults.truncate_halfway;
+                (BodyFault::Truncate { halfway }, FaultKind::TruncateResponse)
+            }
             Some(FaultKind::FlipResponse) => (BodyFault::Flip, FaultKind::FlipResponse),
             _ => (BodyFault::None, FaultKind::FlipResponse),
         };
