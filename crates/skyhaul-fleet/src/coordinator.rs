@@ -6,6 +6,10 @@
 //! simply ask again, so a slow worker or a few huge objects do not hold up the end; and the
 //! parts of one large object go to many workers like any other work.
 //!
+//! A worker that finds it cannot copy anything (its credentials refused, its disk full)
+//! leaves the fleet and says why; its leases go back to the queue at once, and the others go
+//! on. Only when no worker is left does the transfer stop, with that worker's error.
+//!
 //! What survives a restart (all in the journal): objects done, open uploads with their
 //! finished parts, and the leases. A restarted coordinator plans again from the listing,
 //! skips what is done, and takes the leases that were out back as its own (with a fresh
@@ -24,7 +28,8 @@ use axum::{Json, Router};
 use skyhaul_engine::plan::Job;
 use skyhaul_engine::{Endpoint, Executor, OpenUpload, Progress, Report, TransferOptions};
 use skyhaul_journal::{
-    Journal, TransferId, LEASE_COMPLETED, LEASE_EXPIRED, LEASE_GRANTED, LEASE_SUPERSEDED,
+    Journal, TransferId, LEASE_COMPLETED, LEASE_EXPIRED, LEASE_GRANTED, LEASE_RETURNED,
+    LEASE_SUPERSEDED,
 };
 use skyhaul_relay::{RelayCounts, RelayStats};
 use skyhaul_store::{CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, Result};
@@ -110,6 +115,15 @@ struct Worker {
     told_done: bool,
     /// Relay mode: the latest totals the worker reported.
     relay: Option<RelayCounts>,
+    /// When it left the fleet, and the error it left with.
+    left: Option<(Instant, Error)>,
+}
+
+impl Worker {
+    /// Heard from within `timeout`, and still in the fleet.
+    fn working(&self, now: Instant, timeout: Duration) -> bool {
+        self.left.is_none() && now.duration_since(self.last_seen) <= timeout
+    }
 }
 
 #[derive(Default)]
@@ -134,6 +148,8 @@ struct State {
     workers: BTreeMap<String, Worker>,
     granted: u64,
     expired: u64,
+    /// Leases given back by workers that left the fleet.
+    returned: u64,
     duplicates: u64,
     /// Speculative copies of leases handed to idle workers.
     reissued: u64,
@@ -175,8 +191,41 @@ impl State {
         let now = Instant::now();
         self.workers
             .values()
-            .filter(|w| now.duration_since(w.last_seen) <= timeout)
+            .filter(|w| w.working(now, timeout))
             .count()
+    }
+
+    /// The transfer's end when nobody is left to do it: every worker heard from has left
+    /// the fleet or gone silent, and `quiet` has passed since the last one left (time for
+    /// another to join). The error is that worker's, kind and all, so the exit code says
+    /// what to fix.
+    fn stranded(&self, timeout: Duration, quiet: Duration) -> Option<Error> {
+        let now = Instant::now();
+        if self.workers.values().any(|w| w.working(now, timeout)) {
+            return None;
+        }
+        let (id, (at, e)) = self
+            .workers
+            .iter()
+            .filter_map(|(id, w)| Some((id, w.left.as_ref()?)))
+            .max_by_key(|(_, (at, _))| *at)?;
+        (now.duration_since(*at) >= quiet).then(|| {
+            Error::new(
+                e.kind,
+                format!(
+                    "{} (every worker has left the fleet; {id} was the last, with this error: rerun to resume once it is fixed)",
+                    e.message
+                ),
+            )
+        })
+    }
+
+    /// Ends lease `id` and puts what it held back in the queue, first; returns the lease
+    /// and how many items went back.
+    fn take_back(&mut self, id: u64) -> Option<(Active, usize)> {
+        let items = self.leases.get(&id)?.items.clone();
+        let back = speculate::release(self, id, &items);
+        Some((self.leases.remove(&id)?, back))
     }
 
     fn worker(&mut self, info: &WorkerInfo) -> &mut Worker {
@@ -190,6 +239,7 @@ impl State {
                 items_done: 0,
                 told_done: false,
                 relay: None,
+                left: None,
             });
         w.last_seen = Instant::now();
         w
@@ -328,9 +378,16 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
             None => tokio::spawn(serve(listener, app, stop)),
         }
     };
-    let expiry = tokio::spawn(expire_leases(shared.clone(), stop.clone()));
+    let expiry = tokio::spawn(watch_leases(shared.clone(), stop.clone()));
 
     let result = coordinate(&shared, src, dst, started).await;
+    // Stopped because nobody was left to do the work (here, or by the local workers'
+    // supervisor): the reason is the last worker's.
+    let timeout = shared.opts.lease_timeout;
+    let result = match shared.state().stranded(timeout, Duration::ZERO) {
+        Some(e) if cancel.is_cancelled() => Err(e),
+        _ => result,
+    };
     shared.state().phase = "done";
     if result.is_ok() && !cancel.is_cancelled() {
         linger(&shared).await;
@@ -584,39 +641,47 @@ fn restore_leases(shared: &Shared) {
     }
 }
 
-/// Every quarter of the timeout: leases not renewed in time go back to the queue, first.
-async fn expire_leases(shared: Arc<Shared>, stop: CancellationToken) {
-    let every = (shared.opts.lease_timeout / 4).max(Duration::from_millis(50));
+/// Every quarter of the timeout: leases not renewed in time go back to the queue, first;
+/// once no worker is left, and none has come for a timeout, the transfer stops.
+async fn watch_leases(shared: Arc<Shared>, stop: CancellationToken) {
+    let timeout = shared.opts.lease_timeout;
+    let every = (timeout / 4).max(Duration::from_millis(50));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let now = Instant::now();
-        let mut ended = Vec::new();
-        {
-            let mut st = shared.state();
-            let due: Vec<u64> = st
-                .leases
-                .iter()
-                .filter(|(_, l)| l.deadline < now)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in due {
-                let items = st.leases[&id].items.clone();
-                let back = speculate::release(&mut st, id, &items);
-                let lease = st.leases.remove(&id).expect("listed");
-                st.expired += 1;
-                tracing::warn!(
-                    "lease {id} of worker {} expired: {back} items back in the queue",
-                    lease.worker
-                );
-                ended.push(id);
-            }
+        expire_leases(&shared);
+        if shared.state().stranded(timeout, timeout).is_some() {
+            shared.cancel.cancel();
         }
-        for id in ended {
-            shared.journal("lease end", |j, t| j.lease_ended(t, id, LEASE_EXPIRED));
+    }
+}
+
+/// Leases not renewed in time go back to the queue, first.
+fn expire_leases(shared: &Shared) {
+    let now = Instant::now();
+    let mut ended = Vec::new();
+    {
+        let mut st = shared.state();
+        let due: Vec<u64> = st
+            .leases
+            .iter()
+            .filter(|(_, l)| l.deadline < now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let (lease, back) = st.take_back(id).expect("listed");
+            st.expired += 1;
+            tracing::warn!(
+                "lease {id} of worker {} expired: {back} items back in the queue",
+                lease.worker
+            );
+            ended.push(id);
         }
+    }
+    for id in ended {
+        shared.journal("lease end", |j, t| j.lease_ended(t, id, LEASE_EXPIRED));
     }
 }
 
@@ -627,9 +692,9 @@ async fn linger(shared: &Shared) {
         let waiting = {
             let st = shared.state();
             let now = Instant::now();
-            st.workers.values().any(|w| {
-                !w.told_done && now.duration_since(w.last_seen) <= shared.opts.lease_timeout
-            })
+            st.workers
+                .values()
+                .any(|w| !w.told_done && w.working(now, shared.opts.lease_timeout))
         };
         if !waiting {
             return;
@@ -644,6 +709,7 @@ fn router(shared: Arc<Shared>, token: Token) -> Router {
         .route("/v1/lease", post(lease))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/complete", post(complete))
+        .route("/v1/leave", post(leave))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(token, auth::require))
@@ -853,6 +919,37 @@ async fn complete(
     Json(serde_json::json!({}))
 }
 
+/// A worker leaves the fleet ([`Leave`]): its leases go back to the queue now.
+async fn leave(Axum(shared): Axum<Arc<Shared>>, Json(l): Json<Leave>) -> Json<serde_json::Value> {
+    let ended = {
+        let mut st = shared.state();
+        st.worker(&l.worker).left = Some((Instant::now(), Error::new(l.kind, l.error.clone())));
+        let held: Vec<u64> = st
+            .leases
+            .iter()
+            .filter(|(_, a)| a.worker == l.worker.id)
+            .map(|(id, _)| *id)
+            .collect();
+        let back: usize = held
+            .iter()
+            .filter_map(|&id| st.take_back(id))
+            .map(|(_, n)| n)
+            .sum();
+        st.returned += held.len() as u64;
+        tracing::warn!(
+            "worker {} left the fleet: {}; {back} items back in the queue",
+            l.worker.id,
+            l.error
+        );
+        held
+    };
+    for id in ended {
+        shared.journal("lease end", |j, t| j.lease_ended(t, id, LEASE_RETURNED));
+    }
+    shared.wake.notify_waiters();
+    Json(serde_json::json!({}))
+}
+
 /// Applies one result: the first result for an item counts; a later one (the item was
 /// re-issued after an expiry and done twice) is a duplicate.
 fn take_result(
@@ -970,7 +1067,8 @@ fn snapshot(shared: &Shared) -> Status {
                 leases,
                 items_done: w.items_done,
                 last_seen_ms: seen.as_millis() as u64,
-                alive: seen <= shared.opts.lease_timeout,
+                alive: w.working(now, shared.opts.lease_timeout),
+                left: w.left.as_ref().map(|(_, e)| e.message.clone()),
                 relay: w.relay,
             }
         })
@@ -988,6 +1086,7 @@ fn snapshot(shared: &Shared) -> Status {
         leases_active: st.leases.len() as u64,
         leases_granted: st.granted,
         leases_expired: st.expired,
+        leases_returned: st.returned,
         leases_reissued: st.reissued,
         leases_superseded: st.superseded_count,
         duplicate_results: st.duplicates,
@@ -1068,6 +1167,12 @@ async fn metrics(Axum(shared): Axum<Arc<Shared>>) -> impl IntoResponse {
         f(s.leases_expired),
     );
     p.metric(
+        "skyhaul_fleet_leases_returned_total",
+        "counter",
+        "Leases given back by workers that left the fleet.",
+        f(s.leases_returned),
+    );
+    p.metric(
         "skyhaul_fleet_leases_reissued_total",
         "counter",
         "Leases also handed to an idle worker because nothing else was left to do.",
@@ -1094,8 +1199,14 @@ async fn metrics(Axum(shared): Axum<Arc<Shared>>) -> impl IntoResponse {
     p.metric(
         "skyhaul_fleet_workers_alive",
         "gauge",
-        "Workers heard from within the lease timeout.",
+        "Workers heard from within the lease timeout, and still in the fleet.",
         s.workers.iter().filter(|w| w.alive).count() as f64,
+    );
+    p.metric(
+        "skyhaul_fleet_workers_left",
+        "gauge",
+        "Workers that left the fleet because they could not copy anything.",
+        s.workers.iter().filter(|w| w.left.is_some()).count() as f64,
     );
     p.family(
         "skyhaul_fleet_worker_bytes_moved_total",
@@ -1167,17 +1278,21 @@ async fn metrics(Axum(shared): Axum<Arc<Shared>>) -> impl IntoResponse {
 mod tests {
     use super::*;
 
+    fn info(id: &str) -> WorkerInfo {
+        WorkerInfo {
+            id: id.into(),
+            host: "h".into(),
+            pid: 1,
+            metrics_url: None,
+        }
+    }
+
     #[test]
     fn relay_reports_count_each_byte_once() {
         let stats = Arc::new(RelayStats::default());
         let total: Relay = Some(stats.clone());
         let mut st = State::default();
-        let w = |id: &str| WorkerInfo {
-            id: id.into(),
-            host: "h".into(),
-            pid: 1,
-            metrics_url: None,
-        };
+        let w = info;
         let counts = |logical, wire| RelayCounts {
             logical_sent: logical,
             wire_sent: wire,
@@ -1194,5 +1309,45 @@ mod tests {
         let c = stats.counts();
         assert_eq!((c.logical_sent, c.wire_sent), (350, 140));
         assert_eq!(st.workers["a"].relay, Some(counts(300, 90)));
+    }
+
+    /// The transfer is stranded only once nobody is left: not while a worker that stayed
+    /// is heard from, nor before `quiet` has passed since the last one left; and then with
+    /// the error of the worker that left last, kind and all.
+    #[test]
+    fn stranded_only_when_nobody_is_left() {
+        let (timeout, quiet) = (Duration::from_secs(30), Duration::from_secs(5));
+        let mut st = State::default();
+        assert!(
+            st.stranded(timeout, Duration::ZERO).is_none(),
+            "no worker yet"
+        );
+        let leave = |st: &mut State, id: &str, kind, ago: u64| {
+            let at = Instant::now() - Duration::from_secs(ago);
+            st.worker(&info(id)).left = Some((at, Error::new(kind, format!("{id} failed"))));
+        };
+        st.worker(&info("healthy"));
+        leave(&mut st, "a", ErrorKind::NoSpace, 60);
+        assert!(
+            st.stranded(timeout, quiet).is_none(),
+            "one is still working"
+        );
+        st.workers.get_mut("healthy").unwrap().last_seen -= 2 * timeout;
+        let e = st
+            .stranded(timeout, quiet)
+            .expect("the last has gone silent");
+        assert_eq!(e.kind, ErrorKind::NoSpace);
+        assert!(e.message.starts_with("a failed") && e.message.contains("a was the last"));
+        leave(&mut st, "b", ErrorKind::BadCredentials, 1);
+        assert!(
+            st.stranded(timeout, quiet).is_none(),
+            "time for another to join"
+        );
+        let e = st
+            .stranded(timeout, Duration::ZERO)
+            .expect("no time asked for");
+        assert_eq!(e.kind, ErrorKind::BadCredentials);
+        assert!(e.message.starts_with("b failed"), "{e}");
+        assert_eq!(st.live_workers(timeout), 0);
     }
 }

@@ -7,6 +7,7 @@
 //! | `POST /v1/lease` | [`LeaseRequest`] | [`LeaseReply`]: work, wait, or done |
 //! | `POST /v1/heartbeat` | [`Heartbeat`] | [`HeartbeatReply`]: leases that expired |
 //! | `POST /v1/complete` | [`Completion`] | `{}` |
+//! | `POST /v1/leave` | [`Leave`] | `{}` |
 //! | `GET /v1/status` | | [`crate::status::Status`] |
 //! | `GET /metrics` | | Prometheus text (coordinator and workers) |
 //!
@@ -17,10 +18,10 @@
 use serde::{Deserialize, Serialize};
 use skyhaul_engine::Copied;
 pub use skyhaul_relay::RelayCounts;
-use skyhaul_store::{CompletedPart, MultipartUpload, ObjectMeta, PartSpec};
+use skyhaul_store::{CompletedPart, ErrorKind, MultipartUpload, ObjectMeta, PartSpec};
 
 /// The version of this protocol; a worker of another version is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What a worker needs to open both sides and copy like the coordinator would. Never any
 /// credential: each worker signs in with its own environment (`SKYHAUL_SRC_*`, profiles,
@@ -247,4 +248,15 @@ pub enum Outcome {
     },
     /// It failed after the engine's retries.
     Failed { error: String },
+}
+
+/// A worker leaves the fleet: an error said it cannot copy anything, whatever the object
+/// (its credentials refused, the bucket or directory missing from where it stands, its disk
+/// full). The coordinator puts its leases back in the queue at once, for the other workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Leave {
+    pub worker: WorkerInfo,
+    /// The error, as the engine put it (never a credential).
+    pub error: String,
+    pub kind: ErrorKind,
 }

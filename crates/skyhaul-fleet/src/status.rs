@@ -23,6 +23,8 @@ pub struct Status {
     pub leases_active: u64,
     pub leases_granted: u64,
     pub leases_expired: u64,
+    /// Leases given back by workers that left the fleet.
+    pub leases_returned: u64,
     /// Leases also handed to an idle worker at the end (speculative copies).
     pub leases_reissued: u64,
     /// Leases ended because another lease did all their work first.
@@ -49,8 +51,12 @@ pub struct WorkerStatus {
     pub leases: Vec<u64>,
     pub items_done: u64,
     pub last_seen_ms: u64,
-    /// Heard from within the lease timeout.
+    /// Heard from within the lease timeout, and still in the fleet.
     pub alive: bool,
+    /// The error it left the fleet with: it could not copy anything (its credentials refused,
+    /// its disk full…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<String>,
     /// Relay mode: the worker's byte counts as it last reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<skyhaul_relay::RelayCounts>,

@@ -11,10 +11,11 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use skyhaul_engine::resume::encode_sums;
 use skyhaul_engine::{Endpoint, Executor, Progress, TransferOptions};
 use skyhaul_relay::RelayStats;
+use skyhaul_store::{Error, ErrorKind};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,34 @@ pub enum WorkerError {
     Coordinator(#[from] ClientError),
     #[error("the coordinator speaks protocol {0}, this worker {PROTOCOL_VERSION}: run the same skyhaul version everywhere")]
     Version(u32),
+    /// An error that says this worker cannot copy anything ([`leaves_the_fleet`]): it has
+    /// left the fleet, and its work went back to the coordinator for the others.
+    #[error("{0}")]
+    Unable(Error),
+}
+
+/// Whether `e` says that this worker cannot copy anything, whatever the object: its
+/// credentials refused, the bucket or directory missing as it sees them (a mount missing on
+/// its machine, another region), its disk full. Such a worker leaves the fleet rather than
+/// fail every object it is handed; the rest of the fleet goes on. A denial stays one item's
+/// failure: it may be about that object alone.
+fn leaves_the_fleet(e: &Error) -> bool {
+    e.is_fatal() && e.kind != ErrorKind::AccessDenied
+}
+
+/// How a worker's lease loops end: the coordinator says the transfer is over, or an error
+/// says the worker cannot copy anything (kept, for the worker to leave the fleet with it).
+#[derive(Default)]
+struct End {
+    token: CancellationToken,
+    unable: Mutex<Option<Error>>,
+}
+
+impl End {
+    fn unable(&self, e: Error) {
+        self.unable.lock().expect("lock").get_or_insert(e);
+        self.token.cancel();
+    }
 }
 
 /// What a worker did, for its last log line and its metrics.
@@ -122,8 +151,7 @@ pub async fn run(
         stop.clone(),
     ));
     let mut loops = tokio::task::JoinSet::new();
-    // Told by the coordinator that the transfer is over (through any one loop).
-    let over = CancellationToken::new();
+    let end = Arc::new(End::default());
     for _ in 0..LEASES_IN_FLIGHT {
         loops.spawn(lease_loop(
             client.clone(),
@@ -135,7 +163,7 @@ pub async fn run(
             opts.max_connections.max(1),
             held.clone(),
             counters.clone(),
-            over.clone(),
+            end.clone(),
         ));
     }
     let mut result = Ok(());
@@ -152,7 +180,26 @@ pub async fn run(
     }
     stop.cancel();
     let _ = beats.await;
+    let unable = end.unable.lock().expect("lock").take();
+    if let Some(e) = unable {
+        leave(&client, info, &e).await;
+        return Err(WorkerError::Unable(e));
+    }
     result.map(|()| counters).map_err(WorkerError::from)
+}
+
+/// Tells the coordinator that this worker leaves the fleet and why, so that its leases go
+/// back to the queue at once rather than when they expire.
+async fn leave(client: &Client, worker: WorkerInfo, e: &Error) {
+    let leave = Leave {
+        worker,
+        error: e.message.clone(),
+        kind: e.kind,
+    };
+    let told: Result<serde_json::Value, _> = client.post("/v1/leave", &leave).await;
+    if let Err(told) = told {
+        tracing::warn!("telling the coordinator that this worker leaves: {told}");
+    }
 }
 
 /// The engine options a worker copies with, from the coordinator's settings.
@@ -191,9 +238,10 @@ async fn lease_loop(
     concurrency: usize,
     held: Held,
     counters: Arc<Counters>,
-    over: CancellationToken,
+    end: Arc<End>,
 ) -> Result<(), ClientError> {
     let info = asker.info;
+    let over = &end.token;
     loop {
         let request = LeaseRequest {
             worker: info.clone(),
@@ -224,16 +272,28 @@ async fn lease_loop(
         let work = futures::stream::iter(lease.items)
             .map(|item| run_item(&exec, item))
             .buffer_unordered(concurrency)
-            .collect::<Vec<ItemResult>>();
+            .try_collect::<Vec<ItemResult>>();
         let results = tokio::select! {
             r = work => r,
-            // Done by another worker, or the transfer is over: the rest is not needed
-            // (a request cut off here leaves no partial object; an orphan part is
-            // overwritten or dropped with its upload).
+            // Done by another worker, the transfer is over, or this worker leaves: the
+            // rest is not needed here (a request cut off here leaves no partial object; an
+            // orphan part is overwritten or dropped with its upload).
             _ = drop_it.cancelled() => {
                 held.lock().expect("lock").remove(&lease.lease_id);
+                if over.is_cancelled() {
+                    return Ok(());
+                }
                 tracing::info!("lease {} dropped: its work was done elsewhere", lease.lease_id);
                 continue;
+            }
+        };
+        let results = match results {
+            Ok(results) => results,
+            // The rest of the lease is dropped with it; the coordinator takes the lease
+            // back when the worker leaves.
+            Err(e) => {
+                end.unable(e);
+                return Ok(());
             }
         };
         let failed = results
@@ -255,38 +315,47 @@ async fn lease_loop(
     }
 }
 
-async fn run_item(exec: &Executor, item: WorkItem) -> ItemResult {
+/// Does one item; an error that means this worker cannot copy anything
+/// ([`leaves_the_fleet`]) is returned instead of reported as the item's failure.
+async fn run_item(exec: &Executor, item: WorkItem) -> Result<ItemResult, Error> {
     let name = item.name();
-    let outcome = match item {
+    let done = match item {
         WorkItem::Object {
             src,
             dst_key,
             unless_same,
-        } => match exec.copy(&src, &dst_key, unless_same).await {
-            Ok(Some(copied)) => Outcome::Copied { copied },
-            Ok(None) => Outcome::Same,
-            Err(e) => Outcome::Failed { error: e.message },
-        },
+        } => exec
+            .copy(&src, &dst_key, unless_same)
+            .await
+            .map(|copied| match copied {
+                Some(copied) => Outcome::Copied { copied },
+                None => Outcome::Same,
+            }),
         WorkItem::Part {
             src,
             upload,
             spec,
             server_side,
-        } => match exec.move_part(&src, &upload, spec, server_side).await {
-            Ok((part, sums)) => Outcome::Part {
+        } => exec
+            .move_part(&src, &upload, spec, server_side)
+            .await
+            .map(|(part, sums)| Outcome::Part {
                 part,
                 sums: sums.as_ref().map(encode_sums),
-            },
-            Err(e) => Outcome::Failed { error: e.message },
-        },
+            }),
     };
-    if let Outcome::Failed { error } = &outcome {
-        tracing::warn!("{name}: {error}");
-    }
-    ItemResult {
+    let outcome = match done {
+        Ok(outcome) => outcome,
+        Err(e) if leaves_the_fleet(&e) => return Err(e),
+        Err(e) => {
+            tracing::warn!("{name}: {}", e.message);
+            Outcome::Failed { error: e.message }
+        }
+    };
+    Ok(ItemResult {
         item: name,
         outcome,
-    }
+    })
 }
 
 /// Tells the coordinator this worker is alive (renewing its leases) and how much it moved.

@@ -17,6 +17,8 @@ pub const LEASE_COMPLETED: &str = "completed";
 pub const LEASE_EXPIRED: &str = "expired";
 /// Ended because another lease (a speculative copy, or the lease it copied) did its work.
 pub const LEASE_SUPERSEDED: &str = "superseded";
+/// Given back by a worker that left the fleet (it could not copy anything).
+pub const LEASE_RETURNED: &str = "returned";
 
 /// One lease as the journal holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,10 +28,12 @@ pub struct FleetLease {
     pub bytes: u64,
     /// The work items as the coordinator handed them out (its own serialisation).
     pub payload: String,
-    /// [`LEASE_GRANTED`], [`LEASE_COMPLETED`], [`LEASE_EXPIRED`] or [`LEASE_SUPERSEDED`].
+    /// [`LEASE_GRANTED`], [`LEASE_COMPLETED`], [`LEASE_EXPIRED`], [`LEASE_SUPERSEDED`] or
+    /// [`LEASE_RETURNED`].
     pub state: String,
     /// Each item's name and outcome (`None` while the lease is out): `done`, `duplicate` (it
-    /// was already done through another lease), `failed`, `expired`, `superseded`.
+    /// was already done through another lease), `failed`, `expired`, `superseded`,
+    /// `returned`.
     pub items: BTreeMap<String, Option<String>>,
 }
 
@@ -80,8 +84,9 @@ impl Journal {
         }))
     }
 
-    /// Records a lease's end: [`LEASE_COMPLETED`], [`LEASE_EXPIRED`] or [`LEASE_SUPERSEDED`]
-    /// (for the last two, its items without an outcome take that state). Queued.
+    /// Records a lease's end: [`LEASE_COMPLETED`], [`LEASE_EXPIRED`], [`LEASE_SUPERSEDED`] or
+    /// [`LEASE_RETURNED`] (for the last three, its items without an outcome take that
+    /// state). Queued.
     pub fn lease_ended(&self, id: TransferId, lease_id: u64, state: &'static str) -> Result<()> {
         self.queue(Write::Fleet(FleetWrite::Ended {
             transfer: id.as_u64(),
@@ -187,7 +192,7 @@ pub(crate) fn apply(tx: &Transaction<'_>, w: &FleetWrite) -> Result<()> {
                  WHERE transfer = ?1 AND lease_id = ?2",
             )?
             .execute(params![t, l, state, at_ms])?;
-            if *state == LEASE_EXPIRED || *state == LEASE_SUPERSEDED {
+            if [LEASE_EXPIRED, LEASE_SUPERSEDED, LEASE_RETURNED].contains(state) {
                 tx.prepare_cached(
                     "UPDATE fleet_items SET outcome = ?3
                      WHERE transfer = ?1 AND lease_id = ?2 AND outcome IS NULL",

@@ -45,7 +45,9 @@ mod fleet;
 mod schema;
 mod writer;
 
-pub use fleet::{FleetLease, LEASE_COMPLETED, LEASE_EXPIRED, LEASE_GRANTED, LEASE_SUPERSEDED};
+pub use fleet::{
+    FleetLease, LEASE_COMPLETED, LEASE_EXPIRED, LEASE_GRANTED, LEASE_RETURNED, LEASE_SUPERSEDED,
+};
 
 pub use schema::SCHEMA_VERSION;
 

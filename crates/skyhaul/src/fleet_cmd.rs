@@ -182,13 +182,17 @@ pub async fn coordinate(
     supervisor.stop.cancel();
     let _ = supervisor.task.await;
     if all_gone.load(Ordering::Relaxed) {
-        return Err(Error::new(
-            ErrorKind::Other,
-            format!(
-                "all {} workers exited before the transfer finished (rerun the command to resume)",
-                fleet.workers
+        // The coordinator's own error says why, if the workers left it one.
+        return Err(match report {
+            Err(e) if e.kind != ErrorKind::Interrupted => e,
+            _ => Error::new(
+                ErrorKind::Other,
+                format!(
+                    "all {} workers exited before the transfer finished (rerun the command to resume)",
+                    fleet.workers
+                ),
             ),
-        ));
+        });
     }
     report
 }
@@ -340,7 +344,15 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
     let relay = relay.map(|r| r.stats());
     let counters = worker::run(client, info, metrics, spec, (&src, &dst), relay)
         .await
-        .map_err(worker_error)?;
+        .map_err(|e| match e {
+            WorkerError::Unable(e) => {
+                let mut e = exit::store(exit::side_of(&e, &src, &dst), e);
+                e.message
+                    .push_str(" (this worker left the fleet; its work went to the others)");
+                e
+            }
+            e => worker_error(e),
+        })?;
     tracing::info!(
         "worker done: {} items in {} leases",
         counters.items.load(Ordering::Relaxed),

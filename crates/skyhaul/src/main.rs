@@ -61,9 +61,12 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKYHAUL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a person at a terminal: a log piped to a file or a collector gets
+    // plain text, not escape codes.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(output::LogWriter::new)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -1,5 +1,6 @@
 //! Fleet mode against real S3 servers: a local fleet losing a worker to `kill -9`, a
-//! coordinator killed and restarted, and the API's authentication.
+//! coordinator killed and restarted, workers that cannot copy leaving the fleet, and the
+//! API's authentication.
 //!
 //! Each transfer is slowed with `--bwlimit` per worker so that it is still running when
 //! something is killed, and every claim about redone work is read from the journal's lease
@@ -8,7 +9,7 @@
 mod common;
 
 use common::*;
-use skyhaul_journal::{FleetLease, Journal, LEASE_EXPIRED, LEASE_SUPERSEDED};
+use skyhaul_journal::{FleetLease, Journal, LEASE_EXPIRED, LEASE_RETURNED, LEASE_SUPERSEDED};
 use skyhaul_testkit::{S3Kind, S3Server};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -828,4 +829,155 @@ async fn workers_on_two_hosts_share_the_bytes() {
         // But not the other host's share: its link carried its own work.
         assert!(rx <= done + total / 4, "{ns}: rx {rx}, done {done}");
     }
+}
+
+/// Small objects and one striped object, for the tests of workers that leave.
+fn leaving_files() -> BTreeMap<String, Vec<u8>> {
+    let mut files: BTreeMap<String, Vec<u8>> = (0..24)
+        .map(|i| (format!("s/{i:02}.bin"), data(100_000 + i * 13, i as u64)))
+        .collect();
+    files.insert("l/large.bin".into(), data(12 * MIB, 99));
+    files
+}
+
+/// Many leases (2 MiB each), the large object in parts.
+const LEAVING: [&str; 8] = [
+    "--lease-size",
+    "2M",
+    "--multipart-threshold",
+    "8M",
+    "--part-size",
+    "5M",
+    "--max-connections",
+    "2",
+];
+
+/// A worker started with a destination secret the server refuses.
+fn worker_with_a_wrong_secret(url: &str, src: &S3Server, dst: &S3Server, dir: &Path) -> Child {
+    command(
+        &["worker", "--coordinator", url, "--wait", "60s"],
+        src,
+        dst,
+        &dir.join("unused.sqlite"),
+    )
+    .env("SKYHAUL_DST_SECRET_ACCESS_KEY", "wrong-secret-value")
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
+/// Waits for a line of `stderr` that contains `text`.
+fn wait_line(stderr: &std::sync::mpsc::Receiver<String>, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = stderr.recv_timeout(Duration::from_millis(100)) {
+            if line.contains(text) {
+                return line;
+            }
+            seen.push(line);
+        }
+    }
+    panic!("no line with {text:?}: {seen:#?}");
+}
+
+/// A worker whose destination credentials are refused cannot copy anything: it leaves the
+/// fleet (exit 4, the reason on its stderr), its leases go back to the queue at once (the
+/// lease timeout is far beyond the test, so no expiry could have done it), nothing counts as
+/// failed, and a healthy worker that joins later finishes the transfer with every item done
+/// exactly once. One worker's bad environment does not stop the fleet.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_cannot_copy_leaves_and_the_others_finish() {
+    let files = leaving_files();
+    let (src, dst) = servers_with(&files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let listen = free_listen();
+    let mut tuning = LEAVING.to_vec();
+    tuning.extend(["--lease-timeout", "300s"]);
+    let args = coordinator_cp(&listen, &[], &tuning);
+    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut coordinator);
+
+    let mut bad = worker_with_a_wrong_secret(&url, &src, &dst, dir.path());
+    let code = wait_exit(&mut bad, 60);
+    let mut said = String::new();
+    bad.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert_eq!(code, 4, "{said}");
+    assert!(
+        said.contains("does not accept these credentials")
+            && said.contains("SKYHAUL_DST_SECRET_ACCESS_KEY")
+            && said.contains("this worker left the fleet")
+            && !said.contains("wrong-secret"),
+        "{said}"
+    );
+    let line = wait_line(&stderr, "left the fleet");
+    assert!(line.contains("does not accept these credentials"), "{line}");
+    let s = status(&url);
+    let w = &s["workers"][0];
+    let bad_id = w["id"].as_str().unwrap().to_string();
+    let left = w["left"].as_str().unwrap_or_else(|| panic!("{s}"));
+    assert!(left.contains("does not accept these credentials"), "{s}");
+    assert_eq!(w["alive"], false, "{s}");
+    assert_eq!(w["leases"], serde_json::json!([]), "{s}");
+    assert!(s["leases_returned"].as_u64() >= Some(1), "{s}");
+    assert_eq!(s["leases_active"], 0, "{s}");
+    assert_eq!(s["leases_expired"], 0, "{s}");
+    assert_eq!(s["objects_failed"], 0, "{s}");
+
+    let mut good = spawn_worker(&url, &[], &src, &dst, dir.path());
+    let out = succeeded(&mut coordinator, &stderr);
+    copied_all(&out, &dst, &files).await;
+    assert_eq!(wait_exit(&mut good, 30), 0, "the healthy worker failed");
+    let leases = leases(&journal);
+    let theirs: Vec<&FleetLease> = leases.iter().filter(|l| l.worker == bad_id).collect();
+    assert!(!theirs.is_empty(), "{leases:#?}");
+    assert!(
+        theirs.iter().all(|l| l.state == LEASE_RETURNED),
+        "{theirs:#?}"
+    );
+    let done = done_counts(&leases);
+    assert!(done.values().all(|&n| n == 1), "work done twice: {done:?}");
+    for lease in &theirs {
+        for item in lease.items.keys() {
+            assert_ne!(done_by(&leases, item).worker, bad_id, "{item}");
+        }
+    }
+}
+
+/// When every worker has left the fleet and no other has come for a lease timeout, nobody
+/// can finish the transfer: the coordinator stops with the last one's error and its exit
+/// code (4 for refused credentials), saying so and naming no secret, and nothing was written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_whose_workers_all_left_stops_with_their_error() {
+    let files = leaving_files();
+    let (src, dst) = servers_with(&files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let listen = free_listen();
+    let mut tuning = LEAVING.to_vec();
+    tuning.extend(["--lease-timeout", "2s"]);
+    let args = coordinator_cp(&listen, &[], &tuning);
+    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut coordinator);
+    let mut bad = worker_with_a_wrong_secret(&url, &src, &dst, dir.path());
+    assert_eq!(wait_exit(&mut bad, 60), 4);
+    let code = wait_exit(&mut coordinator, 60);
+    let lines: Vec<String> = stderr.try_iter().collect();
+    assert_eq!(code, 4, "{lines:#?}");
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("skyhaul: error:"))
+        .unwrap_or_else(|| panic!("no error line: {lines:#?}"));
+    assert!(
+        error.contains("every worker has left the fleet")
+            && error.contains("does not accept these credentials")
+            && !error.contains("wrong-secret"),
+        "{error}"
+    );
+    assert!(read_bucket(&dst, "dst", "data/").await.is_empty());
 }
