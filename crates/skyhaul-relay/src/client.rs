@@ -11,7 +11,7 @@ use crate::message::{encode, is_request, Assembler, Message};
 use crate::outbox::Outbox;
 use crate::rpc::{md5_hex, Info, ListPage, ReadAnswer, Request, Response, WireEntry};
 use crate::stats::{RelayStats, RelaySummary};
-use crate::wire::{handshake_client, read_frame, write_frame, ClientHello, Kind};
+use crate::wire::{handshake_client, read_frame, write_frame, ClientHello, Kind, WireError};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
@@ -45,6 +45,8 @@ enum TryError {
     Again(String),
     /// The gateway's TLS certificate is not trusted here, which no retry changes.
     Untrusted(String),
+    /// The gateway speaks another relay protocol version, which no retry changes either.
+    Version(String),
 }
 
 impl From<String> for TryError {
@@ -335,6 +337,12 @@ impl Shared {
                         ),
                     ))
                 }
+                Err(TryError::Version(why)) => {
+                    return Err(Error::new(
+                        ErrorKind::Unreachable,
+                        format!("relay: gateway {}: {why}", link.addr),
+                    ))
+                }
                 Err(TryError::Again(e)) => {
                     tracing::warn!(
                         "relay: {op} via gateway {}: {e}; sending it again",
@@ -472,7 +480,7 @@ impl Link {
         for (&i, r) in missing.iter().zip(opened) {
             match r {
                 Ok(c) => conns[i] = Some(Arc::new(c)),
-                Err(TryError::Untrusted(e)) => return Err(TryError::Untrusted(e)),
+                Err(e @ (TryError::Untrusted(_) | TryError::Version(_))) => return Err(e),
                 Err(e) => {
                     conns[i] = None;
                     last = Some(e);
@@ -517,7 +525,10 @@ impl Link {
         )
         .await
         .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| match e {
+            WireError::Version(_) => TryError::Version(format!("handshake: {e}")),
+            e => TryError::Again(format!("handshake: {e}")),
+        })?;
         let (rd, mut wr) = io.into_inner();
         let alive = Arc::new(AtomicBool::new(true));
         let dead = Arc::new(Notify::new());

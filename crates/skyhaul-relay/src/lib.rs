@@ -15,7 +15,9 @@
 //!
 //! A connection starts with two 32-byte hellos, client first, both in clear:
 //! `SKHR`, version (1), role (`C` or `G`), compression code and level (client), the client's
-//! session id (8 bytes, random per [`RelayStore`]), 16 random bytes. Each side then derives
+//! session id (8 bytes, random per [`RelayStore`]), 16 random bytes. A gateway answers the
+//! hello of a client of another version too, and then closes the connection, so that the
+//! client can name both versions (and not retry: nothing will change). Each side then derives
 //! the connection key `HKDF-SHA256(salt = client hello ‖ gateway hello, ikm = transfer key,
 //! info = "skyhaul-relay v1 connection key")`. The transfer key is 32 random bytes per
 //! transfer ([`RelayKey`]), handed out of band.

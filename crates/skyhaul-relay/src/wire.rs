@@ -153,6 +153,8 @@ pub enum WireError {
         stream: u64,
         offset: u64,
     },
+    /// The peer's hello is of this other protocol version.
+    Version(u8),
 }
 
 impl fmt::Display for WireError {
@@ -167,6 +169,10 @@ impl fmt::Display for WireError {
             WireError::Checksum { stream, offset } => write!(
                 f,
                 "chunk at offset {offset} of message {stream} failed its plaintext CRC"
+            ),
+            WireError::Version(v) => write!(
+                f,
+                "the peer speaks relay protocol version {v}, this side {VERSION}: run the same skyhaul version at both ends"
             ),
         }
     }
@@ -362,6 +368,7 @@ fn hello(role: u8, comp: (u8, u8), session: u64, rand: &[u8; 16]) -> [u8; HELLO_
     b
 }
 
+/// Reads a skyhaul relay peer's hello of `role`, of any version ([`same_version`] checks it).
 async fn read_hello<R: AsyncRead + Unpin>(
     r: &mut R,
     role: u8,
@@ -373,13 +380,14 @@ async fn read_hello<R: AsyncRead + Unpin>(
             "not a skyhaul relay peer (bad hello)".into(),
         ));
     }
-    if b[4] != VERSION {
-        return Err(WireError::Malformed(format!(
-            "peer speaks relay protocol version {}, this side {VERSION}",
-            b[4]
-        )));
-    }
     Ok(b)
+}
+
+fn same_version(hello: &[u8; HELLO_LEN]) -> Result<(), WireError> {
+    match hello[4] {
+        VERSION => Ok(()),
+        v => Err(WireError::Version(v)),
+    }
 }
 
 /// A connection's two directions, both under its key, starting at sequence number 0.
@@ -422,6 +430,7 @@ pub async fn handshake_client<S: AsyncRead + AsyncWrite + Unpin>(
     s.write_all(&mine).await?;
     s.flush().await?;
     let theirs = read_hello(s, b'G').await?;
+    same_version(&theirs)?;
     let k = keys(key, &mine, &theirs);
     Ok(channel(&k, Direction::ToGateway, Direction::ToClient))
 }
@@ -438,6 +447,9 @@ pub async fn handshake_gateway<S: AsyncRead + AsyncWrite + Unpin>(
     let mine = hello(b'G', (0, 0), 0, &rand);
     s.write_all(&mine).await?;
     s.flush().await?;
+    // Refused only after answering: a client of another version reads this gateway's
+    // version and says which versions differ, rather than that the connection closed.
+    same_version(&theirs)?;
     let k = keys(key, &theirs, &mine);
     let client = ClientHello {
         session: u64::from_be_bytes(theirs[8..16].try_into().unwrap()),
@@ -465,6 +477,33 @@ mod tests {
         let (h, gs, go) = g.unwrap();
         assert_eq!(h.session, 7);
         (c.unwrap(), (gs, go))
+    }
+
+    /// A peer of another version is refused at the handshake, and both ends say which
+    /// versions differ: the gateway answers its hello before refusing, so the client does not
+    /// only see the connection close.
+    #[tokio::test]
+    async fn another_version_is_named_at_both_ends() {
+        let k = RelayKey::generate();
+        let mut other = hello(b'C', (0, 0), 1, &[0; 16]);
+        other[4] = VERSION + 1;
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&other).await.unwrap();
+        let refused = handshake_gateway(&mut b, &k).await.err().unwrap();
+        assert!(matches!(refused, WireError::Version(v) if v == VERSION + 1));
+        let answer = read_hello(&mut a, b'G').await.unwrap();
+        assert_eq!(answer[4], VERSION);
+
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let mut newer_gateway = hello(b'G', (0, 0), 0, &[0; 16]);
+        newer_gateway[4] = VERSION + 1;
+        b.write_all(&newer_gateway).await.unwrap();
+        let hello_c = ClientHello {
+            session: 1,
+            compression: Compression::None,
+        };
+        let refused = handshake_client(&mut a, &k, hello_c).await.err().unwrap();
+        assert!(matches!(refused, WireError::Version(v) if v == VERSION + 1));
     }
 
     fn frame(i: u64) -> Plain {

@@ -291,3 +291,47 @@ async fn a_silent_client_does_not_hold_a_tls_gateway() {
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     assert!(t.elapsed() < skyhaul_tls::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(2));
 }
+
+/// A gateway of another relay protocol version (a stand-in that answers the hello with
+/// version 2): the client says which versions differ, at once and without retrying (no retry
+/// changes it), rather than that the connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_of_another_version_is_named_at_once() {
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Relaxed);
+            tokio::spawn(async move {
+                let mut theirs = [0u8; 32];
+                if s.read_exact(&mut theirs).await.is_ok() {
+                    let mut mine = [0u8; 32];
+                    mine[..4].copy_from_slice(b"SKHR");
+                    mine[4] = 2;
+                    mine[5] = b'G';
+                    let _ = s.write_all(&mine).await;
+                }
+            });
+        }
+    });
+    let key = RelayKey::generate();
+    let opts = options(vec![addr], &key, Compression::Zstd(1));
+    let t = std::time::Instant::now();
+    let e = RelayStore::connect(opts.clone()).await.unwrap_err();
+    assert_eq!(e.kind, skyhaul_store::ErrorKind::Unreachable, "{e}");
+    assert!(
+        e.message.contains("relay protocol version 2, this side 1")
+            && e.message.contains("run the same skyhaul version"),
+        "{e}"
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "retried");
+    assert!(
+        accepted.load(Relaxed) <= usize::from(opts.connections),
+        "{} connections: retried",
+        accepted.load(Relaxed)
+    );
+}
