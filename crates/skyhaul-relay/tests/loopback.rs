@@ -330,7 +330,7 @@ async fn a_gateway_of_another_version_is_named_at_once() {
     );
     assert!(t.elapsed() < std::time::Duration::from_secs(2), "retried");
     assert!(
-        accepted.load(Relaxed) <= usize::from(opts.connections),
+        accepted.load(Relaxed) <= opts.connections,
         "{} connections: retried",
         accepted.load(Relaxed)
     );
