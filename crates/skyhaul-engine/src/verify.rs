@@ -101,6 +101,29 @@ impl Verification {
         }
     }
 
+    /// `e`, an error that stopped the check, with what the check had found wrong before it:
+    /// such an error ends the check without a report, so it says it instead.
+    fn stopped(&self, e: Error) -> Error {
+        let found: Vec<String> = [
+            (self.missing, "missing"),
+            (self.extra, "extra"),
+            (self.size_mismatch, "of another size"),
+            (self.checksum_mismatch, "with other checksums"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        if found.is_empty() {
+            return e;
+        }
+        let found = found.join(", ");
+        Error::new(
+            e.kind,
+            format!("{e}; before it stopped, the check had found objects {found}"),
+        )
+    }
+
     fn missing(&mut self, key: &str) {
         self.missing += 1;
         self.differing.push(key.to_string());
@@ -242,7 +265,7 @@ where
         }
         v.compared(&key, outcome)
     };
-    run_bounded(
+    let checked = run_bounded(
         denials,
         items,
         limit,
@@ -250,7 +273,8 @@ where
         check,
         record,
     )
-    .await
+    .await;
+    checked.map_err(|e| v.stopped(e))
 }
 
 /// The checksum comparison for a copied object from what the destination reports: its

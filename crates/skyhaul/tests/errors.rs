@@ -564,7 +564,8 @@ async fn verify_compares_the_rest_when_some_objects_are_denied() {
 }
 
 /// Credentials that may list but read nothing stop `verify` after a hundred denials in a
-/// row, instead of asking for every object in turn.
+/// row, instead of asking for every object in turn; the error names what the check had
+/// found wrong before it stopped.
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_stops_after_denials_in_a_row() {
     const OBJECTS: usize = 300;
@@ -577,9 +578,17 @@ async fn verify_stops_after_denials_in_a_row() {
     let dst = tmp.path().join("dst");
     let copy = copy_through(&s3.endpoint, "s3://bkt/many/", &dst, &s3);
     assert_eq!(copy.code, 0, "{}", copy.stderr);
+    // What the listings already show is named, since the stop leaves no report.
+    std::fs::remove_file(dst.join("000")).unwrap();
+    std::fs::write(dst.join("extra"), b"x").unwrap();
     let proxy = denying_reads_under(&s3.endpoint, "/bkt/many/");
     let run = verify_through(&proxy.endpoint(), "s3://bkt/many/", &dst, &s3, &[]);
     stopped_after_denials(&run, &proxy, OBJECTS, "verification stopped");
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("before it stopped, the check had found objects 1 missing, 1 extra"),
+        "{line}"
+    );
 }
 
 /// A bucket these credentials may write but not list (a drop box): a copy that would read
