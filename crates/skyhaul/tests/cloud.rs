@@ -163,9 +163,15 @@ async fn read_container(
         .try_collect()
         .await
         .unwrap();
+    let names: Vec<String> = metas.iter().map(|m| m.location.to_string()).collect();
     let mut out = BTreeMap::new();
     for m in metas {
-        let data = store.get(&m.location).await.unwrap().bytes().await.unwrap();
+        // Named in full if it fails: a get of a listed object once failed here, unexplained.
+        let got = match store.get(&m.location).await {
+            Ok(got) => got.bytes().await,
+            Err(e) => Err(e),
+        };
+        let data = got.unwrap_or_else(|e| panic!("get {}: {e:?}; listed {names:?}", m.location));
         out.insert(
             m.location.to_string()[prefix.len()..].to_string(),
             data.to_vec(),
@@ -372,9 +378,15 @@ async fn read_gcs(gcs: &FakeGcsServer, bucket: &str, prefix: &str) -> BTreeMap<S
         .try_collect()
         .await
         .unwrap();
+    let names: Vec<String> = metas.iter().map(|m| m.location.to_string()).collect();
     let mut out = BTreeMap::new();
     for m in metas {
-        let data = store.get(&m.location).await.unwrap().bytes().await.unwrap();
+        // Named in full if it fails: a get of a listed object once failed here, unexplained.
+        let got = match store.get(&m.location).await {
+            Ok(got) => got.bytes().await,
+            Err(e) => Err(e),
+        };
+        let data = got.unwrap_or_else(|e| panic!("get {}: {e:?}; listed {names:?}", m.location));
         out.insert(
             m.location.to_string()[prefix.len()..].to_string(),
             data.to_vec(),
