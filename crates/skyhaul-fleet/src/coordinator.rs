@@ -8,7 +8,8 @@
 //!
 //! A worker that finds it cannot copy anything (its credentials refused, its disk full)
 //! leaves the fleet and says why; its leases go back to the queue at once, and the others go
-//! on. Only when no worker is left does the transfer stop, with that worker's error.
+//! on. Only when no worker is left, and none has joined for a while, does the transfer stop,
+//! with that worker's error.
 //!
 //! What survives a restart (all in the journal): objects done, open uploads with their
 //! finished parts, and the leases. A restarted coordinator plans again from the listing,
@@ -34,6 +35,7 @@ use skyhaul_journal::{
 use skyhaul_relay::{RelayCounts, RelayStats};
 use skyhaul_store::{CompletedPart, Error, ErrorKind, MultipartUpload, ObjectMeta, Result};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -47,6 +49,10 @@ const MAX_ITEMS_PER_LEASE: usize = 1000;
 const MIN_ITEM_COST: u64 = 256 << 10;
 /// Items queued beyond which the planner waits: memory stays bounded on huge listings.
 const MAX_QUEUED: usize = 50_000;
+/// With no worker left, how many lease timeouts a coordinator waits for a worker to join
+/// (or another to leave) before it stops: the machines of a launched fleet come up minutes
+/// apart, and a worker that has joined still opens both sides before it asks for work.
+const QUIET_TIMEOUTS: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorOptions {
@@ -150,6 +156,8 @@ struct State {
     expired: u64,
     /// Leases given back by workers that left the fleet.
     returned: u64,
+    /// When a worker last joined (asked what the transfer is) or left the fleet.
+    roster_changed: Option<Instant>,
     duplicates: u64,
     /// Speculative copies of leases handed to idle workers.
     reissued: u64,
@@ -187,37 +195,41 @@ impl State {
         self.planning_done && self.items.is_empty() && self.completing == 0
     }
 
-    fn live_workers(&self, timeout: Duration) -> usize {
-        let now = Instant::now();
+    fn live_workers(&self, now: Instant, timeout: Duration) -> usize {
         self.workers
             .values()
             .filter(|w| w.working(now, timeout))
             .count()
     }
 
-    /// The transfer's end when nobody is left to do it: every worker heard from has left
-    /// the fleet or gone silent, and `quiet` has passed since the last one left (time for
-    /// another to join). The error is that worker's, kind and all, so the exit code says
-    /// what to fix.
-    fn stranded(&self, timeout: Duration, quiet: Duration) -> Option<Error> {
-        let now = Instant::now();
-        if self.workers.values().any(|w| w.working(now, timeout)) {
-            return None;
-        }
-        let (id, (at, e)) = self
+    /// The error of the worker that left the fleet last, as the transfer's own: nobody is
+    /// left to do the work. Its kind is kept, so the exit code says what to fix.
+    fn left_last(&self) -> Option<Error> {
+        let (id, (_, e)) = self
             .workers
             .iter()
             .filter_map(|(id, w)| Some((id, w.left.as_ref()?)))
             .max_by_key(|(_, (at, _))| *at)?;
-        (now.duration_since(*at) >= quiet).then(|| {
-            Error::new(
-                e.kind,
-                format!(
-                    "{} (every worker has left the fleet; {id} was the last, with this error: rerun to resume once it is fixed)",
-                    e.message
-                ),
-            )
-        })
+        Some(Error::new(
+            e.kind,
+            format!(
+                "{} (no worker is left to do the work: {id}, the last to leave the fleet, left with this error; rerun to resume once it is fixed)",
+                e.message
+            ),
+        ))
+    }
+
+    /// [`State::left_last`], when nobody is left to do the work that remains: a worker has
+    /// left the fleet, every other has left or gone silent, and `quiet` has passed since a
+    /// worker last joined or left.
+    fn stranded(&self, now: Instant, timeout: Duration, quiet: Duration) -> Option<Error> {
+        let settled = self
+            .roster_changed
+            .is_some_and(|at| now.saturating_duration_since(at) >= quiet);
+        if !settled || self.finished_copying() || self.live_workers(now, timeout) > 0 {
+            return None;
+        }
+        self.left_last()
     }
 
     /// Ends lease `id` and puts what it held back in the queue, first; returns the lease
@@ -282,6 +294,9 @@ struct Shared {
     /// Signalled when work finishes or the queue shrinks.
     wake: Notify,
     cancel: CancellationToken,
+    local_workers_gone: Option<Arc<AtomicBool>>,
+    /// Why the coordinator stopped the transfer itself: nobody was left to do it.
+    stopped: Mutex<Option<Error>>,
 }
 
 impl Shared {
@@ -318,6 +333,11 @@ pub struct Setup {
     /// are added to them as they report, so after [`run`] they cover the whole transfer
     /// (what workers sent before they were last heard from).
     pub relay: Option<Arc<RelayStats>>,
+    /// A fleet whose only workers are local processes (`cp/sync --workers N`): set once
+    /// every one of them has exited. Nobody is left then, so the transfer stops at once
+    /// (with the error a worker left the fleet with, if one did). `None` where workers
+    /// join from elsewhere.
+    pub local_workers_gone: Option<Arc<AtomicBool>>,
 }
 
 /// Runs a transfer as its coordinator, serving workers on `setup.listener` until the
@@ -336,6 +356,7 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
         cancel,
         journal,
         relay,
+        local_workers_gone,
     } = setup;
     let exec = Executor::coordinator(
         src,
@@ -362,6 +383,8 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
         }),
         wake: Notify::new(),
         cancel: cancel.clone(),
+        local_workers_gone,
+        stopped: Mutex::new(None),
     });
     restore_leases(&shared);
 
@@ -381,13 +404,12 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
     let expiry = tokio::spawn(watch_leases(shared.clone(), stop.clone()));
 
     let result = coordinate(&shared, src, dst, started).await;
-    // Stopped because nobody was left to do the work (here, or by the local workers'
-    // supervisor): the reason is the last worker's.
-    let timeout = shared.opts.lease_timeout;
-    let result = match shared.state().stranded(timeout, Duration::ZERO) {
-        Some(e) if cancel.is_cancelled() => Err(e),
-        _ => result,
-    };
+    let stopped = shared
+        .stopped
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let result = stopped.map_or(result, Err);
     shared.state().phase = "done";
     if result.is_ok() && !cancel.is_cancelled() {
         linger(&shared).await;
@@ -641,21 +663,44 @@ fn restore_leases(shared: &Shared) {
     }
 }
 
-/// Every quarter of the timeout: leases not renewed in time go back to the queue, first;
-/// once no worker is left, and none has come for a timeout, the transfer stops.
+/// Every quarter of the timeout (a second at most): leases not renewed in time go back to
+/// the queue, first; a transfer nobody is left to do stops.
 async fn watch_leases(shared: Arc<Shared>, stop: CancellationToken) {
-    let timeout = shared.opts.lease_timeout;
-    let every = (timeout / 4).max(Duration::from_millis(50));
+    let every =
+        (shared.opts.lease_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         expire_leases(&shared);
-        if shared.state().stranded(timeout, timeout).is_some() {
+        if let Some(e) = nobody_left(&shared) {
+            let mut stopped = shared.stopped.lock().unwrap_or_else(|e| e.into_inner());
+            stopped.get_or_insert(e);
             shared.cancel.cancel();
         }
     }
+}
+
+/// The error that ends a transfer nobody is left to do: a local fleet's workers have all
+/// exited, or every worker has left the fleet or gone silent and none has joined for
+/// [`QUIET_TIMEOUTS`] lease timeouts.
+fn nobody_left(shared: &Shared) -> Option<Error> {
+    let st = shared.state();
+    let timeout = shared.opts.lease_timeout;
+    let local_gone = shared
+        .local_workers_gone
+        .as_ref()
+        .is_some_and(|gone| gone.load(Ordering::Relaxed));
+    if local_gone && !st.finished_copying() {
+        return Some(st.left_last().unwrap_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                "every worker exited before the transfer finished (rerun the command to resume)",
+            )
+        }));
+    }
+    st.stranded(Instant::now(), timeout, timeout * QUIET_TIMEOUTS)
 }
 
 /// Leases not renewed in time go back to the queue, first.
@@ -717,6 +762,8 @@ fn router(shared: Arc<Shared>, token: Token) -> Router {
 }
 
 async fn transfer_spec(Axum(shared): Axum<Arc<Shared>>) -> Json<TransferSpec> {
+    // A worker joins: it is not heard from again until it has opened both sides.
+    shared.state().roster_changed = Some(Instant::now());
     Json(shared.spec.clone())
 }
 
@@ -724,11 +771,13 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
     let timeout = shared.opts.lease_timeout;
     let mut st = shared.state();
     st.relay_report(&req.worker, req.relay, &shared.relay);
-    if st.phase == "done" {
+    // A worker that left is done with the transfer, whatever it asks after its leave.
+    if st.phase == "done" || st.worker(&req.worker).left.is_some() {
         st.worker(&req.worker).told_done = true;
         return Json(LeaseReply::Done);
     }
-    let live = st.live_workers(timeout).max(1) as u64;
+    let now = Instant::now();
+    let live = st.live_workers(now, timeout).max(1) as u64;
     let mut target = shared.opts.lease_bytes.max(1);
     if st.planning_done {
         // The last work is spread over everyone rather than handed to the first to ask.
@@ -752,7 +801,6 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
             break;
         }
     }
-    let now = Instant::now();
     let lease_id = st.next_lease.max(1);
     let mut copy_of = None;
     if items.is_empty() {
@@ -824,10 +872,11 @@ async fn heartbeat(
     st.relay_report(&hb.worker, hb.relay, &shared.relay);
     let w = st.worker(&hb.worker);
     w.rate.record(Instant::now(), hb.bytes_moved);
+    let left = w.left.is_some();
     let (mut expired, mut superseded) = (Vec::new(), Vec::new());
     for id in hb.leases {
         match st.leases.get_mut(&id) {
-            Some(l) if l.worker == hb.worker.id => l.deadline = deadline,
+            Some(l) if l.worker == hb.worker.id && !left => l.deadline = deadline,
             _ if st.superseded.contains(&id) => superseded.push(id),
             _ => expired.push(id),
         }
@@ -909,12 +958,7 @@ async fn complete(
     }
     // Answered only once committed: a worker whose results were acknowledged never has
     // its work redone, whenever the coordinator is killed.
-    if let Some(j) = shared.journal.clone() {
-        let flushed = tokio::task::spawn_blocking(move || j.flush()).await;
-        if let Ok(Err(e)) = flushed {
-            tracing::warn!("journal: commit: {e}");
-        }
-    }
+    commit(&shared).await;
     shared.wake.notify_waiters();
     Json(serde_json::json!({}))
 }
@@ -923,7 +967,9 @@ async fn complete(
 async fn leave(Axum(shared): Axum<Arc<Shared>>, Json(l): Json<Leave>) -> Json<serde_json::Value> {
     let ended = {
         let mut st = shared.state();
-        st.worker(&l.worker).left = Some((Instant::now(), Error::new(l.kind, l.error.clone())));
+        let now = Instant::now();
+        st.worker(&l.worker).left = Some((now, Error::new(l.kind, l.error.clone())));
+        st.roster_changed = Some(now);
         let held: Vec<u64> = st
             .leases
             .iter()
@@ -946,8 +992,20 @@ async fn leave(Axum(shared): Axum<Arc<Shared>>, Json(l): Json<Leave>) -> Json<se
     for id in ended {
         shared.journal("lease end", |j, t| j.lease_ended(t, id, LEASE_RETURNED));
     }
+    commit(&shared).await;
     shared.wake.notify_waiters();
     Json(serde_json::json!({}))
+}
+
+/// Commits the journal's queued records: what a worker is answered must survive the
+/// coordinator being killed right after.
+async fn commit(shared: &Shared) {
+    if let Some(j) = shared.journal.clone() {
+        let flushed = tokio::task::spawn_blocking(move || j.flush()).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!("journal: commit: {e}");
+        }
+    }
 }
 
 /// Applies one result: the first result for an item counts; a later one (the item was
@@ -1292,62 +1350,67 @@ mod tests {
         let stats = Arc::new(RelayStats::default());
         let total: Relay = Some(stats.clone());
         let mut st = State::default();
-        let w = info;
         let counts = |logical, wire| RelayCounts {
             logical_sent: logical,
             wire_sent: wire,
             ..RelayCounts::default()
         };
-        st.relay_report(&w("a"), Some(counts(100, 40)), &total);
+        st.relay_report(&info("a"), Some(counts(100, 40)), &total);
         // The same totals again (a heartbeat after a lease request), then an older report
         // overtaken by a newer one: nothing is added twice, nothing goes back.
-        st.relay_report(&w("a"), Some(counts(100, 40)), &total);
-        st.relay_report(&w("a"), Some(counts(300, 90)), &total);
-        st.relay_report(&w("a"), Some(counts(200, 70)), &total);
-        st.relay_report(&w("b"), Some(counts(50, 50)), &total);
-        st.relay_report(&w("b"), None, &total);
+        st.relay_report(&info("a"), Some(counts(100, 40)), &total);
+        st.relay_report(&info("a"), Some(counts(300, 90)), &total);
+        st.relay_report(&info("a"), Some(counts(200, 70)), &total);
+        st.relay_report(&info("b"), Some(counts(50, 50)), &total);
+        st.relay_report(&info("b"), None, &total);
         let c = stats.counts();
         assert_eq!((c.logical_sent, c.wire_sent), (350, 140));
         assert_eq!(st.workers["a"].relay, Some(counts(300, 90)));
     }
 
     /// The transfer is stranded only once nobody is left: not while a worker that stayed
-    /// is heard from, nor before `quiet` has passed since the last one left; and then with
-    /// the error of the worker that left last, kind and all.
+    /// is heard from, nor before `quiet` has passed since a worker last joined or left, nor
+    /// once the copying is over; and then with the error of the worker that left last, kind
+    /// and all.
     #[test]
     fn stranded_only_when_nobody_is_left() {
-        let (timeout, quiet) = (Duration::from_secs(30), Duration::from_secs(5));
+        let (timeout, quiet) = (Duration::from_secs(30), Duration::from_secs(120));
+        let t0 = Instant::now();
+        let after = |secs| t0 + Duration::from_secs(secs);
         let mut st = State::default();
         assert!(
-            st.stranded(timeout, Duration::ZERO).is_none(),
+            st.stranded(after(1000), timeout, quiet).is_none(),
             "no worker yet"
         );
-        let leave = |st: &mut State, id: &str, kind, ago: u64| {
-            let at = Instant::now() - Duration::from_secs(ago);
+        let leave = |st: &mut State, id: &str, kind, at: Instant| {
             st.worker(&info(id)).left = Some((at, Error::new(kind, format!("{id} failed"))));
+            st.roster_changed = Some(at);
         };
         st.worker(&info("healthy"));
-        leave(&mut st, "a", ErrorKind::NoSpace, 60);
-        assert!(
-            st.stranded(timeout, quiet).is_none(),
-            "one is still working"
-        );
-        st.workers.get_mut("healthy").unwrap().last_seen -= 2 * timeout;
+        leave(&mut st, "a", ErrorKind::NoSpace, t0);
+        let working = st.stranded(after(20), timeout, Duration::ZERO);
+        assert!(working.is_none(), "one is still working");
+        let soon = st.stranded(after(60), timeout, quiet);
+        assert!(soon.is_none(), "time for another to join");
         let e = st
-            .stranded(timeout, quiet)
-            .expect("the last has gone silent");
+            .stranded(after(200), timeout, quiet)
+            .expect("nobody left");
         assert_eq!(e.kind, ErrorKind::NoSpace);
-        assert!(e.message.starts_with("a failed") && e.message.contains("a was the last"));
-        leave(&mut st, "b", ErrorKind::BadCredentials, 1);
-        assert!(
-            st.stranded(timeout, quiet).is_none(),
-            "time for another to join"
-        );
+        assert!(e.message.starts_with("a failed") && e.message.contains("a, the last to leave"));
+
+        // A worker joins: the quiet time starts again; it leaves too, with its own error.
+        st.roster_changed = Some(after(190));
+        assert!(st.stranded(after(200), timeout, quiet).is_none());
+        leave(&mut st, "b", ErrorKind::BadCredentials, after(195));
         let e = st
-            .stranded(timeout, Duration::ZERO)
-            .expect("no time asked for");
+            .stranded(after(400), timeout, quiet)
+            .expect("nobody left");
         assert_eq!(e.kind, ErrorKind::BadCredentials);
         assert!(e.message.starts_with("b failed"), "{e}");
-        assert_eq!(st.live_workers(timeout), 0);
+        assert_eq!(st.live_workers(after(400), timeout), 0);
+
+        // The end of a transfer (its check, its report) needs no worker.
+        st.planning_done = true;
+        assert!(st.stranded(after(400), timeout, quiet).is_none());
     }
 }

@@ -251,8 +251,7 @@ pub enum Outcome {
 }
 
 /// A worker leaves the fleet: an error said it cannot copy anything, whatever the object
-/// (its credentials refused, the bucket or directory missing from where it stands, its disk
-/// full). The coordinator puts its leases back in the queue at once, for the other workers.
+/// (its credentials refused, a bucket missing as it sees it, its disk full). The coordinator puts its leases back in the queue at once, for the other workers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Leave {
     pub worker: WorkerInfo,

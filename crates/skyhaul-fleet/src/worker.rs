@@ -33,16 +33,17 @@ pub enum WorkerError {
     #[error("the coordinator speaks protocol {0}, this worker {PROTOCOL_VERSION}: run the same skyhaul version everywhere")]
     Version(u32),
     /// An error that says this worker cannot copy anything ([`leaves_the_fleet`]): it has
-    /// left the fleet, and its work went back to the coordinator for the others.
-    #[error("{0}")]
-    Unable(Error),
+    /// left the fleet; `told`: the coordinator heard so, and gave its work to the others at
+    /// once (else its leases come back when they expire).
+    #[error("{error}")]
+    Unable { error: Error, told: bool },
 }
 
 /// Whether `e` says that this worker cannot copy anything, whatever the object: its
-/// credentials refused, the bucket or directory missing as it sees them (a mount missing on
-/// its machine, another region), its disk full. Such a worker leaves the fleet rather than
-/// fail every object it is handed; the rest of the fleet goes on. A denial stays one item's
-/// failure: it may be about that object alone.
+/// credentials refused, a bucket missing as it sees it (another endpoint or account), its
+/// disk full. Such a worker leaves the fleet rather than fail every object it is handed;
+/// the rest of the fleet goes on. A denial stays one item's failure: it may be about that
+/// object alone.
 fn leaves_the_fleet(e: &Error) -> bool {
     e.is_fatal() && e.kind != ErrorKind::AccessDenied
 }
@@ -56,9 +57,14 @@ struct End {
 }
 
 impl End {
+    /// The first such error ends the loops; one after the end (the transfer was over, or
+    /// another loop's error came first) changes nothing.
     fn unable(&self, e: Error) {
-        self.unable.lock().expect("lock").get_or_insert(e);
-        self.token.cancel();
+        let mut unable = self.unable.lock().expect("lock");
+        if !self.token.is_cancelled() {
+            *unable = Some(e);
+            self.token.cancel();
+        }
     }
 }
 
@@ -181,25 +187,26 @@ pub async fn run(
     stop.cancel();
     let _ = beats.await;
     let unable = end.unable.lock().expect("lock").take();
-    if let Some(e) = unable {
-        leave(&client, info, &e).await;
-        return Err(WorkerError::Unable(e));
+    if let Some(error) = unable {
+        let told = leave(&client, info, &error).await;
+        return Err(WorkerError::Unable { error, told });
     }
     result.map(|()| counters).map_err(WorkerError::from)
 }
 
 /// Tells the coordinator that this worker leaves the fleet and why, so that its leases go
-/// back to the queue at once rather than when they expire.
-async fn leave(client: &Client, worker: WorkerInfo, e: &Error) {
+/// back to the queue at once rather than when they expire; returns whether it heard.
+async fn leave(client: &Client, worker: WorkerInfo, e: &Error) -> bool {
     let leave = Leave {
         worker,
         error: e.message.clone(),
         kind: e.kind,
     };
     let told: Result<serde_json::Value, _> = client.post("/v1/leave", &leave).await;
-    if let Err(told) = told {
+    if let Err(told) = &told {
         tracing::warn!("telling the coordinator that this worker leaves: {told}");
     }
+    told.is_ok()
 }
 
 /// The engine options a worker copies with, from the coordinator's settings.
@@ -292,6 +299,7 @@ async fn lease_loop(
             // The rest of the lease is dropped with it; the coordinator takes the lease
             // back when the worker leaves.
             Err(e) => {
+                held.lock().expect("lock").remove(&lease.lease_id);
                 end.unable(e);
                 return Ok(());
             }

@@ -23,6 +23,8 @@ pub struct Fleet {
     listen: SocketAddr,
     /// Worker processes to start on this machine.
     workers: u16,
+    /// They are the only workers (`cp/sync --workers N`): no other can join.
+    local: bool,
     token: Token,
     options: CoordinatorOptions,
     /// HTTPS: the server configuration, and the certificate file local workers trust.
@@ -45,6 +47,7 @@ impl Fleet {
         Ok(Some(Fleet {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers,
+            local: true,
             token,
             options: options(args),
             tls: None,
@@ -76,6 +79,7 @@ impl Fleet {
         Ok(Fleet {
             listen,
             workers: args.workers.unwrap_or(0),
+            local: false,
             token: Token::new(token).map_err(exit::usage)?,
             options: options(args),
             tls,
@@ -161,7 +165,7 @@ pub async fn coordinate(
     let (tls, cert) = fleet.tls.unzip();
     let children = spawn_workers(fleet.workers, &url, &fleet.token, cert.as_deref())?;
     let all_gone = Arc::new(AtomicBool::new(false));
-    let supervisor = watch_workers(children, cancel.clone(), all_gone.clone());
+    let supervisor = watch_workers(children, all_gone.clone());
     let report = coordinator::run(
         src,
         dst,
@@ -176,24 +180,14 @@ pub async fn coordinate(
             cancel,
             journal,
             relay,
+            // Workers may join a `skyhaul coordinator` from elsewhere (a launched fleet
+            // runs one local worker beside them): its local workers' exit ends nothing.
+            local_workers_gone: fleet.local.then_some(all_gone),
         },
     )
     .await;
     supervisor.stop.cancel();
     let _ = supervisor.task.await;
-    if all_gone.load(Ordering::Relaxed) {
-        // The coordinator's own error says why, if the workers left it one.
-        return Err(match report {
-            Err(e) if e.kind != ErrorKind::Interrupted => e,
-            _ => Error::new(
-                ErrorKind::Other,
-                format!(
-                    "all {} workers exited before the transfer finished (rerun the command to resume)",
-                    fleet.workers
-                ),
-            ),
-        });
-    }
     report
 }
 
@@ -230,13 +224,12 @@ struct Supervisor {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Watches the local workers: when every one of them has exited and none of them because
-/// the coordinator said the transfer is over (exit code 0), nothing will finish it, so it
-/// is cancelled. At the end, workers get a few seconds to hear that the transfer is over
-/// before they are killed (by their own handles).
+/// Watches the local workers: sets `all_gone` when every one of them has exited and none
+/// of them because the coordinator said the transfer is over (exit code 0). At the end,
+/// workers get a few seconds to hear that the transfer is over before they are killed (by
+/// their own handles).
 fn watch_workers(
     mut children: Vec<tokio::process::Child>,
-    cancel: CancellationToken,
     all_gone: Arc<AtomicBool>,
 ) -> Supervisor {
     let stop = CancellationToken::new();
@@ -261,7 +254,6 @@ fn watch_workers(
                 }
                 if running == 0 && !told_done {
                     all_gone.store(true, Ordering::Relaxed);
-                    cancel.cancel();
                     return;
                 }
             }
@@ -345,10 +337,12 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
     let counters = worker::run(client, info, metrics, spec, (&src, &dst), relay)
         .await
         .map_err(|e| match e {
-            WorkerError::Unable(e) => {
-                let mut e = exit::store(exit::side_of(&e, &src, &dst), e);
-                e.message
-                    .push_str(" (this worker left the fleet; its work went to the others)");
+            WorkerError::Unable { error, told } => {
+                let mut e = exit::store(exit::side_of(&error, &src, &dst), error);
+                e.message.push_str(match told {
+                    true => " (this worker left the fleet; its work went to the others)",
+                    false => " (this worker stopped; the coordinator could not be told, so its leases go to the others when they expire)",
+                });
                 e
             }
             e => worker_error(e),

@@ -949,9 +949,10 @@ async fn a_worker_that_cannot_copy_leaves_and_the_others_finish() {
     }
 }
 
-/// When every worker has left the fleet and no other has come for a lease timeout, nobody
-/// can finish the transfer: the coordinator stops with the last one's error and its exit
-/// code (4 for refused credentials), saying so and naming no secret, and nothing was written.
+/// When every worker has left the fleet and none has joined or left for four lease timeouts,
+/// nobody can finish the transfer: the coordinator stops (not before) with the last one's
+/// error and its exit code (4 for refused credentials), saying so and naming no secret, and
+/// nothing was written.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_whose_workers_all_left_stops_with_their_error() {
     let files = leaving_files();
@@ -966,18 +967,90 @@ async fn a_fleet_whose_workers_all_left_stops_with_their_error() {
     let (url, stderr) = coordinator_url(&mut coordinator);
     let mut bad = worker_with_a_wrong_secret(&url, &src, &dst, dir.path());
     assert_eq!(wait_exit(&mut bad, 60), 4);
+    let left = Instant::now();
     let code = wait_exit(&mut coordinator, 60);
-    let lines: Vec<String> = stderr.try_iter().collect();
+    let waited = left.elapsed();
+    // The coordinator has exited: its stderr ends, with every line.
+    let lines: Vec<String> = stderr.iter().collect();
     assert_eq!(code, 4, "{lines:#?}");
+    assert!(
+        waited >= Duration::from_secs(7),
+        "stopped {waited:?} after the worker left, before four lease timeouts of 2 s"
+    );
     let error = lines
         .iter()
         .find(|l| l.starts_with("skyhaul: error:"))
         .unwrap_or_else(|| panic!("no error line: {lines:#?}"));
     assert!(
-        error.contains("every worker has left the fleet")
+        error.contains("no worker is left to do the work")
             && error.contains("does not accept these credentials")
             && !error.contains("wrong-secret"),
         "{error}"
     );
     assert!(read_bucket(&dst, "dst", "data/").await.is_empty());
+}
+
+/// A launched fleet runs one local worker beside the coordinator (`skyhaul coordinator
+/// --workers 1`) and the rest elsewhere: that local worker's exit (here `kill -9`) does not
+/// stop the transfer, which the remote worker finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinators_local_worker_exiting_ends_nothing() {
+    let (src, dst, files) = servers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let listen = free_listen();
+    let mut tuning = SLOW.to_vec();
+    tuning.extend(["--workers", "1"]);
+    let args = coordinator_cp(&listen, &[], &tuning);
+    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut coordinator);
+    let mut remote = spawn_worker(&url, &[], &src, &dst, dir.path());
+    let s = wait_status(&url, "both workers at work", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 2) && s["bytes_done"].as_u64() > Some(0)
+    });
+    let local = s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .find(|&pid| pid != remote.id())
+        .unwrap();
+    kill9(local);
+    let out = succeeded(&mut coordinator, &stderr);
+    copied_all(&out, &dst, &files).await;
+    assert_eq!(wait_exit(&mut remote, 30), 0, "the remote worker failed");
+}
+
+/// A local fleet (`cp --workers 1`) has no other workers: once its only worker has exited
+/// (`kill -9`, so it left no reason), the transfer stops, saying so, rather than wait for a
+/// worker that cannot come; a rerun of the same command finishes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_fleet_whose_workers_all_exited_stops() {
+    let files = leaving_files();
+    let (src, dst) = servers_with(&files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let mut args = vec!["cp", "-r", "s3://src/data", "s3://dst/data", "--json", "-y"];
+    args.extend(SLOW);
+    args.extend(["--workers", "1"]);
+    let mut child = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut child);
+    let s = wait_status(&url, "the worker at work", |s| {
+        s["objects_done"].as_u64() >= Some(3)
+    });
+    kill9(s["workers"][0]["pid"].as_u64().unwrap() as u32);
+    let code = wait_exit(&mut child, 60);
+    let lines: Vec<String> = stderr.iter().collect();
+    assert_eq!(code, 1, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l
+            == "skyhaul: error: every worker exited before the transfer finished (rerun the command to resume)"),
+        "{lines:#?}"
+    );
+    let mut rerun = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (_, stderr) = coordinator_url(&mut rerun);
+    let out = succeeded(&mut rerun, &stderr);
+    let report = last_json_line(&out).unwrap();
+    assert!(report["objects_skipped"].as_u64() > Some(0), "{report}");
+    assert_eq!(&read_bucket(&dst, "dst", "data/").await, &files);
 }
