@@ -104,23 +104,28 @@ impl Verification {
     /// `e`, an error that stopped the check, with what the check had found wrong before it:
     /// such an error ends the check without a report, so it says it instead.
     fn stopped(&self, e: Error) -> Error {
-        let found: Vec<String> = [
+        let wrong = [
             (self.missing, "missing"),
             (self.extra, "extra"),
             (self.size_mismatch, "of another size"),
             (self.checksum_mismatch, "with other checksums"),
-        ]
-        .into_iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!("{n} {what}"))
-        .collect();
-        if found.is_empty() {
+        ];
+        let total: u64 = wrong.iter().map(|(n, _)| n).sum();
+        if total == 0 {
             return e;
         }
-        let found = found.join(", ");
+        let each: Vec<String> = wrong
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+        let objects = if total == 1 { "object" } else { "objects" };
         Error::new(
             e.kind,
-            format!("{e}; before it stopped, the check had found objects {found}"),
+            format!(
+                "{e}; before it stopped, the check had found {total} {objects} wrong: {}",
+                each.join(", ")
+            ),
         )
     }
 
@@ -457,7 +462,7 @@ pub async fn verify_locations(
             progress.clone(),
         );
         let mut merge = Merge::new(left, right);
-        while let Some(pair) = merge.next().await? {
+        while let Some(pair) = merge.next().await.map_err(|e| v.stopped(e))? {
             match pair {
                 Pair::Left(a) => {
                     v.objects += 1;

@@ -221,12 +221,19 @@ impl State {
 
     /// [`State::left_last`], when nobody is left to do the work that remains: a worker has
     /// left the fleet, every other has left or gone silent, and `quiet` has passed since a
-    /// worker last joined or left.
+    /// worker last joined, left or went silent.
     fn stranded(&self, now: Instant, timeout: Duration, quiet: Duration) -> Option<Error> {
-        let settled = self
-            .roster_changed
-            .is_some_and(|at| now.saturating_duration_since(at) >= quiet);
-        if !settled || self.finished_copying() || self.live_workers(now, timeout) > 0 {
+        if self.finished_copying() || self.live_workers(now, timeout) > 0 {
+            return None;
+        }
+        let went_silent = self
+            .workers
+            .values()
+            .filter(|w| w.left.is_none())
+            .map(|w| w.last_seen + timeout)
+            .max();
+        let changed = self.roster_changed.max(went_silent)?;
+        if now.saturating_duration_since(changed) < quiet {
             return None;
         }
         self.left_last()
@@ -674,6 +681,11 @@ async fn watch_leases(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tokio::time::sleep(every) => {}
         }
         expire_leases(&shared);
+        // Once cancelled (Ctrl-C, whose signal also ends a local fleet's workers), the stop
+        // is not this task's to explain.
+        if shared.cancel.is_cancelled() {
+            continue;
+        }
         if let Some(e) = nobody_left(&shared) {
             let mut stopped = shared.stopped.lock().unwrap_or_else(|e| e.into_inner());
             stopped.get_or_insert(e);
@@ -772,8 +784,10 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
     let mut st = shared.state();
     st.relay_report(&req.worker, req.relay, &shared.relay);
     // A worker that left is done with the transfer, whatever it asks after its leave.
-    if st.phase == "done" || st.worker(&req.worker).left.is_some() {
-        st.worker(&req.worker).told_done = true;
+    let done = st.phase == "done";
+    let w = st.worker(&req.worker);
+    if done || w.left.is_some() {
+        w.told_done = true;
         return Json(LeaseReply::Done);
     }
     let now = Instant::now();
@@ -1409,8 +1423,18 @@ mod tests {
         assert!(e.message.starts_with("b failed"), "{e}");
         assert_eq!(st.live_workers(after(400), timeout), 0);
 
+        // A worker that stayed, then went silent (a spot machine taken back): the quiet
+        // time runs from its silence, not from the leave long before.
+        let late = st.worker(&info("late"));
+        late.last_seen = after(500);
+        let silent_since = after(500) + timeout;
+        assert!(st
+            .stranded(silent_since + quiet / 2, timeout, quiet)
+            .is_none());
+        assert!(st.stranded(silent_since + quiet, timeout, quiet).is_some());
+
         // The end of a transfer (its check, its report) needs no worker.
         st.planning_done = true;
-        assert!(st.stranded(after(400), timeout, quiet).is_none());
+        assert!(st.stranded(after(1000), timeout, quiet).is_none());
     }
 }

@@ -135,6 +135,9 @@ struct Link {
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     assembler: Arc<Mutex<Assembler>>,
     down_until: Mutex<Option<Instant>>,
+    /// Set once the gateway has said it speaks another relay protocol version: it is not
+    /// used again (the others may be of this one, as during an upgrade).
+    incompatible: std::sync::OnceLock<String>,
 }
 
 struct Conn {
@@ -213,6 +216,7 @@ impl Shared {
                 waiters: Arc::default(),
                 assembler: Arc::default(),
                 down_until: Mutex::new(None),
+                incompatible: std::sync::OnceLock::new(),
             })
             .collect();
         Arc::new(Shared {
@@ -338,10 +342,14 @@ impl Shared {
                     ))
                 }
                 Err(TryError::Version(why)) => {
-                    return Err(Error::new(
-                        ErrorKind::Unreachable,
-                        format!("relay: gateway {}: {why}", link.addr),
-                    ))
+                    let _ = link.incompatible.set(why.clone());
+                    let why = format!("relay: gateway {}: {why}", link.addr);
+                    if only.is_some() || self.links.iter().all(|l| l.incompatible.get().is_some())
+                    {
+                        return Err(Error::new(ErrorKind::Unreachable, why));
+                    }
+                    tracing::warn!("{why}; sending through the other gateways");
+                    last = why;
                 }
                 Err(TryError::Again(e)) => {
                     tracing::warn!(
@@ -361,14 +369,20 @@ impl Shared {
         ))
     }
 
-    /// The next gateway in turn that is not known to be down (any, if all are).
+    /// The next gateway in turn that is not known to be down (any, if all are), of those
+    /// that speak this relay protocol version.
     fn pick(&self, attempt: u32) -> &Link {
         let n = self.links.len();
         let start = self.next_link.fetch_add(1, Relaxed) + attempt as usize;
         let now = Instant::now();
-        (0..n)
-            .map(|i| &self.links[(start + i) % n])
+        let usable = || {
+            (0..n)
+                .map(move |i| &self.links[(start + i) % n])
+                .filter(|l| l.incompatible.get().is_none())
+        };
+        usable()
             .find(|l| l.down_until.lock().unwrap().is_none_or(|t| t <= now))
+            .or_else(|| usable().next())
             .unwrap_or(&self.links[start % n])
     }
 

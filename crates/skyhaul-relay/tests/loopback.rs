@@ -292,16 +292,13 @@ async fn a_silent_client_does_not_hold_a_tls_gateway() {
     assert!(t.elapsed() < skyhaul_tls::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(2));
 }
 
-/// A gateway of another relay protocol version (a stand-in that answers the hello with
-/// version 2): the client says which versions differ, at once and without retrying (no retry
-/// changes it), rather than that the connection closed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_of_another_version_is_named_at_once() {
-    use std::sync::atomic::AtomicUsize;
+/// A stand-in for a gateway of another relay protocol version: it answers every hello with
+/// version 2 and counts the connections.
+async fn gateway_of_version_2() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let accepted = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
@@ -318,8 +315,18 @@ async fn a_gateway_of_another_version_is_named_at_once() {
             });
         }
     });
+    (addr, accepted)
+}
+
+/// A gateway of another relay protocol version: alone, the client says which versions
+/// differ, at once and without retrying (no retry changes it), rather than that the
+/// connection closed; beside a gateway of this version (an upgrade half done), it is left
+/// out and the other carries the transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_of_another_version_is_named_at_once() {
+    let (other, accepted) = gateway_of_version_2().await;
     let key = RelayKey::generate();
-    let opts = options(vec![addr], &key, Compression::Zstd(1));
+    let opts = options(vec![other.clone()], &key, Compression::Zstd(1));
     let t = std::time::Instant::now();
     let e = RelayStore::connect(opts.clone()).await.unwrap_err();
     assert_eq!(e.kind, skyhaul_store::ErrorKind::Unreachable, "{e}");
@@ -329,9 +336,30 @@ async fn a_gateway_of_another_version_is_named_at_once() {
         "{e}"
     );
     assert!(t.elapsed() < std::time::Duration::from_secs(2), "retried");
+    let tried = accepted.load(Relaxed);
+    assert!(tried <= opts.connections, "{tried} connections: retried");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (good, _) = gateway(dir.path(), &key).await;
+    let store = RelayStore::connect(options(vec![other, good], &key, Compression::Zstd(1)))
+        .await
+        .unwrap();
+    for i in 0..8 {
+        let body = Bytes::from(vec![i as u8; 10_000]);
+        let key = format!("k{i}");
+        let put = PutOptions {
+            size: body.len() as u64,
+            ..Default::default()
+        };
+        store
+            .put(&key, Payload::new(body.clone()), &put)
+            .await
+            .unwrap();
+        assert_eq!(store.get(&key, None, None).await.unwrap().data, body);
+    }
+    let tried_again = accepted.load(Relaxed) - tried;
     assert!(
-        accepted.load(Relaxed) <= opts.connections,
-        "{} connections: retried",
-        accepted.load(Relaxed)
+        tried_again <= opts.connections,
+        "{tried_again} connections to the other version: it was not left out"
     );
 }

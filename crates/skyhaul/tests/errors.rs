@@ -586,7 +586,7 @@ async fn verify_stops_after_denials_in_a_row() {
     stopped_after_denials(&run, &proxy, OBJECTS, "verification stopped");
     let line = one_line_error(&run);
     assert!(
-        line.contains("before it stopped, the check had found objects 1 missing, 1 extra"),
+        line.contains("before it stopped, the check had found 2 objects wrong: 1 missing, 1 extra"),
         "{line}"
     );
 }
