@@ -195,8 +195,9 @@ pub async fn run(
 }
 
 /// Tells the coordinator that this worker leaves the fleet and why, so that its leases go
-/// back to the queue at once rather than when they expire; returns whether it heard.
-async fn leave(client: &Client, worker: WorkerInfo, e: &Error) -> bool {
+/// back to the queue at once rather than when they expire (and a fleet with nobody left
+/// stops with the reason); returns whether it heard.
+pub async fn leave(client: &Client, worker: WorkerInfo, e: &Error) -> bool {
     let leave = Leave {
         worker,
         error: e.message.clone(),

@@ -89,9 +89,24 @@ pub fn store(side: &str, e: Error) -> CliError {
         ErrorKind::Interrupted => (ExitCode::Interrupted, String::new()),
         _ => (ExitCode::PartialFailure, String::new()),
     };
+    // An error that crossed processes may carry its hint already (a fleet worker's).
+    let hint = if e.message.contains(&hint) { "" } else { &hint };
     CliError {
         code,
         message: format!("{}{hint}", e.message),
+    }
+}
+
+/// The error kind that stands for an exit code: for an error that reached this process as
+/// a message and its code (a fleet worker's), so it exits here as it did there.
+pub fn kind_of(code: ExitCode) -> ErrorKind {
+    match code {
+        ExitCode::NotFound => ErrorKind::BucketNotFound,
+        ExitCode::AccessDenied => ErrorKind::AccessDenied,
+        ExitCode::Unreachable => ErrorKind::Unreachable,
+        ExitCode::Destination => ErrorKind::NoSpace,
+        ExitCode::Interrupted => ErrorKind::Interrupted,
+        _ => ErrorKind::Other,
     }
 }
 

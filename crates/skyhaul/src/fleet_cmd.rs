@@ -331,8 +331,17 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         cloud: args.cloud,
         relay: crate::relay_cmd::from_spec(spec.relay.as_ref())?,
     };
-    let (src, dst, relay) =
-        crate::open_both(&spec.src, &spec.dst, &endpoints, spec.recursive).await?;
+    let opened = crate::open_both(&spec.src, &spec.dst, &endpoints, spec.recursive).await;
+    let (src, dst, relay) = match opened {
+        Ok(opened) => opened,
+        // A worker that cannot open a side cannot work: the coordinator hears so, as of
+        // one that finds it out later.
+        Err(e) => {
+            let why = Error::new(exit::kind_of(e.code), e.message.clone());
+            worker::leave(&client, info, &why).await;
+            return Err(e);
+        }
+    };
     let relay = relay.map(|r| r.stats());
     let counters = worker::run(client, info, metrics, spec, (&src, &dst), relay)
         .await

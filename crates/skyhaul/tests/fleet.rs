@@ -852,6 +852,49 @@ const LEAVING: [&str; 8] = [
     "2",
 ];
 
+/// A coordinator of [`leaving_files`] (tuned by [`LEAVING`]) that waits for workers.
+struct Leaving {
+    files: BTreeMap<String, Vec<u8>>,
+    src: S3Server,
+    dst: S3Server,
+    dir: tempfile::TempDir,
+    coordinator: Child,
+    url: String,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Leaving {
+    async fn start(lease_timeout: &str) -> Leaving {
+        let files = leaving_files();
+        let (src, dst) = servers_with(&files).await;
+        let dir = tempfile::tempdir().unwrap();
+        let listen = free_listen();
+        let mut tuning = LEAVING.to_vec();
+        tuning.extend(["--lease-timeout", lease_timeout]);
+        let args = coordinator_cp(&listen, &[], &tuning);
+        let journal = dir.path().join("journal.sqlite");
+        let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+        let (url, stderr) = coordinator_url(&mut coordinator);
+        Leaving {
+            files,
+            src,
+            dst,
+            dir,
+            coordinator,
+            url,
+            stderr,
+        }
+    }
+
+    fn journal(&self) -> std::path::PathBuf {
+        self.dir.path().join("journal.sqlite")
+    }
+
+    fn worker_with_a_wrong_secret(&self) -> Child {
+        worker_with_a_wrong_secret(&self.url, &self.src, &self.dst, self.dir.path())
+    }
+}
+
 /// A worker started with a destination secret the server refuses.
 fn worker_with_a_wrong_secret(url: &str, src: &S3Server, dst: &S3Server, dir: &Path) -> Child {
     command(
@@ -901,18 +944,8 @@ fn wait_line(stderr: &std::sync::mpsc::Receiver<String>, text: &str) -> String {
 /// exactly once. One worker's bad environment does not stop the fleet.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_that_cannot_copy_leaves_and_the_others_finish() {
-    let files = leaving_files();
-    let (src, dst) = servers_with(&files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("journal.sqlite");
-    let listen = free_listen();
-    let mut tuning = LEAVING.to_vec();
-    tuning.extend(["--lease-timeout", "300s"]);
-    let args = coordinator_cp(&listen, &[], &tuning);
-    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
-    let (url, stderr) = coordinator_url(&mut coordinator);
-
-    let mut bad = worker_with_a_wrong_secret(&url, &src, &dst, dir.path());
+    let mut fleet = Leaving::start("300s").await;
+    let mut bad = fleet.worker_with_a_wrong_secret();
     let code = wait_exit(&mut bad, 60);
     let mut said = String::new();
     bad.stderr
@@ -928,9 +961,9 @@ async fn a_worker_that_cannot_copy_leaves_and_the_others_finish() {
             && !said.contains("wrong-secret"),
         "{said}"
     );
-    let line = wait_line(&stderr, "left the fleet");
+    let line = wait_line(&fleet.stderr, "left the fleet");
     assert!(line.contains("does not accept these credentials"), "{line}");
-    let s = status(&url);
+    let s = status(&fleet.url);
     let w = &s["workers"][0];
     let bad_id = w["id"].as_str().unwrap().to_string();
     let left = w["left"].as_str().unwrap_or_else(|| panic!("{s}"));
@@ -942,11 +975,11 @@ async fn a_worker_that_cannot_copy_leaves_and_the_others_finish() {
     assert_eq!(s["leases_expired"], 0, "{s}");
     assert_eq!(s["objects_failed"], 0, "{s}");
 
-    let mut good = spawn_worker(&url, &[], &src, &dst, dir.path());
-    let out = succeeded(&mut coordinator, &stderr);
-    copied_all(&out, &dst, &files).await;
+    let mut good = spawn_worker(&fleet.url, &[], &fleet.src, &fleet.dst, fleet.dir.path());
+    let out = succeeded(&mut fleet.coordinator, &fleet.stderr);
+    copied_all(&out, &fleet.dst, &fleet.files).await;
     assert_eq!(wait_exit(&mut good, 30), 0, "the healthy worker failed");
-    let leases = leases(&journal);
+    let leases = leases(&fleet.journal());
     let theirs: Vec<&FleetLease> = leases.iter().filter(|l| l.worker == bad_id).collect();
     assert!(!theirs.is_empty(), "{leases:#?}");
     assert!(
@@ -968,22 +1001,13 @@ async fn a_worker_that_cannot_copy_leaves_and_the_others_finish() {
 /// nothing was written.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_whose_workers_all_left_stops_with_their_error() {
-    let files = leaving_files();
-    let (src, dst) = servers_with(&files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("journal.sqlite");
-    let listen = free_listen();
-    let mut tuning = LEAVING.to_vec();
-    tuning.extend(["--lease-timeout", "2s"]);
-    let args = coordinator_cp(&listen, &[], &tuning);
-    let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
-    let (url, stderr) = coordinator_url(&mut coordinator);
-    let mut bad = worker_with_a_wrong_secret(&url, &src, &dst, dir.path());
+    let mut fleet = Leaving::start("2s").await;
+    let mut bad = fleet.worker_with_a_wrong_secret();
     assert_eq!(wait_exit(&mut bad, 60), 4);
     let left = Instant::now();
-    let code = wait_exit(&mut coordinator, 60);
+    let code = wait_exit(&mut fleet.coordinator, 60);
     let waited = left.elapsed();
-    let lines = all_lines(&stderr);
+    let lines = all_lines(&fleet.stderr);
     assert_eq!(code, 4, "{lines:#?}");
     assert!(
         waited >= Duration::from_secs(7),
@@ -999,7 +1023,7 @@ async fn a_fleet_whose_workers_all_left_stops_with_their_error() {
             && !error.contains("wrong-secret"),
         "{error}"
     );
-    assert!(read_bucket(&dst, "dst", "data/").await.is_empty());
+    assert!(read_bucket(&fleet.dst, "dst", "data/").await.is_empty());
 }
 
 /// A launched fleet runs one local worker beside the coordinator (`skyhaul coordinator
@@ -1097,4 +1121,42 @@ async fn ctrl_c_stops_a_local_fleet_as_interrupted() {
         !lines.iter().any(|l| l.contains("every worker exited")),
         "{lines:#?}"
     );
+}
+
+/// A worker that cannot even open a side (here: no credentials at all for the destination)
+/// leaves the fleet too, before it takes any work: the coordinator shows why, and with no
+/// other worker it stops with that error, its exit code, and the credentials hint once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_cannot_open_a_side_leaves_too() {
+    let mut fleet = Leaving::start("2s").await;
+    let mut bad = command(
+        &["worker", "--coordinator", &fleet.url, "--wait", "60s"],
+        &fleet.src,
+        &fleet.dst,
+        &fleet.dir.path().join("unused.sqlite"),
+    )
+    .env_remove("SKYHAUL_DST_ACCESS_KEY_ID")
+    .env_remove("SKYHAUL_DST_SECRET_ACCESS_KEY")
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    assert_eq!(wait_exit(&mut bad, 60), 4);
+    let s = status(&fleet.url);
+    let left = s["workers"][0]["left"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(left.contains("no usable credentials"), "{s}");
+    assert_eq!(s["leases_granted"], 0, "{s}");
+    let code = wait_exit(&mut fleet.coordinator, 60);
+    let lines = all_lines(&fleet.stderr);
+    assert_eq!(code, 4, "{lines:#?}");
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("skyhaul: error:"))
+        .unwrap_or_else(|| panic!("no error line: {lines:#?}"));
+    assert!(
+        error.contains("no usable credentials") && error.contains("no worker is left"),
+        "{error}"
+    );
+    assert_eq!(error.matches("set dst credentials").count(), 1, "{error}");
 }
