@@ -1057,6 +1057,15 @@ async fn a_coordinators_local_worker_exiting_ends_nothing() {
     assert_eq!(wait_exit(&mut remote, 30), 0, "the remote worker failed");
 }
 
+/// `cp -r s3://src/data s3://dst/data` by a local fleet of `workers`, each capped at `rate`
+/// (else tuned as [`SLOW`]).
+fn local_fleet_cp(rate: &'static str, workers: &'static str) -> Vec<&'static str> {
+    let mut args = vec!["cp", "-r", "s3://src/data", "s3://dst/data", "--json", "-y"];
+    args.extend(SLOW.map(|a| if a == "6M" { rate } else { a }));
+    args.extend(["--workers", workers]);
+    args
+}
+
 /// A local fleet (`cp --workers 1`) has no other workers: once its only worker has exited
 /// (`kill -9`, so it left no reason), the transfer stops, saying so, rather than wait for a
 /// worker that cannot come; a rerun of the same command finishes it.
@@ -1066,10 +1075,8 @@ async fn a_local_fleet_whose_workers_all_exited_stops() {
     let (src, dst) = servers_with(&files).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.sqlite");
-    let mut args = vec!["cp", "-r", "s3://src/data", "s3://dst/data", "--json", "-y"];
     // Slower than SLOW: seconds of copying left when the worker is killed, on a busy machine.
-    args.extend(SLOW.map(|a| if a == "6M" { "3M" } else { a }));
-    args.extend(["--workers", "1"]);
+    let args = local_fleet_cp("3M", "1");
     let mut child = command(&args, &src, &dst, &journal).spawn().unwrap();
     let (url, stderr) = coordinator_url(&mut child);
     let s = wait_status(&url, "the worker at work", |s| {
@@ -1101,9 +1108,7 @@ async fn ctrl_c_stops_a_local_fleet_as_interrupted() {
     let (src, dst) = servers_with(&files).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.sqlite");
-    let mut args = vec!["cp", "-r", "s3://src/data", "s3://dst/data", "--json", "-y"];
-    args.extend(SLOW.map(|a| if a == "6M" { "2M" } else { a }));
-    args.extend(["--workers", "2"]);
+    let args = local_fleet_cp("2M", "2");
     let mut child = command(&args, &src, &dst, &journal)
         .process_group(0)
         .spawn()
