@@ -323,6 +323,10 @@ impl Shared {
         let read = matches!(req, Request::Get { .. });
         let op = op_name(req);
         let mut last = String::new();
+        // Every gateway speaks another version: nothing to try.
+        if let Some(why) = self.all_incompatible() {
+            return Err(Error::new(ErrorKind::Unreachable, format!("relay: {why}")));
+        }
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 RelayStats::add(&self.stats.resent, 1);
@@ -343,13 +347,11 @@ impl Shared {
                 }
                 Err(TryError::Version(why)) => {
                     let _ = link.incompatible.set(why.clone());
-                    let why = format!("relay: gateway {}: {why}", link.addr);
-                    if only.is_some() || self.links.iter().all(|l| l.incompatible.get().is_some())
-                    {
-                        return Err(Error::new(ErrorKind::Unreachable, why));
+                    last = format!("gateway {}: {why}", link.addr);
+                    if only.is_some() || self.all_incompatible().is_some() {
+                        return Err(Error::new(ErrorKind::Unreachable, format!("relay: {last}")));
                     }
-                    tracing::warn!("{why}; sending through the other gateways");
-                    last = why;
+                    tracing::warn!("relay: {last}; sending through the other gateways");
                 }
                 Err(TryError::Again(e)) => {
                     tracing::warn!(
@@ -367,6 +369,15 @@ impl Shared {
                 crate::KEY_ENV
             ),
         ))
+    }
+
+    /// Why no gateway can be used, when every one speaks another relay protocol version.
+    fn all_incompatible(&self) -> Option<String> {
+        let mut why = None;
+        for l in &self.links {
+            why = Some(format!("gateway {}: {}", l.addr, l.incompatible.get()?));
+        }
+        why
     }
 
     /// The next gateway in turn that is not known to be down (any, if all are), of those

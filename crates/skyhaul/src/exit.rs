@@ -73,27 +73,38 @@ pub fn side_of(e: &Error, src: &Endpoint, dst: &Endpoint) -> &'static str {
 
 /// Maps a store error to its exit code and appends what to do for that side.
 pub fn store(side: &str, e: Error) -> CliError {
-    let flag = side.to_ascii_lowercase();
-    let (code, hint) = match e.kind {
-        ErrorKind::NotFound | ErrorKind::BucketNotFound => (ExitCode::NotFound, String::new()),
-        // GCS and Azure errors carry their own credential hint.
-        ErrorKind::AccessDenied | ErrorKind::BadCredentials if !e.message.starts_with("s3://") => {
-            (ExitCode::AccessDenied, String::new())
-        }
-        ErrorKind::AccessDenied | ErrorKind::BadCredentials => (
-            ExitCode::AccessDenied,
-            format!("; set {flag} credentials with --{flag}-profile or SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY"),
-        ),
-        ErrorKind::Unreachable => (ExitCode::Unreachable, format!("; check --{flag}-endpoint")),
-        ErrorKind::Conflict | ErrorKind::NoSpace | ErrorKind::InvalidKey => (ExitCode::Destination, String::new()),
-        ErrorKind::Interrupted => (ExitCode::Interrupted, String::new()),
-        _ => (ExitCode::PartialFailure, String::new()),
+    let code = match e.kind {
+        ErrorKind::NotFound | ErrorKind::BucketNotFound => ExitCode::NotFound,
+        ErrorKind::AccessDenied | ErrorKind::BadCredentials => ExitCode::AccessDenied,
+        ErrorKind::Unreachable => ExitCode::Unreachable,
+        ErrorKind::Conflict | ErrorKind::NoSpace | ErrorKind::InvalidKey => ExitCode::Destination,
+        ErrorKind::Interrupted => ExitCode::Interrupted,
+        _ => ExitCode::PartialFailure,
     };
-    // An error that crossed processes may carry its hint already (a fleet worker's).
-    let hint = if e.message.contains(&hint) { "" } else { &hint };
+    // An error that crossed processes (a fleet worker's) may say what to do already, for
+    // its side; the relay's own errors say it their way.
+    let said = e.message.starts_with("relay:")
+        || ["SRC", "DST"].into_iter().any(|s| {
+            let h = hint(s, &e);
+            !h.is_empty() && e.message.contains(&h)
+        });
+    let hint = if said { String::new() } else { hint(side, &e) };
     CliError {
         code,
         message: format!("{}{hint}", e.message),
+    }
+}
+
+/// What to do about `e` on `side`, as a clause to append (empty where the message says it:
+/// GCS and Azure errors carry their own credential hint).
+fn hint(side: &str, e: &Error) -> String {
+    let flag = side.to_ascii_lowercase();
+    match e.kind {
+        ErrorKind::AccessDenied | ErrorKind::BadCredentials if e.message.starts_with("s3://") => {
+            format!("; set {flag} credentials with --{flag}-profile or SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY")
+        }
+        ErrorKind::Unreachable => format!("; check --{flag}-endpoint"),
+        _ => String::new(),
     }
 }
 
@@ -122,4 +133,26 @@ pub fn on_ctrl_c(cancel: CancellationToken, out: Output) {
             std::process::exit(ExitCode::Interrupted as i32);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hint is given once: an error that already carries one (a fleet worker's, seen
+    /// again by its coordinator, which may guess the other side) gets no second; the
+    /// relay's own errors get none.
+    #[test]
+    fn a_hint_is_given_once() {
+        let denied = |m: &str| Error::new(ErrorKind::AccessDenied, m);
+        let once = store("DST", denied("s3://b/k: get: AccessDenied")).message;
+        assert!(once.ends_with("SKYHAUL_DST_SECRET_ACCESS_KEY"), "{once}");
+        assert_eq!(store("SRC", denied(&once)).message, once);
+        let unreachable = |m: &str| Error::new(ErrorKind::Unreachable, m);
+        let relay = store("DST", unreachable("relay: no gateway answered")).message;
+        assert_eq!(relay, "relay: no gateway answered");
+        let once = store("SRC", unreachable("s3://b: connect refused")).message;
+        assert_eq!(once, "s3://b: connect refused; check --src-endpoint");
+        assert_eq!(store("DST", unreachable(&once)).message, once);
+    }
 }

@@ -336,9 +336,10 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         Ok(opened) => opened,
         // A worker that cannot open a side cannot work: the coordinator hears so, as of
         // one that finds it out later.
-        Err(e) => {
+        Err(mut e) => {
             let why = Error::new(exit::kind_of(e.code), e.message.clone());
-            worker::leave(&client, info, &why).await;
+            let told = worker::leave(&client, info, &why).await;
+            e.message.push_str(left_note(told));
             return Err(e);
         }
     };
@@ -348,10 +349,7 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         .map_err(|e| match e {
             WorkerError::Unable { error, told } => {
                 let mut e = exit::store(exit::side_of(&error, &src, &dst), error);
-                e.message.push_str(match told {
-                    true => " (this worker left the fleet; its work went to the others)",
-                    false => " (this worker stopped; the coordinator could not be told, so its leases go to the others when they expire)",
-                });
+                e.message.push_str(left_note(told));
                 e
             }
             e => worker_error(e),
@@ -362,6 +360,15 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         counters.leases.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// What a worker that cannot work adds to its error: whether the coordinator heard that
+/// it left the fleet.
+fn left_note(told: bool) -> &'static str {
+    match told {
+        true => " (this worker left the fleet; its work went to the others)",
+        false => " (this worker stopped; the coordinator could not be told, so its leases go to the others when they expire)",
+    }
 }
 
 fn worker_error(e: WorkerError) -> CliError {

@@ -1145,7 +1145,18 @@ async fn a_worker_that_cannot_open_a_side_leaves_too() {
     .stdout(Stdio::null())
     .spawn()
     .unwrap();
-    assert_eq!(wait_exit(&mut bad, 60), 4);
+    let code = wait_exit(&mut bad, 60);
+    let mut said = String::new();
+    bad.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert_eq!(code, 4, "{said}");
+    assert!(
+        said.contains("no usable credentials") && said.contains("this worker left the fleet"),
+        "{said}"
+    );
     let s = status(&fleet.url);
     let left = s["workers"][0]["left"]
         .as_str()
