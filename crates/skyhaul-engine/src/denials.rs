@@ -16,6 +16,10 @@
 //! transfer whose credentials lose their permission half-way. A transfer that ends with
 //! nothing done or skipped and nothing but denials failed ends with the denial as its
 //! error, whatever its size: the one object of a single-object copy, say.
+//!
+//! A fleet worker keeps its own [`Denials`]: one with a hundred denials in a row leaves the
+//! fleet, and the coordinator hands each denied item to another worker once before it
+//! counts it as failed (a worker's credentials may lack what the others have).
 
 use futures::stream::FuturesUnordered;
 use futures::{Future, StreamExt};
@@ -26,9 +30,10 @@ use std::sync::Mutex;
 /// Denials in a row after which the transfer waits for the objects in flight to decide.
 pub(crate) const SUSPECT_AFTER: u32 = 100;
 
-/// The denials of one transfer, and whether anything succeeded between them.
+/// The denials of one transfer (or of one fleet worker), and whether anything succeeded
+/// between them.
 #[derive(Default)]
-pub(crate) struct Denials {
+pub struct Denials {
     in_a_row: AtomicU32,
     other_failure: AtomicBool,
     first: Mutex<Option<Error>>,
@@ -38,13 +43,13 @@ pub(crate) struct Denials {
 impl Denials {
     /// Records an object done (copied, found identical at the destination, deleted): the
     /// denials before it were about their own objects.
-    pub(crate) fn done(&self) {
+    pub fn done(&self) {
         self.in_a_row.store(0, Ordering::Relaxed);
     }
 
     /// Records an object's failure. Returns the error that must stop the transfer at once,
     /// if this one must: a fatal one (a missing bucket, a full disk). Denials only count.
-    pub(crate) fn failed(&self, err: &Error) -> Option<Error> {
+    pub fn failed(&self, err: &Error) -> Option<Error> {
         if err.kind != ErrorKind::AccessDenied {
             self.other_failure.store(true, Ordering::Relaxed);
             return err.is_fatal().then(|| err.clone());
@@ -67,7 +72,7 @@ impl Denials {
     /// With nothing in flight any more: the error that stops the work, if the denials still
     /// came in a row (no object in flight succeeded). `then` says what stopped and what the
     /// user can do.
-    pub(crate) fn stop(&self, then: &str) -> Option<Error> {
+    pub fn stop(&self, then: &str) -> Option<Error> {
         let in_a_row = self.in_a_row.load(Ordering::Relaxed);
         if in_a_row < SUSPECT_AFTER {
             return None;

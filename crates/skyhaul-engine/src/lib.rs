@@ -30,6 +30,7 @@ pub mod verify;
 pub mod work;
 
 pub use bwlimit::BandwidthLimit;
+pub use denials::Denials;
 pub use filter::{Filter, FilterBuilder};
 pub use listing::Listing;
 pub use open::{open_destination, open_source, Endpoint, SideOptions};

@@ -11,6 +11,11 @@
 //! on. Only when no worker is left, and none has joined for a while, does the transfer stop,
 //! with that worker's error.
 //!
+//! Workers sign in with their own credentials, which may lack a permission the others
+//! have. So an item a worker was denied goes to another worker once before it counts as
+//! failed, and a worker denied a hundred items in a row, nothing done between them, leaves.
+//! A local fleet's workers share one environment: there, a denial counts at once.
+//!
 //! What survives a restart (all in the journal): objects done, open uploads with their
 //! finished parts, and the leases. A restarted coordinator plans again from the listing,
 //! skips what is done, and takes the leases that were out back as its own (with a fresh
@@ -86,6 +91,8 @@ struct Pending {
     spare: Option<u64>,
     /// Taken back from a previous coordinator's lease.
     restored: bool,
+    /// The worker that was denied it, and when: it waits for another worker's try.
+    denied: Option<(String, Instant)>,
 }
 
 struct Active {
@@ -156,6 +163,8 @@ struct State {
     expired: u64,
     /// Leases given back by workers that left the fleet.
     returned: u64,
+    /// Items a worker was denied, handed to another worker for a second try.
+    denials_retried: u64,
     /// When a worker last joined (asked what the transfer is) or left the fleet.
     roster_changed: Option<Instant>,
     duplicates: u64,
@@ -187,6 +196,7 @@ impl State {
                 lease: None,
                 spare: None,
                 restored: false,
+                denied: None,
             },
         );
     }
@@ -304,6 +314,14 @@ struct Shared {
     local_workers_gone: Option<Arc<AtomicBool>>,
     /// Why the coordinator stopped the transfer itself: nobody was left to do it.
     stopped: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    /// Whether an item a worker was denied goes to another worker before it counts as
+    /// failed: not in a local fleet, whose workers all have the same credentials.
+    fn second_opinions(&self) -> bool {
+        self.local_workers_gone.is_none()
+    }
 }
 
 impl Shared {
@@ -643,6 +661,7 @@ fn restore_leases(shared: &Shared) {
                     lease: Some(lease.lease_id),
                     spare: None,
                     restored: true,
+                    denied: None,
                 },
             );
         }
@@ -779,6 +798,25 @@ async fn transfer_spec(Axum(shared): Axum<Arc<Shared>>) -> Json<TransferSpec> {
     Json(shared.spec.clone())
 }
 
+/// Whether an item denied to `worker` ([`Pending::denied`]) waits for another's try rather
+/// than go back to it: while another worker is at work, or while one may yet join (for
+/// [`QUIET_TIMEOUTS`] lease timeouts after the denial). Then it is the denier's again, and a
+/// second denial counts as the item's failure.
+fn second_try_waits<'a>(
+    st: &State,
+    worker: &'a str,
+    now: Instant,
+    timeout: Duration,
+) -> impl Fn(&(String, Instant)) -> bool + 'a {
+    let others = st
+        .workers
+        .values()
+        .any(|w| w.info.id != worker && w.working(now, timeout));
+    move |(denier, at)| {
+        denier == worker && (others || now.duration_since(*at) < timeout * QUIET_TIMEOUTS)
+    }
+}
+
 async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -> Json<LeaseReply> {
     let timeout = shared.opts.lease_timeout;
     let mut st = shared.state();
@@ -799,10 +837,16 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
     }
     let mut items = Vec::new();
     let (mut cost, mut bytes) = (0u64, 0u64);
+    let waits = second_try_waits(&st, &req.worker.id, now, timeout);
+    let mut denied_here = Vec::new();
     while let Some(name) = st.queue.pop_front() {
         let Some(p) = st.items.get(&name).filter(|p| p.lease.is_none()) else {
             continue;
         };
+        if p.denied.as_ref().is_some_and(&waits) {
+            denied_here.push(name);
+            continue;
+        }
         let c = p.item.bytes().max(MIN_ITEM_COST);
         if !items.is_empty() && cost + c > target {
             st.queue.push_front(name);
@@ -814,6 +858,9 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
         if items.len() >= MAX_ITEMS_PER_LEASE {
             break;
         }
+    }
+    for name in denied_here.into_iter().rev() {
+        st.queue.push_front(name);
     }
     let lease_id = st.next_lease.max(1);
     let mut copy_of = None;
@@ -921,6 +968,21 @@ async fn complete(
                 if matches!(r.outcome, Outcome::Failed { .. }) && !other.is_empty() {
                     speculate::release(&mut st, c.lease_id, std::slice::from_ref(&r.item));
                     outcomes.push((r.item, "failed"));
+                    continue;
+                }
+                let denial = matches!(
+                    r.outcome,
+                    Outcome::Failed {
+                        kind: Some(ErrorKind::AccessDenied),
+                        ..
+                    }
+                );
+                if denial && p.denied.is_none() && shared.second_opinions() {
+                    let p = st.items.get_mut(&r.item).expect("found");
+                    p.denied = Some((c.worker.id.clone(), Instant::now()));
+                    speculate::release(&mut st, c.lease_id, std::slice::from_ref(&r.item));
+                    st.denials_retried += 1;
+                    outcomes.push((r.item, "denied"));
                     continue;
                 }
                 others.extend(other);
@@ -1087,8 +1149,11 @@ fn take_result(
             "done"
         }
         (item, outcome) => {
-            let error = match outcome {
-                Outcome::Failed { error } => error,
+            let error = match (outcome, p.denied) {
+                (Outcome::Failed { error, .. }, Some((first, _))) => {
+                    format!("{error} (worker {first} was denied it too)")
+                }
+                (Outcome::Failed { error, .. }, None) => error,
                 _ => "the worker answered with a result of another kind".to_string(),
             };
             match item {
@@ -1159,6 +1224,7 @@ fn snapshot(shared: &Shared) -> Status {
         leases_granted: st.granted,
         leases_expired: st.expired,
         leases_returned: st.returned,
+        denials_retried: st.denials_retried,
         leases_reissued: st.reissued,
         leases_superseded: st.superseded_count,
         duplicate_results: st.duplicates,
@@ -1243,6 +1309,12 @@ async fn metrics(Axum(shared): Axum<Arc<Shared>>) -> impl IntoResponse {
         "counter",
         "Leases given back by workers that left the fleet.",
         f(s.leases_returned),
+    );
+    p.metric(
+        "skyhaul_fleet_denials_retried_total",
+        "counter",
+        "Items a worker was denied, handed to another worker for a second try.",
+        f(s.denials_retried),
     );
     p.metric(
         "skyhaul_fleet_leases_reissued_total",
@@ -1380,6 +1452,28 @@ mod tests {
         let c = stats.counts();
         assert_eq!((c.logical_sent, c.wire_sent), (350, 140));
         assert_eq!(st.workers["a"].relay, Some(counts(300, 90)));
+    }
+
+    /// An item denied to a worker waits for another's try while another worker is at
+    /// work or may yet join; after that, it is the denier's again (whose second denial is
+    /// the item's failure). Another worker's denial never keeps it from this one.
+    #[test]
+    fn a_denied_item_waits_for_another_worker_for_a_while() {
+        let timeout = Duration::from_secs(30);
+        let quiet = timeout * QUIET_TIMEOUTS;
+        let mut st = State::default();
+        st.worker(&info("denier"));
+        let now = Instant::now();
+        let denied = ("denier".to_string(), now);
+        let waits = |st: &State, who, at| second_try_waits(st, who, at, timeout)(&denied);
+        assert!(waits(&st, "denier", now), "one may yet join");
+        assert!(!waits(&st, "denier", now + quiet), "nobody joined");
+        assert!(!waits(&st, "other", now), "not the other's denial");
+        st.worker(&info("other")).last_seen = now + quiet;
+        assert!(waits(&st, "denier", now + quiet), "the other is at work");
+        st.workers.get_mut("other").unwrap().left =
+            Some((now, Error::new(ErrorKind::NoSpace, "full")));
+        assert!(!waits(&st, "denier", now + quiet), "the other left");
     }
 
     /// The transfer is stranded only once nobody is left: not while a worker that stayed

@@ -14,6 +14,9 @@
 //! Work items are the engine's own serialisable types, and results name their item rather
 //! than only their lease: a result that arrives late (after its lease expired, or at a
 //! restarted coordinator) is still matched to the work it did.
+//!
+//! Fields added within a version are optional, so that a worker or coordinator that lacks
+//! them still understands the rest.
 
 use serde::{Deserialize, Serialize};
 use skyhaul_engine::Copied;
@@ -246,8 +249,14 @@ pub enum Outcome {
         part: CompletedPart,
         sums: Option<String>,
     },
-    /// It failed after the engine's retries.
-    Failed { error: String },
+    /// It failed after the engine's retries. `kind` says what failed; a denial
+    /// (`AccessDenied`) is handed to another worker once before it counts (workers of a
+    /// version before it send none, and their denials count at once).
+    Failed {
+        error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<ErrorKind>,
+    },
 }
 
 /// A worker leaves the fleet: an error said it cannot copy anything, whatever the object

@@ -25,6 +25,9 @@ pub struct Status {
     pub leases_expired: u64,
     /// Leases given back by workers that left the fleet.
     pub leases_returned: u64,
+    /// Items a worker was denied, handed to another worker for a second try.
+    #[serde(default)]
+    pub denials_retried: u64,
     /// Leases also handed to an idle worker at the end (speculative copies).
     pub leases_reissued: u64,
     /// Leases ended because another lease did all their work first.

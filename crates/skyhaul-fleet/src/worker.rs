@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::{StreamExt, TryStreamExt};
 use skyhaul_engine::resume::encode_sums;
-use skyhaul_engine::{Endpoint, Executor, Progress, TransferOptions};
+use skyhaul_engine::{Denials, Endpoint, Executor, Progress, TransferOptions};
 use skyhaul_relay::RelayStats;
 use skyhaul_store::{Error, ErrorKind};
 use std::collections::BTreeMap;
@@ -43,10 +43,16 @@ pub enum WorkerError {
 /// credentials refused, a bucket missing as it sees it (another endpoint or account), its
 /// disk full. Such a worker leaves the fleet rather than fail every object it is handed;
 /// the rest of the fleet goes on. A denial stays one item's failure: it may be about that
-/// object alone.
+/// object alone (denials in a row are weighed by [`Denials`], see [`DENIED_THEN`]).
 fn leaves_the_fleet(e: &Error) -> bool {
     e.is_fatal() && e.kind != ErrorKind::AccessDenied
 }
+
+/// What a worker whose denials came in a row (a hundred, nothing done between them) does:
+/// its credentials are what is denied, so it leaves; the coordinator has handed what it was
+/// denied to the other workers, whose credentials may have the permission it lacks.
+const DENIED_THEN: &str = "taken to mean that this worker's credentials lack a permission; \
+    if only some objects are off limits to them, leave those out with --exclude";
 
 /// How a worker's lease loops end: the coordinator says the transfer is over, or an error
 /// says the worker cannot copy anything (kept, for the worker to leave the fleet with it).
@@ -158,6 +164,7 @@ pub async fn run(
     ));
     let mut loops = tokio::task::JoinSet::new();
     let end = Arc::new(End::default());
+    let denials = Arc::new(Denials::default());
     for _ in 0..LEASES_IN_FLIGHT {
         loops.spawn(lease_loop(
             client.clone(),
@@ -165,8 +172,11 @@ pub async fn run(
                 info: info.clone(),
                 relay: relay.clone(),
             },
-            exec.clone(),
-            opts.max_connections.max(1),
+            Doer {
+                exec: exec.clone(),
+                concurrency: opts.max_connections.max(1),
+                denials: denials.clone(),
+            },
             held.clone(),
             counters.clone(),
             end.clone(),
@@ -239,11 +249,17 @@ struct Asker {
     relay: Relay,
 }
 
+/// What does a lease's items, and the denials they met.
+struct Doer {
+    exec: Arc<Executor>,
+    concurrency: usize,
+    denials: Arc<Denials>,
+}
+
 async fn lease_loop(
     client: Arc<Client>,
     asker: Asker,
-    exec: Arc<Executor>,
-    concurrency: usize,
+    doer: Doer,
     held: Held,
     counters: Arc<Counters>,
     end: Arc<End>,
@@ -278,8 +294,8 @@ async fn lease_loop(
             .expect("lock")
             .insert(lease.lease_id, drop_it.clone());
         let work = futures::stream::iter(lease.items)
-            .map(|item| run_item(&exec, item))
-            .buffer_unordered(concurrency)
+            .map(|item| run_item(&doer, item))
+            .buffer_unordered(doer.concurrency)
             .try_collect::<Vec<ItemResult>>();
         let results = tokio::select! {
             r = work => r,
@@ -321,12 +337,18 @@ async fn lease_loop(
         let _: serde_json::Value = client.post("/v1/complete", &completion).await?;
         held.lock().expect("lock").remove(&lease.lease_id);
         counters.leases.fetch_add(1, Ordering::Relaxed);
+        // Weighed once a lease is over, so that its slow good objects had their say.
+        if let Some(stop) = doer.denials.stop(DENIED_THEN) {
+            end.unable(stop);
+            return Ok(());
+        }
     }
 }
 
 /// Does one item; an error that means this worker cannot copy anything
 /// ([`leaves_the_fleet`]) is returned instead of reported as the item's failure.
-async fn run_item(exec: &Executor, item: WorkItem) -> Result<ItemResult, Error> {
+async fn run_item(doer: &Doer, item: WorkItem) -> Result<ItemResult, Error> {
+    let exec = &doer.exec;
     let name = item.name();
     let done = match item {
         WorkItem::Object {
@@ -354,11 +376,18 @@ async fn run_item(exec: &Executor, item: WorkItem) -> Result<ItemResult, Error> 
             }),
     };
     let outcome = match done {
-        Ok(outcome) => outcome,
+        Ok(outcome) => {
+            doer.denials.done();
+            outcome
+        }
         Err(e) if leaves_the_fleet(&e) => return Err(e),
         Err(e) => {
             tracing::warn!("{name}: {}", e.message);
-            Outcome::Failed { error: e.message }
+            doer.denials.failed(&e);
+            Outcome::Failed {
+                error: e.message,
+                kind: Some(e.kind),
+            }
         }
     };
     Ok(ItemResult {

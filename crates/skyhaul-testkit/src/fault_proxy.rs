@@ -63,10 +63,14 @@ pub struct Faults {
     pub only_methods: Vec<String>,
     /// Only requests whose target (path and query) contains this string get faults.
     pub path_contains: Option<String>,
+    /// Only requests signed (SigV4) with this access key id get faults: one client among
+    /// several, such as a fleet worker whose credentials lack a permission the others have
+    /// (a 403 answered here never reaches the server, which need not know the key).
+    pub access_key: Option<String>,
     /// Stop injecting once this many faults (of all kinds) have been injected, e.g. `Some(1)` for
     /// "fail exactly once, then behave".
     pub max_faults: Option<u64>,
-    /// Hold every request that `only_methods` and `path_contains` select this long before any
+    /// Hold every request that `only_methods`, `path_contains` and `access_key` select this long before any
     /// of it goes upstream (a slow store: the server sees nothing of it until then). Not a
     /// fault: it is not drawn, nor counted by `max_faults`; a request answered by a fault
     /// instead of the server is not held.
@@ -263,31 +267,35 @@ struct Shared {
 }
 
 impl Faults {
-    /// Whether `only_methods` and `path_contains` select this request.
-    fn selects(&self, method: &str, target: &str) -> bool {
+    /// Whether `only_methods`, `path_contains` and `access_key` select this request.
+    fn selects(&self, req: &Head) -> bool {
         (self.only_methods.is_empty()
             || self
                 .only_methods
                 .iter()
-                .any(|m| m.eq_ignore_ascii_case(method)))
+                .any(|m| m.eq_ignore_ascii_case(&req.method)))
             && self
                 .path_contains
                 .as_ref()
-                .is_none_or(|p| target.contains(p.as_str()))
+                .is_none_or(|p| req.target.contains(p.as_str()))
+            && self
+                .access_key
+                .as_ref()
+                .is_none_or(|k| req.access_key.as_ref() == Some(k))
     }
 }
 
 impl Shared {
     /// Counts the request and draws its fault, counting it right away so `max_faults` holds under
     /// concurrency; [`Shared::unreserve`] takes it back if it turns out not to apply.
-    fn draw(&self, method: &str, target: &str) -> Option<FaultKind> {
+    fn draw(&self, req: &Head) -> Option<FaultKind> {
         let mut st = self.state.lock().unwrap();
         st.counts.requests += 1;
-        if method.eq_ignore_ascii_case("HEAD") {
+        if req.method.eq_ignore_ascii_case("HEAD") {
             st.counts.head_requests += 1;
         }
         let f = &st.faults;
-        if !f.selects(method, target) {
+        if !f.selects(req) {
             return None;
         }
         if let Some(max) = f.max_faults {
@@ -342,12 +350,9 @@ impl Shared {
     }
 
     /// How long to hold this request before forwarding it ([`Faults::delay`]), counted.
-    fn hold(&self, method: &str, target: &str) -> Option<Duration> {
+    fn hold(&self, req: &Head) -> Option<Duration> {
         let mut st = self.state.lock().unwrap();
-        let delay = st
-            .faults
-            .delay
-            .filter(|_| st.faults.selects(method, target))?;
+        let delay = st.faults.delay.filter(|_| st.faults.selects(req))?;
         st.counts.delayed += 1;
         Some(delay)
     }
@@ -491,6 +496,8 @@ enum Framing {
 struct Head {
     method: String,
     target: String,
+    /// The access key id a request is signed with (SigV4 `Credential=KEY/...`).
+    access_key: Option<String>,
     status: u16,
     framing: Framing,
     close: bool,
@@ -536,6 +543,15 @@ fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool 
     })
 }
 
+/// The access key id of a SigV4 `Authorization` value (`Credential=KEY/date/region/...`).
+fn access_key(authorization: &[u8]) -> Option<String> {
+    let value = String::from_utf8_lossy(authorization);
+    let credential = value
+        .split([',', ' '])
+        .find_map(|part| part.trim().strip_prefix("Credential="))?;
+    Some(credential.split('/').next()?.to_string())
+}
+
 /// The `SignedHeaders=a;b;c` list of a SigV4 `Authorization` value.
 fn signed_headers(authorization: &[u8]) -> Vec<String> {
     let value = String::from_utf8_lossy(authorization);
@@ -565,6 +581,11 @@ fn parse_request(head: &[u8]) -> io::Result<Head> {
     Ok(Head {
         method: req.method.unwrap_or_default().to_string(),
         target: req.path.unwrap_or_default().to_string(),
+        access_key: req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+            .and_then(|h| access_key(h.value)),
         status: 0,
         framing,
         close,
@@ -595,6 +616,7 @@ fn parse_response(head: &[u8], request_method: &str) -> io::Result<Head> {
     Ok(Head {
         method: String::new(),
         target: String::new(),
+        access_key: None,
         status,
         framing,
         close,
@@ -798,7 +820,7 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
             }
         };
         shared.watch(&head);
-        let fault = shared.draw(&req.method, &req.target);
+        let fault = shared.draw(&req);
         let head_only = req.method.eq_ignore_ascii_case("HEAD");
         match fault {
             Some(FaultKind::Reset) => {
@@ -836,7 +858,7 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
             }
             _ => {}
         }
-        if let Some(delay) = shared.hold(&req.method, &req.target) {
+        if let Some(delay) = shared.hold(&req) {
             tokio::time::sleep(delay).await;
         }
 

@@ -336,6 +336,55 @@ async fn proxy_answers_slow_down_503() {
     assert_eq!(proxy.injected().internal_error_500, 1);
 }
 
+/// `access_key` aims faults at the requests signed with one key: another client of the
+/// same proxy, signed with the server's key, passes; the denied one never reaches the
+/// server (which does not know its key, and would have said so otherwise).
+#[tokio::test]
+async fn proxy_denies_only_one_access_key() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("bkt").await;
+    s.put("bkt", "obj", b"data").await;
+    let proxy = FaultProxy::start(
+        &s.endpoint,
+        Faults {
+            access_denied_403: 1.0,
+            access_key: Some("NOPERMISSION".into()),
+            ..Faults::default()
+        },
+    );
+    let other = Client::from_conf(
+        client_via(&s, &proxy.endpoint())
+            .config()
+            .to_builder()
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "NOPERMISSION",
+                "any-secret",
+                None,
+                None,
+                "test",
+            ))
+            .build(),
+    );
+    let err = other
+        .get_object()
+        .bucket("bkt")
+        .key("obj")
+        .send()
+        .await
+        .expect_err("403 expected");
+    assert_eq!(err.code(), Some("AccessDenied"));
+    let got = client_via(&s, &proxy.endpoint())
+        .get_object()
+        .bucket("bkt")
+        .key("obj")
+        .send()
+        .await
+        .expect("the server's own key passes");
+    assert_eq!(got.body.collect().await.unwrap().to_vec(), b"data");
+    let counts = proxy.injected();
+    assert_eq!((counts.requests, counts.access_denied_403), (2, 1));
+}
+
 /// `delay` holds the selected requests, and only them, before the server sees any of them:
 /// while a PUT is held the object is not there, a request the filters leave out passes at
 /// once, and the held PUT then arrives whole. A hold is no fault.

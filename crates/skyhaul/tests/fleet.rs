@@ -1,6 +1,6 @@
 //! Fleet mode against real S3 servers: a local fleet losing a worker to `kill -9`, a
-//! coordinator killed and restarted, workers that cannot copy leaving the fleet, and the
-//! API's authentication.
+//! coordinator killed and restarted, workers that cannot copy leaving the fleet, denied
+//! items handed to a second worker, and the API's authentication.
 //!
 //! Each transfer is slowed with `--bwlimit` per worker so that it is still running when
 //! something is killed, and every claim about redone work is read from the journal's lease
@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use skyhaul_journal::{FleetLease, Journal, LEASE_EXPIRED, LEASE_RETURNED, LEASE_SUPERSEDED};
-use skyhaul_testkit::{S3Kind, S3Server};
+use skyhaul_testkit::{FaultProxy, Faults, S3Kind, S3Server};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -1175,4 +1175,199 @@ async fn a_worker_that_cannot_open_a_side_leaves_too() {
         "{error}"
     );
     assert_eq!(error.matches("set dst credentials").count(), 1, "{error}");
+}
+
+/// The access key of a worker whose source credentials lack the permission to read: the
+/// proxy in front of the source answers its every request 403 AccessDenied, as S3 does for
+/// credentials it accepts but whose policy does not allow the read.
+const NO_READ_KEY: &str = "NOREADPERMISSION";
+
+/// A coordinator of `files` (tuned by [`LEAVING`]) whose source is reached through a fault
+/// proxy with `faults`, waiting for workers; the workers take the coordinator's endpoints.
+struct Denying {
+    files: BTreeMap<String, Vec<u8>>,
+    src: S3Server,
+    dst: S3Server,
+    proxy: FaultProxy,
+    dir: tempfile::TempDir,
+    coordinator: Child,
+    url: String,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Denying {
+    async fn start(files: BTreeMap<String, Vec<u8>>, faults: Faults) -> Denying {
+        let (src, dst) = servers_with(&files).await;
+        let proxy = FaultProxy::start(&src.endpoint, faults);
+        let dir = tempfile::tempdir().unwrap();
+        let listen = free_listen();
+        let endpoint = proxy.endpoint();
+        let mut tuning = LEAVING.to_vec();
+        tuning.extend(["--lease-timeout", "5s"]);
+        tuning.extend(["--src-endpoint", &endpoint, "--dst-endpoint", &dst.endpoint]);
+        let args = coordinator_cp(&listen, &[], &tuning);
+        let journal = dir.path().join("journal.sqlite");
+        let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
+        let (url, stderr) = coordinator_url(&mut coordinator);
+        Denying {
+            files,
+            src,
+            dst,
+            proxy,
+            dir,
+            coordinator,
+            url,
+            stderr,
+        }
+    }
+
+    fn worker(&self, src_key: Option<&str>) -> Child {
+        let mut cmd = command(
+            &["worker", "--coordinator", &self.url, "--wait", "60s"],
+            &self.src,
+            &self.dst,
+            &self.dir.path().join("unused.sqlite"),
+        );
+        if let Some(key) = src_key {
+            cmd.env("SKYHAUL_SRC_ACCESS_KEY_ID", key);
+        }
+        cmd.stdout(Stdio::null()).spawn().unwrap()
+    }
+
+    fn journal(&self) -> std::path::PathBuf {
+        self.dir.path().join("journal.sqlite")
+    }
+}
+
+/// The stderr of a worker that has exited, and its exit code.
+fn exited(worker: &mut Child) -> (i32, String) {
+    let code = wait_exit(worker, 60);
+    let mut said = String::new();
+    worker
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    (code, said)
+}
+
+/// A worker whose credentials are accepted but may not read the source is denied each
+/// object it is handed. No denial counts as a failure: each item goes back to the queue for
+/// another worker, and the worker leaves the fleet after a hundred denials in a row (exit 4,
+/// naming `--exclude` in case only those objects were off limits). A healthy worker that
+/// joins later then copies everything, the denied items included, each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_denied_every_read_hands_its_items_on_and_leaves() {
+    let mut files: BTreeMap<String, Vec<u8>> = (0..110)
+        .map(|i| (format!("s/{i:03}.bin"), data(4_000 + i * 7, i as u64)))
+        .collect();
+    files.insert("l/large.bin".into(), data(12 * MIB, 99));
+    let denied = Faults {
+        access_denied_403: 1.0,
+        access_key: Some(NO_READ_KEY.into()),
+        ..Faults::default()
+    };
+    let mut fleet = Denying::start(files, denied).await;
+    let mut bad = fleet.worker(Some(NO_READ_KEY));
+    let (code, said) = exited(&mut bad);
+    assert_eq!(code, 4, "{said}");
+    assert!(
+        said.contains("objects in a row were denied")
+            && said.contains("lack a permission")
+            && said.contains("--exclude")
+            && said.contains("this worker left the fleet"),
+        "{said}"
+    );
+    let s = status(&fleet.url);
+    let w = &s["workers"][0];
+    let bad_id = w["id"].as_str().unwrap().to_string();
+    let left = w["left"].as_str().unwrap_or_else(|| panic!("{s}"));
+    let in_a_row: u64 = left
+        .split(" objects in a row were denied")
+        .next()
+        .and_then(|before| before.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{left}"));
+    assert!(in_a_row >= 100, "{left}");
+    assert_eq!(s["objects_failed"], 0, "{s}");
+    // Denials of a lease still out when the worker left are not reported: that lease went
+    // back to the queue whole.
+    let retried = s["denials_retried"].as_u64().unwrap();
+    assert!(retried > 0 && retried <= in_a_row, "{s}");
+    let denials = fleet.proxy.injected().access_denied_403;
+    assert!(denials >= in_a_row, "{denials} denials");
+
+    let mut good = spawn_worker(&fleet.url, &[], &fleet.src, &fleet.dst, fleet.dir.path());
+    let out = succeeded(&mut fleet.coordinator, &fleet.stderr);
+    copied_all(&out, &fleet.dst, &fleet.files).await;
+    assert_eq!(wait_exit(&mut good, 30), 0, "the healthy worker failed");
+    let leases = leases(&fleet.journal());
+    let denied_items: Vec<&String> = leases
+        .iter()
+        .filter(|l| l.worker == bad_id)
+        .flat_map(|l| l.items.iter())
+        .filter(|(_, o)| o.as_deref() == Some("denied"))
+        .map(|(item, _)| item)
+        .collect();
+    assert_eq!(denied_items.len() as u64, retried, "{leases:#?}");
+    for item in denied_items {
+        assert_ne!(done_by(&leases, item).worker, bad_id, "{item}");
+    }
+    let done = done_counts(&leases);
+    assert!(done.values().all(|&n| n == 1), "work done twice: {done:?}");
+    // The denials the proxy answered are all the bad worker's: nothing else was refused.
+    assert_eq!(fleet.proxy.injected().access_denied_403, denials);
+}
+
+/// An object that no worker may read is tried by a second worker before it counts as
+/// failed, and its failure says both were denied; the rest of the transfer is copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_denied_to_two_workers_fails_alone() {
+    let files = leaving_files();
+    let denied = Faults {
+        access_denied_403: 1.0,
+        path_contains: Some("s/05.bin".into()),
+        ..Faults::default()
+    };
+    let mut fleet = Denying::start(files, denied).await;
+    let mut workers = [fleet.worker(None), fleet.worker(None)];
+    let code = wait_exit(&mut fleet.coordinator, 120);
+    let lines = all_lines(&fleet.stderr);
+    let mut out = String::new();
+    let stdout = fleet.coordinator.stdout.as_mut().unwrap();
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(code, 1, "{lines:#?}\n{out}");
+    let report = last_json_line(&out).unwrap();
+    assert_eq!(report["objects_failed"], 1, "{report}");
+    assert_eq!(
+        report["objects_copied"],
+        fleet.files.len() as u64 - 1,
+        "{report}"
+    );
+    let failure = &report["failures"][0];
+    assert_eq!(failure["key"], "data/s/05.bin", "{report}");
+    let error = failure["error"].as_str().unwrap();
+    assert!(
+        error.contains("AccessDenied") && error.contains("was denied it too"),
+        "{error}"
+    );
+    for w in &mut workers {
+        assert_eq!(wait_exit(w, 30), 0, "a worker failed");
+    }
+    // Tried by both workers, once each: a denial, then the failure.
+    let leases = leases(&fleet.journal());
+    let item = "object data/s/05.bin";
+    let tries: Vec<(&str, Option<&str>)> = leases
+        .iter()
+        .filter_map(|l| Some((l.worker.as_str(), l.items.get(item)?.as_deref())))
+        .collect();
+    assert_eq!(tries.len(), 2, "{tries:?}");
+    assert_eq!(tries[0].1, Some("denied"), "{tries:?}");
+    assert_eq!(tries[1].1, Some("failed"), "{tries:?}");
+    assert_ne!(tries[0].0, tries[1].0, "{tries:?}");
+    assert_eq!(fleet.proxy.injected().access_denied_403, 2);
+    let mut rest = fleet.files.clone();
+    rest.remove("s/05.bin");
+    assert_eq!(read_bucket(&fleet.dst, "dst", "data/").await, rest);
 }

@@ -149,6 +149,7 @@ mod tests {
                 lease: Some(1),
                 spare: None,
                 restored: false,
+                denied: None,
             };
             st.items.insert(pending.item.name(), pending);
         }
