@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use skyhaul_journal::{FleetLease, Journal, LEASE_EXPIRED, LEASE_RETURNED, LEASE_SUPERSEDED};
-use skyhaul_testkit::{FaultProxy, Faults, S3Kind, S3Server};
+use skyhaul_testkit::{FaultCounts, FaultProxy, Faults, S3Kind, S3Server};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -852,11 +852,14 @@ const LEAVING: [&str; 8] = [
     "2",
 ];
 
-/// A coordinator of [`leaving_files`] (tuned by [`LEAVING`]) that waits for workers.
+/// A coordinator of some files (tuned by [`LEAVING`]) that waits for workers, its source
+/// reached through a fault proxy if faults are given (the workers take the coordinator's
+/// endpoints, so theirs too).
 struct Leaving {
     files: BTreeMap<String, Vec<u8>>,
     src: S3Server,
     dst: S3Server,
+    proxy: Option<FaultProxy>,
     dir: tempfile::TempDir,
     coordinator: Child,
     url: String,
@@ -864,13 +867,31 @@ struct Leaving {
 }
 
 impl Leaving {
+    /// Of [`leaving_files`], without a proxy.
     async fn start(lease_timeout: &str) -> Leaving {
-        let files = leaving_files();
+        Leaving::with(leaving_files(), lease_timeout, None).await
+    }
+
+    async fn with(
+        files: BTreeMap<String, Vec<u8>>,
+        lease_timeout: &str,
+        faults: Option<Faults>,
+    ) -> Leaving {
         let (src, dst) = servers_with(&files).await;
+        let proxy = faults.map(|f| FaultProxy::start(&src.endpoint, f));
+        let src_endpoint = proxy
+            .as_ref()
+            .map_or(src.endpoint.clone(), |p| p.endpoint());
         let dir = tempfile::tempdir().unwrap();
         let listen = free_listen();
         let mut tuning = LEAVING.to_vec();
         tuning.extend(["--lease-timeout", lease_timeout]);
+        tuning.extend([
+            "--src-endpoint",
+            &src_endpoint,
+            "--dst-endpoint",
+            &dst.endpoint,
+        ]);
         let args = coordinator_cp(&listen, &[], &tuning);
         let journal = dir.path().join("journal.sqlite");
         let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
@@ -879,6 +900,7 @@ impl Leaving {
             files,
             src,
             dst,
+            proxy,
             dir,
             coordinator,
             url,
@@ -890,23 +912,33 @@ impl Leaving {
         self.dir.path().join("journal.sqlite")
     }
 
-    fn worker_with_a_wrong_secret(&self) -> Child {
-        worker_with_a_wrong_secret(&self.url, &self.src, &self.dst, self.dir.path())
+    /// A worker with the test's credentials but for `env`: each variable set, or removed
+    /// where `None`.
+    fn worker(&self, env: &[(&str, Option<&str>)]) -> Child {
+        let mut cmd = command(
+            &["worker", "--coordinator", &self.url, "--wait", "60s"],
+            &self.src,
+            &self.dst,
+            &self.dir.path().join("unused.sqlite"),
+        );
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.stdout(Stdio::null()).spawn().unwrap()
     }
-}
 
-/// A worker started with a destination secret the server refuses.
-fn worker_with_a_wrong_secret(url: &str, src: &S3Server, dst: &S3Server, dir: &Path) -> Child {
-    command(
-        &["worker", "--coordinator", url, "--wait", "60s"],
-        src,
-        dst,
-        &dir.join("unused.sqlite"),
-    )
-    .env("SKYHAUL_DST_SECRET_ACCESS_KEY", "wrong-secret-value")
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap()
+    /// A worker started with a destination secret the server refuses.
+    fn worker_with_a_wrong_secret(&self) -> Child {
+        self.worker(&[("SKYHAUL_DST_SECRET_ACCESS_KEY", Some("wrong-secret-value"))])
+    }
+
+    /// The faults the proxy injected.
+    fn injected(&self) -> FaultCounts {
+        self.proxy.as_ref().expect("a proxy").injected()
+    }
 }
 
 /// Every line of an exited child's `stderr` (its reader ends there).
@@ -920,6 +952,19 @@ fn all_lines(stderr: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
             Err(_) => assert!(Instant::now() < deadline, "stderr still open: {lines:#?}"),
         }
     }
+}
+
+/// The stderr of a worker that has exited, and its exit code.
+fn exited(worker: &mut Child) -> (i32, String) {
+    let code = wait_exit(worker, 60);
+    let mut said = String::new();
+    worker
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    (code, said)
 }
 
 /// Waits for a line of `stderr` that contains `text`.
@@ -946,13 +991,7 @@ fn wait_line(stderr: &std::sync::mpsc::Receiver<String>, text: &str) -> String {
 async fn a_worker_that_cannot_copy_leaves_and_the_others_finish() {
     let mut fleet = Leaving::start("300s").await;
     let mut bad = fleet.worker_with_a_wrong_secret();
-    let code = wait_exit(&mut bad, 60);
-    let mut said = String::new();
-    bad.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut said)
-        .unwrap();
+    let (code, said) = exited(&mut bad);
     assert_eq!(code, 4, "{said}");
     assert!(
         said.contains("does not accept these credentials")
@@ -1134,24 +1173,11 @@ async fn ctrl_c_stops_a_local_fleet_as_interrupted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_that_cannot_open_a_side_leaves_too() {
     let mut fleet = Leaving::start("2s").await;
-    let mut bad = command(
-        &["worker", "--coordinator", &fleet.url, "--wait", "60s"],
-        &fleet.src,
-        &fleet.dst,
-        &fleet.dir.path().join("unused.sqlite"),
-    )
-    .env_remove("SKYHAUL_DST_ACCESS_KEY_ID")
-    .env_remove("SKYHAUL_DST_SECRET_ACCESS_KEY")
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap();
-    let code = wait_exit(&mut bad, 60);
-    let mut said = String::new();
-    bad.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut said)
-        .unwrap();
+    let mut bad = fleet.worker(&[
+        ("SKYHAUL_DST_ACCESS_KEY_ID", None),
+        ("SKYHAUL_DST_SECRET_ACCESS_KEY", None),
+    ]);
+    let (code, said) = exited(&mut bad);
     assert_eq!(code, 4, "{said}");
     assert!(
         said.contains("no usable credentials") && said.contains("this worker left the fleet"),
@@ -1182,76 +1208,6 @@ async fn a_worker_that_cannot_open_a_side_leaves_too() {
 /// credentials it accepts but whose policy does not allow the read.
 const NO_READ_KEY: &str = "NOREADPERMISSION";
 
-/// A coordinator of `files` (tuned by [`LEAVING`]) whose source is reached through a fault
-/// proxy with `faults`, waiting for workers; the workers take the coordinator's endpoints.
-struct Denying {
-    files: BTreeMap<String, Vec<u8>>,
-    src: S3Server,
-    dst: S3Server,
-    proxy: FaultProxy,
-    dir: tempfile::TempDir,
-    coordinator: Child,
-    url: String,
-    stderr: std::sync::mpsc::Receiver<String>,
-}
-
-impl Denying {
-    async fn start(files: BTreeMap<String, Vec<u8>>, faults: Faults) -> Denying {
-        let (src, dst) = servers_with(&files).await;
-        let proxy = FaultProxy::start(&src.endpoint, faults);
-        let dir = tempfile::tempdir().unwrap();
-        let listen = free_listen();
-        let endpoint = proxy.endpoint();
-        let mut tuning = LEAVING.to_vec();
-        tuning.extend(["--lease-timeout", "5s"]);
-        tuning.extend(["--src-endpoint", &endpoint, "--dst-endpoint", &dst.endpoint]);
-        let args = coordinator_cp(&listen, &[], &tuning);
-        let journal = dir.path().join("journal.sqlite");
-        let mut coordinator = command(&args, &src, &dst, &journal).spawn().unwrap();
-        let (url, stderr) = coordinator_url(&mut coordinator);
-        Denying {
-            files,
-            src,
-            dst,
-            proxy,
-            dir,
-            coordinator,
-            url,
-            stderr,
-        }
-    }
-
-    fn worker(&self, src_key: Option<&str>) -> Child {
-        let mut cmd = command(
-            &["worker", "--coordinator", &self.url, "--wait", "60s"],
-            &self.src,
-            &self.dst,
-            &self.dir.path().join("unused.sqlite"),
-        );
-        if let Some(key) = src_key {
-            cmd.env("SKYHAUL_SRC_ACCESS_KEY_ID", key);
-        }
-        cmd.stdout(Stdio::null()).spawn().unwrap()
-    }
-
-    fn journal(&self) -> std::path::PathBuf {
-        self.dir.path().join("journal.sqlite")
-    }
-}
-
-/// The stderr of a worker that has exited, and its exit code.
-fn exited(worker: &mut Child) -> (i32, String) {
-    let code = wait_exit(worker, 60);
-    let mut said = String::new();
-    worker
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut said)
-        .unwrap();
-    (code, said)
-}
-
 /// A worker whose credentials are accepted but may not read the source is denied each
 /// object it is handed. No denial counts as a failure: each item goes back to the queue for
 /// another worker, and the worker leaves the fleet after a hundred denials in a row (exit 4,
@@ -1268,8 +1224,8 @@ async fn a_worker_denied_every_read_hands_its_items_on_and_leaves() {
         access_key: Some(NO_READ_KEY.into()),
         ..Faults::default()
     };
-    let mut fleet = Denying::start(files, denied).await;
-    let mut bad = fleet.worker(Some(NO_READ_KEY));
+    let mut fleet = Leaving::with(files, "5s", Some(denied)).await;
+    let mut bad = fleet.worker(&[("SKYHAUL_SRC_ACCESS_KEY_ID", Some(NO_READ_KEY))]);
     let (code, said) = exited(&mut bad);
     assert_eq!(code, 4, "{said}");
     assert!(
@@ -1295,7 +1251,7 @@ async fn a_worker_denied_every_read_hands_its_items_on_and_leaves() {
     // back to the queue whole.
     let retried = s["denials_retried"].as_u64().unwrap();
     assert!(retried > 0 && retried <= in_a_row, "{s}");
-    let denials = fleet.proxy.injected().access_denied_403;
+    let denials = fleet.injected().access_denied_403;
     assert!(denials >= in_a_row, "{denials} denials");
 
     let mut good = spawn_worker(&fleet.url, &[], &fleet.src, &fleet.dst, fleet.dir.path());
@@ -1317,7 +1273,7 @@ async fn a_worker_denied_every_read_hands_its_items_on_and_leaves() {
     let done = done_counts(&leases);
     assert!(done.values().all(|&n| n == 1), "work done twice: {done:?}");
     // The denials the proxy answered are all the bad worker's: nothing else was refused.
-    assert_eq!(fleet.proxy.injected().access_denied_403, denials);
+    assert_eq!(fleet.injected().access_denied_403, denials);
 }
 
 /// An object that no worker may read is tried by a second worker before it counts as
@@ -1330,8 +1286,8 @@ async fn an_object_denied_to_two_workers_fails_alone() {
         path_contains: Some("s/05.bin".into()),
         ..Faults::default()
     };
-    let mut fleet = Denying::start(files, denied).await;
-    let mut workers = [fleet.worker(None), fleet.worker(None)];
+    let mut fleet = Leaving::with(files, "5s", Some(denied)).await;
+    let mut workers = [fleet.worker(&[]), fleet.worker(&[])];
     let code = wait_exit(&mut fleet.coordinator, 120);
     let lines = all_lines(&fleet.stderr);
     let mut out = String::new();
@@ -1366,7 +1322,7 @@ async fn an_object_denied_to_two_workers_fails_alone() {
     assert_eq!(tries[0].1, Some("denied"), "{tries:?}");
     assert_eq!(tries[1].1, Some("failed"), "{tries:?}");
     assert_ne!(tries[0].0, tries[1].0, "{tries:?}");
-    assert_eq!(fleet.proxy.injected().access_denied_403, 2);
+    assert_eq!(fleet.injected().access_denied_403, 2);
     let mut rest = fleet.files.clone();
     rest.remove("s/05.bin");
     assert_eq!(read_bucket(&fleet.dst, "dst", "data/").await, rest);
