@@ -549,6 +549,22 @@ const GCS_DEFAULT_CACHE_CONTROL: [&str; 3] = [
     "no-cache, no-store, max-age=0, must-revalidate",
 ];
 
+/// `metadata` from a download's `x-goog-meta-*` headers, whose names HTTP lowercased, under
+/// the names the JSON API gave in a listing or HEAD (`listed`), which keep their case: a
+/// copy then writes `Owner` as `Owner` whether the object was read whole or in parts.
+fn named_as_listed(
+    metadata: BTreeMap<String, String>,
+    listed: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    metadata
+        .into_iter()
+        .map(|(name, value)| {
+            let listed_name = listed.keys().find(|l| l.eq_ignore_ascii_case(&name));
+            (listed_name.cloned().unwrap_or(name), value)
+        })
+        .collect()
+}
+
 /// The object resource that gives an object being written `opts`' user metadata and content
 /// headers (an object with no content type is served as `application/octet-stream`).
 fn resource(opts: &PutOptions) -> serde_json::Value {
@@ -757,13 +773,14 @@ impl Store for GcsStore {
                 .map(str::to_string),
             ..content_headers(resp.headers())
         };
-        let metadata = prefixed_metadata(resp.headers(), "x-goog-meta-", str::to_string);
+        let mut metadata = prefixed_metadata(resp.headers(), "x-goog-meta-", str::to_string);
         let ranged_reply = resp.status() == StatusCode::PARTIAL_CONTENT;
         let total = header(resp.headers(), "content-range")
             .and_then(|r| r.rsplit('/').next())
             .and_then(|t| t.parse::<u64>().ok());
         let version = version_tag(md5, generation.as_deref());
         if let Some(exp) = expect {
+            metadata = named_as_listed(metadata, &exp.metadata);
             let expected_md5 = exp.etag.as_deref().and_then(|t| {
                 hex::decode(t)
                     .ok()
@@ -1098,6 +1115,23 @@ struct Rewrite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downloaded_metadata_names_take_the_listed_case() {
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let downloaded = m(&[("owner", "ml-team"), ("new-since-listing", "x")]);
+        let listed = m(&[("Owner", "old-value")]);
+        assert_eq!(
+            named_as_listed(downloaded, &listed),
+            m(&[("Owner", "ml-team"), ("new-since-listing", "x")]),
+            "names from the listing, values from the download"
+        );
+    }
 
     #[test]
     fn version_tags() {
