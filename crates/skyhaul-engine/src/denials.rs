@@ -65,7 +65,7 @@ impl Denials {
 
     /// Whether so many denials came in a row that nothing new should start until the
     /// objects in flight are over ([`Denials::stop`] then decides).
-    pub(crate) fn suspect(&self) -> bool {
+    pub fn suspect(&self) -> bool {
         self.in_a_row.load(Ordering::Relaxed) >= SUSPECT_AFTER
     }
 

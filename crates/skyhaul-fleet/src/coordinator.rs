@@ -798,6 +798,18 @@ async fn transfer_spec(Axum(shared): Axum<Arc<Shared>>) -> Json<TransferSpec> {
     Json(shared.spec.clone())
 }
 
+/// Whether a worker reported an item denied to it (a worker of a version before the kind
+/// was sent reports none: its denials count at once).
+fn is_denial(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Failed {
+            kind: Some(ErrorKind::AccessDenied),
+            ..
+        }
+    )
+}
+
 /// Whether an item denied to `worker` ([`Pending::denied`]) waits for another's try rather
 /// than go back to it: while another worker is at work, or while one may yet join (for
 /// [`QUIET_TIMEOUTS`] lease timeouts after the denial). Then it is the denier's again, and a
@@ -876,7 +888,9 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
             return Json(LeaseReply::Wait { ms: 250 });
         };
         let l = &st.leases[&original];
-        items = speculate::pending(&st, original, l).cloned().collect();
+        items = speculate::pending_for(&st, original, l, &req.worker.id)
+            .cloned()
+            .collect();
         bytes = items.iter().map(|n| st.items[n].item.bytes()).sum();
         tracing::info!(
             "re-issuing lease {original} of worker {} to idle worker {} as lease {lease_id}",
@@ -964,30 +978,33 @@ async fn complete(
             if let Some(p) = st.items.get(&r.item) {
                 let other = [p.lease, p.spare].into_iter().flatten();
                 let other: Vec<u64> = other.filter(|&l| l != c.lease_id).collect();
-                // One holder of a doubled item failed: the other may still succeed.
-                if matches!(r.outcome, Outcome::Failed { .. }) && !other.is_empty() {
-                    speculate::release(&mut st, c.lease_id, std::slice::from_ref(&r.item));
-                    outcomes.push((r.item, "failed"));
-                    continue;
-                }
-                let denial = matches!(
-                    r.outcome,
-                    Outcome::Failed {
-                        kind: Some(ErrorKind::AccessDenied),
-                        ..
+                let failed = matches!(r.outcome, Outcome::Failed { .. });
+                // A first denial: another worker's credentials may allow what these do not.
+                let first_denial =
+                    is_denial(&r.outcome) && p.denied.is_none() && shared.second_opinions();
+                // That, or one holder of a doubled item failed (the other may still
+                // succeed): the item is not over.
+                if first_denial || (failed && !other.is_empty()) {
+                    if first_denial {
+                        let p = st.items.get_mut(&r.item).expect("found");
+                        p.denied = Some((c.worker.id.clone(), Instant::now()));
+                        st.denials_retried += 1;
                     }
-                );
-                if denial && p.denied.is_none() && shared.second_opinions() {
-                    let p = st.items.get_mut(&r.item).expect("found");
-                    p.denied = Some((c.worker.id.clone(), Instant::now()));
                     speculate::release(&mut st, c.lease_id, std::slice::from_ref(&r.item));
-                    st.denials_retried += 1;
-                    outcomes.push((r.item, "denied"));
+                    let outcome = if first_denial { "denied" } else { "failed" };
+                    outcomes.push((r.item, outcome));
                     continue;
                 }
                 others.extend(other);
             }
-            let outcome = take_result(&shared, &mut st, r.outcome, &r.item, &mut effects);
+            let outcome = take_result(
+                &shared,
+                &mut st,
+                &c.worker.id,
+                r.outcome,
+                &r.item,
+                &mut effects,
+            );
             done += u64::from(outcome == "done");
             outcomes.push((r.item, outcome));
         }
@@ -998,7 +1015,10 @@ async fn complete(
             .get(&c.lease_id)
             .map(|l| (l.items.clone(), l.granted, l.bytes))
         {
-            speculate::took(&mut st, bytes, granted.elapsed());
+            // A lease whose items all failed at once says nothing of the usual pace.
+            if done > 0 {
+                speculate::took(&mut st, bytes, granted.elapsed());
+            }
             speculate::release(&mut st, c.lease_id, &items);
             st.leases.remove(&c.lease_id);
         }
@@ -1084,11 +1104,12 @@ async fn commit(shared: &Shared) {
     }
 }
 
-/// Applies one result: the first result for an item counts; a later one (the item was
-/// re-issued after an expiry and done twice) is a duplicate.
+/// Applies one result, which `reporter` sent: the first result for an item counts; a later
+/// one (the item was re-issued after an expiry and done twice) is a duplicate.
 fn take_result(
     shared: &Shared,
     st: &mut State,
+    reporter: &str,
     outcome: Outcome,
     name: &str,
     effects: &mut Vec<Effect>,
@@ -1149,11 +1170,17 @@ fn take_result(
             "done"
         }
         (item, outcome) => {
+            let denial = is_denial(&outcome);
             let error = match (outcome, p.denied) {
-                (Outcome::Failed { error, .. }, Some((first, _))) => {
+                (Outcome::Failed { error, .. }, Some((first, _)))
+                    if denial && first != reporter =>
+                {
                     format!("{error} (worker {first} was denied it too)")
                 }
-                (Outcome::Failed { error, .. }, None) => error,
+                (Outcome::Failed { error, .. }, Some(_)) if denial => {
+                    format!("{error} (denied to this worker twice: no other worker came to try it)")
+                }
+                (Outcome::Failed { error, .. }, _) => error,
                 _ => "the worker answered with a result of another kind".to_string(),
             };
             match item {

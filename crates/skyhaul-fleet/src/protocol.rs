@@ -268,3 +268,29 @@ pub struct Leave {
     pub error: String,
     pub kind: ErrorKind,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failure's kind is read by peers of other versions: a worker of an older version
+    /// sends none, one of a newer version may send a kind this one does not know (read as
+    /// `Other`, which counts at once rather than refuse the whole completion).
+    #[test]
+    fn failure_kinds_cross_versions() {
+        let kind_of = |json: &str| match serde_json::from_str::<Outcome>(json).unwrap() {
+            Outcome::Failed { kind, .. } => kind,
+            other => panic!("{other:?}"),
+        };
+        let denied = r#"{"outcome":"failed","error":"e","kind":"AccessDenied"}"#;
+        assert_eq!(kind_of(denied), Some(ErrorKind::AccessDenied));
+        assert_eq!(kind_of(r#"{"outcome":"failed","error":"e"}"#), None);
+        let newer = r#"{"outcome":"failed","error":"e","kind":"SomethingNew"}"#;
+        assert_eq!(kind_of(newer), Some(ErrorKind::Other));
+        let sent = Outcome::Failed {
+            error: "e".into(),
+            kind: Some(ErrorKind::AccessDenied),
+        };
+        assert_eq!(serde_json::to_string(&sent).unwrap(), denied);
+    }
+}

@@ -267,6 +267,21 @@ async fn lease_loop(
     let info = asker.info;
     let over = &end.token;
     loop {
+        // Denials in a row: nothing new is asked for until the leases out are over, whose
+        // items decide whether they were about their objects or about these credentials.
+        if doer.denials.suspect() {
+            if !held.lock().expect("lock").is_empty() {
+                tokio::select! {
+                    _ = over.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                continue;
+            }
+            if let Some(stop) = doer.denials.stop(DENIED_THEN) {
+                end.unable(stop);
+                return Ok(());
+            }
+        }
         let request = LeaseRequest {
             worker: info.clone(),
             relay: asker.relay.as_ref().map(|r| r.counts()),
@@ -337,11 +352,6 @@ async fn lease_loop(
         let _: serde_json::Value = client.post("/v1/complete", &completion).await?;
         held.lock().expect("lock").remove(&lease.lease_id);
         counters.leases.fetch_add(1, Ordering::Relaxed);
-        // Weighed once a lease is over, so that its slow good objects had their say.
-        if let Some(stop) = doer.denials.stop(DENIED_THEN) {
-            end.unable(stop);
-            return Ok(());
-        }
     }
 }
 

@@ -32,8 +32,8 @@ pub struct FleetLease {
     /// [`LEASE_RETURNED`].
     pub state: String,
     /// Each item's name and outcome (`None` while the lease is out): `done`, `duplicate` (it
-    /// was already done through another lease), `failed`, `expired`, `superseded`,
-    /// `returned`.
+    /// was already done through another lease), `failed`, `denied` (handed to another
+    /// worker for a second try), `expired`, `superseded`, `returned`.
     pub items: BTreeMap<String, Option<String>>,
 }
 

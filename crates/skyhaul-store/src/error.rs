@@ -35,7 +35,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The user stopped the transfer (Ctrl-C) before this finished.
     Interrupted,
-    /// Anything else; not retried.
+    /// Anything else; not retried. A kind this version does not know (sent by a newer peer)
+    /// reads as this one.
+    #[serde(other)]
     Other,
 }
 

@@ -65,7 +65,8 @@ pub struct Faults {
     pub path_contains: Option<String>,
     /// Only requests signed (SigV4) with this access key id get faults: one client among
     /// several, such as a fleet worker whose credentials lack a permission the others have
-    /// (a 403 answered here never reaches the server, which need not know the key).
+    /// (a 403 answered here never reaches the server, which need not know the key). Read
+    /// from the `Authorization` header; a presigned URL's `X-Amz-Credential` is not.
     pub access_key: Option<String>,
     /// Stop injecting once this many faults (of all kinds) have been injected, e.g. `Some(1)` for
     /// "fail exactly once, then behave".

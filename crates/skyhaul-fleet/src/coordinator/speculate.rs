@@ -47,7 +47,7 @@ pub(super) fn pick(st: &State, worker: &str, after: Duration, now: Instant) -> O
                 && l.copy.is_none()
                 && now.duration_since(l.granted) >= due(l)
         })
-        .filter(|(id, l)| pending(st, **id, l).next().is_some())
+        .filter(|(id, l)| pending_for(st, **id, l, worker).next().is_some())
         .min_by_key(|(id, l)| (l.granted, **id))
         .map(|(id, _)| *id)
 }
@@ -62,6 +62,22 @@ pub(super) fn pending<'a>(
         st.items
             .get(*name)
             .is_some_and(|p| p.lease == Some(id) || p.spare == Some(id))
+    })
+}
+
+/// Of [`pending`], the items `worker` may be handed: not one it was denied, which waits for
+/// another worker's try.
+pub(super) fn pending_for<'a>(
+    st: &'a State,
+    id: u64,
+    lease: &'a Active,
+    worker: &'a str,
+) -> impl Iterator<Item = &'a String> + 'a {
+    pending(st, id, lease).filter(move |name| {
+        st.items[*name]
+            .denied
+            .as_ref()
+            .is_none_or(|(denier, _)| denier != worker)
     })
 }
 
