@@ -798,6 +798,28 @@ async fn transfer_spec(Axum(shared): Axum<Arc<Shared>>) -> Json<TransferSpec> {
     Json(shared.spec.clone())
 }
 
+/// Records `worker`'s first denial of item `name`: it waits for another worker's try, and so
+/// do the other parts of its object (they are as denied to this worker as this one).
+fn deny(st: &mut State, name: &str, worker: &str, now: Instant) {
+    st.denials_retried += 1;
+    let denied = Some((worker.to_string(), now));
+    let upload = match &st.items[name].item {
+        WorkItem::Part { upload, .. } => Some(upload.upload_id.clone()),
+        WorkItem::Object { .. } => None,
+    };
+    let Some(id) = upload else {
+        st.items.get_mut(name).expect("pending").denied = denied;
+        return;
+    };
+    for p in st.items.values_mut() {
+        if matches!(&p.item, WorkItem::Part { upload, .. } if upload.upload_id == id)
+            && p.denied.is_none()
+        {
+            p.denied = denied.clone();
+        }
+    }
+}
+
 /// Whether a worker reported an item denied to it (a worker of a version before the kind
 /// was sent reports none: its denials count at once).
 fn is_denial(outcome: &Outcome) -> bool {
@@ -974,24 +996,27 @@ async fn complete(
         // The other leases that held an item reported here: done now, they may be over.
         let mut others = Vec::new();
         let mut done = 0;
+        let now = Instant::now();
+        let waits = second_try_waits(&st, &c.worker.id, now, shared.opts.lease_timeout);
         for r in c.results {
             if let Some(p) = st.items.get(&r.item) {
                 let other = [p.lease, p.spare].into_iter().flatten();
                 let other: Vec<u64> = other.filter(|&l| l != c.lease_id).collect();
                 let failed = matches!(r.outcome, Outcome::Failed { .. });
+                let denial = is_denial(&r.outcome) && shared.second_opinions();
                 // A first denial: another worker's credentials may allow what these do not.
-                let first_denial =
-                    is_denial(&r.outcome) && p.denied.is_none() && shared.second_opinions();
-                // That, or one holder of a doubled item failed (the other may still
+                let first_denial = denial && p.denied.is_none();
+                // The same worker's again while the item still waits for another's try (a
+                // lease of its that expired came back to it, or it had the item in flight).
+                let again = denial && p.denied.as_ref().is_some_and(&waits);
+                // Those, or one holder of a doubled item failed (the other may still
                 // succeed): the item is not over.
-                if first_denial || (failed && !other.is_empty()) {
+                if first_denial || again || (failed && !other.is_empty()) {
                     if first_denial {
-                        let p = st.items.get_mut(&r.item).expect("found");
-                        p.denied = Some((c.worker.id.clone(), Instant::now()));
-                        st.denials_retried += 1;
+                        deny(&mut st, &r.item, &c.worker.id, now);
                     }
                     speculate::release(&mut st, c.lease_id, std::slice::from_ref(&r.item));
-                    let outcome = if first_denial { "denied" } else { "failed" };
+                    let outcome = if denial { "denied" } else { "failed" };
                     outcomes.push((r.item, outcome));
                     continue;
                 }
@@ -1501,6 +1526,39 @@ mod tests {
         st.workers.get_mut("other").unwrap().left =
             Some((now, Error::new(ErrorKind::NoSpace, "full")));
         assert!(!waits(&st, "denier", now + quiet), "the other left");
+    }
+
+    /// A worker denied one part of an object is denied the others: they all wait for
+    /// another worker's try (the one in flight too, whose denial then changes nothing), and
+    /// the parts of other objects do not.
+    #[test]
+    fn a_denied_part_denies_its_whole_object_to_that_worker() {
+        let mut st = State::default();
+        let part = |upload_id: &str, number| WorkItem::Part {
+            src: ObjectMeta::new(upload_id, 3 << 20),
+            upload: MultipartUpload {
+                key: upload_id.into(),
+                upload_id: upload_id.into(),
+            },
+            spec: skyhaul_store::PartSpec {
+                number,
+                offset: u64::from(number - 1) << 20,
+                len: 1 << 20,
+            },
+            server_side: false,
+        };
+        for n in 1..=3 {
+            st.enqueue(part("big", n), false);
+        }
+        st.enqueue(part("other", 1), false);
+        let now = Instant::now();
+        deny(&mut st, "part big #2", "w1", now);
+        assert_eq!(st.denials_retried, 1);
+        let denier = |name: &str| st.items[name].denied.as_ref().map(|(w, _)| w.clone());
+        for n in 1..=3 {
+            assert_eq!(denier(&format!("part big #{n}")).as_deref(), Some("w1"));
+        }
+        assert_eq!(denier("part other #1"), None);
     }
 
     /// The transfer is stranded only once nobody is left: not while a worker that stayed

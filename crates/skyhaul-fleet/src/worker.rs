@@ -16,7 +16,7 @@ use skyhaul_engine::resume::encode_sums;
 use skyhaul_engine::{Denials, Endpoint, Executor, Progress, TransferOptions};
 use skyhaul_relay::RelayStats;
 use skyhaul_store::{Error, ErrorKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -164,7 +164,7 @@ pub async fn run(
     ));
     let mut loops = tokio::task::JoinSet::new();
     let end = Arc::new(End::default());
-    let denials = Arc::new(Denials::default());
+    let denials = Arc::new(WorkerDenials::default());
     for _ in 0..LEASES_IN_FLIGHT {
         loops.spawn(lease_loop(
             client.clone(),
@@ -253,7 +253,40 @@ struct Asker {
 struct Doer {
     exec: Arc<Executor>,
     concurrency: usize,
-    denials: Arc<Denials>,
+    denials: Arc<WorkerDenials>,
+}
+
+/// A worker's [`Denials`], counted by object: the parts of one object count as one denial,
+/// as the object does in `cp` (a private object of 100 parts says nothing of the
+/// credentials).
+#[derive(Default)]
+struct WorkerDenials {
+    denials: Denials,
+    /// Uploads a part of which was denied here.
+    uploads: Mutex<HashSet<String>>,
+}
+
+impl WorkerDenials {
+    /// An item failed with `e`; `upload`, the upload of a part.
+    fn failed(&self, e: &Error, upload: Option<String>) {
+        let counts = e.kind != ErrorKind::AccessDenied
+            || upload.is_none_or(|id| self.uploads.lock().expect("lock").insert(id));
+        if counts {
+            self.denials.failed(e);
+        }
+    }
+
+    fn done(&self) {
+        self.denials.done();
+    }
+
+    fn suspect(&self) -> bool {
+        self.denials.suspect()
+    }
+
+    fn stop(&self, then: &str) -> Option<Error> {
+        self.denials.stop(then)
+    }
 }
 
 async fn lease_loop(
@@ -360,6 +393,10 @@ async fn lease_loop(
 async fn run_item(doer: &Doer, item: WorkItem) -> Result<ItemResult, Error> {
     let exec = &doer.exec;
     let name = item.name();
+    let upload = match &item {
+        WorkItem::Part { upload, .. } => Some(upload.upload_id.clone()),
+        WorkItem::Object { .. } => None,
+    };
     let done = match item {
         WorkItem::Object {
             src,
@@ -393,7 +430,7 @@ async fn run_item(doer: &Doer, item: WorkItem) -> Result<ItemResult, Error> {
         Err(e) if leaves_the_fleet(&e) => return Err(e),
         Err(e) => {
             tracing::warn!("{name}: {}", e.message);
-            doer.denials.failed(&e);
+            doer.denials.failed(&e, upload);
             Outcome::Failed {
                 error: e.message,
                 kind: Some(e.kind),
@@ -502,4 +539,36 @@ async fn worker_metrics(Axum(live): Axum<Arc<Live>>) -> impl IntoResponse {
         );
     }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], p.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denied(what: &str) -> Error {
+        Error::new(ErrorKind::AccessDenied, format!("{what}: AccessDenied"))
+    }
+
+    /// A hundred denied parts of one object are one denial; a hundred denied objects are
+    /// the credentials'; an item done in between clears them.
+    #[test]
+    fn denials_count_by_object() {
+        let d = WorkerDenials::default();
+        for part in 0..150 {
+            d.failed(&denied(&format!("part {part}")), Some("big-upload".into()));
+        }
+        assert!(!d.suspect(), "one object's parts");
+        for key in 0..98 {
+            d.failed(&denied(&format!("k{key}")), None);
+        }
+        assert!(!d.suspect());
+        d.failed(
+            &denied("another object's part"),
+            Some("other-upload".into()),
+        );
+        assert!(d.suspect(), "100 objects");
+        assert!(d.stop(DENIED_THEN).unwrap().message.contains("--exclude"));
+        d.done();
+        assert!(!d.suspect() && d.stop(DENIED_THEN).is_none());
+    }
 }

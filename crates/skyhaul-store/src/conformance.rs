@@ -142,7 +142,8 @@ async fn content_headers(store: &dyn Store, p: &str) {
     let mut put = opts(0);
     put.headers = headers.clone();
     put.metadata.insert("Owner".into(), "ml-team".into());
-    // Names as the store keeps them: S3 lowercases them, GCS keeps their case.
+    // Names as the store gives them: lowercased where they travel as HTTP headers (S3,
+    // Azure), with their case where a JSON record holds them (a GCS HEAD).
     let owner = |m: &BTreeMap<String, String>| {
         m.iter()
             .find(|(name, _)| name.eq_ignore_ascii_case("owner"))

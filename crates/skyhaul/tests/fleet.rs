@@ -1265,7 +1265,12 @@ async fn a_worker_denied_every_read_hands_its_items_on_and_leaves() {
         .filter(|(_, o)| o.as_deref() == Some("denied"))
         .map(|(item, _)| item)
         .collect();
-    assert_eq!(denied_items.len() as u64, retried, "{leases:#?}");
+    // Counted by object: the parts of one upload are one denial.
+    let objects: std::collections::HashSet<&str> = denied_items
+        .iter()
+        .map(|item| item.split(" #").next().unwrap())
+        .collect();
+    assert_eq!(objects.len() as u64, retried, "{leases:#?}");
     for item in denied_items {
         assert_ne!(done_by(&leases, item).worker, bad_id, "{item}");
     }
@@ -1338,7 +1343,8 @@ async fn an_object_denied_to_the_only_worker_fails_after_the_wait() {
         path_contains: Some("s/05.bin".into()),
         ..Faults::default()
     };
-    let mut fleet = Leaving::with(leaving_files(), "2s", Some(denied)).await;
+    // Long enough that no lease expires on a busy machine (an expiry would add a try).
+    let mut fleet = Leaving::with(leaving_files(), "5s", Some(denied)).await;
     let started = Instant::now();
     let mut worker = fleet.worker(&[]);
     let code = wait_exit(&mut fleet.coordinator, 120);
@@ -1349,7 +1355,7 @@ async fn an_object_denied_to_the_only_worker_fails_after_the_wait() {
     stdout.read_to_string(&mut out).unwrap();
     assert_eq!(code, 1, "{lines:#?}\n{out}");
     assert!(
-        took >= Duration::from_secs(8),
+        took >= Duration::from_secs(20),
         "no wait for another worker: {took:?}"
     );
     let report = last_json_line(&out).unwrap();
