@@ -201,6 +201,15 @@ impl State {
         );
     }
 
+    /// The names of upload `id`'s parts not done yet (none if it is not registered).
+    fn parts_of(&self, id: &str) -> Vec<String> {
+        let total = self.uploads.get(id).map_or(0, |u| u.total);
+        (1..=total as u32)
+            .map(|number| WorkItem::part_name(id, number))
+            .filter(|name| self.items.contains_key(name))
+            .collect()
+    }
+
     fn finished_copying(&self) -> bool {
         self.planning_done && self.items.is_empty() && self.completing == 0
     }
@@ -802,21 +811,14 @@ async fn transfer_spec(Axum(shared): Axum<Arc<Shared>>) -> Json<TransferSpec> {
 /// do the other parts of its object (they are as denied to this worker as this one).
 fn deny(st: &mut State, name: &str, worker: &str, now: Instant) {
     st.denials_retried += 1;
-    let denied = Some((worker.to_string(), now));
-    let upload = match &st.items[name].item {
-        WorkItem::Part { upload, .. } => Some(upload.upload_id.clone()),
-        WorkItem::Object { .. } => None,
+    let mut names = match &st.items[name].item {
+        WorkItem::Part { upload, .. } => st.parts_of(&upload.upload_id),
+        WorkItem::Object { .. } => Vec::new(),
     };
-    let Some(id) = upload else {
-        st.items.get_mut(name).expect("pending").denied = denied;
-        return;
-    };
-    for p in st.items.values_mut() {
-        if matches!(&p.item, WorkItem::Part { upload, .. } if upload.upload_id == id)
-            && p.denied.is_none()
-        {
-            p.denied = denied.clone();
-        }
+    names.push(name.to_string());
+    for name in names {
+        let p = st.items.get_mut(&name).expect("pending");
+        p.denied.get_or_insert_with(|| (worker.to_string(), now));
     }
 }
 
@@ -1016,7 +1018,11 @@ async fn complete(
                         deny(&mut st, &r.item, &c.worker.id, now);
                     }
                     speculate::release(&mut st, c.lease_id, std::slice::from_ref(&r.item));
-                    let outcome = if denial { "denied" } else { "failed" };
+                    let outcome = if first_denial || again {
+                        "denied"
+                    } else {
+                        "failed"
+                    };
                     outcomes.push((r.item, outcome));
                     continue;
                 }
@@ -1028,7 +1034,7 @@ async fn complete(
                 &c.worker.id,
                 r.outcome,
                 &r.item,
-                &mut effects,
+                (&mut effects, &mut others),
             );
             done += u64::from(outcome == "done");
             outcomes.push((r.item, outcome));
@@ -1130,14 +1136,16 @@ async fn commit(shared: &Shared) {
 }
 
 /// Applies one result, which `reporter` sent: the first result for an item counts; a later
-/// one (the item was re-issued after an expiry and done twice) is a duplicate.
+/// one (the item was re-issued after an expiry and done twice) is a duplicate. Adds the
+/// work left for after the state lock to `effects`, and the leases that held items now
+/// over (the other parts of a failed upload) to `holders`.
 fn take_result(
     shared: &Shared,
     st: &mut State,
     reporter: &str,
     outcome: Outcome,
     name: &str,
-    effects: &mut Vec<Effect>,
+    (effects, holders): (&mut Vec<Effect>, &mut Vec<u64>),
 ) -> &'static str {
     let Some(p) = st.items.remove(name) else {
         st.duplicates += 1;
@@ -1203,7 +1211,7 @@ fn take_result(
                     format!("{error} (worker {first} was denied it too)")
                 }
                 (Outcome::Failed { error, .. }, Some(_)) if denial => {
-                    format!("{error} (denied to this worker twice: no other worker came to try it)")
+                    format!("{error} (denied to this worker again; no other worker finished a try)")
                 }
                 (Outcome::Failed { error, .. }, _) => error,
                 _ => "the worker answered with a result of another kind".to_string(),
@@ -1217,11 +1225,16 @@ fn take_result(
                     if let Some(u) = st.uploads.get_mut(&id).filter(|u| !u.failed) {
                         u.failed = true;
                         exec.record_failure(&src.key, Error::new(ErrorKind::Other, error));
+                        // The other parts of this object are not worth sending: queued
+                        // ones are dropped, leased ones' holders told to stop.
+                        for part in st.parts_of(&id) {
+                            let p = st.items.remove(&part).expect("pending");
+                            if p.lease.is_none() {
+                                st.queued_bytes -= p.item.bytes();
+                            }
+                            holders.extend([p.lease, p.spare].into_iter().flatten());
+                        }
                         st.uploads.remove(&id);
-                        // The other parts of this object are not worth sending.
-                        st.items.retain(|_, p| {
-                            !matches!(&p.item, WorkItem::Part { upload, .. } if upload.upload_id == id)
-                        });
                         effects.push(Effect::Abort(upload));
                     }
                 }
@@ -1551,6 +1564,25 @@ mod tests {
             st.enqueue(part("big", n), false);
         }
         st.enqueue(part("other", 1), false);
+        let upload = Upload {
+            src: ObjectMeta::new("big", 3 << 20),
+            open: OpenUpload {
+                upload: MultipartUpload {
+                    key: "big".into(),
+                    upload_id: "big".into(),
+                },
+                part_size: 1 << 20,
+                server_side: false,
+                put: Default::default(),
+                done: Vec::new(),
+            },
+            parts: BTreeMap::new(),
+            total: 3,
+            failed: false,
+            completing: false,
+            resumed: false,
+        };
+        st.uploads.insert("big".into(), upload);
         let now = Instant::now();
         deny(&mut st, "part big #2", "w1", now);
         assert_eq!(st.denials_retried, 1);

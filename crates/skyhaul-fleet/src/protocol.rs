@@ -180,15 +180,18 @@ impl WorkItem {
     pub fn name(&self) -> String {
         match self {
             WorkItem::Object { src, .. } => Self::object_name(&src.key),
-            WorkItem::Part { upload, spec, .. } => {
-                format!("part {} #{}", upload.upload_id, spec.number)
-            }
+            WorkItem::Part { upload, spec, .. } => Self::part_name(&upload.upload_id, spec.number),
         }
     }
 
     /// The name of the whole-object item for source `key`.
     pub fn object_name(key: &str) -> String {
         format!("object {key}")
+    }
+
+    /// The name of part `number` of upload `upload_id`.
+    pub fn part_name(upload_id: &str, number: u32) -> String {
+        format!("part {upload_id} #{number}")
     }
 
     pub fn bytes(&self) -> u64 {

@@ -1280,17 +1280,17 @@ async fn a_worker_denied_every_read_hands_its_items_on_and_leaves() {
     assert_eq!(fleet.injected().access_denied_403, denials);
 }
 
-/// An object that no worker may read is tried by a second worker before it counts as
-/// failed, and its failure says both were denied; the rest of the transfer is copied.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_object_denied_to_two_workers_fails_alone() {
-    let files = leaving_files();
+/// Two workers copy [`leaving_files`] while the proxy denies every GET of `file` (its whole
+/// read, or each of its parts): the object fails alone, its failure says both workers were
+/// denied it, and the rest is copied. Returns the fleet, for its journal and proxy.
+async fn denied_to_two_workers(file: &str) -> Leaving {
     let denied = Faults {
         access_denied_403: 1.0,
-        path_contains: Some("s/05.bin".into()),
+        only_methods: vec!["GET".into()],
+        path_contains: Some(file.into()),
         ..Faults::default()
     };
-    let mut fleet = Leaving::with(files, "30s", Some(denied)).await;
+    let mut fleet = Leaving::with(leaving_files(), "30s", Some(denied)).await;
     let mut workers = [fleet.worker(&[]), fleet.worker(&[])];
     let code = wait_exit(&mut fleet.coordinator, 120);
     let lines = all_lines(&fleet.stderr);
@@ -1306,7 +1306,7 @@ async fn an_object_denied_to_two_workers_fails_alone() {
         "{report}"
     );
     let failure = &report["failures"][0];
-    assert_eq!(failure["key"], "data/s/05.bin", "{report}");
+    assert_eq!(failure["key"], format!("data/{file}"), "{report}");
     let error = failure["error"].as_str().unwrap();
     assert!(
         error.contains("AccessDenied") && error.contains("was denied it too"),
@@ -1315,7 +1315,17 @@ async fn an_object_denied_to_two_workers_fails_alone() {
     for w in &mut workers {
         assert_eq!(wait_exit(w, 30), 0, "a worker failed");
     }
-    // Tried by both workers, once each: a denial, then the failure.
+    let mut rest = fleet.files.clone();
+    rest.remove(file);
+    assert_eq!(read_bucket(&fleet.dst, "dst", "data/").await, rest);
+    fleet
+}
+
+/// An object that no worker may read is tried by a second worker before it counts as
+/// failed: once by each worker, a denial and then the failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_denied_to_two_workers_fails_alone() {
+    let fleet = denied_to_two_workers("s/05.bin").await;
     let leases = leases(&fleet.journal());
     let item = "object data/s/05.bin";
     let tries: Vec<(&str, Option<&str>)> = leases
@@ -1328,9 +1338,35 @@ async fn an_object_denied_to_two_workers_fails_alone() {
     assert_eq!(outcomes, [Some("denied"), Some("failed")], "{tries:?}");
     assert_ne!(tries[0].0, tries[1].0, "{tries:?}");
     assert_eq!(fleet.injected().access_denied_403, 2);
-    let mut rest = fleet.files.clone();
-    rest.remove("s/05.bin");
-    assert_eq!(read_bucket(&fleet.dst, "dst", "data/").await, rest);
+}
+
+/// The parts of a striped object no worker may read: the first worker denied a part is
+/// kept from all of them, the second worker's denial fails the object (its upload
+/// aborted, its other parts dropped), and no part is done.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_whose_parts_are_denied_to_two_workers_fails_alone() {
+    let fleet = denied_to_two_workers("l/large.bin").await;
+    let leases = leases(&fleet.journal());
+    let outcomes: Vec<(&str, Option<&str>)> = leases
+        .iter()
+        .flat_map(|l| {
+            l.items
+                .iter()
+                .filter(|(item, _)| item.starts_with("part "))
+                .map(|(_, o)| (l.worker.as_str(), o.as_deref()))
+        })
+        .collect();
+    let by = |outcome| {
+        outcomes
+            .iter()
+            .filter(|o| o.1 == Some(outcome))
+            .map(|o| o.0)
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let (denied, failed) = (by("denied"), by("failed"));
+    assert!(by("done").is_empty(), "{outcomes:?}");
+    assert_eq!((denied.len(), failed.len()), (1, 1), "{outcomes:?}");
+    assert!(denied.is_disjoint(&failed), "{outcomes:?}");
 }
 
 /// With no other worker to try it, an object denied to the only worker waits four lease
@@ -1344,7 +1380,7 @@ async fn an_object_denied_to_the_only_worker_fails_after_the_wait() {
         ..Faults::default()
     };
     // Long enough that no lease expires on a busy machine (an expiry would add a try).
-    let mut fleet = Leaving::with(leaving_files(), "5s", Some(denied)).await;
+    let mut fleet = Leaving::with(leaving_files(), "10s", Some(denied)).await;
     let started = Instant::now();
     let mut worker = fleet.worker(&[]);
     let code = wait_exit(&mut fleet.coordinator, 120);
@@ -1355,14 +1391,14 @@ async fn an_object_denied_to_the_only_worker_fails_after_the_wait() {
     stdout.read_to_string(&mut out).unwrap();
     assert_eq!(code, 1, "{lines:#?}\n{out}");
     assert!(
-        took >= Duration::from_secs(20),
+        took >= Duration::from_secs(40),
         "no wait for another worker: {took:?}"
     );
     let report = last_json_line(&out).unwrap();
     assert_eq!(report["objects_failed"], 1, "{report}");
     let error = report["failures"][0]["error"].as_str().unwrap();
     assert!(
-        error.contains("AccessDenied") && error.contains("no other worker came to try it"),
+        error.contains("AccessDenied") && error.contains("no other worker finished a try"),
         "{error}"
     );
     assert_eq!(wait_exit(&mut worker, 30), 0, "the worker failed");
