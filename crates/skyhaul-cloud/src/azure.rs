@@ -835,6 +835,7 @@ impl Store for AzureStore {
             opaque_etag: false,
             headers,
             metadata,
+            checksum: None,
         })
     }
 

@@ -834,6 +834,7 @@ impl Store for GcsStore {
             opaque_etag: false,
             headers,
             metadata,
+            checksum: None,
         })
     }
 

@@ -5,12 +5,14 @@
 //! MD5 is computed only where an ETag comparison needs it (an S3-like side), because S3's
 //! ETag of a single-part object is the MD5 of its content and a multipart ETag is the MD5
 //! of the part MD5s: that is how the source's bytes are checked on arrival, how the
-//! destination server checks ours (`Content-MD5`), and how we check what it stored.
+//! destination server checks ours (`Content-MD5`), and how we check what it stored. Where
+//! no MD5 vouches for a whole read (an SSE-KMS object's ETag is none), the checksum the
+//! store keeps of the whole object ([`FullChecksum`]) does.
 
 use bytes::Bytes;
 use crc_fast::CrcAlgorithm;
 use md5::{Digest, Md5};
-use skyhaul_store::ObjectMeta;
+use skyhaul_store::{Error, ErrorKind, FullChecksum, ObjectMeta, Result};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
@@ -63,15 +65,80 @@ pub fn source_md5(
 }
 
 /// The error of bytes read from `target` that do not hash to its content MD5.
-pub fn md5_mismatch(target: &str, want: [u8; 16], got: [u8; 16]) -> skyhaul_store::Error {
-    skyhaul_store::Error::new(
-        skyhaul_store::ErrorKind::Corrupt,
+pub fn md5_mismatch(target: &str, want: [u8; 16], got: [u8; 16]) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
         format!(
             "{target}: checksum mismatch: the source's MD5 is {}, the bytes received hash to {}",
             hex::encode(want),
             hex::encode(got)
         ),
     )
+}
+
+/// The source's full-object checksum worth checking a whole read against: a CRC64-NVME
+/// always, as every chunk's is computed anyway (so a server that records a wrong one fails
+/// its reads, as it fails the striped copies checked against it); a CRC32 or CRC32C only
+/// where no content MD5 vouches for the bytes (an SSE-KMS object's ETag, or one uploaded in
+/// parts).
+pub fn worth_checking(full: Option<FullChecksum>, md5_known: bool) -> Option<FullChecksum> {
+    full.filter(|c| matches!(c, FullChecksum::Crc64Nvme(_)) || !md5_known)
+}
+
+/// A whole object's bytes checked against the [`FullChecksum`] its read reported, as they
+/// pass: a CRC64-NVME is compared with the one [`sums`] gives; a CRC32 or CRC32C is computed
+/// here.
+pub struct FullCheck {
+    want: FullChecksum,
+    crc32: Option<crc_fast::Digest>,
+}
+
+impl FullCheck {
+    pub fn new(want: FullChecksum) -> Self {
+        let algorithm = match want {
+            FullChecksum::Crc64Nvme(_) => None,
+            FullChecksum::Crc32(_) => Some(CrcAlgorithm::Crc32IsoHdlc),
+            FullChecksum::Crc32c(_) => Some(CrcAlgorithm::Crc32Iscsi),
+        };
+        FullCheck {
+            want,
+            crc32: algorithm.map(crc_fast::Digest::new),
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        if let Some(d) = &mut self.crc32 {
+            d.update(data);
+        }
+    }
+
+    /// Fails with [`ErrorKind::Corrupt`] when the bytes passed (whose CRC64-NVME is `crc64`)
+    /// do not have the checksum the source reported for `target`.
+    pub fn finish(&self, target: &str, crc64: u64) -> Result<()> {
+        let crc32 = self.crc32.as_ref().map_or(0, |d| d.finalize() as u32);
+        let got = match self.want {
+            FullChecksum::Crc64Nvme(_) => FullChecksum::Crc64Nvme(crc64),
+            FullChecksum::Crc32(_) => FullChecksum::Crc32(crc32),
+            FullChecksum::Crc32c(_) => FullChecksum::Crc32c(crc32),
+        };
+        if got == self.want {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{target}: checksum mismatch: the source records {}, the bytes received have {}",
+                self.want, got
+            ),
+        ))
+    }
+
+    /// [`FullCheck`] of `data` whole.
+    pub fn of(target: &str, want: FullChecksum, data: &[u8], crc64: u64) -> Result<()> {
+        let mut check = FullCheck::new(want);
+        check.update(data);
+        check.finish(target, crc64)
+    }
 }
 
 /// The ETag S3 gives a multipart object with these part MD5s.
@@ -149,6 +216,40 @@ mod tests {
         assert_eq!(
             multipart_etag(&[a, b]),
             format!("{}-2", hex::encode(Md5::digest(&cat)))
+        );
+    }
+
+    #[test]
+    fn a_full_checksum_checks_the_bytes_with_its_own_algorithm() {
+        let data = b"123456789";
+        let crc64 = sums(data, false).crc64;
+        // The standard check values of CRC-32 and CRC-32C.
+        let (crc32, crc32c) = (0xcbf4_3926, 0xe306_9283);
+        for want in [
+            FullChecksum::Crc64Nvme(crc64),
+            FullChecksum::Crc32(crc32),
+            FullChecksum::Crc32c(crc32c),
+        ] {
+            assert!(FullCheck::of("s/k", want, data, crc64).is_ok(), "{want}");
+            let mut split = FullCheck::new(want);
+            split.update(&data[..4]);
+            split.update(&data[4..]);
+            assert!(split.finish("s/k", crc64).is_ok(), "{want} in pieces");
+        }
+        let err = FullCheck::of("s/k", FullChecksum::Crc32(crc32c), data, crc64).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Corrupt);
+        assert_eq!(
+            err.message,
+            "s/k: checksum mismatch: the source records CRC32 e3069283, \
+             the bytes received have CRC32 cbf43926"
+        );
+        let other = FullChecksum::Crc64Nvme(crc64 ^ 1);
+        assert!(FullCheck::of("s/k", other, data, crc64).is_err());
+        assert_eq!(worth_checking(Some(other), true), Some(other));
+        assert_eq!(worth_checking(Some(FullChecksum::Crc32(1)), true), None);
+        assert_eq!(
+            worth_checking(Some(FullChecksum::Crc32c(1)), false),
+            Some(FullChecksum::Crc32c(1))
         );
     }
 

@@ -5,7 +5,7 @@ use crate::content::{same_content, Side, READ_CHUNK};
 use crate::copy::copy_with_retries;
 use crate::denials::{run_bounded, Denials};
 use crate::filter::Filter;
-use crate::integrity::{md5_mismatch, source_md5, sums, ChunkSums};
+use crate::integrity::{md5_mismatch, source_md5, sums, worth_checking, ChunkSums, FullCheck};
 use crate::limiter::AdaptiveLimit;
 use crate::listing::plan_recursive;
 use crate::open::Endpoint;
@@ -230,7 +230,10 @@ impl Ctx {
 
     /// Reads `range` of `src` with retries, failing (and so retrying) on a short read, a
     /// changed source, or, for a whole-object read, bytes that do not hash to the source's
-    /// MD5 (from the listing or, when the listing has none, from the read itself).
+    /// MD5 (from the listing or, when the listing has none, from the read itself) or that do
+    /// not have the full-object checksum the read reported ([`worth_checking`]). Without
+    /// `with_md5`, the caller sends the source's MD5 as `Content-MD5` where the destination's
+    /// ETags are MD5s, so the destination checks the bytes against it.
     /// Returns what was read (the bytes, and what the answer said of the object), the bytes'
     /// checksums, and the source's content MD5 as the read vouches for it (none when the
     /// read said the object's ETag is no MD5).
@@ -267,6 +270,10 @@ impl Ctx {
                     if want != got {
                         return Err(md5_mismatch(&target, want, got));
                     }
+                }
+                let md5_known = source.is_some() && (with_md5 || self.dst.etags_are_md5());
+                if let (Some(want), true) = (worth_checking(fetched.checksum, md5_known), whole) {
+                    FullCheck::of(&target, want, &fetched.data, sums.crc64)?;
                 }
                 Ok((fetched, sums, source))
             })

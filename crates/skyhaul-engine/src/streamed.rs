@@ -12,8 +12,9 @@
 //!   a file ahead for its MD5 and then streaming it was tried: a quarter of the memory, but
 //!   more CPU and wall time, `bench/results/local-to-s3-2026-11-22.md`.)
 //! - Into a file system, the bytes are hashed on the way and compared with the source's
-//!   content MD5 (where it has one) before the last chunk is handed over, so a corrupt read
-//!   ends the write in an error and its temporary file is never renamed into place.
+//!   content MD5 (where it has one) and full-object checksum (where its read reported one)
+//!   before the last chunk is handed over, so a corrupt read ends the write in an error and
+//!   its temporary file is never renamed into place.
 //!
 //! A body that breaks off or holds another size fails the write before the store has it
 //! whole, so no partial object is ever stored. An object in flight costs a few chunks of
@@ -25,14 +26,14 @@
 
 use crate::attributes::carry;
 use crate::copy::{check_stored, expected_etag};
-use crate::integrity::{md5_mismatch, source_md5};
+use crate::integrity::{md5_mismatch, source_md5, worth_checking, FullCheck};
 use crate::limiter::Slot;
 use crate::run::Ctx;
 use crate::verify::Copied;
 use crc_fast::{CrcAlgorithm, Digest};
 use futures::StreamExt;
 use md5::{Digest as _, Md5};
-use skyhaul_store::{Chunks, Error, ErrorKind, ObjectMeta, PutOptions, Result};
+use skyhaul_store::{Chunks, Error, ErrorKind, FullChecksum, ObjectMeta, PutOptions, Result};
 use std::sync::{Arc, OnceLock};
 
 /// Memory counted per streamed object: two of the chunks a file system's stream reads or
@@ -84,10 +85,14 @@ pub(crate) async fn copy_streamed(
         }
         let crc = Arc::new(OnceLock::new());
         let hashed = !md5_first && ctx.src.etags_are_md5();
-        let check = md5.filter(|_| hashed).map(|md5| (md5, source.clone()));
+        let expected = Expected {
+            target: source.clone(),
+            md5: md5.filter(|_| hashed),
+            full: worth_checking(streamed.checksum, md5.is_some() && (hashed || md5_first)),
+        };
         let mut put = put.clone();
         carry(&mut put, &src.key, &streamed.headers, &streamed.metadata);
-        let body = summed(streamed.body, src.size, check, crc.clone(), slot);
+        let body = summed(streamed.body, src.size, expected, crc.clone(), slot);
         let sent_md5 = md5.filter(|_| md5_first);
         let dst_slot = ctx.dst_limit.acquire().await;
         let written = ctx
@@ -123,21 +128,33 @@ pub(crate) async fn copy_streamed(
     }))
 }
 
+/// What a streamed body must match before its last chunk is handed over.
+struct Expected {
+    /// The source object's name, for the error.
+    target: String,
+    /// The source's content MD5, to hash the bytes for.
+    md5: Option<[u8; 16]>,
+    /// The source's full-object checksum ([`worth_checking`]).
+    full: Option<FullChecksum>,
+}
+
 /// `body` as it is read, its CRC64-NVME left in `crc` once `size` bytes have passed (a
 /// request body of known length may not be polled past its last byte), holding the source's
-/// connection slot for as long as the body is in use. With `check` (the source's content MD5
-/// and the object's name), the bytes are hashed too, and a body that does not hash to it
-/// ends in an error in place of its last chunk, so the write never completes.
+/// connection slot for as long as the body is in use. The bytes are checked against what is
+/// `expected` of them, and a body that does not match ends in an error in place of its last
+/// chunk, so the write never completes.
 fn summed(
     body: Chunks,
     size: u64,
-    check: Option<([u8; 16], String)>,
+    expected: Expected,
     crc: Arc<OnceLock<u64>>,
     slot: Slot,
 ) -> Chunks {
     let mut sums = Sums {
         crc: Digest::new(CrcAlgorithm::Crc64Nvme),
-        md5: check.map(|(want, target)| (Md5::new(), want, target)),
+        md5: expected.md5.map(|want| (Md5::new(), want)),
+        full: expected.full.map(FullCheck::new),
+        target: expected.target,
         seen: 0,
         out: crc,
         _slot: slot,
@@ -169,7 +186,9 @@ fn summed(
 /// What [`summed`] keeps while the body passes.
 struct Sums {
     crc: Digest,
-    md5: Option<(Md5, [u8; 16], String)>,
+    md5: Option<(Md5, [u8; 16])>,
+    full: Option<FullCheck>,
+    target: String,
     seen: u64,
     out: Arc<OnceLock<u64>>,
     /// The source's connection slot, given back when the body is done with.
@@ -179,21 +198,28 @@ struct Sums {
 impl Sums {
     fn add(&mut self, chunk: &[u8]) {
         self.crc.update(chunk);
-        if let Some((md5, _, _)) = &mut self.md5 {
+        if let Some((md5, _)) = &mut self.md5 {
             md5.update(chunk);
+        }
+        if let Some(full) = &mut self.full {
+            full.update(chunk);
         }
         self.seen += chunk.len() as u64;
     }
 
-    /// Leaves the CRC for the caller, once the MD5 (if checked) has matched.
+    /// Leaves the CRC for the caller, once the checks that were asked for have passed.
     fn finish(&mut self) -> Result<()> {
-        if let Some((md5, want, target)) = self.md5.take() {
+        if let Some((md5, want)) = self.md5.take() {
             let got: [u8; 16] = md5.finalize().into();
             if got != want {
-                return Err(md5_mismatch(&target, want, got));
+                return Err(md5_mismatch(&self.target, want, got));
             }
         }
-        let _ = self.out.set(self.crc.finalize());
+        let crc = self.crc.finalize();
+        if let Some(full) = self.full.take() {
+            full.finish(&self.target, crc)?;
+        }
+        let _ = self.out.set(crc);
         Ok(())
     }
 }
@@ -215,10 +241,22 @@ mod tests {
     }
 
     async fn run(data: &[u8], md5: Option<[u8; 16]>) -> (Vec<Result<Bytes>>, Option<u64>) {
+        run_full(data, md5, None).await
+    }
+
+    async fn run_full(
+        data: &[u8],
+        md5: Option<[u8; 16]>,
+        full: Option<FullChecksum>,
+    ) -> (Vec<Result<Bytes>>, Option<u64>) {
         let slot = AdaptiveLimit::new(1).acquire().await;
         let crc = Arc::new(OnceLock::new());
-        let check = md5.map(|m| (m, "src/k".to_string()));
-        let out = summed(body(data), data.len() as u64, check, crc.clone(), slot);
+        let expected = Expected {
+            target: "src/k".to_string(),
+            md5,
+            full,
+        };
+        let out = summed(body(data), data.len() as u64, expected, crc.clone(), slot);
         (out.collect().await, crc.get().copied())
     }
 
@@ -250,10 +288,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_wrong_full_checksum_replaces_the_last_chunk() {
+        let data: Vec<u8> = (0..4500u32).map(|i| (i % 241) as u8).collect();
+        let crc32 = crc_fast::checksum(CrcAlgorithm::Crc32IsoHdlc, &data) as u32;
+        let (out, crc) = run_full(&data, None, Some(FullChecksum::Crc32(crc32))).await;
+        assert!(out.iter().all(|c| c.is_ok()));
+        assert_eq!(crc, Some(sums(&data, false).crc64));
+
+        let (out, crc) = run_full(&data, None, Some(FullChecksum::Crc32(crc32 ^ 4))).await;
+        assert_eq!(out.len(), 5, "four chunks, then the error");
+        let err = out.last().unwrap().as_ref().unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
+        assert!(err.message.contains("the source records CRC32"), "{err}");
+        assert_eq!(crc, None);
+        let wrong_crc64 = FullChecksum::Crc64Nvme(sums(&data, false).crc64 ^ 1);
+        let (out, _) = run_full(&data, None, Some(wrong_crc64)).await;
+        assert!(out.last().unwrap().is_err());
+    }
+
+    #[tokio::test]
     async fn the_source_slot_is_held_until_the_body_is_done_with() {
         let limit = AdaptiveLimit::new(1);
         let slot = limit.acquire().await;
-        let out = summed(body(b"abc"), 3, None, Arc::new(OnceLock::new()), slot);
+        let expected = Expected {
+            target: "src/k".to_string(),
+            md5: None,
+            full: None,
+        };
+        let out = summed(body(b"abc"), 3, expected, Arc::new(OnceLock::new()), slot);
         let second = tokio::time::timeout(std::time::Duration::from_millis(50), limit.acquire());
         assert!(
             second.await.is_err(),

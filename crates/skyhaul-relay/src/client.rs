@@ -723,6 +723,7 @@ impl Store for RelayStore {
             opaque_etag: read.opaque_etag,
             headers: read.headers,
             metadata: read.metadata,
+            checksum: read.checksum,
         })
     }
 

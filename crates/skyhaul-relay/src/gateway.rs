@@ -424,6 +424,7 @@ impl Gateway {
                     opaque_etag: f.opaque_etag,
                     headers: f.headers,
                     metadata: f.metadata,
+                    checksum: f.checksum,
                 };
                 (json!(read), f.data)
             }

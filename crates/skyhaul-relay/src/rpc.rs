@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 use skyhaul_store::{
-    CompletedPart, ContentHeaders, Entry, Error, ErrorKind, Limits, MultipartUpload, ObjectMeta,
-    PartSpec, PutOptions,
+    CompletedPart, ContentHeaders, Entry, Error, ErrorKind, FullChecksum, Limits, MultipartUpload,
+    ObjectMeta, PartSpec, PutOptions,
 };
 use std::collections::BTreeMap;
 
@@ -96,6 +96,9 @@ pub struct ReadAnswer {
     pub headers: ContentHeaders,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Gateways before full-object checksums were read did not send one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<FullChecksum>,
 }
 
 impl Info {

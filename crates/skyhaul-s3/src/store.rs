@@ -12,7 +12,6 @@ use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
-use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart as S3Part,
@@ -25,8 +24,8 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use skyhaul_store::{
     buffers, header_value, Chunks, CompletedPart, ContentHeaders, Entry, Error, ErrorKind, Fetched,
-    Limits, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions, Result, Store, Streamed,
-    Written, CRC_METADATA,
+    FullChecksum, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions, Result,
+    Store, Streamed, Written, CRC_METADATA,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -243,7 +242,18 @@ impl S3Store {
         if let Some(tag) = expect.and_then(|e| e.etag.as_deref()) {
             req = req.if_match(format!("\"{tag}\""));
         }
+        // A whole read asks for the object's own checksums, which AWS sends only with an
+        // answer without `Range`. The header is set on the request rather than through
+        // `checksum_mode`, which would have the SDK check the body as well: the engine does,
+        // with the CRC64-NVME it computes anyway and with its own error (`FullChecksum`).
+        let whole = range.is_none();
         let resp = req
+            .customize()
+            .mutate_request(move |r| {
+                if whole {
+                    r.headers_mut().insert("x-amz-checksum-mode", "ENABLED");
+                }
+            })
             .send()
             .await
             .map_err(|e| map_err(e, &self.target(key), "get"))?;
@@ -254,9 +264,11 @@ impl S3Store {
                 .and_then(|r| r.rsplit('/').next())
                 .and_then(|t| t.parse::<u64>().ok())
                 .or_else(|| {
-                    resp.content_range()
-                        .is_none()
-                        .then(|| resp.content_length().unwrap_or(0) as u64)
+                    // No length (a chunked answer) says nothing of the size.
+                    let length = resp
+                        .content_length()
+                        .filter(|_| resp.content_range().is_none());
+                    length.map(|l| l.max(0) as u64)
                 });
             let tag = etag(resp.e_tag());
             if total.is_some_and(|t| t != exp.size)
@@ -296,7 +308,9 @@ impl S3Store {
                 m.opaque_etag = opaque_etag(h.server_side_encryption(), h.sse_customer_algorithm());
                 m.metadata = metadata_of(h.metadata());
                 m.headers = Some(Box::new(headers_of!(h)));
-                if let Some(crc) = full_object_crc64(&h) {
+                if let Some(FullChecksum::Crc64Nvme(crc)) =
+                    full_checksum(h.checksum_type(), None, h.checksum_crc64_nvme(), None, None)
+                {
                     m.set_crc64nvme(crc);
                 }
                 Ok(Some(m))
@@ -363,19 +377,48 @@ fn base64_md5(md5: &[u8; 16]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5)
 }
 
-/// The provider's own CRC64-NVME of the whole object (AWS computes one for every object
-/// uploaded since 2025), which is comparable with ours. A composite (per-part) checksum is
-/// not, and a value that is not 8 bytes is a server's mistake (moto reports 4), not a CRC.
-fn full_object_crc64(h: &HeadObjectOutput) -> Option<u64> {
-    if h.checksum_type()
-        .is_some_and(|t| *t != ChecksumType::FullObject)
-    {
+/// The object's checksum that an answer reports (asked for with `x-amz-checksum-mode`), when
+/// it is of the whole object ([`FullChecksum`]). A composite checksum (`…-N`, or of type
+/// `COMPOSITE`) is not, and a value of the wrong length is a server's mistake (moto reports a
+/// 4-byte CRC64-NVME), not a checksum. Without a stated type, a CRC32 or CRC32C of an object
+/// uploaded in parts (`etag` `…-N`) is taken for a composite one: older MinIO reported those
+/// without the `-N`. AWS keeps one algorithm per object; should a server report several, the
+/// CRC64-NVME (never composite) wins.
+fn full_checksum(
+    kind: Option<&ChecksumType>,
+    etag: Option<&str>,
+    crc64nvme: Option<&str>,
+    crc32: Option<&str>,
+    crc32c: Option<&str>,
+) -> Option<FullChecksum> {
+    if kind.is_some_and(|t| *t != ChecksumType::FullObject) {
         return None;
     }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(h.checksum_crc64_nvme()?)
-        .ok()?;
-    Some(u64::from_be_bytes(raw.try_into().ok()?))
+    let (crc32, crc32c) = match kind.is_none() && etag.is_some_and(|e| e.contains('-')) {
+        true => (None, None),
+        false => (crc32, crc32c),
+    };
+    fn raw<const N: usize>(value: Option<&str>) -> Option<[u8; N]> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value?)
+            .ok()?;
+        bytes.try_into().ok()
+    }
+    raw(crc64nvme)
+        .map(|b| FullChecksum::Crc64Nvme(u64::from_be_bytes(b)))
+        .or_else(|| raw(crc32).map(|b| FullChecksum::Crc32(u32::from_be_bytes(b))))
+        .or_else(|| raw(crc32c).map(|b| FullChecksum::Crc32c(u32::from_be_bytes(b))))
+}
+
+/// [`full_checksum`] of a read's answer.
+fn answer_checksum(resp: &GetObjectOutput) -> Option<FullChecksum> {
+    full_checksum(
+        resp.checksum_type(),
+        resp.e_tag(),
+        resp.checksum_crc64_nvme(),
+        resp.checksum_crc32(),
+        resp.checksum_crc32_c(),
+    )
 }
 
 fn etag(s: Option<&str>) -> Option<String> {
@@ -510,8 +553,19 @@ impl Store for S3Store {
         if range.as_ref().is_some_and(|r| r.is_empty()) {
             return Ok(Fetched::default());
         }
-        let resp = self.send_get(key, range.as_ref(), expect).await?;
+        // A range that is the whole object (as the engine asks for a whole read) goes as no
+        // range, for the object's checksum to come with the answer; `range` still says how
+        // many bytes must arrive.
+        let whole = match (&range, expect) {
+            (None, _) => true,
+            (Some(r), Some(e)) => r.start == 0 && r.end == e.size,
+            (Some(_), None) => false,
+        };
+        let resp = self
+            .send_get(key, range.as_ref().filter(|_| !whole), expect)
+            .await?;
         let ranged_reply = resp.content_range().is_some();
+        let checksum = whole.then(|| answer_checksum(&resp)).flatten();
         let version = etag(resp.e_tag());
         let opaque = opaque_etag(resp.server_side_encryption(), resp.sse_customer_algorithm());
         let (headers, metadata) = (headers_of!(resp), metadata_of(resp.metadata()));
@@ -545,6 +599,7 @@ impl Store for S3Store {
             opaque_etag: opaque,
             headers,
             metadata,
+            checksum,
         })
     }
 
@@ -581,6 +636,7 @@ impl Store for S3Store {
         let etag = etag(resp.e_tag());
         let opaque_etag = opaque_etag(resp.server_side_encryption(), resp.sse_customer_algorithm());
         let (headers, metadata) = (headers_of!(resp), metadata_of(resp.metadata()));
+        let checksum = answer_checksum(&resp);
         let target: std::sync::Arc<str> = self.target(key).into();
         let body = futures::stream::unfold(resp.body, move |mut body| {
             let target = target.clone();
@@ -595,6 +651,7 @@ impl Store for S3Store {
             opaque_etag,
             headers,
             metadata,
+            checksum,
         })
     }
 
@@ -963,5 +1020,51 @@ mod tests {
         assert!(opaque_etag(Some(&ServerSideEncryption::AwsKms), None));
         assert!(opaque_etag(Some(&ServerSideEncryption::AwsKmsDsse), None));
         assert!(opaque_etag(None, Some("AES256")), "SSE-C");
+    }
+
+    #[test]
+    fn only_whole_object_checksums_of_the_right_length_count() {
+        // Base64 of the big-endian bytes, as S3 sends them.
+        let (crc64, crc32) = ("AAAAAAAAAAE=", "AAAAAg==");
+        let full = Some(&ChecksumType::FullObject);
+        let composite = Some(&ChecksumType::Composite);
+        let (single, parts) = (Some("\"0f\""), Some("\"0f-3\""));
+        assert_eq!(
+            full_checksum(full, parts, Some(crc64), Some(crc32), None),
+            Some(FullChecksum::Crc64Nvme(1))
+        );
+        assert_eq!(
+            full_checksum(None, single, None, Some(crc32), None),
+            Some(FullChecksum::Crc32(2)),
+            "a single PUT's checksum, from a server that names no type"
+        );
+        assert_eq!(
+            full_checksum(full, parts, None, None, Some(crc32)),
+            Some(FullChecksum::Crc32c(2))
+        );
+        assert_eq!(
+            full_checksum(full, single, Some(crc32), None, None),
+            None,
+            "a 4-byte CRC64-NVME is a server's mistake"
+        );
+        assert_eq!(
+            full_checksum(composite, single, None, Some(crc32), None),
+            None
+        );
+        assert_eq!(
+            full_checksum(None, parts, None, Some("AAAAAg==-3"), None),
+            None,
+            "a checksum of 3 parts' checksums"
+        );
+        assert_eq!(
+            full_checksum(None, parts, None, Some(crc32), Some(crc32)),
+            None,
+            "with no type, a CRC32 of parts may be composite without saying so"
+        );
+        assert_eq!(
+            full_checksum(None, parts, Some(crc64), None, None),
+            Some(FullChecksum::Crc64Nvme(1)),
+            "a CRC64-NVME is never composite"
+        );
     }
 }

@@ -20,8 +20,8 @@ pub use error::{cause_chain, Error, ErrorKind, Result};
 pub use local::{LocalStore, LOCAL_CHUNK};
 pub use types::{
     content_md5, header_safe, header_value, Chunks, CompletedPart, ContentHeaders, Entry, Fetched,
-    Limits, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions, Streamed, Written,
-    CRC_METADATA,
+    FullChecksum, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions, Streamed,
+    Written, CRC_METADATA,
 };
 
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -127,6 +127,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             opaque_etag: fetched.opaque_etag,
             headers: fetched.headers,
             metadata: fetched.metadata,
+            checksum: fetched.checksum,
         })
     }
 

@@ -236,6 +236,10 @@ pub struct Fetched {
     /// them (S3's does): what a copy gives the destination.
     pub headers: ContentHeaders,
     pub metadata: BTreeMap<String, String>,
+    /// The whole object's checksum as the store keeps it, where the answer to a whole read
+    /// carries one ([`FullChecksum`]): what the bytes are checked against when the ETag is
+    /// no MD5.
+    pub checksum: Option<FullChecksum>,
 }
 
 impl Fetched {
@@ -256,9 +260,35 @@ pub struct Streamed {
     pub etag: Option<String>,
     /// The read's answer said `etag` is not the content's MD5 ([`content_md5`]).
     pub opaque_etag: bool,
-    /// As [`Fetched::headers`] and [`Fetched::metadata`].
+    /// As [`Fetched::headers`], [`Fetched::metadata`] and [`Fetched::checksum`].
     pub headers: ContentHeaders,
     pub metadata: BTreeMap<String, String>,
+    pub checksum: Option<FullChecksum>,
+}
+
+/// A checksum of a whole object's bytes that a store computed and keeps with it, whatever
+/// the parts it was uploaded in: S3's `x-amz-checksum-*` of type `FULL_OBJECT`. AWS gives
+/// every object written since 2025 a CRC64-NVME unless the writer chose another algorithm
+/// (its SDKs now send CRC32 by default). Unlike an ETag, it stays a checksum in a bucket
+/// that encrypts with SSE-KMS, so it is what vouches for the bytes of a whole read there.
+/// A composite checksum (`…-N`, a checksum of the parts' checksums) is none of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullChecksum {
+    Crc64Nvme(u64),
+    Crc32(u32),
+    /// CRC32C (Castagnoli).
+    Crc32c(u32),
+}
+
+impl std::fmt::Display for FullChecksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FullChecksum::Crc64Nvme(c) => write!(f, "CRC64-NVME {c:016x}"),
+            FullChecksum::Crc32(c) => write!(f, "CRC32 {c:08x}"),
+            FullChecksum::Crc32c(c) => write!(f, "CRC32C {c:08x}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Streamed {

@@ -310,6 +310,30 @@ impl S3Server {
         }
     }
 
+    /// Uploads an object with a single PutObject that sends its checksum by `algorithm`
+    /// (`CRC32`, `CRC32C`, `CRC64NVME`…), as AWS's SDKs do by default since 2025 (CRC32): the
+    /// server keeps it with the object and reports it to reads that ask
+    /// (`x-amz-checksum-mode`).
+    pub async fn put_with_checksum(&self, bucket: &str, key: &str, data: &[u8], algorithm: &str) {
+        let res = self
+            .client()
+            .await
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .checksum_algorithm(algorithm.into())
+            .body(ByteStream::from(data.to_vec()))
+            .send()
+            .await;
+        if let Err(e) = res {
+            panic!(
+                "{}: put {bucket}/{key} with a checksum: {}",
+                self.kind,
+                DisplayErrorContext(&e)
+            );
+        }
+    }
+
     /// Downloads an object: `None` if it does not exist (404), panics on any other error.
     pub async fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         let res = self

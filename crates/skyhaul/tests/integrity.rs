@@ -629,6 +629,76 @@ async fn copies_from_into_and_within_an_sse_kms_bucket() {
         .await;
 }
 
+/// A whole object read from an SSE-KMS bucket has no content MD5 to be checked against (its
+/// ETag is none), but the answer to its read carries the checksum the store keeps of it: here
+/// a CRC32, which AWS's SDKs send by default. A download corrupted on the way is caught by it
+/// and read again, buffered for a bucket and streamed into a directory alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn whole_reads_from_an_sse_kms_bucket_are_checked_by_its_stored_checksum() {
+    let rig = KmsRig::start().await;
+    let files: BTreeMap<String, Vec<u8>> = rig
+        .files
+        .iter()
+        .filter(|(_, v)| v.len() < 5 << 20)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in &files {
+        let key = format!("crc/{k}");
+        rig.kms.put_with_checksum("kms", &key, v, "CRC32").await;
+    }
+    let victim = "dir/nested/deep.bin";
+    let (plain, local) = (rig.plain.endpoint.clone(), rig.local("crc"));
+    // The proxy also watches one header of the copy's requests: whole reads go without
+    // `Range` (AWS reports no checksum to a ranged read, even of every byte), and ask for the
+    // checksum with a header their signature covers.
+    for (dst, header) in [
+        ("s3://plain/crc/", "range"),
+        (&local, "x-amz-checksum-mode"),
+    ] {
+        // Two corrupted reads of one object. At most one of them is a read given up for a
+        // buffered one (the ETag turned out no MD5, so the object cannot stream into a
+        // bucket), so at least one is checked, and the object's third read is clean.
+        let proxy = FaultProxy::start(
+            &rig.kms.endpoint,
+            Faults {
+                flip_response_body: 1.0,
+                only_methods: vec!["GET".into()],
+                path_contains: Some(format!("/kms/crc/{victim}")),
+                max_faults: Some(2),
+                watch_header: Some(header.into()),
+                ..Default::default()
+            },
+        );
+        let ep = proxy.endpoint();
+        let into_bucket = dst.starts_with("s3://");
+        let mut args = vec!["cp", "-r", "s3://kms/crc/", dst, "--src-endpoint", &ep];
+        if into_bucket {
+            args.extend(["--dst-endpoint", &plain]);
+        }
+        args.extend(["--no-journal", "--json"]);
+        let run = skyhaul(&args, Some(&rig.kms), into_bucket.then_some(&rig.plain));
+        assert_eq!(run.code, 0, "{dst}: {}", run.stderr);
+        let counts = proxy.injected();
+        assert_eq!(counts.flip_response_body, 2, "{dst}");
+        match header {
+            "range" => assert_eq!(counts.watched, 0, "{dst}: {counts:?}"),
+            _ => {
+                // Every object read once, the victim twice more.
+                assert!(counts.watched > files.len() as u64, "{dst}: {counts:?}");
+                assert_eq!(counts.watched_signed, counts.watched, "{dst}: {counts:?}");
+            }
+        }
+        // The object copied again: only a check of the bytes read makes that happen here.
+        let report = run.json();
+        assert!(report["retries"].as_u64().unwrap() >= 1, "{dst}: {report}");
+        let got = match into_bucket {
+            true => read_bucket(&rig.plain, "plain", "crc/").await,
+            false => read_tree(std::path::Path::new(dst)),
+        };
+        assert!(got == files, "{dst}: the copy differs");
+    }
+}
+
 /// `verify` and `sync --checksum` never take the differing ETags of an SSE-KMS bucket's
 /// copy for differing content: they compare the CRCs recorded with the objects, which find
 /// a real difference; with none recorded (and this server, unlike AWS, computes none), an

@@ -66,6 +66,7 @@ pub(super) async fn get_stream(
         opaque_etag: false,
         headers: Default::default(),
         metadata: Default::default(),
+        checksum: None,
     })
 }
 
