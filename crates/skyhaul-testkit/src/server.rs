@@ -292,22 +292,7 @@ impl S3Server {
 
     /// Uploads an object with a single PutObject.
     pub async fn put(&self, bucket: &str, key: &str, data: &[u8]) {
-        let res = self
-            .client()
-            .await
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(ByteStream::from(data.to_vec()))
-            .send()
-            .await;
-        if let Err(e) = res {
-            panic!(
-                "{}: put {bucket}/{key}: {}",
-                self.kind,
-                DisplayErrorContext(&e)
-            );
-        }
+        self.put_object(bucket, key, data, None).await
     }
 
     /// Uploads an object with a single PutObject that sends its checksum by `algorithm`
@@ -315,19 +300,23 @@ impl S3Server {
     /// server keeps it with the object and reports it to reads that ask
     /// (`x-amz-checksum-mode`).
     pub async fn put_with_checksum(&self, bucket: &str, key: &str, data: &[u8], algorithm: &str) {
+        self.put_object(bucket, key, data, Some(algorithm)).await
+    }
+
+    async fn put_object(&self, bucket: &str, key: &str, data: &[u8], algorithm: Option<&str>) {
         let res = self
             .client()
             .await
             .put_object()
             .bucket(bucket)
             .key(key)
-            .checksum_algorithm(algorithm.into())
+            .set_checksum_algorithm(algorithm.map(Into::into))
             .body(ByteStream::from(data.to_vec()))
             .send()
             .await;
         if let Err(e) = res {
             panic!(
-                "{}: put {bucket}/{key} with a checksum: {}",
+                "{}: put {bucket}/{key}: {}",
                 self.kind,
                 DisplayErrorContext(&e)
             );
