@@ -8,6 +8,12 @@
 # Two s3s-fs servers keep their data in /dev/shm. The first BINARY uploads the objects to A;
 # every copy then goes A → B into an empty bucket, as a first run with the default journal
 # (a fresh HOME each time). Per run: wall, client user+sys and server B's CPU seconds.
+#
+# OBJECTS=N and ROUNDS=N change the defaults (10,000 and 5). INSTRUCTIONS=1 runs each copy
+# under valgrind (cachegrind without its cache simulation) and adds the client's instruction
+# count: on this noisy machine the CPU seconds of two builds a few percent apart overlap,
+# their instruction counts do not. Valgrind runs the client 20-50 times slower, so use it
+# with about 1,000 objects; its wall and CPU seconds then say nothing.
 set -euo pipefail
 (( $# )) || { echo "usage: $0 BINARY..." >&2; exit 2; }
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -17,9 +23,10 @@ start_s3s 19104 AKA SKAAAAAAAA "$D/a"
 start_s3s 19105 AKB SKBBBBBBBB "$D/b"
 B=${SERVERS[1]}
 export SKYHAUL_SRC_ACCESS_KEY_ID=AKA SKYHAUL_SRC_SECRET_ACCESS_KEY=SKAAAAAAAA
-python3 - "$D/files" <<'EOF'
+OBJECTS=${OBJECTS:-10000}
+python3 - "$D/files" "$OBJECTS" <<'EOF'
 import os, sys
-for i in range(10_000):
+for i in range(int(sys.argv[2])):
     d = os.path.join(sys.argv[1], f"p{i % 4}")
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, f"{i:05}.bin"), "wb") as f:
@@ -34,18 +41,28 @@ export SKYHAUL_DST_ACCESS_KEY_ID=AKB SKYHAUL_DST_SECRET_ACCESS_KEY=SKBBBBBBBB
 # utime + stime of a process, in seconds.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
 
-for round in 1 2 3 4 5; do
+# Under valgrind, the client's instruction count ("I refs"), in millions; else nothing.
+counted=()
+[[ -n "${INSTRUCTIONS:-}" ]] && counted=(valgrind --tool=cachegrind --cache-sim=no
+  --cachegrind-out-file=/dev/null "--log-file=$D/valgrind")
+instructions() {
+  [[ -n "${INSTRUCTIONS:-}" ]] || return 0
+  awk '/I *refs:/ { gsub(",", "", $NF); printf ", instructions %.1f M", $NF / 1e6 }' "$D/valgrind"
+}
+
+for round in $(seq "${ROUNDS:-5}"); do
   for bin in "$@"; do
     rm -rf "${D:?}/b/dst" "$D/home"
     mkdir "$D/b/dst" "$D/home"
     before=$(cpu $B)
-    HOME="$D/home" /usr/bin/time -f "%e %U %S" -o "$D/time" "$bin" cp -r s3://src s3://dst \
-      --src-endpoint http://127.0.0.1:19104 --dst-endpoint http://127.0.0.1:19105 -y \
-      >/dev/null 2>"$D/err" || { cat "$D/err" >&2; exit 1; }
+    HOME="$D/home" /usr/bin/time -f "%e %U %S" -o "$D/time" "${counted[@]}" "$bin" cp -r \
+      s3://src s3://dst --src-endpoint http://127.0.0.1:19104 \
+      --dst-endpoint http://127.0.0.1:19105 -y >/dev/null 2>"$D/err" \
+      || { cat "$D/err" >&2; exit 1; }
     read -r wall user sys <"$D/time"
     awk -v b="$bin" -v r="$round" -v w="$wall" -v u="$user" -v s="$sys" -v s0="$before" \
-      -v s1="$(cpu $B)" 'BEGIN { printf "%s round %s: wall %s s, client CPU %.2f s, server B CPU %.2f s\n",
-      b, r, w, u + s, s1 - s0 }'
+      -v s1="$(cpu $B)" -v i="$(instructions)" 'BEGIN { printf "%s round %s: wall %s s, client CPU %.2f s, server B CPU %.2f s%s\n",
+      b, r, w, u + s, s1 - s0, i }'
   done
 done | tee "$D/runs"
 python3 - "$D/runs" "$@" <<'EOF'
@@ -53,7 +70,8 @@ import re, statistics, sys
 runs = open(sys.argv[1]).read().splitlines()
 print("medians:")
 for b in sys.argv[2:]:
-    rows = [list(map(float, re.findall(r"([0-9.]+) s", r))) for r in runs if r.startswith(b + " round")]
-    wall, cpu, srv = (statistics.median(col) for col in zip(*rows))
-    print(f"{b}: wall {wall:.2f} s, client CPU {cpu:.2f} s, server B CPU {srv:.2f} s")
+    rows = [list(map(float, re.findall(r"([0-9.]+) [sM]\b", r))) for r in runs if r.startswith(b + " round")]
+    wall, cpu, srv, *count = (statistics.median(col) for col in zip(*rows))
+    line = f"{b}: wall {wall:.2f} s, client CPU {cpu:.2f} s, server B CPU {srv:.2f} s"
+    print(line + "".join(f", instructions {c:.1f} M" for c in count))
 EOF

@@ -11,6 +11,7 @@ mod body;
 mod config;
 mod endpoint;
 mod errors;
+mod request_checks;
 mod requester_pays;
 mod store;
 

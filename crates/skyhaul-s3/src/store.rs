@@ -205,7 +205,8 @@ impl S3Store {
         };
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
             .endpoint_resolver(crate::endpoint::KeyBlindResolver::default())
-            .force_path_style(opts.path_style.unwrap_or(opts.endpoint.is_some()));
+            .force_path_style(opts.path_style.unwrap_or(opts.endpoint.is_some()))
+            .interceptor(crate::request_checks::RequestChecks);
         if opts.requester_pays {
             conf = conf.interceptor(crate::requester_pays::RequesterPays);
         }
@@ -242,18 +243,8 @@ impl S3Store {
         if let Some(tag) = expect.and_then(|e| e.etag.as_deref()) {
             req = req.if_match(format!("\"{tag}\""));
         }
-        // A whole read asks for the object's own checksums, which AWS sends only with an
-        // answer without `Range`. The header is set on the request rather than through
-        // `checksum_mode`, which would have the SDK check the body as well: the engine does,
-        // with the CRC64-NVME it computes anyway and with its own error (`FullChecksum`).
-        let whole = range.is_none();
+        // Without `Range`, `RequestChecks` asks for the object's own checksums.
         let resp = req
-            .customize()
-            .mutate_request(move |r| {
-                if whole {
-                    r.headers_mut().insert("x-amz-checksum-mode", "ENABLED");
-                }
-            })
             .send()
             .await
             .map_err(|e| map_err(e, &self.target(key), "get"))?;
@@ -604,7 +595,6 @@ impl Store for S3Store {
     }
 
     async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<Written> {
-        let signed_md5 = body.md5.is_some();
         let req = self
             .client
             .put_object()
@@ -612,15 +602,12 @@ impl Store for S3Store {
             .key(key)
             .content_length(body.data.len() as i64)
             .set_content_md5(body.md5.as_ref().map(base64_md5));
-        let req = with_headers!(req, opts, &self.target(key)).body(ByteStream::from(body.data));
-        // With Content-MD5 (itself signed) the server checks the body; hashing it again
-        // with SHA-256 for the signature would double the CPU per byte for nothing.
-        let out = if signed_md5 {
-            req.customize().disable_payload_signing().send().await
-        } else {
-            req.send().await
-        }
-        .map_err(|e| map_err(e, &self.target(key), "put"))?;
+        // With Content-MD5, `RequestChecks` leaves the body out of the signature.
+        let out = with_headers!(req, opts, &self.target(key))
+            .body(ByteStream::from(body.data))
+            .send()
+            .await
+            .map_err(|e| map_err(e, &self.target(key), "put"))?;
         Ok(Written {
             etag: etag(out.e_tag()),
             opaque_etag: opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
@@ -677,8 +664,6 @@ impl Store for S3Store {
             .content_md5(base64_md5(&md5));
         let out = with_headers!(req, opts, &self.target(key))
             .body(ByteStream::from_body_1_x(body))
-            .customize()
-            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| {
@@ -724,8 +709,8 @@ impl Store for S3Store {
         part: PartSpec,
         body: Payload,
     ) -> Result<CompletedPart> {
-        let signed_md5 = body.md5.is_some();
-        let req = self
+        // With Content-MD5, `RequestChecks` leaves the body out of the signature.
+        let out = self
             .client
             .upload_part()
             .bucket(&self.bucket)
@@ -734,19 +719,16 @@ impl Store for S3Store {
             .part_number(part.number as i32)
             .content_length(body.data.len() as i64)
             .set_content_md5(body.md5.as_ref().map(base64_md5))
-            .body(ByteStream::from(body.data));
-        let out = if signed_md5 {
-            req.customize().disable_payload_signing().send().await
-        } else {
-            req.send().await
-        }
-        .map_err(|e| {
-            map_err(
-                e,
-                &self.target(&upload.key),
-                &format!("upload part {}", part.number),
-            )
-        })?;
+            .body(ByteStream::from(body.data))
+            .send()
+            .await
+            .map_err(|e| {
+                map_err(
+                    e,
+                    &self.target(&upload.key),
+                    &format!("upload part {}", part.number),
+                )
+            })?;
         Ok(CompletedPart {
             number: part.number,
             len: part.len,

@@ -79,6 +79,8 @@ pub struct Faults {
     /// Count the requests that carry this header (any case) and, of those, the ones whose
     /// SigV4 `Authorization` signs it ([`FaultCounts::watched`]). Not a fault.
     pub watch_header: Option<String>,
+    /// Count [`Faults::watch_header`] only where it has this value (exactly).
+    pub watch_value: Option<String>,
 }
 
 /// How many requests the proxy saw and how many faults of each kind it injected.
@@ -324,16 +326,20 @@ impl Shared {
     /// Counts a request (its raw head) if it carries [`Faults::watch_header`], and whether
     /// its signature covers it. Parsed again only while a header is watched.
     fn watch(&self, head: &[u8]) {
-        let Some(name) = self.state.lock().unwrap().faults.watch_header.clone() else {
-            return;
+        let (name, value) = {
+            let faults = &self.state.lock().unwrap().faults;
+            match &faults.watch_header {
+                Some(name) => (name.clone(), faults.watch_value.clone()),
+                None => return,
+            }
         };
         let mut headers = [httparse::EMPTY_HEADER; 256];
         let mut req = httparse::Request::new(&mut headers);
         if req.parse(head).is_err()
-            || !req
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case(&name))
+            || !req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case(&name)
+                    && value.as_ref().is_none_or(|v| h.value == v.as_bytes())
+            })
         {
             return;
         }
