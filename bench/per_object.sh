@@ -13,9 +13,12 @@
 # under valgrind (cachegrind without its cache simulation) and adds the client's instruction
 # count: on this noisy machine the CPU seconds of two builds a few percent apart overlap,
 # their instruction counts do not. Valgrind runs the client 20-50 times slower, so use it
-# with about 1,000 objects; its wall and CPU seconds then say nothing.
+# with about 1,000 objects; its wall and CPU seconds then say nothing. Needs valgrind
+# (`apt-get install valgrind`), which the test tools do not install.
 set -euo pipefail
 (( $# )) || { echo "usage: $0 BINARY..." >&2; exit 2; }
+[[ -z "${INSTRUCTIONS:-}" ]] || command -v valgrind >/dev/null \
+  || { echo "INSTRUCTIONS=1 needs valgrind: apt-get install valgrind" >&2; exit 2; }
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 scratch per-object
 mkdir -p "$D/a/src" "$D/b" "$D/files"
