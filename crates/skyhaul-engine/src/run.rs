@@ -186,6 +186,17 @@ impl Ctx {
         self.cancel.cancel();
     }
 
+    /// The first denial, when denials are all that happened: nothing copied or found
+    /// already there, nothing else failed, and the transfer was not stopped. Its
+    /// credentials, not its objects, were denied, and it ends with that error.
+    pub(crate) fn denied_everything(&self) -> Option<Error> {
+        let snapshot = self.progress.snapshot();
+        if snapshot.objects_done + snapshot.objects_skipped > 0 || self.cancel.is_cancelled() {
+            return None;
+        }
+        self.denials.only_denied()
+    }
+
     /// Records an object that failed, for the report; stops the transfer when the error
     /// means that nothing else can succeed either.
     pub(crate) fn fail(&self, key: &str, err: Error) {
@@ -384,11 +395,8 @@ pub async fn transfer(
     progress.set_listing_done();
     ctx.check_fatal()?;
     let listed = listed?;
-    let snapshot = progress.snapshot();
-    if snapshot.objects_done + snapshot.objects_skipped == 0 && !cancel.is_cancelled() {
-        if let Some(denied) = ctx.denials.only_denied() {
-            return Err(denied);
-        }
+    if let Some(denied) = ctx.denied_everything() {
+        return Err(denied);
     }
     if listed == 0 && opts.recursive && !cancel.is_cancelled() {
         return Err(nothing_at_source(src).await);

@@ -281,6 +281,11 @@ impl Executor {
     }
 
     /// The end of the transfer: deletions, leftover uploads, verification, the report.
+    /// The first denial, when the workers' denials are all that happened (see `transfer`).
+    pub fn denied_everything(&self) -> Option<Error> {
+        self.ctx.denied_everything()
+    }
+
     pub async fn conclude(
         &self,
         src: &Endpoint,

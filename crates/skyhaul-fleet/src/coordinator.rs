@@ -444,8 +444,11 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
         .unwrap_or_else(|e| e.into_inner())
         .take();
     let result = stopped.map_or(result, Err);
+    // Workers are told the transfer is over when every item was tried, even where it ends
+    // with an error (every object denied): nothing is left for them.
+    let tried = result.is_ok() || shared.state().finished_copying();
     shared.state().phase = "done";
-    if result.is_ok() && !cancel.is_cancelled() {
+    if tried && !cancel.is_cancelled() {
         linger(&shared).await;
     }
     stop.cancel();
@@ -508,6 +511,9 @@ async fn coordinate(
             break;
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.wake.notified()).await;
+    }
+    if let Some(denied) = shared.exec.denied_everything() {
+        return Err(denied);
     }
     shared.state().phase = "finishing";
     shared.exec.conclude(src, dst, deletes, started).await
@@ -1216,15 +1222,22 @@ fn take_result(
                 (Outcome::Failed { error, .. }, _) => error,
                 _ => "the worker answered with a result of another kind".to_string(),
             };
+            // Denials keep their kind, so that a fleet denied every object ends as `cp`
+            // does (exit 4). No other kind is taken from a worker: the fatal ones are
+            // about the worker (which leaves the fleet), not about the transfer.
+            let kind = match denial {
+                true => ErrorKind::AccessDenied,
+                false => ErrorKind::Other,
+            };
             match item {
                 WorkItem::Object { src, .. } => {
-                    exec.record_failure(&src.key, Error::new(ErrorKind::Other, error))
+                    exec.record_failure(&src.key, Error::new(kind, error))
                 }
                 WorkItem::Part { src, upload, .. } => {
                     let id = upload.upload_id.clone();
                     if let Some(u) = st.uploads.get_mut(&id).filter(|u| !u.failed) {
                         u.failed = true;
-                        exec.record_failure(&src.key, Error::new(ErrorKind::Other, error));
+                        exec.record_failure(&src.key, Error::new(kind, error));
                         // The other parts of this object are not worth sending: queued
                         // ones are dropped, leased ones' holders told to stop.
                         for part in st.parts_of(&id) {

@@ -1369,6 +1369,41 @@ async fn an_object_whose_parts_are_denied_to_two_workers_fails_alone() {
     assert!(denied.is_disjoint(&failed), "{outcomes:?}");
 }
 
+/// A fleet whose every read is denied, to each worker, ends as `cp` does: with the denial
+/// and exit 4 (access denied), not as a transfer of which some objects failed (exit 1).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_denied_every_object_exits_as_denied() {
+    // The objects' reads, not the listing.
+    let denied = Faults {
+        access_denied_403: 1.0,
+        only_methods: vec!["GET".into()],
+        path_contains: Some("/data/".into()),
+        ..Faults::default()
+    };
+    let mut fleet = Leaving::with(leaving_files(), "30s", Some(denied)).await;
+    let mut workers = [fleet.worker(&[]), fleet.worker(&[])];
+    let code = wait_exit(&mut fleet.coordinator, 120);
+    let lines = all_lines(&fleet.stderr);
+    assert_eq!(code, 4, "{lines:#?}");
+    let error = lines
+        .iter()
+        .find(|l| l.contains("error"))
+        .expect("an error line");
+    assert!(error.contains("AccessDenied"), "{lines:#?}");
+    // Each object was tried by both workers (25 of them, fewer than make a worker leave).
+    for w in &mut workers {
+        assert_eq!(wait_exit(w, 30), 0, "a worker failed");
+    }
+    let outcomes: Vec<Option<String>> = leases(&fleet.journal())
+        .into_iter()
+        .flat_map(|l| l.items.into_values())
+        .collect();
+    assert!(outcomes.contains(&Some("denied".into())), "{outcomes:?}");
+    assert!(outcomes.contains(&Some("failed".into())), "{outcomes:?}");
+    assert!(!outcomes.contains(&Some("done".into())), "{outcomes:?}");
+    assert!(read_bucket(&fleet.dst, "dst", "data/").await.is_empty());
+}
+
 /// With no other worker to try it, an object denied to the only worker waits four lease
 /// timeouts for one to join, then goes back to that worker; its second denial is the
 /// object's failure, which says why nobody else tried it.
