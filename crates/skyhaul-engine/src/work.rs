@@ -280,12 +280,12 @@ impl Executor {
         crate::run::nothing_at_source(src).await
     }
 
-    /// The end of the transfer: deletions, leftover uploads, verification, the report.
     /// The first denial, when the workers' denials are all that happened (see `transfer`).
     pub fn denied_everything(&self) -> Option<Error> {
         self.ctx.denied_everything()
     }
 
+    /// The end of the transfer: deletions, leftover uploads, verification, the report.
     pub async fn conclude(
         &self,
         src: &Endpoint,

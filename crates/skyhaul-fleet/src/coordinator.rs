@@ -444,9 +444,10 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
         .unwrap_or_else(|e| e.into_inner())
         .take();
     let result = stopped.map_or(result, Err);
-    // Workers are told the transfer is over when every item was tried, even where it ends
-    // with an error (every object denied): nothing is left for them.
-    let tried = result.is_ok() || shared.state().finished_copying();
+    // Workers are told the transfer is over once every item was tried (the copying phase
+    // ended), even where it ends with an error (every object denied, a failed check):
+    // nothing is left for them.
+    let tried = result.is_ok() || shared.state().phase == "finishing";
     shared.state().phase = "done";
     if tried && !cancel.is_cancelled() {
         linger(&shared).await;
@@ -512,10 +513,10 @@ async fn coordinate(
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.wake.notified()).await;
     }
+    shared.state().phase = "finishing";
     if let Some(denied) = shared.exec.denied_everything() {
         return Err(denied);
     }
-    shared.state().phase = "finishing";
     shared.exec.conclude(src, dst, deletes, started).await
 }
 
