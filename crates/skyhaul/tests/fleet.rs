@@ -941,6 +941,14 @@ impl Leaving {
     }
 }
 
+/// The line a run that failed ends with: `skyhaul: error: …`.
+fn error_line(lines: &[String]) -> &str {
+    lines
+        .iter()
+        .find(|l| l.starts_with("skyhaul: error:"))
+        .unwrap_or_else(|| panic!("no error line: {lines:#?}"))
+}
+
 /// Every line of an exited child's `stderr` (its reader ends there).
 fn all_lines(stderr: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1052,10 +1060,7 @@ async fn a_fleet_whose_workers_all_left_stops_with_their_error() {
         waited >= Duration::from_secs(7),
         "stopped {waited:?} after the worker left, before four lease timeouts of 2 s"
     );
-    let error = lines
-        .iter()
-        .find(|l| l.starts_with("skyhaul: error:"))
-        .unwrap_or_else(|| panic!("no error line: {lines:#?}"));
+    let error = error_line(&lines);
     assert!(
         error.contains("no worker is left to do the work")
             && error.contains("does not accept these credentials")
@@ -1192,10 +1197,7 @@ async fn a_worker_that_cannot_open_a_side_leaves_too() {
     let code = wait_exit(&mut fleet.coordinator, 60);
     let lines = all_lines(&fleet.stderr);
     assert_eq!(code, 4, "{lines:#?}");
-    let error = lines
-        .iter()
-        .find(|l| l.starts_with("skyhaul: error:"))
-        .unwrap_or_else(|| panic!("no error line: {lines:#?}"));
+    let error = error_line(&lines);
     assert!(
         error.contains("no usable credentials") && error.contains("no worker is left"),
         "{error}"
@@ -1385,10 +1387,7 @@ async fn a_fleet_denied_every_object_exits_as_denied() {
     let code = wait_exit(&mut fleet.coordinator, 120);
     let lines = all_lines(&fleet.stderr);
     assert_eq!(code, 4, "{lines:#?}");
-    let error = lines
-        .iter()
-        .find(|l| l.contains("error"))
-        .expect("an error line");
+    let error = error_line(&lines);
     assert!(error.contains("AccessDenied"), "{lines:#?}");
     // Each object was tried by both workers (25 of them, fewer than make a worker leave).
     for w in &mut workers {
