@@ -15,10 +15,11 @@ use tokio::sync::OwnedSemaphorePermit;
 
 pub struct Resume {
     journal: Option<(Arc<Journal>, TransferId)>,
-    /// Whether the transfer ran before. On its first run nothing can be done before this
-    /// run does it, and this run asks about each object once, before copying it (a listing
-    /// names it once; a fleet coordinator only takes work back from an earlier run), so the
-    /// lookup — one SQLite query for each of millions of objects — is skipped.
+    /// Whether an earlier run left the transfer unfinished. On a first run, or the rerun of
+    /// a finished transfer (which starts afresh), nothing can be done before this run does
+    /// it, and this run asks about each object once, before copying it (a listing names it
+    /// once; a fleet coordinator only takes work back from an earlier run), so the lookup —
+    /// one SQLite query for each of millions of objects — is skipped.
     ran_before: bool,
     /// Uploads this run created or resumed; any other open upload is no longer needed.
     used: Mutex<HashSet<String>>,
@@ -69,7 +70,7 @@ impl Resume {
         identity: &TransferIdentity,
     ) -> Result<Self, skyhaul_journal::JournalError> {
         // When in doubt, look objects up: slower, never wrong.
-        let ran_before = warn("lookup", journal.has_begun(identity.id())).unwrap_or(true);
+        let ran_before = warn("lookup", journal.resumable(identity.id())).unwrap_or(true);
         let id = journal.begin(identity)?;
         Ok(Resume {
             journal: Some((journal, id)),

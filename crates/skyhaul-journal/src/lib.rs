@@ -360,7 +360,9 @@ impl Journal {
     }
 
     /// Starts a run of a transfer: creates it the first time, else bumps its run count and last
-    /// run time and clears its complete mark. Returns its id. Waits for a durable commit.
+    /// run time and clears its complete mark. A transfer marked complete starts afresh: its
+    /// objects are no longer done (the destination may have changed since). Returns its id.
+    /// Waits for a durable commit.
     pub fn begin(&self, identity: &TransferIdentity) -> Result<TransferId> {
         let id = identity.id();
         self.barrier(
@@ -373,13 +375,16 @@ impl Journal {
         Ok(id)
     }
 
-    /// Whether a run of the transfer has begun before (and it was not forgotten since). A
-    /// transfer's first run can skip looking up what is done: nothing is, yet.
-    pub fn has_begun(&self, id: TransferId) -> Result<bool> {
+    /// Whether an earlier run left work a rerun continues from: a run began (and was not
+    /// forgotten since) and did not finish. Otherwise the run about to begin can skip
+    /// looking up what is done: nothing is, as [`begin`](Self::begin) starts a finished
+    /// transfer afresh.
+    pub fn resumable(&self, id: TransferId) -> Result<bool> {
         self.sync_reads()?;
         self.read(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT EXISTS(SELECT 1 FROM transfers WHERE id = ?1)")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM transfers WHERE id = ?1 AND complete = 0)",
+            )?;
             Ok(stmt.query_row([id.sql()], |r| r.get(0))?)
         })
     }

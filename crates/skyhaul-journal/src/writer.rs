@@ -412,24 +412,33 @@ fn apply_op(tx: &Connection, op: Op) -> Result<()> {
     match op {
         Op::Begin { id, identity } => {
             let t = id as i64;
-            let existing: Option<(String, String, String)> = {
+            let existing: Option<(String, String, String, bool)> = {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT source, destination, options FROM transfers WHERE id = ?1",
+                    "SELECT source, destination, options, complete FROM transfers WHERE id = ?1",
                 )?;
                 let mut rows = stmt.query([t])?;
                 match rows.next()? {
-                    Some(r) => Some((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    Some(r) => Some((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                     None => None,
                 }
             };
             let now = now_ms();
             match existing {
-                Some((source, destination, options)) => {
+                Some((source, destination, options, complete)) => {
                     if source != identity.source
                         || destination != identity.destination
                         || options != identity.options
                     {
                         return Err(JournalError::IdCollision(format!("{id:016x}")));
+                    }
+                    // A finished transfer run again is a new run: what it copied may have
+                    // been deleted or replaced at the destination since, so nothing is
+                    // skipped for having been done. (Open uploads and announced creations
+                    // stay: a sweep still needs them.)
+                    if complete {
+                        for table in ["objects", "fleet_items", "fleet_leases"] {
+                            tx.execute(&format!("DELETE FROM {table} WHERE transfer = ?1"), [t])?;
+                        }
                     }
                     // Running again: not complete until this run says so.
                     tx.execute(

@@ -92,10 +92,13 @@ fn records_round_trip_and_summaries() {
     assert_eq!(s2.created, s.created);
     assert_eq!(j.transfers().unwrap()[0].id, id, "most recently run first");
 
-    // Recording again replaces.
+    // The finished run's records are gone (see a_finished_transfer_run_again_starts_afresh);
+    // recording again replaces.
+    assert_eq!(j.done_count(id).unwrap(), (0, 0));
+    j.record_done(id, &a, "dst/a.txt", None).unwrap();
     j.record_done(id, &a, "dst/a2.txt", None).unwrap();
     assert_eq!(j.is_done(id, &a).unwrap().unwrap().dst_key, "dst/a2.txt");
-    assert_eq!(j.done_count(id).unwrap(), (2, 2_100));
+    assert_eq!(j.done_count(id).unwrap(), (1, 100));
     j.integrity_check().unwrap();
 }
 
@@ -284,12 +287,35 @@ fn undone_objects_are_no_longer_done_whatever_their_key_mapping() {
 }
 
 #[test]
+fn a_finished_transfer_run_again_starts_afresh() {
+    let (_dir, j) = open_temp();
+    let id = j.begin(&identity(1)).unwrap();
+    let a = obj("a", 1, None, None);
+    j.record_done(id, &a, "a", None).unwrap();
+    j.creating(id, "announced").unwrap();
+    // Interrupted: the rerun continues, and what was done stays done.
+    assert!(j.resumable(id).unwrap());
+    j.begin(&identity(1)).unwrap();
+    assert!(j.is_done(id, &a).unwrap().is_some());
+
+    // Finished: the rerun copies again, since the destination may have changed since.
+    j.mark_complete(id, true).unwrap();
+    assert!(!j.resumable(id).unwrap());
+    j.begin(&identity(1)).unwrap();
+    assert!(j.is_done(id, &a).unwrap().is_none());
+    assert_eq!(j.done_count(id).unwrap(), (0, 0));
+    assert!(j.resumable(id).unwrap(), "running, not finished");
+    let announced = j.unconfirmed_creates(id).unwrap();
+    assert_eq!(announced.len(), 1, "a sweep still needs {announced:?}");
+}
+
+#[test]
 fn forget_removes_everything_of_one_transfer() {
     let (_dir, j) = open_temp();
-    assert!(!j.has_begun(identity(1).id()).unwrap());
+    assert!(!j.resumable(identity(1).id()).unwrap());
     let id = j.begin(&identity(1)).unwrap();
     let keep = j.begin(&identity(2)).unwrap();
-    assert!(j.has_begun(id).unwrap());
+    assert!(j.resumable(id).unwrap());
     for t in [id, keep] {
         for i in 0..50 {
             j.record_done(t, &obj(&format!("k{i}"), i, None, None), "d", None)
@@ -306,8 +332,8 @@ fn forget_removes_everything_of_one_transfer() {
         j.creating(t, "unconfirmed").unwrap();
     }
     j.forget(id).unwrap();
-    assert!(!j.has_begun(id).unwrap());
-    assert!(j.has_begun(keep).unwrap());
+    assert!(!j.resumable(id).unwrap());
+    assert!(j.resumable(keep).unwrap());
     assert!(j.find(&id.to_string()).unwrap().is_none());
     assert_eq!(j.done_count(id).unwrap(), (0, 0));
     assert!(j.open_uploads(id).unwrap().is_empty());

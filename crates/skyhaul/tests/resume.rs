@@ -535,6 +535,16 @@ async fn a_source_that_changes_mid_copy_is_reported_then_copied_anew() {
     assert_eq!(read_tree(&dst)["big.bin"], new);
 }
 
+/// Five small files under `dir/src`, and a journal path beside them.
+fn five_files(dir: &Path) -> (Files, PathBuf, PathBuf) {
+    let files: Files = (0..5)
+        .map(|i| (format!("f{i}"), data(1000 + i, i as u64)))
+        .collect();
+    let src = dir.join("src");
+    write_tree(&src, &files);
+    (files, src, dir.join("journal.sqlite"))
+}
+
 /// An object the check after the copy finds different (here, overwritten by someone else
 /// between the copy and the check) is not left "done" in the journal: the check fails
 /// (exit 6), and the rerun copies that object again instead of skipping it.
@@ -543,12 +553,7 @@ async fn a_rerun_after_a_failed_check_copies_what_differed() {
     let s3 = S3Server::start(S3Kind::S3sFs);
     s3.create_bucket("dst").await;
     let tmp = tempfile::tempdir().unwrap();
-    let files: Files = (0..5)
-        .map(|i| (format!("f{i}"), data(1000 + i, i as u64)))
-        .collect();
-    let src = tmp.path().join("src");
-    write_tree(&src, &files);
-    let journal = tmp.path().join("journal.sqlite");
+    let (files, src, journal) = five_files(tmp.path());
     // The check's listing (the only request with a prefix) waits long enough for the
     // overwrite to land first.
     let proxy = FaultProxy::start(
@@ -588,4 +593,51 @@ async fn a_rerun_after_a_failed_check_copies_what_differed() {
     let report = rerun.json();
     assert_eq!(report["objects_copied"], 1, "{report}");
     assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
+}
+
+/// A finished transfer run again starts afresh: objects deleted or replaced at the
+/// destination since are copied again, rather than skipped as done by the earlier run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_transfer_run_again_repairs_the_destination() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("dst").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, src, journal) = five_files(tmp.path());
+    let src = src.to_str().unwrap();
+    // Each command writes its own prefix, and is a transfer of its own.
+    let run = |verb: &'static str| {
+        let (ep, dst) = (&s3.endpoint, format!("s3://dst/{verb}"));
+        let args = [verb, "-r", src, &dst, "--dst-endpoint", ep, "--json"];
+        let args: Vec<&str> = args
+            .into_iter()
+            .filter(|a| verb == "cp" || *a != "-r")
+            .collect();
+        let out = spawn(&args, &s3, &journal).wait_with_output().unwrap();
+        assert_succeeded(&out);
+        Run::from(out).json()
+    };
+    let s3 = &s3;
+    let spoil = |verb: &'static str| async move {
+        let client = s3.client().await;
+        client
+            .delete_object()
+            .bucket("dst")
+            .key(format!("{verb}/f1"))
+            .send()
+            .await
+            .unwrap();
+        s3.put("dst", &format!("{verb}/f3"), b"shorter").await;
+    };
+
+    for verb in ["cp", "sync"] {
+        let first = run(verb);
+        assert_eq!(first["objects_copied"], 5, "{verb}: {first}");
+        spoil(verb).await;
+        let again = run(verb);
+        let copied = if verb == "cp" { 5 } else { 2 };
+        assert_eq!(again["objects_copied"], copied, "{verb}: {again}");
+        assert_eq!(again["objects_resumed"], 0, "{verb}: {again}");
+        let prefix = format!("{verb}/");
+        assert_eq!(read_bucket(s3, "dst", &prefix).await, files, "{verb}");
+    }
 }
