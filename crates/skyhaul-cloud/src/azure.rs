@@ -283,13 +283,27 @@ impl AzureStore {
         format!("{}/{key}", self.name)
     }
 
-    fn blob_url(&self, container: &str, key: &str) -> String {
-        format!(
+    /// A blob's URL. Keys with `.` or `..` segments are refused: URL parsing resolves them
+    /// (percent-encoded or not) before the request is sent, so `a/../../b` would address
+    /// the blob `b`, outside the destination prefix, and overwrite it.
+    fn blob_url(&self, container: &str, key: &str) -> Result<String> {
+        if key.split('/').any(|s| s == "." || s == "..") {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!(
+                    "{}: key has a '.' or '..' segment, which Azure cannot address \
+                     (it would name another blob); refused: rename it at the source or \
+                     leave it out with --exclude",
+                    self.target(key)
+                ),
+            ));
+        }
+        Ok(format!(
             "{}/{}/{}",
             self.endpoint,
             utf8_percent_encode(container, PATH),
             utf8_percent_encode(key, PATH)
-        )
+        ))
     }
 
     fn container_url(&self) -> String {
@@ -742,7 +756,7 @@ impl Store for AzureStore {
         let resp = self
             .request(
                 Method::HEAD,
-                self.blob_url(&self.container, key),
+                self.blob_url(&self.container, key)?,
                 &[],
                 Bytes::new(),
                 &target,
@@ -779,7 +793,7 @@ impl Store for AzureStore {
         let resp = self
             .request(
                 Method::GET,
-                self.blob_url(&self.container, key),
+                self.blob_url(&self.container, key)?,
                 &headers,
                 Bytes::new(),
                 &target,
@@ -856,7 +870,7 @@ impl Store for AzureStore {
         let resp = self
             .request(
                 Method::PUT,
-                self.blob_url(&self.container, key),
+                self.blob_url(&self.container, key)?,
                 &headers,
                 body.data,
                 &target,
@@ -880,6 +894,8 @@ impl Store for AzureStore {
     }
 
     async fn create_multipart(&self, key: &str, _opts: &PutOptions) -> Result<MultipartUpload> {
+        // Nothing is sent until the first block; a key Azure cannot address fails here.
+        self.blob_url(&self.container, key)?;
         Ok(MultipartUpload {
             key: key.to_string(),
             upload_id: format!("{:032x}", rand::random::<u128>()),
@@ -896,7 +912,7 @@ impl Store for AzureStore {
         let what = format!("upload part {}", part.number);
         let url = format!(
             "{}?comp=block&blockid={}",
-            self.blob_url(&self.container, &upload.key),
+            self.blob_url(&self.container, &upload.key)?,
             utf8_percent_encode(&Self::block_id(upload, part.number), QUERY)
         );
         let mut headers = Vec::new();
@@ -948,7 +964,7 @@ impl Store for AzureStore {
             .collect();
         let url = format!(
             "{}?comp=blocklist",
-            self.blob_url(&self.container, &upload.key)
+            self.blob_url(&self.container, &upload.key)?
         );
         let resp = self
             .request(
@@ -1003,7 +1019,7 @@ impl Store for AzureStore {
         let what = format!("server-side copy from {src_container}/{}", src.key);
         let source = format!(
             "{}{}",
-            self.blob_url(src_container, &src.key),
+            self.blob_url(src_container, &src.key)?,
             self.source_sas().await
         );
         let mut headers = vec![("x-ms-copy-source", source)];
@@ -1018,7 +1034,7 @@ impl Store for AzureStore {
         let resp = self
             .request(
                 Method::PUT,
-                self.blob_url(&self.container, dst_key),
+                self.blob_url(&self.container, dst_key)?,
                 &headers,
                 Bytes::new(),
                 &target,
@@ -1037,7 +1053,7 @@ impl Store for AzureStore {
             let r = self
                 .request(
                     Method::HEAD,
-                    self.blob_url(&self.container, dst_key),
+                    self.blob_url(&self.container, dst_key)?,
                     &[],
                     Bytes::new(),
                     &target,
@@ -1068,7 +1084,7 @@ impl Store for AzureStore {
         let resp = self
             .request(
                 Method::DELETE,
-                self.blob_url(&self.container, key),
+                self.blob_url(&self.container, key)?,
                 &[],
                 Bytes::new(),
                 &target,

@@ -189,8 +189,16 @@ pub(crate) fn prefixed_metadata(
 ) -> BTreeMap<String, String> {
     h.iter()
         .filter_map(|(k, v)| {
-            let name = k.as_str().strip_prefix(prefix)?;
-            Some((decode(name), v.to_str().ok()?.to_string()))
+            let name = decode(k.as_str().strip_prefix(prefix)?);
+            // GCS keeps any UTF-8 in metadata values and sends it raw in these headers,
+            // which `to_str` (visible ASCII only) would refuse.
+            match std::str::from_utf8(v.as_bytes()) {
+                Ok(value) => Some((name, value.to_string())),
+                Err(_) => {
+                    tracing::warn!("metadata {name}: a value that is not UTF-8 is left out");
+                    None
+                }
+            }
         })
         .collect()
 }
@@ -221,6 +229,21 @@ pub(crate) fn redact(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_values_keep_their_utf8() {
+        let mut h = HeaderMap::new();
+        let raw = |b: &[u8]| http::HeaderValue::from_bytes(b).unwrap();
+        h.insert("x-goog-meta-nom", raw("café ☃".as_bytes()));
+        h.insert("x-goog-meta-ok", raw(b"plain"));
+        h.insert("x-goog-meta-latin1", raw(b"caf\xe9"));
+        h.insert("content-type", raw(b"text/plain"));
+        let m = prefixed_metadata(&h, "x-goog-meta-", str::to_string);
+        let want = [("nom", "café ☃"), ("ok", "plain")];
+        let want: BTreeMap<String, String> =
+            want.map(|(k, v)| (k.to_string(), v.to_string())).into();
+        assert_eq!(m, want, "not UTF-8: left out");
+    }
 
     #[test]
     fn redact_drops_query_strings() {

@@ -3,7 +3,7 @@ use crate::config::S3Options;
 use crate::errors::map_err;
 use aws_config::environment::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
-use aws_config::profile::ProfileFileRegionProvider;
+use aws_config::profile::{ProfileFileCredentialsProvider, ProfileFileRegionProvider};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
@@ -122,7 +122,9 @@ impl S3Store {
                     }
                 };
                 let objects = page.contents().iter().filter_map(|o| {
-                    let key = o.key()?.to_string();
+                    // A key ending in `/` is a console's "folder", not an object: no file
+                    // system can hold it, and no store lists one (a conformance check).
+                    let key = o.key().filter(|k| !k.ends_with('/'))?.to_string();
                     let mut m = ObjectMeta::new(key, o.size().unwrap_or(0).max(0) as u64);
                     m.mtime = mtime(o.last_modified());
                     m.etag = etag(o.e_tag());
@@ -180,21 +182,36 @@ impl S3Store {
                 None,
                 "skyhaul",
             ));
+        } else if let Some(profile) = &opts.profile {
+            // A profile asked for is the only source of credentials: the default chain
+            // would try `AWS_ACCESS_KEY_ID` first, and copy as another identity.
+            loader = loader.credentials_provider(
+                ProfileFileCredentialsProvider::builder()
+                    .profile_name(profile)
+                    .build(),
+            );
         }
         let sdk = loader.load().await;
         let endpoint = opts.endpoint.clone().unwrap_or_else(|| "aws".to_string());
         let name = format!("s3://{bucket}");
         let creds = match sdk.credentials_provider() {
             Some(p) => p.provide_credentials().await.map_err(|e| {
-                // The provider chain's full story (every provider it tried) is for -vv.
-                tracing::debug!(
-                    "credentials: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                );
-                Error::new(
-                    ErrorKind::AccessDenied,
-                    format!("{name}: no usable credentials found"),
-                )
+                let story = aws_smithy_types::error::display::DisplayErrorContext(&e);
+                match (&opts.profile, &opts.access_key_id) {
+                    // One provider: its reason names the profile and what is wrong with it.
+                    (Some(profile), None) => Error::new(
+                        ErrorKind::AccessDenied,
+                        format!("{name}: profile '{profile}' gives no credentials: {story}"),
+                    ),
+                    _ => {
+                        // The chain's full story (every provider it tried) is for -vv.
+                        tracing::debug!("credentials: {story}");
+                        Error::new(
+                            ErrorKind::AccessDenied,
+                            format!("{name}: no usable credentials found"),
+                        )
+                    }
+                }
             })?,
             None => {
                 return Err(Error::new(

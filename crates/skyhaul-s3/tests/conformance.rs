@@ -1,7 +1,8 @@
 //! The S3 backend passes the shared Store conformance suite on every real server we run.
 
 use skyhaul_s3::{S3Options, S3Store};
-use skyhaul_store::{conformance, ErrorKind, Store};
+use skyhaul_store::conformance::{self, Gap};
+use skyhaul_store::{ErrorKind, Store};
 use skyhaul_testkit::{S3Kind, S3Server};
 
 fn options(server: &S3Server) -> S3Options {
@@ -20,7 +21,12 @@ async fn suite(kind: S3Kind) {
         .await
         .unwrap();
     store.preflight(true).await.unwrap();
-    conformance::run_all(&store, "suite/").await;
+    // s3s-fs writes `a/../b` to `b`; AWS, moto and rclone keep keys verbatim.
+    let gaps: &[Gap] = match kind {
+        S3Kind::S3sFs => &[Gap::ResolvesDotSegments],
+        _ => &[],
+    };
+    conformance::run_all_but(&store, "suite/", gaps).await;
     // The suite accepts either answer; each server must give the right one.
     let written = store
         .put(

@@ -225,18 +225,30 @@ impl Walker {
             let ft = entry.file_type()?;
             // Symbolic links are followed for files; links to directories are skipped
             // so that a cycle cannot make the walk endless.
-            let is_dir = if ft.is_symlink() {
+            let ft = if ft.is_symlink() {
                 match fs::metadata(entry.path()) {
                     Ok(m) if m.is_dir() => {
                         tracing::warn!("skipping symlink to directory {}", entry.path().display());
                         continue;
                     }
-                    Ok(_) => false,
-                    Err(_) => continue,
+                    Ok(m) => m.file_type(),
+                    Err(e) => {
+                        tracing::warn!("skipping symlink {}: {e}", entry.path().display());
+                        continue;
+                    }
                 }
             } else {
-                ft.is_dir()
+                ft
             };
+            // A FIFO would block the read forever, and a device has no end.
+            if !ft.is_dir() && !ft.is_file() {
+                tracing::warn!(
+                    "skipping {}: not a regular file (a FIFO, socket or device)",
+                    entry.path().display()
+                );
+                continue;
+            }
+            let is_dir = ft.is_dir();
             let mut sort_key = name.to_vec();
             if is_dir {
                 sort_key.push(b'/');

@@ -126,3 +126,33 @@ async fn a_streamed_write_dropped_half_way_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Only regular files are listed: a FIFO would block its read forever and a device has no
+/// end, so they (and symlinks to them, and dangling symlinks) are skipped.
+#[tokio::test]
+async fn listings_hold_regular_files_only() {
+    use futures::TryStreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("file"), b"f").unwrap();
+    std::fs::create_dir(root.join("dir")).unwrap();
+    std::fs::write(root.join("dir/inner"), b"i").unwrap();
+    let fifo = root.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink("/dev/zero", root.join("zero")).unwrap();
+    std::os::unix::fs::symlink(root.join("nowhere"), root.join("dangling")).unwrap();
+    std::os::unix::fs::symlink(root.join("file"), root.join("link")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap();
+    let store = LocalStore::new(root);
+    let listed: Vec<String> = store
+        .list("", None)
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(listed, ["dir/inner", "file", "link"]);
+}

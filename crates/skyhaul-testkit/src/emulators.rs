@@ -141,13 +141,15 @@ impl std::fmt::Debug for FakeGcsServer {
 }
 
 impl FakeGcsServer {
-    /// Starts fake-gcs-server with a file-system backend in a temporary directory.
+    /// Starts fake-gcs-server with its memory backend. Its file-system backend resolves `.`
+    /// and `..` in object names and cannot hold names ending in `/`; GCS keeps names
+    /// verbatim, and so does the memory backend.
     ///
     /// # Panics
     /// If it is not installed (`scripts/install-test-tools.sh`) or does not answer in 30 s.
     pub fn start() -> FakeGcsServer {
         let bin = tool("fake-gcs-server");
-        let process = Process::start("fake-gcs-server", &bin, |port, data| {
+        let process = Process::start("fake-gcs-server", &bin, |port, _data| {
             let url = format!("http://127.0.0.1:{port}");
             [
                 "-scheme",
@@ -157,9 +159,7 @@ impl FakeGcsServer {
                 "-port",
                 &port.to_string(),
                 "-backend",
-                "filesystem",
-                "-filesystem-root",
-                &data.to_string_lossy(),
+                "memory",
                 "-external-url",
                 &url,
                 "-public-host",
