@@ -20,7 +20,7 @@ pub struct SideOptions {
 
 impl SideOptions {
     /// The custom endpoint this side uses for `scheme`, if any.
-    fn endpoint(&self, scheme: Scheme) -> Option<&str> {
+    pub fn endpoint(&self, scheme: Scheme) -> Option<&str> {
         match scheme {
             Scheme::S3 => self.s3.endpoint.as_deref(),
             Scheme::Gcs => self.gcs.endpoint.as_deref(),

@@ -16,7 +16,7 @@ use crate::report::{thousands, Failure};
 use crate::retry::RetryPolicy;
 use futures::Future;
 use serde::{Deserialize, Serialize};
-use skyhaul_location::dir_form;
+use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
 use std::fmt;
 use std::sync::Arc;
@@ -485,11 +485,14 @@ pub async fn verify_locations(
         let a = head(src.store.as_ref(), &src.path, &retry, &progress)
             .await?
             .ok_or_else(not_found)?;
-        match head(dst.store.as_ref(), &dst.path, &retry, &progress).await? {
+        // Where `cp` put it: a destination in directory form takes the base name.
+        let dst_key = map_key(&src.path, &src.path, &dst.path, false)
+            .expect("single-object mapping always maps");
+        match head(dst.store.as_ref(), &dst_key, &retry, &progress).await? {
             Some(b) => pairs.push((a, b)),
             None => {
                 v.objects += 1;
-                v.missing(&dst.path);
+                v.missing(&dst_key);
             }
         }
     }

@@ -7,7 +7,9 @@
 //! `verify` and (later) fleet workers can never disagree about it.
 
 mod keys;
+mod overlap;
 mod parse;
 
 pub use keys::{dir_form, key_basename, local_relative_path, map_key, KeyError};
+pub use overlap::Overlap;
 pub use parse::{Location, LocationError, Scheme};

@@ -405,9 +405,9 @@ pub struct SyncArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Source: s3://bucket/key-or-prefix or a local path
+    /// Source: s3://BUCKET/KEY-OR-PREFIX (or gs://, az://, https://ACCOUNT.blob.core.windows.net/), NAME:bucket/path (a remote), or a local path
     pub src: String,
-    /// Destination: s3://bucket/key-or-prefix or a local path
+    /// Destination: s3://BUCKET/KEY-OR-PREFIX (or gs://, az://, https://ACCOUNT.blob.core.windows.net/), NAME:bucket/path (a remote), or a local path
     pub dst: String,
     /// Compare everything under SRC and DST (prefixes or directories)
     #[arg(short, long)]
@@ -630,9 +630,9 @@ pub enum VerifyArg {
 
 #[derive(Debug, Args)]
 pub struct TransferArgs {
-    /// Source: s3://bucket/key-or-prefix or a local path
+    /// Source: s3://BUCKET/KEY-OR-PREFIX (or gs://, az://, https://ACCOUNT.blob.core.windows.net/), NAME:bucket/path (a remote), or a local path
     pub src: String,
-    /// Destination: s3://bucket/key-or-prefix or a local path
+    /// Destination: s3://BUCKET/KEY-OR-PREFIX (or gs://, az://, https://ACCOUNT.blob.core.windows.net/), NAME:bucket/path (a remote), or a local path
     pub dst: String,
     #[command(flatten)]
     pub endpoints: EndpointArgs,

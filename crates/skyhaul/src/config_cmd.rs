@@ -3,6 +3,7 @@
 use crate::args::{ConfigAction, ConfigArgs};
 use crate::config::{validate_key, Config};
 use crate::exit::{self, ExitCode};
+use crate::output::outln;
 
 pub fn run(args: ConfigArgs) -> ExitCode {
     match run_inner(args) {
@@ -22,7 +23,7 @@ fn run_inner(args: ConfigArgs) -> Result<ExitCode, exit::CliError> {
             validate_key(&key).map_err(exit::usage)?;
             match config.get(&key) {
                 Some(v) => {
-                    println!("{v}");
+                    outln!("{v}");
                     Ok(ExitCode::Ok)
                 }
                 None => Ok(ExitCode::PartialFailure),
@@ -52,16 +53,16 @@ fn run_inner(args: ConfigArgs) -> Result<ExitCode, exit::CliError> {
                     .into_iter()
                     .map(|(k, v)| (k, serde_json::Value::String(v)))
                     .collect();
-                println!("{}", serde_json::Value::Object(map));
+                outln!("{}", serde_json::Value::Object(map));
             } else {
                 for (k, v) in items {
-                    println!("{k} = {v}");
+                    outln!("{k} = {v}");
                 }
             }
             Ok(ExitCode::Ok)
         }
         ConfigAction::Path => {
-            println!("{}", path.display());
+            outln!("{}", path.display());
             Ok(ExitCode::Ok)
         }
     }

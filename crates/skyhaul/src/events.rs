@@ -14,7 +14,6 @@
 use serde::Serialize;
 use skyhaul_engine::progress::Snapshot;
 use skyhaul_engine::{Failure, Report, Verification};
-use std::io::Write;
 use std::time::Duration;
 
 /// The version of the event schema, in every line's `schema` field.
@@ -101,9 +100,8 @@ pub fn line(event: &Event) -> String {
 pub fn emit(event: &Event) {
     let mut text = line(event);
     text.push('\n');
-    let mut out = std::io::stdout().lock();
     // A closed stdout (`| head`) must not kill the transfer: the report still matters.
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    crate::output::write_stdout(&text);
 }
 
 /// The progress event for `s`, `elapsed` after the start.

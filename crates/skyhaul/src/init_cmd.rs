@@ -13,6 +13,7 @@
 use crate::args::InitArgs;
 use crate::config::{valid_remote_name, Config};
 use crate::exit::{self, CliError, ExitCode};
+use crate::output::outln;
 use crate::remotes::RcloneConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,14 +45,14 @@ fn init(args: &InitArgs) -> Result<(), CliError> {
     let mut config = Config::load(&path).map_err(exit::usage)?;
     let found = detect(dirs::home_dir().as_deref(), |k| std::env::var_os(k));
     let lines = apply(&found, &mut config)?;
-    println!("skyhaul init: config file {}", path.display());
+    outln!("skyhaul init: config file {}", path.display());
     for l in &lines.report {
-        println!("  {l}");
+        outln!("  {l}");
     }
     if lines.added == 0 {
-        println!("nothing new to record");
+        outln!("nothing new to record");
     } else if args.dry_run {
-        println!(
+        outln!(
             "dry run: would record {} settings; nothing written",
             lines.added
         );
@@ -60,7 +61,7 @@ fn init(args: &InitArgs) -> Result<(), CliError> {
             code: ExitCode::PartialFailure,
             message: e.to_string(),
         })?;
-        println!(
+        outln!(
             "recorded {} settings (see `skyhaul config list`)",
             lines.added
         );

@@ -2,9 +2,10 @@
 
 use crate::args::{CleanArgs, StatusArgs};
 use crate::exit::{self, CliError, ExitCode};
+use crate::output::outln;
 use skyhaul_engine::report::{human_bytes, thousands};
 use skyhaul_engine::{open_destination, SideOptions};
-use skyhaul_journal::{Journal, TransferSummary};
+use skyhaul_journal::{Journal, JournalError, TransferSummary};
 use skyhaul_location::Location;
 use skyhaul_store::ErrorKind;
 use std::path::Path;
@@ -63,14 +64,14 @@ pub fn status(args: StatusArgs) -> ExitCode {
         })?;
         if args.json {
             let all: Vec<_> = transfers.iter().map(json).collect();
-            println!("{}", serde_json::Value::Array(all));
+            outln!("{}", serde_json::Value::Array(all));
             return Ok(());
         }
         if transfers.is_empty() {
-            println!("no transfers in {}", journal.path().display());
+            outln!("no transfers in {}", journal.path().display());
         }
         for t in &transfers {
-            println!(
+            outln!(
                 "{}  {:<11}  {} objects ({}) done, {} open uploads, run {} times, last {}\n    {} -> {}",
                 t.id,
                 t.status(),
@@ -107,13 +108,17 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
         let config = crate::settings::load_config()?;
         let path = crate::settings::journal_path(args.journal.as_deref(), &config);
         let journal = open(path.as_deref())?;
-        let other = |e: skyhaul_journal::JournalError| CliError {
+        let other = |e: JournalError| CliError {
             code: ExitCode::PartialFailure,
             message: e.to_string(),
         };
         let t = journal
             .find(&args.id)
-            .map_err(other)?
+            .map_err(|e| match e {
+                // The id the user typed: a bad argument.
+                JournalError::InvalidId(_) | JournalError::AmbiguousId { .. } => exit::usage(e),
+                e => other(e),
+            })?
             .ok_or_else(|| CliError {
                 code: ExitCode::NotFound,
                 message: format!(
@@ -173,7 +178,7 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
             }
         }
         journal.forget(t.id).map_err(other)?;
-        println!(
+        outln!(
             "skyhaul: aborted {} open uploads and forgot transfer {}",
             uploads.len() + swept,
             t.id

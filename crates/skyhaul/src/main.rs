@@ -28,7 +28,7 @@ use skyhaul_engine::{
     open_destination, open_source, verify_locations, Compare, Endpoint, Mode, Progress,
     SideOptions, TransferOptions, VerifyMode,
 };
-use skyhaul_location::Location;
+use skyhaul_location::{Location, Scheme};
 use skyhaul_s3::S3Options;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -205,6 +205,38 @@ fn location(
     Ok((loc, remote))
 }
 
+/// A location as the store sees it: a local path with its symlinks resolved as far as it
+/// exists, and an existing directory in directory form (a file copied there lands inside).
+fn as_stored(loc: &Location) -> Location {
+    if loc.scheme != Scheme::Local {
+        return loc.clone();
+    }
+    let path = loc.local_path();
+    let mut missing = Vec::new();
+    let mut existing = path.as_path();
+    let resolved = loop {
+        match std::fs::canonicalize(existing) {
+            Ok(p) => break p,
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    missing.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => return loc.clone(),
+            },
+        }
+    };
+    let full = missing.iter().rev().fold(resolved, |p, name| p.join(name));
+    let mut text = full.to_string_lossy().into_owned();
+    if (loc.is_dir_form() || full.is_dir()) && !text.ends_with('/') {
+        text.push('/');
+    }
+    Location {
+        path: text,
+        ..loc.clone()
+    }
+}
+
 /// Parses both locations and opens both stores; with `--relay` the destination is reached
 /// through relay gateways, whose byte counts come back as the third value.
 pub(crate) async fn open_both(
@@ -235,6 +267,13 @@ pub(crate) async fn open_both(
         dst_remote.as_ref(),
         &e.cloud,
     );
+    let same_store = src_side.endpoint(src_loc.scheme) == dst_side.endpoint(dst_loc.scheme);
+    if same_store && e.relay.relay.is_empty() {
+        let overlap = as_stored(&src_loc).overlap(&as_stored(&dst_loc), recursive);
+        if let Some(o) = overlap {
+            return Err(exit::usage(o.explain(&src_loc, &dst_loc)));
+        }
+    }
     let src = open_source(&src_loc, &src_side, recursive)
         .await
         .map_err(|e| exit::store("SRC", e))?;

@@ -15,6 +15,22 @@ use std::time::Duration;
 /// bar below it, so a warning never lands in the middle of the bar's line.
 static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
+/// Writes `text` to stdout in one write (so lines from two tasks never mix). A closed
+/// stdout (`skyhaul status | head -1`) drops the rest of the output instead of panicking
+/// as `println!` does: the command still runs to its end and exits with its own code.
+pub fn write_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// `println!` through [`write_stdout`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
 /// Writes `text` to stderr as it is, above the bar when one is drawn.
 fn write_stderr(text: &[u8]) {
     let bar = BAR.lock().expect("bar lock").clone();
@@ -247,15 +263,15 @@ impl Output {
             }
         }
         if !self.quiet {
-            println!("skyhaul: {r}");
+            outln!("skyhaul: {r}");
             if let Some(relay) = relay {
-                println!("skyhaul: {relay}");
+                outln!("skyhaul: {relay}");
             }
             if let Some(v) = r.verification.as_ref().filter(|v| v.objects > 0) {
-                println!("skyhaul: {v}");
+                outln!("skyhaul: {v}");
             }
             if r.bytes_skipped > 0 && r.objects_copied == 0 && r.objects_failed == 0 {
-                println!(
+                outln!(
                     "skyhaul: nothing to do: {} already up to date",
                     human_bytes(r.bytes_skipped)
                 );
@@ -275,9 +291,9 @@ impl Output {
             eprintln!("skyhaul: {}: {}", p.key, p.error);
         }
         if !self.quiet {
-            println!("skyhaul: {v}");
+            outln!("skyhaul: {v}");
             if let Some(relay) = relay {
-                println!("skyhaul: {relay}");
+                outln!("skyhaul: {relay}");
             }
         }
     }
@@ -350,7 +366,7 @@ impl DryRun {
                         size: Some(meta.size),
                     });
                 } else {
-                    println!("copy {from} -> {to}");
+                    outln!("copy {from} -> {to}");
                 }
             }
             Job::Delete { dst_key } => {
@@ -369,7 +385,7 @@ impl DryRun {
                     size: None,
                 });
             } else {
-                println!("delete {key}");
+                outln!("delete {key}");
             }
         }
         if self.out.json {

@@ -11,6 +11,7 @@ use crate::args::{PlanArgs, TransferArgs};
 use crate::estimate::{self, Egress, Requests};
 use crate::events::SCHEMA;
 use crate::exit::{self, CliError, ExitCode};
+use crate::output::outln;
 use crate::output::Output;
 use crate::place::{self, Clues, Place};
 use crate::prices::Prices;
@@ -206,9 +207,9 @@ async fn plan(args: &PlanArgs, common: &TransferArgs, out: Output) -> Result<(),
         ),
     };
     if out.json() {
-        println!("{}", serde_json::to_string(&plan).expect("plan serialises"));
+        outln!("{}", serde_json::to_string(&plan).expect("plan serialises"));
     } else {
-        print!("{}", text(&plan));
+        crate::output::write_stdout(&text(&plan));
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! sources. A user's file (`--prices FILE`, or the config key `prices`) is laid over it
 //! key by key, so a negotiated rate is one line, not a copy of the table.
 
+use crate::output::outln;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -119,13 +120,13 @@ pub fn show(flag: Option<&Path>) -> crate::exit::ExitCode {
         },
     };
     let Some(file) = file else {
-        print!("{BUILT_IN}");
+        crate::output::write_stdout(BUILT_IN);
         return crate::exit::ExitCode::Ok;
     };
     match Prices::load(Some(&file)) {
         Ok(p) => {
-            println!("# the built-in table with {} laid over it", file.display());
-            print!("{}", toml::to_string(&p).expect("prices serialise"));
+            outln!("# the built-in table with {} laid over it", file.display());
+            crate::output::write_stdout(&toml::to_string(&p).expect("prices serialise"));
             crate::exit::ExitCode::Ok
         }
         Err(e) => {

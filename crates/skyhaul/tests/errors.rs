@@ -779,3 +779,193 @@ async fn denied_deletions_in_a_row_stop_the_rest() {
     assert_eq!(left.get("keep").map(Vec::as_slice), Some(&b"keep"[..]));
     assert_eq!(left.len(), EXTRA + 1, "nothing deleted");
 }
+
+/// A transfer whose source and destination overlap in one store is refused before anything
+/// is read: it would copy its own output, overwrite its source, or delete it (`--delete`).
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_source_and_destination_are_refused() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("bkt").await;
+    let objects = ["ov/a.txt", "ov/sub/c.txt", "ov/sub/sub/d.txt"];
+    for k in objects {
+        s.put("bkt", k, k.as_bytes()).await;
+    }
+    let ep = s.endpoint.as_str();
+    let refused = |args: &[&str], why: &str| {
+        let run = skyhaul(args, Some(&s), Some(&s));
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        let line = one_line_error(&run);
+        assert!(line.contains(why), "{args:?}: {line}");
+        assert!(line.contains("choose a destination outside"), "{line}");
+    };
+    let both = ["--src-endpoint", ep, "--dst-endpoint", ep];
+    let with = |args: &[&'static str]| [args, &both[..]].concat();
+    refused(
+        &with(&["sync", "--delete", "-y", "s3://bkt/ov/sub", "s3://bkt/ov"]),
+        "the source is inside the destination",
+    );
+    refused(
+        &with(&["cp", "-r", "s3://bkt/ov", "s3://bkt/ov/copy"]),
+        "the destination is inside the source",
+    );
+    refused(
+        &with(&["cp", "-r", "s3://bkt/ov/", "s3://bkt/ov"]),
+        "same place",
+    );
+    refused(
+        &with(&["cp", "s3://bkt/ov/a.txt", "s3://bkt/ov/"]),
+        "same place",
+    );
+    let mut listed: Vec<String> = s
+        .list("bkt", "")
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, objects, "nothing written or deleted");
+
+    // A neighbour is no overlap.
+    let run = skyhaul(
+        &with(&["cp", "-r", "s3://bkt/ov", "s3://bkt/ov2"]),
+        Some(&s),
+        Some(&s),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    // Local directories: a symlink to the source counts as the source.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_tree(&src, &BTreeMap::from([("f".to_string(), b"f".to_vec())]));
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&src, &link).unwrap();
+    let inner = src.join("inner");
+    let run = skyhaul(
+        &["cp", "-r", link.to_str().unwrap(), inner.to_str().unwrap()],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        one_line_error(&run).contains("inside the source"),
+        "{}",
+        run.stderr
+    );
+    assert!(!inner.exists(), "nothing written");
+}
+
+/// A closed stdout (`skyhaul status | head -1`) is no panic: the command runs to its end
+/// and exits with its own code.
+#[test]
+fn a_closed_stdout_stops_the_output_not_the_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let files: BTreeMap<String, Vec<u8>> = (0..50)
+        .map(|i| (format!("d/{i}.txt"), vec![b'x'; i]))
+        .collect();
+    write_tree(&src, &files);
+    let dst = tmp.path().join("dst");
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    for args in [
+        vec!["prices"],
+        vec!["cp", "-r", "--dry-run", s, d],
+        vec!["cp", "-r", s, d, "--no-journal"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"));
+        cmd.args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in test_env(None, None, &[]) {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert_eq!(read_tree(&dst), files, "the copy ran to its end");
+}
+
+#[test]
+fn clean_with_a_malformed_id_is_a_bad_argument() {
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = tmp.path().join("journal.sqlite");
+    let run = skyhaul(
+        &["clean", "not-hex!", "--journal", journal.to_str().unwrap()],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        one_line_error(&run).contains("is not a transfer id"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A side's profile is its only source of credentials: `AWS_*` keys in the environment do
+/// not win over it (they would copy as another identity), and a profile that does not
+/// exist is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_profile_is_the_side_s_only_credentials() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("bkt").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_tree(&src, &BTreeMap::from([("f".to_string(), b"f".to_vec())]));
+    let creds = tmp.path().join("credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[good]\naws_access_key_id = {0}\naws_secret_access_key = {1}\n\n\
+             [bad]\naws_access_key_id = {0}\naws_secret_access_key = wrong-secret\n",
+            s.access_key, s.secret_key
+        ),
+    )
+    .unwrap();
+    let copy = |profile: &str, env_secret: &str| {
+        skyhaul_env(
+            &[
+                "cp",
+                "-r",
+                src.to_str().unwrap(),
+                "s3://bkt/p",
+                "--dst-endpoint",
+                &s.endpoint,
+                "--dst-profile",
+                profile,
+                "--no-journal",
+            ],
+            None,
+            None,
+            &[
+                ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+                ("AWS_ACCESS_KEY_ID", &s.access_key),
+                ("AWS_SECRET_ACCESS_KEY", env_secret),
+                ("AWS_REGION", "us-east-1"),
+            ],
+        )
+    };
+    let run = copy("good", "wrong-secret");
+    assert_eq!(
+        run.code, 0,
+        "the profile's keys, not the environment's: {}",
+        run.stderr
+    );
+    let run = copy("bad", &s.secret_key);
+    assert_eq!(
+        run.code, 4,
+        "the profile's (wrong) keys are used: {}",
+        run.stderr
+    );
+    let run = copy("missing", &s.secret_key);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(line.contains("profile 'missing'"), "{line}");
+    assert!(!run.stderr.contains(&s.secret_key), "{}", run.stderr);
+}

@@ -414,6 +414,26 @@ async fn verify_tells_identical_from_different() {
         (Some(1), Some(1), Some(1), Some(1)),
         "{v}"
     );
+
+    // One object copied into a "directory" keeps its base name; verify finds it there.
+    s3.create_bucket("three").await;
+    let single = |verb: &str| {
+        let args = [
+            verb,
+            "s3://one/small.txt",
+            "s3://three/in/",
+            "--src-endpoint",
+            ep,
+            "--dst-endpoint",
+            ep,
+            "--json",
+        ];
+        skyhaul(&args, Some(&s3), Some(&s3))
+    };
+    assert_eq!(single("cp").code, 0);
+    let checked = single("verify");
+    assert_eq!(checked.code, 0, "{}", checked.stderr);
+    assert_eq!(checked.json()["checksum_ok"], 1, "{}", checked.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread")]
