@@ -186,6 +186,14 @@ impl Ctx {
         self.cancel.cancel();
     }
 
+    /// Whether `src` is skipped as done by an earlier, interrupted run. In a sync whose
+    /// listing found the object missing or different at the destination (`listed_different`)
+    /// the listing wins: the destination may have lost it since that run.
+    pub(crate) fn done_earlier(&self, src: &ObjectMeta, listed_different: bool) -> bool {
+        let sync = matches!(self.opts.mode, Mode::Sync { .. });
+        !(sync && listed_different) && self.resume.is_done(src)
+    }
+
     /// The first denial, when denials are all that happened: nothing copied or found
     /// already there, nothing else failed, and the transfer was not stopped. Its
     /// credentials, not its objects, were denied, and it ends with that error.
@@ -355,7 +363,7 @@ pub async fn transfer(
         }
         match job {
             Job::Copy { src, dst_key } => {
-                if ctx.resume.is_done(&src) {
+                if ctx.done_earlier(&src, true) {
                     progress.add_skipped(src.size);
                     progress.add_resumed();
                     continue;
@@ -363,7 +371,7 @@ pub async fn transfer(
                 tasks.spawn(copy_and_record(ctx.clone(), src, dst_key));
             }
             Job::CopyUnlessSame { src, dst, dst_key } => {
-                if ctx.resume.is_done(&src) {
+                if ctx.done_earlier(&src, false) {
                     progress.add_skipped(src.size);
                     progress.add_resumed();
                     continue;

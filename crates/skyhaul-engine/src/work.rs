@@ -123,9 +123,10 @@ impl Executor {
         start_planner(src, dst, &ctx.opts, &limit, &ctx.progress).await
     }
 
-    /// Whether an earlier run already copied this version of the object.
-    pub fn is_done(&self, src: &ObjectMeta) -> bool {
-        self.ctx.resume.is_done(src)
+    /// Whether an earlier run already copied this version of the object; in a sync whose
+    /// listing found it missing or different at the destination, never (see `transfer`).
+    pub fn is_done(&self, src: &ObjectMeta, listed_different: bool) -> bool {
+        self.ctx.done_earlier(src, listed_different)
     }
 
     /// Whether an object of `size` bytes goes in parts (else whole, by one worker).

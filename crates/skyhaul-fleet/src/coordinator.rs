@@ -528,7 +528,7 @@ async fn add_object(
     unless_same: Option<ObjectMeta>,
 ) {
     let exec = &shared.exec;
-    if exec.is_done(&src) {
+    if exec.is_done(&src, unless_same.is_none()) {
         let name = WorkItem::object_name(&src.key);
         if shared.state().restored_done.remove(&name) {
             return;
@@ -659,7 +659,7 @@ fn restore_leases(shared: &Shared) {
         let mut copy_of = None;
         for item in items {
             // Reported (and journaled) just before the stop: nothing left to take back.
-            if matches!(&item, WorkItem::Object { src, .. } if shared.exec.is_done(src)) {
+            if matches!(&item, WorkItem::Object { src, .. } if shared.exec.is_done(src, false)) {
                 continue;
             }
             let name = item.name();

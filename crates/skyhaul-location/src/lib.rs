@@ -11,5 +11,5 @@ mod overlap;
 mod parse;
 
 pub use keys::{dir_form, key_basename, local_relative_path, map_key, KeyError};
-pub use overlap::Overlap;
+pub use overlap::{overlap, Overlap};
 pub use parse::{Location, LocationError, Scheme};

@@ -4,6 +4,7 @@ use crate::errors::map_err;
 use aws_config::environment::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::profile::{ProfileFileCredentialsProvider, ProfileFileRegionProvider};
+use aws_config::provider_config::ProviderConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
@@ -19,6 +20,7 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::error::display::DisplayErrorContext;
 use base64::Engine;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -153,6 +155,7 @@ impl S3Store {
     /// Builds a client for `bucket` from `opts`, resolving credentials once up front so that
     /// a missing profile or key fails here with a clear message, not on the first request.
     pub async fn connect(opts: &S3Options, bucket: &str) -> Result<S3Store> {
+        let name = format!("s3://{bucket}");
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             // The engine retries (and counts retries) uniformly for every backend.
             .retry_config(RetryConfig::disabled())
@@ -183,35 +186,20 @@ impl S3Store {
                 "skyhaul",
             ));
         } else if let Some(profile) = &opts.profile {
-            // A profile asked for is the only source of credentials: the default chain
-            // would try `AWS_ACCESS_KEY_ID` first, and copy as another identity.
-            loader = loader.credentials_provider(
-                ProfileFileCredentialsProvider::builder()
-                    .profile_name(profile)
-                    .build(),
-            );
+            if let Some(from_profile) = profile_credentials(opts, profile, &name).await {
+                loader = loader.credentials_provider(from_profile);
+            }
         }
         let sdk = loader.load().await;
         let endpoint = opts.endpoint.clone().unwrap_or_else(|| "aws".to_string());
-        let name = format!("s3://{bucket}");
         let creds = match sdk.credentials_provider() {
             Some(p) => p.provide_credentials().await.map_err(|e| {
-                let story = aws_smithy_types::error::display::DisplayErrorContext(&e);
-                match (&opts.profile, &opts.access_key_id) {
-                    // One provider: its reason names the profile and what is wrong with it.
-                    (Some(profile), None) => Error::new(
-                        ErrorKind::AccessDenied,
-                        format!("{name}: profile '{profile}' gives no credentials: {story}"),
-                    ),
-                    _ => {
-                        // The chain's full story (every provider it tried) is for -vv.
-                        tracing::debug!("credentials: {story}");
-                        Error::new(
-                            ErrorKind::AccessDenied,
-                            format!("{name}: no usable credentials found"),
-                        )
-                    }
-                }
+                // The chain's full story (every provider it tried) is for -vv.
+                tracing::debug!("credentials: {}", DisplayErrorContext(&e));
+                Error::new(
+                    ErrorKind::AccessDenied,
+                    format!("{name}: no usable credentials found"),
+                )
             })?,
             None => {
                 return Err(Error::new(
@@ -350,6 +338,36 @@ fn interrupted(target: &str, e: impl std::fmt::Display) -> Error {
 /// Where the region comes from: the flag, then the environment and the profile, then (for
 /// AWS itself) instance metadata. Custom endpoints mostly ignore the region but SigV4 needs
 /// one, so they fall back to `us-east-1` without a slow, noisy metadata lookup.
+/// The credentials of `profile`, when it gives some here. They come before the default
+/// chain, whose first stop is `AWS_ACCESS_KEY_ID`: a cross-account copy must not run as the
+/// environment's identity. A profile without credentials here (a region only, or a profile
+/// this machine lacks, as on a fleet worker with an instance role) leaves the default chain
+/// to find them, with a warning.
+async fn profile_credentials(
+    opts: &S3Options,
+    profile: &str,
+    name: &str,
+) -> Option<ProfileFileCredentialsProvider> {
+    // Assume-role profiles call STS, which needs the region.
+    let region = region_chain(opts).region().await;
+    let provider = ProfileFileCredentialsProvider::builder()
+        .configure(&ProviderConfig::default().with_region(region))
+        .profile_name(profile)
+        .build();
+    match provider.provide_credentials().await {
+        Ok(_) => Some(provider),
+        Err(e) => {
+            // The detail may quote a credential_process's output: -vv only.
+            tracing::debug!("profile {profile}: {}", DisplayErrorContext(&e));
+            tracing::warn!(
+                "{name}: profile '{profile}' gives no credentials here; using the environment \
+                 or the instance's role"
+            );
+            None
+        }
+    }
+}
+
 fn region_chain(opts: &S3Options) -> RegionProviderChain {
     let explicit = RegionProviderChain::first_try(opts.region.clone().map(Region::new))
         .or_else(EnvironmentVariableRegionProvider::new());

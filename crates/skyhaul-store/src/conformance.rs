@@ -651,8 +651,6 @@ async fn listing_order_and_bounds(store: &dyn Store, p: &str) {
         .is_empty());
 }
 
-/// Stores that list by level must roll up exactly what a flat listing would show below
-/// each sub-prefix, in the same byte order, and resume after an entry.
 /// A key ending in `/` (a console's "folder") is no object to any listing, whether or not
 /// the store can hold one: a file system cannot, and a marker listed on one side only would
 /// count as missing or extra on every run.
@@ -687,6 +685,8 @@ async fn directory_markers_are_not_listed(store: &dyn Store, p: &str) {
     }
 }
 
+/// Stores that list by level must roll up exactly what a flat listing would show below
+/// each sub-prefix, in the same byte order, and resume after an entry.
 async fn listing_by_level(store: &dyn Store, p: &str) {
     if !store.lists_by_level() {
         return;

@@ -281,7 +281,8 @@ impl Walker {
                     return Some(Err(Error::new(
                         ErrorKind::InvalidKey,
                         format!(
-                            "{}/{prefix}{lossy}: file name is not UTF-8; skipped",
+                            "{}/{prefix}{lossy}: file name is not UTF-8, so it cannot be a \
+                             key; rename it and rerun",
                             self.root.display()
                         ),
                     )));

@@ -206,14 +206,22 @@ fn location(
 }
 
 /// A location as the store sees it: a local path with its symlinks resolved as far as it
-/// exists, and an existing directory in directory form (a file copied there lands inside).
-fn as_stored(loc: &Location) -> Location {
+/// exists (its last component only when `whole`: a single file's own name is what a copy
+/// writes beside), and an existing directory in directory form (a file copied there lands
+/// inside).
+fn as_stored(loc: &Location, whole: bool) -> Location {
     if loc.scheme != Scheme::Local {
         return loc.clone();
     }
     let path = loc.local_path();
     let mut missing = Vec::new();
     let mut existing = path.as_path();
+    if !whole {
+        if let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) {
+            missing.push(name.to_owned());
+            existing = parent;
+        }
+    }
     let resolved = loop {
         match std::fs::canonicalize(existing) {
             Ok(p) => break p,
@@ -244,6 +252,7 @@ pub(crate) async fn open_both(
     dst: &str,
     e: &EndpointArgs,
     recursive: bool,
+    writes: bool,
 ) -> Result<(Endpoint, Endpoint, Option<Arc<skyhaul_relay::RelayStore>>), exit::CliError> {
     let config = settings::load_config()?;
     let rclone = e.rclone_config.as_deref();
@@ -267,13 +276,6 @@ pub(crate) async fn open_both(
         dst_remote.as_ref(),
         &e.cloud,
     );
-    let same_store = src_side.endpoint(src_loc.scheme) == dst_side.endpoint(dst_loc.scheme);
-    if same_store && e.relay.relay.is_empty() {
-        let overlap = as_stored(&src_loc).overlap(&as_stored(&dst_loc), recursive);
-        if let Some(o) = overlap {
-            return Err(exit::usage(o.explain(&src_loc, &dst_loc)));
-        }
-    }
     let src = open_source(&src_loc, &src_side, recursive)
         .await
         .map_err(|e| exit::store("SRC", e))?;
@@ -284,14 +286,46 @@ pub(crate) async fn open_both(
     let dst = open_destination(&dst_loc, &dst_side, recursive)
         .await
         .map_err(|e| exit::store("DST", e))?;
+    if writes {
+        refuse_overlap(&src_loc, &src, &dst_loc, &dst, recursive)?;
+    }
     Ok((src, dst, None))
+}
+
+/// Refuses a copy whose source and destination overlap in one store (see
+/// `skyhaul_location::overlap`): it would copy its own output, overwrite its source, or,
+/// with `--delete`, delete it. Stores are the same when a server-side copy between them
+/// could be made (same endpoint, account or credentials, and bucket); local paths are
+/// compared with their symlinks resolved. Nothing has been read yet.
+fn refuse_overlap(
+    src_loc: &Location,
+    src: &Endpoint,
+    dst_loc: &Location,
+    dst: &Endpoint,
+    recursive: bool,
+) -> Result<(), exit::CliError> {
+    let local = src_loc.scheme == Scheme::Local && dst_loc.scheme == Scheme::Local;
+    let same_store = local
+        || (src.store.copy_domain().is_some()
+            && src.store.copy_domain() == dst.store.copy_domain()
+            && src.store.container() == dst.store.container());
+    if !same_store {
+        return Ok(());
+    }
+    let (s, d) = (as_stored(src_loc, recursive), as_stored(dst_loc, true));
+    match skyhaul_location::overlap(&s.path, &d.path, recursive) {
+        Some(o) => Err(exit::usage(
+            o.explain(&src_loc.to_string(), &dst_loc.to_string()),
+        )),
+        None => Ok(()),
+    }
 }
 
 async fn verify(args: VerifyArgs) -> ExitCode {
     let out = output::Output::new(args.output.quiet, args.output.json);
     let result: Result<ExitCode, exit::CliError> = async {
         let (src, dst, relay) =
-            open_both(&args.src, &args.dst, &args.endpoints, args.recursive).await?;
+            open_both(&args.src, &args.dst, &args.endpoints, args.recursive, false).await?;
         out.start("verify", &src, &dst, false);
         let mode = if args.deep {
             VerifyMode::Deep
@@ -342,7 +376,8 @@ async fn transfer(
         let config = settings::load_config()?;
         let tuning = settings::tuning(&args, &config)?;
         let (filter, filter_identity) = settings::filter(&args.filter)?;
-        let (src, dst, relay) = open_both(&args.src, &args.dst, &args.endpoints, recursive).await?;
+        let (src, dst, relay) =
+            open_both(&args.src, &args.dst, &args.endpoints, recursive, true).await?;
         let opts = TransferOptions {
             mode,
             recursive,

@@ -75,8 +75,14 @@ async fn plan(args: &PlanArgs, common: &TransferArgs, out: Output) -> Result<(),
     let rclone = common.endpoints.rclone_config.as_deref();
     let (src_loc, src_remote) = crate::location(&common.src, &config, rclone)?;
     let (dst_loc, dst_remote) = crate::location(&common.dst, &config, rclone)?;
-    let (src, dst, _) =
-        crate::open_both(&common.src, &common.dst, &common.endpoints, args.recursive).await?;
+    let (src, dst, _) = crate::open_both(
+        &common.src,
+        &common.dst,
+        &common.endpoints,
+        args.recursive,
+        false,
+    )
+    .await?;
     let mode = if args.sync {
         Mode::Sync {
             delete: args.delete,

@@ -908,9 +908,9 @@ fn clean_with_a_malformed_id_is_a_bad_argument() {
     );
 }
 
-/// A side's profile is its only source of credentials: `AWS_*` keys in the environment do
-/// not win over it (they would copy as another identity), and a profile that does not
-/// exist is named.
+/// A side's profile comes before the default chain: `AWS_*` keys in the environment do not
+/// win over it (they would copy as another identity). A profile that gives no credentials
+/// here is named in a warning, and the default chain goes on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_profile_is_the_side_s_only_credentials() {
     let s = S3Server::start(S3Kind::S3sFs);
@@ -963,9 +963,65 @@ async fn a_profile_is_the_side_s_only_credentials() {
         "the profile's (wrong) keys are used: {}",
         run.stderr
     );
+    // A profile without credentials here (as on a fleet worker with an instance role)
+    // leaves the default chain to find them, and says so.
     let run = copy("missing", &s.secret_key);
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    let line = one_line_error(&run);
-    assert!(line.contains("profile 'missing'"), "{line}");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("profile 'missing' gives no credentials here"),
+        "{}",
+        run.stderr
+    );
     assert!(!run.stderr.contains(&s.secret_key), "{}", run.stderr);
+}
+
+/// An assume-role profile (`role_arn` + `source_profile`, the usual cross-account set-up)
+/// gets its credentials from STS, which needs the side's region. With no other credentials
+/// anywhere, only STS's answer can make this copy work.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assume_role_profile_signs_in_through_sts() {
+    let s = S3Server::start(S3Kind::Moto);
+    s.create_bucket("bkt").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("f.txt");
+    std::fs::write(&file, b"f").unwrap();
+    let (config, creds) = (tmp.path().join("config"), tmp.path().join("credentials"));
+    std::fs::write(
+        &config,
+        "[profile role]\nrole_arn = arn:aws:iam::123456789012:role/copier\n\
+         source_profile = keys\nregion = us-east-1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &creds,
+        "[keys]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key = example\n",
+    )
+    .unwrap();
+    let run = skyhaul_env(
+        &[
+            "cp",
+            file.to_str().unwrap(),
+            "s3://bkt/f.txt",
+            "--dst-endpoint",
+            &s.endpoint,
+            "--dst-profile",
+            "role",
+            "--no-journal",
+        ],
+        None,
+        None,
+        &[
+            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+            ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+            ("AWS_ENDPOINT_URL_STS", &s.endpoint),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("gives no credentials"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.get("bkt", "f.txt").await.as_deref(), Some(&b"f"[..]));
 }

@@ -596,17 +596,18 @@ async fn a_rerun_after_a_failed_check_copies_what_differed() {
 }
 
 /// A finished transfer run again starts afresh: objects deleted or replaced at the
-/// destination since are copied again, rather than skipped as done by the earlier run.
+/// destination since are copied again, rather than skipped as done by the earlier run. A
+/// sync's listing wins over the journal even after an interruption.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_finished_transfer_run_again_repairs_the_destination() {
+async fn a_rerun_repairs_what_the_destination_lost() {
     let s3 = S3Server::start(S3Kind::S3sFs);
     s3.create_bucket("dst").await;
     let tmp = tempfile::tempdir().unwrap();
     let (files, src, journal) = five_files(tmp.path());
     let src = src.to_str().unwrap();
-    // Each command writes its own prefix, and is a transfer of its own.
-    let run = |verb: &'static str| {
-        let (ep, dst) = (&s3.endpoint, format!("s3://dst/{verb}"));
+    // Each prefix is a transfer of its own.
+    let run = |verb: &'static str, prefix: &str| {
+        let (ep, dst) = (&s3.endpoint, format!("s3://dst/{prefix}"));
         let args = [verb, "-r", src, &dst, "--dst-endpoint", ep, "--json"];
         let args: Vec<&str> = args
             .into_iter()
@@ -617,27 +618,38 @@ async fn a_finished_transfer_run_again_repairs_the_destination() {
         Run::from(out).json()
     };
     let s3 = &s3;
-    let spoil = |verb: &'static str| async move {
+    let spoil = |prefix: &'static str| async move {
         let client = s3.client().await;
         client
             .delete_object()
             .bucket("dst")
-            .key(format!("{verb}/f1"))
+            .key(format!("{prefix}/f1"))
             .send()
             .await
             .unwrap();
-        s3.put("dst", &format!("{verb}/f3"), b"shorter").await;
+        s3.put("dst", &format!("{prefix}/f3"), b"shorter").await;
     };
 
-    for verb in ["cp", "sync"] {
-        let first = run(verb);
-        assert_eq!(first["objects_copied"], 5, "{verb}: {first}");
-        spoil(verb).await;
-        let again = run(verb);
+    for (verb, prefix, interrupted) in [
+        ("cp", "cp", false),
+        ("sync", "sync", false),
+        ("sync", "sync-interrupted", true),
+    ] {
+        let first = run(verb, prefix);
+        assert_eq!(first["objects_copied"], 5, "{prefix}: {first}");
+        if interrupted {
+            // As a kill leaves it: every object done, the transfer not marked complete.
+            let j = Journal::open(&journal).unwrap();
+            let id = first["transfer_id"].as_str().unwrap();
+            let t = j.find(id).unwrap().unwrap();
+            j.mark_complete(t.id, false).unwrap();
+        }
+        spoil(prefix).await;
+        let again = run(verb, prefix);
         let copied = if verb == "cp" { 5 } else { 2 };
-        assert_eq!(again["objects_copied"], copied, "{verb}: {again}");
-        assert_eq!(again["objects_resumed"], 0, "{verb}: {again}");
-        let prefix = format!("{verb}/");
-        assert_eq!(read_bucket(s3, "dst", &prefix).await, files, "{verb}");
+        assert_eq!(again["objects_copied"], copied, "{prefix}: {again}");
+        assert_eq!(again["objects_resumed"], 0, "{prefix}: {again}");
+        let listed = format!("{prefix}/");
+        assert_eq!(read_bucket(s3, "dst", &listed).await, files, "{prefix}");
     }
 }
