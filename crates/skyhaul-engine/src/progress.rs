@@ -79,8 +79,15 @@ impl Progress {
     pub fn add_deleted(&self) {
         self.objects_deleted.fetch_add(1, Relaxed);
     }
-    pub fn add_resumed(&self) {
+    /// An object an earlier run copied: skipped, and no longer among the planned when the
+    /// planner counted it there (else the progress line would count it twice).
+    pub fn add_resumed(&self, bytes: u64, planned: bool) {
         self.resumed.fetch_add(1, Relaxed);
+        self.add_skipped(bytes);
+        if planned {
+            self.objects_listed.fetch_sub(1, Relaxed);
+            self.bytes_listed.fetch_sub(bytes, Relaxed);
+        }
     }
     pub fn add_retry(&self) {
         self.retries.fetch_add(1, Relaxed);
@@ -129,5 +136,24 @@ impl Progress {
             retries: self.retries.load(Relaxed),
             objects_resumed: self.resumed.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_done_earlier_counts_once() {
+        let p = Progress::default();
+        for _ in 0..3 {
+            p.add_planned(10);
+        }
+        p.add_resumed(10, true);
+        p.add_resumed(7, false);
+        let s = p.snapshot();
+        assert_eq!((s.objects_total, s.bytes_total), (2, 20));
+        assert_eq!((s.objects_skipped, s.bytes_skipped), (2, 17));
+        assert_eq!(s.objects_resumed, 2);
     }
 }

@@ -97,6 +97,11 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// `n` things, in the singular for one: `count(1, "copy", "copies")` → `1 copy`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
+}
+
 /// Binary units for sizes, as `ls -h` and rclone print them.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -118,8 +123,8 @@ impl fmt::Display for Report {
         let mbps = self.bytes_per_second / 1e6;
         write!(
             f,
-            "copied {} objects ({}), skipped {} ({}), failed {}",
-            thousands(self.objects_copied),
+            "copied {} ({}), skipped {} ({}), failed {}",
+            count(self.objects_copied, "object", "objects"),
             human_bytes(self.bytes_copied),
             thousands(self.objects_skipped),
             human_bytes(self.bytes_skipped),

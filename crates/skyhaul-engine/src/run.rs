@@ -11,7 +11,7 @@ use crate::listing::plan_recursive;
 use crate::open::Endpoint;
 use crate::plan::{Job, Mode, MIB};
 use crate::progress::Progress;
-use crate::report::{Failure, Report};
+use crate::report::{count, Failure, Report};
 use crate::resume::Resume;
 use crate::retry::RetryPolicy;
 use crate::verify::{verify_copied, Copied, VerifyMode};
@@ -364,16 +364,14 @@ pub async fn transfer(
         match job {
             Job::Copy { src, dst_key } => {
                 if ctx.done_earlier(&src, true) {
-                    progress.add_skipped(src.size);
-                    progress.add_resumed();
+                    progress.add_resumed(src.size, true);
                     continue;
                 }
                 tasks.spawn(copy_and_record(ctx.clone(), src, dst_key));
             }
             Job::CopyUnlessSame { src, dst, dst_key } => {
                 if ctx.done_earlier(&src, false) {
-                    progress.add_skipped(src.size);
-                    progress.add_resumed();
+                    progress.add_resumed(src.size, false);
                     continue;
                 }
                 let ctx = ctx.clone();
@@ -443,7 +441,16 @@ pub(crate) async fn conclude(
     ctx.check_fatal()?;
     // Deletions run last and only after every copy succeeded, so a failed sync never
     // leaves the destination with less than it had.
-    if !deletes.is_empty() && progress.snapshot().objects_failed == 0 && !cancel.is_cancelled() {
+    let failed = progress.snapshot().objects_failed;
+    if !deletes.is_empty() && failed > 0 && !cancel.is_cancelled() {
+        tracing::warn!(
+            "{} skipped: {} failed, and a sync deletes only once every copy succeeded; rerun \
+             once they do",
+            count(deletes.len() as u64, "deletion", "deletions"),
+            count(failed, "copy", "copies")
+        );
+    }
+    if !deletes.is_empty() && failed == 0 && !cancel.is_cancelled() {
         // As copies do, a denied deletion fails alone, and many in a row stop the rest.
         let delete = |key: String| {
             let ctx = ctx.clone();

@@ -12,7 +12,7 @@ use crate::integrity::plain_md5;
 use crate::listing::{Listing, Merge, Pair};
 use crate::open::Endpoint;
 use crate::progress::Progress;
-use crate::report::{thousands, Failure};
+use crate::report::{count, thousands, Failure};
 use crate::retry::RetryPolicy;
 use futures::Future;
 use serde::{Deserialize, Serialize};
@@ -199,8 +199,8 @@ impl fmt::Display for Verification {
         };
         write!(
             f,
-            "verified {} objects ({mode}): size ✓ {}",
-            thousands(self.objects),
+            "verified {} ({mode}): size ✓ {}",
+            count(self.objects, "object", "objects"),
             thousands(self.size_ok)
         )?;
         if self.mode >= VerifyMode::Checksum {

@@ -533,8 +533,7 @@ async fn add_object(
         if shared.state().restored_done.remove(&name) {
             return;
         }
-        exec.progress().add_skipped(src.size);
-        exec.progress().add_resumed();
+        exec.progress().add_resumed(src.size, unless_same.is_none());
         return;
     }
     if unless_same.is_some() || !exec.stripes(src.size) {

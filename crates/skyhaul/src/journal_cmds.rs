@@ -3,7 +3,7 @@
 use crate::args::{CleanArgs, StatusArgs};
 use crate::exit::{self, CliError, ExitCode};
 use crate::output::outln;
-use skyhaul_engine::report::{human_bytes, thousands};
+use skyhaul_engine::report::{count, human_bytes};
 use skyhaul_engine::{open_destination, SideOptions};
 use skyhaul_journal::{Journal, JournalError, TransferSummary};
 use skyhaul_location::Location;
@@ -72,13 +72,13 @@ pub fn status(args: StatusArgs) -> ExitCode {
         }
         for t in &transfers {
             outln!(
-                "{}  {:<11}  {} objects ({}) done, {} open uploads, run {} times, last {}\n    {} -> {}",
+                "{}  {:<11}  {} ({}) done, {}, run {}, last {}\n    {} -> {}",
                 t.id,
                 t.status(),
-                thousands(t.objects_done),
+                count(t.objects_done, "object", "objects"),
                 human_bytes(t.bytes_done + t.upload_bytes_done),
-                t.open_uploads,
-                t.runs,
+                count(t.open_uploads, "open upload", "open uploads"),
+                count(t.runs, "time", "times"),
                 ago(t.last_run),
                 t.source,
                 t.destination

@@ -4,8 +4,8 @@
 use crate::events::{self, Event};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skyhaul_engine::progress::Snapshot;
-use skyhaul_engine::report::{human_bytes, thousands};
-use skyhaul_engine::{Endpoint, Job, Progress, Report, Verification};
+use skyhaul_engine::report::{count, human_bytes, thousands};
+use skyhaul_engine::{Endpoint, Job, Progress, Report, Verification, VerifyMode};
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +30,18 @@ macro_rules! outln {
     };
 }
 pub(crate) use outln;
+
+/// The verification's line, and what to do about objects it could not compare.
+fn verified(v: &Verification) {
+    outln!("skyhaul: {v}");
+    if v.not_comparable > 0 && v.mode == VerifyMode::Checksum {
+        outln!(
+            "skyhaul: {} no checksum to compare with the source's (sizes match); \
+             `skyhaul verify --deep` reads them to compare their bytes",
+            count(v.not_comparable, "object had", "objects had")
+        );
+    }
+}
 
 /// Writes `text` to stderr as it is, above the bar when one is drawn.
 fn write_stderr(text: &[u8]) {
@@ -268,7 +280,7 @@ impl Output {
                 outln!("skyhaul: {relay}");
             }
             if let Some(v) = r.verification.as_ref().filter(|v| v.objects > 0) {
-                outln!("skyhaul: {v}");
+                verified(v);
             }
             if r.bytes_skipped > 0 && r.objects_copied == 0 && r.objects_failed == 0 {
                 outln!(
@@ -291,7 +303,7 @@ impl Output {
             eprintln!("skyhaul: {}: {}", p.key, p.error);
         }
         if !self.quiet {
-            outln!("skyhaul: {v}");
+            verified(v);
             if let Some(relay) = relay {
                 outln!("skyhaul: {relay}");
             }
@@ -397,8 +409,8 @@ impl DryRun {
             });
         } else if !self.out.quiet {
             eprintln!(
-                "skyhaul: dry run: would copy {} objects ({}) and delete {}; nothing was written",
-                thousands(self.copies),
+                "skyhaul: dry run: would copy {} ({}) and delete {}; nothing was written",
+                count(self.copies, "object", "objects"),
                 human_bytes(self.bytes),
                 thousands(self.deletes.len() as u64)
             );

@@ -1025,3 +1025,38 @@ async fn an_assume_role_profile_signs_in_through_sts() {
     );
     assert_eq!(s.get("bkt", "f.txt").await.as_deref(), Some(&b"f"[..]));
 }
+
+/// A sync whose copies failed deletes nothing, and says so.
+#[test]
+fn a_sync_whose_copies_failed_says_its_deletions_were_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    write_tree(&src, &BTreeMap::from([("a/b".to_string(), b"b".to_vec())]));
+    // A file where the source needs a directory: that copy fails.
+    write_tree(
+        &dst,
+        &BTreeMap::from([
+            ("a".to_string(), b"a file".to_vec()),
+            ("old".to_string(), b"only here".to_vec()),
+        ]),
+    );
+    let run = skyhaul(
+        &[
+            "sync",
+            "--delete",
+            "-y",
+            src.to_str().unwrap(),
+            dst.to_str().unwrap(),
+            "--no-journal",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("2 deletions skipped: 1 copy failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(dst.join("old").exists(), "nothing deleted");
+}

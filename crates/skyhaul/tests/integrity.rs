@@ -486,6 +486,16 @@ async fn verify_handles_multipart_objects_made_by_another_client() {
         (Some(1), Some(1)),
         "{shallow}"
     );
+    // Without --json, the report says how to compare them.
+    let plain: Vec<&str> = args(false).into_iter().filter(|a| *a != "--json").collect();
+    let hinted = skyhaul(&plain, Some(&s3), Some(&s3));
+    assert!(
+        hinted
+            .stdout
+            .contains("1 object had no checksum to compare"),
+        "{}",
+        hinted.stdout
+    );
     let deep = skyhaul(&args(true), Some(&s3), Some(&s3));
     assert_eq!(deep.code, 0, "{}", deep.stderr);
     assert_eq!(deep.json()["checksum_ok"], 1);
