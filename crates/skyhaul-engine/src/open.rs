@@ -109,7 +109,7 @@ pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) ->
         )),
         (false, true) => Err(Error::new(
             ErrorKind::NotFound,
-            format!("{display}: is a file, not a directory (drop -r to copy one file)"),
+            format!("{display}: is a file, not a directory (copy one file with cp, without -r)"),
         )),
         (false, false) => {
             let (root, name) = split_file(&path, &display)?;

@@ -610,7 +610,7 @@ pub struct OutputArgs {
     /// Print only errors
     #[arg(short, long)]
     pub quiet: bool,
-    /// Print the final report as JSON on stdout
+    /// Print JSON lines on stdout: events as they happen, the report (or plan) last
     #[arg(long)]
     pub json: bool,
 }

@@ -1060,3 +1060,19 @@ fn a_sync_whose_copies_failed_says_its_deletions_were_skipped() {
     );
     assert!(dst.join("old").exists(), "nothing deleted");
 }
+
+#[test]
+fn sync_of_one_file_says_to_use_cp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("f");
+    std::fs::write(&file, b"f").unwrap();
+    let dst = tmp.path().join("out");
+    let run = skyhaul(
+        &["sync", file.to_str().unwrap(), dst.to_str().unwrap()],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(line.contains("copy one file with cp, without -r"), "{line}");
+}
