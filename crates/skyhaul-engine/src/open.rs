@@ -109,7 +109,7 @@ pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) ->
         )),
         (false, true) => Err(Error::new(
             ErrorKind::NotFound,
-            format!("{display}: is a file, not a directory (copy one file with cp, without -r)"),
+            format!("{display}: is a file, not a directory (for one file, leave out -r; sync takes a directory)"),
         )),
         (false, false) => {
             let (root, name) = split_file(&path, &display)?;

@@ -735,7 +735,7 @@ pub(crate) async fn nothing_at_source(src: &Endpoint) -> Error {
     let dir = dir_form(&src.path);
     let is_object = !src.path.is_empty() && matches!(src.store.head(&src.path).await, Ok(Some(_)));
     let hint = if is_object {
-        " (it is a single object: drop -r)"
+        " (it is a single object: leave out -r; sync takes a prefix)"
     } else {
         " (check the source path)"
     };

@@ -14,7 +14,7 @@
 use crate::exit::{self, CliError};
 use crate::output::Output;
 use crate::size::Size;
-use skyhaul_engine::report::{human_bytes, thousands};
+use skyhaul_engine::report::{self, human_bytes, thousands};
 use skyhaul_engine::{Endpoint, Job, Mode, Progress, TransferOptions};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,8 +143,8 @@ pub async fn check(
     );
     if counted.deletes > 0 {
         question.push_str(&format!(
-            " and DELETES {more}{} objects at {}",
-            thousands(counted.deletes),
+            " and DELETES {more}{} at {}",
+            report::count(counted.deletes, "object", "objects"),
             dst.display
         ));
     }

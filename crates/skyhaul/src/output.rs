@@ -34,11 +34,13 @@ pub(crate) use outln;
 /// The verification's line, and what to do about objects it could not compare.
 fn verified(v: &Verification) {
     outln!("skyhaul: {v}");
-    if v.not_comparable > 0 && v.mode == VerifyMode::Checksum {
+    // Objects that could not be read count as not comparable too; reading again would not help.
+    let readable = v.not_comparable.saturating_sub(v.unreadable);
+    if readable > 0 && v.mode == VerifyMode::Checksum {
         outln!(
             "skyhaul: {} no checksum to compare with the source's (sizes match); \
              `skyhaul verify --deep` reads them to compare their bytes",
-            count(v.not_comparable, "object had", "objects had")
+            count(readable, "object had", "objects had")
         );
     }
 }

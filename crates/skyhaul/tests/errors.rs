@@ -1074,5 +1074,8 @@ fn sync_of_one_file_says_to_use_cp() {
     );
     assert_eq!(run.code, 3, "{}", run.stderr);
     let line = one_line_error(&run);
-    assert!(line.contains("copy one file with cp, without -r"), "{line}");
+    assert!(
+        line.contains("for one file, leave out -r; sync takes a directory"),
+        "{line}"
+    );
 }

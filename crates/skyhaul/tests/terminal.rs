@@ -252,7 +252,7 @@ async fn sync_delete_asks_before_deleting_on_a_terminal() {
     ];
     let mut term = Term::start(&args, None, Some(&s3), &[]);
     term.wait_for("Continue? [y/N]");
-    assert!(term.raw().contains("DELETES 1 objects"), "{}", term.raw());
+    assert!(term.raw().contains("DELETES 1 object at"), "{}", term.raw());
     term.type_line("");
     let (code, raw, _) = term.finish();
     assert_eq!(code, 130, "the default answer is no: {raw}");
