@@ -1062,7 +1062,7 @@ fn a_sync_whose_copies_failed_says_its_deletions_were_skipped() {
 }
 
 #[test]
-fn sync_of_one_file_says_to_use_cp() {
+fn sync_of_one_file_says_to_leave_out_r() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("f");
     std::fs::write(&file, b"f").unwrap();
