@@ -442,7 +442,8 @@ pub(crate) async fn conclude(
     // Deletions run last and only after every copy succeeded, so a failed sync never
     // leaves the destination with less than it had.
     let failed = progress.snapshot().objects_failed;
-    if !deletes.is_empty() && failed > 0 && !cancel.is_cancelled() {
+    let deleting = !deletes.is_empty() && !cancel.is_cancelled();
+    if deleting && failed > 0 {
         tracing::warn!(
             "{} skipped: {} failed, and a sync deletes only once every copy succeeded; rerun \
              once they do",
@@ -450,7 +451,7 @@ pub(crate) async fn conclude(
             count(failed, "copy", "copies")
         );
     }
-    if !deletes.is_empty() && failed == 0 && !cancel.is_cancelled() {
+    if deleting && failed == 0 {
         // As copies do, a denied deletion fails alone, and many in a row stop the rest.
         let delete = |key: String| {
             let ctx = ctx.clone();

@@ -205,13 +205,13 @@ fn location(
     Ok((loc, remote))
 }
 
-/// A location as the store sees it: a local path with its symlinks resolved as far as it
-/// exists (its last component only when `whole`: a single file's own name is what a copy
-/// writes beside), and an existing directory in directory form (a file copied there lands
-/// inside).
-fn as_stored(loc: &Location, whole: bool) -> Location {
+/// A location's path as the store sees it: a local path with its symlinks resolved as far
+/// as it exists (its last component only when `whole`: a single file's own name is what a
+/// copy writes beside), and an existing directory in directory form (a file copied there
+/// lands inside).
+fn stored_path(loc: &Location, whole: bool) -> String {
     if loc.scheme != Scheme::Local {
-        return loc.clone();
+        return loc.path.clone();
     }
     let path = loc.local_path();
     let mut missing = Vec::new();
@@ -230,7 +230,7 @@ fn as_stored(loc: &Location, whole: bool) -> Location {
                     missing.push(name.to_owned());
                     existing = parent;
                 }
-                _ => return loc.clone(),
+                _ => return loc.path.clone(),
             },
         }
     };
@@ -239,10 +239,7 @@ fn as_stored(loc: &Location, whole: bool) -> Location {
     if (loc.is_dir_form() || full.is_dir()) && !text.ends_with('/') {
         text.push('/');
     }
-    Location {
-        path: text,
-        ..loc.clone()
-    }
+    text
 }
 
 /// Parses both locations and opens both stores; with `--relay` the destination is reached
@@ -305,15 +302,16 @@ fn refuse_overlap(
     recursive: bool,
 ) -> Result<(), exit::CliError> {
     let local = src_loc.scheme == Scheme::Local && dst_loc.scheme == Scheme::Local;
+    let domain = src.store.copy_domain();
     let same_store = local
-        || (src.store.copy_domain().is_some()
-            && src.store.copy_domain() == dst.store.copy_domain()
+        || (domain.is_some()
+            && domain == dst.store.copy_domain()
             && src.store.container() == dst.store.container());
     if !same_store {
         return Ok(());
     }
-    let (s, d) = (as_stored(src_loc, recursive), as_stored(dst_loc, true));
-    match skyhaul_location::overlap(&s.path, &d.path, recursive) {
+    let (s, d) = (stored_path(src_loc, recursive), stored_path(dst_loc, true));
+    match skyhaul_location::overlap(&s, &d, recursive) {
         Some(o) => Err(exit::usage(
             o.explain(&src_loc.to_string(), &dst_loc.to_string()),
         )),

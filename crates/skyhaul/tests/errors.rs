@@ -912,7 +912,7 @@ fn clean_with_a_malformed_id_is_a_bad_argument() {
 /// win over it (they would copy as another identity). A profile that gives no credentials
 /// here is named in a warning, and the default chain goes on.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_profile_is_the_side_s_only_credentials() {
+async fn a_profile_wins_over_environment_keys() {
     let s = S3Server::start(S3Kind::S3sFs);
     s.create_bucket("bkt").await;
     let tmp = tempfile::tempdir().unwrap();
