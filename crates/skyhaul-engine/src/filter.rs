@@ -264,6 +264,31 @@ impl Filter {
         self.selects_name(rel_key)
     }
 
+    /// Whether an entry the source listing could not include ([`skyhaul_store::Error::unlisted`])
+    /// is left out by name, so that it is no failure: a file whose key rules 1–3 reject, or
+    /// a directory (`rel_key` ending in `/`) under which they reject every key. For a
+    /// directory that takes an exclude such as `dir/` or `dir/**`, or a `--files-from` that
+    /// names nothing under it: an include cannot tell which of its keys it would select.
+    pub fn leaves_out(&self, rel_key: &str) -> bool {
+        if !rel_key.ends_with('/') {
+            return !self.selects_name(rel_key);
+        }
+        // Names no pattern spells out, one and three levels down: only globs that cover
+        // the whole directory match both.
+        let odd = "\u{FFFF}\u{FFFE}";
+        let excluded = [
+            format!("{rel_key}{odd}"),
+            format!("{rel_key}{odd}/{odd}/{odd}"),
+        ]
+        .iter()
+        .all(|k| self.excludes.is_match(k));
+        let unlisted = self
+            .files_from
+            .as_ref()
+            .is_some_and(|keys| !keys.iter().any(|k| k.starts_with(rel_key)));
+        excluded || unlisted
+    }
+
     fn selects_name(&self, rel_key: &str) -> bool {
         if self.excludes.is_match(rel_key) {
             return false;
@@ -568,6 +593,47 @@ mod tests {
         for f in cases {
             assert!(!f.is_empty(), "{f:?}");
         }
+    }
+
+    #[test]
+    fn an_unlisted_directory_is_left_out_only_when_everything_under_it_is() {
+        let leaves_out =
+            |pattern: &str, key: &str| build(|b| b.exclude(pattern).map(|_| ())).leaves_out(key);
+        for pattern in [
+            "lost+found/",
+            "/lost+found/",
+            "lost+found/**",
+            "**/lost+found/**",
+        ] {
+            assert!(leaves_out(pattern, "lost+found/"), "{pattern}");
+        }
+        assert!(leaves_out("lost+found/", "a/lost+found/"));
+        assert!(!leaves_out("/lost+found/", "a/lost+found/"), "anchored");
+        // Patterns that reject some of its keys only.
+        for pattern in [
+            "lost+found/*",
+            "lost+found/?",
+            "*.tmp",
+            "lost+found",
+            "other/",
+        ] {
+            assert!(!leaves_out(pattern, "lost+found/"), "{pattern}");
+        }
+        assert!(!Filter::default().leaves_out("lost+found/"));
+        let only_jpg = build(|b| b.include("*.jpg").map(|_| ()));
+        assert!(
+            !only_jpg.leaves_out("d/"),
+            "an include may select keys under it"
+        );
+        // Files are judged by their name, as deletions are.
+        assert!(leaves_out("*.tmp", "a/\u{FFFD}.tmp"));
+        assert!(!leaves_out("*.tmp", "a/\u{FFFD}.txt"));
+        assert!(only_jpg.leaves_out("a/\u{FFFD}.txt"));
+
+        let list = list_file("keep/a.txt\n");
+        let listed = build(|b| b.files_from(list.path()).map(|_| ()));
+        assert!(listed.leaves_out("locked/"));
+        assert!(!listed.leaves_out("keep/"));
     }
 
     #[test]

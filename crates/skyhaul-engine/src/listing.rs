@@ -8,6 +8,7 @@ use futures::StreamExt;
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{Entry, Error, ErrorKind, ObjectMeta, Result, Store};
 use std::cmp::Ordering;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -207,6 +208,17 @@ impl Listing {
         self.last = Some(m.key.clone());
         Some(Ok(m))
     }
+
+    /// The next object, `None` at the end, with the entries before it that the listing
+    /// could not include ([`Error::unlisted`]) added to `unlisted`.
+    pub async fn next_object(&mut self, unlisted: &mut Vec<Error>) -> Result<Option<ObjectMeta>> {
+        loop {
+            match self.next().await {
+                Some(Err(e)) if e.unlisted.is_some() => unlisted.push(e),
+                next => return next.transpose(),
+            }
+        }
+    }
 }
 
 /// Lists the first level of `prefix` (resuming after the last entry on a retryable error)
@@ -270,11 +282,24 @@ fn out_of_order(store: &str, key: &str, last: Option<&str>) -> Error {
     )
 }
 
+/// The key of the entry a listing of a prefix `dir` bytes long could not include, relative
+/// to that prefix.
+fn unlisted_rel_key(error: &Error, dir: usize) -> String {
+    let key = error.unlisted.as_deref().unwrap_or_default();
+    key.get(dir..).unwrap_or(key).to_string()
+}
+
 /// One step of a merge-join of two sorted listings by key relative to their prefixes.
 pub enum Pair {
     Left(ObjectMeta),
     Right(ObjectMeta),
     Both(ObjectMeta, ObjectMeta),
+    /// An entry either listing could not include ([`Error::unlisted`]), with its key
+    /// relative to that listing's prefix. Its objects, if any, are in neither listing.
+    Unlisted {
+        rel_key: String,
+        error: Error,
+    },
 }
 
 /// Walks two listings in step, in constant memory, pairing objects with the same
@@ -287,6 +312,8 @@ pub struct Merge {
     l: Option<ObjectMeta>,
     r: Option<ObjectMeta>,
     started: bool,
+    /// Entries the listings could not include, not yet handed out.
+    unlisted: VecDeque<Pair>,
 }
 
 impl Merge {
@@ -300,14 +327,18 @@ impl Merge {
             l: None,
             r: None,
             started: false,
+            unlisted: VecDeque::new(),
         }
     }
 
     pub async fn next(&mut self) -> Result<Option<Pair>> {
         if !self.started {
             self.started = true;
-            self.l = self.left.next().await.transpose()?;
-            self.r = self.right.next().await.transpose()?;
+            self.l = pull(&mut self.left, self.left_dir, &mut self.unlisted).await?;
+            self.r = pull(&mut self.right, self.right_dir, &mut self.unlisted).await?;
+        }
+        if let Some(unlisted) = self.unlisted.pop_front() {
+            return Ok(Some(unlisted));
         }
         let order = match (&self.l, &self.r) {
             (None, None) => return Ok(None),
@@ -318,12 +349,12 @@ impl Merge {
         Ok(Some(match order {
             Ordering::Less => {
                 let a = self.l.take().expect("left present");
-                self.l = self.left.next().await.transpose()?;
+                self.l = pull(&mut self.left, self.left_dir, &mut self.unlisted).await?;
                 Pair::Left(a)
             }
             Ordering::Greater => {
                 let b = self.r.take().expect("right present");
-                self.r = self.right.next().await.transpose()?;
+                self.r = pull(&mut self.right, self.right_dir, &mut self.unlisted).await?;
                 Pair::Right(b)
             }
             Ordering::Equal => {
@@ -331,12 +362,28 @@ impl Merge {
                     self.l.take().expect("left present"),
                     self.r.take().expect("right present"),
                 );
-                self.l = self.left.next().await.transpose()?;
-                self.r = self.right.next().await.transpose()?;
+                self.l = pull(&mut self.left, self.left_dir, &mut self.unlisted).await?;
+                self.r = pull(&mut self.right, self.right_dir, &mut self.unlisted).await?;
                 Pair::Both(a, b)
             }
         }))
     }
+}
+
+/// The next object of `listing`, of a prefix `dir` bytes long, with the entries before it
+/// that the listing could not include added to `unlisted`.
+async fn pull(
+    listing: &mut Listing,
+    dir: usize,
+    unlisted: &mut VecDeque<Pair>,
+) -> Result<Option<ObjectMeta>> {
+    let mut errors = Vec::new();
+    let next = listing.next_object(&mut errors).await?;
+    unlisted.extend(errors.into_iter().map(|error| Pair::Unlisted {
+        rel_key: unlisted_rel_key(&error, dir),
+        error,
+    }));
+    Ok(next)
 }
 
 /// Streams the jobs of a recursive copy or sync into `tx`, counting planned and skipped
@@ -366,18 +413,35 @@ pub async fn plan_recursive(
         Job::Copy { src: m, dst_key }
     };
     let selected = |m: &ObjectMeta| filter.selects(&m.key[src_dir.len()..], m);
+    let fails = |rel_key: &str, error: Error| {
+        if filter.leaves_out(rel_key) {
+            tracing::debug!("left out by the filter: {error}");
+            return None;
+        }
+        let key = error.unlisted.clone().unwrap_or_default();
+        Some(Job::Unlisted { key, error })
+    };
     let Mode::Sync { delete, compare } = mode else {
-        while let Some(m) = sources.next().await {
-            listed += 1;
-            let m = m?;
-            if !selected(&m) {
-                continue;
+        let mut unlisted = Vec::new();
+        loop {
+            let next = sources.next_object(&mut unlisted).await?;
+            for error in unlisted.drain(..) {
+                listed += 1;
+                let rel_key = unlisted_rel_key(&error, src_dir.len());
+                if let Some(job) = fails(&rel_key, error) {
+                    if tx.send(job).await.is_err() {
+                        return Ok(listed);
+                    }
+                }
             }
-            if tx.send(copy(m)).await.is_err() {
-                break;
+            let Some(m) = next else {
+                return Ok(listed);
+            };
+            listed += 1;
+            if selected(&m) && tx.send(copy(m)).await.is_err() {
+                return Ok(listed);
             }
         }
-        return Ok(listed);
     };
     let dests = Listing::new(dst, dst_dir.clone(), retry, progress.clone());
     let mut merge = Merge::new(sources, dests);
@@ -389,6 +453,10 @@ pub async fn plan_recursive(
             }
             Pair::Right(b) => (delete && filter.may_delete(&b.key[dst_dir.len()..]))
                 .then_some(Job::Delete { dst_key: b.key }),
+            Pair::Unlisted { rel_key, error } => {
+                listed += 1;
+                fails(&rel_key, error)
+            }
             Pair::Both(a, b) => {
                 listed += 1;
                 if !selected(&a) {

@@ -1,14 +1,14 @@
 //! What to copy: work items, part sizing, and the sync comparison.
 
 use serde::{Deserialize, Serialize};
-use skyhaul_store::{Limits, ObjectMeta};
+use skyhaul_store::{Error, Limits, ObjectMeta};
 use std::time::UNIX_EPOCH;
 
 pub(crate) const MIB: u64 = 1 << 20;
 
-/// One unit of work. Plain data, so that a journal can store it and (later) a fleet
-/// coordinator can hand it to a worker on another machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One unit of work, from the planner to what runs it: a transfer, a fleet's coordinator,
+/// or a dry run.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Job {
     /// Copy `src` (as listed) to `dst_key`.
     Copy { src: ObjectMeta, dst_key: String },
@@ -22,6 +22,9 @@ pub enum Job {
     },
     /// Delete an object that exists only at the destination (`sync --delete`).
     Delete { dst_key: String },
+    /// An entry a listing could not include ([`skyhaul_store::Error::unlisted`]), by its
+    /// key: it fails alone, and as any failure it keeps a sync from deleting.
+    Unlisted { key: String, error: Error },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -390,6 +390,7 @@ pub async fn transfer(
                 });
             }
             Job::Delete { dst_key } => deletes.push(dst_key),
+            Job::Unlisted { key, error } => ctx.fail(&key, error),
         }
     }
     drop(rx);
@@ -721,11 +722,16 @@ async fn single_source(
     let mut listing = src.list(&dir, None);
     let target = format!("{}/{}", src.name().trim_end_matches('/'), key);
     match listing.next().await {
+        // An entry it cannot list is there all the same.
         Some(Ok(_)) => Err(Error::new(
             ErrorKind::NotFound,
             format!("{target}: is a prefix, not an object (use -r to copy everything under it)"),
         )),
-        Some(Err(e)) => Err(e),
+        Some(Err(e)) if e.unlisted.is_none() => Err(e),
+        Some(Err(_)) => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("{target}: is a prefix, not an object (use -r to copy everything under it)"),
+        )),
         None => Err(head_error.unwrap_or_else(|| {
             Error::new(ErrorKind::NotFound, format!("{target}: no such object"))
         })),

@@ -364,6 +364,9 @@ async fn check_copied(
     let mode = v.mode;
     copied.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
     let mut found: Vec<(Copied, Option<ObjectMeta>)> = Vec::with_capacity(copied.len());
+    // Entries the listing could not include: what was written under them is not missing,
+    // only unchecked.
+    let mut unlisted = Vec::new();
     if recursive {
         // One listing of the destination instead of a request per object.
         let mut listing = Listing::new(
@@ -372,10 +375,10 @@ async fn check_copied(
             retry,
             progress.clone(),
         );
-        let mut next = listing.next().await.transpose()?;
+        let mut next = listing.next_object(&mut unlisted).await?;
         for c in copied {
             while next.as_ref().is_some_and(|m| m.key < c.dst_key) {
-                next = listing.next().await.transpose()?;
+                next = listing.next_object(&mut unlisted).await?;
             }
             let m = next.as_ref().filter(|m| m.key == c.dst_key).cloned();
             found.push((c, m));
@@ -391,7 +394,14 @@ async fn check_copied(
     for (c, m) in found {
         v.objects += 1;
         let Some(m) = m else {
-            v.missing(&c.dst_key);
+            let hidden = unlisted.iter().find(|e: &&Error| {
+                let key = e.unlisted.as_deref().unwrap_or_default();
+                key == c.dst_key || (key.ends_with('/') && c.dst_key.starts_with(key))
+            });
+            match hidden {
+                Some(e) => v.unreadable(&c.dst_key, e.clone())?,
+                None => v.missing(&c.dst_key),
+            }
             continue;
         };
         if !v.sizes(&c.dst_key, c.size, m.size) || mode < VerifyMode::Checksum {
@@ -473,6 +483,11 @@ pub async fn verify_locations(
                     v.problem(&b.key, "only at the destination".into());
                 }
                 Pair::Both(a, b) => pairs.push((a, b)),
+                Pair::Unlisted { error, .. } => {
+                    v.objects += 1;
+                    let key = error.unlisted.clone().unwrap_or_default();
+                    v.unreadable(&key, error)?;
+                }
             }
         }
     } else {

@@ -46,6 +46,11 @@ pub enum ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    /// Set on a listing's error about one entry it could not include (a directory it may
+    /// not read, a file name that is no key): the key that entry would have had, ending in
+    /// `/` for a directory. The listing goes on past such an error, and the engine fails
+    /// the entry alone; any other error ends a listing.
+    pub unlisted: Option<String>,
 }
 
 impl Error {
@@ -53,7 +58,14 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            unlisted: None,
         }
+    }
+
+    /// This error, as a listing's error about the one entry `key` (see [`Error::unlisted`]).
+    pub fn of_unlisted(mut self, key: impl Into<String>) -> Self {
+        self.unlisted = Some(key.into());
+        self
     }
 
     /// Whether trying the same request again may succeed.

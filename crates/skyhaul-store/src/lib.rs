@@ -63,7 +63,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Lists objects whose key starts with `prefix`, in ascending byte order of the key,
-    /// beginning after `start_after` when given. Directory markers are not objects.
+    /// beginning after `start_after` when given. Directory markers are not objects. An
+    /// entry the listing cannot include comes as an error marked [`Error::unlisted`], in its
+    /// place in the order, and the listing goes on; any other error ends it.
     fn list<'a>(
         &'a self,
         prefix: &'a str,

@@ -261,7 +261,9 @@ impl Walker {
         Ok(())
     }
 
-    /// The next file in key order, as (key, metadata).
+    /// The next file in key order, as (key, metadata). A directory that cannot be read and
+    /// a name that is no key are errors about that entry alone ([`Error::unlisted`]); the
+    /// walk goes on past them. An entry removed since its directory was read is left out.
     fn next(&mut self) -> Option<Result<ObjectMeta>> {
         loop {
             let entries = self.stack.last_mut()?;
@@ -271,34 +273,48 @@ impl Walker {
                 continue;
             };
             let prefix = self.prefixes.last().cloned().unwrap_or_default();
+            let slash = if is_dir { "/" } else { "" };
             if is_dir {
                 name.pop();
             }
             let name = match String::from_utf8(name) {
                 Ok(n) => n,
                 Err(e) => {
-                    let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
-                    return Some(Err(Error::new(
+                    let lossy = format!("{prefix}{}{slash}", String::from_utf8_lossy(e.as_bytes()));
+                    let err = Error::new(
                         ErrorKind::InvalidKey,
                         format!(
-                            "{}/{prefix}{lossy}: file name is not UTF-8, so it cannot be a \
-                             key; rename it and rerun",
+                            "{}/{lossy}: name is not UTF-8, so it cannot be a key; rename it, \
+                             or leave it out with --exclude",
                             self.root.display()
                         ),
-                    )));
+                    );
+                    return Some(Err(err.of_unlisted(lossy)));
                 }
             };
-            let key = format!("{prefix}{name}");
-            if is_dir {
-                if let Err(e) = self.open(format!("{key}/")) {
-                    return Some(Err(io_error(&key, "cannot list directory", e)));
+            let key = format!("{prefix}{name}{slash}");
+            let found = match is_dir {
+                true => self.open(key.clone()).map(|()| None),
+                false => {
+                    fs::metadata(self.root.join(&key)).map(|md| Some(meta_of(key.clone(), &md)))
                 }
-                continue;
+            };
+            match found {
+                Ok(Some(meta)) => return Some(Ok(meta)),
+                Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let what = if is_dir {
+                        "cannot list directory"
+                    } else {
+                        "cannot stat"
+                    };
+                    let path = self.root.join(&key).display().to_string();
+                    let mut err = io_error(&path, what, e);
+                    err.message.push_str("; or leave it out with --exclude");
+                    return Some(Err(err.of_unlisted(key)));
+                }
             }
-            return Some(match fs::metadata(self.root.join(&key)) {
-                Ok(md) => Ok(meta_of(key, &md)),
-                Err(e) => Err(io_error(&key, "cannot stat", e)),
-            });
         }
     }
 }
@@ -361,12 +377,14 @@ impl Store for LocalStore {
             }
             let mut page = Vec::with_capacity(LIST_PAGE);
             while let Some(item) = walker.next() {
-                if let Ok(m) = &item {
-                    if !m.key.starts_with(&prefix)
-                        || start_after.as_deref().is_some_and(|s| m.key.as_str() <= s)
-                    {
-                        continue;
-                    }
+                let key = match &item {
+                    Ok(m) => Some(m.key.as_str()),
+                    Err(e) => e.unlisted.as_deref(),
+                };
+                if key.is_some_and(|k| {
+                    !k.starts_with(&prefix) || start_after.as_deref().is_some_and(|s| k <= s)
+                }) {
+                    continue;
                 }
                 page.push(item);
                 if page.len() == LIST_PAGE && tx.blocking_send(std::mem::take(&mut page)).is_err() {

@@ -156,3 +156,56 @@ async fn listings_hold_regular_files_only() {
         .unwrap();
     assert_eq!(listed, ["dir/inner", "file", "link"]);
 }
+
+/// A name that is no key fails alone, in its place in the order, and the walk goes on; a
+/// prefix or a resumed listing leaves out the entries before it, as it does objects.
+#[tokio::test]
+async fn an_entry_that_is_no_key_fails_alone_in_its_place() {
+    use futures::StreamExt;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for f in ["a", "c/x", "d"] {
+        let path = root.join(f);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"f").unwrap();
+    }
+    std::fs::write(root.join(OsStr::from_bytes(b"b\xff")), b"f").unwrap();
+    std::fs::create_dir(root.join(OsStr::from_bytes(b"c/y\xfe"))).unwrap();
+    let store = LocalStore::new(root);
+    let list = |prefix: &'static str, after: Option<&'static str>| {
+        let store = &store;
+        async move {
+            let items: Vec<Result<String, skyhaul_store::Error>> = store
+                .list(prefix, after)
+                .map(|r| r.map(|m| m.key))
+                .collect()
+                .await;
+            items
+                .into_iter()
+                .map(|r| match r {
+                    Ok(key) => key,
+                    Err(e) => {
+                        assert_eq!(e.kind, ErrorKind::InvalidKey, "{e}");
+                        assert!(e.message.contains("not UTF-8"), "{e}");
+                        format!("unlisted {}", e.unlisted.expect("marked as one entry's"))
+                    }
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list("", None).await,
+        [
+            "a",
+            "unlisted b\u{FFFD}",
+            "c/x",
+            "unlisted c/y\u{FFFD}/",
+            "d"
+        ]
+    );
+    assert_eq!(list("c/", None).await, ["c/x", "unlisted c/y\u{FFFD}/"]);
+    assert_eq!(list("", Some("c/x")).await, ["unlisted c/y\u{FFFD}/", "d"]);
+    assert_eq!(list("a", None).await, ["a"]);
+}

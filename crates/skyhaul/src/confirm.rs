@@ -180,6 +180,7 @@ async fn count(
                     c.bytes += src.size;
                 }
                 Job::Delete { .. } => c.deletes += 1,
+                Job::Unlisted { .. } => {}
             }
             // With --delete, go on until a deletion shows up: that alone must be asked.
             if limits.passed(c.objects, c.bytes) && (!deleting || c.deletes > 0) {

@@ -75,6 +75,8 @@ pub enum Event<'a> {
         objects: u64,
         bytes: u64,
         deletes: u64,
+        /// Entries that could not be listed: a real run fails them.
+        failed: u64,
     },
     /// The command stopped with an error before it could report (also on stderr).
     Error { message: &'a str, exit_code: i32 },

@@ -338,12 +338,14 @@ impl Output {
 
 /// `--dry-run`: one line per job that would run (`copy SRC -> DST`, `delete DST`, or one
 /// JSON object per line with `--json`), then a summary. Deletions are listed after the
-/// copies, in the order a real sync runs them.
+/// copies, in the order a real sync runs them, and not at all when an entry could not be
+/// listed: that entry fails, and a sync with a failure deletes nothing.
 pub struct DryRun {
     out: Output,
     copies: u64,
     bytes: u64,
     deletes: Vec<String>,
+    failed: u64,
 }
 
 fn full(store: &dyn skyhaul_store::Store, key: &str) -> String {
@@ -357,6 +359,7 @@ impl DryRun {
             copies: 0,
             bytes: 0,
             deletes: Vec::new(),
+            failed: 0,
         }
     }
 
@@ -386,10 +389,25 @@ impl DryRun {
             Job::Delete { dst_key } => {
                 self.deletes.push(full(dst.store.as_ref(), dst_key));
             }
+            Job::Unlisted { key, error } => {
+                self.failed += 1;
+                if self.out.json {
+                    events::emit(&Event::ObjectFailed {
+                        key,
+                        error: &error.message,
+                    });
+                } else {
+                    stderr_line(&format!("skyhaul: {}", error.message));
+                }
+            }
         }
     }
 
-    pub fn finish(self) {
+    pub fn finish(mut self) {
+        let skipped = match self.failed {
+            0 => 0,
+            _ => std::mem::take(&mut self.deletes).len(),
+        };
         for key in &self.deletes {
             if self.out.json {
                 events::emit(&Event::Planned {
@@ -408,10 +426,20 @@ impl DryRun {
                 objects: self.copies,
                 bytes: self.bytes,
                 deletes: self.deletes.len() as u64,
+                failed: self.failed,
             });
         } else if !self.out.quiet {
+            let failed = match self.failed {
+                0 => String::new(),
+                n => format!(", fail {} it cannot list", count(n, "entry", "entries")),
+            };
+            let skipped = match skipped {
+                0 => String::new(),
+                n => format!(" (not {n}: a sync with a failure deletes nothing)"),
+            };
             eprintln!(
-                "skyhaul: dry run: would copy {} ({}) and delete {}; nothing was written",
+                "skyhaul: dry run: would copy {} ({}){failed} and delete {}{skipped}; nothing \
+                 was written",
                 count(self.copies, "object", "objects"),
                 human_bytes(self.bytes),
                 thousands(self.deletes.len() as u64)

@@ -237,6 +237,8 @@ impl Tally {
     fn add(&mut self, job: &Job, dst: &Endpoint, opts: &TransferOptions, server_side: bool) {
         match job {
             Job::Delete { .. } => self.requests.dst_delete += 1,
+            // It fails without a request.
+            Job::Unlisted { error, .. } => tracing::warn!("{error}"),
             // A checksum comparison may yet skip it: planned as a copy, the upper bound.
             Job::Copy { src: meta, .. } | Job::CopyUnlessSame { src: meta, .. } => {
                 self.objects += 1;
