@@ -286,7 +286,7 @@ pub struct CleanArgs {
     #[arg(long, value_name = "PATH")]
     pub journal: Option<std::path::PathBuf>,
     /// Destination endpoint (default: the one the transfer used)
-    #[arg(long, env = "SKYHAUL_DST_ENDPOINT")]
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = crate::config::endpoint_url)]
     pub dst_endpoint: Option<String>,
     /// Destination profile
     #[arg(long, env = "SKYHAUL_DST_PROFILE")]
@@ -425,10 +425,10 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct EndpointArgs {
     /// Endpoint URL of the source store (an S3-compatible service, a GCS or Azure Blob endpoint or emulator)
-    #[arg(long, env = "SKYHAUL_SRC_ENDPOINT")]
+    #[arg(long, env = "SKYHAUL_SRC_ENDPOINT", value_name = "URL", value_parser = crate::config::endpoint_url)]
     pub src_endpoint: Option<String>,
     /// Endpoint URL of the destination store
-    #[arg(long, env = "SKYHAUL_DST_ENDPOINT")]
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = crate::config::endpoint_url)]
     pub dst_endpoint: Option<String>,
     /// AWS shared-config profile for the source (SSO and credential_process work)
     #[arg(long, env = "SKYHAUL_SRC_PROFILE")]
@@ -511,7 +511,7 @@ pub struct GatewayArgs {
     /// The destination store this gateway writes to: s3://BUCKET, gs://BUCKET or az://CONTAINER (no prefix: clients name whole keys)
     pub destination: String,
     /// Endpoint URL of the destination store
-    #[arg(long, env = "SKYHAUL_DST_ENDPOINT")]
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = crate::config::endpoint_url)]
     pub dst_endpoint: Option<String>,
     /// AWS shared-config profile for the destination
     #[arg(long, env = "SKYHAUL_DST_PROFILE")]
@@ -640,13 +640,13 @@ pub struct TransferArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_connections: Option<u16>,
     /// Most bytes buffered in memory at once [env: SKYHAUL_MEMORY_BUDGET, config: memory_budget, default: 256M]
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", value_parser = positive_size)]
     pub memory_budget: Option<Size>,
     /// Preferred part size for striped (multipart) objects [env: SKYHAUL_PART_SIZE, config: part_size, default: 16M]
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", value_parser = positive_size)]
     pub part_size: Option<Size>,
     /// Objects larger than this are striped into parts [env: SKYHAUL_MULTIPART_THRESHOLD, config: multipart_threshold, default: 32M]
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", value_parser = positive_size)]
     pub multipart_threshold: Option<Size>,
     /// Retries per request on throttling, 5xx, timeouts and resets [env: SKYHAUL_RETRIES, config: retries, default: 10]
     #[arg(long, value_name = "N")]
@@ -713,6 +713,17 @@ pub struct FilterArgs {
     /// Copy only objects modified more than AGE ago or before DATE
     #[arg(long, value_name = "AGE|DATE")]
     pub older_than: Option<String>,
+}
+
+/// A size that must be more than nothing (a budget, a part, a threshold), as `skyhaul
+/// config set` requires too.
+fn positive_size(s: &str) -> Result<Size, String> {
+    match s.parse::<Size>()? {
+        Size(0) => Err(format!(
+            "'{s}': a size greater than 0, such as 256M, 16MiB or 1G"
+        )),
+        size => Ok(size),
+    }
 }
 
 fn percent(s: &str) -> Result<f64, String> {

@@ -324,6 +324,24 @@ fn refuse_secret_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// An endpoint URL as a flag, a variable or the config file gives it: `http://` or
+/// `https://`, a host, and no whitespace; a trailing `/` is dropped. A bare host is refused
+/// rather than guessed: `localhost:9000` is plain http as often as a cloud host is https.
+pub fn endpoint_url(v: &str) -> Result<String, String> {
+    let lower = v.to_ascii_lowercase();
+    let host = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .unwrap_or("");
+    if host.is_empty() || host.starts_with('/') || v.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "'{v}' is not an endpoint URL: give it whole, with http:// or https://, such as \
+             http://localhost:9000 or https://storage.eu-north1.nebius.cloud"
+        ));
+    }
+    Ok(v.trim_end_matches('/').to_string())
+}
+
 /// An AWS access key ID (`AKIA…` long-term, `ASIA…` temporary): 20 upper-case letters and
 /// digits. Refused as a value of any key, because it is a credential in the wrong place.
 fn looks_like_access_key_id(value: &str) -> bool {
@@ -423,20 +441,8 @@ fn normalize(key: &Key, value: &str) -> Result<String> {
         }
         Key::Remote {
             field: "endpoint", ..
-        } => {
-            let lower = v.to_ascii_lowercase();
-            let host = lower
-                .strip_prefix("https://")
-                .or_else(|| lower.strip_prefix("http://"))
-                .unwrap_or("");
-            if host.is_empty() || host.starts_with('/') || v.chars().any(char::is_whitespace) {
-                Err(invalid(
-                    "an endpoint URL such as https://storage.eu-north1.nebius.cloud",
-                ))
-            } else {
-                Ok(v.trim_end_matches('/').to_string())
-            }
-        }
+        } => endpoint_url(v)
+            .map_err(|_| invalid("an endpoint URL such as https://storage.eu-north1.nebius.cloud")),
         Key::Remote {
             field: "region", ..
         } => word("a region name such as eu-north1"),

@@ -80,8 +80,9 @@ fn parse_verify(s: &str) -> Option<VerifyMode> {
         .map(verify_mode)
 }
 
+/// A size greater than 0, as the flags and `skyhaul config set` take it.
 fn parse_size(s: &str) -> Option<u64> {
-    Size::from_str(s).ok().map(|s| s.0)
+    Size::from_str(s).ok().map(|s| s.0).filter(|n| *n > 0)
 }
 
 pub fn tuning(args: &TransferArgs, config: &Config) -> Result<Tuning, CliError> {

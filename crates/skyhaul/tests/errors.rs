@@ -151,6 +151,56 @@ fn bad_arguments_are_usage_errors() {
     assert_eq!(run.code, 2, "{}", run.stderr);
 }
 
+/// Sizes of nothing and endpoints without their scheme are refused before anything is
+/// opened, from a flag or from the environment, as `skyhaul config set` refuses them.
+#[test]
+fn zero_sizes_and_bare_endpoints_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"f").unwrap();
+    let (src, dst) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    for flag in ["--memory-budget", "--part-size", "--multipart-threshold"] {
+        let run = skyhaul(&["cp", "-r", src, dst, flag, "0"], None, None);
+        assert_eq!(run.code, 2, "{flag}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("a size greater than 0"),
+            "{}",
+            run.stderr
+        );
+    }
+    let run = skyhaul_env(
+        &["cp", "-r", src, dst],
+        None,
+        None,
+        &[("SKYHAUL_PART_SIZE", "0")],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("SKYHAUL_PART_SIZE=0"), "{}", run.stderr);
+
+    for endpoint in ["localhost:9000", "ftp://x", "http://", "http://a b"] {
+        let run = skyhaul(
+            &["cp", "s3://b/k", dst, "--src-endpoint", endpoint],
+            None,
+            None,
+        );
+        assert_eq!(run.code, 2, "{endpoint}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("with http:// or https://"),
+            "{}",
+            run.stderr
+        );
+    }
+    let run = skyhaul_env(
+        &["cp", src, "s3://b/k"],
+        None,
+        None,
+        &[("SKYHAUL_DST_ENDPOINT", "localhost:9000")],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(!std::path::Path::new(dst).exists(), "nothing written");
+}
+
 #[test]
 fn relay_tls_files_that_do_not_load_are_usage_errors_without_the_key() {
     let dir = tempfile::tempdir().unwrap();
