@@ -137,8 +137,38 @@ pub async fn open_destination(
                 format!("{display}: exists and is not a directory (choose another destination)"),
             ));
         }
+        no_file_above(&path, &display)?;
         return Ok(local(&path, String::new(), display));
     }
     let (root, name) = split_file(&path, &display)?;
+    no_file_above(&root, &display)?;
     Ok(local(&root, name, display))
+}
+
+/// Fails when a file stands where a local destination needs a directory, at `root` or
+/// further up: nothing could be written under it, so the transfer stops at once (exit 7)
+/// rather than fail every object. Anything else is left to the writes to say.
+fn no_file_above(root: &Path, display: &str) -> Result<()> {
+    for dir in root.ancestors() {
+        match std::fs::metadata(dir) {
+            Ok(md) if md.is_dir() => return Ok(()),
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{display}: {} is a file, so nothing can be written under it (choose \
+                         another destination)",
+                        dir.display()
+                    ),
+                ))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
 }

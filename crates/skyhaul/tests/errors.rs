@@ -1129,3 +1129,41 @@ fn sync_of_one_file_says_to_leave_out_r() {
         "{line}"
     );
 }
+
+/// A file further up a local destination's path: nothing can be written under it, so the
+/// transfer stops before it starts (exit 7), once, instead of failing every object.
+#[test]
+fn a_file_up_the_destination_path_stops_the_copy_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_tree(
+        &src,
+        &BTreeMap::from([
+            ("a".to_string(), b"a".to_vec()),
+            ("d/b".to_string(), b"b".to_vec()),
+        ]),
+    );
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"in the way").unwrap();
+    let under = file.join("sub/dir");
+    let (src, under) = (src.to_str().unwrap(), under.to_str().unwrap());
+    let one = format!("{src}/a");
+    for args in [
+        vec!["cp", "-r", src, under],
+        vec!["sync", src, under],
+        vec!["cp", &one, under],
+        vec!["cp", &one, &format!("{under}/")],
+    ] {
+        let run = skyhaul(&[&args[..], &["--no-journal"]].concat(), None, None);
+        assert_eq!(run.code, 7, "{args:?}: {}", run.stderr);
+        let line = one_line_error(&run);
+        assert!(
+            line.contains(&format!(
+                "{} is a file, so nothing can be written under it",
+                file.display()
+            )),
+            "{line}"
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"in the way");
+}
