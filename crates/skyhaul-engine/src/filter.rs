@@ -151,6 +151,9 @@ impl Default for Globs {
 pub struct Filter {
     includes: Globs,
     excludes: Globs,
+    /// The excludes that end in `/**`, without it: a directory they match has every key
+    /// under it excluded.
+    whole_dir_excludes: Globs,
     files_from: Option<HashSet<String>>,
     min_size: Option<u64>,
     max_size: Option<u64>,
@@ -226,9 +229,16 @@ impl FilterBuilder {
     }
 
     pub fn build(self) -> Filter {
+        let whole_dir: Vec<Glob> = self
+            .excludes
+            .iter()
+            .filter_map(|g| g.glob().strip_suffix("/**"))
+            .filter_map(|dir| glob_builder(dir).build().ok())
+            .collect();
         Filter {
             includes: Globs::new(&self.includes),
             excludes: Globs::new(&self.excludes),
+            whole_dir_excludes: Globs::new(&whole_dir),
             files_from: self.files_from,
             min_size: self.min_size,
             max_size: self.max_size,
@@ -264,29 +274,29 @@ impl Filter {
         self.selects_name(rel_key)
     }
 
-    /// Whether an entry the source listing could not include ([`skyhaul_store::Error::unlisted`])
-    /// is left out by name, so that it is no failure: a file whose key rules 1–3 reject, or
-    /// a directory (`rel_key` ending in `/`) under which they reject every key. For a
-    /// directory that takes an exclude such as `dir/` or `dir/**`, or a `--files-from` that
-    /// names nothing under it: an include cannot tell which of its keys it would select.
+    /// Whether an entry a listing could not include ([`skyhaul_store::Error::unlisted`]) is
+    /// left out by name, so that it is no failure: a file whose key rules 1–3 reject, or a
+    /// directory (`rel_key` ending in `/`) under which they provably reject every key. That
+    /// takes an exclude ending in `/**` whose start matches the directory (`dir/`,
+    /// `dir/**`, `**/cache/**`), or a `--files-from` that names nothing under it. Other
+    /// excludes may reject some of its keys only, and an include cannot tell which of its
+    /// keys it would select: where unsure, the entry fails, since a sync that took it for
+    /// left out would delete the destination's copies of what it holds.
     pub fn leaves_out(&self, rel_key: &str) -> bool {
-        if !rel_key.ends_with('/') {
+        let Some(dir) = rel_key.strip_suffix('/') else {
             return !self.selects_name(rel_key);
-        }
-        // Names no pattern spells out, one and three levels down: only globs that cover
-        // the whole directory match both.
-        let odd = "\u{FFFF}\u{FFFE}";
-        let excluded = [
-            format!("{rel_key}{odd}"),
-            format!("{rel_key}{odd}/{odd}/{odd}"),
-        ]
-        .iter()
-        .all(|k| self.excludes.is_match(k));
+        };
         let unlisted = self
             .files_from
             .as_ref()
             .is_some_and(|keys| !keys.iter().any(|k| k.starts_with(rel_key)));
-        excluded || unlisted
+        // The directory, or one above it.
+        let covered = dir
+            .match_indices('/')
+            .map(|(end, _)| &dir[..end])
+            .chain([dir])
+            .any(|d| self.whole_dir_excludes.is_match(d));
+        covered || unlisted
     }
 
     fn selects_name(&self, rel_key: &str) -> bool {
@@ -347,11 +357,16 @@ fn compile(pattern: &str) -> Result<Glob, FilterError> {
     if dir {
         glob.push_str("/**");
     }
-    GlobBuilder::new(&glob)
-        .literal_separator(true)
-        .backslash_escape(true)
+    glob_builder(&glob)
         .build()
         .map_err(|e| err(&e.kind().to_string()))
+}
+
+/// Globs over keys: `*` and `?` stay within one path segment, `\` escapes.
+fn glob_builder(glob: &str) -> GlobBuilder<'_> {
+    let mut builder = GlobBuilder::new(glob);
+    builder.literal_separator(true).backslash_escape(true);
+    builder
 }
 
 /// The keys of a `--files-from` file (see the module docs for the format).
@@ -609,16 +624,27 @@ mod tests {
         }
         assert!(leaves_out("lost+found/", "a/lost+found/"));
         assert!(!leaves_out("/lost+found/", "a/lost+found/"), "anchored");
-        // Patterns that reject some of its keys only.
+        assert!(leaves_out("**", "lost+found/"), "everything");
+        assert!(leaves_out("lost+found/**", "lost+found/sub/"), "under it");
+        // Patterns that reject some of its keys only, whatever their depth or names.
         for pattern in [
             "lost+found/*",
             "lost+found/?",
+            "lost+found/**/[!.]*",
+            "lost+found/**/*",
+            "lost+found/*/**",
             "*.tmp",
             "lost+found",
             "other/",
         ] {
             assert!(!leaves_out(pattern, "lost+found/"), "{pattern}");
         }
+        let depths = build(|b| {
+            b.exclude("lost+found/*")?;
+            b.exclude("lost+found/*/*/*")?;
+            Ok(())
+        });
+        assert!(!depths.leaves_out("lost+found/"), "not at every depth");
         assert!(!Filter::default().leaves_out("lost+found/"));
         let only_jpg = build(|b| b.include("*.jpg").map(|_| ()));
         assert!(

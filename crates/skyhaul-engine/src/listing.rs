@@ -295,8 +295,11 @@ pub enum Pair {
     Right(ObjectMeta),
     Both(ObjectMeta, ObjectMeta),
     /// An entry either listing could not include ([`Error::unlisted`]), with its key
-    /// relative to that listing's prefix. Its objects, if any, are in neither listing.
+    /// relative to that listing's prefix. Its objects, if any, are in neither listing: it
+    /// comes before any object of the other side under it, so that the caller can tell
+    /// those apart.
     Unlisted {
+        left: bool,
         rel_key: String,
         error: Error,
     },
@@ -334,8 +337,8 @@ impl Merge {
     pub async fn next(&mut self) -> Result<Option<Pair>> {
         if !self.started {
             self.started = true;
-            self.l = pull(&mut self.left, self.left_dir, &mut self.unlisted).await?;
-            self.r = pull(&mut self.right, self.right_dir, &mut self.unlisted).await?;
+            self.l = pull(&mut self.left, true, self.left_dir, &mut self.unlisted).await?;
+            self.r = pull(&mut self.right, false, self.right_dir, &mut self.unlisted).await?;
         }
         if let Some(unlisted) = self.unlisted.pop_front() {
             return Ok(Some(unlisted));
@@ -349,12 +352,12 @@ impl Merge {
         Ok(Some(match order {
             Ordering::Less => {
                 let a = self.l.take().expect("left present");
-                self.l = pull(&mut self.left, self.left_dir, &mut self.unlisted).await?;
+                self.l = pull(&mut self.left, true, self.left_dir, &mut self.unlisted).await?;
                 Pair::Left(a)
             }
             Ordering::Greater => {
                 let b = self.r.take().expect("right present");
-                self.r = pull(&mut self.right, self.right_dir, &mut self.unlisted).await?;
+                self.r = pull(&mut self.right, false, self.right_dir, &mut self.unlisted).await?;
                 Pair::Right(b)
             }
             Ordering::Equal => {
@@ -362,24 +365,26 @@ impl Merge {
                     self.l.take().expect("left present"),
                     self.r.take().expect("right present"),
                 );
-                self.l = pull(&mut self.left, self.left_dir, &mut self.unlisted).await?;
-                self.r = pull(&mut self.right, self.right_dir, &mut self.unlisted).await?;
+                self.l = pull(&mut self.left, true, self.left_dir, &mut self.unlisted).await?;
+                self.r = pull(&mut self.right, false, self.right_dir, &mut self.unlisted).await?;
                 Pair::Both(a, b)
             }
         }))
     }
 }
 
-/// The next object of `listing`, of a prefix `dir` bytes long, with the entries before it
-/// that the listing could not include added to `unlisted`.
+/// The next object of `listing` (the `left` one or not), of a prefix `dir` bytes long,
+/// with the entries before it that the listing could not include added to `unlisted`.
 async fn pull(
     listing: &mut Listing,
+    left: bool,
     dir: usize,
     unlisted: &mut VecDeque<Pair>,
 ) -> Result<Option<ObjectMeta>> {
     let mut errors = Vec::new();
     let next = listing.next_object(&mut errors).await?;
     unlisted.extend(errors.into_iter().map(|error| Pair::Unlisted {
+        left,
         rel_key: unlisted_rel_key(&error, dir),
         error,
     }));
@@ -413,13 +418,17 @@ pub async fn plan_recursive(
         Job::Copy { src: m, dst_key }
     };
     let selected = |m: &ObjectMeta| filter.selects(&m.key[src_dir.len()..], m);
-    let fails = |rel_key: &str, error: Error| {
+    let fails = |at_source: bool, rel_key: &str, error: Error| {
         if filter.leaves_out(rel_key) {
             tracing::debug!("left out by the filter: {error}");
             return None;
         }
         let key = error.unlisted.clone().unwrap_or_default();
-        Some(Job::Unlisted { key, error })
+        Some(Job::Unlisted {
+            at_source,
+            key,
+            error,
+        })
     };
     let Mode::Sync { delete, compare } = mode else {
         let mut unlisted = Vec::new();
@@ -428,7 +437,7 @@ pub async fn plan_recursive(
             for error in unlisted.drain(..) {
                 listed += 1;
                 let rel_key = unlisted_rel_key(&error, src_dir.len());
-                if let Some(job) = fails(&rel_key, error) {
+                if let Some(job) = fails(true, &rel_key, error) {
                     if tx.send(job).await.is_err() {
                         return Ok(listed);
                     }
@@ -453,9 +462,15 @@ pub async fn plan_recursive(
             }
             Pair::Right(b) => (delete && filter.may_delete(&b.key[dst_dir.len()..]))
                 .then_some(Job::Delete { dst_key: b.key }),
-            Pair::Unlisted { rel_key, error } => {
-                listed += 1;
-                fails(&rel_key, error)
+            Pair::Unlisted {
+                left,
+                rel_key,
+                error,
+            } => {
+                // Only the source's count: an empty source is refused, whatever the
+                // destination holds.
+                listed += u64::from(left);
+                fails(left, &rel_key, error)
             }
             Pair::Both(a, b) => {
                 listed += 1;

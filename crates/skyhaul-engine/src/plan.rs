@@ -22,9 +22,14 @@ pub enum Job {
     },
     /// Delete an object that exists only at the destination (`sync --delete`).
     Delete { dst_key: String },
-    /// An entry a listing could not include ([`skyhaul_store::Error::unlisted`]), by its
-    /// key: it fails alone, and as any failure it keeps a sync from deleting.
-    Unlisted { key: String, error: Error },
+    /// An entry the source's (or a sync's destination's) listing could not include
+    /// ([`skyhaul_store::Error::unlisted`]), by its key: it fails alone, and as any failure
+    /// it keeps a sync from deleting.
+    Unlisted {
+        at_source: bool,
+        key: String,
+        error: Error,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -214,8 +214,12 @@ impl Ctx {
         tracing::debug!("{err}");
         self.progress.add_failed();
         self.progress.report_failure(key, &err.message);
-        if let Some(fatal) = self.denials.failed(&err) {
-            self.stop(fatal);
+        // An entry the listing could not include (a directory denied to this user) says
+        // nothing of the credentials.
+        if err.unlisted.is_none() {
+            if let Some(fatal) = self.denials.failed(&err) {
+                self.stop(fatal);
+            }
         }
         let mut f = self.failures.lock().expect("lock");
         if f.len() < MAX_FAILURES_KEPT {
@@ -390,7 +394,7 @@ pub async fn transfer(
                 });
             }
             Job::Delete { dst_key } => deletes.push(dst_key),
-            Job::Unlisted { key, error } => ctx.fail(&key, error),
+            Job::Unlisted { key, error, .. } => ctx.fail(&key, error),
         }
     }
     drop(rx);
@@ -446,10 +450,10 @@ pub(crate) async fn conclude(
     let deleting = !deletes.is_empty() && !cancel.is_cancelled();
     if deleting && failed > 0 {
         tracing::warn!(
-            "{} skipped: {} failed, and a sync deletes only once every copy succeeded; rerun \
-             once they do",
+            "{} skipped after {}: a sync deletes only once everything else succeeded; rerun \
+             once nothing fails",
             count(deletes.len() as u64, "deletion", "deletions"),
-            count(failed, "copy", "copies")
+            count(failed, "failure", "failures")
         );
     }
     if deleting && failed == 0 {

@@ -471,21 +471,46 @@ pub async fn verify_locations(
             retry,
             progress.clone(),
         );
+        let (src_dir, dst_dir) = (dir_form(&src.path).len(), dir_form(&dst.path).len());
         let mut merge = Merge::new(left, right);
+        // Directories either side could not list, by relative key: the other side's objects
+        // under them are not checked, rather than missing or extra.
+        let mut unlisted: Vec<(String, Error)> = Vec::new();
+        let hidden = |unlisted: &[(String, Error)], rel: &str| {
+            unlisted
+                .iter()
+                .find(|(dir, _)| rel.starts_with(dir.as_str()))
+                .map(|(_, e)| e.clone())
+        };
         while let Some(pair) = merge.next().await.map_err(|e| v.stopped(e))? {
             match pair {
                 Pair::Left(a) => {
                     v.objects += 1;
-                    v.missing(&a.key);
+                    match hidden(&unlisted, &a.key[src_dir..]) {
+                        Some(e) => v.unreadable(&a.key, e)?,
+                        None => v.missing(&a.key),
+                    }
                 }
-                Pair::Right(b) => {
-                    v.extra += 1;
-                    v.problem(&b.key, "only at the destination".into());
-                }
+                Pair::Right(b) => match hidden(&unlisted, &b.key[dst_dir..]) {
+                    Some(e) => {
+                        v.objects += 1;
+                        v.unreadable(&b.key, e)?;
+                    }
+                    None => {
+                        v.extra += 1;
+                        v.problem(&b.key, "only at the destination".into());
+                    }
+                },
                 Pair::Both(a, b) => pairs.push((a, b)),
-                Pair::Unlisted { error, .. } => {
-                    v.objects += 1;
+                Pair::Unlisted { rel_key, error, .. } => {
                     let key = error.unlisted.clone().unwrap_or_default();
+                    // A directory is no object; the objects under it count where the
+                    // other side has them.
+                    if rel_key.ends_with('/') {
+                        unlisted.push((rel_key, error.clone()));
+                    } else {
+                        v.objects += 1;
+                    }
                     v.unreadable(&key, error)?;
                 }
             }

@@ -494,7 +494,7 @@ async fn coordinate(
                 add_object(shared, src, dst_key, Some(dst)).await
             }
             Job::Delete { dst_key } => deletes.push(dst_key),
-            Job::Unlisted { key, error } => shared.exec.record_failure(&key, error),
+            Job::Unlisted { key, error, .. } => shared.exec.record_failure(&key, error),
         }
     }
     drop(rx);

@@ -207,9 +207,20 @@ fn set_mtime(file: &File, mtime: Option<SystemTime>) -> io::Result<()> {
 struct Walker {
     root: PathBuf,
     /// Pending entries per open directory, reversed so that `pop` yields the smallest.
-    stack: Vec<Vec<(Vec<u8>, bool)>>,
+    stack: Vec<Vec<Pending>>,
     /// The key prefix (relative directory with trailing `/`) of each stack level.
     prefixes: Vec<String>,
+}
+
+/// A directory entry not yet walked.
+struct Pending {
+    /// Its name, with `/` after a directory's: what it sorts by among its siblings' keys.
+    /// A name that is not UTF-8 is shown with `�` for the bytes that are not, and sorts
+    /// so, which keeps the key of the error it becomes in order with the others.
+    sort_key: String,
+    is_dir: bool,
+    /// Whether the name is UTF-8, so that it can be a key.
+    is_key: bool,
 }
 
 impl Walker {
@@ -249,13 +260,18 @@ impl Walker {
                 continue;
             }
             let is_dir = ft.is_dir();
-            let mut sort_key = name.to_vec();
+            let mut sort_key = String::from_utf8_lossy(name).into_owned();
+            let is_key = std::str::from_utf8(name).is_ok();
             if is_dir {
-                sort_key.push(b'/');
+                sort_key.push('/');
             }
-            entries.push((sort_key, is_dir));
+            entries.push(Pending {
+                sort_key,
+                is_dir,
+                is_key,
+            });
         }
-        entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        entries.sort_unstable_by(|a, b| b.sort_key.cmp(&a.sort_key));
         self.stack.push(entries);
         self.prefixes.push(rel_dir);
         Ok(())
@@ -267,32 +283,31 @@ impl Walker {
     fn next(&mut self) -> Option<Result<ObjectMeta>> {
         loop {
             let entries = self.stack.last_mut()?;
-            let Some((mut name, is_dir)) = entries.pop() else {
+            let Some(Pending {
+                sort_key,
+                is_dir,
+                is_key,
+            }) = entries.pop()
+            else {
                 self.stack.pop();
                 self.prefixes.pop();
                 continue;
             };
-            let prefix = self.prefixes.last().cloned().unwrap_or_default();
-            let slash = if is_dir { "/" } else { "" };
-            if is_dir {
-                name.pop();
+            let key = format!(
+                "{}{sort_key}",
+                self.prefixes.last().map_or("", String::as_str)
+            );
+            if !is_key {
+                let err = Error::new(
+                    ErrorKind::InvalidKey,
+                    format!(
+                        "{}/{key}: name is not UTF-8, so it cannot be a key; rename it, or \
+                         leave it out of a copy with --exclude",
+                        self.root.display()
+                    ),
+                );
+                return Some(Err(err.of_unlisted(key)));
             }
-            let name = match String::from_utf8(name) {
-                Ok(n) => n,
-                Err(e) => {
-                    let lossy = format!("{prefix}{}{slash}", String::from_utf8_lossy(e.as_bytes()));
-                    let err = Error::new(
-                        ErrorKind::InvalidKey,
-                        format!(
-                            "{}/{lossy}: name is not UTF-8, so it cannot be a key; rename it, \
-                             or leave it out with --exclude",
-                            self.root.display()
-                        ),
-                    );
-                    return Some(Err(err.of_unlisted(lossy)));
-                }
-            };
-            let key = format!("{prefix}{name}{slash}");
             let found = match is_dir {
                 true => self.open(key.clone()).map(|()| None),
                 false => {
@@ -311,7 +326,8 @@ impl Walker {
                     };
                     let path = self.root.join(&key).display().to_string();
                     let mut err = io_error(&path, what, e);
-                    err.message.push_str("; or leave it out with --exclude");
+                    err.message
+                        .push_str("; or leave it out of a copy with --exclude");
                     return Some(Err(err.of_unlisted(key)));
                 }
             }

@@ -389,11 +389,16 @@ impl DryRun {
             Job::Delete { dst_key } => {
                 self.deletes.push(full(dst.store.as_ref(), dst_key));
             }
-            Job::Unlisted { key, error } => {
+            Job::Unlisted {
+                at_source,
+                key,
+                error,
+            } => {
                 self.failed += 1;
                 if self.out.json {
+                    let side = if *at_source { src } else { dst };
                     events::emit(&Event::ObjectFailed {
-                        key,
+                        key: &full(side.store.as_ref(), key),
                         error: &error.message,
                     });
                 } else {

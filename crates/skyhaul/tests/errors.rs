@@ -1104,7 +1104,7 @@ fn a_sync_whose_copies_failed_says_its_deletions_were_skipped() {
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr.contains("2 deletions skipped: 1 copy failed"),
+        run.stderr.contains("2 deletions skipped after 1 failure: a sync deletes only once everything else succeeded"),
         "{}",
         run.stderr
     );

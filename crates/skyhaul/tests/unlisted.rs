@@ -112,7 +112,7 @@ fn a_sync_with_an_entry_it_cannot_list_deletes_nothing() {
     let run = sync(&[]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr.contains("1 deletion skipped: 2 copies failed"),
+        run.stderr.contains("1 deletion skipped after 2 failures"),
         "{}",
         run.stderr
     );
@@ -160,37 +160,59 @@ fn verify_counts_an_entry_it_cannot_list_as_not_checked() {
     assert_eq!(v["size_ok"], 2, "{v}");
 }
 
-/// A directory the user may not read fails alone (tests run as root, who may read
-/// anything, so the copy runs as `nobody`).
-#[test]
-fn a_directory_that_cannot_be_read_fails_alone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let (src, dst) = (root.join("src"), root.join("dst"));
-    write_tree(
-        &src,
-        &BTreeMap::from([
-            ("a.txt".to_string(), b"a".to_vec()),
-            ("lost+found/x".to_string(), b"x".to_vec()),
-            ("z/c.txt".to_string(), b"c".to_vec()),
-        ]),
-    );
-    std::fs::create_dir(&dst).unwrap();
-    let mode = |p: &Path, m: u32| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
-    };
-    mode(root, 0o755);
-    mode(&src.join("lost+found"), 0o700);
-    std::os::unix::fs::chown(&dst, Some(65534), Some(65534)).unwrap();
-    let as_nobody = |extra: &[&str]| {
+fn mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Tests run as root, who may read anything: runs that need a directory they cannot read
+/// run as `nobody`, in a tree under `root` that nobody may enter, writing to a `dst` it
+/// owns. `locked` directories are made unreadable to it.
+struct Nobody {
+    _tmp: tempfile::TempDir,
+    src: std::path::PathBuf,
+    dst: std::path::PathBuf,
+}
+
+impl Nobody {
+    fn new(src_files: &[&str], dst_files: &[&str], locked: &[&str]) -> Nobody {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        let tree = |files: &[&str]| -> BTreeMap<String, Vec<u8>> {
+            files
+                .iter()
+                .map(|f| (f.to_string(), f.as_bytes().to_vec()))
+                .collect()
+        };
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        write_tree(&src, &tree(src_files));
+        write_tree(&dst, &tree(dst_files));
+        mode(tmp.path(), 0o755);
+        chown_all(&dst);
+        for dir in locked {
+            let dir = tmp.path().join(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+            mode(&dir, 0o700);
+        }
+        Nobody {
+            _tmp: tmp,
+            src,
+            dst,
+        }
+    }
+
+    /// `skyhaul ARGS... SRC DST` as nobody, JSON out, without a journal.
+    fn run(&self, args: &[&str]) -> Run {
         let mut cmd = std::process::Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(env!("CARGO_BIN_EXE_skyhaul"))
-            .args(["cp", "-r", "--json", "--no-journal"])
-            .args(extra)
-            .args([&src, &dst])
-            .env("HOME", &dst);
+            .args(args)
+            .arg("--json")
+            .args((args[0] != "verify").then_some("--no-journal"))
+            .args([&self.src, &self.dst])
+            .env("HOME", &self.dst);
         for (k, v) in test_env(None, None, &[]) {
             match v {
                 Some(v) => cmd.env(k, v),
@@ -198,9 +220,27 @@ fn a_directory_that_cannot_be_read_fails_alone() {
             };
         }
         Run::from(cmd.output().expect("setpriv runs"))
-    };
+    }
+}
 
-    let run = as_nobody(&[]);
+fn chown_all(path: &Path) {
+    std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_all(&entry.unwrap().path());
+        }
+    }
+}
+
+/// A directory the user may not read fails alone, and says how to leave it out.
+#[test]
+fn a_directory_that_cannot_be_read_fails_alone() {
+    let t = Nobody::new(
+        &["a.txt", "lost+found/x", "z/c.txt"],
+        &[],
+        &["src/lost+found"],
+    );
+    let run = t.run(&["cp", "-r"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     let r = report(&run);
     assert_eq!(r["objects_copied"], 2, "{r}");
@@ -212,17 +252,16 @@ fn a_directory_that_cannot_be_read_fails_alone() {
             && error.contains("--exclude"),
         "{error}"
     );
-    assert!(dst.join("z/c.txt").exists());
+    assert!(t.dst.join("z/c.txt").exists());
 
-    let run = as_nobody(&["--exclude", "lost+found/"]);
+    let run = t.run(&["cp", "-r", "--exclude", "lost+found/"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
 
     // A destination directory that may be written but not read: what was written into it
     // is not checked, and not missing either.
-    let drop_box = dst.join("z");
+    let drop_box = t.dst.join("z");
     mode(&drop_box, 0o300);
-    std::os::unix::fs::chown(&drop_box, Some(65534), Some(65534)).unwrap();
-    let run = as_nobody(&["--exclude", "lost+found/"]);
+    let run = t.run(&["cp", "-r", "--exclude", "lost+found/"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     let v = &report(&run)["verification"];
     assert_eq!(
@@ -232,6 +271,86 @@ fn a_directory_that_cannot_be_read_fails_alone() {
     );
     let problem = v["problems"][0]["error"].as_str().unwrap();
     assert!(problem.contains("z/: cannot list directory"), "{problem}");
+}
+
+/// Many unreadable directories are no denial of the credentials: they do not stop the
+/// transfer, and one alone is exit 1, not 4.
+#[test]
+fn unreadable_directories_are_not_denied_credentials() {
+    let dirs: Vec<String> = (0..120).map(|i| format!("d{i:03}/f")).collect();
+    let mut files: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    files.push("z.txt");
+    let locked: Vec<String> = (0..120).map(|i| format!("src/d{i:03}")).collect();
+    let locked: Vec<&str> = locked.iter().map(String::as_str).collect();
+    let t = Nobody::new(&files, &[], &locked);
+    let run = t.run(&["cp", "-r"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let r = report(&run);
+    assert_eq!(
+        (&r["objects_copied"], &r["objects_failed"]),
+        (&1.into(), &120.into()),
+        "{r}"
+    );
+    assert!(t.dst.join("z.txt").exists());
+
+    let alone = Nobody::new(&["locked/f"], &[], &["src/locked"]);
+    let run = alone.run(&["cp", "-r"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(failed_keys(&report(&run)), ["locked/"]);
+}
+
+/// A sync deletes the destination's copies only of what the source listed: an entry the
+/// destination's listing could not include does not make an empty source look full, and
+/// an exclude that leaves out only some of an unreadable directory's keys does not cover it.
+#[test]
+fn a_sync_never_deletes_what_an_unlisted_entry_may_hold() {
+    // An empty source (an unmounted mount point) with lost+found at the destination.
+    let t = Nobody::new(&[], &["keep", "sub/keep"], &["dst/lost+found"]);
+    let run = t.run(&["sync", "--delete", "-y", "--exclude", "lost+found/"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("no objects under"), "{}", run.stderr);
+    assert!(t.dst.join("sub/keep").exists(), "nothing deleted");
+
+    // Keys under src/locked/ that the exclude does not cover are still at the source.
+    let t = Nobody::new(
+        &["a", "locked/.keep", "locked/x"],
+        &["a", "locked/.keep", "locked/x"],
+        &["src/locked"],
+    );
+    for exclude in ["locked/**/[!.]*", "locked/*"] {
+        let run = t.run(&["sync", "--delete", "-y", "--exclude", exclude]);
+        assert_eq!(run.code, 1, "{exclude}: {}", run.stderr);
+        assert_eq!(failed_keys(&report(&run)), ["locked/"], "{exclude}");
+        assert!(
+            t.dst.join("locked/.keep").exists(),
+            "{exclude}: nothing deleted"
+        );
+    }
+}
+
+/// `verify` does not call the other side's objects under a directory it could not list
+/// missing or extra: they are not checked.
+#[test]
+fn verify_leaves_the_objects_under_an_unlisted_directory_unchecked() {
+    let files = ["a", "d/x", "d/y"];
+    for locked in ["dst/d", "src/d"] {
+        let t = Nobody::new(&files, &files, &[locked]);
+        let run = t.run(&["verify", "-r"]);
+        assert_eq!(run.code, 1, "{locked}: {}", run.stderr);
+        let v = report(&run);
+        let v = if v["verification"].is_object() {
+            &v["verification"]
+        } else {
+            &v
+        };
+        let counts =
+            ["objects", "missing", "extra", "unreadable", "size_ok"].map(|k| v[k].as_u64());
+        assert_eq!(
+            counts,
+            [Some(3), Some(0), Some(0), Some(3), Some(1)],
+            "{locked}: {v}"
+        );
+    }
 }
 
 /// A fleet's coordinator plans the same way: the entries fail there, the workers copy the
