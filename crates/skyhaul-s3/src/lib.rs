@@ -9,6 +9,7 @@
 
 mod body;
 mod config;
+mod credentials;
 mod endpoint;
 mod errors;
 mod request_checks;

@@ -1,10 +1,10 @@
 use crate::body::ChunkBody;
 use crate::config::S3Options;
+use crate::credentials::{profile_credentials, Remembered};
 use crate::errors::map_err;
 use aws_config::environment::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
-use aws_config::profile::{ProfileFileCredentialsProvider, ProfileFileRegionProvider};
-use aws_config::provider_config::ProviderConfig;
+use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
@@ -177,6 +177,7 @@ impl S3Store {
         if let Some(endpoint) = &opts.endpoint {
             loader = loader.endpoint_url(endpoint);
         }
+        let mut chosen = None;
         if let (Some(ak), Some(sk)) = (&opts.access_key_id, &opts.secret_access_key) {
             loader = loader.credentials_provider(Credentials::new(
                 ak.clone(),
@@ -186,29 +187,31 @@ impl S3Store {
                 "skyhaul",
             ));
         } else if let Some(profile) = &opts.profile {
-            if let Some(from_profile) = profile_credentials(opts, profile, &name).await {
-                loader = loader.credentials_provider(from_profile);
-            }
+            let region = region_chain(opts).region().await;
+            chosen = profile_credentials(profile, region, &name).await;
         }
         let sdk = loader.load().await;
         let endpoint = opts.endpoint.clone().unwrap_or_else(|| "aws".to_string());
-        let creds = match sdk.credentials_provider() {
-            Some(p) => p.provide_credentials().await.map_err(|e| {
-                // The chain's full story (every provider it tried) is for -vv.
-                tracing::debug!("credentials: {}", DisplayErrorContext(&e));
-                Error::new(
-                    ErrorKind::AccessDenied,
-                    format!("{name}: no usable credentials found"),
-                )
-            })?,
-            None => {
+        let provider = match (chosen, sdk.credentials_provider()) {
+            (Some(profile), _) => profile,
+            (None, Some(chain)) => Remembered::new(chain),
+            (None, None) => {
                 return Err(Error::new(
                     ErrorKind::AccessDenied,
                     format!("{name}: no credentials found"),
                 ))
             }
         };
+        let creds = provider.provide_credentials().await.map_err(|e| {
+            // The chain's full story (every provider it tried) is for -vv.
+            tracing::debug!("credentials: {}", DisplayErrorContext(&e));
+            Error::new(
+                ErrorKind::AccessDenied,
+                format!("{name}: no usable credentials found"),
+            )
+        })?;
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .credentials_provider(provider)
             .endpoint_resolver(crate::endpoint::KeyBlindResolver::default())
             .force_path_style(opts.path_style.unwrap_or(opts.endpoint.is_some()))
             .interceptor(crate::request_checks::RequestChecks);
@@ -338,36 +341,6 @@ fn interrupted(target: &str, e: impl std::fmt::Display) -> Error {
 /// Where the region comes from: the flag, then the environment and the profile, then (for
 /// AWS itself) instance metadata. Custom endpoints mostly ignore the region but SigV4 needs
 /// one, so they fall back to `us-east-1` without a slow, noisy metadata lookup.
-/// The credentials of `profile`, when it gives some here. They come before the default
-/// chain, whose first stop is `AWS_ACCESS_KEY_ID`: a cross-account copy must not run as the
-/// environment's identity. A profile without credentials here (a region only, or a profile
-/// this machine lacks, as on a fleet worker with an instance role) leaves the default chain
-/// to find them, with a warning.
-async fn profile_credentials(
-    opts: &S3Options,
-    profile: &str,
-    name: &str,
-) -> Option<ProfileFileCredentialsProvider> {
-    // Assume-role profiles call STS, which needs the region.
-    let region = region_chain(opts).region().await;
-    let provider = ProfileFileCredentialsProvider::builder()
-        .configure(&ProviderConfig::default().with_region(region))
-        .profile_name(profile)
-        .build();
-    match provider.provide_credentials().await {
-        Ok(_) => Some(provider),
-        Err(e) => {
-            // The detail may quote a credential_process's output: -vv only.
-            tracing::debug!("profile {profile}: {}", DisplayErrorContext(&e));
-            tracing::warn!(
-                "{name}: profile '{profile}' gives no credentials here; using the environment \
-                 or the instance's role"
-            );
-            None
-        }
-    }
-}
-
 fn region_chain(opts: &S3Options) -> RegionProviderChain {
     let explicit = RegionProviderChain::first_try(opts.region.clone().map(Region::new))
         .or_else(EnvironmentVariableRegionProvider::new());

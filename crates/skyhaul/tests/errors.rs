@@ -1033,6 +1033,8 @@ async fn a_profile_wins_over_environment_keys() {
 async fn an_assume_role_profile_signs_in_through_sts() {
     let s = S3Server::start(S3Kind::Moto);
     s.create_bucket("bkt").await;
+    // STS through a proxy that counts its calls.
+    let sts = FaultProxy::start(&s.endpoint, Faults::default());
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("f.txt");
     std::fs::write(&file, b"f").unwrap();
@@ -1064,7 +1066,7 @@ async fn an_assume_role_profile_signs_in_through_sts() {
         &[
             ("AWS_CONFIG_FILE", config.to_str().unwrap()),
             ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
-            ("AWS_ENDPOINT_URL_STS", &s.endpoint),
+            ("AWS_ENDPOINT_URL_STS", &sts.endpoint()),
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -1074,6 +1076,8 @@ async fn an_assume_role_profile_signs_in_through_sts() {
         run.stderr
     );
     assert_eq!(s.get("bkt", "f.txt").await.as_deref(), Some(&b"f"[..]));
+    // The profile's check, the up-front check and the client share one sign-in.
+    assert_eq!(sts.injected().requests, 1, "AssumeRole calls");
 }
 
 /// A sync whose copies failed deletes nothing, and says so.
