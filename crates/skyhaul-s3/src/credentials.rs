@@ -2,9 +2,11 @@
 
 use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::provider_config::ProviderConfig;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{self, future, ProvideCredentials};
 use aws_credential_types::Credentials;
 use aws_smithy_types::error::display::DisplayErrorContext;
+use skyhaul_store::{cause_chain, Error, ErrorKind};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -59,32 +61,49 @@ impl ProvideCredentials for Remembered {
 
 /// The credentials of `profile`, when it gives some here. They come before the default
 /// chain, whose first stop is `AWS_ACCESS_KEY_ID`: a cross-account copy must not run as the
-/// environment's identity. A profile without credentials here (a region only, or a profile
-/// this machine lacks, as on a fleet worker with an instance role) leaves the default chain
-/// to find them, with a warning. `region` is the side's: assume-role profiles call STS,
-/// which needs one.
+/// environment's identity. A profile that gives none here (a region only, or a profile this
+/// machine lacks, as on a fleet worker with an instance role) leaves the default chain to
+/// find them, with a warning that says why. A profile that has a source of credentials
+/// which fails (STS, a `credential_process`, SSO) is an error: taking another identity
+/// because a sign-in failed once would copy as someone else. `region` is the side's:
+/// assume-role profiles call STS, which needs one.
 pub(crate) async fn profile_credentials(
     profile: &str,
     region: Option<aws_config::Region>,
     name: &str,
-) -> Option<Remembered> {
+) -> Result<Option<Remembered>, Error> {
     let provider = ProfileFileCredentialsProvider::builder()
         .configure(&ProviderConfig::default().with_region(region))
         .profile_name(profile)
         .build();
     let provider = Remembered::new(provider);
-    match provider.provide_credentials().await {
-        Ok(_) => Some(provider),
-        Err(e) => {
-            // The detail may quote a credential_process's output: -vv only.
-            tracing::debug!("profile {profile}: {}", DisplayErrorContext(&e));
-            tracing::warn!(
-                "{name}: profile '{profile}' gives no credentials here; using the environment \
-                 or the instance's role"
+    let e = match provider.provide_credentials().await {
+        Ok(_) => return Ok(Some(provider)),
+        Err(e) => e,
+    };
+    // The detail may quote a credential_process's output: -vv only, unless it is the
+    // profile files' own account of what they lack.
+    tracing::debug!("profile {profile}: {}", DisplayErrorContext(&e));
+    let why = match &e {
+        CredentialsError::CredentialsNotLoaded(_) => {
+            let why = std::error::Error::source(&e).map_or_else(
+                || "it names no keys, role or source of credentials".to_string(),
+                |s| s.to_string(),
             );
-            None
+            tracing::warn!(
+                "{name}: profile '{profile}' gives no credentials here ({why}); using the \
+                 environment or the instance's role"
+            );
+            return Ok(None);
         }
-    }
+        CredentialsError::InvalidConfiguration(_) => cause_chain(&e),
+        CredentialsError::ProviderTimedOut(_) => "its source of credentials timed out".into(),
+        _ => "its source of credentials failed (-vv shows how)".into(),
+    };
+    Err(Error::new(
+        ErrorKind::AccessDenied,
+        format!("{name}: profile '{profile}': no credentials: {why}"),
+    ))
 }
 
 #[cfg(test)]

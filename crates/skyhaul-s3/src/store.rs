@@ -188,7 +188,7 @@ impl S3Store {
             ));
         } else if let Some(profile) = &opts.profile {
             let region = region_chain(opts).region().await;
-            chosen = profile_credentials(profile, region, &name).await;
+            chosen = profile_credentials(profile, region, &name).await?;
         }
         let sdk = loader.load().await;
         let endpoint = opts.endpoint.clone().unwrap_or_else(|| "aws".to_string());
