@@ -63,6 +63,12 @@ impl Denials {
         None
     }
 
+    /// Records a failure that is no denial and stops nothing, whatever its kind: then the
+    /// transfer was not denied everything.
+    pub fn failed_otherwise(&self) {
+        self.other_failure.store(true, Ordering::Relaxed);
+    }
+
     /// Whether so many denials came in a row that nothing new should start until the
     /// objects in flight are over ([`Denials::stop`] then decides).
     pub fn suspect(&self) -> bool {

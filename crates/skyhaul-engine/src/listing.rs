@@ -394,7 +394,8 @@ async fn pull(
 /// Streams the jobs of a recursive copy or sync into `tx`, counting planned and skipped
 /// work as it goes. Source objects the filter does not select are not planned (and, in a
 /// sync, neither copied nor counted as skipped); a destination-only object is deleted only
-/// when the filter allows it. Returns how many source objects were listed, selected or not.
+/// when the filter allows it. Returns how many source objects were listed, selected or not,
+/// and source entries that could not be listed unless the filter leaves them out.
 #[allow(clippy::too_many_arguments)]
 pub async fn plan_recursive(
     src: Arc<dyn Store>,
@@ -418,26 +419,22 @@ pub async fn plan_recursive(
         Job::Copy { src: m, dst_key }
     };
     let selected = |m: &ObjectMeta| filter.selects(&m.key[src_dir.len()..], m);
-    let fails = |at_source: bool, rel_key: &str, error: Error| {
+    let fails = |rel_key: &str, error: Error| {
         if filter.leaves_out(rel_key) {
             tracing::debug!("left out by the filter: {error}");
             return None;
         }
         let key = error.unlisted.clone().unwrap_or_default();
-        Some(Job::Unlisted {
-            at_source,
-            key,
-            error,
-        })
+        Some(Job::Unlisted { key, error })
     };
     let Mode::Sync { delete, compare } = mode else {
         let mut unlisted = Vec::new();
         loop {
             let next = sources.next_object(&mut unlisted).await?;
             for error in unlisted.drain(..) {
-                listed += 1;
                 let rel_key = unlisted_rel_key(&error, src_dir.len());
-                if let Some(job) = fails(true, &rel_key, error) {
+                if let Some(job) = fails(&rel_key, error) {
+                    listed += 1;
                     if tx.send(job).await.is_err() {
                         return Ok(listed);
                     }
@@ -467,10 +464,11 @@ pub async fn plan_recursive(
                 rel_key,
                 error,
             } => {
-                // Only the source's count: an empty source is refused, whatever the
-                // destination holds.
-                listed += u64::from(left);
-                fails(left, &rel_key, error)
+                // Only the source's failures count: a source that is empty but for what
+                // the filter leaves out is refused, whatever the destination holds.
+                let job = fails(&rel_key, error);
+                listed += u64::from(left && job.is_some());
+                job
             }
             Pair::Both(a, b) => {
                 listed += 1;

@@ -120,10 +120,12 @@ pub async fn open_source(loc: &Location, side: &SideOptions, recursive: bool) ->
 
 /// Opens the destination. A local directory destination (recursive, ending in `/`, or an
 /// existing directory) is the store's root; otherwise the root is the parent directory.
+/// `for_write` (cp, sync): a local destination under a file fails here, not per object.
 pub async fn open_destination(
     loc: &Location,
     side: &SideOptions,
     recursive: bool,
+    for_write: bool,
 ) -> Result<Endpoint> {
     let display = loc.to_string();
     if loc.scheme != Scheme::Local {
@@ -137,38 +139,46 @@ pub async fn open_destination(
                 format!("{display}: exists and is not a directory (choose another destination)"),
             ));
         }
-        no_file_above(&path, &display)?;
+        if for_write {
+            no_file_above(&path, &display)?;
+        }
         return Ok(local(&path, String::new(), display));
     }
     let (root, name) = split_file(&path, &display)?;
-    no_file_above(&root, &display)?;
+    if for_write {
+        no_file_above(&root, &display)?;
+    }
     Ok(local(&root, name, display))
 }
 
-/// Fails when a file stands where a local destination needs a directory, at `root` or
-/// further up: nothing could be written under it, so the transfer stops at once (exit 7)
-/// rather than fail every object. Anything else is left to the writes to say.
+/// Fails when a file, or a symlink to nothing, stands where a local destination needs a
+/// directory, at `root` or further up: nothing could be written under it, so the transfer
+/// stops at once (exit 7) rather than fail every object. Anything else is left to the
+/// writes to say.
 fn no_file_above(root: &Path, display: &str) -> Result<()> {
+    // Without a trailing `/`, whose path names the file itself (`file/`).
+    let root: std::path::PathBuf = root.components().collect();
     for dir in root.ancestors() {
-        match std::fs::metadata(dir) {
+        let what = match std::fs::metadata(dir) {
             Ok(md) if md.is_dir() => return Ok(()),
-            Ok(_) => {
-                return Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "{display}: {} is a file, so nothing can be written under it (choose \
-                         another destination)",
-                        dir.display()
-                    ),
-                ))
+            Ok(_) => "a file",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::symlink_metadata(dir) {
+                    Ok(md) if md.is_symlink() => "a symlink to nothing",
+                    _ => continue,
+                }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => continue,
             Err(_) => return Ok(()),
-        }
+        };
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{display}: {} is {what}, so nothing can be written under it (choose another \
+                 destination)",
+                dir.display()
+            ),
+        ));
     }
     Ok(())
 }

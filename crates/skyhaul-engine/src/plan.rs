@@ -25,11 +25,7 @@ pub enum Job {
     /// An entry the source's (or a sync's destination's) listing could not include
     /// ([`skyhaul_store::Error::unlisted`]), by its key: it fails alone, and as any failure
     /// it keeps a sync from deleting.
-    Unlisted {
-        at_source: bool,
-        key: String,
-        error: Error,
-    },
+    Unlisted { key: String, error: Error },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

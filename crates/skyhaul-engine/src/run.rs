@@ -216,10 +216,10 @@ impl Ctx {
         self.progress.report_failure(key, &err.message);
         // An entry the listing could not include (a directory denied to this user) says
         // nothing of the credentials.
-        if err.unlisted.is_none() {
-            if let Some(fatal) = self.denials.failed(&err) {
-                self.stop(fatal);
-            }
+        if err.unlisted.is_some() {
+            self.denials.failed_otherwise();
+        } else if let Some(fatal) = self.denials.failed(&err) {
+            self.stop(fatal);
         }
         let mut f = self.failures.lock().expect("lock");
         if f.len() < MAX_FAILURES_KEPT {

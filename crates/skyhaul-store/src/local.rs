@@ -140,6 +140,10 @@ fn io_error(target: &str, what: &str, e: io::Error) -> Error {
             ErrorKind::Conflict,
             " (a directory exists where this file must go)",
         ),
+        K::InvalidInput if e.get_ref().is_some_and(|e| e.is::<NotAFile>()) => (
+            ErrorKind::Conflict,
+            " (choose another destination, or remove it)",
+        ),
         K::Interrupted | K::TimedOut | K::WouldBlock => (ErrorKind::Transient, ""),
         _ => (ErrorKind::Other, ""),
     };
@@ -185,6 +189,30 @@ fn read_exact_at(file: &File, buf: &mut [u8], mut offset: u64) -> io::Result<()>
         }
     }
     Ok(())
+}
+
+/// What stands where a write must go and is no regular file, symlink or directory: a
+/// device, FIFO or socket, which renaming a finished file into place would replace (as root,
+/// `skyhaul cp f /dev/null` would put a file in place of the machine's `/dev/null`).
+#[derive(Debug)]
+struct NotAFile;
+
+impl std::fmt::Display for NotAFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a device, FIFO or socket is there, and skyhaul writes only regular files")
+    }
+}
+
+impl std::error::Error for NotAFile {}
+
+/// Refuses to write to `path` when [`NotAFile`] stands there.
+fn refuse_special(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(md) if !(md.is_file() || md.is_symlink() || md.is_dir()) => {
+            Err(io::Error::new(io::ErrorKind::InvalidInput, NotAFile))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn create_parent(path: &Path) -> io::Result<()> {
@@ -469,6 +497,7 @@ impl Store for LocalStore {
         let this = self.clone();
         blocking(move || {
             let write = || -> io::Result<()> {
+                refuse_special(&path)?;
                 create_parent(&path)?;
                 let file = File::create(&tmp)?;
                 file.write_all_at(&body.data, 0)?;
@@ -510,11 +539,13 @@ impl Store for LocalStore {
             upload_id: random_id(),
         };
         let tmp = self.tmp_path(key, &upload.upload_id)?;
+        let path = self.path_of(key)?;
         let size = opts.size;
         let this = self.clone();
         let key = key.to_string();
         blocking(move || {
             let create = || -> io::Result<()> {
+                refuse_special(&path)?;
                 create_parent(&tmp)?;
                 File::create(&tmp)?.set_len(size)
             };
@@ -585,7 +616,9 @@ impl Store for LocalStore {
             }
             set_mtime(&file, mtime).map_err(|e| this.io_err(&key, "cannot set mtime", e))?;
             drop(file);
-            fs::rename(&tmp, &path).map_err(|e| this.io_err(&key, "cannot move into place", e))?;
+            refuse_special(&path)
+                .and_then(|()| fs::rename(&tmp, &path))
+                .map_err(|e| this.io_err(&key, "cannot move into place", e))?;
             Ok(Written::default())
         })
         .await

@@ -209,3 +209,50 @@ async fn an_entry_that_is_no_key_fails_alone_in_its_place() {
     assert_eq!(list("", Some("c/x")).await, ["unlisted c/y\u{FFFD}/", "d"]);
     assert_eq!(list("a", None).await, ["a"]);
 }
+
+/// A FIFO, socket or device where a write must go is refused by every kind of write, and
+/// stays: renaming a finished file into place would replace it.
+#[tokio::test]
+async fn a_special_file_in_the_way_is_refused_not_replaced() {
+    use futures::StreamExt;
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("socket")).unwrap();
+    let store = LocalStore::new(dir.path());
+    let opts = PutOptions {
+        size: 1,
+        ..Default::default()
+    };
+    for key in ["fifo", "socket"] {
+        let whole = store
+            .put(key, Payload::new(bytes::Bytes::from_static(b"x")), &opts)
+            .await;
+        let body = futures::stream::once(async { Ok(bytes::Bytes::from_static(b"x")) }).boxed();
+        let streamed = store.put_stream(key, body, None, &opts).await.map(|_| ());
+        let striped = store.create_multipart(key, &opts).await.map(|_| ());
+        for (how, result) in [
+            ("put", whole.map(|_| ())),
+            ("put_stream", streamed),
+            ("multipart", striped),
+        ] {
+            let err = result.expect_err(how);
+            assert_eq!(err.kind, ErrorKind::Conflict, "{how} {key}: {err}");
+            assert!(err.message.contains("writes only regular files"), "{err}");
+        }
+        let kind = std::fs::symlink_metadata(dir.path().join(key))
+            .unwrap()
+            .file_type();
+        assert!(kind.is_fifo() || kind.is_socket(), "{key} is still there");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "no temporary files: {left:?}");
+}

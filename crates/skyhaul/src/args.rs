@@ -286,7 +286,7 @@ pub struct CleanArgs {
     #[arg(long, value_name = "PATH")]
     pub journal: Option<std::path::PathBuf>,
     /// Destination endpoint (default: the one the transfer used)
-    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = crate::config::endpoint_url)]
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = endpoint)]
     pub dst_endpoint: Option<String>,
     /// Destination profile
     #[arg(long, env = "SKYHAUL_DST_PROFILE")]
@@ -425,10 +425,10 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct EndpointArgs {
     /// Endpoint URL of the source store (an S3-compatible service, a GCS or Azure Blob endpoint or emulator)
-    #[arg(long, env = "SKYHAUL_SRC_ENDPOINT", value_name = "URL", value_parser = crate::config::endpoint_url)]
+    #[arg(long, env = "SKYHAUL_SRC_ENDPOINT", value_name = "URL", value_parser = endpoint)]
     pub src_endpoint: Option<String>,
     /// Endpoint URL of the destination store
-    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = crate::config::endpoint_url)]
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = endpoint)]
     pub dst_endpoint: Option<String>,
     /// AWS shared-config profile for the source (SSO and credential_process work)
     #[arg(long, env = "SKYHAUL_SRC_PROFILE")]
@@ -511,7 +511,7 @@ pub struct GatewayArgs {
     /// The destination store this gateway writes to: s3://BUCKET, gs://BUCKET or az://CONTAINER (no prefix: clients name whole keys)
     pub destination: String,
     /// Endpoint URL of the destination store
-    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = crate::config::endpoint_url)]
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = endpoint)]
     pub dst_endpoint: Option<String>,
     /// AWS shared-config profile for the destination
     #[arg(long, env = "SKYHAUL_DST_PROFILE")]
@@ -713,6 +713,12 @@ pub struct FilterArgs {
     /// Copy only objects modified more than AGE ago or before DATE
     #[arg(long, value_name = "AGE|DATE")]
     pub older_than: Option<String>,
+}
+
+/// An endpoint URL as `skyhaul config set` takes it ([`crate::config::endpoint_url`]), kept
+/// as typed: it is part of a transfer's identity in the journal.
+fn endpoint(s: &str) -> Result<String, String> {
+    crate::config::endpoint_url(s).map(|_| s.to_string())
 }
 
 /// A size that must be more than nothing (a budget, a part, a threshold), as `skyhaul

@@ -143,7 +143,7 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
             side.s3.session_token = std::env::var("SKYHAUL_DST_SESSION_TOKEN").ok();
             (side.gcs, side.azure) =
                 crate::settings::cloud_options_from_env("DST", side.s3.endpoint.clone());
-            let dst = open_destination(&loc, &side, true)
+            let dst = open_destination(&loc, &side, true, false)
                 .await
                 .map_err(|e| exit::store("DST", e))?;
             // Aborts get the same retries as a transfer's requests: a 500 is no reason to

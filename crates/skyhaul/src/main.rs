@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
+    unset_blank_settings();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -49,6 +50,18 @@ fn main() {
         .expect("tokio runtime");
     let code = runtime.block_on(run(cli));
     std::process::exit(code as i32);
+}
+
+/// An empty or blank `SKYHAUL_*` variable means unset, for the ones clap reads too: a
+/// script that clears `SKYHAUL_DST_ENDPOINT=` must not be taken to name an endpoint "".
+/// Run first, while this process has one thread.
+fn unset_blank_settings() {
+    for (name, value) in std::env::vars_os() {
+        let ours = name.to_str().is_some_and(|n| n.starts_with("SKYHAUL_"));
+        if ours && value.to_str().is_some_and(|v| v.trim().is_empty()) {
+            std::env::remove_var(name);
+        }
+    }
 }
 
 fn init_logging(verbose: u8) {
@@ -280,7 +293,7 @@ pub(crate) async fn open_both(
         let (dst, relay) = relay_cmd::open_destination(&dst_loc, &e.relay).await?;
         return Ok((src, dst, Some(relay)));
     }
-    let dst = open_destination(&dst_loc, &dst_side, recursive)
+    let dst = open_destination(&dst_loc, &dst_side, recursive, writes)
         .await
         .map_err(|e| exit::store("DST", e))?;
     if writes {

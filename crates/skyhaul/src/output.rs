@@ -389,16 +389,12 @@ impl DryRun {
             Job::Delete { dst_key } => {
                 self.deletes.push(full(dst.store.as_ref(), dst_key));
             }
-            Job::Unlisted {
-                at_source,
-                key,
-                error,
-            } => {
+            Job::Unlisted { key, error } => {
                 self.failed += 1;
                 if self.out.json {
-                    let side = if *at_source { src } else { dst };
+                    // Keyed as a real run's failures are.
                     events::emit(&Event::ObjectFailed {
-                        key: &full(side.store.as_ref(), key),
+                        key,
                         error: &error.message,
                     });
                 } else {

@@ -203,7 +203,7 @@ async fn run_gateway(args: GatewayArgs) -> Result<(), CliError> {
         remote.as_ref(),
         &args.cloud,
     );
-    let dst = skyhaul_engine::open_destination(&loc, &side, true)
+    let dst = skyhaul_engine::open_destination(&loc, &side, true, true)
         .await
         .map_err(|e| exit::store("DST", e))?;
     let listener = tokio::net::TcpListener::bind(args.listen)

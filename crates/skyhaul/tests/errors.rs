@@ -199,6 +199,18 @@ fn zero_sizes_and_bare_endpoints_are_usage_errors() {
     );
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(!std::path::Path::new(dst).exists(), "nothing written");
+    // An empty variable is an unset one.
+    let run = skyhaul_env(
+        &["cp", "-r", src, dst, "--no-journal"],
+        None,
+        None,
+        &[
+            ("SKYHAUL_DST_ENDPOINT", ""),
+            ("SKYHAUL_SRC_ENDPOINT", " "),
+            ("SKYHAUL_PART_SIZE", ""),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
 }
 
 #[test]
@@ -960,7 +972,8 @@ fn clean_with_a_malformed_id_is_a_bad_argument() {
 
 /// A side's profile comes before the default chain: `AWS_*` keys in the environment do not
 /// win over it (they would copy as another identity). A profile that gives no credentials
-/// here is named in a warning, and the default chain goes on.
+/// here is named in a warning, and the default chain goes on; one whose source of
+/// credentials fails stops the copy.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_profile_wins_over_environment_keys() {
     let s = S3Server::start(S3Kind::S3sFs);
@@ -973,7 +986,8 @@ async fn a_profile_wins_over_environment_keys() {
         &creds,
         format!(
             "[good]\naws_access_key_id = {0}\naws_secret_access_key = {1}\n\n\
-             [bad]\naws_access_key_id = {0}\naws_secret_access_key = wrong-secret\n",
+             [bad]\naws_access_key_id = {0}\naws_secret_access_key = wrong-secret\n\n\
+             [broken]\ncredential_process = /bin/false\n",
             s.access_key, s.secret_key
         ),
     )
@@ -1024,6 +1038,15 @@ async fn a_profile_wins_over_environment_keys() {
         run.stderr
     );
     assert!(!run.stderr.contains(&s.secret_key), "{}", run.stderr);
+    // A profile whose source of credentials fails is no reason to copy as another identity.
+    let run = copy("broken", &s.secret_key);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        one_line_error(&run)
+            .contains("profile 'broken': no credentials: its source of credentials failed"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// An assume-role profile (`role_arn` + `source_profile`, the usual cross-account set-up)
@@ -1152,22 +1175,72 @@ fn a_file_up_the_destination_path_stops_the_copy_at_once() {
     let under = file.join("sub/dir");
     let (src, under) = (src.to_str().unwrap(), under.to_str().unwrap());
     let one = format!("{src}/a");
-    for args in [
-        vec!["cp", "-r", src, under],
-        vec!["sync", src, under],
-        vec!["cp", &one, under],
-        vec!["cp", &one, &format!("{under}/")],
+    let dangling = tmp.path().join("dangling");
+    std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).unwrap();
+    let (file_dir, dangling) = (format!("{}/", file.display()), dangling.to_str().unwrap());
+    let dangling_x = format!("{dangling}/x");
+    for (args, what) in [
+        (vec!["cp", "-r", src, under], "a file"),
+        (vec!["sync", src, under], "a file"),
+        (vec!["cp", &one, under], "a file"),
+        (vec!["cp", &one, &format!("{under}/")], "a file"),
+        (vec!["cp", "-r", src, &file_dir], "a file"),
+        (vec!["cp", &one, &file_dir], "a file"),
+        (vec!["cp", "-r", src, dangling], "a symlink to nothing"),
+        (vec!["cp", &one, &dangling_x], "a symlink to nothing"),
     ] {
         let run = skyhaul(&[&args[..], &["--no-journal"]].concat(), None, None);
         assert_eq!(run.code, 7, "{args:?}: {}", run.stderr);
         let line = one_line_error(&run);
+        let path = if what == "a file" {
+            file.display().to_string()
+        } else {
+            dangling.to_string()
+        };
         assert!(
             line.contains(&format!(
-                "{} is a file, so nothing can be written under it",
-                file.display()
+                "{path} is {what}, so nothing can be written under it"
             )),
             "{line}"
         );
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"in the way");
+    // Reading commands are not writes: there, nothing is where it should be.
+    let run = skyhaul(&["verify", "-r", src, under], None, None);
+    assert_eq!(run.code, 6, "{}", run.stderr);
+}
+
+/// A device, FIFO or socket where a file must go is refused, not replaced: as root, a copy
+/// to /dev/null would otherwise put a file in place of the machine's /dev/null.
+#[test]
+fn a_device_or_fifo_at_the_destination_is_not_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("f");
+    std::fs::write(&src, b"data").unwrap();
+    let fifo = tmp.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let run = skyhaul(
+        &[
+            "cp",
+            src.to_str().unwrap(),
+            fifo.to_str().unwrap(),
+            "--no-journal",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("a device, FIFO or socket is there, and skyhaul writes only regular files"),
+        "{}",
+        run.stderr
+    );
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "still a FIFO");
 }

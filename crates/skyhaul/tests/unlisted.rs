@@ -297,6 +297,13 @@ fn unreadable_directories_are_not_denied_credentials() {
     let run = alone.run(&["cp", "-r"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(failed_keys(&report(&run)), ["locked/"]);
+
+    // Beside a file these credentials may not read: not "denied everything" either.
+    let beside = Nobody::new(&["locked/f", "secret"], &[], &["src/locked"]);
+    mode(&beside.src.join("secret"), 0o600);
+    let run = beside.run(&["cp", "-r"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(failed_keys(&report(&run)), ["locked/", "secret"]);
 }
 
 /// A sync deletes the destination's copies only of what the source listed: an entry the
@@ -309,6 +316,11 @@ fn a_sync_never_deletes_what_an_unlisted_entry_may_hold() {
     let run = t.run(&["sync", "--delete", "-y", "--exclude", "lost+found/"]);
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(run.stderr.contains("no objects under"), "{}", run.stderr);
+    assert!(t.dst.join("sub/keep").exists(), "nothing deleted");
+    // The same with the source's own lost+found, unreadable and left out.
+    let t = Nobody::new(&[], &["keep", "sub/keep"], &["src/lost+found"]);
+    let run = t.run(&["sync", "--delete", "-y", "--exclude", "lost+found/"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(t.dst.join("sub/keep").exists(), "nothing deleted");
 
     // Keys under src/locked/ that the exclude does not cover are still at the source.

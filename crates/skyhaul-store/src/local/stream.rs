@@ -2,7 +2,7 @@
 //! system is never held in memory whole.
 
 use super::LocalStore;
-use super::{blocking, create_parent, random_id, set_mtime};
+use super::{blocking, create_parent, random_id, refuse_special, set_mtime};
 use crate::{short_body, Chunks, ObjectMeta, PutOptions, Result, Streamed};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -82,8 +82,10 @@ pub(super) async fn put_stream(
     let path = store.path_of(key)?;
     let tmp = Tmp(Some(store.tmp_path(key, &random_id())?));
     let (this, k, at) = (store.clone(), key.to_string(), tmp.path().to_path_buf());
+    let target = path.clone();
     let file = blocking(move || {
-        create_parent(&at)
+        refuse_special(&target)
+            .and_then(|()| create_parent(&at))
             .and_then(|()| File::create(&at))
             .map(Arc::new)
             .map_err(|e| this.io_err(&k, "cannot write", e))
@@ -131,6 +133,7 @@ pub(super) async fn put_stream(
     let (this, k, mtime) = (store.clone(), key.to_string(), opts.mtime);
     blocking(move || {
         set_mtime(&file, mtime)
+            .and_then(|()| refuse_special(&path))
             .and_then(|()| fs::rename(tmp.path(), &path))
             .map_err(|e| this.io_err(&k, "cannot write", e))?;
         tmp.renamed();
