@@ -105,7 +105,13 @@ impl Location {
                 .map_err(|e| LocationError::NoCurrentDir(input.to_string(), e.to_string()))?
                 .join(path)
         };
-        Ok(Location::local(&abs, input.ends_with('/')))
+        // `dir/.` and `dir/..` name directories, as `dir/` does: `file/.` must not become
+        // `file` once normalized.
+        let dir_hint = input.ends_with('/')
+            || [".", ".."]
+                .iter()
+                .any(|dot| input == *dot || input.ends_with(&format!("/{dot}")));
+        Ok(Location::local(&abs, dir_hint))
     }
 
     /// A local location; `dir_hint` keeps the meaning of a trailing `/` ("put it inside").
@@ -255,5 +261,17 @@ mod tests {
         let l = Location::parse("./out/../x").unwrap();
         assert_eq!(l.local_path(), cwd.join("x"));
         assert!(!l.is_dir_form());
+        // A path that ends in a dot segment names a directory.
+        for (input, dir) in [
+            ("/data/f/.", "/data/f/"),
+            ("/data/f/..", "/data/"),
+            (".", ""),
+        ] {
+            let l = Location::parse(input).unwrap();
+            assert!(l.is_dir_form(), "{input}");
+            if !dir.is_empty() {
+                assert_eq!(l.path, dir, "{input}");
+            }
+        }
     }
 }

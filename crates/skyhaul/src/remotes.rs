@@ -133,6 +133,12 @@ pub enum RemoteError {
     NoType { name: String, path: PathBuf },
     /// An rclone section with one of the key pair but not the other.
     IncompleteKeys { name: String, path: PathBuf },
+    /// An rclone section whose endpoint is no `http(s)://` URL.
+    BadEndpoint {
+        name: String,
+        path: PathBuf,
+        endpoint: String,
+    },
     /// An rclone.conf encrypted with `rclone config encryption`.
     Encrypted { path: PathBuf },
     /// A line that is neither a section, a `key = value` nor a comment.
@@ -191,6 +197,16 @@ impl fmt::Display for RemoteError {
                 f,
                 "remote '{name}' in {} has only one of access_key_id and secret_access_key; \
                  set both, or neither to use env_auth / the AWS credential chain",
+                path.display()
+            ),
+            RemoteError::BadEndpoint {
+                name,
+                path,
+                endpoint,
+            } => write!(
+                f,
+                "remote '{name}' in {} has endpoint '{endpoint}', which is not an http:// or \
+                 https:// URL; fix it there",
                 path.display()
             ),
             RemoteError::Encrypted { path } => write!(
@@ -467,14 +483,20 @@ impl RcloneConfig {
             });
         }
         // rclone accepts a bare host name and means https.
-        let endpoint = get("endpoint").map(|e| {
-            let e = e.trim_end_matches('/');
-            if e.contains("://") {
-                e.to_string()
-            } else {
-                format!("https://{e}")
-            }
-        });
+        let endpoint = get("endpoint")
+            .map(|e| {
+                let e = e.trim_end_matches('/');
+                let url = match e.contains("://") {
+                    true => e.to_string(),
+                    false => format!("https://{e}"),
+                };
+                crate::config::endpoint_url(&url).map_err(|_| RemoteError::BadEndpoint {
+                    name: name.to_string(),
+                    path: self.path.clone(),
+                    endpoint: e.to_string(),
+                })
+            })
+            .transpose()?;
         let has_keys = access_key_id.is_some();
         Ok(Some(ResolvedRemote {
             name: name.to_string(),
@@ -565,6 +587,10 @@ provider = AWS
 [half]
 type = s3
 access_key_id = onlythis
+
+[ftp]
+type = s3
+endpoint = ftp://files.example.com
 "#;
 
     fn rclone_file(text: &str) -> tempfile::NamedTempFile {
@@ -710,6 +736,12 @@ access_key_id = onlythis
         let err = resolve_rclone("half:b").unwrap_err();
         assert!(matches!(err, RemoteError::IncompleteKeys { .. }), "{err:?}");
         assert!(!err.to_string().contains("onlythis"), "{err}");
+        let msg = resolve_rclone("ftp:b").unwrap_err().to_string();
+        assert!(
+            msg.contains("remote 'ftp'")
+                && msg.contains("endpoint 'ftp://files.example.com', which is not an http://"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -742,7 +774,7 @@ access_key_id = onlythis
         assert!(msg.contains("./nope:b/k"), "{msg}");
         assert!(
             msg.contains(
-                "remotes there: aws-env, gdrive, half, minio, nebius, nebius-bare, notype, r2"
+                "remotes there: aws-env, ftp, gdrive, half, minio, nebius, nebius-bare, notype, r2"
             ),
             "{msg}"
         );

@@ -1179,6 +1179,7 @@ fn a_file_up_the_destination_path_stops_the_copy_at_once() {
     std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).unwrap();
     let (file_dir, dangling) = (format!("{}/", file.display()), dangling.to_str().unwrap());
     let dangling_x = format!("{dangling}/x");
+    let file_dot = format!("{}/.", file.display());
     for (args, what) in [
         (vec!["cp", "-r", src, under], "a file"),
         (vec!["sync", src, under], "a file"),
@@ -1186,6 +1187,7 @@ fn a_file_up_the_destination_path_stops_the_copy_at_once() {
         (vec!["cp", &one, &format!("{under}/")], "a file"),
         (vec!["cp", "-r", src, &file_dir], "a file"),
         (vec!["cp", &one, &file_dir], "a file"),
+        (vec!["cp", &one, &file_dot], "a file"),
         (vec!["cp", "-r", src, dangling], "a symlink to nothing"),
         (vec!["cp", &one, &dangling_x], "a symlink to nothing"),
     ] {
