@@ -17,6 +17,7 @@ pub struct Progress {
     objects_done: AtomicU64,
     bytes_done: AtomicU64,
     bytes_moved: AtomicU64,
+    bytes_reused: AtomicU64,
     objects_skipped: AtomicU64,
     bytes_skipped: AtomicU64,
     objects_failed: AtomicU64,
@@ -41,6 +42,9 @@ pub struct Snapshot {
     pub bytes_done: u64,
     /// Bytes moved so far, counting finished parts of objects still in progress.
     pub bytes_moved: u64,
+    /// Bytes of parts an earlier run sent, reused rather than moved again (done, but not
+    /// this run's work: a rate counts `bytes_moved` only).
+    pub bytes_reused: u64,
     pub objects_skipped: u64,
     pub bytes_skipped: u64,
     pub objects_failed: u64,
@@ -49,6 +53,16 @@ pub struct Snapshot {
     pub retries: u64,
     /// Objects skipped because an earlier run of the same transfer copied them.
     pub objects_resumed: u64,
+}
+
+impl Snapshot {
+    /// The bytes this run moves, of those found so far: parts an earlier run sent are
+    /// not, so that a progress bar and a rate measure the same work.
+    pub fn bytes_to_move(&self) -> u64 {
+        self.bytes_total
+            .saturating_sub(self.bytes_reused)
+            .max(self.bytes_moved)
+    }
 }
 
 impl Progress {
@@ -68,6 +82,10 @@ impl Progress {
     }
     pub fn add_moved(&self, bytes: u64) {
         self.bytes_moved.fetch_add(bytes, Relaxed);
+    }
+    /// Parts (or a whole upload) an earlier run sent, taken up by this one.
+    pub fn add_reused(&self, bytes: u64) {
+        self.bytes_reused.fetch_add(bytes, Relaxed);
     }
     pub fn add_skipped(&self, bytes: u64) {
         self.objects_skipped.fetch_add(1, Relaxed);
@@ -128,6 +146,7 @@ impl Progress {
             objects_done: self.objects_done.load(Relaxed),
             bytes_done: self.bytes_done.load(Relaxed),
             bytes_moved: self.bytes_moved.load(Relaxed),
+            bytes_reused: self.bytes_reused.load(Relaxed),
             objects_skipped: self.objects_skipped.load(Relaxed),
             bytes_skipped: self.bytes_skipped.load(Relaxed),
             objects_failed: self.objects_failed.load(Relaxed),
@@ -155,5 +174,16 @@ mod tests {
         assert_eq!((s.objects_total, s.bytes_total), (2, 20));
         assert_eq!((s.objects_skipped, s.bytes_skipped), (2, 17));
         assert_eq!(s.objects_resumed, 2);
+    }
+
+    #[test]
+    fn parts_sent_earlier_are_no_bytes_to_move() {
+        let p = Progress::default();
+        p.add_planned(100);
+        p.add_reused(30);
+        p.add_moved(20);
+        let s = p.snapshot();
+        assert_eq!((s.bytes_moved, s.bytes_reused), (20, 30));
+        assert_eq!(s.bytes_to_move(), 70);
     }
 }

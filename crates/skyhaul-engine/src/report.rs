@@ -29,6 +29,8 @@ pub struct Report {
     pub objects_resumed: u64,
     /// Bytes that crossed this machine (parts reused from an earlier run do not count).
     pub bytes_moved: u64,
+    /// Bytes of parts an earlier, interrupted run had sent, completed into objects here.
+    pub bytes_reused: u64,
     /// The journal's id for this transfer (`skyhaul status`), when journaling.
     pub transfer_id: Option<String>,
     pub seconds: f64,
@@ -59,10 +61,12 @@ impl Report {
             retries: s.retries,
             objects_resumed: s.objects_resumed,
             bytes_moved: s.bytes_moved,
+            bytes_reused: s.bytes_reused,
             transfer_id: None,
             seconds,
+            // This run's pace: what an earlier run sent is not.
             bytes_per_second: if seconds > 0.0 {
-                s.bytes_done as f64 / seconds
+                s.bytes_done.saturating_sub(s.bytes_reused) as f64 / seconds
             } else {
                 0.0
             },
@@ -145,6 +149,13 @@ impl fmt::Display for Report {
                 f,
                 ", {} done by an earlier run",
                 thousands(self.objects_resumed)
+            )?;
+        }
+        if self.bytes_reused > 0 {
+            write!(
+                f,
+                ", {} of parts sent by an earlier run",
+                human_bytes(self.bytes_reused)
             )?;
         }
         if self.server_side_copies > 0 {

@@ -142,7 +142,7 @@ async fn completed_earlier(
         )
     });
     ctx.resume.done(src, dst_key, crc64);
-    ctx.progress.add_moved(src.size);
+    ctx.progress.add_reused(src.size);
     Some(Copied {
         dst_key: dst_key.to_string(),
         size: src.size,
@@ -179,7 +179,7 @@ async fn striped(
         Some(r) => {
             for p in &r.parts {
                 let sums = p.checksum.as_deref().and_then(decode_sums);
-                ctx.progress.add_moved(p.part.len);
+                ctx.progress.add_reused(p.part.len);
                 done.push((p.part.clone(), sums, None));
             }
             r.upload

@@ -566,7 +566,7 @@ async fn add_object(
             parts.insert(p.number, (p, s));
         }
         for p in &open.done {
-            exec.progress().add_moved(p.0.len);
+            exec.progress().add_reused(p.0.len);
         }
         let total = parts.len() + missing.len();
         for spec in missing {

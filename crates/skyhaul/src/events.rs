@@ -110,7 +110,7 @@ pub fn emit(event: &Event) {
 pub fn progress(s: Snapshot, elapsed: Duration) -> Event<'static> {
     let secs = elapsed.as_secs_f64().max(0.001);
     let rate = s.bytes_moved as f64 / secs;
-    let left = s.bytes_total.saturating_sub(s.bytes_moved);
+    let left = s.bytes_to_move() - s.bytes_moved;
     let eta = (s.listing_done && rate > 0.0).then(|| left as f64 / rate);
     Event::Progress {
         elapsed_seconds: secs,

@@ -150,7 +150,7 @@ pub fn progress_line(s: &Snapshot, elapsed: Duration) -> String {
         thousands(s.objects_total + s.objects_skipped),
         if s.listing_done { "" } else { "+" },
         human_bytes(s.bytes_moved),
-        human_bytes(s.bytes_total.max(s.bytes_moved)),
+        human_bytes(s.bytes_to_move()),
         if s.listing_done { "" } else { "+" },
         human_bytes(rate as u64),
         thousands(s.retries)
@@ -238,7 +238,7 @@ impl Output {
         let task = tokio::spawn(async move {
             loop {
                 let s = progress.snapshot();
-                b.set_length(s.bytes_total.max(s.bytes_moved));
+                b.set_length(s.bytes_to_move());
                 b.set_position(s.bytes_moved);
                 b.set_message(format!(
                     "{}/{}{} objects, {} retries",

@@ -263,6 +263,62 @@ async fn ctrl_c_stops_gracefully_and_the_rerun_resumes() {
     assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
 }
 
+/// The rerun of an interrupted striped object sends only its missing parts, and its report
+/// tells them apart: `bytes_moved` is this run's, `bytes_reused` the earlier run's parts,
+/// and the rate is this run's.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_report_of_a_resumed_upload_counts_its_reused_parts_apart() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("dst").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let size = 30 * MIB;
+    let files = BTreeMap::from([("big.bin".to_string(), data(size, 7))]);
+    write_tree(&tmp.path().join("src"), &files);
+    let (journal, src) = (tmp.path().join("journal.sqlite"), tmp.path().join("src"));
+    let args = copy_args(src.to_str().unwrap(), &s3.endpoint);
+    let mut slow = args.clone();
+    slow.extend(["--bwlimit", "8M"]);
+    let child = spawn(&slow, &s3, &journal);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journaled_bytes(&journal) == 0 {
+        assert!(Instant::now() < deadline, "no part journaled within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent_before = journaled_bytes(&journal);
+
+    let rerun = spawn(&args, &s3, &journal).wait_with_output().unwrap();
+    assert_succeeded(&rerun);
+    let report = last_json_line(&String::from_utf8_lossy(&rerun.stdout)).unwrap();
+    let count = |k: &str| {
+        report[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k}: {report}"))
+    };
+    assert_eq!(count("bytes_copied"), size as u64, "{report}");
+    assert_eq!(count("bytes_reused"), sent_before, "{report}");
+    assert_eq!(
+        count("bytes_moved") + count("bytes_reused"),
+        size as u64,
+        "{report}"
+    );
+    let rate = report["bytes_per_second"].as_f64().unwrap();
+    let seconds = report["seconds"].as_f64().unwrap();
+    let moved_rate = (size as u64 - sent_before) as f64 / seconds;
+    assert!(
+        (rate - moved_rate).abs() <= moved_rate * 1e-6 + 1.0,
+        "{report}"
+    );
+    assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
     let (s3, files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;
