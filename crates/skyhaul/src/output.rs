@@ -58,9 +58,26 @@ fn write_stderr(text: &[u8]) {
     }
 }
 
-/// One line on stderr, above the bar when one is drawn.
+/// One line on stderr, above the bar when one is drawn, its control characters shown
+/// escaped ([`printable`]).
 pub fn stderr_line(line: &str) {
-    write_stderr(format!("{line}\n").as_bytes());
+    write_stderr(format!("{}\n", printable(line)).as_bytes());
+}
+
+/// `text` with its control characters shown escaped (`\n`, `\u{1b}`): keys come from
+/// stores, and one holding a newline or a terminal escape sequence must neither break a
+/// line of output in two nor drive the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// The writer for log events (`tracing`): each event is collected and written in one piece
@@ -263,7 +280,7 @@ impl Output {
             return;
         }
         for f in &r.failures {
-            eprintln!("skyhaul: failed: {}: {}", f.key, f.error);
+            stderr_line(&format!("skyhaul: failed: {}: {}", f.key, f.error));
         }
         if r.objects_failed as usize > r.failures.len() {
             eprintln!(
@@ -273,7 +290,7 @@ impl Output {
         }
         if let Some(v) = &r.verification {
             for p in &v.problems {
-                eprintln!("skyhaul: verify: {}: {}", p.key, p.error);
+                stderr_line(&format!("skyhaul: verify: {}: {}", p.key, p.error));
             }
         }
         if !self.quiet {
@@ -302,7 +319,7 @@ impl Output {
             return;
         }
         for p in &v.problems {
-            eprintln!("skyhaul: {}: {}", p.key, p.error);
+            stderr_line(&format!("skyhaul: {}: {}", p.key, p.error));
         }
         if !self.quiet {
             verified(v);
@@ -314,7 +331,7 @@ impl Output {
 
     /// The error on stderr, and with `--json` as the last event.
     pub fn error(&self, message: &str, code: crate::exit::ExitCode) {
-        eprintln!("skyhaul: error: {message}");
+        stderr_line(&format!("skyhaul: error: {message}"));
         if self.json {
             events::emit(&Event::Error {
                 message,
@@ -383,7 +400,7 @@ impl DryRun {
                         size: Some(meta.size),
                     });
                 } else {
-                    outln!("copy {from} -> {to}");
+                    outln!("copy {} -> {}", printable(&from), printable(&to));
                 }
             }
             Job::Delete { dst_key } => {
@@ -418,7 +435,7 @@ impl DryRun {
                     size: None,
                 });
             } else {
-                outln!("delete {key}");
+                outln!("delete {}", printable(key));
             }
         }
         if self.out.json {
@@ -452,6 +469,12 @@ impl DryRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_print_escaped() {
+        assert_eq!(printable("plain/ключ 🙂"), "plain/ключ 🙂");
+        assert_eq!(printable("a\nb\tc\r\u{1b}[2J"), "a\\nb\\tc\\r\\u{1b}[2J");
+    }
 
     #[test]
     fn progress_line_reads_well() {

@@ -1246,3 +1246,30 @@ fn a_device_or_fifo_at_the_destination_is_not_replaced() {
     let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
     assert!(kind.is_fifo(), "still a FIFO");
 }
+
+/// A key with a newline or a terminal escape prints on one line, escaped, in the dry run's
+/// list and in the failures.
+#[test]
+fn keys_with_control_characters_print_on_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let key = "x\ny\u{1b}[2J";
+    write_tree(&src, &BTreeMap::from([(key.to_string(), b"f".to_vec())]));
+    // A directory where the file must go: its copy fails.
+    std::fs::create_dir_all(dst.join(key).join("sub")).unwrap();
+    let (src, dst) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let dry = skyhaul(&["cp", "-r", "--dry-run", src, dst], None, None);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(dry.stdout.lines().count(), 1, "{}", dry.stdout);
+    assert!(dry.stdout.contains("x\\ny\\u{1b}[2J"), "{}", dry.stdout);
+    let run = skyhaul(&["cp", "-r", "--no-journal", src, dst], None, None);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let failed: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("skyhaul: failed: "))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", run.stderr);
+    assert!(failed[0].contains("x\\ny\\u{1b}[2J"), "{}", failed[0]);
+    assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
+}
