@@ -39,7 +39,13 @@ where
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("").to_string();
             let message = se.err().message().unwrap_or("").to_string();
-            let (kind, hint) = classify(&code, status);
+            let (kind, mut hint) = classify(&code, status);
+            // Every S3 error but a HEAD's has a body with a code: a request refused without
+            // one was not refused by S3 (a 5xx may be a proxy's, on the way to S3).
+            let refused = status.is_some_and(|s| (400..500).contains(&s));
+            if code.is_empty() && refused && what != "head" && hint.is_empty() {
+                hint = " (the answer is not S3's: check that the endpoint is an S3 endpoint)";
+            }
             let detail = match (code.is_empty(), message.is_empty()) {
                 (true, _) => format!("HTTP {}", status.unwrap_or(0)),
                 (false, true) => code,

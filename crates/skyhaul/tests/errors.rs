@@ -140,6 +140,42 @@ async fn wrong_credentials_and_unreachable_endpoint() {
         "{line}"
     );
     assert!(!d.exists());
+
+    // A web server that is no S3 endpoint: its 404 says so.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", web.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in web.incoming() {
+            let mut conn = conn.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut head);
+            let page = "<html>not here</html>";
+            let answer = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = std::io::Write::write_all(&mut conn, answer.as_bytes());
+        }
+    });
+    let run = skyhaul(
+        &[
+            "cp",
+            "-r",
+            "s3://bkt/data",
+            d.to_str().unwrap(),
+            "--src-endpoint",
+            &url,
+        ],
+        Some(&s),
+        None,
+    );
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("HTTP 404") && line.contains("check that the endpoint is an S3 endpoint"),
+        "{line}"
+    );
 }
 
 #[test]
