@@ -87,6 +87,10 @@ impl Progress {
     pub fn add_reused(&self, bytes: u64) {
         self.bytes_reused.fetch_add(bytes, Relaxed);
     }
+    /// Takes back [`Progress::add_reused`] of an attempt that failed: it reused nothing.
+    pub fn take_back_reused(&self, bytes: u64) {
+        self.bytes_reused.fetch_sub(bytes, Relaxed);
+    }
     pub fn add_skipped(&self, bytes: u64) {
         self.objects_skipped.fetch_add(1, Relaxed);
         self.bytes_skipped.fetch_add(bytes, Relaxed);

@@ -153,8 +153,30 @@ async fn completed_earlier(
     })
 }
 
-/// One striped copy with parts of `part` bytes, continuing `resumed` if given.
+/// One striped copy with parts of `part` bytes, continuing `resumed` if given. The parts
+/// an earlier run sent count as reused while the attempt lasts: one that fails (the upload
+/// gone, the bytes corrupt, Ctrl-C) reused nothing.
 async fn striped(
+    ctx: &Arc<Ctx>,
+    src: &ObjectMeta,
+    dst_key: &str,
+    put: &PutOptions,
+    server_side: bool,
+    part: u64,
+    resumed: Option<skyhaul_journal::ResumableUpload>,
+) -> Result<Copied> {
+    let reused = resumed
+        .as_ref()
+        .map_or(0, |r| r.parts.iter().map(|p| p.part.len).sum());
+    ctx.progress.add_reused(reused);
+    let copied = striped_parts(ctx, src, dst_key, put, server_side, part, resumed).await;
+    if copied.is_err() {
+        ctx.progress.take_back_reused(reused);
+    }
+    copied
+}
+
+async fn striped_parts(
     ctx: &Arc<Ctx>,
     src: &ObjectMeta,
     dst_key: &str,
@@ -179,7 +201,6 @@ async fn striped(
         Some(r) => {
             for p in &r.parts {
                 let sums = p.checksum.as_deref().and_then(decode_sums);
-                ctx.progress.add_reused(p.part.len);
                 done.push((p.part.clone(), sums, None));
             }
             r.upload

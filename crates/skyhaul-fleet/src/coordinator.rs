@@ -562,11 +562,16 @@ async fn add_object(
             .iter()
             .map(|(p, s)| (p.number, (p.clone(), s.clone())))
             .collect();
-        for (p, s) in st.early_parts.remove(&upload_id).unwrap_or_default() {
-            parts.insert(p.number, (p, s));
+        let early = st.early_parts.remove(&upload_id).unwrap_or_default();
+        // Parts this run's workers sent (early) counted as moved when they came, whether
+        // the journal had them by now or not.
+        for (p, _) in &open.done {
+            if !early.iter().any(|(e, _)| e.number == p.number) {
+                exec.progress().add_reused(p.len);
+            }
         }
-        for p in &open.done {
-            exec.progress().add_reused(p.0.len);
+        for (p, s) in early {
+            parts.insert(p.number, (p, s));
         }
         let total = parts.len() + missing.len();
         for spec in missing {

@@ -88,7 +88,7 @@ impl Location {
                     let decoded = percent_encoding::percent_decode_str(rest).decode_utf8_lossy();
                     Ok(Location::local(
                         Path::new(decoded.as_ref()),
-                        input.ends_with('/'),
+                        names_dir(&decoded),
                     ))
                 }
                 other => Err(LocationError::UnsupportedScheme(
@@ -105,13 +105,7 @@ impl Location {
                 .map_err(|e| LocationError::NoCurrentDir(input.to_string(), e.to_string()))?
                 .join(path)
         };
-        // `dir/.` and `dir/..` name directories, as `dir/` does: `file/.` must not become
-        // `file` once normalized.
-        let dir_hint = input.ends_with('/')
-            || [".", ".."]
-                .iter()
-                .any(|dot| input == *dot || input.ends_with(&format!("/{dot}")));
-        Ok(Location::local(&abs, dir_hint))
+        Ok(Location::local(&abs, names_dir(input)))
     }
 
     /// A local location; `dir_hint` keeps the meaning of a trailing `/` ("put it inside").
@@ -137,6 +131,15 @@ impl Location {
     pub fn is_dir_form(&self) -> bool {
         self.path.is_empty() || self.path.ends_with('/')
     }
+}
+
+/// Whether a local path as typed names a directory: it ends in `/`, or in `.` or `..`
+/// (`file/.` must not become `file` once normalized).
+fn names_dir(path: &str) -> bool {
+    path.ends_with('/')
+        || [".", ".."]
+            .iter()
+            .any(|dot| path == *dot || path.ends_with(&format!("/{dot}")))
 }
 
 /// Removes `.` and resolves `..` lexically, so that a destination typed as `./out/../x` is
@@ -265,6 +268,7 @@ mod tests {
         for (input, dir) in [
             ("/data/f/.", "/data/f/"),
             ("/data/f/..", "/data/"),
+            ("file:///data/f/.", "/data/f/"),
             (".", ""),
         ] {
             let l = Location::parse(input).unwrap();

@@ -6,6 +6,7 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{self, future, ProvideCredentials};
 use aws_credential_types::Credentials;
 use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_types::os_shim_internal::{Env, Fs};
 use skyhaul_store::{cause_chain, Error, ErrorKind};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -85,18 +86,19 @@ pub(crate) async fn profile_credentials(
     // profile files' own account of what they lack.
     tracing::debug!("profile {profile}: {}", DisplayErrorContext(&e));
     let why = match &e {
-        CredentialsError::CredentialsNotLoaded(_) => {
-            let why = std::error::Error::source(&e).map_or_else(
-                || "it names no keys, role or source of credentials".to_string(),
-                |s| s.to_string(),
-            );
+        CredentialsError::CredentialsNotLoaded(_) if !names_credentials(profile).await => {
             tracing::warn!(
-                "{name}: profile '{profile}' gives no credentials here ({why}); using the \
+                "{name}: profile '{profile}' gives no credentials here (it is not in the AWS \
+                 config files, or names no keys, role or source of credentials); using the \
                  environment or the instance's role"
             );
             return Ok(None);
         }
-        CredentialsError::InvalidConfiguration(_) => cause_chain(&e),
+        // The SDK says "not loaded" of a profile that names a source it cannot use, too:
+        // a `source_profile` that is not there, an SSO profile without its start URL.
+        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_) => {
+            cause_chain(&e)
+        }
         CredentialsError::ProviderTimedOut(_) => "its source of credentials timed out".into(),
         _ => "its source of credentials failed (-vv shows how)".into(),
     };
@@ -104,6 +106,35 @@ pub(crate) async fn profile_credentials(
         ErrorKind::AccessDenied,
         format!("{name}: profile '{profile}': no credentials: {why}"),
     ))
+}
+
+/// The settings by which a profile names a source of credentials.
+const CREDENTIAL_SETTINGS: [&str; 11] = [
+    "aws_access_key_id",
+    "role_arn",
+    "source_profile",
+    "credential_source",
+    "credential_process",
+    "web_identity_token_file",
+    "sso_session",
+    "sso_start_url",
+    "sso_account_id",
+    "sso_role_name",
+    "login_session",
+];
+
+/// Whether `profile` is in the AWS config files and names a source of credentials: then
+/// failing to get them is an error, not a reason to look elsewhere. Files that cannot be
+/// read or parsed count as naming one, so that their error is told.
+async fn names_credentials(profile: &str) -> bool {
+    let files = aws_runtime::env_config::file::EnvConfigFiles::default();
+    let (fs, env) = (Fs::real(), Env::real());
+    match aws_config::profile::load(&fs, &env, &files, None).await {
+        Ok(set) => set
+            .get_profile(profile)
+            .is_some_and(|p| CREDENTIAL_SETTINGS.iter().any(|k| p.get(k).is_some())),
+        Err(_) => true,
+    }
 }
 
 #[cfg(test)]

@@ -69,7 +69,8 @@ fn init_logging(verbose: u8) {
         // The AWS SDK warns about every provider it tries; those are not the user's problem.
         // A certificate the platform verifier rejects is reported once, as the error itself.
         0 => "warn,aws_config=error,aws_smithy_runtime=error,rustls_platform_verifier=off",
-        1 => "info,aws_config=warn,aws_smithy_runtime=warn",
+        // aws_config's warnings can quote a credential_process's stderr: -vv only.
+        1 => "info,aws_config=error,aws_smithy_runtime=warn",
         _ => "debug,aws=info,hyper=info,h2=info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKYHAUL_LOG")

@@ -1023,7 +1023,8 @@ async fn a_profile_wins_over_environment_keys() {
         format!(
             "[good]\naws_access_key_id = {0}\naws_secret_access_key = {1}\n\n\
              [bad]\naws_access_key_id = {0}\naws_secret_access_key = wrong-secret\n\n\
-             [broken]\ncredential_process = /bin/false\n",
+             [broken]\ncredential_process = /bin/false\n\n\
+             [dangling]\nrole_arn = arn:aws:iam::123456789012:role/x\nsource_profile = nosuch\n",
             s.access_key, s.secret_key
         ),
     )
@@ -1074,12 +1075,21 @@ async fn a_profile_wins_over_environment_keys() {
         run.stderr
     );
     assert!(!run.stderr.contains(&s.secret_key), "{}", run.stderr);
-    // A profile whose source of credentials fails is no reason to copy as another identity.
+    // A profile whose source of credentials fails, or names one that is not there, is no
+    // reason to copy as another identity.
     let run = copy("broken", &s.secret_key);
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(
         one_line_error(&run)
             .contains("profile 'broken': no credentials: its source of credentials failed"),
+        "{}",
+        run.stderr
+    );
+    let run = copy("dangling", &s.secret_key);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        one_line_error(&run).contains("profile 'dangling': no credentials")
+            && one_line_error(&run).contains("nosuch"),
         "{}",
         run.stderr
     );

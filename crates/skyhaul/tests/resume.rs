@@ -319,6 +319,70 @@ async fn the_report_of_a_resumed_upload_counts_its_reused_parts_apart() {
     assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
 }
 
+/// A rerun whose journaled upload is gone (aborted by a lifecycle rule, or its temporary
+/// file removed) sends the object afresh, and reuses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_upload_that_is_gone_reuses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let size = 30 * MIB;
+    let files = BTreeMap::from([("big.bin".to_string(), data(size, 9))]);
+    write_tree(&src, &files);
+    let journal = tmp.path().join("journal.sqlite");
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "cp".to_string(),
+            "-r".into(),
+            src.display().to_string(),
+            dst.display().to_string(),
+            "--json".into(),
+        ];
+        a.extend(
+            [
+                "--multipart-threshold",
+                "5M",
+                "--part-size",
+                "5M",
+                "--memory-budget",
+                "16M",
+            ]
+            .map(String::from),
+        );
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_skyhaul"))
+            .args(a)
+            .env("SKYHAUL_JOURNAL", &journal)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = run(args(&["--bwlimit", "8M"]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journaled_bytes(&journal) == 0 {
+        assert!(Instant::now() < deadline, "no part journaled within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(130));
+    // The upload's temporary file is what a local upload is: remove it.
+    for entry in std::fs::read_dir(&dst).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().ends_with(".skyhaul-tmp") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let rerun = run(args(&[])).wait_with_output().unwrap();
+    assert_succeeded(&rerun);
+    let report = last_json_line(&String::from_utf8_lossy(&rerun.stdout)).unwrap();
+    assert_eq!(report["bytes_reused"], 0, "{report}");
+    assert_eq!(report["bytes_moved"], size as u64, "{report}");
+    assert_eq!(read_tree(&dst), files);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
     let (s3, files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;
