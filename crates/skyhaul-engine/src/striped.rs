@@ -35,7 +35,17 @@ pub(crate) async fn multipart(
         ctx.resume.resumable(src, part)
     };
     let earlier = resumed.clone();
-    match striped(ctx, src, dst_key, put, server_side, part, resumed).await {
+    // The parts an earlier run sent count as reused while the attempt lasts: one that
+    // fails (the upload gone, the bytes corrupt, Ctrl-C) reused nothing.
+    let reused = earlier
+        .as_ref()
+        .map_or(0, |r| r.parts.iter().map(|p| p.part.len).sum());
+    ctx.progress.add_reused(reused);
+    let copied = striped(ctx, src, dst_key, put, server_side, part, resumed).await;
+    if copied.is_err() {
+        ctx.progress.take_back_reused(reused);
+    }
+    match copied {
         // A journaled upload can be gone although the journal lost its end: killed right
         // after completing it. Servers then say NoSuchUpload (s3s-fs: AccessDenied).
         Err(e)
@@ -153,30 +163,8 @@ async fn completed_earlier(
     })
 }
 
-/// One striped copy with parts of `part` bytes, continuing `resumed` if given. The parts
-/// an earlier run sent count as reused while the attempt lasts: one that fails (the upload
-/// gone, the bytes corrupt, Ctrl-C) reused nothing.
+/// One striped copy with parts of `part` bytes, continuing `resumed` if given.
 async fn striped(
-    ctx: &Arc<Ctx>,
-    src: &ObjectMeta,
-    dst_key: &str,
-    put: &PutOptions,
-    server_side: bool,
-    part: u64,
-    resumed: Option<skyhaul_journal::ResumableUpload>,
-) -> Result<Copied> {
-    let reused = resumed
-        .as_ref()
-        .map_or(0, |r| r.parts.iter().map(|p| p.part.len).sum());
-    ctx.progress.add_reused(reused);
-    let copied = striped_parts(ctx, src, dst_key, put, server_side, part, resumed).await;
-    if copied.is_err() {
-        ctx.progress.take_back_reused(reused);
-    }
-    copied
-}
-
-async fn striped_parts(
     ctx: &Arc<Ctx>,
     src: &ObjectMeta,
     dst_key: &str,
