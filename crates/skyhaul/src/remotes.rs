@@ -486,9 +486,13 @@ impl RcloneConfig {
         let endpoint = get("endpoint")
             .map(|e| {
                 let e = e.trim_end_matches('/');
-                let url = match e.contains("://") {
-                    true => e.to_string(),
-                    false => format!("https://{e}"),
+                // A bare host, not a URL typed short of its slashes (`http:/host`).
+                let lower = e.to_ascii_lowercase();
+                let bare =
+                    !e.contains("://") && !["http:", "https:"].iter().any(|s| lower.starts_with(s));
+                let url = match bare {
+                    true => format!("https://{e}"),
+                    false => e.to_string(),
                 };
                 crate::config::endpoint_url(&url).map_err(|_| RemoteError::BadEndpoint {
                     name: name.to_string(),
@@ -591,6 +595,10 @@ access_key_id = onlythis
 [ftp]
 type = s3
 endpoint = ftp://files.example.com
+
+[oneslash]
+type = s3
+endpoint = http:/minio.local:9000
 "#;
 
     fn rclone_file(text: &str) -> tempfile::NamedTempFile {
@@ -742,6 +750,8 @@ endpoint = ftp://files.example.com
                 && msg.contains("endpoint 'ftp://files.example.com', which is not an http://"),
             "{msg}"
         );
+        let err = resolve_rclone("oneslash:b").unwrap_err();
+        assert!(matches!(err, RemoteError::BadEndpoint { .. }), "{err:?}");
     }
 
     #[test]
@@ -774,7 +784,7 @@ endpoint = ftp://files.example.com
         assert!(msg.contains("./nope:b/k"), "{msg}");
         assert!(
             msg.contains(
-                "remotes there: aws-env, ftp, gdrive, half, minio, nebius, nebius-bare, notype, r2"
+                "remotes there: aws-env, ftp, gdrive, half, minio, nebius, nebius-bare, notype, oneslash, r2"
             ),
             "{msg}"
         );
