@@ -386,23 +386,32 @@ async fn a_resumed_upload_that_is_gone_reuses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
     let (s3, files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;
-    let mut args = copy_args(src.to_str().unwrap(), &s3.endpoint);
-    // At 1 MiB/s the parts in flight take seconds to finish: a graceful stop would wait.
-    args.extend(["--bwlimit", "1M"]);
+    // Every part upload is held 5 s on its way: a graceful stop would wait for it.
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            delay: Some(Duration::from_secs(5)),
+            only_methods: vec!["PUT".into()],
+            path_contains: Some("partNumber=".into()),
+            ..Faults::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let args = copy_args(src.to_str().unwrap(), &ep);
     let child = spawn(&args, &s3, &journal);
-    // Interrupted only once objects arrive: on a loaded machine a fixed wait could end
-    // before any work is in flight, and a graceful stop with nothing to finish is instant.
+    // Interrupted only once a part is held. Waiting for any object to arrive (as this test
+    // did) let the first Ctrl-C find only small objects in flight now and then, which
+    // finish in a moment.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while s3.list("dst", "data/").await.is_empty() {
-        assert!(Instant::now() < deadline, "no object arrived within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    while proxy.injected().delayed == 0 {
+        assert!(Instant::now() < deadline, "no part sent within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pid = child.id() as i32;
     unsafe { libc::kill(pid, libc::SIGINT) };
     std::thread::sleep(Duration::from_millis(300));
     let mut child = child;
     if let Some(status) = child.try_wait().unwrap() {
-        // Seen once and not reproduced since: say how it ended, to tell why.
         let out = child.wait_with_output().unwrap();
         panic!(
             "the first Ctrl-C lets the work in flight finish, but it ended at once ({status}): {}\n{}",
