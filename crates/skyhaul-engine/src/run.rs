@@ -726,13 +726,9 @@ async fn single_source(
     let mut listing = src.list(&dir, None);
     let target = format!("{}/{}", src.name().trim_end_matches('/'), key);
     match listing.next().await {
-        // An entry it cannot list is there all the same.
-        Some(Ok(_)) => Err(Error::new(
-            ErrorKind::NotFound,
-            format!("{target}: is a prefix, not an object (use -r to copy everything under it)"),
-        )),
         Some(Err(e)) if e.unlisted.is_none() => Err(e),
-        Some(Err(_)) => Err(Error::new(
+        // An object, or an entry it cannot list: something is there all the same.
+        Some(_) => Err(Error::new(
             ErrorKind::NotFound,
             format!("{target}: is a prefix, not an object (use -r to copy everything under it)"),
         )),

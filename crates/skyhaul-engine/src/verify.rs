@@ -395,8 +395,7 @@ async fn check_copied(
         v.objects += 1;
         let Some(m) = m else {
             let hidden = unlisted.iter().find(|e: &&Error| {
-                let key = e.unlisted.as_deref().unwrap_or_default();
-                key == c.dst_key || (key.ends_with('/') && c.dst_key.starts_with(key))
+                lies_under(&c.dst_key, e.unlisted.as_deref().unwrap_or_default())
             });
             match hidden {
                 Some(e) => v.unreadable(&c.dst_key, e.clone())?,
@@ -479,7 +478,7 @@ pub async fn verify_locations(
         let hidden = |unlisted: &[(String, Error)], rel: &str| {
             unlisted
                 .iter()
-                .find(|(dir, _)| rel.starts_with(dir.as_str()))
+                .find(|(dir, _)| lies_under(rel, dir))
                 .map(|(_, e)| e.clone())
         };
         while let Some(pair) = merge.next().await.map_err(|e| v.stopped(e))? {
@@ -561,6 +560,12 @@ pub async fn verify_locations(
     .await?;
     end_of_checks(&denials, &v)?;
     Ok(v)
+}
+
+/// Whether `key` is the entry a listing could not include, or lies under it (a directory's
+/// key ends in `/`).
+fn lies_under(key: &str, entry: &str) -> bool {
+    key == entry || (entry.ends_with('/') && key.starts_with(entry))
 }
 
 /// An expected ETag is comparable with a listed one only in the same form: content MD5

@@ -177,8 +177,8 @@ impl S3Store {
         if let Some(endpoint) = &opts.endpoint {
             loader = loader.endpoint_url(endpoint);
         }
-        let mut chosen = None;
-        if let (Some(ak), Some(sk)) = (&opts.access_key_id, &opts.secret_access_key) {
+        let keys = (&opts.access_key_id, &opts.secret_access_key);
+        if let (Some(ak), Some(sk)) = keys {
             loader = loader.credentials_provider(Credentials::new(
                 ak.clone(),
                 sk.clone(),
@@ -186,11 +186,15 @@ impl S3Store {
                 None,
                 "skyhaul",
             ));
-        } else if let Some(profile) = &opts.profile {
-            let region = region_chain(opts).region().await;
-            chosen = profile_credentials(profile, region, &name).await?;
         }
         let sdk = loader.load().await;
+        // A side's profile comes before the default chain, with the region `load` found.
+        let chosen = match (&opts.profile, keys) {
+            (Some(profile), (None, _) | (_, None)) => {
+                profile_credentials(profile, sdk.region().cloned(), &name).await?
+            }
+            _ => None,
+        };
         let endpoint = opts.endpoint.clone().unwrap_or_else(|| "aws".to_string());
         let provider = match (chosen, sdk.credentials_provider()) {
             (Some(profile), _) => profile,

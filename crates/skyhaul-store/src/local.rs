@@ -205,7 +205,14 @@ impl std::fmt::Display for NotAFile {
 
 impl std::error::Error for NotAFile {}
 
-/// Refuses to write to `path` when [`NotAFile`] stands there.
+/// Renames the finished temporary file `tmp` to `path`, unless [`NotAFile`] stands there.
+fn move_into_place(tmp: &Path, path: &Path) -> io::Result<()> {
+    refuse_special(path)?;
+    fs::rename(tmp, path)
+}
+
+/// Refuses to write to `path` when [`NotAFile`] stands there: before a rename, and before
+/// a long write begins.
 fn refuse_special(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(md) if !(md.is_file() || md.is_symlink() || md.is_dir()) => {
@@ -288,8 +295,10 @@ impl Walker {
                 continue;
             }
             let is_dir = ft.is_dir();
-            let mut sort_key = String::from_utf8_lossy(name).into_owned();
-            let is_key = std::str::from_utf8(name).is_ok();
+            let shown = String::from_utf8_lossy(name);
+            // Borrowed when the name is UTF-8 already.
+            let is_key = matches!(shown, std::borrow::Cow::Borrowed(_));
+            let mut sort_key = shown.into_owned();
             if is_dir {
                 sort_key.push('/');
             }
@@ -497,13 +506,12 @@ impl Store for LocalStore {
         let this = self.clone();
         blocking(move || {
             let write = || -> io::Result<()> {
-                refuse_special(&path)?;
                 create_parent(&path)?;
                 let file = File::create(&tmp)?;
                 file.write_all_at(&body.data, 0)?;
                 set_mtime(&file, mtime)?;
                 drop(file);
-                fs::rename(&tmp, &path)
+                move_into_place(&tmp, &path)
             };
             write().map_err(|e| {
                 let _ = fs::remove_file(&tmp);
@@ -616,8 +624,7 @@ impl Store for LocalStore {
             }
             set_mtime(&file, mtime).map_err(|e| this.io_err(&key, "cannot set mtime", e))?;
             drop(file);
-            refuse_special(&path)
-                .and_then(|()| fs::rename(&tmp, &path))
+            move_into_place(&tmp, &path)
                 .map_err(|e| this.io_err(&key, "cannot move into place", e))?;
             Ok(Written::default())
         })

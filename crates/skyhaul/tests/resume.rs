@@ -76,24 +76,40 @@ fn journaled_bytes(journal: &Path) -> u64 {
         .sum()
 }
 
+/// Small parts and a small budget: many parts, few in flight.
+const TUNING: [&str; 8] = [
+    "--multipart-threshold",
+    "5M",
+    "--part-size",
+    "5M",
+    "--memory-budget",
+    "16M",
+    "--max-connections",
+    "4",
+];
+
 fn copy_args<'a>(src: &'a str, endpoint: &'a str) -> Vec<&'a str> {
-    vec![
-        "cp",
-        "-r",
-        src,
-        "s3://dst/data",
-        "--dst-endpoint",
-        endpoint,
-        "--multipart-threshold",
-        "5M",
-        "--part-size",
-        "5M",
-        "--memory-budget",
-        "16M",
-        "--max-connections",
-        "4",
-        "--json",
-    ]
+    let mut args = vec!["cp", "-r", src, "s3://dst/data", "--dst-endpoint", endpoint];
+    args.extend(TUNING);
+    args.push("--json");
+    args
+}
+
+/// Ctrl-C to `child` once the journal holds a finished part, and its exit as interrupted.
+fn interrupt_once_a_part_is_journaled(child: Child, journal: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journaled_bytes(journal) == 0 {
+        assert!(Instant::now() < deadline, "no part journaled within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -278,20 +294,7 @@ async fn the_report_of_a_resumed_upload_counts_its_reused_parts_apart() {
     let args = copy_args(src.to_str().unwrap(), &s3.endpoint);
     let mut slow = args.clone();
     slow.extend(["--bwlimit", "8M"]);
-    let child = spawn(&slow, &s3, &journal);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while journaled_bytes(&journal) == 0 {
-        assert!(Instant::now() < deadline, "no part journaled within 60 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    interrupt_once_a_part_is_journaled(spawn(&slow, &s3, &journal), &journal);
     let sent_before = journaled_bytes(&journal);
 
     let rerun = spawn(&args, &s3, &journal).wait_with_output().unwrap();
@@ -329,45 +332,19 @@ async fn a_resumed_upload_that_is_gone_reuses_nothing() {
     let files = BTreeMap::from([("big.bin".to_string(), data(size, 9))]);
     write_tree(&src, &files);
     let journal = tmp.path().join("journal.sqlite");
-    let args = |extra: &[&'static str]| {
-        let mut a = vec![
-            "cp".to_string(),
-            "-r".into(),
-            src.display().to_string(),
-            dst.display().to_string(),
-            "--json".into(),
-        ];
-        a.extend(
-            [
-                "--multipart-threshold",
-                "5M",
-                "--part-size",
-                "5M",
-                "--memory-budget",
-                "16M",
-            ]
-            .map(String::from),
-        );
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
-    let run = |a: Vec<String>| {
+    let run = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_skyhaul"))
-            .args(a)
+            .args(["cp", "-r", "--json"])
+            .args([&src, &dst])
+            .args(TUNING)
+            .args(extra)
             .env("SKYHAUL_JOURNAL", &journal)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let child = run(args(&["--bwlimit", "8M"]));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while journaled_bytes(&journal) == 0 {
-        assert!(Instant::now() < deadline, "no part journaled within 60 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(130));
+    interrupt_once_a_part_is_journaled(run(&["--bwlimit", "8M"]), &journal);
     // The upload's temporary file is what a local upload is: remove it.
     for entry in std::fs::read_dir(&dst).unwrap() {
         let path = entry.unwrap().path();
@@ -375,7 +352,7 @@ async fn a_resumed_upload_that_is_gone_reuses_nothing() {
             std::fs::remove_file(path).unwrap();
         }
     }
-    let rerun = run(args(&[])).wait_with_output().unwrap();
+    let rerun = run(&[]).wait_with_output().unwrap();
     assert_succeeded(&rerun);
     let report = last_json_line(&String::from_utf8_lossy(&rerun.stdout)).unwrap();
     assert_eq!(report["bytes_reused"], 0, "{report}");

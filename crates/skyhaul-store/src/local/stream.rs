@@ -2,7 +2,7 @@
 //! system is never held in memory whole.
 
 use super::LocalStore;
-use super::{blocking, create_parent, random_id, refuse_special, set_mtime};
+use super::{blocking, create_parent, move_into_place, random_id, refuse_special, set_mtime};
 use crate::{short_body, Chunks, ObjectMeta, PutOptions, Result, Streamed};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -133,8 +133,7 @@ pub(super) async fn put_stream(
     let (this, k, mtime) = (store.clone(), key.to_string(), opts.mtime);
     blocking(move || {
         set_mtime(&file, mtime)
-            .and_then(|()| refuse_special(&path))
-            .and_then(|()| fs::rename(tmp.path(), &path))
+            .and_then(|()| move_into_place(tmp.path(), &path))
             .map_err(|e| this.io_err(&k, "cannot write", e))?;
         tmp.renamed();
         Ok(())
