@@ -84,6 +84,9 @@ pub struct AzureOptions {
     /// A SAS token (`sv=…&sig=…`, with or without the leading `?`).
     pub sas: Option<String>,
     pub connection_string: Option<String>,
+    /// Send requests unsigned, as a public container's readers do, whatever credentials the
+    /// options or the environment hold.
+    pub anonymous: bool,
 }
 
 impl std::fmt::Debug for AzureOptions {
@@ -95,6 +98,7 @@ impl std::fmt::Debug for AzureOptions {
             .field("key", &set(&self.key))
             .field("sas", &set(&self.sas))
             .field("connection_string", &set(&self.connection_string))
+            .field("anonymous", &self.anonymous)
             .finish()
     }
 }
@@ -153,7 +157,8 @@ fn env(name: &str) -> Option<String> {
 #[derive(Clone)]
 pub struct AzureStore {
     client: HttpClient,
-    credentials: AzureCredentialProvider,
+    /// `None`: requests go unsigned ([`AzureOptions::anonymous`]).
+    credentials: Option<AzureCredentialProvider>,
     account: String,
     /// The blob service endpoint, without a trailing `/`.
     endpoint: String,
@@ -229,15 +234,17 @@ impl AzureStore {
             .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"))
             .trim_end_matches('/')
             .to_string();
-        let credentials: AzureCredentialProvider = if let Some(key) = &key {
+        let credentials: Option<AzureCredentialProvider> = if opts.anonymous {
+            None
+        } else if let Some(key) = &key {
             let key = AzureAccessKey::try_new(key).map_err(|_| {
                 Error::new(
                     ErrorKind::AccessDenied,
                     format!("{name}: the Azure account key is not valid base64 (check it)"),
                 )
             })?;
-            Arc::new(StaticCredentialProvider::new(AzureCredential::AccessKey(
-                key,
+            Some(Arc::new(StaticCredentialProvider::new(
+                AzureCredential::AccessKey(key),
             )))
         } else if let Some(sas) = &sas {
             let pairs = split_sas(sas.trim_start_matches('?')).map_err(|_| {
@@ -246,12 +253,12 @@ impl AzureStore {
                     format!("{name}: the SAS token is not a query string (check it)"),
                 )
             })?;
-            Arc::new(StaticCredentialProvider::new(AzureCredential::SASToken(
-                pairs,
+            Some(Arc::new(StaticCredentialProvider::new(
+                AzureCredential::SASToken(pairs),
             )))
         } else {
             // Entra ID: service principal, workload identity, managed identity, Azure CLI.
-            MicrosoftAzureBuilder::from_env()
+            let entra = MicrosoftAzureBuilder::from_env()
                 .with_account(&account)
                 .with_container_name(container)
                 .with_endpoint(endpoint.clone())
@@ -265,9 +272,8 @@ impl AzureStore {
                             PROVIDER.credentials_hint
                         ),
                     )
-                })?
-                .credentials()
-                .clone()
+                })?;
+            Some(entra.credentials().clone())
         };
         Ok(AzureStore {
             client: transport::client()?,
@@ -335,24 +341,26 @@ impl AzureStore {
         let mut req: HttpRequest = b
             .body(HttpRequestBody::from(body))
             .map_err(|e| Error::new(ErrorKind::Other, format!("{target}: {what}: {e}")))?;
-        let cred = self.credentials.get_credential().await.map_err(|e| {
-            Error::new(
-                ErrorKind::AccessDenied,
-                format!(
-                    "{target}: no usable Azure credentials: {} (give {})",
-                    transport::redact(&e.to_string()),
-                    PROVIDER.credentials_hint
-                ),
-            )
-        })?;
-        AzureAuthorizer::new(&cred, &self.account)
-            .try_authorize(&mut req)
-            .map_err(|e| {
+        if let Some(credentials) = &self.credentials {
+            let cred = credentials.get_credential().await.map_err(|e| {
                 Error::new(
-                    ErrorKind::BadCredentials,
-                    format!("{target}: {what}: cannot sign the request: {e}"),
+                    ErrorKind::AccessDenied,
+                    format!(
+                        "{target}: no usable Azure credentials: {} (give {})",
+                        transport::redact(&e.to_string()),
+                        PROVIDER.credentials_hint
+                    ),
                 )
             })?;
+            AzureAuthorizer::new(&cred, &self.account)
+                .try_authorize(&mut req)
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::BadCredentials,
+                        format!("{target}: {what}: cannot sign the request: {e}"),
+                    )
+                })?;
+        }
         send(&self.client, req, target, what).await
     }
 
@@ -376,7 +384,10 @@ impl AzureStore {
 
     /// The SAS query (with `?`) to append to a copy source URL, when the credential is a SAS.
     async fn source_sas(&self) -> String {
-        match self.credentials.get_credential().await.as_deref() {
+        let Some(credentials) = &self.credentials else {
+            return String::new();
+        };
+        match credentials.get_credential().await.as_deref() {
             Ok(AzureCredential::SASToken(pairs)) => {
                 let q: Vec<String> = pairs
                     .iter()

@@ -76,6 +76,8 @@ pub struct GcsOptions {
     /// (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's ADC file, then the metadata server) are
     /// used, except against an emulator or a custom endpoint, which get no credentials.
     pub service_account: Option<PathBuf>,
+    /// Send no credentials (a public bucket's readers need none), whatever the machine has.
+    pub anonymous: bool,
 }
 
 /// One GCS bucket.
@@ -125,9 +127,10 @@ impl GcsStore {
             .to_string();
         let adc_file = env("GOOGLE_APPLICATION_CREDENTIALS");
         // Emulators take no credentials; a custom endpoint gets them only when asked for.
-        let anonymous = opts.service_account.is_none()
-            && (opts.endpoint.is_none() && emulator.is_some()
-                || opts.endpoint.is_some() && adc_file.is_none());
+        let anonymous = opts.anonymous
+            || opts.service_account.is_none()
+                && (opts.endpoint.is_none() && emulator.is_some()
+                    || opts.endpoint.is_some() && adc_file.is_none());
         let (auth, who) = if anonymous {
             (None, "anonymous".to_string())
         } else {

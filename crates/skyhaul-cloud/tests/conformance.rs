@@ -84,6 +84,7 @@ async fn gcs_preflight_names_the_problem() {
         &GcsOptions {
             endpoint: Some(server.endpoint.clone()),
             service_account: Some(bad.clone()),
+            ..Default::default()
         },
         "b",
     )

@@ -28,6 +28,15 @@ impl SideOptions {
             Scheme::Local => None,
         }
     }
+
+    /// This side with its requests unsigned, whatever kind of store it is and whatever
+    /// credentials the options or the environment hold (`anonymous` false: unchanged).
+    pub fn with_anonymous(mut self, anonymous: bool) -> Self {
+        self.s3.anonymous |= anonymous;
+        self.gcs.anonymous |= anonymous;
+        self.azure.anonymous |= anonymous;
+        self
+    }
 }
 
 /// A store plus the key (single object) or prefix (recursive) the user named in it.

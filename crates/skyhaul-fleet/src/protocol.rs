@@ -24,7 +24,7 @@ pub use skyhaul_relay::RelayCounts;
 use skyhaul_store::{CompletedPart, ErrorKind, MultipartUpload, ObjectMeta, PartSpec};
 
 /// The version of this protocol; a worker of another version is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// What a worker needs to open both sides and copy like the coordinator would. Never any
 /// credential: each worker signs in with its own environment (`SKYHAUL_SRC_*`, profiles,
@@ -98,6 +98,10 @@ pub struct Sides {
     /// lacks it, still parses and is refused by its version, with the message that says so.
     #[serde(default)]
     pub requester_pays: bool,
+    /// `--src-anonymous`: every worker reads the source unsigned. Defaulted as above, for a
+    /// spec of protocol 3.
+    #[serde(default)]
+    pub src_anonymous: bool,
 }
 
 /// The engine settings that change how a worker copies (not what).

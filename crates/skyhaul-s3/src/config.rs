@@ -18,6 +18,9 @@ pub struct S3Options {
     /// Acknowledge, on every request, that the requester pays for it (requester-pays
     /// buckets refuse requests without it).
     pub requester_pays: bool,
+    /// Send every request unsigned, as a public bucket's readers do: no credentials are
+    /// looked for, so a machine without any can read open data.
+    pub anonymous: bool,
 }
 
 // Hand-written so that secrets can never reach a log line through `{:?}`.
@@ -41,6 +44,7 @@ impl fmt::Debug for S3Options {
             )
             .field("path_style", &self.path_style)
             .field("requester_pays", &self.requester_pays)
+            .field("anonymous", &self.anonymous)
             .finish()
     }
 }

@@ -178,7 +178,9 @@ impl S3Store {
             loader = loader.endpoint_url(endpoint);
         }
         let keys = (&opts.access_key_id, &opts.secret_access_key);
-        if let (Some(ak), Some(sk)) = keys {
+        if opts.anonymous {
+            loader = loader.no_credentials();
+        } else if let (Some(ak), Some(sk)) = keys {
             loader = loader.credentials_provider(Credentials::new(
                 ak.clone(),
                 sk.clone(),
@@ -188,37 +190,36 @@ impl S3Store {
             ));
         }
         let sdk = loader.load().await;
-        // A side's profile comes before the default chain, with the region `load` found.
-        let chosen = match (&opts.profile, keys) {
-            (Some(profile), (None, _) | (_, None)) => {
-                profile_credentials(profile, sdk.region().cloned(), &name).await?
-            }
-            _ => None,
-        };
         let endpoint = opts.endpoint.clone().unwrap_or_else(|| "aws".to_string());
-        let provider = match (chosen, sdk.credentials_provider()) {
-            (Some(profile), _) => profile,
-            (None, Some(chain)) => Remembered::new(chain),
-            (None, None) => {
-                return Err(Error::new(
-                    ErrorKind::AccessDenied,
-                    format!("{name}: no credentials found"),
-                ))
-            }
-        };
-        let creds = provider.provide_credentials().await.map_err(|e| {
-            // The chain's full story (every provider it tried) is for -vv.
-            tracing::debug!("credentials: {}", DisplayErrorContext(&e));
-            Error::new(
-                ErrorKind::AccessDenied,
-                format!("{name}: no usable credentials found"),
-            )
-        })?;
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
-            .credentials_provider(provider)
             .endpoint_resolver(crate::endpoint::KeyBlindResolver::default())
             .force_path_style(opts.path_style.unwrap_or(opts.endpoint.is_some()))
             .interceptor(crate::request_checks::RequestChecks);
+        // Who signs goes into the copy domain: a server-side copy is signed by the
+        // destination's credentials, which must be the source's.
+        let who = if opts.anonymous {
+            // Without a credentials provider, no auth scheme applies; this one sends the
+            // requests unsigned instead of failing them.
+            conf = conf.allow_no_auth();
+            "(anonymous)".to_string()
+        } else {
+            let provider = sign_in(opts, &sdk, &name).await?;
+            let key_id = provider
+                .provide_credentials()
+                .await
+                .map_err(|e| {
+                    // The chain's full story (every provider it tried) is for -vv.
+                    tracing::debug!("credentials: {}", DisplayErrorContext(&e));
+                    Error::new(
+                        ErrorKind::AccessDenied,
+                        format!("{name}: no usable credentials found"),
+                    )
+                })?
+                .access_key_id()
+                .to_string();
+            conf = conf.credentials_provider(provider);
+            key_id
+        };
         if opts.requester_pays {
             conf = conf.interceptor(crate::requester_pays::RequesterPays);
         }
@@ -232,7 +233,7 @@ impl S3Store {
         Ok(S3Store {
             client: Client::from_conf(conf.build()),
             bucket: bucket.to_string(),
-            domain: format!("s3|{endpoint}|{}{pays}", creds.access_key_id()),
+            domain: format!("s3|{endpoint}|{who}{pays}"),
             name,
         })
     }
@@ -340,6 +341,24 @@ fn interrupted(target: &str, e: impl std::fmt::Display) -> Error {
         ErrorKind::Transient,
         format!("{target}: get: body interrupted: {e}"),
     )
+}
+
+/// The provider of a signing side's credentials: its profile's when the profile gives some
+/// here (before the default chain, with the region `load` found), else the default chain's.
+async fn sign_in(opts: &S3Options, sdk: &aws_config::SdkConfig, name: &str) -> Result<Remembered> {
+    let keys = opts.access_key_id.is_some() && opts.secret_access_key.is_some();
+    let chosen = match &opts.profile {
+        Some(profile) if !keys => profile_credentials(profile, sdk.region().cloned(), name).await?,
+        _ => None,
+    };
+    match (chosen, sdk.credentials_provider()) {
+        (Some(profile), _) => Ok(profile),
+        (None, Some(chain)) => Ok(Remembered::new(chain)),
+        (None, None) => Err(Error::new(
+            ErrorKind::AccessDenied,
+            format!("{name}: no credentials found"),
+        )),
+    }
 }
 
 /// Where the region comes from: the flag, then the environment and the profile, then (for

@@ -325,10 +325,22 @@ impl AzuriteServer {
 
     /// Creates a container (Create Container, signed with the account key).
     pub async fn create_container(&self, name: &str) {
+        self.put_container(name, None).await;
+    }
+
+    /// Creates a container whose blobs anyone may list and read, unsigned (public access
+    /// level `container`), as open data sets on Azure are published.
+    pub async fn create_public_container(&self, name: &str) {
+        self.put_container(name, Some("container")).await;
+    }
+
+    async fn put_container(&self, name: &str, public_access: Option<&str>) {
         let mut req = http::Request::put(format!("{}/{name}?restype=container", self.endpoint))
-            .header("content-length", "0")
-            .body(HttpRequestBody::empty())
-            .expect("request");
+            .header("content-length", "0");
+        if let Some(level) = public_access {
+            req = req.header("x-ms-blob-public-access", level);
+        }
+        let mut req = req.body(HttpRequestBody::empty()).expect("request");
         let cred = AzureCredential::AccessKey(
             object_store::azure::AzureAccessKey::try_new(&self.key).expect("key"),
         );

@@ -13,7 +13,7 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl};
 use aws_sdk_s3::Client;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -292,7 +292,14 @@ impl S3Server {
 
     /// Uploads an object with a single PutObject.
     pub async fn put(&self, bucket: &str, key: &str, data: &[u8]) {
-        self.put_object(bucket, key, data, None).await
+        self.put_object(bucket, key, data, None, false).await
+    }
+
+    /// Uploads an object anyone may read, unsigned (canned ACL `public-read`), as open data
+    /// on S3 is published. moto then serves unsigned reads of it, and refuses them of the
+    /// objects uploaded with [`S3Server::put`], as S3 does.
+    pub async fn put_public(&self, bucket: &str, key: &str, data: &[u8]) {
+        self.put_object(bucket, key, data, None, true).await
     }
 
     /// Uploads an object with a single PutObject that sends its checksum by `algorithm`
@@ -300,10 +307,18 @@ impl S3Server {
     /// server keeps it with the object and reports it to reads that ask
     /// (`x-amz-checksum-mode`).
     pub async fn put_with_checksum(&self, bucket: &str, key: &str, data: &[u8], algorithm: &str) {
-        self.put_object(bucket, key, data, Some(algorithm)).await
+        self.put_object(bucket, key, data, Some(algorithm), false)
+            .await
     }
 
-    async fn put_object(&self, bucket: &str, key: &str, data: &[u8], algorithm: Option<&str>) {
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: &[u8],
+        algorithm: Option<&str>,
+        public: bool,
+    ) {
         let res = self
             .client()
             .await
@@ -311,6 +326,7 @@ impl S3Server {
             .bucket(bucket)
             .key(key)
             .set_checksum_algorithm(algorithm.map(Into::into))
+            .set_acl(public.then_some(ObjectCannedAcl::PublicRead))
             .body(ByteStream::from(data.to_vec()))
             .send()
             .await;

@@ -445,6 +445,9 @@ pub struct EndpointArgs {
     /// Acknowledge that requests are billed to you, as S3 requester-pays buckets require (both sides)
     #[arg(long, env = "SKYHAUL_REQUESTER_PAYS", value_parser = BoolishValueParser::new())]
     pub requester_pays: bool,
+    /// Read the source without credentials, as a public bucket or container allows (aws's --no-sign-request)
+    #[arg(long, env = "SKYHAUL_SRC_ANONYMOUS", value_parser = BoolishValueParser::new())]
+    pub src_anonymous: bool,
     /// rclone.conf to resolve NAME:bucket/path remotes from [default: rclone's own, $RCLONE_CONFIG]
     #[arg(long, value_name = "PATH")]
     pub rclone_config: Option<std::path::PathBuf>,

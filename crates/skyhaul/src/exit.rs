@@ -99,10 +99,20 @@ pub fn store(side: &str, e: Error) -> CliError {
 /// GCS and Azure errors carry their own credential hint).
 fn hint(side: &str, e: &Error) -> String {
     let flag = side.to_ascii_lowercase();
+    // A machine without credentials may only mean to read open data.
+    let found_none = e.message.contains(": no credentials found")
+        || e.message.contains(": no usable credentials found")
+        || e.message.contains(": no usable Google credentials")
+        || e.message.contains(": no usable Azure credentials");
+    let public = match side == "SRC" && found_none {
+        true => "; for a public bucket, --src-anonymous reads it without credentials",
+        false => "",
+    };
     match e.kind {
         ErrorKind::AccessDenied | ErrorKind::BadCredentials if e.message.starts_with("s3://") => {
-            format!("; set {flag} credentials with --{flag}-profile or SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY")
+            format!("; set {flag} credentials with --{flag}-profile or SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY{public}")
         }
+        ErrorKind::AccessDenied | ErrorKind::BadCredentials => public.to_string(),
         ErrorKind::Unreachable => format!("; check --{flag}-endpoint"),
         _ => String::new(),
     }
@@ -154,5 +164,24 @@ mod tests {
         let once = store("SRC", unreachable("s3://b: connect refused")).message;
         assert_eq!(once, "s3://b: connect refused; check --src-endpoint");
         assert_eq!(store("DST", unreachable(&once)).message, once);
+    }
+
+    /// A source for which no credentials were found may be public: `--src-anonymous` is
+    /// named there, for every kind of store, and nowhere else.
+    #[test]
+    fn a_source_without_credentials_is_told_of_anonymous_reads() {
+        let denied = |m: &str| Error::new(ErrorKind::AccessDenied, m);
+        let flag = "--src-anonymous";
+        for none in [
+            "s3://b: no credentials found",
+            "s3://b: no usable credentials found",
+            "gs://b/k: no usable Google credentials: metadata server unreachable (check …)",
+            "az://c: no usable Azure credentials: no identity (give …)",
+        ] {
+            assert!(store("SRC", denied(none)).message.contains(flag), "{none}");
+            assert!(!store("DST", denied(none)).message.contains(flag), "{none}");
+        }
+        let refused = store("SRC", denied("s3://b/k: get: AccessDenied")).message;
+        assert!(!refused.contains(flag), "{refused}");
     }
 }

@@ -115,6 +115,7 @@ pub fn spec(args: &TransferArgs, opts: &TransferOptions, bwlimit: Option<u64>) -
             src_profile: e.src_profile.clone(),
             dst_profile: e.dst_profile.clone(),
             requester_pays: e.requester_pays,
+            src_anonymous: e.src_anonymous,
         },
         settings: WorkerSettings {
             max_connections: opts.max_connections,
@@ -327,6 +328,7 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         src_region: spec.sides.src_region.clone(),
         dst_region: spec.sides.dst_region.clone(),
         requester_pays: spec.sides.requester_pays,
+        src_anonymous: spec.sides.src_anonymous,
         rclone_config: args.rclone_config.clone(),
         cloud: args.cloud,
         relay: crate::relay_cmd::from_spec(spec.relay.as_ref())?,

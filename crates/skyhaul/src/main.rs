@@ -201,6 +201,7 @@ fn side_options(
             session_token,
             path_style: None,
             requester_pays: requester_pays || remote.is_some_and(|r| r.requester_pays),
+            anonymous: false,
         },
         gcs,
         azure,
@@ -277,7 +278,8 @@ pub(crate) async fn open_both(
         e.requester_pays,
         src_remote.as_ref(),
         &e.cloud,
-    );
+    )
+    .with_anonymous(e.src_anonymous);
     let dst_side = side_options(
         "DST",
         e.dst_endpoint.clone(),

@@ -169,6 +169,7 @@ pub fn cloud_options(
         } else {
             c.dst_gcs_service_account.clone()
         },
+        anonymous: false,
     };
     let azure = AzureOptions {
         endpoint,
@@ -179,6 +180,7 @@ pub fn cloud_options(
             &c.src_azure_connection_string,
             &c.dst_azure_connection_string,
         ),
+        anonymous: false,
     };
     (gcs, azure)
 }

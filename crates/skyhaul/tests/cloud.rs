@@ -447,3 +447,81 @@ async fn folder_markers_are_left_out_everywhere() {
     let want = BTreeMap::from([("folder/a.txt".to_string(), b"a".to_vec())]);
     assert_eq!(read_tree(&dst), want);
 }
+
+/// `--src-anonymous` reads public GCS and Azure data without credentials: no credential
+/// file is read, and Azure requests go unsigned (Azurite, as Azure does, lets anyone read a
+/// container of public access level `container`, and nobody else's, whatever the
+/// environment's credentials).
+#[tokio::test(flavor = "multi_thread")]
+async fn public_gcs_and_azure_data_is_read_without_credentials() {
+    let gcs = FakeGcsServer::start();
+    gcs.create_bucket("open").await;
+    for (k, v) in files() {
+        gcs.put("open", &format!("d/{k}"), &v).await;
+    }
+    let azure = AzuriteServer::start();
+    azure.create_public_container("open").await;
+    azure.create_container("closed").await;
+    let tmp = tempfile::tempdir().unwrap();
+    write_tree(&tmp.path().join("src"), &files());
+    let dir = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    for container in ["open", "closed"] {
+        let r = skyhaul_env(
+            &["cp", "-r", &dir("src"), &format!("az://{container}/d/")],
+            None,
+            None,
+            &[(
+                "SKYHAUL_DST_AZURE_CONNECTION_STRING",
+                &azure.connection_string(),
+            )],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+
+    // GCS at a custom endpoint would use GOOGLE_APPLICATION_CREDENTIALS, here a file that
+    // does not exist.
+    let adc = [(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "/nonexistent/skyhaul-test/key.json",
+    )];
+    let from_gcs = |to: &str, extra: &[&str]| {
+        let mut args = vec![
+            "cp",
+            "-r",
+            "gs://open/d/",
+            to,
+            "--src-endpoint",
+            &gcs.endpoint,
+        ];
+        args.extend(extra);
+        skyhaul_env(&args, None, None, &adc)
+    };
+    let r = from_gcs(&dir("gcs-signed"), &[]);
+    assert_eq!(r.code, 4, "the credential file is needed: {}", r.stderr);
+    let r = from_gcs(&dir("gcs"), &["--src-anonymous"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        read_tree(&tmp.path().join("gcs")) == files(),
+        "read from GCS"
+    );
+
+    let from_azure = |container: &str, to: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let from = format!("az://{container}/d/");
+        let mut args = vec!["cp", "-r", &from, to, "--src-endpoint", &azure.endpoint];
+        args.extend(["--src-azure-account", &azure.account]);
+        args.extend(extra);
+        skyhaul_env(&args, None, None, env)
+    };
+    let r = from_azure("open", &dir("azure"), &["--src-anonymous"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        read_tree(&tmp.path().join("azure")) == files(),
+        "read from Azure"
+    );
+    let key = [("SKYHAUL_SRC_AZURE_KEY", azure.key.as_str())];
+    let r = from_azure("closed", &dir("closed"), &["--src-anonymous"], &key);
+    assert_eq!(r.code, 4, "unsigned, though a key was given: {}", r.stderr);
+    let r = from_azure("closed", &dir("closed"), &[], &key);
+    assert_eq!(r.code, 0, "signed with the key: {}", r.stderr);
+    assert!(read_tree(&tmp.path().join("closed")) == files());
+}

@@ -224,6 +224,95 @@ async fn requester_pays_is_acknowledged_on_every_request() {
     assert_eq!(read_tree(&via), files);
 }
 
+/// `--src-anonymous` reads a public bucket from a machine without credentials, every
+/// request unsigned: moto, as S3 does, serves unsigned reads only of objects that are
+/// `public-read`, so a private one is refused even with keys in the environment (the flag
+/// wins over them). Without the flag, a machine without credentials is told of it. A local
+/// fleet's workers read unsigned too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_public_bucket_is_read_without_credentials() {
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket("open").await;
+    let files = mixed();
+    for (k, v) in &files {
+        s3.put_public("open", &format!("pub/{k}"), v).await;
+    }
+    s3.put("open", "private/secret", b"not for everyone").await;
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            watch_header: Some("Authorization".into()),
+            ..Default::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let tmp = tempfile::tempdir().unwrap();
+    // No credentials anywhere: no keys, profiles or instance role (see `test_env`).
+    let none = [("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")];
+    let read = |from: &str, to: &str, extra: &[&str], keys: bool| {
+        let mut args = vec!["cp", "-r", from, to, "--src-endpoint", &ep, "--no-journal"];
+        args.extend(extra);
+        args.extend(SMALL_PARTS);
+        match keys {
+            true => skyhaul(&args, Some(&s3), None),
+            false => skyhaul_env(&args, None, None, &none),
+        }
+    };
+    let dir = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+
+    let run = read("s3://open/pub/", &dir("refused"), &[], false);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no usable credentials found")
+            && run.stderr.contains("--src-anonymous reads it"),
+        "{}",
+        run.stderr
+    );
+
+    for (what, extra) in [
+        ("one process", &["--src-anonymous"][..]),
+        (
+            "a local fleet",
+            &["--src-anonymous", "--workers", "2", "-y"],
+        ),
+    ] {
+        let before = proxy.injected();
+        let to = dir(&what.replace(' ', "-"));
+        let run = read("s3://open/pub/", &to, extra, false);
+        assert_eq!(run.code, 0, "{what}: {}", run.stderr);
+        assert_eq!(read_tree(std::path::Path::new(&to)), files, "{what}");
+        let after = proxy.injected();
+        assert!(after.requests - before.requests > files.len() as u64);
+        assert_eq!(
+            after.watched, before.watched,
+            "{what}: a request was signed"
+        );
+    }
+
+    let run = read(
+        "s3://open/private/",
+        &dir("private"),
+        &["--src-anonymous"],
+        true,
+    );
+    assert_eq!(
+        run.code, 4,
+        "unsigned, though keys were given: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("s3://open/private/secret") && run.stderr.contains("credentials"),
+        "{}",
+        run.stderr
+    );
+    let run = read("s3://open/private/", &dir("private"), &[], true);
+    assert_eq!(run.code, 0, "signed with the keys: {}", run.stderr);
+    assert_eq!(
+        read_tree(&tmp.path().join("private"))["secret"],
+        b"not for everyone"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn single_object_key_mapping() {
     let s = S3Server::start(S3Kind::S3sFs);

@@ -60,8 +60,9 @@ pub fn skyhaul(args: &[&str], src: Option<&S3Server>, dst: Option<&S3Server>) ->
 
 /// The settings the environment could change, removed so that tests see the defaults (and
 /// `--help`, which shows the variables, reads the same everywhere).
-const SETTINGS_ENV: [&str; 19] = [
+const SETTINGS_ENV: [&str; 20] = [
     "SKYHAUL_REQUESTER_PAYS",
+    "SKYHAUL_SRC_ANONYMOUS",
     "SKYHAUL_RELAY",
     "SKYHAUL_RELAY_KEY",
     "SKYHAUL_SRC_ENDPOINT",
