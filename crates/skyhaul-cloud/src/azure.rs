@@ -377,8 +377,9 @@ impl AzureStore {
             .ok()
             .and_then(|e| e.message)
             .unwrap_or_default();
+        let unsigned = self.credentials.is_none();
         Err(status_error(
-            PROVIDER, status, &code, &message, target, what,
+            PROVIDER, status, &code, &message, target, what, unsigned,
         ))
     }
 
@@ -1007,7 +1008,21 @@ impl Store for AzureStore {
         Ok(Vec::new())
     }
 
+    /// The account, and whether requests are signed: a copy is asked of the destination's
+    /// credentials, and an unsigned side is read unsigned, so through this machine.
     fn copy_domain(&self) -> Option<String> {
+        let unsigned = if self.credentials.is_none() {
+            "|unsigned"
+        } else {
+            ""
+        };
+        Some(format!(
+            "azure|{}|{}{unsigned}",
+            self.endpoint, self.account
+        ))
+    }
+
+    fn place(&self) -> Option<String> {
         Some(format!("azure|{}|{}", self.endpoint, self.account))
     }
 

@@ -88,7 +88,10 @@ pub struct GcsStore {
     base: String,
     bucket: String,
     name: String,
+    /// The endpoint and who signs: see [`Store::copy_domain`].
     domain: String,
+    /// Asked to read unsigned ([`GcsOptions::anonymous`]): a refusal means "not public".
+    anonymous: bool,
 }
 
 impl std::fmt::Debug for GcsStore {
@@ -159,6 +162,7 @@ impl GcsStore {
             client: transport::client()?,
             auth,
             domain: format!("gcs|{base}|{who}"),
+            anonymous: opts.anonymous,
             base,
             bucket: bucket.to_string(),
             name,
@@ -230,7 +234,13 @@ impl GcsStore {
         let text = body(resp, target, what).await.unwrap_or_default();
         let (reason, message) = error_detail(&text);
         Err(status_error(
-            PROVIDER, status, &reason, &message, target, what,
+            PROVIDER,
+            status,
+            &reason,
+            &message,
+            target,
+            what,
+            self.anonymous,
         ))
     }
 
@@ -992,6 +1002,10 @@ impl Store for GcsStore {
 
     fn copy_domain(&self) -> Option<String> {
         Some(self.domain.clone())
+    }
+
+    fn place(&self) -> Option<String> {
+        Some(format!("gcs|{}", self.base))
     }
 
     fn container(&self) -> &str {

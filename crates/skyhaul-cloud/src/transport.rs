@@ -8,7 +8,7 @@ use object_store::client::{
     ClientOptions, HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse,
     ReqwestConnector,
 };
-use skyhaul_store::{cause_chain, ContentHeaders, Error, ErrorKind, Result};
+use skyhaul_store::{cause_chain, ContentHeaders, Error, ErrorKind, Result, NOT_PUBLIC};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -99,6 +99,7 @@ pub(crate) fn status_error(
     message: &str,
     target: &str,
     what: &str,
+    unsigned: bool,
 ) -> Error {
     let container_missing = matches!(code, "ContainerNotFound" | "BucketNotFound")
         || message.contains("bucket does not exist")
@@ -150,6 +151,13 @@ pub(crate) fn status_error(
             (ErrorKind::Corrupt, String::new())
         }
         _ => (ErrorKind::Other, String::new()),
+    };
+    // Nothing was signed: a refusal is of anyone's access, not of credentials.
+    let (kind, hint) = match kind {
+        ErrorKind::AccessDenied | ErrorKind::BadCredentials if unsigned => {
+            (ErrorKind::AccessDenied, NOT_PUBLIC.to_string())
+        }
+        _ => (kind, hint),
     };
     let detail = match (code.is_empty(), message.is_empty()) {
         (true, true) => format!("HTTP {}", status.as_u16()),
@@ -260,7 +268,16 @@ mod tests {
             credentials_hint: "x",
         };
         let kind = |s: u16, code: &str, msg: &str| {
-            status_error(p, StatusCode::from_u16(s).unwrap(), code, msg, "t", "w").kind
+            status_error(
+                p,
+                StatusCode::from_u16(s).unwrap(),
+                code,
+                msg,
+                "t",
+                "w",
+                false,
+            )
+            .kind
         };
         assert_eq!(
             kind(404, "ContainerNotFound", ""),
@@ -303,5 +320,27 @@ mod tests {
         assert_eq!(kind(500, "", ""), ErrorKind::Transient);
         assert_eq!(kind(400, "Md5Mismatch", ""), ErrorKind::Corrupt);
         assert_eq!(kind(400, "InvalidHeaderValue", ""), ErrorKind::Other);
+
+        // Unsigned, a refusal is of anyone's access: the thing is not public.
+        let unsigned = |s: u16, code: &str, msg: &str| {
+            status_error(
+                p,
+                StatusCode::from_u16(s).unwrap(),
+                code,
+                msg,
+                "t",
+                "w",
+                true,
+            )
+        };
+        for (s, code) in [(401, ""), (403, "AuthorizationFailure"), (403, "")] {
+            let e = unsigned(s, code, "Server failed to authenticate the request.");
+            assert_eq!(e.kind, ErrorKind::AccessDenied, "{s} {code}");
+            assert!(
+                e.message.contains("not public") && !e.message.contains(": x"),
+                "{e}"
+            );
+        }
+        assert_eq!(unsigned(404, "BlobNotFound", "").kind, ErrorKind::NotFound);
     }
 }

@@ -601,9 +601,18 @@ pub(crate) async fn preflight(
         ..opts.retry
     };
     let probe = AdaptiveLimit::new(1);
-    quick
+    match quick
         .run(&probe, progress, || src.store.preflight(false))
-        .await?;
+        .await
+    {
+        // One object is read by name: credentials, or an unsigned reader, that may read it
+        // but not list its bucket (a public object in a private bucket) go on to its HEAD,
+        // which tells whether they may.
+        Err(e) if e.kind == ErrorKind::AccessDenied && !opts.recursive => {
+            tracing::info!("{e}: reading the one object without listing the source");
+        }
+        checked => checked?,
+    }
     match quick
         .run(&probe, progress, || dst.store.preflight(dst_for_write))
         .await

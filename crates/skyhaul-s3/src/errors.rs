@@ -1,10 +1,16 @@
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use skyhaul_store::{cause_chain, Error, ErrorKind};
+use skyhaul_store::{cause_chain, Error, ErrorKind, NOT_PUBLIC};
 
 /// Maps an SDK error to the kind the engine acts on, with `target` (store and key) and a
-/// hint in the message. SDK errors carry endpoint URLs but never credentials.
-pub(crate) fn map_err<E>(err: SdkError<E, HttpResponse>, target: &str, what: &str) -> Error
+/// hint in the message; `unsigned` says the request carried no credentials, so a refusal
+/// is of anyone's access. SDK errors carry endpoint URLs but never credentials.
+pub(crate) fn map_err<E>(
+    err: SdkError<E, HttpResponse>,
+    target: &str,
+    what: &str,
+    unsigned: bool,
+) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -39,7 +45,10 @@ where
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("").to_string();
             let message = se.err().message().unwrap_or("").to_string();
-            let (kind, mut hint) = classify(&code, status);
+            let (mut kind, mut hint) = classify(&code, status);
+            if unsigned && matches!(kind, ErrorKind::AccessDenied | ErrorKind::BadCredentials) {
+                (kind, hint) = (ErrorKind::AccessDenied, NOT_PUBLIC);
+            }
             // Every S3 error but a HEAD's has a body with a code: a request refused without
             // one was not refused by S3 (a 5xx may be a proxy's, on the way to S3).
             let refused = status.is_some_and(|s| (400..500).contains(&s));
@@ -71,7 +80,13 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
             ErrorKind::AccessDenied,
             " (check the credentials and their permissions)",
         ),
-        "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken" => (
+        // NotSignedUp: AWS's "your account is not signed up for S3"; s3s-fs says it of an
+        // access key it does not know. Either way these credentials will not do.
+        "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "InvalidToken"
+        | "ExpiredToken"
+        | "NotSignedUp" => (
             ErrorKind::BadCredentials,
             " (the store does not accept these credentials: check the key, secret and token)",
         ),
@@ -142,6 +157,7 @@ mod tests {
             "SignatureDoesNotMatch",
             "InvalidToken",
             "ExpiredToken",
+            "NotSignedUp",
         ] {
             assert_eq!(
                 classify(code, Some(403)).0,

@@ -11,7 +11,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
@@ -76,7 +76,12 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     name: String,
+    /// The endpoint and who signs: see [`Store::copy_domain`].
     domain: String,
+    /// The endpoint alone: see [`Store::place`].
+    place: String,
+    /// Requests go unsigned ([`S3Options::anonymous`]): a refusal then means "not public".
+    anonymous: bool,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -118,7 +123,7 @@ impl S3Store {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = tx
-                            .send(vec![Err(map_err(e, &this.target(&prefix), "list"))])
+                            .send(vec![Err(this.fail(e, &this.target(&prefix), "list"))])
                             .await;
                         return;
                     }
@@ -234,8 +239,18 @@ impl S3Store {
             client: Client::from_conf(conf.build()),
             bucket: bucket.to_string(),
             domain: format!("s3|{endpoint}|{who}{pays}"),
+            place: format!("s3|{endpoint}"),
+            anonymous: opts.anonymous,
             name,
         })
+    }
+
+    /// [`map_err`] for this store's requests, signed or not.
+    fn fail<E>(&self, err: SdkError<E, HttpResponse>, target: &str, what: &str) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        map_err(err, target, what, self.anonymous)
     }
 
     fn target(&self, key: &str) -> String {
@@ -260,7 +275,7 @@ impl S3Store {
         let resp = req
             .send()
             .await
-            .map_err(|e| map_err(e, &self.target(key), "get"))?;
+            .map_err(|e| self.fail(e, &self.target(key), "get"))?;
         // Servers that ignore If-Match still tell the version by ETag and total size.
         if let Some(exp) = expect {
             let total = resp
@@ -324,7 +339,7 @@ impl S3Store {
                     true => self.target(key),
                     false => format!("s3://{bucket}/{key}"),
                 };
-                let err = map_err(e, &target, "head");
+                let err = self.fail(e, &target, "head");
                 if err.kind == ErrorKind::NotFound {
                     Ok(None)
                 } else {
@@ -535,7 +550,7 @@ impl Store for S3Store {
             .max_keys(1)
             .send()
             .await
-            .map_err(|e| map_err(e, &self.name, "list"))?;
+            .map_err(|e| self.fail(e, &self.name, "list"))?;
         Ok(())
     }
 
@@ -638,7 +653,7 @@ impl Store for S3Store {
             .body(ByteStream::from(body.data))
             .send()
             .await
-            .map_err(|e| map_err(e, &self.target(key), "put"))?;
+            .map_err(|e| self.fail(e, &self.target(key), "put"))?;
         Ok(Written {
             etag: etag(out.e_tag()),
             opaque_etag: opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
@@ -700,7 +715,7 @@ impl Store for S3Store {
             .map_err(|e| {
                 failure
                     .take()
-                    .unwrap_or_else(|| map_err(e, &self.target(key), "put"))
+                    .unwrap_or_else(|| self.fail(e, &self.target(key), "put"))
             })?;
         Ok(Written {
             etag: etag(out.e_tag()),
@@ -719,7 +734,7 @@ impl Store for S3Store {
             Ok(out) => out.upload_id().map(str::to_string),
             Err(e) => match upload_id_from_unparsed_reply(&e) {
                 Some(id) => Some(id),
-                None => return Err(map_err(e, &self.target(key), "create multipart upload")),
+                None => return Err(self.fail(e, &self.target(key), "create multipart upload")),
             },
         };
         let upload_id = upload_id.ok_or_else(|| {
@@ -754,7 +769,7 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| {
-                map_err(
+                self.fail(
                     e,
                     &self.target(&upload.key),
                     &format!("upload part {}", part.number),
@@ -796,7 +811,7 @@ impl Store for S3Store {
             )
             .send()
             .await
-            .map_err(|e| map_err(e, &self.target(&upload.key), "complete multipart upload"))?;
+            .map_err(|e| self.fail(e, &self.target(&upload.key), "complete multipart upload"))?;
         Ok(Written {
             etag: etag(out.e_tag()),
             opaque_etag: opaque_etag(out.server_side_encryption(), None),
@@ -815,7 +830,7 @@ impl Store for S3Store {
         {
             Ok(_) => Ok(()),
             Err(e) => {
-                let err = map_err(e, &self.target(&upload.key), "abort multipart upload");
+                let err = self.fail(e, &self.target(&upload.key), "abort multipart upload");
                 if err.kind == ErrorKind::NotFound {
                     Ok(())
                 } else {
@@ -838,7 +853,7 @@ impl Store for S3Store {
                 .set_upload_id_marker(id_marker.take())
                 .send()
                 .await
-                .map_err(|e| map_err(e, &self.target(prefix), "list multipart uploads"))?;
+                .map_err(|e| self.fail(e, &self.target(prefix), "list multipart uploads"))?;
             for u in page.uploads() {
                 if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
                     found.push(MultipartUpload {
@@ -860,6 +875,10 @@ impl Store for S3Store {
 
     fn copy_domain(&self) -> Option<String> {
         Some(self.domain.clone())
+    }
+
+    fn place(&self) -> Option<String> {
+        Some(self.place.clone())
     }
 
     fn container(&self) -> &str {
@@ -887,7 +906,7 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| {
-                map_err(
+                self.fail(
                     e,
                     &self.target(dst_key),
                     &format!("server-side copy from {from}"),
@@ -957,7 +976,7 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| {
-                map_err(
+                self.fail(
                     e,
                     &self.target(&upload.key),
                     &format!("server-side copy of part {}", part.number),
@@ -982,7 +1001,7 @@ impl Store for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| map_err(e, &self.target(key), "delete"))?;
+            .map_err(|e| self.fail(e, &self.target(key), "delete"))?;
         Ok(())
     }
 }

@@ -102,6 +102,12 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The hint for a request refused though it went unsigned (`--src-anonymous`): the object
+/// or its bucket is not public. Asking for credentials would be wrong advice: whatever the
+/// machine has, it was not sent.
+pub const NOT_PUBLIC: &str = " (read unsigned, as --src-anonymous asks: not public; \
+                              leave out --src-anonymous to sign with credentials)";
+
 /// An error and its causes on one line, each cause once: what backends put in messages
 /// (SDK and HTTP client errors nest their causes, and their own displays either drop them or
 /// append debug dumps no user should have to read).

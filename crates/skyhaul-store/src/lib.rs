@@ -16,7 +16,7 @@ mod types;
 
 pub mod conformance;
 
-pub use error::{cause_chain, Error, ErrorKind, Result};
+pub use error::{cause_chain, Error, ErrorKind, Result, NOT_PUBLIC};
 pub use local::{LocalStore, LOCAL_CHUNK};
 pub use types::{
     content_md5, header_safe, header_value, Chunks, CompletedPart, ContentHeaders, Entry, Fetched,
@@ -182,6 +182,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `Some` id can copy between each other without moving bytes through this machine.
     fn copy_domain(&self) -> Option<String> {
         None
+    }
+
+    /// Where the objects live, whoever signs (or not) for them: two stores with the same
+    /// `Some` place and [`Store::container`] hold the same objects, which a copy between
+    /// them must not overwrite or delete (the overlap check). Unlike [`Store::copy_domain`],
+    /// it leaves the credentials out: two keys, or none, reach the same bucket.
+    fn place(&self) -> Option<String> {
+        self.copy_domain()
     }
 
     /// The bucket or container name that [`Store::copy_object`] takes as `src_container`.

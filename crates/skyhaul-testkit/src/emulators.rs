@@ -328,10 +328,11 @@ impl AzuriteServer {
         self.put_container(name, None).await;
     }
 
-    /// Creates a container whose blobs anyone may list and read, unsigned (public access
-    /// level `container`), as open data sets on Azure are published.
-    pub async fn create_public_container(&self, name: &str) {
-        self.put_container(name, Some("container")).await;
+    /// Creates a container that anyone may read unsigned, as open data sets on Azure are
+    /// published: its blobs and their list at public access level `container`, its blobs
+    /// only (each by name) at `blob`.
+    pub async fn create_public_container(&self, name: &str, level: &str) {
+        self.put_container(name, Some(level)).await;
     }
 
     async fn put_container(&self, name: &str, public_access: Option<&str>) {

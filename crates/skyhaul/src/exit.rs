@@ -2,7 +2,7 @@
 
 use crate::output::Output;
 use skyhaul_engine::{Endpoint, Verification};
-use skyhaul_store::{Error, ErrorKind};
+use skyhaul_store::{Error, ErrorKind, NOT_PUBLIC};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,10 @@ pub fn store(side: &str, e: Error) -> CliError {
 /// What to do about `e` on `side`, as a clause to append (empty where the message says it:
 /// GCS and Azure errors carry their own credential hint).
 fn hint(side: &str, e: &Error) -> String {
+    if e.message.contains(NOT_PUBLIC) {
+        // Refused unsigned: the store's hint says what to do, credentials would not.
+        return String::new();
+    }
     let flag = side.to_ascii_lowercase();
     // A machine without credentials may only mean to read open data.
     let found_none = e.message.contains(": no credentials found")
@@ -183,5 +187,8 @@ mod tests {
         }
         let refused = store("SRC", denied("s3://b/k: get: AccessDenied")).message;
         assert!(!refused.contains(flag), "{refused}");
+        // Refused though unsigned: no advice to set the credentials that were not sent.
+        let unsigned = format!("s3://b/k: get: HTTP 403{}", NOT_PUBLIC);
+        assert_eq!(store("SRC", denied(&unsigned)).message, unsigned);
     }
 }

@@ -307,9 +307,9 @@ pub(crate) async fn open_both(
 
 /// Refuses a copy whose source and destination overlap in one store (see
 /// `skyhaul_location::overlap`): it would copy its own output, overwrite its source, or,
-/// with `--delete`, delete it. Stores are the same when a server-side copy between them
-/// could be made (same endpoint, account or credentials, and bucket); local paths are
-/// compared with their symlinks resolved. Nothing has been read yet.
+/// with `--delete`, delete it. Stores are the same when they hold the same objects
+/// (`Store::place`: the same endpoint, account and bucket, whatever the credentials); local
+/// paths are compared with their symlinks resolved. Nothing has been read yet.
 fn refuse_overlap(
     src_loc: &Location,
     src: &Endpoint,
@@ -318,10 +318,10 @@ fn refuse_overlap(
     recursive: bool,
 ) -> Result<(), exit::CliError> {
     let local = src_loc.scheme == Scheme::Local && dst_loc.scheme == Scheme::Local;
-    let domain = src.store.copy_domain();
+    let place = src.store.place();
     let same_store = local
-        || (domain.is_some()
-            && domain == dst.store.copy_domain()
+        || (place.is_some()
+            && place == dst.store.place()
             && src.store.container() == dst.store.container());
     if !same_store {
         return Ok(());

@@ -449,9 +449,11 @@ async fn folder_markers_are_left_out_everywhere() {
 }
 
 /// `--src-anonymous` reads public GCS and Azure data without credentials: no credential
-/// file is read, and Azure requests go unsigned (Azurite, as Azure does, lets anyone read a
-/// container of public access level `container`, and nobody else's, whatever the
-/// environment's credentials).
+/// file is read, and Azure requests go unsigned. Azurite, as Azure does, lets anyone list
+/// and read a container of public access level `container`, read (by name) the blobs of
+/// one of level `blob`, and nothing of a private one, whatever credentials the environment
+/// holds. An unsigned source is read through this machine, never by a server-side copy
+/// signed by the destination.
 #[tokio::test(flavor = "multi_thread")]
 async fn public_gcs_and_azure_data_is_read_without_credentials() {
     let gcs = FakeGcsServer::start();
@@ -460,21 +462,17 @@ async fn public_gcs_and_azure_data_is_read_without_credentials() {
         gcs.put("open", &format!("d/{k}"), &v).await;
     }
     let azure = AzuriteServer::start();
-    azure.create_public_container("open").await;
+    azure.create_public_container("open", "container").await;
+    azure.create_public_container("byname", "blob").await;
     azure.create_container("closed").await;
     let tmp = tempfile::tempdir().unwrap();
     write_tree(&tmp.path().join("src"), &files());
     let dir = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
-    for container in ["open", "closed"] {
-        let r = skyhaul_env(
-            &["cp", "-r", &dir("src"), &format!("az://{container}/d/")],
-            None,
-            None,
-            &[(
-                "SKYHAUL_DST_AZURE_CONNECTION_STRING",
-                &azure.connection_string(),
-            )],
-        );
+    let signed = azure.connection_string();
+    let dst_signed = [("SKYHAUL_DST_AZURE_CONNECTION_STRING", signed.as_str())];
+    for container in ["open", "byname", "closed"] {
+        let to = format!("az://{container}/d/");
+        let r = skyhaul_env(&["cp", "-r", &dir("src"), &to], None, None, &dst_signed);
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
 
@@ -505,23 +503,50 @@ async fn public_gcs_and_azure_data_is_read_without_credentials() {
         "read from GCS"
     );
 
-    let from_azure = |container: &str, to: &str, extra: &[&str], env: &[(&str, &str)]| {
-        let from = format!("az://{container}/d/");
-        let mut args = vec!["cp", "-r", &from, to, "--src-endpoint", &azure.endpoint];
+    let from_azure = |args: &[&str], env: &[(&str, &str)]| {
+        let mut args = args.to_vec();
+        args.extend(["--src-endpoint", &azure.endpoint]);
         args.extend(["--src-azure-account", &azure.account]);
-        args.extend(extra);
         skyhaul_env(&args, None, None, env)
     };
-    let r = from_azure("open", &dir("azure"), &["--src-anonymous"], &[]);
+    let anon = "--src-anonymous";
+    let r = from_azure(&["cp", "-r", "az://open/d/", &dir("azure"), anon], &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         read_tree(&tmp.path().join("azure")) == files(),
         "read from Azure"
     );
+    // A blob is read by name where nobody may list its container.
+    let r = from_azure(&["cp", "az://byname/d/a.txt", &dir("one"), anon], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(dir("one")).unwrap(), files()["a.txt"]);
+    let not_public = |r: &common::Run| {
+        r.stderr.contains("not public") && !r.stderr.contains("--src/dst-azure-key")
+    };
+    let r = from_azure(&["cp", "-r", "az://byname/d/", &dir("byname"), anon], &[]);
+    assert!(r.code == 4 && not_public(&r), "{}", r.stderr);
+
     let key = [("SKYHAUL_SRC_AZURE_KEY", azure.key.as_str())];
-    let r = from_azure("closed", &dir("closed"), &["--src-anonymous"], &key);
-    assert_eq!(r.code, 4, "unsigned, though a key was given: {}", r.stderr);
-    let r = from_azure("closed", &dir("closed"), &[], &key);
+    let r = from_azure(&["cp", "-r", "az://closed/d/", &dir("closed"), anon], &key);
+    assert!(
+        r.code == 4 && not_public(&r),
+        "unsigned though a key was given: {}",
+        r.stderr
+    );
+    let r = from_azure(&["cp", "-r", "az://closed/d/", &dir("closed")], &key);
     assert_eq!(r.code, 0, "signed with the key: {}", r.stderr);
     assert!(read_tree(&tmp.path().join("closed")) == files());
+
+    let ep = ["--dst-endpoint", &azure.endpoint, "--json"];
+    let mut args = vec!["cp", "-r", "az://open/d/", "az://closed/copy/", anon];
+    args.extend(ep);
+    let r = from_azure(&args, &dst_signed);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["server_side_copies"], 0, "{}", r.stdout);
+    let got = read_container(&azure.store("closed"), "copy/").await;
+    assert!(
+        got == files(),
+        "copied through this machine: {:?}",
+        got.keys()
+    );
 }

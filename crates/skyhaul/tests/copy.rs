@@ -301,8 +301,10 @@ async fn a_public_bucket_is_read_without_credentials() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("s3://open/private/secret") && run.stderr.contains("credentials"),
-        "{}",
+        run.stderr.contains("s3://open/private/secret")
+            && run.stderr.contains("not public")
+            && !run.stderr.contains("set src credentials"),
+        "no advice to set the credentials that were not sent: {}",
         run.stderr
     );
     let run = read("s3://open/private/", &dir("private"), &[], true);
@@ -310,6 +312,29 @@ async fn a_public_bucket_is_read_without_credentials() {
     assert_eq!(
         read_tree(&tmp.path().join("private"))["secret"],
         b"not for everyone"
+    );
+
+    // Unsigned or not, it is the same bucket: a sync of a prefix into its parent is refused
+    // before it could delete its own source.
+    let args = [
+        "sync",
+        "--delete",
+        "s3://open/pub/",
+        "s3://open/",
+        "--src-anonymous",
+        "--src-endpoint",
+        &ep,
+        "--dst-endpoint",
+        &ep,
+        "--no-journal",
+    ];
+    let run = skyhaul(&args, None, Some(&s3));
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("overlap"), "{}", run.stderr);
+    assert_eq!(
+        read_bucket(&s3, "open", "pub/").await,
+        files,
+        "nothing deleted"
     );
 }
 

@@ -122,6 +122,29 @@ async fn wrong_credentials_and_unreachable_endpoint() {
         "no secrets: {stderr}"
     );
 
+    // An access key the store does not know (s3s-fs answers NotSignedUp, as AWS does for
+    // an account without S3) is refused credentials, not a bucket that may be written but
+    // not listed ("--verify none").
+    let src = tmp.path().join("src");
+    write_tree(&src, &BTreeMap::from([("f".to_string(), b"f".to_vec())]));
+    let run = skyhaul_env(
+        &cp_r(
+            src.to_str().unwrap(),
+            "s3://bkt/up/",
+            "--dst-endpoint",
+            &s.endpoint,
+        ),
+        None,
+        Some(&s),
+        &[("SKYHAUL_DST_ACCESS_KEY_ID", "AKIDUNKNOWNTOTHESERVER")],
+    );
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("does not accept these credentials") && !line.contains("--verify none"),
+        "{line}"
+    );
+
     let run = skyhaul(
         &[
             "cp",
