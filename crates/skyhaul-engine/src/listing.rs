@@ -441,6 +441,7 @@ pub async fn plan_recursive(
                 }
             }
             let Some(m) = next else {
+                progress.set_listing_done();
                 return Ok(listed);
             };
             listed += 1;
@@ -481,7 +482,10 @@ pub async fn plan_recursive(
                             progress.add_skipped(a.size);
                             None
                         }
+                        // Planned until its content is compared (`Progress::add_same`), so
+                        // that the totals are whole once the listing is.
                         Listed::CompareContent => {
+                            progress.add_planned(a.size);
                             let dst_key = b.key.clone();
                             Some(Job::CopyUnlessSame {
                                 src: a,
@@ -495,9 +499,10 @@ pub async fn plan_recursive(
         };
         if let Some(job) = job {
             if tx.send(job).await.is_err() {
-                break;
+                return Ok(listed);
             }
         }
     }
+    progress.set_listing_done();
     Ok(listed)
 }

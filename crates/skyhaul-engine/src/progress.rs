@@ -63,6 +63,19 @@ impl Snapshot {
             .saturating_sub(self.bytes_reused)
             .max(self.bytes_moved)
     }
+
+    /// This run's pace, `elapsed` after its start, in bytes per second.
+    pub fn rate(&self, elapsed: std::time::Duration) -> f64 {
+        self.bytes_moved as f64 / elapsed.as_secs_f64().max(0.001)
+    }
+
+    /// Seconds left at this run's pace: known once the listing is complete (before, the
+    /// total still grows) and some bytes have moved (before, there is no pace).
+    pub fn eta_seconds(&self, elapsed: std::time::Duration) -> Option<f64> {
+        let rate = self.rate(elapsed);
+        let left = self.bytes_to_move() - self.bytes_moved;
+        (self.listing_done && rate > 0.0).then(|| left as f64 / rate)
+    }
 }
 
 impl Progress {
@@ -101,15 +114,18 @@ impl Progress {
     pub fn add_deleted(&self) {
         self.objects_deleted.fetch_add(1, Relaxed);
     }
-    /// An object an earlier run copied: skipped, and no longer among the planned when the
-    /// planner counted it there (else the progress line would count it twice).
-    pub fn add_resumed(&self, bytes: u64, planned: bool) {
+    /// An object an earlier run copied: skipped, and no longer among the planned (else the
+    /// progress line would count it twice).
+    pub fn add_resumed(&self, bytes: u64) {
         self.resumed.fetch_add(1, Relaxed);
+        self.add_same(bytes);
+    }
+    /// A planned object found the same at the destination (a sync's content comparison):
+    /// skipped, and no longer among the planned.
+    pub fn add_same(&self, bytes: u64) {
         self.add_skipped(bytes);
-        if planned {
-            self.objects_listed.fetch_sub(1, Relaxed);
-            self.bytes_listed.fetch_sub(bytes, Relaxed);
-        }
+        self.objects_listed.fetch_sub(1, Relaxed);
+        self.bytes_listed.fetch_sub(bytes, Relaxed);
     }
     pub fn add_retry(&self) {
         self.retries.fetch_add(1, Relaxed);
@@ -169,15 +185,15 @@ mod tests {
     #[test]
     fn an_object_done_earlier_counts_once() {
         let p = Progress::default();
-        for _ in 0..3 {
-            p.add_planned(10);
+        for size in [10, 10, 10, 7] {
+            p.add_planned(size);
         }
-        p.add_resumed(10, true);
-        p.add_resumed(7, false);
+        p.add_resumed(10);
+        p.add_same(7);
         let s = p.snapshot();
         assert_eq!((s.objects_total, s.bytes_total), (2, 20));
         assert_eq!((s.objects_skipped, s.bytes_skipped), (2, 17));
-        assert_eq!(s.objects_resumed, 2);
+        assert_eq!(s.objects_resumed, 1);
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// The check of the destination after the copy, unless `--verify none`.
     pub verification: Option<Verification>,
+    /// Stopped before the end (Ctrl-C, SIGTERM): objects not yet tried are neither copied
+    /// nor failed, and a rerun of the same command finishes the transfer.
+    pub interrupted: bool,
 }
 
 impl Report {
@@ -72,6 +75,7 @@ impl Report {
             },
             failures,
             verification: None,
+            interrupted: false,
         }
     }
 
@@ -163,6 +167,12 @@ impl fmt::Display for Report {
                 f,
                 ", {} by server-side copy",
                 thousands(self.server_side_copies)
+            )?;
+        }
+        if self.interrupted {
+            write!(
+                f,
+                "; interrupted before the end: run the same command again to finish"
             )?;
         }
         Ok(())

@@ -368,14 +368,14 @@ pub async fn transfer(
         match job {
             Job::Copy { src, dst_key } => {
                 if ctx.done_earlier(&src, true) {
-                    progress.add_resumed(src.size, true);
+                    progress.add_resumed(src.size);
                     continue;
                 }
                 tasks.spawn(copy_and_record(ctx.clone(), src, dst_key));
             }
             Job::CopyUnlessSame { src, dst, dst_key } => {
                 if ctx.done_earlier(&src, false) {
-                    progress.add_resumed(src.size, false);
+                    progress.add_resumed(src.size);
                     continue;
                 }
                 let ctx = ctx.clone();
@@ -383,12 +383,9 @@ pub async fn transfer(
                     match ctx.same_content(&src, dst).await {
                         Ok(true) => {
                             ctx.done();
-                            ctx.progress.add_skipped(src.size);
+                            ctx.progress.add_same(src.size);
                         }
-                        Ok(false) => {
-                            ctx.progress.add_planned(src.size);
-                            copy_and_record(ctx.clone(), src, dst_key).await;
-                        }
+                        Ok(false) => copy_and_record(ctx.clone(), src, dst_key).await,
                         Err(e) => ctx.fail(&src.key, e),
                     }
                 });
@@ -403,7 +400,6 @@ pub async fn transfer(
         Ok(r) => r,
         Err(e) => Err(Error::new(ErrorKind::Other, format!("planner failed: {e}"))),
     };
-    progress.set_listing_done();
     ctx.check_fatal()?;
     let listed = listed?;
     if let Some(denied) = ctx.denied_everything() {
@@ -583,6 +579,7 @@ pub(crate) async fn start_planner(
             .await
             .expect("receiver alive");
     }
+    progress.set_listing_done();
     Ok((tokio::spawn(async { Ok(1) }), rx))
 }
 
@@ -663,10 +660,9 @@ pub async fn dry_run(
                 )
                 .await?;
                 if same {
-                    progress.add_skipped(s.size);
+                    progress.add_same(s.size);
                     continue;
                 }
-                progress.add_planned(s.size);
                 Job::Copy { src: s, dst_key }
             }
             job => job,
@@ -678,7 +674,6 @@ pub async fn dry_run(
         Ok(r) => r?,
         Err(e) => return Err(Error::new(ErrorKind::Other, format!("planner failed: {e}"))),
     };
-    progress.set_listing_done();
     if listed == 0 && opts.recursive && !cancel.is_cancelled() {
         return Err(nothing_at_source(src).await);
     }

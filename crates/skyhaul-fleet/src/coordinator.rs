@@ -156,8 +156,9 @@ struct State {
     /// Uploads being completed.
     completing: usize,
     /// Objects of taken-back leases done in this run before the planner reached them: the
-    /// journal says they are done, but this run copied them (not an earlier one).
-    restored_done: std::collections::HashSet<String>,
+    /// journal says they are done, but this run copied them (not an earlier one). `true`:
+    /// found the same at the destination, counted skipped once the planner has planned it.
+    restored_done: HashMap<String, bool>,
     workers: BTreeMap<String, Worker>,
     granted: u64,
     expired: u64,
@@ -503,7 +504,6 @@ async fn coordinate(
         Err(e) => Err(Error::new(ErrorKind::Other, format!("planner failed: {e}"))),
     };
     shared.state().planning_done = true;
-    shared.exec.progress().set_listing_done();
     let listed = listed?;
     if listed == 0 && shared.spec.recursive && !shared.cancel.is_cancelled() {
         return Err(Executor::nothing_at_source(src).await);
@@ -531,10 +531,13 @@ async fn add_object(
     let exec = &shared.exec;
     if exec.is_done(&src, unless_same.is_none()) {
         let name = WorkItem::object_name(&src.key);
-        if shared.state().restored_done.remove(&name) {
+        if let Some(same) = shared.state().restored_done.remove(&name) {
+            if same {
+                exec.progress().add_same(src.size);
+            }
             return;
         }
-        exec.progress().add_resumed(src.size, unless_same.is_none());
+        exec.progress().add_resumed(src.size);
         return;
     }
     if unless_same.is_some() || !exec.stripes(src.size) {
@@ -1166,27 +1169,24 @@ fn take_result(
     if p.lease.is_none() {
         st.queued_bytes -= p.item.bytes();
     }
-    if p.restored && !st.planning_done && matches!(p.item, WorkItem::Object { .. }) {
-        st.restored_done.insert(name.to_string());
+    let unplanned = p.restored && !st.planning_done && matches!(p.item, WorkItem::Object { .. });
+    if unplanned {
+        let same = matches!(outcome, Outcome::Same);
+        st.restored_done.insert(name.to_string(), same);
     }
     let exec = &shared.exec;
     let progress = exec.progress();
     match (p.item, outcome) {
-        (
-            WorkItem::Object {
-                src, unless_same, ..
-            },
-            Outcome::Copied { copied },
-        ) => {
-            if unless_same.is_some() {
-                progress.add_planned(src.size);
-            }
+        (WorkItem::Object { src, .. }, Outcome::Copied { copied }) => {
             progress.add_moved(src.size);
             exec.record_copied(&src, copied);
             "done"
         }
         (WorkItem::Object { src, .. }, Outcome::Same) => {
-            progress.add_skipped(src.size);
+            // Not planned yet: the planner counts it when it gets there (`add_object`).
+            if !unplanned {
+                progress.add_same(src.size);
+            }
             "done"
         }
         (WorkItem::Part { upload, spec, .. }, Outcome::Part { part, sums }) => {

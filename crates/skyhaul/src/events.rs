@@ -108,14 +108,10 @@ pub fn emit(event: &Event) {
 
 /// The progress event for `s`, `elapsed` after the start.
 pub fn progress(s: Snapshot, elapsed: Duration) -> Event<'static> {
-    let secs = elapsed.as_secs_f64().max(0.001);
-    let rate = s.bytes_moved as f64 / secs;
-    let left = s.bytes_to_move() - s.bytes_moved;
-    let eta = (s.listing_done && rate > 0.0).then(|| left as f64 / rate);
     Event::Progress {
-        elapsed_seconds: secs,
-        bytes_per_second: rate,
-        eta_seconds: eta,
+        elapsed_seconds: elapsed.as_secs_f64().max(0.001),
+        bytes_per_second: s.rate(elapsed),
+        eta_seconds: s.eta_seconds(elapsed),
         counters: s,
     }
 }

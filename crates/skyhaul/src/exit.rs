@@ -135,18 +135,53 @@ pub fn kind_of(code: ExitCode) -> ErrorKind {
     }
 }
 
-/// First Ctrl-C: stop starting work, let what is in flight finish. Second: exit at once.
+/// First Ctrl-C (or SIGTERM): stop starting work, let what is in flight finish. Second:
+/// exit at once.
 pub fn on_ctrl_c(cancel: CancellationToken, out: Output) {
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
+        let mut stop = StopSignals::new();
+        if !stop.next().await {
             return;
         }
         out.notice("interrupted: finishing objects in flight (press Ctrl-C again to stop at once)");
         cancel.cancel();
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if stop.next().await {
+            out.error(
+                "interrupted again: stopped at once; run the same command again to resume",
+                ExitCode::Interrupted,
+            );
             std::process::exit(ExitCode::Interrupted as i32);
         }
     });
+}
+
+/// Ctrl-C, and on Unix SIGTERM too: what Kubernetes, SLURM and service managers send before
+/// they kill a process, so that a preempted transfer stops as cleanly as one a person
+/// stopped.
+struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        StopSignals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Waits for the next one; `false` when no signal can be waited for.
+    async fn next(&mut self) -> bool {
+        #[cfg(unix)]
+        if let Some(term) = &mut self.term {
+            return tokio::select! {
+                c = tokio::signal::ctrl_c() => c.is_ok(),
+                t = term.recv() => t.is_some(),
+            };
+        }
+        tokio::signal::ctrl_c().await.is_ok()
+    }
 }
 
 #[cfg(test)]

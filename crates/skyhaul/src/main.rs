@@ -42,7 +42,19 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     unset_blank_settings();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        // A consumer of `--json` reads the last line: a usage error ends with an error
+        // event there too (clap's own text goes to stderr, as always).
+        if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+            let text = e.render().to_string();
+            let message = text.lines().next().unwrap_or_default();
+            events::emit(&events::Event::Error {
+                message: message.trim_start_matches("error: "),
+                exit_code: e.exit_code(),
+            });
+        }
+        e.exit()
+    });
     init_logging(cli.verbose);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -472,9 +484,10 @@ async fn transfer(
         if let Some(note) = note {
             note.finish();
         }
-        let report = report.map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
+        let mut report = report.map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
+        report.interrupted = cancel.is_cancelled();
         out.report(&report, relay.map(|r| r.summary()).as_ref());
-        let code = if cancel.is_cancelled() {
+        let code = if report.interrupted {
             ExitCode::Interrupted
         } else if report.objects_failed > 0 {
             ExitCode::PartialFailure

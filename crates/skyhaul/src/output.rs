@@ -161,18 +161,31 @@ fn interval(default: Duration) -> Duration {
 
 /// One progress line, as logged without a terminal.
 pub fn progress_line(s: &Snapshot, elapsed: Duration) -> String {
-    let rate = s.bytes_moved as f64 / elapsed.as_secs_f64().max(0.001);
     format!(
-        "skyhaul: progress: {}/{}{} objects, {} of {}{}, {}/s, {} retries",
+        "skyhaul: progress: {}/{}{} objects, {} of {}{}, {}/s, ETA {}, {} retries",
         thousands(s.objects_done + s.objects_skipped),
         thousands(s.objects_total + s.objects_skipped),
         if s.listing_done { "" } else { "+" },
         human_bytes(s.bytes_moved),
         human_bytes(s.bytes_to_move()),
         if s.listing_done { "" } else { "+" },
-        human_bytes(rate as u64),
+        human_bytes(s.rate(elapsed) as u64),
+        eta(s, elapsed),
         thousands(s.retries)
     )
+}
+
+/// The time left, `-` while it cannot be known (see `Snapshot::eta_seconds`).
+fn eta(s: &Snapshot, elapsed: Duration) -> String {
+    let Some(secs) = s.eta_seconds(elapsed) else {
+        return "-".to_string();
+    };
+    let secs = secs.ceil() as u64;
+    match (secs / 3600, secs / 60 % 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
 }
 
 async fn log_progress(progress: Arc<Progress>, every: Duration) {
@@ -245,21 +258,25 @@ impl Output {
             };
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
+        // The ETA is ours (`Snapshot::eta_seconds`): indicatif's would claim one before
+        // anything has moved, or while the listing still grows the total.
         bar.set_style(
             ProgressStyle::with_template(
-                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
             )
             .expect("valid template"),
         );
         *BAR.lock().expect("bar lock") = Some(bar.clone());
         let b = bar.clone();
         let task = tokio::spawn(async move {
+            let started = std::time::Instant::now();
             loop {
                 let s = progress.snapshot();
                 b.set_length(s.bytes_to_move());
                 b.set_position(s.bytes_moved);
                 b.set_message(format!(
-                    "{}/{}{} objects, {} retries",
+                    "ETA {} {}/{}{} objects, {} retries",
+                    eta(&s, started.elapsed()),
                     thousands(s.objects_done + s.objects_skipped),
                     thousands(s.objects_total + s.objects_skipped),
                     if s.listing_done { "" } else { "+" },
@@ -302,7 +319,8 @@ impl Output {
             if let Some(v) = r.verification.as_ref().filter(|v| v.objects > 0) {
                 verified(v);
             }
-            if r.bytes_skipped > 0 && r.objects_copied == 0 && r.objects_failed == 0 {
+            let idle = r.objects_copied == 0 && r.objects_failed == 0 && r.objects_deleted == 0;
+            if r.bytes_skipped > 0 && idle && !r.interrupted {
                 outln!(
                     "skyhaul: nothing to do: {} already up to date",
                     human_bytes(r.bytes_skipped)
@@ -492,6 +510,21 @@ mod tests {
             line.starts_with("skyhaul: progress: 12/40+ objects, "),
             "{line}"
         );
-        assert!(line.contains("/s, 2 retries"), "{line}");
+        assert!(line.contains("/s, ETA -, 2 retries"), "{line}");
+        // Once the listing is done: 2 GiB left at 1 GiB per 4 s.
+        let done = Snapshot {
+            listing_done: true,
+            ..s
+        };
+        let line = progress_line(&done, Duration::from_secs(4));
+        assert!(line.contains("/s, ETA 8s, "), "{line}");
+        let slow = progress_line(&done, Duration::from_secs(4000));
+        assert!(slow.contains(", ETA 2h13m, "), "{slow}");
+        let nothing = Snapshot {
+            bytes_moved: 0,
+            ..done
+        };
+        let line = progress_line(&nothing, Duration::from_secs(4));
+        assert!(line.contains(", ETA -, "), "no pace, no ETA: {line}");
     }
 }

@@ -480,6 +480,25 @@ async fn sync_copies_only_what_changed_and_deletes_only_when_asked() {
     let mut want = files.clone();
     want.insert("small.txt".into(), b"changed".to_vec());
     assert_eq!(read_bucket(&s, "bkt", "mirror/").await, want);
+
+    // The report for people: a sync that only deletes did something; one that finds
+    // nothing to do says so.
+    s.put("bkt", "mirror/extra2.txt", b"x").await;
+    let text = |extra: &[&str]| {
+        let mut args = vec!["sync", srcs, "s3://bkt/mirror"];
+        args.extend(["--dst-endpoint", &s.endpoint, "-y"]);
+        args.extend(extra);
+        skyhaul(&args, None, Some(&s))
+    };
+    let run = text(&["--delete"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("deleted 1") && !run.stdout.contains("nothing to do"),
+        "{}",
+        run.stdout
+    );
+    let run = text(&[]);
+    assert!(run.stdout.contains("nothing to do"), "{}", run.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread")]

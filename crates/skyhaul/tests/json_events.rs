@@ -82,6 +82,13 @@ async fn event_stream_shape() {
         .map(|e| e["bytes_moved"].as_u64().unwrap())
         .collect();
     assert!(moved.windows(2).all(|w| w[0] <= w[1]), "{moved:?}");
+    // The listing ends long before the copies do: from then on the totals are whole and
+    // there is an ETA, while the bytes still move.
+    let ready = events.iter().find(|e| {
+        e["event"] == "progress" && e["listing_done"] == true && e["eta_seconds"].is_number()
+    });
+    let ready = ready.unwrap_or_else(|| panic!("no ETA while copying: {}", run.stdout));
+    assert!(ready["bytes_moved"].as_u64() < events.last().unwrap()["bytes_moved"].as_u64());
 
     // The shape: the first event of each kind, with what varies run to run masked.
     let mut shape = Vec::new();
@@ -127,4 +134,35 @@ fn errors_end_the_stream_with_an_error_event() {
     assert_eq!(last["exit_code"], 3);
     assert!(last["message"].as_str().unwrap().contains("missing"));
     assert!(run.stderr.contains("skyhaul: error:"), "{}", run.stderr);
+
+    // A value the argument parser refuses too, its own message still on stderr.
+    let out = tmp.path().join("out");
+    let run = skyhaul(
+        &[
+            "cp",
+            "-r",
+            ".",
+            out.to_str().unwrap(),
+            "--part-size",
+            "0",
+            "--json",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let last = run.json();
+    assert_eq!(
+        (&last["event"], &last["exit_code"]),
+        (&"error".into(), &2.into())
+    );
+    assert!(
+        last["message"].as_str().unwrap().contains("--part-size"),
+        "{last}"
+    );
+    assert!(run.stderr.contains("--part-size"), "{}", run.stderr);
+    // --help is no error, and prints no event.
+    let help = skyhaul(&["cp", "--help", "--json"], None, None);
+    assert_eq!(help.code, 0);
+    assert!(!help.stdout.contains("\"event\""), "{}", help.stdout);
 }

@@ -95,14 +95,15 @@ fn copy_args<'a>(src: &'a str, endpoint: &'a str) -> Vec<&'a str> {
     args
 }
 
-/// Ctrl-C to `child` once the journal holds a finished part, and its exit as interrupted.
-fn interrupt_once_a_part_is_journaled(child: Child, journal: &Path) {
+/// `signal` to `child` once the journal holds a finished part (SIGINT: Ctrl-C; SIGTERM: a
+/// scheduler preempting it), and its exit as interrupted.
+fn interrupt_once_a_part_is_journaled(child: Child, journal: &Path, signal: i32) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while journaled_bytes(journal) == 0 {
         assert!(Instant::now() < deadline, "no part journaled within 60 s");
         std::thread::sleep(Duration::from_millis(50));
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -258,6 +259,8 @@ async fn ctrl_c_stops_gracefully_and_the_rerun_resumes() {
         copied < files.len() as u64,
         "interrupted before the end ({copied})"
     );
+    // The report says so: without failures it would read as a finished copy.
+    assert_eq!(report["interrupted"], true, "{report}");
     // Nothing partial is visible: whatever is there is complete and right.
     let got = read_bucket(&s3, "dst", "data/").await;
     for (k, v) in &got {
@@ -276,6 +279,7 @@ async fn ctrl_c_stops_gracefully_and_the_rerun_resumes() {
         report["objects_resumed"].as_u64().unwrap() >= copied,
         "{report}"
     );
+    assert_eq!(report["interrupted"], false, "{report}");
     assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
 }
 
@@ -294,7 +298,7 @@ async fn the_report_of_a_resumed_upload_counts_its_reused_parts_apart() {
     let args = copy_args(src.to_str().unwrap(), &s3.endpoint);
     let mut slow = args.clone();
     slow.extend(["--bwlimit", "8M"]);
-    interrupt_once_a_part_is_journaled(spawn(&slow, &s3, &journal), &journal);
+    interrupt_once_a_part_is_journaled(spawn(&slow, &s3, &journal), &journal, libc::SIGINT);
     let sent_before = journaled_bytes(&journal);
 
     let rerun = spawn(&args, &s3, &journal).wait_with_output().unwrap();
@@ -344,7 +348,8 @@ async fn a_resumed_upload_that_is_gone_reuses_nothing() {
             .spawn()
             .unwrap()
     };
-    interrupt_once_a_part_is_journaled(run(&["--bwlimit", "8M"]), &journal);
+    // SIGTERM, as Kubernetes or SLURM preempting the copy: it stops as Ctrl-C does.
+    interrupt_once_a_part_is_journaled(run(&["--bwlimit", "8M"]), &journal, libc::SIGTERM);
     // The upload's temporary file is what a local upload is: remove it.
     for entry in std::fs::read_dir(&dst).unwrap() {
         let path = entry.unwrap().path();
@@ -405,6 +410,13 @@ async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
         signalled.elapsed()
     );
     assert_eq!(out.status.code(), Some(130));
+    // `--json`'s last line is an error event, as after any error.
+    let last = last_json_line(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(
+        (&last["event"], &last["exit_code"]),
+        (&"error".into(), &130.into()),
+        "{last}"
+    );
     // Nothing partial is visible, and the rerun finishes the job.
     for (k, v) in read_bucket(&s3, "dst", "data/").await {
         assert!(files.get(&k) == Some(&v), "{k} is partial or wrong");
