@@ -9,7 +9,10 @@
 //!    one HEAD per side;
 //! 3. a checksum computed by reading the side whose reads are free (a file system), in the
 //!    form the other side records (its CRC, else its content-MD5 ETag);
-//! 4. only when asked (`deep`): a CRC of both sides re-read.
+//! 4. only when asked (`deep`): a CRC of both sides re-read, for every object. Then nothing
+//!    recorded is trusted, ETags and recorded checksums included: they describe the bytes
+//!    as they were written, and a deep check is asked for to find bytes that changed since
+//!    (decay, or a tool writing behind the store's back).
 
 use crate::integrity::{combine_crc64, sums};
 use crate::limiter::AdaptiveLimit;
@@ -65,7 +68,8 @@ pub(crate) async fn head(
 }
 
 /// The two fingerprints compared (the first side's, then the second's), in a form such as
-/// `crc64nvme:…` or a content MD5, or `None` when nothing comparable is known.
+/// `crc64nvme:…` or a content MD5, or `None` when nothing comparable is known. `deep`:
+/// the CRC64s of both sides' bytes, re-read.
 pub async fn fingerprints(
     mut a: Side<'_>,
     mut b: Side<'_>,
@@ -73,6 +77,13 @@ pub async fn fingerprints(
     retry: &RetryPolicy,
     progress: &Progress,
 ) -> Result<Option<(String, String)>> {
+    if deep {
+        let (x, y) = (
+            reread(&a, retry, progress).await?,
+            reread(&b, retry, progress).await?,
+        );
+        return Ok(Some((x, y)));
+    }
     for side in [&mut a, &mut b] {
         if side.meta.etag.is_none() && side.store.etags_are_md5() {
             side.head(retry, progress).await?;
@@ -90,13 +101,19 @@ pub async fn fingerprints(
     }
     a.head(retry, progress).await?;
     b.head(retry, progress).await?;
-    let Some(want) = common(&a, &b).or(deep.then_some(Want::Crc)) else {
+    let Some(want) = common(&a, &b) else {
         return Ok(None);
     };
     Ok(Some((
         want.fingerprint(&a, retry, progress).await?,
         want.fingerprint(&b, retry, progress).await?,
     )))
+}
+
+/// The CRC64-NVME of a side's bytes as its store serves them now, whatever it records.
+async fn reread(side: &Side<'_>, retry: &RetryPolicy, progress: &Progress) -> Result<String> {
+    let (crc, _) = read_sums(side.store, &side.meta, false, retry, progress).await?;
+    Ok(format!("crc64nvme:{crc:016x}"))
 }
 
 /// Whether `dst` holds the same bytes as `src`, for `sync --checksum`. Where no checksum

@@ -7,7 +7,7 @@
 use crate::integrity::ChunkSums;
 use crate::retry::RetryPolicy;
 use crate::{limiter::AdaptiveLimit, progress::Progress};
-use skyhaul_journal::{Journal, ResumableUpload, TransferId, TransferIdentity};
+use skyhaul_journal::{Held, Journal, ResumableUpload, TransferId, TransferIdentity};
 use skyhaul_store::{CompletedPart, ErrorKind, MultipartUpload, ObjectMeta, Store};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 pub struct Resume {
     journal: Option<(Arc<Journal>, TransferId)>,
+    /// The transfer, held by this process while it runs (`Journal::hold`).
+    _held: Option<Held>,
     /// Whether an earlier run left the transfer unfinished. On a first run, or the rerun of
     /// a finished transfer (which starts afresh), nothing can be done before this run does
     /// it, and this run asks about each object once, before copying it (a listing names it
@@ -60,6 +62,7 @@ impl Resume {
     pub fn none() -> Self {
         Resume {
             journal: None,
+            _held: None,
             ran_before: false,
             used: Mutex::new(HashSet::new()),
         }
@@ -69,11 +72,13 @@ impl Resume {
         journal: Arc<Journal>,
         identity: &TransferIdentity,
     ) -> Result<Self, skyhaul_journal::JournalError> {
+        let held = journal.hold(identity.id())?;
         // When in doubt, look objects up: slower, never wrong.
         let ran_before = warn("lookup", journal.resumable(identity.id())).unwrap_or(true);
         let id = journal.begin(identity)?;
         Ok(Resume {
             journal: Some((journal, id)),
+            _held: Some(held),
             ran_before,
             used: Mutex::new(HashSet::new()),
         })
@@ -335,6 +340,7 @@ pub async fn sweep_unconfirmed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skyhaul_journal::JournalError;
 
     #[test]
     fn sums_round_trip() {
@@ -363,6 +369,10 @@ mod tests {
         first.done(&a, "a", None);
         // A first run asks about each object once, before copying it: not after.
         assert!(!first.is_done(&a));
+        // A run holds its transfer: another cannot begin it until it is done.
+        let busy = Resume::begin(journal.clone(), &identity).err().unwrap();
+        assert!(matches!(busy, JournalError::Running(_)), "{busy}");
+        drop(first);
 
         let second = Resume::begin(journal.clone(), &identity).unwrap();
         assert!(second.ran_before);

@@ -320,10 +320,11 @@ pub async fn transfer(
 
     let resume = match journal {
         Some(j) => Resume::begin(j, &identity(src, dst, opts)).map_err(|e| {
-            Error::new(
-                ErrorKind::Other,
-                format!("{e} (use --journal PATH for another journal, or --no-journal)"),
-            )
+            let hint = match e {
+                skyhaul_journal::JournalError::Running(_) => "",
+                _ => " (use --journal PATH for another journal, or --no-journal)",
+            };
+            Error::new(ErrorKind::Other, format!("{e}{hint}"))
         })?,
         None => Resume::none(),
     };

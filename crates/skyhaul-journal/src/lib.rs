@@ -100,6 +100,12 @@ pub enum JournalError {
     IdCollision(String),
     #[error("journal integrity check failed: {0}")]
     Corrupt(String),
+    #[error(
+        "transfer {0} is running in another skyhaul process (`skyhaul status` shows it): \
+         wait for it to end, or stop it first; two runs of one transfer would take each \
+         other's uploads for leftovers"
+    )]
+    Running(String),
 }
 
 /// What makes two runs the same transfer. Rerunning with the same identity resumes; anything that
@@ -265,6 +271,18 @@ impl TransferSummary {
     }
 }
 
+/// A transfer this process holds while it runs or is cleaned ([`Journal::hold`]): let go
+/// when dropped, and when the process ends however it ends (an OS file lock, which a
+/// `kill -9` releases too).
+#[derive(Debug)]
+pub struct Held {
+    _lock: std::fs::File,
+}
+
+/// How long [`Journal::hold`] waits for another holder to let go: `status` looks for a
+/// moment, a running transfer does not let go.
+const HOLD_WAIT: Duration = Duration::from_secs(2);
+
 /// The journal. `Send + Sync`: open it once and share it (`Arc<Journal>`) between tasks.
 ///
 /// Writes go through one writer thread (see the crate docs); reads use a small pool of read
@@ -359,6 +377,49 @@ impl Journal {
         &self.path
     }
 
+    /// The lock file of transfer `id`, beside the journal: every process that shares the
+    /// journal sees it.
+    fn lock_path(&self, id: TransferId) -> PathBuf {
+        let mut dir = self.path.clone().into_os_string();
+        dir.push(".running");
+        PathBuf::from(dir).join(id.to_string())
+    }
+
+    /// Holds transfer `id` for this process until the [`Held`] is dropped. Another process
+    /// that holds it (running or cleaning it) is an error, [`JournalError::Running`]: two
+    /// runs of one transfer would each abort the uploads the other is creating.
+    pub fn hold(&self, id: TransferId) -> Result<Held> {
+        let path = self.lock_path(id);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        let deadline = std::time::Instant::now() + HOLD_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Held { _lock: file }),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(JournalError::Running(id.to_string()))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Whether another process holds transfer `id` now ([`Journal::hold`]): runs it, or
+    /// cleans it. Creates nothing.
+    pub fn running(&self, id: TransferId) -> bool {
+        std::fs::File::open(self.lock_path(id))
+            .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+    }
+
     /// Starts a run of a transfer: creates it the first time, else bumps its run count and last
     /// run time and clears its complete mark. A transfer marked complete starts afresh: its
     /// objects are no longer done (the destination may have changed since). Returns its id.
@@ -406,7 +467,12 @@ impl Journal {
     /// transfer is being written, or the writes after it recreate records. Waits for a durable
     /// commit.
     pub fn forget(&self, id: TransferId) -> Result<()> {
-        self.barrier(Some(Op::Forget { id: id.0 }), true)
+        self.barrier(Some(Op::Forget { id: id.0 }), true)?;
+        // Its lock file too (held by the caller, if it holds the transfer, until it lets go).
+        match std::fs::remove_file(self.lock_path(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Commits everything queued so far, durably (fsync), and reports a failed queued write.

@@ -412,7 +412,7 @@ pub struct VerifyArgs {
     /// Compare everything under SRC and DST (prefixes or directories)
     #[arg(short, long)]
     pub recursive: bool,
-    /// Re-read both sides and compare CRC64s where ETags are not comparable
+    /// Re-read both sides of every object and compare the CRC64s of their bytes (trusts no ETag or recorded checksum)
     #[arg(long)]
     pub deep: bool,
     #[command(flatten)]

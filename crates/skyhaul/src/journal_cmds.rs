@@ -38,10 +38,22 @@ fn ago(t: SystemTime) -> String {
     }
 }
 
-fn json(t: &TransferSummary) -> serde_json::Value {
+/// "complete", "running" (another process holds it now), or "stopped": interrupted, killed
+/// or failed, for a rerun to finish.
+fn state(journal: &Journal, t: &TransferSummary) -> &'static str {
+    if journal.running(t.id) {
+        "running"
+    } else if t.complete {
+        "complete"
+    } else {
+        "stopped"
+    }
+}
+
+fn json(journal: &Journal, t: &TransferSummary) -> serde_json::Value {
     serde_json::json!({
         "id": t.id.to_string(),
-        "status": t.status(),
+        "status": state(journal, t),
         "source": t.source,
         "destination": t.destination,
         "options": t.options,
@@ -56,14 +68,23 @@ fn json(t: &TransferSummary) -> serde_json::Value {
 pub fn status(args: StatusArgs) -> ExitCode {
     let result = (|| -> Result<(), CliError> {
         let config = crate::settings::load_config()?;
-        let path = crate::settings::journal_path(args.journal.as_deref(), &config);
-        let journal = open(path.as_deref())?;
+        let path = crate::settings::journal_path(args.journal.as_deref(), &config)
+            .unwrap_or_else(Journal::default_path);
+        // Looking creates nothing: no journal is no transfers.
+        if !path.exists() {
+            match args.json {
+                true => outln!("[]"),
+                false => outln!("no transfers in {}", path.display()),
+            }
+            return Ok(());
+        }
+        let journal = open(Some(&path))?;
         let transfers = journal.transfers().map_err(|e| CliError {
             code: ExitCode::PartialFailure,
             message: e.to_string(),
         })?;
         if args.json {
-            let all: Vec<_> = transfers.iter().map(json).collect();
+            let all: Vec<_> = transfers.iter().map(|t| json(&journal, t)).collect();
             outln!("{}", serde_json::Value::Array(all));
             return Ok(());
         }
@@ -74,10 +95,10 @@ pub fn status(args: StatusArgs) -> ExitCode {
             outln!(
                 "{}  {:<11}  {} ({}) done, {}, run {}, last {}\n    {} -> {}",
                 t.id,
-                t.status(),
+                state(&journal, t),
                 count(t.objects_done, "object", "objects"),
-                human_bytes(t.bytes_done + t.upload_bytes_done),
-                count(t.open_uploads, "open upload", "open uploads"),
+                human_bytes(t.bytes_done),
+                open_uploads(t.open_uploads, t.upload_bytes_done),
                 count(t.runs, "time", "times"),
                 ago(t.last_run),
                 t.source,
@@ -92,6 +113,15 @@ pub fn status(args: StatusArgs) -> ExitCode {
             eprintln!("skyhaul: error: {}", e.message);
             e.code
         }
+    }
+}
+
+/// `2 open uploads (48.00 MiB sent)`: parts of objects not yet done, apart from the objects.
+fn open_uploads(n: u64, bytes: u64) -> String {
+    let uploads = count(n, "open upload", "open uploads");
+    match bytes {
+        0 => uploads,
+        b => format!("{uploads} ({} sent)", human_bytes(b)),
     }
 }
 
@@ -127,6 +157,8 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
                     journal.path().display()
                 ),
             })?;
+        // Held while its uploads are aborted: a run must not start, or go on, meanwhile.
+        let _held = journal.hold(t.id).map_err(other)?;
         let uploads = journal.open_uploads(t.id).map_err(other)?;
         let unconfirmed = journal.unconfirmed_creates(t.id).map_err(other)?;
         let mut swept = 0;
@@ -179,8 +211,12 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
         }
         journal.forget(t.id).map_err(other)?;
         outln!(
-            "skyhaul: aborted {} open uploads and forgot transfer {}",
-            uploads.len() + swept,
+            "skyhaul: aborted {} and forgot transfer {}",
+            count(
+                (uploads.len() + swept) as u64,
+                "open upload",
+                "open uploads"
+            ),
             t.id
         );
         Ok(())

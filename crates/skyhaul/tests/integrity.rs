@@ -436,6 +436,52 @@ async fn verify_tells_identical_from_different() {
     assert_eq!(checked.json()["checksum_ok"], 1, "{}", checked.stdout);
 }
 
+/// Bytes that change at rest, behind the store's back, keep the ETag and checksum recorded
+/// when they were written: the cheap check trusts those, `--deep` re-reads both sides and
+/// finds the change, for an object written whole and one written in parts.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_deep_finds_bytes_changed_at_rest() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bkt").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let files = mixed();
+    write_tree(&src, &files);
+    let mut args = cp_r(
+        src.to_str().unwrap(),
+        "s3://bkt/p/",
+        "--dst-endpoint",
+        &s3.endpoint,
+    );
+    args.extend(SMALL_PARTS);
+    let run = skyhaul(&args, None, Some(&s3));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // s3s-fs keeps each object as a file: flip a byte of two of them there.
+    for key in ["small.txt", "big/multipart.bin"] {
+        let path = s3.data_dir.join("bkt/p").join(key);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[7] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", "-r", src.to_str().unwrap(), "s3://bkt/p/"];
+        args.extend(["--dst-endpoint", &s3.endpoint, "--json"]);
+        args.extend(extra);
+        skyhaul(&args, None, Some(&s3))
+    };
+    let cheap = verify(&[]);
+    assert_eq!(
+        cheap.code, 0,
+        "what is recorded still matches: {}",
+        cheap.stderr
+    );
+    let deep = verify(&["--deep"]);
+    assert_eq!(deep.code, 6, "{}", deep.stderr);
+    let v = deep.json();
+    assert_eq!(v["checksum_mismatch"], 2, "{v}");
+    assert_eq!(v["checksum_ok"], files.len() as u64 - 2, "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_handles_multipart_objects_made_by_another_client() {
     let s3 = S3Server::start(S3Kind::Moto);

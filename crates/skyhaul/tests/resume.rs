@@ -439,37 +439,64 @@ async fn a_lost_journal_still_ends_right_and_status_and_clean_work() {
     let (s3, files, journal, src, _tmp) = setup(S3Kind::Moto).await;
     let args = copy_args(src.to_str().unwrap(), &s3.endpoint);
 
-    // Interrupt, then look at the journal and clean up what the transfer left open.
-    let mut child = spawn(&args, &s3, &journal);
-    std::thread::sleep(Duration::from_millis(500));
+    let status = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_skyhaul"))
+            .args(["status", "--json", "--journal", journal.to_str().unwrap()])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(
+        status(),
+        serde_json::json!([]),
+        "no journal yet, and none made"
+    );
+    assert!(!journal.exists(), "status creates no journal");
+    let clean = |id: &str| {
+        let mut clean = Command::new(env!("CARGO_BIN_EXE_skyhaul"));
+        clean.args(["clean", id, "--journal", journal.to_str().unwrap()]);
+        for (k, v) in s3.env_for("DST") {
+            clean.env(k, v);
+        }
+        clean.output().unwrap()
+    };
+
+    // While it runs, it is held: status says so, and neither clean nor a second run of
+    // the same transfer may touch its uploads.
+    let slow = [&args[..], &["--bwlimit", "10M"]].concat();
+    let mut child = spawn(&slow, &s3, &journal);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let listed = status();
+        if listed[0]["status"] == "running" {
+            break listed[0]["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "never seen running: {listed}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let busy = clean(&id[..6]);
+    let again = spawn(&args, &s3, &journal).wait_with_output().unwrap();
+    for out in [&busy, &again] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("is running in another skyhaul process"),
+            "{stderr}"
+        );
+    }
+
+    // Killed, it is stopped: clean aborts what it left open.
     child.kill().unwrap();
     child.wait().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_skyhaul"))
-        .args(["status", "--json", "--journal", journal.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(listed[0]["status"], "in progress", "{listed}");
-    let id = listed[0]["id"].as_str().unwrap().to_string();
-    let mut clean = Command::new(env!("CARGO_BIN_EXE_skyhaul"));
-    clean.args(["clean", &id[..6], "--journal", journal.to_str().unwrap()]);
-    for (k, v) in s3.env_for("DST") {
-        clean.env(k, v);
-    }
-    let out = clean.output().unwrap();
+    let listed = status();
+    assert_eq!(listed[0]["status"], "stopped", "{listed}");
+    let out = clean(&id[..6]);
     assert_succeeded(&out);
     assert!(
         s3.list_multipart_uploads("dst").await.is_empty(),
         "clean aborted the open uploads"
     );
-    let status = Command::new(env!("CARGO_BIN_EXE_skyhaul"))
-        .args(["status", "--json", "--journal", journal.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&status.stdout).unwrap(),
-        serde_json::json!([])
-    );
+    assert_eq!(status(), serde_json::json!([]));
 
     // Interrupt again, then lose the journal: the rerun still produces the right result.
     let mut child = spawn(&args, &s3, &journal);
