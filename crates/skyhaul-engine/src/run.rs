@@ -190,8 +190,9 @@ impl Ctx {
     /// listing found the object missing or different at the destination (`listed_different`)
     /// the listing wins: the destination may have lost it since that run.
     pub(crate) fn done_earlier(&self, src: &ObjectMeta, listed_different: bool) -> bool {
-        let sync = matches!(self.opts.mode, Mode::Sync { .. });
-        !(sync && listed_different) && self.resume.is_done(src)
+        skips_as_done(self.opts.mode, listed_different, || {
+            self.resume.is_done(src)
+        })
     }
 
     /// The first denial, when denials are all that happened: nothing copied or found
@@ -629,23 +630,52 @@ pub(crate) async fn preflight(
     }
 }
 
+/// Whether a run skips an object an earlier, interrupted run copied (`done` asks the
+/// journal). In a sync whose listing found the object missing or different at the
+/// destination (`listed_different`) the listing wins: the destination may have lost it
+/// since that run.
+fn skips_as_done(mode: Mode, listed_different: bool, done: impl FnOnce() -> bool) -> bool {
+    let sync = matches!(mode, Mode::Sync { .. });
+    !(sync && listed_different) && done()
+}
+
 /// Plans a transfer without copying or deleting anything: `each` sees every job that
 /// [`transfer`] would run, in order (deletions included, which a real sync runs last and
-/// only when every copy succeeded). Nothing is written and no journal is used.
+/// only when every copy succeeded). With `journal`, objects an earlier, interrupted run of
+/// the same transfer copied are skipped as a rerun skips them (counted resumed); the
+/// journal is only read. Nothing is written.
 pub async fn dry_run(
     src: &Endpoint,
     dst: &Endpoint,
     opts: &TransferOptions,
     progress: Arc<Progress>,
     cancel: CancellationToken,
+    journal: Option<&Journal>,
     mut each: impl FnMut(&Job),
 ) -> Result<()> {
     preflight(src, dst, opts, &progress, false).await?;
+    let earlier = journal.and_then(|j| {
+        let id = identity(src, dst, opts).id();
+        j.resumable(id).unwrap_or(false).then_some((j, id))
+    });
+    let done =
+        |s: &ObjectMeta| earlier.is_some_and(|(j, id)| matches!(j.is_done(id, s), Ok(Some(_))));
     let limit = AdaptiveLimit::new(opts.max_connections);
     let (planner, mut rx) = start_planner(src, dst, opts, &limit, &progress).await?;
     while let Some(job) = rx.recv().await {
         if cancel.is_cancelled() {
             break;
+        }
+        let earlier_copy = match &job {
+            Job::Copy { src: s, .. } => Some((s, true)),
+            Job::CopyUnlessSame { src: s, .. } => Some((s, false)),
+            _ => None,
+        };
+        if let Some((s, listed_different)) = earlier_copy {
+            if skips_as_done(opts.mode, listed_different, || done(s)) {
+                progress.add_resumed(s.size);
+                continue;
+            }
         }
         let job = match job {
             Job::CopyUnlessSame {

@@ -172,6 +172,7 @@ async fn count(
         opts,
         Arc::new(Progress::default()),
         cancel.clone(),
+        None,
         |job| {
             match job {
                 // A checksum comparison may yet skip it: counted, to err on asking.

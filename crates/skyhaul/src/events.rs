@@ -77,6 +77,8 @@ pub enum Event<'a> {
         deletes: u64,
         /// Entries that could not be listed: a real run fails them.
         failed: u64,
+        /// Objects an earlier, interrupted run copied: a rerun leaves them out too.
+        objects_resumed: u64,
     },
     /// The command stopped with an error before it could report (also on stderr).
     Error { message: &'a str, exit_code: i32 },

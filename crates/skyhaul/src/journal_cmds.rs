@@ -25,6 +25,20 @@ pub fn open(path: Option<&Path>) -> Result<Journal, CliError> {
     })
 }
 
+/// The journal at `path` or the default place, only to read what earlier runs did: none
+/// when there is no journal there (none is made), or it cannot be opened (said in a warning).
+pub fn existing(path: Option<&Path>) -> Option<Journal> {
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(Journal::default_path);
+    if !path.exists() {
+        return None;
+    }
+    Journal::open(&path)
+        .inspect_err(|e| tracing::warn!("{}: {e}: earlier runs not looked up", path.display()))
+        .ok()
+}
+
 fn ago(t: SystemTime) -> String {
     let s = SystemTime::now()
         .duration_since(t)

@@ -431,13 +431,22 @@ async fn transfer(
         exit::on_ctrl_c(cancel.clone(), out);
         out.start(command, &src, &dst, args.dry_run);
         if args.dry_run {
+            // What an interrupted run of this transfer did is left out, as a rerun leaves
+            // it out; the journal is read, never made or written.
+            let journal = match args.no_journal {
+                true => None,
+                false => journal_cmds::existing(
+                    settings::journal_path(args.journal.as_deref(), &config).as_deref(),
+                ),
+            };
             let mut plan = output::DryRun::new(out);
-            skyhaul_engine::dry_run(&src, &dst, &opts, progress, cancel.clone(), |job| {
+            let (p, c) = (progress.clone(), cancel.clone());
+            skyhaul_engine::dry_run(&src, &dst, &opts, p, c, journal.as_ref(), |job| {
                 plan.job(&src, &dst, job)
             })
             .await
             .map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
-            plan.finish();
+            plan.finish(progress.snapshot().objects_resumed);
             return Ok(if cancel.is_cancelled() {
                 ExitCode::Interrupted
             } else {

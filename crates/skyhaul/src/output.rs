@@ -440,7 +440,8 @@ impl DryRun {
         }
     }
 
-    pub fn finish(mut self) {
+    /// The summary; `resumed`: objects left out as an earlier run copied them.
+    pub fn finish(mut self, resumed: u64) {
         let skipped = match self.failed {
             0 => 0,
             _ => std::mem::take(&mut self.deletes).len(),
@@ -464,6 +465,7 @@ impl DryRun {
                 bytes: self.bytes,
                 deletes: self.deletes.len() as u64,
                 failed: self.failed,
+                objects_resumed: resumed,
             });
         } else if !self.out.quiet {
             let failed = match self.failed {
@@ -474,9 +476,13 @@ impl DryRun {
                 0 => String::new(),
                 n => format!(" (not {n}: a sync with a failure deletes nothing)"),
             };
+            let resumed = match resumed {
+                0 => String::new(),
+                n => format!(", leaving out {} an earlier run copied", thousands(n)),
+            };
             eprintln!(
-                "skyhaul: dry run: would copy {} ({}){failed} and delete {}{skipped}; nothing \
-                 was written",
+                "skyhaul: dry run: would copy {} ({}){failed} and delete {}{skipped}{resumed}; \
+                 nothing was written",
                 count(self.copies, "object", "objects"),
                 human_bytes(self.bytes),
                 thousands(self.deletes.len() as u64)

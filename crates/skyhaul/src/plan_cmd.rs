@@ -116,6 +116,7 @@ async fn plan(args: &PlanArgs, common: &TransferArgs, out: Output) -> Result<(),
         &opts,
         progress.clone(),
         CancellationToken::new(),
+        None,
         |job| tally.add(job, &dst, &opts, server_side),
     )
     .await

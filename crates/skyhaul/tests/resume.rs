@@ -261,6 +261,17 @@ async fn ctrl_c_stops_gracefully_and_the_rerun_resumes() {
     );
     // The report says so: without failures it would read as a finished copy.
     assert_eq!(report["interrupted"], true, "{report}");
+    // A dry run now tells what is left: it leaves out what the journal says is done, as
+    // the rerun will.
+    let dry = [&args[..], &["--dry-run"]].concat();
+    let plan = spawn(&dry, &s3, &journal).wait_with_output().unwrap();
+    let plan = last_json_line(&String::from_utf8_lossy(&plan.stdout)).unwrap();
+    assert_eq!(plan["objects_resumed"], copied, "{plan}");
+    assert_eq!(
+        plan["objects"].as_u64().unwrap() + copied,
+        files.len() as u64,
+        "{plan}"
+    );
     // Nothing partial is visible: whatever is there is complete and right.
     let got = read_bucket(&s3, "dst", "data/").await;
     for (k, v) in &got {
