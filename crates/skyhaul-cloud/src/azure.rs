@@ -1023,7 +1023,8 @@ impl Store for AzureStore {
     }
 
     fn place(&self) -> Option<String> {
-        Some(format!("azure|{}|{}", self.endpoint, self.account))
+        let endpoint = skyhaul_store::endpoint_place(&self.endpoint);
+        Some(format!("azure|{endpoint}|{}", self.account))
     }
 
     fn container(&self) -> &str {

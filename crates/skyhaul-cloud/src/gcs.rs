@@ -1005,7 +1005,7 @@ impl Store for GcsStore {
     }
 
     fn place(&self) -> Option<String> {
-        Some(format!("gcs|{}", self.base))
+        Some(format!("gcs|{}", skyhaul_store::endpoint_place(&self.base)))
     }
 
     fn container(&self) -> &str {

@@ -138,6 +138,12 @@ pub(crate) fn status_error(
                 provider.credentials_hint
             ),
         ),
+        // Azure's answer to an unsigned request where the account allows no public access
+        // (the default for new accounts): a denial, not a conflict.
+        _ if code == "PublicAccessNotPermitted" => (
+            ErrorKind::AccessDenied,
+            " (this storage account allows no public access)".to_string(),
+        ),
         412 => (
             ErrorKind::SourceChanged,
             " (the object changed while it was being copied)".to_string(),
@@ -342,5 +348,14 @@ mod tests {
             );
         }
         assert_eq!(unsigned(404, "BlobNotFound", "").kind, ErrorKind::NotFound);
+        let e = unsigned(
+            409,
+            "PublicAccessNotPermitted",
+            "Public access is not permitted.",
+        );
+        assert!(
+            e.kind == ErrorKind::AccessDenied && e.message.contains("not public"),
+            "{e}"
+        );
     }
 }

@@ -482,10 +482,8 @@ pub async fn plan_recursive(
                             progress.add_skipped(a.size);
                             None
                         }
-                        // Planned until its content is compared (`Progress::add_same`), so
-                        // that the totals are whole once the listing is.
+                        // Planned once its content is compared and found different.
                         Listed::CompareContent => {
-                            progress.add_planned(a.size);
                             let dst_key = b.key.clone();
                             Some(Job::CopyUnlessSame {
                                 src: a,

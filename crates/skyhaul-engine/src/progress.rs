@@ -114,18 +114,20 @@ impl Progress {
     pub fn add_deleted(&self) {
         self.objects_deleted.fetch_add(1, Relaxed);
     }
-    /// An object an earlier run copied: skipped, and no longer among the planned (else the
-    /// progress line would count it twice).
-    pub fn add_resumed(&self, bytes: u64) {
+    /// An object an earlier run copied: skipped, and no longer among the planned when the
+    /// planner counted it there (else the progress line would count it twice).
+    pub fn add_resumed(&self, bytes: u64, planned: bool) {
         self.resumed.fetch_add(1, Relaxed);
-        self.add_same(bytes);
-    }
-    /// A planned object found the same at the destination (a sync's content comparison):
-    /// skipped, and no longer among the planned.
-    pub fn add_same(&self, bytes: u64) {
         self.add_skipped(bytes);
-        self.objects_listed.fetch_sub(1, Relaxed);
-        self.bytes_listed.fetch_sub(bytes, Relaxed);
+        if planned {
+            // Never below zero, whatever the order of events (a fleet coordinator's results
+            // can come before its planner): a wrapped total would claim exabytes to go.
+            let less = |n: u64| move |v: u64| Some(v.saturating_sub(n));
+            let _ = self.objects_listed.fetch_update(Relaxed, Relaxed, less(1));
+            let _ = self
+                .bytes_listed
+                .fetch_update(Relaxed, Relaxed, less(bytes));
+        }
     }
     pub fn add_retry(&self) {
         self.retries.fetch_add(1, Relaxed);
@@ -185,15 +187,15 @@ mod tests {
     #[test]
     fn an_object_done_earlier_counts_once() {
         let p = Progress::default();
-        for size in [10, 10, 10, 7] {
-            p.add_planned(size);
+        for _ in 0..3 {
+            p.add_planned(10);
         }
-        p.add_resumed(10);
-        p.add_same(7);
+        p.add_resumed(10, true);
+        p.add_resumed(7, false);
         let s = p.snapshot();
         assert_eq!((s.objects_total, s.bytes_total), (2, 20));
         assert_eq!((s.objects_skipped, s.bytes_skipped), (2, 17));
-        assert_eq!(s.objects_resumed, 1);
+        assert_eq!(s.objects_resumed, 2);
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub struct Report {
     /// The check of the destination after the copy, unless `--verify none`.
     pub verification: Option<Verification>,
     /// Stopped before the end (Ctrl-C, SIGTERM): objects not yet tried are neither copied
-    /// nor failed, and a rerun of the same command finishes the transfer.
+    /// nor failed, a rerun of the same command finishes the transfer, and the check after
+    /// the copy did not run (or was stopped).
     pub interrupted: bool,
 }
 
@@ -172,7 +173,8 @@ impl fmt::Display for Report {
         if self.interrupted {
             write!(
                 f,
-                "; interrupted before the end: run the same command again to finish"
+                "; interrupted, so what was copied is not checked: run the same command \
+                 again to finish, and `skyhaul verify` to check"
             )?;
         }
         Ok(())

@@ -370,14 +370,14 @@ pub async fn transfer(
         match job {
             Job::Copy { src, dst_key } => {
                 if ctx.done_earlier(&src, true) {
-                    progress.add_resumed(src.size);
+                    progress.add_resumed(src.size, true);
                     continue;
                 }
                 tasks.spawn(copy_and_record(ctx.clone(), src, dst_key));
             }
             Job::CopyUnlessSame { src, dst, dst_key } => {
                 if ctx.done_earlier(&src, false) {
-                    progress.add_resumed(src.size);
+                    progress.add_resumed(src.size, false);
                     continue;
                 }
                 let ctx = ctx.clone();
@@ -385,9 +385,12 @@ pub async fn transfer(
                     match ctx.same_content(&src, dst).await {
                         Ok(true) => {
                             ctx.done();
-                            ctx.progress.add_same(src.size);
+                            ctx.progress.add_skipped(src.size);
                         }
-                        Ok(false) => copy_and_record(ctx.clone(), src, dst_key).await,
+                        Ok(false) => {
+                            ctx.progress.add_planned(src.size);
+                            copy_and_record(ctx.clone(), src, dst_key).await;
+                        }
                         Err(e) => ctx.fail(&src.key, e),
                     }
                 });
@@ -495,26 +498,36 @@ pub(crate) async fn conclude(
             .await;
     }
     let copied = std::mem::take(&mut *ctx.copied.lock().expect("lock"));
+    let checking = verify_copied(
+        dst,
+        opts.recursive,
+        copied,
+        opts.verify,
+        opts.verify_sample,
+        opts.retry,
+        progress.clone(),
+    );
     let verification = if opts.verify == VerifyMode::None || cancel.is_cancelled() {
         None
     } else {
-        let (v, checked) = verify_copied(
-            dst,
-            opts.recursive,
-            copied,
-            opts.verify,
-            opts.verify_sample,
-            opts.retry,
-            progress.clone(),
-        )
-        .await;
-        // What was found missing or different is copied again by a rerun, even when the
-        // check could not be finished.
-        if !v.differing.is_empty() {
-            ctx.resume.undo(v.differing.clone());
+        // Ctrl-C (or SIGTERM, with a scheduler's short grace period) stops the check too:
+        // the run is then interrupted and unchecked, as one stopped before the check.
+        let checked = tokio::select! {
+            r = checking => Some(r),
+            _ = cancel.cancelled() => None,
+        };
+        match checked {
+            None => None,
+            Some((v, checked)) => {
+                // What was found missing or different is copied again by a rerun, even
+                // when the check could not be finished.
+                if !v.differing.is_empty() {
+                    ctx.resume.undo(v.differing.clone());
+                }
+                checked.map_err(read_back_denied)?;
+                Some(v)
+            }
         }
-        checked.map_err(read_back_denied)?;
-        Some(v)
     };
     let failures = std::mem::take(&mut *ctx.failures.lock().expect("lock"));
     let mut report = Report::new(
@@ -671,9 +684,10 @@ pub async fn dry_run(
             Job::CopyUnlessSame { src: s, .. } => Some((s, false)),
             _ => None,
         };
-        if let Some((s, listed_different)) = earlier_copy {
-            if skips_as_done(opts.mode, listed_different, || done(s)) {
-                progress.add_resumed(s.size);
+        // A copy the listing planned (`Job::Copy`), or a comparison it did not.
+        if let Some((s, planned)) = earlier_copy {
+            if skips_as_done(opts.mode, planned, || done(s)) {
+                progress.add_resumed(s.size, planned);
                 continue;
             }
         }
@@ -691,9 +705,10 @@ pub async fn dry_run(
                 )
                 .await?;
                 if same {
-                    progress.add_same(s.size);
+                    progress.add_skipped(s.size);
                     continue;
                 }
+                progress.add_planned(s.size);
                 Job::Copy { src: s, dst_key }
             }
             job => job,

@@ -156,9 +156,8 @@ struct State {
     /// Uploads being completed.
     completing: usize,
     /// Objects of taken-back leases done in this run before the planner reached them: the
-    /// journal says they are done, but this run copied them (not an earlier one). `true`:
-    /// found the same at the destination, counted skipped once the planner has planned it.
-    restored_done: HashMap<String, bool>,
+    /// journal says they are done, but this run copied them (not an earlier one).
+    restored_done: std::collections::HashSet<String>,
     workers: BTreeMap<String, Worker>,
     granted: u64,
     expired: u64,
@@ -504,6 +503,7 @@ async fn coordinate(
         Err(e) => Err(Error::new(ErrorKind::Other, format!("planner failed: {e}"))),
     };
     shared.state().planning_done = true;
+    shared.exec.progress().set_listing_done();
     let listed = listed?;
     if listed == 0 && shared.spec.recursive && !shared.cancel.is_cancelled() {
         return Err(Executor::nothing_at_source(src).await);
@@ -531,13 +531,10 @@ async fn add_object(
     let exec = &shared.exec;
     if exec.is_done(&src, unless_same.is_none()) {
         let name = WorkItem::object_name(&src.key);
-        if let Some(same) = shared.state().restored_done.remove(&name) {
-            if same {
-                exec.progress().add_same(src.size);
-            }
+        if shared.state().restored_done.remove(&name) {
             return;
         }
-        exec.progress().add_resumed(src.size);
+        exec.progress().add_resumed(src.size, unless_same.is_none());
         return;
     }
     if unless_same.is_some() || !exec.stripes(src.size) {
@@ -1169,24 +1166,27 @@ fn take_result(
     if p.lease.is_none() {
         st.queued_bytes -= p.item.bytes();
     }
-    let unplanned = p.restored && !st.planning_done && matches!(p.item, WorkItem::Object { .. });
-    if unplanned {
-        let same = matches!(outcome, Outcome::Same);
-        st.restored_done.insert(name.to_string(), same);
+    if p.restored && !st.planning_done && matches!(p.item, WorkItem::Object { .. }) {
+        st.restored_done.insert(name.to_string());
     }
     let exec = &shared.exec;
     let progress = exec.progress();
     match (p.item, outcome) {
-        (WorkItem::Object { src, .. }, Outcome::Copied { copied }) => {
+        (
+            WorkItem::Object {
+                src, unless_same, ..
+            },
+            Outcome::Copied { copied },
+        ) => {
+            if unless_same.is_some() {
+                progress.add_planned(src.size);
+            }
             progress.add_moved(src.size);
             exec.record_copied(&src, copied);
             "done"
         }
         (WorkItem::Object { src, .. }, Outcome::Same) => {
-            // Not planned yet: the planner counts it when it gets there (`add_object`).
-            if !unplanned {
-                progress.add_same(src.size);
-            }
+            progress.add_skipped(src.size);
             "done"
         }
         (WorkItem::Part { upload, spec, .. }, Outcome::Part { part, sums }) => {

@@ -273,10 +273,10 @@ impl TransferSummary {
 
 /// A transfer this process holds while it runs or is cleaned ([`Journal::hold`]): let go
 /// when dropped, and when the process ends however it ends (an OS file lock, which a
-/// `kill -9` releases too).
+/// `kill -9` releases too). `None`: the file system has no locks, and nothing is held.
 #[derive(Debug)]
 pub struct Held {
-    _lock: std::fs::File,
+    _lock: Option<std::fs::File>,
 }
 
 /// How long [`Journal::hold`] waits for another holder to let go: `status` looks for a
@@ -378,7 +378,9 @@ impl Journal {
     }
 
     /// The lock file of transfer `id`, beside the journal: every process that shares the
-    /// journal sees it.
+    /// journal sees it. Never removed, not even when the transfer is forgotten: a process
+    /// waiting on a removed file would take it while the next one takes a new file of the
+    /// same name, and both would run.
     fn lock_path(&self, id: TransferId) -> PathBuf {
         let mut dir = self.path.clone().into_os_string();
         dir.push(".running");
@@ -401,14 +403,23 @@ impl Journal {
         let deadline = std::time::Instant::now() + HOLD_WAIT;
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(Held { _lock: file }),
+                Ok(()) => return Ok(Held { _lock: Some(file) }),
                 Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
                     return Err(JournalError::Running(id.to_string()))
                 }
-                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+                // A file system without locks (some network ones) keeps a transfer from
+                // nobody: said, and not a reason to stop.
+                Err(std::fs::TryLockError::Error(e)) => {
+                    tracing::warn!(
+                        "{}: cannot lock ({e}): two runs of this transfer at once would not \
+                         be told apart",
+                        path.display()
+                    );
+                    return Ok(Held { _lock: None });
+                }
             }
         }
     }
@@ -467,12 +478,7 @@ impl Journal {
     /// transfer is being written, or the writes after it recreate records. Waits for a durable
     /// commit.
     pub fn forget(&self, id: TransferId) -> Result<()> {
-        self.barrier(Some(Op::Forget { id: id.0 }), true)?;
-        // Its lock file too (held by the caller, if it holds the transfer, until it lets go).
-        match std::fs::remove_file(self.lock_path(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        self.barrier(Some(Op::Forget { id: id.0 }), true)
     }
 
     /// Commits everything queued so far, durably (fsync), and reports a failed queued write.

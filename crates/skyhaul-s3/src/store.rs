@@ -239,7 +239,7 @@ impl S3Store {
             client: Client::from_conf(conf.build()),
             bucket: bucket.to_string(),
             domain: format!("s3|{endpoint}|{who}{pays}"),
-            place: format!("s3|{endpoint}"),
+            place: format!("s3|{}", skyhaul_store::endpoint_place(&endpoint)),
             anonymous: opts.anonymous,
             name,
         })

@@ -12,12 +12,14 @@
 pub mod buffers;
 mod error;
 mod local;
+mod place;
 mod types;
 
 pub mod conformance;
 
 pub use error::{cause_chain, Error, ErrorKind, Result, NOT_PUBLIC};
 pub use local::{LocalStore, LOCAL_CHUNK};
+pub use place::endpoint_place;
 pub use types::{
     content_md5, header_safe, header_value, Chunks, CompletedPart, ContentHeaders, Entry, Fetched,
     FullChecksum, Limits, MultipartUpload, ObjectMeta, PartSpec, Payload, PutOptions, Streamed,

@@ -79,6 +79,8 @@ pub enum Event<'a> {
         failed: u64,
         /// Objects an earlier, interrupted run copied: a rerun leaves them out too.
         objects_resumed: u64,
+        /// Stopped (Ctrl-C) before the listing ended: the counts are not whole.
+        interrupted: bool,
     },
     /// The command stopped with an error before it could report (also on stderr).
     Error { message: &'a str, exit_code: i32 },

@@ -67,7 +67,9 @@ fn state(journal: &Journal, t: &TransferSummary) -> &'static str {
 fn json(journal: &Journal, t: &TransferSummary) -> serde_json::Value {
     serde_json::json!({
         "id": t.id.to_string(),
-        "status": state(journal, t),
+        // "complete" or "in progress", as before `state` told running from stopped.
+        "status": t.status(),
+        "state": state(journal, t),
         "source": t.source,
         "destination": t.destination,
         "options": t.options,

@@ -44,12 +44,17 @@ fn main() {
     unset_blank_settings();
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         // A consumer of `--json` reads the last line: a usage error ends with an error
-        // event there too (clap's own text goes to stderr, as always).
-        if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+        // event there too (clap's own text goes to stderr, as always). Only a flag: after
+        // `--` it would be a path.
+        let json = std::env::args_os()
+            .take_while(|a| a != "--")
+            .any(|a| a == "--json");
+        if e.use_stderr() && json {
+            // Its first paragraph: what is wrong, without the usage that follows.
             let text = e.render().to_string();
-            let message = text.lines().next().unwrap_or_default();
+            let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).collect();
             events::emit(&events::Event::Error {
-                message: message.trim_start_matches("error: "),
+                message: first.join(" ").trim_start_matches("error: "),
                 exit_code: e.exit_code(),
             });
         }
@@ -446,7 +451,7 @@ async fn transfer(
             })
             .await
             .map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
-            plan.finish(progress.snapshot().objects_resumed);
+            plan.finish(progress.snapshot().objects_resumed, cancel.is_cancelled());
             return Ok(if cancel.is_cancelled() {
                 ExitCode::Interrupted
             } else {

@@ -440,8 +440,9 @@ impl DryRun {
         }
     }
 
-    /// The summary; `resumed`: objects left out as an earlier run copied them.
-    pub fn finish(mut self, resumed: u64) {
+    /// The summary; `resumed`: objects left out as an earlier run copied them;
+    /// `interrupted`: stopped before the listing ended, so the list is not whole.
+    pub fn finish(mut self, resumed: u64, interrupted: bool) {
         let skipped = match self.failed {
             0 => 0,
             _ => std::mem::take(&mut self.deletes).len(),
@@ -466,6 +467,7 @@ impl DryRun {
                 deletes: self.deletes.len() as u64,
                 failed: self.failed,
                 objects_resumed: resumed,
+                interrupted,
             });
         } else if !self.out.quiet {
             let failed = match self.failed {
@@ -480,9 +482,13 @@ impl DryRun {
                 0 => String::new(),
                 n => format!(", leaving out {} an earlier run copied", thousands(n)),
             };
+            let stopped = match interrupted {
+                true => " (interrupted: the list is not whole)",
+                false => "",
+            };
             eprintln!(
-                "skyhaul: dry run: would copy {} ({}){failed} and delete {}{skipped}{resumed}; \
-                 nothing was written",
+                "skyhaul: dry run{stopped}: would copy {} ({}){failed} and delete \
+                 {}{skipped}{resumed}; nothing was written",
                 count(self.copies, "object", "objects"),
                 human_bytes(self.bytes),
                 thousands(self.deletes.len() as u64)

@@ -936,6 +936,22 @@ async fn overlapping_source_and_destination_are_refused() {
         &with(&["cp", "s3://bkt/ov/a.txt", "s3://bkt/ov/"]),
         "same place",
     );
+    // The same endpoint spelt another way is the same store.
+    let slash = format!("{ep}/");
+    refused(
+        &[
+            "sync",
+            "--delete",
+            "-y",
+            "s3://bkt/ov/sub",
+            "s3://bkt/ov",
+            "--src-endpoint",
+            ep,
+            "--dst-endpoint",
+            &slash,
+        ],
+        "the source is inside the destination",
+    );
     let mut listed: Vec<String> = s
         .list("bkt", "")
         .await

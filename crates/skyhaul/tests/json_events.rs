@@ -161,8 +161,18 @@ fn errors_end_the_stream_with_an_error_event() {
         "{last}"
     );
     assert!(run.stderr.contains("--part-size"), "{}", run.stderr);
-    // --help is no error, and prints no event.
+    // The whole first paragraph: which arguments are missing.
+    let run = skyhaul(&["cp", "--json"], None, None);
+    let message = run.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("<SRC>") && message.contains("<DST>"),
+        "{message}"
+    );
+    // --help is no error, and prints no event; nor does a path named `--json` after `--`.
     let help = skyhaul(&["cp", "--help", "--json"], None, None);
     assert_eq!(help.code, 0);
     assert!(!help.stdout.contains("\"event\""), "{}", help.stdout);
+    let path = skyhaul(&["cp", "--bogus", "--", "--json", "x"], None, None);
+    assert_eq!(path.code, 2);
+    assert!(path.stdout.is_empty(), "{}", path.stdout);
 }

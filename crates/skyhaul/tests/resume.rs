@@ -479,7 +479,7 @@ async fn a_lost_journal_still_ends_right_and_status_and_clean_work() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let id = loop {
         let listed = status();
-        if listed[0]["status"] == "running" {
+        if listed[0]["state"] == "running" {
             break listed[0]["id"].as_str().unwrap().to_string();
         }
         assert!(Instant::now() < deadline, "never seen running: {listed}");
@@ -500,7 +500,8 @@ async fn a_lost_journal_still_ends_right_and_status_and_clean_work() {
     child.kill().unwrap();
     child.wait().unwrap();
     let listed = status();
-    assert_eq!(listed[0]["status"], "stopped", "{listed}");
+    assert_eq!(listed[0]["state"], "stopped", "{listed}");
+    assert_eq!(listed[0]["status"], "in progress", "{listed}");
     let out = clean(&id[..6]);
     assert_succeeded(&out);
     assert!(
@@ -808,4 +809,62 @@ async fn a_rerun_repairs_what_the_destination_lost() {
         let listed = format!("{prefix}/");
         assert_eq!(read_bucket(s3, "dst", &listed).await, files, "{prefix}");
     }
+}
+
+/// SIGTERM once everything is copied stops the check after the copy too (a scheduler's
+/// grace period is short): the run ends at once, interrupted and unchecked, not after
+/// re-reading every object.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_check_after_the_copy() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("dst").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let files: Files = (0..40)
+        .map(|i| (format!("f{i:02}"), data(1000, i)))
+        .collect();
+    write_tree(&src, &files);
+    // Every read held 2 s: the deep check of 40 objects takes ten times that.
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            delay: Some(Duration::from_secs(2)),
+            only_methods: vec!["GET".into()],
+            ..Faults::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let args = [
+        "cp",
+        "-r",
+        src.to_str().unwrap(),
+        "s3://dst/data",
+        "--dst-endpoint",
+        &ep,
+        "--verify",
+        "deep",
+        "--json",
+    ];
+    let child = spawn(&args, &s3, &tmp.path().join("journal.sqlite"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3.list("dst", "data/").await.len() < files.len() {
+        assert!(Instant::now() < deadline, "not copied within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The check has begun: its listing, or its reads, are held at the proxy.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        signalled.elapsed()
+    );
+    let report = last_json_line(&stdout).unwrap();
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(report["objects_copied"], files.len(), "{report}");
+    assert!(report["verification"].is_null(), "{report}");
 }
