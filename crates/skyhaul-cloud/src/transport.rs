@@ -158,11 +158,20 @@ pub(crate) fn status_error(
         }
         _ => (ErrorKind::Other, String::new()),
     };
-    // Nothing was signed: a refusal is of anyone's access, not of credentials.
+    // Nothing was signed: a refusal is of anyone's access, not of credentials. Azure is
+    // said to answer an unsigned request for a private container as for a missing one.
     let (kind, hint) = match kind {
         ErrorKind::AccessDenied | ErrorKind::BadCredentials if unsigned => {
             (ErrorKind::AccessDenied, NOT_PUBLIC.to_string())
         }
+        ErrorKind::BucketNotFound if unsigned => (
+            kind,
+            format!(
+                " (check the {0} name, the account and the endpoint; a private {0} looks \
+                 missing to a request sent unsigned, as --src-anonymous sends it)",
+                provider.container_word
+            ),
+        ),
         _ => (kind, hint),
     };
     let detail = match (code.is_empty(), message.is_empty()) {
@@ -273,18 +282,11 @@ mod tests {
             container_word: "bucket",
             credentials_hint: "x",
         };
-        let kind = |s: u16, code: &str, msg: &str| {
-            status_error(
-                p,
-                StatusCode::from_u16(s).unwrap(),
-                code,
-                msg,
-                "t",
-                "w",
-                false,
-            )
-            .kind
+        let error = |s: u16, code: &str, msg: &str, unsigned: bool| {
+            let status = StatusCode::from_u16(s).unwrap();
+            status_error(p, status, code, msg, "t", "w", unsigned)
         };
+        let kind = |s: u16, code: &str, msg: &str| error(s, code, msg, false).kind;
         assert_eq!(
             kind(404, "ContainerNotFound", ""),
             ErrorKind::BucketNotFound
@@ -328,17 +330,7 @@ mod tests {
         assert_eq!(kind(400, "InvalidHeaderValue", ""), ErrorKind::Other);
 
         // Unsigned, a refusal is of anyone's access: the thing is not public.
-        let unsigned = |s: u16, code: &str, msg: &str| {
-            status_error(
-                p,
-                StatusCode::from_u16(s).unwrap(),
-                code,
-                msg,
-                "t",
-                "w",
-                true,
-            )
-        };
+        let unsigned = |s: u16, code: &str, msg: &str| error(s, code, msg, true);
         for (s, code) in [(401, ""), (403, "AuthorizationFailure"), (403, "")] {
             let e = unsigned(s, code, "Server failed to authenticate the request.");
             assert_eq!(e.kind, ErrorKind::AccessDenied, "{s} {code}");
@@ -348,6 +340,9 @@ mod tests {
             );
         }
         assert_eq!(unsigned(404, "BlobNotFound", "").kind, ErrorKind::NotFound);
+        let e = unsigned(404, "ContainerNotFound", "");
+        assert_eq!(e.kind, ErrorKind::BucketNotFound);
+        assert!(e.message.contains("--src-anonymous"), "{e}");
         let e = unsigned(
             409,
             "PublicAccessNotPermitted",
