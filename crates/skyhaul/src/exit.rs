@@ -155,6 +155,18 @@ pub fn on_ctrl_c(cancel: CancellationToken, out: Output) {
     });
 }
 
+/// Resolves when this process gets SIGTERM (never where there is none): a scheduler
+/// preempting it.
+pub async fn terminated() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        term.recv().await;
+        return;
+    }
+    std::future::pending::<()>().await
+}
+
 /// Ctrl-C, and on Unix SIGTERM too: what Kubernetes, SLURM and service managers send before
 /// they kill a process, so that a preempted transfer stops as cleanly as one a person
 /// stopped.

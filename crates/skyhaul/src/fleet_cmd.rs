@@ -294,8 +294,11 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         Some(path) => skyhaul_fleet::tls::ca_certificates(path).map_err(exit::usage)?,
         None => Vec::new(),
     };
-    let client =
-        Client::new(&args.coordinator, token.clone(), args.wait, ca).map_err(exit::usage)?;
+    let client = Client::new(&args.coordinator, token.clone(), args.wait, ca.clone())
+        .map_err(exit::usage)?;
+    // Tells the coordinator this worker leaves when it is stopped (the other is `run`'s).
+    let stopping =
+        Client::new(&args.coordinator, token.clone(), STOP_WAIT, ca).map_err(exit::usage)?;
     let metrics = match args.metrics_listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -346,16 +349,27 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         }
     };
     let relay = relay.map(|r| r.stats());
-    let counters = worker::run(client, info, metrics, spec, (&src, &dst), relay)
-        .await
-        .map_err(|e| match e {
+    let work = worker::run(client, info.clone(), metrics, spec, (&src, &dst), relay);
+    let counters = tokio::select! {
+        done = work => done.map_err(|e| match e {
             WorkerError::Unable { error, told } => {
                 let mut e = exit::store(exit::side_of(&error, &src, &dst), error);
                 e.message.push_str(left_note(told));
                 e
             }
             e => worker_error(e),
-        })?;
+        })?,
+        // Preempted (Kubernetes, SLURM): its leases go back to the queue now, not when
+        // they expire. What was in flight is dropped; the worker that takes it over redoes it.
+        () = exit::terminated() => {
+            let why = Error::new(ErrorKind::Interrupted, "this worker was stopped (SIGTERM)");
+            let told = worker::leave(&stopping, info, &why).await;
+            return Err(CliError {
+                code: ExitCode::Interrupted,
+                message: format!("{}{}", why.message, left_note(told)),
+            });
+        }
+    };
     tracing::info!(
         "worker done: {} items in {} leases",
         counters.items.load(Ordering::Relaxed),
@@ -363,6 +377,10 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
     );
     Ok(())
 }
+
+/// How long a stopped worker keeps trying to tell the coordinator it leaves: a scheduler
+/// kills it soon after SIGTERM.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// What a worker that cannot work adds to its error: whether the coordinator heard that
 /// it left the fleet.

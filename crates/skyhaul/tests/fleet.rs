@@ -1073,6 +1073,33 @@ async fn a_fleet_whose_workers_all_left_stops_with_their_error() {
 /// A launched fleet runs one local worker beside the coordinator (`skyhaul coordinator
 /// --workers 1`) and the rest elsewhere: that local worker's exit (here `kill -9`) does not
 /// stop the transfer, which the remote worker finishes.
+/// A worker stopped by SIGTERM (a scheduler preempting it) leaves the fleet on its way out:
+/// its leases go back to the queue at once (the lease timeout is far beyond the test), and
+/// another worker finishes the transfer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_by_sigterm_gives_its_leases_back() {
+    let mut fleet = Leaving::start("300s").await;
+    let (src, dst, dir) = (&fleet.src, &fleet.dst, fleet.dir.path());
+    let mut first = spawn_worker(&fleet.url, &["--bwlimit", "1M"], src, dst, dir);
+    wait_status(&fleet.url, "a lease held", |s| {
+        s["leases_active"].as_u64() > Some(0)
+    });
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut first, 10), 130);
+    let s = wait_status(&fleet.url, "its leases back", |s| {
+        s["leases_returned"].as_u64() >= Some(1)
+    });
+    assert_eq!(
+        (&s["leases_active"], &s["leases_expired"]),
+        (&0.into(), &0.into()),
+        "{s}"
+    );
+    let mut second = spawn_worker(&fleet.url, &[], src, dst, dir);
+    let out = succeeded(&mut fleet.coordinator, &fleet.stderr);
+    copied_all(&out, &fleet.dst, &fleet.files).await;
+    assert_eq!(wait_exit(&mut second, 30), 0, "the second worker failed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinators_local_worker_exiting_ends_nothing() {
     let (src, dst, files) = servers().await;
