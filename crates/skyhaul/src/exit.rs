@@ -155,12 +155,17 @@ pub fn on_ctrl_c(cancel: CancellationToken, out: Output) {
     });
 }
 
+/// SIGTERM, as it reaches this process from now on.
+#[cfg(unix)]
+fn sigterm() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
+}
+
 /// Resolves when this process gets SIGTERM (never where there is none): a scheduler
 /// preempting it.
 pub async fn terminated() {
     #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+    if let Some(mut term) = sigterm() {
         term.recv().await;
         return;
     }
@@ -179,7 +184,7 @@ impl StopSignals {
     fn new() -> Self {
         StopSignals {
             #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+            term: sigterm(),
         }
     }
 
