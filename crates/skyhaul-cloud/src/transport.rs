@@ -106,11 +106,21 @@ pub(crate) fn status_error(
         || message.contains("Bucket not found")
         || message.contains("bucket not found");
     let (kind, hint) = match status.as_u16() {
+        // Azure is said to answer an unsigned request for a private container as for a
+        // missing one.
         404 if container_missing => (
             ErrorKind::BucketNotFound,
             format!(
-                " (check the {} name, the account and the endpoint)",
-                provider.container_word
+                " (check the {0} name, the account and the endpoint{1})",
+                provider.container_word,
+                match unsigned {
+                    true => format!(
+                        "; a private {} looks missing to a request sent unsigned, as \
+                         --src-anonymous sends it",
+                        provider.container_word
+                    ),
+                    false => String::new(),
+                }
             ),
         ),
         404 => (ErrorKind::NotFound, String::new()),
@@ -158,20 +168,11 @@ pub(crate) fn status_error(
         }
         _ => (ErrorKind::Other, String::new()),
     };
-    // Nothing was signed: a refusal is of anyone's access, not of credentials. Azure is
-    // said to answer an unsigned request for a private container as for a missing one.
+    // Nothing was signed: a refusal is of anyone's access, not of credentials.
     let (kind, hint) = match kind {
         ErrorKind::AccessDenied | ErrorKind::BadCredentials if unsigned => {
             (ErrorKind::AccessDenied, NOT_PUBLIC.to_string())
         }
-        ErrorKind::BucketNotFound if unsigned => (
-            kind,
-            format!(
-                " (check the {0} name, the account and the endpoint; a private {0} looks \
-                 missing to a request sent unsigned, as --src-anonymous sends it)",
-                provider.container_word
-            ),
-        ),
         _ => (kind, hint),
     };
     let detail = match (code.is_empty(), message.is_empty()) {

@@ -162,15 +162,14 @@ impl Want {
             Want::Crc => side.meta.crc64nvme().map(|c| format!("crc64nvme:{c:016x}")),
             Want::Md5 => side.meta.content_md5().map(|m| m.to_ascii_lowercase()),
         };
-        if let Some(known) = known {
-            return Ok(known);
+        match (known, self) {
+            (Some(known), _) => Ok(known),
+            (None, Want::Crc) => reread(side, retry, progress).await,
+            (None, Want::Md5) => {
+                let (_, md5) = read_sums(side.store, &side.meta, true, retry, progress).await?;
+                Ok(hex::encode(md5.expect("asked for")))
+            }
         }
-        let (crc, md5) =
-            read_sums(side.store, &side.meta, self == Want::Md5, retry, progress).await?;
-        Ok(match md5 {
-            Some(md5) => hex::encode(md5),
-            None => format!("crc64nvme:{crc:016x}"),
-        })
     }
 }
 

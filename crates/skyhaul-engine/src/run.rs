@@ -498,27 +498,22 @@ pub(crate) async fn conclude(
             .await;
     }
     let copied = std::mem::take(&mut *ctx.copied.lock().expect("lock"));
-    let checking = verify_copied(
-        dst,
-        opts.recursive,
-        copied,
-        opts.verify,
-        opts.verify_sample,
-        opts.retry,
-        progress.clone(),
-    );
     let verification = if opts.verify == VerifyMode::None || cancel.is_cancelled() {
         None
     } else {
+        let checking = verify_copied(
+            dst,
+            opts.recursive,
+            copied,
+            opts.verify,
+            opts.verify_sample,
+            opts.retry,
+            progress.clone(),
+        );
         // Ctrl-C (or SIGTERM, with a scheduler's short grace period) stops the check too:
         // the run is then interrupted and unchecked, as one stopped before the check.
-        let checked = tokio::select! {
-            r = checking => Some(r),
-            _ = cancel.cancelled() => None,
-        };
-        match checked {
-            None => None,
-            Some((v, checked)) => {
+        tokio::select! {
+            (v, checked) = checking => {
                 // What was found missing or different is copied again by a rerun, even
                 // when the check could not be finished.
                 if !v.differing.is_empty() {
@@ -527,6 +522,7 @@ pub(crate) async fn conclude(
                 checked.map_err(read_back_denied)?;
                 Some(v)
             }
+            _ = cancel.cancelled() => None,
         }
     };
     let failures = std::mem::take(&mut *ctx.failures.lock().expect("lock"));

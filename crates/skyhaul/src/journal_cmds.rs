@@ -8,14 +8,18 @@ use skyhaul_engine::{open_destination, SideOptions};
 use skyhaul_journal::{Journal, JournalError, TransferSummary};
 use skyhaul_location::Location;
 use skyhaul_store::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+/// The journal's file: `path`, or the default place.
+fn journal_file(path: Option<&Path>) -> PathBuf {
+    path.map(Path::to_path_buf)
+        .unwrap_or_else(Journal::default_path)
+}
 
 /// Opens the journal at `path` or the default place, with an error that says what to do.
 pub fn open(path: Option<&Path>) -> Result<Journal, CliError> {
-    let path = path
-        .map(Path::to_path_buf)
-        .unwrap_or_else(Journal::default_path);
+    let path = journal_file(path);
     Journal::open(&path).map_err(|e| CliError {
         code: ExitCode::PartialFailure,
         message: format!(
@@ -28,9 +32,7 @@ pub fn open(path: Option<&Path>) -> Result<Journal, CliError> {
 /// The journal at `path` or the default place, only to read what earlier runs did: none
 /// when there is no journal there (none is made), or it cannot be opened (said in a warning).
 pub fn existing(path: Option<&Path>) -> Option<Journal> {
-    let path = path
-        .map(Path::to_path_buf)
-        .unwrap_or_else(Journal::default_path);
+    let path = journal_file(path);
     if !path.exists() {
         return None;
     }
@@ -84,8 +86,9 @@ fn json(journal: &Journal, t: &TransferSummary) -> serde_json::Value {
 pub fn status(args: StatusArgs) -> ExitCode {
     let result = (|| -> Result<(), CliError> {
         let config = crate::settings::load_config()?;
-        let path = crate::settings::journal_path(args.journal.as_deref(), &config)
-            .unwrap_or_else(Journal::default_path);
+        let path = journal_file(
+            crate::settings::journal_path(args.journal.as_deref(), &config).as_deref(),
+        );
         // Looking creates nothing: no journal is no transfers.
         if !path.exists() {
             match args.json {
