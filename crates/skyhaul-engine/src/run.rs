@@ -252,6 +252,19 @@ impl Ctx {
         Error::new(ErrorKind::Interrupted, format!("{key}: interrupted"))
     }
 
+    /// Waits until `bytes` of `key` may be moved under `--bwlimit`. Ctrl-C ends the wait
+    /// with [`Self::interrupted`]: under a low limit one part's share is minutes, and bytes
+    /// not yet read are not worth waiting for when the rerun sends them anyway.
+    pub(crate) async fn pace(&self, key: &str, bytes: u64) -> Result<()> {
+        let Some(limit) = &self.opts.bwlimit else {
+            return Ok(());
+        };
+        tokio::select! {
+            () = limit.take(bytes) => Ok(()),
+            () = self.cancel.cancelled() => Err(self.interrupted(key)),
+        }
+    }
+
     /// Reads `range` of `src` with retries, failing (and so retrying) on a short read, a
     /// changed source, or, for a whole-object read, bytes that do not hash to the source's
     /// MD5 (from the listing or, when the listing has none, from the read itself) or that do
@@ -274,9 +287,7 @@ impl Ctx {
         self.opts
             .retry
             .run(&self.src_limit, &self.progress, || async {
-                if let Some(limit) = &self.opts.bwlimit {
-                    limit.take(want).await;
-                }
+                self.pace(&src.key, want).await?;
                 let fetched = self.src.get(&src.key, range.clone(), Some(src)).await?;
                 self.saw_source_etag(fetched.opaque_etag);
                 if fetched.data.len() as u64 != want {

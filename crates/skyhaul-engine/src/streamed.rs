@@ -70,9 +70,7 @@ pub(crate) async fn copy_streamed(
     // and a mismatch that lasts (an ETag that only looks like an MD5) fails fast.
     let mut tries = retry.tries(&ctx.dst_limit, progress);
     let (written, md5, crc) = loop {
-        if let Some(limit) = &ctx.opts.bwlimit {
-            limit.take(src.size).await;
-        }
+        ctx.pace(&src.key, src.size).await?;
         let (streamed, slot) = retry
             .run_holding(&ctx.src_limit, progress, || {
                 ctx.src.get_stream(&src.key, Some(src))

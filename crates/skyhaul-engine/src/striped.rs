@@ -407,6 +407,10 @@ fn absorb(
 ) {
     match r {
         Ok(Ok(p)) => done.push(p),
+        // Ctrl-C: parts already sending finish, for the rerun to keep.
+        Ok(Err(e)) if e.kind == ErrorKind::Interrupted => {
+            failed.get_or_insert(e);
+        }
         Ok(Err(e)) => {
             failed.get_or_insert(e);
             parts.abort_all();

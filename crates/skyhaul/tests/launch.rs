@@ -870,9 +870,13 @@ done
     assert!(!text.contains(tls_key.lines().nth(1).unwrap()), "{text}");
 
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    // The hosts' private directories are made here, to see that none stays.
+    let host_tmp = dir.path().join("host-tmp");
+    std::fs::create_dir(&host_tmp).unwrap();
     let mut run = std::process::Command::new("bash")
         .arg(&runner)
         .env("PATH", path)
+        .env("TMPDIR", &host_tmp)
         .env("RECORD", &record)
         .env("SKYHAUL_GATEWAYS", &gateways)
         .env("SKYHAUL_FLEET_TOKEN", TOKEN)
@@ -919,6 +923,17 @@ done
         key_file.is_some_and(|k| !std::path::Path::new(k).exists()),
         "{gateway}"
     );
+    // The coordinator's, whose shell became skyhaul (`exec`), goes once it ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let left = || std::fs::read_dir(&host_tmp).unwrap().count();
+    while left() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} private directories left on the hosts",
+            left()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let coordinator = String::from_utf8(read("coordinator.args")).unwrap();
     assert!(
         coordinator.starts_with("coordinator --listen 0.0.0.0:7070 --relay-stop-gateways cp "),

@@ -376,6 +376,69 @@ async fn a_resumed_upload_that_is_gone_reuses_nothing() {
     assert_eq!(read_tree(&dst), files);
 }
 
+/// Under a low `--bwlimit`, Ctrl-C does not wait for the shares of bandwidth that parts and
+/// objects already started still wait for (a minute here): they stop unsent, and the rerun
+/// sends them.
+#[test]
+fn ctrl_c_under_a_low_bwlimit_does_not_wait_for_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    // A striped file and whole ones, so both ways of reading wait on the limit.
+    let mut files = BTreeMap::from([("big.bin".to_string(), data(60 * MIB, 11))]);
+    for i in 0..6 {
+        files.insert(format!("whole/{i}.bin"), data(2 * MIB, 20 + i));
+    }
+    write_tree(&src, &files);
+    let journal = tmp.path().join("journal.sqlite");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_skyhaul"))
+            .args(["cp", "-r", "--json"])
+            .args([&src, &dst])
+            .args(["--multipart-threshold", "5M", "--part-size", "5M"])
+            .args(extra)
+            .env("SKYHAUL_JOURNAL", &journal)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // 72 MiB at 1 MiB/s, with a budget that lets every part start at once: the parts
+    // already started would keep a graceful stop waiting for about a minute.
+    let child = run(&["--bwlimit", "1M", "--memory-budget", "128M"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journaled_bytes(&journal) == 0 {
+        assert!(Instant::now() < deadline, "nothing journaled within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let waited = signalled.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "Ctrl-C waited {waited:?} for the bandwidth limit"
+    );
+    let report = last_json_line(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(report["objects_failed"], 0, "stopped, not failed: {report}");
+    // The upload's temporary file stays for the rerun; nothing else is partial.
+    for (k, v) in read_tree(&dst) {
+        if !k.ends_with(".skyhaul-tmp") {
+            assert!(files.get(&k) == Some(&v), "{k} is partial or wrong");
+        }
+    }
+
+    let rerun = run(&[]).wait_with_output().unwrap();
+    assert_succeeded(&rerun);
+    assert_eq!(read_tree(&dst), files);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
     let (s3, files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;

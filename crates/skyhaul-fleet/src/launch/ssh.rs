@@ -6,9 +6,12 @@ use std::fmt::Write;
 /// A bash function of the runner: prints the lines that write each `NAME FILE` pair's file
 /// (read here, when the runner runs) into a private directory `$SKYHAUL_TLS` on the host,
 /// which goes when that shell ends. The TLS key so travels only over the SSH connection, as
-/// the credentials do.
+/// the credentials do. The trap removes the directory as the shell ends; a shell that
+/// `exec`s skyhaul (the coordinator) loses its trap, so a watcher, detached from the
+/// session's output, removes it once that process (the same PID) is gone.
 const PEM_FILES: &str = r#"pem_files() {
   echo 'SKYHAUL_TLS="$(mktemp -d)"; trap '"'"'rm -rf "$SKYHAUL_TLS"'"'"' EXIT'
+  echo '(while kill -0 $$ 2>/dev/null; do sleep 1; done; rm -rf "$SKYHAUL_TLS") </dev/null >/dev/null 2>&1 &'
   while [ "$#" -gt 0 ]; do
     printf 'cat > "$SKYHAUL_TLS/%s" <<'"'"'SKYHAUL_PEM'"'"'\n' "$1"
     cat "$2"

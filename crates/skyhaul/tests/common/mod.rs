@@ -153,9 +153,11 @@ pub fn test_env(
     vars
 }
 
-/// One journal per test binary, so tests never touch the user's own journal.
+/// One journal per test binary, so tests never touch the user's own journal. It lives
+/// under the build's directory for temporary test files, not in `/tmp`, so test runs
+/// leave nothing behind that `cargo clean` does not remove.
 pub fn test_journal() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "skyhaul-test-journal-{}.sqlite",
         std::process::id()
     ))
