@@ -60,6 +60,19 @@ fn spawn(args: &[&str], dst: &S3Server, journal: &Path) -> Child {
     cmd.spawn().expect("skyhaul starts")
 }
 
+/// `skyhaul cp -r --json src dst args` between two directories, with its own journal.
+fn spawn_local(src: &Path, dst: &Path, journal: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_skyhaul"))
+        .args(["cp", "-r", "--json"])
+        .args([src, dst])
+        .args(args)
+        .env("SKYHAUL_JOURNAL", journal)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("skyhaul starts")
+}
+
 /// Fails the test with skyhaul's stderr unless it exited with 0.
 fn assert_succeeded(out: &std::process::Output) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -347,18 +360,7 @@ async fn a_resumed_upload_that_is_gone_reuses_nothing() {
     let files = BTreeMap::from([("big.bin".to_string(), data(size, 9))]);
     write_tree(&src, &files);
     let journal = tmp.path().join("journal.sqlite");
-    let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_skyhaul"))
-            .args(["cp", "-r", "--json"])
-            .args([&src, &dst])
-            .args(TUNING)
-            .args(extra)
-            .env("SKYHAUL_JOURNAL", &journal)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let run = |extra: &[&str]| spawn_local(&src, &dst, &journal, &[&TUNING[..], extra].concat());
     // SIGTERM, as Kubernetes or SLURM preempting the copy: it stops as Ctrl-C does.
     interrupt_once_a_part_is_journaled(run(&["--bwlimit", "8M"]), &journal, libc::SIGTERM);
     // The upload's temporary file is what a local upload is: remove it.
@@ -391,16 +393,8 @@ fn ctrl_c_under_a_low_bwlimit_does_not_wait_for_the_limit() {
     write_tree(&src, &files);
     let journal = tmp.path().join("journal.sqlite");
     let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_skyhaul"))
-            .args(["cp", "-r", "--json"])
-            .args([&src, &dst])
-            .args(["--multipart-threshold", "5M", "--part-size", "5M"])
-            .args(extra)
-            .env("SKYHAUL_JOURNAL", &journal)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        let tuning = ["--multipart-threshold", "5M", "--part-size", "5M"];
+        spawn_local(&src, &dst, &journal, &[&tuning[..], extra].concat())
     };
     // 72 MiB at 1 MiB/s, with a budget that lets every part start at once: the parts
     // already started would keep a graceful stop waiting for about a minute.
