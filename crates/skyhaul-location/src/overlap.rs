@@ -8,22 +8,23 @@
 use crate::keys::{dir_form, map_key};
 
 /// How a source and a destination in the same store relate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Overlap {
     /// The destination is the source itself.
     Same,
-    /// The destination lies inside the source prefix or directory.
-    DestinationInsideSource,
+    /// The destination lies inside the source prefix or directory, at `at` (relative to
+    /// the source, ending in `/`): safe only when a filter leaves out everything there.
+    DestinationInsideSource { at: String },
     /// The source lies inside the destination prefix or directory.
     SourceInsideDestination,
 }
 
 impl Overlap {
     /// Why the transfer is refused, and what to do instead.
-    pub fn explain(self, src: &str, dst: &str) -> String {
+    pub fn explain(&self, src: &str, dst: &str) -> String {
         let why = match self {
             Overlap::Same => "are the same place: there is nothing to copy",
-            Overlap::DestinationInsideSource => {
+            Overlap::DestinationInsideSource { .. } => {
                 "overlap: the destination is inside the source, so a copy would list and \
                  copy its own output again"
             }
@@ -32,7 +33,13 @@ impl Overlap {
                  the source and sync --delete would delete it"
             }
         };
-        format!("{src} and {dst} {why}; choose a destination outside the source")
+        let instead = match self {
+            Overlap::DestinationInsideSource { at } => {
+                format!(", or leave it out with --exclude '{at}**'")
+            }
+            _ => String::new(),
+        };
+        format!("{src} and {dst} {why}; choose a destination outside the source{instead}")
     }
 }
 
@@ -48,8 +55,8 @@ pub fn overlap(src: &str, dst: &str, recursive: bool) -> Option<Overlap> {
     let (s, d) = (dir_form(src), dir_form(dst));
     if s == d {
         Some(Overlap::Same)
-    } else if d.starts_with(&s) {
-        Some(Overlap::DestinationInsideSource)
+    } else if let Some(at) = d.strip_prefix(&s) {
+        Some(Overlap::DestinationInsideSource { at: at.to_string() })
     } else if s.starts_with(&d) {
         Some(Overlap::SourceInsideDestination)
     } else {
@@ -74,21 +81,16 @@ mod tests {
         use Overlap::*;
         assert_eq!(overlap("s3://b/x", "s3://b/x/", true), Some(Same));
         assert_eq!(overlap("s3://b/", "s3://b", true), Some(Same));
-        assert_eq!(
-            overlap("s3://b/x", "s3://b/x/copy", true),
-            Some(DestinationInsideSource)
-        );
-        assert_eq!(
-            overlap("s3://b", "s3://b/backup/", true),
-            Some(DestinationInsideSource)
-        );
+        let inside = |at: &str| Some(DestinationInsideSource { at: at.into() });
+        assert_eq!(overlap("s3://b/x", "s3://b/x/copy", true), inside("copy/"));
+        assert_eq!(overlap("s3://b", "s3://b/backup/", true), inside("backup/"));
         assert_eq!(
             overlap("s3://b/x/sub", "s3://b/x", true),
             Some(SourceInsideDestination)
         );
         assert_eq!(
-            overlap("/data/in", "/data/in/out", true),
-            Some(DestinationInsideSource)
+            overlap("/data/in", "/data/in/out/x", true),
+            inside("out/x/")
         );
         assert_eq!(overlap("/data/in/", "/data/in", true), Some(Same));
     }

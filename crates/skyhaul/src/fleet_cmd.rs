@@ -336,7 +336,8 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         cloud: args.cloud,
         relay: crate::relay_cmd::from_spec(spec.relay.as_ref())?,
     };
-    let opened = crate::open_both(&spec.src, &spec.dst, &endpoints, spec.recursive, true).await;
+    let access = crate::Access::WriteChecked;
+    let opened = crate::open_both(&spec.src, &spec.dst, &endpoints, spec.recursive, access).await;
     let (src, dst, relay) = match opened {
         Ok(opened) => opened,
         // A worker that cannot open a side cannot work: the coordinator hears so, as of

@@ -25,10 +25,10 @@ use args::{Cli, Command, EndpointArgs, TransferArgs, VerifyArgs};
 use clap::Parser;
 use exit::ExitCode;
 use skyhaul_engine::{
-    open_destination, open_source, verify_locations, Compare, Endpoint, Mode, Progress,
+    open_destination, open_source, verify_locations, Compare, Endpoint, Filter, Mode, Progress,
     SideOptions, TransferOptions, VerifyMode,
 };
-use skyhaul_location::{Location, Scheme};
+use skyhaul_location::{Location, Overlap, Scheme};
 use skyhaul_s3::S3Options;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -274,6 +274,18 @@ fn stored_path(loc: &Location, whole: bool) -> String {
     text
 }
 
+/// What a command does with its destination, for [`open_both`].
+pub(crate) enum Access<'a> {
+    /// Reads it only (`verify`, `plan`).
+    Read,
+    /// Writes it: refused where it overlaps the source, unless the filter leaves the
+    /// destination out of the source.
+    Write(&'a Filter),
+    /// Writes it for a coordinator that made that check, with the transfer's filter (a
+    /// fleet worker, which is not sent the filter).
+    WriteChecked,
+}
+
 /// Parses both locations and opens both stores; with `--relay` the destination is reached
 /// through relay gateways, whose byte counts come back as the third value.
 pub(crate) async fn open_both(
@@ -281,8 +293,9 @@ pub(crate) async fn open_both(
     dst: &str,
     e: &EndpointArgs,
     recursive: bool,
-    writes: bool,
+    access: Access<'_>,
 ) -> Result<(Endpoint, Endpoint, Option<Arc<skyhaul_relay::RelayStore>>), exit::CliError> {
+    let writes = !matches!(access, Access::Read);
     let config = settings::load_config()?;
     let rclone = e.rclone_config.as_deref();
     let (src_loc, src_remote) = location(src, &config, rclone)?;
@@ -316,8 +329,8 @@ pub(crate) async fn open_both(
     let dst = open_destination(&dst_loc, &dst_side, recursive, writes)
         .await
         .map_err(|e| exit::store("DST", e))?;
-    if writes {
-        refuse_overlap(&src_loc, &src, &dst_loc, &dst, recursive)?;
+    if let Access::Write(filter) = access {
+        refuse_overlap(&src_loc, &src, &dst_loc, &dst, recursive, filter)?;
     }
     Ok((src, dst, None))
 }
@@ -326,13 +339,17 @@ pub(crate) async fn open_both(
 /// `skyhaul_location::overlap`): it would copy its own output, overwrite its source, or,
 /// with `--delete`, delete it. Stores are the same when they hold the same objects
 /// (`Store::place`: the same endpoint, account and bucket, whatever the credentials); local
-/// paths are compared with their symlinks resolved. Nothing has been read yet.
+/// paths are compared with their symlinks resolved. Nothing has been read yet. As in
+/// rclone, a destination inside the source is allowed when the filter provably leaves out
+/// everything there (`--exclude 'backup/**'`): the copy then never lists its own output,
+/// and a sync's deletions stay inside the destination, which the source leaves out.
 fn refuse_overlap(
     src_loc: &Location,
     src: &Endpoint,
     dst_loc: &Location,
     dst: &Endpoint,
     recursive: bool,
+    filter: &Filter,
 ) -> Result<(), exit::CliError> {
     let local = src_loc.scheme == Scheme::Local && dst_loc.scheme == Scheme::Local;
     let place = src.store.place();
@@ -345,6 +362,7 @@ fn refuse_overlap(
     }
     let (s, d) = (stored_path(src_loc, recursive), stored_path(dst_loc, true));
     match skyhaul_location::overlap(&s, &d, recursive) {
+        Some(Overlap::DestinationInsideSource { at }) if filter.leaves_out(&at) => Ok(()),
         Some(o) => Err(exit::usage(
             o.explain(&src_loc.to_string(), &dst_loc.to_string()),
         )),
@@ -355,8 +373,14 @@ fn refuse_overlap(
 async fn verify(args: VerifyArgs) -> ExitCode {
     let out = output::Output::new(args.output.quiet, args.output.json);
     let result: Result<ExitCode, exit::CliError> = async {
-        let (src, dst, relay) =
-            open_both(&args.src, &args.dst, &args.endpoints, args.recursive, false).await?;
+        let (src, dst, relay) = open_both(
+            &args.src,
+            &args.dst,
+            &args.endpoints,
+            args.recursive,
+            Access::Read,
+        )
+        .await?;
         out.start("verify", &src, &dst, false);
         let mode = if args.deep {
             VerifyMode::Deep
@@ -407,8 +431,14 @@ async fn transfer(
         let config = settings::load_config()?;
         let tuning = settings::tuning(&args, &config)?;
         let (filter, filter_identity) = settings::filter(&args.filter)?;
-        let (src, dst, relay) =
-            open_both(&args.src, &args.dst, &args.endpoints, recursive, true).await?;
+        let (src, dst, relay) = open_both(
+            &args.src,
+            &args.dst,
+            &args.endpoints,
+            recursive,
+            Access::Write(&filter),
+        )
+        .await?;
         let opts = TransferOptions {
             mode,
             recursive,

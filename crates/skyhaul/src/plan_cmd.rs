@@ -80,7 +80,7 @@ async fn plan(args: &PlanArgs, common: &TransferArgs, out: Output) -> Result<(),
         &common.dst,
         &common.endpoints,
         args.recursive,
-        false,
+        crate::Access::Read,
     )
     .await?;
     let mode = if args.sync {

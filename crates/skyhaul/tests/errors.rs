@@ -988,6 +988,92 @@ async fn overlapping_source_and_destination_are_refused() {
         run.stderr
     );
     assert!(!inner.exists(), "nothing written");
+    // Unless a filter leaves the destination out of the source: the hint says how.
+    assert!(
+        one_line_error(&run).contains("or leave it out with --exclude 'inner/**'"),
+        "{}",
+        run.stderr
+    );
+    let run = skyhaul(
+        &[
+            "cp",
+            "-r",
+            link.to_str().unwrap(),
+            inner.to_str().unwrap(),
+            "--exclude",
+            "inner/**",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        read_tree(&inner),
+        BTreeMap::from([("f".into(), b"f".to_vec())])
+    );
+}
+
+/// A destination inside its source is copied to and synced when a filter leaves it out of
+/// the source: the run never copies its own output, and `--delete` stays inside the
+/// destination. A filter that leaves out only some of it does not do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_the_filter_leaves_out_may_lie_inside_the_source() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("bkt").await;
+    let objects = ["d/a.txt", "d/backup/old.txt", "d/sub/c.txt"];
+    for k in objects {
+        s.put("bkt", k, k.as_bytes()).await;
+    }
+    let ep = s.endpoint.as_str();
+    let sync = |exclude: &str| {
+        let args = [
+            "sync",
+            "--delete",
+            "-y",
+            "s3://bkt/d",
+            "s3://bkt/d/backup",
+            "--exclude",
+            exclude,
+            "--src-endpoint",
+            ep,
+            "--dst-endpoint",
+            ep,
+        ];
+        skyhaul(&args, Some(&s), Some(&s))
+    };
+    let listed = || async {
+        let mut keys: Vec<String> = s
+            .list("bkt", "")
+            .await
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let refused = sync("backup/*.txt");
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        one_line_error(&refused).contains("--exclude 'backup/**'"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(listed().await, objects, "nothing written or deleted");
+
+    for run in 0..2 {
+        let done = sync("backup/");
+        assert_eq!(done.code, 0, "run {run}: {}", done.stderr);
+        assert_eq!(
+            listed().await,
+            [
+                "d/a.txt",
+                "d/backup/a.txt",
+                "d/backup/sub/c.txt",
+                "d/sub/c.txt",
+            ],
+            "run {run}: the source copied once, the destination's own extra deleted"
+        );
+    }
 }
 
 /// A closed stdout (`skyhaul status | head -1`) is no panic: the command runs to its end
