@@ -291,18 +291,25 @@ impl AzureStore {
 
     /// A blob's URL. Keys with `.` or `..` segments are refused: URL parsing resolves them
     /// (percent-encoded or not) before the request is sent, so `a/../../b` would address
-    /// the blob `b`, outside the destination prefix, and overwrite it.
+    /// the blob `b`, outside the destination prefix, and overwrite it. Keys with a `\` are
+    /// refused too: Azure stores it as `/` (percent-encoded or not), so `a\b` would be the
+    /// blob `a/b`, and `x\..\y` a dot segment once stored.
     fn blob_url(&self, container: &str, key: &str) -> Result<String> {
-        if key.split('/').any(|s| s == "." || s == "..") {
-            return Err(Error::new(
+        let refuse = |why: &str| {
+            Err(Error::new(
                 ErrorKind::InvalidKey,
                 format!(
-                    "{}: key has a '.' or '..' segment, which Azure cannot address \
-                     (it would name another blob); refused: rename it at the source or \
-                     leave it out with --exclude",
+                    "{}: key has {why}, which Azure cannot address (it would name another \
+                     blob); refused: rename it at the source or leave it out with --exclude",
                     self.target(key)
                 ),
-            ));
+            ))
+        };
+        if key.split('/').any(|s| s == "." || s == "..") {
+            return refuse("a '.' or '..' segment");
+        }
+        if key.contains('\\') {
+            return refuse("a '\\' (Azure stores it as '/')");
         }
         Ok(format!(
             "{}/{}/{}",
@@ -1029,6 +1036,12 @@ impl Store for AzureStore {
 
     fn container(&self) -> &str {
         &self.container
+    }
+
+    /// The access tiers of block blobs. A name Azure does not have fails only at the end
+    /// of a striped upload (Put Block List), after every block was sent.
+    fn storage_classes(&self) -> Option<&'static [&'static str]> {
+        Some(&["Hot", "Cool", "Cold", "Archive"])
     }
 
     fn copies_whole_objects(&self) -> bool {

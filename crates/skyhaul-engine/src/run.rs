@@ -14,7 +14,7 @@ use crate::progress::Progress;
 use crate::report::{count, Failure, Report};
 use crate::resume::Resume;
 use crate::retry::RetryPolicy;
-use crate::verify::{verify_copied, Copied, VerifyMode};
+use crate::verify::{verify_copied, Copied, Verification, VerifyMode};
 use futures::StreamExt;
 use skyhaul_journal::{Journal, TransferIdentity};
 use skyhaul_location::{dir_form, map_key};
@@ -443,9 +443,9 @@ fn read_back_denied(e: Error) -> Error {
     )
 }
 
-/// The end of a transfer once every copy is over: deletions (only when every copy
-/// succeeded), leftover uploads aborted, the verification pass, the report, and the
-/// journal's complete mark.
+/// The end of a transfer once every copy is over: leftover uploads aborted, the
+/// verification pass, deletions (only when every copy succeeded and passed the check), the
+/// report, and the journal's complete mark.
 pub(crate) async fn conclude(
     ctx: &Arc<Ctx>,
     src: &Endpoint,
@@ -456,53 +456,6 @@ pub(crate) async fn conclude(
     let (opts, progress, cancel) = (&ctx.opts, &ctx.progress, &ctx.cancel);
     // A fleet's coordinator comes here after its own requests failed fatally, too.
     ctx.check_fatal()?;
-    // Deletions run last and only after every copy succeeded, so a failed sync never
-    // leaves the destination with less than it had.
-    let failed = progress.snapshot().objects_failed;
-    let deleting = !deletes.is_empty() && !cancel.is_cancelled();
-    if deleting && failed > 0 {
-        tracing::warn!(
-            "{} skipped after {}: a sync deletes only once everything else succeeded; rerun \
-             once nothing fails",
-            count(deletes.len() as u64, "deletion", "deletions"),
-            count(failed, "failure", "failures")
-        );
-    }
-    if deleting && failed == 0 {
-        // As copies do, a denied deletion fails alone, and many in a row stop the rest.
-        let delete = |key: String| {
-            let ctx = ctx.clone();
-            async move {
-                if ctx.cancel.is_cancelled() {
-                    let interrupted = ctx.interrupted(&key);
-                    return (key, Err(interrupted));
-                }
-                let r = ctx
-                    .opts
-                    .retry
-                    .run(&ctx.dst_limit, &ctx.progress, || ctx.dst.delete(&key))
-                    .await;
-                (key, r)
-            }
-        };
-        let record = |(key, r): (String, Result<()>)| {
-            match r {
-                Ok(()) => {
-                    ctx.done();
-                    progress.add_deleted();
-                }
-                Err(e) => ctx.fail(&key, e),
-            }
-            Ok(())
-        };
-        let then = "so the deletions stopped; the copies were made but not checked";
-        let limit = opts.max_connections.max(1);
-        if let Err(stop) = run_bounded(&ctx.denials, deletes, limit, then, delete, record).await {
-            ctx.stop(stop);
-        }
-        ctx.check_fatal()?;
-    }
-
     if !cancel.is_cancelled() {
         ctx.resume
             .abort_unused(ctx.dst.as_ref(), &opts.retry, progress)
@@ -536,6 +489,51 @@ pub(crate) async fn conclude(
             _ = cancel.cancelled() => None,
         }
     };
+    let failed = progress.snapshot().objects_failed;
+    let held_back = held_back(failed, verification.as_ref());
+    let deleting = !deletes.is_empty() && !cancel.is_cancelled();
+    if let (true, Some(why)) = (deleting, &held_back) {
+        tracing::warn!(
+            "{} skipped after {why}: a sync deletes only once everything else succeeded; \
+             rerun once nothing fails",
+            count(deletes.len() as u64, "deletion", "deletions"),
+        );
+    }
+    if deleting && held_back.is_none() {
+        // As copies do, a denied deletion fails alone, and many in a row stop the rest.
+        let delete = |key: String| {
+            let ctx = ctx.clone();
+            async move {
+                if ctx.cancel.is_cancelled() {
+                    let interrupted = ctx.interrupted(&key);
+                    return (key, Err(interrupted));
+                }
+                let r = ctx
+                    .opts
+                    .retry
+                    .run(&ctx.dst_limit, &ctx.progress, || ctx.dst.delete(&key))
+                    .await;
+                (key, r)
+            }
+        };
+        let record = |(key, r): (String, Result<()>)| {
+            match r {
+                Ok(()) => {
+                    ctx.done();
+                    progress.add_deleted();
+                }
+                Err(e) => ctx.fail(&key, e),
+            }
+            Ok(())
+        };
+        let then = "so the deletions stopped; the copies were made and checked";
+        let limit = opts.max_connections.max(1);
+        if let Err(stop) = run_bounded(&ctx.denials, deletes, limit, then, delete, record).await {
+            ctx.stop(stop);
+        }
+        ctx.check_fatal()?;
+    }
+
     let failures = std::mem::take(&mut *ctx.failures.lock().expect("lock"));
     let mut report = Report::new(
         src.display.clone(),
@@ -549,6 +547,23 @@ pub(crate) async fn conclude(
     ctx.resume
         .finish(report.succeeded() && !cancel.is_cancelled());
     Ok(report)
+}
+
+/// Why a sync's deletions must wait for a rerun, if they must: they run last, and only once
+/// every copy succeeded and the check after the copy found nothing missing or different, so
+/// a failed sync never leaves the destination with less than it had (a store that took a
+/// copy for another key's object would otherwise see that object deleted as extra).
+fn held_back(failed: u64, verification: Option<&Verification>) -> Option<String> {
+    let wrong = verification.map_or(0, Verification::wrong);
+    match (failed, wrong) {
+        (0, 0) => None,
+        (0, _) => Some(count(
+            wrong,
+            "copy the check found wrong",
+            "copies the check found wrong",
+        )),
+        _ => Some(count(failed, "failure", "failures")),
+    }
 }
 
 /// Copies one object and records the outcome: in the progress and the verification list
@@ -821,6 +836,42 @@ mod tests {
             display: name.to_string(),
             locator: name.to_string(),
         }
+    }
+
+    #[test]
+    fn deletions_wait_for_copies_that_failed_or_the_check_found_wrong() {
+        let clean = Verification {
+            objects: 3,
+            size_ok: 3,
+            checksum_ok: 3,
+            ..Default::default()
+        };
+        assert_eq!(held_back(0, None), None, "--verify none");
+        assert_eq!(held_back(0, Some(&clean)), None);
+        let unread = Verification {
+            unreadable: 1,
+            not_comparable: 1,
+            ..clean.clone()
+        };
+        assert_eq!(held_back(0, Some(&unread)), None, "unchecked is not wrong");
+        assert_eq!(held_back(2, Some(&clean)).as_deref(), Some("2 failures"));
+        let missing = Verification {
+            missing: 1,
+            ..clean.clone()
+        };
+        assert_eq!(
+            held_back(0, Some(&missing)).as_deref(),
+            Some("1 copy the check found wrong")
+        );
+        let different = Verification {
+            size_mismatch: 1,
+            checksum_mismatch: 1,
+            ..clean
+        };
+        assert_eq!(
+            held_back(0, Some(&different)).as_deref(),
+            Some("2 copies the check found wrong")
+        );
     }
 
     #[test]

@@ -77,7 +77,12 @@ pub struct Verification {
 
 impl Verification {
     pub fn passed(&self) -> bool {
-        self.missing + self.extra + self.size_mismatch + self.checksum_mismatch == 0
+        self.wrong() == 0
+    }
+
+    /// Objects found missing, extra or different.
+    pub fn wrong(&self) -> u64 {
+        self.missing + self.extra + self.size_mismatch + self.checksum_mismatch
     }
 
     /// Whether every object was checked as far as the mode and its checksums allow: none

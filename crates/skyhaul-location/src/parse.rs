@@ -37,6 +37,9 @@ pub enum LocationError {
     MissingBucket(String),
     #[error("'{0}': unsupported scheme '{1}' (supported: s3://, gs://, az://, https://ACCOUNT.blob.core.windows.net/, file://, or a local path)")]
     UnsupportedScheme(String, String),
+    /// Shows the URL without its query, which may hold a SAS signature.
+    #[error("'{0}': a query string (a SAS?) is not part of a location, and would be kept in the journal and shown in reports; pass the SAS with --src-azure-sas or --dst-azure-sas (or SKYHAUL_SRC_AZURE_SAS / SKYHAUL_DST_AZURE_SAS) and leave it out of the URL")]
+    QueryString(String),
     #[error("'{0}': file:// URLs must be absolute (file:///abs/path)")]
     RelativeFileUrl(String),
     #[error("'{0}': cannot determine the current directory: {1}")]
@@ -68,7 +71,12 @@ impl Location {
                 "gs" => bucket_path(Scheme::Gcs, rest, None),
                 "az" => bucket_path(Scheme::Azure, rest, None),
                 "https" => {
-                    // Azure's own URL form; the blob path in it is percent-encoded.
+                    // Azure's own URL form; the blob path in it is percent-encoded, so a
+                    // `?` in it starts a query: the portal's "Blob SAS URL" puts the SAS
+                    // there, which must not become part of a key (or be echoed).
+                    if let Some((url, _)) = input.split_once('?') {
+                        return Err(LocationError::QueryString(url.to_string()));
+                    }
                     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
                     let account = host
                         .to_ascii_lowercase()
@@ -243,6 +251,18 @@ mod tests {
                 "{bad}"
             );
         }
+        // A SAS URL's query is refused, and not echoed.
+        let sas = "https://acct.blob.core.windows.net/cont/x.html?sv=2019-12-12&sig=SECRET%3D";
+        let err = Location::parse(sas).unwrap_err();
+        assert_eq!(
+            err,
+            LocationError::QueryString("https://acct.blob.core.windows.net/cont/x.html".into())
+        );
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+        // A `?` in a key is %3F in the URL form, as in az:// it is itself.
+        let l = Location::parse("https://acct.blob.core.windows.net/cont/a%3Fb").unwrap();
+        assert_eq!(l.path, "a?b");
+        assert_eq!(Location::parse("az://cont/a?b").unwrap().path, "a?b");
         // Other https URLs are not locations (yet): a clear error, not a guess.
         assert!(matches!(
             Location::parse("https://example.com/a/b"),

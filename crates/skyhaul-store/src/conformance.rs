@@ -36,6 +36,7 @@ pub async fn run_all_but(store: &dyn Store, prefix: &str, gaps: &[Gap]) {
     if !gaps.contains(&Gap::ResolvesDotSegments) {
         dot_segments_never_land_elsewhere(store, &format!("{prefix}dots/")).await;
     }
+    backslashes_never_land_elsewhere(store, &format!("{prefix}backslash/")).await;
     listing_order_and_bounds(store, &format!("{prefix}list/")).await;
     listing_by_level(store, &format!("{prefix}level/")).await;
     directory_markers_are_not_listed(store, &format!("{prefix}markers/")).await;
@@ -507,41 +508,53 @@ async fn zero_byte(store: &dyn Store, p: &str) {
 /// client that puts the key in a URL path would write `p/in/a/../../outside` to `p/outside`.)
 async fn dot_segments_never_land_elsewhere(store: &dyn Store, p: &str) {
     let outside = format!("{p}outside");
+    for key in [format!("{p}in/a/../../outside"), format!("{p}in/./outside")] {
+        never_lands_elsewhere(store, &key, &outside).await;
+    }
+}
+
+/// The same for a key with a backslash, which Azure stores as `/`: `in\outside` would be
+/// `in/outside`.
+async fn backslashes_never_land_elsewhere(store: &dyn Store, p: &str) {
+    never_lands_elsewhere(store, &format!("{p}in\\outside"), &format!("{p}in/outside")).await;
+}
+
+/// Writes `key` whole and in parts: each is stored under exactly that name or refused,
+/// and `elsewhere`, the name a store could take it for, keeps its bytes.
+async fn never_lands_elsewhere(store: &dyn Store, key: &str, elsewhere: &str) {
     store
         .put(
-            &outside,
+            elsewhere,
             Payload::new(Bytes::from_static(b"keep")),
             &opts(4),
         )
         .await
         .unwrap();
-    for key in [format!("{p}in/a/../../outside"), format!("{p}in/./outside")] {
-        let body = || Payload::new(Bytes::from_static(b"other"));
-        let whole = store.put(&key, body(), &opts(5)).await.map(|_| ());
-        let striped = async {
-            let upload = store.create_multipart(&key, &opts(5)).await?;
-            let spec = PartSpec {
-                number: 1,
-                offset: 0,
-                len: 5,
-            };
-            let part = store.put_part(&upload, spec, body()).await?;
-            store.complete_multipart(&upload, &[part], &opts(5)).await?;
-            Ok::<_, Error>(())
-        }
-        .await;
-        if whole.is_ok() || striped.is_ok() {
-            let got = store.get(&key, None, None).await.unwrap().data;
-            assert_eq!(got.as_ref(), b"other", "{}: '{key}' verbatim", store.name());
-        }
-        let kept = store.get(&outside, None, None).await.unwrap().data;
-        assert_eq!(
-            kept.as_ref(),
-            b"keep",
-            "{}: writing '{key}' must not replace '{outside}'",
-            store.name()
-        );
+    let body = || Payload::new(Bytes::from_static(b"other"));
+    let whole = store.put(key, body(), &opts(5)).await.map(|_| ());
+    let striped = async {
+        let upload = store.create_multipart(key, &opts(5)).await?;
+        let spec = PartSpec {
+            number: 1,
+            offset: 0,
+            len: 5,
+        };
+        let part = store.put_part(&upload, spec, body()).await?;
+        store.complete_multipart(&upload, &[part], &opts(5)).await?;
+        Ok::<_, Error>(())
     }
+    .await;
+    if whole.is_ok() || striped.is_ok() {
+        let got = store.get(key, None, None).await.unwrap().data;
+        assert_eq!(got.as_ref(), b"other", "{}: '{key}' verbatim", store.name());
+    }
+    let kept = store.get(elsewhere, None, None).await.unwrap().data;
+    assert_eq!(
+        kept.as_ref(),
+        b"keep",
+        "{}: writing '{key}' must not replace '{elsewhere}'",
+        store.name()
+    );
 }
 
 async fn odd_keys(store: &dyn Store, p: &str) {

@@ -194,6 +194,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         self.copy_domain()
     }
 
+    /// The storage classes a write may ask for ([`PutOptions::storage_class`]), in the
+    /// store's spelling, when the store has a fixed set (Azure's tiers); `None` when any
+    /// name is passed on (S3 and the stores like it each have their own).
+    fn storage_classes(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// The bucket or container name that [`Store::copy_object`] takes as `src_container`.
     fn container(&self) -> &str {
         ""

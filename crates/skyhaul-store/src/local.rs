@@ -144,6 +144,11 @@ fn io_error(target: &str, what: &str, e: io::Error) -> Error {
             ErrorKind::Conflict,
             " (choose another destination, or remove it)",
         ),
+        K::InvalidInput if e.get_ref().is_some_and(|e| e.is::<ThroughSymlink>()) => (
+            ErrorKind::Conflict,
+            " (copy into the link's target as a destination of its own, or leave it out \
+             with --exclude)",
+        ),
         K::Interrupted | K::TimedOut | K::WouldBlock => (ErrorKind::Transient, ""),
         _ => (ErrorKind::Other, ""),
     };
@@ -222,11 +227,63 @@ fn refuse_special(path: &Path) -> io::Result<()> {
     }
 }
 
-fn create_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(p) => fs::create_dir_all(p),
-        None => Ok(()),
+/// A symlink where a write must pass through a directory below the store's root. Writes
+/// do not follow it: listings do not (a cycle would make them endless), so what a write
+/// put behind it would land outside the destination, where no check, sync or delete could
+/// see it, and every sync would copy it again.
+#[derive(Debug)]
+struct ThroughSymlink(PathBuf);
+
+impl std::fmt::Display for ThroughSymlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is a symlink: skyhaul writes only beneath the destination, and its \
+             listings do not follow symlinks to directories",
+            self.0.display()
+        )
     }
+}
+
+impl std::error::Error for ThroughSymlink {}
+
+/// Creates the directories from `root` (which may itself be, or lie under, a symlink) down
+/// to `path`'s parent, refusing to pass through a symlink below `root` ([`ThroughSymlink`]).
+fn create_parent(root: &Path, path: &Path) -> io::Result<()> {
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    let Ok(below) = parent.strip_prefix(root) else {
+        return fs::create_dir_all(parent);
+    };
+    if !root.is_dir() {
+        fs::create_dir_all(root)?;
+    }
+    let mut dir = root.to_path_buf();
+    for name in below.components() {
+        dir.push(name);
+        // Twice at most: a directory made by another write at the same moment is looked at
+        // again.
+        for attempt in 0.. {
+            match fs::symlink_metadata(&dir) {
+                Ok(md) if md.is_dir() => break,
+                Ok(md) if md.is_symlink() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        ThroughSymlink(dir),
+                    ))
+                }
+                Ok(_) => return Err(io::ErrorKind::NotADirectory.into()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt == 0 => {}
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn set_mtime(file: &File, mtime: Option<SystemTime>) -> io::Result<()> {
@@ -506,7 +563,7 @@ impl Store for LocalStore {
         let this = self.clone();
         blocking(move || {
             let write = || -> io::Result<()> {
-                create_parent(&path)?;
+                create_parent(&this.root, &path)?;
                 let file = File::create(&tmp)?;
                 file.write_all_at(&body.data, 0)?;
                 set_mtime(&file, mtime)?;
@@ -554,7 +611,7 @@ impl Store for LocalStore {
         blocking(move || {
             let create = || -> io::Result<()> {
                 refuse_special(&path)?;
-                create_parent(&tmp)?;
+                create_parent(&this.root, &tmp)?;
                 File::create(&tmp)?.set_len(size)
             };
             create().map_err(|e| {

@@ -86,13 +86,18 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         }
         (_, i) => i.clone().unwrap_or_default(),
     };
-    let dst = match parsed.map(|c| c.command) {
+    let (src, dst) = match parsed.map(|c| c.command) {
         Ok(Cmd::Coordinator(c)) => match c.transfer {
-            CoordinatedTransfer::Cp(a) => a.common.dst,
-            CoordinatedTransfer::Sync(a) => a.common.dst,
+            CoordinatedTransfer::Cp(a) => (a.common.src, a.common.dst),
+            CoordinatedTransfer::Sync(a) => (a.common.src, a.common.dst),
         },
         _ => unreachable!("checked above"),
     };
+    // A location the nodes would refuse (a SAS URL's query, which would also be written
+    // into the job file) is refused here, before any file is written.
+    for loc in [&src, &dst].into_iter().filter(|l| l.contains("://")) {
+        Location::parse(loc).map_err(exit::usage)?;
+    }
     let gateways = gateways(&args, backend, &dst)?;
     let job = Job {
         nodes,

@@ -439,6 +439,11 @@ async fn transfer(
             Access::Write(&filter),
         )
         .await?;
+        let storage_class = args
+            .storage_class
+            .as_deref()
+            .map(|c| settings::storage_class(c, dst.store.as_ref()))
+            .transpose()?;
         let opts = TransferOptions {
             mode,
             recursive,
@@ -459,7 +464,7 @@ async fn transfer(
             bwlimit: tuning
                 .bwlimit
                 .map(|rate| Arc::new(skyhaul_engine::BandwidthLimit::new(rate))),
-            storage_class: args.storage_class.clone(),
+            storage_class,
         };
         let progress = Arc::new(Progress::default());
         let cancel = CancellationToken::new();

@@ -217,6 +217,26 @@ pub fn cloud_options_from_env(side: &str, endpoint: Option<String>) -> (GcsOptio
     cloud_options(side, endpoint, &c)
 }
 
+/// `--storage-class`, checked against the classes the destination has where it has a
+/// fixed set, and spelt as it spells them (`cool` → `Cool`): a name it does not have is
+/// refused before anything is sent, not once per object after its bytes.
+pub fn storage_class(class: &str, dst: &dyn skyhaul_store::Store) -> Result<String, CliError> {
+    let Some(classes) = dst.storage_classes() else {
+        return Ok(class.to_string());
+    };
+    classes
+        .iter()
+        .find(|c| c.eq_ignore_ascii_case(class))
+        .map(|c| c.to_string())
+        .ok_or_else(|| {
+            exit::usage(format!(
+                "--storage-class {class}: {} has the classes {}",
+                dst.name(),
+                classes.join(", ")
+            ))
+        })
+}
+
 /// Builds the filter, and the stable description of it that goes into the transfer's
 /// identity in the journal (empty without filters). Ages are kept as typed (`7d`), so a
 /// rerun of the same command is the same transfer; `--files-from` files count by content.

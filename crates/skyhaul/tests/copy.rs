@@ -875,25 +875,37 @@ async fn storage_class_is_given_to_every_object_written() {
     let azure = skyhaul_testkit::AzuriteServer::start();
     azure.create_container("cold").await;
     let connection = azure.connection_string();
-    let run = skyhaul_env(
-        &[
+    let to_azure = |prefix: &str, class: &str| {
+        let dst = format!("az://cold/{prefix}/");
+        let args = [
             "cp",
             "-r",
             local,
-            "az://cold/cool/",
+            &dst,
             "--storage-class",
-            "Cool",
+            class,
             "--no-journal",
             // large.bin in blocks, committed by Put Block List.
             "--multipart-threshold",
             "5M",
             "--part-size",
             "5M",
-        ],
-        None,
-        None,
-        &[("AZURE_STORAGE_CONNECTION_STRING", connection.as_str())],
+        ];
+        let env = [("AZURE_STORAGE_CONNECTION_STRING", connection.as_str())];
+        skyhaul_env(&args, None, None, &env)
+    };
+    // A tier Azure does not have is refused before any block is sent; one in another case
+    // is sent as Azure spells it.
+    let refused = to_azure("glacier", "GLACIER");
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(
+            "--storage-class GLACIER: az://cold has the classes Hot, Cool, Cold, Archive"
+        ),
+        "{}",
+        refused.stderr
     );
+    let run = to_azure("cool", "cool");
     assert_eq!(run.code, 0, "{}", run.stderr);
     for name in files.keys() {
         let path = format!(

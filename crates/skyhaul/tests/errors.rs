@@ -208,6 +208,15 @@ fn bad_arguments_are_usage_errors() {
     assert!(one_line_error(&run).contains("unsupported scheme"));
     let run = skyhaul(&["cp", "a", "bkt", "--part-size", "12X"], None, None);
     assert_eq!(run.code, 2, "{}", run.stderr);
+    // The portal's "Blob SAS URL": its signature is neither made part of a key nor echoed.
+    let sas = "https://acct.blob.core.windows.net/c/x.html?sv=2019-12-12&sp=rw&sig=SECRET%3D";
+    for args in [["cp", "/etc/hostname", sas], ["cp", sas, "/tmp/z"]] {
+        let run = skyhaul(&args, None, None);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        let line = one_line_error(&run);
+        assert!(line.contains("pass the SAS with --src-azure-sas"), "{line}");
+        assert!(!run.stderr.contains("SECRET"), "{}", run.stderr);
+    }
 }
 
 /// Sizes of nothing and endpoints without their scheme are refused before anything is
@@ -1415,6 +1424,73 @@ fn a_device_or_fifo_at_the_destination_is_not_replaced() {
     use std::os::unix::fs::FileTypeExt;
     let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
     assert!(kind.is_fifo(), "still a FIFO");
+}
+
+/// A symlink to a directory inside a local destination is not written through: listings do
+/// not follow it, so what went behind it landed outside the destination, every check called
+/// it missing, and every sync copied it again. Its objects fail alone, naming the link; the
+/// rest is copied, and `sync --delete` deletes nothing.
+#[test]
+fn a_symlinked_directory_inside_the_destination_is_not_written_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, elsewhere) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("elsewhere"),
+    );
+    let files = BTreeMap::from([
+        ("a.txt".to_string(), b"a".to_vec()),
+        ("logs/b.txt".to_string(), b"b".to_vec()),
+        ("logs/deep/c.txt".to_string(), b"c".to_vec()),
+    ]);
+    write_tree(&src, &files);
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(dst.join("old.txt"), b"extra").unwrap();
+    let link = dst.join("logs");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    for run in 0..2 {
+        let r = skyhaul(
+            &["sync", "--delete", "-y", s, d, "--json", "--no-journal"],
+            None,
+            None,
+        );
+        assert_eq!(r.code, 1, "run {run}: {}", r.stderr);
+        let report = r.json();
+        assert_eq!(report["objects_copied"], 1 - run, "run {run}: {report}");
+        assert_eq!(report["objects_failed"], 2, "run {run}: {report}");
+        assert_eq!(report["objects_deleted"], 0, "run {run}: {report}");
+        let error = report["failures"][0]["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("{} is a symlink", link.display())),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "nothing written behind the link"
+        );
+        assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"a");
+        assert!(dst.join("old.txt").exists(), "nothing deleted");
+    }
+    // Left out, the rest is a sync like any other.
+    let r = skyhaul(
+        &[
+            "sync",
+            "--delete",
+            "-y",
+            s,
+            d,
+            "--exclude",
+            "logs/",
+            "--no-journal",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!dst.join("old.txt").exists(), "deleted once nothing failed");
 }
 
 /// A key with a newline or a terminal escape prints on one line, escaped, in the dry run's

@@ -762,6 +762,17 @@ fn gateway_options_are_checked() {
             plain,
             "--gateway-source-ranges is not an option of --backend slurm",
         ),
+        // A SAS URL's signature is refused before it is written into the job.
+        (
+            vec!["--backend", "slurm"],
+            &[
+                "cp",
+                "-r",
+                "https://acct.blob.core.windows.net/c/x?sv=1&sig=SECRET",
+                "s3://b/x",
+            ],
+            "'https://acct.blob.core.windows.net/c/x': a query string (a SAS?) is not part of a location",
+        ),
     ];
     for (options, transfer, message) in cases {
         let mut all = vec!["launch"];

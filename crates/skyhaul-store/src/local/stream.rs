@@ -85,7 +85,7 @@ pub(super) async fn put_stream(
     let target = path.clone();
     let file = blocking(move || {
         refuse_special(&target)
-            .and_then(|()| create_parent(&at))
+            .and_then(|()| create_parent(&this.root, &at))
             .and_then(|()| File::create(&at))
             .map(Arc::new)
             .map_err(|e| this.io_err(&k, "cannot write", e))
