@@ -394,8 +394,9 @@ async fn pull(
 /// Streams the jobs of a recursive copy or sync into `tx`, counting planned and skipped
 /// work as it goes. Source objects the filter does not select are not planned (and, in a
 /// sync, neither copied nor counted as skipped); a destination-only object is deleted only
-/// when the filter allows it. Returns how many source objects were listed, selected or not,
-/// and source entries that could not be listed unless the filter leaves them out.
+/// when the filter allows it. Returns how many source objects were listed, selected or not
+/// (in a filtered `sync --delete`, selected only), and source entries that could not be
+/// listed unless the filter leaves them out.
 #[allow(clippy::too_many_arguments)]
 pub async fn plan_recursive(
     src: Arc<dyn Store>,
@@ -450,12 +451,14 @@ pub async fn plan_recursive(
             }
         }
     };
+    let by_selection = crate::run::deletes_by_selection(mode, &filter);
+    let counted = |a: &ObjectMeta| !by_selection || selected(a);
     let dests = Listing::new(dst, dst_dir.clone(), retry, progress.clone());
     let mut merge = Merge::new(sources, dests);
     while let Some(pair) = merge.next().await? {
         let job = match pair {
             Pair::Left(a) => {
-                listed += 1;
+                listed += u64::from(counted(&a));
                 selected(&a).then(|| copy(a))
             }
             Pair::Right(b) => (delete && filter.may_delete(&b.key[dst_dir.len()..]))
@@ -472,7 +475,7 @@ pub async fn plan_recursive(
                 job
             }
             Pair::Both(a, b) => {
-                listed += 1;
+                listed += u64::from(counted(&a));
                 if !selected(&a) {
                     None
                 } else {

@@ -422,7 +422,7 @@ pub async fn transfer(
         return Err(denied);
     }
     if listed == 0 && opts.recursive && !cancel.is_cancelled() {
-        return Err(nothing_at_source(src).await);
+        return Err(nothing_at_source(src, opts).await);
     }
 
     conclude(&ctx, src, dst, deletes, started).await
@@ -743,7 +743,7 @@ pub async fn dry_run(
         Err(e) => return Err(Error::new(ErrorKind::Other, format!("planner failed: {e}"))),
     };
     if listed == 0 && opts.recursive && !cancel.is_cancelled() {
-        return Err(nothing_at_source(src).await);
+        return Err(nothing_at_source(src, opts).await);
     }
     Ok(())
 }
@@ -810,11 +810,14 @@ async fn single_source(
     }
 }
 
-pub(crate) async fn nothing_at_source(src: &Endpoint) -> Error {
+pub(crate) async fn nothing_at_source(src: &Endpoint, opts: &TransferOptions) -> Error {
     let dir = dir_form(&src.path);
     let is_object = !src.path.is_empty() && matches!(src.store.head(&src.path).await, Ok(Some(_)));
     let hint = if is_object {
         " (it is a single object: leave out -r; sync takes a prefix)"
+    } else if deletes_by_selection(opts.mode, &opts.filter) {
+        " that the filters select (a sync --delete from it would delete everything they \
+         select at the destination: check the source path and the filters)"
     } else {
         " (check the source path)"
     };
@@ -822,6 +825,14 @@ pub(crate) async fn nothing_at_source(src: &Endpoint) -> Error {
         ErrorKind::NotFound,
         format!("{}: no objects under '{dir}'{hint}", src.display),
     )
+}
+
+/// Whether only the objects the filter selects count as the source's (a filtered
+/// `sync --delete`): a source holding nothing else is empty, and refused as an empty one
+/// is, so that an excluded `lost+found` with files in it (after an fsck) does not make an
+/// empty mount point look full and its sync delete the whole mirror.
+pub(crate) fn deletes_by_selection(mode: Mode, filter: &Filter) -> bool {
+    matches!(mode, Mode::Sync { delete: true, .. }) && !filter.is_empty()
 }
 
 #[cfg(test)]

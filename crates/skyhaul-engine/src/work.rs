@@ -277,8 +277,8 @@ impl Executor {
     }
 
     /// The error for a recursive transfer that found nothing at the source.
-    pub async fn nothing_at_source(src: &Endpoint) -> Error {
-        crate::run::nothing_at_source(src).await
+    pub async fn nothing_at_source(&self, src: &Endpoint) -> Error {
+        crate::run::nothing_at_source(src, &self.ctx.opts).await
     }
 
     /// The first denial, when the workers' denials are all that happened (see `transfer`).

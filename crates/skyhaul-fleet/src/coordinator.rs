@@ -506,7 +506,7 @@ async fn coordinate(
     shared.exec.progress().set_listing_done();
     let listed = listed?;
     if listed == 0 && shared.spec.recursive && !shared.cancel.is_cancelled() {
-        return Err(Executor::nothing_at_source(src).await);
+        return Err(shared.exec.nothing_at_source(src).await);
     }
     loop {
         if shared.state().finished_copying() || shared.cancel.is_cancelled() {

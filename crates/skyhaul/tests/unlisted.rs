@@ -340,6 +340,47 @@ fn a_sync_never_deletes_what_an_unlisted_entry_may_hold() {
     }
 }
 
+/// The same when the left-out directory can be read and holds files (fsck's orphans in a
+/// `lost+found` that root reads): a filtered `sync --delete` counts only what the filters
+/// select, so a source with nothing else is empty and refused, and deletes nothing. A
+/// selected object makes it a source like any other.
+#[test]
+fn a_source_empty_but_for_what_the_filters_leave_out_is_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("mnt"), tmp.path().join("mirror"));
+    write_tree(
+        &src,
+        &BTreeMap::from([("lost+found/#1234".into(), b"x".to_vec())]),
+    );
+    let kept = BTreeMap::from([
+        ("a.txt".to_string(), b"a".to_vec()),
+        ("sub/b.txt".to_string(), b"b".to_vec()),
+    ]);
+    write_tree(&dst, &kept);
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let sync = |extra: &[&str]| {
+        let args = [&["sync", "--delete", "-y", s, d, "--no-journal"], extra].concat();
+        skyhaul(&args, None, None)
+    };
+    for dry in [&["--dry-run"][..], &[]] {
+        let run = sync(&[dry, &["--exclude", "lost+found/"]].concat());
+        assert_eq!(run.code, 3, "{dry:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("no objects under")
+                && run.stderr.contains("that the filters select"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(read_tree(&dst), kept, "{dry:?}: nothing deleted");
+    }
+    // Unfiltered, the orphan is the source's object; with --include it is selected.
+    for filter in [&[][..], &["--include", "lost+found/**"]] {
+        let run = sync(filter);
+        assert_eq!(run.code, 0, "{filter:?}: {}", run.stderr);
+        write_tree(&dst, &kept);
+    }
+}
+
 /// `verify` does not call the other side's objects under a directory it could not list
 /// missing or extra: they are not checked.
 #[test]
