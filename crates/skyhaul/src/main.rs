@@ -486,9 +486,12 @@ async fn transfer(
             })
             .await
             .map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
-            plan.finish(progress.snapshot().objects_resumed, cancel.is_cancelled());
+            let failed = plan.finish(progress.snapshot().objects_resumed, cancel.is_cancelled());
+            // The exit code the real run would have, for scripts that gate on a dry run.
             return Ok(if cancel.is_cancelled() {
                 ExitCode::Interrupted
+            } else if failed > 0 {
+                ExitCode::PartialFailure
             } else {
                 ExitCode::Ok
             });

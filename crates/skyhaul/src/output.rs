@@ -442,7 +442,8 @@ impl DryRun {
 
     /// The summary; `resumed`: objects left out as an earlier run copied them;
     /// `interrupted`: stopped before the listing ended, so the list is not whole.
-    pub fn finish(mut self, resumed: u64, interrupted: bool) {
+    /// Prints the summary; returns how many entries the real run would fail.
+    pub fn finish(mut self, resumed: u64, interrupted: bool) -> u64 {
         let skipped = match self.failed {
             0 => 0,
             _ => std::mem::take(&mut self.deletes).len(),
@@ -494,6 +495,7 @@ impl DryRun {
                 thousands(self.deletes.len() as u64)
             );
         }
+        self.failed
     }
 }
 
