@@ -521,6 +521,9 @@ pub(crate) async fn conclude(
                 Ok(()) => {
                     ctx.done();
                     progress.add_deleted();
+                    // A record of what a sync removed (`-v`), as the failures are listed.
+                    let store = ctx.dst.name().trim_end_matches('/');
+                    tracing::info!("deleted {store}/{}", key.escape_debug());
                 }
                 Err(e) => ctx.fail(&key, e),
             }

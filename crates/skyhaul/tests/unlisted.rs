@@ -120,9 +120,12 @@ fn a_sync_with_an_entry_it_cannot_list_deletes_nothing() {
     assert!(dst.join("old").exists(), "nothing deleted");
     assert!(dst.join("z/c.txt").exists(), "the rest copied");
 
-    let run = sync(&["--exclude", "b*.txt", "--exclude", "d*/"]);
+    let run = sync(&["--exclude", "b*.txt", "--exclude", "d*/", "-v"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(!dst.join("old").exists(), "deleted once nothing failed");
+    // `-v` names what was deleted.
+    let deleted = format!("INFO deleted {}/old\n", dst.display());
+    assert!(run.stderr.contains(&deleted), "{}", run.stderr);
 }
 
 #[test]
