@@ -265,7 +265,7 @@ impl AzureStore {
                 .build()
                 .map_err(|e| {
                     Error::new(
-                        ErrorKind::AccessDenied,
+                        ErrorKind::BadCredentials,
                         format!(
                             "{name}: no usable Azure credentials: {} (give {})",
                             transport::redact(&e.to_string()),
@@ -351,7 +351,7 @@ impl AzureStore {
         if let Some(credentials) = &self.credentials {
             let cred = credentials.get_credential().await.map_err(|e| {
                 Error::new(
-                    ErrorKind::AccessDenied,
+                    ErrorKind::BadCredentials,
                     format!(
                         "{target}: no usable Azure credentials: {} (give {})",
                         transport::redact(&e.to_string()),

@@ -206,7 +206,7 @@ impl GcsStore {
         if let Some(auth) = &self.auth {
             let cred = auth.get_credential().await.map_err(|e| {
                 Error::new(
-                    ErrorKind::AccessDenied,
+                    ErrorKind::BadCredentials,
                     format!(
                         "{target}: no usable Google credentials: {} (check {})",
                         transport::redact(&e.to_string()),
@@ -565,17 +565,26 @@ const GCS_DEFAULT_CACHE_CONTROL: [&str; 3] = [
 /// `metadata` from a download's `x-goog-meta-*` headers, whose names HTTP lowercased, under
 /// the names the JSON API gave in a listing or HEAD (`listed`), which keep their case: a
 /// copy then writes `Owner` as `Owner` whether the object was read whole or in parts.
+/// A listed name that no header carries (GCS allows any name, HTTP headers only tokens:
+/// `x y`) is taken from the listing, so that a destination that can store it does, and
+/// one that cannot says it left it out.
 fn named_as_listed(
     metadata: BTreeMap<String, String>,
     listed: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    metadata
+    let mut named: BTreeMap<String, String> = metadata
         .into_iter()
         .map(|(name, value)| {
             let listed_name = listed.keys().find(|l| l.eq_ignore_ascii_case(&name));
             (listed_name.cloned().unwrap_or(name), value)
         })
-        .collect()
+        .collect();
+    for (name, value) in listed {
+        if !named.keys().any(|n| n.eq_ignore_ascii_case(name)) {
+            named.insert(name.clone(), value.clone());
+        }
+    }
+    named
 }
 
 /// The object resource that gives an object being written `opts`' user metadata and content
@@ -1143,11 +1152,15 @@ mod tests {
                 .collect()
         };
         let downloaded = m(&[("owner", "ml-team"), ("new-since-listing", "x")]);
-        let listed = m(&[("Owner", "old-value")]);
+        let listed = m(&[("Owner", "old-value"), ("x y", "no header carries it")]);
         assert_eq!(
             named_as_listed(downloaded, &listed),
-            m(&[("Owner", "ml-team"), ("new-since-listing", "x")]),
-            "names from the listing, values from the download"
+            m(&[
+                ("Owner", "ml-team"),
+                ("new-since-listing", "x"),
+                ("x y", "no header carries it")
+            ]),
+            "names from the listing, values from the download, the rest from the listing"
         );
     }
 

@@ -8,6 +8,7 @@
 
 use crate::content::{fingerprints, head, read_sums, Side};
 use crate::denials::{run_bounded, Denials};
+use crate::filter::Filter;
 use crate::integrity::plain_md5;
 use crate::listing::{Listing, Merge, Pair};
 use crate::open::Endpoint;
@@ -448,12 +449,15 @@ async fn check_copied(
     end_of_checks(&denials, v)
 }
 
-/// Compares two locations: missing, extra, size- and checksum-mismatched objects.
+/// Compares two locations: missing, extra, size- and checksum-mismatched objects. With `-r`,
+/// what `filter` leaves out is not compared, so that a filtered `cp` or `sync` verifies with
+/// the same filter.
 pub async fn verify_locations(
     src: &Endpoint,
     dst: &Endpoint,
     recursive: bool,
     mode: VerifyMode,
+    filter: &Filter,
     retry: RetryPolicy,
     progress: Arc<Progress>,
 ) -> Result<Verification> {
@@ -487,6 +491,17 @@ pub async fn verify_locations(
                 .map(|(_, e)| e.clone())
         };
         while let Some(pair) = merge.next().await.map_err(|e| v.stopped(e))? {
+            // What the filter leaves out, as `cp` and `sync` with it leave it out: a source
+            // object it does not select, a destination-only key a sync would not delete,
+            // an entry it provably leaves out.
+            let left_out = match &pair {
+                Pair::Left(a) | Pair::Both(a, _) => !filter.selects(&a.key[src_dir..], a),
+                Pair::Right(b) => !filter.may_delete(&b.key[dst_dir..]),
+                Pair::Unlisted { rel_key, .. } => filter.leaves_out(rel_key),
+            };
+            if left_out {
+                continue;
+            }
             match pair {
                 Pair::Left(a) => {
                     v.objects += 1;

@@ -216,7 +216,7 @@ impl S3Store {
                     // The chain's full story (every provider it tried) is for -vv.
                     tracing::debug!("credentials: {}", DisplayErrorContext(&e));
                     Error::new(
-                        ErrorKind::AccessDenied,
+                        ErrorKind::BadCredentials,
                         format!("{name}: no usable credentials found"),
                     )
                 })?
@@ -370,7 +370,7 @@ async fn sign_in(opts: &S3Options, sdk: &aws_config::SdkConfig, name: &str) -> R
         (Some(profile), _) => Ok(profile),
         (None, Some(chain)) => Ok(Remembered::new(chain)),
         (None, None) => Err(Error::new(
-            ErrorKind::AccessDenied,
+            ErrorKind::BadCredentials,
             format!("{name}: no credentials found"),
         )),
     }

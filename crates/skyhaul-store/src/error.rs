@@ -12,8 +12,9 @@ pub enum ErrorKind {
     BucketNotFound,
     /// The credentials may not do this (to this object, or to anything).
     AccessDenied,
-    /// The store refuses the credentials themselves: an unknown key, a wrong secret or
-    /// signature, an expired token. Unlike a denial, never about one object.
+    /// The store refuses the credentials themselves (an unknown key, a wrong secret or
+    /// signature, an expired token), or none could be found. Unlike a denial, never about
+    /// one object.
     BadCredentials,
     /// The endpoint cannot be reached (refused, DNS, TLS).
     Unreachable,

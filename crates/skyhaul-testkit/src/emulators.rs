@@ -126,6 +126,18 @@ async fn must_succeed(req: http::Request<HttpRequestBody>, what: &str) {
 }
 
 /// A running fake-gcs-server on 127.0.0.1, owned by the test.
+/// `s` percent-encoded for a URL's path segment or query value.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub struct FakeGcsServer {
     /// `http://127.0.0.1:PORT`: the JSON API root, what `--src-endpoint` takes.
     pub endpoint: String,
@@ -190,24 +202,50 @@ impl FakeGcsServer {
     /// Uploads an object through the JSON API (`uploadType=media`). object_store's own
     /// upload goes through the XML API, where this emulator refuses bodies of several MiB.
     pub async fn put(&self, bucket: &str, key: &str, data: &[u8]) {
-        let enc = |s: &str| {
-            s.bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect::<String>()
-        };
         let req = http::Request::post(format!(
             "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
             self.endpoint,
-            enc(bucket),
-            enc(key)
+            url_encode(bucket),
+            url_encode(key)
         ))
         .header("content-type", "application/octet-stream")
         .body(HttpRequestBody::from(data.to_vec()))
+        .expect("request");
+        must_succeed(req, &format!("fake-gcs-server: put {bucket}/{key}")).await;
+    }
+
+    /// Uploads an object with user metadata (`uploadType=multipart`: the object resource,
+    /// then the bytes), names as GCS allows them, which HTTP headers do not all carry.
+    pub async fn put_with_metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: &[u8],
+        metadata: &[(&str, &str)],
+    ) {
+        let metadata: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        let resource = serde_json::json!({ "name": key, "metadata": metadata });
+        let boundary = "skyhaul-test-boundary";
+        let mut body = format!(
+            "--{boundary}\r\ncontent-type: application/json\r\n\r\n{resource}\r\n--{boundary}\r\n\
+             content-type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(data);
+        body.extend_from_slice(format!("\r\n--{boundary}--").as_bytes());
+        let req = http::Request::post(format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=multipart",
+            self.endpoint,
+            url_encode(bucket)
+        ))
+        .header(
+            "content-type",
+            format!("multipart/related; boundary={boundary}"),
+        )
+        .body(HttpRequestBody::from(body))
         .expect("request");
         must_succeed(req, &format!("fake-gcs-server: put {bucket}/{key}")).await;
     }

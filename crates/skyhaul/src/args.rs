@@ -49,9 +49,13 @@ skyhaul sync --delete --exclude 'local/**' s3://src/data /mnt/mirror   # local/ 
 skyhaul sync --delete --dry-run s3://src/data /mnt/mirror")]
     Sync(SyncArgs),
     /// Compare two locations: missing, extra and different objects (exit code 6 if any)
-    #[command(after_help = "Examples:\n  \
+    #[command(
+        after_help = "With -r, what the filters leave out is not compared, as cp and sync \
+with the same filters leave it out.\n\nExamples:\n  \
 skyhaul verify -r s3://src/data s3://dst/data --dst-endpoint https://r2.example.com\n  \
-skyhaul verify -r --deep /data s3://bucket/data")]
+skyhaul verify -r --deep /data s3://bucket/data\n  \
+skyhaul verify -r --exclude '*.tmp' /data s3://bucket/data"
+    )]
     Verify(VerifyArgs),
     /// Estimate a transfer before running it: objects, bytes, time, egress and request costs
     #[command(after_help = "Examples:\n  \
@@ -419,6 +423,8 @@ pub struct VerifyArgs {
     pub endpoints: EndpointArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// Where each side is and how to sign in there.

@@ -117,7 +117,10 @@ fn hint(side: &str, e: &Error) -> String {
             format!("; set {flag} credentials with --{flag}-profile or SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY{public}")
         }
         ErrorKind::AccessDenied | ErrorKind::BadCredentials => public.to_string(),
-        ErrorKind::Unreachable => format!("; check --{flag}-endpoint"),
+        // The endpoint may come from elsewhere than the flag: say where else to look.
+        ErrorKind::Unreachable => format!(
+            "; check --{flag}-endpoint, or the connection string, remote or config that set it"
+        ),
         _ => String::new(),
     }
 }
@@ -218,7 +221,11 @@ mod tests {
         let relay = store("DST", unreachable("relay: no gateway answered")).message;
         assert_eq!(relay, "relay: no gateway answered");
         let once = store("SRC", unreachable("s3://b: connect refused")).message;
-        assert_eq!(once, "s3://b: connect refused; check --src-endpoint");
+        assert_eq!(
+            once,
+            "s3://b: connect refused; check --src-endpoint, or the connection string, remote \
+             or config that set it"
+        );
         assert_eq!(store("DST", unreachable(&once)).message, once);
     }
 
@@ -227,6 +234,7 @@ mod tests {
     #[test]
     fn a_source_without_credentials_is_told_of_anonymous_reads() {
         let denied = |m: &str| Error::new(ErrorKind::AccessDenied, m);
+        let none_found = |m: &str| Error::new(ErrorKind::BadCredentials, m);
         let flag = "--src-anonymous";
         for none in [
             "s3://b: no credentials found",
@@ -234,8 +242,14 @@ mod tests {
             "gs://b/k: no usable Google credentials: metadata server unreachable (check …)",
             "az://c: no usable Azure credentials: no identity (give …)",
         ] {
-            assert!(store("SRC", denied(none)).message.contains(flag), "{none}");
-            assert!(!store("DST", denied(none)).message.contains(flag), "{none}");
+            assert!(
+                store("SRC", none_found(none)).message.contains(flag),
+                "{none}"
+            );
+            assert!(
+                !store("DST", none_found(none)).message.contains(flag),
+                "{none}"
+            );
         }
         let refused = store("SRC", denied("s3://b/k: get: AccessDenied")).message;
         assert!(!refused.contains(flag), "{refused}");

@@ -387,12 +387,14 @@ async fn verify(args: VerifyArgs) -> ExitCode {
         } else {
             VerifyMode::Checksum
         };
+        let (filter, _) = settings::filter(&args.filter)?;
         let progress = Arc::new(Progress::default());
         let v = verify_locations(
             &src,
             &dst,
             args.recursive,
             mode,
+            &filter,
             Default::default(),
             progress,
         )

@@ -230,6 +230,73 @@ async fn a_key_with_a_backslash_fails_alone_at_azure() {
     }
 }
 
+/// A GCS metadata name that no HTTP header can carry (`x y`: GCS allows any name) is taken
+/// from the listing: it travels where the destination can store it (Azure, encoded) and is
+/// said to be left out where it cannot (S3). It used to vanish without a word.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gcs_metadata_name_no_header_carries_still_travels_or_is_named() {
+    let gcs = FakeGcsServer::start();
+    gcs.create_bucket("gb").await;
+    let metadata = [("x y", "6"), ("owner", "ml")];
+    gcs.put_with_metadata("gb", "md/o.txt", b"payload", &metadata)
+        .await;
+    let azure = AzuriteServer::start();
+    azure.create_container("cont").await;
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket("bkt").await;
+    let gcs_host = gcs.endpoint.trim_start_matches("http://").to_string();
+    let mut env = vec![("STORAGE_EMULATOR_HOST".to_string(), gcs_host)];
+    env.extend(azure.env_for("DST"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for recursive in [false, true] {
+        let (src, dst) = match recursive {
+            false => ("gs://gb/md/o.txt", "az://cont/one/o.txt"),
+            true => ("gs://gb/md", "az://cont/all"),
+        };
+        let args = [
+            &["cp", src, dst, "--no-journal"][..],
+            if recursive { &["-r"] } else { &[] },
+        ]
+        .concat();
+        let run = skyhaul_env(&args, None, None, &env);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let blob = if recursive { "all/o.txt" } else { "one/o.txt" };
+        let path = format!("/{}/cont/{blob}?{}", azure.account, azure.account_sas());
+        let (status, head, _) = common::http_request(
+            "HEAD",
+            &azure.endpoint,
+            &path,
+            "x-ms-version: 2020-12-06\r\n",
+        );
+        assert_eq!(status, 200, "{head}");
+        let head = head.to_ascii_lowercase();
+        for line in ["\r\nx-ms-meta-x_20y: 6", "\r\nx-ms-meta-owner: ml"] {
+            assert!(head.contains(line), "{blob}: {line:?} in {head}");
+        }
+    }
+    let env = [env[0]];
+    let run = skyhaul_env(
+        &[
+            "cp",
+            "gs://gb/md/o.txt",
+            "s3://bkt/o.txt",
+            "--no-journal",
+            "--dst-endpoint",
+            &s3.endpoint,
+        ],
+        None,
+        Some(&s3),
+        &env,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("metadata \"x y\" left out: S3 takes only token names"),
+        "{}",
+        run.stderr
+    );
+}
+
 async fn read_container(
     store: &std::sync::Arc<object_store::azure::MicrosoftAzure>,
     prefix: &str,
@@ -312,6 +379,26 @@ async fn errors_name_the_problem_and_hide_secrets() {
     assert_eq!(r.code, 4, "wrong key: {}", r.stderr);
     assert!(r.stderr.contains("credentials"), "a hint: {}", r.stderr);
     assert!(!r.stderr.contains(wrong), "{}", r.stderr);
+
+    // None at all: the error says where to give them, and no other advice (it once
+    // suggested --verify none, as to a drop box that may write but not read).
+    let r = skyhaul_env(
+        &[
+            "cp",
+            "-r",
+            &s,
+            "az://cont/x/",
+            "--dst-endpoint",
+            &azure.endpoint,
+            "--no-journal",
+        ],
+        None,
+        None,
+        &[("SKYHAUL_DST_AZURE_ACCOUNT", "devstoreaccount1")],
+    );
+    assert_eq!(r.code, 4, "no credentials: {}", r.stderr);
+    assert!(r.stderr.contains("no usable Azure credentials"), "{}", r.stderr);
+    assert!(!r.stderr.contains("--verify none"), "{}", r.stderr);
 
     let r = skyhaul_env(
         &[

@@ -482,6 +482,60 @@ async fn verify_deep_finds_bytes_changed_at_rest() {
     assert_eq!(v["checksum_ok"], files.len() as u64 - 2, "{v}");
 }
 
+/// `verify` takes the filters of the `cp` or `sync` it checks, and leaves out what they leave
+/// out: a source object they exclude is not missing, a destination-only object a filtered
+/// sync keeps is not extra. What they select is still compared.
+#[test]
+fn verify_with_the_transfers_filters_leaves_out_what_they_leave_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    write_tree(
+        &src,
+        &BTreeMap::from([
+            ("a.txt".to_string(), b"a".to_vec()),
+            ("d/b.txt".to_string(), b"b".to_vec()),
+            ("d/scratch.tmp".to_string(), b"t".to_vec()),
+        ]),
+    );
+    write_tree(
+        &dst,
+        &BTreeMap::from([("cache.tmp".to_string(), b"c".to_vec())]),
+    );
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let sync = [
+        "sync",
+        "--delete",
+        "-y",
+        s,
+        d,
+        "--exclude",
+        "*.tmp",
+        "--no-journal",
+    ];
+    assert_eq!(skyhaul(&sync, None, None).code, 0);
+    let verify = |extra: &[&str]| {
+        let args = [&["verify", "-r", s, d, "--json"], extra].concat();
+        skyhaul(&args, None, None)
+    };
+    let unfiltered = verify(&[]);
+    assert_eq!(unfiltered.code, 6, "{}", unfiltered.stderr);
+    let v = unfiltered.json();
+    assert_eq!((&v["missing"], &v["extra"]), (&1.into(), &1.into()), "{v}");
+    let filtered = verify(&["--exclude", "*.tmp"]);
+    assert_eq!(filtered.code, 0, "{}", filtered.stderr);
+    let v = filtered.json();
+    assert_eq!(
+        (&v["objects"], &v["checksum_ok"]),
+        (&2.into(), &2.into()),
+        "{v}"
+    );
+    // What they select is still compared.
+    std::fs::write(dst.join("d/b.txt"), b"B").unwrap();
+    let changed = verify(&["--exclude", "*.tmp"]);
+    assert_eq!(changed.code, 6, "{}", changed.stderr);
+    assert_eq!(changed.json()["checksum_mismatch"], 1, "{}", changed.stdout);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_handles_multipart_objects_made_by_another_client() {
     let s3 = S3Server::start(S3Kind::Moto);
