@@ -261,15 +261,7 @@ async fn a_gcs_metadata_name_no_header_carries_still_travels_or_is_named() {
         let run = skyhaul_env(&args, None, None, &env);
         assert_eq!(run.code, 0, "{}", run.stderr);
         let blob = if recursive { "all/o.txt" } else { "one/o.txt" };
-        let path = format!("/{}/cont/{blob}?{}", azure.account, azure.account_sas());
-        let (status, head, _) = common::http_request(
-            "HEAD",
-            &azure.endpoint,
-            &path,
-            "x-ms-version: 2020-12-06\r\n",
-        );
-        assert_eq!(status, 200, "{head}");
-        let head = head.to_ascii_lowercase();
+        let head = common::azure_blob_head(&azure, "cont", blob);
         for line in ["\r\nx-ms-meta-x_20y: 6", "\r\nx-ms-meta-owner: ml"] {
             assert!(head.contains(line), "{blob}: {line:?} in {head}");
         }
@@ -358,9 +350,8 @@ async fn errors_name_the_problem_and_hide_secrets() {
     assert_eq!(r.code, 3, "missing bucket: {}", r.stderr);
     assert!(r.stderr.contains("bucket"), "{}", r.stderr);
 
-    let wrong = "c2VjcmV0LXdyb25nLWtleS1zZWNyZXQtd3Jvbmcta2V5";
-    let r = skyhaul_env(
-        &[
+    let to_azure = |env: &[(&str, &str)]| {
+        let args = [
             "cp",
             "-r",
             &s,
@@ -368,36 +359,25 @@ async fn errors_name_the_problem_and_hide_secrets() {
             "--dst-endpoint",
             &azure.endpoint,
             "--no-journal",
-        ],
-        None,
-        None,
-        &[
-            ("SKYHAUL_DST_AZURE_ACCOUNT", "devstoreaccount1"),
-            ("SKYHAUL_DST_AZURE_KEY", wrong),
-        ],
-    );
+        ];
+        skyhaul_env(&args, None, None, env)
+    };
+    let wrong = "c2VjcmV0LXdyb25nLWtleS1zZWNyZXQtd3Jvbmcta2V5";
+    let account = ("SKYHAUL_DST_AZURE_ACCOUNT", "devstoreaccount1");
+    let r = to_azure(&[account, ("SKYHAUL_DST_AZURE_KEY", wrong)]);
     assert_eq!(r.code, 4, "wrong key: {}", r.stderr);
     assert!(r.stderr.contains("credentials"), "a hint: {}", r.stderr);
     assert!(!r.stderr.contains(wrong), "{}", r.stderr);
 
     // None at all: the error says where to give them, and no other advice (it once
     // suggested --verify none, as to a drop box that may write but not read).
-    let r = skyhaul_env(
-        &[
-            "cp",
-            "-r",
-            &s,
-            "az://cont/x/",
-            "--dst-endpoint",
-            &azure.endpoint,
-            "--no-journal",
-        ],
-        None,
-        None,
-        &[("SKYHAUL_DST_AZURE_ACCOUNT", "devstoreaccount1")],
-    );
+    let r = to_azure(&[account]);
     assert_eq!(r.code, 4, "no credentials: {}", r.stderr);
-    assert!(r.stderr.contains("no usable Azure credentials"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no usable Azure credentials"),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("--verify none"), "{}", r.stderr);
 
     let r = skyhaul_env(

@@ -908,19 +908,7 @@ async fn storage_class_is_given_to_every_object_written() {
     let run = to_azure("cool", "cool");
     assert_eq!(run.code, 0, "{}", run.stderr);
     for name in files.keys() {
-        let path = format!(
-            "/{}/cold/cool/{name}?{}",
-            azure.account,
-            azure.account_sas()
-        );
-        let (status, head, _) = http_request(
-            "HEAD",
-            &azure.endpoint,
-            &path,
-            "x-ms-version: 2020-12-06\r\n",
-        );
-        assert_eq!(status, 200, "{head}");
-        let head = head.to_ascii_lowercase();
+        let head = azure_blob_head(&azure, "cold", &format!("cool/{name}"));
         assert!(
             head.contains("\r\nx-ms-access-tier: cool"),
             "{name}: {head}"

@@ -317,6 +317,28 @@ pub fn http_get(url: &str, path: &str, auth: Option<&str>) -> (u16, String) {
 
 /// One HTTP/1.1 request with std only and `headers` (each line ending in CRLF): (status,
 /// the response's header lines, body).
+/// The head of Azurite's answer to a HEAD of `blob` in `container` (signed with an account
+/// SAS), lower-cased; fails the test unless it is 200.
+pub fn azure_blob_head(
+    azure: &skyhaul_testkit::AzuriteServer,
+    container: &str,
+    blob: &str,
+) -> String {
+    let path = format!(
+        "/{}/{container}/{blob}?{}",
+        azure.account,
+        azure.account_sas()
+    );
+    let (status, head, _) = http_request(
+        "HEAD",
+        &azure.endpoint,
+        &path,
+        "x-ms-version: 2020-12-06\r\n",
+    );
+    assert_eq!(status, 200, "{container}/{blob}: {head}");
+    head.to_ascii_lowercase()
+}
+
 pub fn http_request(method: &str, url: &str, path: &str, headers: &str) -> (u16, String, String) {
     let addr = url.trim_start_matches("http://");
     let addr = addr.split('/').next().unwrap_or(addr);
