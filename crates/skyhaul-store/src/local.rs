@@ -698,14 +698,28 @@ impl Store for LocalStore {
         .await
     }
 
+    /// Deletes the file, then the directories above it that this left empty, up to the
+    /// root: object stores have no directories, so a sync that deleted every file of one
+    /// would otherwise leave its empty skeleton behind (as rsync and rclone do not).
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path_of(key)?;
         let key = key.to_string();
         let this = self.clone();
-        blocking(move || match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(this.io_err(&key, "cannot delete", e)),
+        blocking(move || {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(this.io_err(&key, "cannot delete", e)),
+            }
+            // `remove_dir` fails on a directory that still holds anything: that ends it.
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| d.starts_with(&this.root) && *d != this.root) {
+                if fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(())
         })
         .await
     }

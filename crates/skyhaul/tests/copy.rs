@@ -419,6 +419,53 @@ async fn single_object_key_mapping() {
     assert_eq!(std::fs::read(&file).unwrap(), b"payload");
 }
 
+/// `sync --delete` into a directory removes the directories its deletions emptied, as
+/// rsync and rclone do; directories still holding anything, and the destination itself,
+/// stay.
+#[test]
+fn sync_delete_removes_the_directories_it_emptied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    write_tree(
+        &src,
+        &std::collections::BTreeMap::from([("keep/a.txt".to_string(), b"a".to_vec())]),
+    );
+    write_tree(
+        &dst,
+        &std::collections::BTreeMap::from([
+            ("old/deep/x".to_string(), b"x".to_vec()),
+            ("keep/stale.txt".to_string(), b"s".to_vec()),
+        ]),
+    );
+    std::fs::create_dir_all(dst.join("empty-before")).unwrap();
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let run = skyhaul(
+        &["sync", "--delete", "-y", s, d, "--no-journal"],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        !dst.join("old").exists(),
+        "emptied by the deletions, so removed"
+    );
+    assert!(dst.join("keep/a.txt").exists() && !dst.join("keep/stale.txt").exists());
+    assert!(
+        dst.join("empty-before").is_dir(),
+        "not emptied by this sync"
+    );
+    // A source with nothing left but what the destination must keep: the root stays.
+    std::fs::remove_dir_all(src.join("keep")).unwrap();
+    std::fs::write(src.join("top.txt"), b"t").unwrap();
+    let run = skyhaul(
+        &["sync", "--delete", "-y", s, d, "--no-journal"],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!dst.join("keep").exists() && dst.join("top.txt").exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_copies_only_what_changed_and_deletes_only_when_asked() {
     let s = S3Server::start(S3Kind::S3sFs);
