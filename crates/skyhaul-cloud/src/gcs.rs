@@ -565,9 +565,10 @@ const GCS_DEFAULT_CACHE_CONTROL: [&str; 3] = [
 /// `metadata` from a download's `x-goog-meta-*` headers, whose names HTTP lowercased, under
 /// the names the JSON API gave in a listing or HEAD (`listed`), which keep their case: a
 /// copy then writes `Owner` as `Owner` whether the object was read whole or in parts.
-/// A listed name that no header carries (GCS allows any name, HTTP headers only tokens:
+/// A listed name that no header can carry (GCS allows any name, HTTP headers only tokens:
 /// `x y`) is taken from the listing, so that a destination that can store it does, and
-/// one that cannot says it left it out.
+/// one that cannot says it left it out. A listed name that could be a header but is not
+/// in the download's was removed since the listing, and stays removed.
 fn named_as_listed(
     metadata: BTreeMap<String, String>,
     listed: &BTreeMap<String, String>,
@@ -579,8 +580,9 @@ fn named_as_listed(
             (listed_name.cloned().unwrap_or(name), value)
         })
         .collect();
+    let header_name = |n: &str| http::HeaderName::from_bytes(format!("x-goog-meta-{n}").as_bytes());
     for (name, value) in listed {
-        if !named.keys().any(|n| n.eq_ignore_ascii_case(name)) {
+        if header_name(name).is_err() {
             named.insert(name.clone(), value.clone());
         }
     }
@@ -1152,7 +1154,11 @@ mod tests {
                 .collect()
         };
         let downloaded = m(&[("owner", "ml-team"), ("new-since-listing", "x")]);
-        let listed = m(&[("Owner", "old-value"), ("x y", "no header carries it")]);
+        let listed = m(&[
+            ("Owner", "old-value"),
+            ("x y", "no header carries it"),
+            ("removed-since-listing", "y"),
+        ]);
         assert_eq!(
             named_as_listed(downloaded, &listed),
             m(&[

@@ -395,8 +395,8 @@ async fn pull(
 /// work as it goes. Source objects the filter does not select are not planned (and, in a
 /// sync, neither copied nor counted as skipped); a destination-only object is deleted only
 /// when the filter allows it. Returns how many source objects were listed, selected or not
-/// (in a filtered `sync --delete`, selected only), and source entries that could not be
-/// listed unless the filter leaves them out.
+/// (in a filtered `sync --delete`, only those its name rules select), and source entries
+/// that could not be listed unless the filter leaves them out.
 #[allow(clippy::too_many_arguments)]
 pub async fn plan_recursive(
     src: Arc<dyn Store>,
@@ -451,8 +451,10 @@ pub async fn plan_recursive(
             }
         }
     };
+    // By name only, as deletions go: a size or time rule that selects nothing today
+    // (`--newer-than 7d` after a quiet week) leaves the source what it is.
     let by_selection = crate::run::deletes_by_selection(mode, &filter);
-    let counted = |a: &ObjectMeta| !by_selection || selected(a);
+    let counted = |a: &ObjectMeta| !by_selection || filter.may_delete(&a.key[src_dir.len()..]);
     let dests = Listing::new(dst, dst_dir.clone(), retry, progress.clone());
     let mut merge = Merge::new(sources, dests);
     while let Some(pair) = merge.next().await? {

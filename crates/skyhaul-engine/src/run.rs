@@ -529,7 +529,7 @@ pub(crate) async fn conclude(
             }
             Ok(())
         };
-        let then = "so the deletions stopped; the copies were made and checked";
+        let then = "so the deletions stopped; the copies were made";
         let limit = opts.max_connections.max(1);
         if let Err(stop) = run_bounded(&ctx.denials, deletes, limit, then, delete, record).await {
             ctx.stop(stop);
@@ -830,10 +830,11 @@ pub(crate) async fn nothing_at_source(src: &Endpoint, opts: &TransferOptions) ->
     )
 }
 
-/// Whether only the objects the filter selects count as the source's (a filtered
+/// Whether only the objects the filter selects by name count as the source's (a filtered
 /// `sync --delete`): a source holding nothing else is empty, and refused as an empty one
 /// is, so that an excluded `lost+found` with files in it (after an fsck) does not make an
-/// empty mount point look full and its sync delete the whole mirror.
+/// empty mount point look full and its sync delete the whole mirror. Size and time rules
+/// do not count, as they do not for deletions.
 pub(crate) fn deletes_by_selection(mode: Mode, filter: &Filter) -> bool {
     matches!(mode, Mode::Sync { delete: true, .. }) && !filter.is_empty()
 }

@@ -449,9 +449,9 @@ async fn check_copied(
     end_of_checks(&denials, v)
 }
 
-/// Compares two locations: missing, extra, size- and checksum-mismatched objects. With `-r`,
-/// what `filter` leaves out is not compared, so that a filtered `cp` or `sync` verifies with
-/// the same filter.
+/// Compares two locations: missing, extra, size- and checksum-mismatched objects. What
+/// `filter` leaves out is not compared (for one object, by its base name), so that a
+/// filtered `cp` or `sync` verifies with the same filter.
 pub async fn verify_locations(
     src: &Endpoint,
     dst: &Endpoint,
@@ -544,6 +544,11 @@ pub async fn verify_locations(
         let a = head(src.store.as_ref(), &src.path, &retry, &progress)
             .await?
             .ok_or_else(not_found)?;
+        // As `cp` of one object, the filter looks at its base name.
+        let base = a.key.rsplit('/').next().unwrap_or(&a.key);
+        if !filter.selects(base, &a) {
+            return Ok(v);
+        }
         // Where `cp` put it: a destination in directory form takes the base name.
         let dst_key = map_key(&src.path, &src.path, &dst.path, false)
             .expect("single-object mapping always maps");

@@ -35,12 +35,32 @@ impl Overlap {
         };
         let instead = match self {
             Overlap::DestinationInsideSource { at } => {
-                format!(", or leave it out with --exclude '{at}**'")
+                format!(
+                    ", or leave it out with --exclude '{}**'",
+                    exclude_literal(at)
+                )
             }
             _ => String::new(),
         };
         format!("{src} and {dst} {why}; choose a destination outside the source{instead}")
     }
+}
+
+/// `path` as a glob that matches it literally, quoted for a shell's single quotes: glob
+/// characters escaped with `\\`, a `'` closed, escaped and reopened.
+fn exclude_literal(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '*' | '?' | '[' | ']' | '{' | '}' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\'' => out.push_str("'\\''"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// How a source path and a destination path in the same store overlap. The caller says
@@ -93,6 +113,13 @@ mod tests {
             inside("out/x/")
         );
         assert_eq!(overlap("/data/in/", "/data/in", true), Some(Same));
+    }
+
+    #[test]
+    fn the_hint_names_an_exclude_that_matches_the_destination_literally() {
+        let o = overlap("s3://b/x", "s3://b/x/a[1]*/it's", true).unwrap();
+        let text = o.explain("s3://b/x", "s3://b/x/a[1]*/it's");
+        assert!(text.ends_with(r"--exclude 'a\[1\]\*/it'\''s/**'"), "{text}");
     }
 
     #[test]

@@ -69,14 +69,21 @@ impl Location {
             return match scheme.to_ascii_lowercase().as_str() {
                 "s3" => bucket_path(Scheme::S3, rest, None),
                 "gs" => bucket_path(Scheme::Gcs, rest, None),
-                "az" => bucket_path(Scheme::Azure, rest, None),
+                // `?` is a key's own character in this form; a SAS pasted on (`sig=` after
+                // it) is not, and would otherwise become part of the key.
+                "az" => match input.split_once('?') {
+                    Some((url, query)) if query.contains("sig=") => {
+                        Err(LocationError::QueryString(url.to_string()))
+                    }
+                    _ => bucket_path(Scheme::Azure, rest, None),
+                },
                 "https" => {
                     // Azure's own URL form; the blob path in it is percent-encoded, so a
                     // `?` in it starts a query: the portal's "Blob SAS URL" puts the SAS
-                    // there, which must not become part of a key (or be echoed).
-                    if let Some((url, _)) = input.split_once('?') {
-                        return Err(LocationError::QueryString(url.to_string()));
-                    }
+                    // there, which must not become part of a key. Neither it nor another
+                    // URL's query (an S3 presigned URL's signature) is echoed.
+                    let url = input.split('?').next().unwrap_or_default();
+                    let rest = url.split_once("://").map_or(url, |(_, r)| r);
                     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
                     let account = host
                         .to_ascii_lowercase()
@@ -84,8 +91,11 @@ impl Location {
                         .filter(|a| !a.is_empty() && !a.contains('.'))
                         .map(str::to_string)
                         .ok_or_else(|| {
-                            LocationError::UnsupportedScheme(input.to_string(), "https".into())
+                            LocationError::UnsupportedScheme(url.to_string(), "https".into())
                         })?;
+                    if url.len() < input.len() {
+                        return Err(LocationError::QueryString(url.to_string()));
+                    }
                     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
                     bucket_path(Scheme::Azure, &decoded, Some(&account))
                 }
@@ -173,11 +183,14 @@ impl fmt::Display for Location {
             Scheme::Local => write!(f, "{}", self.path),
             Scheme::S3 => write!(f, "s3://{}/{}", self.bucket, self.path),
             Scheme::Gcs => write!(f, "gs://{}/{}", self.bucket, self.path),
+            // The URL form is parsed percent-decoded, with `?` starting a query: those
+            // two are encoded again, so that what is shown (and journaled) parses back.
             Scheme::Azure => match &self.account {
                 Some(a) => write!(
                     f,
                     "https://{a}.blob.core.windows.net/{}/{}",
-                    self.bucket, self.path
+                    self.bucket,
+                    self.path.replace('%', "%25").replace('?', "%3F")
                 ),
                 None => write!(f, "az://{}/{}", self.bucket, self.path),
             },
@@ -259,10 +272,21 @@ mod tests {
             LocationError::QueryString("https://acct.blob.core.windows.net/cont/x.html".into())
         );
         assert!(!err.to_string().contains("SECRET"), "{err}");
-        // A `?` in a key is %3F in the URL form, as in az:// it is itself.
-        let l = Location::parse("https://acct.blob.core.windows.net/cont/a%3Fb").unwrap();
-        assert_eq!(l.path, "a?b");
+        // A `?` in a key is %3F in the URL form, as in az:// it is itself; shown (and
+        // journaled), it parses back.
+        let l = Location::parse("https://acct.blob.core.windows.net/cont/a%3Fb%2525").unwrap();
+        assert_eq!(l.path, "a?b%25");
+        assert_eq!(Location::parse(&l.to_string()).unwrap(), l);
         assert_eq!(Location::parse("az://cont/a?b").unwrap().path, "a?b");
+        let pasted = Location::parse("az://cont/x?sv=2019-12-12&sig=SECRET").unwrap_err();
+        assert_eq!(pasted, LocationError::QueryString("az://cont/x".into()));
+        // Nor is another https URL's query (an S3 presigned URL's signature) echoed.
+        let presigned = "https://b.s3.amazonaws.com/k?X-Amz-Signature=SECRET";
+        let err = Location::parse(presigned).unwrap_err().to_string();
+        assert!(
+            err.contains("unsupported scheme") && !err.contains("SECRET"),
+            "{err}"
+        );
         // Other https URLs are not locations (yet): a clear error, not a guess.
         assert!(matches!(
             Location::parse("https://example.com/a/b"),

@@ -12,12 +12,14 @@ use crate::{
 };
 use futures::stream::{BoxStream, StreamExt};
 use skyhaul_location::local_relative_path;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// Suffix of in-progress files; listings skip them so a resumed sync never copies one.
@@ -32,14 +34,26 @@ const LIST_PAGE: usize = 1000;
 pub struct LocalStore {
     root: PathBuf,
     name: String,
+    /// Directories below the root that a write found, or made, to be directories and not
+    /// symlinks ([`LocalStore::create_parent`]): writes into them skip the walk down from
+    /// the root. Shared by the store's clones; bounded (cleared when full), since keys
+    /// come in listing order and their directories in runs.
+    dirs_checked: Arc<Mutex<HashSet<PathBuf>>>,
 }
+
+/// How many directories [`LocalStore::dirs_checked`] holds before it starts again.
+const DIRS_CHECKED: usize = 4096;
 
 impl LocalStore {
     /// A store rooted at `root`; every key resolves strictly below it.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
         let name = root.display().to_string();
-        LocalStore { root, name }
+        LocalStore {
+            root,
+            name,
+            dirs_checked: Arc::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -247,43 +261,58 @@ impl std::fmt::Display for ThroughSymlink {
 
 impl std::error::Error for ThroughSymlink {}
 
-/// Creates the directories from `root` (which may itself be, or lie under, a symlink) down
-/// to `path`'s parent, refusing to pass through a symlink below `root` ([`ThroughSymlink`]).
-fn create_parent(root: &Path, path: &Path) -> io::Result<()> {
-    let Some(parent) = path.parent() else {
-        return Ok(());
-    };
-    let Ok(below) = parent.strip_prefix(root) else {
-        return fs::create_dir_all(parent);
-    };
-    if !root.is_dir() {
-        fs::create_dir_all(root)?;
-    }
-    let mut dir = root.to_path_buf();
-    for name in below.components() {
-        dir.push(name);
-        // Twice at most: a directory made by another write at the same moment is looked at
-        // again.
-        for attempt in 0.. {
-            match fs::symlink_metadata(&dir) {
-                Ok(md) if md.is_dir() => break,
-                Ok(md) if md.is_symlink() => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        ThroughSymlink(dir),
-                    ))
-                }
-                Ok(_) => return Err(io::ErrorKind::NotADirectory.into()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt == 0 => {}
+impl LocalStore {
+    /// Creates the directories from the root (which may itself be, or lie under, a symlink)
+    /// down to `path`'s parent, refusing to pass through a symlink below the root
+    /// ([`ThroughSymlink`]).
+    fn create_parent(&self, path: &Path) -> io::Result<()> {
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        let Ok(below) = parent.strip_prefix(&self.root) else {
+            return fs::create_dir_all(parent);
+        };
+        if self.checked().contains(parent) {
+            return Ok(());
+        }
+        if !self.root.is_dir() {
+            fs::create_dir_all(&self.root)?;
+        }
+        let mut dir = self.root.clone();
+        for name in below.components() {
+            dir.push(name);
+            // Twice at most: a directory made by another write at the same moment is
+            // looked at again.
+            for attempt in 0.. {
+                match fs::symlink_metadata(&dir) {
+                    Ok(md) if md.is_dir() => break,
+                    Ok(md) if md.is_symlink() => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            ThroughSymlink(dir),
+                        ))
+                    }
+                    Ok(_) => return Err(io::ErrorKind::NotADirectory.into()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt == 0 => {}
+                        Err(e) => return Err(e),
+                    },
                     Err(e) => return Err(e),
-                },
-                Err(e) => return Err(e),
+                }
             }
         }
+        let mut checked = self.checked();
+        if checked.len() >= DIRS_CHECKED {
+            checked.clear();
+        }
+        checked.insert(parent.to_path_buf());
+        Ok(())
     }
-    Ok(())
+
+    fn checked(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        self.dirs_checked.lock().expect("dirs_checked lock")
+    }
 }
 
 fn set_mtime(file: &File, mtime: Option<SystemTime>) -> io::Result<()> {
@@ -563,7 +592,7 @@ impl Store for LocalStore {
         let this = self.clone();
         blocking(move || {
             let write = || -> io::Result<()> {
-                create_parent(&this.root, &path)?;
+                this.create_parent(&path)?;
                 let file = File::create(&tmp)?;
                 file.write_all_at(&body.data, 0)?;
                 set_mtime(&file, mtime)?;
@@ -611,7 +640,7 @@ impl Store for LocalStore {
         blocking(move || {
             let create = || -> io::Result<()> {
                 refuse_special(&path)?;
-                create_parent(&this.root, &tmp)?;
+                this.create_parent(&tmp)?;
                 File::create(&tmp)?.set_len(size)
             };
             create().map_err(|e| {
@@ -717,6 +746,7 @@ impl Store for LocalStore {
                 if fs::remove_dir(d).is_err() {
                     break;
                 }
+                this.checked().clear();
                 dir = d.parent();
             }
             Ok(())

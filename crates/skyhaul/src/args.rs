@@ -50,7 +50,7 @@ skyhaul sync --delete --dry-run s3://src/data /mnt/mirror")]
     Sync(SyncArgs),
     /// Compare two locations: missing, extra and different objects (exit code 6 if any)
     #[command(
-        after_help = "With -r, what the filters leave out is not compared, as cp and sync \
+        after_help = "What the filters leave out is not compared, as cp and sync \
 with the same filters leave it out.\n\nExamples:\n  \
 skyhaul verify -r s3://src/data s3://dst/data --dst-endpoint https://r2.example.com\n  \
 skyhaul verify -r --deep /data s3://bucket/data\n  \

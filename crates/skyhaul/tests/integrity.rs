@@ -534,6 +534,16 @@ fn verify_with_the_transfers_filters_leaves_out_what_they_leave_out() {
     let changed = verify(&["--exclude", "*.tmp"]);
     assert_eq!(changed.code, 6, "{}", changed.stderr);
     assert_eq!(changed.json()["checksum_mismatch"], 1, "{}", changed.stdout);
+    // One object, by its base name, as `cp` of one object.
+    let one = src.join("d/scratch.tmp");
+    let one = |extra: &[&str]| {
+        let args = [&["verify", one.to_str().unwrap(), d, "--json"], extra].concat();
+        skyhaul(&args, None, None)
+    };
+    assert_eq!(one(&[]).code, 6, "not copied, so missing");
+    let left_out = one(&["--exclude", "*.tmp"]);
+    assert_eq!(left_out.code, 0, "{}", left_out.stderr);
+    assert_eq!(left_out.json()["objects"], 0, "{}", left_out.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread")]

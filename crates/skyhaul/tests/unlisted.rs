@@ -383,6 +383,20 @@ fn a_source_empty_but_for_what_the_filters_leave_out_is_empty() {
         assert_eq!(run.code, 0, "{filter:?}: {}", run.stderr);
         write_tree(&dst, &kept);
     }
+    // Size and time rules count for nothing here, as for deletions: a quiet week's
+    // `--newer-than 7d` still mirrors what the source lost.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(src.join("lost+found/#1234"));
+    file.unwrap().set_modified(old).unwrap();
+    let run = sync(&["--newer-than", "7d"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        read_tree(&dst),
+        BTreeMap::from([("lost+found/#1234".into(), b"x".to_vec())]),
+        "the source's old file kept, what it lost deleted"
+    );
 }
 
 /// `verify` does not call the other side's objects under a directory it could not list

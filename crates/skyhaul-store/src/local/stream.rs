@@ -2,7 +2,7 @@
 //! system is never held in memory whole.
 
 use super::LocalStore;
-use super::{blocking, create_parent, move_into_place, random_id, refuse_special, set_mtime};
+use super::{blocking, move_into_place, random_id, refuse_special, set_mtime};
 use crate::{short_body, Chunks, ObjectMeta, PutOptions, Result, Streamed};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -85,7 +85,7 @@ pub(super) async fn put_stream(
     let target = path.clone();
     let file = blocking(move || {
         refuse_special(&target)
-            .and_then(|()| create_parent(&this.root, &at))
+            .and_then(|()| this.create_parent(&at))
             .and_then(|()| File::create(&at))
             .map(Arc::new)
             .map_err(|e| this.io_err(&k, "cannot write", e))
