@@ -36,6 +36,8 @@ struct Plan {
     destination: String,
     objects: u64,
     bytes: u64,
+    /// Left out: an earlier, interrupted run of the same transfer copied them.
+    objects_resumed: u64,
     deletes: u64,
     /// Copies the store makes itself (same endpoint and account): no bytes cross here.
     server_side: bool,
@@ -110,13 +112,21 @@ async fn plan(args: &PlanArgs, common: &TransferArgs, out: Output) -> Result<(),
         dst_local,
         ..Default::default()
     };
+    // What an interrupted run of this transfer copied is left out, as its rerun leaves it
+    // out (and as a dry run does); the journal is read, never made or written.
+    let journal = match common.no_journal {
+        true => None,
+        false => crate::journal_cmds::existing(
+            settings::journal_path(common.journal.as_deref(), &config).as_deref(),
+        ),
+    };
     skyhaul_engine::dry_run(
         &src,
         &dst,
         &opts,
         progress.clone(),
         CancellationToken::new(),
-        None,
+        journal.as_ref(),
         |job| tally.add(job, &dst, &opts, server_side),
     )
     .await
@@ -190,6 +200,7 @@ async fn plan(args: &PlanArgs, common: &TransferArgs, out: Output) -> Result<(),
         destination: dst.display.clone(),
         objects: tally.objects,
         bytes: tally.bytes,
+        objects_resumed: snapshot.objects_resumed,
         deletes: requests.dst_delete,
         server_side,
         requests,
@@ -317,6 +328,12 @@ fn text(p: &Plan) -> String {
         human_bytes(p.bytes),
         thousands(p.bytes),
     );
+    if p.objects_resumed > 0 {
+        t.push_str(&format!(
+            "  resumed:   {} left out: an earlier run of this transfer copied them\n",
+            thousands(p.objects_resumed)
+        ));
+    }
     t.push_str(&format!(
         "  requests:  source {} LIST, {} GET; destination {} PUT, {} LIST, {} DELETE\n",
         thousands(r.src_list),

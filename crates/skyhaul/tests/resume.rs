@@ -285,6 +285,16 @@ async fn ctrl_c_stops_gracefully_and_the_rerun_resumes() {
         files.len() as u64,
         "{plan}"
     );
+    // So does `plan`, whose estimate is of what is left.
+    let estimate = [&["plan"][..], &args[1..]].concat();
+    let plan = spawn(&estimate, &s3, &journal).wait_with_output().unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan["objects_resumed"], copied, "{plan}");
+    assert_eq!(
+        plan["objects"].as_u64().unwrap() + copied,
+        files.len() as u64,
+        "{plan}"
+    );
     // Nothing partial is visible: whatever is there is complete and right.
     let got = read_bucket(&s3, "dst", "data/").await;
     for (k, v) in &got {
