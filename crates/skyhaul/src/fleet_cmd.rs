@@ -164,7 +164,11 @@ pub async fn coordinate(
     let url = format!("{scheme}://{addr}");
     out.notice(&format!("fleet: coordinator at {url}"));
     let (tls, cert) = fleet.tls.unzip();
-    let children = spawn_workers(fleet.workers, &url, &fleet.token, cert.as_deref())?;
+    let local = LocalWorkers {
+        n: fleet.workers,
+        bwlimit: spec.settings.bwlimit,
+    };
+    let children = spawn_workers(local, &url, &fleet.token, cert.as_deref())?;
     let all_gone = Arc::new(AtomicBool::new(false));
     let supervisor = watch_workers(children, all_gone.clone());
     let report = coordinator::run(
@@ -194,18 +198,33 @@ pub async fn coordinate(
 
 /// Starts `n` `skyhaul worker` processes; the token goes through their environment, never
 /// their command line (which `ps` shows).
-fn spawn_workers(
+/// The workers `cp/sync --workers N` starts on this machine.
+struct LocalWorkers {
     n: u16,
+    /// `--bwlimit`, which bounds what moves through this machine: each local worker gets
+    /// its share (workers that join from other machines get the whole rate, each on its
+    /// own machine).
+    bwlimit: Option<u64>,
+}
+
+fn spawn_workers(
+    local: LocalWorkers,
     url: &str,
     token: &Token,
     tls_ca: Option<&Path>,
 ) -> skyhaul_store::Result<Vec<tokio::process::Child>> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::new(ErrorKind::Other, format!("finding the skyhaul binary: {e}")))?;
-    (0..n)
+    let share = local
+        .bwlimit
+        .map(|rate| (rate / u64::from(local.n.max(1))).max(1).to_string());
+    (0..local.n)
         .map(|_| {
             let mut cmd = tokio::process::Command::new(&exe);
             cmd.args(["worker", "--coordinator", url, "--wait", "1m"]);
+            if let Some(share) = &share {
+                cmd.args(["--bwlimit", share]);
+            }
             // Local workers trust the coordinator's own certificate.
             if let Some(ca) = tls_ca {
                 cmd.arg("--tls-ca").arg(ca);

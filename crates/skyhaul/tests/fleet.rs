@@ -252,7 +252,8 @@ async fn local_fleet_survives_a_worker_killed_mid_transfer() {
         "--json",
         "-y",
     ];
-    args.extend(SLOW);
+    // SLOW's rate for each of the 4 workers: a local fleet shares --bwlimit.
+    args.extend(SLOW.map(|a| if a == "6M" { "24M" } else { a }));
     let mut child = command(&args, &src, &dst, &journal).spawn().unwrap();
     let (url, stderr) = coordinator_url(&mut child);
 
@@ -1128,13 +1129,40 @@ async fn a_coordinators_local_worker_exiting_ends_nothing() {
     assert_eq!(wait_exit(&mut remote, 30), 0, "the remote worker failed");
 }
 
-/// `cp -r s3://src/data s3://dst/data` by a local fleet of `workers`, each capped at `rate`
+/// `cp -r s3://src/data s3://dst/data` by a local fleet of `workers`, which share `rate`
 /// (else tuned as [`SLOW`]).
 fn local_fleet_cp(rate: &'static str, workers: &'static str) -> Vec<&'static str> {
     let mut args = vec!["cp", "-r", "s3://src/data", "s3://dst/data", "--json", "-y"];
     args.extend(SLOW.map(|a| if a == "6M" { rate } else { a }));
     args.extend(["--workers", workers]);
     args
+}
+
+/// `--bwlimit` bounds what moves through this machine: a local fleet's workers share it,
+/// rather than each moving that much.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_fleet_shares_the_bandwidth_limit() {
+    let files = leaving_files();
+    let (src, dst) = servers_with(&files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let total: usize = files.values().map(Vec::len).sum();
+    let rate = 3 * MIB;
+    let mut child = command(&local_fleet_cp("3M", "3"), &src, &dst, &journal)
+        .spawn()
+        .unwrap();
+    let (_, stderr) = coordinator_url(&mut child);
+    let out = succeeded(&mut child, &stderr);
+    copied_all(&out, &dst, &files).await;
+    // The transfer's own time, without the processes' start.
+    let elapsed = last_json_line(&out).unwrap()["seconds"].as_f64().unwrap();
+    // At most the rate, plus each worker's quarter-second burst; three workers each at the
+    // whole rate would take a third of this.
+    let least = total as f64 / rate as f64 - 3.0 * 0.25;
+    assert!(
+        elapsed >= least,
+        "{total} bytes in {elapsed:.1} s: faster than {rate} B/s allows ({least:.1} s)"
+    );
 }
 
 /// A local fleet (`cp --workers 1`) has no other workers: once its only worker has exited
@@ -1179,7 +1207,7 @@ async fn ctrl_c_stops_a_local_fleet_as_interrupted() {
     let (src, dst) = servers_with(&files).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.sqlite");
-    let args = local_fleet_cp("2M", "2");
+    let args = local_fleet_cp("4M", "2");
     let mut child = command(&args, &src, &dst, &journal)
         .process_group(0)
         .spawn()
