@@ -772,8 +772,9 @@ pub(crate) fn identity(src: &Endpoint, dst: &Endpoint, opts: &TransferOptions) -
     TransferIdentity::new(src.locator.clone(), dst.locator.clone(), options)
 }
 
-/// The one object a non-recursive copy names, or an error that says what to do instead.
-async fn single_source(
+/// The one object a non-recursive copy (or `verify`) names, or an error that says what to
+/// do instead.
+pub(crate) async fn single_source(
     src: &Arc<dyn Store>,
     key: &str,
     retry: &RetryPolicy,
@@ -805,7 +806,7 @@ async fn single_source(
         // An object, or an entry it cannot list: something is there all the same.
         Some(_) => Err(Error::new(
             ErrorKind::NotFound,
-            format!("{target}: is a prefix, not an object (use -r to copy everything under it)"),
+            format!("{target}: is a prefix, not an object (use -r for everything under it)"),
         )),
         None => Err(head_error.unwrap_or_else(|| {
             Error::new(ErrorKind::NotFound, format!("{target}: no such object"))

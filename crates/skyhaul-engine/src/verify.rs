@@ -535,15 +535,9 @@ pub async fn verify_locations(
             }
         }
     } else {
-        let not_found = || {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("{}: no such object", src.display),
-            )
-        };
-        let a = head(src.store.as_ref(), &src.path, &retry, &progress)
-            .await?
-            .ok_or_else(not_found)?;
+        // A prefix named without -r is told so, as `cp` tells it.
+        let limit = crate::limiter::AdaptiveLimit::new(1);
+        let a = crate::run::single_source(&src.store, &src.path, &retry, &limit, &progress).await?;
         // As `cp` of one object, the filter looks at its base name.
         let base = a.key.rsplit('/').next().unwrap_or(&a.key);
         if !filter.selects(base, &a) {

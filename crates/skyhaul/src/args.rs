@@ -472,7 +472,7 @@ const RELAY_HEADING: &str = "Relay mode";
 #[derive(Debug, Args, Default, Clone)]
 pub struct RelayArgs {
     /// Relay through these gateways (HOST:PORT, comma-separated) running `skyhaul gateway` near the destination; needs SKYHAUL_RELAY_KEY
-    #[arg(long, help_heading = RELAY_HEADING, env = "SKYHAUL_RELAY", value_delimiter = ',', value_name = "HOST:PORT")]
+    #[arg(long, help_heading = RELAY_HEADING, env = "SKYHAUL_RELAY", value_delimiter = ',', value_name = "HOST:PORT", value_parser = gateway)]
     pub relay: Vec<String>,
     /// TCP connections to each relay gateway
     #[arg(long, help_heading = RELAY_HEADING, value_name = "K", default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=64))]
@@ -728,6 +728,20 @@ pub struct FilterArgs {
 /// as typed: it is part of a transfer's identity in the journal.
 fn endpoint(s: &str) -> Result<String, String> {
     crate::config::endpoint_url(s).map(|_| s.to_string())
+}
+
+/// A relay gateway, HOST:PORT, checked where it is typed: a malformed one (`gw1`, a
+/// trailing comma's empty one) would only fail to connect, be retried, and read as a
+/// gateway that is down.
+fn gateway(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(s.to_string())
+        }
+        _ => Err(format!(
+            "'{s}' is not HOST:PORT (e.g. gw1.example.com:7400); gateways are separated by commas"
+        )),
+    }
 }
 
 /// A size that must be more than nothing (a budget, a part, a threshold), as `skyhaul

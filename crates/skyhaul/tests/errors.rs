@@ -46,13 +46,21 @@ async fn missing_bucket_no_objects_and_prefix_without_r() {
         run.stderr
     );
 
-    let run = skyhaul(
-        &["cp", "s3://bkt/dir", d, "--src-endpoint", ep],
-        Some(&s),
-        None,
-    );
-    assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(one_line_error(&run).contains("use -r"), "{}", run.stderr);
+    // A prefix without -r, named as a prefix or not: `verify` says so as `cp` does (it
+    // once showed the SDK's "key was missing").
+    for (verb, prefix) in [
+        ("cp", "s3://bkt/dir"),
+        ("verify", "s3://bkt/dir"),
+        ("verify", "s3://bkt/dir/"),
+    ] {
+        let run = skyhaul(&[verb, prefix, d, "--src-endpoint", ep], Some(&s), None);
+        assert_eq!(run.code, 3, "{verb} {prefix}: {}", run.stderr);
+        let line = one_line_error(&run);
+        assert!(
+            line.contains("is a prefix, not an object (use -r"),
+            "{verb} {prefix}: {line}"
+        );
+    }
 
     let run = skyhaul(
         &["cp", "s3://bkt/absent.bin", d, "--src-endpoint", ep],
@@ -208,6 +216,16 @@ fn bad_arguments_are_usage_errors() {
     assert!(one_line_error(&run).contains("unsupported scheme"));
     let run = skyhaul(&["cp", "a", "bkt", "--part-size", "12X"], None, None);
     assert_eq!(run.code, 2, "{}", run.stderr);
+    // A relay gateway is HOST:PORT, checked where it is typed (a trailing comma too).
+    for relay in ["gw1", "127.0.0.1:7400,", "gw1:0"] {
+        let run = skyhaul(&["cp", "a", "s3://b/k", "--relay", relay], None, None);
+        assert_eq!(run.code, 2, "{relay}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("is not HOST:PORT"),
+            "{relay}: {}",
+            run.stderr
+        );
+    }
     // The portal's "Blob SAS URL": its signature is neither made part of a key nor echoed.
     let sas = "https://acct.blob.core.windows.net/c/x.html?sv=2019-12-12&sp=rw&sig=SECRET%3D";
     for args in [["cp", "/etc/hostname", sas], ["cp", sas, "/tmp/z"]] {
