@@ -267,6 +267,12 @@ impl Filter {
         self.selects_name(rel_key) && self.selects_size(meta.size) && self.selects_time(meta)
     }
 
+    /// Whether a copy of one object (no `-r`) takes `meta`: the rules look at its base name,
+    /// the part a destination in directory form appends.
+    pub fn selects_one(&self, meta: &ObjectMeta) -> bool {
+        self.selects(skyhaul_location::key_basename(&meta.key), meta)
+    }
+
     /// For `sync --delete`: whether a destination-only object may be deleted. Only keys
     /// the filter would have selected by name qualify, so excluded keys are never deleted;
     /// size and time rules are not applied (see the module docs).

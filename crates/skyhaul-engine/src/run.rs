@@ -610,8 +610,7 @@ pub(crate) async fn start_planner(
         return Ok((planner, rx));
     }
     let meta = single_source(&src.store, &src.path, &opts.retry, src_limit, progress).await?;
-    let base = meta.key.rsplit('/').next().unwrap_or(&meta.key);
-    if opts.filter.selects(base, &meta) {
+    if opts.filter.selects_one(&meta) {
         let dst_key = map_key(&src.path, &meta.key, &dst.path, false)
             .expect("single-object mapping always maps");
         progress.add_planned(meta.size);

@@ -538,9 +538,7 @@ pub async fn verify_locations(
         // A prefix named without -r is told so, as `cp` tells it.
         let limit = crate::limiter::AdaptiveLimit::new(1);
         let a = crate::run::single_source(&src.store, &src.path, &retry, &limit, &progress).await?;
-        // As `cp` of one object, the filter looks at its base name.
-        let base = a.key.rsplit('/').next().unwrap_or(&a.key);
-        if !filter.selects(base, &a) {
+        if !filter.selects_one(&a) {
             return Ok(v);
         }
         // Where `cp` put it: a destination in directory form takes the base name.

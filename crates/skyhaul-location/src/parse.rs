@@ -93,7 +93,7 @@ impl Location {
                         .ok_or_else(|| {
                             LocationError::UnsupportedScheme(url.to_string(), "https".into())
                         })?;
-                    if url.len() < input.len() {
+                    if input.contains('?') {
                         return Err(LocationError::QueryString(url.to_string()));
                     }
                     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();

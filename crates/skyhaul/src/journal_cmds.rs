@@ -1,6 +1,7 @@
 //! `skyhaul status` and `skyhaul clean`: looking at and tidying the transfer journal.
 
-use crate::args::{CleanArgs, StatusArgs};
+use crate::args::{CleanArgs, StatusArgs, TransferArgs};
+use crate::config::Config;
 use crate::exit::{self, CliError, ExitCode};
 use crate::output::outln;
 use skyhaul_engine::report::{count, human_bytes};
@@ -29,10 +30,15 @@ pub fn open(path: Option<&Path>) -> Result<Journal, CliError> {
     })
 }
 
-/// The journal at `path` or the default place, only to read what earlier runs did: none
-/// when there is no journal there (none is made), or it cannot be opened (said in a warning).
-pub fn existing(path: Option<&Path>) -> Option<Journal> {
-    let path = journal_file(path);
+/// The journal a run of the transfer `args` would use, only to read what earlier runs did
+/// (a dry run, `plan`): none with `--no-journal`, when there is no journal there (none is
+/// made), or when it cannot be opened (said in a warning).
+pub fn existing(args: &TransferArgs, config: &Config) -> Option<Journal> {
+    if args.no_journal {
+        return None;
+    }
+    let path = crate::settings::journal_path(args.journal.as_deref(), config);
+    let path = journal_file(path.as_deref());
     if !path.exists() {
         return None;
     }

@@ -475,12 +475,7 @@ async fn transfer(
         if args.dry_run {
             // What an interrupted run of this transfer did is left out, as a rerun leaves
             // it out; the journal is read, never made or written.
-            let journal = match args.no_journal {
-                true => None,
-                false => journal_cmds::existing(
-                    settings::journal_path(args.journal.as_deref(), &config).as_deref(),
-                ),
-            };
+            let journal = journal_cmds::existing(&args, &config);
             let mut plan = output::DryRun::new(out);
             let (p, c) = (progress.clone(), cancel.clone());
             skyhaul_engine::dry_run(&src, &dst, &opts, p, c, journal.as_ref(), |job| {

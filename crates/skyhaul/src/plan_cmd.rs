@@ -114,12 +114,7 @@ async fn plan(args: &PlanArgs, common: &TransferArgs, out: Output) -> Result<(),
     };
     // What an interrupted run of this transfer copied is left out, as its rerun leaves it
     // out (and as a dry run does); the journal is read, never made or written.
-    let journal = match common.no_journal {
-        true => None,
-        false => crate::journal_cmds::existing(
-            settings::journal_path(common.journal.as_deref(), &config).as_deref(),
-        ),
-    };
+    let journal = crate::journal_cmds::existing(common, &config);
     skyhaul_engine::dry_run(
         &src,
         &dst,
