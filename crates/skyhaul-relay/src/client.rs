@@ -45,8 +45,10 @@ enum TryError {
     Again(String),
     /// The gateway's TLS certificate is not trusted here, which no retry changes.
     Untrusted(String),
-    /// The gateway speaks another relay protocol version, which no retry changes either.
-    Version(String),
+    /// The gateway cannot serve this transfer, which no retry changes either: it speaks
+    /// another relay protocol version, holds another transfer key, or writes to another
+    /// store than the others. It is left out; the error kind is for when all are.
+    LeftOut(ErrorKind, String),
 }
 
 impl From<String> for TryError {
@@ -120,6 +122,38 @@ struct Shared {
     next_link: AtomicUsize,
     links: Vec<Link>,
     stats: Arc<RelayStats>,
+    /// What the first gateway to answer writes to; every other must write to the same
+    /// store, or a share of the objects would land elsewhere.
+    destination: std::sync::OnceLock<Destination>,
+}
+
+/// A gateway's destination store, as its [`Info`] names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Destination {
+    name: String,
+    container: String,
+    place: Option<String>,
+}
+
+impl Destination {
+    fn of(info: &Info) -> Destination {
+        Destination {
+            name: info.name.clone(),
+            container: info.container.clone(),
+            place: info.place.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        match &self.place {
+            // `s3|https://host` reads as `at s3 https://host`.
+            Some(place) => write!(f, " at {}", place.replace('|', " ")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One gateway: its connections and the requests waiting for its answers.
@@ -135,9 +169,12 @@ struct Link {
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     assembler: Arc<Mutex<Assembler>>,
     down_until: Mutex<Option<Instant>>,
-    /// Set once the gateway has said it speaks another relay protocol version: it is not
-    /// used again (the others may be of this one, as during an upgrade).
-    incompatible: std::sync::OnceLock<String>,
+    /// Why the gateway cannot serve this transfer ([`TryError::LeftOut`]), once found: it
+    /// is not used again. The others may (one gateway of another version during an
+    /// upgrade, one started with another key or destination by mistake).
+    left_out: std::sync::OnceLock<(ErrorKind, String)>,
+    /// Set once the gateway has said that it writes to [`Shared::destination`].
+    checked: tokio::sync::OnceCell<()>,
 }
 
 struct Conn {
@@ -216,7 +253,8 @@ impl Shared {
                 waiters: Arc::default(),
                 assembler: Arc::default(),
                 down_until: Mutex::new(None),
-                incompatible: std::sync::OnceLock::new(),
+                left_out: std::sync::OnceLock::new(),
+                checked: tokio::sync::OnceCell::new(),
             })
             .collect();
         Arc::new(Shared {
@@ -225,6 +263,7 @@ impl Shared {
             next_link: AtomicUsize::new(0),
             links,
             stats: Arc::new(RelayStats::with_connections(opts.connections.clamp(1, 64))),
+            destination: std::sync::OnceLock::new(),
             opts,
         })
     }
@@ -242,6 +281,7 @@ impl RelayStore {
             .call(&Request::Info { container }, Bytes::new())
             .await?;
         let info: Info = parse(value)?;
+        let _ = shared.destination.set(Destination::of(&info));
         Ok(RelayStore {
             name: format!("{} (via relay)", info.name),
             shared,
@@ -323,10 +363,12 @@ impl Shared {
         let read = matches!(req, Request::Get { .. });
         let op = op_name(req);
         let mut last = String::new();
-        // Every gateway speaks another version: nothing to try.
-        if let Some(why) = self.all_incompatible() {
-            return Err(Error::new(ErrorKind::Unreachable, format!("relay: {why}")));
+        // No gateway can serve this transfer: nothing to try.
+        if let Some((kind, why)) = self.all_left_out() {
+            return Err(Error::new(kind, format!("relay: {why}")));
         }
+        // Only what reads or writes the store needs the gateway to write where the others do.
+        let touches_store = !matches!(req, Request::Info { .. } | Request::Stop);
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 RelayStats::add(&self.stats.resent, 1);
@@ -334,8 +376,16 @@ impl Shared {
                 tokio::time::sleep(backoff).await;
             }
             let link = only.unwrap_or_else(|| self.pick(attempt));
-            match self.try_call(link, &meta, &body, read).await {
-                Ok(msg) => return answer(msg),
+            let tried = match touches_store {
+                true => self.check(link).await,
+                false => Ok(()),
+            };
+            let tried = match tried {
+                Ok(()) => self.try_call(link, &meta, &body, read).await,
+                Err(e) => Err(e),
+            };
+            match tried {
+                Ok(msg) => return answer(msg).map_err(|e| from_gateway(e, link)),
                 Err(TryError::Untrusted(why)) => {
                     return Err(Error::new(
                         ErrorKind::Unreachable,
@@ -345,11 +395,11 @@ impl Shared {
                         ),
                     ))
                 }
-                Err(TryError::Version(why)) => {
-                    let _ = link.incompatible.set(why.clone());
+                Err(TryError::LeftOut(kind, why)) => {
+                    let _ = link.left_out.set((kind, why.clone()));
                     last = format!("gateway {}: {why}", link.addr);
-                    if only.is_some() || self.all_incompatible().is_some() {
-                        return Err(Error::new(ErrorKind::Unreachable, format!("relay: {last}")));
+                    if only.is_some() || self.all_left_out().is_some() {
+                        return Err(Error::new(kind, format!("relay: {last}")));
                     }
                     tracing::warn!("relay: {last}; sending through the other gateways");
                 }
@@ -371,17 +421,52 @@ impl Shared {
         ))
     }
 
-    /// Why no gateway can be used, when every one speaks another relay protocol version.
-    fn all_incompatible(&self) -> Option<String> {
+    /// Why no gateway can be used, when every one is left out: the last one's reason.
+    fn all_left_out(&self) -> Option<(ErrorKind, String)> {
         let mut why = None;
         for l in &self.links {
-            why = Some(format!("gateway {}: {}", l.addr, l.incompatible.get()?));
+            let (kind, reason) = l.left_out.get()?;
+            why = Some((*kind, format!("gateway {}: {reason}", l.addr)));
         }
         why
     }
 
+    /// Asks `link`'s gateway what it writes to, once, before anything that reads or writes
+    /// the store goes through it: one started with another endpoint, account or bucket
+    /// (same key, wrong flags) would otherwise get its share of the objects.
+    async fn check(&self, link: &Link) -> std::result::Result<(), TryError> {
+        let Some(want) = self.destination.get() else {
+            return Ok(());
+        };
+        link.checked
+            .get_or_try_init(|| async {
+                let req = Request::Info {
+                    container: want.container.clone(),
+                };
+                let meta = serde_json::to_vec(&req).expect("requests serialise");
+                let msg = self.try_call(link, &meta, &Bytes::new(), false).await?;
+                let found = match answer(msg) {
+                    Ok((value, _)) => Destination::of(&parse(value).map_err(|e| e.message)?),
+                    // Its own bucket is not this transfer's: the error names it.
+                    Err(e) if e.kind == ErrorKind::BucketNotFound => {
+                        return Err(TryError::LeftOut(ErrorKind::Other, e.message))
+                    }
+                    Err(e) => return Err(TryError::Again(e.message)),
+                };
+                match found == *want {
+                    true => Ok(()),
+                    false => Err(TryError::LeftOut(
+                        ErrorKind::Other,
+                        format!("it writes to {found}, this transfer to {want}: start every gateway with the same destination"),
+                    )),
+                }
+            })
+            .await
+            .map(drop)
+    }
+
     /// The next gateway in turn that is not known to be down (any, if all are), of those
-    /// that speak this relay protocol version.
+    /// that can serve this transfer.
     fn pick(&self, attempt: u32) -> &Link {
         let n = self.links.len();
         let start = self.next_link.fetch_add(1, Relaxed) + attempt as usize;
@@ -389,7 +474,7 @@ impl Shared {
         let usable = || {
             (0..n)
                 .map(move |i| &self.links[(start + i) % n])
-                .filter(|l| l.incompatible.get().is_none())
+                .filter(|l| l.left_out.get().is_none())
         };
         usable()
             .find(|l| l.down_until.lock().unwrap().is_none_or(|t| t <= now))
@@ -487,6 +572,25 @@ fn answer(msg: Message) -> Result<(Value, Bytes)> {
     }
 }
 
+/// Names the gateway in an error its store gave that is about how the gateway was set up
+/// (its credentials, endpoint or bucket): the sender's `--dst-*` flags, which its hints
+/// would name, do not reach it.
+fn from_gateway(e: Error, link: &Link) -> Error {
+    match e.kind {
+        ErrorKind::AccessDenied
+        | ErrorKind::BadCredentials
+        | ErrorKind::Unreachable
+        | ErrorKind::BucketNotFound => Error::new(
+            e.kind,
+            format!(
+                "relay: gateway {}: {} (the gateway's destination: check the credentials, endpoint and bucket it was started with)",
+                link.addr, e.message
+            ),
+        ),
+        _ => e,
+    }
+}
+
 impl Link {
     /// Gives up on request `stream`: no answer is awaited and its frames not yet sent go.
     fn abandon(&self, stream: u64) {
@@ -505,7 +609,7 @@ impl Link {
         for (&i, r) in missing.iter().zip(opened) {
             match r {
                 Ok(c) => conns[i] = Some(Arc::new(c)),
-                Err(e @ (TryError::Untrusted(_) | TryError::Version(_))) => return Err(e),
+                Err(e @ (TryError::Untrusted(_) | TryError::LeftOut(..))) => return Err(e),
                 Err(e) => {
                     conns[i] = None;
                     last = Some(e);
@@ -551,7 +655,12 @@ impl Link {
         .await
         .map_err(|_| "handshake timed out".to_string())?
         .map_err(|e| match e {
-            WireError::Version(_) => TryError::Version(format!("handshake: {e}")),
+            WireError::Version(_) => {
+                TryError::LeftOut(ErrorKind::Unreachable, format!("handshake: {e}"))
+            }
+            WireError::Key => {
+                TryError::LeftOut(ErrorKind::BadCredentials, format!("handshake: {e}"))
+            }
             e => TryError::Again(format!("handshake: {e}")),
         })?;
         let (rd, mut wr) = io.into_inner();

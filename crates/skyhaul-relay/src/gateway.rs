@@ -290,7 +290,20 @@ impl Gateway {
         let (response, body) = match serde_json::from_slice::<Request>(&msg.meta) {
             Ok(req) => match self.execute(req, msg.body).await {
                 Ok((value, body)) => (Response::Ok { value }, body),
-                Err(e) => (Response::from_error(&e), Bytes::new()),
+                Err(e) => {
+                    // This side's set-up is at fault, which only its operator can mend: the
+                    // sender sees the error too, but may not run here.
+                    if matches!(
+                        e.kind,
+                        ErrorKind::AccessDenied
+                            | ErrorKind::BadCredentials
+                            | ErrorKind::Unreachable
+                            | ErrorKind::BucketNotFound
+                    ) {
+                        tracing::warn!("relay gateway: {e}");
+                    }
+                    (Response::from_error(&e), Bytes::new())
+                }
             },
             Err(e) => (
                 Response::from_error(&Error::new(
@@ -378,6 +391,7 @@ impl Gateway {
                 let info = Info {
                     name: s.name().to_string(),
                     container: s.container().to_string(),
+                    place: s.place(),
                     min_part_size: l.min_part_size,
                     max_part_size: l.max_part_size,
                     max_parts: l.max_parts,

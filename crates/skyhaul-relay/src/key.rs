@@ -66,6 +66,24 @@ impl RelayKey {
     /// The key of one connection: HKDF-SHA256 of this key, salted with both ends' random
     /// values and the client's session id.
     pub(crate) fn connection_key(&self, salt: &[u8]) -> [u8; KEY_LEN] {
+        self.derive(salt, b"skyhaul-relay v1 connection key")
+    }
+
+    /// What a gateway sends after its hello to show that it holds this key: derived like
+    /// [`RelayKey::connection_key`] but for another purpose, so it tells nothing of that
+    /// key. Without it a gateway started with another key could only close the connection
+    /// at the first frame, which looks like a network fault that a retry might cure.
+    pub(crate) fn gateway_proof(&self, salt: &[u8]) -> [u8; KEY_LEN] {
+        self.derive(salt, b"skyhaul-relay v2 gateway proof")
+    }
+
+    /// The client's answer to [`RelayKey::gateway_proof`], so that a gateway can tell its
+    /// operator that a sender with another key came, rather than see it leave.
+    pub(crate) fn client_proof(&self, salt: &[u8]) -> [u8; KEY_LEN] {
+        self.derive(salt, b"skyhaul-relay v2 client proof")
+    }
+
+    fn derive(&self, salt: &[u8], info: &[u8]) -> [u8; KEY_LEN] {
         struct Len;
         impl KeyType for Len {
             fn len(&self) -> usize {
@@ -75,7 +93,7 @@ impl RelayKey {
         let mut out = [0u8; KEY_LEN];
         Salt::new(HKDF_SHA256, salt)
             .extract(&self.0)
-            .expand(&[b"skyhaul-relay v1 connection key"], Len)
+            .expand(&[info], Len)
             .and_then(|okm| okm.fill(&mut out))
             .expect("HKDF-SHA256 of 32 bytes cannot fail");
         out
@@ -115,5 +133,7 @@ mod tests {
             k.connection_key(b"a"),
             RelayKey::generate().connection_key(b"a")
         );
+        assert_ne!(k.gateway_proof(b"a"), k.connection_key(b"a"));
+        assert_ne!(k.gateway_proof(b"a"), k.client_proof(b"a"));
     }
 }

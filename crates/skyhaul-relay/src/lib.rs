@@ -11,16 +11,25 @@
 //! crosses the link, so compressible data costs a fraction; the destination's credentials
 //! never leave its side.
 //!
-//! # Wire protocol, version 1
+//! # Wire protocol, version 2
 //!
 //! A connection starts with two 32-byte hellos, client first, both in clear:
-//! `SKHR`, version (1), role (`C` or `G`), compression code and level (client), the client's
+//! `SKHR`, version (2), role (`C` or `G`), compression code and level (client), the client's
 //! session id (8 bytes, random per [`RelayStore`]), 16 random bytes. A gateway answers the
 //! hello of a client of another version too, and then closes the connection, so that the
 //! client can name both versions (and not retry: nothing will change). Each side then derives
 //! the connection key `HKDF-SHA256(salt = client hello ‖ gateway hello, ikm = transfer key,
 //! info = "skyhaul-relay v1 connection key")`. The transfer key is 32 random bytes per
 //! transfer ([`RelayKey`]), handed out of band.
+//!
+//! Before any frame both ends prove that they hold the transfer key: the gateway sends
+//! 32 bytes derived like the connection key with info `"skyhaul-relay v2 gateway proof"`
+//! right after its hello, the client 32 bytes with `"skyhaul-relay v2 client proof"` once
+//! it has read that hello, and each checks the other's. A peer with another key is thus
+//! named at once, at both ends (version 1 had only the first frame fail, which a sender
+//! could not tell from a broken connection); the sender leaves such a gateway out. The
+//! proofs are derived for another purpose than the connection key, so they tell nothing
+//! of it.
 //!
 //! Then frames, each a 64-byte [header](wire::Header) followed by `wire_len` bytes of
 //! AES-256-GCM ciphertext and its 16-byte tag. The nonce is the direction (4 bytes: 0 towards
@@ -47,10 +56,12 @@
 //! over all of that session's connections to it, as the client spreads a request's: one read
 //! is not bound by one connection's window. A client therefore accepts response frames on any
 //! of its connections to a gateway, and counts a read in flight as lost when any of them
-//! breaks (other requests only when a connection that carried their frames does). Gateways
-//! before this answered wholly on the request's connection; the frames and their order rules
-//! are the same, and either kind of client reassembles either kind of answer, so the version
-//! stays 1.
+//! breaks (other requests only when a connection that carried their frames does).
+//!
+//! Every gateway of a transfer must write to one store. A sender asks each gateway what it
+//! writes to ([`rpc::Info`]: name, bucket and [`skyhaul_store::Store::place`]) before the
+//! first request that reads or writes through it, and leaves out one that names another
+//! store than the first gateway to answer did.
 //!
 //! # Ending a gateway
 //!

@@ -74,6 +74,9 @@ pub enum Request {
 pub struct Info {
     pub name: String,
     pub container: String,
+    /// [`skyhaul_store::Store::place`]: with the name and container, what a sender compares
+    /// across its gateways, which must all write to one store.
+    pub place: Option<String>,
     pub min_part_size: u64,
     pub max_part_size: u64,
     pub max_parts: u32,

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// First bytes of every hello and frame.
 pub const MAGIC: [u8; 4] = *b"SKHR";
 /// Version of this format; a peer of another version is refused at the handshake.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes in a frame header (all of it is authenticated as AAD).
 pub const HEADER_LEN: usize = 64;
 /// Bytes in a hello.
@@ -155,6 +155,8 @@ pub enum WireError {
     },
     /// The peer's hello is of this other protocol version.
     Version(u8),
+    /// The gateway's proof of the transfer key did not match: it holds another key.
+    Key,
 }
 
 impl fmt::Display for WireError {
@@ -173,6 +175,11 @@ impl fmt::Display for WireError {
             WireError::Version(v) => write!(
                 f,
                 "the peer speaks relay protocol version {v}, this side {VERSION}: run the same skyhaul version at both ends"
+            ),
+            WireError::Key => write!(
+                f,
+                "the peer holds another transfer key: both ends need the same {}",
+                crate::KEY_ENV
             ),
         }
     }
@@ -406,14 +413,20 @@ fn channel(k: &[u8; KEY_LEN], send: Direction, receive: Direction) -> (Sealer, O
     )
 }
 
-fn keys(key: &RelayKey, client: &[u8; HELLO_LEN], gateway: &[u8; HELLO_LEN]) -> [u8; KEY_LEN] {
-    let mut salt = Vec::with_capacity(2 * HELLO_LEN);
-    salt.extend_from_slice(client);
-    salt.extend_from_slice(gateway);
-    key.connection_key(&salt)
+/// Reads the peer's proof of the transfer key and checks it against `want`.
+async fn proven<R: AsyncRead + Unpin>(r: &mut R, want: &[u8; KEY_LEN]) -> Result<(), WireError> {
+    let mut proof = [0u8; KEY_LEN];
+    r.read_exact(&mut proof).await?;
+    aws_lc_rs::constant_time::verify_slices_are_equal(&proof, want).map_err(|_| WireError::Key)
 }
 
-/// The client's side of the handshake: returns its sealer (to the gateway) and opener.
+/// What a connection's key and both proofs are salted with: both hellos.
+fn salt(client: &[u8; HELLO_LEN], gateway: &[u8; HELLO_LEN]) -> Vec<u8> {
+    [&client[..], &gateway[..]].concat()
+}
+
+/// The client's side of the handshake: returns its sealer (to the gateway) and opener,
+/// once the gateway has shown that it holds `key` ([`WireError::Key`] if not).
 pub async fn handshake_client<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     key: &RelayKey,
@@ -431,12 +444,19 @@ pub async fn handshake_client<S: AsyncRead + AsyncWrite + Unpin>(
     s.flush().await?;
     let theirs = read_hello(s, b'G').await?;
     same_version(&theirs)?;
-    let k = keys(key, &mine, &theirs);
+    let salt = salt(&mine, &theirs);
+    // Sent before this side checks the gateway's, so that a gateway with another key can
+    // say so too.
+    s.write_all(&key.client_proof(&salt)).await?;
+    s.flush().await?;
+    proven(s, &key.gateway_proof(&salt)).await?;
+    let k = key.connection_key(&salt);
     Ok(channel(&k, Direction::ToGateway, Direction::ToClient))
 }
 
 /// The gateway's side: returns the client's hello, the sealer (to the client) and opener.
-/// Whether the client holds the key shows at its first frame, which only opens if it does.
+/// Both ends prove that they hold `key`, the gateway first: a peer with another key is
+/// [`WireError::Key`] at either end.
 pub async fn handshake_gateway<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     key: &RelayKey,
@@ -445,12 +465,15 @@ pub async fn handshake_gateway<S: AsyncRead + AsyncWrite + Unpin>(
     let mut rand = [0u8; 16];
     random(&mut rand);
     let mine = hello(b'G', (0, 0), 0, &rand);
+    let salt = salt(&theirs, &mine);
     s.write_all(&mine).await?;
+    s.write_all(&key.gateway_proof(&salt)).await?;
     s.flush().await?;
     // Refused only after answering: a client of another version reads this gateway's
     // version and says which versions differ, rather than that the connection closed.
     same_version(&theirs)?;
-    let k = keys(key, &theirs, &mine);
+    proven(s, &key.client_proof(&salt)).await?;
+    let k = key.connection_key(&salt);
     let client = ClientHello {
         session: u64::from_be_bytes(theirs[8..16].try_into().unwrap()),
         compression: compression_from(theirs[6], theirs[7]),
@@ -504,6 +527,24 @@ mod tests {
         };
         let refused = handshake_client(&mut a, &k, hello_c).await.err().unwrap();
         assert!(matches!(refused, WireError::Version(v) if v == VERSION + 1));
+    }
+
+    /// Both ends learn at the handshake that the other holds another key, and can say so,
+    /// rather than see the connection closed at the first frame, as if by the network.
+    #[tokio::test]
+    async fn a_gateway_with_another_key_is_named_at_the_handshake() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let hello = ClientHello {
+            session: 1,
+            compression: Compression::None,
+        };
+        let (key_c, key_g) = (RelayKey::generate(), RelayKey::generate());
+        let (c, g) = tokio::join!(
+            handshake_client(&mut a, &key_c, hello),
+            handshake_gateway(&mut b, &key_g)
+        );
+        assert!(matches!(c.err().unwrap(), WireError::Key));
+        assert!(matches!(g.err().unwrap(), WireError::Key));
     }
 
     fn frame(i: u64) -> Plain {
@@ -591,10 +632,12 @@ mod tests {
         // The same bytes on another connection (other randoms, so another key).
         let ((_, _), (_, mut go2)) = pair(&k, &k).await;
         assert!(open(&f0, &mut go2).await.is_err());
-        // A peer with another transfer key.
-        let ((mut cs3, _), (_, mut go3)) = pair(&RelayKey::generate(), &k).await;
+        // Sealed under another transfer key (which the handshake now refuses first).
+        let ((_, _), (_, mut go3)) = pair(&k, &k).await;
+        let other = RelayKey::generate().connection_key(b"salt");
+        let (mut foreign, _) = channel(&other, Direction::ToGateway, Direction::ToClient);
         assert!(matches!(
-            open(&cs3.seal(frame(0)), &mut go3).await,
+            open(&foreign.seal(frame(0)), &mut go3).await,
             Err(WireError::Auth { .. })
         ));
     }

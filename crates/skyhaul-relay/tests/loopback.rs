@@ -164,9 +164,16 @@ async fn a_wrong_key_or_bucket_is_refused_with_one_clear_error() {
     let key = RelayKey::generate();
     let (addr, g) = gateway(dir.path(), &key).await;
     let mut opts = options(vec![addr.clone()], &RelayKey::generate(), Compression::Lz4);
+    let t = std::time::Instant::now();
     let e = RelayStore::connect(opts.clone()).await.unwrap_err();
-    assert!(e.message.contains("no gateway answered"), "{e}");
-    assert!(g.rejected.load(Relaxed) >= 1);
+    assert_eq!(e.kind, skyhaul_store::ErrorKind::BadCredentials, "{e}");
+    assert!(
+        e.message.contains("holds another transfer key") && e.message.contains("SKYHAUL_RELAY_KEY"),
+        "{e}"
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "retried");
+    // Refused at the handshake: no frame reached the gateway.
+    assert_eq!(g.rejected.load(Relaxed), 0);
     assert!(!e.message.contains(&key.to_hex()[..16]));
     opts.key = key;
     opts.container = "another-bucket".into();
@@ -293,8 +300,8 @@ async fn a_silent_client_does_not_hold_a_tls_gateway() {
 }
 
 /// A stand-in for a gateway of another relay protocol version: it answers every hello with
-/// version 2 and counts the connections.
-async fn gateway_of_version_2() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+/// version 3 and counts the connections.
+async fn gateway_of_version_3() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -308,7 +315,7 @@ async fn gateway_of_version_2() -> (String, Arc<std::sync::atomic::AtomicUsize>)
                 if s.read_exact(&mut theirs).await.is_ok() {
                     let mut mine = [0u8; 32];
                     mine[..4].copy_from_slice(b"SKHR");
-                    mine[4] = 2;
+                    mine[4] = 3;
                     mine[5] = b'G';
                     let _ = s.write_all(&mine).await;
                 }
@@ -324,14 +331,14 @@ async fn gateway_of_version_2() -> (String, Arc<std::sync::atomic::AtomicUsize>)
 /// out and the other carries the transfer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_of_another_version_is_named_at_once() {
-    let (other, accepted) = gateway_of_version_2().await;
+    let (other, accepted) = gateway_of_version_3().await;
     let key = RelayKey::generate();
     let opts = options(vec![other.clone()], &key, Compression::Zstd(1));
     let t = std::time::Instant::now();
     let e = RelayStore::connect(opts.clone()).await.unwrap_err();
     assert_eq!(e.kind, skyhaul_store::ErrorKind::Unreachable, "{e}");
     assert!(
-        e.message.contains("relay protocol version 2, this side 1")
+        e.message.contains("relay protocol version 3, this side 2")
             && e.message.contains("run the same skyhaul version"),
         "{e}"
     );
@@ -361,5 +368,80 @@ async fn a_gateway_of_another_version_is_named_at_once() {
     assert!(
         tried_again <= opts.connections,
         "{tried_again} connections to the other version: it was not left out"
+    );
+}
+
+/// Puts `n` small objects through `store`, each read back.
+async fn put_some(store: &RelayStore, n: usize) {
+    for i in 0..n {
+        let body = Bytes::from(vec![i as u8; 10_000]);
+        let key = format!("k{i}");
+        let put = PutOptions {
+            size: body.len() as u64,
+            ..Default::default()
+        };
+        store
+            .put(&key, Payload::new(body.clone()), &put)
+            .await
+            .unwrap();
+        assert_eq!(store.get(&key, None, None).await.unwrap().data, body);
+    }
+}
+
+/// A gateway started with another transfer key beside a good one (one of many set up by
+/// hand) is left out at its first handshake, which says why, and the good one carries the
+/// transfer: it used to fail every try there, and then the transfer, as "no gateway
+/// answered".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_another_key_is_left_out() {
+    let (good_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = RelayKey::generate();
+    let (good, _) = gateway(good_dir.path(), &key).await;
+    let (other, _) = gateway(other_dir.path(), &RelayKey::generate()).await;
+    let store = RelayStore::connect(options(vec![other, good], &key, Compression::Zstd(1)))
+        .await
+        .unwrap();
+    put_some(&store, 8).await;
+    assert_eq!(std::fs::read_dir(good_dir.path()).unwrap().count(), 8);
+    assert_eq!(std::fs::read_dir(other_dir.path()).unwrap().count(), 0);
+    assert_eq!(
+        store.summary().requests_resent,
+        1,
+        "tried again, not left out"
+    );
+}
+
+/// Gateways must all write to one store. One started with another destination (another
+/// endpoint, account or directory, but the transfer's key and bucket) is asked before it
+/// gets anything to write, and left out: its share of the objects would have landed
+/// elsewhere. Two gateways in front of the same store share the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_that_write_elsewhere_are_left_out() {
+    let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = RelayKey::generate();
+    let (first, g1) = gateway(dir.path(), &key).await;
+    let (wrong, g2) = gateway(elsewhere.path(), &key).await;
+    let store = RelayStore::connect(options(vec![first.clone(), wrong], &key, Compression::Lz4))
+        .await
+        .unwrap();
+    put_some(&store, 8).await;
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 8);
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    // The second was asked what it serves, once, and nothing else.
+    assert_eq!(g2.requests.load(Relaxed), 1);
+
+    let (same, g3) = gateway(dir.path(), &key).await;
+    let before = g1.requests.load(Relaxed);
+    let store = RelayStore::connect(options(vec![first, same], &key, Compression::Lz4))
+        .await
+        .unwrap();
+    put_some(&store, 8).await;
+    assert!(
+        g1.requests.load(Relaxed) - before > 4,
+        "the first gateway idled"
+    );
+    assert!(
+        g3.requests.load(Relaxed) > 4,
+        "a gateway of the same store was left out"
     );
 }
