@@ -293,10 +293,13 @@ impl GcsStore {
         );
         buf.extend_from_slice(&data);
         buf.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        // The name goes in the query too, which wins over the resource's: it is then not in
+        // the body, which a fault on the way could turn into another object's name.
         let url = format!(
-            "{}/upload/storage/v1/b/{}/o?uploadType=multipart",
+            "{}/upload/storage/v1/b/{}/o?uploadType=multipart&name={}",
             self.base,
-            utf8_percent_encode(&self.bucket, SEGMENT)
+            utf8_percent_encode(&self.bucket, SEGMENT),
+            utf8_percent_encode(key, SEGMENT)
         );
         let resp = self
             .request(
@@ -312,28 +315,45 @@ impl GcsStore {
             )
             .await?;
         let obj: GcsObject = self.json(resp, &target, what).await?;
-        // GCS refuses mismatching hashes itself; this also catches servers that do not, and
-        // removes what they stored, so that a corrupted body never stays under the key.
-        let stored_crc = obj.crc32c();
-        if stored_crc.is_some_and(|c| c != crc)
-            || md5.is_some_and(|m| obj.md5().is_some_and(|s| s != m))
-        {
-            let mut url = self.object_url(&self.bucket, key);
-            if let Some(g) = &obj.generation {
-                url.push_str(&format!("?ifGenerationMatch={g}"));
-            }
-            let deleted = self
-                .request(Method::DELETE, url, &[], Bytes::new(), &target, "delete")
-                .await;
-            if let Err(e) = deleted {
-                tracing::warn!("{target}: the corrupted upload could not be removed: {e}");
-            }
+        if obj.name != key {
             return Err(Error::new(
                 ErrorKind::Corrupt,
-                format!("{target}: {what}: the server stored different bytes than were sent"),
+                format!("{target}: {what}: the server stored it as {:?}", obj.name),
             ));
         }
-        Ok(obj)
+        // GCS refuses mismatching hashes itself; this also catches servers that do not.
+        let stored_crc = obj.crc32c();
+        let wrong = if stored_crc.is_some_and(|c| c != crc)
+            || md5.is_some_and(|m| obj.md5().is_some_and(|s| s != m))
+        {
+            Some("different bytes".to_string())
+        } else {
+            obj.differs_from(opts)
+        };
+        match wrong {
+            Some(wrong) => Err(self.discard(&obj, &target, what, &wrong).await),
+            None => Ok(obj),
+        }
+    }
+
+    /// Removes `obj`, just written but not as sent, so that it never stays under its key;
+    /// returns the error that says so. Only this generation goes: a write that came since
+    /// stays.
+    async fn discard(&self, obj: &GcsObject, target: &str, what: &str, wrong: &str) -> Error {
+        let mut url = self.object_url(&self.bucket, &obj.name);
+        if let Some(g) = &obj.generation {
+            url.push_str(&format!("?ifGenerationMatch={g}"));
+        }
+        let deleted = self
+            .request(Method::DELETE, url, &[], Bytes::new(), target, "delete")
+            .await;
+        if let Err(e) = deleted {
+            tracing::warn!("{target}: the corrupted upload could not be removed: {e}");
+        }
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("{target}: {what}: the server stored {wrong} than were sent"),
+        )
     }
 
     /// Every object under `prefix`, temporary upload parts included.
@@ -519,6 +539,34 @@ struct GcsObject {
 }
 
 impl GcsObject {
+    /// What of the headers and metadata `opts` asked for this object, just written, does not
+    /// hold ("other metadata"), if anything: they travel in a JSON body that nothing checks on
+    /// the way, as the bytes' CRC32C does the bytes. A field the answer leaves out counts as
+    /// kept; a header's case and spaces may differ (servers normalise media types).
+    fn differs_from(&self, opts: &PutOptions) -> Option<String> {
+        let h = &opts.headers;
+        let default_type = Some("application/octet-stream".to_string());
+        let same = |sent: &Option<String>, stored: &Option<String>| {
+            let plain = |s: &str| s.replace(' ', "").to_ascii_lowercase();
+            stored.is_none() || sent.as_deref().map(plain) == stored.as_deref().map(plain)
+        };
+        let headers = [
+            (
+                h.content_type.as_ref().or(default_type.as_ref()).cloned(),
+                &self.content_type,
+            ),
+            (h.content_encoding.clone(), &self.content_encoding),
+            (h.content_disposition.clone(), &self.content_disposition),
+            (h.content_language.clone(), &self.content_language),
+            (h.cache_control.clone(), &self.cache_control),
+        ];
+        if !headers.iter().all(|(sent, stored)| same(sent, stored)) {
+            return Some("other headers".into());
+        }
+        let kept = self.metadata.is_empty() || self.metadata == opts.metadata;
+        (!kept).then(|| "other metadata".into())
+    }
+
     fn md5(&self) -> Option<[u8; 16]> {
         decode_md5(self.md5_hash.as_deref()?)
     }
@@ -980,16 +1028,15 @@ impl Store for GcsStore {
             level += 1;
         }
         let obj = self.compose(&names, &upload.key, opts, &target).await?;
-        if let (Some(want), Some(got)) = (crc, obj.crc32c()) {
-            if want != got {
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    format!(
-                        "{target}: complete: the composed object's CRC32C {got:08x} is not \
-                         that of its parts ({want:08x})"
-                    ),
-                ));
-            }
+        // The parts stay until this holds: completing again composes them again.
+        let wrong = match (crc, obj.crc32c()) {
+            (Some(want), Some(got)) if want != got => Some(format!(
+                "a CRC32C of {got:08x}, not its parts' ({want:08x}), and so other bytes"
+            )),
+            _ => obj.differs_from(opts),
+        };
+        if let Some(wrong) = wrong {
+            return Err(self.discard(&obj, &target, "complete", &wrong).await);
         }
         if let Err(e) = self.delete_upload_objects(&upload.upload_id).await {
             tracing::warn!("{target}: temporary parts were not all deleted: {e}");
