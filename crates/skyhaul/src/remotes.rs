@@ -3,8 +3,12 @@
 //!
 //! # What is a remote
 //!
-//! A location is a remote when it starts with a name of ASCII letters, digits, `_` and `-`
-//! followed by `:`, as rclone writes them (`nebius:training-data/imagenet`). These are not
+//! A location is a remote when it starts with a name that rclone allows followed by `:`
+//! (`nebius:training-data/imagenet`): letters, digits, `_`, `-`, `.`, `+`, `@` and spaces,
+//! not starting with `-` or a space nor ending with a space. (skyhaul's own config holds
+//! only names of ASCII letters, digits, `_` and `-`; the others come from an rclone.conf.)
+//! A name rclone allows is never taken for a local path: an rclone remote `my.remote` would
+//! otherwise be written to as the directory `./my.remote:bucket`. These are not
 //! remotes and are left to the location parser: URLs (`s3://…`, `file:///…`: the `:` is
 //! followed by `//`), paths (`/abs`, `./rel`, `../x`), and Windows drive paths
 //! (`C:\data`, `C:/data`; on Windows any single letter before `:` is a drive). To copy a
@@ -173,9 +177,17 @@ impl fmt::Display for RemoteError {
                 write!(
                     f,
                     "'{location}': no remote named '{name}' (looked in {}; remotes there: \
-                     {known}); define it with `skyhaul config set remotes.{name}.endpoint URL`",
+                     {known}); ",
                     looked_in.join(" and ")
                 )?;
+                match valid_remote_name(name) {
+                    true => write!(
+                        f,
+                        "define it with `skyhaul config set remotes.{name}.endpoint URL`"
+                    )?,
+                    // skyhaul's config cannot hold such a name; an rclone.conf can.
+                    false => write!(f, "define it in an rclone.conf (--rclone-config)")?,
+                }
                 if name.eq_ignore_ascii_case("s3") {
                     let rest = location.split_once(':').map_or("", |(_, r)| r);
                     write!(f, ", or write s3://{}", rest.trim_start_matches('/'))
@@ -240,7 +252,7 @@ impl std::error::Error for RemoteError {
 /// Splits `NAME:rest` when `location` is a remote (see the module docs), else `None`.
 pub fn split_remote(location: &str) -> Option<(&str, &str)> {
     let (name, rest) = location.split_once(':')?;
-    if !valid_remote_name(name) || rest.starts_with("//") {
+    if !rclone_remote_name(name) || rest.starts_with("//") {
         return None;
     }
     let single_letter = name.len() == 1;
@@ -248,6 +260,16 @@ pub fn split_remote(location: &str) -> Option<(&str, &str)> {
         return None;
     }
     Some((name, rest))
+}
+
+/// Whether rclone allows `name` for a remote (its `config.CheckRemoteName`).
+fn rclone_remote_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(['-', ' '])
+        && !name.ends_with(' ')
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || "_-.+@ ".contains(c))
 }
 
 /// Resolves `location` when it is a remote: `Ok(None)` when it is not one (an `s3://` URL or
@@ -622,6 +644,13 @@ endpoint = http:/minio.local:9000
         assert_eq!(split_remote("x:"), None, "a drive-like name alone");
         assert_eq!(split_remote("remote:"), Some(("remote", "")));
         assert_eq!(split_remote("ab:/bucket"), Some(("ab", "/bucket")));
+        // Names rclone allows beyond skyhaul's own: never a local directory of that name.
+        for name in ["my.remote", "my remote", "a+b@c", "ünï"] {
+            assert_eq!(
+                split_remote(&format!("{name}:bucket")),
+                Some((name, "bucket"))
+            );
+        }
         for not_remote in [
             "s3://bucket/key",
             "S3://bucket/key",
@@ -633,8 +662,10 @@ endpoint = http:/minio.local:9000
             "C:\\data\\x",
             "C:/data/x",
             "d:\\",
-            "my remote:bucket",
-            "a.b:bucket",
+            " lead:bucket",
+            "-lead:bucket",
+            "trail :bucket",
+            "semi;colon:bucket",
             ":s3:bucket",
             "plainpath",
             "",

@@ -83,6 +83,69 @@ async fn rclone_conf_remote_works_unchanged() {
 
 /// A remote from `skyhaul config` (endpoint only; keys from the environment) and an
 /// explicit flag winning over the remote's endpoint.
+/// rclone allows remote names with `.`, `+`, `@` and spaces. Such a remote is used, not
+/// taken for a local directory named `my.remote:bucket` (where the copy used to go, verified,
+/// exit 0); such a name that no file defines is refused, and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn rclone_names_with_dots_and_spaces_are_remotes() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bucket").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("rclone.conf");
+    let section = |name: &str| {
+        format!(
+            "[{name}]\ntype = s3\naccess_key_id = {}\nsecret_access_key = {}\nendpoint = {}\n\
+             region = {}\n\n",
+            s3.access_key, s3.secret_key, s3.endpoint, s3.region
+        )
+    };
+    std::fs::write(&conf, section("my.remote") + &section("sp ace")).unwrap();
+    let src = tmp.path().join("a.txt");
+    std::fs::write(&src, b"hello").unwrap();
+    let cwd = tmp.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let conf = conf.to_str().unwrap();
+    for (dst, key) in [
+        ("my.remote:bucket/a", "a/a.txt"),
+        ("sp ace:bucket/b", "b/a.txt"),
+    ] {
+        let dst = format!("{dst}/");
+        let run = skyhaul_in(
+            &cwd,
+            &["cp", src.to_str().unwrap(), &dst, "--rclone-config", conf],
+        );
+        assert_eq!(run.code, 0, "{dst}: {}", run.stderr);
+        let got = read_bucket(&s3, "bucket", "").await;
+        assert_eq!(
+            got.get(key).map(Vec::as_slice),
+            Some(&b"hello"[..]),
+            "{dst}"
+        );
+    }
+    let run = skyhaul_in(
+        &cwd,
+        &[
+            "cp",
+            src.to_str().unwrap(),
+            "not.defined:bucket/x",
+            "--rclone-config",
+            conf,
+        ],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no remote named 'not.defined'")
+            && run.stderr.contains("./not.defined:bucket/x"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(&cwd).unwrap().count(),
+        0,
+        "written locally"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn skyhaul_config_remote_and_flags_win() {
     let s3 = S3Server::start(S3Kind::S3sFs);

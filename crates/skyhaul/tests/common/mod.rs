@@ -111,6 +111,22 @@ pub fn skyhaul_env(
     dst: Option<&S3Server>,
     env: &[(&str, &str)],
 ) -> Run {
+    Run::from(command(args, src, dst, env).output().expect("skyhaul runs"))
+}
+
+/// [`skyhaul`] run in the directory `cwd`, where relative paths land.
+pub fn skyhaul_in(cwd: &Path, args: &[&str]) -> Run {
+    let mut cmd = command(args, None, None, &[]);
+    Run::from(cmd.current_dir(cwd).output().expect("skyhaul runs"))
+}
+
+/// The skyhaul command of [`skyhaul_env`], not yet run.
+fn command(
+    args: &[&str],
+    src: Option<&S3Server>,
+    dst: Option<&S3Server>,
+    env: &[(&str, &str)],
+) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"));
     cmd.args(args);
     for (k, v) in test_env(src, dst, env) {
@@ -119,7 +135,7 @@ pub fn skyhaul_env(
             None => cmd.env_remove(k),
         };
     }
-    Run::from(cmd.output().expect("skyhaul runs"))
+    cmd
 }
 
 /// The environment every test run of skyhaul gets, in order (`None` removes the
