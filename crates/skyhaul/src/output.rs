@@ -106,8 +106,26 @@ impl Write for LogWriter {
 impl Drop for LogWriter {
     fn drop(&mut self) {
         if !self.0.is_empty() {
+            redact_key_ids(&mut self.0);
             write_stderr(&self.0);
         }
+    }
+}
+
+/// Blanks the access key id in the `Credentials { access_key_id: "…", … }` that the AWS
+/// SDK's own logs print (it redacts only the secret and the token), at info when a profile
+/// loads them and at debug and trace in every request: wherever it comes from, no log line
+/// carries it.
+fn redact_key_ids(event: &mut Vec<u8>) {
+    const FIELD: &[u8] = b"access_key_id: \"";
+    let mut from = 0;
+    while let Some(at) = event[from..].windows(FIELD.len()).position(|w| w == FIELD) {
+        let start = from + at + FIELD.len();
+        let Some(len) = event[start..].iter().position(|&b| b == b'"') else {
+            break;
+        };
+        event.splice(start..start + len, *b"** redacted **");
+        from = start;
     }
 }
 
@@ -257,7 +275,8 @@ impl Output {
                 ..Display::none()
             };
         }
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
+        // No length until one is known: indicatif draws a bar of length 0 as full.
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
         // The ETA is ours (`Snapshot::eta_seconds`): indicatif's would claim one before
         // anything has moved, or while the listing still grows the total.
         bar.set_style(
@@ -272,7 +291,9 @@ impl Output {
             let started = std::time::Instant::now();
             loop {
                 let s = progress.snapshot();
-                b.set_length(s.bytes_to_move());
+                if s.bytes_to_move() > 0 || s.listing_done {
+                    b.set_length(s.bytes_to_move());
+                }
                 b.set_position(s.bytes_moved);
                 b.set_message(format!(
                     "ETA {} {}/{}{} objects, {} retries",
@@ -507,6 +528,22 @@ mod tests {
     fn control_characters_print_escaped() {
         assert_eq!(printable("plain/ключ 🙂"), "plain/ключ 🙂");
         assert_eq!(printable("a\nb\tc\r\u{1b}[2J"), "a\\nb\\tc\\r\\u{1b}[2J");
+    }
+
+    #[test]
+    fn access_key_ids_are_redacted_from_log_events() {
+        let mut e = br#"x=Credentials { access_key_id: "AKIA1", secret_access_key: "** redacted **" } y=Identity { data: Credentials { access_key_id: "AKIA22", b }"#.to_vec();
+        redact_key_ids(&mut e);
+        let e = String::from_utf8(e).unwrap();
+        assert!(!e.contains("AKIA"), "{e}");
+        assert_eq!(
+            e.matches(r#"access_key_id: "** redacted **""#).count(),
+            2,
+            "{e}"
+        );
+        let mut plain = b"no credentials here".to_vec();
+        redact_key_ids(&mut plain);
+        assert_eq!(plain, b"no credentials here");
     }
 
     #[test]

@@ -1246,6 +1246,56 @@ async fn a_profile_wins_over_environment_keys() {
     );
 }
 
+/// No log level shows the access key id: the SDK prints its `Credentials` (id in clear) at
+/// info when a profile's `credential_process` gives them, and at debug in every request's
+/// endpoint parameters.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_log_level_shows_the_access_key_id() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("bkt").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("f");
+    std::fs::write(&src, b"f").unwrap();
+    let config = tmp.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile proc]\ncredential_process = /bin/echo \
+             '{{\"Version\":1,\"AccessKeyId\":\"{}\",\"SecretAccessKey\":\"{}\"}}'\n",
+            s.access_key, s.secret_key
+        ),
+    )
+    .unwrap();
+    let args = |verbose: &'static str| {
+        let mut a = vec!["cp", src.to_str().unwrap(), "s3://bkt/f", "--no-journal"];
+        a.extend([
+            "--dst-endpoint",
+            &s.endpoint,
+            "--dst-profile",
+            "proc",
+            verbose,
+        ]);
+        a.retain(|a| !a.is_empty());
+        a
+    };
+    let env = [("AWS_CONFIG_FILE", config.to_str().unwrap())];
+    for (verbose, log) in [("-vv", None), ("", Some("trace"))] {
+        let mut env = env.to_vec();
+        env.extend(log.map(|l| ("SKYHAUL_LOG", l)));
+        let run = skyhaul_env(&args(verbose), None, None, &env);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        if log.is_some() {
+            assert!(run.stderr.contains("TRACE"), "{log:?}: logged nothing");
+        }
+        for secret in [&s.access_key, &s.secret_key] {
+            assert!(
+                !run.stderr.contains(secret.as_str()),
+                "{verbose} {log:?}: {secret} logged"
+            );
+        }
+    }
+}
+
 /// An assume-role profile (`role_arn` + `source_profile`, the usual cross-account set-up)
 /// gets its credentials from STS, which needs the side's region. With no other credentials
 /// anywhere, only STS's answer can make this copy work.

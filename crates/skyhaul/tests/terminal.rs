@@ -143,6 +143,9 @@ async fn progress_renders_and_finishes_cleanly() {
         "no progress bar drawn:\n{raw}"
     );
     assert!(raw.contains("objects, 0 retries"), "{raw}");
+    // Never full before anything has moved (a bar of unknown length used to be drawn full).
+    let full = format!("{} 0 B/", "\u{2588}".repeat(30));
+    assert!(!raw.contains(&full), "a full bar at 0 B:\n{raw}");
 
     // And what is left on the screen is the report alone: no bar, no half-erased line.
     let screen = parser.screen().contents();
