@@ -174,7 +174,7 @@ impl fmt::Display for Report {
             write!(
                 f,
                 "; interrupted, so what was copied is not checked: run the same command \
-                 again to finish, and `skyhaul verify` to check"
+                 again to finish and check it"
             )?;
         }
         Ok(())

@@ -6,6 +6,7 @@
 
 use crate::integrity::ChunkSums;
 use crate::retry::RetryPolicy;
+use crate::verify::Copied;
 use crate::{limiter::AdaptiveLimit, progress::Progress};
 use skyhaul_journal::{Held, Journal, ResumableUpload, TransferId, TransferIdentity};
 use skyhaul_store::{CompletedPart, ErrorKind, MultipartUpload, ObjectMeta, Store};
@@ -88,12 +89,22 @@ impl Resume {
         self.journal.as_ref().map(|(_, id)| *id)
     }
 
-    /// Whether an earlier run already copied this version of the object.
-    pub fn is_done(&self, src: &ObjectMeta) -> bool {
-        let Some((j, id)) = self.journal.as_ref().filter(|_| self.ran_before) else {
-            return false;
-        };
-        warn("lookup", j.is_done(*id, src)).flatten().is_some()
+    /// What an earlier run recorded of copying this version of the object, if it did.
+    pub fn done_earlier(&self, src: &ObjectMeta) -> Option<Copied> {
+        let (j, id) = self.journal.as_ref().filter(|_| self.ran_before)?;
+        let rec = warn("lookup", j.is_done(*id, src)).flatten()?;
+        Some(Copied {
+            crc64: rec
+                .checksum
+                .as_deref()
+                .and_then(decode_sums)
+                .map(|s| s.crc64),
+            dst_key: rec.dst_key,
+            size: rec.size,
+            etag: None,
+            written_etag: None,
+            server_side: false,
+        })
     }
 
     pub fn done(&self, src: &ObjectMeta, dst_key: &str, crc64: Option<u64>) {
@@ -368,7 +379,7 @@ mod tests {
         assert!(!first.ran_before);
         first.done(&a, "a", None);
         // A first run asks about each object once, before copying it: not after.
-        assert!(!first.is_done(&a));
+        assert!(first.done_earlier(&a).is_none());
         // A run holds its transfer: another cannot begin it until it is done.
         let busy = Resume::begin(journal.clone(), &identity).err().unwrap();
         assert!(matches!(busy, JournalError::Running(_)), "{busy}");
@@ -376,8 +387,12 @@ mod tests {
 
         let second = Resume::begin(journal.clone(), &identity).unwrap();
         assert!(second.ran_before);
-        assert!(second.is_done(&a));
-        assert!(!second.is_done(&ObjectMeta::new("a", 2)), "another version");
+        assert_eq!(
+            second.done_earlier(&a).map(|c| c.dst_key).as_deref(),
+            Some("a")
+        );
+        let other = ObjectMeta::new("a", 2);
+        assert!(second.done_earlier(&other).is_none(), "another version");
 
         // A run that recorded nothing still counts: a restarted fleet coordinator must look
         // up what its workers reported for the leases it took back.

@@ -189,10 +189,20 @@ impl Ctx {
     /// Whether `src` is skipped as done by an earlier, interrupted run. In a sync whose
     /// listing found the object missing or different at the destination (`listed_different`)
     /// the listing wins: the destination may have lost it since that run.
+    ///
+    /// A skipped object joins the check at the end, as if this run had copied it: the
+    /// interrupted run never checked it, so a transfer finished by reruns is checked whole,
+    /// and one the destination lost since is found missing (and copied by the next run).
     pub(crate) fn done_earlier(&self, src: &ObjectMeta, listed_different: bool) -> bool {
-        skips_as_done(self.opts.mode, listed_different, || {
-            self.resume.is_done(src)
-        })
+        let mut earlier = None;
+        let skip = skips_as_done(self.opts.mode, listed_different, || {
+            earlier = self.resume.done_earlier(src);
+            earlier.is_some()
+        });
+        if let Some(copied) = earlier.filter(|_| skip) {
+            self.copied.lock().expect("lock").push(copied);
+        }
+        skip
     }
 
     /// The first denial, when denials are all that happened: nothing copied or found

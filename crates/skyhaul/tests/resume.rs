@@ -876,6 +876,45 @@ async fn a_rerun_repairs_what_the_destination_lost() {
         let listed = format!("{prefix}/");
         assert_eq!(read_bucket(s3, "dst", &listed).await, files, "{prefix}");
     }
+
+    // An interrupted cp's rerun skips what the journal says the first run copied, but
+    // checks it (that run never did): what the destination lost since is found, exit 6, and
+    // the next run copies it.
+    let prefix = "cp-interrupted";
+    let first = run("cp", prefix);
+    let j = Journal::open(&journal).unwrap();
+    let t = j
+        .find(first["transfer_id"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
+    j.mark_complete(t.id, false).unwrap();
+    spoil(prefix).await;
+    let dst = format!("s3://dst/{prefix}");
+    let args = [
+        "cp",
+        "-r",
+        src,
+        &dst,
+        "--dst-endpoint",
+        &s3.endpoint,
+        "--json",
+    ];
+    let rerun = Run::from(spawn(&args, s3, &journal).wait_with_output().unwrap());
+    assert_eq!(rerun.code, 6, "{}", rerun.stderr);
+    let report = rerun.json();
+    assert_eq!(report["objects_resumed"], 5, "{report}");
+    let v = &report["verification"];
+    assert_eq!(
+        (&v["objects"], &v["missing"]),
+        (&5.into(), &1.into()),
+        "{report}"
+    );
+    assert_eq!(v["size_mismatch"], 1, "{report}");
+    let again = run("cp", prefix);
+    assert_eq!(again["objects_copied"], 2, "{again}");
+    assert_eq!(again["verification"]["objects"], 5, "{again}");
+    let listed = format!("{prefix}/");
+    assert_eq!(read_bucket(s3, "dst", &listed).await, files, "{prefix}");
 }
 
 /// SIGTERM once everything is copied stops the check after the copy too (a scheduler's
