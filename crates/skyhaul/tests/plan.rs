@@ -199,4 +199,41 @@ fn price_table_and_overrides() {
     let broken = skyhaul(&["prices", "--prices", file.to_str().unwrap()], None, None);
     assert_eq!(broken.code, 2);
     assert!(broken.stderr.contains("p.toml"), "{}", broken.stderr);
+
+    // A misspelt key would leave the list price in force under a plan that says the file
+    // was laid over the table; a negative price would bill negative. Both are refused, by
+    // `prices` and by `plan` (which reads the file before any store).
+    for (text, key) in [
+        (
+            "[providers.aws]\ninternet_egres_per_gib = 0.01\n",
+            "providers.aws.internet_egres_per_gib",
+        ),
+        (
+            "[providers.aws]\ninternet_egress_per_gib = -1\n",
+            "providers.aws.internet_egress_per_gib",
+        ),
+        ("[meta]\nas_of = \"yesterday\"\n", "meta.as_of"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let path = file.to_str().unwrap();
+        for args in [
+            vec!["prices", "--prices", path],
+            vec![
+                "plan",
+                "/nonexistent/src",
+                "/nonexistent/dst",
+                "--prices",
+                path,
+            ],
+        ] {
+            let run = skyhaul(&args, None, None);
+            assert_eq!(run.code, 2, "{args:?} {text}: {}", run.stderr);
+            assert!(
+                run.stderr.contains("p.toml") && run.stderr.contains(key),
+                "{args:?}: {}",
+                run.stderr
+            );
+            assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+        }
+    }
 }
