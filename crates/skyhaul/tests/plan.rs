@@ -167,6 +167,28 @@ async fn unknown_places_are_shown_as_unknown_and_deletes_are_counted() {
         text.contains("list prices of 20"),
         "the prices' date is shown: {text}"
     );
+    // One endpoint and one set of keys: the store copies, and the requests say COPY (as
+    // the README counts them), or PUT when skyhaul is to copy the bytes itself.
+    assert!(text.contains("(copied by the store itself)"), "{text}");
+    assert!(text.contains("destination 1 COPY, "), "{text}");
+    let args = [
+        "plan",
+        "-r",
+        "s3://src-bucket/data",
+        "s3://dst-bucket/data",
+        "--src-endpoint",
+        &s3.endpoint,
+        "--dst-endpoint",
+        &s3.endpoint,
+        "--no-server-side-copy",
+    ];
+    let through = skyhaul(&args, Some(&s3), Some(&s3));
+    assert_eq!(through.code, 0, "{}", through.stderr);
+    assert!(
+        through.stdout.contains("destination 1 PUT, "),
+        "{}",
+        through.stdout
+    );
     // Nothing deleted, nothing copied.
     assert!(s3.get("dst-bucket", "data/old").await.is_some());
     assert!(s3.get("dst-bucket", "data/x").await.is_none());
