@@ -31,6 +31,7 @@ fn job(skyhaul: &str) -> Job {
         cpus: None,
         keep_cluster: false,
         hosts: Vec::new(),
+        credentials: Vec::new(),
         gateways: None,
     }
 }

@@ -789,7 +789,7 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
     pub hosts: Vec<String>,
     /// The coordinator's port
-    #[arg(long, default_value_t = 7070)]
+    #[arg(long, default_value_t = 7070, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// The job's name (lowercase letters, digits and -)
     #[arg(long, default_value = "skyhaul-fleet")]
@@ -797,6 +797,9 @@ pub struct LaunchArgs {
     /// Where to write the job [default: NAME.sbatch, NAME.sky.yaml, NAME.k8s.yaml or NAME.sh]
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+    /// Replace the job's files if they exist (never through a symlink)
+    #[arg(long)]
+    pub force: bool,
     /// Also submit it (sbatch, sky launch, kubectl apply, or run the SSH runner)
     #[arg(long)]
     pub submit: bool,
@@ -822,7 +825,7 @@ pub struct LaunchArgs {
     #[arg(long, help_heading = GATEWAY_HEADING, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub gateways: Option<u32>,
     /// The port the gateways listen on
-    #[arg(long, help_heading = GATEWAY_HEADING, default_value_t = 7400, value_name = "PORT")]
+    #[arg(long, help_heading = GATEWAY_HEADING, default_value_t = 7400, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub gateway_port: u16,
     /// SkyPilot: the destination's region, where the gateways run (e.g. eu-west-1)
     #[arg(long, help_heading = GATEWAY_HEADING, value_name = "REGION")]

@@ -146,7 +146,7 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::Secret { key, reason } => write!(
                 f,
-                "refusing to store '{key}': {reason}. skyhaul's config file never holds secrets; \
+                "'{key}' {reason}: skyhaul's config file never holds secrets; \
                  keep credentials in an AWS profile (`skyhaul config set remotes.NAME.profile PROFILE`, \
                  keys in ~/.aws/credentials, SSO or credential_process), in the environment \
                  (SKYHAUL_SRC_ACCESS_KEY_ID / SKYHAUL_SRC_SECRET_ACCESS_KEY, and DST), \
@@ -318,7 +318,7 @@ fn refuse_secret_key(key: &str) -> Result<()> {
     if SECRET_HINTS.iter().any(|hint| setting.contains(hint)) {
         return Err(ConfigError::Secret {
             key: key.to_string(),
-            reason: "it names a credential".into(),
+            reason: "names a credential, not a setting".into(),
         });
     }
     Ok(())
@@ -363,7 +363,7 @@ fn normalize(key: &Key, value: &str) -> Result<String> {
     if looks_like_access_key_id(v) {
         return Err(ConfigError::Secret {
             key: key.to_string(),
-            reason: "the value looks like an AWS access key ID".into(),
+            reason: "gets a value that looks like an AWS access key ID".into(),
         });
     }
     let word = |what: &str| {
@@ -500,9 +500,16 @@ impl Config {
             path: PathBuf::new(),
             message,
         };
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let message = e.message().trim_end();
+            invalid(match e.span() {
+                Some(span) => {
+                    let (line, column) = line_column(text, span.start);
+                    format!("line {line}, column {column}: {message}")
+                }
+                None => message.to_string(),
+            })
+        })?;
         let mut config = Config::default();
         for (key, value) in &table {
             if key == "remotes" {
@@ -763,6 +770,20 @@ impl Config {
 
 /// [`Config::default_path`] with its inputs passed in, so it can be tested without
 /// changing the process environment.
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
 fn default_path_from(
     env: Option<PathBuf>,
     config_dir: Option<PathBuf>,

@@ -17,6 +17,11 @@ pub fn run(args: ConfigArgs) -> ExitCode {
 
 fn run_inner(args: ConfigArgs) -> Result<ExitCode, exit::CliError> {
     let path = Config::default_path().map_err(exit::usage)?;
+    // The path, without reading the file: it is how a broken file is found to be fixed.
+    if let ConfigAction::Path = args.action {
+        outln!("{}", path.display());
+        return Ok(ExitCode::Ok);
+    }
     let mut config = Config::load(&path).map_err(exit::usage)?;
     match args.action {
         ConfigAction::Get { key } => {
@@ -61,9 +66,6 @@ fn run_inner(args: ConfigArgs) -> Result<ExitCode, exit::CliError> {
             }
             Ok(ExitCode::Ok)
         }
-        ConfigAction::Path => {
-            outln!("{}", path.display());
-            Ok(ExitCode::Ok)
-        }
+        ConfigAction::Path => unreachable!("answered before the file is read"),
     }
 }

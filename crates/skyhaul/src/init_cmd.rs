@@ -25,6 +25,10 @@ struct Found {
     aws_profiles: BTreeMap<String, Option<String>>,
     /// The AWS files that were read.
     aws_files: Vec<PathBuf>,
+    /// The AWS files looked for (`$AWS_CONFIG_FILE` or its default, and the credentials').
+    aws_searched: Vec<PathBuf>,
+    /// Profiles the AWS SDK ignores, by name (it warns of each on every command).
+    aws_ignored: Vec<String>,
     gcp_adc: Option<PathBuf>,
     /// Names of the `AZURE_*` variables that are set.
     azure_env: Vec<String>,
@@ -45,6 +49,9 @@ fn init(args: &InitArgs) -> Result<(), CliError> {
     let mut config = Config::load(&path).map_err(exit::usage)?;
     let found = detect(dirs::home_dir().as_deref(), |k| std::env::var_os(k));
     let lines = apply(&found, &mut config)?;
+    for w in &lines.warnings {
+        eprintln!("skyhaul: warning: {w}");
+    }
     outln!("skyhaul init: config file {}", path.display());
     for l in &lines.report {
         outln!("  {l}");
@@ -89,6 +96,7 @@ fn detect(home: Option<&Path>, env: impl Fn(&str) -> Option<std::ffi::OsString>)
         ),
     ];
     for (path, is_config) in sources {
+        found.aws_searched.extend(path.clone());
         let Some(ini) = path.as_deref().and_then(read_ini) else {
             continue;
         };
@@ -100,6 +108,12 @@ fn detect(home: Option<&Path>, env: impl Fn(&str) -> Option<std::ffi::OsString>)
                 (true, None) => continue,
                 (false, _) => section,
             };
+            if !aws_identifier(name) {
+                if !found.aws_ignored.iter().any(|n| n == name) {
+                    found.aws_ignored.push(name.to_string());
+                }
+                continue;
+            }
             let region = ini.value(section, "region").map(str::to_string);
             let entry = found.aws_profiles.entry(name.to_string()).or_default();
             if entry.is_none() {
@@ -133,7 +147,18 @@ fn detect(home: Option<&Path>, env: impl Fn(&str) -> Option<std::ffi::OsString>)
 /// An INI file's sections, or `None` when it is missing or unreadable (init goes on
 /// without it; the reason is not printed, since a line of it could be a secret).
 fn read_ini(path: &Path) -> Option<RcloneConfig> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        // The error is about the file (a directory, no permission), never its contents.
+        Err(e) => {
+            eprintln!(
+                "skyhaul: warning: cannot read {}: {e}; skipped",
+                path.display()
+            );
+            return None;
+        }
+    };
     match RcloneConfig::parse(&text, path) {
         Ok(ini) => Some(ini),
         Err(_) => {
@@ -144,6 +169,15 @@ fn read_ini(path: &Path) -> Option<RcloneConfig> {
             None
         }
     }
+}
+
+/// Whether the AWS SDK takes `name` as a profile name (`validate_identifier` in
+/// aws-runtime's profile parser): it ignores any other profile, with a warning of its own.
+fn aws_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-/.%@:+".contains(c))
 }
 
 /// The remote name for an AWS profile: `aws` for the default, `aws-NAME` for the others,
@@ -167,6 +201,8 @@ fn remote_name(profile: &str) -> String {
 
 struct Applied {
     report: Vec<String>,
+    /// Profiles left out, and why (printed to stderr).
+    warnings: Vec<String>,
     added: usize,
 }
 
@@ -174,21 +210,46 @@ struct Applied {
 fn apply(found: &Found, config: &mut Config) -> Result<Applied, CliError> {
     let mut report = Vec::new();
     let mut added = 0;
-    let files: Vec<String> = found
-        .aws_files
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let shown = |files: &[PathBuf]| {
+        let v: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        v.join(", ")
+    };
     if found.aws_profiles.is_empty() {
-        report.push("AWS: no profiles found (~/.aws/config, ~/.aws/credentials)".to_string());
+        report.push(format!(
+            "AWS: no profiles found ({})",
+            shown(&found.aws_searched)
+        ));
     } else {
-        report.push(format!("AWS profiles in {}:", files.join(", ")));
+        report.push(format!("AWS profiles in {}:", shown(&found.aws_files)));
     }
+    let mut warnings: Vec<String> = found
+        .aws_ignored
+        .iter()
+        .map(|p| {
+            format!(
+                "AWS profile '{p}' skipped: the AWS SDK ignores it (a profile name is ASCII letters, digits and _-/.%@:+)"
+            )
+        })
+        .collect();
+    // Which profile each remote name went to in this run: two profiles may make one name.
+    let mut taken: BTreeMap<String, &str> = BTreeMap::new();
     for (profile, region) in &found.aws_profiles {
         let name = remote_name(profile);
         if !valid_remote_name(&name) {
             continue;
         }
+        let existing = config.remote(&name).and_then(|r| r.profile.clone());
+        let other = taken
+            .get(&name)
+            .map(|p| p.to_string())
+            .or(existing.filter(|p| p != profile));
+        if let Some(other) = other {
+            warnings.push(format!(
+                "AWS profile '{profile}' skipped: remote {name} is profile '{other}'; name one for it with `skyhaul config set remotes.NAME.profile {profile}`"
+            ));
+            continue;
+        }
+        taken.insert(name.clone(), profile);
         if config.remote(&name).is_some() {
             report.push(format!("  = remotes.{name}: already set, kept as it is"));
             continue;
@@ -237,7 +298,11 @@ fn apply(found: &Found, config: &mut Config) -> Result<Applied, CliError> {
             &mut added,
         )?);
     }
-    Ok(Applied { report, added })
+    Ok(Applied {
+        report,
+        warnings,
+        added,
+    })
 }
 
 /// Sets `key` to `value` unless it is set already; says which.

@@ -4,11 +4,15 @@ use crate::args::{BackendArg, Cli, Command as Cmd, CoordinatedTransfer, LaunchAr
 use crate::exit::{self, CliError, ExitCode};
 use crate::output::Output;
 use clap::{Parser, ValueEnum};
-use skyhaul_fleet::launch::{Backend, GatewayTls, Gateways, Job, GATEWAYS_ENV};
+use skyhaul_fleet::launch::{
+    Backend, GatewayTls, Gateways, Job, CREDENTIAL_ENV, GATEWAYS_ENV, KEY_FILE_ENV,
+};
 use skyhaul_location::{Location, Scheme};
 use std::path::PathBuf;
 use std::process::Command;
 
+mod checks;
+mod files;
 mod kubernetes;
 
 pub fn run(args: LaunchArgs) -> ExitCode {
@@ -49,17 +53,6 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
             "the transfer after the launch options is not valid for `skyhaul coordinator`: {first}"
         )));
     }
-    if args.name.is_empty()
-        || !args
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(exit::usage(format!(
-            "--name {}: use lowercase letters, digits and - (it names pods and files)",
-            args.name
-        )));
-    }
     let (backend, ext, submit) = match args.backend {
         BackendArg::Slurm => (Backend::Slurm, "sbatch", "sbatch"),
         BackendArg::Skypilot => (Backend::Skypilot, "sky.yaml", "sky"),
@@ -75,14 +68,24 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         Backend::Ssh if args.hosts.is_empty() => {
             return Err(exit::usage("--backend ssh needs --hosts h1,h2,..."))
         }
-        Backend::Ssh => args.hosts.len() as u32,
+        Backend::Ssh => {
+            checks::ssh_hosts("--hosts", &args.hosts)?;
+            checks::ssh_hosts("--gateway-hosts", &args.gateway_hosts)?;
+            checks::ssh_nodes(&args)?;
+            args.hosts.len() as u32
+        }
         _ => args.nodes.unwrap_or(2),
     };
+    checks::name(&args, backend, nodes)?;
     let image = match (backend, &args.image) {
         (Backend::Kubernetes, None) => {
             return Err(exit::usage(
                 "--backend kubernetes needs --image (an image with skyhaul)",
             ))
+        }
+        (Backend::Kubernetes, _) => {
+            checks::kubernetes(&args)?;
+            args.image.clone().unwrap_or_default()
         }
         (_, i) => i.clone().unwrap_or_default(),
     };
@@ -99,6 +102,7 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         Location::parse(loc).map_err(exit::usage)?;
     }
     let gateways = gateways(&args, backend, &dst)?;
+    checks::ports(&args, gateways.is_some())?;
     let job = Job {
         nodes,
         port: args.port,
@@ -111,25 +115,37 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         cpus: args.cpus,
         keep_cluster: args.keep_cluster,
         hosts: args.hosts,
+        credentials: CREDENTIAL_ENV
+            .into_iter()
+            .filter(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+            .collect(),
         gateways,
     };
     let path = args
         .output
         .unwrap_or_else(|| PathBuf::from(format!("{}.{ext}", args.name)));
-    std::fs::write(&path, job.render(backend))
-        .map_err(|e| exit::usage(format!("{}: {e}", path.display())))?;
-    out.notice(&format!("wrote {}", path.display()));
+    let mut files = vec![(path.clone(), job.render(backend))];
     // SkyPilot's gateways are their own task, and Kubernetes gateways in another cluster their
     // own manifest, beside the fleet's file (whose comments name it).
     let gateway_file = match (job.render_gateway(backend), job.gateway_file(backend)) {
         (Some(text), Some(name)) => {
             let p = path.with_file_name(name);
-            std::fs::write(&p, text).map_err(|e| exit::usage(format!("{}: {e}", p.display())))?;
-            out.notice(&format!("wrote {}", p.display()));
+            files.push((p.clone(), text));
             Some(p.to_string_lossy().into_owned())
         }
         _ => None,
     };
+    files::write_all(&files, args.force)?;
+    for (p, _) in &files {
+        out.notice(&format!("wrote {}", p.display()));
+    }
+    if backend != Backend::Slurm {
+        for file in key_files(&job.transfer, &src, &dst) {
+            out.warning(&format!(
+                "the GCS service-account key {file} is a file on this machine, and the job does not copy it: its machines need it at that path, or credentials of their own"
+            ));
+        }
+    }
     // Kubernetes: the cluster of the gateways, when it is not the fleet's.
     let kube_context = job.gateways.as_ref().and_then(|g| g.kube_context.clone());
     if !args.submit {
@@ -530,4 +546,33 @@ fn destination_flags(transfer: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The GCS service-account key files the transfer names (flags, or variables set here), as
+/// `FILE (from WHERE)`: paths on this machine, which no engine but a shared file system
+/// carries to the job's machines. `GOOGLE_APPLICATION_CREDENTIALS` counts for a `gs://` side.
+fn key_files(transfer: &[String], src: &str, dst: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut words = transfer.iter();
+    while let Some(w) = words.next() {
+        for flag in ["--src-gcs-service-account", "--dst-gcs-service-account"] {
+            let value = match w.strip_prefix(flag) {
+                Some("") => words.clone().next().cloned(),
+                Some(rest) => rest.strip_prefix('=').map(str::to_string),
+                None => None,
+            };
+            if let Some(v) = value {
+                files.push(format!("{v} (from {flag})"));
+            }
+        }
+    }
+    let gcs = [src, dst].iter().any(|l| l.starts_with("gs://"));
+    for var in KEY_FILE_ENV {
+        if var.starts_with("SKYHAUL_") || gcs {
+            if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+                files.push(format!("{} (from {var})", v.to_string_lossy()));
+            }
+        }
+    }
+    files
 }

@@ -330,10 +330,13 @@ fn text(p: &Plan) -> String {
         ));
     }
     t.push_str(&format!(
-        "  requests:  source {} LIST, {} GET; destination {} PUT, {} LIST, {} DELETE\n",
+        "  requests:  source {} LIST, {} GET; destination {} {}, {} LIST, {} DELETE\n",
         thousands(r.src_list),
         thousands(r.src_get),
         thousands(r.dst_put),
+        // Priced as PUTs, but a server-side copy sends COPY requests (and, for a large
+        // object, part copies between a create and a complete).
+        if p.server_side { "COPY" } else { "PUT" },
         thousands(r.dst_list),
         thousands(r.dst_delete)
     ));

@@ -75,6 +75,12 @@ impl Prices {
                     e.message()
                 )
             })?;
+            check_overlay(&over).map_err(|e| {
+                format!(
+                    "price file {}: {e} (see `skyhaul prices` for the layout)",
+                    path.display()
+                )
+            })?;
             merge(&mut table, over);
         }
         let what = override_file.map_or("the built-in price table".to_string(), |p| {
@@ -93,6 +99,86 @@ impl Prices {
     pub fn provider(&self, name: &str) -> Option<&ProviderPrices> {
         self.providers.get(name)
     }
+}
+
+/// The keys of `[meta]` and of each `[providers.NAME]` ([`Meta`], [`ProviderPrices`]).
+const META_KEYS: [&str; 3] = ["as_of", "currency", "source"];
+const PROVIDER_KEYS: [&str; 10] = [
+    "name",
+    "source",
+    "put_per_1000",
+    "get_per_1000",
+    "list_per_1000",
+    "same_region_egress_per_gib",
+    "same_continent_egress_per_gib",
+    "other_continent_egress_per_gib",
+    "internet_egress_per_gib",
+    "continents",
+];
+
+/// A user's price file, checked before it is laid over the table: a misspelt key would
+/// otherwise leave the list price in force while the plan says the file was used, and a
+/// negative price would make a negative bill. Types are checked by the table's own parse.
+fn check_overlay(over: &toml::Table) -> Result<(), String> {
+    let unknown = |key: &str, valid: &[&str]| {
+        format!("unknown key '{key}' (valid there: {})", valid.join(", "))
+    };
+    for (section, value) in over {
+        let toml::Value::Table(table) = value else {
+            return Err(format!("'{section}' must be a [{section}] section"));
+        };
+        match section.as_str() {
+            "meta" => {
+                for (key, value) in table {
+                    if !META_KEYS.contains(&key.as_str()) {
+                        return Err(unknown(&format!("meta.{key}"), &META_KEYS));
+                    }
+                    if key == "as_of" && !value.as_str().is_some_and(is_date) {
+                        return Err(format!(
+                            "meta.as_of = {value}: expected the prices' date as \"YYYY-MM-DD\""
+                        ));
+                    }
+                }
+            }
+            "providers" => {
+                for (name, provider) in table {
+                    let toml::Value::Table(fields) = provider else {
+                        return Err(format!(
+                            "'providers.{name}' must be a [providers.{name}] section"
+                        ));
+                    };
+                    for (key, value) in fields {
+                        let key_path = format!("providers.{name}.{key}");
+                        if !PROVIDER_KEYS.contains(&key.as_str()) {
+                            return Err(unknown(&key_path, &PROVIDER_KEYS));
+                        }
+                        let number = value.as_float().or(value.as_integer().map(|i| i as f64));
+                        if number.is_some_and(|n| !(n >= 0.0 && n.is_finite())) {
+                            return Err(format!(
+                                "{key_path} = {value}: a price is a number, 0 or more"
+                            ));
+                        }
+                    }
+                }
+            }
+            _ => return Err(unknown(section, &["meta", "providers"])),
+        }
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD`, with a month and a day that can be.
+fn is_date(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let num = |p: &str, len: usize| {
+        (p.len() == len && p.bytes().all(|b| b.is_ascii_digit())).then(|| p.parse::<u32>().ok())?
+    };
+    matches!(
+        parts[..],
+        [y, m, d] if num(y, 4).is_some()
+            && num(m, 2).is_some_and(|m| (1..=12).contains(&m))
+            && num(d, 2).is_some_and(|d| (1..=31).contains(&d))
+    )
 }
 
 /// Lays `over` onto `base`: tables merge key by key, anything else replaces.
@@ -185,6 +271,71 @@ mod tests {
             base.provider("aws").unwrap().put_per_1000
         );
         assert_eq!(p.provider("gcp"), base.provider("gcp"));
+    }
+
+    /// The keys the overlay check knows are the table's own.
+    #[test]
+    fn overlay_keys_are_the_tables() {
+        let table: toml::Table = BUILT_IN.parse().unwrap();
+        let meta: Vec<&str> = table["meta"]
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(meta, META_KEYS);
+        for (name, p) in table["providers"].as_table().unwrap() {
+            let mut keys: Vec<&str> = p.as_table().unwrap().keys().map(String::as_str).collect();
+            let mut want = PROVIDER_KEYS.to_vec();
+            if !keys.contains(&"continents") {
+                want.retain(|k| *k != "continents");
+            }
+            keys.sort();
+            want.sort();
+            assert_eq!(keys, want, "{name}");
+        }
+        assert!(check_overlay(&table).is_ok());
+    }
+
+    #[test]
+    fn overlays_with_unknown_keys_negative_prices_or_bad_dates_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        for (text, expect) in [
+            (
+                "[providers.aws]\ninternet_egres_per_gib = 0.01\n",
+                "'providers.aws.internet_egres_per_gib'",
+            ),
+            (
+                "[providers.aws]\ninternet_egress_per_gib = -1\n",
+                "providers.aws.internet_egress_per_gib = -1",
+            ),
+            (
+                "[providers.gcp]\nput_per_1000 = -0.5\n",
+                "providers.gcp.put_per_1000 = -0.5",
+            ),
+            (
+                "[providers.aws]\nput_per_1000 = nan\n",
+                "providers.aws.put_per_1000 = nan",
+            ),
+            ("[meta]\nas_of = \"yesterday\"\n", "meta.as_of"),
+            ("[meta]\nas_of = \"2025-13-01\"\n", "meta.as_of"),
+            ("[meta]\ncurrenc = \"EUR\"\n", "'meta.currenc'"),
+            ("[provider.aws]\nput_per_1000 = 1\n", "'provider'"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let e = Prices::load(Some(&f)).unwrap_err();
+            assert!(e.contains("p.toml") && e.contains(expect), "{text}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        std::fs::write(
+            &f,
+            "[meta]\nas_of = \"2026-02-28\"\n[providers.aws]\nput_per_1000 = 0\n",
+        )
+        .unwrap();
+        let p = Prices::load(Some(&f)).unwrap();
+        assert_eq!(p.meta.as_of, "2026-02-28");
+        assert_eq!(p.provider("aws").unwrap().put_per_1000, 0.0);
     }
 
     #[test]

@@ -155,3 +155,58 @@ fn config_journal_location_applies() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(journal.exists(), "journal from the config file was used");
 }
+
+/// A config file that does not parse: `config path` still prints its path (it is how the
+/// file is found to be fixed), and the commands that need the file say where the problem
+/// is, by line and column, in one line.
+#[test]
+fn a_broken_config_file_is_found_and_located() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("config.toml");
+    std::fs::write(
+        &file,
+        "retries = 3\n\n\nverify = \"size\"\npart_size = 16M\n",
+    )
+    .unwrap();
+    let env = with_config(file.to_str().unwrap(), &[]);
+    let path = skyhaul_env(&["config", "path"], None, None, &env);
+    assert_eq!(path.code, 0, "{}", path.stderr);
+    assert_eq!(path.stdout.trim(), file.to_str().unwrap());
+    for args in [
+        &["config", "get", "retries"][..],
+        &["config", "unset", "retries"],
+        &["config", "list"],
+        &["prices"],
+    ] {
+        let run = skyhaul_env(args, None, None, &env);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("config.toml: line 5, column 13: "),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    }
+}
+
+/// Reading a credential's key is refused as what it is, not as a write.
+#[test]
+fn get_of_a_credential_key_says_it_is_no_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("config.toml");
+    let env = with_config(file.to_str().unwrap(), &[]);
+    let run = skyhaul_env(
+        &["config", "get", "remotes.aws.secret_access_key"],
+        None,
+        None,
+        &env,
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("'remotes.aws.secret_access_key' names a credential, not a setting"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("store"), "{}", run.stderr);
+}

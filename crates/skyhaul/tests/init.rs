@@ -221,3 +221,92 @@ fn init_on_an_empty_home_says_what_it_looked_for() {
     );
     assert!(!tmp.path().join(".config/skyhaul/config.toml").exists());
 }
+
+/// Profiles the AWS SDK itself ignores (a space or a non-ASCII letter in the name) are
+/// skipped with a warning, and the others recorded; two profiles that would make one
+/// remote name are not reported as "already set": the second is skipped, with a warning
+/// naming both, on every run.
+#[test]
+fn init_skips_profiles_it_cannot_record_and_records_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    std::fs::write(
+        home.join(".aws/config"),
+        "[default]\nregion = us-east-1\n\n[profile prod]\nregion = eu-west-1\n\n\
+         [profile my laptop]\nregion = us-west-2\n\n[profile ünicode]\nregion = us-west-1\n\n\
+         [profile dotted.name]\nregion = eu-north-1\n\n[profile dotted-name]\nregion = eu-south-1\n",
+    )
+    .unwrap();
+    for extra in [&["--dry-run"][..], &[], &[]] {
+        let run = init_env(home, extra, &[]);
+        assert_eq!(run.code, 0, "{extra:?}: {}", run.stderr);
+        for warning in [
+            "warning: AWS profile 'my laptop' skipped: the AWS SDK ignores it",
+            "warning: AWS profile 'ünicode' skipped: the AWS SDK ignores it",
+            "warning: AWS profile 'dotted.name' skipped: remote aws-dotted-name is profile 'dotted-name'",
+        ] {
+            assert!(run.stderr.contains(warning), "{extra:?}: {}", run.stderr);
+        }
+        // One line for the remote: its own profile's, not the skipped one's.
+        assert_eq!(
+            run.stdout.matches("remotes.aws-dotted-name").count(),
+            1,
+            "{}",
+            run.stdout
+        );
+    }
+    assert_eq!(
+        config_get(home, "remotes.aws.region").as_deref(),
+        Some("us-east-1")
+    );
+    assert_eq!(
+        config_get(home, "remotes.aws-prod.region").as_deref(),
+        Some("eu-west-1")
+    );
+    assert_eq!(
+        config_get(home, "remotes.aws-dotted-name.profile").as_deref(),
+        Some("dotted-name")
+    );
+    let config = std::fs::read_to_string(home.join(".config/skyhaul/config.toml")).unwrap();
+    assert!(
+        !config.contains("laptop") && !config.contains("nicode"),
+        "{config}"
+    );
+}
+
+/// `$AWS_CONFIG_FILE` and `$AWS_SHARED_CREDENTIALS_FILE` are what init reads, and what it
+/// names when it finds nothing; one that cannot be read (a directory) is named in a warning.
+#[test]
+fn init_names_the_aws_files_it_looked_at() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("elsewhere/config");
+    let credentials = tmp.path().join("elsewhere/credentials");
+    let run = init_env(
+        tmp.path(),
+        &[],
+        &[
+            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+            ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&format!(
+            "AWS: no profiles found ({}, {})",
+            config.display(),
+            credentials.display()
+        )),
+        "{}",
+        run.stdout
+    );
+    let dir = tmp.path();
+    let run = init_env(dir, &[], &[("AWS_CONFIG_FILE", dir.to_str().unwrap())]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("warning: cannot read {}: ", dir.display())),
+        "{}",
+        run.stderr
+    );
+}

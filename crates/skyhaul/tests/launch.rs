@@ -307,7 +307,8 @@ fn run_job(
     }
 }
 
-/// SkyPilot's own parser loads the generated task: the nodes, spot, CPUs and port as asked,
+/// SkyPilot's own parser loads the generated task: the nodes, spot, CPUs and port as asked
+/// (the port not opened to the internet),
 /// autodown once its job has ended, the token as a secret given at launch (never a value in
 /// the file), and a run script that starts the coordinator at rank 0.
 #[test]
@@ -369,7 +370,8 @@ print(json.dumps({
     );
     assert_eq!(v["use_spot"], true, "{v}");
     assert_eq!(v["cpus"], "8+", "{v}");
-    assert_eq!(v["ports"], serde_json::json!(["7171"]), "{v}");
+    // Its workers dial the coordinator's internal address: no port is opened to the internet.
+    assert_eq!(v["ports"], serde_json::Value::Null, "{v}");
     assert_eq!(
         v["secrets"],
         serde_json::json!(["SKYHAUL_FLEET_TOKEN"]),
@@ -458,7 +460,19 @@ fn skypilot_gateway_task_loads_in_skypilot() {
         "--dst-region",
         "eu-west-1",
     ]);
-    let gen = skyhaul(&args, None, None);
+    // The S3 keys of both sides set here, and no other credential: each side's go to
+    // its own task.
+    let mut env: Vec<(&str, &str)> = README_CREDENTIAL_ENV.iter().map(|v| (*v, "")).collect();
+    env.extend(
+        README_CREDENTIAL_ENV
+            .iter()
+            .filter(|v| {
+                v.contains("_ACCESS_KEY_ID") || v.contains("_SECRET_") || v.contains("_SESSION_")
+            })
+            .filter(|v| v.starts_with("SKYHAUL_"))
+            .map(|v| (*v, "set-here")),
+    );
+    let gen = skyhaul_env(&args, None, None, &env);
     assert_eq!(gen.code, 0, "{}", gen.stderr);
     let gateway = dir.path().join("relay.gateway.sky.yaml");
     assert!(
@@ -994,6 +1008,8 @@ fn skypilot_submit_takes_the_fleet_down_unless_kept() {
             "--name",
             "fl",
             "--submit",
+            // Run twice into one file.
+            "--force",
             "-o",
             task.to_str().unwrap(),
         ];
@@ -1096,6 +1112,8 @@ exit 0
             "relay-gateway",
         ];
         args.extend(tls_options(&pki));
+        // Run several times into the same files.
+        args.push("--force");
         if submit {
             args.push("--submit");
         }
@@ -1199,4 +1217,386 @@ exit 0
         );
         assert!(!calls.contains("create configmap"), "{calls}");
     }
+}
+
+/// Values the engine would refuse only once the job runs (or misread: an option-like SSH
+/// host, a `--name` that `sbatch` takes for an option) are refused with a one-line usage
+/// error, exit 2, before anything is written.
+#[test]
+fn values_an_engine_would_refuse_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("job");
+    let out = out.to_str().unwrap();
+    let long_name = "a".repeat(70);
+    // A label itself, but its pods (NAME-0, NAME-1) are not.
+    let name_62 = "b".repeat(62);
+    let k8s: &[&str] = &["--backend", "kubernetes", "--image", "i"];
+    let ssh = |hosts: &'static str| vec!["--backend", "ssh", "--hosts", hosts];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [k8s, &["--name", "-lead"]].concat(),
+            "--name '-lead': use lowercase",
+        ),
+        ([k8s, &["--name", "trail-"]].concat(), "--name 'trail-'"),
+        (
+            [k8s, &["--name", long_name.as_str()]].concat(),
+            "is too long for Kubernetes",
+        ),
+        (
+            [k8s, &["--name", name_62.as_str()]].concat(),
+            "is too long for Kubernetes: it makes names such as bbbb",
+        ),
+        (
+            [k8s, &["--secret", "Bad Secret\""]].concat(),
+            "--secret 'Bad Secret\"'",
+        ),
+        (
+            [k8s, &["--gateways", "1", "--gateway-secret", "-gw"]].concat(),
+            "--gateway-secret '-gw'",
+        ),
+        (
+            vec!["--backend", "kubernetes", "--image", ""],
+            "--image '': name an image",
+        ),
+        (
+            vec!["--backend", "slurm", "--name", "-lead"],
+            "--name '-lead'",
+        ),
+        (
+            vec!["--backend", "skypilot", "--name", "1fleet"],
+            "SkyPilot cluster names start with a letter",
+        ),
+        (ssh(""), "host '' is empty"),
+        (ssh("h1,,h2"), "host '' is empty"),
+        (ssh("h1,user@"), "host 'user@' is empty"),
+        (
+            ssh("-oProxyCommand=touch /tmp/x,h2"),
+            "starts with '-', which ssh would read as an option",
+        ),
+        (ssh("user@[::1]:22,h2"), "holds a port or an IPv6 address"),
+        (ssh("h1:2222"), "holds a port or an IPv6 address"),
+        (
+            [ssh("h1,h2"), vec!["--nodes", "5"]].concat(),
+            "--nodes 5 but 2 --hosts",
+        ),
+        (
+            [ssh("h1,h2"), vec!["--nodes", "1"]].concat(),
+            "--nodes 1 but 2 --hosts",
+        ),
+        (
+            [ssh("h1"), vec!["--gateway-hosts", "-g"]].concat(),
+            "--gateway-hosts: host '-g' starts with '-'",
+        ),
+        (
+            vec![
+                "--backend",
+                "slurm",
+                "--gateways",
+                "1",
+                "--port",
+                "7400",
+                "--gateway-port",
+                "7400",
+            ],
+            "--port and --gateway-port are both 7400",
+        ),
+    ];
+    for (options, message) in cases {
+        let mut all = vec!["launch"];
+        all.extend(&options);
+        all.extend(["-o", out, "--", "cp", "-r", "s3://a/x", "s3://b/x"]);
+        let run = skyhaul(&all, None, None);
+        assert_eq!(run.code, 2, "{all:?}: {}", run.stderr);
+        assert!(run.stderr.contains(message), "{all:?}: {}", run.stderr);
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+        assert!(!std::path::Path::new(out).exists(), "{all:?} wrote the job");
+    }
+    // Port 0 is no port: clap refuses it as it does 65536 (exit 2, the problem first).
+    for options in [
+        vec!["--backend", "slurm", "--port", "0"],
+        vec![
+            "--backend",
+            "skypilot",
+            "--gateways",
+            "1",
+            "--gateway-port",
+            "0",
+        ],
+    ] {
+        let mut all = vec!["launch"];
+        all.extend(&options);
+        all.extend(["-o", out, "--", "cp", "-r", "s3://a/x", "s3://b/x"]);
+        let run = skyhaul(&all, None, None);
+        assert_eq!(run.code, 2, "{all:?}: {}", run.stderr);
+        let first = run.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("invalid value '0'") && first.contains("0 is not in 1..=65535"),
+            "{}",
+            run.stderr
+        );
+        assert!(!std::path::Path::new(out).exists(), "{all:?} wrote the job");
+    }
+    // The limits' edges pass: a 61-character name makes NAME-1, 63 characters.
+    let ok = "c".repeat(61);
+    let run = skyhaul(
+        &[
+            "launch",
+            "--backend",
+            "kubernetes",
+            "--image",
+            "i",
+            "--name",
+            &ok,
+            "-o",
+            out,
+            "--",
+            "cp",
+            "-r",
+            "s3://a/x",
+            "s3://b/x",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+fn launch_to(out: &std::path::Path, extra: &[&str]) -> Run {
+    let mut all = vec!["launch", "--backend", "slurm", "-o", out.to_str().unwrap()];
+    all.extend(extra);
+    all.extend(["--", "cp", "-r", "s3://a/x", "s3://b/x"]);
+    skyhaul(&all, None, None)
+}
+
+/// `-o` (and the gateways' file beside it) never replaces a file without `--force`, and
+/// never writes through a symlink, even with it: what the link points at stays as it was,
+/// and a refused launch writes none of its files.
+#[test]
+fn launch_replaces_files_only_with_force_and_never_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("fleet.sbatch");
+    std::fs::write(&job, "mine\n").unwrap();
+    let run = launch_to(&job, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("fleet.sbatch exists: pass --force to replace it"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&job).unwrap(), "mine\n");
+    let run = launch_to(&job, &["--force"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(std::fs::read_to_string(&job)
+        .unwrap()
+        .starts_with("#!/bin/bash"));
+
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "IMPORTANT DATA\n").unwrap();
+    let link = dir.path().join("link.sbatch");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let dangling = dir.path().join("dangling.sbatch");
+    let nowhere = dir.path().join("nowhere.txt");
+    std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+    for path in [&link, &dangling] {
+        for extra in [&[][..], &["--force"]] {
+            let run = launch_to(path, extra);
+            assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
+            assert!(run.stderr.contains("is a symlink"), "{}", run.stderr);
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "IMPORTANT DATA\n"
+    );
+    assert!(!nowhere.exists());
+
+    // The gateways' file beside the fleet's: an existing one stops the launch before
+    // either file is written.
+    let task = dir.path().join("new.sky.yaml");
+    let gateways = dir.path().join("skyhaul-fleet.gateway.sky.yaml");
+    std::fs::write(&gateways, "earlier launch\n").unwrap();
+    let sky = |extra: &[&str]| {
+        let mut all = vec![
+            "launch",
+            "--backend",
+            "skypilot",
+            "--gateways",
+            "1",
+            "--gateway-region",
+            "eu-west-1",
+            "-o",
+            task.to_str().unwrap(),
+        ];
+        all.extend(extra);
+        all.extend(["--", "cp", "-r", "s3://a/x", "s3://b/x"]);
+        skyhaul(&all, None, None)
+    };
+    let run = sky(&[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("skyhaul-fleet.gateway.sky.yaml exists"),
+        "{}",
+        run.stderr
+    );
+    assert!(!task.exists());
+    assert_eq!(
+        std::fs::read_to_string(&gateways).unwrap(),
+        "earlier launch\n"
+    );
+    let run = sky(&["--force"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(task.exists());
+    assert!(std::fs::read_to_string(&gateways)
+        .unwrap()
+        .contains("skyhaul gateway"));
+}
+
+/// Every variable of the README's credential tables (skyhaul's per side, AWS's and Azure's
+/// own; GCS takes files), as this test's own list.
+const README_CREDENTIAL_ENV: [&str; 30] = [
+    "SKYHAUL_SRC_ENDPOINT",
+    "SKYHAUL_DST_ENDPOINT",
+    "SKYHAUL_SRC_PROFILE",
+    "SKYHAUL_DST_PROFILE",
+    "SKYHAUL_SRC_REGION",
+    "SKYHAUL_DST_REGION",
+    "SKYHAUL_SRC_ACCESS_KEY_ID",
+    "SKYHAUL_SRC_SECRET_ACCESS_KEY",
+    "SKYHAUL_SRC_SESSION_TOKEN",
+    "SKYHAUL_DST_ACCESS_KEY_ID",
+    "SKYHAUL_DST_SECRET_ACCESS_KEY",
+    "SKYHAUL_DST_SESSION_TOKEN",
+    "SKYHAUL_SRC_AZURE_KEY",
+    "SKYHAUL_SRC_AZURE_SAS",
+    "SKYHAUL_SRC_AZURE_CONNECTION_STRING",
+    "SKYHAUL_SRC_AZURE_ACCOUNT",
+    "SKYHAUL_DST_AZURE_KEY",
+    "SKYHAUL_DST_AZURE_SAS",
+    "SKYHAUL_DST_AZURE_CONNECTION_STRING",
+    "SKYHAUL_DST_AZURE_ACCOUNT",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+];
+
+/// A distinctive value for each variable (endpoints must be URLs to get past the
+/// transfer's own check).
+fn credential_values() -> Vec<(&'static str, String)> {
+    README_CREDENTIAL_ENV
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let value = if v.ends_with("_ENDPOINT") {
+                format!("https://endpoint-{i}.example")
+            } else {
+                format!("zzcredvalue{i}zz")
+            };
+            (*v, value)
+        })
+        .collect()
+}
+
+/// SkyPilot declares every credential variable set where the job is made as a secret (and
+/// no other, since SkyPilot refuses to launch a task with a declared secret it has no value
+/// for), the SSH runner passes on every one by name, and no value is in either file. The
+/// coordinator's port is not opened to the internet. A GCS key file, which no variable can
+/// carry, is named in a warning.
+#[test]
+fn skypilot_and_ssh_pass_on_every_credential_variable_and_write_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("fleet.sky.yaml");
+    let runner = dir.path().join("fleet.sh");
+    let values = credential_values();
+    let mut env: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("SKYHAUL_FLEET_TOKEN", "zztokenvaluezz0123456789"));
+    let generate = |backend: &[&str], out: &std::path::Path, env: &[(&str, &str)]| {
+        let mut all = vec!["launch"];
+        all.extend(backend);
+        all.extend([
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            "cp",
+            "-r",
+            "az://c/x",
+            "gs://b/x",
+        ]);
+        let run = skyhaul_env(&all, None, None, env);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let text = std::fs::read_to_string(out).unwrap();
+        for (_, value) in env.iter().filter(|(_, v)| !v.is_empty()) {
+            assert!(!text.contains(value), "{value} written into {text}");
+        }
+        (run, text)
+    };
+    generate(&["--backend", "skypilot"], &task, &env);
+    let script = r#"
+import json, sys, yaml, sky
+config = yaml.safe_load(open(sys.argv[1]))
+declared = dict(config["secrets"])
+t = sky.Task.from_yaml_config(config, secrets_overrides=[(k, "given") for k in declared])
+print(json.dumps({
+    "declared_secrets": declared,
+    "unresolved": [r.name for r in t.managed_secret_refs],
+    "ports": list(t.resources)[0].ports,
+}))
+"#;
+    let v = sky_python(script, &[&task]);
+    assert_no_secret_has_a_value(&v);
+    let declared: std::collections::BTreeSet<&str> = v["declared_secrets"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for name in README_CREDENTIAL_ENV.iter().chain(&["SKYHAUL_FLEET_TOKEN"]) {
+        assert!(declared.contains(name), "{name} not declared: {v}");
+    }
+    assert_eq!(v["unresolved"], serde_json::json!([]), "{v}");
+    assert_eq!(v["ports"], serde_json::Value::Null, "{v}");
+    // Nothing set (empty is unset): the token alone, which SkyPilot then asks for.
+    let unset: Vec<(&str, &str)> = README_CREDENTIAL_ENV.iter().map(|v| (*v, "")).collect();
+    generate(&["--backend", "skypilot", "--force"], &task, &unset);
+    let v = sky_python(script, &[&task]);
+    assert_eq!(
+        v["declared_secrets"],
+        serde_json::json!({"SKYHAUL_FLEET_TOKEN": null}),
+        "{v}"
+    );
+
+    let (_, text) = generate(&["--backend", "ssh", "--hosts", "h1,h2"], &runner, &env);
+    let vars = text
+        .lines()
+        .find(|l| l.starts_with("FLEET_VARS=("))
+        .unwrap_or_else(|| panic!("no FLEET_VARS in {text}"));
+    for name in README_CREDENTIAL_ENV {
+        assert!(
+            vars.split(['(', ' ', ')']).any(|w| w == name),
+            "{name} not passed on: {vars}"
+        );
+    }
+
+    // A key file is a path here: named in a warning, the job still written.
+    let key = dir.path().join("reader.json");
+    let mut with_key = unset.clone();
+    with_key.push(("GOOGLE_APPLICATION_CREDENTIALS", key.to_str().unwrap()));
+    let (run, _) = generate(&["--backend", "skypilot", "--force"], &task, &with_key);
+    assert!(
+        run.stderr.contains("warning: the GCS service-account key")
+            && run.stderr.contains(&format!(
+                "{} (from GOOGLE_APPLICATION_CREDENTIALS)",
+                key.display()
+            )),
+        "{}",
+        run.stderr
+    );
 }

@@ -167,6 +167,28 @@ async fn unknown_places_are_shown_as_unknown_and_deletes_are_counted() {
         text.contains("list prices of 20"),
         "the prices' date is shown: {text}"
     );
+    // One endpoint and one set of keys: the store copies, and the requests say COPY (as
+    // the README counts them), or PUT when skyhaul is to copy the bytes itself.
+    assert!(text.contains("(copied by the store itself)"), "{text}");
+    assert!(text.contains("destination 1 COPY, "), "{text}");
+    let args = [
+        "plan",
+        "-r",
+        "s3://src-bucket/data",
+        "s3://dst-bucket/data",
+        "--src-endpoint",
+        &s3.endpoint,
+        "--dst-endpoint",
+        &s3.endpoint,
+        "--no-server-side-copy",
+    ];
+    let through = skyhaul(&args, Some(&s3), Some(&s3));
+    assert_eq!(through.code, 0, "{}", through.stderr);
+    assert!(
+        through.stdout.contains("destination 1 PUT, "),
+        "{}",
+        through.stdout
+    );
     // Nothing deleted, nothing copied.
     assert!(s3.get("dst-bucket", "data/old").await.is_some());
     assert!(s3.get("dst-bucket", "data/x").await.is_none());
@@ -199,4 +221,41 @@ fn price_table_and_overrides() {
     let broken = skyhaul(&["prices", "--prices", file.to_str().unwrap()], None, None);
     assert_eq!(broken.code, 2);
     assert!(broken.stderr.contains("p.toml"), "{}", broken.stderr);
+
+    // A misspelt key would leave the list price in force under a plan that says the file
+    // was laid over the table; a negative price would bill negative. Both are refused, by
+    // `prices` and by `plan` (which reads the file before any store).
+    for (text, key) in [
+        (
+            "[providers.aws]\ninternet_egres_per_gib = 0.01\n",
+            "providers.aws.internet_egres_per_gib",
+        ),
+        (
+            "[providers.aws]\ninternet_egress_per_gib = -1\n",
+            "providers.aws.internet_egress_per_gib",
+        ),
+        ("[meta]\nas_of = \"yesterday\"\n", "meta.as_of"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let path = file.to_str().unwrap();
+        for args in [
+            vec!["prices", "--prices", path],
+            vec![
+                "plan",
+                "/nonexistent/src",
+                "/nonexistent/dst",
+                "--prices",
+                path,
+            ],
+        ] {
+            let run = skyhaul(&args, None, None);
+            assert_eq!(run.code, 2, "{args:?} {text}: {}", run.stderr);
+            assert!(
+                run.stderr.contains("p.toml") && run.stderr.contains(key),
+                "{args:?}: {}",
+                run.stderr
+            );
+            assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+        }
+    }
 }

@@ -30,37 +30,60 @@ mod skypilot;
 mod slurm;
 mod ssh;
 
-/// The secrets a SkyPilot task declares (given at launch): the fleet token and S3 keys.
-pub const SECRET_ENV: [&str; 7] = [
-    "SKYHAUL_FLEET_TOKEN",
+/// The fleet's token, which every job needs (each refuses to start without it).
+pub const TOKEN_ENV: &str = "SKYHAUL_FLEET_TOKEN";
+
+/// The relay's transfer key (`skyhaul_relay::key::KEY_ENV`): the coordinator of a transfer
+/// with `--relay` needs it, and hands it to the workers itself.
+pub const RELAY_KEY_ENV: &str = "SKYHAUL_RELAY_KEY";
+
+/// Every variable through which a side finds its store and its credentials (the README's
+/// credential tables: skyhaul's per side, then AWS's and Azure's own), passed on by name
+/// when set, never written into a job: the SSH runner sends them over each connection,
+/// SkyPilot declares those set where the job is made as secrets. Files are not among them
+/// (see [`KEY_FILE_ENV`]).
+pub const CREDENTIAL_ENV: [&str; 32] = [
     "SKYHAUL_SRC_ACCESS_KEY_ID",
     "SKYHAUL_SRC_SECRET_ACCESS_KEY",
     "SKYHAUL_SRC_SESSION_TOKEN",
     "SKYHAUL_DST_ACCESS_KEY_ID",
     "SKYHAUL_DST_SECRET_ACCESS_KEY",
     "SKYHAUL_DST_SESSION_TOKEN",
-];
-
-/// The relay's transfer key (`skyhaul_relay::key::KEY_ENV`): the coordinator of a transfer
-/// with `--relay` needs it, and hands it to the workers itself.
-pub const RELAY_KEY_ENV: &str = "SKYHAUL_RELAY_KEY";
-
-/// More credentials the SSH runner passes on when set, besides [`SECRET_ENV`] (names
-/// only, never values): AWS's own variables, the GCS/Azure ones and the relay's key.
-pub const CREDENTIAL_ENV: [&str; 13] = [
+    "SKYHAUL_SRC_ENDPOINT",
+    "SKYHAUL_DST_ENDPOINT",
+    "SKYHAUL_SRC_PROFILE",
+    "SKYHAUL_DST_PROFILE",
+    "SKYHAUL_SRC_REGION",
+    "SKYHAUL_DST_REGION",
+    "SKYHAUL_SRC_AZURE_ACCOUNT",
+    "SKYHAUL_SRC_AZURE_KEY",
+    "SKYHAUL_SRC_AZURE_SAS",
+    "SKYHAUL_SRC_AZURE_CONNECTION_STRING",
+    "SKYHAUL_DST_AZURE_ACCOUNT",
+    "SKYHAUL_DST_AZURE_KEY",
+    "SKYHAUL_DST_AZURE_SAS",
+    "SKYHAUL_DST_AZURE_CONNECTION_STRING",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_PROFILE",
-    "SKYHAUL_SRC_AZURE_ACCOUNT",
-    "SKYHAUL_SRC_AZURE_KEY",
-    "SKYHAUL_SRC_AZURE_SAS",
-    "SKYHAUL_DST_AZURE_ACCOUNT",
-    "SKYHAUL_DST_AZURE_KEY",
-    "SKYHAUL_DST_AZURE_SAS",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+];
+
+/// Variables that name a GCS service-account key *file*: a path on the machine that
+/// launches, which a variable cannot carry to another. The SSH runner passes skyhaul's own
+/// on (the hosts may share the path); SkyPilot and Kubernetes nodes have no such file.
+pub const KEY_FILE_ENV: [&str; 3] = [
     "SKYHAUL_SRC_GCS_SERVICE_ACCOUNT",
     "SKYHAUL_DST_GCS_SERVICE_ACCOUNT",
-    RELAY_KEY_ENV,
+    "GOOGLE_APPLICATION_CREDENTIALS",
 ];
 
 /// The destination's credentials: with gateways they are the gateways' alone, and the
@@ -86,6 +109,17 @@ const GATEWAY_DROPS: [&str; 8] = [
     "SKYHAUL_SRC_AZURE_CONNECTION_STRING",
     "SKYHAUL_SRC_GCS_SERVICE_ACCOUNT",
 ];
+
+/// Whether the fleet's machines get variable `v` (of those passed on by name): with
+/// gateways, the destination's settings and credentials are the gateways' alone.
+fn for_fleet(v: &str, gateways: bool) -> bool {
+    !(gateways && v.starts_with("SKYHAUL_DST_"))
+}
+
+/// Whether the gateways get variable `v`: not the fleet's token, nor the source's.
+fn for_gateways(v: &str) -> bool {
+    v != TOKEN_ENV && !v.starts_with("SKYHAUL_SRC_")
+}
 
 /// The variable the coordinator's `--relay` is read from in a job with gateways: the
 /// gateways' `HOST:PORT`s, comma-separated, as the engine placed them.
@@ -131,6 +165,10 @@ pub struct Job {
     pub keep_cluster: bool,
     /// SSH: the hosts, rank 0 first.
     pub hosts: Vec<String>,
+    /// SkyPilot: the variables of [`CREDENTIAL_ENV`] set where the job is made, declared as
+    /// secrets. SkyPilot refuses to launch a task with a declared secret it has no value
+    /// for, so a variable not set is not declared.
+    pub credentials: Vec<&'static str>,
     /// Relay gateways to start with the fleet, near the destination.
     pub gateways: Option<Gateways>,
 }
@@ -286,29 +324,27 @@ fn yaml(s: &str) -> String {
 }
 
 impl Job {
-    /// The secrets a SkyPilot task declares: [`SECRET_ENV`], and the relay's key when the
-    /// transfer goes through gateways.
+    /// The secrets a SkyPilot task declares: the token, the credentials of
+    /// [`Job::credentials`], and the relay's key when the transfer goes through gateways.
     pub fn secrets(&self) -> Vec<&'static str> {
         let relays = self
             .transfer
             .iter()
             .any(|a| a == "--relay" || a.starts_with("--relay="));
-        let mut v = SECRET_ENV.to_vec();
-        if self.gateways.is_some() {
-            // The destination's credentials go to the gateways only.
-            v.retain(|s| !DST_CREDENTIAL_ENV.contains(s));
-        }
+        let mut v = vec![TOKEN_ENV];
+        let gateways = self.gateways.is_some();
+        v.extend(self.credentials.iter().filter(|s| for_fleet(s, gateways)));
         if relays || self.gateways.is_some() {
             v.push(RELAY_KEY_ENV);
         }
         v
     }
 
-    /// The secrets the gateways' SkyPilot task declares: the relay key and the destination's
-    /// S3 keys.
+    /// The secrets the gateways' SkyPilot task declares: the relay key and the credentials
+    /// of [`Job::credentials`] but the source's.
     pub fn gateway_secrets(&self) -> Vec<&'static str> {
         let mut v = vec![RELAY_KEY_ENV];
-        v.extend(SECRET_ENV.iter().filter(|s| DST_CREDENTIAL_ENV.contains(s)));
+        v.extend(self.credentials.iter().filter(|s| for_gateways(s)));
         v
     }
 
@@ -468,6 +504,7 @@ mod tests {
             cpus: Some("8+".into()),
             keep_cluster: false,
             hosts: vec!["h1".into(), "user@h2".into()],
+            credentials: CREDENTIAL_ENV.to_vec(),
             gateways: None,
         }
     }

@@ -66,7 +66,9 @@ impl Job {
             let _ = writeln!(s, "  cpus: {}", yaml(cpus));
         }
         let _ = writeln!(s, "  use_spot: {}", self.spot);
-        let _ = writeln!(s, "  ports: {}", self.port);
+        // No `ports:`: the workers dial the coordinator at its internal address
+        // (SKYPILOT_NODE_IPS), which a cluster's own nodes reach on every port, and its API
+        // (plain HTTP without TLS) stays off the internet.
         if !self.keep_cluster {
             s.push_str(AUTODOWN);
         }

@@ -39,20 +39,26 @@ impl Job {
             s,
             "export SKYHAUL_HEAD=\"${{SKYHAUL_HEAD_ADDR:-${{HOSTS[0]#*@}}}}\""
         );
-        let all: Vec<&str> = SECRET_ENV
-            .iter()
-            .chain(CREDENTIAL_ENV.iter())
-            .copied()
+        // skyhaul's own key files are passed on as paths (the hosts may share them);
+        // GOOGLE_APPLICATION_CREDENTIALS not, so a host without that file keeps its own ADC.
+        let all: Vec<&str> = [TOKEN_ENV]
+            .into_iter()
+            .chain(CREDENTIAL_ENV)
+            .chain(
+                KEY_FILE_ENV
+                    .into_iter()
+                    .filter(|v| v.starts_with("SKYHAUL_")),
+            )
+            .chain([RELAY_KEY_ENV])
             .collect();
-        let fleet_vars: Vec<&str> = match &self.gateways {
-            Some(_) => all
-                .iter()
-                .filter(|v| !DST_CREDENTIAL_ENV.contains(v))
-                .copied()
-                .chain(["SKYHAUL_HEAD", GATEWAYS_ENV])
-                .collect(),
-            None => all.iter().copied().chain(["SKYHAUL_HEAD"]).collect(),
-        };
+        let gateways = self.gateways.is_some();
+        let fleet_vars: Vec<&str> = all
+            .iter()
+            .filter(|v| for_fleet(v, gateways))
+            .copied()
+            .chain(["SKYHAUL_HEAD"])
+            .chain(gateways.then_some(GATEWAYS_ENV))
+            .collect();
         let _ = writeln!(
             s,
             "# Prints `export NAME=VALUE` for each variable named that is set."
@@ -69,11 +75,7 @@ impl Job {
         let _ = writeln!(s, "pids=()");
         let mut rank_tls = "";
         if let Some(g) = &self.gateways {
-            let gw_vars: Vec<&str> = all
-                .iter()
-                .filter(|v| !GATEWAY_DROPS.contains(v))
-                .copied()
-                .collect();
+            let gw_vars: Vec<&str> = all.iter().filter(|v| for_gateways(v)).copied().collect();
             let gw_hosts: Vec<String> = g.hosts.iter().map(|h| sh(h)).collect();
             s.push_str(&relay_key_check());
             let _ = writeln!(s, "GATEWAY_HOSTS=({})", gw_hosts.join(" "));
