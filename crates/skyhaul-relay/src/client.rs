@@ -127,12 +127,27 @@ struct Shared {
     destination: std::sync::OnceLock<Destination>,
 }
 
-/// A gateway's destination store, as its [`Info`] names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A gateway's destination store, as its [`Info`] names it. Two are the same store when
+/// their place ([`skyhaul_store::Store::place`]: kind, endpoint, account) and bucket are,
+/// whatever the names say (`az://c` and its https URL); a store without a place (a file
+/// system) is known by its name.
+#[derive(Debug, Clone)]
 struct Destination {
     name: String,
     container: String,
     place: Option<String>,
+}
+
+impl PartialEq for Destination {
+    fn eq(&self, other: &Self) -> bool {
+        let by = |d: &Destination| {
+            (
+                d.place.clone().unwrap_or_else(|| d.name.clone()),
+                d.container.clone(),
+            )
+        };
+        by(self) == by(other)
+    }
 }
 
 impl Destination {
@@ -175,6 +190,10 @@ struct Link {
     left_out: std::sync::OnceLock<(ErrorKind, String)>,
     /// Set once the gateway has said that it writes to [`Shared::destination`].
     checked: tokio::sync::OnceCell<()>,
+    /// The last handshake failed its key proof. One failure may be a byte flipped on the
+    /// way (the proofs cover both hellos); a second with no success between means another
+    /// key.
+    key_refused: AtomicBool,
 }
 
 struct Conn {
@@ -255,6 +274,7 @@ impl Shared {
                 down_until: Mutex::new(None),
                 left_out: std::sync::OnceLock::new(),
                 checked: tokio::sync::OnceCell::new(),
+                key_refused: AtomicBool::new(false),
             })
             .collect();
         Arc::new(Shared {
@@ -276,11 +296,17 @@ impl RelayStore {
             return Err(Error::new(ErrorKind::Other, "--relay: no gateway address"));
         }
         let shared = Shared::new(opts);
-        let container = shared.opts.container.clone();
-        let (value, _) = shared
-            .call(&Request::Info { container }, Bytes::new())
-            .await?;
-        let info: Info = parse(value)?;
+        let info = match shared.agree().await? {
+            Some(info) => info,
+            // None answered at once: the same question with retries, which says why.
+            None => {
+                let container = shared.opts.container.clone();
+                let (value, _) = shared
+                    .call(&Request::Info { container }, Bytes::new())
+                    .await?;
+                parse(value)?
+            }
+        };
         let _ = shared.destination.set(Destination::of(&info));
         Ok(RelayStore {
             name: format!("{} (via relay)", info.name),
@@ -386,15 +412,7 @@ impl Shared {
             };
             match tried {
                 Ok(msg) => return answer(msg).map_err(|e| from_gateway(e, link)),
-                Err(TryError::Untrusted(why)) => {
-                    return Err(Error::new(
-                        ErrorKind::Unreachable,
-                        format!(
-                            "relay: gateway {} presented a certificate this side does not trust ({why}): pass its CA with --relay-tls-ca",
-                            link.addr
-                        ),
-                    ))
-                }
+                Err(TryError::Untrusted(why)) => return Err(untrusted(link, &why)),
                 Err(TryError::LeftOut(kind, why)) => {
                     let _ = link.left_out.set((kind, why.clone()));
                     last = format!("gateway {}: {why}", link.addr);
@@ -431,28 +449,74 @@ impl Shared {
         why
     }
 
+    /// Asks every gateway at once what it writes to: those that answer must all write to
+    /// one store, else the transfer stops before anything is written (which of them is set
+    /// up right, this side cannot tell). One that serves another bucket than the
+    /// transfer's is left out. Those that do not answer now are asked before their first
+    /// use ([`Shared::check`]). `None` when no gateway answered.
+    async fn agree(&self) -> Result<Option<Info>> {
+        let asked = futures::future::join_all(self.links.iter().map(|l| self.ask(l))).await;
+        let mut answered: Vec<(&Link, Info)> = Vec::new();
+        for (link, asked) in self.links.iter().zip(asked) {
+            match asked {
+                Ok(info) => answered.push((link, info)),
+                Err(TryError::Untrusted(why)) => return Err(untrusted(link, &why)),
+                Err(TryError::LeftOut(kind, why)) => {
+                    tracing::warn!("relay: gateway {}: {why}; left out", link.addr);
+                    let _ = link.left_out.set((kind, why));
+                }
+                Err(TryError::Again(_)) => {}
+            }
+        }
+        let Some((first, info)) = answered.first() else {
+            return Ok(None);
+        };
+        let want = Destination::of(info);
+        if let Some((other, found)) = answered.iter().find(|(_, i)| Destination::of(i) != want) {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!(
+                    "relay: the gateways write to different stores: {} to {want}, {} to {}; start every gateway with the same destination, endpoint spelling included",
+                    first.addr,
+                    other.addr,
+                    Destination::of(found)
+                ),
+            ));
+        }
+        for (link, _) in &answered {
+            let _ = link.checked.set(());
+        }
+        Ok(Some(info.clone()))
+    }
+
+    /// One try of asking `link`'s gateway what it writes to. A gateway that serves another
+    /// bucket than the transfer's cannot serve it.
+    async fn ask(&self, link: &Link) -> std::result::Result<Info, TryError> {
+        let req = Request::Info {
+            container: self.opts.container.clone(),
+        };
+        let meta = serde_json::to_vec(&req).expect("requests serialise");
+        let msg = self.try_call(link, &meta, &Bytes::new(), false).await?;
+        match answer(msg) {
+            Ok((value, _)) => parse(value).map_err(|e| TryError::Again(e.message)),
+            // The error names the bucket it serves.
+            Err(e) if e.kind == ErrorKind::BucketNotFound => {
+                Err(TryError::LeftOut(e.kind, e.message))
+            }
+            Err(e) => Err(TryError::Again(e.message)),
+        }
+    }
+
     /// Asks `link`'s gateway what it writes to, once, before anything that reads or writes
-    /// the store goes through it: one started with another endpoint, account or bucket
-    /// (same key, wrong flags) would otherwise get its share of the objects.
+    /// the store goes through it, when it did not answer at connect time: one started with
+    /// another endpoint, account or bucket would otherwise get its share of the objects.
     async fn check(&self, link: &Link) -> std::result::Result<(), TryError> {
         let Some(want) = self.destination.get() else {
             return Ok(());
         };
         link.checked
             .get_or_try_init(|| async {
-                let req = Request::Info {
-                    container: want.container.clone(),
-                };
-                let meta = serde_json::to_vec(&req).expect("requests serialise");
-                let msg = self.try_call(link, &meta, &Bytes::new(), false).await?;
-                let found = match answer(msg) {
-                    Ok((value, _)) => Destination::of(&parse(value).map_err(|e| e.message)?),
-                    // Its own bucket is not this transfer's: the error names it.
-                    Err(e) if e.kind == ErrorKind::BucketNotFound => {
-                        return Err(TryError::LeftOut(ErrorKind::Other, e.message))
-                    }
-                    Err(e) => return Err(TryError::Again(e.message)),
-                };
+                let found = Destination::of(&self.ask(link).await?);
                 match found == *want {
                     true => Ok(()),
                     false => Err(TryError::LeftOut(
@@ -572,15 +636,25 @@ fn answer(msg: Message) -> Result<(Value, Bytes)> {
     }
 }
 
+fn untrusted(link: &Link, why: &str) -> Error {
+    Error::new(
+        ErrorKind::Unreachable,
+        format!(
+            "relay: gateway {} presented a certificate this side does not trust ({why}): pass its CA with --relay-tls-ca",
+            link.addr
+        ),
+    )
+}
+
 /// Names the gateway in an error its store gave that is about how the gateway was set up
 /// (its credentials, endpoint or bucket): the sender's `--dst-*` flags, which its hints
 /// would name, do not reach it.
 fn from_gateway(e: Error, link: &Link) -> Error {
+    // A bucket the gateway does not serve, or the gateway stopping, is not about its set-up:
+    // its own message says what to do.
+    let own = e.message.contains("this relay gateway");
     match e.kind {
-        ErrorKind::AccessDenied
-        | ErrorKind::BadCredentials
-        | ErrorKind::Unreachable
-        | ErrorKind::BucketNotFound => Error::new(
+        ErrorKind::AccessDenied | ErrorKind::BadCredentials | ErrorKind::Unreachable if !own => Error::new(
             e.kind,
             format!(
                 "relay: gateway {}: {} (the gateway's destination: check the credentials, endpoint and bucket it was started with)",
@@ -658,11 +732,12 @@ impl Link {
             WireError::Version(_) => {
                 TryError::LeftOut(ErrorKind::Unreachable, format!("handshake: {e}"))
             }
-            WireError::Key => {
+            WireError::Key if self.key_refused.swap(true, Relaxed) => {
                 TryError::LeftOut(ErrorKind::BadCredentials, format!("handshake: {e}"))
             }
             e => TryError::Again(format!("handshake: {e}")),
         })?;
+        self.key_refused.store(false, Relaxed);
         let (rd, mut wr) = io.into_inner();
         let alive = Arc::new(AtomicBool::new(true));
         let dead = Arc::new(Notify::new());

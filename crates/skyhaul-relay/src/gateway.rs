@@ -292,14 +292,18 @@ impl Gateway {
                 Ok((value, body)) => (Response::Ok { value }, body),
                 Err(e) => {
                     // This side's set-up is at fault, which only its operator can mend: the
-                    // sender sees the error too, but may not run here.
-                    if matches!(
-                        e.kind,
-                        ErrorKind::AccessDenied
-                            | ErrorKind::BadCredentials
-                            | ErrorKind::Unreachable
-                            | ErrorKind::BucketNotFound
-                    ) {
+                    // sender sees the error too, but may not run here. The gateway's own
+                    // refusals (stopping, another bucket) are the sender's to mend.
+                    let own = e.message.contains("this relay gateway");
+                    if !own
+                        && matches!(
+                            e.kind,
+                            ErrorKind::AccessDenied
+                                | ErrorKind::BadCredentials
+                                | ErrorKind::Unreachable
+                                | ErrorKind::BucketNotFound
+                        )
+                    {
                         tracing::warn!("relay gateway: {e}");
                     }
                     (Response::from_error(&e), Bytes::new())

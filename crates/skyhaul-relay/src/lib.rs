@@ -58,10 +58,11 @@
 //! of its connections to a gateway, and counts a read in flight as lost when any of them
 //! breaks (other requests only when a connection that carried their frames does).
 //!
-//! Every gateway of a transfer must write to one store. A sender asks each gateway what it
-//! writes to ([`rpc::Info`]: name, bucket and [`skyhaul_store::Store::place`]) before the
-//! first request that reads or writes through it, and leaves out one that names another
-//! store than the first gateway to answer did.
+//! Every gateway of a transfer must write to one store. A sender asks every gateway what it
+//! writes to ([`rpc::Info`]: bucket and [`skyhaul_store::Store::place`]) when it connects:
+//! if those that answer disagree, it stops, since it cannot tell which is set up right. One
+//! that did not answer then is asked before the first request that reads or writes through
+//! it, and left out if it names another store.
 //!
 //! # Ending a gateway
 //!
