@@ -293,8 +293,8 @@ impl GcsStore {
         );
         buf.extend_from_slice(&data);
         buf.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        // The name goes in the query too, which wins over the resource's: it is then not in
-        // the body, which a fault on the way could turn into another object's name.
+        // The name goes in the query too, which wins over the resource's: a byte flipped in
+        // the resource's name on the way cannot put the bytes under another key.
         let url = format!(
             "{}/upload/storage/v1/b/{}/o?uploadType=multipart&name={}",
             self.base,
@@ -316,10 +316,8 @@ impl GcsStore {
             .await?;
         let obj: GcsObject = self.json(resp, &target, what).await?;
         if obj.name != key {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!("{target}: {what}: the server stored it as {:?}", obj.name),
-            ));
+            let wrong = format!("it as {:?}", obj.name);
+            return Err(self.discard(&obj, &target, what, &wrong).await);
         }
         // GCS refuses mismatching hashes itself; this also catches servers that do not.
         let stored_crc = obj.crc32c();
@@ -331,7 +329,10 @@ impl GcsStore {
             obj.differs_from(opts)
         };
         match wrong {
-            Some(wrong) => Err(self.discard(&obj, &target, what, &wrong).await),
+            Some(wrong) => {
+                let wrong = format!("{wrong} than were sent");
+                Err(self.discard(&obj, &target, what, &wrong).await)
+            }
             None => Ok(obj),
         }
     }
@@ -340,20 +341,29 @@ impl GcsStore {
     /// returns the error that says so. Only this generation goes: a write that came since
     /// stays.
     async fn discard(&self, obj: &GcsObject, target: &str, what: &str, wrong: &str) -> Error {
-        let mut url = self.object_url(&self.bucket, &obj.name);
-        if let Some(g) = &obj.generation {
-            url.push_str(&format!("?ifGenerationMatch={g}"));
-        }
+        let error = Error::new(
+            ErrorKind::Corrupt,
+            format!("{target}: {what}: the server stored {wrong}"),
+        );
+        // Without its generation, a delete could take a write that came since.
+        let Some(g) = &obj.generation else {
+            tracing::warn!(
+                "{target}: the corrupted upload was left as {:?}: the server named no generation to remove only it",
+                obj.name
+            );
+            return error;
+        };
+        let url = format!(
+            "{}?ifGenerationMatch={g}",
+            self.object_url(&self.bucket, &obj.name)
+        );
         let deleted = self
             .request(Method::DELETE, url, &[], Bytes::new(), target, "delete")
             .await;
         if let Err(e) = deleted {
             tracing::warn!("{target}: the corrupted upload could not be removed: {e}");
         }
-        Error::new(
-            ErrorKind::Corrupt,
-            format!("{target}: {what}: the server stored {wrong} than were sent"),
-        )
+        error
     }
 
     /// Every object under `prefix`, temporary upload parts included.
@@ -1036,6 +1046,7 @@ impl Store for GcsStore {
             _ => obj.differs_from(opts),
         };
         if let Some(wrong) = wrong {
+            let wrong = format!("{wrong} than were sent");
             return Err(self.discard(&obj, &target, "complete", &wrong).await);
         }
         if let Err(e) = self.delete_upload_objects(&upload.upload_id).await {

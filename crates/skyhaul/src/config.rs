@@ -259,10 +259,12 @@ pub struct Config {
     remotes: BTreeMap<String, RemoteConfig>,
 }
 
-/// Whether `name` can name a remote: ASCII letters, digits, `_` and `-`, so that
+/// Whether `name` can name a remote: ASCII letters, digits, `_` and `-` (not first, as
+/// rclone wants), so that
 /// `NAME:bucket/path` is unambiguous and the name is a bare TOML key.
 pub fn valid_remote_name(name: &str) -> bool {
     !name.is_empty()
+        && !name.starts_with('-')
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')

@@ -121,10 +121,17 @@ fn redact_key_ids(event: &mut Vec<u8>) {
     let mut from = 0;
     while let Some(at) = event[from..].windows(FIELD.len()).position(|w| w == FIELD) {
         let start = from + at + FIELD.len();
-        let Some(len) = event[start..].iter().position(|&b| b == b'"') else {
-            break;
-        };
-        event.splice(start..start + len, *b"** redacted **");
+        // `Debug` writes a `"` inside the id (possible at MinIO or Ceph) as `\"`.
+        let mut end = start;
+        loop {
+            match event.get(end) {
+                Some(b'"') => break,
+                Some(b'\\') => end += 2,
+                Some(_) => end += 1,
+                None => return,
+            }
+        }
+        event.splice(start..end, *b"** redacted **");
         from = start;
     }
 }
@@ -540,6 +547,13 @@ mod tests {
             e.matches(r#"access_key_id: "** redacted **""#).count(),
             2,
             "{e}"
+        );
+        // A `"` in the id is escaped by `Debug`; the whole id goes.
+        let mut quoted = br#"Credentials { access_key_id: "LEAKA\"LEAKB", b }"#.to_vec();
+        redact_key_ids(&mut quoted);
+        assert_eq!(
+            String::from_utf8(quoted).unwrap(),
+            r#"Credentials { access_key_id: "** redacted **", b }"#
         );
         let mut plain = b"no credentials here".to_vec();
         redact_key_ids(&mut plain);

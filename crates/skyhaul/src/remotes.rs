@@ -126,6 +126,8 @@ pub enum RemoteError {
         location: String,
         looked_in: Vec<String>,
         known: Vec<String>,
+        /// A local file or directory has that name: likely what was meant.
+        local: bool,
     },
     /// An rclone remote of another kind (`drive`, `sftp`, `crypt`…).
     UnsupportedType {
@@ -168,6 +170,7 @@ impl fmt::Display for RemoteError {
                 location,
                 looked_in,
                 known,
+                local,
             } => {
                 let known = if known.is_empty() {
                     "none".to_string()
@@ -188,7 +191,12 @@ impl fmt::Display for RemoteError {
                     // skyhaul's config cannot hold such a name; an rclone.conf can.
                     false => write!(f, "define it in an rclone.conf (--rclone-config)")?,
                 }
-                if name.eq_ignore_ascii_case("s3") {
+                if *local {
+                    write!(
+                        f,
+                        "; a local path of that name exists: write ./{location} for it"
+                    )
+                } else if name.eq_ignore_ascii_case("s3") {
                     let rest = location.split_once(':').map_or("", |(_, r)| r);
                     write!(f, ", or write s3://{}", rest.trim_start_matches('/'))
                 } else {
@@ -342,6 +350,7 @@ pub fn resolve(
         name: name.to_string(),
         location: location.to_string(),
         looked_in: vec!["skyhaul config".to_string(), rclone_place],
+        local: Path::new(location).symlink_metadata().is_ok(),
         known: config
             .remote_names()
             .chain(rclone.iter().flat_map(|r| r.remote_names()))

@@ -1287,6 +1287,11 @@ async fn no_log_level_shows_the_access_key_id() {
         if log.is_some() {
             assert!(run.stderr.contains("TRACE"), "{log:?}: logged nothing");
         }
+        // The SDK did print the credentials, and the id was blanked.
+        assert!(
+            run.stderr.contains(r#"access_key_id: "** redacted **""#),
+            "{verbose} {log:?}: no credentials logged: the test proves nothing"
+        );
         for secret in [&s.access_key, &s.secret_key] {
             assert!(
                 !run.stderr.contains(secret.as_str()),

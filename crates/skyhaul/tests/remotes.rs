@@ -81,8 +81,6 @@ async fn rclone_conf_remote_works_unchanged() {
     assert_eq!(run.code, 2, "{}", run.stderr);
 }
 
-/// A remote from `skyhaul config` (endpoint only; keys from the environment) and an
-/// explicit flag winning over the remote's endpoint.
 /// rclone allows remote names with `.`, `+`, `@` and spaces. Such a remote is used, not
 /// taken for a local directory named `my.remote:bucket` (where the copy used to go, verified,
 /// exit 0); such a name that no file defines is refused, and nothing is written.
@@ -144,8 +142,35 @@ async fn rclone_names_with_dots_and_spaces_are_remotes() {
         0,
         "written locally"
     );
+    // A local file with such a name (a timestamp): the error says how to copy it.
+    let stamped = "backup.2024-01-01T10:00:00.tar";
+    std::fs::write(cwd.join(stamped), b"tar").unwrap();
+    let run = skyhaul_in(
+        &cwd,
+        &["cp", stamped, tmp.path().join("out/").to_str().unwrap()],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "a local path of that name exists: write ./{stamped}"
+        )),
+        "{}",
+        run.stderr
+    );
+    let dot = format!("./{stamped}");
+    let run = skyhaul_in(
+        &cwd,
+        &["cp", &dot, tmp.path().join("out/").to_str().unwrap()],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(tmp.path().join("out").join(stamped)).unwrap(),
+        b"tar"
+    );
 }
 
+/// A remote from `skyhaul config` (endpoint only; keys from the environment) and an
+/// explicit flag winning over the remote's endpoint.
 #[tokio::test(flavor = "multi_thread")]
 async fn skyhaul_config_remote_and_flags_win() {
     let s3 = S3Server::start(S3Kind::S3sFs);
