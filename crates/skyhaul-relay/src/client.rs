@@ -190,6 +190,9 @@ struct Link {
     left_out: std::sync::OnceLock<(ErrorKind, String)>,
     /// Set once the gateway has said that it writes to [`Shared::destination`].
     checked: tokio::sync::OnceCell<()>,
+    /// A request is asking it that: others go to other gateways rather than queue behind
+    /// the question, one after another, should the gateway not answer.
+    checking: AtomicBool,
     /// The last handshake failed its key proof. One failure may be a byte flipped on the
     /// way (the proofs cover both hellos); a second with no success between means another
     /// key.
@@ -274,6 +277,7 @@ impl Shared {
                 down_until: Mutex::new(None),
                 left_out: std::sync::OnceLock::new(),
                 checked: tokio::sync::OnceCell::new(),
+                checking: AtomicBool::new(false),
                 key_refused: AtomicBool::new(false),
             })
             .collect();
@@ -414,12 +418,14 @@ impl Shared {
                 Ok(msg) => return answer(msg).map_err(|e| from_gateway(e, link)),
                 Err(TryError::Untrusted(why)) => return Err(untrusted(link, &why)),
                 Err(TryError::LeftOut(kind, why)) => {
-                    let _ = link.left_out.set((kind, why.clone()));
+                    let first = link.left_out.set((kind, why.clone())).is_ok();
                     last = format!("gateway {}: {why}", link.addr);
                     if only.is_some() || self.all_left_out().is_some() {
                         return Err(Error::new(kind, format!("relay: {last}")));
                     }
-                    tracing::warn!("relay: {last}; sending through the other gateways");
+                    if first {
+                        tracing::warn!("relay: {last}; sending through the other gateways");
+                    }
                 }
                 Err(TryError::Again(e)) => {
                     tracing::warn!(
@@ -516,6 +522,11 @@ impl Shared {
         };
         link.checked
             .get_or_try_init(|| async {
+                // Found by a request queued ahead of this one.
+                if let Some((kind, why)) = link.left_out.get() {
+                    return Err(TryError::LeftOut(*kind, why.clone()));
+                }
+                let _checking = Raised::new(&link.checking);
                 let found = Destination::of(&self.ask(link).await?);
                 match found == *want {
                     true => Ok(()),
@@ -529,8 +540,8 @@ impl Shared {
             .map(drop)
     }
 
-    /// The next gateway in turn that is not known to be down (any, if all are), of those
-    /// that can serve this transfer.
+    /// The next gateway in turn that is not known to be down nor being asked what it writes
+    /// to (else one not down; any, if all are), of those that can serve this transfer.
     fn pick(&self, attempt: u32) -> &Link {
         let n = self.links.len();
         let start = self.next_link.fetch_add(1, Relaxed) + attempt as usize;
@@ -540,8 +551,10 @@ impl Shared {
                 .map(move |i| &self.links[(start + i) % n])
                 .filter(|l| l.left_out.get().is_none())
         };
+        let up = |l: &&Link| l.down_until.lock().unwrap().is_none_or(|t| t <= now);
         usable()
-            .find(|l| l.down_until.lock().unwrap().is_none_or(|t| t <= now))
+            .find(|l| up(l) && !l.checking.load(Relaxed))
+            .or_else(|| usable().find(up))
             .or_else(|| usable().next())
             .unwrap_or(&self.links[start % n])
     }
@@ -633,6 +646,22 @@ fn answer(msg: Message) -> Result<(Value, Bytes)> {
             ErrorKind::Other,
             format!("relay: unreadable answer from the gateway: {e}"),
         )),
+    }
+}
+
+/// A flag raised while it lives, lowered also when its future is dropped half-way.
+struct Raised<'a>(&'a AtomicBool);
+
+impl<'a> Raised<'a> {
+    fn new(flag: &'a AtomicBool) -> Raised<'a> {
+        flag.store(true, Relaxed);
+        Raised(flag)
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Relaxed);
     }
 }
 
