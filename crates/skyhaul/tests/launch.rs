@@ -1455,7 +1455,7 @@ fn launch_replaces_files_only_with_force_and_never_through_a_symlink() {
 
 /// Every variable of the README's credential tables (skyhaul's per side, AWS's and Azure's
 /// own; GCS takes files), as this test's own list.
-const README_CREDENTIAL_ENV: [&str; 30] = [
+const README_CREDENTIAL_ENV: [&str; 33] = [
     "SKYHAUL_SRC_ENDPOINT",
     "SKYHAUL_DST_ENDPOINT",
     "SKYHAUL_SRC_PROFILE",
@@ -1480,6 +1480,9 @@ const README_CREDENTIAL_ENV: [&str; 30] = [
     "AZURE_STORAGE_ACCOUNT",
     "AZURE_STORAGE_KEY",
     "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_TENANT_ID",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",

@@ -38,11 +38,12 @@ pub const TOKEN_ENV: &str = "SKYHAUL_FLEET_TOKEN";
 pub const RELAY_KEY_ENV: &str = "SKYHAUL_RELAY_KEY";
 
 /// Every variable through which a side finds its store and its credentials (the README's
-/// credential tables: skyhaul's per side, then AWS's and Azure's own), passed on by name
+/// credential tables: skyhaul's per side, then AWS's and Azure's own, Entra ID's service
+/// principal included), passed on by name
 /// when set, never written into a job: the SSH runner sends them over each connection,
 /// SkyPilot declares those set where the job is made as secrets. Files are not among them
 /// (see [`KEY_FILE_ENV`]).
-pub const CREDENTIAL_ENV: [&str; 32] = [
+pub const CREDENTIAL_ENV: [&str; 35] = [
     "SKYHAUL_SRC_ACCESS_KEY_ID",
     "SKYHAUL_SRC_SECRET_ACCESS_KEY",
     "SKYHAUL_SRC_SESSION_TOKEN",
@@ -75,6 +76,9 @@ pub const CREDENTIAL_ENV: [&str; 32] = [
     "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_STORAGE_ACCOUNT_NAME",
     "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_TENANT_ID",
 ];
 
 /// Variables that name a GCS service-account key *file*: a path on the machine that
