@@ -259,6 +259,44 @@ pub struct Config {
     remotes: BTreeMap<String, RemoteConfig>,
 }
 
+/// How a stored value is written in the file: numbers and booleans bare, the rest quoted.
+fn toml_text(key: &str, v: &str) -> String {
+    if INTEGER_KEYS.contains(&key) || key == "requester_pays" {
+        v.to_string()
+    } else {
+        toml::Value::String(v.to_string()).to_string()
+    }
+}
+
+/// Sets `key` in a file's `table` to `value`, or removes it when `None`, keeping the
+/// comments around an existing entry. Other spellings of the key (`max-connections`), which
+/// reading accepts, go.
+fn put(table: &mut dyn toml_edit::TableLike, key: &str, value: Option<&String>) {
+    let other_spellings: Vec<String> = table
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .filter(|k| k != key && k.trim().replace('-', "_") == key)
+        .collect();
+    for k in other_spellings {
+        table.remove(&k);
+    }
+    let Some(v) = value else {
+        table.remove(key);
+        return;
+    };
+    let new: toml_edit::Value = toml_text(key, v).parse().expect("written values parse");
+    match table.get_mut(key).and_then(toml_edit::Item::as_value_mut) {
+        Some(old) => {
+            let decor = old.decor().clone();
+            *old = new;
+            *old.decor_mut() = decor;
+        }
+        None => {
+            table.insert(key, toml_edit::Item::Value(new));
+        }
+    }
+}
+
 /// Whether `name` can name a remote: ASCII letters, digits, `_` and `-` (not first, as
 /// rclone wants), so that
 /// `NAME:bucket/path` is unambiguous and the name is a bare TOML key.
@@ -574,6 +612,7 @@ impl Config {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&dir).map_err(write_err)?;
+        let existing = std::fs::read_to_string(&target).ok();
         let file_name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -587,7 +626,7 @@ impl Config {
                 .write(true)
                 .create_new(true)
                 .open(&tmp)?;
-            file.write_all(self.to_toml().as_bytes())?;
+            file.write_all(self.render(existing.as_deref()).as_bytes())?;
             file.sync_all()?;
             drop(file);
             std::fs::rename(&tmp, &target)?;
@@ -604,6 +643,59 @@ impl Config {
         result.map_err(write_err)
     }
 
+    /// The file's new text. Over an existing file, which its owner may have commented or
+    /// laid out by hand, each setting and remote is changed, added or removed in place, so
+    /// the comments and the order stay; else the canonical layout.
+    fn render(&self, existing: Option<&str>) -> String {
+        let doc = existing
+            .filter(|text| !text.trim().is_empty())
+            .and_then(|text| text.parse::<toml_edit::DocumentMut>().ok());
+        let Some(mut doc) = doc else {
+            return self.to_toml();
+        };
+        let root = doc.as_table_mut();
+        for key in GLOBAL_KEYS {
+            put(root, key, self.globals.get(key));
+        }
+        if !self.remotes.is_empty() && !root.contains_key("remotes") {
+            let mut remotes = toml_edit::Table::new();
+            remotes.set_implicit(true);
+            root.insert("remotes", toml_edit::Item::Table(remotes));
+        }
+        if let Some(remotes) = root
+            .get_mut("remotes")
+            .and_then(toml_edit::Item::as_table_like_mut)
+        {
+            let gone: Vec<String> = remotes
+                .iter()
+                .map(|(name, _)| name.to_string())
+                .filter(|name| !self.remotes.contains_key(name))
+                .collect();
+            for name in gone {
+                remotes.remove(&name);
+            }
+            for (name, remote) in &self.remotes {
+                if !remotes
+                    .get(name)
+                    .is_some_and(toml_edit::Item::is_table_like)
+                {
+                    remotes.insert(name, toml_edit::Item::Table(toml_edit::Table::new()));
+                }
+                let fields = remotes
+                    .get_mut(name)
+                    .and_then(toml_edit::Item::as_table_like_mut)
+                    .expect("just made a table");
+                for field in REMOTE_FIELDS {
+                    put(fields, field, remote.field(field));
+                }
+            }
+        }
+        if self.remotes.is_empty() {
+            root.remove("remotes");
+        }
+        doc.to_string()
+    }
+
     /// The file's text in canonical layout: settings first, then one section per remote.
     fn to_toml(&self) -> String {
         let mut out = String::from(
@@ -611,26 +703,19 @@ impl Config {
              # Precedence: command-line flag > environment > this file > built-in default.\n\
              # Never put credentials here: use profiles or environment variables.\n",
         );
-        let value = |key: &str, v: &str| {
-            if INTEGER_KEYS.contains(&key) || key == "requester_pays" {
-                v.to_string()
-            } else {
-                toml::Value::String(v.to_string()).to_string()
-            }
-        };
         if !self.globals.is_empty() {
             out.push('\n');
         }
         for key in GLOBAL_KEYS {
             if let Some(v) = self.globals.get(key) {
-                out.push_str(&format!("{key} = {}\n", value(key, v)));
+                out.push_str(&format!("{key} = {}\n", toml_text(key, v)));
             }
         }
         for (name, remote) in &self.remotes {
             out.push_str(&format!("\n[remotes.{name}]\n"));
             for field in REMOTE_FIELDS {
                 if let Some(v) = remote.field(field) {
-                    out.push_str(&format!("{field} = {}\n", value(field, v)));
+                    out.push_str(&format!("{field} = {}\n", toml_text(field, v)));
                 }
             }
         }
@@ -1139,6 +1224,45 @@ mod tests {
             }
             std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
+    }
+
+    #[test]
+    fn save_keeps_the_files_comments_and_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let before = "# my settings\nretries = 1 # two was too many\nmax-connections = 4\n\n\
+                      # the lab's MinIO\n[remotes.lab]\nendpoint = \"http://minio:9000\" # via VPN\n\n\
+                      [remotes.old]\nendpoint = \"http://old:9000\"\n";
+        std::fs::write(&path, before).unwrap();
+        let mut c = Config::load(&path).unwrap();
+        c.set("retries", "3").unwrap();
+        c.set("max_connections", "8").unwrap();
+        c.set("remotes.lab.profile", "lab").unwrap();
+        c.unset("remotes.old").unwrap();
+        c.set("remotes.new.endpoint", "http://new:9000").unwrap();
+        c.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for kept in [
+            "# my settings\nretries = 3 # two was too many\n",
+            "max_connections = 8\n",
+            "# the lab's MinIO\n[remotes.lab]\nendpoint = \"http://minio:9000\" # via VPN\n",
+            "profile = \"lab\"",
+            "[remotes.new]\nendpoint = \"http://new:9000\"",
+        ] {
+            assert!(text.contains(kept), "{kept:?} not in:\n{text}");
+        }
+        assert!(
+            !text.contains("old") && !text.contains("max-connections"),
+            "{text}"
+        );
+        assert_eq!(Config::load(&path).unwrap(), c);
+        // Unsetting the last remote leaves no empty `remotes` table behind.
+        c.unset("remotes.lab").unwrap();
+        c.unset("remotes.new").unwrap();
+        c.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("remotes"), "{text}");
+        assert_eq!(Config::load(&path).unwrap(), c);
     }
 
     #[cfg(unix)]
