@@ -145,6 +145,11 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
                 "the GCS service-account key {file} is a file on this machine, and the job does not copy it: its machines need it at that path, or credentials of their own"
             ));
         }
+        for (var, flag) in settings_left_behind(&job.transfer) {
+            out.warning(&format!(
+                "{var} is set on this machine only: the job's machines do not get it; pass {flag} in the transfer's command instead"
+            ));
+        }
     }
     // Kubernetes: the cluster of the gateways, when it is not the fleet's.
     let kube_context = job.gateways.as_ref().and_then(|g| g.kube_context.clone());
@@ -551,6 +556,32 @@ fn destination_flags(transfer: &[String]) -> Vec<String> {
 /// The GCS service-account key files the transfer names (flags, or variables set here), as
 /// `FILE (from WHERE)`: paths on this machine, which no engine but a shared file system
 /// carries to the job's machines. `GOOGLE_APPLICATION_CREDENTIALS` counts for a `gs://` side.
+/// The variables that tune a transfer (`settings::tuning`), each with its flag.
+const SETTING_ENV: [(&str, &str); 7] = [
+    ("SKYHAUL_MAX_CONNECTIONS", "--max-connections"),
+    ("SKYHAUL_MEMORY_BUDGET", "--memory-budget"),
+    ("SKYHAUL_PART_SIZE", "--part-size"),
+    ("SKYHAUL_MULTIPART_THRESHOLD", "--multipart-threshold"),
+    ("SKYHAUL_RETRIES", "--retries"),
+    ("SKYHAUL_VERIFY", "--verify"),
+    ("SKYHAUL_BWLIMIT", "--bwlimit"),
+];
+
+/// The settings this machine's environment gives and the transfer's command does not: only
+/// SLURM passes the environment on, so on the job's machines they would not hold.
+fn settings_left_behind(transfer: &[String]) -> Vec<(&'static str, &'static str)> {
+    let given = |flag: &str| {
+        transfer
+            .iter()
+            .any(|w| w == flag || w.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
+    };
+    SETTING_ENV
+        .into_iter()
+        .filter(|(var, _)| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+        .filter(|(_, flag)| !given(flag))
+        .collect()
+}
+
 fn key_files(transfer: &[String], src: &str, dst: &str) -> Vec<String> {
     let mut files = Vec::new();
     let mut words = transfer.iter();

@@ -1602,4 +1602,15 @@ print(json.dumps({
         "{}",
         run.stderr
     );
+    // So is a setting that only this machine's environment gives.
+    let mut with_setting = unset.clone();
+    with_setting.push(("SKYHAUL_BWLIMIT", "1M"));
+    let (run, _) = generate(&["--backend", "skypilot", "--force"], &task, &with_setting);
+    assert!(
+        run.stderr.contains(
+            "SKYHAUL_BWLIMIT is set on this machine only: the job's machines do not get it; pass --bwlimit"
+        ),
+        "{}",
+        run.stderr
+    );
 }
