@@ -63,6 +63,16 @@ impl LocalStore {
     fn path_of(&self, key: &str) -> Result<PathBuf> {
         let rel = local_relative_path(key)
             .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("{}: {e}", self.name)))?;
+        // Listings skip such files: one written under that name would never be seen again.
+        if rel.file_name().is_some_and(|n| is_tmp_name(n.as_bytes())) {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!(
+                    "{}: {key}: a file system keeps no key of the form .NAME.ID{TMP_SUFFIX}: skyhaul names its temporary files so",
+                    self.name
+                ),
+            ));
+        }
         Ok(self.root.join(rel))
     }
 
@@ -351,10 +361,11 @@ impl Walker {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.as_bytes();
-            if name.ends_with(TMP_SUFFIX.as_bytes()) && name.starts_with(b".") {
+            let ft = entry.file_type()?;
+            if ft.is_file() && is_tmp_name(name) {
+                tracing::debug!("skipping {}: a temporary file", entry.path().display());
                 continue;
             }
-            let ft = entry.file_type()?;
             // Symbolic links are followed for files; links to directories are skipped
             // so that a cycle cannot make the walk endless.
             let ft = if ft.is_symlink() {
@@ -757,4 +768,43 @@ impl Store for LocalStore {
 
 fn random_id() -> String {
     format!("{:016x}", rand::random::<u64>())
+}
+
+/// Whether `name` is one that [`LocalStore::tmp_path`] makes: `.NAME.ID.skyhaul-tmp`, the
+/// ID 16 lower-case hex digits ([`random_id`]). Only such names are skipped by listings, so
+/// a user's `.notes.skyhaul-tmp` is still copied.
+fn is_tmp_name(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_suffix(TMP_SUFFIX.as_bytes()) else {
+        return false;
+    };
+    let Some((head, id)) = rest.split_last_chunk::<17>() else {
+        return false;
+    };
+    head.len() >= 2
+        && head[0] == b'.'
+        && id[0] == b'.'
+        && id[1..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_temporary_form_is_a_temporary_name() {
+        let made = format!(".data.bin.{}{TMP_SUFFIX}", random_id());
+        assert!(is_tmp_name(made.as_bytes()), "{made}");
+        for theirs in [
+            ".notes.skyhaul-tmp",
+            "x.0123456789abcdef.skyhaul-tmp",
+            "..0123456789abcdef.skyhaul-tmp",
+            ".a.0123456789ABCDEF.skyhaul-tmp",
+            ".a.0123456789abcde.skyhaul-tmp",
+            ".a.0123456789abcdef.skyhaul-tmp.txt",
+        ] {
+            assert!(!is_tmp_name(theirs.as_bytes()), "{theirs}");
+        }
+    }
 }

@@ -536,16 +536,17 @@ async fn transfer(
         let mut report = report.map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
         report.interrupted = cancel.is_cancelled();
         out.report(&report, relay.map(|r| r.summary()).as_ref());
+        // A difference found in what was copied wins over failures beside it: a script
+        // acting on 6 must not miss it.
+        let checked = report.verification.as_ref().and_then(exit::verification);
         let code = if report.interrupted {
             ExitCode::Interrupted
+        } else if checked == Some(ExitCode::VerifyFailed) {
+            ExitCode::VerifyFailed
         } else if report.objects_failed > 0 {
             ExitCode::PartialFailure
         } else {
-            report
-                .verification
-                .as_ref()
-                .and_then(exit::verification)
-                .unwrap_or(ExitCode::Ok)
+            checked.unwrap_or(ExitCode::Ok)
         };
         // Only a transfer that is done: after a failure the gateways stay for the rerun (an
         // engine restarting the coordinator) until their --idle-exit.

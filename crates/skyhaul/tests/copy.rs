@@ -609,6 +609,78 @@ async fn keys_that_escape_the_destination_are_refused() {
     );
 }
 
+/// A local listing skips skyhaul's own temporary files (`.NAME.ID.skyhaul-tmp`, left by a
+/// killed run) and nothing else: a user's `.notes.skyhaul-tmp`, or a directory so named,
+/// is copied (it used to vanish, verified, and `sync --delete` removed its copy). A key of
+/// the temporary form fails alone at a local destination, where no listing would see it.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_skyhauls_own_temporary_files_are_skipped() {
+    let s = S3Server::start(S3Kind::Moto);
+    s.create_bucket("bkt").await;
+    let temporary = ".x.0123456789abcdef.skyhaul-tmp";
+    for key in ["ok", ".notes.skyhaul-tmp", temporary] {
+        s.put("bkt", &format!("t/{key}"), key.as_bytes()).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join(".build.skyhaul-tmp/sub")).unwrap();
+    for name in [
+        "ok",
+        ".notes.skyhaul-tmp",
+        ".build.skyhaul-tmp/sub/f",
+        temporary,
+    ] {
+        std::fs::write(src.join(name), name).unwrap();
+    }
+    let up = [
+        "cp",
+        "-r",
+        src.to_str().unwrap(),
+        "s3://bkt/up/",
+        "--dst-endpoint",
+        &s.endpoint,
+    ];
+    let run = skyhaul(&up, None, Some(&s));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got: Vec<String> = read_bucket(&s, "bkt", "up/").await.into_keys().collect();
+    assert_eq!(
+        got,
+        [".build.skyhaul-tmp/sub/f", ".notes.skyhaul-tmp", "ok"],
+        "the temporary file is the only one left out"
+    );
+
+    let dst = tmp.path().join("dst");
+    let down = [
+        "cp",
+        "-r",
+        "s3://bkt/t",
+        dst.to_str().unwrap(),
+        "--src-endpoint",
+        &s.endpoint,
+        "--json",
+    ];
+    let run = skyhaul(&down, Some(&s), None);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(
+        report["failures"][0]["key"],
+        format!("t/{temporary}"),
+        "{report}"
+    );
+    assert!(
+        report["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("temporary files"),
+        "{report}"
+    );
+    assert_eq!(
+        read_tree(&dst).into_keys().collect::<Vec<_>>(),
+        [".notes.skyhaul-tmp", "ok"]
+    );
+    assert!(!dst.join(temporary).exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_that_is_both_file_and_directory_is_reported() {
     let s = S3Server::start(S3Kind::Moto);

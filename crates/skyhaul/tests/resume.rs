@@ -899,9 +899,17 @@ async fn a_rerun_repairs_what_the_destination_lost() {
         &s3.endpoint,
         "--json",
     ];
+    // And an entry that fails beside it (a name that is no UTF-8): 6 still wins over 1.
+    let unnamed = {
+        use std::os::unix::ffi::OsStrExt;
+        std::path::Path::new(src).join(std::ffi::OsStr::from_bytes(b"bad\xff"))
+    };
+    std::fs::write(&unnamed, b"x").unwrap();
     let rerun = Run::from(spawn(&args, s3, &journal).wait_with_output().unwrap());
+    std::fs::remove_file(&unnamed).unwrap();
     assert_eq!(rerun.code, 6, "{}", rerun.stderr);
     let report = rerun.json();
+    assert_eq!(report["objects_failed"], 1, "{report}");
     assert_eq!(report["objects_resumed"], 5, "{report}");
     let v = &report["verification"];
     assert_eq!(
