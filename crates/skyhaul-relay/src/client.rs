@@ -9,7 +9,9 @@ use crate::codec::Compression;
 use crate::key::RelayKey;
 use crate::message::{encode, is_request, Assembler, Message};
 use crate::outbox::Outbox;
-use crate::rpc::{md5_hex, Info, ListPage, ReadAnswer, Request, Response, WireEntry};
+use crate::rpc::{
+    is_own_refusal, md5_hex, Info, ListPage, ReadAnswer, Request, Response, WireEntry,
+};
 use crate::stats::{RelayStats, RelaySummary};
 use crate::wire::{handshake_client, read_frame, write_frame, ClientHello, Kind, WireError};
 use bytes::Bytes;
@@ -122,8 +124,8 @@ struct Shared {
     next_link: AtomicUsize,
     links: Vec<Link>,
     stats: Arc<RelayStats>,
-    /// What the first gateway to answer writes to; every other must write to the same
-    /// store, or a share of the objects would land elsewhere.
+    /// What the gateways that answered at connect time agreed they write to; every other
+    /// must write to the same store, or a share of the objects would land elsewhere.
     destination: std::sync::OnceLock<Destination>,
 }
 
@@ -140,17 +142,16 @@ struct Destination {
 
 impl PartialEq for Destination {
     fn eq(&self, other: &Self) -> bool {
-        let by = |d: &Destination| {
-            (
-                d.place.clone().unwrap_or_else(|| d.name.clone()),
-                d.container.clone(),
-            )
-        };
-        by(self) == by(other)
+        self.identity() == other.identity()
     }
 }
 
 impl Destination {
+    /// What tells two stores apart: place (else name) and bucket.
+    fn identity(&self) -> (&str, &str) {
+        (self.place.as_deref().unwrap_or(&self.name), &self.container)
+    }
+
     fn of(info: &Info) -> Destination {
         Destination {
             name: info.name.clone(),
@@ -679,19 +680,22 @@ fn untrusted(link: &Link, why: &str) -> Error {
 /// (its credentials, endpoint or bucket): the sender's `--dst-*` flags, which its hints
 /// would name, do not reach it.
 fn from_gateway(e: Error, link: &Link) -> Error {
+    let set_up = matches!(
+        e.kind,
+        ErrorKind::AccessDenied | ErrorKind::BadCredentials | ErrorKind::Unreachable
+    );
     // A bucket the gateway does not serve, or the gateway stopping, is not about its set-up:
     // its own message says what to do.
-    let own = e.message.contains("this relay gateway");
-    match e.kind {
-        ErrorKind::AccessDenied | ErrorKind::BadCredentials | ErrorKind::Unreachable if !own => Error::new(
-            e.kind,
-            format!(
-                "relay: gateway {}: {} (the gateway's destination: check the credentials, endpoint and bucket it was started with)",
-                link.addr, e.message
-            ),
-        ),
-        _ => e,
+    if !set_up || is_own_refusal(&e) {
+        return e;
     }
+    Error::new(
+        e.kind,
+        format!(
+            "relay: gateway {}: {} (the gateway's destination: check the credentials, endpoint and bucket it was started with)",
+            link.addr, e.message
+        ),
+    )
 }
 
 impl Link {

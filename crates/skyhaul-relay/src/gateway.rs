@@ -5,7 +5,10 @@
 use crate::codec::Compression;
 use crate::key::RelayKey;
 use crate::message::{encode, is_request, Assembler, Message};
-use crate::rpc::{md5_bytes, Info, ListPage, ReadAnswer, Request, Response, WireEntry, LIST_PAGE};
+use crate::rpc::{
+    is_own_refusal, md5_bytes, Info, ListPage, ReadAnswer, Request, Response, WireEntry, LIST_PAGE,
+    OWN_REFUSAL,
+};
 use crate::wire::{
     handshake_gateway, read_frame, write_frame, ClientHello, Kind, Opener, Plain, Sealer, MAGIC,
 };
@@ -294,8 +297,7 @@ impl Gateway {
                     // This side's set-up is at fault, which only its operator can mend: the
                     // sender sees the error too, but may not run here. The gateway's own
                     // refusals (stopping, another bucket) are the sender's to mend.
-                    let own = e.message.contains("this relay gateway");
-                    if !own
+                    if !is_own_refusal(&e)
                         && matches!(
                             e.kind,
                             ErrorKind::AccessDenied
@@ -375,7 +377,7 @@ impl Gateway {
             // Unreachable, as the gateway soon is: a sender with another gateway retries there.
             return Err(Error::new(
                 ErrorKind::Unreachable,
-                "this relay gateway is stopping (a sender with the transfer key said the transfer is over): it takes no new requests",
+                format!("{OWN_REFUSAL} is stopping (a sender with the transfer key said the transfer is over): it takes no new requests"),
             ));
         }
         let s = &*self.store;
@@ -386,7 +388,7 @@ impl Gateway {
                     return Err(Error::new(
                         ErrorKind::BucketNotFound,
                         format!(
-                            "this relay gateway writes to {}, not to bucket '{container}' (check --relay and the destination)",
+                            "{OWN_REFUSAL} writes to {}, not to bucket '{container}' (check --relay and the destination)",
                             s.name()
                         ),
                     ));
@@ -488,7 +490,9 @@ impl Gateway {
                     );
                     return Err(Error::new(
                         ErrorKind::Unsupported,
-                        "this relay gateway was started without --exit-on-stop: it keeps serving",
+                        format!(
+                            "{OWN_REFUSAL} was started without --exit-on-stop: it keeps serving"
+                        ),
                     ));
                 }
                 tracing::info!(

@@ -181,6 +181,15 @@ pub fn md5_bytes(md5: Option<&str>) -> Option<[u8; 16]> {
         .and_then(|b| b.try_into().ok())
 }
 
+/// How a gateway's own refusals begin (it is stopping, serves another bucket, keeps
+/// serving): about what the sender did or asked, not about how the gateway's store is set up.
+pub(crate) const OWN_REFUSAL: &str = "this relay gateway";
+
+/// Whether `e` is one of a gateway's own refusals ([`OWN_REFUSAL`]).
+pub(crate) fn is_own_refusal(e: &skyhaul_store::Error) -> bool {
+    e.message.contains(OWN_REFUSAL)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
