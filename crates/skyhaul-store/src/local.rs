@@ -766,18 +766,21 @@ impl Store for LocalStore {
     }
 }
 
+/// Hex digits in an upload's id: a temporary file's name ends with it.
+const ID_LEN: usize = 16;
+
 fn random_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    format!("{:0ID_LEN$x}", rand::random::<u64>())
 }
 
 /// Whether `name` is one that [`LocalStore::tmp_path`] makes: `.NAME.ID.skyhaul-tmp`, the
-/// ID 16 lower-case hex digits ([`random_id`]). Only such names are skipped by listings, so
+/// ID [`ID_LEN`] lower-case hex digits ([`random_id`]). Only such names are skipped by listings, so
 /// a user's `.notes.skyhaul-tmp` is still copied.
 fn is_tmp_name(name: &[u8]) -> bool {
     let Some(rest) = name.strip_suffix(TMP_SUFFIX.as_bytes()) else {
         return false;
     };
-    let Some((head, id)) = rest.split_last_chunk::<17>() else {
+    let Some((head, id)) = rest.split_last_chunk::<{ ID_LEN + 1 }>() else {
         return false;
     };
     head.len() >= 2

@@ -537,16 +537,25 @@ fn destination_flags(transfer: &[String]) -> Vec<String> {
         "--dst-gcs-service-account",
         "--rclone-config",
     ];
+    flag_values(transfer, &FLAGS)
+        .into_iter()
+        .flat_map(|(flag, v)| [flag.to_string(), v.to_string()])
+        .collect()
+}
+
+/// Every `(flag, value)` the transfer's words give for one of `flags`, as `--flag VALUE` or
+/// `--flag=VALUE`, in the order given.
+fn flag_values<'a>(transfer: &'a [String], flags: &[&'a str]) -> Vec<(&'a str, &'a str)> {
     let mut out = Vec::new();
     let mut words = transfer.iter();
     while let Some(w) = words.next() {
-        for flag in FLAGS {
+        for &flag in flags {
             if w == flag {
                 if let Some(v) = words.next() {
-                    out.extend([flag.to_string(), v.clone()]);
+                    out.push((flag, v.as_str()));
                 }
             } else if let Some(v) = w.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
-                out.extend([flag.to_string(), v.to_string()]);
+                out.push((flag, v));
             }
         }
     }
@@ -556,47 +565,12 @@ fn destination_flags(transfer: &[String]) -> Vec<String> {
 /// The GCS service-account key files the transfer names (flags, or variables set here), as
 /// `FILE (from WHERE)`: paths on this machine, which no engine but a shared file system
 /// carries to the job's machines. `GOOGLE_APPLICATION_CREDENTIALS` counts for a `gs://` side.
-/// The variables that tune a transfer (`settings::tuning`), each with its flag.
-const SETTING_ENV: [(&str, &str); 7] = [
-    ("SKYHAUL_MAX_CONNECTIONS", "--max-connections"),
-    ("SKYHAUL_MEMORY_BUDGET", "--memory-budget"),
-    ("SKYHAUL_PART_SIZE", "--part-size"),
-    ("SKYHAUL_MULTIPART_THRESHOLD", "--multipart-threshold"),
-    ("SKYHAUL_RETRIES", "--retries"),
-    ("SKYHAUL_VERIFY", "--verify"),
-    ("SKYHAUL_BWLIMIT", "--bwlimit"),
-];
-
-/// The settings this machine's environment gives and the transfer's command does not: only
-/// SLURM passes the environment on, so on the job's machines they would not hold.
-fn settings_left_behind(transfer: &[String]) -> Vec<(&'static str, &'static str)> {
-    let given = |flag: &str| {
-        transfer
-            .iter()
-            .any(|w| w == flag || w.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
-    };
-    SETTING_ENV
-        .into_iter()
-        .filter(|(var, _)| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
-        .filter(|(_, flag)| !given(flag))
-        .collect()
-}
-
 fn key_files(transfer: &[String], src: &str, dst: &str) -> Vec<String> {
-    let mut files = Vec::new();
-    let mut words = transfer.iter();
-    while let Some(w) = words.next() {
-        for flag in ["--src-gcs-service-account", "--dst-gcs-service-account"] {
-            let value = match w.strip_prefix(flag) {
-                Some("") => words.clone().next().cloned(),
-                Some(rest) => rest.strip_prefix('=').map(str::to_string),
-                None => None,
-            };
-            if let Some(v) = value {
-                files.push(format!("{v} (from {flag})"));
-            }
-        }
-    }
+    let flags = ["--src-gcs-service-account", "--dst-gcs-service-account"];
+    let mut files: Vec<String> = flag_values(transfer, &flags)
+        .into_iter()
+        .map(|(flag, v)| format!("{v} (from {flag})"))
+        .collect();
     let gcs = [src, dst].iter().any(|l| l.starts_with("gs://"));
     for var in KEY_FILE_ENV {
         if var.starts_with("SKYHAUL_") || gcs {
@@ -606,4 +580,14 @@ fn key_files(transfer: &[String], src: &str, dst: &str) -> Vec<String> {
         }
     }
     files
+}
+
+/// The settings this machine's environment gives and the transfer's command does not: only
+/// SLURM passes the environment on, so on the job's machines they would not hold.
+fn settings_left_behind(transfer: &[String]) -> Vec<(&'static str, &'static str)> {
+    crate::settings::TUNING_ENV
+        .into_iter()
+        .filter(|(var, _)| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+        .filter(|(_, flag)| flag_values(transfer, &[flag]).is_empty())
+        .collect()
 }

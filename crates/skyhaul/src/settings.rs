@@ -85,6 +85,18 @@ fn parse_size(s: &str) -> Option<u64> {
     Size::from_str(s).ok().map(|s| s.0).filter(|n| *n > 0)
 }
 
+/// The variables [`tuning`] reads, each with its flag (which `launch` names when a job's
+/// machines will not get the variable).
+pub const TUNING_ENV: [(&str, &str); 7] = [
+    ("SKYHAUL_MAX_CONNECTIONS", "--max-connections"),
+    ("SKYHAUL_MEMORY_BUDGET", "--memory-budget"),
+    ("SKYHAUL_PART_SIZE", "--part-size"),
+    ("SKYHAUL_MULTIPART_THRESHOLD", "--multipart-threshold"),
+    ("SKYHAUL_RETRIES", "--retries"),
+    ("SKYHAUL_VERIFY", "--verify"),
+    ("SKYHAUL_BWLIMIT", "--bwlimit"),
+];
+
 pub fn tuning(args: &TransferArgs, config: &Config) -> Result<Tuning, CliError> {
     Ok(Tuning {
         max_connections: pick(
