@@ -69,7 +69,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
                 Some(_) => written.content_md5().map(str::to_string),
                 None => src.content_md5().map(str::to_string),
             };
-            ctx.resume.done(src, dst_key, None);
+            ctx.resume.done(src, &copied);
             ctx.progress.add_moved(src.size);
         } else {
             let src = prepare_upload(ctx, src, &mut put).await?;
@@ -131,12 +131,11 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
             }
         })
         .await??;
-    ctx.resume
-        .done_holding(src, dst_key, Some(sums.crc64), memory);
-    ctx.progress.add_moved(src.size);
     copied.crc64 = Some(sums.crc64);
     copied.etag = expected_etag(dst.as_ref(), &written, md5);
     copied.written_etag = written.etag;
+    ctx.resume.done_holding(src, &copied, memory);
+    ctx.progress.add_moved(src.size);
     Ok(copied)
 }
 

@@ -1,7 +1,7 @@
 //! Listings that survive transient errors and produce the job stream.
 
 use crate::filter::Filter;
-use crate::plan::{compare_listed, Job, Listed, Mode};
+use crate::plan::{compare_listed, Job, Listed, Mode, UpToDate};
 use crate::progress::Progress;
 use crate::retry::RetryPolicy;
 use futures::StreamExt;
@@ -407,6 +407,7 @@ pub async fn plan_recursive(
     filter: Arc<Filter>,
     retry: RetryPolicy,
     progress: Arc<Progress>,
+    up_to_date: Option<UpToDate>,
     tx: mpsc::Sender<Job>,
 ) -> Result<u64> {
     let src_dir = dir_form(&src_prefix);
@@ -483,6 +484,9 @@ pub async fn plan_recursive(
                 } else {
                     match compare_listed(&a, &b, compare) {
                         Listed::Copy => Some(copy(a)),
+                        Listed::Skip if up_to_date.as_ref().is_some_and(|f| f(&a, &b.key)) => {
+                            Some(copy(a))
+                        }
                         Listed::Skip => {
                             progress.add_skipped(a.size);
                             None

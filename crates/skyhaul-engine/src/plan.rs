@@ -6,6 +6,11 @@ use std::time::UNIX_EPOCH;
 
 pub(crate) const MIB: u64 = 1 << 20;
 
+/// What the planner asks of each object (and its destination key) that a sync's listing
+/// finds up to date at the destination: whether to copy it all the same. Otherwise it is
+/// skipped, and not checked by this run.
+pub type UpToDate = Box<dyn Fn(&ObjectMeta, &str) -> bool + Send>;
+
 /// One unit of work, from the planner to what runs it: a transfer, a fleet's coordinator,
 /// or a dry run.
 #[derive(Debug, Clone, PartialEq, Eq)]

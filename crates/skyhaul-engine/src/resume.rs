@@ -28,9 +28,29 @@ pub struct Resume {
     used: Mutex<HashSet<String>>,
 }
 
-/// How the journal records an object's CRC64-NVME.
-fn sum(crc64: Option<u64>) -> Option<String> {
-    crc64.map(|c| format!("crc64nvme:{c:016x}"))
+/// How the journal records what an object was written with: `crc64nvme:HEX etag:ETAG`, its
+/// CRC64-NVME where the bytes passed through here and the ETag the destination should show
+/// where that is predictable (either may be missing). A rerun checks an object an earlier
+/// run copied with these, as that run would have: a streamed or server-side copy between
+/// buckets has no CRC, only its ETag to be checked by.
+fn encode_done(copied: &Copied) -> Option<String> {
+    let crc = copied.crc64.map(|c| format!("crc64nvme:{c:016x}"));
+    // Last, and taken to the end: an ETag holds no space, but one that did would still
+    // read back whole.
+    let etag = copied.etag.as_ref().map(|e| format!("etag:{e}"));
+    match (crc, etag) {
+        (Some(crc), Some(etag)) => Some(format!("{crc} {etag}")),
+        (crc, etag) => crc.or(etag),
+    }
+}
+
+/// [`encode_done`]'s CRC64-NVME and ETag. Journals of earlier versions hold the CRC alone.
+fn decode_done(s: &str) -> (Option<u64>, Option<String>) {
+    let (sums, etag) = match s.split_once("etag:") {
+        Some((sums, etag)) => (sums.trim_end(), Some(etag.to_string())),
+        None => (s, None),
+    };
+    (decode_sums(sums).map(|s| s.crc64), etag)
 }
 
 fn warn<T>(what: &str, r: Result<T, skyhaul_journal::JournalError>) -> Option<T> {
@@ -93,25 +113,35 @@ impl Resume {
     pub fn done_earlier(&self, src: &ObjectMeta) -> Option<Copied> {
         let (j, id) = self.journal.as_ref().filter(|_| self.ran_before)?;
         let rec = warn("lookup", j.is_done(*id, src)).flatten()?;
+        let (crc64, etag) = rec.checksum.as_deref().map(decode_done).unwrap_or_default();
         Some(Copied {
-            crc64: rec
-                .checksum
-                .as_deref()
-                .and_then(decode_sums)
-                .map(|s| s.crc64),
+            crc64,
             dst_key: rec.dst_key,
             size: rec.size,
-            etag: None,
+            etag,
+            // What the store answered then says nothing of what it holds now: the check
+            // asks it again where its listing shows no ETags.
             written_etag: None,
             server_side: false,
         })
     }
 
-    pub fn done(&self, src: &ObjectMeta, dst_key: &str, crc64: Option<u64>) {
+    /// Whether the check of an earlier run of this unfinished transfer found `dst_key`
+    /// missing or different ([`Journal::found_different`]).
+    pub fn found_different(&self, dst_key: &str) -> bool {
+        let Some((j, id)) = self.journal.as_ref().filter(|_| self.ran_before) else {
+            return false;
+        };
+        // When in doubt, copy: slower, never wrong.
+        warn("lookup", j.found_different(*id, dst_key)).unwrap_or(true)
+    }
+
+    pub fn done(&self, src: &ObjectMeta, copied: &Copied) {
         if let Some((j, id)) = &self.journal {
+            let done = encode_done(copied);
             warn(
                 "record",
-                j.record_done(*id, src, dst_key, sum(crc64).as_deref()),
+                j.record_done(*id, src, &copied.dst_key, done.as_deref()),
             );
         }
     }
@@ -119,19 +149,12 @@ impl Resume {
     /// [`done`](Self::done) for an object whose bytes hold `memory` of the budget: the
     /// budget is released when the record is committed, so bytes sent but not yet journaled
     /// never exceed the budget — the most a crash can make the rerun send again.
-    pub fn done_holding(
-        &self,
-        src: &ObjectMeta,
-        dst_key: &str,
-        crc64: Option<u64>,
-        memory: OwnedSemaphorePermit,
-    ) {
+    pub fn done_holding(&self, src: &ObjectMeta, copied: &Copied, memory: OwnedSemaphorePermit) {
         if let Some((j, id)) = &self.journal {
-            let sum = sum(crc64);
-            let hold = Box::new(memory);
+            let (done, hold) = (encode_done(copied), Box::new(memory));
             warn(
                 "record",
-                j.record_done_holding(*id, src, dst_key, sum.as_deref(), hold),
+                j.record_done_holding(*id, src, &copied.dst_key, done.as_deref(), hold),
             );
         }
     }
@@ -368,6 +391,35 @@ mod tests {
         assert_eq!(decode_sums("garbage"), None);
     }
 
+    fn copied(key: &str, crc64: Option<u64>, etag: Option<&str>) -> Copied {
+        Copied {
+            dst_key: key.to_string(),
+            size: 1,
+            crc64,
+            etag: etag.map(str::to_string),
+            written_etag: Some("\"what the store answered\"".into()),
+            server_side: false,
+        }
+    }
+
+    #[test]
+    fn a_done_record_keeps_the_crc_and_the_expected_etag() {
+        for (crc64, etag) in [
+            (Some(7), Some("\"5d41402abc4b2a76b9719d911017c592\"")),
+            (None, Some("\"9b2cf535f27731c974343645a3985328-3\"")),
+            (Some(u64::MAX), None),
+            (None, None),
+            // No space belongs in an ETag, but one would not cut it short.
+            (Some(1), Some("\"a b\"")),
+        ] {
+            let c = copied("k", crc64, etag);
+            let read = encode_done(&c).as_deref().map(decode_done);
+            assert_eq!(read.unwrap_or_default(), (crc64, c.etag.clone()), "{c:?}");
+        }
+        // What earlier versions journaled: the CRC alone.
+        assert_eq!(decode_done("crc64nvme:00000000000000ff"), (Some(255), None));
+    }
+
     #[test]
     fn only_a_transfer_that_ran_before_looks_objects_up() {
         let dir = tempfile::tempdir().unwrap();
@@ -377,7 +429,7 @@ mod tests {
 
         let first = Resume::begin(journal.clone(), &identity).unwrap();
         assert!(!first.ran_before);
-        first.done(&a, "a", None);
+        first.done(&a, &copied("a", Some(3), Some("\"e\"")));
         // A first run asks about each object once, before copying it: not after.
         assert!(first.done_earlier(&a).is_none());
         // A run holds its transfer: another cannot begin it until it is done.
@@ -387,10 +439,12 @@ mod tests {
 
         let second = Resume::begin(journal.clone(), &identity).unwrap();
         assert!(second.ran_before);
-        assert_eq!(
-            second.done_earlier(&a).map(|c| c.dst_key).as_deref(),
-            Some("a")
-        );
+        let earlier = second.done_earlier(&a).unwrap();
+        assert_eq!(earlier.dst_key, "a");
+        // Checked as the first run would have: by its CRC and the ETag it expected, not by
+        // what the store answered then.
+        let checked_by = (earlier.crc64, earlier.etag.as_deref(), earlier.written_etag);
+        assert_eq!(checked_by, (Some(3), Some("\"e\""), None));
         let other = ObjectMeta::new("a", 2);
         assert!(second.done_earlier(&other).is_none(), "another version");
 

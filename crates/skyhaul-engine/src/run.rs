@@ -9,7 +9,7 @@ use crate::integrity::{md5_mismatch, source_md5, sums, worth_checking, ChunkSums
 use crate::limiter::AdaptiveLimit;
 use crate::listing::plan_recursive;
 use crate::open::Endpoint;
-use crate::plan::{Job, Mode, MIB};
+use crate::plan::{Job, Mode, UpToDate, MIB};
 use crate::progress::Progress;
 use crate::report::{count, Failure, Report};
 use crate::resume::Resume;
@@ -205,6 +205,25 @@ impl Ctx {
         skip
     }
 
+    /// For objects a sync's listing finds up to date ([`UpToDate`]), on a rerun after an
+    /// interruption or a failed check: one the check of an earlier run found different is
+    /// copied all the same (another writer's newer object of the same size looks up to
+    /// date); one an earlier, interrupted run copied joins the check at the end, as in
+    /// [`done_earlier`](Self::done_earlier). That run never checked it, and this run, which
+    /// copies nothing there, would not either.
+    pub(crate) fn checks_up_to_date(self: &Arc<Self>) -> UpToDate {
+        let ctx = self.clone();
+        Box::new(move |src, dst_key| {
+            if ctx.resume.found_different(dst_key) {
+                return true;
+            }
+            if let Some(copied) = ctx.resume.done_earlier(src) {
+                ctx.copied.lock().expect("lock").push(copied);
+            }
+            false
+        })
+    }
+
     /// The first denial, when denials are all that happened: nothing copied or found
     /// already there, nothing else failed, and the transfer was not stopped. Its
     /// credentials, not its objects, were denied, and it ends with that error.
@@ -363,7 +382,9 @@ pub async fn transfer(
     ctx.resume
         .sweep(ctx.dst.as_ref(), &opts.retry, &progress)
         .await;
-    let (planner, mut rx) = start_planner(src, dst, opts, &ctx.src_limit, &progress).await?;
+    let up_to_date = Some(ctx.checks_up_to_date());
+    let (planner, mut rx) =
+        start_planner(src, dst, opts, &ctx.src_limit, &progress, up_to_date).await?;
 
     let mut tasks = JoinSet::new();
     let mut deletes = Vec::new();
@@ -603,6 +624,7 @@ pub(crate) async fn start_planner(
     opts: &TransferOptions,
     src_limit: &Arc<AdaptiveLimit>,
     progress: &Arc<Progress>,
+    up_to_date: Option<UpToDate>,
 ) -> Result<(Planner, tokio::sync::mpsc::Receiver<Job>)> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Job>(1024);
     if opts.recursive {
@@ -615,6 +637,7 @@ pub(crate) async fn start_planner(
             opts.filter.clone(),
             opts.retry,
             progress.clone(),
+            up_to_date,
             tx,
         ));
         return Ok((planner, rx));
@@ -708,7 +731,7 @@ pub async fn dry_run(
     let done =
         |s: &ObjectMeta| earlier.is_some_and(|(j, id)| matches!(j.is_done(id, s), Ok(Some(_))));
     let limit = AdaptiveLimit::new(opts.max_connections);
-    let (planner, mut rx) = start_planner(src, dst, opts, &limit, &progress).await?;
+    let (planner, mut rx) = start_planner(src, dst, opts, &limit, &progress, None).await?;
     while let Some(job) = rx.recv().await {
         if cancel.is_cancelled() {
             break;

@@ -114,16 +114,17 @@ pub(crate) async fn copy_streamed(
             Err(e) => tries.after(e).await?,
         }
     };
-    ctx.resume.done_holding(src, dst_key, Some(crc), memory);
-    ctx.progress.add_moved(src.size);
-    Ok(Some(Copied {
+    let copied = Copied {
         dst_key: dst_key.to_string(),
         size: src.size,
         crc64: Some(crc),
         etag: expected_etag(ctx.dst.as_ref(), &written, md5),
         written_etag: written.etag,
         server_side: false,
-    }))
+    };
+    ctx.resume.done_holding(src, &copied, memory);
+    ctx.progress.add_moved(src.size);
+    Ok(Some(copied))
 }
 
 /// What a streamed body must match before its last chunk is handed over.

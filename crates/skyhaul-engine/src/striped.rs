@@ -151,16 +151,17 @@ async fn completed_earlier(
                 .map(|(s, p)| (s.crc64, p.part.len)),
         )
     });
-    ctx.resume.done(src, dst_key, crc64);
-    ctx.progress.add_reused(src.size);
-    Some(Copied {
+    let copied = Copied {
         dst_key: dst_key.to_string(),
         size: src.size,
         crc64,
         etag: expected_etag.filter(|_| !found.opaque_etag),
         written_etag: found.etag,
         server_side: false,
-    })
+    };
+    ctx.resume.done(src, &copied);
+    ctx.progress.add_reused(src.size);
+    Some(copied)
 }
 
 /// One striped copy with parts of `part` bytes, continuing `resumed` if given.
@@ -381,16 +382,17 @@ pub(crate) async fn complete_upload(
     }
     // Done first, then the upload's end, in one queue: a kill between the two must not
     // leave the journal with neither the object nor its parts.
-    ctx.resume.done(src, dst_key, crc64);
-    ctx.resume.finished(&upload);
-    Ok(Copied {
+    let copied = Copied {
         dst_key: dst_key.to_string(),
         size: src.size,
         crc64,
         etag: expected_etag,
         written_etag: written.etag,
         server_side,
-    })
+    };
+    ctx.resume.done(src, &copied);
+    ctx.resume.finished(&upload);
+    Ok(copied)
 }
 
 /// A part sent: the store's receipt, the checksums of its bytes where they passed through

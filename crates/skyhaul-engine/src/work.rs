@@ -120,7 +120,8 @@ impl Executor {
     ) -> Result<(Planner, tokio::sync::mpsc::Receiver<Job>)> {
         let ctx = &self.ctx;
         let limit = AdaptiveLimit::new(ctx.opts.max_connections);
-        start_planner(src, dst, &ctx.opts, &limit, &ctx.progress).await
+        let up_to_date = Some(ctx.checks_up_to_date());
+        start_planner(src, dst, &ctx.opts, &limit, &ctx.progress, up_to_date).await
     }
 
     /// Whether an earlier run already copied this version of the object; in a sync whose
@@ -153,7 +154,7 @@ impl Executor {
     /// Records an object a worker copied: journal, progress, and the verification list.
     pub fn record_copied(&self, src: &ObjectMeta, copied: Copied) {
         let ctx = &self.ctx;
-        ctx.resume.done(src, &copied.dst_key, copied.crc64);
+        ctx.resume.done(src, &copied);
         ctx.progress.add_done(src.size, copied.server_side);
         ctx.copied.lock().expect("lock").push(copied);
     }

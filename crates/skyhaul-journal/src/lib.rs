@@ -468,9 +468,21 @@ impl Journal {
 
     /// Forgets that the objects written to `dst_keys` are done, so that a rerun copies them
     /// again: the check after a copy found them missing or different at the destination.
-    /// Waits for a durable commit (after the records queued before it).
+    /// They are remembered as such ([`found_different`](Self::found_different)) until the
+    /// transfer finishes. Waits for a durable commit (after the records queued before it).
     pub fn undo_done(&self, id: TransferId, dst_keys: Vec<String>) -> Result<()> {
         self.barrier(Some(Op::Undone { id: id.0, dst_keys }), true)
+    }
+
+    /// Whether a check after a copy of this unfinished transfer found `dst_key` missing or
+    /// different ([`undo_done`](Self::undo_done)) and no run has finished the transfer since.
+    pub fn found_different(&self, id: TransferId, dst_key: &str) -> Result<bool> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM differing WHERE transfer = ?1 AND dst_key = ?2)",
+            )?;
+            Ok(stmt.query_row(params![id.sql(), dst_key], |r| r.get(0))?)
+        })
     }
 
     /// Deletes everything the journal knows about a transfer. Abort its open uploads first (see

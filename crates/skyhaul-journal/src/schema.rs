@@ -121,6 +121,17 @@ CREATE TABLE fleet_items (
     PRIMARY KEY (transfer, lease_id, item)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- v4: objects the check after a copy found missing or different at the destination, until
+-- the transfer finishes. Their `objects` rows are gone (so `cp` copies them again); a sync's
+-- listing may still find them up to date (another writer's newer object of the same size),
+-- and this is how its rerun knows to copy them anyway.
+CREATE TABLE differing (
+    transfer   INTEGER NOT NULL,
+    dst_key    TEXT    NOT NULL,
+    PRIMARY KEY (transfer, dst_key)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this build writes.

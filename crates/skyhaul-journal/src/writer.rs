@@ -436,7 +436,7 @@ fn apply_op(tx: &Connection, op: Op) -> Result<()> {
                     // skipped for having been done. (Open uploads and announced creations
                     // stay: a sweep still needs them.)
                     if complete {
-                        for table in ["objects", "fleet_items", "fleet_leases"] {
+                        for table in ["objects", "differing", "fleet_items", "fleet_leases"] {
                             tx.execute(&format!("DELETE FROM {table} WHERE transfer = ?1"), [t])?;
                         }
                     }
@@ -470,6 +470,7 @@ fn apply_op(tx: &Connection, op: Op) -> Result<()> {
                 "uploads",
                 "creating",
                 "objects",
+                "differing",
                 "fleet_items",
                 "fleet_leases",
             ] {
@@ -490,6 +491,10 @@ fn apply_op(tx: &Connection, op: Op) -> Result<()> {
             tx.execute(
                 "DELETE FROM objects WHERE transfer = ?1
                  AND coalesce(dst_key, src_key) IN (SELECT key FROM temp.undone)",
+                [id as i64],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO differing SELECT ?1, key FROM temp.undone",
                 [id as i64],
             )?;
         }

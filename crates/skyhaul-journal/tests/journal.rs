@@ -284,6 +284,11 @@ fn undone_objects_are_no_longer_done_whatever_their_key_mapping() {
         "another transfer's"
     );
     assert_eq!(j.done_count(id).unwrap(), (1, 3));
+    // Remembered as found different, by their destination keys, for this transfer only.
+    assert!(j.found_different(id, "out/mapped.txt").unwrap());
+    assert!(j.found_different(id, "never.txt").unwrap());
+    assert!(!j.found_different(id, "kept.txt").unwrap());
+    assert!(!j.found_different(other, "same.txt").unwrap());
 }
 
 #[test]
@@ -293,16 +298,19 @@ fn a_finished_transfer_run_again_starts_afresh() {
     let a = obj("a", 1, None, None);
     j.record_done(id, &a, "a", None).unwrap();
     j.creating(id, "announced").unwrap();
+    j.undo_done(id, vec!["b".into()]).unwrap();
     // Interrupted: the rerun continues, and what was done stays done.
     assert!(j.resumable(id).unwrap());
     j.begin(&identity(1)).unwrap();
     assert!(j.is_done(id, &a).unwrap().is_some());
+    assert!(j.found_different(id, "b").unwrap());
 
     // Finished: the rerun copies again, since the destination may have changed since.
     j.mark_complete(id, true).unwrap();
     assert!(!j.resumable(id).unwrap());
     j.begin(&identity(1)).unwrap();
     assert!(j.is_done(id, &a).unwrap().is_none());
+    assert!(!j.found_different(id, "b").unwrap());
     assert_eq!(j.done_count(id).unwrap(), (0, 0));
     assert!(j.resumable(id).unwrap(), "running, not finished");
     let announced = j.unconfirmed_creates(id).unwrap();
@@ -581,12 +589,13 @@ fn a_version_1_journal_is_upgraded_in_place() {
         j.flush().unwrap();
         id
     };
-    // Back to what version 1 wrote: no `creating` table (v2), no fleet tables (v3).
+    // Back to what version 1 wrote: no `creating` table (v2), no fleet tables (v3), no
+    // `differing` (v4).
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
             "DROP TABLE creating; DROP TABLE fleet_items; DROP TABLE fleet_leases;
-             PRAGMA user_version = 1;",
+             DROP TABLE differing; PRAGMA user_version = 1;",
         )
         .unwrap();
     let j = Journal::open(&path).unwrap();
@@ -600,6 +609,8 @@ fn a_version_1_journal_is_upgraded_in_place() {
     j.lease_granted(id, 1, "w", 10, "[]", vec!["object k".into()])
         .unwrap();
     assert_eq!(j.fleet_leases(id).unwrap()[0].items.len(), 1);
+    j.undo_done(id, vec!["k".into()]).unwrap();
+    assert!(j.found_different(id, "k").unwrap());
 }
 
 #[test]

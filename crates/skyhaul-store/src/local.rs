@@ -25,7 +25,9 @@ use std::time::SystemTime;
 /// Suffix of in-progress files; listings skip them so a resumed sync never copies one.
 const TMP_SUFFIX: &str = ".skyhaul-tmp";
 
+mod leftovers;
 mod stream;
+use leftovers::{tmp_parts, Leftovers};
 pub use stream::CHUNK as LOCAL_CHUNK;
 /// Keys are sent to the engine in pages of this many to keep channel overhead low.
 const LIST_PAGE: usize = 1000;
@@ -39,6 +41,9 @@ pub struct LocalStore {
     /// the root. Shared by the store's clones; bounded (cleared when full), since keys
     /// come in listing order and their directories in runs.
     dirs_checked: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Temporary files that writes stopped by a crash left ([`leftovers`]), removed once
+    /// their key is written again.
+    leftovers: Arc<Mutex<Leftovers>>,
 }
 
 /// How many directories [`LocalStore::dirs_checked`] holds before it starts again.
@@ -53,6 +58,7 @@ impl LocalStore {
             root,
             name,
             dirs_checked: Arc::default(),
+            leftovers: Arc::default(),
         }
     }
 
@@ -77,14 +83,9 @@ impl LocalStore {
     }
 
     fn tmp_path(&self, key: &str, upload_id: &str) -> Result<PathBuf> {
-        let path = self.path_of(key)?;
-        let base = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        // Keep the temporary name within NAME_MAX even for a 255-byte base name.
-        let base: String = base.chars().take(180).collect();
-        Ok(path.with_file_name(format!(".{base}.{upload_id}{TMP_SUFFIX}")))
+        let mut tmp = tmp_stem(&self.path_of(key)?).into_os_string();
+        tmp.push(format!("{upload_id}{TMP_SUFFIX}"));
+        Ok(tmp.into())
     }
 
     /// The error of a read that saw the file change (a writer at work).
@@ -234,6 +235,17 @@ impl std::fmt::Display for NotAFile {
 
 impl std::error::Error for NotAFile {}
 
+/// What the names of `path`'s temporary files start with: `.NAME.`, then the upload's id.
+fn tmp_stem(path: &Path) -> PathBuf {
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Keep the temporary name within NAME_MAX even for a 255-byte base name.
+    let base: String = base.chars().take(180).collect();
+    path.with_file_name(format!(".{base}."))
+}
+
 /// Renames the finished temporary file `tmp` to `path`, unless [`NotAFile`] stands there.
 fn move_into_place(tmp: &Path, path: &Path) -> io::Result<()> {
     refuse_special(path)?;
@@ -317,7 +329,33 @@ impl LocalStore {
             checked.clear();
         }
         checked.insert(parent.to_path_buf());
+        drop(checked);
+        self.look_for_leftovers(parent);
         Ok(())
+    }
+
+    /// Finds the temporary files in `dir` the first time a write goes there. Outside the
+    /// lock: a large directory takes a while to read, and writes elsewhere need not wait.
+    fn look_for_leftovers(&self, dir: &Path) {
+        if !self.leftovers().first_look(dir) {
+            return;
+        }
+        match leftovers::temporaries(dir) {
+            Ok(found) => self.leftovers().add(found),
+            Err(e) => tracing::debug!("cannot look for leftovers in {}: {e}", dir.display()),
+        }
+    }
+
+    /// After `path` was written: removes the temporary files that stopped writes of it left.
+    fn written(&self, path: &Path) {
+        let found = self.leftovers().take(&tmp_stem(path));
+        for tmp in found {
+            leftovers::remove_if_abandoned(&tmp);
+        }
+    }
+
+    fn leftovers(&self) -> std::sync::MutexGuard<'_, Leftovers> {
+        self.leftovers.lock().expect("leftovers lock")
     }
 
     fn checked(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
@@ -605,15 +643,16 @@ impl Store for LocalStore {
             let write = || -> io::Result<()> {
                 this.create_parent(&path)?;
                 let file = File::create(&tmp)?;
+                leftovers::hold(&file);
                 file.write_all_at(&body.data, 0)?;
                 set_mtime(&file, mtime)?;
-                drop(file);
                 move_into_place(&tmp, &path)
             };
             write().map_err(|e| {
                 let _ = fs::remove_file(&tmp);
                 this.io_err(&key, "cannot write", e)
             })?;
+            this.written(&path);
             Ok(Written::default())
         })
         .await
@@ -723,7 +762,20 @@ impl Store for LocalStore {
             drop(file);
             move_into_place(&tmp, &path)
                 .map_err(|e| this.io_err(&key, "cannot move into place", e))?;
+            this.written(&path);
             Ok(Written::default())
+        })
+        .await
+    }
+
+    /// The temporary files under `prefix` that no live write holds: the uploads of keys
+    /// there whose id was never journaled, and the files of whole-object writes that a
+    /// crash stopped, which aborting removes alike.
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<MultipartUpload>> {
+        let (this, prefix) = (self.clone(), prefix.to_string());
+        blocking(move || {
+            leftovers::open_uploads(&this.root, &prefix)
+                .map_err(|e| this.io_err(&prefix, "cannot list open uploads", e))
         })
         .await
     }
@@ -777,18 +829,7 @@ fn random_id() -> String {
 /// ID [`ID_LEN`] lower-case hex digits ([`random_id`]). Only such names are skipped by listings, so
 /// a user's `.notes.skyhaul-tmp` is still copied.
 fn is_tmp_name(name: &[u8]) -> bool {
-    let Some(rest) = name.strip_suffix(TMP_SUFFIX.as_bytes()) else {
-        return false;
-    };
-    let Some((head, id)) = rest.split_last_chunk::<{ ID_LEN + 1 }>() else {
-        return false;
-    };
-    head.len() >= 2
-        && head[0] == b'.'
-        && id[0] == b'.'
-        && id[1..]
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    tmp_parts(name).is_some()
 }
 
 #[cfg(test)]
@@ -809,5 +850,41 @@ mod tests {
         ] {
             assert!(!is_tmp_name(theirs.as_bytes()), "{theirs}");
         }
+    }
+
+    /// The uploads under a prefix are the temporary files of its keys, at any depth, that
+    /// no live write holds; aborting one removes its file.
+    #[tokio::test]
+    async fn open_uploads_are_the_temporary_files_no_write_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let tmp = |key: &str, id: &str| {
+            let path = store.tmp_path(key, id).unwrap();
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            File::create(&path).unwrap()
+        };
+        tmp("a/b.bin", "000000000000000a");
+        tmp("a/bc/d.bin", "000000000000000b");
+        tmp("a/c.bin", "000000000000000c");
+        let writing = tmp("a/b.bin", "000000000000000d");
+        writing.lock().unwrap();
+        let upload = |key: &str, id: &str| MultipartUpload {
+            key: key.into(),
+            upload_id: id.into(),
+        };
+        let mut open = store.list_uploads("a/b").await.unwrap();
+        open.sort_by(|x, y| x.key.cmp(&y.key));
+        let found = vec![
+            upload("a/b.bin", "000000000000000a"),
+            upload("a/bc/d.bin", "000000000000000b"),
+        ];
+        assert_eq!(open, found);
+        assert_eq!(store.list_uploads("nowhere/").await.unwrap(), vec![]);
+        store.abort_multipart(&found[0]).await.unwrap();
+        let left = store.list_uploads("a/b.bin").await.unwrap();
+        assert_eq!(left, vec![], "aborted; the held one is not listed");
+        drop(writing);
+        let left = store.list_uploads("a/b.bin").await.unwrap();
+        assert_eq!(left, vec![upload("a/b.bin", "000000000000000d")]);
     }
 }

@@ -388,6 +388,69 @@ async fn a_resumed_upload_that_is_gone_reuses_nothing() {
     assert_eq!(read_tree(&dst), files);
 }
 
+/// The temporary files under `dir`, at any depth.
+fn temporaries(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    let mut found = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(temporaries(&path));
+        } else if path.to_string_lossy().ends_with(".skyhaul-tmp") {
+            found.insert(path);
+        }
+    }
+    found
+}
+
+/// `kill -9` leaves the temporary file of every write in flight; the rerun, which writes
+/// those objects again, removes them. One that a live write holds (another process at work
+/// on the same key) is left alone, and so is one of a key the rerun does not write.
+#[test]
+fn the_rerun_removes_the_temporary_files_a_kill_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let files: Files = (0..6)
+        .map(|i| (format!("whole/{i}.bin"), data(2 * MIB, 30 + i)))
+        .collect();
+    write_tree(&src, &files);
+    let journal = tmp.path().join("journal.sqlite");
+    let mut child = spawn_local(&src, &dst, &journal, &["--bwlimit", "1M"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dst.is_dir() || temporaries(&dst).is_empty() {
+        assert!(Instant::now() < deadline, "no write began within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = temporaries(&dst);
+    assert!(
+        !left.is_empty(),
+        "the kill left no temporary file to test with"
+    );
+
+    // Beside one of them, a write of the same key that is still at work, and a key that no
+    // longer is in the source.
+    let in_flight = left.first().unwrap().to_string_lossy().into_owned();
+    let stem = &in_flight[..in_flight.len() - ".0123456789abcdef.skyhaul-tmp".len()];
+    let live = PathBuf::from(format!("{stem}.00000000000000aa.skyhaul-tmp"));
+    let writing = std::fs::File::create(&live).unwrap();
+    writing.lock().unwrap();
+    let gone = dst.join("whole/.gone.bin.00000000000000bb.skyhaul-tmp");
+    std::fs::write(&gone, b"x").unwrap();
+
+    let rerun = spawn_local(&src, &dst, &journal, &[])
+        .wait_with_output()
+        .unwrap();
+    assert_succeeded(&rerun);
+    let kept = std::collections::BTreeSet::from([live.clone(), gone]);
+    assert_eq!(temporaries(&dst), kept);
+    drop(writing);
+    std::fs::remove_file(&live).unwrap();
+    let mut copied = read_tree(&dst);
+    copied.retain(|k, _| !k.ends_with(".skyhaul-tmp"));
+    assert_eq!(copied, files);
+}
+
 /// Under a low `--bwlimit`, Ctrl-C does not wait for the shares of bandwidth that parts and
 /// objects already started still wait for (a minute here): they stop unsent, and the rerun
 /// sends them.
@@ -923,6 +986,118 @@ async fn a_rerun_repairs_what_the_destination_lost() {
     assert_eq!(again["verification"]["objects"], 5, "{again}");
     let listed = format!("{prefix}/");
     assert_eq!(read_bucket(s3, "dst", &listed).await, files, "{prefix}");
+}
+
+/// Marks the transfer of `report` unfinished, as a kill leaves it once every object is done.
+fn as_if_interrupted(journal: &Path, report: &serde_json::Value) {
+    let j = Journal::open(journal).unwrap();
+    let t = j.find(report["transfer_id"].as_str().unwrap()).unwrap();
+    j.mark_complete(t.unwrap().id, false).unwrap();
+}
+
+/// An interrupted copy between buckets is checked whole by its rerun, as any other: an
+/// object the first run finished and another writer changed since (same size) is found
+/// (exit 6), and the next run copies it again. Such copies carry no CRC of skyhaul's, whether
+/// the bytes streamed through here (two servers) or the store copied them (one server):
+/// the rerun checks them by the ETag the first run expected, which the journal keeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_copy_between_buckets_is_checked_by_its_rerun() {
+    let one = S3Server::start(S3Kind::S3sFs);
+    let other = S3Server::start(S3Kind::Moto);
+    one.create_bucket("src").await;
+    let files: Files = (0..5)
+        .map(|i| (format!("f{i}"), data(1000 + i, i as u64)))
+        .collect();
+    fill_bucket(&one, "src", "", &files).await;
+    let tmp = tempfile::tempdir().unwrap();
+    for (dst, case) in [(&one, "server-side"), (&other, "streamed")] {
+        dst.create_bucket("dst").await;
+        let journal = tmp.path().join(format!("{case}.sqlite"));
+        let to = format!("s3://dst/{case}");
+        let (src_ep, dst_ep) = (one.endpoint.as_str(), dst.endpoint.as_str());
+        let args = ["cp", "-r", "s3://src", &to, "--json"];
+        let args = [
+            &args[..],
+            &["--src-endpoint", src_ep, "--dst-endpoint", dst_ep],
+        ]
+        .concat();
+        let journal_env = [("SKYHAUL_JOURNAL", journal.to_str().unwrap())];
+        let run = || skyhaul_env(&args, Some(&one), Some(dst), &journal_env);
+
+        let first = run();
+        assert_eq!(first.code, 0, "{case}: {}", first.stderr);
+        let report = first.json();
+        assert_eq!(
+            report["server_side_copies"] != 0,
+            case == "server-side",
+            "{report}"
+        );
+        as_if_interrupted(&journal, &report);
+        let mut changed = files["f2"].clone();
+        changed[0] ^= 1;
+        dst.put("dst", &format!("{case}/f2"), &changed).await;
+
+        let rerun = run();
+        assert_eq!(rerun.code, 6, "{case}: {}", rerun.stderr);
+        let report = rerun.json();
+        assert_eq!(report["objects_resumed"], 5, "{case}: {report}");
+        let v = &report["verification"];
+        let counts = (
+            &v["checksum_ok"],
+            &v["checksum_mismatch"],
+            &v["not_comparable"],
+        );
+        assert_eq!(
+            counts,
+            (&4.into(), &1.into(), &0.into()),
+            "{case}: {report}"
+        );
+
+        let last = run();
+        assert_eq!(last.code, 0, "{case}: {}", last.stderr);
+        assert_eq!(last.json()["objects_copied"], 1, "{case}: {}", last.stdout);
+        let copied = read_bucket(dst, "dst", &format!("{case}/")).await;
+        assert_eq!(copied, files, "{case}");
+    }
+}
+
+/// An interrupted sync's rerun checks what the interrupted run copied, though its listing
+/// finds those objects up to date and copies nothing there: one changed at the destination
+/// since (same size, newer) is found, exit 6. The next run copies it again, though its
+/// listing still finds it up to date.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_syncs_rerun_checks_what_it_finds_up_to_date() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("dst").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, src, journal) = five_files(tmp.path());
+    let args = ["sync", src.to_str().unwrap(), "s3://dst/s", "--json"];
+    let args = [&args[..], &["--dst-endpoint", &s3.endpoint]].concat();
+    let journal_env = [("SKYHAUL_JOURNAL", journal.to_str().unwrap())];
+    let run = || skyhaul_env(&args, None, Some(&s3), &journal_env);
+
+    let first = run();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    as_if_interrupted(&journal, &first.json());
+    let mut changed = files["f2"].clone();
+    changed[0] ^= 1;
+    s3.put("dst", "s/f2", &changed).await;
+
+    let rerun = run();
+    assert_eq!(rerun.code, 6, "{}", rerun.stderr);
+    let report = rerun.json();
+    assert_eq!(report["objects_copied"], 0, "{report}");
+    let v = &report["verification"];
+    let counts = (&v["objects"], &v["checksum_mismatch"], &v["not_comparable"]);
+    assert_eq!(counts, (&5.into(), &1.into(), &0.into()), "{report}");
+
+    let last = run();
+    assert_eq!(last.code, 0, "{}", last.stderr);
+    assert_eq!(last.json()["objects_copied"], 1, "{}", last.stdout);
+    assert_eq!(read_bucket(&s3, "dst", "s/").await, files);
+    // Finished: the next run trusts its listing again.
+    let after = run();
+    assert_eq!(after.json()["objects_copied"], 0, "{}", after.stdout);
 }
 
 /// SIGTERM once everything is copied stops the check after the copy too (a scheduler's

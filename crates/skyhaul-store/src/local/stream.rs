@@ -2,7 +2,7 @@
 //! system is never held in memory whole.
 
 use super::LocalStore;
-use super::{blocking, move_into_place, random_id, refuse_special, set_mtime};
+use super::{blocking, leftovers, move_into_place, random_id, refuse_special, set_mtime};
 use crate::{short_body, Chunks, ObjectMeta, PutOptions, Result, Streamed};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -87,6 +87,7 @@ pub(super) async fn put_stream(
         refuse_special(&target)
             .and_then(|()| this.create_parent(&at))
             .and_then(|()| File::create(&at))
+            .inspect(leftovers::hold)
             .map(Arc::new)
             .map_err(|e| this.io_err(&k, "cannot write", e))
     })
@@ -136,6 +137,7 @@ pub(super) async fn put_stream(
             .and_then(|()| move_into_place(tmp.path(), &path))
             .map_err(|e| this.io_err(&k, "cannot write", e))?;
         tmp.renamed();
+        this.written(&path);
         Ok(())
     })
     .await
