@@ -493,8 +493,8 @@ impl AzureStore {
         let properties = properties
             .into_iter()
             .filter_map(|(k, v)| Some((k.to_string(), v?.to_string())));
-        opts.metadata
-            .iter()
+        opts.metadata_ignoring_case(target)
+            .into_iter()
             .map(|(k, v)| {
                 let name = format!("x-ms-meta-{}", encode_meta_name(k));
                 (name, header_value(v).into_owned())

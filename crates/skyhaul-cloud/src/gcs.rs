@@ -631,13 +631,27 @@ fn named_as_listed(
     metadata: BTreeMap<String, String>,
     listed: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    let mut named: BTreeMap<String, String> = metadata
-        .into_iter()
-        .map(|(name, value)| {
-            let listed_name = listed.keys().find(|l| l.eq_ignore_ascii_case(&name));
-            (listed_name.cloned().unwrap_or(name), value)
-        })
-        .collect();
+    // Headers fold line breaks and drop spaces at either end of a value: where that is all
+    // that differs, the listed value is the object's own.
+    let same_words = |a: &str, b: &str| a.split_whitespace().eq(b.split_whitespace());
+    let mut named = BTreeMap::new();
+    for (name, value) in metadata {
+        let listed: Vec<_> = listed
+            .iter()
+            .filter(|(l, _)| l.eq_ignore_ascii_case(&name))
+            .collect();
+        match listed[..] {
+            [] => named.insert(name, value),
+            [(l, v)] if same_words(v, &value) => named.insert(l.clone(), v.clone()),
+            [(l, _)] => named.insert(l.clone(), value),
+            // Names that differ only in case (GCS keeps `Key` and `key` apart) share one
+            // header name: only the listing tells them apart.
+            _ => {
+                named.extend(listed.into_iter().map(|(l, v)| (l.clone(), v.clone())));
+                continue;
+            }
+        };
+    }
     let header_name = |n: &str| http::HeaderName::from_bytes(format!("x-goog-meta-{n}").as_bytes());
     for (name, value) in listed {
         if header_name(name).is_err() {
@@ -1225,6 +1239,18 @@ mod tests {
                 ("x y", "no header carries it")
             ]),
             "names from the listing, values from the download, the rest from the listing"
+        );
+        let downloaded = m(&[("pad", "padded"), ("nl", "line1 line2"), ("key", "lower")]);
+        let listed = m(&[
+            ("pad", "  padded  "),
+            ("nl", "line1\nline2"),
+            ("Key", "UPPER"),
+            ("key", "lower"),
+        ]);
+        assert_eq!(
+            named_as_listed(downloaded, &listed.clone()),
+            listed,
+            "what headers change of a value, and names only case sets apart, as listed"
         );
     }
 

@@ -193,9 +193,17 @@ pub(crate) fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The content headers an object was served with (a whole-object read's, or a HEAD's).
+/// The content headers an object was served with (a whole-object read's, or a HEAD's). As
+/// UTF-8: GCS keeps any (`attachment; filename="résumé.pdf"`) and sends it raw, which
+/// [`header`] (visible ASCII only) would drop without a word. A destination that takes
+/// headers says what it leaves out ([`ContentHeaders::sendable`]).
 pub(crate) fn content_headers(h: &HeaderMap) -> ContentHeaders {
-    let get = |name| header(h, name).map(str::to_string);
+    let get = |name| {
+        let value = h.get(name)?;
+        std::str::from_utf8(value.as_bytes())
+            .ok()
+            .map(str::to_string)
+    };
     ContentHeaders {
         content_type: get("content-type"),
         content_encoding: get("content-encoding"),

@@ -504,9 +504,9 @@ fn metadata(opts: &PutOptions, target: &str) -> Option<HashMap<String, String>> 
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
     let mut out: HashMap<String, String> = HashMap::new();
-    for (name, value) in &opts.metadata {
+    for (name, value) in opts.metadata_ignoring_case(target) {
         if token(name) {
-            out.insert(name.clone(), header_value(value).into_owned());
+            out.insert(name.to_string(), header_value(value).into_owned());
         } else {
             tracing::warn!("{target}: metadata {name:?} left out: S3 takes only token names");
         }

@@ -208,6 +208,27 @@ impl PutOptions {
     pub fn crc64nvme(&self) -> Option<u64> {
         parse_crc(self.metadata.get(CRC_METADATA)?)
     }
+
+    /// The user metadata for a store whose names ignore case (S3 and Azure, which take them
+    /// as HTTP headers): of names that differ only in case (`Key` and `key`, which GCS keeps
+    /// apart), the first in order is kept and the others are logged with `target` as left
+    /// out. Sent as two headers, they would be merged into one value (S3) or break the
+    /// request's signature, which reads as refused credentials (Azure).
+    pub fn metadata_ignoring_case(&self, target: &str) -> Vec<(&str, &str)> {
+        let mut seen = std::collections::HashSet::new();
+        let mut kept = Vec::with_capacity(self.metadata.len());
+        for (name, value) in &self.metadata {
+            if seen.insert(name.to_ascii_lowercase()) {
+                kept.push((name.as_str(), value.as_str()));
+            } else {
+                tracing::warn!(
+                    "{target}: metadata {name:?} left out: the store takes names without \
+                     case, and another one differs from it only in case"
+                );
+            }
+        }
+        kept
+    }
 }
 
 /// Bytes to write, with their MD5 when known: S3-compatible servers check `Content-MD5`

@@ -228,6 +228,18 @@ impl FakeGcsServer {
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
             .collect();
         let resource = serde_json::json!({ "name": key, "metadata": metadata });
+        self.put_with_resource(bucket, key, data, resource).await;
+    }
+
+    /// Uploads an object with the object resource given (`name` included): content headers
+    /// and metadata as GCS keeps them, which HTTP headers do not all carry.
+    pub async fn put_with_resource(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: &[u8],
+        resource: serde_json::Value,
+    ) {
         let boundary = "skyhaul-test-boundary";
         let mut body = format!(
             "--{boundary}\r\ncontent-type: application/json\r\n\r\n{resource}\r\n--{boundary}\r\n\

@@ -289,6 +289,123 @@ async fn a_gcs_metadata_name_no_header_carries_still_travels_or_is_named() {
     );
 }
 
+/// GCS keeps metadata names that differ only in case (`Key` and `key`) apart; S3 and Azure,
+/// which take them as headers, cannot. One is kept and the other is said to be left out:
+/// sent both, S3 merged them into one value (`lower,UPPER`) and Azure refused the request's
+/// signature, which stopped the transfer as if its credentials were wrong (exit 4).
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_names_that_differ_only_in_case_keep_one_at_s3_and_azure() {
+    let gcs = FakeGcsServer::start();
+    gcs.create_bucket("gb").await;
+    // Striped, so that the upload is given its metadata from the object resource, where
+    // both names are.
+    let data = common::data(6 << 20, 7);
+    let metadata = [("Key", "UPPER"), ("key", "lower")];
+    gcs.put_with_metadata("gb", "mc/o.bin", &data, &metadata)
+        .await;
+    let azure = AzuriteServer::start();
+    azure.create_container("cont").await;
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket("bkt").await;
+    let gcs_host = gcs.endpoint.trim_start_matches("http://").to_string();
+    let mut env = vec![("STORAGE_EMULATOR_HOST".to_string(), gcs_host)];
+    env.extend(azure.env_for("DST"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let striped = [
+        "--multipart-threshold",
+        "5M",
+        "--part-size",
+        "5M",
+        "--no-journal",
+    ];
+    let left_out = "metadata \"key\" left out: the store takes names without case";
+
+    let run = skyhaul_env(
+        &[&["cp", "-r", "gs://gb/mc", "az://cont/mc"][..], &striped].concat(),
+        None,
+        None,
+        &env,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains(left_out), "{}", run.stderr);
+    let head = common::azure_blob_head(&azure, "cont", "mc/o.bin");
+    let values: Vec<&str> = head
+        .lines()
+        .filter_map(|l| l.strip_prefix("x-ms-meta-key: "))
+        .collect();
+    assert_eq!(values, ["upper"], "{head}");
+
+    let to_s3 = [
+        "cp",
+        "-r",
+        "gs://gb/mc",
+        "s3://bkt/mc",
+        "--dst-endpoint",
+        &s3.endpoint,
+    ];
+    let run = skyhaul_env(&[&to_s3[..], &striped].concat(), None, Some(&s3), &env[..1]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains(left_out), "{}", run.stderr);
+    let head = s3
+        .client()
+        .await
+        .head_object()
+        .bucket("bkt")
+        .key("mc/o.bin");
+    let head = head.send().await.unwrap();
+    let value = head.metadata().and_then(|m| m.get("key").or(m.get("Key")));
+    assert_eq!(value.map(String::as_str), Some("UPPER"), "{head:?}");
+}
+
+/// A whole GCS object (read in one request, whose headers carry its metadata) reaches GCS
+/// as it was: a `Content-Disposition` that is no ASCII, and metadata values with line breaks
+/// or spaces at either end, which headers fold or trim, are taken as GCS keeps them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_gcs_object_keeps_what_headers_cannot_carry() {
+    let gcs = FakeGcsServer::start();
+    for b in ["ga", "gb"] {
+        gcs.create_bucket(b).await;
+    }
+    let disposition = "attachment; filename=\"résumé.pdf\"";
+    let resource = serde_json::json!({
+        "name": "w/o.txt",
+        "contentDisposition": disposition,
+        "metadata": { "pad": "  padded  ", "nl": "line1\nline2" },
+    });
+    gcs.put_with_resource("ga", "w/o.txt", b"payload", resource)
+        .await;
+    let gcs_host = gcs.endpoint.trim_start_matches("http://").to_string();
+    let env = [("STORAGE_EMULATOR_HOST", gcs_host.as_str())];
+    for (src, dst) in [
+        ("gs://ga/w/o.txt", "gs://gb/one.txt"),
+        ("gs://ga/w", "gs://gb/all"),
+    ] {
+        let args = [
+            "cp",
+            "-r",
+            src,
+            dst,
+            "--no-server-side-copy",
+            "--no-journal",
+        ];
+        let args: Vec<&str> = args
+            .into_iter()
+            .filter(|a| src.ends_with('w') || *a != "-r")
+            .collect();
+        let run = skyhaul_env(&args, None, None, &env);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let name = dst.trim_start_matches("gs://gb/");
+        let name = if name == "all" { "all/o.txt" } else { name };
+        let path = format!("/storage/v1/b/gb/o/{}", name.replace('/', "%2F"));
+        let (status, body) = common::http_get(&gcs.endpoint, &path, None);
+        assert_eq!(status, 200, "{body}");
+        let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(got["contentDisposition"], disposition, "{src}: {body}");
+        assert_eq!(got["metadata"]["pad"], "  padded  ", "{src}: {body}");
+        assert_eq!(got["metadata"]["nl"], "line1\nline2", "{src}: {body}");
+    }
+}
+
 async fn read_container(
     store: &std::sync::Arc<object_store::azure::MicrosoftAzure>,
     prefix: &str,
