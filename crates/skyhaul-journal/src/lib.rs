@@ -81,6 +81,12 @@ pub enum JournalError {
     Sqlite(#[from] rusqlite::Error),
     #[error("journal: {0}")]
     Io(#[from] std::io::Error),
+    /// A file or directory the journal keeps beside its database, by its path.
+    #[error("journal: {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("not a skyhaul journal (another application's SQLite database?)")]
     NotAJournal,
     #[error("journal schema version {found} is newer than this skyhaul supports ({supported}); upgrade skyhaul")]
@@ -392,14 +398,19 @@ impl Journal {
     /// runs of one transfer would each abort the uploads the other is creating.
     pub fn hold(&self, id: TransferId) -> Result<Held> {
         let path = self.lock_path(id);
+        let at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| JournalError::File { path, source }
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(at(dir))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)?;
+            .open(&path)
+            .map_err(at(&path))?;
         let deadline = std::time::Instant::now() + HOLD_WAIT;
         loop {
             match file.try_lock() {

@@ -739,3 +739,14 @@ fn fleet_lease_records_follow_each_item() {
     j.forget(id).unwrap();
     assert!(j.fleet_leases(id).unwrap().is_empty());
 }
+
+/// A lock that cannot be made (a file where the lock directory must go) names its path.
+#[test]
+fn a_lock_that_cannot_be_made_is_named() {
+    let (_dir, j) = open_temp();
+    let running = format!("{}.running", j.path().display());
+    std::fs::write(&running, b"").unwrap();
+    let id = j.begin(&identity(1)).unwrap();
+    let e = j.hold(id).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("journal: {running}: ")), "{e}");
+}

@@ -230,16 +230,21 @@ async fn a_key_with_a_backslash_fails_alone_at_azure() {
     }
 }
 
-/// A GCS metadata name that no HTTP header can carry (`x y`: GCS allows any name) is taken
-/// from the listing: it travels where the destination can store it (Azure, encoded) and is
-/// said to be left out where it cannot (S3). It used to vanish without a word.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_gcs_metadata_name_no_header_carries_still_travels_or_is_named() {
+/// A GCS bucket `gb` holding `key` with `metadata`, an Azure container `cont`, an S3 bucket
+/// `bkt` (moto), and the environment that reaches GCS and, as the destination, Azure.
+async fn metadata_from_gcs(
+    key: &str,
+    data: &[u8],
+    metadata: &[(&str, &str)],
+) -> (
+    FakeGcsServer,
+    AzuriteServer,
+    S3Server,
+    Vec<(String, String)>,
+) {
     let gcs = FakeGcsServer::start();
     gcs.create_bucket("gb").await;
-    let metadata = [("x y", "6"), ("owner", "ml")];
-    gcs.put_with_metadata("gb", "md/o.txt", b"payload", &metadata)
-        .await;
+    gcs.put_with_metadata("gb", key, data, metadata).await;
     let azure = AzuriteServer::start();
     azure.create_container("cont").await;
     let s3 = S3Server::start(S3Kind::Moto);
@@ -247,6 +252,16 @@ async fn a_gcs_metadata_name_no_header_carries_still_travels_or_is_named() {
     let gcs_host = gcs.endpoint.trim_start_matches("http://").to_string();
     let mut env = vec![("STORAGE_EMULATOR_HOST".to_string(), gcs_host)];
     env.extend(azure.env_for("DST"));
+    (gcs, azure, s3, env)
+}
+
+/// A GCS metadata name that no HTTP header can carry (`x y`: GCS allows any name) is taken
+/// from the listing: it travels where the destination can store it (Azure, encoded) and is
+/// said to be left out where it cannot (S3). It used to vanish without a word.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gcs_metadata_name_no_header_carries_still_travels_or_is_named() {
+    let metadata = [("x y", "6"), ("owner", "ml")];
+    let (_gcs, azure, s3, env) = metadata_from_gcs("md/o.txt", b"payload", &metadata).await;
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     for recursive in [false, true] {
         let (src, dst) = match recursive {
@@ -295,21 +310,11 @@ async fn a_gcs_metadata_name_no_header_carries_still_travels_or_is_named() {
 /// signature, which stopped the transfer as if its credentials were wrong (exit 4).
 #[tokio::test(flavor = "multi_thread")]
 async fn metadata_names_that_differ_only_in_case_keep_one_at_s3_and_azure() {
-    let gcs = FakeGcsServer::start();
-    gcs.create_bucket("gb").await;
     // Striped, so that the upload is given its metadata from the object resource, where
     // both names are.
     let data = common::data(6 << 20, 7);
     let metadata = [("Key", "UPPER"), ("key", "lower")];
-    gcs.put_with_metadata("gb", "mc/o.bin", &data, &metadata)
-        .await;
-    let azure = AzuriteServer::start();
-    azure.create_container("cont").await;
-    let s3 = S3Server::start(S3Kind::Moto);
-    s3.create_bucket("bkt").await;
-    let gcs_host = gcs.endpoint.trim_start_matches("http://").to_string();
-    let mut env = vec![("STORAGE_EMULATOR_HOST".to_string(), gcs_host)];
-    env.extend(azure.env_for("DST"));
+    let (_gcs, azure, s3, env) = metadata_from_gcs("mc/o.bin", &data, &metadata).await;
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let striped = [
         "--multipart-threshold",

@@ -924,11 +924,7 @@ async fn a_rerun_repairs_what_the_destination_lost() {
         let first = run(verb, prefix);
         assert_eq!(first["objects_copied"], 5, "{prefix}: {first}");
         if interrupted {
-            // As a kill leaves it: every object done, the transfer not marked complete.
-            let j = Journal::open(&journal).unwrap();
-            let id = first["transfer_id"].as_str().unwrap();
-            let t = j.find(id).unwrap().unwrap();
-            j.mark_complete(t.id, false).unwrap();
+            as_if_interrupted(&journal, &first);
         }
         spoil(prefix).await;
         let again = run(verb, prefix);
@@ -944,12 +940,7 @@ async fn a_rerun_repairs_what_the_destination_lost() {
     // the next run copies it.
     let prefix = "cp-interrupted";
     let first = run("cp", prefix);
-    let j = Journal::open(&journal).unwrap();
-    let t = j
-        .find(first["transfer_id"].as_str().unwrap())
-        .unwrap()
-        .unwrap();
-    j.mark_complete(t.id, false).unwrap();
+    as_if_interrupted(&journal, &first);
     spoil(prefix).await;
     let dst = format!("s3://dst/{prefix}");
     let args = [
