@@ -334,12 +334,10 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Finds the temporary files in `dir` the first time a write goes there. Outside the
-    /// lock: a large directory takes a while to read, and writes elsewhere need not wait.
+    /// Finds the temporary files in `dir`, where a write goes for the first time (or the
+    /// first since [`LocalStore::dirs_checked`] forgot it). Outside the locks: a large
+    /// directory takes a while to read, and writes elsewhere need not wait.
     fn look_for_leftovers(&self, dir: &Path) {
-        if !self.leftovers().first_look(dir) {
-            return;
-        }
         match leftovers::temporaries(dir) {
             Ok(found) => self.leftovers().add(found),
             Err(e) => tracing::debug!("cannot look for leftovers in {}: {e}", dir.display()),

@@ -20,26 +20,16 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// How many directories [`Leftovers`] remembers having looked at before it starts again
-/// (looking at one twice finds nothing new).
-const DIRS_SCANNED: usize = 4096;
-
+/// Temporary files found, by their stem ([`stem_of`]): a key's own are those of its stem.
+/// A directory looked at again (after `dirs_checked` forgot it) may find this process's
+/// own temporary files too: harmless, since a file is removed only once its key has been
+/// written, and only if no live write holds it.
 #[derive(Debug, Default)]
 pub(super) struct Leftovers {
-    scanned: HashSet<PathBuf>,
-    /// Temporary files found, by their stem ([`stem`]): the key's own are those of its stem.
     found: HashMap<PathBuf, HashSet<PathBuf>>,
 }
 
 impl Leftovers {
-    /// Whether `dir` is still to be looked at; marks it looked at.
-    pub(super) fn first_look(&mut self, dir: &Path) -> bool {
-        if self.scanned.len() >= DIRS_SCANNED {
-            self.scanned.clear();
-        }
-        self.scanned.insert(dir.to_path_buf())
-    }
-
     /// Adds the temporary files [`temporaries`] found.
     pub(super) fn add(&mut self, found: Vec<PathBuf>) {
         for tmp in found {
