@@ -12,6 +12,7 @@ mod config;
 mod credentials;
 mod endpoint;
 mod errors;
+mod listing;
 mod request_checks;
 mod requester_pays;
 mod store;

@@ -2,6 +2,7 @@ use crate::body::ChunkBody;
 use crate::config::S3Options;
 use crate::credentials::{profile_credentials, Remembered};
 use crate::errors::map_err;
+use crate::listing::Failure;
 use aws_config::environment::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::profile::ProfileFileRegionProvider;
@@ -119,36 +120,22 @@ impl S3Store {
                         None
                     })
                     .set_continuation_token(token.clone());
-                let page = match req.send().await {
+                let page = match crate::listing::page(req).await {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = tx
-                            .send(vec![Err(this.fail(e, &this.target(&prefix), "list"))])
-                            .await;
+                        let _ = tx.send(vec![Err(this.list_failed(e, &prefix))]).await;
                         return;
                     }
                 };
-                let objects = page.contents().iter().filter_map(|o| {
-                    // A key ending in `/` is a console's "folder", not an object: no file
-                    // system can hold it, and no store lists one (a conformance check).
-                    let key = o.key().filter(|k| !k.ends_with('/'))?.to_string();
-                    let mut m = ObjectMeta::new(key, o.size().unwrap_or(0).max(0) as u64);
-                    m.mtime = mtime(o.last_modified());
-                    m.etag = etag(o.e_tag());
-                    Some(Entry::Object(m))
-                });
-                let prefixes = page
-                    .common_prefixes()
-                    .iter()
-                    .filter_map(|p| Some(Entry::Prefix(p.prefix()?.to_string())));
-                // A page holds objects and prefixes as two sorted lists of one key order.
-                let mut items: Vec<Entry> = objects.chain(prefixes).collect();
-                items.sort_by(|a, b| a.key().cmp(b.key()));
-                if tx.send(items.into_iter().map(Ok).collect()).await.is_err() {
+                if tx
+                    .send(page.items.into_iter().map(Ok).collect())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
-                token = page.next_continuation_token().map(str::to_string);
-                if !page.is_truncated().unwrap_or(false) || token.is_none() {
+                token = page.next;
+                if token.is_none() {
                     return;
                 }
             }
@@ -251,6 +238,26 @@ impl S3Store {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         map_err(err, target, what, self.anonymous)
+    }
+
+    fn list_failed(&self, failure: Failure, prefix: &str) -> Error {
+        let target = self.target(prefix);
+        match failure {
+            Failure::Request(e) => self.fail(*e, &target, "list"),
+            Failure::Unreadable => Error::new(
+                ErrorKind::Other,
+                format!(
+                    "{target}: list: the listing cannot be read: a key in it holds characters \
+                     XML cannot carry (such as control characters) and the server does not \
+                     URL-encode keys when asked; rename that key at the store or leave its \
+                     prefix out"
+                ),
+            ),
+            Failure::BadKey(k) => Error::new(
+                ErrorKind::Other,
+                format!("{target}: list: the server sent a key that is not URL-encoded UTF-8: {k}"),
+            ),
+        }
     }
 
     fn target(&self, key: &str) -> String {
@@ -458,7 +465,7 @@ fn answer_checksum(resp: &GetObjectOutput) -> Option<FullChecksum> {
     )
 }
 
-fn etag(s: Option<&str>) -> Option<String> {
+pub(crate) fn etag(s: Option<&str>) -> Option<String> {
     s.map(|e| e.trim_matches('"').to_string())
 }
 
@@ -472,7 +479,7 @@ fn opaque_etag(sse: Option<&ServerSideEncryption>, customer_algorithm: Option<&s
     ) || customer_algorithm.is_some()
 }
 
-fn mtime(t: Option<&aws_smithy_types::DateTime>) -> Option<SystemTime> {
+pub(crate) fn mtime(t: Option<&aws_smithy_types::DateTime>) -> Option<SystemTime> {
     t.and_then(|t| SystemTime::try_from(*t).ok())
 }
 

@@ -138,3 +138,45 @@ async fn preflight_names_the_problem() {
     let err = store.preflight(false).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unreachable, "{err}");
 }
+
+/// A key holding a character XML 1.0 cannot carry (`\x01`, which a file name may hold) no
+/// longer makes its prefix unlistable where the server URL-encodes keys when asked (moto; rclone
+/// sends it as it is); where it does not (s3s-fs), the error says why instead of "HTTP 200".
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_that_xml_cannot_carry_list_back() {
+    use futures::TryStreamExt;
+    use skyhaul_store::Payload;
+    for kind in S3Kind::ALL {
+        let server = S3Server::start(kind);
+        server.create_bucket("ctl").await;
+        let store = S3Store::connect(&options(&server), "ctl").await.unwrap();
+        // `+`, space and `%` are what a wrong decoding would change.
+        let keys = ["a\u{1}b+c d%25", "dir\u{1}x/y", "plain+name"];
+        for k in keys {
+            store
+                .put(k, Payload::default(), &Default::default())
+                .await
+                .unwrap();
+        }
+        let flat: Result<Vec<_>, _> = store.list("", None).try_collect().await;
+        let level: Result<Vec<_>, _> = store.list_level("", None).try_collect().await;
+        if kind == S3Kind::S3sFs {
+            for err in [flat.unwrap_err(), level.unwrap_err()] {
+                assert!(
+                    err.message
+                        .contains("s3://ctl/: list: the listing cannot be read: a key in it holds characters XML cannot carry"),
+                    "{kind}: {err}"
+                );
+            }
+            continue;
+        }
+        let flat: Vec<String> = flat.unwrap().into_iter().map(|m| m.key).collect();
+        assert_eq!(flat, keys, "{kind}");
+        let level: Vec<String> = level.unwrap().iter().map(|e| e.key().to_string()).collect();
+        assert_eq!(
+            level,
+            ["a\u{1}b+c d%25", "dir\u{1}x/", "plain+name"],
+            "{kind}"
+        );
+    }
+}
