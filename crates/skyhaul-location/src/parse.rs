@@ -145,6 +145,13 @@ impl Location {
         PathBuf::from(&self.path)
     }
 
+    /// True when a bucket path has a `.` or `..` segment. In a store these are part of the
+    /// key, not steps between directories: as a destination, `s3://b/dir/.` would make an
+    /// object named `dir/.` where the user meant `dir/`. Local paths are resolved instead.
+    pub fn has_dot_segment(&self) -> bool {
+        self.scheme != Scheme::Local && self.path.split('/').any(|s| s == "." || s == "..")
+    }
+
     /// True when the user asked for "inside this prefix/directory" by ending it with `/`.
     pub fn is_dir_form(&self) -> bool {
         self.path.is_empty() || self.path.ends_with('/')
@@ -220,6 +227,21 @@ mod tests {
             Location::parse("ftp://x/y"),
             Err(LocationError::UnsupportedScheme(..))
         ));
+    }
+
+    #[test]
+    fn dot_segments_are_found_in_bucket_paths_only() {
+        for (input, dots) in [
+            ("s3://b/dir/.", true),
+            ("gs://b/../x", true),
+            ("az://c/a/./b/", true),
+            ("s3://b/dir/", false),
+            ("s3://b/.hidden/..x", false),
+            ("/tmp/dir/.", false),
+        ] {
+            let l = Location::parse(input).unwrap();
+            assert_eq!(l.has_dot_segment(), dots, "{input}");
+        }
     }
 
     #[test]

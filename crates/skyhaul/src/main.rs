@@ -300,6 +300,12 @@ pub(crate) async fn open_both(
     let rclone = e.rclone_config.as_deref();
     let (src_loc, src_remote) = location(src, &config, rclone)?;
     let (dst_loc, dst_remote) = location(dst, &config, rclone)?;
+    if writes && dst_loc.has_dot_segment() {
+        return Err(exit::usage(format!(
+            "'{dst_loc}': a '.' or '..' in a bucket path is part of the key there, not a step \
+             between directories; name the destination prefix without it"
+        )));
+    }
     let src_side = side_options(
         "SRC",
         e.src_endpoint.clone(),

@@ -226,6 +226,19 @@ fn bad_arguments_are_usage_errors() {
             run.stderr
         );
     }
+    // `dir/.` would be an object named so, not the directory's inside; refused before any
+    // store is opened (no endpoint is given: one would be needed to write anything).
+    for dst in ["s3://b/dir/.", "gs://b/x/../y/"] {
+        let run = skyhaul(&["cp", "/etc/hostname", dst], None, None);
+        assert_eq!(run.code, 2, "{dst}: {}", run.stderr);
+        let line = one_line_error(&run);
+        assert!(
+            line.contains(&format!(
+                "'{dst}': a '.' or '..' in a bucket path is part of the key"
+            )),
+            "{line}"
+        );
+    }
     // The portal's "Blob SAS URL": its signature is neither made part of a key nor echoed.
     let sas = "https://acct.blob.core.windows.net/c/x.html?sv=2019-12-12&sp=rw&sig=SECRET%3D";
     for args in [["cp", "/etc/hostname", sas], ["cp", sas, "/tmp/z"]] {
