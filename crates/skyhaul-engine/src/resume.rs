@@ -53,8 +53,11 @@ fn decode_done(s: &str) -> (Option<u64>, Option<String>) {
     (decode_sums(sums).map(|s| s.crc64), etag)
 }
 
-fn warn<T>(what: &str, r: Result<T, skyhaul_journal::JournalError>) -> Option<T> {
-    r.map_err(|e| tracing::warn!("journal: {what}: {e}")).ok()
+/// Logs a journal's failure, naming its file, and goes on without: the copy itself is right,
+/// only a rerun may redo more.
+fn warn<T>(j: &Journal, what: &str, r: Result<T, skyhaul_journal::JournalError>) -> Option<T> {
+    r.map_err(|e| tracing::warn!("{}: {what}: {e}", j.path().display()))
+        .ok()
 }
 
 /// `crc64nvme:HEX md5:HEX`: a chunk's checksums as the journal keeps them.
@@ -95,7 +98,7 @@ impl Resume {
     ) -> Result<Self, skyhaul_journal::JournalError> {
         let held = journal.hold(identity.id())?;
         // When in doubt, look objects up: slower, never wrong.
-        let ran_before = warn("lookup", journal.resumable(identity.id())).unwrap_or(true);
+        let ran_before = warn(&journal, "lookup", journal.resumable(identity.id())).unwrap_or(true);
         let id = journal.begin(identity)?;
         Ok(Resume {
             journal: Some((journal, id)),
@@ -112,7 +115,7 @@ impl Resume {
     /// What an earlier run recorded of copying this version of the object, if it did.
     pub fn done_earlier(&self, src: &ObjectMeta) -> Option<Copied> {
         let (j, id) = self.journal.as_ref().filter(|_| self.ran_before)?;
-        let rec = warn("lookup", j.is_done(*id, src)).flatten()?;
+        let rec = warn(j, "lookup", j.is_done(*id, src)).flatten()?;
         let (crc64, etag) = rec.checksum.as_deref().map(decode_done).unwrap_or_default();
         Some(Copied {
             crc64,
@@ -133,13 +136,14 @@ impl Resume {
             return false;
         };
         // When in doubt, copy: slower, never wrong.
-        warn("lookup", j.found_different(*id, dst_key)).unwrap_or(true)
+        warn(j, "lookup", j.found_different(*id, dst_key)).unwrap_or(true)
     }
 
     pub fn done(&self, src: &ObjectMeta, copied: &Copied) {
         if let Some((j, id)) = &self.journal {
             let done = encode_done(copied);
             warn(
+                j,
                 "record",
                 j.record_done(*id, src, &copied.dst_key, done.as_deref()),
             );
@@ -153,6 +157,7 @@ impl Resume {
         if let Some((j, id)) = &self.journal {
             let (done, hold) = (encode_done(copied), Box::new(memory));
             warn(
+                j,
                 "record",
                 j.record_done_holding(*id, src, &copied.dst_key, done.as_deref(), hold),
             );
@@ -162,7 +167,7 @@ impl Resume {
     /// An upload of this object version and part size that an earlier run left open.
     pub fn resumable(&self, src: &ObjectMeta, part_size: u64) -> Option<ResumableUpload> {
         let (j, id) = self.journal.as_ref()?;
-        let r = warn("lookup upload", j.resumable_upload(*id, src, part_size)).flatten()?;
+        let r = warn(j, "lookup upload", j.resumable_upload(*id, src, part_size)).flatten()?;
         self.used
             .lock()
             .expect("lock")
@@ -176,7 +181,7 @@ impl Resume {
         let Some((j, id)) = &self.journal else { return };
         let (j, id, key) = (j.clone(), *id, dst_key.to_string());
         let _ = tokio::task::spawn_blocking(move || {
-            warn("announce upload", j.creating(id, &key));
+            warn(&j, "announce upload", j.creating(id, &key));
         })
         .await;
     }
@@ -185,7 +190,7 @@ impl Resume {
     /// not retried, so no lost response can have created another).
     pub fn created(&self, dst_key: &str) {
         if let Some((j, id)) = &self.journal {
-            warn("confirm upload", j.created(*id, dst_key));
+            warn(j, "confirm upload", j.created(*id, dst_key));
         }
     }
 
@@ -207,6 +212,7 @@ impl Resume {
                 .expect("lock")
                 .insert(upload.upload_id.clone());
             warn(
+                j,
                 "record upload",
                 j.upload_started(*id, src, upload, part_size),
             );
@@ -228,10 +234,11 @@ impl Resume {
         // The commit waits for the disk: keep it off the async worker threads.
         let _ = tokio::task::spawn_blocking(move || {
             warn(
+                &j,
                 "record part",
                 j.part_done(id, &upload_id, &part, sums.as_deref()),
             );
-            warn("commit part", j.flush());
+            warn(&j, "commit part", j.flush());
         })
         .await;
     }
@@ -239,6 +246,7 @@ impl Resume {
     pub fn finished(&self, upload: &MultipartUpload) {
         if let Some((j, id)) = &self.journal {
             warn(
+                j,
                 "record upload end",
                 j.upload_finished(*id, &upload.upload_id),
             );
@@ -256,7 +264,7 @@ impl Resume {
         let Some((j, id)) = &self.journal else {
             return 0;
         };
-        let open = warn("list uploads", j.open_uploads(*id)).unwrap_or_default();
+        let open = warn(j, "list uploads", j.open_uploads(*id)).unwrap_or_default();
         let limit = AdaptiveLimit::new(4);
         let mut aborted = self.sweep(dst, retry, progress).await;
         for u in open {
@@ -275,6 +283,7 @@ impl Resume {
                 Ok(()) => {
                     aborted += 1;
                     warn(
+                        j,
                         "record upload end",
                         j.upload_finished(*id, &u.upload.upload_id),
                     );
@@ -292,15 +301,19 @@ impl Resume {
     /// missing or different, and a rerun must copy them again instead of skipping them.
     pub fn undo(&self, dst_keys: Vec<String>) {
         if let Some((j, id)) = &self.journal {
-            warn("forget objects found different", j.undo_done(*id, dst_keys));
+            warn(
+                j,
+                "forget objects found different",
+                j.undo_done(*id, dst_keys),
+            );
         }
     }
 
     /// Marks the transfer complete (or not) and makes everything recorded durable.
     pub fn finish(&self, complete: bool) {
         if let Some((j, id)) = &self.journal {
-            warn("mark complete", j.mark_complete(*id, complete));
-            warn("flush", j.flush());
+            warn(j, "mark complete", j.mark_complete(*id, complete));
+            warn(j, "flush", j.flush());
         }
     }
 }
@@ -320,12 +333,12 @@ pub async fn sweep_unconfirmed(
     retry: &RetryPolicy,
     progress: &Progress,
 ) -> usize {
-    let pending = warn("list announced uploads", j.unconfirmed_creates(id)).unwrap_or_default();
+    let pending = warn(j, "list announced uploads", j.unconfirmed_creates(id)).unwrap_or_default();
     if pending.is_empty() {
         return 0;
     }
     let mut known = spare.clone();
-    for u in warn("list uploads", j.open_uploads(id)).unwrap_or_default() {
+    for u in warn(j, "list uploads", j.open_uploads(id)).unwrap_or_default() {
         known.insert(u.upload.upload_id);
     }
     let limit = AdaptiveLimit::new(4);
@@ -340,9 +353,9 @@ pub async fn sweep_unconfirmed(
                      may remain (a lifecycle rule that expires incomplete uploads removes it)"
                 );
                 for (key, _) in
-                    warn("list announced uploads", j.unconfirmed_creates(id)).unwrap_or_default()
+                    warn(j, "list announced uploads", j.unconfirmed_creates(id)).unwrap_or_default()
                 {
-                    warn("confirm upload", j.created(id, &key));
+                    warn(j, "confirm upload", j.created(id, &key));
                 }
                 return aborted;
             }
@@ -365,7 +378,7 @@ pub async fn sweep_unconfirmed(
             }
         }
         if all_gone {
-            warn("confirm upload", j.created(id, &key));
+            warn(j, "confirm upload", j.created(id, &key));
         }
     }
     aborted

@@ -360,13 +360,16 @@ pub async fn transfer(
     preflight(src, dst, opts, &progress, true).await?;
 
     let resume = match journal {
-        Some(j) => Resume::begin(j, &identity(src, dst, opts)).map_err(|e| {
-            let hint = match e {
-                skyhaul_journal::JournalError::Running(_) => "",
-                _ => " (use --journal PATH for another journal, or --no-journal)",
-            };
-            Error::new(ErrorKind::Other, format!("{e}{hint}"))
-        })?,
+        Some(j) => {
+            let path = j.path().to_path_buf();
+            Resume::begin(j, &identity(src, dst, opts)).map_err(|e| {
+                let hint = match e {
+                    skyhaul_journal::JournalError::Running(_) => "",
+                    _ => " (use --journal PATH for another journal, or --no-journal)",
+                };
+                Error::new(ErrorKind::Other, format!("{}: {e}{hint}", path.display()))
+            })?
+        }
         None => Resume::none(),
     };
     let ctx = Arc::new(Ctx::new(

@@ -299,6 +299,8 @@ pub struct Journal {
     shared: Arc<Shared>,
     readers: Mutex<Vec<Connection>>,
     writer: Option<JoinHandle<()>>,
+    /// Opened by [`Journal::open_read_only`]: no writer, and readers open the file so.
+    read_only: bool,
 }
 
 impl fmt::Debug for Journal {
@@ -362,6 +364,21 @@ impl Journal {
             shared,
             readers: Mutex::new(vec![reader]),
             writer: Some(writer),
+            read_only: false,
+        })
+    }
+
+    /// Opens the journal at `path` to read only, as a journal this process may not write
+    /// (on a read-only mount) can be: every write fails with [`JournalError::Closed`].
+    pub fn open_read_only(path: &Path) -> Result<Journal> {
+        let reader = schema::open_read_only(path)?;
+        Ok(Journal {
+            path: path.to_path_buf(),
+            tx: None,
+            shared: Arc::default(),
+            readers: Mutex::new(vec![reader]),
+            writer: None,
+            read_only: true,
         })
     }
 
@@ -914,6 +931,7 @@ impl Journal {
         let pooled = lock(&self.readers).pop();
         let conn = match pooled {
             Some(c) => c,
+            None if self.read_only => schema::open_read_only(&self.path)?,
             None => schema::open_reader(&self.path)?,
         };
         let result = f(&conn);

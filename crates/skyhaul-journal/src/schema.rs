@@ -183,6 +183,44 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Opens a connection that can only read, for a journal this process may not write (on a
+/// read-only mount): `status` still shows it. Nothing is migrated; a file that is not a
+/// journal of a version this build reads is refused. SQLite reads a WAL database only if it
+/// can create the WAL's shared-memory file, or else as immutable (nothing can write it).
+pub(crate) fn open_read_only(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let checked = |target: &str| -> Result<Connection> {
+        let conn = Connection::open_with_flags(target, flags)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if app_id != APPLICATION_ID || version < 1 {
+            return Err(JournalError::NotAJournal);
+        }
+        if version > SCHEMA_VERSION {
+            return Err(JournalError::TooNew {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(conn)
+    };
+    let plain = path.to_string_lossy();
+    match checked(&plain) {
+        Err(JournalError::Sqlite(_)) => {
+            let uri = plain
+                .replace('%', "%25")
+                .replace('?', "%3F")
+                .replace('#', "%23");
+            checked(&format!("file:{uri}?immutable=1"))
+        }
+        r => r,
+    }
+}
+
 fn migrate(conn: &mut Connection) -> Result<()> {
     // IMMEDIATE: two processes opening a fresh journal at once must not both create the schema.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

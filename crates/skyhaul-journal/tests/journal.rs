@@ -636,6 +636,15 @@ fn refuses_foreign_and_newer_databases() {
         Journal::open(&newer),
         Err(JournalError::TooNew { found: 999, .. })
     ));
+    // Opened to read only, they are refused alike.
+    assert!(matches!(
+        Journal::open_read_only(&foreign),
+        Err(JournalError::NotAJournal)
+    ));
+    assert!(matches!(
+        Journal::open_read_only(&newer),
+        Err(JournalError::TooNew { found: 999, .. })
+    ));
 
     // Reopening a current one is fine, and the file is in WAL mode.
     let current = dir.path().join("current.sqlite");
@@ -651,6 +660,27 @@ fn refuses_foreign_and_newer_databases() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, skyhaul_journal::SCHEMA_VERSION);
+}
+
+#[test]
+fn a_journal_opened_to_read_only_reads_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.sqlite");
+    let id = {
+        let j = Journal::open(&path).unwrap();
+        let id = j.begin(&identity(1)).unwrap();
+        j.record_done(id, &obj("k", 3, None, None), "k", None)
+            .unwrap();
+        id
+    };
+    let j = Journal::open_read_only(&path).unwrap();
+    let all = j.transfers().unwrap();
+    assert_eq!((all.len(), all[0].id, all[0].objects_done), (1, id, 1));
+    assert!(matches!(
+        j.mark_complete(id, true),
+        Err(JournalError::Closed)
+    ));
+    assert!(!Journal::open_read_only(&path).unwrap().transfers().unwrap()[0].complete);
 }
 
 #[test]

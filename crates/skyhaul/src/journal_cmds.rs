@@ -60,6 +60,15 @@ fn ago(t: SystemTime) -> String {
     }
 }
 
+/// A journal's error after it opened, naming its file: which of several journals (or
+/// which copy of one) is damaged is the first thing to know.
+fn failed(journal: &Journal, e: JournalError) -> CliError {
+    CliError {
+        code: ExitCode::PartialFailure,
+        message: format!("{}: {e}", journal.path().display()),
+    }
+}
+
 /// "complete", "running" (another process holds it now), or "stopped": interrupted, killed
 /// or failed, for a rerun to finish.
 fn state(journal: &Journal, t: &TransferSummary) -> &'static str {
@@ -103,11 +112,10 @@ pub fn status(args: StatusArgs) -> ExitCode {
             }
             return Ok(());
         }
-        let journal = open(Some(&path))?;
-        let transfers = journal.transfers().map_err(|e| CliError {
-            code: ExitCode::PartialFailure,
-            message: e.to_string(),
-        })?;
+        // Looking needs no right to write: a journal on a read-only mount is read so.
+        let journal =
+            open(Some(&path)).or_else(|e| Journal::open_read_only(&path).map_err(|_| e))?;
+        let transfers = journal.transfers().map_err(|e| failed(&journal, e))?;
         if args.json {
             let all: Vec<_> = transfers.iter().map(|t| json(&journal, t)).collect();
             outln!("{}", serde_json::Value::Array(all));
@@ -163,10 +171,7 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
         let config = crate::settings::load_config()?;
         let path = crate::settings::journal_path(args.journal.as_deref(), &config);
         let journal = open(path.as_deref())?;
-        let other = |e: JournalError| CliError {
-            code: ExitCode::PartialFailure,
-            message: e.to_string(),
-        };
+        let other = |e: JournalError| failed(&journal, e);
         let t = journal
             .find(&args.id)
             .map_err(|e| match e {

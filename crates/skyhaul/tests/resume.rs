@@ -1147,3 +1147,88 @@ async fn sigterm_stops_the_check_after_the_copy() {
     assert_eq!(report["objects_copied"], files.len(), "{report}");
     assert!(report["verification"].is_null(), "{report}");
 }
+
+/// `status` only looks, so a journal on a read-only mount is read (it opened the file for
+/// writing, and failed with "unable to open database file"); and a damaged journal is named
+/// by `status` and by a run, whose errors said only "database disk image is malformed".
+#[test]
+fn status_reads_a_journal_it_cannot_write_and_names_a_damaged_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = mixed();
+    write_tree(&tmp.path().join("src"), &files);
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let path = |p: &str| tmp.path().join(p).to_string_lossy().into_owned();
+    let journal = format!("{}/j.sqlite", path("ro"));
+    // In a mount namespace of its own (root, as the relay tests), so the read-only file
+    // system goes with the shell.
+    let script = format!(
+        "set -e; mount -t tmpfs none '{ro}'; '{bin}' cp -r -q '{src}' '{dst}' --journal '{journal}'; \
+         mount -o remount,ro '{ro}'; '{bin}' status --journal '{journal}'",
+        ro = path("ro"),
+        bin = env!("CARGO_BIN_EXE_skyhaul"),
+        src = path("src"),
+        dst = path("dst"),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", &script]);
+    for (k, v) in test_env(None, None, &[]) {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let run = Run::from(cmd.output().expect("unshare runs"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let want = format!("complete     {} objects", files.len());
+    assert!(run.stdout.contains(&want), "{want}: {}", run.stdout);
+    assert_eq!(read_tree(&tmp.path().join("dst")), files);
+
+    // Every page but the first (the header and the schema) overwritten.
+    let journal = path("damaged.sqlite");
+    let run = skyhaul(
+        &[
+            "cp",
+            "-r",
+            "-q",
+            &path("src"),
+            &path("dst2"),
+            "--journal",
+            &journal,
+        ],
+        None,
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut bytes = std::fs::read(&journal).unwrap();
+    assert!(bytes.len() > 8192, "a journal of several pages");
+    bytes[4096..].fill(0xab);
+    std::fs::write(&journal, bytes).unwrap();
+    for args in [
+        vec!["status", "--journal", &journal],
+        vec![
+            "cp",
+            "-r",
+            "-q",
+            &path("src"),
+            &path("dst3"),
+            "--journal",
+            &journal,
+        ],
+    ] {
+        let run = skyhaul(&args, None, None);
+        assert_eq!(run.code, 1, "{args:?}: {}", run.stderr);
+        let error = run
+            .stderr
+            .lines()
+            .find(|l| l.contains("error"))
+            .unwrap_or("");
+        assert!(
+            error.contains(&format!(
+                "{journal}: journal database: database disk image is malformed"
+            )),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}
