@@ -733,8 +733,17 @@ pub async fn dry_run(
     });
     let done =
         |s: &ObjectMeta| earlier.is_some_and(|(j, id)| matches!(j.is_done(id, s), Ok(Some(_))));
+    // What a check found different is copied by the next sync even where its listing finds
+    // it up to date (see `Ctx::checks_up_to_date`); the plan must say so too.
+    let differing: std::collections::HashSet<String> = earlier
+        .and_then(|(j, id)| j.differing(id).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let up_to_date = (!differing.is_empty())
+        .then(|| -> UpToDate { Box::new(move |_, dst_key| differing.contains(dst_key)) });
     let limit = AdaptiveLimit::new(opts.max_connections);
-    let (planner, mut rx) = start_planner(src, dst, opts, &limit, &progress, None).await?;
+    let (planner, mut rx) = start_planner(src, dst, opts, &limit, &progress, up_to_date).await?;
     while let Some(job) = rx.recv().await {
         if cancel.is_cancelled() {
             break;

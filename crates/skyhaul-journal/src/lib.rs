@@ -513,6 +513,16 @@ impl Journal {
         })
     }
 
+    /// Every destination key [`found_different`](Self::found_different) is true of, for a
+    /// dry run that must show them as the next run treats them.
+    pub fn differing(&self, id: TransferId) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT dst_key FROM differing WHERE transfer = ?1")?;
+            let rows = stmt.query_map([id.sql()], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
     /// Deletes everything the journal knows about a transfer. Abort its open uploads first (see
     /// [`Journal::open_uploads`]): once forgotten, nothing remembers them. Must not run while the
     /// transfer is being written, or the writes after it recreate records. Waits for a durable

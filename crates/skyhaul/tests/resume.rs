@@ -1080,6 +1080,31 @@ async fn an_interrupted_syncs_rerun_checks_what_it_finds_up_to_date() {
     let v = &report["verification"];
     let counts = (&v["objects"], &v["checksum_mismatch"], &v["not_comparable"]);
     assert_eq!(counts, (&5.into(), &1.into(), &0.into()), "{report}");
+    // A dry run and `plan` show that object as the next run treats it: to be copied.
+    let dry = skyhaul_env(
+        &[&args[..], &["--dry-run"]].concat(),
+        None,
+        Some(&s3),
+        &journal_env,
+    );
+    let copies: Vec<&str> = dry
+        .stdout
+        .lines()
+        .filter(|l| l.contains("\"copy\""))
+        .collect();
+    assert!(
+        copies.len() == 1 && copies[0].contains("s/f2"),
+        "{}",
+        dry.stdout
+    );
+    let plan = skyhaul_env(
+        &[&["plan", "-r", "--sync"][..], &args[1..]].concat(),
+        None,
+        Some(&s3),
+        &journal_env,
+    );
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(plan["objects"], 1, "{plan}");
 
     let last = run();
     assert_eq!(last.code, 0, "{}", last.stderr);
