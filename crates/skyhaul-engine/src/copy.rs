@@ -71,11 +71,11 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
             };
             ctx.resume.done(src, &copied);
             ctx.progress.add_moved(src.size);
-        } else {
-            let src = prepare_upload(ctx, src, &mut put).await?;
-            multipart(ctx, &src, dst_key, &put, true).await?;
+            return Ok(copied);
         }
-        return Ok(copied);
+        let src = prepare_upload(ctx, src, &mut put).await?;
+        // Its record, with the ETag the parts make, is the one journaled.
+        return multipart(ctx, &src, dst_key, &put, true).await;
     }
     if stripes(ctx, src.size) {
         let src = prepare_upload(ctx, src, &mut put).await?;

@@ -60,8 +60,12 @@ pub fn source_md5(
     if read_opaque || src.opaque_etag {
         return None;
     }
-    let hex = src.content_md5().or(plain_md5(read_etag))?;
-    <[u8; 16]>::try_from(hex::decode(hex).ok()?).ok()
+    md5_bytes(src.content_md5().or(plain_md5(read_etag))?)
+}
+
+/// The 16 bytes of an MD5 written as 32 hex digits.
+pub fn md5_bytes(hex: &str) -> Option<[u8; 16]> {
+    hex::decode(hex).ok()?.try_into().ok()
 }
 
 /// The error of bytes read from `target` that do not hash to its content MD5.

@@ -74,7 +74,7 @@ pub fn decode_sums(s: &str) -> Option<ChunkSums> {
     for field in s.split(' ') {
         match field.split_once(':') {
             Some(("crc64nvme", v)) => crc64 = u64::from_str_radix(v, 16).ok(),
-            Some(("md5", v)) => md5 = hex::decode(v).ok().and_then(|b| b.try_into().ok()),
+            Some(("md5", v)) => md5 = crate::integrity::md5_bytes(v),
             _ => {}
         }
     }

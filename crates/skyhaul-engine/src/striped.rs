@@ -330,7 +330,16 @@ pub(crate) async fn complete_upload(
         }
     }
     let receipts: Vec<CompletedPart> = done.iter().map(|(p, _, _)| p.clone()).collect();
-    let md5s: Option<Vec<[u8; 16]>> = done.iter().map(|(_, s, _)| s.and_then(|s| s.md5)).collect();
+    // A part the store copied never passed through here: its ETag, the store's own account
+    // of the part's MD5, stands in, as a whole-object copy's ETag does.
+    let md5s: Option<Vec<[u8; 16]>> = done
+        .iter()
+        .map(|(p, s, _)| match s {
+            Some(s) => s.md5,
+            None if server_side => p.content_md5().and_then(crate::integrity::md5_bytes),
+            None => None,
+        })
+        .collect();
     let expected_etag = md5s
         .filter(|_| dst.etags_are_md5())
         .map(|m| multipart_etag(&m));

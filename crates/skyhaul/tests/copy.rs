@@ -87,7 +87,8 @@ async fn same_endpoint_uses_server_side_copy() {
     s.create_bucket("one").await;
     s.create_bucket("two").await;
     let mut files = mixed();
-    // s3s-fs's UploadPartCopy is exercised through a multipart-sized object.
+    // Above the multipart threshold, but copied whole (CopyObject) below 256 MiB: see
+    // `a_striped_server_side_copy_is_checked_by_its_parts_etag` for UploadPartCopy.
     files.insert("huge/over-threshold.bin".into(), data(11 * 1024 * 1024, 9));
     fill_bucket(&s, "one", "", &files).await;
     let mut args = vec![
@@ -106,7 +107,56 @@ async fn same_endpoint_uses_server_side_copy() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.json();
     assert_eq!(report["server_side_copies"], files.len() as u64, "{report}");
+    // Each is checked by the ETag it should have.
+    let v = &report["verification"];
+    assert_eq!(
+        (&v["checksum_ok"], &v["not_comparable"]),
+        (&files.len().into(), &0.into()),
+        "{report}"
+    );
     assert_eq!(read_bucket(&s, "two", "mirror/").await, files);
+}
+
+/// A server-side copy above 256 MiB goes in parts (UploadPartCopy), and the check after it
+/// compares the ETag those parts make: it was "not comparable", as the record of the copy
+/// it was given lacked the ETag the journal kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_striped_server_side_copy_is_checked_by_its_parts_etag() {
+    let s = S3Server::start(S3Kind::S3sFs);
+    s.create_bucket("one").await;
+    let files =
+        std::collections::BTreeMap::from([("big.bin".to_string(), data(257 * 1024 * 1024, 3))]);
+    fill_bucket(&s, "one", "", &files).await;
+    let ep = s.endpoint.as_str();
+    let args = [
+        "cp",
+        "-r",
+        "s3://one/",
+        "s3://one/copy/",
+        "--json",
+        "--exclude",
+        "copy/**",
+    ];
+    let args = [&args[..], &["--src-endpoint", ep, "--dst-endpoint", ep]].concat();
+    let run = skyhaul(&args, Some(&s), Some(&s));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(report["server_side_copies"], 1, "{report}");
+    let v = &report["verification"];
+    assert_eq!(
+        (&v["checksum_ok"], &v["not_comparable"]),
+        (&1.into(), &0.into()),
+        "{report}"
+    );
+    let head = s
+        .client()
+        .await
+        .head_object()
+        .bucket("one")
+        .key("copy/big.bin");
+    let etag = head.send().await.unwrap().e_tag.unwrap_or_default();
+    assert!(etag.contains('-'), "copied in parts: {etag}");
+    assert_eq!(read_bucket(&s, "one", "copy/").await, files);
 }
 
 /// `--requester-pays` puts `x-amz-request-payer: requester` on every request, signed (S3
