@@ -51,6 +51,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
         etag: None,
         written_etag: None,
         server_side: false,
+        earlier: false,
     };
     if let Some(container) = &ctx.copy_from {
         copied.server_side = true;

@@ -28,29 +28,43 @@ pub struct Resume {
     used: Mutex<HashSet<String>>,
 }
 
-/// How the journal records what an object was written with: `crc64nvme:HEX etag:ETAG`, its
-/// CRC64-NVME where the bytes passed through here and the ETag the destination should show
-/// where that is predictable (either may be missing). A rerun checks an object an earlier
-/// run copied with these, as that run would have: a streamed or server-side copy between
-/// buckets has no CRC, only its ETag to be checked by.
+/// How the journal records what an object was written with:
+/// `crc64nvme:HEX written:ETAG etag:ETAG`, its CRC64-NVME where the bytes passed through
+/// here, and the ETag the destination should show where that is predictable (`etag:`),
+/// with the one the store answered the write with where that differs (`written:`, empty
+/// when there was none). A rerun checks an object an earlier run copied with these, as that
+/// run would have: a streamed or server-side copy between buckets has no CRC, only its ETag
+/// to be checked by, and where the store shows that in another form than predicted (a GCS
+/// composite, a multipart object at rclone), only the store's own answer tells.
 fn encode_done(copied: &Copied) -> Option<String> {
     let crc = copied.crc64.map(|c| format!("crc64nvme:{c:016x}"));
+    let written = match (&copied.etag, &copied.written_etag) {
+        (Some(e), w) if w.as_ref() != Some(e) => {
+            Some(format!("written:{}", w.as_deref().unwrap_or("")))
+        }
+        _ => None,
+    };
     // Last, and taken to the end: an ETag holds no space, but one that did would still
     // read back whole.
     let etag = copied.etag.as_ref().map(|e| format!("etag:{e}"));
-    match (crc, etag) {
-        (Some(crc), Some(etag)) => Some(format!("{crc} {etag}")),
-        (crc, etag) => crc.or(etag),
-    }
+    let fields: Vec<String> = [crc, written, etag].into_iter().flatten().collect();
+    (!fields.is_empty()).then(|| fields.join(" "))
 }
 
-/// [`encode_done`]'s CRC64-NVME and ETag. Journals of earlier versions hold the CRC alone.
-fn decode_done(s: &str) -> (Option<u64>, Option<String>) {
+/// [`encode_done`]'s CRC64-NVME, expected ETag and written ETag (the expected one where
+/// the record names none). Journals of earlier versions hold the CRC alone, or no
+/// `written:`.
+fn decode_done(s: &str) -> (Option<u64>, Option<String>, Option<String>) {
     let (sums, etag) = match s.split_once("etag:") {
         Some((sums, etag)) => (sums.trim_end(), Some(etag.to_string())),
         None => (s, None),
     };
-    (decode_sums(sums).map(|s| s.crc64), etag)
+    let (sums, written) = match sums.split_once("written:") {
+        Some((sums, w)) => (sums.trim_end(), Some(w).filter(|w| !w.is_empty())),
+        None => (sums, etag.as_deref()),
+    };
+    let written = written.map(str::to_string);
+    (decode_sums(sums).map(|s| s.crc64), etag, written)
 }
 
 /// Logs a journal's failure, naming its file, and goes on without: the copy itself is right,
@@ -116,16 +130,16 @@ impl Resume {
     pub fn done_earlier(&self, src: &ObjectMeta) -> Option<Copied> {
         let (j, id) = self.journal.as_ref().filter(|_| self.ran_before)?;
         let rec = warn(j, "lookup", j.is_done(*id, src)).flatten()?;
-        let (crc64, etag) = rec.checksum.as_deref().map(decode_done).unwrap_or_default();
+        let (crc64, etag, written_etag) =
+            rec.checksum.as_deref().map(decode_done).unwrap_or_default();
         Some(Copied {
             crc64,
             dst_key: rec.dst_key,
             size: rec.size,
             etag,
-            // What the store answered then says nothing of what it holds now: the check
-            // asks it again where its listing shows no ETags.
-            written_etag: None,
+            written_etag,
             server_side: false,
+            earlier: true,
         })
     }
 
@@ -412,6 +426,7 @@ mod tests {
             etag: etag.map(str::to_string),
             written_etag: Some("\"what the store answered\"".into()),
             server_side: false,
+            earlier: false,
         }
     }
 
@@ -425,12 +440,24 @@ mod tests {
             // No space belongs in an ETag, but one would not cut it short.
             (Some(1), Some("\"a b\"")),
         ] {
-            let c = copied("k", crc64, etag);
-            let read = encode_done(&c).as_deref().map(decode_done);
-            assert_eq!(read.unwrap_or_default(), (crc64, c.etag.clone()), "{c:?}");
+            let mut c = copied("k", crc64, etag);
+            for written in [c.written_etag.clone(), c.etag.clone(), None] {
+                c.written_etag = written;
+                let read = encode_done(&c).as_deref().map(decode_done);
+                // Without an expected ETag, what was written is not kept.
+                let written = c.written_etag.clone().filter(|_| c.etag.is_some());
+                let want = (crc64, c.etag.clone(), written);
+                assert_eq!(read.unwrap_or_default(), want, "{c:?}");
+            }
         }
-        // What earlier versions journaled: the CRC alone.
-        assert_eq!(decode_done("crc64nvme:00000000000000ff"), (Some(255), None));
+        // What earlier versions journaled: the CRC alone, or no written ETag (the expected
+        // one stands for it).
+        assert_eq!(
+            decode_done("crc64nvme:00000000000000ff"),
+            (Some(255), None, None)
+        );
+        let e = Some("x-2".to_string());
+        assert_eq!(decode_done("etag:x-2"), (None, e.clone(), e));
     }
 
     #[test]
@@ -454,10 +481,13 @@ mod tests {
         assert!(second.ran_before);
         let earlier = second.done_earlier(&a).unwrap();
         assert_eq!(earlier.dst_key, "a");
-        // Checked as the first run would have: by its CRC and the ETag it expected, not by
-        // what the store answered then.
-        let checked_by = (earlier.crc64, earlier.etag.as_deref(), earlier.written_etag);
-        assert_eq!(checked_by, (Some(3), Some("\"e\""), None));
+        // Checked as the first run would have: by its CRC and the ETag it expected, or
+        // the store's answer where it shows another form; but that answer is no stand-in
+        // for a listing without ETags.
+        let checked_by = (earlier.crc64, earlier.etag.as_deref(), earlier.earlier);
+        assert_eq!(checked_by, (Some(3), Some("\"e\""), true));
+        let written = earlier.written_etag.as_deref();
+        assert_eq!(written, Some("\"what the store answered\""));
         let other = ObjectMeta::new("a", 2);
         assert!(second.done_earlier(&other).is_none(), "another version");
 

@@ -121,6 +121,7 @@ pub(crate) async fn copy_streamed(
         etag: expected_etag(ctx.dst.as_ref(), &written, md5),
         written_etag: written.etag,
         server_side: false,
+        earlier: false,
     };
     ctx.resume.done_holding(src, &copied, memory);
     ctx.progress.add_moved(src.size);

@@ -158,6 +158,7 @@ async fn completed_earlier(
         etag: expected_etag.filter(|_| !found.opaque_etag),
         written_etag: found.etag,
         server_side: false,
+        earlier: false,
     };
     ctx.resume.done(src, &copied);
     ctx.progress.add_reused(src.size);
@@ -398,6 +399,7 @@ pub(crate) async fn complete_upload(
         etag: expected_etag,
         written_etag: written.etag,
         server_side,
+        earlier: false,
     };
     ctx.resume.done(src, &copied);
     ctx.resume.finished(&upload);

@@ -53,6 +53,11 @@ pub struct Copied {
     #[serde(default)]
     pub written_etag: Option<String>,
     pub server_side: bool,
+    /// Copied by an earlier run, as its journal recorded: `written_etag` is what the store
+    /// answered then, which says nothing of what it holds now, so the check asks the store
+    /// where its listing shows no ETags.
+    #[serde(default)]
+    pub earlier: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -298,27 +303,35 @@ async fn recorded_outcome(
     progress: &Progress,
 ) -> Result<Option<(String, String)>> {
     let mut m = listed;
-    if m.etag.is_none() {
+    let stand_in = m.etag.is_none() && !c.earlier;
+    if stand_in {
         m.etag = c.written_etag.clone();
     }
     let mut headed = c.etag.is_some() && m.etag.is_none();
     if headed {
         m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);
     }
-    let by_etag_of = |m: &ObjectMeta| {
-        let got = m.etag.as_deref().filter(|_| !m.opaque_etag);
-        c.etag
-            .as_deref()
-            .zip(got)
-            .and_then(|(want, got)| same_form(want, got))
+    let by_etag_of = |m: &ObjectMeta, stand_in: bool| {
+        let got = m.etag.as_deref().filter(|_| !m.opaque_etag)?;
+        let want = c.etag.as_deref()?;
+        match (same_form(want, got), c.written_etag.as_deref()) {
+            (Some(pair), _) => Some(pair),
+            // Shown in another form than predicted (a GCS composite's generation, a
+            // multipart object at rclone, or a single write over a multipart object since):
+            // the store's answer to the write is what it should still show.
+            (None, Some(written)) if !stand_in => {
+                Some(same_form(written, got).unwrap_or((written.to_string(), got.to_string())))
+            }
+            (None, _) => None,
+        }
     };
-    let mut by_etag = by_etag_of(&m);
+    let mut by_etag = by_etag_of(&m, stand_in);
     // A listed ETag that differs may be one the store calls no MD5 (SSE-KMS, after the
     // object was written over by another tool): only a HEAD says so.
     if !headed && by_etag.as_ref().is_some_and(|(want, got)| want != got) {
         m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);
         headed = true;
-        by_etag = by_etag_of(&m);
+        by_etag = by_etag_of(&m, false);
     }
     let Some(want) = c.crc64.filter(|_| by_etag.is_none()) else {
         return Ok(by_etag);
