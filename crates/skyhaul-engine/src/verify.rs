@@ -294,7 +294,8 @@ where
 }
 
 /// The checksum comparison for a copied object from what the destination reports: its
-/// ETag where that is predictable, else the full-object CRC recorded with it (a HEAD).
+/// ETag where that is predictable, else the full-object CRC recorded with it (a HEAD), else
+/// for an earlier run's copy the ETag the store answered that run's write with.
 async fn recorded_outcome(
     store: &dyn Store,
     c: &Copied,
@@ -303,48 +304,54 @@ async fn recorded_outcome(
     progress: &Progress,
 ) -> Result<Option<(String, String)>> {
     let mut m = listed;
-    let stand_in = m.etag.is_none() && !c.earlier;
-    if stand_in {
+    // The store's answer to this run's write stands in for a listing without ETags; an
+    // earlier run's says nothing of what the store holds now.
+    if m.etag.is_none() && !c.earlier {
         m.etag = c.written_etag.clone();
     }
     let mut headed = c.etag.is_some() && m.etag.is_none();
     if headed {
         m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);
     }
-    let by_etag_of = |m: &ObjectMeta, stand_in: bool| {
-        let got = m.etag.as_deref().filter(|_| !m.opaque_etag)?;
-        let want = c.etag.as_deref()?;
-        match (same_form(want, got), c.written_etag.as_deref()) {
-            (Some(pair), _) => Some(pair),
-            // Shown in another form than predicted (a GCS composite's generation, a
-            // multipart object at rclone, or a single write over a multipart object since):
-            // the store's answer to the write is what it should still show.
-            (None, Some(written)) if !stand_in => {
-                Some(same_form(written, got).unwrap_or((written.to_string(), got.to_string())))
-            }
-            (None, _) => None,
-        }
+    let by_etag_of = |m: &ObjectMeta| {
+        let got = m.etag.as_deref().filter(|_| !m.opaque_etag);
+        c.etag
+            .as_deref()
+            .zip(got)
+            .and_then(|(want, got)| same_form(want, got))
     };
-    let mut by_etag = by_etag_of(&m, stand_in);
+    let mut by_etag = by_etag_of(&m);
     // A listed ETag that differs may be one the store calls no MD5 (SSE-KMS, after the
     // object was written over by another tool): only a HEAD says so.
     if !headed && by_etag.as_ref().is_some_and(|(want, got)| want != got) {
         m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);
         headed = true;
-        by_etag = by_etag_of(&m, false);
+        by_etag = by_etag_of(&m);
     }
-    let Some(want) = c.crc64.filter(|_| by_etag.is_none()) else {
+    if by_etag.is_some() {
         return Ok(by_etag);
-    };
-    if !headed {
-        m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);
     }
-    Ok(m.crc64nvme().map(|got| {
-        (
-            format!("crc64nvme:{want:016x}"),
-            format!("crc64nvme:{got:016x}"),
-        )
-    }))
+    if c.crc64.is_some() || c.earlier {
+        if !headed {
+            m = head(store, &c.dst_key, retry, progress).await?.unwrap_or(m);
+        }
+        if let Some((want, got)) = c.crc64.zip(m.crc64nvme()) {
+            return Ok(Some((
+                format!("crc64nvme:{want:016x}"),
+                format!("crc64nvme:{got:016x}"),
+            )));
+        }
+    }
+    // Last, for an object an earlier run copied that shows neither the form of ETag
+    // predicted nor a CRC (a single write over a striped object since leaves an MD5 and no
+    // CRC): the ETag the store answered that write with is what it should still show. Not
+    // for this run's copies, where a store that lists another ETag than it answered with
+    // (rclone's server, for multipart objects) would always differ.
+    let got = m.etag.as_deref().filter(|_| !m.opaque_etag);
+    let written = c.written_etag.as_deref().filter(|_| c.earlier);
+    Ok(written
+        .zip(got)
+        .map(|(w, g)| same_form(w, g).unwrap_or((w.to_string(), g.to_string()))))
 }
 
 /// Checks what a transfer wrote against the destination as it lists now. The error, if

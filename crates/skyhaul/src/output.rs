@@ -348,7 +348,13 @@ impl Output {
                 verified(v);
             }
             let idle = r.objects_copied == 0 && r.objects_failed == 0 && r.objects_deleted == 0;
-            if r.bytes_skipped > 0 && idle && !r.interrupted {
+            // A check that found something wrong with what earlier runs copied leaves work
+            // for the next run.
+            let checked = r
+                .verification
+                .as_ref()
+                .is_none_or(|v| v.passed() && v.complete());
+            if r.bytes_skipped > 0 && idle && checked && !r.interrupted {
                 outln!(
                     "skyhaul: nothing to do: {} already up to date",
                     human_bytes(r.bytes_skipped)
