@@ -71,11 +71,14 @@ impl ContentHeaders {
     }
 }
 
-/// Whether `value` can be sent as an HTTP header value as it is: visible ASCII, spaces, tabs.
+/// Whether `value` can be sent as an HTTP header value as it is: visible ASCII and spaces,
+/// none at either end. Servers drop the spaces around a header value (RFC 9110) and signers
+/// differ on tabs, so such a value would arrive changed, or fail the request's signature
+/// (which reads as refused credentials).
 pub fn header_safe(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    value.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
 }
 
 /// `value` as an HTTP header value: as it is when [`header_safe`], else as an RFC 2047
@@ -409,6 +412,11 @@ mod tests {
         assert_eq!(header_value("plain value"), "plain value");
         assert_eq!(header_value("naïve café"), "=?UTF-8?B?bmHDr3ZlIGNhZsOp?=");
         assert_eq!(header_value("a=b\n"), "=?UTF-8?B?YT1iCg==?=");
+        // What would arrive changed, or fail the signature: spaces at either end, tabs.
+        assert_eq!(header_value("a  b"), "a  b");
+        for v in [" lead", "trail ", "x\ty"] {
+            assert!(header_value(v).starts_with("=?UTF-8?B?"), "{v:?}");
+        }
         let h = ContentHeaders {
             content_type: Some("text/plain".into()),
             content_disposition: Some("attachment; filename=\"résumé.pdf\"".into()),

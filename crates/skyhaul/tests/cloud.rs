@@ -362,6 +362,61 @@ async fn metadata_names_that_differ_only_in_case_keep_one_at_s3_and_azure() {
     assert_eq!(value.map(String::as_str), Some("UPPER"), "{head:?}");
 }
 
+/// GCS metadata values that a header would change (spaces at either end, which servers
+/// drop) or that signers disagree on (a tab) reach Azure and S3 encoded, as whole: sent as
+/// they were, Azure refused the request's signature (exit 4, the whole transfer stopped as
+/// if the credentials were wrong) and moto kept them trimmed.
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_values_a_header_would_change_travel_encoded() {
+    let metadata = [("pad", "  padded  "), ("tab", "x\ty")];
+    let (_gcs, azure, s3, env) = metadata_from_gcs("mv/o.txt", b"payload", &metadata).await;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let encoded = |v: &str| {
+        use base64::Engine;
+        format!(
+            "=?UTF-8?B?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(v)
+        )
+    };
+    let run = skyhaul_env(
+        &["cp", "gs://gb/mv/o.txt", "az://cont/mv/o.txt"],
+        None,
+        None,
+        &env,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let head = common::azure_blob_head(&azure, "cont", "mv/o.txt");
+    for (name, value) in metadata {
+        // The helper gives the answer lower-cased.
+        let line = format!("x-ms-meta-{name}: {}", encoded(value)).to_lowercase();
+        assert!(head.lines().any(|l| l == line), "{line}: {head}");
+    }
+
+    let to_s3 = [
+        "cp",
+        "gs://gb/mv/o.txt",
+        "s3://bkt/mv/o.txt",
+        "--dst-endpoint",
+        &s3.endpoint,
+    ];
+    let run = skyhaul_env(&to_s3, None, Some(&s3), &env[..1]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let head = s3
+        .client()
+        .await
+        .head_object()
+        .bucket("bkt")
+        .key("mv/o.txt");
+    let head = head.send().await.unwrap();
+    for (name, value) in metadata {
+        let got = head
+            .metadata()
+            .and_then(|m| m.get(name))
+            .map(String::as_str);
+        assert_eq!(got, Some(encoded(value).as_str()), "{name}: {head:?}");
+    }
+}
+
 /// A whole GCS object (read in one request, whose headers carry its metadata) reaches GCS
 /// as it was: a `Content-Disposition` that is no ASCII, and metadata values with line breaks
 /// or spaces at either end, which headers fold or trim, are taken as GCS keeps them.
