@@ -196,15 +196,11 @@ pub(crate) fn open_read_only(path: &Path) -> Result<Connection> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if app_id != APPLICATION_ID || version < 1 {
+        // Version 0 is a journal not yet made, which only a writer makes.
+        if app_id != APPLICATION_ID || version == 0 {
             return Err(JournalError::NotAJournal);
         }
-        if version > SCHEMA_VERSION {
-            return Err(JournalError::TooNew {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        readable(version)?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
     };
@@ -219,6 +215,20 @@ pub(crate) fn open_read_only(path: &Path) -> Result<Connection> {
         }
         r => r,
     }
+}
+
+/// Whether this build can read a journal of schema `version` (an upgrade where it is older).
+fn readable(version: i64) -> Result<()> {
+    if version < 0 {
+        return Err(JournalError::NotAJournal);
+    }
+    if version > SCHEMA_VERSION {
+        return Err(JournalError::TooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -237,15 +247,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         }
         tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     }
-    if version < 0 {
-        return Err(JournalError::NotAJournal);
-    }
-    if version > SCHEMA_VERSION {
-        return Err(JournalError::TooNew {
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
+    readable(version)?;
     for sql in MIGRATIONS.iter().skip(version as usize) {
         tx.execute_batch(sql)?;
     }

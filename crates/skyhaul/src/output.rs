@@ -353,7 +353,7 @@ impl Output {
             let checked = r
                 .verification
                 .as_ref()
-                .is_none_or(|v| v.passed() && v.complete());
+                .is_none_or(|v| crate::exit::verification(v).is_none());
             if r.bytes_skipped > 0 && idle && checked && !r.interrupted {
                 outln!(
                     "skyhaul: nothing to do: {} already up to date",
