@@ -34,23 +34,32 @@ pub(crate) enum Failure {
 pub(crate) async fn page(req: ListObjectsV2FluentBuilder) -> Result<Page, Failure> {
     match req.clone().send().await {
         Ok(out) => read(out, false),
-        Err(e) if !unparsed(&e) => Err(Failure::Request(Box::new(e))),
+        Err(e) if !holds_what_xml_cannot_carry(&e) => Err(Failure::Request(Box::new(e))),
         Err(_) => match req.encoding_type(EncodingType::Url).send().await {
             Ok(out) => {
                 let encoded = out.encoding_type() == Some(&EncodingType::Url);
                 read(out, encoded)
             }
-            Err(e) if unparsed(&e) => Err(Failure::Unreadable),
+            Err(e) if holds_what_xml_cannot_carry(&e) => Err(Failure::Unreadable),
             Err(e) => Err(Failure::Request(Box::new(e))),
         },
     }
 }
 
-/// A successful status with an error: the body did not parse (the SDK reports an
-/// unparsable success as an unhandled service error, or as a response error).
-fn unparsed(e: &SdkError<ListObjectsV2Error, HttpResponse>) -> bool {
+/// A successful answer that did not parse (the SDK reports it as an unhandled service
+/// error, or as a response error) because its body holds a control character. Only then is
+/// the page asked URL-encoded: a body cut short on the way fails to parse too, and is a
+/// request to retry as any other; asked URL-encoded of s3s-fs, it would come back raw and be
+/// decoded (`a+b` read as `a b`).
+fn holds_what_xml_cannot_carry(e: &SdkError<ListObjectsV2Error, HttpResponse>) -> bool {
+    let Some(raw) = e.raw_response().filter(|r| r.status().is_success()) else {
+        return false;
+    };
     matches!(e, SdkError::ServiceError(_) | SdkError::ResponseError(_))
-        && e.raw_response().is_some_and(|r| r.status().is_success())
+        && raw
+            .body()
+            .bytes()
+            .is_some_and(|b| b.iter().any(|&c| c < 0x20 && !b"\t\n\r".contains(&c)))
 }
 
 fn read(out: ListObjectsV2Output, encoded: bool) -> Result<Page, Failure> {

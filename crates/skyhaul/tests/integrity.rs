@@ -352,7 +352,7 @@ async fn throttling_errors_truncation_and_resets_are_survived() {
         ];
         args.extend(SMALL_PARTS);
         let out = skyhaul(&args, Some(&a), Some(&b));
-        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.code, 0, "{}{}", out.stderr, out.stdout);
         assert_eq!(read_bucket(&b, "dst", &format!("run{run}/")).await, files);
         assert_eq!(out.json()["verification"]["checksum_mismatch"], 0);
     }
