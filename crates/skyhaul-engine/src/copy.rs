@@ -56,6 +56,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     if let Some(container) = &ctx.copy_from {
         copied.server_side = true;
         if !stripes(ctx, src.size) {
+            ctx.resume.announced().await;
             let written = ctx
                 .opts
                 .retry
@@ -75,14 +76,17 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
             return Ok(copied);
         }
         let src = prepare_upload(ctx, src, &mut put).await?;
+        ctx.resume.announced().await;
         // Its record, with the ETag the parts make, is the one journaled.
         return multipart(ctx, &src, dst_key, &put, true).await;
     }
     if stripes(ctx, src.size) {
         let src = prepare_upload(ctx, src, &mut put).await?;
+        ctx.resume.announced().await;
         return multipart(ctx, &src, dst_key, &put, false).await;
     }
     if streamable(ctx, src) {
+        ctx.resume.announced().await;
         if let Some(copied) = copy_streamed(ctx, src, dst_key, &put).await? {
             return Ok(copied);
         }
@@ -103,6 +107,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
     }
     let md5 = source_md5.or(sums.md5);
     put.set_crc64nvme(sums.crc64);
+    ctx.resume.announced().await;
     let target = format!("{}/{dst_key}", dst.name().trim_end_matches('/'));
     let written = ctx
         .opts

@@ -1,7 +1,7 @@
 //! Listings that survive transient errors and produce the job stream.
 
 use crate::filter::Filter;
-use crate::plan::{compare_listed, Job, Listed, Mode, UpToDate};
+use crate::plan::{compare_listed, Announce, Job, Listed, Mode, UpToDate};
 use crate::progress::Progress;
 use crate::retry::RetryPolicy;
 use futures::StreamExt;
@@ -396,7 +396,8 @@ async fn pull(
 /// sync, neither copied nor counted as skipped); a destination-only object is deleted only
 /// when the filter allows it. Returns how many source objects were listed, selected or not
 /// (in a filtered `sync --delete`, only those its name rules select), and source entries
-/// that could not be listed unless the filter leaves them out.
+/// that could not be listed unless the filter leaves them out. `up_to_date` and
+/// `announce` are a sync's hooks ([`UpToDate`], [`Announce`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn plan_recursive(
     src: Arc<dyn Store>,
@@ -408,16 +409,23 @@ pub async fn plan_recursive(
     retry: RetryPolicy,
     progress: Arc<Progress>,
     up_to_date: Option<UpToDate>,
+    announce: Option<Announce>,
     tx: mpsc::Sender<Job>,
 ) -> Result<u64> {
     let src_dir = dir_form(&src_prefix);
     let dst_dir = dir_form(&dst_prefix);
     let mut sources = Listing::new(src, src_dir.clone(), retry, progress.clone());
     let mut listed = 0u64;
+    let announce = |dst_key: &str| {
+        if let Some(f) = &announce {
+            f(dst_key);
+        }
+    };
     let copy = |m: ObjectMeta| {
         let dst_key = map_key(&src_dir, &m.key, &dst_dir, true)
             .expect("listed keys lie under the listed prefix");
         progress.add_planned(m.size);
+        announce(&dst_key);
         Job::Copy { src: m, dst_key }
     };
     let selected = |m: &ObjectMeta| filter.selects(&m.key[src_dir.len()..], m);
@@ -494,6 +502,7 @@ pub async fn plan_recursive(
                         // Planned once its content is compared and found different.
                         Listed::CompareContent => {
                             let dst_key = b.key.clone();
+                            announce(&dst_key);
                             Some(Job::CopyUnlessSame {
                                 src: a,
                                 dst: b,

@@ -11,6 +11,10 @@ pub(crate) const MIB: u64 = 1 << 20;
 /// skipped, and not checked by this run.
 pub type UpToDate = Box<dyn Fn(&ObjectMeta, &str) -> bool + Send>;
 
+/// What the planner tells of each write a sync plans (its destination key), before the job
+/// goes out: the journal announces it, ahead of the write (see `Ctx::announces_writes`).
+pub type Announce = Box<dyn Fn(&str) + Send + Sync>;
+
 /// One unit of work, from the planner to what runs it: a transfer, a fleet's coordinator,
 /// or a dry run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,6 +26,8 @@ pub struct Resume {
     ran_before: bool,
     /// Uploads this run created or resumed; any other open upload is no longer needed.
     used: Mutex<HashSet<String>>,
+    /// Held while announced writes are being committed ([`Resume::announced`]).
+    committing: tokio::sync::Mutex<()>,
 }
 
 /// How the journal records what an object was written with:
@@ -103,6 +105,7 @@ impl Resume {
             _held: None,
             ran_before: false,
             used: Mutex::new(HashSet::new()),
+            committing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -119,6 +122,7 @@ impl Resume {
             _held: Some(held),
             ran_before,
             used: Mutex::new(HashSet::new()),
+            committing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -143,14 +147,43 @@ impl Resume {
         })
     }
 
-    /// Whether the check of an earlier run of this unfinished transfer found `dst_key`
-    /// missing or different ([`Journal::found_different`]).
-    pub fn found_different(&self, dst_key: &str) -> bool {
+    /// Whether a sync's rerun copies `dst_key` although its listing finds it up to date
+    /// ([`Journal::copy_again`]): an earlier run's check found it different, or an earlier
+    /// run stopped between writing it and recording it.
+    pub fn copy_again(&self, dst_key: &str) -> bool {
         let Some((j, id)) = self.journal.as_ref().filter(|_| self.ran_before) else {
             return false;
         };
         // When in doubt, copy: slower, never wrong.
-        warn(j, "lookup", j.found_different(*id, dst_key)).unwrap_or(true)
+        warn(j, "lookup", j.copy_again(*id, dst_key)).unwrap_or(true)
+    }
+
+    /// Announces a sync's write of `dst_key`, planned ([`Journal::writing`]). Queued.
+    pub fn announce(&self, dst_key: &str) {
+        if let Some((j, id)) = &self.journal {
+            warn(j, "announce write", j.writing(*id, dst_key));
+        }
+    }
+
+    /// Waits until the writes announced so far are committed ([`Journal::commit_announced`]):
+    /// call it before a write begins. Usually they are, and this returns at once; otherwise
+    /// the commit waits for the disk, off the async threads.
+    pub async fn announced(&self) {
+        let Some((j, _)) = &self.journal else { return };
+        if j.announcements_committed() {
+            return;
+        }
+        // One commit at a time: the writes waiting meanwhile are all covered by it (or by
+        // the next), and need no thread of their own to wait on.
+        let _one = self.committing.lock().await;
+        if j.announcements_committed() {
+            return;
+        }
+        let j = j.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            warn(&j, "announce write", j.commit_announced());
+        })
+        .await;
     }
 
     pub fn done(&self, src: &ObjectMeta, copied: &Copied) {

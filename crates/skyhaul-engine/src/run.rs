@@ -9,7 +9,7 @@ use crate::integrity::{md5_mismatch, source_md5, sums, worth_checking, ChunkSums
 use crate::limiter::AdaptiveLimit;
 use crate::listing::plan_recursive;
 use crate::open::Endpoint;
-use crate::plan::{Job, Mode, UpToDate, MIB};
+use crate::plan::{Announce, Job, Mode, UpToDate, MIB};
 use crate::progress::Progress;
 use crate::report::{count, Failure, Report};
 use crate::resume::Resume;
@@ -205,16 +205,31 @@ impl Ctx {
         skip
     }
 
+    /// In a sync, the planner's [`Announce`]: each write it plans is announced in the
+    /// journal ([`Resume::announce`]), and a write begins only once the announcements are
+    /// committed ([`Resume::announced`]). A run stopped between a write and its record
+    /// (committed in batches) leaves the key named, and the rerun copies it again: its
+    /// listing finds the object up to date, and without a record nothing would check it.
+    /// Announced by the planner, ahead of the writes, the announcements of many objects
+    /// share a commit that is seldom waited for. A `cp` needs none: its rerun copies
+    /// whatever has no record.
+    pub(crate) fn announces_writes(self: &Arc<Self>) -> Option<Announce> {
+        let ctx = self.clone();
+        matches!(self.opts.mode, Mode::Sync { .. })
+            .then(|| -> Announce { Box::new(move |dst_key| ctx.resume.announce(dst_key)) })
+    }
+
     /// For objects a sync's listing finds up to date ([`UpToDate`]), on a rerun after an
-    /// interruption or a failed check: one the check of an earlier run found different is
-    /// copied all the same (another writer's newer object of the same size looks up to
-    /// date); one an earlier, interrupted run copied joins the check at the end, as in
+    /// interruption or a failed check: one the check of an earlier run found different, or
+    /// that an earlier run wrote without recording it ([`Ctx::announces_writes`]), is copied all the
+    /// same (another writer's newer object of the same size looks up to date); one an
+    /// earlier, interrupted run copied joins the check at the end, as in
     /// [`done_earlier`](Self::done_earlier). That run never checked it, and this run, which
     /// copies nothing there, would not either.
     pub(crate) fn checks_up_to_date(self: &Arc<Self>) -> UpToDate {
         let ctx = self.clone();
         Box::new(move |src, dst_key| {
-            if ctx.resume.found_different(dst_key) {
+            if ctx.resume.copy_again(dst_key) {
                 return true;
             }
             if let Some(copied) = ctx.resume.done_earlier(src) {
@@ -385,9 +400,8 @@ pub async fn transfer(
     ctx.resume
         .sweep(ctx.dst.as_ref(), &opts.retry, &progress)
         .await;
-    let up_to_date = Some(ctx.checks_up_to_date());
-    let (planner, mut rx) =
-        start_planner(src, dst, opts, &ctx.src_limit, &progress, up_to_date).await?;
+    let hooks = (Some(ctx.checks_up_to_date()), ctx.announces_writes());
+    let (planner, mut rx) = start_planner(src, dst, opts, &ctx.src_limit, &progress, hooks).await?;
 
     let mut tasks = JoinSet::new();
     let mut deletes = Vec::new();
@@ -627,7 +641,7 @@ pub(crate) async fn start_planner(
     opts: &TransferOptions,
     src_limit: &Arc<AdaptiveLimit>,
     progress: &Arc<Progress>,
-    up_to_date: Option<UpToDate>,
+    (up_to_date, announce): (Option<UpToDate>, Option<Announce>),
 ) -> Result<(Planner, tokio::sync::mpsc::Receiver<Job>)> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Job>(1024);
     if opts.recursive {
@@ -641,6 +655,7 @@ pub(crate) async fn start_planner(
             opts.retry,
             progress.clone(),
             up_to_date,
+            announce,
             tx,
         ));
         return Ok((planner, rx));
@@ -650,6 +665,9 @@ pub(crate) async fn start_planner(
         let dst_key = map_key(&src.path, &meta.key, &dst.path, false)
             .expect("single-object mapping always maps");
         progress.add_planned(meta.size);
+        if let Some(announce) = announce {
+            announce(&dst_key);
+        }
         tx.send(Job::Copy { src: meta, dst_key })
             .await
             .expect("receiver alive");
@@ -733,17 +751,19 @@ pub async fn dry_run(
     });
     let done =
         |s: &ObjectMeta| earlier.is_some_and(|(j, id)| matches!(j.is_done(id, s), Ok(Some(_))));
-    // What a check found different is copied by the next sync even where its listing finds
-    // it up to date (see `Ctx::checks_up_to_date`); the plan must say so too.
-    let differing: std::collections::HashSet<String> = earlier
-        .and_then(|(j, id)| j.differing(id).ok())
+    // What a check found different, or a stopped run wrote without recording, is copied by
+    // the next sync even where its listing finds it up to date (see
+    // `Ctx::checks_up_to_date`); the plan must say so too.
+    let again: std::collections::HashSet<String> = earlier
+        .and_then(|(j, id)| j.copy_again_keys(id).ok())
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let up_to_date = (!differing.is_empty())
-        .then(|| -> UpToDate { Box::new(move |_, dst_key| differing.contains(dst_key)) });
+    let up_to_date = (!again.is_empty())
+        .then(|| -> UpToDate { Box::new(move |_, dst_key| again.contains(dst_key)) });
     let limit = AdaptiveLimit::new(opts.max_connections);
-    let (planner, mut rx) = start_planner(src, dst, opts, &limit, &progress, up_to_date).await?;
+    let (planner, mut rx) =
+        start_planner(src, dst, opts, &limit, &progress, (up_to_date, None)).await?;
     while let Some(job) = rx.recv().await {
         if cancel.is_cancelled() {
             break;

@@ -120,8 +120,10 @@ impl Executor {
     ) -> Result<(Planner, tokio::sync::mpsc::Receiver<Job>)> {
         let ctx = &self.ctx;
         let limit = AdaptiveLimit::new(ctx.opts.max_connections);
-        let up_to_date = Some(ctx.checks_up_to_date());
-        start_planner(src, dst, &ctx.opts, &limit, &ctx.progress, up_to_date).await
+        // Workers write, and their results reach the journal only once the coordinator has
+        // them: the writes are not announced (see `Ctx::announces_writes`).
+        let hooks = (Some(ctx.checks_up_to_date()), None);
+        start_planner(src, dst, &ctx.opts, &limit, &ctx.progress, hooks).await
     }
 
     /// Whether an earlier run already copied this version of the object; in a sync whose

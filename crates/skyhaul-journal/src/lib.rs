@@ -496,28 +496,68 @@ impl Journal {
 
     /// Forgets that the objects written to `dst_keys` are done, so that a rerun copies them
     /// again: the check after a copy found them missing or different at the destination.
-    /// They are remembered as such ([`found_different`](Self::found_different)) until the
-    /// transfer finishes. Waits for a durable commit (after the records queued before it).
+    /// They are remembered as such ([`copy_again`](Self::copy_again)) until the transfer
+    /// finishes. Waits for a durable commit (after the records queued before it).
     pub fn undo_done(&self, id: TransferId, dst_keys: Vec<String>) -> Result<()> {
         self.barrier(Some(Op::Undone { id: id.0, dst_keys }), true)
     }
 
-    /// Whether a check after a copy of this unfinished transfer found `dst_key` missing or
-    /// different ([`undo_done`](Self::undo_done)) and no run has finished the transfer since.
-    pub fn found_different(&self, id: TransferId, dst_key: &str) -> Result<bool> {
+    /// Announces a sync's write of `dst_key`, planned. Queued: returns at once; the write
+    /// must not begin before [`commit_announced`](Self::commit_announced) has returned. The
+    /// object's record ([`record_done`](Self::record_done)) removes the announcement; until
+    /// then the key is one to [`copy_again`](Self::copy_again), for the store may hold a
+    /// write that no record names.
+    pub fn writing(&self, id: TransferId, dst_key: &str) -> Result<()> {
+        let mut announced = lock(&self.shared.announced);
+        self.send(Write::Writing {
+            transfer: id.0,
+            dst_key: dst_key.to_string(),
+        })?;
+        *announced += 1;
+        drop(announced);
+        self.check_background()
+    }
+
+    /// Waits until every write announced so far ([`writing`](Self::writing)) is committed:
+    /// at once where it already is, as when the announcements run ahead of the writes by
+    /// more than the batch window. Committed, not synced: an announcement outlives the
+    /// process, as the records do, not a power cut.
+    pub fn commit_announced(&self) -> Result<()> {
+        match self.announcements_committed() {
+            true => Ok(()),
+            false => self.barrier(None, false),
+        }
+    }
+
+    /// Whether every write announced so far is committed: where it is,
+    /// [`commit_announced`](Self::commit_announced) would return at once.
+    pub fn announcements_committed(&self) -> bool {
+        let announced = *lock(&self.shared.announced);
+        self.shared.announced_applied.load(Ordering::Acquire) >= announced
+    }
+
+    /// Whether a sync's rerun copies `dst_key` although its listing finds it up to date: a
+    /// check after a copy of this unfinished transfer found it missing or different
+    /// ([`undo_done`](Self::undo_done)) and no run has finished the transfer since, or a run
+    /// announced a write of it ([`writing`](Self::writing)) and stopped before recording it.
+    pub fn copy_again(&self, id: TransferId, dst_key: &str) -> Result<bool> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM differing WHERE transfer = ?1 AND dst_key = ?2)",
+                "SELECT EXISTS(SELECT 1 FROM differing WHERE transfer = ?1 AND dst_key = ?2)
+                     OR EXISTS(SELECT 1 FROM writing WHERE transfer = ?1 AND dst_key = ?2)",
             )?;
             Ok(stmt.query_row(params![id.sql(), dst_key], |r| r.get(0))?)
         })
     }
 
-    /// Every destination key [`found_different`](Self::found_different) is true of, for a
-    /// dry run that must show them as the next run treats them.
-    pub fn differing(&self, id: TransferId) -> Result<Vec<String>> {
+    /// Every destination key [`copy_again`](Self::copy_again) is true of, for a dry run
+    /// that must show them as the next run treats them.
+    pub fn copy_again_keys(&self, id: TransferId) -> Result<Vec<String>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT dst_key FROM differing WHERE transfer = ?1")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT dst_key FROM differing WHERE transfer = ?1
+                 UNION SELECT dst_key FROM writing WHERE transfer = ?1",
+            )?;
             let rows = stmt.query_map([id.sql()], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -891,6 +931,13 @@ impl Journal {
 
     /// Queues a write for the writer thread and reports an earlier queued write's failure.
     fn queue(&self, w: Write) -> Result<()> {
+        self.send(w)?;
+        self.check_background()
+    }
+
+    /// [`queue`](Self::queue) without reporting an earlier write's failure: `Ok` when `w`
+    /// is on its way to the writer.
+    fn send(&self, w: Write) -> Result<()> {
         let queued = self.shared.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
         if self.sender()?.send(Cmd::Write(w)).is_err() {
             self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
@@ -901,7 +948,7 @@ impl Journal {
         if queued.is_multiple_of(writer::BATCH_MAX as u64) {
             self.wake_writer();
         }
-        self.check_background()
+        Ok(())
     }
 
     fn check_background(&self) -> Result<()> {

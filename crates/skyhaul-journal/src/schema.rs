@@ -132,6 +132,18 @@ CREATE TABLE differing (
     PRIMARY KEY (transfer, dst_key)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- v5: a sync's writes, each committed before its write begins and removed with the object's
+-- `objects` row. A row left behind names a key the store may hold although no record says so
+-- (the run stopped between the write and its record, which are committed in batches). A `cp`
+-- rerun copies such an object again for want of a record; a sync's listing finds it up to
+-- date, and this is how its rerun knows to copy it anyway.
+CREATE TABLE writing (
+    transfer   INTEGER NOT NULL,
+    dst_key    TEXT    NOT NULL,
+    PRIMARY KEY (transfer, dst_key)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this build writes.

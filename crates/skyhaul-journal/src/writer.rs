@@ -36,6 +36,11 @@ pub(crate) struct Shared {
     pub(crate) pending_done: Mutex<HashMap<u64, HashMap<String, u32>>>,
     /// The first failure of a queued write since it was last reported.
     pub(crate) background_error: Mutex<Option<String>>,
+    /// Announced writes ([`Write::Writing`]) queued so far, counted as they are sent, in the
+    /// order sent (under this lock), so that the number applied is always a prefix of them.
+    pub(crate) announced: Mutex<u64>,
+    /// Announced writes committed (or lost with their batch, which is reported) so far.
+    pub(crate) announced_applied: AtomicU64,
 }
 
 impl Shared {
@@ -91,6 +96,11 @@ pub(crate) enum Write {
         upload_id: String,
     },
     Created {
+        transfer: u64,
+        dst_key: String,
+    },
+    /// A sync's write of `dst_key` planned (see `Journal::writing`).
+    Writing {
         transfer: u64,
         dst_key: String,
     },
@@ -234,6 +244,13 @@ impl Writer {
         shared
             .outstanding
             .fetch_sub(writes.len() as u64, Ordering::AcqRel);
+        let announced = writes
+            .iter()
+            .filter(|w| matches!(w, Write::Writing { .. }))
+            .count();
+        shared
+            .announced_applied
+            .fetch_add(announced as u64, Ordering::AcqRel);
         let mut pending = lock(&shared.pending_done);
         for w in &writes {
             if let Write::Done {
@@ -364,6 +381,8 @@ fn apply_write(tx: &Transaction<'_>, w: &Write) -> Result<()> {
                 checksum,
                 at_ms
             ])?;
+            tx.prepare_cached("DELETE FROM writing WHERE transfer = ?1 AND dst_key = ?2")?
+                .execute(params![*transfer as i64, dst_key])?;
         }
         Write::Part {
             transfer,
@@ -403,6 +422,10 @@ fn apply_write(tx: &Transaction<'_>, w: &Write) -> Result<()> {
             tx.prepare_cached("DELETE FROM creating WHERE transfer = ?1 AND dst_key = ?2")?
                 .execute(params![*transfer as i64, dst_key])?;
         }
+        Write::Writing { transfer, dst_key } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO writing (transfer, dst_key) VALUES (?1, ?2)")?
+                .execute(params![*transfer as i64, dst_key])?;
+        }
         Write::Fleet(w) => crate::fleet::apply(tx, w)?,
     }
     Ok(())
@@ -436,7 +459,13 @@ fn apply_op(tx: &Connection, op: Op) -> Result<()> {
                     // skipped for having been done. (Open uploads and announced creations
                     // stay: a sweep still needs them.)
                     if complete {
-                        for table in ["objects", "differing", "fleet_items", "fleet_leases"] {
+                        for table in [
+                            "objects",
+                            "differing",
+                            "writing",
+                            "fleet_items",
+                            "fleet_leases",
+                        ] {
                             tx.execute(&format!("DELETE FROM {table} WHERE transfer = ?1"), [t])?;
                         }
                     }
@@ -471,6 +500,7 @@ fn apply_op(tx: &Connection, op: Op) -> Result<()> {
                 "creating",
                 "objects",
                 "differing",
+                "writing",
                 "fleet_items",
                 "fleet_leases",
             ] {

@@ -285,10 +285,56 @@ fn undone_objects_are_no_longer_done_whatever_their_key_mapping() {
     );
     assert_eq!(j.done_count(id).unwrap(), (1, 3));
     // Remembered as found different, by their destination keys, for this transfer only.
-    assert!(j.found_different(id, "out/mapped.txt").unwrap());
-    assert!(j.found_different(id, "never.txt").unwrap());
-    assert!(!j.found_different(id, "kept.txt").unwrap());
-    assert!(!j.found_different(other, "same.txt").unwrap());
+    assert!(j.copy_again(id, "out/mapped.txt").unwrap());
+    assert!(j.copy_again(id, "never.txt").unwrap());
+    assert!(!j.copy_again(id, "kept.txt").unwrap());
+    assert!(!j.copy_again(other, "same.txt").unwrap());
+}
+
+/// A sync's announced write is a key to copy again until the object's record removes it:
+/// a run stopped between the two leaves the key named.
+#[test]
+fn an_announced_write_is_copied_again_until_its_record_is_committed() {
+    let (_dir, j) = open_temp();
+    let id = j.begin(&identity(1)).unwrap();
+    let other = j.begin(&identity(2)).unwrap();
+    let done = obj("in/done", 1, None, Some(1));
+    j.writing(id, "out/done").unwrap();
+    j.writing(id, "out/lost").unwrap();
+    j.writing(id, "out/lost").unwrap();
+    // Queued; committed before any write begins.
+    j.commit_announced().unwrap();
+    assert!(j.copy_again(id, "out/done").unwrap());
+    assert!(
+        !j.copy_again(other, "out/done").unwrap(),
+        "another transfer's"
+    );
+    // Recorded under its source key; the announcement goes by its destination key.
+    j.record_done(id, &done, "out/done", None).unwrap();
+    j.flush().unwrap();
+    assert!(!j.copy_again(id, "out/done").unwrap());
+    assert!(j.copy_again(id, "out/lost").unwrap());
+    j.undo_done(id, vec!["out/other".into()]).unwrap();
+    assert_eq!(
+        sorted(j.copy_again_keys(id).unwrap()),
+        ["out/lost", "out/other"]
+    );
+    // A rerun of the interrupted transfer still sees it; a finished one's rerun does not.
+    j.begin(&identity(1)).unwrap();
+    assert!(j.copy_again(id, "out/lost").unwrap());
+    j.mark_complete(id, true).unwrap();
+    j.begin(&identity(1)).unwrap();
+    assert!(j.copy_again_keys(id).unwrap().is_empty());
+    j.writing(id, "out/lost").unwrap();
+    j.commit_announced().unwrap();
+    assert!(j.copy_again(id, "out/lost").unwrap());
+    j.forget(id).unwrap();
+    assert!(!j.copy_again(id, "out/lost").unwrap());
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
 }
 
 #[test]
@@ -303,14 +349,14 @@ fn a_finished_transfer_run_again_starts_afresh() {
     assert!(j.resumable(id).unwrap());
     j.begin(&identity(1)).unwrap();
     assert!(j.is_done(id, &a).unwrap().is_some());
-    assert!(j.found_different(id, "b").unwrap());
+    assert!(j.copy_again(id, "b").unwrap());
 
     // Finished: the rerun copies again, since the destination may have changed since.
     j.mark_complete(id, true).unwrap();
     assert!(!j.resumable(id).unwrap());
     j.begin(&identity(1)).unwrap();
     assert!(j.is_done(id, &a).unwrap().is_none());
-    assert!(!j.found_different(id, "b").unwrap());
+    assert!(!j.copy_again(id, "b").unwrap());
     assert_eq!(j.done_count(id).unwrap(), (0, 0));
     assert!(j.resumable(id).unwrap(), "running, not finished");
     let announced = j.unconfirmed_creates(id).unwrap();
@@ -590,12 +636,12 @@ fn a_version_1_journal_is_upgraded_in_place() {
         id
     };
     // Back to what version 1 wrote: no `creating` table (v2), no fleet tables (v3), no
-    // `differing` (v4).
+    // `differing` (v4), no `writing` (v5).
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
             "DROP TABLE creating; DROP TABLE fleet_items; DROP TABLE fleet_leases;
-             DROP TABLE differing; PRAGMA user_version = 1;",
+             DROP TABLE differing; DROP TABLE writing; PRAGMA user_version = 1;",
         )
         .unwrap();
     let j = Journal::open(&path).unwrap();
@@ -610,7 +656,10 @@ fn a_version_1_journal_is_upgraded_in_place() {
         .unwrap();
     assert_eq!(j.fleet_leases(id).unwrap()[0].items.len(), 1);
     j.undo_done(id, vec!["k".into()]).unwrap();
-    assert!(j.found_different(id, "k").unwrap());
+    assert!(j.copy_again(id, "k").unwrap());
+    j.writing(id, "w").unwrap();
+    j.commit_announced().unwrap();
+    assert!(j.copy_again(id, "w").unwrap());
 }
 
 #[test]

@@ -76,6 +76,10 @@ pub struct Faults {
     /// fault: it is not drawn, nor counted by `max_faults`; a request answered by a fault
     /// instead of the server is not held.
     pub delay: Option<Duration>,
+    /// Hold the server's answer to every selected request this long before passing it on:
+    /// the server has done the request (a write is stored) while the client still waits to
+    /// hear of it. Not a fault, like [`Faults::delay`].
+    pub delay_answer: Option<Duration>,
     /// Count the requests that carry this header (any case) and, of those, the ones whose
     /// SigV4 `Authorization` signs it ([`FaultCounts::watched`]). Not a fault.
     pub watch_header: Option<String>,
@@ -96,7 +100,8 @@ pub struct FaultCounts {
     /// The part of `request_body_bytes` sent with PUT: object and part uploads, the data
     /// itself, without the XML of other requests (such as a multipart completion).
     pub put_body_bytes: u64,
-    /// Requests held by [`Faults::delay`] (counted when the hold starts).
+    /// Requests, or answers, held by [`Faults::delay`] or [`Faults::delay_answer`] (counted
+    /// when the hold starts).
     pub delayed: u64,
     /// Requests that carried [`Faults::watch_header`].
     pub watched: u64,
@@ -356,10 +361,11 @@ impl Shared {
         }
     }
 
-    /// How long to hold this request before forwarding it ([`Faults::delay`]), counted.
-    fn hold(&self, req: &Head) -> Option<Duration> {
+    /// How long to hold this request, or its answer, where `which` of the faults
+    /// ([`Faults::delay`] or [`Faults::delay_answer`]) selects it; counted.
+    fn hold(&self, req: &Head, which: fn(&Faults) -> Option<Duration>) -> Option<Duration> {
         let mut st = self.state.lock().unwrap();
-        let delay = st.faults.delay.filter(|_| st.faults.selects(req))?;
+        let delay = which(&st.faults).filter(|_| st.faults.selects(req))?;
         st.counts.delayed += 1;
         Some(delay)
     }
@@ -865,7 +871,7 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
             }
             _ => {}
         }
-        if let Some(delay) = shared.hold(&req) {
+        if let Some(delay) = shared.hold(&req, |f| f.delay) {
             tokio::time::sleep(delay).await;
         }
 
@@ -936,6 +942,9 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
             }
         };
         let resp = parse_response(&resp_head, &req.method)?;
+        if let Some(delay) = shared.hold(&req, |f| f.delay_answer) {
+            tokio::time::sleep(delay).await;
+        }
         down.stream.write_all(&resp_head).await?;
         let (resp_fault, kind) = match fault {
             Some(FaultKind::TruncateResponse) => {

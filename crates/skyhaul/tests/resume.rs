@@ -1127,6 +1127,68 @@ async fn an_interrupted_syncs_rerun_checks_what_it_finds_up_to_date() {
     assert_eq!(after.json()["objects_copied"], 0, "{}", after.stdout);
 }
 
+/// A sync killed between a write and its record (records are committed in batches) leaves
+/// an object at the destination that no record names. Its rerun's listing finds that object
+/// up to date, so nothing checked it: changed at the destination in between (same size), it
+/// stayed wrong, with exit 0. A sync announces each write in the journal before it begins,
+/// and its rerun copies such an object again. The proxy holds the store's answer to one
+/// write, so the kill lands in that window every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_killed_between_a_write_and_its_record_copies_that_object_again() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("dst").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, src, journal) = five_files(tmp.path());
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            delay_answer: Some(Duration::from_secs(60)),
+            only_methods: vec!["PUT".into()],
+            path_contains: Some("s/f2".into()),
+            ..Faults::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let args = ["sync", src.to_str().unwrap(), "s3://dst/s", "--json"];
+    let args = [&args[..], &["--dst-endpoint", &ep]].concat();
+    let mut child = spawn(&args, &s3, &journal);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s3.list("dst", "s/").await.iter().any(|(k, _)| k == "s/f2") {
+        assert!(Instant::now() < deadline, "s/f2 not written within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut changed = files["f2"].clone();
+    changed[0] ^= 1;
+    s3.put("dst", "s/f2", &changed).await;
+
+    // The same endpoint (the transfer's identity), with nothing held any more.
+    proxy.set_faults(Faults::default());
+    let journal_env = [("SKYHAUL_JOURNAL", journal.to_str().unwrap())];
+    let dry = skyhaul_env(
+        &[&args[..], &["--dry-run"]].concat(),
+        None,
+        Some(&s3),
+        &journal_env,
+    );
+    assert!(
+        dry.stdout
+            .lines()
+            .any(|l| l.contains("\"copy\"") && l.contains("s/f2")),
+        "{}",
+        dry.stdout
+    );
+    let rerun = skyhaul_env(&args, None, Some(&s3), &journal_env);
+    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
+    assert_eq!(
+        read_bucket(&s3, "dst", "s/").await,
+        files,
+        "{}",
+        rerun.stdout
+    );
+}
+
 /// SIGTERM once everything is copied stops the check after the copy too (a scheduler's
 /// grace period is short): the run ends at once, interrupted and unchecked, not after
 /// re-reading every object.
