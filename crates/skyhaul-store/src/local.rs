@@ -12,7 +12,7 @@ use crate::{
 };
 use futures::stream::{BoxStream, StreamExt};
 use skyhaul_location::local_relative_path;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::Range;
@@ -44,6 +44,11 @@ pub struct LocalStore {
     /// Temporary files that writes stopped by a crash left ([`leftovers`]), removed once
     /// their key is written again.
     leftovers: Arc<Mutex<Leftovers>>,
+    /// The temporary files of the multipart uploads this process writes, each held open
+    /// and locked from its creation (or, for an upload an earlier run began, its first
+    /// part here) to its completion or abort: between parts too, another process's sweep
+    /// must see a live write, not a dead one's leftover.
+    uploads: Arc<Mutex<HashMap<PathBuf, Arc<File>>>>,
 }
 
 /// How many directories [`LocalStore::dirs_checked`] holds before it starts again.
@@ -59,6 +64,7 @@ impl LocalStore {
             name,
             dirs_checked: Arc::default(),
             leftovers: Arc::default(),
+            uploads: Arc::default(),
         }
     }
 
@@ -354,6 +360,24 @@ impl LocalStore {
 
     fn leftovers(&self) -> std::sync::MutexGuard<'_, Leftovers> {
         self.leftovers.lock().expect("leftovers lock")
+    }
+
+    fn uploads(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<File>>> {
+        self.uploads.lock().expect("uploads lock")
+    }
+
+    /// The multipart upload's temporary file, held ([`LocalStore::uploads`]): opened and
+    /// locked on its first use here. An upload another live process holds is written all
+    /// the same, unheld, as the store's concurrency has always allowed.
+    fn held_upload(&self, tmp: &Path) -> io::Result<Arc<File>> {
+        if let Some(file) = self.uploads().get(tmp) {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(OpenOptions::new().write(true).open(tmp)?);
+        if file.try_lock().is_ok() {
+            self.uploads().insert(tmp.to_path_buf(), file.clone());
+        }
+        Ok(file)
     }
 
     fn checked(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
@@ -689,7 +713,11 @@ impl Store for LocalStore {
             let create = || -> io::Result<()> {
                 refuse_special(&path)?;
                 this.create_parent(&tmp)?;
-                File::create(&tmp)?.set_len(size)
+                let file = File::create(&tmp)?;
+                leftovers::hold(&file);
+                file.set_len(size)?;
+                this.uploads().insert(tmp.clone(), Arc::new(file));
+                Ok(())
             };
             create().map_err(|e| {
                 let _ = fs::remove_file(&tmp);
@@ -710,9 +738,8 @@ impl Store for LocalStore {
         let key = upload.key.clone();
         let this = self.clone();
         blocking(move || {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&tmp)
+            let file = this
+                .held_upload(&tmp)
                 .map_err(|e| this.io_err(&key, "upload no longer exists", e))?;
             file.write_all_at(&body.data, part.offset)
                 .map_err(|e| this.io_err(&key, "cannot write part", e))?;
@@ -739,9 +766,9 @@ impl Store for LocalStore {
         let key = upload.key.clone();
         let this = self.clone();
         blocking(move || {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&tmp)
+            // Held until it is in place: no sweep can take it in between.
+            let file = this
+                .held_upload(&tmp)
                 .map_err(|e| this.io_err(&key, "upload no longer exists", e))?;
             let len = file
                 .metadata()
@@ -757,9 +784,9 @@ impl Store for LocalStore {
                 ));
             }
             set_mtime(&file, mtime).map_err(|e| this.io_err(&key, "cannot set mtime", e))?;
-            drop(file);
             move_into_place(&tmp, &path)
                 .map_err(|e| this.io_err(&key, "cannot move into place", e))?;
+            this.uploads().remove(&tmp);
             this.written(&path);
             Ok(Written::default())
         })
@@ -780,10 +807,14 @@ impl Store for LocalStore {
 
     async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {
         let tmp = self.tmp_path(&upload.key, &upload.upload_id)?;
-        blocking(move || match fs::remove_file(&tmp) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(&tmp.display().to_string(), "cannot remove", e)),
+        let this = self.clone();
+        blocking(move || {
+            let _held = this.uploads().remove(&tmp);
+            match fs::remove_file(&tmp) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_error(&tmp.display().to_string(), "cannot remove", e)),
+            }
         })
         .await
     }
@@ -884,5 +915,43 @@ mod tests {
         drop(writing);
         let left = store.list_uploads("a/b.bin").await.unwrap();
         assert_eq!(left, vec![upload("a/b.bin", "000000000000000d")]);
+    }
+
+    /// A multipart upload is a live write between its parts too: another process (here,
+    /// another store, whose files lock apart from this one's) neither lists it as an upload
+    /// to abort nor removes its file when it writes the same key, and the upload completes.
+    #[tokio::test]
+    async fn a_multipart_upload_is_held_between_its_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mine, theirs) = (LocalStore::new(dir.path()), LocalStore::new(dir.path()));
+        let opts = PutOptions {
+            size: 8,
+            ..Default::default()
+        };
+        let part = |number: u32, offset: u64| PartSpec {
+            number,
+            offset,
+            len: 4,
+        };
+        let payload = |data: &'static [u8]| Payload {
+            data: bytes::Bytes::from_static(data),
+            md5: None,
+        };
+        let upload = mine.create_multipart("d/k", &opts).await.unwrap();
+        let first = mine.put_part(&upload, part(1, 0), payload(b"abcd")).await;
+        assert_eq!(theirs.list_uploads("d/").await.unwrap(), vec![]);
+        let whole = PutOptions {
+            size: 3,
+            ..Default::default()
+        };
+        theirs.put("d/k", payload(b"xyz"), &whole).await.unwrap();
+        let second = mine.put_part(&upload, part(2, 4), payload(b"efgh")).await;
+        let parts = [first.unwrap(), second.unwrap()];
+        mine.complete_multipart(&upload, &parts, &opts)
+            .await
+            .unwrap();
+        assert_eq!(fs::read(dir.path().join("d/k")).unwrap(), b"abcdefgh");
+        assert!(mine.uploads().is_empty(), "released once in place");
+        assert_eq!(theirs.list_uploads("d/").await.unwrap(), vec![]);
     }
 }

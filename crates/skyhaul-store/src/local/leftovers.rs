@@ -3,8 +3,9 @@
 //! Such a write never renames its `.NAME.ID.skyhaul-tmp` into place nor removes it, and
 //! listings skip it: hidden, as large as its object, it would stay for good, one for each
 //! write in flight at every kill. A write in progress holds an exclusive lock (`flock`) on its
-//! file, which the kernel releases when the process ends however it ends, so a temporary file
-//! that nobody holds is a dead write's (or an unfinished multipart upload's, between parts).
+//! file, which the kernel releases when the process ends however it ends; a multipart upload
+//! holds it from its creation to its end, between parts too. So a temporary file that nobody
+//! holds is a dead write's, or an upload of a process that is gone.
 //!
 //! The temporary files of a directory are looked for once, on the first write into it, and
 //! those of a key are removed once the key has been written again: a rerun copies every object
