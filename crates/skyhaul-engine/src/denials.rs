@@ -38,6 +38,9 @@ pub struct Denials {
     other_failure: AtomicBool,
     first: Mutex<Option<Error>>,
     last: Mutex<Option<Error>>,
+    /// Whether the checks before the transfer found both sides' credentials accepted
+    /// ([`Denials::credentials_accepted`]).
+    accepted: AtomicBool,
 }
 
 impl Denials {
@@ -47,10 +50,23 @@ impl Denials {
         self.in_a_row.store(0, Ordering::Relaxed);
     }
 
+    /// The checks before the transfer found both sides' credentials accepted. A refusal of
+    /// them later may then be one object's (a signature that a header of its breaks, as the
+    /// store reads it), and is weighed as a denial; credentials never seen accepted (a drop
+    /// box, whose listing was denied) stop the transfer at their first refusal.
+    pub fn credentials_accepted(&self) {
+        self.accepted.store(true, Ordering::Relaxed);
+    }
+
     /// Records an object's failure. Returns the error that must stop the transfer at once,
-    /// if this one must: a fatal one (a missing bucket, a full disk). Denials only count.
+    /// if this one must: a fatal one (a missing bucket, a full disk, credentials refused
+    /// that were never seen accepted). Denials only count (see [`Error::is_refusal`]).
     pub fn failed(&self, err: &Error) -> Option<Error> {
-        if err.kind != ErrorKind::AccessDenied {
+        let weighed = match err.kind {
+            ErrorKind::BadCredentials => self.accepted.load(Ordering::Relaxed),
+            _ => err.is_refusal(),
+        };
+        if !weighed {
             self.other_failure.store(true, Ordering::Relaxed);
             return err.is_fatal().then(|| err.clone());
         }
@@ -85,7 +101,7 @@ impl Denials {
         }
         let last = self.last.lock().expect("denials lock").clone()?;
         Some(Error::new(
-            ErrorKind::AccessDenied,
+            last.kind,
             format!(
                 "{last} ({in_a_row} objects in a row were denied, none done between them, {then})"
             ),
@@ -190,6 +206,34 @@ mod tests {
             stop.message
         );
         assert!(stop.message.contains("--exclude"), "{}", stop.message);
+    }
+
+    /// A signature the store refuses for one object (a header it reads otherwise than it
+    /// was signed) reads as refused credentials; where the credentials were good for the
+    /// checks before the transfer, such refusals are weighed as denials are.
+    #[test]
+    fn refused_credentials_count_as_denials() {
+        let refused = |key: &str| {
+            Error::new(
+                ErrorKind::BadCredentials,
+                format!("s3://b/{key}: put: SignatureDoesNotMatch"),
+            )
+        };
+        let unchecked = Denials::default();
+        let first = unchecked
+            .failed(&refused("k0"))
+            .expect("never seen accepted");
+        assert_eq!(first.kind, ErrorKind::BadCredentials);
+
+        let d = Denials::default();
+        d.credentials_accepted();
+        assert!(d.failed(&refused("odd")).is_none(), "one object's");
+        d.done();
+        for i in 0..SUSPECT_AFTER {
+            assert!(d.failed(&refused(&format!("k{i}"))).is_none());
+        }
+        let stop = d.stop(TRANSFER).expect("nothing succeeded between them");
+        assert_eq!(stop.kind, ErrorKind::BadCredentials, "exit 4 all the same");
     }
 
     #[test]

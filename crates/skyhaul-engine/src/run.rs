@@ -372,7 +372,7 @@ pub async fn transfer(
     journal: Option<Arc<Journal>>,
 ) -> Result<Report> {
     let started = Instant::now();
-    preflight(src, dst, opts, &progress, true).await?;
+    let accepted = preflight(src, dst, opts, &progress, true).await?;
 
     let resume = match journal {
         Some(j) => {
@@ -395,6 +395,9 @@ pub async fn transfer(
         cancel.clone(),
         resume,
     ));
+    if accepted {
+        ctx.denials.credentials_accepted();
+    }
 
     // Uploads an earlier run created but could not journal are found before new ones start.
     ctx.resume
@@ -678,20 +681,22 @@ pub(crate) async fn start_planner(
 
 /// Checks both sides before any work: one clear error for a missing bucket or bad
 /// credentials instead of one per object. A mistyped endpoint fails in a second;
-/// throttling and 5xx get the usual retries.
+/// throttling and 5xx get the usual retries. Returns whether both sides' credentials were
+/// accepted; not where a side was let through on a denial (a drop box, one object read
+/// without listing), whose credentials only its first objects will tell of.
 pub(crate) async fn preflight(
     src: &Endpoint,
     dst: &Endpoint,
     opts: &TransferOptions,
     progress: &Progress,
     dst_for_write: bool,
-) -> Result<()> {
+) -> Result<bool> {
     let quick = RetryPolicy {
         unreachable_retries: 2,
         ..opts.retry
     };
     let probe = AdaptiveLimit::new(1);
-    match quick
+    let src_accepted = match quick
         .run(&probe, progress, || src.store.preflight(false))
         .await
     {
@@ -700,9 +705,10 @@ pub(crate) async fn preflight(
         // which tells whether they may.
         Err(e) if e.kind == ErrorKind::AccessDenied && !opts.recursive => {
             tracing::info!("{e}: reading the one object without listing the source");
+            false
         }
-        checked => checked?,
-    }
+        checked => checked.map(|()| true)?,
+    };
     match quick
         .run(&probe, progress, || dst.store.preflight(dst_for_write))
         .await
@@ -715,9 +721,9 @@ pub(crate) async fn preflight(
                 return Err(read_back_denied(e));
             }
             tracing::info!("{e}: copying without listing the destination (nothing is read back)");
-            Ok(())
+            Ok(false)
         }
-        checked => checked,
+        checked => checked.map(|()| src_accepted),
     }
 }
 

@@ -43,6 +43,10 @@ pub struct Faults {
     /// the credentials may not read (another account's, or under a KMS key they may not
     /// use) while the rest of the bucket is theirs. Aim it with `path_contains`.
     pub access_denied_403: f64,
+    /// Answer `403 SignatureDoesNotMatch` without forwarding the request: what S3 says when
+    /// it computes another signature than the client did, for a wrong secret key or for a
+    /// request it reads otherwise than the client signed it. Aim it with `path_contains`.
+    pub signature_mismatch_403: f64,
     /// Flip one random byte of the request body before forwarding it (an upload corrupted in
     /// flight: the server must reject it if a checksum was sent, or the copier's verify must catch
     /// it). Not counted for requests without a body.
@@ -111,6 +115,7 @@ pub struct FaultCounts {
     pub slow_down_503: u64,
     pub internal_error_500: u64,
     pub access_denied_403: u64,
+    pub signature_mismatch_403: u64,
     pub flip_request_body: u64,
     pub truncate_response_body: u64,
     pub flip_response_body: u64,
@@ -123,6 +128,7 @@ impl FaultCounts {
             + self.slow_down_503
             + self.internal_error_500
             + self.access_denied_403
+            + self.signature_mismatch_403
             + self.flip_request_body
             + self.truncate_response_body
             + self.flip_response_body
@@ -134,6 +140,7 @@ impl FaultCounts {
             FaultKind::SlowDown => &mut self.slow_down_503,
             FaultKind::Internal => &mut self.internal_error_500,
             FaultKind::Denied => &mut self.access_denied_403,
+            FaultKind::BadSignature => &mut self.signature_mismatch_403,
             FaultKind::FlipRequest => &mut self.flip_request_body,
             FaultKind::TruncateResponse => &mut self.truncate_response_body,
             FaultKind::FlipResponse => &mut self.flip_response_body,
@@ -259,6 +266,7 @@ enum FaultKind {
     SlowDown,
     Internal,
     Denied,
+    BadSignature,
     FlipRequest,
     TruncateResponse,
     FlipResponse,
@@ -316,6 +324,7 @@ impl Shared {
             (f.slow_down_503, FaultKind::SlowDown),
             (f.internal_error_500, FaultKind::Internal),
             (f.access_denied_403, FaultKind::Denied),
+            (f.signature_mismatch_403, FaultKind::BadSignature),
             (f.flip_request_body, FaultKind::FlipRequest),
             (f.truncate_response_body, FaultKind::TruncateResponse),
             (f.flip_response_body, FaultKind::FlipResponse),
@@ -840,10 +849,21 @@ async fn serve_connection(shared: Arc<Shared>, client: TcpStream) -> io::Result<
                 reset(down.stream);
                 return Ok(());
             }
-            Some(k @ (FaultKind::SlowDown | FaultKind::Internal | FaultKind::Denied)) => {
+            Some(
+                k @ (FaultKind::SlowDown
+                | FaultKind::Internal
+                | FaultKind::Denied
+                | FaultKind::BadSignature),
+            ) => {
                 let (status, code, msg) = match k {
                     FaultKind::SlowDown => (503, "SlowDown", "Please reduce your request rate."),
                     FaultKind::Denied => (403, "AccessDenied", "Access Denied"),
+                    FaultKind::BadSignature => (
+                        403,
+                        "SignatureDoesNotMatch",
+                        "The request signature we calculated does not match the signature \
+                         you provided. Check your key and signing method.",
+                    ),
                     _ => (
                         500,
                         "InternalError",

@@ -587,6 +587,51 @@ async fn a_denied_object_fails_alone() {
     assert!(!alone.exists());
 }
 
+/// A signature the store refuses for one object's write (it reads a header of that request
+/// otherwise than it was signed) said "the store does not accept these credentials" and
+/// stopped the whole transfer with exit 4, though the same credentials had just written the
+/// others. It fails alone now, as a denial does; the rest is copied (exit 1).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_objects_refused_signature_fails_alone() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bkt").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for (name, body) in [("a.txt", "a"), ("odd.txt", "odd"), ("z.txt", "z")] {
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join(name), body).unwrap();
+    }
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            signature_mismatch_403: 1.0,
+            only_methods: vec!["PUT".into()],
+            path_contains: Some("/bkt/d/odd.txt".into()),
+            ..Default::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let mut args = cp_r(src.to_str().unwrap(), "s3://bkt/d/", "--dst-endpoint", &ep);
+    args.push("--json");
+    let run = skyhaul(&args, None, Some(&s3));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(copied_and_failed(&report), (Some(2), Some(1)), "{report}");
+    let error = report["failures"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("odd.txt") && error.contains("SignatureDoesNotMatch"),
+        "{error}"
+    );
+    let mut listed: Vec<String> = s3
+        .list("bkt", "d/")
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["d/a.txt", "d/z.txt"]);
+}
+
 /// Denials answered at once while good objects are still on their way prove nothing: the
 /// transfer waits for those, and goes on when they succeed. Here one object in eight is
 /// good but slow, so a hundred denials come back long before any good object does.
