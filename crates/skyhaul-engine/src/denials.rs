@@ -60,11 +60,12 @@ impl Denials {
 
     /// Records an object's failure. Returns the error that must stop the transfer at once,
     /// if this one must: a fatal one (a missing bucket, a full disk, credentials refused
-    /// that were never seen accepted). Denials only count (see [`Error::is_refusal`]).
+    /// that were never seen accepted). Denials only count.
     pub fn failed(&self, err: &Error) -> Option<Error> {
         let weighed = match err.kind {
+            ErrorKind::AccessDenied => true,
             ErrorKind::BadCredentials => self.accepted.load(Ordering::Relaxed),
-            _ => err.is_refusal(),
+            _ => false,
         };
         if !weighed {
             self.other_failure.store(true, Ordering::Relaxed);

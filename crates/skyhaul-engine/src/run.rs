@@ -221,9 +221,9 @@ impl Ctx {
 
     /// For objects a sync's listing finds up to date ([`UpToDate`]), on a rerun after an
     /// interruption or a failed check: one the check of an earlier run found different, or
-    /// that an earlier run wrote without recording it ([`Ctx::announces_writes`]), is copied all the
-    /// same (another writer's newer object of the same size looks up to date); one an
-    /// earlier, interrupted run copied joins the check at the end, as in
+    /// that an earlier run wrote without recording it ([`Ctx::announces_writes`]), is
+    /// copied all the same (another writer's newer object of the same size looks up to
+    /// date); one an earlier, interrupted run copied joins the check at the end, as in
     /// [`done_earlier`](Self::done_earlier). That run never checked it, and this run, which
     /// copies nothing there, would not either.
     pub(crate) fn checks_up_to_date(self: &Arc<Self>) -> UpToDate {

@@ -508,13 +508,13 @@ impl Journal {
     /// then the key is one to [`copy_again`](Self::copy_again), for the store may hold a
     /// write that no record names.
     pub fn writing(&self, id: TransferId, dst_key: &str) -> Result<()> {
-        let mut announced = lock(&self.shared.announced);
+        let in_order = lock(&self.shared.announcing);
         self.send(Write::Writing {
             transfer: id.0,
             dst_key: dst_key.to_string(),
         })?;
-        *announced += 1;
-        drop(announced);
+        self.shared.announced.fetch_add(1, Ordering::AcqRel);
+        drop(in_order);
         self.check_background()
     }
 
@@ -532,7 +532,7 @@ impl Journal {
     /// Whether every write announced so far is committed: where it is,
     /// [`commit_announced`](Self::commit_announced) would return at once.
     pub fn announcements_committed(&self) -> bool {
-        let announced = *lock(&self.shared.announced);
+        let announced = self.shared.announced.load(Ordering::Acquire);
         self.shared.announced_applied.load(Ordering::Acquire) >= announced
     }
 

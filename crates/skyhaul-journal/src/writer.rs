@@ -36,9 +36,11 @@ pub(crate) struct Shared {
     pub(crate) pending_done: Mutex<HashMap<u64, HashMap<String, u32>>>,
     /// The first failure of a queued write since it was last reported.
     pub(crate) background_error: Mutex<Option<String>>,
-    /// Announced writes ([`Write::Writing`]) queued so far, counted as they are sent, in the
-    /// order sent (under this lock), so that the number applied is always a prefix of them.
-    pub(crate) announced: Mutex<u64>,
+    /// Held while an announced write ([`Write::Writing`]) is sent and counted, so that they
+    /// are counted in the order sent and the number applied is always a prefix of them.
+    pub(crate) announcing: Mutex<()>,
+    /// Announced writes queued so far.
+    pub(crate) announced: AtomicU64,
     /// Announced writes committed (or lost with their batch, which is reported) so far.
     pub(crate) announced_applied: AtomicU64,
 }

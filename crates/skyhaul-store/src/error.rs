@@ -80,23 +80,11 @@ impl Error {
         )
     }
 
-    /// Errors after which nothing else in the transfer can succeed either. A refusal of
-    /// one object's read or write ([`Error::is_refusal`]) may concern that object alone:
-    /// the engine stops a transfer for those only when many come in a row and none of the
+    /// Errors after which nothing else in the transfer can succeed either. A denial of one
+    /// object's read or write, or a refusal of credentials the store accepted before (a
+    /// signature that one object's header breaks), may concern that object alone: the
+    /// engine stops a transfer for those only when many come in a row and none of the
     /// objects then in flight succeeds (`skyhaul_engine`'s `denials`).
-    /// Whether the store refused the request: its credentials' permission
-    /// (`AccessDenied`), or the credentials themselves (`BadCredentials`). Either may be
-    /// about one object alone (an object of another account's; a header of its that the
-    /// store reads otherwise than the client signed it, which reads as a wrong signature),
-    /// and only a pattern of refusals tells it from credentials refused for good (see the
-    /// engine's `denials`).
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::AccessDenied | ErrorKind::BadCredentials
-        )
-    }
-
     pub fn is_fatal(&self) -> bool {
         matches!(
             self.kind,
