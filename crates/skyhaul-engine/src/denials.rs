@@ -62,12 +62,7 @@ impl Denials {
     /// if this one must: a fatal one (a missing bucket, a full disk, credentials refused
     /// that were never seen accepted). Denials only count.
     pub fn failed(&self, err: &Error) -> Option<Error> {
-        let weighed = match err.kind {
-            ErrorKind::AccessDenied => true,
-            ErrorKind::BadCredentials => self.accepted.load(Ordering::Relaxed),
-            _ => false,
-        };
-        if !weighed {
+        if !self.weighs(err) {
             self.other_failure.store(true, Ordering::Relaxed);
             return err.is_fatal().then(|| err.clone());
         }
@@ -78,6 +73,16 @@ impl Denials {
         *self.last.lock().expect("denials lock") = Some(err.clone());
         self.in_a_row.fetch_add(1, Ordering::Relaxed);
         None
+    }
+
+    /// Whether `err` is weighed as a denial: an access denied, or credentials refused
+    /// after they were seen accepted.
+    pub fn weighs(&self, err: &Error) -> bool {
+        match err.kind {
+            ErrorKind::AccessDenied => true,
+            ErrorKind::BadCredentials => self.accepted.load(Ordering::Relaxed),
+            _ => false,
+        }
     }
 
     /// Records a failure that is no denial and stops nothing, whatever its kind: then the

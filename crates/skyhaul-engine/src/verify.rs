@@ -166,7 +166,12 @@ impl Verification {
     /// with the reason. Errors after which nothing else can be compared either are returned;
     /// denials in a row are [`compare_each`]'s to judge.
     fn unreadable(&mut self, key: &str, err: Error) -> Result<()> {
-        let denied = err.kind == ErrorKind::AccessDenied;
+        // Credentials refused for one object, where they were accepted for the listing or
+        // HEAD that found it, are that object's (see `Denials::credentials_accepted`).
+        let denied = matches!(
+            err.kind,
+            ErrorKind::AccessDenied | ErrorKind::BadCredentials
+        );
         if (err.is_fatal() && !denied) || err.kind == ErrorKind::Interrupted {
             return Err(err);
         }
@@ -272,11 +277,15 @@ async fn compare_each<T, Fut>(
 where
     Fut: Future<Output = (String, Result<Option<(String, String)>>)>,
 {
+    // Every item was listed (or HEADed) on both sides with these credentials.
+    denials.credentials_accepted();
     let record = |(key, outcome): (String, Result<_>)| {
         match &outcome {
             Ok(_) => denials.done(),
             Err(e) => {
-                denials.failed(e);
+                if let Some(stop) = denials.failed(e) {
+                    return Err(stop);
+                }
             }
         }
         v.compared(&key, outcome)

@@ -103,6 +103,17 @@ impl Executor {
         Ok(exec)
     }
 
+    /// Whether both sides accept these credentials, asked as a transfer asks before it
+    /// begins: a worker's own, so that a refusal of them later can be weighed as one
+    /// object's (see `denials`). A failed check says no more than "not known": the first
+    /// items then tell, as they would have.
+    pub async fn credentials_accepted(&self, src: &Endpoint, dst: &Endpoint) -> bool {
+        let ctx = &self.ctx;
+        preflight(src, dst, &ctx.opts, &ctx.progress, true)
+            .await
+            .unwrap_or(false)
+    }
+
     pub fn transfer_id(&self) -> Option<TransferId> {
         self.ctx.resume.id()
     }

@@ -840,7 +840,7 @@ fn is_denial(outcome: &Outcome) -> bool {
     matches!(
         outcome,
         Outcome::Failed {
-            kind: Some(ErrorKind::AccessDenied),
+            kind: Some(ErrorKind::AccessDenied | ErrorKind::BadCredentials),
             ..
         }
     )

@@ -257,8 +257,9 @@ pub enum Outcome {
         sums: Option<String>,
     },
     /// It failed after the engine's retries. `kind` says what failed; a denial
-    /// (`AccessDenied`) is handed to another worker once before it counts (workers of a
-    /// version before it send none, and their denials count at once).
+    /// (`AccessDenied`, or `BadCredentials` from a worker whose credentials were accepted
+    /// before: one object's refused signature) is handed to another worker once before it
+    /// counts (workers of a version before it send none, and their denials count at once).
     Failed {
         error: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use skyhaul_engine::resume::encode_sums;
 use skyhaul_engine::{Denials, Endpoint, Executor, Progress, TransferOptions};
 use skyhaul_relay::RelayStats;
-use skyhaul_store::{Error, ErrorKind};
+use skyhaul_store::Error;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,20 +32,11 @@ pub enum WorkerError {
     Coordinator(#[from] ClientError),
     #[error("the coordinator speaks protocol {0}, this worker {PROTOCOL_VERSION}: run the same skyhaul version everywhere")]
     Version(u32),
-    /// An error that says this worker cannot copy anything ([`leaves_the_fleet`]): it has
+    /// An error that says this worker cannot copy anything ([`WorkerDenials::failed`]): it has
     /// left the fleet; `told`: the coordinator heard so, and gave its work to the others at
     /// once (else its leases come back when they expire).
     #[error("{error}")]
     Unable { error: Error, told: bool },
-}
-
-/// Whether `e` says that this worker cannot copy anything, whatever the object: its
-/// credentials refused, a bucket missing as it sees it (another endpoint or account), its
-/// disk full. Such a worker leaves the fleet rather than fail every object it is handed;
-/// the rest of the fleet goes on. A denial stays one item's failure: it may be about that
-/// object alone (denials in a row are weighed by [`Denials`], see [`DENIED_THEN`]).
-fn leaves_the_fleet(e: &Error) -> bool {
-    e.is_fatal() && e.kind != ErrorKind::AccessDenied
 }
 
 /// What a worker whose denials came in a row (a hundred, nothing done between them) does:
@@ -165,6 +156,9 @@ pub async fn run(
     let mut loops = tokio::task::JoinSet::new();
     let end = Arc::new(End::default());
     let denials = Arc::new(WorkerDenials::default());
+    if exec.credentials_accepted(src, dst).await {
+        denials.denials.credentials_accepted();
+    }
     for _ in 0..LEASES_IN_FLIGHT {
         loops.spawn(lease_loop(
             client.clone(),
@@ -267,12 +261,19 @@ struct WorkerDenials {
 }
 
 impl WorkerDenials {
-    /// An item failed with `e`; `upload`, the upload of a part.
-    fn failed(&self, e: &Error, upload: Option<String>) {
-        let counts = e.kind != ErrorKind::AccessDenied
+    /// An item failed with `e`; `upload`, the upload of a part. Returns the error that says
+    /// this worker cannot copy anything, whatever the object: its credentials refused (where
+    /// they were never seen accepted), a bucket missing as it sees it (another endpoint or
+    /// account), its disk full. Such a worker leaves the fleet rather than fail every object
+    /// it is handed; the rest of the fleet goes on. A denial stays one item's failure: it may
+    /// be about that object alone (denials in a row are weighed, see [`DENIED_THEN`]).
+    fn failed(&self, e: &Error, upload: Option<String>) -> Option<Error> {
+        let counts = !self.denials.weighs(e)
             || upload.is_none_or(|id| self.uploads.lock().expect("lock").insert(id));
         if counts {
-            self.denials.failed(e);
+            self.denials.failed(e)
+        } else {
+            None
         }
     }
 
@@ -389,7 +390,7 @@ async fn lease_loop(
 }
 
 /// Does one item; an error that means this worker cannot copy anything
-/// ([`leaves_the_fleet`]) is returned instead of reported as the item's failure.
+/// ([`WorkerDenials::failed`]) is returned instead of reported as the item's failure.
 async fn run_item(doer: &Doer, item: WorkItem) -> Result<ItemResult, Error> {
     let exec = &doer.exec;
     let name = item.name();
@@ -427,10 +428,11 @@ async fn run_item(doer: &Doer, item: WorkItem) -> Result<ItemResult, Error> {
             doer.denials.done();
             outcome
         }
-        Err(e) if leaves_the_fleet(&e) => return Err(e),
         Err(e) => {
+            if let Some(unable) = doer.denials.failed(&e, upload) {
+                return Err(unable);
+            }
             tracing::warn!("{name}: {}", e.message);
-            doer.denials.failed(&e, upload);
             Outcome::Failed {
                 error: e.message,
                 kind: Some(e.kind),
@@ -544,6 +546,7 @@ async fn worker_metrics(Axum(live): Axum<Arc<Live>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skyhaul_store::ErrorKind;
 
     fn denied(what: &str) -> Error {
         Error::new(ErrorKind::AccessDenied, format!("{what}: AccessDenied"))

@@ -768,6 +768,44 @@ async fn verify_compares_the_rest_when_some_objects_are_denied() {
     );
 }
 
+/// A signature the store refuses for one object, with credentials it accepted for the
+/// listings, is that object's: `verify` leaves it "not compared" and compares the rest
+/// (exit 1), as a copy fails it alone, instead of stopping at it as refused credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_compares_the_rest_when_one_objects_signature_is_refused() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bkt").await;
+    for key in ["data/a.txt", "data/odd.txt", "data/z.txt"] {
+        s3.put("bkt", key, key.as_bytes()).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    let copy = copy_through(&s3.endpoint, "s3://bkt/data/", &dst, &s3);
+    assert_eq!(copy.code, 0, "{}", copy.stderr);
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            signature_mismatch_403: 1.0,
+            only_methods: vec!["GET".into(), "HEAD".into()],
+            path_contains: Some("/bkt/data/odd.txt".into()),
+            ..Default::default()
+        },
+    );
+    let run = verify_through(&proxy.endpoint(), "s3://bkt/data/", &dst, &s3, &["--deep"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let v = run.json();
+    assert_eq!(
+        (v["checksum_ok"].as_u64(), v["unreadable"].as_u64()),
+        (Some(2), Some(1)),
+        "{v}"
+    );
+    let problem = &v["problems"][0];
+    assert_eq!(problem["key"], "data/odd.txt", "{v}");
+    let error = problem["error"].as_str().unwrap();
+    assert!(error.contains("SignatureDoesNotMatch"), "{error}");
+    assert!(proxy.injected().signature_mismatch_403 >= 1);
+}
+
 /// Credentials that may list but read nothing stop `verify` after a hundred denials in a
 /// row, instead of asking for every object in turn; the error names what the check had
 /// found wrong before it stopped.

@@ -1343,11 +1343,20 @@ async fn a_worker_denied_every_read_hands_its_items_on_and_leaves() {
 async fn denied_to_two_workers(file: &str) -> Leaving {
     let denied = Faults {
         access_denied_403: 1.0,
-        only_methods: vec!["GET".into()],
-        path_contains: Some(file.into()),
         ..Faults::default()
     };
-    let mut fleet = Leaving::with(leaving_files(), "30s", Some(denied)).await;
+    refused_to_two_workers(file, denied, "AccessDenied").await
+}
+
+/// [`denied_to_two_workers`] with the refusal `faults` inject (on every GET of `file`),
+/// whose error names `error`.
+async fn refused_to_two_workers(file: &str, faults: Faults, error: &str) -> Leaving {
+    let refused = Faults {
+        only_methods: vec!["GET".into()],
+        path_contains: Some(file.into()),
+        ..faults
+    };
+    let mut fleet = Leaving::with(leaving_files(), "30s", Some(refused)).await;
     let mut workers = [fleet.worker(&[]), fleet.worker(&[])];
     let code = wait_exit(&mut fleet.coordinator, 120);
     let lines = all_lines(&fleet.stderr);
@@ -1364,10 +1373,10 @@ async fn denied_to_two_workers(file: &str) -> Leaving {
     );
     let failure = &report["failures"][0];
     assert_eq!(failure["key"], format!("data/{file}"), "{report}");
-    let error = failure["error"].as_str().unwrap();
+    let said = failure["error"].as_str().unwrap();
     assert!(
-        error.contains("AccessDenied") && error.contains("was denied it too"),
-        "{error}"
+        said.contains(error) && said.contains("was denied it too"),
+        "{said}"
     );
     for w in &mut workers {
         assert_eq!(wait_exit(w, 30), 0, "a worker failed");
@@ -1395,6 +1404,20 @@ async fn an_object_denied_to_two_workers_fails_alone() {
     assert_eq!(outcomes, [Some("denied"), Some("failed")], "{tries:?}");
     assert_ne!(tries[0].0, tries[1].0, "{tries:?}");
     assert_eq!(fleet.injected().access_denied_403, 2);
+}
+
+/// A signature the store refuses for one object, to workers whose credentials it accepted
+/// when they joined, is that object's: it fails alone after both workers tried it, as a
+/// denied one does, and neither worker leaves the fleet (each would have left at it in turn,
+/// and the fleet stopped with nothing left to copy the rest).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_objects_refused_signature_fails_alone_in_a_fleet() {
+    let refused = Faults {
+        signature_mismatch_403: 1.0,
+        ..Faults::default()
+    };
+    let fleet = refused_to_two_workers("s/05.bin", refused, "SignatureDoesNotMatch").await;
+    assert_eq!(fleet.injected().signature_mismatch_403, 2);
 }
 
 /// The parts of a striped object no worker may read: the first worker denied a part is
