@@ -131,10 +131,18 @@ impl Executor {
     ) -> Result<(Planner, tokio::sync::mpsc::Receiver<Job>)> {
         let ctx = &self.ctx;
         let limit = AdaptiveLimit::new(ctx.opts.max_connections);
-        // Workers write, and their results reach the journal only once the coordinator has
-        // them: the writes are not announced (see `Ctx::announces_writes`).
-        let hooks = (Some(ctx.checks_up_to_date()), None);
+        // A sync's writes are announced as the planner hands them out; the coordinator lets
+        // no worker begin one before they are committed (`writes_announced`).
+        let hooks = (Some(ctx.checks_up_to_date()), ctx.announces_writes());
         start_planner(src, dst, &ctx.opts, &limit, &ctx.progress, hooks).await
+    }
+
+    /// Waits until the writes the planner announced so far are committed to the journal
+    /// (see `Ctx::announces_writes`): the coordinator's part before it queues work, since
+    /// the workers that write keep no journal. At once when they are, or when nothing is
+    /// announced (a `cp`, a worker).
+    pub async fn writes_announced(&self) {
+        self.ctx.resume.announced().await;
     }
 
     /// Whether an earlier run already copied this version of the object; in a sync whose

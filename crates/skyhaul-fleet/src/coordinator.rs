@@ -488,6 +488,9 @@ async fn coordinate(
         while shared.state().items.len() >= MAX_QUEUED && !shared.cancel.is_cancelled() {
             let _ = tokio::time::timeout(Duration::from_millis(200), shared.wake.notified()).await;
         }
+        // A sync's rerun copies again what an earlier run announced and did not record: no
+        // worker may be handed a write before its announcement is committed.
+        shared.exec.writes_announced().await;
         match job {
             Job::Copy { src, dst_key } => add_object(shared, src, dst_key, None).await,
             Job::CopyUnlessSame { src, dst, dst_key } => {

@@ -1227,6 +1227,77 @@ async fn ctrl_c_stops_a_local_fleet_as_interrupted() {
     );
 }
 
+/// A fleet's `sync` killed whole (`kill -9` of its process group: coordinator and worker)
+/// after a worker wrote an object and before the coordinator recorded it: the rerun copies
+/// that object again although its listing finds it up to date, as a single machine's sync
+/// does (`resume.rs`), so a destination object changed in between (same size) is mended.
+/// The proxy holds the store's answer to that write, so the kill lands in the window.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_sync_killed_between_a_write_and_its_record_copies_that_object_again() {
+    use std::os::unix::process::CommandExt;
+    let files: BTreeMap<String, Vec<u8>> = (0..5)
+        .map(|i| (format!("f{i}"), data(1000 + i, i as u64)))
+        .collect();
+    let (src, dst) = servers_with(&files).await;
+    let proxy = FaultProxy::start(
+        &dst.endpoint,
+        Faults {
+            delay_answer: Some(Duration::from_secs(60)),
+            only_methods: vec!["PUT".into()],
+            path_contains: Some("data/f2".into()),
+            ..Faults::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let sync = [
+        "sync",
+        "s3://src/data",
+        "s3://dst/data",
+        "--json",
+        "--src-endpoint",
+        &src.endpoint,
+        "--dst-endpoint",
+        &ep,
+    ];
+    let mut fleet = command(
+        &[&sync[..], &["--workers", "1"]].concat(),
+        &src,
+        &dst,
+        &journal,
+    )
+    .process_group(0)
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dst
+        .list("dst", "data/")
+        .await
+        .iter()
+        .any(|(k, _)| k == "data/f2")
+    {
+        assert!(Instant::now() < deadline, "data/f2 not written within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        unsafe { libc::kill(-(fleet.id() as i32), libc::SIGKILL) },
+        0
+    );
+    fleet.wait().unwrap();
+    let mut changed = files["f2"].clone();
+    changed[0] ^= 1;
+    dst.put("dst", "data/f2", &changed).await;
+
+    // The same transfer (its identity has the same endpoints), on one machine.
+    proxy.set_faults(Faults::default());
+    let rerun = command(&sync, &src, &dst, &journal).output().unwrap();
+    let stderr = String::from_utf8_lossy(&rerun.stderr);
+    assert_eq!(rerun.status.code(), Some(0), "{stderr}");
+    let mended = read_bucket(&dst, "dst", "data/").await == files;
+    assert!(mended, "data/f2 stays changed: {stderr}");
+}
+
 /// A worker that cannot even open a side (here: no credentials at all for the destination)
 /// leaves the fleet too, before it takes any work: the coordinator shows why, and with no
 /// other worker it stops with that error, its exit code, and the credentials hint once.
