@@ -40,7 +40,8 @@ pub struct Report {
     pub verification: Option<Verification>,
     /// Stopped before the end (Ctrl-C, SIGTERM): objects not yet tried are neither copied
     /// nor failed, a rerun of the same command finishes the transfer, and the check after
-    /// the copy did not run (or was stopped).
+    /// the copy did not run (or was stopped), unless `verification` is there: then the
+    /// stop came after it, in a sync's deletions.
     pub interrupted: bool,
 }
 
@@ -171,11 +172,17 @@ impl fmt::Display for Report {
             )?;
         }
         if self.interrupted {
-            write!(
-                f,
-                "; interrupted, so what was copied is not checked: run the same command \
-                 again to finish and check it"
-            )?;
+            f.write_str(match self.verification {
+                // Stopped once the check was over: what a sync's deletions had left to do.
+                Some(_) => {
+                    "; interrupted after what was copied was checked (deletions may be left): \
+                     run the same command again to finish"
+                }
+                None => {
+                    "; interrupted, so what was copied is not checked: run the same command \
+                     again to finish and check it"
+                }
+            })?;
         }
         Ok(())
     }
@@ -212,5 +219,24 @@ mod tests {
             "copied 1,152 objects (1.12 GiB), skipped 3 (3.00 KiB), failed 0 in 2.00 s: 604.0 MB/s (4.83 Gbit/s), 2 retries"
         );
         assert!(r.succeeded());
+    }
+
+    /// Interrupted before the check, or after it (in a sync's deletions): the report says
+    /// which, rather than "not checked" above a verification line.
+    #[test]
+    fn an_interrupted_report_says_whether_the_copies_were_checked() {
+        let mut r = Report::new("a".into(), "b".into(), &Snapshot::default(), 1.0, vec![]);
+        r.interrupted = true;
+        assert!(r.to_string().ends_with(
+            "; interrupted, so what was copied is not checked: run the same command again \
+             to finish and check it"
+        ));
+        r.verification = Some(Verification::default());
+        let line = r.to_string();
+        assert!(
+            line.contains("interrupted after what was copied was checked"),
+            "{line}"
+        );
+        assert!(!line.contains("not checked"), "{line}");
     }
 }
