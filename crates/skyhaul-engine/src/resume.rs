@@ -28,6 +28,8 @@ pub struct Resume {
     used: Mutex<HashSet<String>>,
     /// Held while announced writes are being committed ([`Resume::announced`]).
     committing: tokio::sync::Mutex<()>,
+    /// The journal's lost writes when this run began ([`Journal::writes_lost`]).
+    lost_before: u64,
 }
 
 /// How the journal records what an object was written with:
@@ -106,6 +108,7 @@ impl Resume {
             ran_before: false,
             used: Mutex::new(HashSet::new()),
             committing: tokio::sync::Mutex::new(()),
+            lost_before: 0,
         }
     }
 
@@ -118,6 +121,7 @@ impl Resume {
         let ran_before = warn(&journal, "lookup", journal.resumable(identity.id())).unwrap_or(true);
         let id = journal.begin(identity)?;
         Ok(Resume {
+            lost_before: journal.writes_lost(),
             journal: Some((journal, id)),
             _held: Some(held),
             ran_before,
@@ -356,11 +360,28 @@ impl Resume {
         }
     }
 
-    /// Marks the transfer complete (or not) and makes everything recorded durable.
+    /// Marks the transfer complete (or not) and makes everything recorded durable. A run
+    /// whose records the journal lost (its disk full) does not mark it complete: `status`
+    /// would show a finished transfer with fewer objects than were copied. Left unfinished,
+    /// it shows what was recorded, and a rerun copies the rest again and records it.
     pub fn finish(&self, complete: bool) {
         if let Some((j, id)) = &self.journal {
-            warn(j, "mark complete", j.mark_complete(*id, complete));
+            // The records still queued are written first: their failures count too.
             warn(j, "flush", j.flush());
+            let lost = j.writes_lost().saturating_sub(self.lost_before);
+            if complete && lost > 0 {
+                tracing::warn!(
+                    "{}: {lost} journal writes of this run were lost (see above): the \
+                     transfer is left unfinished there, so that a rerun of the same command \
+                     records what they held (copying again what no record names)",
+                    j.path().display()
+                );
+            }
+            warn(
+                j,
+                "mark complete",
+                j.mark_complete(*id, complete && lost == 0),
+            );
         }
     }
 }
@@ -491,6 +512,37 @@ mod tests {
         );
         let e = Some("x-2".to_string());
         assert_eq!(decode_done("etag:x-2"), (None, e.clone(), e));
+    }
+
+    /// Records the journal could not write (its disk full) leave the transfer unfinished:
+    /// `status` must not call it complete with fewer objects than were copied.
+    #[test]
+    fn a_run_whose_records_were_lost_is_not_marked_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let journal = Arc::new(Journal::open(&path).unwrap());
+        let identity = TransferIdentity::new("s3://a/", "s3://b/", "cp");
+        let complete = |j: &Journal| j.transfers().unwrap()[0].complete;
+
+        let run = Resume::begin(journal.clone(), &identity).unwrap();
+        run.done(&ObjectMeta::new("a", 1), &copied("a", Some(1), None));
+        run.finish(true);
+        assert!(complete(&journal));
+        drop(run);
+
+        // What a full disk does to each record, as SQLite would: the write fails.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER full BEFORE INSERT ON objects \
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+            )
+            .unwrap();
+        let run = Resume::begin(journal.clone(), &identity).unwrap();
+        run.done(&ObjectMeta::new("b", 1), &copied("b", Some(2), None));
+        run.finish(true);
+        assert_eq!(journal.writes_lost(), 1);
+        assert!(!complete(&journal), "complete, though a record was lost");
     }
 
     #[test]

@@ -951,6 +951,12 @@ impl Journal {
         Ok(())
     }
 
+    /// How many queued writes (records, announcements, parts) failed since the journal was
+    /// opened, each reported once as it happened: the journal then knows less than was done.
+    pub fn writes_lost(&self) -> u64 {
+        self.shared.lost.load(Ordering::Acquire)
+    }
+
     fn check_background(&self) -> Result<()> {
         match self.shared.take_background_error() {
             Some(e) => Err(JournalError::Background(e)),

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) pending_done: Mutex<HashMap<u64, HashMap<String, u32>>>,
     /// The first failure of a queued write since it was last reported.
     pub(crate) background_error: Mutex<Option<String>>,
+    /// Queued writes that failed (alone, or with their batch) since the journal was opened.
+    pub(crate) lost: AtomicU64,
     /// Held while an announced write ([`Write::Writing`]) is sent and counted, so that they
     /// are counted in the order sent and the number applied is always a prefix of them.
     pub(crate) announcing: Mutex<()>,
@@ -276,13 +278,15 @@ impl Writer {
 
         let op_result = match outcome {
             Ok((write_error, op_result)) => {
-                if let Some(e) = write_error {
+                if let Some((failed, e)) = write_error {
+                    shared.lost.fetch_add(failed, Ordering::AcqRel);
                     shared.set_background_error(e.to_string());
                 }
                 op_result
             }
             Err(e) => {
                 if !writes.is_empty() {
+                    shared.lost.fetch_add(writes.len() as u64, Ordering::AcqRel);
                     shared.set_background_error(format!(
                         "{} journal records lost: {e}",
                         writes.len()
@@ -313,22 +317,26 @@ fn set_synchronous(conn: &Connection, level: &str) {
     }
 }
 
+/// How many writes of a batch failed, and the first one's error.
+type FailedWrites = (u64, JournalError);
+
 /// One transaction: all queued writes, then the waited-for operation (in a savepoint, so its
-/// failure does not take the batch with it). Returns the first failed write's error and the
-/// operation's result; `Err` when the transaction itself could not be begun or committed.
+/// failure does not take the batch with it). Returns how many writes failed with the first
+/// one's error, and the operation's result; `Err` when the transaction itself could not be
+/// begun or committed.
 fn transact(
     conn: &mut Connection,
     writes: &[Write],
     op: Option<Op>,
     durable: bool,
-) -> Result<(Option<JournalError>, Result<()>)> {
+) -> Result<(Option<FailedWrites>, Result<()>)> {
     // IMMEDIATE takes the write lock up front, so a concurrent writer in another process makes
     // us wait (busy_timeout) at BEGIN instead of failing half-way with SQLITE_BUSY.
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut write_error = None;
+    let mut write_error: Option<FailedWrites> = None;
     for w in writes {
         if let Err(e) = apply_write(&tx, w) {
-            write_error.get_or_insert(e);
+            write_error.get_or_insert((0, e)).0 += 1;
         }
     }
     let op_result = match op {
