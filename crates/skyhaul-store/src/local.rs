@@ -247,9 +247,14 @@ fn tmp_stem(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // Keep the temporary name within NAME_MAX even for a 255-byte base name.
-    let base: String = base.chars().take(180).collect();
-    path.with_file_name(format!(".{base}."))
+    // Keep the temporary name within NAME_MAX (255 bytes) even for a 255-byte base name: the
+    // rest of it takes 30. In bytes, at a character boundary: 180 characters of `é` or `日`
+    // would be 360 or 540 bytes.
+    let mut end = base.len().min(180);
+    while !base.is_char_boundary(end) {
+        end -= 1;
+    }
+    path.with_file_name(format!(".{}.", &base[..end]))
 }
 
 /// Renames the finished temporary file `tmp` to `path`, unless [`NotAFile`] stands there.
@@ -878,6 +883,28 @@ mod tests {
             ".a.0123456789abcdef.skyhaul-tmp.txt",
         ] {
             assert!(!is_tmp_name(theirs.as_bytes()), "{theirs}");
+        }
+    }
+
+    /// A name the file system takes has a temporary name it takes too, whatever its
+    /// characters: 240 bytes of `é` or `日` (120 and 80 characters) made 270-byte names,
+    /// and every write of such a key failed with "File name too long".
+    #[test]
+    fn long_names_of_any_characters_have_temporary_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        for name in [
+            "é".repeat(120),
+            "日".repeat(80),
+            "x".repeat(255),
+            "é".repeat(127),
+        ] {
+            let tmp = store.tmp_path(&name, &random_id()).unwrap();
+            let tmp_name = tmp.file_name().unwrap().as_encoded_bytes();
+            assert!(tmp_name.len() <= 255, "{}", tmp_name.len());
+            assert!(is_tmp_name(tmp_name));
+            File::create(&tmp).unwrap();
+            File::create(dir.path().join(&name)).unwrap();
         }
     }
 
