@@ -250,11 +250,7 @@ fn tmp_stem(path: &Path) -> PathBuf {
     // Keep the temporary name within NAME_MAX (255 bytes) even for a 255-byte base name: the
     // rest of it takes 30. In bytes, at a character boundary: 180 characters of `é` or `日`
     // would be 360 or 540 bytes.
-    let mut end = base.len().min(180);
-    while !base.is_char_boundary(end) {
-        end -= 1;
-    }
-    path.with_file_name(format!(".{}.", &base[..end]))
+    path.with_file_name(format!(".{}.", &base[..base.floor_char_boundary(180)]))
 }
 
 /// Renames the finished temporary file `tmp` to `path`, unless [`NotAFile`] stands there.

@@ -855,15 +855,9 @@ impl Config {
     }
 }
 
-/// [`Config::default_path`] with its inputs passed in, so it can be tested without
-/// changing the process environment.
 /// The 1-based line and column (in characters) of byte `offset` of `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let mut end = offset.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let before = &text[..end];
+    let before = &text[..text.floor_char_boundary(offset)];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (
         before.matches('\n').count() + 1,
@@ -871,6 +865,8 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     )
 }
 
+/// [`Config::default_path`] with its inputs passed in, so it can be tested without
+/// changing the process environment.
 fn default_path_from(
     env: Option<PathBuf>,
     config_dir: Option<PathBuf>,
