@@ -13,7 +13,8 @@ use crate::{
 use futures::stream::{BoxStream, StreamExt};
 use skyhaul_location::local_relative_path;
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
@@ -25,8 +26,10 @@ use std::time::SystemTime;
 /// Suffix of in-progress files; listings skip them so a resumed sync never copies one.
 const TMP_SUFFIX: &str = ".skyhaul-tmp";
 
+mod beneath;
 mod leftovers;
 mod stream;
+use beneath::Dirs;
 use leftovers::{tmp_parts, Leftovers};
 pub use stream::CHUNK as LOCAL_CHUNK;
 /// Keys are sent to the engine in pages of this many to keep channel overhead low.
@@ -36,11 +39,10 @@ const LIST_PAGE: usize = 1000;
 pub struct LocalStore {
     root: PathBuf,
     name: String,
-    /// Directories below the root that a write found, or made, to be directories and not
-    /// symlinks ([`LocalStore::create_parent`]): writes into them skip the walk down from
-    /// the root. Shared by the store's clones; bounded (cleared when full), since keys
-    /// come in listing order and their directories in runs.
-    dirs_checked: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Directories a write has looked for [`leftovers`] in: once is enough. Shared by the
+    /// store's clones; bounded (cleared when full), since keys come in listing order and
+    /// their directories in runs.
+    dirs_looked: Arc<Mutex<HashSet<PathBuf>>>,
     /// Temporary files that writes stopped by a crash left ([`leftovers`]), removed once
     /// their key is written again.
     leftovers: Arc<Mutex<Leftovers>>,
@@ -48,11 +50,18 @@ pub struct LocalStore {
     /// and locked from its creation (or, for an upload an earlier run began, its first
     /// part here) to its completion or abort: between parts too, another process's sweep
     /// must see a live write, not a dead one's leftover.
-    uploads: Arc<Mutex<HashMap<PathBuf, Arc<File>>>>,
+    uploads: Arc<Mutex<HashMap<PathBuf, Arc<Held>>>>,
 }
 
-/// How many directories [`LocalStore::dirs_checked`] holds before it starts again.
-const DIRS_CHECKED: usize = 4096;
+/// A multipart upload's temporary file, held open and locked, and the directory it is in.
+#[derive(Debug)]
+struct Held {
+    file: File,
+    dirs: Dirs,
+}
+
+/// How many directories [`LocalStore::dirs_looked`] holds before it starts again.
+const DIRS_LOOKED: usize = 4096;
 
 impl LocalStore {
     /// A store rooted at `root`; every key resolves strictly below it.
@@ -62,7 +71,7 @@ impl LocalStore {
         LocalStore {
             root,
             name,
-            dirs_checked: Arc::default(),
+            dirs_looked: Arc::default(),
             leftovers: Arc::default(),
             uploads: Arc::default(),
         }
@@ -253,23 +262,6 @@ fn tmp_stem(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{}.", &base[..base.floor_char_boundary(180)]))
 }
 
-/// Renames the finished temporary file `tmp` to `path`, unless [`NotAFile`] stands there.
-fn move_into_place(tmp: &Path, path: &Path) -> io::Result<()> {
-    refuse_special(path)?;
-    fs::rename(tmp, path)
-}
-
-/// Refuses to write to `path` when [`NotAFile`] stands there: before a rename, and before
-/// a long write begins.
-fn refuse_special(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if !(md.is_file() || md.is_symlink() || md.is_dir()) => {
-            Err(io::Error::new(io::ErrorKind::InvalidInput, NotAFile))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// A symlink where a write must pass through a directory below the store's root. Writes
 /// do not follow it: listings do not (a cycle would make them endless), so what a write
 /// put behind it would land outside the destination, where no check, sync or delete could
@@ -291,71 +283,45 @@ impl std::fmt::Display for ThroughSymlink {
 impl std::error::Error for ThroughSymlink {}
 
 impl LocalStore {
-    /// Creates the directories from the root (which may itself be, or lie under, a symlink)
-    /// down to `path`'s parent, refusing to pass through a symlink below the root
-    /// ([`ThroughSymlink`]).
-    fn create_parent(&self, path: &Path) -> io::Result<()> {
-        let Some(parent) = path.parent() else {
-            return Ok(());
-        };
-        let Ok(below) = parent.strip_prefix(&self.root) else {
-            return fs::create_dir_all(parent);
-        };
-        if self.checked().contains(parent) {
-            return Ok(());
-        }
-        if !self.root.is_dir() {
-            fs::create_dir_all(&self.root)?;
-        }
-        let mut dir = self.root.clone();
-        for name in below.components() {
-            dir.push(name);
-            // Twice at most: a directory made by another write at the same moment is
-            // looked at again.
-            for attempt in 0.. {
-                match fs::symlink_metadata(&dir) {
-                    Ok(md) if md.is_dir() => break,
-                    Ok(md) if md.is_symlink() => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            ThroughSymlink(dir),
-                        ))
-                    }
-                    Ok(_) => return Err(io::ErrorKind::NotADirectory.into()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
-                        Ok(()) => break,
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt == 0 => {}
-                        Err(e) => return Err(e),
-                    },
-                    Err(e) => return Err(e),
-                }
+    /// Opens the directories from the root down to `path`'s parent ([`Dirs`]), making
+    /// those missing when `create`. The first write into a directory looks for leftovers
+    /// there.
+    fn dirs(&self, path: &Path, create: bool) -> io::Result<Dirs> {
+        let below = path
+            .parent()
+            .and_then(|p| p.strip_prefix(&self.root).ok())
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        let dirs = Dirs::open(&self.root, below, create)?;
+        if create && self.first_look(dirs.path()) {
+            match leftovers::temporaries(&dirs) {
+                Ok(found) => self.leftovers().add(found),
+                Err(e) => tracing::debug!(
+                    "cannot look for leftovers in {}: {e}",
+                    dirs.path().display()
+                ),
             }
         }
-        let mut checked = self.checked();
-        if checked.len() >= DIRS_CHECKED {
-            checked.clear();
-        }
-        checked.insert(parent.to_path_buf());
-        drop(checked);
-        self.look_for_leftovers(parent);
-        Ok(())
+        Ok(dirs)
     }
 
-    /// Finds the temporary files in `dir`, where a write goes for the first time (or the
-    /// first since [`LocalStore::dirs_checked`] forgot it). Outside the locks: a large
-    /// directory takes a while to read, and writes elsewhere need not wait.
-    fn look_for_leftovers(&self, dir: &Path) {
-        match leftovers::temporaries(dir) {
-            Ok(found) => self.leftovers().add(found),
-            Err(e) => tracing::debug!("cannot look for leftovers in {}: {e}", dir.display()),
+    /// Whether no write has looked for leftovers in `dir` yet; from now on, one has.
+    fn first_look(&self, dir: &Path) -> bool {
+        let mut looked = self.dirs_looked.lock().expect("dirs_looked lock");
+        if looked.contains(dir) {
+            return false;
         }
+        if looked.len() >= DIRS_LOOKED {
+            looked.clear();
+        }
+        looked.insert(dir.to_path_buf())
     }
 
-    /// After `path` was written: removes the temporary files that stopped writes of it left.
-    fn written(&self, path: &Path) {
+    /// After `path` was written into `dirs`: removes the temporary files that stopped
+    /// writes of it left.
+    fn written(&self, dirs: &Dirs, path: &Path) {
         let found = self.leftovers().take(&tmp_stem(path));
         for tmp in found {
-            leftovers::remove_if_abandoned(&tmp);
+            leftovers::remove_if_abandoned(dirs, file_name(&tmp));
         }
     }
 
@@ -363,27 +329,40 @@ impl LocalStore {
         self.leftovers.lock().expect("leftovers lock")
     }
 
-    fn uploads(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<File>>> {
+    fn uploads(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Held>>> {
         self.uploads.lock().expect("uploads lock")
     }
 
     /// The multipart upload's temporary file, held ([`LocalStore::uploads`]): opened and
     /// locked on its first use here. An upload another live process holds is written all
     /// the same, unheld, as the store's concurrency has always allowed.
-    fn held_upload(&self, tmp: &Path) -> io::Result<Arc<File>> {
-        if let Some(file) = self.uploads().get(tmp) {
-            return Ok(file.clone());
+    fn held_upload(&self, tmp: &Path) -> io::Result<Arc<Held>> {
+        if let Some(held) = self.uploads().get(tmp) {
+            return Ok(held.clone());
         }
-        let file = Arc::new(OpenOptions::new().write(true).open(tmp)?);
-        if file.try_lock().is_ok() {
-            self.uploads().insert(tmp.to_path_buf(), file.clone());
+        let dirs = self.dirs(tmp, false)?;
+        let file = dirs.open_file(file_name(tmp), true)?;
+        let held = Arc::new(Held { file, dirs });
+        if held.file.try_lock().is_ok() {
+            self.uploads().insert(tmp.to_path_buf(), held.clone());
         }
-        Ok(file)
+        Ok(held)
     }
 
-    fn checked(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
-        self.dirs_checked.lock().expect("dirs_checked lock")
+    /// Moves the finished temporary file `tmp` (in `from`) to `path`, whose directories are
+    /// opened again: the file goes where the key belongs now, or nowhere if a symlink
+    /// stands in the way since the write began. The directories of `path`, for
+    /// [`LocalStore::written`].
+    fn move_into_place(&self, from: &Dirs, tmp: &Path, path: &Path) -> io::Result<Dirs> {
+        let to = self.dirs(path, true)?;
+        Dirs::rename(from, file_name(tmp), &to, file_name(path))?;
+        Ok(to)
     }
+}
+
+/// The last component of a path made by [`LocalStore::path_of`], which has one.
+fn file_name(path: &Path) -> &OsStr {
+    path.file_name().expect("a key's path ends with a name")
 }
 
 fn set_mtime(file: &File, mtime: Option<SystemTime>) -> io::Result<()> {
@@ -663,19 +642,21 @@ impl Store for LocalStore {
         let mtime = opts.mtime;
         let this = self.clone();
         blocking(move || {
+            let dirs = this
+                .dirs(&path, true)
+                .map_err(|e| this.io_err(&key, "cannot write", e))?;
             let write = || -> io::Result<()> {
-                this.create_parent(&path)?;
-                let file = File::create(&tmp)?;
+                let file = dirs.create_new(file_name(&tmp))?;
                 leftovers::hold(&file);
                 file.write_all_at(&body.data, 0)?;
                 set_mtime(&file, mtime)?;
-                move_into_place(&tmp, &path)
+                Dirs::rename(&dirs, file_name(&tmp), &dirs, file_name(&path))
             };
             write().map_err(|e| {
-                let _ = fs::remove_file(&tmp);
+                let _ = dirs.remove(file_name(&tmp));
                 this.io_err(&key, "cannot write", e)
             })?;
-            this.written(&path);
+            this.written(&dirs, &path);
             Ok(Written::default())
         })
         .await
@@ -711,19 +692,26 @@ impl Store for LocalStore {
         let this = self.clone();
         let key = key.to_string();
         blocking(move || {
-            let create = || -> io::Result<()> {
-                refuse_special(&path)?;
-                this.create_parent(&tmp)?;
-                let file = File::create(&tmp)?;
+            let dirs = this
+                .dirs(&path, true)
+                .map_err(|e| this.io_err(&key, "cannot create", e))?;
+            let create = || -> io::Result<File> {
+                dirs.refuse_special(file_name(&path))?;
+                let file = dirs.create_new(file_name(&tmp))?;
                 leftovers::hold(&file);
                 file.set_len(size)?;
-                this.uploads().insert(tmp.clone(), Arc::new(file));
-                Ok(())
+                Ok(file)
             };
-            create().map_err(|e| {
-                let _ = fs::remove_file(&tmp);
-                this.io_err(&key, "cannot create", e)
-            })
+            match create() {
+                Ok(file) => {
+                    this.uploads().insert(tmp, Arc::new(Held { file, dirs }));
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = dirs.remove(file_name(&tmp));
+                    Err(this.io_err(&key, "cannot create", e))
+                }
+            }
         })
         .await?;
         Ok(upload)
@@ -739,10 +727,11 @@ impl Store for LocalStore {
         let key = upload.key.clone();
         let this = self.clone();
         blocking(move || {
-            let file = this
+            let held = this
                 .held_upload(&tmp)
                 .map_err(|e| this.io_err(&key, "upload no longer exists", e))?;
-            file.write_all_at(&body.data, part.offset)
+            held.file
+                .write_all_at(&body.data, part.offset)
                 .map_err(|e| this.io_err(&key, "cannot write part", e))?;
             Ok(CompletedPart {
                 number: part.number,
@@ -768,10 +757,11 @@ impl Store for LocalStore {
         let this = self.clone();
         blocking(move || {
             // Held until it is in place: no sweep can take it in between.
-            let file = this
+            let held = this
                 .held_upload(&tmp)
                 .map_err(|e| this.io_err(&key, "upload no longer exists", e))?;
-            let len = file
+            let len = held
+                .file
                 .metadata()
                 .map_err(|e| this.io_err(&key, "cannot stat", e))?
                 .len();
@@ -784,11 +774,12 @@ impl Store for LocalStore {
                     ),
                 ));
             }
-            set_mtime(&file, mtime).map_err(|e| this.io_err(&key, "cannot set mtime", e))?;
-            move_into_place(&tmp, &path)
+            set_mtime(&held.file, mtime).map_err(|e| this.io_err(&key, "cannot set mtime", e))?;
+            let dirs = this
+                .move_into_place(&held.dirs, &tmp, &path)
                 .map_err(|e| this.io_err(&key, "cannot move into place", e))?;
             this.uploads().remove(&tmp);
-            this.written(&path);
+            this.written(&dirs, &path);
             Ok(Written::default())
         })
         .await
@@ -810,8 +801,14 @@ impl Store for LocalStore {
         let tmp = self.tmp_path(&upload.key, &upload.upload_id)?;
         let this = self.clone();
         blocking(move || {
-            let _held = this.uploads().remove(&tmp);
-            match fs::remove_file(&tmp) {
+            // From the directory it was made in, where an upload of this process is held.
+            let removed = match this.uploads().remove(&tmp) {
+                Some(held) => held.dirs.remove(file_name(&tmp)),
+                None => this
+                    .dirs(&tmp, false)
+                    .and_then(|dirs| dirs.remove(file_name(&tmp))),
+            };
+            match removed {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(io_error(&tmp.display().to_string(), "cannot remove", e)),
@@ -828,20 +825,17 @@ impl Store for LocalStore {
         let key = key.to_string();
         let this = self.clone();
         blocking(move || {
-            match fs::remove_file(&path) {
+            let dirs = match this.dirs(&path, false) {
+                Ok(dirs) => dirs,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(this.io_err(&key, "cannot delete", e)),
+            };
+            match dirs.remove(file_name(&path)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(this.io_err(&key, "cannot delete", e)),
             }
-            // `remove_dir` fails on a directory that still holds anything: that ends it.
-            let mut dir = path.parent();
-            while let Some(d) = dir.filter(|d| d.starts_with(&this.root) && *d != this.root) {
-                if fs::remove_dir(d).is_err() {
-                    break;
-                }
-                this.checked().clear();
-                dir = d.parent();
-            }
+            dirs.remove_empty();
             Ok(())
         })
         .await

@@ -256,3 +256,71 @@ async fn a_special_file_in_the_way_is_refused_not_replaced() {
         .collect();
     assert_eq!(left.len(), 2, "no temporary files: {left:?}");
 }
+
+/// A directory of the destination swapped for a symlink while a transfer writes into it (by
+/// a deploy that flips a directory to a link, or another user) is not written or deleted
+/// through: each write and deletion under it fails as a conflict naming the link, and
+/// nothing changes where the link points. The store had remembered the directory as checked
+/// and then written by path, so everything after the swap went outside the destination, and
+/// `sync --delete` deleted files there.
+#[tokio::test]
+async fn a_directory_swapped_for_a_symlink_mid_run_is_not_written_through() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, outside) = (dir.path().join("dst"), dir.path().join("outside"));
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("gone"), b"precious").unwrap();
+    let store = LocalStore::new(&root);
+    let opts = |size| PutOptions {
+        size,
+        ..Default::default()
+    };
+    let payload = |data: &'static [u8]| Payload::new(bytes::Bytes::from_static(data));
+    for key in ["sub/first", "sub/gone"] {
+        store.put(key, payload(b"in"), &opts(2)).await.unwrap();
+    }
+    // An upload begun before the swap, completed after it.
+    let begun = store
+        .create_multipart("sub/striped", &opts(2))
+        .await
+        .unwrap();
+    std::fs::rename(root.join("sub"), root.join("sub.real")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("sub")).unwrap();
+
+    let whole = store.put("sub/whole", payload(b"x"), &opts(1)).await;
+    let body = futures::stream::once(async { Ok(bytes::Bytes::from_static(b"x")) }).boxed();
+    let streamed = store.put_stream("sub/streamed", body, None, &opts(1)).await;
+    let multipart = store.create_multipart("sub/parts", &opts(1)).await;
+    let part = skyhaul_store::PartSpec {
+        number: 1,
+        offset: 0,
+        len: 2,
+    };
+    let sent = store.put_part(&begun, part, payload(b"ok")).await.unwrap();
+    let completed = store.complete_multipart(&begun, &[sent], &opts(2)).await;
+    let deleted = store.delete("sub/gone").await;
+    for (how, result) in [
+        ("put", whole.map(|_| ())),
+        ("put_stream", streamed.map(|_| ())),
+        ("create_multipart", multipart.map(|_| ())),
+        ("complete_multipart", completed.map(|_| ())),
+        ("delete", deleted),
+    ] {
+        let err = result.expect_err(how);
+        assert_eq!(err.kind, ErrorKind::Conflict, "{how}: {err}");
+        let named = format!("{} is a symlink", root.join("sub").display());
+        assert!(err.message.contains(&named), "{how}: {err}");
+    }
+    let mut found: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    found.sort();
+    assert_eq!(found, ["gone"], "nothing written or deleted outside");
+    assert_eq!(std::fs::read(outside.join("gone")).unwrap(), b"precious");
+    assert_eq!(std::fs::read(root.join("sub.real/gone")).unwrap(), b"in");
+    // The failed upload is aborted where its file is.
+    store.abort_multipart(&begun).await.unwrap();
+    let left = std::fs::read_dir(root.join("sub.real")).unwrap().count();
+    assert_eq!(left, 2, "first and gone, no temporary file");
+}

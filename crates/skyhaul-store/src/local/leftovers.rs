@@ -13,9 +13,10 @@
 //! leaves another transfer's multipart upload, which it may still resume, alone unless this
 //! one replaces its key.
 
-use super::{ID_LEN, TMP_SUFFIX};
+use super::{Dirs, ID_LEN, TMP_SUFFIX};
 use crate::MultipartUpload;
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -61,16 +62,11 @@ fn stem_of(tmp: &Path) -> Option<PathBuf> {
     Some(tmp.with_file_name(std::ffi::OsStr::from_bytes(stem)))
 }
 
-/// The temporary files (regular files of the temporary form) in `dir`.
-pub(super) fn temporaries(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if tmp_parts(entry.file_name().as_bytes()).is_some() && entry.file_type()?.is_file() {
-            found.push(entry.path());
-        }
-    }
-    Ok(found)
+/// The temporary files (regular files of the temporary form) in `dirs`' deepest directory.
+pub(super) fn temporaries(dirs: &Dirs) -> io::Result<Vec<PathBuf>> {
+    let names = dirs.files()?.into_iter();
+    let tmp = names.filter(|name| tmp_parts(name.as_bytes()).is_some());
+    Ok(tmp.map(|name| dirs.path().join(name)).collect())
 }
 
 /// The temporary files of keys that start with `prefix` (relative to `root`) that no live
@@ -102,7 +98,8 @@ pub(super) fn open_uploads(root: &Path, prefix: &str) -> io::Result<Vec<Multipar
                 continue;
             };
             let base = &stem[1..stem.len() - 1];
-            if kind.is_file() && base.starts_with(&start) && abandoned(&entry.path()).is_some() {
+            let unheld = || File::open(entry.path()).ok().and_then(abandoned).is_some();
+            if kind.is_file() && base.starts_with(&start) && unheld() {
                 uploads.push(MultipartUpload {
                     key: format!("{dir}{}", String::from_utf8_lossy(base)),
                     upload_id: String::from_utf8_lossy(id).into_owned(),
@@ -122,20 +119,20 @@ pub(super) fn hold(file: &File) {
     }
 }
 
-/// Whether no live write holds `tmp` (and it still exists), with the lock that says so,
-/// which keeps any write from taking the file while it is dropped.
-pub(super) fn abandoned(tmp: &Path) -> Option<File> {
-    let file = File::open(tmp).ok()?;
-    file.try_lock().ok()?;
-    Some(file)
+/// Whether no live write holds the temporary file `tmp`, with the lock that says so, which
+/// keeps any write from taking the file while it is dropped.
+fn abandoned(tmp: File) -> Option<File> {
+    tmp.try_lock().ok()?;
+    Some(tmp)
 }
 
-/// Removes `tmp` if it is a dead write's; whether it did.
-pub(super) fn remove_if_abandoned(tmp: &Path) -> bool {
-    let Some(_held) = abandoned(tmp) else {
+/// Removes the temporary file `name` in `dirs` if it is a dead write's; whether it did.
+pub(super) fn remove_if_abandoned(dirs: &Dirs, name: &OsStr) -> bool {
+    let tmp = dirs.path().join(name);
+    let Some(_held) = dirs.open_file(name, false).ok().and_then(abandoned) else {
         return false;
     };
-    match fs::remove_file(tmp) {
+    match dirs.remove(name) {
         Ok(()) => {
             tracing::info!(
                 "removed {}, left by a write that was stopped",
@@ -165,14 +162,16 @@ mod tests {
     #[test]
     fn only_a_file_no_write_holds_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let tmp = dir.path().join(".k.0123456789abcdef.skyhaul-tmp");
+        let name = OsStr::new(".k.0123456789abcdef.skyhaul-tmp");
+        let tmp = dir.path().join(name);
         let writing = File::create(&tmp).unwrap();
         hold(&writing);
-        assert!(!remove_if_abandoned(&tmp), "a live write's");
+        let dirs = Dirs::open(dir.path(), Path::new(""), false).unwrap();
+        assert!(!remove_if_abandoned(&dirs, name), "a live write's");
         assert!(tmp.exists());
         drop(writing);
-        assert!(remove_if_abandoned(&tmp), "a dead write's");
+        assert!(remove_if_abandoned(&dirs, name), "a dead write's");
         assert!(!tmp.exists());
-        assert!(!remove_if_abandoned(&tmp), "gone");
+        assert!(!remove_if_abandoned(&dirs, name), "gone");
     }
 }

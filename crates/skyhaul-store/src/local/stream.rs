@@ -2,13 +2,12 @@
 //! system is never held in memory whole.
 
 use super::LocalStore;
-use super::{blocking, leftovers, move_into_place, random_id, refuse_special, set_mtime};
+use super::{blocking, file_name, leftovers, random_id, set_mtime, Dirs};
 use crate::{short_body, Chunks, ObjectMeta, PutOptions, Result, Streamed};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Bytes per read, and gathered per write: large enough that the blocking pool's hand-offs
@@ -80,16 +79,18 @@ pub(super) async fn put_stream(
     opts: &PutOptions,
 ) -> Result<()> {
     let path = store.path_of(key)?;
-    let tmp = Tmp(Some(store.tmp_path(key, &random_id())?));
-    let (this, k, at) = (store.clone(), key.to_string(), tmp.path().to_path_buf());
-    let target = path.clone();
-    let file = blocking(move || {
-        refuse_special(&target)
-            .and_then(|()| this.create_parent(&at))
-            .and_then(|()| File::create(&at))
-            .inspect(leftovers::hold)
-            .map(Arc::new)
-            .map_err(|e| this.io_err(&k, "cannot write", e))
+    let at = store.tmp_path(key, &random_id())?;
+    let (this, k, target) = (store.clone(), key.to_string(), path.clone());
+    let (tmp, file) = blocking(move || {
+        let dirs = this
+            .dirs(&target, true)
+            .map_err(|e| this.io_err(&k, "cannot write", e))?;
+        let file = dirs
+            .refuse_special(file_name(&target))
+            .and_then(|()| dirs.create_new(file_name(&at)))
+            .map_err(|e| this.io_err(&k, "cannot write", e))?;
+        leftovers::hold(&file);
+        Ok((Tmp(Some((dirs, at))), Arc::new(file)))
     })
     .await?;
     let size = opts.size;
@@ -133,24 +134,22 @@ pub(super) async fn put_stream(
     }
     let (this, k, mtime) = (store.clone(), key.to_string(), opts.mtime);
     blocking(move || {
-        set_mtime(&file, mtime)
-            .and_then(|()| move_into_place(tmp.path(), &path))
+        let (dirs, at) = tmp.0.as_ref().expect("a temporary file not yet renamed");
+        let placed = set_mtime(&file, mtime)
+            .and_then(|()| this.move_into_place(dirs, at, &path))
             .map_err(|e| this.io_err(&k, "cannot write", e))?;
         tmp.renamed();
-        this.written(&path);
+        this.written(&placed, &path);
         Ok(())
     })
     .await
 }
 
-/// A temporary file, removed when dropped unless it was renamed into place.
-struct Tmp(Option<PathBuf>);
+/// A temporary file (its directory and path), removed when dropped unless it was renamed
+/// into place.
+struct Tmp(Option<(Dirs, PathBuf)>);
 
 impl Tmp {
-    fn path(&self) -> &Path {
-        self.0.as_deref().expect("a temporary file not yet renamed")
-    }
-
     fn renamed(mut self) {
         self.0 = None;
     }
@@ -158,8 +157,8 @@ impl Tmp {
 
 impl Drop for Tmp {
     fn drop(&mut self) {
-        if let Some(path) = &self.0 {
-            let _ = fs::remove_file(path);
+        if let Some((dirs, path)) = &self.0 {
+            let _ = dirs.remove(file_name(path));
         }
     }
 }
