@@ -117,10 +117,18 @@ impl ResilientList {
                     self.attempts = 0;
                     return Some(Ok(m));
                 }
-                Some(Err(e)) if e.is_retryable() && self.attempts < self.retry.retries => {
+                // Not once the run is asked to stop: the listing is not worth waiting for.
+                Some(Err(e))
+                    if e.is_retryable()
+                        && self.attempts < self.retry.retries
+                        && !self.progress.stop().is_cancelled() =>
+                {
                     tracing::debug!("listing retry after: {e}");
                     self.progress.add_retry();
-                    tokio::time::sleep(self.retry.backoff(self.attempts)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(self.retry.backoff(self.attempts)) => {}
+                        () = self.progress.stop().cancelled() => return Some(Err(e)),
+                    }
                     self.attempts += 1;
                     self.pages = None;
                 }

@@ -4,6 +4,7 @@ use crate::report::Failure;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 /// Failures waiting for a display that streams them; beyond this many the oldest undrained
 /// ones are only counted (the report still has them).
@@ -29,6 +30,10 @@ pub struct Progress {
     /// unless a display asked for them with [`Progress::stream_failures`], so nothing
     /// accumulates when nobody drains it.
     failure_events: Mutex<Option<Vec<Failure>>>,
+    /// Cancelled once the run is asked to stop (Ctrl-C, SIGTERM): from then on retries give
+    /// up and a request still unanswered after [`crate::retry::STOP_GRACE`] is dropped
+    /// ([`crate::retry::Tries`]). Never, for a default `Progress`.
+    stop: CancellationToken,
 }
 
 /// A consistent-enough copy of the counters at one moment.
@@ -79,6 +84,20 @@ impl Snapshot {
 }
 
 impl Progress {
+    /// The counters of a run that `stop` stops: its retries and requests then end
+    /// ([`Progress::stop`]) as its scheduling of new work does.
+    pub fn stopped_by(stop: CancellationToken) -> Progress {
+        Progress {
+            stop,
+            ..Progress::default()
+        }
+    }
+
+    /// Cancelled once the run is asked to stop.
+    pub(crate) fn stop(&self) -> &CancellationToken {
+        &self.stop
+    }
+
     pub fn add_planned(&self, bytes: u64) {
         self.objects_listed.fetch_add(1, Relaxed);
         self.bytes_listed.fetch_add(bytes, Relaxed);

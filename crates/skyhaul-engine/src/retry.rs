@@ -7,6 +7,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a request may still take once the run was asked to stop: bytes in flight
+/// finish, but an endpoint that accepts connections and never answers cannot hold a stopped
+/// run for the minutes its timeouts add up to. Under the 30 s that Kubernetes and SLURM
+/// leave between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// Attempts after the first.
@@ -71,7 +77,7 @@ impl RetryPolicy {
         let mut tries = self.tries(limit, progress);
         loop {
             let slot = limit.acquire().await;
-            match op().await {
+            match tries.attempt(op()).await {
                 Ok(v) => {
                     limit.on_success();
                     return Ok((v, slot));
@@ -108,8 +114,31 @@ pub struct Tries<'a> {
 }
 
 impl Tries<'_> {
+    /// One try: what `attempt` answers, or [`ErrorKind::Interrupted`] when it is still
+    /// unanswered [`STOP_GRACE`] after the run was asked to stop.
+    pub async fn attempt<T>(&self, attempt: impl Future<Output = Result<T>>) -> Result<T> {
+        let stop = self.progress.stop();
+        let given_up = async {
+            stop.cancelled().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        tokio::select! {
+            answer = attempt => answer,
+            () = given_up => Err(Error::new(
+                ErrorKind::Interrupted,
+                format!(
+                    "interrupted: a request still had no answer {} s after the stop; run the \
+                     same command again to resume",
+                    STOP_GRACE.as_secs()
+                ),
+            )),
+        }
+    }
+
     /// After a failed try: waits out the backoff and returns `Ok` when the operation is worth
-    /// another try, else gives the error back. The caller holds no slot meanwhile.
+    /// another try, else gives the error back. The caller holds no slot meanwhile. Once the
+    /// run is asked to stop, nothing is tried again: the error becomes
+    /// [`ErrorKind::Interrupted`], for the rerun to try.
     pub async fn after(&mut self, e: Error) -> Result<()> {
         let retry = e.is_retryable()
             && self.attempt < self.policy.retries
@@ -118,13 +147,21 @@ impl Tries<'_> {
         if !retry {
             return Err(e);
         }
+        let stop = self.progress.stop();
+        let interrupted = || Error::new(ErrorKind::Interrupted, format!("interrupted: {e}"));
+        if stop.is_cancelled() {
+            return Err(interrupted());
+        }
         self.unreachable += u32::from(e.kind == ErrorKind::Unreachable);
         if e.kind == ErrorKind::Throttled {
             self.limit.on_throttle();
         }
         tracing::debug!("retrying after: {e}");
         self.progress.add_retry();
-        tokio::time::sleep(self.policy.backoff(self.attempt)).await;
+        tokio::select! {
+            () = tokio::time::sleep(self.policy.backoff(self.attempt)) => {}
+            () = stop.cancelled() => return Err(interrupted()),
+        }
         self.attempt += 1;
         Ok(())
     }
@@ -227,5 +264,47 @@ mod tests {
             })
             .await;
         assert_eq!(out.unwrap(), 1);
+    }
+
+    /// Once the run is asked to stop, a failure is not tried again, and a wait for the
+    /// next try ends at the stop: the operation is interrupted, for the rerun.
+    #[tokio::test]
+    async fn a_stopped_run_tries_nothing_again() {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let progress = Progress::stopped_by(stop.clone());
+        let limit = AdaptiveLimit::new(4);
+        let slow = RetryPolicy {
+            base: Duration::from_secs(600),
+            cap: Duration::from_secs(600),
+            ..fast()
+        };
+        let calls = AtomicU32::new(0);
+        let stopper = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stop.cancel();
+        };
+        let (err, ()) = tokio::join!(
+            slow.run(&limit, &progress, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(Error::new(ErrorKind::Transient, "500"))
+            }),
+            stopper
+        );
+        let err = err.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Interrupted, "{err}");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the backoff ended at the stop"
+        );
+        let err = fast()
+            .run(&limit, &progress, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(Error::new(ErrorKind::Transient, "500"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Interrupted, "{err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one try, none again");
     }
 }

@@ -409,10 +409,15 @@ pub async fn transfer(
     let mut tasks = JoinSet::new();
     let mut deletes = Vec::new();
     let max_tasks = opts.max_connections.max(1) * 2;
-    while let Some(job) = rx.recv().await {
-        if cancel.is_cancelled() {
+    loop {
+        // A listing that waits for an endpoint that never answers does not hold a stop.
+        let job = tokio::select! {
+            job = rx.recv() => job,
+            () = cancel.cancelled() => None,
+        };
+        let Some(job) = job.filter(|_| !cancel.is_cancelled()) else {
             break;
-        }
+        };
         while tasks.len() >= max_tasks {
             tasks.join_next().await;
         }
@@ -463,8 +468,13 @@ pub async fn transfer(
     }
     drop(rx);
     while tasks.join_next().await.is_some() {}
+    // Stopped: the rest of the listing is not needed.
+    if cancel.is_cancelled() {
+        planner.abort();
+    }
     let listed = match planner.await {
         Ok(r) => r,
+        Err(e) if e.is_cancelled() => Ok(0),
         Err(e) => Err(Error::new(ErrorKind::Other, format!("planner failed: {e}"))),
     };
     ctx.check_fatal()?;

@@ -93,9 +93,8 @@ pub(crate) async fn copy_streamed(
         let body = summed(streamed.body, src.size, expected, crc.clone(), slot);
         let sent_md5 = md5.filter(|_| md5_first);
         let dst_slot = ctx.dst_limit.acquire().await;
-        let written = ctx
-            .dst
-            .put_stream(dst_key, body, sent_md5, &put)
+        let written = tries
+            .attempt(ctx.dst.put_stream(dst_key, body, sent_md5, &put))
             .await
             .and_then(|w| check_stored(&target, w.content_md5(), sent_md5).map(|()| w));
         drop(dst_slot);

@@ -287,7 +287,8 @@ async fn striped(
     }
     if let Some(e) = failed {
         // Interrupted: the journal keeps the upload and its finished parts for the rerun.
-        if e.kind != ErrorKind::Interrupted {
+        // Without a journal nothing could resume it, nor find it to abort.
+        if e.kind != ErrorKind::Interrupted || ctx.resume.id().is_none() {
             abort(ctx, &upload, e.kind == ErrorKind::Corrupt).await;
         }
         return Err(e);

@@ -474,8 +474,8 @@ async fn transfer(
                 .map(|rate| Arc::new(skyhaul_engine::BandwidthLimit::new(rate))),
             storage_class,
         };
-        let progress = Arc::new(Progress::default());
         let cancel = CancellationToken::new();
+        let progress = Arc::new(Progress::stopped_by(cancel.clone()));
         exit::on_ctrl_c(cancel.clone(), out);
         out.start(command, &src, &dst, args.dry_run);
         if args.dry_run {

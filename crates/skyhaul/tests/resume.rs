@@ -1331,3 +1331,94 @@ fn status_reads_a_journal_it_cannot_write_and_names_a_damaged_one() {
         );
     }
 }
+
+/// SIGTERM (or Ctrl-C) stops a run whose destination accepts connections and never answers
+/// (a firewall that drops, a hung server or proxy) within seconds of the grace that requests
+/// in flight get: nothing is tried again, and an unanswered request is dropped. It went on
+/// retrying for minutes (742 s seen), past any scheduler's grace before SIGKILL.
+#[test]
+fn a_stopped_run_does_not_wait_for_an_endpoint_that_never_answers() {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", hole.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hole.incoming() {
+            held.push(conn);
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_tree(
+        &src,
+        &BTreeMap::from([("a.bin".to_string(), data(1000, 1))]),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_skyhaul"))
+        .args(["cp", "-r", "--json", src.to_str().unwrap(), "s3://dst/bh"])
+        .args(["--dst-endpoint", &endpoint, "--no-journal"])
+        .env("SKYHAUL_DST_ACCESS_KEY_ID", "AKIDHOLE")
+        .env("SKYHAUL_DST_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The grace is 20 s.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(35),
+        "stopped {:?} after SIGTERM: {stderr}",
+        signalled.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+}
+
+/// With `--no-journal` nothing records an upload, so no rerun or `clean` could resume or
+/// abort it: a run stopped by Ctrl-C aborts its open uploads, as any other failure does.
+/// They were left: at S3 an upload billed for its parts until a lifecycle rule removes it,
+/// at a local destination a hidden temporary file as large as the object.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_without_a_journal_leaves_no_upload_open() {
+    let s3 = S3Server::start(S3Kind::Moto);
+    s3.create_bucket("dst").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_tree(
+        &src,
+        &BTreeMap::from([("big.bin".into(), data(40 * MIB, 7))]),
+    );
+    let (dst, journal) = (tmp.path().join("dst"), tmp.path().join("unused.sqlite"));
+    let unjournaled = ["--no-journal", "--bwlimit", "8M"];
+    let stop_and_wait = |child: Child| {
+        // Once a part or two are sent.
+        std::thread::sleep(Duration::from_secs(1));
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(130), "{stderr}");
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+
+    let mut args = copy_args(src.to_str().unwrap(), &s3.endpoint);
+    args.extend(unjournaled);
+    let child = spawn(&args, &s3, &journal);
+    while s3.list_multipart_uploads("dst").await.is_empty() {
+        assert!(Instant::now() < deadline, "no upload begun within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_and_wait(child);
+    assert_eq!(s3.list_multipart_uploads("dst").await, vec![]);
+
+    let child = spawn_local(&src, &dst, &journal, &[&TUNING[..], &unjournaled].concat());
+    while !dst.exists() || temporaries(&dst).is_empty() {
+        assert!(Instant::now() < deadline, "no upload begun within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop_and_wait(child);
+    assert_eq!(temporaries(&dst), Default::default());
+    assert!(!journal.exists(), "no journal was kept");
+}
