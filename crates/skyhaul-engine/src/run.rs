@@ -252,9 +252,16 @@ impl Ctx {
 
     /// Records an object that failed, for the report; stops the transfer when the error
     /// means that nothing else can succeed either.
-    pub(crate) fn fail(&self, key: &str, err: Error) {
+    pub(crate) fn fail(&self, key: &str, mut err: Error) {
         if err.kind == ErrorKind::Interrupted {
             return;
+        }
+        // Each store says what changed; what to do about it is the same for all.
+        if err.kind == ErrorKind::SourceChanged {
+            err.message.push_str(
+                "; rerun to copy its new version, or leave it out with --exclude while it \
+                 is being written",
+            );
         }
         tracing::debug!("{err}");
         self.progress.add_failed();

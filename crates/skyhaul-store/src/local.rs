@@ -29,9 +29,11 @@ const TMP_SUFFIX: &str = ".skyhaul-tmp";
 mod beneath;
 mod leftovers;
 mod stream;
+mod version;
 use beneath::Dirs;
 use leftovers::{tmp_parts, Leftovers};
 pub use stream::CHUNK as LOCAL_CHUNK;
+use version::Version;
 /// Keys are sent to the engine in pages of this many to keep channel overhead low.
 const LIST_PAGE: usize = 1000;
 
@@ -121,14 +123,23 @@ impl LocalStore {
         key: &str,
         path: &Path,
         expect: Option<&ObjectMeta>,
-    ) -> Result<(File, fs::Metadata)> {
-        let file = File::open(path).map_err(|e| self.io_err(key, "cannot open", e))?;
+    ) -> Result<(File, Version)> {
+        let file = File::open(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound if expect.is_some() => Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "{}/{key}: deleted since it was listed (a rerun leaves it out)",
+                    self.name.trim_end_matches('/')
+                ),
+            ),
+            _ => self.io_err(key, "cannot open", e),
+        })?;
         let md = file
             .metadata()
             .map_err(|e| self.io_err(key, "cannot stat", e))?;
         match expect.is_some_and(|e| !same_version(&md, e)) {
             true => Err(self.changed(key)),
-            false => Ok((file, md)),
+            false => Ok((file, Version::of(md))),
         }
     }
 
@@ -140,15 +151,19 @@ impl LocalStore {
         })
     }
 
-    /// Fails when the file is no longer as `md` found it on opening: a writer may have
-    /// changed the bytes just read. Blocking.
-    fn unchanged(&self, key: &str, file: &File, md: &fs::Metadata) -> Result<()> {
-        let after = file
-            .metadata()
-            .map_err(|e| self.io_err(key, "cannot stat", e))?;
-        match after.len() != md.len() || after.modified().ok() != md.modified().ok() {
-            true => Err(self.changed(key)),
-            false => Ok(()),
+    /// Fails when the file is no longer the `version` opened: a writer may have changed the
+    /// bytes just read. `read` is the [`Version::hasher`] of a whole read. Blocking.
+    fn unchanged(
+        &self,
+        key: &str,
+        file: &File,
+        version: &Version,
+        read: Option<crc_fast::Digest>,
+    ) -> Result<()> {
+        match version.unchanged(file, read) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.changed(key)),
+            Err(e) => Err(self.io_err(key, "cannot read again", e)),
         }
     }
 
@@ -619,13 +634,20 @@ impl Store for LocalStore {
         let expect = expect.cloned();
         let this = self.clone();
         blocking(move || {
-            let (file, md) = this.open_version(&key, &path, expect.as_ref())?;
-            let range = range.unwrap_or(0..md.len());
+            let (file, version) = this.open_version(&key, &path, expect.as_ref())?;
+            let whole = 0..version.metadata().len();
+            let range = range.unwrap_or(whole.clone());
             let len = (range.end - range.start) as usize;
             let mut buf = crate::buffers::take(len);
             buf.resize(len, 0);
             this.read_at(&key, &file, &mut buf, range.start)?;
-            this.unchanged(&key, &file, &md)?;
+            // A part's bytes are checked against the whole file's by the engine.
+            let read = version.hasher().filter(|_| range == whole);
+            let read = read.map(|mut digest| {
+                digest.update(&buf);
+                digest
+            });
+            this.unchanged(&key, &file, &version, read)?;
             Ok(Fetched {
                 data: crate::buffers::freeze(buf),
                 ..Default::default()

@@ -102,6 +102,13 @@ async fn a_file_changed_during_a_streamed_read_fails_the_read() {
     let err = rest.last().unwrap().as_ref().unwrap_err();
     assert_eq!(err.kind, ErrorKind::SourceChanged, "{err}");
     assert_eq!(rest.len(), 3, "no chunk after the error");
+    // One deleted since it was listed says so.
+    std::fs::remove_file(&path).unwrap();
+    let Err(err) = store.get_stream("f.bin", Some(&meta)).await else {
+        panic!("read a deleted file");
+    };
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    assert!(err.message.contains("deleted since it was listed"), "{err}");
 }
 
 /// A streamed write dropped half way (as a Ctrl-C drops it) leaves neither the file nor its

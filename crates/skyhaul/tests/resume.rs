@@ -807,10 +807,9 @@ async fn a_source_that_changes_mid_copy_is_reported_then_copied_anew() {
     let report = last_json_line(&String::from_utf8_lossy(&out.stdout)).unwrap();
     let failure = &report["failures"][0];
     assert_eq!(failure["key"], "d/big.bin", "{report}");
-    assert!(
-        failure["error"].as_str().unwrap().contains("changed"),
-        "{report}"
-    );
+    let error = failure["error"].as_str().unwrap();
+    assert!(error.contains("changed"), "{report}");
+    assert!(error.contains("rerun to copy its new version"), "{report}");
     // Nothing of either version landed, and nothing half-written either.
     let got = read_tree(&dst);
     assert_eq!(got.keys().collect::<Vec<_>>(), ["small.bin"], "{got:?}");

@@ -14,9 +14,9 @@ use std::sync::Arc;
 /// cost little, small enough that a stream holds little.
 pub const CHUNK: usize = 256 << 10;
 
-/// The file as chunks. It is looked at again (size and mtime) before its last chunk is
-/// given out, so a file changed during the read ends the stream with
-/// [`ErrorKind::SourceChanged`] instead of its last bytes.
+/// The file as chunks. It is looked at again before its last chunk is given out (and, if it
+/// was written just before, read again: [`super::Version`]), so a file changed during the read ends
+/// the stream with [`ErrorKind::SourceChanged`] instead of its last bytes.
 pub(super) async fn get_stream(
     store: &LocalStore,
     key: &str,
@@ -24,36 +24,40 @@ pub(super) async fn get_stream(
 ) -> Result<Streamed> {
     let path = store.path_of(key)?;
     let (this, k, expect) = (store.clone(), key.to_string(), expect.cloned());
-    let (file, md) = blocking(move || this.open_version(&k, &path, expect.as_ref())).await?;
-    let file = Arc::new(file);
-    let size = md.len();
+    let (file, version) = blocking(move || this.open_version(&k, &path, expect.as_ref())).await?;
+    let (file, version) = (Arc::new(file), Arc::new(version));
+    let size = version.metadata().len();
     let (this, key) = (store.clone(), key.to_string());
     // Chunks are split off one buffer, whose memory is used again once the chunks given out
     // are dropped (as soon as they are sent or hashed): a fresh allocation per chunk cost
     // more in page faults than the read itself.
-    let state = Some((0u64, BytesMut::new()));
+    let state = Some((0u64, BytesMut::new(), version.hasher()));
     let body = futures::stream::unfold(state, move |state| {
-        let (file, md, this, key) = (file.clone(), md.clone(), this.clone(), key.clone());
+        let (file, version) = (file.clone(), version.clone());
+        let (this, key) = (this.clone(), key.clone());
         async move {
             // One read even of an empty file, for the look after it.
-            let (offset, mut buf) = state?;
+            let (offset, mut buf, mut hasher) = state?;
             let len = (size - offset).min(CHUNK as u64) as usize;
             buf.reserve(len);
             let read = blocking(move || {
                 buf.resize(len, 0);
                 this.read_at(&key, &file, &mut buf, offset)?;
-                if offset + len as u64 == size {
-                    this.unchanged(&key, &file, &md)?;
+                if let Some(hasher) = &mut hasher {
+                    hasher.update(&buf);
                 }
-                Ok(buf)
+                if offset + len as u64 == size {
+                    this.unchanged(&key, &file, &version, hasher.take())?;
+                }
+                Ok((buf, hasher))
             })
             .await;
             let end = offset + len as u64;
             match read {
-                Ok(buf) if buf.is_empty() => None,
-                Ok(mut buf) => {
+                Ok((buf, _)) if buf.is_empty() => None,
+                Ok((mut buf, hasher)) => {
                     let chunk = buf.split().freeze();
-                    Some((Ok(chunk), (end < size).then_some((end, buf))))
+                    Some((Ok(chunk), (end < size).then_some((end, buf, hasher))))
                 }
                 Err(e) => Some((Err(e), None)),
             }
