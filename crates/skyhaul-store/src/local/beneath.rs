@@ -17,6 +17,14 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+/// How the directories are opened: only to be gone through (`O_PATH`, where there is one),
+/// so that a directory that may be written but not read (a drop box) can be written into,
+/// as a write by path could.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEARCH: OFlags = OFlags::PATH;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEARCH: OFlags = OFlags::RDONLY;
+
 /// The directories from the root down to one below it, each held open.
 #[derive(Debug)]
 pub(super) struct Dirs {
@@ -33,7 +41,7 @@ impl Dirs {
     /// to `dir`, a relative path below it, making those that are missing when `create`. A
     /// symlink on the way is refused ([`ThroughSymlink`]); a file is no directory.
     pub(super) fn open(root: &Path, dir: &Path, create: bool) -> io::Result<Dirs> {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let flags = SEARCH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let root_fd = match rustix::fs::openat(CWD, root, flags, Mode::empty()) {
             Err(e) if e == rustix::io::Errno::NOENT && create => {
                 fs::create_dir_all(root)?;
@@ -169,8 +177,10 @@ impl Dirs {
 
     /// The names of the deepest directory's regular files.
     pub(super) fn files(&self) -> io::Result<Vec<OsString>> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let readable = rustix::fs::openat(self.fd(), ".", flags, Mode::empty())?;
         let mut found = Vec::new();
-        for entry in rustix::fs::Dir::read_from(self.fd())? {
+        for entry in rustix::fs::Dir::new(readable)? {
             let entry = entry?;
             let name = OsStr::from_bytes(entry.file_name().to_bytes());
             let file = match entry.file_type() {
