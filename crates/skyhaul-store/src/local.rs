@@ -797,6 +797,15 @@ impl Store for LocalStore {
                 ));
             }
             set_mtime(&held.file, mtime).map_err(|e| this.io_err(&key, "cannot set mtime", e))?;
+            // On disk before its name: the file was made full size at its creation, so after a
+            // power loss its unwritten parts would read as zeros of the right size and date,
+            // which no size-and-mtime comparison (`sync`'s) tells from the object. Files
+            // written whole or streamed grow as their bytes reach the disk, so a power loss
+            // leaves them short, which `sync` finds; they are not flushed one by one (it cost
+            // half again the time of 16 KiB files on ext4).
+            held.file
+                .sync_data()
+                .map_err(|e| this.io_err(&key, "cannot flush to disk", e))?;
             let dirs = this
                 .move_into_place(&held.dirs, &tmp, &path)
                 .map_err(|e| this.io_err(&key, "cannot move into place", e))?;
@@ -992,5 +1001,55 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("d/k")).unwrap(), b"abcdefgh");
         assert!(mine.uploads().is_empty(), "released once in place");
         assert_eq!(theirs.list_uploads("d/").await.unwrap(), vec![]);
+    }
+
+    /// A striped file is on disk before it takes its name (see `complete_multipart`): no
+    /// extent of it is still delayed (`filefrag` shows FIEMAP's flags) the moment it is in
+    /// place, where the kernel would otherwise write it back within 30 s. File systems
+    /// without FIEMAP (tmpfs) cannot tell, and say so.
+    #[tokio::test]
+    async fn a_striped_file_is_on_disk_before_it_takes_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        const PART: u64 = 4 << 20;
+        let opts = PutOptions {
+            size: 2 * PART,
+            ..Default::default()
+        };
+        let upload = store.create_multipart("k", &opts).await.unwrap();
+        let mut parts = Vec::new();
+        for (number, offset) in [(1, 0), (2, PART)] {
+            let spec = PartSpec {
+                number,
+                offset,
+                len: PART,
+            };
+            let data = bytes::Bytes::from(vec![number as u8; PART as usize]);
+            let body = Payload { data, md5: None };
+            parts.push(store.put_part(&upload, spec, body).await.unwrap());
+        }
+        store
+            .complete_multipart(&upload, &parts, &opts)
+            .await
+            .unwrap();
+        let path = dir.path().join("k");
+        let frag = std::process::Command::new("filefrag")
+            .arg("-v")
+            .arg(&path)
+            .output()
+            .expect("filefrag (e2fsprogs) runs");
+        let shown = String::from_utf8_lossy(&frag.stdout);
+        if !frag.status.success() {
+            eprintln!(
+                "not checked: no FIEMAP here: {}",
+                String::from_utf8_lossy(&frag.stderr)
+            );
+            return;
+        }
+        assert!(
+            !shown.contains("delalloc"),
+            "still in memory only:\n{shown}"
+        );
+        assert!(shown.contains("extent"), "{shown}");
     }
 }
