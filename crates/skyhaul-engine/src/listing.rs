@@ -3,7 +3,7 @@
 use crate::filter::Filter;
 use crate::plan::{compare_listed, Announce, Job, Listed, Mode, UpToDate};
 use crate::progress::Progress;
-use crate::retry::RetryPolicy;
+use crate::retry::{Backoff, RetryPolicy};
 use futures::StreamExt;
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{Entry, Error, ErrorKind, ObjectMeta, Result, Store};
@@ -24,7 +24,7 @@ struct ResilientList {
     progress: Arc<Progress>,
     pages: Option<mpsc::Receiver<Result<ObjectMeta>>>,
     last: Option<String>,
-    attempts: u32,
+    backoff: Backoff,
 }
 
 impl ResilientList {
@@ -42,7 +42,7 @@ impl ResilientList {
             progress,
             pages: None,
             last: None,
-            attempts: 0,
+            backoff: Backoff::default(),
         }
     }
 
@@ -114,25 +114,16 @@ impl ResilientList {
                         )));
                     }
                     self.last = Some(m.key.clone());
-                    self.attempts = 0;
+                    self.backoff.progressed();
                     return Some(Ok(m));
                 }
-                // Not once the run is asked to stop: the listing is not worth waiting for.
-                Some(Err(e))
-                    if e.is_retryable()
-                        && self.attempts < self.retry.retries
-                        && !self.progress.stop().is_cancelled() =>
-                {
-                    tracing::debug!("listing retry after: {e}");
-                    self.progress.add_retry();
-                    tokio::select! {
-                        () = tokio::time::sleep(self.retry.backoff(self.attempts)) => {}
-                        () = self.progress.stop().cancelled() => return Some(Err(e)),
+                Some(Err(e)) => {
+                    let (retry, progress) = (&self.retry, &self.progress);
+                    if let Err(e) = self.backoff.after(retry, progress, None, e).await {
+                        return Some(Err(e));
                     }
-                    self.attempts += 1;
                     self.pages = None;
                 }
-                Some(Err(e)) => return Some(Err(e)),
             }
         }
     }
@@ -241,7 +232,7 @@ async fn list_top(
 ) {
     let ahead = Arc::new(tokio::sync::Semaphore::new(PREFETCH));
     let mut last: Option<String> = None;
-    let mut attempts = 0;
+    let mut backoff = Backoff::default();
     loop {
         let after = last.clone();
         let mut level = store.list_level(&prefix, after.as_deref());
@@ -264,19 +255,15 @@ async fn list_top(
                     Piece::Prefix(list)
                 }
             };
-            attempts = 0;
+            backoff.progressed();
             if tx.send(Ok(piece)).await.is_err() {
                 return;
             }
         };
-        if !failed.is_retryable() || attempts >= retry.retries {
-            let _ = tx.send(Err(failed)).await;
+        if let Err(e) = backoff.after(&retry, &progress, None, failed).await {
+            let _ = tx.send(Err(e)).await;
             return;
         }
-        tracing::debug!("listing retry after: {failed}");
-        progress.add_retry();
-        tokio::time::sleep(retry.backoff(attempts)).await;
-        attempts += 1;
     }
 }
 
@@ -529,4 +516,114 @@ pub async fn plan_recursive(
     }
     progress.set_listing_done();
     Ok(listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skyhaul_store::{
+        CompletedPart, Fetched, Limits, MultipartUpload, PartSpec, Payload, PutOptions, Written,
+    };
+    use std::time::Duration;
+
+    /// A store whose every listing fails as a busy server's would, flat or by level.
+    #[derive(Debug)]
+    struct Busy {
+        by_level: bool,
+    }
+
+    fn busy<T: Send + 'static>() -> futures::stream::BoxStream<'static, Result<T>> {
+        futures::stream::once(async { Err(Error::new(ErrorKind::Transient, "503")) }).boxed()
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Busy {
+        fn name(&self) -> &str {
+            "busy"
+        }
+        fn limits(&self) -> Limits {
+            Limits::S3
+        }
+        fn list<'a>(&'a self, _: &'a str, _: Option<&'a str>) -> BoxStream<'a, ObjectMeta> {
+            busy()
+        }
+        fn lists_by_level(&self) -> bool {
+            self.by_level
+        }
+        fn list_level<'a>(&'a self, _: &'a str, _: Option<&'a str>) -> BoxStream<'a, Entry> {
+            busy()
+        }
+        async fn head(&self, _: &str) -> Result<Option<ObjectMeta>> {
+            unreachable!("listings only")
+        }
+        async fn get(&self, _: &str, _: Option<Range>, _: Option<&ObjectMeta>) -> Result<Fetched> {
+            unreachable!("listings only")
+        }
+        async fn put(&self, _: &str, _: Payload, _: &PutOptions) -> Result<Written> {
+            unreachable!("listings only")
+        }
+        async fn create_multipart(&self, _: &str, _: &PutOptions) -> Result<MultipartUpload> {
+            unreachable!("listings only")
+        }
+        async fn put_part(
+            &self,
+            _: &MultipartUpload,
+            _: PartSpec,
+            _: Payload,
+        ) -> Result<CompletedPart> {
+            unreachable!("listings only")
+        }
+        async fn complete_multipart(
+            &self,
+            _: &MultipartUpload,
+            _: &[CompletedPart],
+            _: &PutOptions,
+        ) -> Result<Written> {
+            unreachable!("listings only")
+        }
+        async fn abort_multipart(&self, _: &MultipartUpload) -> Result<()> {
+            unreachable!("listings only")
+        }
+        async fn delete(&self, _: &str) -> Result<()> {
+            unreachable!("listings only")
+        }
+    }
+
+    type BoxStream<'a, T> = futures::stream::BoxStream<'a, Result<T>>;
+    type Range = std::ops::Range<u64>;
+
+    /// A listing failing again and again ends at the stop, interrupted, whether it lists
+    /// flat or by level (the fleet's coordinator waits on it: it had gone on retrying for
+    /// minutes after Ctrl-C), and it retried in the meantime.
+    #[tokio::test]
+    async fn a_failing_listing_ends_at_the_stop() {
+        let slow = RetryPolicy {
+            base: Duration::from_secs(600),
+            cap: Duration::from_secs(600),
+            ..RetryPolicy::default()
+        };
+        for by_level in [false, true] {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let progress = Arc::new(Progress::stopped_by(stop.clone()));
+            let store = Arc::new(Busy { by_level });
+            let mut listing = Listing::new(store, "p/".into(), slow, progress.clone());
+            let stopper = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                stop.cancel();
+            };
+            let listed =
+                async { tokio::time::timeout(Duration::from_secs(60), listing.next()).await };
+            let (listed, ()) = tokio::join!(listed, stopper);
+            let err = listed
+                .expect("ended within a minute of the stop")
+                .expect("an answer")
+                .unwrap_err();
+            assert_eq!(
+                err.kind,
+                ErrorKind::Interrupted,
+                "by level: {by_level}: {err}"
+            );
+            assert_eq!(progress.snapshot().retries, 1, "by level: {by_level}");
+        }
+    }
 }

@@ -97,8 +97,7 @@ impl RetryPolicy {
             policy: self,
             limit,
             progress,
-            attempt: 0,
-            unreachable: 0,
+            backoff: Backoff::default(),
         }
     }
 }
@@ -108,9 +107,7 @@ pub struct Tries<'a> {
     policy: &'a RetryPolicy,
     limit: &'a AdaptiveLimit,
     progress: &'a Progress,
-    attempt: u32,
-    /// Counted apart: a 503 followed by one reset is a busy server, not a wrong address.
-    unreachable: u32,
+    backoff: Backoff,
 }
 
 impl Tries<'_> {
@@ -135,35 +132,66 @@ impl Tries<'_> {
         }
     }
 
-    /// After a failed try: waits out the backoff and returns `Ok` when the operation is worth
-    /// another try, else gives the error back. The caller holds no slot meanwhile. Once the
-    /// run is asked to stop, nothing is tried again: the error becomes
-    /// [`ErrorKind::Interrupted`], for the rerun to try.
+    /// After a failed try: see [`Backoff::after`]. The caller holds no slot meanwhile.
     pub async fn after(&mut self, e: Error) -> Result<()> {
+        let (policy, progress) = (self.policy, self.progress);
+        self.backoff
+            .after(policy, progress, Some(self.limit), e)
+            .await
+    }
+}
+
+/// Where the retries of one operation stand: the tries made so far, and among them those
+/// that found no endpoint at all (counted apart: a 503 followed by one reset is a busy
+/// server, not a wrong address). Owned, so that a listing can keep it between the pages it
+/// delivers; [`Tries`] holds one for a request.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempt: u32,
+    unreachable: u32,
+}
+
+impl Backoff {
+    /// After a failed try: waits out the backoff and returns `Ok` when the operation is worth
+    /// another try, else gives the error back. A throttled try tells `limit`, where requests
+    /// share one. Once the run is asked to stop, nothing is tried again: the error becomes
+    /// [`ErrorKind::Interrupted`], for the rerun to try.
+    pub async fn after(
+        &mut self,
+        policy: &RetryPolicy,
+        progress: &Progress,
+        limit: Option<&AdaptiveLimit>,
+        e: Error,
+    ) -> Result<()> {
         let retry = e.is_retryable()
-            && self.attempt < self.policy.retries
-            && (e.kind != ErrorKind::Unreachable
-                || self.unreachable < self.policy.unreachable_retries);
+            && self.attempt < policy.retries
+            && (e.kind != ErrorKind::Unreachable || self.unreachable < policy.unreachable_retries);
         if !retry {
             return Err(e);
         }
-        let stop = self.progress.stop();
+        let stop = progress.stop();
         let interrupted = || Error::new(ErrorKind::Interrupted, format!("interrupted: {e}"));
         if stop.is_cancelled() {
             return Err(interrupted());
         }
         self.unreachable += u32::from(e.kind == ErrorKind::Unreachable);
-        if e.kind == ErrorKind::Throttled {
-            self.limit.on_throttle();
+        if let Some(limit) = limit.filter(|_| e.kind == ErrorKind::Throttled) {
+            limit.on_throttle();
         }
         tracing::debug!("retrying after: {e}");
-        self.progress.add_retry();
+        progress.add_retry();
         tokio::select! {
-            () = tokio::time::sleep(self.policy.backoff(self.attempt)) => {}
+            () = tokio::time::sleep(policy.backoff(self.attempt)) => {}
             () = stop.cancelled() => return Err(interrupted()),
         }
         self.attempt += 1;
         Ok(())
+    }
+
+    /// The operation got somewhere (a listing delivered an entry): a later failure starts
+    /// its tries afresh.
+    pub fn progressed(&mut self) {
+        *self = Backoff::default();
     }
 }
 
