@@ -17,6 +17,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::ops::Range;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,9 @@ pub struct LocalStore {
     /// part here) to its completion or abort: between parts too, another process's sweep
     /// must see a live write, not a dead one's leftover.
     uploads: Arc<Mutex<HashMap<PathBuf, Arc<Held>>>>,
+    /// The root, held open from the check before a transfer (or the first write or
+    /// deletion) to the end: see [`LocalStore::root_fd`].
+    root_fd: Arc<Mutex<Option<OwnedFd>>>,
 }
 
 /// A multipart upload's temporary file, held open and locked, and the directory it is in.
@@ -76,6 +80,7 @@ impl LocalStore {
             dirs_looked: Arc::default(),
             leftovers: Arc::default(),
             uploads: Arc::default(),
+            root_fd: Arc::default(),
         }
     }
 
@@ -306,7 +311,7 @@ impl LocalStore {
             .parent()
             .and_then(|p| p.strip_prefix(&self.root).ok())
             .ok_or(io::ErrorKind::InvalidInput)?;
-        let dirs = Dirs::open(&self.root, below, create)?;
+        let dirs = Dirs::open(&self.root, self.root_fd(create)?, below, create)?;
         if create && self.first_look(dirs.path()) {
             match leftovers::temporaries(&dirs) {
                 Ok(found) => self.leftovers().add(found),
@@ -317,6 +322,22 @@ impl LocalStore {
             }
         }
         Ok(dirs)
+    }
+
+    /// The root's descriptor, opened (made, when missing and `create`) once and then kept:
+    /// a root swapped for a symlink while the transfer runs (a deploy flipping a `current`
+    /// link to another tree) keeps the writes and deletions in the directory that was
+    /// checked and listed, where they would otherwise go to the link's target, whose files
+    /// no listing saw (a `sync --delete` deleted them by the names it had listed).
+    fn root_fd(&self, create: bool) -> io::Result<OwnedFd> {
+        let mut held = self.root_fd.lock().expect("root lock");
+        if let Some(fd) = held.as_ref() {
+            return fd.try_clone();
+        }
+        let fd = Dirs::open_root(&self.root, create)?;
+        let copy = fd.try_clone()?;
+        *held = Some(fd);
+        Ok(copy)
     }
 
     /// Whether no write has looked for leftovers in `dir` yet; from now on, one has.
@@ -526,6 +547,21 @@ impl Walker {
 
 #[async_trait::async_trait]
 impl Store for LocalStore {
+    /// A destination's root, when it exists, is held from now on ([`LocalStore::root_fd`]),
+    /// before it is listed. One that is missing is made by the first write; what is there
+    /// instead (a file) is for that write to report.
+    async fn preflight(&self, for_write: bool) -> Result<()> {
+        if for_write {
+            let this = self.clone();
+            blocking(move || {
+                let _ = this.root_fd(false);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

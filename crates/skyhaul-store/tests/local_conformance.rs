@@ -331,3 +331,70 @@ async fn a_directory_swapped_for_a_symlink_mid_run_is_not_written_through() {
     let left = std::fs::read_dir(root.join("sub.real")).unwrap().count();
     assert_eq!(left, 2, "first and gone, no temporary file");
 }
+
+/// The destination's root itself swapped for a symlink while a transfer runs (a deploy
+/// flipping a `current` link to another tree, after moving the old one away): writes and
+/// deletions stay in the directory that was checked before the transfer, where the run's
+/// listing looked. They had followed the new link: `sync --delete` deleted the other tree's
+/// files by the names it had listed here, and a striped file finished after the swap
+/// replaced a file of the same name there.
+#[tokio::test]
+async fn a_root_swapped_for_a_symlink_mid_run_keeps_the_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, moved, outside) = (
+        dir.path().join("dst"),
+        dir.path().join("dst.old"),
+        dir.path().join("outside"),
+    );
+    std::fs::create_dir_all(outside.join("sub")).unwrap();
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    for tree in [&outside, &root] {
+        std::fs::write(tree.join("sub/extra"), b"mine").unwrap();
+    }
+    let store = LocalStore::new(&root);
+    store.preflight(true).await.unwrap();
+    let opts = |size| PutOptions {
+        size,
+        ..Default::default()
+    };
+    let payload = |data: &'static [u8]| Payload::new(bytes::Bytes::from_static(data));
+    let begun = store
+        .create_multipart("sub/striped", &opts(2))
+        .await
+        .unwrap();
+    std::fs::rename(&root, &moved).unwrap();
+    std::os::unix::fs::symlink(&outside, &root).unwrap();
+
+    store
+        .put("sub/whole", payload(b"x"), &opts(1))
+        .await
+        .unwrap();
+    let part = skyhaul_store::PartSpec {
+        number: 1,
+        offset: 0,
+        len: 2,
+    };
+    let sent = store.put_part(&begun, part, payload(b"ok")).await.unwrap();
+    store
+        .complete_multipart(&begun, &[sent], &opts(2))
+        .await
+        .unwrap();
+    store.delete("sub/extra").await.unwrap();
+
+    let names = |at: &std::path::Path| {
+        let mut found: Vec<_> = std::fs::read_dir(at)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(
+        names(&outside.join("sub")),
+        ["extra"],
+        "the other tree untouched"
+    );
+    assert_eq!(std::fs::read(outside.join("sub/extra")).unwrap(), b"mine");
+    assert_eq!(names(&moved.join("sub")), ["striped", "whole"]);
+    assert_eq!(std::fs::read(moved.join("sub/striped")).unwrap(), b"ok");
+}

@@ -25,6 +25,8 @@ const SEARCH: OFlags = OFlags::PATH;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const SEARCH: OFlags = OFlags::RDONLY;
 
+const DIR: OFlags = SEARCH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+
 /// The directories from the root down to one below it, each held open.
 #[derive(Debug)]
 pub(super) struct Dirs {
@@ -37,18 +39,28 @@ pub(super) struct Dirs {
 }
 
 impl Dirs {
-    /// Opens the directories from `root` (which may itself be, or lie under, a symlink) down
-    /// to `dir`, a relative path below it, making those that are missing when `create`. A
-    /// symlink on the way is refused ([`ThroughSymlink`]); a file is no directory.
-    pub(super) fn open(root: &Path, dir: &Path, create: bool) -> io::Result<Dirs> {
-        let flags = SEARCH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let root_fd = match rustix::fs::openat(CWD, root, flags, Mode::empty()) {
+    /// Opens the root `root` (which may itself be, or lie under, a symlink), making it when
+    /// it is missing and `create`: for [`Dirs::open`].
+    pub(super) fn open_root(root: &Path, create: bool) -> io::Result<OwnedFd> {
+        match rustix::fs::openat(CWD, root, DIR, Mode::empty()) {
             Err(e) if e == rustix::io::Errno::NOENT && create => {
                 fs::create_dir_all(root)?;
-                rustix::fs::openat(CWD, root, flags, Mode::empty())?
+                Ok(rustix::fs::openat(CWD, root, DIR, Mode::empty())?)
             }
-            opened => opened?,
-        };
+            opened => Ok(opened?),
+        }
+    }
+
+    /// Opens the directories from the root (`root_fd`, opened by [`Dirs::open_root`] at
+    /// `root`) down to `dir`, a relative path below it, making those that are missing when
+    /// `create`. A symlink on the way is refused ([`ThroughSymlink`]); a file is no
+    /// directory.
+    pub(super) fn open(
+        root: &Path,
+        root_fd: OwnedFd,
+        dir: &Path,
+        create: bool,
+    ) -> io::Result<Dirs> {
         let mut dirs = Dirs {
             fds: vec![root_fd],
             names: Vec::new(),
@@ -60,7 +72,7 @@ impl Dirs {
                 Component::CurDir => continue,
                 _ => return Err(io::ErrorKind::InvalidInput.into()),
             };
-            let fd = dirs.enter(name, flags | OFlags::NOFOLLOW, create)?;
+            let fd = dirs.enter(name, DIR | OFlags::NOFOLLOW, create)?;
             dirs.path.push(name);
             dirs.fds.push(fd);
             dirs.names.push(name.to_os_string());

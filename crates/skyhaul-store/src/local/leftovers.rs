@@ -166,7 +166,8 @@ mod tests {
         let tmp = dir.path().join(name);
         let writing = File::create(&tmp).unwrap();
         hold(&writing);
-        let dirs = Dirs::open(dir.path(), Path::new(""), false).unwrap();
+        let root = Dirs::open_root(dir.path(), false).unwrap();
+        let dirs = Dirs::open(dir.path(), root, Path::new(""), false).unwrap();
         assert!(!remove_if_abandoned(&dirs, name), "a live write's");
         assert!(tmp.exists());
         drop(writing);
