@@ -34,9 +34,7 @@ pub(crate) async fn copy_with_retries(
 }
 
 async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<Copied> {
-    if ctx.cancel.is_cancelled() {
-        return Err(ctx.interrupted(&src.key));
-    }
+    ctx.not_stopped(&src.key)?;
     let mut put = PutOptions {
         size: src.size,
         mtime: src.mtime,
@@ -60,8 +58,9 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
             let written = ctx
                 .opts
                 .retry
-                .run(&ctx.dst_limit, &ctx.progress, || {
-                    dst.copy_object(container, src, dst_key, &put)
+                .run(&ctx.dst_limit, &ctx.progress, || async {
+                    ctx.not_stopped(&src.key)?;
+                    dst.copy_object(container, src, dst_key, &put).await
                 })
                 .await?;
             // A whole-object copy keeps the content, so a content-MD5 ETag stays the same
@@ -113,6 +112,7 @@ async fn copy_object(ctx: &Arc<Ctx>, src: &ObjectMeta, dst_key: &str) -> Result<
         .opts
         .retry
         .run(&ctx.dst_limit, &ctx.progress, || async {
+            ctx.not_stopped(&src.key)?;
             let payload = Payload {
                 data: data.clone(),
                 md5,

@@ -303,10 +303,22 @@ impl Ctx {
         Error::new(ErrorKind::Interrupted, format!("{key}: interrupted"))
     }
 
+    /// [`Self::interrupted`] once the run is asked to stop: a read or a write of `key` that
+    /// has not begun by then does not begin (bytes read and waiting for a connection stay
+    /// unsent). Against an endpoint that stopped answering, each wave of requests let
+    /// through after the stop would hold it for another [`crate::retry::STOP_GRACE`].
+    pub(crate) fn not_stopped(&self, key: &str) -> Result<()> {
+        match self.cancel.is_cancelled() {
+            true => Err(self.interrupted(key)),
+            false => Ok(()),
+        }
+    }
+
     /// Waits until `bytes` of `key` may be moved under `--bwlimit`. Ctrl-C ends the wait
     /// with [`Self::interrupted`]: under a low limit one part's share is minutes, and bytes
     /// not yet read are not worth waiting for when the rerun sends them anyway.
     pub(crate) async fn pace(&self, key: &str, bytes: u64) -> Result<()> {
+        self.not_stopped(key)?;
         let Some(limit) = &self.opts.bwlimit else {
             return Ok(());
         };

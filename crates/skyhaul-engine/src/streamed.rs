@@ -93,6 +93,7 @@ pub(crate) async fn copy_streamed(
         let body = summed(streamed.body, src.size, expected, crc.clone(), slot);
         let sent_md5 = md5.filter(|_| md5_first);
         let dst_slot = ctx.dst_limit.acquire().await;
+        ctx.not_stopped(&src.key)?;
         let written = tries
             .attempt(ctx.dst.put_stream(dst_key, body, sent_md5, &put))
             .await

@@ -452,23 +452,19 @@ pub(crate) async fn move_part(
     ordered: Option<&OrderedMd5>,
     memory: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<PartResult> {
-    if ctx.cancel.is_cancelled() {
-        return Err(ctx.interrupted(&src.key));
-    }
+    ctx.not_stopped(&src.key)?;
     let dst = &ctx.dst;
     if let (true, Some(container)) = (server_side, &ctx.copy_from) {
         let done = ctx
             .opts
             .retry
-            .run(&ctx.dst_limit, &ctx.progress, || {
-                dst.copy_part(container, src, upload, spec)
+            .run(&ctx.dst_limit, &ctx.progress, || async {
+                ctx.not_stopped(&src.key)?;
+                dst.copy_part(container, src, upload, spec).await
             })
             .await?;
         ctx.progress.add_moved(spec.len);
         return Ok((done, None, None));
-    }
-    if ctx.cancel.is_cancelled() {
-        return Err(ctx.interrupted(&src.key));
     }
     let (read, sums, source_md5) = ctx.read_checked(src, spec.range(), with_md5).await?;
     let data = read.data;
@@ -482,6 +478,7 @@ pub(crate) async fn move_part(
         .opts
         .retry
         .run(&ctx.dst_limit, &ctx.progress, || async {
+            ctx.not_stopped(&src.key)?;
             let part = dst
                 .put_part(
                     upload,

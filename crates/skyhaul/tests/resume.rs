@@ -1376,6 +1376,66 @@ fn a_stopped_run_does_not_wait_for_an_endpoint_that_never_answers() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
 }
 
+/// A stop while the destination holds every part sent and answers none: the parts already
+/// read and waiting for a connection are not sent after it, so the run ends once the parts
+/// in flight have had their 20 s. It sent them wave after wave, each held 20 s (40 to 80 s
+/// seen, and a 5 GiB object has hundreds of parts), past any scheduler's grace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_sends_no_part_that_was_waiting_for_a_connection() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("dst").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_tree(
+        &src,
+        &BTreeMap::from([("big.bin".into(), data(40 * MIB, 3))]),
+    );
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            delay: Some(Duration::from_secs(600)),
+            only_methods: vec!["PUT".into()],
+            path_contains: Some("partNumber=".into()),
+            ..Faults::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    // Eight parts, two connections, and budget enough to read them all.
+    let mut args = vec!["cp", "-r", src.to_str().unwrap(), "s3://dst/data"];
+    args.extend([
+        "--dst-endpoint",
+        &ep,
+        "--part-size",
+        "5M",
+        "--multipart-threshold",
+        "5M",
+    ]);
+    args.extend(["--memory-budget", "64M", "--max-connections", "2", "--json"]);
+    let child = spawn(&args, &s3, &tmp.path().join("journal.sqlite"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.injected().delayed < 2 {
+        assert!(Instant::now() < deadline, "no part sent within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other parts are read meanwhile, and wait for a connection.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(35),
+        "stopped {:?} after Ctrl-C: {stderr}",
+        signalled.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(
+        proxy.injected().delayed,
+        2,
+        "no part was sent after the stop"
+    );
+}
+
 /// With `--no-journal` nothing records an upload, so no rerun or `clean` could resume or
 /// abort it: a run stopped by Ctrl-C aborts its open uploads, as any other failure does.
 /// They were left: at S3 an upload billed for its parts until a lifecycle rule removes it,
