@@ -19,7 +19,7 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -378,6 +378,15 @@ impl LocalStore {
         }
         let dirs = self.dirs(tmp, false)?;
         let file = dirs.open_file(file_name(tmp), true)?;
+        // Made by `create_multipart` as a file of its own: one with another name too (a hard
+        // link put there since, to a file outside the destination) is not written into.
+        let md = file.metadata()?;
+        if !md.is_file() || md.nlink() != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "its temporary file was replaced (it has other names, or is no file)",
+            ));
+        }
         let held = Arc::new(Held { file, dirs });
         if held.file.try_lock().is_ok() {
             self.uploads().insert(tmp.to_path_buf(), held.clone());
@@ -1037,6 +1046,42 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("d/k")).unwrap(), b"abcdefgh");
         assert!(mine.uploads().is_empty(), "released once in place");
         assert_eq!(theirs.list_uploads("d/").await.unwrap(), vec![]);
+    }
+
+    /// An upload resumed by another process (a rerun) whose temporary file was replaced by a
+    /// hard link to a file elsewhere writes nothing into it: the upload is gone, and the
+    /// engine starts the object afresh. Its parts had gone into the other file.
+    #[tokio::test]
+    async fn a_resumed_upload_does_not_write_through_a_hard_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("dst"), dir.path().join("victim"));
+        fs::write(&outside, b"precious").unwrap();
+        let opts = PutOptions {
+            size: 8,
+            ..Default::default()
+        };
+        let upload = LocalStore::new(&root)
+            .create_multipart("k", &opts)
+            .await
+            .unwrap();
+        let tmp = LocalStore::new(&root)
+            .tmp_path("k", &upload.upload_id)
+            .unwrap();
+        fs::remove_file(&tmp).unwrap();
+        fs::hard_link(&outside, &tmp).unwrap();
+        let rerun = LocalStore::new(&root);
+        let part = PartSpec {
+            number: 1,
+            offset: 0,
+            len: 8,
+        };
+        let data = bytes::Bytes::from_static(b"XXXXXXXX");
+        let err = rerun
+            .put_part(&upload, part, Payload { data, md5: None })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+        assert_eq!(fs::read(&outside).unwrap(), b"precious");
     }
 
     /// A striped file is on disk before it takes its name (see `complete_multipart`): no

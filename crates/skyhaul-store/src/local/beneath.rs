@@ -150,13 +150,14 @@ impl Dirs {
     }
 
     /// Opens the existing file `name`, not through a symlink: for writing, or for reading.
+    /// Without waiting: a FIFO put in a file's place would block the open for good.
     pub(super) fn open_file(&self, name: &OsStr, write: bool) -> io::Result<File> {
         let access = if write {
             OFlags::WRONLY
         } else {
             OFlags::RDONLY
         };
-        let flags = access | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags = access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         Ok(File::from(rustix::fs::openat(
             self.fd(),
             name,
