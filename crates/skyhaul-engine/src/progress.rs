@@ -34,6 +34,8 @@ pub struct Progress {
     /// up and a request still unanswered after [`crate::retry::STOP_GRACE`] is dropped
     /// ([`crate::retry::Tries`]). Never, for a default `Progress`.
     stop: CancellationToken,
+    /// When the stop was first seen ([`Progress::stopped_at`]).
+    stopped_at: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 /// A consistent-enough copy of the counters at one moment.
@@ -96,6 +98,14 @@ impl Progress {
     /// Cancelled once the run is asked to stop.
     pub(crate) fn stop(&self) -> &CancellationToken {
         &self.stop
+    }
+
+    /// When the stop was first seen here: by the requests in flight at the stop, as a rule,
+    /// which all wait for it. The grace of every request is counted from then, so that the
+    /// stop is as long as the grace whatever the requests it lets begin (an abort).
+    /// Call it once [`Progress::stop`] is cancelled.
+    pub(crate) fn stopped_at(&self) -> tokio::time::Instant {
+        *self.stopped_at.get_or_init(tokio::time::Instant::now)
     }
 
     pub fn add_planned(&self, bytes: u64) {

@@ -112,12 +112,13 @@ pub struct Tries<'a> {
 
 impl Tries<'_> {
     /// One try: what `attempt` answers, or [`ErrorKind::Interrupted`] when it is still
-    /// unanswered [`STOP_GRACE`] after the run was asked to stop.
+    /// unanswered [`STOP_GRACE`] after the run was asked to stop (one begun after the stop,
+    /// such as an abort, gets what is left of the grace).
     pub async fn attempt<T>(&self, attempt: impl Future<Output = Result<T>>) -> Result<T> {
         let stop = self.progress.stop();
         let given_up = async {
             stop.cancelled().await;
-            tokio::time::sleep(STOP_GRACE).await;
+            tokio::time::sleep_until(self.progress.stopped_at() + STOP_GRACE).await;
         };
         tokio::select! {
             answer = attempt => answer,

@@ -518,8 +518,18 @@ pub(crate) async fn abort(ctx: &Ctx, upload: &MultipartUpload, forget: bool) {
             dst.abort_multipart(upload)
         })
         .await;
-    if let Err(e) = &aborted {
-        tracing::warn!("could not abort the upload of {}: {e}", upload.key);
+    match &aborted {
+        // Nothing else knows of it: say what the user must do, and what with.
+        Err(e) if ctx.resume.id().is_none() => tracing::warn!(
+            "could not abort the upload of {} (upload id {}) at {}: {e}. Without a journal \
+             no rerun or `skyhaul clean` finds it: its parts stay stored until it is aborted \
+             with the store's own tools, or by a lifecycle rule for incomplete uploads",
+            upload.key,
+            upload.upload_id,
+            dst.name()
+        ),
+        Err(e) => tracing::warn!("could not abort the upload of {}: {e}", upload.key),
+        Ok(()) => {}
     }
     if aborted.is_ok() || forget {
         ctx.resume.finished(upload);

@@ -1382,6 +1382,36 @@ fn a_stopped_run_does_not_wait_for_an_endpoint_that_never_answers() {
 /// seen, and a 5 GiB object has hundreds of parts), past any scheduler's grace.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_sends_no_part_that_was_waiting_for_a_connection() {
+    let (out, proxy) = stopped_while_parts_stall(&[]).await;
+    assert_eq!(
+        proxy.injected().delayed,
+        2,
+        "no part was sent after the stop"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("could not abort"), "{stderr}");
+}
+
+/// Without a journal the stop aborts the upload, within what is left of the 20 s (the
+/// abort had 20 s of its own after them); one the store does not answer is named with what
+/// to do, since no rerun can find it. The warning said "run the same command again to
+/// resume", which does neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_without_a_journal_names_the_upload_it_could_not_abort() {
+    let (out, _proxy) = stopped_while_parts_stall(&["--no-journal"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("could not abort the upload of data/big.bin (upload id "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Without a journal no rerun"), "{stderr}");
+}
+
+/// Copies a 40 MiB file in 5 MiB parts over two connections to s3s-fs through a proxy that
+/// holds every part upload (and abort) and answers none, and stops it with Ctrl-C once two
+/// parts are held and the others read: its exit (130, within 35 s of the stop) and the
+/// proxy.
+async fn stopped_while_parts_stall(extra: &[&str]) -> (std::process::Output, FaultProxy) {
     let s3 = S3Server::start(S3Kind::S3sFs);
     s3.create_bucket("dst").await;
     let tmp = tempfile::tempdir().unwrap();
@@ -1394,8 +1424,8 @@ async fn a_stop_sends_no_part_that_was_waiting_for_a_connection() {
         &s3.endpoint,
         Faults {
             delay: Some(Duration::from_secs(600)),
-            only_methods: vec!["PUT".into()],
-            path_contains: Some("partNumber=".into()),
+            only_methods: vec!["PUT".into(), "DELETE".into()],
+            path_contains: Some("uploadId=".into()),
             ..Faults::default()
         },
     );
@@ -1411,6 +1441,7 @@ async fn a_stop_sends_no_part_that_was_waiting_for_a_connection() {
         "5M",
     ]);
     args.extend(["--memory-budget", "64M", "--max-connections", "2", "--json"]);
+    args.extend(extra);
     let child = spawn(&args, &s3, &tmp.path().join("journal.sqlite"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while proxy.injected().delayed < 2 {
@@ -1429,11 +1460,7 @@ async fn a_stop_sends_no_part_that_was_waiting_for_a_connection() {
         signalled.elapsed()
     );
     assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert_eq!(
-        proxy.injected().delayed,
-        2,
-        "no part was sent after the stop"
-    );
+    (out, proxy)
 }
 
 /// With `--no-journal` nothing records an upload, so no rerun or `clean` could resume or
