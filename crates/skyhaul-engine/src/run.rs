@@ -19,9 +19,10 @@ use futures::StreamExt;
 use skyhaul_journal::{Journal, TransferIdentity};
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{Error, ErrorKind, Fetched, ObjectMeta, Result, Store};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -726,7 +727,9 @@ pub(crate) async fn preflight(
     };
     let probe = AdaptiveLimit::new(1);
     let src_accepted = match quick
-        .run(&probe, progress, || src.store.preflight(false))
+        .run(&probe, progress, || {
+            answered(src, src.store.preflight(false))
+        })
         .await
     {
         // One object is read by name: credentials, or an unsigned reader, that may read it
@@ -739,7 +742,9 @@ pub(crate) async fn preflight(
         checked => checked.map(|()| true)?,
     };
     match quick
-        .run(&probe, progress, || dst.store.preflight(dst_for_write))
+        .run(&probe, progress, || {
+            answered(dst, dst.store.preflight(dst_for_write))
+        })
         .await
     {
         // Credentials that may write a bucket but not list it (a drop box) can copy into it
@@ -753,6 +758,34 @@ pub(crate) async fn preflight(
             Ok(false)
         }
         checked => checked.map(|()| src_accepted),
+    }
+}
+
+/// How long the check before a transfer waits for each answer. A store answers a one-key
+/// listing in well under a second; one that accepts connections and never answers (a
+/// firewall that drops, a hung server or proxy) would otherwise cost every try the
+/// client's read timeout (two minutes) as a mere timeout, retried ten times: 25 minutes
+/// before exit 1.
+const FIRST_ANSWER: Duration = Duration::from_secs(30);
+
+/// `check` of `side`, or [`ErrorKind::Unreachable`] when it has no answer within
+/// [`FIRST_ANSWER`] (said at once, as the tries go on).
+async fn answered(side: &Endpoint, check: impl Future<Output = Result<()>>) -> Result<()> {
+    match tokio::time::timeout(FIRST_ANSWER, check).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            let e = Error::new(
+                ErrorKind::Unreachable,
+                format!(
+                    "{}: no answer within {} s: the endpoint accepts connections but does \
+                     not answer (a firewall that drops, or a hung server or proxy)",
+                    side.store.name(),
+                    FIRST_ANSWER.as_secs()
+                ),
+            );
+            tracing::warn!("{e}");
+            Err(e)
+        }
     }
 }
 

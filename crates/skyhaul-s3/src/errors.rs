@@ -22,17 +22,19 @@ where
             } else {
                 ErrorKind::Unreachable
             };
-            let hint = if kind == ErrorKind::Unreachable {
-                " (is the endpoint URL right and the server up?)"
+            // A timeout: no answer in time to a connection or a request (a busy or hung
+            // server, or a firewall that drops); retried as transient.
+            let (failed, hint) = if kind == ErrorKind::Unreachable {
+                (
+                    "cannot reach the endpoint",
+                    " (is the endpoint URL right and the server up?)",
+                )
             } else {
-                ""
+                ("no answer in time", "")
             };
             Error::new(
                 kind,
-                format!(
-                    "{target}: {what}: cannot reach the endpoint: {}{hint}",
-                    cause_chain(&err)
-                ),
+                format!("{target}: {what}: {failed}: {}{hint}", cause_chain(&err)),
             )
         }
         SdkError::TimeoutError(_) => {

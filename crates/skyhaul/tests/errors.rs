@@ -209,6 +209,46 @@ async fn wrong_credentials_and_unreachable_endpoint() {
     );
 }
 
+/// An endpoint that accepts connections and never answers (a firewall that drops, a hung
+/// server or proxy) is unreachable: exit 5 within 30 s of each try of the check before
+/// the transfer, saying so as it tries. Each try waited the client's two-minute read
+/// timeout and ended as a mere timeout: 25 minutes of silence with the default retries,
+/// then exit 1.
+#[test]
+fn an_endpoint_that_never_answers_is_unreachable() {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", hole.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hole.incoming() {
+            held.push(conn);
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"))
+        .args(["cp", "-r", "s3://src/data", tmp.path().to_str().unwrap()])
+        .args(["--src-endpoint", &endpoint, "--retries", "0"])
+        .env("SKYHAUL_SRC_ACCESS_KEY_ID", "AKIDHOLE")
+        .env("SKYHAUL_SRC_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("SKYHAUL_JOURNAL", test_journal())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{stderr}"
+    );
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains("no answer within 30 s") && line.contains("--src-endpoint"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_arguments_are_usage_errors() {
     let run = skyhaul(&["cp", "ftp://x/y", "/tmp/z"], None, None);
