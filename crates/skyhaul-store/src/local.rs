@@ -115,8 +115,8 @@ impl LocalStore {
         Error::new(
             ErrorKind::SourceChanged,
             format!(
-                "{}/{key}: file changed while it was being copied",
-                self.name.trim_end_matches('/')
+                "{}: file changed while it was being copied",
+                self.shown(key)
             ),
         )
     }
@@ -133,8 +133,8 @@ impl LocalStore {
             io::ErrorKind::NotFound if expect.is_some() => Error::new(
                 ErrorKind::NotFound,
                 format!(
-                    "{}/{key}: deleted since it was listed (a rerun leaves it out)",
-                    self.name.trim_end_matches('/')
+                    "{}: deleted since it was listed (a rerun leaves it out)",
+                    self.shown(key)
                 ),
             ),
             _ => self.io_err(key, "cannot open", e),
@@ -173,11 +173,12 @@ impl LocalStore {
     }
 
     fn io_err(&self, key: &str, what: &str, e: io::Error) -> Error {
-        io_error(
-            &format!("{}/{key}", self.name.trim_end_matches('/')),
-            what,
-            e,
-        )
+        io_error(&self.shown(key), what, e)
+    }
+
+    /// `key` as messages show it: under the store's name.
+    fn shown(&self, key: &str) -> String {
+        format!("{}/{key}", self.name.trim_end_matches('/'))
     }
 }
 
@@ -377,15 +378,23 @@ impl LocalStore {
             return Ok(held.clone());
         }
         let dirs = self.dirs(tmp, false)?;
-        let file = dirs.open_file(file_name(tmp), true)?;
+        let replaced = || {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "its temporary file was replaced (by a link, or by something that is no file)",
+            )
+        };
+        let file = match dirs.open_file(file_name(tmp), true) {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return Err(replaced())
+            }
+            opened => opened?,
+        };
         // Made by `create_multipart` as a file of its own: one with another name too (a hard
         // link put there since, to a file outside the destination) is not written into.
         let md = file.metadata()?;
         if !md.is_file() || md.nlink() != 1 {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "its temporary file was replaced (it has other names, or is no file)",
-            ));
+            return Err(replaced());
         }
         let held = Arc::new(Held { file, dirs });
         if held.file.try_lock().is_ok() {
@@ -836,8 +845,10 @@ impl Store for LocalStore {
                 return Err(Error::new(
                     ErrorKind::Other,
                     format!(
-                        "{}: parts add up to {total} bytes but the upload holds {len}",
-                        key
+                        "{}: the upload's temporary file holds {len} bytes where its parts add \
+                         up to {total}: something else changed it since they were written; \
+                         the next run copies this object afresh",
+                        this.shown(&key)
                     ),
                 ));
             }
@@ -1049,39 +1060,89 @@ mod tests {
     }
 
     /// An upload resumed by another process (a rerun) whose temporary file was replaced by a
-    /// hard link to a file elsewhere writes nothing into it: the upload is gone, and the
-    /// engine starts the object afresh. Its parts had gone into the other file.
+    /// hard link to a file elsewhere, or by a symlink, writes nothing into it: the upload
+    /// is gone, and the engine starts the object afresh in the same run. The parts had gone
+    /// into the other file (hard link), or failed the object (symlink).
     #[tokio::test]
-    async fn a_resumed_upload_does_not_write_through_a_hard_link() {
+    async fn a_resumed_upload_does_not_write_through_a_link() {
+        for hard in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (root, outside) = (dir.path().join("dst"), dir.path().join("victim"));
+            fs::write(&outside, b"precious").unwrap();
+            let opts = PutOptions {
+                size: 8,
+                ..Default::default()
+            };
+            let upload = LocalStore::new(&root)
+                .create_multipart("k", &opts)
+                .await
+                .unwrap();
+            let tmp = LocalStore::new(&root)
+                .tmp_path("k", &upload.upload_id)
+                .unwrap();
+            fs::remove_file(&tmp).unwrap();
+            match hard {
+                true => fs::hard_link(&outside, &tmp).unwrap(),
+                false => std::os::unix::fs::symlink(&outside, &tmp).unwrap(),
+            }
+            let rerun = LocalStore::new(&root);
+            let part = PartSpec {
+                number: 1,
+                offset: 0,
+                len: 8,
+            };
+            let data = bytes::Bytes::from_static(b"XXXXXXXX");
+            let err = rerun
+                .put_part(&upload, part, Payload { data, md5: None })
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, ErrorKind::NotFound, "hard: {hard}: {err}");
+            assert!(err.message.contains("was replaced"), "{err}");
+            assert_eq!(fs::read(&outside).unwrap(), b"precious");
+        }
+    }
+
+    /// A temporary file cut short between a run's parts and their completion (by something
+    /// else) fails the completion saying what happened and what the next run does.
+    #[tokio::test]
+    async fn a_temporary_file_cut_short_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let (root, outside) = (dir.path().join("dst"), dir.path().join("victim"));
-        fs::write(&outside, b"precious").unwrap();
+        let store = LocalStore::new(dir.path());
         let opts = PutOptions {
             size: 8,
             ..Default::default()
         };
-        let upload = LocalStore::new(&root)
-            .create_multipart("k", &opts)
-            .await
-            .unwrap();
-        let tmp = LocalStore::new(&root)
-            .tmp_path("k", &upload.upload_id)
-            .unwrap();
-        fs::remove_file(&tmp).unwrap();
-        fs::hard_link(&outside, &tmp).unwrap();
-        let rerun = LocalStore::new(&root);
+        let upload = store.create_multipart("k", &opts).await.unwrap();
         let part = PartSpec {
             number: 1,
             offset: 0,
             len: 8,
         };
-        let data = bytes::Bytes::from_static(b"XXXXXXXX");
-        let err = rerun
+        let data = bytes::Bytes::from_static(b"abcdefgh");
+        let sent = store
             .put_part(&upload, part, Payload { data, md5: None })
             .await
+            .unwrap();
+        let tmp = store.tmp_path("k", &upload.upload_id).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        let err = store
+            .complete_multipart(&upload, &[sent], &opts)
+            .await
             .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
-        assert_eq!(fs::read(&outside).unwrap(), b"precious");
+        assert!(
+            err.message
+                .contains("temporary file holds 3 bytes where its parts add up to 8")
+                && err
+                    .message
+                    .contains("the next run copies this object afresh"),
+            "{err}"
+        );
+        assert!(!dir.path().join("k").exists());
     }
 
     /// A striped file is on disk before it takes its name (see `complete_multipart`): no
