@@ -216,14 +216,7 @@ async fn wrong_credentials_and_unreachable_endpoint() {
 /// then exit 1.
 #[test]
 fn an_endpoint_that_never_answers_is_unreachable() {
-    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", hole.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in hole.incoming() {
-            held.push(conn);
-        }
-    });
+    let endpoint = black_hole();
     let tmp = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"))

@@ -1337,14 +1337,7 @@ fn status_reads_a_journal_it_cannot_write_and_names_a_damaged_one() {
 /// retrying for minutes (742 s seen), past any scheduler's grace before SIGKILL.
 #[test]
 fn a_stopped_run_does_not_wait_for_an_endpoint_that_never_answers() {
-    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", hole.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in hole.incoming() {
-            held.push(conn);
-        }
-    });
+    let endpoint = black_hole();
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     write_tree(

@@ -172,6 +172,20 @@ pub fn test_env(
 /// One journal per test binary, so tests never touch the user's own journal. It lives
 /// under the build's directory for temporary test files, not in `/tmp`, so test runs
 /// leave nothing behind that `cargo clean` does not remove.
+/// An endpoint that accepts connections and never answers (a firewall that drops, a hung
+/// server or proxy), for as long as the test runs: its URL.
+pub fn black_hole() -> String {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", hole.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hole.incoming() {
+            held.push(conn);
+        }
+    });
+    endpoint
+}
+
 pub fn test_journal() -> std::path::PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "skyhaul-test-journal-{}.sqlite",
