@@ -789,6 +789,28 @@ async fn answered(side: &Endpoint, check: impl Future<Output = Result<()>>) -> R
     }
 }
 
+/// Whether `side` answers at all, for the commands that make no check before they start
+/// (`verify`, `clean`): an endpoint that accepts connections and never answers is
+/// [`ErrorKind::Unreachable`] after three tries of [`FIRST_ANSWER`], where their own
+/// requests would each wait out the read timeout of every retry. Any answer will do, a
+/// refusal too: what the command then meets is its own to report.
+pub async fn reachable(side: &Endpoint, progress: &Progress) -> Result<()> {
+    let quick = RetryPolicy {
+        unreachable_retries: 2,
+        ..RetryPolicy::default()
+    };
+    let probe = AdaptiveLimit::new(1);
+    let answer = quick
+        .run(&probe, progress, || {
+            answered(side, side.store.preflight(false))
+        })
+        .await;
+    match answer {
+        Err(e) if e.kind == ErrorKind::Unreachable => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Whether a run skips an object an earlier, interrupted run copied (`done` asks the
 /// journal). In a sync whose listing found the object missing or different at the
 /// destination (`listed_different`) the listing wins: the destination may have lost it

@@ -208,11 +208,14 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
             let dst = open_destination(&loc, &side, true, false)
                 .await
                 .map_err(|e| exit::store("DST", e))?;
+            let progress = skyhaul_engine::Progress::default();
+            skyhaul_engine::reachable(&dst, &progress)
+                .await
+                .map_err(|e| exit::store("DST", e))?;
             // Aborts get the same retries as a transfer's requests: a 500 is no reason to
             // leave an upload behind.
             let retry = skyhaul_engine::retry::RetryPolicy::default();
             let limit = skyhaul_engine::limiter::AdaptiveLimit::new(1);
-            let progress = skyhaul_engine::Progress::default();
             swept = skyhaul_engine::resume::sweep_unconfirmed(
                 &journal,
                 t.id,

@@ -395,6 +395,11 @@ async fn verify(args: VerifyArgs) -> ExitCode {
         };
         let (filter, _) = settings::filter(&args.filter)?;
         let progress = Arc::new(Progress::default());
+        for side in [&src, &dst] {
+            skyhaul_engine::reachable(side, &progress)
+                .await
+                .map_err(|e| exit::store(exit::side_of(&e, &src, &dst), e))?;
+        }
         let v = verify_locations(
             &src,
             &dst,

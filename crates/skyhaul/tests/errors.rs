@@ -211,35 +211,45 @@ async fn wrong_credentials_and_unreachable_endpoint() {
 
 /// An endpoint that accepts connections and never answers (a firewall that drops, a hung
 /// server or proxy) is unreachable: exit 5 within 30 s of each try of the check before
-/// the transfer, saying so as it tries. Each try waited the client's two-minute read
-/// timeout and ended as a mere timeout: 25 minutes of silence with the default retries,
-/// then exit 1.
+/// `cp` (one try with `--retries 0`), or before `verify` (three), saying so as it tries.
+/// Each try waited the client's two-minute read timeout and ended as a mere timeout: 25
+/// minutes of silence with the default retries, then exit 1 (`verify` and `clean` made no
+/// check: each of their requests waited so).
 #[test]
 fn an_endpoint_that_never_answers_is_unreachable() {
     let endpoint = black_hole();
     let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"))
+            .args(args)
+            .args([tmp.path().to_str().unwrap(), "--src-endpoint", &endpoint])
+            .env("SKYHAUL_SRC_ACCESS_KEY_ID", "AKIDHOLE")
+            .env("SKYHAUL_SRC_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("SKYHAUL_JOURNAL", test_journal())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let started = std::time::Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"))
-        .args(["cp", "-r", "s3://src/data", tmp.path().to_str().unwrap()])
-        .args(["--src-endpoint", &endpoint, "--retries", "0"])
-        .env("SKYHAUL_SRC_ACCESS_KEY_ID", "AKIDHOLE")
-        .env("SKYHAUL_SRC_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("SKYHAUL_JOURNAL", test_journal())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(5), "{stderr}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(60),
-        "{stderr}"
-    );
-    let line = stderr.lines().last().unwrap_or_default();
-    assert!(
-        line.contains("no answer within 30 s") && line.contains("--src-endpoint"),
-        "{stderr}"
-    );
+    let copy = run(&["cp", "-r", "--retries", "0", "s3://src/data"]);
+    let verify = run(&["verify", "-r", "s3://src/data"]);
+    for (child, within) in [(copy, 60), (verify, 150)] {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{stderr}");
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(within),
+            "{took:?}: {stderr}"
+        );
+        let line = stderr.lines().last().unwrap_or_default();
+        assert!(
+            line.contains("no answer within 30 s") && line.contains("--src-endpoint"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
