@@ -585,8 +585,7 @@ pub(crate) async fn conclude(
         let delete = |key: String| {
             let ctx = ctx.clone();
             async move {
-                if ctx.cancel.is_cancelled() {
-                    let interrupted = ctx.interrupted(&key);
+                if let Err(interrupted) = ctx.not_stopped(&key) {
                     return (key, Err(interrupted));
                 }
                 let r = ctx
@@ -721,17 +720,7 @@ pub(crate) async fn preflight(
     progress: &Progress,
     dst_for_write: bool,
 ) -> Result<bool> {
-    let quick = RetryPolicy {
-        unreachable_retries: 2,
-        ..opts.retry
-    };
-    let probe = AdaptiveLimit::new(1);
-    let src_accepted = match quick
-        .run(&probe, progress, || {
-            answered(src, src.store.preflight(false))
-        })
-        .await
-    {
+    let src_accepted = match check(src, false, &opts.retry, progress).await {
         // One object is read by name: credentials, or an unsigned reader, that may read it
         // but not list its bucket (a public object in a private bucket) go on to its HEAD,
         // which tells whether they may.
@@ -741,12 +730,7 @@ pub(crate) async fn preflight(
         }
         checked => checked.map(|()| true)?,
     };
-    match quick
-        .run(&probe, progress, || {
-            answered(dst, dst.store.preflight(dst_for_write))
-        })
-        .await
-    {
+    match check(dst, dst_for_write, &opts.retry, progress).await {
         // Credentials that may write a bucket but not list it (a drop box) can copy into it
         // when nothing is to be read back: the writes' own answers tell whether they may.
         // Credentials the store refuses outright are another kind (BadCredentials).
@@ -767,6 +751,27 @@ pub(crate) async fn preflight(
 /// client's read timeout (two minutes) as a mere timeout, retried ten times: 25 minutes
 /// before exit 1.
 const FIRST_ANSWER: Duration = Duration::from_secs(30);
+
+/// `side`'s own check ([`Store::preflight`]), tried as `retry` says but only three times
+/// where the endpoint cannot be reached: a first contact gives up quickly on a mistyped
+/// endpoint, or on one that never answers (see [`answered`]).
+async fn check(
+    side: &Endpoint,
+    for_write: bool,
+    retry: &RetryPolicy,
+    progress: &Progress,
+) -> Result<()> {
+    let quick = RetryPolicy {
+        unreachable_retries: 2,
+        ..*retry
+    };
+    let probe = AdaptiveLimit::new(1);
+    quick
+        .run(&probe, progress, || {
+            answered(side, side.store.preflight(for_write))
+        })
+        .await
+}
 
 /// `check` of `side`, or [`ErrorKind::Unreachable`] when it has no answer within
 /// [`FIRST_ANSWER`] (said at once, as the tries go on).
@@ -795,17 +800,7 @@ async fn answered(side: &Endpoint, check: impl Future<Output = Result<()>>) -> R
 /// requests would each wait out the read timeout of every retry. Any answer will do, a
 /// refusal too: what the command then meets is its own to report.
 pub async fn reachable(side: &Endpoint, progress: &Progress) -> Result<()> {
-    let quick = RetryPolicy {
-        unreachable_retries: 2,
-        ..RetryPolicy::default()
-    };
-    let probe = AdaptiveLimit::new(1);
-    let answer = quick
-        .run(&probe, progress, || {
-            answered(side, side.store.preflight(false))
-        })
-        .await;
-    match answer {
+    match check(side, false, &RetryPolicy::default(), progress).await {
         Err(e) if e.kind == ErrorKind::Unreachable => Err(e),
         _ => Ok(()),
     }
