@@ -165,6 +165,14 @@ else
     apt_install "tcpdump and iproute2" tcpdump iproute2
 fi
 
+# --- filefrag (e2fsprogs, in most base systems), for the local store's test that a striped ---
+# file is on disk before it takes its name (it reads the file's extents)
+if command -v filefrag >/dev/null; then
+    log "filefrag already installed"
+else
+    apt_install "filefrag (e2fsprogs)" e2fsprogs
+fi
+
 # --- symlinks --------------------------------------------------------------------------------
 link() { # link NAME TARGET
     [[ -x "$2" ]] || die "$1 not found at $2"
