@@ -21,8 +21,9 @@
 //! fleet, and the coordinator hands each denied item to another worker once before it
 //! counts it as failed (a worker's credentials may lack what the others have).
 
+use futures::stream::FusedStream;
 use futures::stream::FuturesUnordered;
-use futures::{Future, StreamExt};
+use futures::{Future, Stream, StreamExt};
 use skyhaul_store::{Error, ErrorKind, Result};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -129,9 +130,13 @@ impl Denials {
 /// error). While denials are suspect nothing new starts, and once nothing is in flight
 /// [`Denials::stop`] decides whether the rest may start (`then` says what stopped, for its
 /// error). Denials at the very end stop nothing: everything was tried.
+///
+/// `items` is a stream so that work can start on a listing's first entries while it goes
+/// on (a verification of millions of objects holds only those in flight); an error from
+/// it ends the run.
 pub(crate) async fn run_bounded<T, R, Fut>(
     denials: &Denials,
-    items: impl IntoIterator<Item = T>,
+    items: impl Stream<Item = Result<T>>,
     limit: usize,
     then: &str,
     mut work: impl FnMut(T) -> Fut,
@@ -140,20 +145,30 @@ pub(crate) async fn run_bounded<T, R, Fut>(
 where
     Fut: Future<Output = R>,
 {
-    let mut items = items.into_iter().peekable();
+    let mut items = std::pin::pin!(items.fuse().peekable());
     let mut running = FuturesUnordered::new();
     loop {
-        while running.len() < limit.max(1) && !denials.suspect() {
-            let Some(item) = items.next() else { break };
-            running.push(work(item));
-        }
-        match running.next().await {
-            Some(outcome) => record(outcome)?,
-            None if items.peek().is_none() => return Ok(()),
-            None => match denials.stop(then) {
-                Some(stop) => return Err(stop),
+        let may_start = running.len() < limit.max(1) && !denials.suspect();
+        tokio::select! {
+            // Free slots filled first, as far as items are at hand: work that started
+            // together is judged together (denials coming back at once from the first
+            // few must not hold back the rest of what could start with them).
+            biased;
+            item = items.next(), if may_start && !items.is_terminated() => match item {
+                Some(item) => running.push(work(item?)),
                 None => continue,
             },
+            Some(outcome) = running.next(), if !running.is_empty() => record(outcome)?,
+            else => {
+                // Nothing in flight, and nothing may start: the end, if nothing is left;
+                // else denials are suspect, and whether the rest may start.
+                if items.as_mut().peek().await.is_none() {
+                    return Ok(());
+                }
+                if let Some(stop) = denials.stop(then) {
+                    return Err(stop);
+                }
+            }
         }
     }
 }
@@ -270,7 +285,7 @@ mod tests {
         let mut started = 0;
         let outcome = run_bounded(
             &d,
-            0..n,
+            futures::stream::iter((0..n).map(Ok)),
             limit,
             TRANSFER,
             |i| {

@@ -611,6 +611,7 @@ pub(crate) async fn conclude(
         };
         let then = "so the deletions stopped; the copies were made";
         let limit = opts.max_connections.max(1);
+        let deletes = futures::stream::iter(deletes.into_iter().map(Ok));
         if let Err(stop) = run_bounded(&ctx.denials, deletes, limit, then, delete, record).await {
             ctx.stop(stop);
         }

@@ -15,7 +15,7 @@ use crate::open::Endpoint;
 use crate::progress::Progress;
 use crate::report::{count, thousands, Failure};
 use crate::retry::RetryPolicy;
-use futures::Future;
+use futures::{Future, StreamExt};
 use serde::{Deserialize, Serialize};
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
@@ -79,6 +79,9 @@ pub struct Verification {
     /// after a copy, the journal forgets them so that a rerun copies them again.
     #[serde(skip)]
     pub differing: Vec<String>,
+    /// Stopped by Ctrl-C or SIGTERM: the counts are of the objects checked before it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl Verification {
@@ -213,9 +216,13 @@ impl fmt::Display for Verification {
             VerifyMode::Checksum => "checksum",
             VerifyMode::Deep => "deep",
         };
+        let interrupted = match self.interrupted {
+            true => ", interrupted: the rest were not checked",
+            false => "",
+        };
         write!(
             f,
-            "verified {} ({mode}): size ✓ {}",
+            "verified {} ({mode}{interrupted}): size ✓ {}",
             count(self.objects, "object", "objects"),
             thousands(self.size_ok)
         )?;
@@ -270,7 +277,7 @@ fn end_of_checks(denials: &Denials, v: &Verification) -> Result<()> {
 async fn compare_each<T, Fut>(
     v: &mut Verification,
     denials: &Denials,
-    items: impl IntoIterator<Item = T>,
+    items: Vec<T>,
     limit: usize,
     check: impl FnMut(T) -> Fut,
 ) -> Result<()>
@@ -279,17 +286,8 @@ where
 {
     // Every item was listed (or HEADed) on both sides with these credentials.
     denials.credentials_accepted();
-    let record = |(key, outcome): (String, Result<_>)| {
-        match &outcome {
-            Ok(_) => denials.done(),
-            Err(e) => {
-                if let Some(stop) = denials.failed(e) {
-                    return Err(stop);
-                }
-            }
-        }
-        v.compared(&key, outcome)
-    };
+    let items = futures::stream::iter(items.into_iter().map(Ok));
+    let record = |(key, outcome): (String, Result<_>)| record_comparison(v, denials, &key, outcome);
     let checked = run_bounded(
         denials,
         items,
@@ -300,6 +298,25 @@ where
     )
     .await;
     checked.map_err(|e| v.stopped(e))
+}
+
+/// One checksum comparison's outcome into `v`, and how it went into `denials` (which may
+/// stop the checks).
+fn record_comparison(
+    v: &mut Verification,
+    denials: &Denials,
+    key: &str,
+    outcome: Result<Option<(String, String)>>,
+) -> Result<()> {
+    match &outcome {
+        Ok(_) => denials.done(),
+        Err(e) => {
+            if let Some(stop) = denials.failed(e) {
+                return Err(stop);
+            }
+        }
+    }
+    v.compared(key, outcome)
 }
 
 /// The checksum comparison for a copied object from what the destination reports: its
@@ -478,9 +495,44 @@ async fn check_copied(
     end_of_checks(&denials, v)
 }
 
+/// What the walk of both locations found for one entry, in listing order.
+enum Found {
+    /// On both sides: sizes, then checksums, to compare.
+    Both(ObjectMeta, ObjectMeta),
+    /// Found without a request to make.
+    Listed(Verdict),
+}
+
+enum Verdict {
+    Missing(String),
+    Extra(String),
+    /// Not checked: the entry a listing could not include (`object` unless a directory),
+    /// or an object under a directory the other side could not list.
+    Unchecked {
+        key: String,
+        error: Error,
+        object: bool,
+    },
+}
+
+/// A [`Found`] once compared: `outcome` is the checksum comparison, where sizes matched
+/// and the mode asks for one.
+enum Checked {
+    Pair {
+        key: String,
+        sizes: (u64, u64),
+        outcome: Option<Result<Option<(String, String)>>>,
+    },
+    Listed(Verdict),
+}
+
 /// Compares two locations: missing, extra, size- and checksum-mismatched objects. What
 /// `filter` leaves out is not compared (for one object, by its base name), so that a
 /// filtered `cp` or `sync` verifies with the same filter.
+///
+/// The comparisons run while the listings go on, so memory holds the objects in flight,
+/// not the locations. Once `progress` is stopped (Ctrl-C), nothing new is compared and
+/// what was found so far comes back marked [`Verification::interrupted`].
 pub async fn verify_locations(
     src: &Endpoint,
     dst: &Endpoint,
@@ -494,75 +546,8 @@ pub async fn verify_locations(
         mode,
         ..Default::default()
     };
-    let mut pairs = Vec::new();
-    if recursive {
-        let left = Listing::new(
-            src.store.clone(),
-            dir_form(&src.path),
-            retry,
-            progress.clone(),
-        );
-        let right = Listing::new(
-            dst.store.clone(),
-            dir_form(&dst.path),
-            retry,
-            progress.clone(),
-        );
-        let (src_dir, dst_dir) = (dir_form(&src.path).len(), dir_form(&dst.path).len());
-        let mut merge = Merge::new(left, right);
-        // Directories either side could not list, by relative key: the other side's objects
-        // under them are not checked, rather than missing or extra.
-        let mut unlisted: Vec<(String, Error)> = Vec::new();
-        let hidden = |unlisted: &[(String, Error)], rel: &str| {
-            unlisted
-                .iter()
-                .find(|(dir, _)| lies_under(rel, dir))
-                .map(|(_, e)| e.clone())
-        };
-        while let Some(pair) = merge.next().await.map_err(|e| v.stopped(e))? {
-            // What the filter leaves out, as `cp` and `sync` with it leave it out: a source
-            // object it does not select, a destination-only key a sync would not delete,
-            // an entry it provably leaves out.
-            let left_out = match &pair {
-                Pair::Left(a) | Pair::Both(a, _) => !filter.selects(&a.key[src_dir..], a),
-                Pair::Right(b) => !filter.may_delete(&b.key[dst_dir..]),
-                Pair::Unlisted { rel_key, .. } => filter.leaves_out(rel_key),
-            };
-            if left_out {
-                continue;
-            }
-            match pair {
-                Pair::Left(a) => {
-                    v.objects += 1;
-                    match hidden(&unlisted, &a.key[src_dir..]) {
-                        Some(e) => v.unreadable(&a.key, e)?,
-                        None => v.missing(&a.key),
-                    }
-                }
-                Pair::Right(b) => match hidden(&unlisted, &b.key[dst_dir..]) {
-                    Some(e) => {
-                        v.objects += 1;
-                        v.unreadable(&b.key, e)?;
-                    }
-                    None => {
-                        v.extra += 1;
-                        v.problem(&b.key, "only at the destination".into());
-                    }
-                },
-                Pair::Both(a, b) => pairs.push((a, b)),
-                Pair::Unlisted { rel_key, error, .. } => {
-                    let key = error.unlisted.clone().unwrap_or_default();
-                    // A directory is no object; the objects under it count where the
-                    // other side has them.
-                    if rel_key.ends_with('/') {
-                        unlisted.push((rel_key, error.clone()));
-                    } else {
-                        v.objects += 1;
-                    }
-                    v.unreadable(&key, error)?;
-                }
-            }
-        }
+    let found = if recursive {
+        walk(src, dst, filter, retry, progress.clone()).boxed()
     } else {
         // A prefix named without -r is told so, as `cp` tells it.
         let limit = crate::limiter::AdaptiveLimit::new(1);
@@ -573,21 +558,12 @@ pub async fn verify_locations(
         // Where `cp` put it: a destination in directory form takes the base name.
         let dst_key = map_key(&src.path, &src.path, &dst.path, false)
             .expect("single-object mapping always maps");
-        match head(dst.store.as_ref(), &dst_key, &retry, &progress).await? {
-            Some(b) => pairs.push((a, b)),
-            None => {
-                v.objects += 1;
-                v.missing(&dst_key);
-            }
-        }
-    }
-    let mut same_size = Vec::new();
-    for (a, b) in pairs {
-        v.objects += 1;
-        if v.sizes(&a.key, a.size, b.size) && mode >= VerifyMode::Checksum {
-            same_size.push((a, b));
-        }
-    }
+        let found = match head(dst.store.as_ref(), &dst_key, &retry, &progress).await? {
+            Some(b) => Found::Both(a, b),
+            None => Found::Listed(Verdict::Missing(dst_key)),
+        };
+        futures::stream::iter([Ok(found)]).boxed()
+    };
     let deep = mode == VerifyMode::Deep;
     let limit = if deep {
         DEEP_CONCURRENCY
@@ -595,17 +571,173 @@ pub async fn verify_locations(
         HEAD_CONCURRENCY
     };
     let denials = Denials::default();
-    compare_each(&mut v, &denials, same_size, limit, |(a, b)| {
+    // Every object compared was listed (or HEADed) on both sides with these credentials.
+    denials.credentials_accepted();
+    let compare = |found: Found| {
         let (s, d, progress) = (src.store.clone(), dst.store.clone(), progress.clone());
         async move {
-            let key = a.key.clone();
-            let (a, b) = (Side::listed(s.as_ref(), a), Side::listed(d.as_ref(), b));
-            (key, fingerprints(a, b, deep, &retry, &progress).await)
+            let (a, b) = match found {
+                Found::Both(a, b) => (a, b),
+                Found::Listed(verdict) => return Checked::Listed(verdict),
+            };
+            let (key, sizes) = (a.key.clone(), (a.size, b.size));
+            let outcome = if sizes.0 == sizes.1 && mode >= VerifyMode::Checksum {
+                let (a, b) = (Side::listed(s.as_ref(), a), Side::listed(d.as_ref(), b));
+                // Only reads are in flight: a stop need not wait for their answers.
+                Some(tokio::select! {
+                    outcome = fingerprints(a, b, deep, &retry, &progress) => outcome,
+                    () = progress.stop().cancelled() => Err(interrupted()),
+                })
+            } else {
+                None
+            };
+            Checked::Pair {
+                key,
+                sizes,
+                outcome,
+            }
+        }
+    };
+    let record = |checked: Checked| match checked {
+        Checked::Pair {
+            key,
+            sizes: (want, got),
+            outcome,
+        } => {
+            v.objects += 1;
+            match outcome {
+                Some(outcome) if v.sizes(&key, want, got) => {
+                    record_comparison(&mut v, &denials, &key, outcome)
+                }
+                _ => {
+                    v.sizes(&key, want, got);
+                    Ok(())
+                }
+            }
+        }
+        Checked::Listed(Verdict::Missing(key)) => {
+            v.objects += 1;
+            v.missing(&key);
+            Ok(())
+        }
+        Checked::Listed(Verdict::Extra(key)) => {
+            v.extra += 1;
+            v.problem(&key, "only at the destination".into());
+            Ok(())
+        }
+        Checked::Listed(Verdict::Unchecked { key, error, object }) => {
+            v.objects += u64::from(object);
+            v.unreadable(&key, error)
+        }
+    };
+    let checked = run_bounded(
+        &denials,
+        found,
+        limit,
+        "so the verification stopped",
+        compare,
+        record,
+    )
+    .await;
+    match checked {
+        Err(e) if e.kind == ErrorKind::Interrupted => v.interrupted = true,
+        Err(e) => return Err(v.stopped(e)),
+        Ok(()) => end_of_checks(&denials, &v)?,
+    }
+    Ok(v)
+}
+
+/// The walk of both listings for [`verify_locations`]: each entry the filter selects, as
+/// the comparison needs it, until `progress` is stopped.
+fn walk<'a>(
+    src: &Endpoint,
+    dst: &Endpoint,
+    filter: &'a Filter,
+    retry: RetryPolicy,
+    progress: Arc<Progress>,
+) -> impl futures::Stream<Item = Result<Found>> + Send + 'a {
+    let list = |ep: &Endpoint| {
+        Listing::new(
+            ep.store.clone(),
+            dir_form(&ep.path),
+            retry,
+            progress.clone(),
+        )
+    };
+    let (src_dir, dst_dir) = (dir_form(&src.path).len(), dir_form(&dst.path).len());
+    let merge = Merge::new(list(src), list(dst));
+    // Directories either side could not list, by relative key: the other side's objects
+    // under them are not checked, rather than missing or extra.
+    let unlisted: Vec<(String, Error)> = Vec::new();
+    futures::stream::unfold((merge, unlisted), move |(mut merge, mut unlisted)| {
+        let progress = progress.clone();
+        async move {
+            let hidden = |unlisted: &[(String, Error)], rel: &str| {
+                unlisted
+                    .iter()
+                    .find(|(dir, _)| lies_under(rel, dir))
+                    .map(|(_, e)| e.clone())
+            };
+            let found = loop {
+                if progress.stop().is_cancelled() {
+                    break Err(interrupted());
+                }
+                let pair = match merge.next().await {
+                    Ok(Some(pair)) => pair,
+                    Ok(None) => return None,
+                    Err(e) => break Err(e),
+                };
+                // What the filter leaves out, as `cp` and `sync` with it leave it out: a
+                // source object it does not select, a destination-only key a sync would
+                // not delete, an entry it provably leaves out.
+                let left_out = match &pair {
+                    Pair::Left(a) | Pair::Both(a, _) => !filter.selects(&a.key[src_dir..], a),
+                    Pair::Right(b) => !filter.may_delete(&b.key[dst_dir..]),
+                    Pair::Unlisted { rel_key, .. } => filter.leaves_out(rel_key),
+                };
+                if left_out {
+                    continue;
+                }
+                let under_unlisted = |key: String, rel: &str, otherwise: fn(String) -> Verdict| {
+                    Found::Listed(match hidden(&unlisted, rel) {
+                        Some(error) => Verdict::Unchecked {
+                            key,
+                            error,
+                            object: true,
+                        },
+                        None => otherwise(key),
+                    })
+                };
+                break Ok(match pair {
+                    Pair::Left(a) => {
+                        let rel = a.key[src_dir..].to_string();
+                        under_unlisted(a.key, &rel, Verdict::Missing)
+                    }
+                    Pair::Right(b) => {
+                        let rel = b.key[dst_dir..].to_string();
+                        under_unlisted(b.key, &rel, Verdict::Extra)
+                    }
+                    Pair::Both(a, b) => Found::Both(a, b),
+                    Pair::Unlisted { rel_key, error, .. } => {
+                        let key = error.unlisted.clone().unwrap_or_default();
+                        // A directory is no object; the objects under it count where the
+                        // other side has them.
+                        let object = !rel_key.ends_with('/');
+                        if !object {
+                            unlisted.push((rel_key, error.clone()));
+                        }
+                        Found::Listed(Verdict::Unchecked { key, error, object })
+                    }
+                });
+            };
+            Some((found, (merge, unlisted)))
         }
     })
-    .await?;
-    end_of_checks(&denials, &v)?;
-    Ok(v)
+}
+
+/// How a check stopped by Ctrl-C ends: [`verify_locations`] reports what it found before.
+fn interrupted() -> Error {
+    Error::new(ErrorKind::Interrupted, "interrupted")
 }
 
 /// Whether `key` is the entry a listing could not include, or lies under it (a directory's

@@ -41,10 +41,13 @@ pub fn usage(e: impl std::fmt::Display) -> CliError {
 }
 
 /// The exit code a verification calls for, if not 0: 6 when something is missing, extra or
-/// different, else 1 when something could not be read to be checked.
+/// different, else 130 when it was interrupted, else 1 when something could not be read to
+/// be checked.
 pub fn verification(v: &Verification) -> Option<ExitCode> {
     if !v.passed() {
         Some(ExitCode::VerifyFailed)
+    } else if v.interrupted {
+        Some(ExitCode::Interrupted)
     } else if !v.complete() {
         Some(ExitCode::PartialFailure)
     } else {
@@ -138,19 +141,37 @@ pub fn kind_of(code: ExitCode) -> ErrorKind {
     }
 }
 
+/// What a command does at its first Ctrl-C, for the notice it prints.
+#[derive(Clone, Copy)]
+pub enum Stopping {
+    /// `cp`, `sync`: objects in flight finish, and a rerun resumes.
+    Transfer,
+    /// `verify`: nothing new is compared, and what was found so far is reported.
+    Check,
+}
+
 /// First Ctrl-C (or SIGTERM): stop starting work, let what is in flight finish. Second:
 /// exit at once.
-pub fn on_ctrl_c(cancel: CancellationToken, out: Output) {
+pub fn on_ctrl_c(cancel: CancellationToken, out: Output, stopping: Stopping) {
+    let (first, again) = match stopping {
+        Stopping::Transfer => (
+            "finishing objects in flight",
+            "; run the same command again to resume",
+        ),
+        Stopping::Check => ("ending the check; what it found so far follows", ""),
+    };
     tokio::spawn(async move {
         let mut stop = StopSignals::new();
         if !stop.next().await {
             return;
         }
-        out.notice("interrupted: finishing objects in flight (press Ctrl-C again to stop at once)");
+        out.notice(&format!(
+            "interrupted: {first} (press Ctrl-C again to stop at once)"
+        ));
         cancel.cancel();
         if stop.next().await {
             out.error(
-                "interrupted again: stopped at once; run the same command again to resume",
+                &format!("interrupted again: stopped at once{again}"),
                 ExitCode::Interrupted,
             );
             std::process::exit(ExitCode::Interrupted as i32);

@@ -394,7 +394,9 @@ async fn verify(args: VerifyArgs) -> ExitCode {
             VerifyMode::Checksum
         };
         let (filter, _) = settings::filter(&args.filter)?;
-        let progress = Arc::new(Progress::default());
+        let cancel = CancellationToken::new();
+        let progress = Arc::new(Progress::stopped_by(cancel.clone()));
+        exit::on_ctrl_c(cancel, out, exit::Stopping::Check);
         for side in [&src, &dst] {
             skyhaul_engine::reachable(side, &progress)
                 .await
@@ -481,7 +483,7 @@ async fn transfer(
         };
         let cancel = CancellationToken::new();
         let progress = Arc::new(Progress::stopped_by(cancel.clone()));
-        exit::on_ctrl_c(cancel.clone(), out);
+        exit::on_ctrl_c(cancel.clone(), out, exit::Stopping::Transfer);
         out.start(command, &src, &dst, args.dry_run);
         if args.dry_run {
             // What an interrupted run of this transfer did is left out, as a rerun leaves

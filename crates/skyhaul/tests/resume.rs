@@ -1501,3 +1501,75 @@ async fn ctrl_c_without_a_journal_leaves_no_upload_open() {
     assert_eq!(temporaries(&dst), Default::default());
     assert!(!journal.exists(), "no journal was kept");
 }
+
+/// Ctrl-C stops `verify` at once (it writes nothing, so nothing in flight needs to
+/// finish) and reports what it compared before: exit 130, or 6 where that already found
+/// something wrong, which no more checking could undo.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_ends_a_verify_with_what_it_found() {
+    let (s3, _files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;
+    let ep = s3.endpoint.clone();
+    assert_succeeded(
+        &spawn(&copy_args(src.to_str().unwrap(), &ep), &s3, &journal)
+            .wait_with_output()
+            .unwrap(),
+    );
+    // s3s-fs lists no ETags, so each object's checksum takes a HEAD: the large objects'
+    // are held 30 s (not the HEAD of `data/` that looks for a folder marker before the
+    // comparisons, and before Ctrl-C is handled).
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            delay: Some(Duration::from_secs(30)),
+            only_methods: vec!["HEAD".into()],
+            path_contains: Some("/dst/data/large/".into()),
+            ..Faults::default()
+        },
+    );
+    let interrupted = |proxy: &FaultProxy| {
+        let (src, ep) = (src.to_str().unwrap(), proxy.endpoint());
+        let args = [
+            "verify",
+            "-r",
+            src,
+            "s3://dst/data",
+            "--dst-endpoint",
+            &ep,
+            "--json",
+        ];
+        let held_before = proxy.injected().delayed;
+        let child = spawn(&args, &s3, &journal);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while proxy.injected().delayed == held_before {
+            assert!(Instant::now() < deadline, "no HEAD within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let signalled = Instant::now();
+        let out = child.wait_with_output().unwrap();
+        let waited = signalled.elapsed();
+        assert!(
+            waited < Duration::from_secs(5),
+            "verify ended {waited:?} after Ctrl-C"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(stderr.contains("ending the check"), "{stderr}");
+        let report = last_json_line(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(
+            (&report["event"], &report["interrupted"]),
+            (&"done".into(), &true.into()),
+            "{report}"
+        );
+        let checked = report["checksum_ok"].as_u64().unwrap();
+        assert!(checked < 306, "all {checked} compared: {report}");
+        (out.status.code(), report)
+    };
+    let (code, _) = interrupted(&proxy);
+    assert_eq!(code, Some(130));
+
+    // A source file never copied, listed before the rest: found missing before the stop.
+    std::fs::write(src.join("aaa.bin"), b"new").unwrap();
+    let (code, report) = interrupted(&proxy);
+    assert_eq!(code, Some(6), "{report}");
+    assert_eq!(report["missing"], 1, "{report}");
+}
