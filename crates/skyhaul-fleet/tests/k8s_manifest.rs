@@ -205,9 +205,9 @@ fn command_of(job: K8sJob) -> Vec<String> {
 
 /// A gateway's command runs `skyhaul gateway` with its TLS files, and only given the relay key.
 fn assert_gateway_starts_only_with_the_key(gw: &[String]) {
-    let key = "ab".repeat(32);
+    let key = "f78a687de234528949b4cb7291f0492494b3dfafb54ed72dcff598083b7d8d67";
     assert_eq!(
-        run_command(gw, &[("SKYHAUL_RELAY_KEY", &key)]),
+        run_command(gw, &[("SKYHAUL_RELAY_KEY", key)]),
         (
             true,
             "gateway --listen 0.0.0.0:7400 s3://dst --dst-region eu-west-1 --exit-on-stop --idle-exit 1800s \
@@ -884,11 +884,11 @@ fn the_comments_commands_set_up_both_clusters() {
     let run = dir.path().join("gateways");
     std::fs::create_dir(&run).unwrap();
     load_balancers(&run);
-    let given = "cd".repeat(32);
+    let given = "8d6a1bde0481b3bba13c868bf8569f3a5c2bb711bc92133fca8736410c0f26e8";
     let calls = run_comment(
         &job.render_gateway(Backend::Kubernetes).unwrap(),
         &run,
-        &[("SKYHAUL_RELAY_KEY", &given)],
+        &[("SKYHAUL_RELAY_KEY", given)],
     );
     let first: Vec<String> = calls
         .iter()

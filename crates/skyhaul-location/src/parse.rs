@@ -35,6 +35,7 @@ pub enum LocationError {
     Empty(String),
     #[error("'{0}': no bucket or container name (expected s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX)")]
     MissingBucket(String),
+    /// Shows the URL without its query or password ([`redacted`]).
     #[error("'{0}': unsupported scheme '{1}' (supported: s3://, gs://, az://, https://ACCOUNT.blob.core.windows.net/, file://, or a local path)")]
     UnsupportedScheme(String, String),
     /// Shows the URL without its query, which may hold a SAS signature.
@@ -44,6 +45,26 @@ pub enum LocationError {
     RelativeFileUrl(String),
     #[error("'{0}': cannot determine the current directory: {1}")]
     NoCurrentDir(String, String),
+}
+
+/// `url` as it may be shown: without its query (a SAS or presigned URL's signature) and
+/// with a user name and password before the host (`https://user:pass@host`) masked.
+pub fn redacted(url: &str) -> String {
+    let url = url.split('?').next().unwrap_or_default();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[authority.len()..]),
+        None => url.to_string(),
+    }
+}
+
+/// Whether `url` carries a secret [`redacted`] would hide: a query or a user name and
+/// password.
+pub fn holds_secret(url: &str) -> bool {
+    redacted(url) != url
 }
 
 impl Location {
@@ -73,7 +94,7 @@ impl Location {
                 // it) is not, and would otherwise become part of the key.
                 "az" => match input.split_once('?') {
                     Some((url, query)) if query.contains("sig=") => {
-                        Err(LocationError::QueryString(url.to_string()))
+                        Err(LocationError::QueryString(redacted(url)))
                     }
                     _ => bucket_path(Scheme::Azure, rest, None),
                 },
@@ -91,10 +112,10 @@ impl Location {
                         .filter(|a| !a.is_empty() && !a.contains('.'))
                         .map(str::to_string)
                         .ok_or_else(|| {
-                            LocationError::UnsupportedScheme(url.to_string(), "https".into())
+                            LocationError::UnsupportedScheme(redacted(url), "https".into())
                         })?;
                     if input.contains('?') {
-                        return Err(LocationError::QueryString(url.to_string()));
+                        return Err(LocationError::QueryString(redacted(url)));
                     }
                     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
                     bucket_path(Scheme::Azure, &decoded, Some(&account))
@@ -110,7 +131,7 @@ impl Location {
                     ))
                 }
                 other => Err(LocationError::UnsupportedScheme(
-                    input.to_string(),
+                    redacted(input),
                     other.to_string(),
                 )),
             };
@@ -208,6 +229,34 @@ impl fmt::Display for Location {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Neither a pasted SAS nor a password in a URL of a scheme skyhaul does not take is
+    /// echoed by the error that refuses it.
+    #[test]
+    fn refused_urls_are_shown_without_their_secrets() {
+        for (input, shown) in [
+            (
+                "http://127.0.0.1:10000/acct/cont/p?sv=2020&sig=SECRET%3D",
+                "'http://127.0.0.1:10000/acct/cont/p': unsupported scheme 'http'",
+            ),
+            (
+                "sftp://me:SECRET@host/dir",
+                "'sftp://***@host/dir': unsupported scheme 'sftp'",
+            ),
+            (
+                "https://me:SECRET@example.com/b/k?X-Amz-Signature=SECRET",
+                "'https://***@example.com/b/k': unsupported scheme 'https'",
+            ),
+        ] {
+            let e = Location::parse(input).unwrap_err().to_string();
+            assert!(e.starts_with(shown), "{e}");
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+        assert_eq!(redacted("http://h:9000/a@b"), "http://h:9000/a@b");
+        assert!(!holds_secret("https://storage.example.com:443"));
+        assert!(holds_secret("https://u:p@storage.example.com"));
+        assert!(holds_secret("https://storage.example.com/?sig=x"));
+    }
 
     #[test]
     fn s3_urls() {

@@ -18,9 +18,9 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use skyhaul_store::{Entry, Error, ErrorKind, Payload, Store};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +33,14 @@ const HANDSHAKE_TIMEOUT: Duration = skyhaul_tls::HANDSHAKE_TIMEOUT;
 const PARTIAL_EXPIRY: Duration = Duration::from_secs(300);
 /// Response bodies (reads) are cut into chunks of this size.
 const RESPONSE_CHUNK: usize = 1 << 20;
+/// Connections from one address that may be setting up at once (TLS and the hello): a
+/// peer without the key cannot hold more descriptors than this for longer than
+/// [`HANDSHAKE_TIMEOUT`], so it cannot use up the gateway's file limit. Senders from one
+/// address (workers behind one NAT) open a few connections each, briefly.
+const SETTING_UP_PER_PEER: usize = 64;
+/// The pause after an `accept` failure for want of descriptors or memory (see
+/// [`accept_failed`]).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 /// After a stop, the longest wait for answers still being written (a client that stopped
 /// reading must not keep the gateway, and its bill, alive).
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -81,6 +89,8 @@ pub struct Gateway {
     next_conn: AtomicU64,
     writers: Mutex<HashMap<u64, Outgoing>>,
     assembler: Mutex<Assembler>,
+    /// Connections setting up, by peer address ([`SETTING_UP_PER_PEER`]).
+    setting_up: Mutex<HashMap<IpAddr, usize>>,
     /// Frames refused (failed authentication, checksum or framing), each closing its
     /// connection; the client sends what was on it again.
     pub rejected: AtomicU64,
@@ -112,6 +122,7 @@ impl Gateway {
             next_conn: AtomicU64::new(0),
             writers: Mutex::new(HashMap::new()),
             assembler: Mutex::new(Assembler::default()),
+            setting_up: Mutex::new(HashMap::new()),
             rejected: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             lifetime,
@@ -125,14 +136,16 @@ impl Gateway {
         })
     }
 
-    /// Accepts connections until the listener fails, or its [`Lifetime`] says to end.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<Ended> {
+    /// Accepts connections until its [`Lifetime`] says to end. A failed `accept` (no
+    /// descriptor left, a peer that reset first) ends nothing: whoever can reach the port
+    /// must not be able to stop the gateway.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Ended {
         loop {
             let idle = match self.lifetime.idle_exit {
                 Some(limit) => {
-                    let a = self.activity.lock().unwrap();
+                    let a = lock(&self.activity);
                     if a.open == 0 && a.since.elapsed() >= limit {
-                        return Ok(Ended::Idle(limit));
+                        return Ended::Idle(limit);
                     }
                     // With connections open, look again after a whole period.
                     Some(match a.open {
@@ -143,15 +156,23 @@ impl Gateway {
                 None => None,
             };
             tokio::select! {
-                accepted = listener.accept() => {
-                    let (sock, peer) = accepted?;
-                    crate::tune(&sock, None);
-                    tokio::spawn(self.clone().connection(sock, peer));
-                }
+                accepted = listener.accept() => match accepted {
+                    Ok((sock, peer)) => match SettingUp::enter(&self, peer.ip()) {
+                        Some(setting_up) => {
+                            crate::tune(&sock, None);
+                            tokio::spawn(self.clone().connection(sock, peer, setting_up));
+                        }
+                        None => tracing::debug!(
+                            "relay gateway: closed a connection from {peer}: \
+                             {SETTING_UP_PER_PEER} from there are setting up already"
+                        ),
+                    },
+                    Err(e) => accept_failed(e).await,
+                },
                 _ = self.stop.notified() => {
                     drop(listener);
                     self.drain().await;
-                    return Ok(Ended::Stopped);
+                    return Ended::Stopped;
                 }
                 _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {}
             }
@@ -175,7 +196,7 @@ impl Gateway {
 
     /// Counts a relay connection opening (`+1`) or closing (`-1`) for [`Lifetime::idle_exit`].
     fn active(&self, change: isize) {
-        let mut a = self.activity.lock().unwrap();
+        let mut a = lock(&self.activity);
         a.open = a.open.saturating_add_signed(change);
         a.since = Instant::now();
     }
@@ -205,13 +226,10 @@ impl Gateway {
         Ok((client, sealer, opener, rd, wr))
     }
 
-    async fn connection(self: Arc<Self>, sock: TcpStream, peer: SocketAddr) {
-        let (client, mut sealer, mut opener, rd, mut wr) = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            self.set_up(sock),
-        )
-        .await
-        {
+    async fn connection(self: Arc<Self>, sock: TcpStream, peer: SocketAddr, setting_up: SettingUp) {
+        let set_up = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.set_up(sock)).await;
+        drop(setting_up);
+        let (client, mut sealer, mut opener, rd, mut wr) = match set_up {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 tracing::warn!("relay gateway: refused {peer}: {e}");
@@ -234,7 +252,7 @@ impl Gateway {
             compression: client.compression,
             session: client.session,
         };
-        self.writers.lock().unwrap().insert(id, writer);
+        lock(&self.writers).insert(id, writer);
         let busy = self.busy.clone();
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
@@ -254,7 +272,7 @@ impl Gateway {
         loop {
             let why = match read_frame(&mut rd, &mut opener).await {
                 Ok((h, plain, _)) if h.session == client.session && is_request(h.kind) => {
-                    let done = self.assembler.lock().unwrap().add(&h, plain, id);
+                    let done = lock(&self.assembler).add(&h, plain, id);
                     match done {
                         Ok(Some(msg)) => {
                             self.busy.fetch_add(1, Relaxed);
@@ -278,7 +296,7 @@ impl Gateway {
             );
             break;
         }
-        self.writers.lock().unwrap().remove(&id);
+        lock(&self.writers).remove(&id);
         self.active(-1);
     }
 
@@ -320,7 +338,7 @@ impl Gateway {
             ),
         };
         let (writer, spread) = {
-            let writers = self.writers.lock().unwrap();
+            let writers = lock(&self.writers);
             let writer = writers.get(&msg.meta_conn).cloned();
             // A body (a read) goes out over all the client's connections here, as its
             // requests' bodies come in: one read is not bound by one connection's window.
@@ -368,7 +386,7 @@ impl Gateway {
                 return;
             }
         }
-        self.assembler.lock().unwrap().expire(PARTIAL_EXPIRY);
+        lock(&self.assembler).expire(PARTIAL_EXPIRY);
     }
 
     async fn execute(&self, req: Request, body: Bytes) -> skyhaul_store::Result<(Value, Bytes)> {
@@ -503,5 +521,56 @@ impl Gateway {
                 (Value::Null, none)
             }
         })
+    }
+}
+/// `m`, also after a panic while another connection held it: one connection's fault
+/// must not stop the gateway serving the others.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// After a failed `accept`: said, and unless only that connection failed (its peer reset
+/// it first), a pause: descriptors or memory ran out (a flood of connections), and some
+/// must close before an `accept` can succeed; an immediate retry would only spin.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+    tracing::warn!("relay gateway: cannot accept a connection: {e}");
+    if !matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted) {
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
+
+/// One connection from `peer` setting up, counted in [`Gateway::setting_up`] until dropped.
+struct SettingUp {
+    gateway: Arc<Gateway>,
+    peer: IpAddr,
+}
+
+impl SettingUp {
+    /// Counts one more connection from `peer` setting up, unless [`SETTING_UP_PER_PEER`]
+    /// are already.
+    fn enter(gateway: &Arc<Gateway>, peer: IpAddr) -> Option<SettingUp> {
+        let mut counts = lock(&gateway.setting_up);
+        let n = counts.entry(peer).or_default();
+        if *n >= SETTING_UP_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(SettingUp {
+            gateway: gateway.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for SettingUp {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.gateway.setting_up);
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
     }
 }

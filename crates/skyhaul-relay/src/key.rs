@@ -17,6 +17,11 @@ pub const KEY_ENV: &str = "SKYHAUL_RELAY_KEY";
 /// Length of the transfer key and of every derived key, in bytes.
 pub const KEY_LEN: usize = 32;
 
+/// Fewer distinct byte values than this in a key is no random key but a pattern (all
+/// zeros, `0123…` repeated): 32 random bytes have fewer than 16 distinct values with a
+/// probability below 10^-15.
+const MIN_DISTINCT_BYTES: usize = 16;
+
 /// A secret AES-256 key. Its `Debug` shows nothing of it, so it can sit in option structs
 /// that are logged.
 #[derive(Clone, PartialEq, Eq)]
@@ -46,6 +51,12 @@ impl RelayKey {
                 KEY_LEN * 2
             )
         })?;
+        let distinct = k.iter().collect::<std::collections::HashSet<_>>().len();
+        if distinct < MIN_DISTINCT_BYTES {
+            return Err(format!(
+                "{KEY_ENV}: not a random key (a few byte values repeated); make one with `openssl rand -hex 32`"
+            ));
+        }
         Ok(RelayKey(k))
     }
 
@@ -122,6 +133,14 @@ mod tests {
         let e = RelayKey::from_hex("zz-secret").unwrap_err();
         assert!(!e.contains("secret"), "{e}");
         assert!(RelayKey::from_hex("abcd").unwrap_err().contains("length"));
+        for pattern in [
+            "00".repeat(32),
+            "0123456789abcdef".repeat(4),
+            "deadbeef".repeat(8),
+        ] {
+            let e = RelayKey::from_hex(&pattern).unwrap_err();
+            assert!(e.contains("openssl rand -hex 32"), "{e}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::codec::Compression;
 use crate::wire::{Header, Kind, Plain};
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Largest message body accepted: S3's largest part or single put.
@@ -28,9 +28,31 @@ struct Partial {
     body_len: Option<u64>,
     body: Vec<u8>,
     got: u64,
-    offsets: HashSet<u64>,
+    /// The byte ranges received so far, by their start: each ends before the next begins.
+    ranges: BTreeMap<u64, u64>,
     meta_conn: u64,
     started: Option<Instant>,
+}
+
+impl Partial {
+    /// Records the chunk `start..end` as received: `false` for one received before (a
+    /// re-sent chunk), an error for one that overlaps another. A sender cuts its message
+    /// at fixed offsets, so overlapping chunks are no sender's: counted as received, they
+    /// would complete a message with bytes that never came.
+    fn received(&mut self, start: u64, end: u64) -> Result<bool, String> {
+        if self.ranges.get(&start) == Some(&end) {
+            return Ok(false);
+        }
+        let before = self.ranges.range(..=start).next_back();
+        let after = self.ranges.range(start..).next();
+        let overlaps =
+            before.is_some_and(|(_, &e)| e > start) || after.is_some_and(|(&s, _)| s < end);
+        if overlaps {
+            return Err(format!("chunk {start}..{end} overlaps one received before"));
+        }
+        self.ranges.insert(start, end);
+        Ok(true)
+    }
 }
 
 /// Messages in progress, keyed by session and stream.
@@ -48,7 +70,8 @@ impl Assembler {
         chunk: Vec<u8>,
         conn: u64,
     ) -> Result<Option<Message>, String> {
-        if h.total > MAX_MESSAGE || (!h.kind.is_meta() && h.offset + chunk.len() as u64 > h.total) {
+        let end = h.offset.checked_add(chunk.len() as u64);
+        if h.total > MAX_MESSAGE || (!h.kind.is_meta() && end.is_none_or(|end| end > h.total)) {
             return Err(format!(
                 "chunk at {} of {} bytes overruns its message of {} bytes",
                 h.offset,
@@ -65,11 +88,12 @@ impl Assembler {
             if *p.body_len.get_or_insert(h.total) != h.total {
                 return Err(format!("message {} changed its length", h.stream));
             }
-            if p.offsets.insert(h.offset) {
+            let (start, end) = (h.offset, end.expect("checked above"));
+            if p.received(start, end)? {
                 if p.body.is_empty() {
                     p.body = vec![0u8; h.total as usize];
                 }
-                p.body[h.offset as usize..h.offset as usize + chunk.len()].copy_from_slice(&chunk);
+                p.body[start as usize..end as usize].copy_from_slice(&chunk);
                 p.got += chunk.len() as u64;
             }
         }
@@ -225,5 +249,32 @@ mod tests {
         assert!(a
             .add(&h(Kind::RequestData, 4, 6), b"abc".to_vec(), 1)
             .is_err());
+        // An offset whose end lies past 2^64 is an overrun, not a wrap to a small one.
+        assert!(a
+            .add(&h(Kind::RequestData, u64::MAX - 1, 16), b"abcd".to_vec(), 1)
+            .is_err());
+    }
+
+    /// Chunks that overlap would add up to the message's length with a hole in it: refused,
+    /// not written as zeros.
+    #[test]
+    fn overlapping_chunks_are_refused() {
+        let mut a = Assembler::default();
+        a.add(&h(Kind::RequestMeta, 0, 8), b"{}".to_vec(), 1)
+            .unwrap();
+        a.add(&h(Kind::RequestData, 0, 8), b"AAAA".to_vec(), 1)
+            .unwrap();
+        let overlap = a.add(&h(Kind::RequestData, 1, 8), b"BBBB".to_vec(), 1);
+        assert!(overlap.unwrap_err().contains("overlaps"));
+        let before = a
+            .add(&h(Kind::RequestData, 6, 8), b"CC".to_vec(), 1)
+            .unwrap();
+        assert!(before.is_none(), "2 bytes are still missing");
+        let overlap = a.add(&h(Kind::RequestData, 3, 8), b"DD".to_vec(), 1);
+        assert!(overlap.is_err(), "overlaps the first chunk");
+        let m = a
+            .add(&h(Kind::RequestData, 4, 8), b"EE".to_vec(), 1)
+            .unwrap();
+        assert_eq!(&m.unwrap().body[..], b"AAAAEECC");
     }
 }

@@ -445,8 +445,8 @@ pub async fn handshake_client<S: AsyncRead + AsyncWrite + Unpin>(
     let theirs = read_hello(s, b'G').await?;
     same_version(&theirs)?;
     let salt = salt(&mine, &theirs);
-    // Sent before this side checks the gateway's, so that a gateway with another key can
-    // say so too.
+    // This side proves first: the gateway answers with its own proof only to a client
+    // that holds the key (see `handshake_gateway`).
     s.write_all(&key.client_proof(&salt)).await?;
     s.flush().await?;
     proven(s, &key.gateway_proof(&salt)).await?;
@@ -455,8 +455,10 @@ pub async fn handshake_client<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The gateway's side: returns the client's hello, the sealer (to the client) and opener.
-/// Both ends prove that they hold `key`, the gateway first: a peer with another key is
-/// [`WireError::Key`] at either end.
+/// Both ends prove that they hold `key`, the client first: a peer that only connects
+/// learns nothing that would let it test guesses of the key offline. A client with another
+/// key gets [`REFUSED_PROOF`] instead of this gateway's proof, so that both ends can say
+/// which key is wrong ([`WireError::Key`]).
 pub async fn handshake_gateway<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     key: &RelayKey,
@@ -467,12 +469,18 @@ pub async fn handshake_gateway<S: AsyncRead + AsyncWrite + Unpin>(
     let mine = hello(b'G', (0, 0), 0, &rand);
     let salt = salt(&theirs, &mine);
     s.write_all(&mine).await?;
-    s.write_all(&key.gateway_proof(&salt)).await?;
     s.flush().await?;
     // Refused only after answering: a client of another version reads this gateway's
     // version and says which versions differ, rather than that the connection closed.
     same_version(&theirs)?;
-    proven(s, &key.client_proof(&salt)).await?;
+    let client_proven = proven(s, &key.client_proof(&salt)).await;
+    let proof = match client_proven {
+        Ok(()) => key.gateway_proof(&salt),
+        Err(_) => REFUSED_PROOF,
+    };
+    s.write_all(&proof).await?;
+    s.flush().await?;
+    client_proven?;
     let k = key.connection_key(&salt);
     let client = ClientHello {
         session: u64::from_be_bytes(theirs[8..16].try_into().unwrap()),
@@ -482,10 +490,16 @@ pub async fn handshake_gateway<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((client, sealer, opener))
 }
 
+/// What a gateway sends in place of its proof to a client that proved another key: no
+/// proof of any key (HKDF output is never all zeros in practice), so the client says
+/// "another key" as the gateway does.
+const REFUSED_PROOF: [u8; KEY_LEN] = [0; KEY_LEN];
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::Compression;
+    use std::time::Duration;
 
     async fn pair(key_c: &RelayKey, key_g: &RelayKey) -> ((Sealer, Opener), (Sealer, Opener)) {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
@@ -545,6 +559,30 @@ mod tests {
         );
         assert!(matches!(c.err().unwrap(), WireError::Key));
         assert!(matches!(g.err().unwrap(), WireError::Key));
+    }
+
+    /// A peer that connects without the key gets the gateway's hello and, after a wrong
+    /// proof, nothing derived from the key: no answer to test guesses of a weak key
+    /// against offline.
+    #[tokio::test]
+    async fn a_peer_without_the_key_learns_nothing_of_it() {
+        let key = RelayKey::generate();
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let gateway = tokio::spawn(async move { handshake_gateway(&mut b, &key).await.err() });
+        a.write_all(&hello(b'C', (0, 0), 1, &[7; 16]))
+            .await
+            .unwrap();
+        let theirs = read_hello(&mut a, b'G').await.unwrap();
+        // Nothing more comes before this side proves something.
+        let mut more = [0u8; 1];
+        let waited = tokio::time::timeout(Duration::from_millis(200), a.read(&mut more)).await;
+        assert!(waited.is_err(), "the gateway sent more than its hello");
+        a.write_all(&[1; KEY_LEN]).await.unwrap();
+        let mut answer = [0u8; KEY_LEN];
+        a.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, REFUSED_PROOF);
+        assert!(matches!(gateway.await.unwrap(), Some(WireError::Key)));
+        assert_eq!(theirs[4], VERSION);
     }
 
     fn frame(i: u64) -> Plain {

@@ -290,7 +290,7 @@ pub struct CleanArgs {
     #[arg(long, value_name = "PATH")]
     pub journal: Option<std::path::PathBuf>,
     /// Destination endpoint (default: the one the transfer used)
-    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = endpoint)]
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = Endpoint)]
     pub dst_endpoint: Option<String>,
     /// Destination profile
     #[arg(long, env = "SKYHAUL_DST_PROFILE")]
@@ -431,10 +431,10 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct EndpointArgs {
     /// Endpoint URL of the source store (an S3-compatible service, a GCS or Azure Blob endpoint or emulator)
-    #[arg(long, env = "SKYHAUL_SRC_ENDPOINT", value_name = "URL", value_parser = endpoint)]
+    #[arg(long, env = "SKYHAUL_SRC_ENDPOINT", value_name = "URL", value_parser = Endpoint)]
     pub src_endpoint: Option<String>,
     /// Endpoint URL of the destination store
-    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = endpoint)]
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = Endpoint)]
     pub dst_endpoint: Option<String>,
     /// AWS shared-config profile for the source (SSO and credential_process work)
     #[arg(long, env = "SKYHAUL_SRC_PROFILE")]
@@ -520,7 +520,7 @@ pub struct GatewayArgs {
     /// The destination store this gateway writes to: s3://BUCKET, gs://BUCKET or az://CONTAINER (no prefix: clients name whole keys)
     pub destination: String,
     /// Endpoint URL of the destination store
-    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = endpoint)]
+    #[arg(long, env = "SKYHAUL_DST_ENDPOINT", value_name = "URL", value_parser = Endpoint)]
     pub dst_endpoint: Option<String>,
     /// AWS shared-config profile for the destination
     #[arg(long, env = "SKYHAUL_DST_PROFILE")]
@@ -725,9 +725,32 @@ pub struct FilterArgs {
 }
 
 /// An endpoint URL as `skyhaul config set` takes it ([`crate::config::endpoint_url`]), kept
-/// as typed: it is part of a transfer's identity in the journal.
-fn endpoint(s: &str) -> Result<String, String> {
-    crate::config::endpoint_url(s).map(|_| s.to_string())
+/// as typed: it is part of a transfer's identity in the journal. Its error is clap's
+/// without the value, which clap would repeat in full: it may hold a password.
+#[derive(Clone)]
+struct Endpoint;
+
+impl clap::builder::TypedValueParser for Endpoint {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let text = value.to_string_lossy();
+        crate::config::endpoint_url(&text)
+            .map(|_| text.to_string())
+            .map_err(|e| {
+                let arg = arg.map_or_else(|| "the endpoint".into(), |a| format!("'{a}'"));
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("invalid value for {arg}: {e}\n"),
+                )
+                .with_cmd(cmd)
+            })
+    }
 }
 
 /// A relay gateway, HOST:PORT, checked where it is typed: a malformed one (`gw1`, a

@@ -367,7 +367,19 @@ fn refuse_secret_key(key: &str) -> Result<()> {
 /// An endpoint URL as a flag, a variable or the config file gives it: `http://` or
 /// `https://`, a host, and no whitespace; a trailing `/` is dropped. A bare host is refused
 /// rather than guessed: `localhost:9000` is plain http as often as a cloud host is https.
+///
+/// A user name and password (`https://user:pass@host`) or a query is refused without being
+/// shown: S3 takes neither (each request is signed with the side's keys), and both would
+/// be kept in the journal and shown in reports.
 pub fn endpoint_url(v: &str) -> Result<String, String> {
+    if skyhaul_location::holds_secret(v) {
+        return Err(format!(
+            "'{}': an endpoint holds no user name, password or query; give it as \
+             http(s)://HOST[:PORT], and the side's keys with a profile or the \
+             SKYHAUL_SRC_*/SKYHAUL_DST_* variables",
+            skyhaul_location::redacted(v)
+        ));
+    }
     let lower = v.to_ascii_lowercase();
     let host = lower
         .strip_prefix("https://")
@@ -479,6 +491,12 @@ fn normalize(key: &Key, value: &str) -> Result<String> {
                 ))
             }
         }
+        Key::Remote {
+            field: "endpoint", ..
+        } if skyhaul_location::holds_secret(v) => Err(ConfigError::Secret {
+            key: key.to_string(),
+            reason: "holds a user name and password, or a query (a signature?), in its URL".into(),
+        }),
         Key::Remote {
             field: "endpoint", ..
         } => endpoint_url(v)
@@ -1117,6 +1135,18 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ConfigError::Secret { .. }), "{err:?}");
         assert!(!err.to_string().contains("AKIAIOSFODNN7EXAMPLE"), "{err}");
+        // Nor in an endpoint's URL, where S3 takes none: not stored, not shown.
+        for url in [
+            "https://user:PASSWORD@s3.example.com",
+            "https://s3.example.com/?X-Amz-Signature=PASSWORD",
+        ] {
+            let err = c.set("remotes.a.endpoint", url).unwrap_err();
+            assert!(matches!(err, ConfigError::Secret { .. }), "{err:?}");
+            assert!(!err.to_string().contains("PASSWORD"), "{err}");
+            let flag = endpoint_url(url).unwrap_err();
+            assert!(!flag.contains("PASSWORD"), "{flag}");
+        }
+        assert!(c.get("remotes.a.endpoint").is_none());
         // A remote's own name is not a setting name.
         c.set("remotes.tokens.region", "us-east-1").unwrap();
         assert!(c.set("remotes.tokens.secret", "x").is_err());

@@ -53,6 +53,7 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
             "the transfer after the launch options is not valid for `skyhaul coordinator`: {first}"
         )));
     }
+    secret_flags(&args.transfer)?;
     let (backend, ext, submit) = match args.backend {
         BackendArg::Slurm => (Backend::Slurm, "sbatch", "sbatch"),
         BackendArg::Skypilot => (Backend::Skypilot, "sky.yaml", "sky"),
@@ -541,6 +542,40 @@ fn destination_flags(transfer: &[String]) -> Vec<String> {
         .into_iter()
         .flat_map(|(flag, v)| [flag.to_string(), v.to_string()])
         .collect()
+}
+
+/// The transfer's flags whose values are secrets, and the variables that carry them
+/// instead: the job's command is written into its file, which is no place for a secret
+/// (readable by whoever may read the file, and on Kubernetes and SkyPilot by whoever may
+/// read the pod's or task's command), while the variables go as the engine's secrets.
+const SECRET_FLAGS: [(&str, &str); 6] = [
+    ("--src-azure-key", "SKYHAUL_SRC_AZURE_KEY"),
+    ("--dst-azure-key", "SKYHAUL_DST_AZURE_KEY"),
+    ("--src-azure-sas", "SKYHAUL_SRC_AZURE_SAS"),
+    ("--dst-azure-sas", "SKYHAUL_DST_AZURE_SAS"),
+    (
+        "--src-azure-connection-string",
+        "SKYHAUL_SRC_AZURE_CONNECTION_STRING",
+    ),
+    (
+        "--dst-azure-connection-string",
+        "SKYHAUL_DST_AZURE_CONNECTION_STRING",
+    ),
+];
+
+/// Refuses a transfer that gives a secret as a flag ([`SECRET_FLAGS`]).
+fn secret_flags(transfer: &[String]) -> Result<(), CliError> {
+    let flags = SECRET_FLAGS.map(|(flag, _)| flag);
+    match flag_values(transfer, &flags).first() {
+        Some((flag, _)) => {
+            let var = SECRET_FLAGS.iter().find(|(f, _)| f == flag).map(|(_, v)| v);
+            Err(exit::usage(format!(
+                "{flag} in the transfer would write the secret into the job's file: set {} in this shell instead, which launch passes to the job's machines as a secret",
+                var.expect("one of SECRET_FLAGS")
+            )))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Every `(flag, value)` the transfer's words give for one of `flags`, as `--flag VALUE` or

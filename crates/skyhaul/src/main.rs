@@ -61,12 +61,35 @@ fn main() {
         e.exit()
     });
     init_logging(cli.verbose);
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(run(cli));
     std::process::exit(code as i32);
+}
+
+/// Raises this process's limit of open files to the most it may have, as Go programs
+/// (rclone, s5cmd) do at start: the usual soft limit of 1,024 is the whole budget of a
+/// relay gateway or a fleet's coordinator serving many connections, and a flood of idle
+/// ones could otherwise use it up.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut limit = getrlimit(Resource::Nofile);
+        // `None` is no limit: nothing to raise, or no number to raise to.
+        if let (Some(soft), Some(hard)) = (limit.current, limit.maximum) {
+            if soft >= hard {
+                return;
+            }
+            limit.current = Some(hard);
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::debug!("cannot raise the limit of open files: {e}");
+            }
+        }
+    }
 }
 
 /// An empty or blank `SKYHAUL_*` variable means unset, for the ones clap reads too: a

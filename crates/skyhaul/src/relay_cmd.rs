@@ -220,7 +220,7 @@ async fn run_gateway(args: GatewayArgs) -> Result<(), CliError> {
     };
     let gateway = Gateway::new(dst.store, key, tls, lifetime);
     let ended = tokio::select! {
-        r = gateway.serve(listener) => r.map_err(|e| exit::usage(format!("--listen {addr}: {e}")))?,
+        ended = gateway.serve(listener) => ended,
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
     match ended {

@@ -333,6 +333,27 @@ fn zero_sizes_and_bare_endpoints_are_usage_errors() {
             run.stderr
         );
     }
+    // A password or a query in it is refused without being shown, from a flag or a
+    // variable: S3 signs with keys, and the URL would reach errors and the journal.
+    for (flag, var) in [
+        (["--src-endpoint", "http://me:PASSWORD@127.0.0.1:99999"], ""),
+        (
+            ["--src-endpoint", "https://h.example.com/?sig=PASSWORD"],
+            "",
+        ),
+        (["--no-journal", "-q"], "http://me:PASSWORD@127.0.0.1:9000"),
+    ] {
+        let args = [&["cp", "s3://b/k", dst][..], &flag[..]].concat();
+        let run = skyhaul_env(&args, None, None, &[("SKYHAUL_SRC_ENDPOINT", var)]);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("an endpoint holds no user name, password or query"),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("PASSWORD"), "{}", run.stderr);
+    }
     let run = skyhaul_env(
         &["cp", src, "s3://b/k"],
         None,
@@ -361,7 +382,7 @@ fn relay_tls_files_that_do_not_load_are_usage_errors_without_the_key() {
     let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["127.0.0.1"]);
     let key_line = std::fs::read_to_string(&pki.key).unwrap();
     let key_line = key_line.lines().nth(1).unwrap().to_string();
-    let relay_key = "ab".repeat(32);
+    let relay_key = RELAY_KEY.to_string();
     let env = [("SKYHAUL_RELAY_KEY", relay_key.as_str())];
     let (cert, key) = (pki.cert.to_str().unwrap(), pki.key.to_str().unwrap());
     // Gateway: a key where the certificate goes, a certificate where the key goes.
@@ -405,12 +426,7 @@ fn relay_cp_with(dir: &std::path::Path, flag: &str, value: &str) -> Run {
         flag,
         value,
     ];
-    skyhaul_env(
-        &args,
-        None,
-        None,
-        &[("SKYHAUL_RELAY_KEY", &"ab".repeat(32))],
-    )
+    skyhaul_env(&args, None, None, &[("SKYHAUL_RELAY_KEY", RELAY_KEY)])
 }
 
 #[test]

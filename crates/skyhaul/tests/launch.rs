@@ -99,7 +99,7 @@ async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
         text.contains("--job-name=relay-test-gw --nodes=1"),
         "{text}"
     );
-    let key = "5a".repeat(32);
+    let key = RELAY_KEY.to_string();
     for secret in [&src.secret_key, &dst.secret_key, &dst.access_key, &key] {
         assert!(!text.contains(secret.as_str()), "{text}");
     }
@@ -905,7 +905,7 @@ done
         .env("RECORD", &record)
         .env("SKYHAUL_GATEWAYS", &gateways)
         .env("SKYHAUL_FLEET_TOKEN", TOKEN)
-        .env("SKYHAUL_RELAY_KEY", "5a".repeat(32))
+        .env("SKYHAUL_RELAY_KEY", RELAY_KEY)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1093,7 +1093,7 @@ exit 0
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let fleet = dir.path().join("fl.k8s.yaml");
     let gateways = dir.path().join("fl.gateways.yaml");
-    let relay_key = "ef".repeat(32);
+    let relay_key = RELAY_KEY.to_string();
     let launch = |context: &str, submit: bool| {
         let _ = std::fs::remove_file(&record);
         let mut args = vec![
@@ -1359,6 +1359,45 @@ fn values_an_engine_would_refuse_are_refused_before_anything_is_written() {
         None,
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+/// A secret given as a flag of the transfer would be written into the job's file (and on
+/// Kubernetes and SkyPilot into the pod's or task's command, readable by whoever may list
+/// them): refused, naming the variable that carries it as a secret, and no file written.
+#[test]
+fn secrets_given_as_transfer_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("job");
+    let out = out.to_str().unwrap();
+    let backends: [&[&str]; 4] = [
+        &["--backend", "slurm"],
+        &["--backend", "ssh", "--hosts", "h1,h2"],
+        &["--backend", "kubernetes", "--image", "i"],
+        &["--backend", "skypilot"],
+    ];
+    let secrets = [
+        ("--dst-azure-key", "SKYHAUL_DST_AZURE_KEY"),
+        ("--src-azure-sas", "SKYHAUL_SRC_AZURE_SAS"),
+        (
+            "--dst-azure-connection-string",
+            "SKYHAUL_DST_AZURE_CONNECTION_STRING",
+        ),
+    ];
+    for (backend, (flag, var)) in backends.iter().zip(secrets.iter().cycle()) {
+        for given in [vec![*flag, "SeCrEt="], vec![&format!("{flag}=SeCrEt=")[..]]] {
+            let mut all = vec!["launch"];
+            all.extend(*backend);
+            all.extend(["-o", out, "--", "cp", "-r", "az://c/x", "az://d/x"]);
+            all.extend(&given);
+            all.extend(["--src-azure-account", "a", "--dst-azure-account", "b"]);
+            let run = skyhaul(&all, None, None);
+            assert_eq!(run.code, 2, "{all:?}: {}", run.stderr);
+            let wanted = format!("{flag} in the transfer would write the secret into the job's file: set {var} in this shell instead");
+            assert!(run.stderr.contains(&wanted), "{all:?}: {}", run.stderr);
+            assert!(!run.stderr.contains("SeCrEt"), "{}", run.stderr);
+            assert!(!std::path::Path::new(out).exists(), "{all:?} wrote the job");
+        }
+    }
 }
 
 fn launch_to(out: &std::path::Path, extra: &[&str]) -> Run {

@@ -879,7 +879,7 @@ fn a_stop_under_another_key_does_not_stop_a_gateway() {
             .block_on(|| skyhaul_relay::stop_gateways(opts));
         answers.pop().unwrap().1
     };
-    let forged = stop(skyhaul_relay::RelayKey::from_hex(&"07".repeat(32)).unwrap());
+    let forged = stop(skyhaul_relay::RelayKey::generate());
     assert!(forged.is_err(), "a stop under another key was answered");
     assert_eq!(
         exit_within(&mut gw.0, Duration::from_secs(2)),
@@ -1039,6 +1039,65 @@ fn an_idle_gateway_exits_by_itself() {
     assert!(idle >= Duration::from_secs(2), "exited after {idle:?}");
     let text = log_with(&log, "no relay connection for 2 s");
     assert!(text.contains("no relay connection for 2 s"), "{text}");
+}
+
+/// Whoever can reach a gateway's port cannot stop it: a flood of connections that never
+/// say hello (no key needed) once used up its open files, and the failed `accept` ended
+/// the gateway. Each address may now have a few connections setting up at a time, and a
+/// failed `accept` is waited out; a sender from elsewhere copies through the flood.
+#[test]
+fn a_flood_of_silent_connections_does_not_stop_a_gateway() {
+    use std::os::unix::process::CommandExt;
+    let regions = Regions::start("skrQ", LinkSpec::wan());
+    let files = binaries(4, 0, 41);
+    regions.seed(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gw.log");
+    // 128 open files at most, soft and hard (skyhaul raises its soft limit to the hard).
+    let listen = format!("{B_IP}:7540");
+    let args = ["-v", "gateway", "--listen", &listen, "s3://dst"];
+    let mut cmd = regions.command(false, &args, &[]);
+    cmd.args(["--dst-endpoint", &regions.dst.endpoint])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 128,
+                rlim_max: 128,
+            };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let mut gw = KillOnDrop(cmd.spawn().expect("spawn gateway"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("listening on")
+    {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // 300 silent connections from the gateway's own region, held to the end of the test.
+    let silent: Vec<std::net::TcpStream> = regions.wan.b.run(|| {
+        (0..300)
+            .filter_map(|_| std::net::TcpStream::connect((B_IP, 7540)).ok())
+            .collect()
+    });
+    assert!(silent.len() >= 100, "only {} connected", silent.len());
+    std::thread::sleep(Duration::from_secs(1));
+    let alive = gw.0.try_wait().unwrap();
+    assert!(
+        alive.is_none(),
+        "the gateway exited ({alive:?}): {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    relay_summary(&run(regions.relay_cp(&[7540], "", &[])));
+    assert_eq!(regions.destination(), files);
+    drop(silent);
 }
 
 /// `--relay-tls-name`: a gateway whose certificate names it by a name of its own, not by the

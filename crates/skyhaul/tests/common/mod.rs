@@ -398,3 +398,7 @@ pub fn fleet_status(url: &str, token: &str) -> serde_json::Value {
     let end = json.rfind('}').expect("JSON object");
     serde_json::from_str(&json[..=end]).expect("status is JSON")
 }
+
+/// A relay key for tests that pass one on (64 hex digits of random bytes: skyhaul refuses
+/// a key of a few repeated byte values).
+pub const RELAY_KEY: &str = "01650b000de138fccb751e00401a1df8938b8c5181322340948c6069417d7e7a";
