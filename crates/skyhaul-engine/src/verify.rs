@@ -15,7 +15,7 @@ use crate::open::Endpoint;
 use crate::progress::Progress;
 use crate::report::{count, thousands, Failure};
 use crate::retry::RetryPolicy;
-use futures::{Future, StreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
@@ -167,7 +167,7 @@ impl Verification {
     /// Records a comparison that could not be made because the object could not be read or
     /// HEADed (an archived object, one these credentials may not read), as not comparable,
     /// with the reason. Errors after which nothing else can be compared either are returned;
-    /// denials in a row are [`compare_each`]'s to judge.
+    /// denials in a row are [`run_bounded`]'s to judge.
     fn unreadable(&mut self, key: &str, err: Error) -> Result<()> {
         // Credentials refused for one object, where they were accepted for the listing or
         // HEAD that found it, are that object's (see `Denials::credentials_accepted`).
@@ -258,7 +258,7 @@ pub fn sampled(key: &str, percent: f64) -> bool {
     (h % 10_000) as f64 / 100.0 < percent
 }
 
-/// The end of a verification whose checks were run by [`compare_each`] with `denials`:
+/// The end of a verification whose checks were run by [`run_bounded`] with `denials`:
 /// the first denial, if every request was denied and nothing else was learnt (nothing
 /// compared, nothing found wrong). Many denials in a row stop the checks themselves; both
 /// are exit 4.
@@ -270,34 +270,41 @@ fn end_of_checks(denials: &Denials, v: &Verification) -> Result<()> {
     }
 }
 
-/// Runs `check` on each of `items`, `limit` at a time, and records the outcomes in `v`. A
-/// denied object is not comparable and the others are still compared, as a transfer fails
-/// a denied object alone; `denials`, shared by a verification's passes, stops the checks
-/// once many come in a row with nothing compared between them (see `denials`).
-async fn compare_each<T, Fut>(
-    v: &mut Verification,
-    denials: &Denials,
-    items: Vec<T>,
-    limit: usize,
-    check: impl FnMut(T) -> Fut,
-) -> Result<()>
-where
-    Fut: Future<Output = (String, Result<Option<(String, String)>>)>,
-{
-    // Every item was listed (or HEADed) on both sides with these credentials.
-    denials.credentials_accepted();
-    let items = futures::stream::iter(items.into_iter().map(Ok));
-    let record = |(key, outcome): (String, Result<_>)| record_comparison(v, denials, &key, outcome);
-    let checked = run_bounded(
-        denials,
-        items,
-        limit,
-        "so the verification stopped",
-        check,
-        record,
-    )
-    .await;
-    checked.map_err(|e| v.stopped(e))
+/// One [`Checked`] into `v`, and a comparison's outcome into `denials` (which may stop
+/// the checks).
+fn record_checked(v: &mut Verification, denials: &Denials, checked: Checked) -> Result<()> {
+    match checked {
+        Checked::Pair {
+            key,
+            sizes: (want, got),
+            outcome,
+        } => {
+            v.objects += 1;
+            match outcome {
+                Some(outcome) if v.sizes(&key, want, got) => {
+                    record_comparison(v, denials, &key, outcome)
+                }
+                _ => {
+                    v.sizes(&key, want, got);
+                    Ok(())
+                }
+            }
+        }
+        Checked::Listed(Verdict::Missing(key)) => {
+            v.objects += 1;
+            v.missing(&key);
+            Ok(())
+        }
+        Checked::Listed(Verdict::Extra(key)) => {
+            v.extra += 1;
+            v.problem(&key, "only at the destination".into());
+            Ok(())
+        }
+        Checked::Listed(Verdict::Unchecked { key, error, object }) => {
+            v.objects += u64::from(object);
+            v.unreadable(&key, error)
+        }
+    }
 }
 
 /// One checksum comparison's outcome into `v`, and how it went into `denials` (which may
@@ -415,84 +422,136 @@ async fn check_copied(
 ) -> Result<()> {
     let mode = v.mode;
     copied.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
-    let mut found: Vec<(Copied, Option<ObjectMeta>)> = Vec::with_capacity(copied.len());
-    // Entries the listing could not include: what was written under them is not missing,
-    // only unchecked.
-    let mut unlisted = Vec::new();
-    if recursive {
-        // One listing of the destination instead of a request per object.
-        let mut listing = Listing::new(
+    // A store without content ETags (a file system) can only be checked by re-reading.
+    let reread = mode == VerifyMode::Deep || !dst.store.etags_are_md5();
+    let limit = if reread {
+        DEEP_CONCURRENCY
+    } else {
+        HEAD_CONCURRENCY
+    };
+    let found = look_up(dst, recursive, copied, retry, progress.clone());
+    let store = dst.store.clone();
+    let compare = |looked: Looked| {
+        let (store, progress) = (store.clone(), progress.clone());
+        async move {
+            let (c, m) = match looked {
+                Ok(found) => found,
+                Err(verdict) => return Checked::Listed(verdict),
+            };
+            let sizes = (c.size, m.size);
+            let outcome = if sizes.0 != sizes.1 || mode < VerifyMode::Checksum {
+                None
+            } else if let Some(want) = c.crc64.filter(|_| reread) {
+                let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
+                Some(got.map(|(got, _)| {
+                    Some((
+                        format!("crc64nvme:{want:016x}"),
+                        format!("crc64nvme:{got:016x}"),
+                    ))
+                }))
+            } else {
+                Some(recorded_outcome(store.as_ref(), &c, m, &retry, &progress).await)
+            };
+            Checked::Pair {
+                key: c.dst_key,
+                sizes,
+                outcome,
+            }
+        }
+    };
+    let denials = Denials::default();
+    // Every object compared was listed (or HEADed) with these credentials.
+    denials.credentials_accepted();
+    let record = |checked| record_checked(v, &denials, checked);
+    let checked = run_bounded(
+        &denials,
+        found,
+        limit,
+        "so the verification stopped",
+        compare,
+        record,
+    )
+    .await;
+    checked.map_err(|e| v.stopped(e))?;
+    end_of_checks(&denials, v)
+}
+
+/// A copied object and what the destination lists under its key, or what was found instead.
+type Looked = std::result::Result<(Copied, ObjectMeta), Verdict>;
+
+/// Missing, unless it lies under an entry the listing could not include (`unlisted`):
+/// then only unchecked, with that entry's error.
+fn missing_or_hidden(key: String, unlisted: &[Error]) -> Verdict {
+    let hidden = unlisted
+        .iter()
+        .find(|e| lies_under(&key, e.unlisted.as_deref().unwrap_or_default()));
+    match hidden {
+        Some(e) => Verdict::Unchecked {
+            key,
+            error: e.clone(),
+            object: true,
+        },
+        None => Verdict::Missing(key),
+    }
+}
+
+/// Each of `copied` (in key order) with what the destination has under its key: one
+/// listing of it alongside, where `recursive`, else a HEAD each. One under an entry the
+/// listing could not include is that entry's error: not missing, only unchecked.
+fn look_up(
+    dst: &Endpoint,
+    recursive: bool,
+    copied: Vec<Copied>,
+    retry: RetryPolicy,
+    progress: Arc<Progress>,
+) -> impl futures::Stream<Item = Result<Looked>> + Send + '_ {
+    let listing = recursive.then(|| {
+        Listing::new(
             dst.store.clone(),
             dir_form(&dst.path),
             retry,
             progress.clone(),
-        );
-        let mut next = listing.next_object(&mut unlisted).await?;
-        for c in copied {
-            while next.as_ref().is_some_and(|m| m.key < c.dst_key) {
-                next = listing.next_object(&mut unlisted).await?;
-            }
-            let m = next.as_ref().filter(|m| m.key == c.dst_key).cloned();
-            found.push((c, m));
-        }
-    } else {
-        for c in copied {
-            let m = head(dst.store.as_ref(), &c.dst_key, &retry, &progress).await?;
-            found.push((c, m));
-        }
+        )
+    });
+    struct Walk {
+        copied: std::vec::IntoIter<Copied>,
+        listing: Option<Listing>,
+        next: Option<ObjectMeta>,
+        started: bool,
+        unlisted: Vec<Error>,
     }
-    let mut to_reread = Vec::new();
-    let mut by_etag = Vec::new();
-    for (c, m) in found {
-        v.objects += 1;
-        let Some(m) = m else {
-            let hidden = unlisted.iter().find(|e: &&Error| {
-                lies_under(&c.dst_key, e.unlisted.as_deref().unwrap_or_default())
-            });
-            match hidden {
-                Some(e) => v.unreadable(&c.dst_key, e.clone())?,
-                None => v.missing(&c.dst_key),
-            }
-            continue;
-        };
-        if !v.sizes(&c.dst_key, c.size, m.size) || mode < VerifyMode::Checksum {
-            continue;
-        }
-        // A store without content ETags (a file system) can only be checked by re-reading.
-        let reread = mode == VerifyMode::Deep || !dst.store.etags_are_md5();
-        if reread && c.crc64.is_some() {
-            to_reread.push((c, m));
-        } else {
-            by_etag.push((c, m));
-        }
-    }
-    // Listings without ETags (s3s-fs) or metadata need a HEAD per object: many at once.
-    let store = dst.store.clone();
-    let denials = Denials::default();
-    compare_each(v, &denials, by_etag, HEAD_CONCURRENCY, |(c, m)| {
-        let (store, progress) = (store.clone(), progress.clone());
+    let walk = Walk {
+        copied: copied.into_iter(),
+        listing,
+        next: None,
+        started: false,
+        unlisted: Vec::new(),
+    };
+    futures::stream::unfold(walk, move |mut w| {
+        let progress = progress.clone();
         async move {
-            let outcome = recorded_outcome(store.as_ref(), &c, m, &retry, &progress).await;
-            (c.dst_key, outcome)
+            let c = w.copied.next()?;
+            let found = async {
+                let Some(listing) = w.listing.as_mut() else {
+                    return head(dst.store.as_ref(), &c.dst_key, &retry, &progress).await;
+                };
+                if !w.started {
+                    w.started = true;
+                    w.next = listing.next_object(&mut w.unlisted).await?;
+                }
+                while w.next.as_ref().is_some_and(|m| m.key < c.dst_key) {
+                    w.next = listing.next_object(&mut w.unlisted).await?;
+                }
+                Ok(w.next.as_ref().filter(|m| m.key == c.dst_key).cloned())
+            }
+            .await;
+            let item = found.map(|m| match m {
+                Some(m) => Ok((c, m)),
+                None => Err(missing_or_hidden(c.dst_key, &w.unlisted)),
+            });
+            Some((item, w))
         }
     })
-    .await?;
-    compare_each(v, &denials, to_reread, DEEP_CONCURRENCY, |(c, m)| {
-        let (store, progress) = (store.clone(), progress.clone());
-        async move {
-            let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
-            let want = c.crc64.expect("only objects with a CRC are re-read");
-            let outcome = got.map(|(got, _)| {
-                Some((
-                    format!("crc64nvme:{want:016x}"),
-                    format!("crc64nvme:{got:016x}"),
-                ))
-            });
-            (c.dst_key, outcome)
-        }
-    })
-    .await?;
-    end_of_checks(&denials, v)
 }
 
 /// What the walk of both locations found for one entry, in listing order.
@@ -598,38 +657,7 @@ pub async fn verify_locations(
             }
         }
     };
-    let record = |checked: Checked| match checked {
-        Checked::Pair {
-            key,
-            sizes: (want, got),
-            outcome,
-        } => {
-            v.objects += 1;
-            match outcome {
-                Some(outcome) if v.sizes(&key, want, got) => {
-                    record_comparison(&mut v, &denials, &key, outcome)
-                }
-                _ => {
-                    v.sizes(&key, want, got);
-                    Ok(())
-                }
-            }
-        }
-        Checked::Listed(Verdict::Missing(key)) => {
-            v.objects += 1;
-            v.missing(&key);
-            Ok(())
-        }
-        Checked::Listed(Verdict::Extra(key)) => {
-            v.extra += 1;
-            v.problem(&key, "only at the destination".into());
-            Ok(())
-        }
-        Checked::Listed(Verdict::Unchecked { key, error, object }) => {
-            v.objects += u64::from(object);
-            v.unreadable(&key, error)
-        }
-    };
+    let record = |checked| record_checked(&mut v, &denials, checked);
     let checked = run_bounded(
         &denials,
         found,
