@@ -20,7 +20,7 @@ use crate::plan::{compare_listed, Compare, Listed};
 use crate::progress::Progress;
 use crate::retry::RetryPolicy;
 use md5::{Digest, Md5};
-use skyhaul_store::{ObjectMeta, Result, Store};
+use skyhaul_store::{Error, ErrorKind, ObjectMeta, Result, Store};
 
 /// Chunk size for re-reads: large enough for throughput, small enough for memory.
 pub(crate) const READ_CHUNK: u64 = 16 << 20;
@@ -197,6 +197,16 @@ pub async fn read_sums(
     let mut md5 = with_md5.then(Md5::new);
     let mut offset = 0;
     loop {
+        // A file of terabytes takes hours to read: a stop must not wait for the end.
+        if progress.stop().is_cancelled() {
+            return Err(Error::new(
+                ErrorKind::Interrupted,
+                format!(
+                    "{}: interrupted while reading it for its checksum",
+                    meta.key
+                ),
+            ));
+        }
         let len = READ_CHUNK.min(meta.size - offset);
         let range = (meta.size > 0).then_some(offset..offset + len);
         let data = retry

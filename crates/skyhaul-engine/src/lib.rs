@@ -26,6 +26,7 @@ pub mod retry;
 mod run;
 mod streamed;
 mod striped;
+mod to_check;
 pub mod verify;
 pub mod work;
 

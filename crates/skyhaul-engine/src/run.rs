@@ -14,7 +14,8 @@ use crate::progress::Progress;
 use crate::report::{count, Failure, Report};
 use crate::resume::Resume;
 use crate::retry::RetryPolicy;
-use crate::verify::{verify_copied, Copied, Verification, VerifyMode};
+use crate::to_check::ToCheck;
+use crate::verify::{sampled, verify_copied, Copied, Verification, VerifyMode};
 use futures::StreamExt;
 use skyhaul_journal::{Journal, TransferIdentity};
 use skyhaul_location::{dir_form, map_key};
@@ -101,7 +102,8 @@ pub(crate) struct Ctx {
     /// The source bucket, when objects can be copied server-side.
     pub(crate) copy_from: Option<String>,
     /// What was written, for the verification pass.
-    pub(crate) copied: Mutex<Vec<Copied>>,
+    /// What this run wrote, or found an earlier run wrote, for the check at its end.
+    copied: Mutex<ToCheck>,
     pub(crate) resume: Resume,
     /// Set once a read of the source says its ETag is no MD5 (a bucket that encrypts with
     /// SSE-KMS): from then on whole objects are not opened to be streamed on the strength
@@ -140,7 +142,7 @@ impl Ctx {
             denials: Denials::default(),
             cancel,
             copy_from,
-            copied: Mutex::new(Vec::new()),
+            copied: Mutex::default(),
             resume,
             opaque_source: AtomicBool::new(false),
         }
@@ -187,6 +189,14 @@ impl Ctx {
         self.cancel.cancel();
     }
 
+    /// Keeps `copied` for the check at the end, if there is one and its sample takes it.
+    pub(crate) fn to_check(&self, copied: Copied) {
+        let (mode, sample) = (self.opts.verify, self.opts.verify_sample);
+        if mode != VerifyMode::None && sampled(&copied.dst_key, sample) {
+            self.copied.lock().expect("lock").push(copied);
+        }
+    }
+
     /// Whether `src` is skipped as done by an earlier, interrupted run. In a sync whose
     /// listing found the object missing or different at the destination (`listed_different`)
     /// the listing wins: the destination may have lost it since that run.
@@ -201,7 +211,7 @@ impl Ctx {
             earlier.is_some()
         });
         if let Some(copied) = earlier.filter(|_| skip) {
-            self.copied.lock().expect("lock").push(copied);
+            self.to_check(copied);
         }
         skip
     }
@@ -234,7 +244,7 @@ impl Ctx {
                 return true;
             }
             if let Some(copied) = ctx.resume.done_earlier(src) {
-                ctx.copied.lock().expect("lock").push(copied);
+                ctx.to_check(copied);
             }
             false
         })
@@ -551,7 +561,6 @@ pub(crate) async fn conclude(
             opts.recursive,
             copied,
             opts.verify,
-            opts.verify_sample,
             opts.retry,
             progress.clone(),
         );
@@ -657,7 +666,7 @@ async fn copy_and_record(ctx: Arc<Ctx>, src: ObjectMeta, dst_key: String) {
         Ok(copied) => {
             ctx.done();
             ctx.progress.add_done(src.size, copied.server_side);
-            ctx.copied.lock().expect("lock").push(copied);
+            ctx.to_check(copied);
         }
         Err(e) => ctx.fail(&src.key, e),
     }

@@ -15,6 +15,7 @@ use crate::open::Endpoint;
 use crate::progress::Progress;
 use crate::report::{count, thousands, Failure};
 use crate::retry::RetryPolicy;
+use crate::to_check::ToCheck;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use skyhaul_location::{dir_form, map_key};
@@ -76,9 +77,13 @@ pub struct Verification {
     pub checksum_mismatch: u64,
     pub problems: Vec<Failure>,
     /// The keys found missing or different, every one (`problems` keeps the first 10,000):
-    /// after a copy, the journal forgets them so that a rerun copies them again.
+    /// after a copy, the journal forgets them so that a rerun copies them again. Only the
+    /// check after a copy keeps them ([`verify_copied`]): `skyhaul verify` of an empty
+    /// destination would hold the key of every object.
     #[serde(skip)]
     pub differing: Vec<String>,
+    #[serde(skip)]
+    pub(crate) keeps_differing: bool,
     /// Stopped by Ctrl-C or SIGTERM: the counts are of the objects checked before it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
@@ -145,8 +150,14 @@ impl Verification {
 
     fn missing(&mut self, key: &str) {
         self.missing += 1;
-        self.differing.push(key.to_string());
+        self.differs(key);
         self.problem(key, "missing at the destination".into());
+    }
+
+    fn differs(&mut self, key: &str) {
+        if self.keeps_differing {
+            self.differing.push(key.to_string());
+        }
     }
 
     /// Records the size comparison; returns whether sizes match.
@@ -156,7 +167,7 @@ impl Verification {
             return true;
         }
         self.size_mismatch += 1;
-        self.differing.push(key.to_string());
+        self.differs(key);
         self.problem(
             key,
             format!("size differs: {want} bytes expected, {got} found"),
@@ -201,7 +212,7 @@ impl Verification {
             Some((a, b)) if a == b => self.checksum_ok += 1,
             Some((a, b)) => {
                 self.checksum_mismatch += 1;
-                self.differing.push(key.to_string());
+                self.differs(key);
                 self.problem(key, format!("checksum differs: {a} expected, {b} found"));
             }
         }
@@ -390,20 +401,19 @@ async fn recorded_outcome(
 /// Checks what a transfer wrote against the destination as it lists now. The error, if
 /// the check could not be finished, comes with what it found until then: the objects found
 /// missing or different must not stay "done" in the journal either way.
-pub async fn verify_copied(
+pub(crate) async fn verify_copied(
     dst: &Endpoint,
     recursive: bool,
-    mut copied: Vec<Copied>,
+    copied: ToCheck,
     mode: VerifyMode,
-    sample_percent: f64,
     retry: RetryPolicy,
     progress: Arc<Progress>,
 ) -> (Verification, Result<()>) {
     let mut v = Verification {
         mode,
+        keeps_differing: true,
         ..Default::default()
     };
-    copied.retain(|c| sampled(&c.dst_key, sample_percent));
     if copied.is_empty() {
         // Nothing was written (a sync with nothing to do): no listing to pay for.
         return (v, Ok(()));
@@ -416,12 +426,11 @@ async fn check_copied(
     v: &mut Verification,
     dst: &Endpoint,
     recursive: bool,
-    mut copied: Vec<Copied>,
+    copied: ToCheck,
     retry: RetryPolicy,
     progress: Arc<Progress>,
 ) -> Result<()> {
     let mode = v.mode;
-    copied.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
     // A store without content ETags (a file system) can only be checked by re-reading.
     let reread = mode == VerifyMode::Deep || !dst.store.etags_are_md5();
     let limit = if reread {
@@ -501,7 +510,7 @@ fn missing_or_hidden(key: String, unlisted: &[Error]) -> Verdict {
 fn look_up(
     dst: &Endpoint,
     recursive: bool,
-    copied: Vec<Copied>,
+    copied: ToCheck,
     retry: RetryPolicy,
     progress: Arc<Progress>,
 ) -> impl futures::Stream<Item = Result<Looked>> + Send + '_ {
@@ -514,14 +523,14 @@ fn look_up(
         )
     });
     struct Walk {
-        copied: std::vec::IntoIter<Copied>,
+        copied: crate::to_check::Sorted,
         listing: Option<Listing>,
         next: Option<ObjectMeta>,
         started: bool,
         unlisted: Vec<Error>,
     }
     let walk = Walk {
-        copied: copied.into_iter(),
+        copied: copied.into_sorted(),
         listing,
         next: None,
         started: false,
@@ -530,7 +539,10 @@ fn look_up(
     futures::stream::unfold(walk, move |mut w| {
         let progress = progress.clone();
         async move {
-            let c = w.copied.next()?;
+            let c = match w.copied.next()? {
+                Ok(c) => c,
+                Err(e) => return Some((Err(e), w)),
+            };
             let found = async {
                 let Some(listing) = w.listing.as_mut() else {
                     return head(dst.store.as_ref(), &c.dst_key, &retry, &progress).await;

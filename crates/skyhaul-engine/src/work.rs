@@ -177,7 +177,7 @@ impl Executor {
         let ctx = &self.ctx;
         ctx.resume.done(src, &copied);
         ctx.progress.add_done(src.size, copied.server_side);
-        ctx.copied.lock().expect("lock").push(copied);
+        ctx.to_check(copied);
     }
 
     /// Records a failed object for the report.
@@ -283,7 +283,7 @@ impl Executor {
         )
         .await?;
         self.ctx.progress.add_done(src.size, copied.server_side);
-        self.ctx.copied.lock().expect("lock").push(copied.clone());
+        self.ctx.to_check(copied.clone());
         Ok(copied)
     }
 

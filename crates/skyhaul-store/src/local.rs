@@ -308,11 +308,7 @@ impl LocalStore {
     /// those missing when `create`. The first write into a directory looks for leftovers
     /// there.
     fn dirs(&self, path: &Path, create: bool) -> io::Result<Dirs> {
-        let below = path
-            .parent()
-            .and_then(|p| p.strip_prefix(&self.root).ok())
-            .ok_or(io::ErrorKind::InvalidInput)?;
-        let dirs = Dirs::open(&self.root, self.root_fd(create)?, below, create)?;
+        let dirs = self.open_dirs(path, create, false)?;
         if create && self.first_look(dirs.path()) {
             match leftovers::temporaries(&dirs) {
                 Ok(found) => self.leftovers().add(found),
@@ -323,6 +319,15 @@ impl LocalStore {
             }
         }
         Ok(dirs)
+    }
+
+    /// [`Dirs::open`] of `path`'s directory below the root.
+    fn open_dirs(&self, path: &Path, create: bool, chain: bool) -> io::Result<Dirs> {
+        let below = path
+            .parent()
+            .and_then(|p| p.strip_prefix(&self.root).ok())
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        Dirs::open(&self.root, self.root_fd(create)?, below, create, chain)
     }
 
     /// The root's descriptor, opened (made, when missing and `create`) once and then kept:
@@ -912,7 +917,7 @@ impl Store for LocalStore {
         let key = key.to_string();
         let this = self.clone();
         blocking(move || {
-            let dirs = match this.dirs(&path, false) {
+            let dirs = match this.open_dirs(&path, false, true) {
                 Ok(dirs) => dirs,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(this.io_err(&key, "cannot delete", e)),

@@ -1084,3 +1084,21 @@ async fn storage_class_is_given_to_every_object_written() {
         );
     }
 }
+
+/// A write 40 directories down holds one descriptor, not one per level: many writes at
+/// once into a deep tree used up a limit of 1,024 open files, and about half of 4,000
+/// files failed with "Too many open files".
+#[test]
+fn deep_trees_copy_within_a_small_limit_of_open_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let deep: String = (0..40).map(|i| format!("d{i}/")).collect();
+    let files: std::collections::BTreeMap<String, Vec<u8>> = (0..1000)
+        .map(|i| (format!("{deep}{}/f{i}", i % 10), data(1000, i as u64)))
+        .collect();
+    write_tree(&src, &files);
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let run = skyhaul_with_open_files(&["cp", "-r", s, d, "--no-journal", "-q"], 256);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(read_tree(&dst), files);
+}

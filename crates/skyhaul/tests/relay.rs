@@ -1047,7 +1047,6 @@ fn an_idle_gateway_exits_by_itself() {
 /// failed `accept` is waited out; a sender from elsewhere copies through the flood.
 #[test]
 fn a_flood_of_silent_connections_does_not_stop_a_gateway() {
-    use std::os::unix::process::CommandExt;
     let regions = Regions::start("skrQ", LinkSpec::wan());
     let files = binaries(4, 0, 41);
     regions.seed(&files);
@@ -1060,18 +1059,7 @@ fn a_flood_of_silent_connections_does_not_stop_a_gateway() {
     cmd.args(["--dst-endpoint", &regions.dst.endpoint])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 128,
-                rlim_max: 128,
-            };
-            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
-    }
+    limit_open_files(&mut cmd, 128);
     let mut gw = KillOnDrop(cmd.spawn().expect("spawn gateway"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(&log)

@@ -1573,3 +1573,39 @@ async fn ctrl_c_ends_a_verify_with_what_it_found() {
     assert_eq!(code, Some(6), "{report}");
     assert_eq!(report["missing"], 1, "{report}");
 }
+
+/// Ctrl-C stops the read of a large local file that comes before its upload (for its
+/// whole-file checksum, which the upload is created with): for terabytes that read takes
+/// hours, and SIGKILL follows SIGTERM after 30 s. It went on to the end (10 minutes and
+/// 1.4 TB in the audit that found it).
+#[test]
+fn ctrl_c_stops_the_read_before_a_large_upload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir(&src).unwrap();
+    // 1 TiB without a block on disk: read as zeros, as fast as a CPU checksums them.
+    let big = std::fs::File::create(src.join("big.bin")).unwrap();
+    big.set_len(1 << 40).unwrap();
+    let journal = tmp.path().join("journal.sqlite");
+    let mut child = spawn_local(&src, &dst, &journal, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let signalled = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if signalled.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("still reading 20 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = last_json_line(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(report["objects_failed"], 0, "stopped, not failed: {report}");
+}

@@ -27,12 +27,14 @@ const SEARCH: OFlags = OFlags::RDONLY;
 
 const DIR: OFlags = SEARCH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
 
-/// The directories from the root down to one below it, each held open.
+/// The directories from the root down to one below it: the deepest held open, and for a
+/// deletion every one above it too ([`Dirs::open`]).
 #[derive(Debug)]
 pub(super) struct Dirs {
-    /// The root's descriptor first, then one per directory below it.
+    /// The root's descriptor first, then one per directory below it; for a write only the
+    /// deepest.
     fds: Vec<OwnedFd>,
-    /// The name of each directory below the root, in the one before it.
+    /// The name of each directory below the root, in the one before it (for a deletion).
     names: Vec<OsString>,
     /// The deepest directory's path, for the names of what is found in it.
     path: PathBuf,
@@ -54,12 +56,16 @@ impl Dirs {
     /// Opens the directories from the root (`root_fd`, opened by [`Dirs::open_root`] at
     /// `root`) down to `dir`, a relative path below it, making those that are missing when
     /// `create`. A symlink on the way is refused ([`ThroughSymlink`]); a file is no
-    /// directory.
+    /// directory. Each directory above the deepest is closed once the next is open, unless
+    /// `chain` (a deletion, which then removes the directories it emptied): a write into a
+    /// deep tree, and a striped one between its parts, holds one descriptor, not one per
+    /// level (a few hundred writes 40 levels down used up a limit of 1,024).
     pub(super) fn open(
         root: &Path,
         root_fd: OwnedFd,
         dir: &Path,
         create: bool,
+        chain: bool,
     ) -> io::Result<Dirs> {
         let mut dirs = Dirs {
             fds: vec![root_fd],
@@ -74,8 +80,13 @@ impl Dirs {
             };
             let fd = dirs.enter(name, DIR | OFlags::NOFOLLOW, create)?;
             dirs.path.push(name);
+            if !chain {
+                dirs.fds.clear();
+            }
             dirs.fds.push(fd);
-            dirs.names.push(name.to_os_string());
+            if chain {
+                dirs.names.push(name.to_os_string());
+            }
         }
         Ok(dirs)
     }
@@ -179,7 +190,7 @@ impl Dirs {
     }
 
     /// Removes the directories below the root that are empty, deepest first, up to the
-    /// first that is not.
+    /// first that is not. Only for directories opened as a `chain` ([`Dirs::open`]).
     pub(super) fn remove_empty(&self) {
         for (parent, name) in self.fds.iter().zip(&self.names).rev() {
             if rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR).is_err() {

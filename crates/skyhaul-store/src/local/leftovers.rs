@@ -167,7 +167,7 @@ mod tests {
         let writing = File::create(&tmp).unwrap();
         hold(&writing);
         let root = Dirs::open_root(dir.path(), false).unwrap();
-        let dirs = Dirs::open(dir.path(), root, Path::new(""), false).unwrap();
+        let dirs = Dirs::open(dir.path(), root, Path::new(""), false, false).unwrap();
         assert!(!remove_if_abandoned(&dirs, name), "a live write's");
         assert!(tmp.exists());
         drop(writing);

@@ -120,6 +120,32 @@ pub fn skyhaul_in(cwd: &Path, args: &[&str]) -> Run {
     Run::from(cmd.current_dir(cwd).output().expect("skyhaul runs"))
 }
 
+/// [`skyhaul`] with at most `open_files` open files (soft and hard limit: skyhaul raises its
+/// soft limit to the hard one).
+pub fn skyhaul_with_open_files(args: &[&str], open_files: u64) -> Run {
+    let mut cmd = command(args, None, None, &[]);
+    limit_open_files(&mut cmd, open_files);
+    Run::from(cmd.output().expect("skyhaul runs"))
+}
+
+/// Makes `cmd` start with at most `limit` open files, soft and hard.
+pub fn limit_open_files(cmd: &mut std::process::Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+}
+
 /// The skyhaul command of [`skyhaul_env`], not yet run.
 fn command(
     args: &[&str],
