@@ -178,7 +178,7 @@ impl Verification {
     /// Records a comparison that could not be made because the object could not be read or
     /// HEADed (an archived object, one these credentials may not read), as not comparable,
     /// with the reason. Errors after which nothing else can be compared either are returned;
-    /// denials in a row are [`run_bounded`]'s to judge.
+    /// denials in a row are [`check_each`]'s to judge.
     fn unreadable(&mut self, key: &str, err: Error) -> Result<()> {
         // Credentials refused for one object, where they were accepted for the listing or
         // HEAD that found it, are that object's (see `Denials::credentials_accepted`).
@@ -269,7 +269,7 @@ pub fn sampled(key: &str, percent: f64) -> bool {
     (h % 10_000) as f64 / 100.0 < percent
 }
 
-/// The end of a verification whose checks were run by [`run_bounded`] with `denials`:
+/// The end of a verification whose checks were run by [`check_each`] with `denials`:
 /// the first denial, if every request was denied and nothing else was learnt (nothing
 /// compared, nothing found wrong). Many denials in a row stop the checks themselves; both
 /// are exit 4.
@@ -468,20 +468,29 @@ async fn check_copied(
             }
         }
     };
+    let checked = check_each(v, found, limit, compare).await;
+    checked.map_err(|e| v.stopped(e))
+}
+
+/// Runs `compare` on each of `found`, `limit` at a time, and records what each found in
+/// `v`. A denied object is not comparable and the others are still compared, as a
+/// transfer fails a denied object alone; many denials in a row with nothing compared
+/// between them stop the checks (see `denials`).
+async fn check_each<T, Fut>(
+    v: &mut Verification,
+    found: impl futures::Stream<Item = Result<T>>,
+    limit: usize,
+    compare: impl FnMut(T) -> Fut,
+) -> Result<()>
+where
+    Fut: futures::Future<Output = Checked>,
+{
     let denials = Denials::default();
     // Every object compared was listed (or HEADed) with these credentials.
     denials.credentials_accepted();
     let record = |checked| record_checked(v, &denials, checked);
-    let checked = run_bounded(
-        &denials,
-        found,
-        limit,
-        "so the verification stopped",
-        compare,
-        record,
-    )
-    .await;
-    checked.map_err(|e| v.stopped(e))?;
+    let then = "so the verification stopped";
+    run_bounded(&denials, found, limit, then, compare, record).await?;
     end_of_checks(&denials, v)
 }
 
@@ -641,9 +650,6 @@ pub async fn verify_locations(
     } else {
         HEAD_CONCURRENCY
     };
-    let denials = Denials::default();
-    // Every object compared was listed (or HEADed) on both sides with these credentials.
-    denials.credentials_accepted();
     let compare = |found: Found| {
         let (s, d, progress) = (src.store.clone(), dst.store.clone(), progress.clone());
         async move {
@@ -669,20 +675,10 @@ pub async fn verify_locations(
             }
         }
     };
-    let record = |checked| record_checked(&mut v, &denials, checked);
-    let checked = run_bounded(
-        &denials,
-        found,
-        limit,
-        "so the verification stopped",
-        compare,
-        record,
-    )
-    .await;
-    match checked {
+    match check_each(&mut v, found, limit, compare).await {
         Err(e) if e.kind == ErrorKind::Interrupted => v.interrupted = true,
         Err(e) => return Err(v.stopped(e)),
-        Ok(()) => end_of_checks(&denials, &v)?,
+        Ok(()) => {}
     }
     Ok(v)
 }
