@@ -14,7 +14,7 @@ use crate::progress::Progress;
 use crate::report::{count, Failure, Report};
 use crate::resume::Resume;
 use crate::retry::RetryPolicy;
-use crate::to_check::ToCheck;
+use crate::to_check::{off_runtime, ToCheck};
 use crate::verify::{sampled, verify_copied, Copied, Verification, VerifyMode};
 use futures::StreamExt;
 use skyhaul_journal::{Journal, TransferIdentity};
@@ -192,8 +192,18 @@ impl Ctx {
     /// Keeps `copied` for the check at the end, if there is one and its sample takes it.
     pub(crate) fn to_check(&self, copied: Copied) {
         let (mode, sample) = (self.opts.verify, self.opts.verify_sample);
-        if mode != VerifyMode::None && sampled(&copied.dst_key, sample) {
-            self.copied.lock().expect("lock").push(copied);
+        if mode == VerifyMode::None || !sampled(&copied.dst_key, sample) {
+            return;
+        }
+        let full = self.copied.lock().expect("lock").push(copied);
+        // Written and merged outside the lock, so other objects' records go on meanwhile.
+        if let Some(full) = full {
+            let written = off_runtime(|| full.write());
+            let mut merge = self.copied.lock().expect("lock").add_run(written);
+            while let Some(runs) = merge {
+                let merged = off_runtime(|| runs.merge());
+                merge = self.copied.lock().expect("lock").add_merged(merged);
+            }
         }
     }
 

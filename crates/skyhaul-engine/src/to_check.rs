@@ -2,82 +2,213 @@
 //!
 //! A record is about half a KiB with its key and ETags: held in memory for a whole run, ten
 //! million objects took some 5 GiB, where the memory budget promises a bound whatever the
-//! count. So past [`IN_MEMORY`] records they go to temporary files, each run of them sorted
+//! count. So past [`RUN_LEN`] records they go to temporary files, each run of them sorted
 //! by key, and the check reads them back merged, in key order, as it walks the
-//! destination's listing: memory holds one run and one record per file.
+//! destination's listing: memory holds one run and one record per file. Runs are merged as
+//! they pile up ([`FAN_IN`] of a size into one of the next), so the files open stay few
+//! (about 30 for 50 million objects), and the records go through the disk a few times
+//! (once per size: three times for 50 million).
+//!
+//! The files are written and merged by the task that filled a run, outside the lock the
+//! others push under, and off the async runtime's threads where it can ([`off_runtime`]).
 
 use crate::verify::Copied;
 use skyhaul_store::{Error, ErrorKind, Result};
+use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
 
 /// Records kept in memory before they are written out, sorted, as one run.
-const IN_MEMORY: usize = 100_000;
+const RUN_LEN: usize = 100_000;
+/// Runs of one size merged into one of the next size.
+const FAN_IN: usize = 16;
 
 /// The records of what a transfer wrote, for the check after it.
-#[derive(Default)]
 pub(crate) struct ToCheck {
     memory: Vec<Copied>,
     /// Runs written out, each sorted by key; the files are deleted once closed.
-    runs: Vec<File>,
-    /// Set once a run could not be written (no space in the temporary directory): from
-    /// then on the records stay in memory, as they did before there were runs.
+    runs: Vec<Run>,
+    /// Set once a run could not be written or merged (no space in the temporary
+    /// directory): from then on the records stay in memory, as before there were runs.
     unwritable: bool,
+    run_len: usize,
+    fan_in: usize,
+}
+
+/// A sorted run in a temporary file, and how many merges made it (0: written from memory).
+pub(crate) struct Run {
+    file: File,
+    level: u32,
+}
+
+/// What a push leaves for its caller to do outside the lock ([`ToCheck::push`]).
+pub(crate) struct Full(Vec<Copied>);
+
+/// Runs of one size to merge outside the lock ([`ToCheck::add_run`]).
+pub(crate) struct ToMerge(Vec<Run>);
+
+/// A run written, or the records back with why they could not be.
+type Written = std::result::Result<Run, (io::Error, Full)>;
+
+/// A run merged, or the runs back with why they could not be.
+type Merged = std::result::Result<Run, (io::Error, ToMerge)>;
+
+impl Default for ToCheck {
+    fn default() -> Self {
+        ToCheck::with_sizes(RUN_LEN, FAN_IN)
+    }
 }
 
 impl ToCheck {
-    pub(crate) fn push(&mut self, copied: Copied) {
+    fn with_sizes(run_len: usize, fan_in: usize) -> ToCheck {
+        ToCheck {
+            memory: Vec::new(),
+            runs: Vec::new(),
+            unwritable: false,
+            run_len,
+            fan_in,
+        }
+    }
+
+    /// Keeps `copied`; once a run's worth is in memory, hands it back to be written
+    /// ([`Full::write`]) outside the lock this is called under.
+    pub(crate) fn push(&mut self, copied: Copied) -> Option<Full> {
         self.memory.push(copied);
-        if self.memory.len() >= IN_MEMORY && !self.unwritable {
-            if let Err(e) = self.write_run() {
-                self.unwritable = true;
-                tracing::warn!(
-                    "cannot write the list of copied objects to a temporary file ({e}): it stays \
-                     in memory; set TMPDIR to a directory with space"
-                );
+        let full = self.memory.len() >= self.run_len && !self.unwritable;
+        full.then(|| Full(std::mem::take(&mut self.memory)))
+    }
+
+    /// A run [`Full::write`] made, or its records back when it could not be written; then
+    /// the runs to merge ([`ToMerge::merge`]), when a size has [`FAN_IN`] of them.
+    pub(crate) fn add_run(&mut self, written: Written) -> Option<ToMerge> {
+        match written {
+            Ok(run) => self.runs.push(run),
+            Err((e, Full(records))) => {
+                self.give_up(&e);
+                self.memory.extend(records);
             }
         }
+        self.take_merge()
+    }
+
+    /// A merged run, or the runs back when they could not be merged; then the next merge.
+    pub(crate) fn add_merged(&mut self, merged: Merged) -> Option<ToMerge> {
+        match merged {
+            Ok(run) => self.runs.push(run),
+            Err((e, ToMerge(runs))) => {
+                self.give_up(&e);
+                self.runs.extend(runs);
+            }
+        }
+        self.take_merge()
+    }
+
+    fn take_merge(&mut self) -> Option<ToMerge> {
+        if self.unwritable {
+            return None;
+        }
+        let level = self.runs.iter().map(|r| r.level).min()?;
+        let of_level = self.runs.iter().filter(|r| r.level == level).count();
+        if of_level < self.fan_in {
+            return None;
+        }
+        let (merge, keep) = std::mem::take(&mut self.runs)
+            .into_iter()
+            .partition(|r| r.level == level);
+        self.runs = keep;
+        Some(ToMerge(merge))
+    }
+
+    fn give_up(&mut self, e: &io::Error) {
+        if !self.unwritable {
+            tracing::warn!(
+                "cannot write the list of copied objects to a temporary file ({e}): it stays \
+                 in memory; set TMPDIR to a directory with space"
+            );
+        }
+        self.unwritable = true;
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.memory.is_empty() && self.runs.is_empty()
     }
 
-    fn write_run(&mut self) -> io::Result<()> {
-        self.memory.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
-        let mut out = BufWriter::new(tempfile::tempfile()?);
-        for c in &self.memory {
-            serde_json::to_writer(&mut out, c)?;
-            out.write_all(b"\n")?;
-        }
-        let mut file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-        file.rewind()?;
-        self.runs.push(file);
-        self.memory.clear();
-        Ok(())
-    }
-
     /// Every record, in key order.
     pub(crate) fn into_sorted(mut self) -> Sorted {
         self.memory.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
-        let mut sources: Vec<Source> = self
-            .runs
-            .into_iter()
-            .map(|f| Source::Run(BufReader::new(f).lines()))
-            .collect();
+        let mut sources: Vec<Source> = self.runs.into_iter().map(Source::run).collect();
         sources.push(Source::Memory(self.memory.into_iter()));
-        let mut sorted = Sorted {
-            heads: vec![None; sources.len()],
-            order: BinaryHeap::new(),
-            sources,
-            failed: None,
-        };
-        for i in 0..sorted.sources.len() {
-            sorted.advance(i);
+        Sorted::of(sources)
+    }
+}
+
+impl Full {
+    /// The records as a sorted run in a new temporary file; themselves back on failure.
+    pub(crate) fn write(mut self) -> Written {
+        self.0.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
+        let written = write_run(self.0.iter().map(Ok), 0);
+        written.map_err(|e| (e, self))
+    }
+}
+
+impl ToMerge {
+    /// One run of the next size from these; themselves back on failure.
+    pub(crate) fn merge(self) -> Merged {
+        let level = self.0.iter().map(|r| r.level).max().unwrap_or(0) + 1;
+        let mut files = Vec::with_capacity(self.0.len());
+        for run in &self.0 {
+            match run.file.try_clone() {
+                Ok(file) => files.push(file),
+                Err(e) => return Err((e, self)),
+            }
         }
-        sorted
+        let sources = files
+            .into_iter()
+            .map(|file| Source::run(Run { file, level }))
+            .collect();
+        let merged = Sorted::of(sources).map(|r| r.map_err(io::Error::other));
+        match write_run(merged, level) {
+            Ok(run) => Ok(run),
+            Err(e) => {
+                // The clones shared the originals' offsets: back to the start for a retry.
+                for run in &self.0 {
+                    let mut file = &run.file;
+                    let _ = file.rewind();
+                }
+                Err((e, self))
+            }
+        }
+    }
+}
+
+/// Writes `records` (in key order) to a new temporary file, rewound for reading.
+fn write_run<C: Borrow<Copied>>(
+    records: impl Iterator<Item = io::Result<C>>,
+    level: u32,
+) -> io::Result<Run> {
+    let mut out = BufWriter::new(tempfile::tempfile()?);
+    for c in records {
+        serde_json::to_writer(&mut out, c?.borrow())?;
+        out.write_all(b"\n")?;
+    }
+    finish(out, level)
+}
+
+fn finish(out: BufWriter<File>, level: u32) -> io::Result<Run> {
+    let mut file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.rewind()?;
+    Ok(Run { file, level })
+}
+
+/// Runs `f`, which blocks on files, without holding up the async runtime's other tasks
+/// where the runtime has threads to spare.
+pub(crate) fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -87,6 +218,10 @@ enum Source {
 }
 
 impl Source {
+    fn run(run: Run) -> Source {
+        Source::Run(BufReader::new(run.file).lines())
+    }
+
     fn next(&mut self) -> Option<Result<Copied>> {
         let unreadable = |e: String| {
             Error::new(
@@ -115,6 +250,19 @@ pub(crate) struct Sorted {
 }
 
 impl Sorted {
+    fn of(sources: Vec<Source>) -> Sorted {
+        let mut sorted = Sorted {
+            heads: (0..sources.len()).map(|_| None).collect(),
+            order: BinaryHeap::new(),
+            sources,
+            failed: None,
+        };
+        for i in 0..sorted.sources.len() {
+            sorted.advance(i);
+        }
+        sorted
+    }
+
     fn advance(&mut self, i: usize) {
         match self.sources[i].next() {
             Some(Ok(c)) => {
@@ -161,25 +309,55 @@ mod tests {
         }
     }
 
-    /// Runs written out and the records still in memory come back as one list in key
-    /// order, every record once, whole.
+    /// Pushes `keys` as `Ctx::to_check` does: writes and merges outside the push.
+    fn push_all(to_check: &mut ToCheck, keys: &[String]) {
+        for k in keys {
+            if let Some(full) = to_check.push(copied(k)) {
+                let mut merge = to_check.add_run(full.write());
+                while let Some(runs) = merge {
+                    merge = to_check.add_merged(runs.merge());
+                }
+            }
+        }
+    }
+
+    /// Runs written out, merged, and the records still in memory come back as one list in
+    /// key order, every record once, whole; the runs stay few.
     #[test]
     fn runs_and_memory_merge_in_key_order() {
-        let mut to_check = ToCheck::default();
-        let keys: Vec<String> = (0..2 * IN_MEMORY + 5)
-            .map(|i| format!("k/{:08}", (i * 7_919) % (2 * IN_MEMORY + 5)))
+        let n = 10 * 4 * 4 + 3;
+        let keys: Vec<String> = (0..n)
+            .map(|i| format!("k/{:08}", (i * 7_919) % n))
             .collect();
-        for k in &keys {
-            to_check.push(copied(k));
-        }
-        assert_eq!(to_check.runs.len(), 2, "two runs written out");
-        assert_eq!(to_check.memory.len(), 5);
+        let mut to_check = ToCheck::with_sizes(10, 4);
+        push_all(&mut to_check, &keys);
+        // 16 runs of 10 became 4 of 40, then one of 160; 3 records are in memory.
+        let levels: Vec<u32> = to_check.runs.iter().map(|r| r.level).collect();
+        assert_eq!(levels, [2]);
+        assert_eq!(to_check.memory.len(), 3);
         let back: Vec<Copied> = to_check.into_sorted().map(Result::unwrap).collect();
         let mut want = keys.clone();
         want.sort();
         let got: Vec<&str> = back.iter().map(|c| c.dst_key.as_str()).collect();
         assert_eq!(got, want);
         assert_eq!(back[0], copied(&want[0]));
+    }
+
+    /// A run that cannot be written leaves its records in memory: none is lost.
+    #[test]
+    fn a_run_that_cannot_be_written_stays_in_memory() {
+        let mut to_check = ToCheck::with_sizes(3, 4);
+        let keys: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
+        for k in &keys[..3] {
+            if let Some(full) = to_check.push(copied(k)) {
+                let failed = Err((io::Error::other("disk full"), full));
+                assert!(to_check.add_run(failed).is_none());
+            }
+        }
+        push_all(&mut to_check, &keys[3..]);
+        assert!(to_check.runs.is_empty(), "no run written after a failure");
+        let back: Vec<String> = to_check.into_sorted().map(|c| c.unwrap().dst_key).collect();
+        assert_eq!(back, keys);
     }
 
     #[test]

@@ -290,15 +290,17 @@ fn record_checked(v: &mut Verification, denials: &Denials, checked: Checked) -> 
             sizes: (want, got),
             outcome,
         } => {
+            // Cut off by the stop: not checked, so not counted.
+            if let Some(Err(e)) = &outcome {
+                if e.kind == ErrorKind::Interrupted {
+                    return Err(e.clone());
+                }
+            }
             v.objects += 1;
+            let same_size = v.sizes(&key, want, got);
             match outcome {
-                Some(outcome) if v.sizes(&key, want, got) => {
-                    record_comparison(v, denials, &key, outcome)
-                }
-                _ => {
-                    v.sizes(&key, want, got);
-                    Ok(())
-                }
+                Some(outcome) if same_size => record_comparison(v, denials, &key, outcome),
+                _ => Ok(()),
             }
         }
         Checked::Listed(Verdict::Missing(key)) => {
@@ -433,15 +435,12 @@ async fn check_copied(
     let mode = v.mode;
     // A store without content ETags (a file system) can only be checked by re-reading.
     let reread = mode == VerifyMode::Deep || !dst.store.etags_are_md5();
-    let limit = if reread {
-        DEEP_CONCURRENCY
-    } else {
-        HEAD_CONCURRENCY
-    };
+    // HEADs many at once, re-reads of whole objects fewer.
+    let rereads = Arc::new(tokio::sync::Semaphore::new(DEEP_CONCURRENCY));
     let found = look_up(dst, recursive, copied, retry, progress.clone());
     let store = dst.store.clone();
     let compare = |looked: Looked| {
-        let (store, progress) = (store.clone(), progress.clone());
+        let (store, progress, rereads) = (store.clone(), progress.clone(), rereads.clone());
         async move {
             let (c, m) = match looked {
                 Ok(found) => found,
@@ -451,6 +450,7 @@ async fn check_copied(
             let outcome = if sizes.0 != sizes.1 || mode < VerifyMode::Checksum {
                 None
             } else if let Some(want) = c.crc64.filter(|_| reread) {
+                let _turn = rereads.acquire().await.expect("never closed");
                 let got = read_sums(store.as_ref(), &m, false, &retry, &progress).await;
                 Some(got.map(|(got, _)| {
                     Some((
@@ -468,7 +468,7 @@ async fn check_copied(
             }
         }
     };
-    let checked = check_each(v, found, limit, compare).await;
+    let checked = check_each(v, found, HEAD_CONCURRENCY, compare).await;
     checked.map_err(|e| v.stopped(e))
 }
 
@@ -629,20 +629,19 @@ pub async fn verify_locations(
     let found = if recursive {
         walk(src, dst, filter, retry, progress.clone()).boxed()
     } else {
-        // A prefix named without -r is told so, as `cp` tells it.
-        let limit = crate::limiter::AdaptiveLimit::new(1);
-        let a = crate::run::single_source(&src.store, &src.path, &retry, &limit, &progress).await?;
-        if !filter.selects_one(&a) {
-            return Ok(v);
-        }
-        // Where `cp` put it: a destination in directory form takes the base name.
-        let dst_key = map_key(&src.path, &src.path, &dst.path, false)
-            .expect("single-object mapping always maps");
-        let found = match head(dst.store.as_ref(), &dst_key, &retry, &progress).await? {
-            Some(b) => Found::Both(a, b),
-            None => Found::Listed(Verdict::Missing(dst_key)),
+        let one = tokio::select! {
+            one = one_object(src, dst, filter, retry, &progress) => one,
+            () = progress.stop().cancelled() => Err(interrupted()),
         };
-        futures::stream::iter([Ok(found)]).boxed()
+        match one {
+            Ok(Some(found)) => futures::stream::iter([Ok(found)]).boxed(),
+            Ok(None) => return Ok(v),
+            Err(e) if e.kind == ErrorKind::Interrupted => {
+                v.interrupted = true;
+                return Ok(v);
+            }
+            Err(e) => return Err(e),
+        }
     };
     let deep = mode == VerifyMode::Deep;
     let limit = if deep {
@@ -683,6 +682,32 @@ pub async fn verify_locations(
     Ok(v)
 }
 
+/// The one object of a [`verify_locations`] without `-r`, and what the destination has
+/// where `cp` put it; `None` when the filter leaves it out.
+async fn one_object(
+    src: &Endpoint,
+    dst: &Endpoint,
+    filter: &Filter,
+    retry: RetryPolicy,
+    progress: &Progress,
+) -> Result<Option<Found>> {
+    // A prefix named without -r is told so, as `cp` tells it.
+    let limit = crate::limiter::AdaptiveLimit::new(1);
+    let a = crate::run::single_source(&src.store, &src.path, &retry, &limit, progress).await?;
+    if !filter.selects_one(&a) {
+        return Ok(None);
+    }
+    // Where `cp` put it: a destination in directory form takes the base name.
+    let dst_key =
+        map_key(&src.path, &src.path, &dst.path, false).expect("single-object mapping always maps");
+    Ok(Some(
+        match head(dst.store.as_ref(), &dst_key, &retry, progress).await? {
+            Some(b) => Found::Both(a, b),
+            None => Found::Listed(Verdict::Missing(dst_key)),
+        },
+    ))
+}
+
 /// The walk of both listings for [`verify_locations`]: each entry the filter selects, as
 /// the comparison needs it, until `progress` is stopped.
 fn walk<'a>(
@@ -715,10 +740,12 @@ fn walk<'a>(
                     .map(|(_, e)| e.clone())
             };
             let found = loop {
-                if progress.stop().is_cancelled() {
-                    break Err(interrupted());
-                }
-                let pair = match merge.next().await {
+                // A listing page still on its way does not hold a stop.
+                let next = tokio::select! {
+                    next = merge.next() => next,
+                    () = progress.stop().cancelled() => break Err(interrupted()),
+                };
+                let pair = match next {
                     Ok(Some(pair)) => pair,
                     Ok(None) => return None,
                     Err(e) => break Err(e),

@@ -61,12 +61,6 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// Whether `url` carries a secret [`redacted`] would hide: a query or a user name and
-/// password.
-pub fn holds_secret(url: &str) -> bool {
-    redacted(url) != url
-}
-
 impl Location {
     /// Parses what the user typed. Relative local paths are resolved against the current
     /// directory so that every later step works with absolute paths.
@@ -253,9 +247,6 @@ mod tests {
             assert!(!e.contains("SECRET"), "{e}");
         }
         assert_eq!(redacted("http://h:9000/a@b"), "http://h:9000/a@b");
-        assert!(!holds_secret("https://storage.example.com:443"));
-        assert!(holds_secret("https://u:p@storage.example.com"));
-        assert!(holds_secret("https://storage.example.com/?sig=x"));
     }
 
     #[test]

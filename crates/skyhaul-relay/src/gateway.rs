@@ -33,10 +33,13 @@ const HANDSHAKE_TIMEOUT: Duration = skyhaul_tls::HANDSHAKE_TIMEOUT;
 const PARTIAL_EXPIRY: Duration = Duration::from_secs(300);
 /// Response bodies (reads) are cut into chunks of this size.
 const RESPONSE_CHUNK: usize = 1 << 20;
-/// Connections from one address that may be setting up at once (TLS and the hello): a
-/// peer without the key cannot hold more descriptors than this for longer than
-/// [`HANDSHAKE_TIMEOUT`], so it cannot use up the gateway's file limit. Senders from one
-/// address (workers behind one NAT) open a few connections each, briefly.
+/// Connections setting up (TLS and the hello) past which each address may have at most
+/// [`SETTING_UP_PER_PEER`] of them: a flood of silent connections, which needs no key, is
+/// then held to that per address for [`HANDSHAKE_TIMEOUT`] and cannot use up the gateway's
+/// open files nor keep senders from other addresses out, while a whole fleet behind one
+/// NAT address may still connect at once when nobody floods.
+const SETTING_UP_BUSY: usize = 256;
+/// See [`SETTING_UP_BUSY`]. IPv6 addresses count by their /64, which one host may hold whole.
 const SETTING_UP_PER_PEER: usize = 64;
 /// The pause after an `accept` failure for want of descriptors or memory (see
 /// [`accept_failed`]).
@@ -163,7 +166,7 @@ impl Gateway {
                             tokio::spawn(self.clone().connection(sock, peer, setting_up));
                         }
                         None => tracing::debug!(
-                            "relay gateway: closed a connection from {peer}: \
+                            "relay gateway: closed a connection from {peer}: busy, and \
                              {SETTING_UP_PER_PEER} from there are setting up already"
                         ),
                     },
@@ -547,12 +550,17 @@ struct SettingUp {
 }
 
 impl SettingUp {
-    /// Counts one more connection from `peer` setting up, unless [`SETTING_UP_PER_PEER`]
-    /// are already.
+    /// Counts one more connection from `peer` setting up, unless the gateway is busy
+    /// ([`SETTING_UP_BUSY`]) and [`SETTING_UP_PER_PEER`] from there are already.
     fn enter(gateway: &Arc<Gateway>, peer: IpAddr) -> Option<SettingUp> {
+        let peer = match peer {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            v4 => v4,
+        };
         let mut counts = lock(&gateway.setting_up);
+        let busy = counts.values().sum::<usize>() >= SETTING_UP_BUSY;
         let n = counts.entry(peer).or_default();
-        if *n >= SETTING_UP_PER_PEER {
+        if busy && *n >= SETTING_UP_PER_PEER {
             return None;
         }
         *n += 1;

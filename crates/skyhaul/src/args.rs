@@ -739,8 +739,10 @@ impl clap::builder::TypedValueParser for Endpoint {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<String, clap::Error> {
-        let text = value.to_string_lossy();
-        crate::config::endpoint_url(&text)
+        let text = value
+            .to_str()
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidUtf8).with_cmd(cmd))?;
+        crate::config::endpoint_url(text)
             .map(|_| text.to_string())
             .map_err(|e| {
                 let arg = arg.map_or_else(|| "the endpoint".into(), |a| format!("'{a}'"));

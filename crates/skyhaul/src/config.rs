@@ -372,13 +372,13 @@ fn refuse_secret_key(key: &str) -> Result<()> {
 /// shown: S3 takes neither (each request is signed with the side's keys), and both would
 /// be kept in the journal and shown in reports.
 pub fn endpoint_url(v: &str) -> Result<String, String> {
-    if skyhaul_location::holds_secret(v) {
-        return Err(format!(
-            "'{}': an endpoint holds no user name, password or query; give it as \
-             http(s)://HOST[:PORT], and the side's keys with a profile or the \
-             SKYHAUL_SRC_*/SKYHAUL_DST_* variables",
-            skyhaul_location::redacted(v)
-        ));
+    if endpoint_holds_secret(v) {
+        return Err(
+            "an endpoint holds no user name, password or query ('@' or '?'; the value is not \
+             shown, as it may hold a password): give it as http(s)://HOST[:PORT], and the \
+             side's keys with a profile or the SKYHAUL_SRC_*/SKYHAUL_DST_* variables"
+                .into(),
+        );
     }
     let lower = v.to_ascii_lowercase();
     let host = lower
@@ -392,6 +392,12 @@ pub fn endpoint_url(v: &str) -> Result<String, String> {
         ));
     }
     Ok(v.trim_end_matches('/').to_string())
+}
+
+/// Whether an endpoint carries what no endpoint needs and a secret may be: a user name and
+/// password (`user:pass@host`, with or without a scheme) or a query (a signature).
+fn endpoint_holds_secret(v: &str) -> bool {
+    v.contains('@') || v.contains('?')
 }
 
 /// An AWS access key ID (`AKIA…` long-term, `ASIA…` temporary): 20 upper-case letters and
@@ -493,7 +499,7 @@ fn normalize(key: &Key, value: &str) -> Result<String> {
         }
         Key::Remote {
             field: "endpoint", ..
-        } if skyhaul_location::holds_secret(v) => Err(ConfigError::Secret {
+        } if endpoint_holds_secret(v) => Err(ConfigError::Secret {
             key: key.to_string(),
             reason: "holds a user name and password, or a query (a signature?), in its URL".into(),
         }),
@@ -1139,6 +1145,8 @@ mod tests {
         for url in [
             "https://user:PASSWORD@s3.example.com",
             "https://s3.example.com/?X-Amz-Signature=PASSWORD",
+            "user:PASSWORD@minio:9000",
+            "https:/user:PASSWORD@s3.example.com",
         ] {
             let err = c.set("remotes.a.endpoint", url).unwrap_err();
             assert!(matches!(err, ConfigError::Secret { .. }), "{err:?}");

@@ -70,23 +70,31 @@ fn main() {
     std::process::exit(code as i32);
 }
 
-/// Raises this process's limit of open files to the most it may have, as Go programs
+/// Raises this process's soft limit of open files to its hard limit, as Go programs
 /// (rclone, s5cmd) do at start: the usual soft limit of 1,024 is the whole budget of a
 /// relay gateway or a fleet's coordinator serving many connections, and a flood of idle
-/// ones could otherwise use it up.
+/// ones could otherwise use it up. Where the hard limit is none (macOS), as high as the
+/// system takes (macOS refuses more than `OPEN_MAX`, 10,240).
 fn raise_open_files_limit() {
     #[cfg(unix)]
     {
         use rustix::process::{getrlimit, setrlimit, Resource};
-        let mut limit = getrlimit(Resource::Nofile);
-        // `None` is no limit: nothing to raise, or no number to raise to.
-        if let (Some(soft), Some(hard)) = (limit.current, limit.maximum) {
-            if soft >= hard {
-                return;
-            }
-            limit.current = Some(hard);
-            if let Err(e) = setrlimit(Resource::Nofile, limit) {
-                tracing::debug!("cannot raise the limit of open files: {e}");
+        let limit = getrlimit(Resource::Nofile);
+        let Some(soft) = limit.current else {
+            return;
+        };
+        let targets = match limit.maximum {
+            Some(hard) => vec![hard],
+            None => vec![1 << 20, 10_240],
+        };
+        for target in targets.into_iter().filter(|&t| t > soft) {
+            let raised = rustix::process::Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => return,
+                Err(e) => tracing::debug!("cannot raise the limit of open files to {target}: {e}"),
             }
         }
     }

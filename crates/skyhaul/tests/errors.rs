@@ -342,6 +342,7 @@ fn zero_sizes_and_bare_endpoints_are_usage_errors() {
             "",
         ),
         (["--no-journal", "-q"], "http://me:PASSWORD@127.0.0.1:9000"),
+        (["--src-endpoint", "me:PASSWORD@127.0.0.1:9000"], ""),
     ] {
         let args = [&["cp", "s3://b/k", dst][..], &flag[..]].concat();
         let run = skyhaul_env(&args, None, None, &[("SKYHAUL_SRC_ENDPOINT", var)]);

@@ -1043,8 +1043,9 @@ fn an_idle_gateway_exits_by_itself() {
 
 /// Whoever can reach a gateway's port cannot stop it: a flood of connections that never
 /// say hello (no key needed) once used up its open files, and the failed `accept` ended
-/// the gateway. Each address may now have a few connections setting up at a time, and a
-/// failed `accept` is waited out; a sender from elsewhere copies through the flood.
+/// the gateway. Now a failed `accept` is waited out (here it fails: 128 open files are
+/// fewer than the 256 connections setting up after which one address is held to 64), and
+/// a sender from elsewhere copies once the silent ones have timed out.
 #[test]
 fn a_flood_of_silent_connections_does_not_stop_a_gateway() {
     let regions = Regions::start("skrQ", LinkSpec::wan());
