@@ -316,6 +316,32 @@ mod tests {
         );
     }
 
+    /// Outcomes of the work started from the first items are recorded while the stream
+    /// waits for its next item (a listing's next page), and no item is lost.
+    #[tokio::test]
+    async fn work_goes_on_while_the_stream_waits() {
+        let d = Denials::default();
+        let items = futures::stream::iter(0..3).then(|i| async move {
+            if i == 2 {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Ok(i)
+        });
+        let start = std::time::Instant::now();
+        let mut recorded = Vec::new();
+        let record = |i| {
+            recorded.push((i, start.elapsed()));
+            Ok(())
+        };
+        run_bounded(&d, items, 8, TRANSFER, |i| async move { i }, record)
+            .await
+            .unwrap();
+        let items: Vec<i32> = recorded.iter().map(|(i, _)| *i).collect();
+        assert_eq!(items, [0, 1, 2]);
+        let early = recorded[..2].iter().all(|(_, at)| at.as_secs_f64() < 1.0);
+        assert!(early, "recorded only once the stream went on: {recorded:?}");
+    }
+
     #[tokio::test]
     async fn denials_at_the_very_end_stop_nothing() {
         // Everything had started before the denials came: nothing is left to hold back.

@@ -1609,3 +1609,69 @@ fn ctrl_c_stops_the_read_before_a_large_upload() {
     assert_eq!(report["interrupted"], true, "{report}");
     assert_eq!(report["objects_failed"], 0, "stopped, not failed: {report}");
 }
+
+/// Ctrl-C ends `verify` at once also while it waits for an answer that is not a
+/// comparison: the check that the destination answers, and a page of its listing (each
+/// held 25 s here). It waited up to 20 s for them.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_ends_a_verify_waiting_for_a_listing() {
+    let (s3, _files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;
+    let ep = s3.endpoint.clone();
+    assert_succeeded(
+        &spawn(&copy_args(src.to_str().unwrap(), &ep), &s3, &journal)
+            .wait_with_output()
+            .unwrap(),
+    );
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            delay: Some(Duration::from_secs(25)),
+            only_methods: vec!["GET".into()],
+            path_contains: Some("list-type=2".into()),
+            ..Faults::default()
+        },
+    );
+    // The first listing held is the check that the store answers, the second the walk's.
+    for held in [1, 2] {
+        let (src, ep) = (src.to_str().unwrap(), proxy.endpoint());
+        let args = [
+            "verify",
+            "-r",
+            src,
+            "s3://dst/data",
+            "--dst-endpoint",
+            &ep,
+            "--json",
+        ];
+        let before = proxy.injected().delayed;
+        let child = spawn(&args, &s3, &journal);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while proxy.injected().delayed < before + held {
+            assert!(Instant::now() < deadline, "no listing held within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let signalled = Instant::now();
+        let out = child.wait_with_output().unwrap();
+        let waited = signalled.elapsed();
+        assert!(
+            waited < Duration::from_secs(5),
+            "ended {waited:?} after Ctrl-C ({held})"
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = last_json_line(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        if held == 2 {
+            assert_eq!(
+                (&last["event"], &last["interrupted"]),
+                (&"done".into(), &true.into()),
+                "{last}"
+            );
+        }
+    }
+}
