@@ -826,6 +826,47 @@ fn same_form(want: &str, got: &str) -> Option<(String, String)> {
 mod tests {
     use super::*;
 
+    /// The check after a copy walks the destination's listing alongside the records in
+    /// key order: a key recorded twice is checked twice against the one object, and keys
+    /// before, between and past the listed ones are missing.
+    #[tokio::test]
+    async fn the_check_after_a_copy_pairs_records_with_the_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in [("a", "aaa"), ("c", "ccc"), ("e", "eee")] {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let dst = Endpoint {
+            store: Arc::new(skyhaul_store::LocalStore::new(dir.path())),
+            path: String::new(),
+            display: "dst".into(),
+            locator: "dst".into(),
+        };
+        let mut to_check = ToCheck::default();
+        for (key, size) in [("0", 1), ("a", 3), ("a", 3), ("b", 3), ("c", 5), ("z", 3)] {
+            let copied = Copied {
+                dst_key: key.into(),
+                size,
+                crc64: None,
+                etag: None,
+                written_etag: None,
+                server_side: false,
+                earlier: false,
+            };
+            assert!(to_check.push(copied).is_none());
+        }
+        let progress = Arc::new(Progress::default());
+        let retry = RetryPolicy::default();
+        let (v, checked) =
+            verify_copied(&dst, true, to_check, VerifyMode::Size, retry, progress).await;
+        checked.unwrap();
+        assert_eq!(
+            (v.objects, v.size_ok, v.missing, v.size_mismatch, v.extra),
+            (6, 2, 3, 1, 0),
+            "{v:?}"
+        );
+        assert_eq!(v.differing, ["0", "b", "c", "z"]);
+    }
+
     #[test]
     fn sampling_is_deterministic_and_roughly_proportional() {
         let keys: Vec<String> = (0..10_000).map(|i| format!("k/{i}")).collect();

@@ -585,6 +585,35 @@ mod tests {
         assert_eq!(theirs[4], VERSION);
     }
 
+    /// A gateway of the release before, which sent its proof with its hello rather than
+    /// after the client's, and a client of this release understand each other: each side
+    /// only waits for what the other sends.
+    #[tokio::test]
+    async fn a_gateway_that_proves_first_is_still_understood() {
+        let key = RelayKey::generate();
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let hello_c = ClientHello {
+            session: 3,
+            compression: Compression::None,
+        };
+        let older_gateway = async {
+            let theirs = read_hello(&mut b, b'C').await.unwrap();
+            let mine = hello(b'G', (0, 0), 0, &[9; 16]);
+            let salt = salt(&theirs, &mine);
+            b.write_all(&mine).await.unwrap();
+            b.write_all(&key.gateway_proof(&salt)).await.unwrap();
+            proven(&mut b, &key.client_proof(&salt)).await
+        };
+        let (client, gateway) =
+            tokio::join!(handshake_client(&mut a, &key, hello_c), older_gateway);
+        assert!(
+            client.is_ok() && gateway.is_ok(),
+            "{:?} {:?}",
+            client.err(),
+            gateway.err()
+        );
+    }
+
     fn frame(i: u64) -> Plain {
         let text = format!("chunk {i} ").repeat(100);
         Plain::new(
