@@ -100,6 +100,22 @@ impl Progress {
         &self.stop
     }
 
+    /// `work`'s answer, or [`ErrorKind::Interrupted`] as soon as the run is asked to stop:
+    /// for reads whose answer a stopped run no longer needs (a check, a listing page), so
+    /// that an endpoint slow to answer does not hold the stop.
+    pub(crate) async fn unless_stopped<T>(
+        &self,
+        work: impl std::future::Future<Output = skyhaul_store::Result<T>>,
+    ) -> skyhaul_store::Result<T> {
+        tokio::select! {
+            answer = work => answer,
+            () = self.stop.cancelled() => Err(skyhaul_store::Error::new(
+                skyhaul_store::ErrorKind::Interrupted,
+                "interrupted",
+            )),
+        }
+    }
+
     /// When the stop was first seen here: by the requests in flight at the stop, as a rule,
     /// which all wait for it. The grace of every request is counted from then, so that the
     /// stop is as long as the grace whatever the requests it lets begin (an abort).

@@ -14,7 +14,7 @@ use crate::progress::Progress;
 use crate::report::{count, Failure, Report};
 use crate::resume::Resume;
 use crate::retry::RetryPolicy;
-use crate::to_check::{off_runtime, ToCheck};
+use crate::to_check::ToCheck;
 use crate::verify::{sampled, verify_copied, Copied, Verification, VerifyMode};
 use futures::StreamExt;
 use skyhaul_journal::{Journal, TransferIdentity};
@@ -195,16 +195,7 @@ impl Ctx {
         if mode == VerifyMode::None || !sampled(&copied.dst_key, sample) {
             return;
         }
-        let full = self.copied.lock().expect("lock").push(copied);
-        // Written and merged outside the lock, so other objects' records go on meanwhile.
-        if let Some(full) = full {
-            let written = off_runtime(|| full.write());
-            let mut merge = self.copied.lock().expect("lock").add_run(written);
-            while let Some(runs) = merge {
-                let merged = off_runtime(|| runs.merge());
-                merge = self.copied.lock().expect("lock").add_merged(merged);
-            }
-        }
+        crate::to_check::keep(&self.copied, copied);
     }
 
     /// Whether `src` is skipped as done by an earlier, interrupted run. In a sync whose
@@ -818,10 +809,13 @@ async fn answered(side: &Endpoint, check: impl Future<Output = Result<()>>) -> R
 /// (`verify`, `clean`): an endpoint that accepts connections and never answers is
 /// [`ErrorKind::Unreachable`] after three tries of [`FIRST_ANSWER`], where their own
 /// requests would each wait out the read timeout of every retry. Any answer will do, a
-/// refusal too: what the command then meets is its own to report.
+/// refusal too: what the command then meets is its own to report. A stop (Ctrl-C) ends the
+/// wait at once, [`ErrorKind::Interrupted`]: nothing was done yet.
 pub async fn reachable(side: &Endpoint, progress: &Progress) -> Result<()> {
-    match check(side, false, &RetryPolicy::default(), progress).await {
-        Err(e) if e.kind == ErrorKind::Unreachable => Err(e),
+    let retry = RetryPolicy::default();
+    let checked = check(side, false, &retry, progress);
+    match progress.unless_stopped(checked).await {
+        Err(e) if matches!(e.kind, ErrorKind::Unreachable | ErrorKind::Interrupted) => Err(e),
         _ => Ok(()),
     }
 }

@@ -19,6 +19,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
+use std::sync::Mutex;
 
 /// Records kept in memory before they are written out, sorted, as one run.
 const RUN_LEN: usize = 100_000;
@@ -43,17 +44,25 @@ pub(crate) struct Run {
     level: u32,
 }
 
-/// What a push leaves for its caller to do outside the lock ([`ToCheck::push`]).
-pub(crate) struct Full(Vec<Copied>);
+/// Work a push leaves for its caller to do outside the lock ([`keep`]): a run's worth of
+/// records to write, or runs of one size to merge.
+pub(crate) enum Work {
+    Write(Vec<Copied>),
+    Merge(Vec<Run>),
+}
 
-/// Runs of one size to merge outside the lock ([`ToCheck::add_run`]).
-pub(crate) struct ToMerge(Vec<Run>);
+/// A run written or merged, or the work back with why it could not be done.
+type Done = std::result::Result<Run, (io::Error, Work)>;
 
-/// A run written, or the records back with why they could not be.
-type Written = std::result::Result<Run, (io::Error, Full)>;
-
-/// A run merged, or the runs back with why they could not be.
-type Merged = std::result::Result<Run, (io::Error, ToMerge)>;
+/// Keeps `copied` in `to_check`, writing and merging runs outside the lock as they fill,
+/// so that other objects' records go on meanwhile.
+pub(crate) fn keep(to_check: &Mutex<ToCheck>, copied: Copied) {
+    let mut work = to_check.lock().expect("lock").push(copied);
+    while let Some(w) = work {
+        let done = off_runtime(|| w.run());
+        work = to_check.lock().expect("lock").add(done);
+    }
+}
 
 impl Default for ToCheck {
     fn default() -> Self {
@@ -72,40 +81,30 @@ impl ToCheck {
         }
     }
 
-    /// Keeps `copied`; once a run's worth is in memory, hands it back to be written
-    /// ([`Full::write`]) outside the lock this is called under.
-    pub(crate) fn push(&mut self, copied: Copied) -> Option<Full> {
+    /// Keeps `copied`; once a run's worth is in memory, hands it back to be written.
+    fn push(&mut self, copied: Copied) -> Option<Work> {
         self.memory.push(copied);
         let full = self.memory.len() >= self.run_len && !self.unwritable;
-        full.then(|| Full(std::mem::take(&mut self.memory)))
+        full.then(|| Work::Write(std::mem::take(&mut self.memory)))
     }
 
-    /// A run [`Full::write`] made, or its records back when it could not be written; then
-    /// the runs to merge ([`ToMerge::merge`]), when a size has [`FAN_IN`] of them.
-    pub(crate) fn add_run(&mut self, written: Written) -> Option<ToMerge> {
-        match written {
+    /// A run written or merged, or the work back when it could not be done; then the runs
+    /// to merge, when a size has [`FAN_IN`] of them.
+    fn add(&mut self, done: Done) -> Option<Work> {
+        match done {
             Ok(run) => self.runs.push(run),
-            Err((e, Full(records))) => {
+            Err((e, back)) => {
                 self.give_up(&e);
-                self.memory.extend(records);
+                match back {
+                    Work::Write(records) => self.memory.extend(records),
+                    Work::Merge(runs) => self.runs.extend(runs),
+                }
             }
         }
         self.take_merge()
     }
 
-    /// A merged run, or the runs back when they could not be merged; then the next merge.
-    pub(crate) fn add_merged(&mut self, merged: Merged) -> Option<ToMerge> {
-        match merged {
-            Ok(run) => self.runs.push(run),
-            Err((e, ToMerge(runs))) => {
-                self.give_up(&e);
-                self.runs.extend(runs);
-            }
-        }
-        self.take_merge()
-    }
-
-    fn take_merge(&mut self) -> Option<ToMerge> {
+    fn take_merge(&mut self) -> Option<Work> {
         if self.unwritable {
             return None;
         }
@@ -118,7 +117,7 @@ impl ToCheck {
             .into_iter()
             .partition(|r| r.level == level);
         self.runs = keep;
-        Some(ToMerge(merge))
+        Some(Work::Merge(merge))
     }
 
     fn give_up(&mut self, e: &io::Error) {
@@ -144,43 +143,45 @@ impl ToCheck {
     }
 }
 
-impl Full {
-    /// The records as a sorted run in a new temporary file; themselves back on failure.
-    pub(crate) fn write(mut self) -> Written {
-        self.0.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
-        let written = write_run(self.0.iter().map(Ok), 0);
-        written.map_err(|e| (e, self))
+impl Work {
+    fn run(self) -> Done {
+        match self {
+            Work::Write(records) => write_sorted(records),
+            Work::Merge(runs) => merge(runs),
+        }
     }
 }
 
-impl ToMerge {
-    /// One run of the next size from these; themselves back on failure.
-    pub(crate) fn merge(self) -> Merged {
-        let level = self.0.iter().map(|r| r.level).max().unwrap_or(0) + 1;
-        let mut files = Vec::with_capacity(self.0.len());
-        for run in &self.0 {
-            match run.file.try_clone() {
-                Ok(file) => files.push(file),
-                Err(e) => return Err((e, self)),
-            }
-        }
-        let sources = files
-            .into_iter()
-            .map(|file| Source::run(Run { file, level }))
-            .collect();
-        let merged = Sorted::of(sources).map(|r| r.map_err(io::Error::other));
-        match write_run(merged, level) {
-            Ok(run) => Ok(run),
-            Err(e) => {
-                // The clones shared the originals' offsets: back to the start for a retry.
-                for run in &self.0 {
-                    let mut file = &run.file;
-                    let _ = file.rewind();
-                }
-                Err((e, self))
-            }
+/// `records` as a sorted run in a new temporary file; themselves back on failure.
+fn write_sorted(mut records: Vec<Copied>) -> Done {
+    records.sort_by(|a, b| a.dst_key.cmp(&b.dst_key));
+    let written = write_run(records.iter().map(Ok), 0);
+    written.map_err(|e| (e, Work::Write(records)))
+}
+
+/// One run of the next size from `runs`; themselves back on failure.
+fn merge(runs: Vec<Run>) -> Done {
+    let level = runs.iter().map(|r| r.level).max().unwrap_or(0) + 1;
+    let mut files = Vec::with_capacity(runs.len());
+    for run in &runs {
+        match run.file.try_clone() {
+            Ok(file) => files.push(file),
+            Err(e) => return Err((e, Work::Merge(runs))),
         }
     }
+    let sources = files
+        .into_iter()
+        .map(|file| Source::run(Run { file, level }))
+        .collect();
+    let merged = Sorted::of(sources).map(|r| r.map_err(io::Error::other));
+    write_run(merged, level).map_err(|e| {
+        // The clones shared the originals' offsets: back to the start for a retry.
+        for run in &runs {
+            let mut file = &run.file;
+            let _ = file.rewind();
+        }
+        (e, Work::Merge(runs))
+    })
 }
 
 /// Writes `records` (in key order) to a new temporary file, rewound for reading.
@@ -204,7 +205,7 @@ fn finish(out: BufWriter<File>, level: u32) -> io::Result<Run> {
 
 /// Runs `f`, which blocks on files, without holding up the async runtime's other tasks
 /// where the runtime has threads to spare.
-pub(crate) fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
@@ -309,15 +310,10 @@ mod tests {
         }
     }
 
-    /// Pushes `keys` as `Ctx::to_check` does: writes and merges outside the push.
-    fn push_all(to_check: &mut ToCheck, keys: &[String]) {
+    /// Keeps every one of `keys`, as `Ctx::to_check` does.
+    fn keep_all(to_check: &Mutex<ToCheck>, keys: &[String]) {
         for k in keys {
-            if let Some(full) = to_check.push(copied(k)) {
-                let mut merge = to_check.add_run(full.write());
-                while let Some(runs) = merge {
-                    merge = to_check.add_merged(runs.merge());
-                }
-            }
+            keep(to_check, copied(k));
         }
     }
 
@@ -329,8 +325,9 @@ mod tests {
         let keys: Vec<String> = (0..n)
             .map(|i| format!("k/{:08}", (i * 7_919) % n))
             .collect();
-        let mut to_check = ToCheck::with_sizes(10, 4);
-        push_all(&mut to_check, &keys);
+        let to_check = Mutex::new(ToCheck::with_sizes(10, 4));
+        keep_all(&to_check, &keys);
+        let to_check = to_check.into_inner().unwrap();
         // 16 runs of 10 became 4 of 40, then one of 160; 3 records are in memory.
         let levels: Vec<u32> = to_check.runs.iter().map(|r| r.level).collect();
         assert_eq!(levels, [2]);
@@ -349,12 +346,14 @@ mod tests {
         let mut to_check = ToCheck::with_sizes(3, 4);
         let keys: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
         for k in &keys[..3] {
-            if let Some(full) = to_check.push(copied(k)) {
-                let failed = Err((io::Error::other("disk full"), full));
-                assert!(to_check.add_run(failed).is_none());
+            if let Some(work) = to_check.push(copied(k)) {
+                let failed = Err((io::Error::other("disk full"), work));
+                assert!(to_check.add(failed).is_none());
             }
         }
-        push_all(&mut to_check, &keys[3..]);
+        let to_check = Mutex::new(to_check);
+        keep_all(&to_check, &keys[3..]);
+        let to_check = to_check.into_inner().unwrap();
         assert!(to_check.runs.is_empty(), "no run written after a failure");
         let back: Vec<String> = to_check.into_sorted().map(|c| c.unwrap().dst_key).collect();
         assert_eq!(back, keys);

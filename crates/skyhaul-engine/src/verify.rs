@@ -629,11 +629,8 @@ pub async fn verify_locations(
     let found = if recursive {
         walk(src, dst, filter, retry, progress.clone()).boxed()
     } else {
-        let one = tokio::select! {
-            one = one_object(src, dst, filter, retry, &progress) => one,
-            () = progress.stop().cancelled() => Err(interrupted()),
-        };
-        match one {
+        let one = one_object(src, dst, filter, retry, &progress);
+        match progress.unless_stopped(one).await {
             Ok(Some(found)) => futures::stream::iter([Ok(found)]).boxed(),
             Ok(None) => return Ok(v),
             Err(e) if e.kind == ErrorKind::Interrupted => {
@@ -660,10 +657,8 @@ pub async fn verify_locations(
             let outcome = if sizes.0 == sizes.1 && mode >= VerifyMode::Checksum {
                 let (a, b) = (Side::listed(s.as_ref(), a), Side::listed(d.as_ref(), b));
                 // Only reads are in flight: a stop need not wait for their answers.
-                Some(tokio::select! {
-                    outcome = fingerprints(a, b, deep, &retry, &progress) => outcome,
-                    () = progress.stop().cancelled() => Err(interrupted()),
-                })
+                let outcome = fingerprints(a, b, deep, &retry, &progress);
+                Some(progress.unless_stopped(outcome).await)
             } else {
                 None
             };
@@ -741,11 +736,7 @@ fn walk<'a>(
             };
             let found = loop {
                 // A listing page still on its way does not hold a stop.
-                let next = tokio::select! {
-                    next = merge.next() => next,
-                    () = progress.stop().cancelled() => break Err(interrupted()),
-                };
-                let pair = match next {
+                let pair = match progress.unless_stopped(merge.next()).await {
                     Ok(Some(pair)) => pair,
                     Ok(None) => return None,
                     Err(e) => break Err(e),
@@ -798,11 +789,6 @@ fn walk<'a>(
     })
 }
 
-/// How a check stopped by Ctrl-C ends: [`verify_locations`] reports what it found before.
-fn interrupted() -> Error {
-    Error::new(ErrorKind::Interrupted, "interrupted")
-}
-
 /// Whether `key` is the entry a listing could not include, or lies under it (a directory's
 /// key ends in `/`).
 fn lies_under(key: &str, entry: &str) -> bool {
@@ -841,7 +827,7 @@ mod tests {
             display: "dst".into(),
             locator: "dst".into(),
         };
-        let mut to_check = ToCheck::default();
+        let to_check = std::sync::Mutex::new(ToCheck::default());
         for (key, size) in [("0", 1), ("a", 3), ("a", 3), ("b", 3), ("c", 5), ("z", 3)] {
             let copied = Copied {
                 dst_key: key.into(),
@@ -852,8 +838,9 @@ mod tests {
                 server_side: false,
                 earlier: false,
             };
-            assert!(to_check.push(copied).is_none());
+            crate::to_check::keep(&to_check, copied);
         }
+        let to_check = to_check.into_inner().unwrap();
         let progress = Arc::new(Progress::default());
         let retry = RetryPolicy::default();
         let (v, checked) =

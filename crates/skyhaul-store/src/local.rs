@@ -952,6 +952,26 @@ fn is_tmp_name(name: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// Sends `data` as part `number` of `upload`, at `offset`.
+    async fn send_part(
+        store: &LocalStore,
+        upload: &MultipartUpload,
+        number: u32,
+        offset: u64,
+        data: impl Into<bytes::Bytes>,
+    ) -> Result<CompletedPart> {
+        let data: bytes::Bytes = data.into();
+        let len = data.len() as u64;
+        let spec = PartSpec {
+            number,
+            offset,
+            len,
+        };
+        store
+            .put_part(upload, spec, Payload { data, md5: None })
+            .await
+    }
+
     #[test]
     fn only_the_temporary_form_is_a_temporary_name() {
         let made = format!(".data.bin.{}{TMP_SUFFIX}", random_id());
@@ -1037,24 +1057,19 @@ mod tests {
             size: 8,
             ..Default::default()
         };
-        let part = |number: u32, offset: u64| PartSpec {
-            number,
-            offset,
-            len: 4,
-        };
         let payload = |data: &'static [u8]| Payload {
             data: bytes::Bytes::from_static(data),
             md5: None,
         };
         let upload = mine.create_multipart("d/k", &opts).await.unwrap();
-        let first = mine.put_part(&upload, part(1, 0), payload(b"abcd")).await;
+        let first = send_part(&mine, &upload, 1, 0, &b"abcd"[..]).await;
         assert_eq!(theirs.list_uploads("d/").await.unwrap(), vec![]);
         let whole = PutOptions {
             size: 3,
             ..Default::default()
         };
         theirs.put("d/k", payload(b"xyz"), &whole).await.unwrap();
-        let second = mine.put_part(&upload, part(2, 4), payload(b"efgh")).await;
+        let second = send_part(&mine, &upload, 2, 4, &b"efgh"[..]).await;
         let parts = [first.unwrap(), second.unwrap()];
         mine.complete_multipart(&upload, &parts, &opts)
             .await
@@ -1091,14 +1106,7 @@ mod tests {
                 false => std::os::unix::fs::symlink(&outside, &tmp).unwrap(),
             }
             let rerun = LocalStore::new(&root);
-            let part = PartSpec {
-                number: 1,
-                offset: 0,
-                len: 8,
-            };
-            let data = bytes::Bytes::from_static(b"XXXXXXXX");
-            let err = rerun
-                .put_part(&upload, part, Payload { data, md5: None })
+            let err = send_part(&rerun, &upload, 1, 0, &b"XXXXXXXX"[..])
                 .await
                 .unwrap_err();
             assert_eq!(err.kind, ErrorKind::NotFound, "hard: {hard}: {err}");
@@ -1118,14 +1126,7 @@ mod tests {
             ..Default::default()
         };
         let upload = store.create_multipart("k", &opts).await.unwrap();
-        let part = PartSpec {
-            number: 1,
-            offset: 0,
-            len: 8,
-        };
-        let data = bytes::Bytes::from_static(b"abcdefgh");
-        let sent = store
-            .put_part(&upload, part, Payload { data, md5: None })
+        let sent = send_part(&store, &upload, 1, 0, &b"abcdefgh"[..])
             .await
             .unwrap();
         let tmp = store.tmp_path("k", &upload.upload_id).unwrap();
@@ -1166,14 +1167,12 @@ mod tests {
         let upload = store.create_multipart("k", &opts).await.unwrap();
         let mut parts = Vec::new();
         for (number, offset) in [(1, 0), (2, PART)] {
-            let spec = PartSpec {
-                number,
-                offset,
-                len: PART,
-            };
-            let data = bytes::Bytes::from(vec![number as u8; PART as usize]);
-            let body = Payload { data, md5: None };
-            parts.push(store.put_part(&upload, spec, body).await.unwrap());
+            let data = vec![number as u8; PART as usize];
+            parts.push(
+                send_part(&store, &upload, number, offset, data)
+                    .await
+                    .unwrap(),
+            );
         }
         store
             .complete_multipart(&upload, &parts, &opts)

@@ -1502,18 +1502,56 @@ async fn ctrl_c_without_a_journal_leaves_no_upload_open() {
     assert!(!journal.exists(), "no journal was kept");
 }
 
+/// The workload copied to bucket `dst` of an s3s-fs server: the server, the journal, the
+/// source, and the directory that holds them.
+async fn copied_workload() -> (S3Server, PathBuf, PathBuf, tempfile::TempDir) {
+    let (s3, _files, journal, src, tmp) = setup(S3Kind::S3sFs).await;
+    let args = copy_args(src.to_str().unwrap(), &s3.endpoint);
+    assert_succeeded(&spawn(&args, &s3, &journal).wait_with_output().unwrap());
+    (s3, journal, src, tmp)
+}
+
+/// `skyhaul verify -r SRC s3://dst/data --json` through `proxy`, sent Ctrl-C once `held`
+/// more requests are held there than before it started, and `settle` after: its output,
+/// and how long it took to end after the signal.
+fn verify_stopped(
+    s3: &S3Server,
+    journal: &Path,
+    src: &Path,
+    proxy: &FaultProxy,
+    held: u64,
+    settle: Duration,
+) -> (std::process::Output, Duration) {
+    let (src, ep) = (src.to_str().unwrap(), proxy.endpoint());
+    let args = [
+        "verify",
+        "-r",
+        src,
+        "s3://dst/data",
+        "--dst-endpoint",
+        &ep,
+        "--json",
+    ];
+    let before = proxy.injected().delayed;
+    let child = spawn(&args, s3, journal);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.injected().delayed < before + held {
+        assert!(Instant::now() < deadline, "nothing held within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(settle);
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    (out, signalled.elapsed())
+}
+
 /// Ctrl-C stops `verify` at once (it writes nothing, so nothing in flight needs to
 /// finish) and reports what it compared before: exit 130, or 6 where that already found
 /// something wrong, which no more checking could undo.
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_ends_a_verify_with_what_it_found() {
-    let (s3, _files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;
-    let ep = s3.endpoint.clone();
-    assert_succeeded(
-        &spawn(&copy_args(src.to_str().unwrap(), &ep), &s3, &journal)
-            .wait_with_output()
-            .unwrap(),
-    );
+    let (s3, journal, src, _tmp) = copied_workload().await;
     // s3s-fs lists no ETags, so each object's checksum takes a HEAD: the large objects'
     // are held 30 s (not the HEAD of `data/` that looks for a folder marker before the
     // comparisons, and before Ctrl-C is handled).
@@ -1526,28 +1564,8 @@ async fn ctrl_c_ends_a_verify_with_what_it_found() {
             ..Faults::default()
         },
     );
-    let interrupted = |proxy: &FaultProxy| {
-        let (src, ep) = (src.to_str().unwrap(), proxy.endpoint());
-        let args = [
-            "verify",
-            "-r",
-            src,
-            "s3://dst/data",
-            "--dst-endpoint",
-            &ep,
-            "--json",
-        ];
-        let held_before = proxy.injected().delayed;
-        let child = spawn(&args, &s3, &journal);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while proxy.injected().delayed == held_before {
-            assert!(Instant::now() < deadline, "no HEAD within 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let signalled = Instant::now();
-        let out = child.wait_with_output().unwrap();
-        let waited = signalled.elapsed();
+    let interrupted = || {
+        let (out, waited) = verify_stopped(&s3, &journal, &src, &proxy, 1, Duration::ZERO);
         assert!(
             waited < Duration::from_secs(5),
             "verify ended {waited:?} after Ctrl-C"
@@ -1564,12 +1582,12 @@ async fn ctrl_c_ends_a_verify_with_what_it_found() {
         assert!(checked < 306, "all {checked} compared: {report}");
         (out.status.code(), report)
     };
-    let (code, _) = interrupted(&proxy);
+    let (code, _) = interrupted();
     assert_eq!(code, Some(130));
 
     // A source file never copied, listed before the rest: found missing before the stop.
     std::fs::write(src.join("aaa.bin"), b"new").unwrap();
-    let (code, report) = interrupted(&proxy);
+    let (code, report) = interrupted();
     assert_eq!(code, Some(6), "{report}");
     assert_eq!(report["missing"], 1, "{report}");
 }
@@ -1615,13 +1633,7 @@ fn ctrl_c_stops_the_read_before_a_large_upload() {
 /// held 25 s here). It waited up to 20 s for them.
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_ends_a_verify_waiting_for_a_listing() {
-    let (s3, _files, journal, src, _tmp) = setup(S3Kind::S3sFs).await;
-    let ep = s3.endpoint.clone();
-    assert_succeeded(
-        &spawn(&copy_args(src.to_str().unwrap(), &ep), &s3, &journal)
-            .wait_with_output()
-            .unwrap(),
-    );
+    let (s3, journal, src, _tmp) = copied_workload().await;
     let proxy = FaultProxy::start(
         &s3.endpoint,
         Faults {
@@ -1633,28 +1645,8 @@ async fn ctrl_c_ends_a_verify_waiting_for_a_listing() {
     );
     // The first listing held is the check that the store answers, the second the walk's.
     for held in [1, 2] {
-        let (src, ep) = (src.to_str().unwrap(), proxy.endpoint());
-        let args = [
-            "verify",
-            "-r",
-            src,
-            "s3://dst/data",
-            "--dst-endpoint",
-            &ep,
-            "--json",
-        ];
-        let before = proxy.injected().delayed;
-        let child = spawn(&args, &s3, &journal);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while proxy.injected().delayed < before + held {
-            assert!(Instant::now() < deadline, "no listing held within 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let signalled = Instant::now();
-        let out = child.wait_with_output().unwrap();
-        let waited = signalled.elapsed();
+        let settle = Duration::from_millis(300);
+        let (out, waited) = verify_stopped(&s3, &journal, &src, &proxy, held, settle);
         assert!(
             waited < Duration::from_secs(5),
             "ended {waited:?} after Ctrl-C ({held})"
