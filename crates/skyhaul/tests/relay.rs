@@ -125,6 +125,11 @@ impl Regions {
     /// A gateway that reaches the destination's store at `endpoint` (e.g. through a proxy in
     /// region B).
     fn gateway_to(&self, endpoint: &str, port: u16, log: &Path, extra: &[&str]) -> Child {
+        started(self.gateway_command(endpoint, port, extra), log)
+    }
+
+    /// The command of [`Regions::gateway_to`], not yet started.
+    fn gateway_command(&self, endpoint: &str, port: u16, extra: &[&str]) -> Command {
         let listen = format!("{B_IP}:{port}");
         let mut args = vec![
             "-v",
@@ -136,23 +141,7 @@ impl Regions {
             endpoint,
         ];
         args.extend_from_slice(extra);
-        let mut child = self
-            .command(false, &args, &[])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gateway");
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        err.read_line(&mut line).unwrap();
-        assert!(
-            line.contains("listening on"),
-            "gateway did not start: {line}"
-        );
-        // Keep draining its log into the file for the test to read.
-        let mut file = std::fs::File::create(log).unwrap();
-        std::thread::spawn(move || std::io::copy(&mut err, &mut file));
-        child
+        self.command(false, &args, &[])
     }
 
     /// `skyhaul cp -r s3://src/ s3://dst/PREFIX --relay ...` in region A.
@@ -197,6 +186,26 @@ impl Regions {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     }
+}
+
+/// Starts the gateway of `cmd` and waits until it listens; its log goes on into `log`.
+fn started(mut cmd: Command, log: &Path) -> Child {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gateway");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("listening on"),
+        "gateway did not start: {line}"
+    );
+    // Keep draining its log into the file for the test to read.
+    let mut file = std::fs::File::create(log).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut err, &mut file));
+    child
 }
 
 fn run(mut cmd: Command) -> Run {
@@ -1054,22 +1063,9 @@ fn a_flood_of_silent_connections_does_not_stop_a_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gw.log");
     // 128 open files at most, soft and hard (skyhaul raises its soft limit to the hard).
-    let listen = format!("{B_IP}:7540");
-    let args = ["-v", "gateway", "--listen", &listen, "s3://dst"];
-    let mut cmd = regions.command(false, &args, &[]);
-    cmd.args(["--dst-endpoint", &regions.dst.endpoint])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
+    let mut cmd = regions.gateway_command(&regions.dst.endpoint, 7540, &[]);
     limit_open_files(&mut cmd, 128);
-    let mut gw = KillOnDrop(cmd.spawn().expect("spawn gateway"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("listening on")
-    {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut gw = KillOnDrop(started(cmd, &log));
     // 300 silent connections from the gateway's own region, held to the end of the test.
     let silent: Vec<std::net::TcpStream> = regions.wan.b.run(|| {
         (0..300)
