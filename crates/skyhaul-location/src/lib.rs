@@ -12,4 +12,4 @@ mod parse;
 
 pub use keys::{dir_form, key_basename, local_relative_path, map_key, KeyError};
 pub use overlap::{overlap, Overlap};
-pub use parse::{redacted, Location, LocationError, Scheme};
+pub use parse::{Location, LocationError, Scheme};

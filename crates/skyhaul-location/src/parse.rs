@@ -49,7 +49,7 @@ pub enum LocationError {
 
 /// `url` as it may be shown: without its query (a SAS or presigned URL's signature) and
 /// with a user name and password before the host (`https://user:pass@host`) masked.
-pub fn redacted(url: &str) -> String {
+fn redacted(url: &str) -> String {
     let url = url.split('?').next().unwrap_or_default();
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
