@@ -47,15 +47,24 @@ where
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("").to_string();
             let message = se.err().message().unwrap_or("").to_string();
-            let (mut kind, mut hint) = classify(&code, status);
+            let (mut kind, hint) = classify(&code, status);
+            let mut hint = hint.to_string();
             if unsigned && matches!(kind, ErrorKind::AccessDenied | ErrorKind::BadCredentials) {
-                (kind, hint) = (ErrorKind::AccessDenied, NOT_PUBLIC);
+                (kind, hint) = (ErrorKind::AccessDenied, NOT_PUBLIC.to_string());
+            }
+            // AWS names the bucket's region in a header of the redirect.
+            let region = err
+                .raw_response()
+                .and_then(|r| r.headers().get("x-amz-bucket-region"));
+            if let (Some(region), true) = (region, hint == IN_ANOTHER_REGION) {
+                hint = format!(" (the bucket is in region {region})");
             }
             // Every S3 error but a HEAD's has a body with a code: a request refused without
             // one was not refused by S3 (a 5xx may be a proxy's, on the way to S3).
             let refused = status.is_some_and(|s| (400..500).contains(&s));
             if code.is_empty() && refused && what != "head" && hint.is_empty() {
-                hint = " (the answer is not S3's: check that the endpoint is an S3 endpoint)";
+                hint =
+                    " (the answer is not S3's: check that the endpoint is an S3 endpoint)".into();
             }
             let detail = match (code.is_empty(), message.is_empty()) {
                 (true, _) => format!("HTTP {}", status.unwrap_or(0)),
@@ -71,11 +80,21 @@ where
     }
 }
 
+/// The hint for a bucket in another region, when the answer does not say which.
+const IN_ANOTHER_REGION: &str = " (the bucket is in another region)";
+
 fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
     match code {
         "NoSuchBucket" => (
             ErrorKind::BucketNotFound,
             " (check the bucket name, endpoint and region)",
+        ),
+        // No such bucket can exist here (legacy us-east-1 buckets aside, so not refused
+        // before asking).
+        "InvalidBucketName" => (
+            ErrorKind::BucketNotFound,
+            " (the store refuses this bucket name: S3 bucket names are 3 to 63 lowercase \
+             letters, digits, '.' and '-')",
         ),
         "NoSuchKey" | "NotFound" => (ErrorKind::NotFound, ""),
         "AccessDenied" | "AllAccessDisabled" => (
@@ -94,10 +113,7 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
         ),
         "PermanentRedirect"
         | "AuthorizationHeaderMalformed"
-        | "IllegalLocationConstraintException" => (
-            ErrorKind::Other,
-            " (the bucket is in another region: set the region for this side)",
-        ),
+        | "IllegalLocationConstraintException" => (ErrorKind::Other, IN_ANOTHER_REGION),
         "SlowDown"
         | "Throttling"
         | "ThrottlingException"

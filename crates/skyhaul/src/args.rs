@@ -18,7 +18,11 @@ falling back to the standard AWS environment and profile chain.\n\
 GCS: --src-gcs-service-account, else application-default credentials; STORAGE_EMULATOR_HOST.\n\
 Azure: --src-azure-key / -sas / -connection-string (or SKYHAUL_SRC_AZURE_*), else\n\
 AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY, Entra ID.\n\
---src-endpoint/--dst-endpoint point any kind at another endpoint or an emulator."
+--src-endpoint/--dst-endpoint point any kind at another endpoint or an emulator.\n\n\
+Exit codes: 0 done (and verified), 1 some objects failed (each listed) or an unexpected\n\
+error, 2 bad arguments, 3 not found, 4 access denied, 5 an endpoint unreachable,\n\
+6 verification found differences, 7 the destination cannot take the data,\n\
+130 interrupted (Ctrl-C, SIGTERM) or not confirmed."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -28,41 +32,61 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+impl Cli {
+    /// Whether the command was given `-q`: its log shows errors only.
+    pub fn quiet(&self) -> bool {
+        match &self.command {
+            Command::Cp(a) => a.common.output.quiet,
+            Command::Sync(a) => a.common.output.quiet,
+            Command::Plan(a) => a.common.output.quiet,
+            Command::Verify(a) => a.output.quiet,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Copy one object or file, or everything under a prefix or directory with -r
     #[command(after_help = "Examples:\n  \
 skyhaul cp ./model.bin s3://bucket/models/\n  \
 skyhaul cp -r s3://src-bucket/data /mnt/data\n  \
-skyhaul cp -r s3://a/data s3://b/data --src-profile acct-a --dst-profile acct-b \\\n      \
+skyhaul cp -r s3://a/data s3://b/data \\\n      \
+--src-profile acct-a --dst-profile acct-b \\\n      \
 --dst-endpoint https://storage.eu-north1.nebius.cloud\n  \
-skyhaul cp -r s3://bucket/logs ./logs --include '*.gz' --exclude 'tmp/**' --newer-than 7d\n  \
+skyhaul cp -r s3://bucket/logs ./logs --include '*.gz' --exclude 'tmp/**' \\\n      \
+--newer-than 7d\n  \
 skyhaul cp -r s3://bucket/data ./data --files-from keys.txt --dry-run\n  \
-skyhaul cp -r nebius:training-data/imagenet /mnt/imagenet   # a remote from rclone.conf")]
+skyhaul cp -r nebius:training-data/imagenet /mnt/imagenet   # rclone remote")]
     Cp(CpArgs),
     /// Copy what is missing or changed at the destination (deletes only with --delete)
     #[command(after_help = "Examples:\n  \
 skyhaul sync ./dataset s3://bucket/dataset\n  \
 skyhaul sync s3://bucket/a s3://bucket/b --size-only\n  \
 skyhaul sync --delete s3://src/data /mnt/mirror\n  \
-skyhaul sync --delete --exclude 'local/**' s3://src/data /mnt/mirror   # local/ is never deleted\n  \
+skyhaul sync --delete --exclude 'local/**' \\\n      \
+s3://src/data /mnt/mirror   # never deletes local/\n  \
 skyhaul sync --delete --dry-run s3://src/data /mnt/mirror")]
     Sync(SyncArgs),
     /// Compare two locations: missing, extra and different objects (exit code 6 if any)
     #[command(
         after_help = "What the filters leave out is not compared, as cp and sync \
 with the same filters leave it out.\n\nExamples:\n  \
-skyhaul verify -r s3://src/data s3://dst/data --dst-endpoint https://r2.example.com\n  \
+skyhaul verify -r s3://src/data s3://dst/data \\\n      \
+--dst-endpoint https://r2.example.com\n  \
 skyhaul verify -r --deep /data s3://bucket/data\n  \
 skyhaul verify -r --exclude '*.tmp' /data s3://bucket/data"
     )]
     Verify(VerifyArgs),
     /// Estimate a transfer before running it: objects, bytes, time, egress and request costs
     #[command(after_help = "Examples:\n  \
-skyhaul plan -r s3://src-bucket/data s3://dst-bucket/data --src-region us-east-1 --dst-region eu-west-1\n  \
-skyhaul plan -r s3://bucket/data gs-mirror:bucket/data --dst-cloud gcp --dst-region us-central1\n  \
-skyhaul plan -r /mnt/data s3://bucket/data --src-cloud aws --src-region us-east-1 --json\n  \
-skyhaul plan -r --sync --delete s3://src/data s3://dst/data --prices my-prices.toml\n  \
+skyhaul plan -r s3://src-bucket/data s3://dst-bucket/data \\\n      \
+--src-region us-east-1 --dst-region eu-west-1\n  \
+skyhaul plan -r s3://bucket/data gs://mirror/data --dst-region us-central1\n  \
+skyhaul plan -r /mnt/data s3://bucket/data --src-cloud aws \\\n      \
+--src-region us-east-1 --json\n  \
+skyhaul plan -r --sync --delete s3://src/data s3://dst/data \\\n      \
+--prices my-prices.toml\n  \
 skyhaul prices > my-prices.toml   # the built-in table, to edit\n\n\
 The source's provider charges egress for every byte that leaves its region; each side's\n\
 provider charges its requests. Providers come from --src-cloud/--dst-cloud, else the\n\
@@ -74,7 +98,7 @@ endpoint; what cannot be known is shown as unknown.")]
     #[command(after_help = "Examples:\n  \
 skyhaul prices                        # the built-in table\n  \
 skyhaul prices --prices my.toml       # with my.toml laid over it\n  \
-skyhaul prices > my.toml              # a file to edit; keep only the lines you change")]
+skyhaul prices > my.toml              # to edit: keep the lines you change")]
     Prices {
         /// A price file to lay over the built-in table [config: prices]
         #[arg(long, value_name = "FILE")]
@@ -109,7 +133,8 @@ remotes.NAME.{type,provider,endpoint,region,profile,requester_pays}\n\
 File: $SKYHAUL_CONFIG, else ~/.config/skyhaul/config.toml (no secrets are stored)\n\n\
 Examples:\n  \
 skyhaul config set max_connections 128\n  \
-skyhaul config set remotes.nebius.endpoint https://storage.eu-north1.nebius.cloud\n  \
+skyhaul config set remotes.nebius.endpoint \\\n      \
+https://storage.eu-north1.nebius.cloud\n  \
 skyhaul config list\n  \
 skyhaul config unset max_connections"
     )]
@@ -127,7 +152,8 @@ skyhaul completions fish > ~/.config/fish/completions/skyhaul.fish")]
     #[command(after_help = "Examples:\n  \
 export SKYHAUL_FLEET_TOKEN=$(openssl rand -hex 32)\n  \
 skyhaul coordinator --listen 0.0.0.0:7070 cp -r s3://src/data s3://dst/data\n  \
-skyhaul coordinator --listen 10.0.0.5:7070 sync --delete s3://src/data /mnt/shared/data --lease-timeout 1m\n\n\
+skyhaul coordinator --listen 10.0.0.5:7070 \\\n      \
+sync --delete s3://src/data /mnt/shared/data --lease-timeout 1m\n\n\
 Workers need the same token and their own credentials for both sides. The coordinator\n\
 plans, hands out work, completes multipart uploads, keeps the journal and verifies; it\n\
 also serves GET /v1/status (JSON) and GET /metrics (Prometheus), with the token.")]
@@ -141,25 +167,32 @@ SKYHAUL_DST_*, AWS profiles, instance roles): the coordinator never sends any.")
     Worker(WorkerArgs),
     /// Run a relay gateway near the destination: it receives a relayed transfer's compressed, encrypted chunks and writes them to the destination store
     #[command(after_help = "Examples:\n  \
-export SKYHAUL_RELAY_KEY=$(openssl rand -hex 32)   # the same on both sides, new per transfer\n  \
+export SKYHAUL_RELAY_KEY=$(openssl rand -hex 32)   # same on both sides\n  \
 skyhaul gateway --listen 0.0.0.0:7400 s3://dst-bucket --dst-region eu-west-1\n  \
-skyhaul cp -r s3://src/data s3://dst-bucket/data --relay gw1:7400,gw2:7400   # near the source\n  \
-skyhaul gateway --listen 0.0.0.0:7400 s3://dst-bucket --tls-cert gw.pem --tls-key gw.key\n  \
-skyhaul cp -r s3://src/data s3://dst-bucket/data --relay gw1:7400 --relay-tls-ca ca.pem\n\n\
+skyhaul cp -r s3://src/data s3://dst-bucket/data \\\n      \
+--relay gw1:7400,gw2:7400   # near the source\n  \
+skyhaul gateway --listen 0.0.0.0:7400 s3://dst-bucket \\\n      \
+--tls-cert gw.pem --tls-key gw.key\n  \
+skyhaul cp -r s3://src/data s3://dst-bucket/data --relay gw1:7400 \\\n      \
+--relay-tls-ca ca.pem\n\n\
 The destination's credentials (SKYHAUL_DST_*, profiles, instance roles) are this machine's;\n\
 they never cross the link. Frames whose tag or checksum fails are refused and re-sent.")]
     Gateway(GatewayArgs),
     /// Write (and with --submit, submit) a job that runs a fleet on SLURM, SkyPilot, Kubernetes or SSH hosts
     #[command(after_help = "Examples:\n  \
 skyhaul launch --backend slurm --nodes 8 -- cp -r s3://src/data s3://dst/data\n  \
-skyhaul launch --backend skypilot --nodes 8 --spot --cpus 16+ -- sync s3://a/x s3://b/x\n  \
-skyhaul launch --backend kubernetes --nodes 4 --image registry/skyhaul:0.1 -- cp -r s3://a s3://b\n  \
-skyhaul launch --backend ssh --hosts h1,h2,h3 --submit -- cp -r /shared/data s3://bucket/data\n  \
-skyhaul launch --backend skypilot --gateways 2 --gateway-region eu-west-1 -- cp -r s3://a s3://b\n  \
-skyhaul launch --backend kubernetes --image registry/skyhaul:0.1 --gateways 2 \\\n      \
---gateway-kube-context dst-cluster -- cp -r s3://a s3://b\n  \
-skyhaul launch --backend slurm --gateways 2 --gateway-tls-cert gw.pem --gateway-tls-key gw.key \\\n      \
---relay-tls-ca ca.pem -- cp -r s3://a s3://b\n\n\
+skyhaul launch --backend skypilot --nodes 8 --spot --cpus 16+ \\\n      \
+-- sync s3://a/x s3://b/x\n  \
+skyhaul launch --backend kubernetes --nodes 4 --image registry/skyhaul:0.1 \\\n      \
+-- cp -r s3://a s3://b\n  \
+skyhaul launch --backend ssh --hosts h1,h2,h3 --submit \\\n      \
+-- cp -r /shared/data s3://bucket/data\n  \
+skyhaul launch --backend skypilot --gateways 2 --gateway-region eu-west-1 \\\n      \
+-- cp -r s3://a s3://b\n  \
+skyhaul launch --backend kubernetes --image registry/skyhaul:0.1 \\\n      \
+--gateways 2 --gateway-kube-context dst-cluster -- cp -r s3://a s3://b\n  \
+skyhaul launch --backend slurm --gateways 2 --gateway-tls-cert gw.pem \\\n      \
+--gateway-tls-key gw.key --relay-tls-ca ca.pem -- cp -r s3://a s3://b\n\n\
 Rank 0 runs the coordinator (and one worker), every other rank a worker. No secret is\n\
 written into the file: SLURM and SSH pass the submitting shell's environment\n\
 (SKYHAUL_FLEET_TOKEN, SKYHAUL_SRC_*, SKYHAUL_DST_*, AWS_*), SkyPilot takes them as\n\
@@ -186,9 +219,14 @@ ConfigMap NAME-relay-ca that the file's comments say how to create. SkyPilot and
 --gateway-kube-context need --gateway-tls-name: their gateways' addresses are known only\n\
 once they run.")]
     Launch(LaunchArgs),
-    /// Print the man page (roff)
-    #[command(after_help = "Example:\n  skyhaul man > /usr/local/share/man/man1/skyhaul.1")]
-    Man,
+    /// Print the man page (roff): skyhaul(1), or skyhaul-COMMAND(1) for a command
+    #[command(after_help = "Examples:\n  \
+skyhaul man > /usr/local/share/man/man1/skyhaul.1\n  \
+for c in cp sync verify plan; do skyhaul man $c > skyhaul-$c.1; done")]
+    Man {
+        /// The command whose page to print (cp, sync, verify, …)
+        command: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -244,7 +282,7 @@ pub enum ConfigAction {
     },
     /// Set KEY to VALUE
     #[command(
-        after_help = "Examples:\n  skyhaul config set part_size 64M\n  skyhaul config set bwlimit 1Gbit\n  skyhaul config set remotes.r2.endpoint https://ACCOUNT.r2.cloudflarestorage.com"
+        after_help = "Examples:\n  skyhaul config set part_size 64M\n  skyhaul config set bwlimit 1Gbit\n  skyhaul config set remotes.r2.endpoint \\\n      https://ACCOUNT.r2.cloudflarestorage.com"
     )]
     Set {
         /// A key, as `skyhaul config --help` lists them
@@ -392,6 +430,9 @@ fn duration(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
+    /// Taken and ignored: sync is always recursive (`-r` comes from cp and rsync habits)
+    #[arg(short = 'r', long = "recursive", hide = true)]
+    pub _recursive: bool,
     /// Delete destination objects that do not exist at the source (after all copies succeed)
     #[arg(long)]
     pub delete: bool,

@@ -564,16 +564,7 @@ impl Config {
             path: PathBuf::new(),
             message,
         };
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let message = e.message().trim_end();
-            invalid(match e.span() {
-                Some(span) => {
-                    let (line, column) = line_column(text, span.start);
-                    format!("line {line}, column {column}: {message}")
-                }
-                None => message.to_string(),
-            })
-        })?;
+        let table: toml::Table = text.parse().map_err(|e| invalid(toml_error(text, &e)))?;
         let mut config = Config::default();
         for (key, value) in &table {
             if key == "remotes" {
@@ -880,6 +871,18 @@ impl Config {
 }
 
 /// The 1-based line and column (in characters) of byte `offset` of `text`.
+/// A TOML syntax error of `text` as "line L, column C: what", for a one-line error.
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..text.floor_char_boundary(offset)];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);

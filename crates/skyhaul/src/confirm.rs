@@ -133,7 +133,8 @@ pub async fn check(
     if !limits.passed(counted.objects, counted.bytes) && counted.deletes == 0 {
         return Ok(Decision::Go(None));
     }
-    let more = if counted.stopped { "more than " } else { "" };
+    // Counting stops at the first object past a threshold: there may be more.
+    let more = if counted.stopped { "at least " } else { "" };
     let mut question = format!(
         "skyhaul: this copies {more}{} objects ({more}{}) from {} to {}",
         thousands(counted.objects),

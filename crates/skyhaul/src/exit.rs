@@ -120,6 +120,12 @@ fn hint(side: &str, e: &Error) -> String {
             format!("; set {flag} credentials with --{flag}-profile or SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY{public}")
         }
         ErrorKind::AccessDenied | ErrorKind::BadCredentials => public.to_string(),
+        ErrorKind::BucketNotFound if side == "DST" => {
+            "; skyhaul does not create buckets or containers: create it first".to_string()
+        }
+        ErrorKind::Other if e.message.contains("the bucket is in") => {
+            format!("; give this side's region with --{flag}-region or SKYHAUL_{side}_REGION")
+        }
         // The endpoint may come from elsewhere than the flag: say where else to look.
         ErrorKind::Unreachable => format!(
             "; check --{flag}-endpoint, or the connection string, remote or config that set it"
@@ -277,5 +283,24 @@ mod tests {
         // Refused though unsigned: no advice to set the credentials that were not sent.
         let unsigned = format!("s3://b/k: get: HTTP 403{}", NOT_PUBLIC);
         assert_eq!(store("SRC", denied(&unsigned)).message, unsigned);
+    }
+
+    /// A bucket in another region names the side's region flag; a missing destination
+    /// bucket says skyhaul will not make it, a missing source bucket does not.
+    #[test]
+    fn region_and_missing_bucket_hints_name_the_side() {
+        let other = |m: &str| Error::new(ErrorKind::Other, m);
+        let moved = "s3://b: list: PermanentRedirect: … (the bucket is in region eu-west-1)";
+        let line = store("DST", other(moved)).message;
+        assert!(
+            line.ends_with("with --dst-region or SKYHAUL_DST_REGION"),
+            "{line}"
+        );
+        assert_eq!(store("SRC", other(&line)).message, line);
+        let missing = |m: &str| Error::new(ErrorKind::BucketNotFound, m);
+        let line = store("DST", missing("s3://b: list: NoSuchBucket")).message;
+        assert!(line.ends_with("create it first"), "{line}");
+        let line = store("SRC", missing("s3://b: list: NoSuchBucket")).message;
+        assert!(!line.contains("create"), "{line}");
     }
 }

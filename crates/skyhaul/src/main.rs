@@ -60,7 +60,7 @@ fn main() {
         }
         e.exit()
     });
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.quiet());
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -112,8 +112,10 @@ fn unset_blank_settings() {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
     let default = match verbose {
+        // -q: errors only, also the libraries' (the AWS SDK warns of unreadable profiles).
+        0 if quiet => "error,rustls_platform_verifier=off",
         // The AWS SDK warns about every provider it tries; those are not the user's problem.
         // A certificate the platform verifier rejects is reported once, as the error itself.
         0 => "warn,aws_config=error,aws_smithy_runtime=error,rustls_platform_verifier=off",
@@ -175,8 +177,17 @@ async fn run(cli: Cli) -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "skyhaul", &mut std::io::stdout());
             ExitCode::Ok
         }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
+        Command::Man { command } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            if let Some(name) = command {
+                // The page the main one names as skyhaul-NAME(1).
+                cmd.build();
+                let Some(sub) = cmd.find_subcommand(&name).cloned() else {
+                    eprintln!("skyhaul: error: no command '{name}' (`skyhaul --help` lists them)");
+                    return ExitCode::Usage;
+                };
+                cmd = sub.name(format!("skyhaul-{name}"));
+            }
             match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::Ok,
                 Err(e) => {

@@ -68,11 +68,11 @@ impl Prices {
                     path.display()
                 )
             })?;
-            let over: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let over: toml::Table = text.parse().map_err(|e| {
                 format!(
                     "price file {}: {} (see `skyhaul prices` for the layout)",
                     path.display(),
-                    e.message()
+                    crate::config::toml_error(&text, &e)
                 )
             })?;
             check_overlay(&over).map_err(|e| {
@@ -125,7 +125,13 @@ fn check_overlay(over: &toml::Table) -> Result<(), String> {
     };
     for (section, value) in over {
         let toml::Value::Table(table) = value else {
-            return Err(format!("'{section}' must be a [{section}] section"));
+            return Err(if META_KEYS.contains(&section.as_str()) {
+                format!("'{section}' belongs in the [meta] section")
+            } else if PROVIDER_KEYS.contains(&section.as_str()) {
+                format!("'{section}' belongs in a [providers.NAME] section")
+            } else {
+                format!("'{section}' must be a [{section}] section")
+            });
         };
         match section.as_str() {
             "meta" => {
@@ -134,8 +140,13 @@ fn check_overlay(over: &toml::Table) -> Result<(), String> {
                         return Err(unknown(&format!("meta.{key}"), &META_KEYS));
                     }
                     if key == "as_of" && !value.as_str().is_some_and(is_date) {
+                        // TOML reads an unquoted date as a date, not as text.
+                        let quote = match value.is_datetime() {
+                            true => " (in quotes)",
+                            false => "",
+                        };
                         return Err(format!(
-                            "meta.as_of = {value}: expected the prices' date as \"YYYY-MM-DD\""
+                            "meta.as_of = {value}: expected the prices' date as \"YYYY-MM-DD\"{quote}"
                         ));
                     }
                 }
@@ -322,6 +333,18 @@ mod tests {
             ("[meta]\nas_of = \"2025-13-01\"\n", "meta.as_of"),
             ("[meta]\ncurrenc = \"EUR\"\n", "'meta.currenc'"),
             ("[provider.aws]\nput_per_1000 = 1\n", "'provider'"),
+            // The slips the audit saw: where a syntax error is, keys outside their section,
+            // a date without quotes.
+            ("[meta]\n[providers.aws\n", "line 2, column 15"),
+            (
+                "as_of = \"2025-01-15\"\n",
+                "'as_of' belongs in the [meta] section",
+            ),
+            (
+                "put_per_1000 = 1\n",
+                "belongs in a [providers.NAME] section",
+            ),
+            ("[meta]\nas_of = 2025-01-15\n", "\"YYYY-MM-DD\" (in quotes)"),
         ] {
             std::fs::write(&f, text).unwrap();
             let e = Prices::load(Some(&f)).unwrap_err();

@@ -51,5 +51,21 @@ fn man_page() {
     );
     for sub in COMMANDS {
         assert!(run.stdout.contains(sub), "man page lacks {sub}");
+        // The page the main one refers to exists, with the command's own options.
+        let page = skyhaul(&["man", sub], None, None);
+        assert_eq!(page.code, 0, "{sub}: {}", page.stderr);
+        assert!(
+            page.stdout.contains(&format!(".TH skyhaul-{sub} 1")),
+            "{sub}: {}",
+            &page.stdout[..200.min(page.stdout.len())]
+        );
     }
+    assert!(skyhaul(&["man", "cp"], None, None)
+        .stdout
+        .contains("\\-\\-dry\\-run"));
+    assert!(
+        run.stdout.contains("Exit codes: 0 done"),
+        "no exit codes in the man page"
+    );
+    assert_eq!(skyhaul(&["man", "copy"], None, None).code, 2);
 }

@@ -507,8 +507,9 @@ fn sync_delete_removes_the_directories_it_emptied() {
     // A source with nothing left but what the destination must keep: the root stays.
     std::fs::remove_dir_all(src.join("keep")).unwrap();
     std::fs::write(src.join("top.txt"), b"t").unwrap();
+    // `-r`, as cp takes it, is taken and changes nothing: sync is recursive.
     let run = skyhaul(
-        &["sync", "--delete", "-y", s, d, "--no-journal"],
+        &["sync", "-r", "--delete", "-y", s, d, "--no-journal"],
         None,
         None,
     );

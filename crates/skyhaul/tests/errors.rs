@@ -34,6 +34,35 @@ async fn missing_bucket_no_objects_and_prefix_without_r() {
         run.stderr
     );
 
+    // A destination bucket is never made: the line says to make it.
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"f").unwrap();
+    let src = src.to_str().unwrap();
+    let run = skyhaul(
+        &["cp", "-r", src, "s3://nope/x", "--dst-endpoint", ep],
+        None,
+        Some(&s),
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("NoSuchBucket") && line.contains("create it first"),
+        "{line}"
+    );
+    // A name S3 refuses cannot be a bucket here: exit 3, with the rules.
+    let run = skyhaul(
+        &["cp", "-r", src, "s3://My_Bucket/x", "--dst-endpoint", ep],
+        None,
+        Some(&s),
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("InvalidBucketName") && line.contains("lowercase"),
+        "{line}"
+    );
+
     let run = skyhaul(
         &["cp", "-r", "s3://bkt/empty-prefix", d, "--src-endpoint", ep],
         Some(&s),

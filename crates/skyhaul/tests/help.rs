@@ -36,6 +36,38 @@ fn every_command_is_covered() {
     assert_eq!(listed(&help(&["config"])), CONFIG_ACTIONS);
 }
 
+/// The lines of a help text's examples longer than fit an 80-column terminal, where clap
+/// would wrap them onto a line that looks like another example: a user who pastes the
+/// first line of `cp`'s filter example then copies without its `--newer-than`.
+fn too_wide(help: &str) -> Vec<String> {
+    let mut examples = false;
+    let mut wide = Vec::new();
+    for line in help.lines() {
+        if line.starts_with("Example") {
+            examples = true;
+        } else if line.is_empty() {
+            examples = false;
+        } else if examples && line.chars().count() > 79 {
+            wide.push(line.to_string());
+        }
+    }
+    wide
+}
+
+#[test]
+fn examples_fit_80_columns() {
+    let mut commands: Vec<Vec<&str>> = vec![vec![]];
+    commands.extend(COMMANDS.iter().map(|c| vec![*c]));
+    commands.extend(
+        CONFIG_ACTIONS
+            .iter()
+            .filter(|a| **a != "help")
+            .map(|a| vec!["config", *a]),
+    );
+    let wide: Vec<String> = commands.iter().flat_map(|c| too_wide(&help(c))).collect();
+    assert!(wide.is_empty(), "{}", wide.join("\n"));
+}
+
 #[test]
 fn help_snapshots_with_examples() {
     insta::assert_snapshot!("skyhaul", help(&[]));

@@ -54,3 +54,42 @@ async fn progress_lines_without_a_terminal() {
         assert!(!r.stderr.contains("progress"), "{quiet:?}: {}", r.stderr);
     }
 }
+
+/// `-q` prints only errors: neither skyhaul's warnings nor those of the libraries it uses
+/// (the AWS SDK warns of every profile it cannot read, at each run).
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_means_no_warnings() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bucket").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_tree(&src, &mixed());
+    // A symlink to a directory is skipped with a warning.
+    std::os::unix::fs::symlink(tmp.path(), src.join("loop")).unwrap();
+    let aws_config = tmp.path().join("aws-config");
+    std::fs::write(&aws_config, "[profile bad name]\nregion = us-east-1\n").unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "cp",
+            "-r",
+            src.to_str().unwrap(),
+            "s3://bucket/q/",
+            "--dst-endpoint",
+            &s3.endpoint,
+            "--no-journal",
+        ];
+        args.extend(extra);
+        let config = ("AWS_CONFIG_FILE", aws_config.to_str().unwrap());
+        skyhaul_env(&args, None, Some(&s3), &[config])
+    };
+    let loud = run(&[]);
+    assert_eq!(loud.code, 0, "{}", loud.stderr);
+    assert!(
+        loud.stderr.contains("bad name") && loud.stderr.contains("symlink"),
+        "{}",
+        loud.stderr
+    );
+    let quiet = run(&["-q"]);
+    assert_eq!(quiet.code, 0, "{}", quiet.stderr);
+    assert_eq!(quiet.stderr, "", "-q printed more than errors");
+}

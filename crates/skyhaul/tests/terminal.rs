@@ -197,7 +197,7 @@ async fn a_large_transfer_asks_first_on_a_terminal() {
     );
     term.wait_for("Continue? [y/N]");
     assert!(
-        term.raw().contains("this copies more than 4 objects"),
+        term.raw().contains("this copies at least 4 objects"),
         "{}",
         term.raw()
     );
