@@ -202,9 +202,16 @@ impl S3Store {
                 .map_err(|e| {
                     // The chain's full story (every provider it tried) is for -vv.
                     tracing::debug!("credentials: {}", DisplayErrorContext(&e));
+                    // A profile given that gave none: most often a name mistyped.
+                    let profile = match &opts.profile {
+                        Some(p) => {
+                            format!(" (profile '{p}' gives none here, nor does the environment)")
+                        }
+                        None => String::new(),
+                    };
                     Error::new(
                         ErrorKind::BadCredentials,
-                        format!("{name}: no usable credentials found"),
+                        format!("{name}: no usable credentials found{profile}"),
                     )
                 })?
                 .access_key_id()

@@ -116,6 +116,10 @@ fn hint(side: &str, e: &Error) -> String {
         false => "",
     };
     match e.kind {
+        // The flag was given: its name is what to check.
+        ErrorKind::BadCredentials if e.message.contains("gives none here") => format!(
+            "; check the profile's name (`skyhaul init --dry-run` lists the profiles here), or set SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY{public}"
+        ),
         ErrorKind::AccessDenied | ErrorKind::BadCredentials if e.message.starts_with("s3://") => {
             format!("; set {flag} credentials with --{flag}-profile or SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY{public}")
         }

@@ -58,7 +58,7 @@ fn pick<T>(
     if let Some(raw) = env(var) {
         return parse(raw.trim()).ok_or_else(|| {
             exit::usage(format!(
-                "{var}={raw}: not a valid value (unset it or fix it)"
+                "{var}={raw}: not a valid value (unset it, or see `skyhaul cp --help` for its values)"
             ))
         });
     }

@@ -1430,6 +1430,34 @@ async fn a_profile_wins_over_environment_keys() {
         "{}",
         run.stderr
     );
+    // A mistyped profile and no keys elsewhere: the line says to check the name, not to
+    // give the flag that was given.
+    let run = skyhaul_env(
+        &[
+            "cp",
+            "-r",
+            src.to_str().unwrap(),
+            "s3://bkt/p",
+            "--dst-endpoint",
+            &s.endpoint,
+            "--dst-profile",
+            "godo",
+            "--no-journal",
+        ],
+        None,
+        None,
+        &[
+            ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let line = one_line_error(&run);
+    assert!(
+        line.contains("profile 'godo' gives none here")
+            && line.contains("check the profile's name"),
+        "{line}"
+    );
 }
 
 /// No log level shows the access key id: the SDK prints its `Credentials` (id in clear) at
