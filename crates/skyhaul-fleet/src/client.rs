@@ -21,6 +21,10 @@ pub enum ClientError {
         secs: u64,
         last: String,
     },
+    /// The coordinator at the address runs another transfer than the one this worker
+    /// joined (it was restarted with another command). Retrying cannot help.
+    #[error("the coordinator at {url} now runs another transfer ({detail}): this worker leaves; start it again to work for that one")]
+    OtherTransfer { url: String, detail: String },
     /// Answered, but not with what the protocol says (another version, a proxy page).
     #[error("the coordinator at {url} answered {path} with {detail}")]
     Protocol {
@@ -106,6 +110,12 @@ impl Client {
                 }
                 Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
                     return Err(ClientError::Unauthorized(self.base.clone()))
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                    return Err(ClientError::OtherTransfer {
+                        url: self.base.clone(),
+                        detail: r.text().await.unwrap_or_default(),
+                    })
                 }
                 Ok(r) if r.status().is_server_error() => format!("HTTP {}", r.status()),
                 Ok(r) => {

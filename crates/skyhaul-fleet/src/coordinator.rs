@@ -402,7 +402,11 @@ pub async fn run(src: &Endpoint, dst: &Endpoint, setup: Setup) -> Result<Report>
     )
     .await?;
     let tid = exec.transfer_id();
-    spec.transfer_id = tid.map(|t| t.to_string());
+    // Without a journal, an id of this run's own: a restart is another transfer then.
+    spec.transfer_id = Some(
+        tid.map(|t| t.to_string())
+            .unwrap_or_else(|| format!("unjournaled-{:016x}", rand::random::<u64>())),
+    );
     spec.lease_timeout_ms = options.lease_timeout.as_millis() as u64;
     let shared = Arc::new(Shared {
         exec,
@@ -868,7 +872,34 @@ fn second_try_waits<'a>(
     }
 }
 
-async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -> Json<LeaseReply> {
+/// A worker of another transfer (whose coordinator was at this address before, with the
+/// same token): refused, as its stores are that transfer's, and its results name items by
+/// source key alone, which this transfer's may share.
+struct OtherTransfer(String);
+
+impl IntoResponse for OtherTransfer {
+    fn into_response(self) -> axum::response::Response {
+        (axum::http::StatusCode::CONFLICT, self.0).into_response()
+    }
+}
+
+fn same_transfer(shared: &Shared, worker: &WorkerInfo) -> std::result::Result<(), OtherTransfer> {
+    let ours = shared.spec.transfer_id.as_deref().unwrap_or("-");
+    match worker.transfer.as_deref() {
+        Some(theirs) if theirs != ours => Err(OtherTransfer(format!(
+            "transfer {ours}; the worker joined {theirs}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+type Answer<T> = std::result::Result<Json<T>, OtherTransfer>;
+
+async fn lease(
+    Axum(shared): Axum<Arc<Shared>>,
+    Json(req): Json<LeaseRequest>,
+) -> Answer<LeaseReply> {
+    same_transfer(&shared, &req.worker)?;
     let timeout = shared.opts.lease_timeout;
     let mut st = shared.state();
     st.relay_report(&req.worker, req.relay, &shared.relay);
@@ -877,7 +908,7 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
     let w = st.worker(&req.worker);
     if done || w.left.is_some() {
         w.told_done = true;
-        return Json(LeaseReply::Done);
+        return Ok(Json(LeaseReply::Done));
     }
     let now = Instant::now();
     let live = st.live_workers(now, timeout).max(1) as u64;
@@ -924,7 +955,7 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
             .then(|| speculate::pick(&st, &req.worker.id, after, now))
             .flatten();
         let Some(original) = copy_of else {
-            return Json(LeaseReply::Wait { ms: 250 });
+            return Ok(Json(LeaseReply::Wait { ms: 250 }));
         };
         let l = &st.leases[&original];
         items = speculate::pending_for(&st, original, l, &req.worker.id)
@@ -969,17 +1000,18 @@ async fn lease(Axum(shared): Axum<Arc<Shared>>, Json(req): Json<LeaseRequest>) -
     shared.journal("lease", |j, t| {
         j.lease_granted(t, lease_id, &req.worker.id, bytes, &payload, items)
     });
-    Json(LeaseReply::Lease(Lease {
+    Ok(Json(LeaseReply::Lease(Lease {
         lease_id,
         items: work,
         timeout_ms: timeout.as_millis() as u64,
-    }))
+    })))
 }
 
 async fn heartbeat(
     Axum(shared): Axum<Arc<Shared>>,
     Json(hb): Json<Heartbeat>,
-) -> Json<HeartbeatReply> {
+) -> Answer<HeartbeatReply> {
+    same_transfer(&shared, &hb.worker)?;
     let deadline = Instant::now() + shared.opts.lease_timeout;
     let mut guard = shared.state();
     let st = &mut *guard;
@@ -995,16 +1027,17 @@ async fn heartbeat(
             _ => expired.push(id),
         }
     }
-    Json(HeartbeatReply {
+    Ok(Json(HeartbeatReply {
         expired,
         superseded,
-    })
+    }))
 }
 
 async fn complete(
     Axum(shared): Axum<Arc<Shared>>,
     Json(c): Json<Completion>,
-) -> Json<serde_json::Value> {
+) -> Answer<serde_json::Value> {
+    same_transfer(&shared, &c.worker)?;
     let mut effects = Vec::new();
     let mut outcomes = Vec::new();
     let (superseded, was_superseded) = {
@@ -1102,11 +1135,12 @@ async fn complete(
     // its work redone, whenever the coordinator is killed.
     commit(&shared).await;
     shared.wake.notify_waiters();
-    Json(serde_json::json!({}))
+    Ok(Json(serde_json::json!({})))
 }
 
 /// A worker leaves the fleet ([`Leave`]): its leases go back to the queue now.
-async fn leave(Axum(shared): Axum<Arc<Shared>>, Json(l): Json<Leave>) -> Json<serde_json::Value> {
+async fn leave(Axum(shared): Axum<Arc<Shared>>, Json(l): Json<Leave>) -> Answer<serde_json::Value> {
+    same_transfer(&shared, &l.worker)?;
     let ended = {
         let mut st = shared.state();
         let now = Instant::now();
@@ -1136,7 +1170,7 @@ async fn leave(Axum(shared): Axum<Arc<Shared>>, Json(l): Json<Leave>) -> Json<se
     }
     commit(&shared).await;
     shared.wake.notify_waiters();
-    Json(serde_json::json!({}))
+    Ok(Json(serde_json::json!({})))
 }
 
 /// Commits the journal's queued records: what a worker is answered must survive the
@@ -1515,6 +1549,7 @@ mod tests {
             host: "h".into(),
             pid: 1,
             metrics_url: None,
+            transfer: None,
         }
     }
 

@@ -32,7 +32,10 @@ pub const PROTOCOL_VERSION: u32 = 4;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferSpec {
     pub protocol: u32,
-    /// The transfer's id in the coordinator's journal, for logs.
+    /// The transfer's id: its journal's, which a restarted coordinator keeps, or without a
+    /// journal one of this coordinator's own. Workers send it back ([`WorkerInfo::transfer`])
+    /// and a coordinator of another transfer refuses them (409). `None` from coordinators
+    /// of a version before it, without a journal.
     pub transfer_id: Option<String>,
     pub src: String,
     pub dst: String,
@@ -129,6 +132,11 @@ pub struct WorkerInfo {
     pub pid: u32,
     /// Where the worker serves its own `/metrics`, if it does.
     pub metrics_url: Option<String>,
+    /// The transfer the worker joined ([`TransferSpec::transfer_id`]): a coordinator that
+    /// came up at the same address with another transfer must not get its results, nor
+    /// hand it work it would do with the stores of the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

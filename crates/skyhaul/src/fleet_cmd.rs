@@ -329,6 +329,7 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
     };
     let host = hostname();
     let pid = std::process::id();
+    let mut spec = worker::join(&client).await.map_err(worker_error)?;
     let info = WorkerInfo {
         id: format!("{host}-{pid}-{:04x}", rand::random::<u16>()),
         host,
@@ -337,8 +338,8 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
             .as_ref()
             .and_then(|(l, _)| l.local_addr().ok())
             .map(|a| format!("http://{a}/metrics")),
+        transfer: spec.transfer_id.clone(),
     };
-    let mut spec = worker::join(&client).await.map_err(worker_error)?;
     if let Some(rate) = args.bwlimit {
         spec.settings.bwlimit = Some(rate.0);
     }

@@ -430,6 +430,68 @@ async fn coordinator_killed_and_restarted_resumes() {
     }
 }
 
+/// A worker that joined one transfer is refused by the coordinator of another that comes up
+/// at the same address with the same token (the next job on the same head): it leaves,
+/// saying why, and writes nothing of the new transfer. It had gone on with the first
+/// transfer's stores, writing the second's objects into the first's bucket.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_of_another_transfer_is_refused() {
+    let (src, dst, files) = servers().await;
+    dst.create_bucket("dst2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let listen = free_listen();
+    let first = coordinator_cp(&listen, &[], &SLOW);
+    let mut coordinator = command(&first, &src, &dst, &journal).spawn().unwrap();
+    let (url, _stderr) = coordinator_url(&mut coordinator);
+    let worker_dir = tempfile::tempdir().unwrap();
+    let mut old = command(
+        &["worker", "--coordinator", &url, "--wait", "60s"],
+        &src,
+        &dst,
+        &worker_dir.path().join("unused.sqlite"),
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_status(&url, "some progress", |s| {
+        s["objects_done"].as_u64() >= Some(5)
+    });
+    kill9(coordinator.id());
+    assert_ne!(wait_exit(&mut coordinator, 10), 0);
+
+    let mut second = vec!["coordinator", "--listen", &listen];
+    second.extend([
+        "cp",
+        "-r",
+        "s3://src/data",
+        "s3://dst2/data",
+        "--json",
+        "-y",
+    ]);
+    second.extend(SLOW);
+    let mut coordinator = command(&second, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut coordinator);
+    let (code, said) = exited(&mut old);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("now runs another transfer"), "{said}");
+    let mut fresh = spawn_worker(&url, &[], &src, &dst, worker_dir.path());
+    let out = succeeded(&mut coordinator, &stderr);
+    assert_eq!(wait_exit(&mut fresh, 30), 0);
+    let report = last_json_line(&out).unwrap();
+    assert_eq!(report["verification"]["missing"], 0, "{report}");
+    assert_eq!(read_bucket(&dst, "dst2", "data/").await, files);
+    // The first transfer's bucket holds only objects of its own, where they belong.
+    let first_bucket = read_bucket(&dst, "dst", "").await;
+    assert!(
+        first_bucket
+            .iter()
+            .all(|(k, v)| k.strip_prefix("data/").and_then(|k| files.get(k)) == Some(v)),
+        "{:?}",
+        first_bucket.keys().collect::<Vec<_>>()
+    );
+}
+
 /// `skyhaul coordinator --listen LISTEN [OPTS] cp -r s3://src/data s3://dst/data --json -y [TUNING]`
 fn coordinator_cp<'a>(listen: &'a str, opts: &[&'a str], tuning: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["coordinator", "--listen", listen];
