@@ -16,6 +16,7 @@ const NODES: u32 = 4;
 fn job(skyhaul: &str) -> Job {
     Job {
         nodes: NODES,
+        tasks_per_node: 1,
         port: 7070,
         name: "skyhaul-fleet".into(),
         transfer: vec![

@@ -851,6 +851,9 @@ pub struct LaunchArgs {
     /// Tasks (machines, pods): rank 0 coordinates [default: 2; ssh: one per host]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub nodes: Option<u32>,
+    /// SLURM: tasks per node; the job asks for --nodes / this many nodes [default: 1, a machine per task]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tasks_per_node: Option<u32>,
     /// SSH hosts, rank 0 first (comma-separated, [user@]host)
     #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
     pub hosts: Vec<String>,

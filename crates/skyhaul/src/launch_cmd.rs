@@ -60,6 +60,24 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
         BackendArg::Kubernetes => (Backend::Kubernetes, "k8s.yaml", "kubectl"),
         BackendArg::Ssh => (Backend::Ssh, "sh", "bash"),
     };
+    if args.tasks_per_node.is_some() && backend != Backend::Slurm {
+        return Err(exit::usage(
+            "--tasks-per-node is an option of --backend slurm (the other engines run a task per machine or pod)",
+        ));
+    }
+    // SLURM, SSH and SkyPilot take the token from this shell: a job submitted without it can
+    // only fail on the nodes (Kubernetes reads it from its Secret).
+    let token = std::env::var(skyhaul_fleet::TOKEN_ENV).unwrap_or_default();
+    if args.submit
+        && backend != Backend::Kubernetes
+        && skyhaul_fleet::auth::Token::new(&token).is_err()
+    {
+        return Err(exit::usage(format!(
+            "--submit: set {0} to a secret of {1}+ characters first (e.g. export {0}=$(openssl rand -hex 32)): the job's nodes get it from this shell",
+            skyhaul_fleet::TOKEN_ENV,
+            skyhaul_fleet::auth::MIN_TOKEN_LEN
+        )));
+    }
     if args.keep_cluster && backend != Backend::Skypilot {
         return Err(exit::usage(
             "--keep-cluster is an option of --backend skypilot (the other engines start no cluster of their own)",
@@ -106,6 +124,7 @@ fn launch(args: LaunchArgs, out: Output) -> Result<ExitCode, CliError> {
     checks::ports(&args, gateways.is_some())?;
     let job = Job {
         nodes,
+        tasks_per_node: args.tasks_per_node.unwrap_or(1),
         port: args.port,
         name: args.name.clone(),
         transfer: args.transfer,

@@ -24,7 +24,9 @@ async fn slurm_script_runs_a_coordinator_and_workers_that_copy_and_verify() {
 
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("fleet.sbatch");
-    let text = generate_slurm_script(&script, "fleet-test", &["--nodes", "3"], &src, &dst);
+    // The test cluster is one node: the three tasks share it.
+    let launch = ["--nodes", "3", "--tasks-per-node", "3"];
+    let text = generate_slurm_script(&script, "fleet-test", &launch, &src, &dst);
     // Secrets stay in the environment: none is in the file.
     for secret in [&src.secret_key, &dst.secret_key, &src.access_key] {
         assert!(!text.contains(secret.as_str()), "{text}");
@@ -72,6 +74,8 @@ async fn slurm_job_starts_a_gateway_and_the_fleet_relays_through_it() {
     let pki = skyhaul_testkit::tls::files(dir.path(), "gw", &["localhost"]);
     let mut launch = vec![
         "--nodes",
+        "2",
+        "--tasks-per-node",
         "2",
         "--gateways",
         "1",
@@ -977,6 +981,36 @@ fn executable(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathB
     std::fs::write(&p, text).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p
+}
+
+/// `--submit` without the fleet's token in this shell (where SLURM, SSH and SkyPilot take it
+/// from): refused before any file is written or job submitted, which could only fail on the
+/// nodes. A token too short is refused alike.
+#[test]
+fn submit_without_the_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("job");
+    let out = out.to_str().unwrap();
+    let backends: [&[&str]; 3] = [
+        &["--backend", "slurm"],
+        &["--backend", "ssh", "--hosts", "h1,h2"],
+        &["--backend", "skypilot"],
+    ];
+    for backend in backends {
+        for token in ["", "short"] {
+            let mut all = vec!["launch", "--submit", "-o", out];
+            all.extend(backend);
+            all.extend(["--", "cp", "-r", "s3://a/x", "s3://b/x"]);
+            let run = skyhaul_env(&all, None, None, &[("SKYHAUL_FLEET_TOKEN", token)]);
+            assert_eq!(run.code, 2, "{all:?}: {}", run.stderr);
+            assert!(
+                run.stderr.contains("--submit: set SKYHAUL_FLEET_TOKEN"),
+                "{}",
+                run.stderr
+            );
+            assert!(!std::path::Path::new(out).exists(), "{all:?} wrote the job");
+        }
+    }
 }
 
 /// `--submit` with `sky` replaced by a stand-in that records its arguments: the fleet is

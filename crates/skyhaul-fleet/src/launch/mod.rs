@@ -148,6 +148,8 @@ pub enum Backend {
 pub struct Job {
     /// Tasks (machines, pods, SLURM tasks); at least 1.
     pub nodes: u32,
+    /// SLURM: tasks per node (1: each task a machine of its own).
+    pub tasks_per_node: u32,
     /// The port the coordinator listens on.
     pub port: u16,
     /// A name for the job, its Service and files (letters, digits, `-`).
@@ -493,6 +495,7 @@ mod tests {
     fn job() -> Job {
         Job {
             nodes: 3,
+            tasks_per_node: 1,
             port: 7070,
             name: "skyhaul-x".into(),
             transfer: vec![
@@ -541,6 +544,32 @@ mod tests {
             // The transfer's words survive quoting.
             assert!(text.contains("it"), "{b:?}");
         }
+    }
+
+    /// A SLURM fleet of N tasks asks for N nodes, one task each: a task count alone let
+    /// SLURM put the whole fleet on one machine's CPUs (and its one network link).
+    #[test]
+    fn a_slurm_fleet_asks_for_its_nodes() {
+        let mut j = job();
+        let script = j.render(Backend::Slurm);
+        for line in [
+            "#SBATCH --nodes=3\n",
+            "#SBATCH --ntasks=3\n",
+            "#SBATCH --ntasks-per-node=1\n",
+        ] {
+            assert!(script.contains(line), "{line}: {script}");
+        }
+        assert!(
+            script.contains("srun --ntasks=3 --ntasks-per-node=1 "),
+            "{script}"
+        );
+        j.tasks_per_node = 2;
+        let script = j.render(Backend::Slurm);
+        assert!(script.contains("#SBATCH --nodes=2\n"), "{script}");
+        assert!(
+            script.contains("srun --ntasks=3 --ntasks-per-node=2 "),
+            "{script}"
+        );
     }
 
     #[test]

@@ -21,16 +21,19 @@ trap 'end_gateways $?' EXIT
 "#;
 
 impl Job {
-    /// A batch script: one srun step of `nodes` tasks. sbatch passes the submitting shell's
+    /// A batch script: one srun step of `nodes` tasks, `tasks_per_node` on each node (a task
+    /// count alone lets SLURM pack a fleet onto one machine's CPUs). sbatch passes the submitting shell's
     /// environment (`--export=ALL`, its default) to every task: that is how the token and
     /// credentials arrive. With gateways, the script first submits them as a job of their own
     /// (in `--gateway-partition`), waits until it runs and relays through its nodes.
     pub(super) fn slurm(&self) -> String {
-        let n = self.nodes;
+        let (n, per) = (self.nodes, self.tasks_per_node);
         let mut s = String::new();
         let _ = writeln!(s, "#!/bin/bash");
         let _ = writeln!(s, "#SBATCH --job-name={}", self.name);
+        let _ = writeln!(s, "#SBATCH --nodes={}", n.div_ceil(per));
         let _ = writeln!(s, "#SBATCH --ntasks={n}");
+        let _ = writeln!(s, "#SBATCH --ntasks-per-node={per}");
         let _ = writeln!(s, "#SBATCH --output={}-%j.out", self.name);
         let _ = writeln!(s, "#SBATCH --export=ALL");
         s.push_str(&preamble("slurm", "sbatch THIS_FILE"));
@@ -47,7 +50,7 @@ impl Job {
         );
         let _ = writeln!(
             s,
-            "srun --ntasks={n} --distribution=block --kill-on-bad-exit=0 bash -c {}",
+            "srun --ntasks={n} --ntasks-per-node={per} --distribution=block --kill-on-bad-exit=0 bash -c {}",
             sh(&self.rank_script("SLURM_PROCID", "SKYHAUL_HEAD", Backend::Slurm))
         );
         s
