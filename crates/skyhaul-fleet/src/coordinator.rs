@@ -52,6 +52,11 @@ mod speculate;
 const MAX_ITEMS_PER_LEASE: usize = 1000;
 /// What an item counts for when sizing a lease, at least: a tiny object still costs requests.
 const MIN_ITEM_COST: u64 = 256 << 10;
+
+/// What `item` counts for when sizing a lease.
+fn cost(item: &WorkItem) -> u64 {
+    item.bytes().max(MIN_ITEM_COST)
+}
 /// Items queued beyond which the planner waits: memory stays bounded on huge listings.
 const MAX_QUEUED: usize = 50_000;
 /// With no worker left, how many lease timeouts a coordinator waits for a worker to join
@@ -145,7 +150,9 @@ struct State {
     planning_done: bool,
     /// Item names in hand-out order; names no longer queued are skipped when popped.
     queue: VecDeque<String>,
-    queued_bytes: u64,
+    /// The [`cost`] of the queued items: the end of the work is spread by it, in the units
+    /// leases are cut in (bytes counted leases of tiny objects 64 times too small).
+    queued_cost: u64,
     /// Every item not done yet, queued or leased.
     items: HashMap<String, Pending>,
     leases: HashMap<u64, Active>,
@@ -184,7 +191,7 @@ impl State {
         if self.items.contains_key(&name) {
             return;
         }
-        self.queued_bytes += item.bytes();
+        self.queued_cost += cost(&item);
         match front {
             true => self.queue.push_front(name.clone()),
             false => self.queue.push_back(name.clone()),
@@ -915,10 +922,10 @@ async fn lease(
     let mut target = shared.opts.lease_bytes.max(1);
     if st.planning_done {
         // The last work is spread over everyone rather than handed to the first to ask.
-        target = target.min((st.queued_bytes / (2 * live)).max(1));
+        target = target.min((st.queued_cost / (2 * live)).max(1));
     }
     let mut items = Vec::new();
-    let (mut cost, mut bytes) = (0u64, 0u64);
+    let (mut taken, mut bytes) = (0u64, 0u64);
     let waits = second_try_waits(&st, &req.worker.id, now, timeout);
     let mut denied_here = Vec::new();
     while let Some(name) = st.queue.pop_front() {
@@ -929,12 +936,12 @@ async fn lease(
             denied_here.push(name);
             continue;
         }
-        let c = p.item.bytes().max(MIN_ITEM_COST);
-        if !items.is_empty() && cost + c > target {
+        let c = cost(&p.item);
+        if !items.is_empty() && taken + c > target {
             st.queue.push_front(name);
             break;
         }
-        cost += c;
+        taken += c;
         bytes += p.item.bytes();
         items.push(name);
         if items.len() >= MAX_ITEMS_PER_LEASE {
@@ -970,7 +977,7 @@ async fn lease(
         st.leases.get_mut(&original).expect("picked").copy = Some(lease_id);
         st.reissued += 1;
     } else {
-        st.queued_bytes -= bytes;
+        st.queued_cost -= taken;
     }
     st.next_lease = lease_id + 1;
     st.granted += 1;
@@ -1201,7 +1208,7 @@ fn take_result(
         return "duplicate";
     };
     if p.lease.is_none() {
-        st.queued_bytes -= p.item.bytes();
+        st.queued_cost -= cost(&p.item);
     }
     if p.restored && !st.planning_done && matches!(p.item, WorkItem::Object { .. }) {
         st.restored_done.insert(name.to_string());
@@ -1286,7 +1293,7 @@ fn take_result(
                         for part in st.parts_of(&id) {
                             let p = st.items.remove(&part).expect("pending");
                             if p.lease.is_none() {
-                                st.queued_bytes -= p.item.bytes();
+                                st.queued_cost -= cost(&p.item);
                             }
                             holders.extend([p.lease, p.spare].into_iter().flatten());
                         }

@@ -75,7 +75,14 @@ pub struct Counters {
 
 /// The leases a worker holds, each with the token that drops its work when the coordinator
 /// says another worker has done it (or that the transfer is over).
-type Held = Arc<Mutex<BTreeMap<u64, CancellationToken>>>;
+type Held = Arc<Mutex<BTreeMap<u64, HeldLease>>>;
+
+struct HeldLease {
+    drop: CancellationToken,
+    /// Its results are on their way: a heartbeat that crosses them finds the lease gone
+    /// at the coordinator, which is no expiry.
+    reporting: bool,
+}
 
 struct Live {
     progress: Arc<Progress>,
@@ -339,9 +346,11 @@ async fn lease_loop(
             LeaseReply::Lease(l) => l,
         };
         let drop_it = over.child_token();
-        held.lock()
-            .expect("lock")
-            .insert(lease.lease_id, drop_it.clone());
+        let holding = HeldLease {
+            drop: drop_it.clone(),
+            reporting: false,
+        };
+        held.lock().expect("lock").insert(lease.lease_id, holding);
         let work = futures::stream::iter(lease.items)
             .map(|item| run_item(&doer, item))
             .buffer_unordered(doer.concurrency)
@@ -383,6 +392,9 @@ async fn lease_loop(
             lease_id: lease.lease_id,
             results,
         };
+        if let Some(h) = held.lock().expect("lock").get_mut(&lease.lease_id) {
+            h.reporting = true;
+        }
         let _: serde_json::Value = client.post("/v1/complete", &completion).await?;
         held.lock().expect("lock").remove(&lease.lease_id);
         counters.leases.fetch_add(1, Ordering::Relaxed);
@@ -467,16 +479,20 @@ async fn heartbeats(
             r = client.post::<_, HeartbeatReply>("/v1/heartbeat", &beat) => {
                 match r {
                     Ok(reply) => {
-                        if !reply.expired.is_empty() {
+                        let held = held.lock().expect("lock");
+                        let expired: Vec<u64> = reply
+                            .expired
+                            .into_iter()
+                            .filter(|id| held.get(id).is_some_and(|h| !h.reporting))
+                            .collect();
+                        if !expired.is_empty() {
                             tracing::warn!(
-                                "leases {:?} expired at the coordinator; their results will count only if nobody else did the work first",
-                                reply.expired
+                                "leases {expired:?} expired at the coordinator; their results will count only if nobody else did the work first"
                             );
                         }
-                        let held = held.lock().expect("lock");
                         for id in &reply.superseded {
-                            if let Some(t) = held.get(id) {
-                                t.cancel();
+                            if let Some(h) = held.get(id) {
+                                h.drop.cancel();
                             }
                         }
                     }

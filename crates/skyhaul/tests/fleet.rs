@@ -1200,6 +1200,48 @@ fn local_fleet_cp(rate: &'static str, workers: &'static str) -> Vec<&'static str
     args
 }
 
+/// Small objects go many to a lease, also as the end nears: leases were cut in counts of
+/// 256 KiB per item against a target in real bytes, so 300 objects of 1 KiB went out about
+/// one per lease (a round trip and a journal commit each).
+#[tokio::test(flavor = "multi_thread")]
+async fn small_objects_go_many_to_a_lease() {
+    let files: BTreeMap<String, Vec<u8>> = (0..300)
+        .map(|i| (format!("s/{i:03}"), data(1024, i as u64)))
+        .collect();
+    let (src, dst) = servers_with(&files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let args = [
+        "cp",
+        "-r",
+        "s3://src/data",
+        "s3://dst/data",
+        "--json",
+        "-y",
+        "--workers",
+        "2",
+    ];
+    let run = command(&args, &src, &dst, &journal).output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert_eq!(run.status.code(), Some(0), "{err}");
+    copied_all(&out, &dst, &files).await;
+    // Nothing expired (the lease timeout is 30 s): a heartbeat that crossed a lease's
+    // results was warned of as an expiry.
+    assert!(!err.contains("expired at the coordinator"), "{err}");
+    let leases = leases(&journal);
+    // Each lease takes a quarter of what is left (two workers), down to one object: about
+    // twenty; one per object before.
+    assert!(
+        leases.len() <= 40,
+        "{} leases for 300 objects",
+        leases.len()
+    );
+    assert!(done_counts(&leases).values().all(|&n| n == 1));
+}
+
 /// `--bwlimit` bounds what moves through this machine: a local fleet's workers share it,
 /// rather than each moving that much.
 #[tokio::test(flavor = "multi_thread")]

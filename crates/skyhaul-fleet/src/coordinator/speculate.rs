@@ -98,8 +98,7 @@ pub(super) fn release(st: &mut State, id: u64, names: &[String]) -> usize {
         }
         p.lease = p.spare.take();
         if p.lease.is_none() {
-            let bytes = p.item.bytes();
-            st.queued_bytes += bytes;
+            st.queued_cost += super::cost(&p.item);
             st.queue.push_front(name.clone());
             back += 1;
         }
@@ -260,6 +259,6 @@ mod tests {
         // Then the copy expires too: now they go back to the queue.
         st.leases.remove(&1);
         assert_eq!(release(&mut st, 2, &items), 2);
-        assert_eq!(st.queued_bytes, 2 * MIB);
+        assert_eq!(st.queued_cost, 2 * MIB);
     }
 }
