@@ -75,6 +75,10 @@ pub struct CoordinatorOptions {
     /// With nothing queued, a lease out for this long (and twice as long as leases usually
     /// take) is also handed to an idle worker.
     pub speculate_after: Duration,
+    /// Every worker is this process's child (`cp --workers N`): those of an earlier run
+    /// ended with it, so its leases go back to the queue at once instead of after a lease
+    /// timeout of waiting for results that cannot come.
+    pub only_local_workers: bool,
 }
 
 impl Default for CoordinatorOptions {
@@ -84,6 +88,7 @@ impl Default for CoordinatorOptions {
             lease_bytes: 64 << 20,
             linger: Duration::from_secs(10),
             speculate_after: Duration::from_secs(2),
+            only_local_workers: false,
         }
     }
 }
@@ -671,6 +676,13 @@ fn restore_leases(shared: &Shared) {
     st.next_lease = leases.iter().map(|l| l.lease_id + 1).max().unwrap_or(1);
     let deadline = Instant::now() + shared.opts.lease_timeout;
     for lease in leases.into_iter().filter(|l| l.state == LEASE_GRANTED) {
+        if shared.opts.only_local_workers {
+            // The planner queues their work again, as anything not done.
+            if let Err(e) = j.lease_ended(id, lease.lease_id, LEASE_RETURNED) {
+                tracing::warn!("journal: returning lease {}: {e}", lease.lease_id);
+            }
+            continue;
+        }
         let Ok(items) = serde_json::from_str::<Vec<WorkItem>>(&lease.payload) else {
             continue;
         };

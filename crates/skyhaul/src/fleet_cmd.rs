@@ -49,7 +49,10 @@ impl Fleet {
             workers,
             local: true,
             token,
-            options: options(args),
+            options: CoordinatorOptions {
+                only_local_workers: true,
+                ..options(args)
+            },
             tls: None,
             stop_gateways: false,
         }))
@@ -232,12 +235,30 @@ fn spawn_workers(
             cmd.env(TOKEN_ENV, token.expose())
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
+                .kill_on_drop(true);
+            end_with_this_process(&mut cmd);
+            cmd.spawn()
                 .map_err(|e| Error::new(ErrorKind::Other, format!("starting a worker: {e}")))
         })
         .collect()
 }
+
+/// A local worker gets SIGTERM when this process ends however it ends (`kill -9` too):
+/// else it went on working, orphaned, for its `--wait`, for a coordinator that was gone,
+/// while a rerun ran beside it. SIGTERM makes it leave as a preempted worker does.
+#[cfg(target_os = "linux")]
+fn end_with_this_process(cmd: &mut tokio::process::Command) {
+    use rustix::process::{set_parent_process_death_signal, Signal};
+    // SAFETY: prctl is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            set_parent_process_death_signal(Some(Signal::TERM)).map_err(std::io::Error::from)
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn end_with_this_process(_: &mut tokio::process::Command) {}
 
 struct Supervisor {
     stop: CancellationToken,

@@ -9,7 +9,9 @@
 mod common;
 
 use common::*;
-use skyhaul_journal::{FleetLease, Journal, LEASE_EXPIRED, LEASE_RETURNED, LEASE_SUPERSEDED};
+use skyhaul_journal::{
+    FleetLease, Journal, LEASE_EXPIRED, LEASE_GRANTED, LEASE_RETURNED, LEASE_SUPERSEDED,
+};
 use skyhaul_testkit::{FaultCounts, FaultProxy, Faults, S3Kind, S3Server};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -1329,6 +1331,77 @@ async fn ctrl_c_stops_a_local_fleet_as_interrupted() {
         !lines.iter().any(|l| l.contains("every worker exited")),
         "{lines:#?}"
     );
+}
+
+/// `kill -9` of a local fleet ends its workers too (they got SIGTERM as their parent died,
+/// and left): they had gone on working, orphaned, for their minute of `--wait`, beside a
+/// rerun. The rerun takes the killed run's leases back at once (its workers are gone) and
+/// finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_fleet_killed_leaves_no_worker_behind() {
+    let files = leaving_files();
+    let (src, dst) = servers_with(&files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    // Leases that would not expire within the test.
+    let args: Vec<&str> = local_fleet_cp("4M", "2")
+        .into_iter()
+        .map(|a| if a == "2s" { "60s" } else { a })
+        .collect();
+    let mut child = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, _stderr) = coordinator_url(&mut child);
+    let s = wait_status(&url, "the workers at work", |s| {
+        s["objects_done"].as_u64() >= Some(3)
+    });
+    let workers: Vec<i32> = s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap() as i32)
+        .collect();
+    assert_eq!(workers.len(), 2, "{s}");
+    kill9(child.id());
+    assert_ne!(wait_exit(&mut child, 10), 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // SAFETY: signal 0 only asks whether the process is there.
+    let alive = || {
+        workers
+            .iter()
+            .filter(|&&p| unsafe { libc::kill(p, 0) } == 0)
+            .count()
+    };
+    while alive() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "workers still running 15 s after their fleet"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let granted: Vec<u64> = leases(&journal)
+        .iter()
+        .filter(|l| l.state == LEASE_GRANTED)
+        .map(|l| l.lease_id)
+        .collect();
+    assert!(!granted.is_empty());
+    let started = Instant::now();
+    let mut rerun = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (_url, stderr) = coordinator_url(&mut rerun);
+    let out = succeeded(&mut rerun, &stderr);
+    let report = last_json_line(&out).unwrap();
+    let done =
+        report["objects_copied"].as_u64().unwrap() + report["objects_resumed"].as_u64().unwrap();
+    assert_eq!(done, files.len() as u64, "{report}");
+    assert_eq!(report["verification"]["missing"], 0, "{report}");
+    assert_eq!(read_bucket(&dst, "dst", "data/").await, files);
+    // Not a lease timeout (60 s) of waiting for workers that are gone, nor a second worker
+    // doing their work beside them: their leases went back at once.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(25), "{took:?}");
+    let after = leases(&journal);
+    for id in granted {
+        let l = after.iter().find(|l| l.lease_id == id).unwrap();
+        assert_eq!(l.state, LEASE_RETURNED, "{l:?}");
+    }
 }
 
 /// A fleet's `sync` killed whole (`kill -9` of its process group: coordinator and worker)
