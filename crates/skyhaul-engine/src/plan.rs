@@ -57,11 +57,13 @@ pub enum Mode {
     Sync { delete: bool, compare: Compare },
 }
 
-/// The part size for an object of `size` bytes: the preferred size unless the object
-/// needs bigger parts to stay within `limits.max_parts`, rounded up to whole MiB and
-/// within the part-size bounds. `None` when the object is too large for the store.
+/// The part size for an object of `size` bytes: the preferred size (at most the store's
+/// largest part) unless the object needs bigger parts to stay within `limits.max_parts`,
+/// rounded up to whole MiB and within the part-size bounds. `None` when the object is too
+/// large for the store.
 pub fn part_size(size: u64, preferred: u64, limits: &Limits) -> Option<u64> {
     let for_count = size.div_ceil(limits.max_parts as u64);
+    let preferred = preferred.min(limits.max_part_size);
     let p = preferred.max(for_count).max(limits.min_part_size);
     let p = p.div_ceil(MIB).saturating_mul(MIB);
     (p <= limits.max_part_size && size.div_ceil(p.max(1)) <= limits.max_parts as u64).then_some(p)
@@ -120,6 +122,10 @@ mod tests {
         assert_eq!(part_size(10_000 * (5 << 30) + 1, 16 * MIB, &s3), None);
         // Objects over 5 GiB get ordinary parts.
         assert_eq!(part_size(6 << 30, 16 * MIB, &s3), Some(16 * MIB));
+        // A preferred size above the store's largest part is its largest (it failed
+        // every striped object, also a 40 MiB one).
+        assert_eq!(part_size(40 * MIB, 6 << 30, &s3), Some(5 << 30));
+        assert_eq!(part_size(6 << 30, 6 << 30, &s3), Some(5 << 30));
     }
 
     fn meta(size: u64, secs: u64) -> ObjectMeta {

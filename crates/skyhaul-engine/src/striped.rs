@@ -80,8 +80,7 @@ pub(crate) fn part_size_for(ctx: &Ctx, src: &ObjectMeta, server_side: bool) -> R
         Error::new(
             ErrorKind::Other,
             format!(
-                "{}: {} bytes is larger than {} can store",
-                src.key,
+                "{} bytes is larger than {} can store",
                 src.size,
                 ctx.dst.name()
             ),

@@ -50,6 +50,38 @@ async fn local_to_s3_and_back_on_two_servers() {
     }
 }
 
+/// A `--part-size` above the store's largest part (S3: 5 GiB) is that largest part: it
+/// failed every striped object, however small, as too large for the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_part_size_above_the_stores_largest_is_its_largest() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("bucket").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("f.bin");
+    let bytes = data(12 << 20, 5);
+    std::fs::write(&file, &bytes).unwrap();
+    let f = file.to_str().unwrap();
+    let args = [
+        "cp",
+        f,
+        "s3://bucket/f.bin",
+        "--dst-endpoint",
+        &s3.endpoint,
+        "--no-journal",
+    ];
+    let run = skyhaul(
+        &[
+            &args[..],
+            &["--part-size", "6G", "--multipart-threshold", "8M"],
+        ]
+        .concat(),
+        None,
+        Some(&s3),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(s3.get("bucket", "f.bin").await.unwrap(), bytes);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_to_s3_across_endpoints_and_accounts() {
     let a = S3Server::start(S3Kind::S3sFs);
