@@ -778,6 +778,10 @@ impl Store for GcsStore {
         true
     }
 
+    fn lists_after_any_key(&self) -> bool {
+        true
+    }
+
     fn list_level<'a>(
         &'a self,
         prefix: &'a str,

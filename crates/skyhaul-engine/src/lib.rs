@@ -16,10 +16,13 @@ mod denials;
 pub mod filter;
 pub mod integrity;
 pub mod limiter;
+#[cfg(test)]
+mod listed;
 mod listing;
 pub mod open;
 pub mod plan;
 pub mod progress;
+mod ranges;
 pub mod report;
 pub mod resume;
 pub mod retry;

@@ -3,14 +3,14 @@
 use crate::filter::Filter;
 use crate::plan::{compare_listed, Announce, Job, Listed, Mode, UpToDate};
 use crate::progress::Progress;
+use crate::ranges::{Ahead, Ranges, Walk};
 use crate::retry::{Backoff, RetryPolicy};
-use futures::StreamExt;
 use skyhaul_location::{dir_form, map_key};
 use skyhaul_store::{Entry, Error, ErrorKind, ObjectMeta, Result, Store};
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 /// A listing of `prefix` that, on a retryable error, starts again after the last key it
 /// delivered, and that fails loudly if a store ever lists out of order (sync's merge-join
@@ -22,7 +22,9 @@ struct ResilientList {
     by_level: bool,
     retry: RetryPolicy,
     progress: Arc<Progress>,
-    pages: Option<mpsc::Receiver<Result<ObjectMeta>>>,
+    /// What the listing may list ahead of its reader.
+    ahead: Ahead,
+    pages: Option<Ranges>,
     last: Option<String>,
     backoff: Backoff,
 }
@@ -33,6 +35,7 @@ impl ResilientList {
         prefix: String,
         retry: RetryPolicy,
         progress: Arc<Progress>,
+        ahead: Ahead,
     ) -> Self {
         ResilientList {
             store,
@@ -40,61 +43,39 @@ impl ResilientList {
             by_level: false,
             retry,
             progress,
+            ahead,
             pages: None,
             last: None,
             backoff: Backoff::default(),
         }
     }
 
-    /// Lists by level for as long as the prefix turns out to hold objects only (a leaf
-    /// "directory": one level is the whole listing), and flat from the first sub-prefix on.
-    /// On file-backed servers a leaf listed by level reads one directory, where a flat
-    /// listing walks the whole bucket; elsewhere both cost the same.
+    /// Lists by level for as long as the prefix turns out to hold objects only
+    /// ([`Walk::LeafFirst`]).
     fn leaf_first(mut self) -> Self {
         self.by_level = self.store.lists_by_level();
         self
     }
 
     /// Starts listing before the first `next`; `permit` is held until the listing ends.
-    fn start_ahead(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn start_ahead(&mut self, permit: OwnedSemaphorePermit) {
         self.start(Some(permit));
     }
 
-    fn start(&mut self, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
-        let (tx, rx) = mpsc::channel(1024);
-        let store = self.store.clone();
-        let prefix = self.prefix.clone();
-        let mut after = self.last.clone();
-        let by_level = self.by_level;
-        tokio::spawn(async move {
-            let _permit = permit;
-            if by_level {
-                let start = after.clone();
-                let mut level = store.list_level(&prefix, start.as_deref());
-                loop {
-                    let item = match level.next().await {
-                        None => return,
-                        Some(Ok(Entry::Object(m))) => {
-                            after = Some(m.key.clone());
-                            Ok(m)
-                        }
-                        Some(Ok(Entry::Prefix(_))) => break,
-                        Some(Err(e)) => Err(e),
-                    };
-                    let failed = item.is_err();
-                    if tx.send(item).await.is_err() || failed {
-                        return;
-                    }
-                }
-            }
-            let mut s = store.list(&prefix, after.as_deref());
-            while let Some(item) = s.next().await {
-                if tx.send(item).await.is_err() {
-                    return;
-                }
-            }
-        });
-        self.pages = Some(rx);
+    fn start(&mut self, permit: Option<OwnedSemaphorePermit>) {
+        let walk = if self.by_level {
+            Walk::LeafFirst
+        } else {
+            Walk::Flat
+        };
+        self.pages = Some(Ranges::start(
+            self.store.clone(),
+            self.prefix.clone(),
+            walk,
+            self.last.clone(),
+            self.ahead.clone(),
+            permit,
+        ));
     }
 
     /// The next object, `None` at the end.
@@ -103,9 +84,10 @@ impl ResilientList {
             if self.pages.is_none() {
                 self.start(None);
             }
-            match self.pages.as_mut()?.recv().await {
+            match self.pages.as_mut()?.next().await {
                 None => return None,
-                Some(Ok(m)) => {
+                Some(Ok(Entry::Prefix(p))) => unreachable!("a flat range listed a prefix: {p}"),
+                Some(Ok(Entry::Object(m))) => {
                     if self.last.as_deref().is_some_and(|l| m.key.as_str() <= l) {
                         return Some(Err(out_of_order(
                             self.store.name(),
@@ -129,7 +111,7 @@ impl ResilientList {
     }
 }
 
-/// Sub-prefixes whose listings may run ahead of the one being read.
+/// Sub-prefixes and key ranges whose listings may run ahead of the one being read.
 const PREFETCH: usize = 16;
 
 /// The recursive listing of a prefix, in key order. Where the store lists by level, the
@@ -140,6 +122,7 @@ const PREFETCH: usize = 16;
 /// quadratic). Only one level is split so that a tree of many tiny directories (partitions
 /// like `date=…/hour=…/`) does not turn into a request per directory; each sub-prefix is
 /// listed by level while it looks like a leaf, flat once it has sub-prefixes of its own.
+/// Where the store allows it, every listing is also split into key ranges ([`Ranges`]).
 pub struct Listing {
     pub(crate) prefix: String,
     top: Option<mpsc::Receiver<Result<Piece>>>,
@@ -161,17 +144,18 @@ impl Listing {
         progress: Arc<Progress>,
     ) -> Self {
         let name = store.name().to_string();
+        let ahead = Ahead::new(PREFETCH);
         if !store.lists_by_level() {
             return Listing {
                 prefix: prefix.clone(),
                 top: None,
-                flat: Some(ResilientList::new(store, prefix, retry, progress)),
+                flat: Some(ResilientList::new(store, prefix, retry, progress, ahead)),
                 last: None,
                 name,
             };
         }
         let (tx, rx) = mpsc::channel(PREFETCH * 2);
-        tokio::spawn(list_top(store, prefix.clone(), retry, progress, tx));
+        tokio::spawn(list_top(store, prefix.clone(), retry, progress, ahead, tx));
         Listing {
             prefix,
             top: Some(rx),
@@ -222,20 +206,27 @@ impl Listing {
 
 /// Lists the first level of `prefix` (resuming after the last entry on a retryable error)
 /// and sends its objects and, for each sub-prefix, a flat listing of it, started at once
-/// while fewer than [`PREFETCH`] are running ahead.
+/// while one of the listing's slots is free.
 async fn list_top(
     store: Arc<dyn Store>,
     prefix: String,
     retry: RetryPolicy,
     progress: Arc<Progress>,
+    ahead: Ahead,
     tx: mpsc::Sender<Result<Piece>>,
 ) {
-    let ahead = Arc::new(tokio::sync::Semaphore::new(PREFETCH));
     let mut last: Option<String> = None;
     let mut backoff = Backoff::default();
     loop {
         let after = last.clone();
-        let mut level = store.list_level(&prefix, after.as_deref());
+        let mut level = Ranges::start(
+            store.clone(),
+            prefix.clone(),
+            Walk::Level,
+            after,
+            ahead.clone(),
+            None,
+        );
         let failed = loop {
             let piece = match level.next().await {
                 None => return,
@@ -247,9 +238,15 @@ async fn list_top(
                 }
                 Some(Ok(Entry::Prefix(p))) => {
                     last = Some(p.clone());
-                    let mut list =
-                        ResilientList::new(store.clone(), p, retry, progress.clone()).leaf_first();
-                    if let Ok(permit) = ahead.clone().try_acquire_owned() {
+                    let mut list = ResilientList::new(
+                        store.clone(),
+                        p,
+                        retry,
+                        progress.clone(),
+                        ahead.clone(),
+                    )
+                    .leaf_first();
+                    if let Some(permit) = ahead.slot() {
                         list.start_ahead(permit);
                     }
                     Piece::Prefix(list)
@@ -521,76 +518,8 @@ pub async fn plan_recursive(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skyhaul_store::{
-        CompletedPart, Fetched, Limits, MultipartUpload, PartSpec, Payload, PutOptions, Written,
-    };
+    use crate::listed::Listed;
     use std::time::Duration;
-
-    /// A store whose every listing fails as a busy server's would, flat or by level.
-    #[derive(Debug)]
-    struct Busy {
-        by_level: bool,
-    }
-
-    fn busy<T: Send + 'static>() -> futures::stream::BoxStream<'static, Result<T>> {
-        futures::stream::once(async { Err(Error::new(ErrorKind::Transient, "503")) }).boxed()
-    }
-
-    #[async_trait::async_trait]
-    impl Store for Busy {
-        fn name(&self) -> &str {
-            "busy"
-        }
-        fn limits(&self) -> Limits {
-            Limits::S3
-        }
-        fn list<'a>(&'a self, _: &'a str, _: Option<&'a str>) -> BoxStream<'a, ObjectMeta> {
-            busy()
-        }
-        fn lists_by_level(&self) -> bool {
-            self.by_level
-        }
-        fn list_level<'a>(&'a self, _: &'a str, _: Option<&'a str>) -> BoxStream<'a, Entry> {
-            busy()
-        }
-        async fn head(&self, _: &str) -> Result<Option<ObjectMeta>> {
-            unreachable!("listings only")
-        }
-        async fn get(&self, _: &str, _: Option<Range>, _: Option<&ObjectMeta>) -> Result<Fetched> {
-            unreachable!("listings only")
-        }
-        async fn put(&self, _: &str, _: Payload, _: &PutOptions) -> Result<Written> {
-            unreachable!("listings only")
-        }
-        async fn create_multipart(&self, _: &str, _: &PutOptions) -> Result<MultipartUpload> {
-            unreachable!("listings only")
-        }
-        async fn put_part(
-            &self,
-            _: &MultipartUpload,
-            _: PartSpec,
-            _: Payload,
-        ) -> Result<CompletedPart> {
-            unreachable!("listings only")
-        }
-        async fn complete_multipart(
-            &self,
-            _: &MultipartUpload,
-            _: &[CompletedPart],
-            _: &PutOptions,
-        ) -> Result<Written> {
-            unreachable!("listings only")
-        }
-        async fn abort_multipart(&self, _: &MultipartUpload) -> Result<()> {
-            unreachable!("listings only")
-        }
-        async fn delete(&self, _: &str) -> Result<()> {
-            unreachable!("listings only")
-        }
-    }
-
-    type BoxStream<'a, T> = futures::stream::BoxStream<'a, Result<T>>;
-    type Range = std::ops::Range<u64>;
 
     /// A listing failing again and again ends at the stop, interrupted, whether it lists
     /// flat or by level (the fleet's coordinator waits on it: it had gone on retrying for
@@ -605,7 +534,11 @@ mod tests {
         for by_level in [false, true] {
             let stop = tokio_util::sync::CancellationToken::new();
             let progress = Arc::new(Progress::stopped_by(stop.clone()));
-            let store = Arc::new(Busy { by_level });
+            let store = Arc::new(Listed {
+                busy: true,
+                by_level,
+                ..Listed::default()
+            });
             let mut listing = Listing::new(store, "p/".into(), slow, progress.clone());
             let stopper = async {
                 tokio::time::sleep(Duration::from_millis(50)).await;

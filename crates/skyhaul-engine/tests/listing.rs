@@ -1,8 +1,10 @@
 //! The engine's split, parallel listing delivers exactly what one flat listing does, in the
 //! same order, on every server we run that lists by level: sync's merge-join depends on it.
+//! Where a store starts listings after any key (S3, GCS), a prefix of several pages is also
+//! split into key ranges; those are listed here too.
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use skyhaul_cloud::{AzureOptions, AzureStore, GcsOptions, GcsStore};
 use skyhaul_engine::retry::RetryPolicy;
 use skyhaul_engine::{Listing, Progress};
@@ -61,24 +63,44 @@ async fn same_as_flat(store: Arc<dyn Store>, kind: &str) {
         store.lists_by_level(),
         "the split path is the one under test"
     );
-    for k in KEYS {
-        let put = PutOptions {
-            size: 1,
-            ..Default::default()
-        };
-        store
-            .put(k, Payload::new(Bytes::from_static(b"x")), &put)
-            .await
-            .unwrap();
-    }
-    for prefix in ["", "a/", "deep/"] {
+    // Three pages of keys in one flat prefix, in shapes that cuts guess well and badly.
+    let wide: Vec<String> = (0..1_500)
+        .map(|n| format!("wide/shard-{n:05}.tar"))
+        .chain(
+            (0u64..1_500).map(|n| format!("wide/{:016x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+        )
+        .collect();
+    let keys: Vec<&str> = KEYS
+        .iter()
+        .copied()
+        .chain(wide.iter().map(String::as_str))
+        .collect();
+    futures::stream::iter(keys.iter().map(|k| {
+        let store = store.clone();
+        async move {
+            let put = PutOptions {
+                size: 1,
+                ..Default::default()
+            };
+            store
+                .put(k, Payload::new(Bytes::from_static(b"x")), &put)
+                .await
+                .unwrap();
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<()>>()
+    .await;
+    let mut keys = keys;
+    keys.sort();
+    for prefix in ["", "a/", "deep/", "wide/"] {
         let flat: Vec<String> = store
             .list(prefix, None)
             .map_ok(|m| m.key)
             .try_collect()
             .await
             .unwrap();
-        let want: Vec<String> = KEYS
+        let want: Vec<String> = keys
             .iter()
             .filter(|k| k.starts_with(prefix))
             .map(|k| k.to_string())

@@ -583,6 +583,10 @@ impl Store for S3Store {
         true
     }
 
+    fn lists_after_any_key(&self) -> bool {
+        true
+    }
+
     fn list_level<'a>(
         &'a self,
         prefix: &'a str,

@@ -81,6 +81,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         false
     }
 
+    /// Whether a listing that starts after any key costs what one from the beginning does
+    /// (S3's `start-after`, GCS's `startOffset`; not a store that skips the keys before it
+    /// itself). Such listings are split into key ranges listed at once.
+    fn lists_after_any_key(&self) -> bool {
+        false
+    }
+
     /// One level below `prefix` (empty or ending in `/`), as S3 lists with the delimiter
     /// `/`: the objects directly under it and the sub-prefixes that hold the rest, in one
     /// ascending sequence, beginning after `start_after`.
