@@ -39,29 +39,21 @@ async fn missing_bucket_no_objects_and_prefix_without_r() {
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("f"), b"f").unwrap();
     let src = src.to_str().unwrap();
-    let run = skyhaul(
-        &["cp", "-r", src, "s3://nope/x", "--dst-endpoint", ep],
-        None,
-        Some(&s),
-    );
-    assert_eq!(run.code, 3, "{}", run.stderr);
-    let line = one_line_error(&run);
-    assert!(
-        line.contains("NoSuchBucket") && line.contains("create it first"),
-        "{line}"
-    );
-    // A name S3 refuses cannot be a bucket here: exit 3, with the rules.
-    let run = skyhaul(
-        &["cp", "-r", src, "s3://My_Bucket/x", "--dst-endpoint", ep],
-        None,
-        Some(&s),
-    );
-    assert_eq!(run.code, 3, "{}", run.stderr);
-    let line = one_line_error(&run);
-    assert!(
-        line.contains("InvalidBucketName") && line.contains("lowercase"),
-        "{line}"
-    );
+    // A name S3 refuses cannot be a bucket here either: exit 3, with the rules.
+    for (bucket, says) in [
+        ("nope", ["NoSuchBucket", "create it first"]),
+        ("My_Bucket", ["InvalidBucketName", "lowercase"]),
+    ] {
+        let to = format!("s3://{bucket}/x");
+        let run = skyhaul(
+            &["cp", "-r", src, &to, "--dst-endpoint", ep],
+            None,
+            Some(&s),
+        );
+        assert_eq!(run.code, 3, "{}", run.stderr);
+        let line = one_line_error(&run);
+        assert!(says.iter().all(|w| line.contains(w)), "{line}");
+    }
 
     let run = skyhaul(
         &["cp", "-r", "s3://bkt/empty-prefix", d, "--src-endpoint", ep],
