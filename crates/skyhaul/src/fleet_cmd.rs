@@ -173,7 +173,7 @@ pub async fn coordinate(
     };
     let children = spawn_workers(local, &url, &fleet.token, cert.as_deref())?;
     let all_gone = Arc::new(AtomicBool::new(false));
-    let supervisor = watch_workers(children, all_gone.clone());
+    let supervisor = watch_workers(children, all_gone.clone(), cancel.clone());
     let report = coordinator::run(
         src,
         dst,
@@ -260,18 +260,34 @@ fn end_with_this_process(cmd: &mut tokio::process::Command) {
 #[cfg(not(target_os = "linux"))]
 fn end_with_this_process(_: &mut tokio::process::Command) {}
 
+/// Asks the local workers still running to leave (SIGTERM: they give their leases back).
+fn terminate(children: &[tokio::process::Child]) {
+    #[cfg(not(unix))]
+    let _ = children;
+    #[cfg(unix)]
+    for pid in children.iter().filter_map(|c| c.id()) {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+}
+
 struct Supervisor {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// Watches the local workers: sets `all_gone` when every one of them has exited and none
-/// of them because the coordinator said the transfer is over (exit code 0). At the end,
-/// workers get a few seconds to hear that the transfer is over before they are killed (by
-/// their own handles).
+/// of them because the coordinator said the transfer is over (exit code 0). When the
+/// transfer is stopped (`cancel`: Ctrl-C, SIGTERM) they get SIGTERM at once, and leave while
+/// the coordinator still answers, giving their leases back (a SIGTERM to this process alone
+/// had left them working on for ~15 s, then failing to report). At the end, workers get a
+/// few seconds to hear that the transfer is over before they are killed (by their own
+/// handles).
 fn watch_workers(
     mut children: Vec<tokio::process::Child>,
     all_gone: Arc<AtomicBool>,
+    cancel: CancellationToken,
 ) -> Supervisor {
     let stop = CancellationToken::new();
     let task = {
@@ -280,9 +296,14 @@ fn watch_workers(
             if children.is_empty() {
                 return;
             }
+            let mut stopping = false;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
+                    _ = cancel.cancelled(), if !stopping => {
+                        stopping = true;
+                        terminate(&children);
+                    }
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
                 let (mut running, mut told_done) = (0, false);
@@ -293,11 +314,13 @@ fn watch_workers(
                         Err(_) => {}
                     }
                 }
-                if running == 0 && !told_done {
+                // Workers that left because the transfer stops are no news.
+                if running == 0 && !told_done && !stopping {
                     all_gone.store(true, Ordering::Relaxed);
                     return;
                 }
             }
+            terminate(&children);
             for c in &mut children {
                 if tokio::time::timeout(Duration::from_secs(5), c.wait())
                     .await

@@ -1404,6 +1404,40 @@ async fn a_local_fleet_killed_leaves_no_worker_behind() {
     }
 }
 
+/// SIGTERM to a local fleet's process alone (a scheduler stopping it) stops its workers too,
+/// at once: they leave while the coordinator still answers, so their leases end `returned`,
+/// and the whole ends in seconds, interrupted. The workers had worked on for ~15 s, then
+/// failed to report to a coordinator that had stopped listening.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_to_a_local_fleet_stops_its_workers_at_once() {
+    let files = leaving_files();
+    let (src, dst) = servers_with(&files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let args: Vec<&str> = local_fleet_cp("2M", "2")
+        .into_iter()
+        .map(|a| if a == "2s" { "60s" } else { a })
+        .collect();
+    let mut child = command(&args, &src, &dst, &journal).spawn().unwrap();
+    let (url, stderr) = coordinator_url(&mut child);
+    wait_status(&url, "the workers at work", |s| {
+        s["objects_done"].as_u64() >= Some(3)
+    });
+    let stopped = Instant::now();
+    // SAFETY: a signal to the child we started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let code = wait_exit(&mut child, 60);
+    let took = stopped.elapsed();
+    let lines = all_lines(&stderr);
+    assert_eq!(code, 130, "{lines:#?}");
+    assert!(took < Duration::from_secs(10), "{took:?}: {lines:#?}");
+    let leases = leases(&journal);
+    assert!(
+        leases.iter().all(|l| l.state != LEASE_GRANTED),
+        "{leases:#?}"
+    );
+}
+
 /// A fleet's `sync` killed whole (`kill -9` of its process group: coordinator and worker)
 /// after a worker wrote an object and before the coordinator recorded it: the rerun copies
 /// that object again although its listing finds it up to date, as a single machine's sync
