@@ -27,6 +27,9 @@ pub(crate) struct Listed {
     pub open: Arc<AtomicUsize>,
     /// The most listings open at once.
     pub most_open: Arc<AtomicUsize>,
+    /// The page (counted over every listing, from 0) that fails once, as a busy server's.
+    pub fail_page: Option<usize>,
+    pub served: Arc<AtomicUsize>,
 }
 
 const PAGE: usize = 1000;
@@ -69,12 +72,17 @@ impl Listed {
         }
         let open = Open::new(self.open.clone(), self.most_open.clone());
         let (keys, prefix, latency) = (self.keys.clone(), prefix.to_string(), self.latency);
+        let (served, fail_page) = (self.served.clone(), self.fail_page);
         let at = start(&keys, &prefix, after);
         stream::unfold(Some((at, open)), move |state| {
-            let (keys, prefix) = (keys.clone(), prefix.clone());
+            let (keys, prefix, served) = (keys.clone(), prefix.clone(), served.clone());
             async move {
                 let (mut at, open) = state?;
                 tokio::time::sleep(latency).await;
+                if Some(served.fetch_add(1, Ordering::SeqCst)) == fail_page {
+                    let busy = Error::new(ErrorKind::Transient, "503");
+                    return Some((stream::iter(vec![Err(busy)]), None));
+                }
                 let mut page = Vec::new();
                 while page.len() < PAGE {
                     let Some((entry, next)) = entry_at(&keys, &prefix, level, at) else {

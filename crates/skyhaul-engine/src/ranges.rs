@@ -100,6 +100,7 @@ impl Ranges {
             prefix,
             walk,
             ahead,
+            guessed: false,
             after,
             end: None,
             then: None,
@@ -145,6 +146,9 @@ struct Lister {
     prefix: String,
     walk: Walk,
     ahead: Ahead,
+    /// Made by a split, whose guess a range with nothing in it was (a small listing is
+    /// no waste).
+    guessed: bool,
     /// The last key delivered, or the one the range starts after.
     after: Option<String>,
     /// `None`: the rest of the listing.
@@ -184,16 +188,19 @@ impl Lister {
                     }
                 };
                 let key = entry.key();
-                // A level listing names again the sub-prefix that holds its start.
-                if self.after.as_deref().is_some_and(|a| key <= a) {
-                    continue;
-                }
                 if self.end.as_deref().is_some_and(|end| key > end) {
                     break;
                 }
+                // Before the check below: the sub-prefix named again because it holds the
+                // start (a restart, or a cut inside it) still has keys after it.
                 if self.walk == Walk::LeafFirst && matches!(entry, Entry::Prefix(_)) {
                     to_flat = true;
                     break;
+                }
+                // A level listing names again the sub-prefix that holds its start, which an
+                // earlier range or run listed whole.
+                if self.after.as_deref().is_some_and(|a| key <= a) {
+                    continue;
                 }
                 page.add(key, prefix.len());
                 delivered += 1;
@@ -215,9 +222,13 @@ impl Lister {
             }
             self.walk = Walk::Flat;
         }
-        if delivered < PAGE / 10 {
+        if self.guessed && delivered < PAGE / 10 {
             self.ahead.spent.wasted.fetch_add(1, Ordering::SeqCst);
         }
+        // A split's range keeps its slot until the reader is past it: nothing else bounds
+        // how many finished ranges wait. A listing's own first range frees it now, as its
+        // owner bounds how many listings wait (sub-prefixes a few dozen ahead at most).
+        let slot = slot.filter(|_| self.guessed);
         let next = self.then.take();
         let _ = self.tx.send(Msg::Done { next, _slot: slot }).await;
     }
@@ -242,6 +253,7 @@ impl Lister {
                 prefix: self.prefix.clone(),
                 walk: self.walk,
                 ahead: self.ahead.clone(),
+                guessed: true,
                 after: Some(at.clone()),
                 end: self.end.replace(at),
                 then: self.then.replace(rx),
@@ -273,6 +285,9 @@ impl Page {
         self.entries += 1;
     }
 }
+
+/// The longest key S3, GCS and Azure take, in bytes.
+const MAX_KEY: usize = 1024;
 
 /// Digits below the first that differs between a page's first and last keys.
 const PRECISION: usize = 4;
@@ -338,6 +353,8 @@ fn cuts(page: &Page, last: &str, prefix: usize, end: Option<&str>) -> Vec<String
             key.extend(digits.iter().map(|&b| char::from(b)));
             key
         })
+        // Keys are at most 1,024 bytes: a longer start would be refused.
+        .filter(|cut| cut.len() <= MAX_KEY)
         .filter(|cut| last < cut.as_str() && end.is_none_or(|end| cut.as_str() < end))
         .collect();
     cuts.dedup();

@@ -124,7 +124,8 @@ fn hint(side: &str, e: &Error) -> String {
             format!("; set {flag} credentials with --{flag}-profile or SKYHAUL_{side}_ACCESS_KEY_ID and SKYHAUL_{side}_SECRET_ACCESS_KEY{public}")
         }
         ErrorKind::AccessDenied | ErrorKind::BadCredentials => public.to_string(),
-        ErrorKind::BucketNotFound if side == "DST" => {
+        // Not for a name no bucket can have: that one says what names can be.
+        ErrorKind::BucketNotFound if side == "DST" && !e.message.contains("refuses this bucket name") => {
             "; skyhaul does not create buckets or containers: create it first".to_string()
         }
         ErrorKind::Other if e.message.contains("the bucket is in") => {

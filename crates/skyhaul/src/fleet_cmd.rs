@@ -245,14 +245,22 @@ fn spawn_workers(
 
 /// A local worker gets SIGTERM when this process ends however it ends (`kill -9` too):
 /// else it went on working, orphaned, for its `--wait`, for a coordinator that was gone,
-/// while a rerun ran beside it. SIGTERM makes it leave as a preempted worker does.
+/// while a rerun ran beside it. SIGTERM makes it leave as a preempted worker does. The
+/// signal comes when the thread that started the worker ends: workers are started from
+/// the thread `main` blocks on, which ends with the process.
 #[cfg(target_os = "linux")]
 fn end_with_this_process(cmd: &mut tokio::process::Command) {
-    use rustix::process::{set_parent_process_death_signal, Signal};
-    // SAFETY: prctl is async-signal-safe, and the closure touches nothing else.
+    use rustix::process::{getppid, set_parent_process_death_signal, Pid, Signal};
+    let parent = Pid::from_raw(std::process::id() as i32);
+    // SAFETY: prctl and getppid are async-signal-safe, and the closure touches nothing else.
     unsafe {
-        cmd.pre_exec(|| {
-            set_parent_process_death_signal(Some(Signal::TERM)).map_err(std::io::Error::from)
+        cmd.pre_exec(move || {
+            set_parent_process_death_signal(Some(Signal::TERM))?;
+            // Gone already, before the signal was asked for: do not start at all.
+            match getppid() == parent {
+                true => Ok(()),
+                false => Err(std::io::Error::other("the fleet ended")),
+            }
         });
     }
 }

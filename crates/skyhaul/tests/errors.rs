@@ -53,6 +53,7 @@ async fn missing_bucket_no_objects_and_prefix_without_r() {
         assert_eq!(run.code, 3, "{}", run.stderr);
         let line = one_line_error(&run);
         assert!(says.iter().all(|w| line.contains(w)), "{line}");
+        assert_eq!(line.contains("create it first"), bucket == "nope", "{line}");
     }
 
     let run = skyhaul(
