@@ -163,6 +163,13 @@ impl Lister {
         let mut delivered = 0;
         let (store, prefix) = (self.store.clone(), self.prefix.clone());
         let splits = store.lists_after_any_key();
+        // A start below a deeper sub-prefix (a listing gone flat, started again after its
+        // last key): listed by level, S3 names that sub-prefix again, but s3s-fs and GCS
+        // leave it out, and the rest of it would be lost.
+        let below = |a: &str| a.get(prefix.len()..).is_some_and(|rest| rest.contains('/'));
+        if self.walk == Walk::LeafFirst && self.after.as_deref().is_some_and(below) {
+            self.walk = Walk::Flat;
+        }
         loop {
             let start = self.after.clone();
             let mut entries = match self.walk {

@@ -50,6 +50,58 @@ async fn local_to_s3_and_back_on_two_servers() {
     }
 }
 
+/// A listing page refused once (503) in the middle of a sub-prefix's sub-prefix: the
+/// listing starts again after its last key and the copy has every object. Started again by
+/// level, it took that sub-prefix, named again as it holds the start, for one listed
+/// already: the rest of it was missing, with exit 0 (and a `sync --delete` would have
+/// deleted it at the destination).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_refused_once_inside_a_sub_prefix_lists_the_rest() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("src").await;
+    let mut files: std::collections::BTreeMap<String, Vec<u8>> = (0..2500)
+        .map(|i| (format!("2024/12/f{i:04}"), vec![b'x'; 3]))
+        .collect();
+    files.insert("2024/readme".into(), b"r".to_vec());
+    fill_bucket(&s3, "src", "data/", &files).await;
+    // The first page after the first of a listing (the one with a continuation token).
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            slow_down_503: 1.0,
+            path_contains: Some("continuation-token".into()),
+            max_faults: Some(1),
+            ..Default::default()
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let ep = proxy.endpoint();
+    let args = [
+        "cp",
+        "-r",
+        "s3://src/data",
+        out.to_str().unwrap(),
+        "--src-endpoint",
+        &ep,
+        "--no-journal",
+    ];
+    let run = skyhaul(&args, Some(&s3), None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(proxy.injected().slow_down_503, 1, "the refusal happened");
+    let got = read_tree(&out);
+    let missing: Vec<&String> = files.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !files.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} missing (first {:?}), {} extra (first {:?})",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first()
+    );
+}
+
 /// A `--part-size` above the store's largest part (S3: 5 GiB) is that largest part: it
 /// failed every striped object, however small, as too large for the store.
 #[tokio::test(flavor = "multi_thread")]
