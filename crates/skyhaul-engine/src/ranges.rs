@@ -11,8 +11,9 @@
 //! request, and splits pause while such ranges are many), and a range that finds more than
 //! a page splits again. Each range delivers into its own channel, which ends by handing
 //! over the next range's, so the reader still gets one sequence in key order (sync's
-//! merge-join depends on it) while the ranges ahead fill. A range's slot is free once the
-//! reader is past it: what the ranges ahead hold is bounded by slots × [`AHEAD`] ([`Ahead`]).
+//! merge-join depends on it) while the ranges ahead fill. A split's range frees its slot
+//! once the reader is past it: what they hold ahead is bounded by slots × [`AHEAD`]
+//! ([`Ahead`]).
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use skyhaul_store::{Entry, Result, Store};
@@ -242,12 +243,12 @@ impl Lister {
 
     /// Hands the keys past about a page from here to new listers, one per free slot.
     fn split(&mut self, page: &Page) {
-        let last = self.after.as_deref().expect("delivered");
-        let mut cuts = cuts(page, last, self.prefix.len(), self.end.as_deref());
         self.ahead.spent.pages.fetch_add(1, Ordering::SeqCst);
         if !self.ahead.spent.may_split() {
             return;
         }
+        let last = self.after.as_deref().expect("delivered");
+        let mut cuts = cuts(page, last, self.prefix.len(), self.end.as_deref());
         let permits: Vec<_> = std::iter::from_fn(|| self.ahead.slot())
             .take(cuts.len())
             .collect();

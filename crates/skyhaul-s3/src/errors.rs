@@ -1,6 +1,6 @@
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use skyhaul_store::{cause_chain, Error, ErrorKind, NOT_PUBLIC};
+use skyhaul_store::{cause_chain, Error, ErrorKind, BAD_BUCKET_NAME, BUCKET_IN, NOT_PUBLIC};
 
 /// Maps an SDK error to the kind the engine acts on, with `target` (store and key) and a
 /// hint in the message; `unsigned` says the request carried no credentials, so a refusal
@@ -57,7 +57,7 @@ where
                 .raw_response()
                 .and_then(|r| r.headers().get("x-amz-bucket-region"));
             if let (Some(region), true) = (region, hint == IN_ANOTHER_REGION) {
-                hint = format!(" (the bucket is in region {region})");
+                hint = format!("{BUCKET_IN}region {region})");
             }
             // Every S3 error but a HEAD's has a body with a code: a request refused without
             // one was not refused by S3 (a 5xx may be a proxy's, on the way to S3).
@@ -81,6 +81,7 @@ where
 }
 
 /// The hint for a bucket in another region, when the answer does not say which.
+/// [`BUCKET_IN`] when the answer does not say which region.
 const IN_ANOTHER_REGION: &str = " (the bucket is in another region)";
 
 fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
@@ -91,11 +92,7 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
         ),
         // No such bucket can exist here (legacy us-east-1 buckets aside, so not refused
         // before asking).
-        "InvalidBucketName" => (
-            ErrorKind::BucketNotFound,
-            " (the store refuses this bucket name: S3 bucket names are 3 to 63 lowercase \
-             letters, digits, '.' and '-')",
-        ),
+        "InvalidBucketName" => (ErrorKind::BucketNotFound, BAD_BUCKET_NAME),
         "NoSuchKey" | "NotFound" => (ErrorKind::NotFound, ""),
         "AccessDenied" | "AllAccessDisabled" => (
             ErrorKind::AccessDenied,
@@ -167,6 +164,16 @@ fn classify(code: &str, status: Option<u16>) -> (ErrorKind, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The command line knows a region hint by how it begins, whichever form it takes.
+    #[test]
+    fn the_region_hint_begins_as_the_command_line_looks_for() {
+        assert!(IN_ANOTHER_REGION.starts_with(BUCKET_IN));
+        assert_eq!(
+            classify("PermanentRedirect", Some(301)).1,
+            IN_ANOTHER_REGION
+        );
+    }
 
     #[test]
     fn refused_credentials_are_told_from_refused_permissions() {

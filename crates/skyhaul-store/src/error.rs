@@ -110,6 +110,15 @@ impl std::error::Error for Error {}
 pub const NOT_PUBLIC: &str = " (read unsigned, as --src-anonymous asks: not public; \
                               leave out --src-anonymous to sign with credentials)";
 
+/// The hint for a bucket name the store refuses (S3's `InvalidBucketName`): no such bucket
+/// can exist there, so it is not one to create either.
+pub const BAD_BUCKET_NAME: &str = " (the store refuses this bucket name: S3 bucket names are 3 \
+                                   to 63 lowercase letters, digits, '.' and '-')";
+
+/// How the hint for a bucket in another region begins (`… in region eu-west-1)` or `… in
+/// another region)`): the command line adds the side's region flag to it.
+pub const BUCKET_IN: &str = " (the bucket is in ";
+
 /// An error and its causes on one line, each cause once: what backends put in messages
 /// (SDK and HTTP client errors nest their causes, and their own displays either drop them or
 /// append debug dumps no user should have to read).

@@ -17,7 +17,7 @@ mod types;
 
 pub mod conformance;
 
-pub use error::{cause_chain, Error, ErrorKind, Result, NOT_PUBLIC};
+pub use error::{cause_chain, Error, ErrorKind, Result, BAD_BUCKET_NAME, BUCKET_IN, NOT_PUBLIC};
 pub use local::{LocalStore, LOCAL_CHUNK};
 pub use place::endpoint_place;
 pub use types::{

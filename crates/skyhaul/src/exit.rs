@@ -2,7 +2,7 @@
 
 use crate::output::Output;
 use skyhaul_engine::{Endpoint, Verification};
-use skyhaul_store::{Error, ErrorKind, NOT_PUBLIC};
+use skyhaul_store::{Error, ErrorKind, BAD_BUCKET_NAME, BUCKET_IN, NOT_PUBLIC};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,10 +125,10 @@ fn hint(side: &str, e: &Error) -> String {
         }
         ErrorKind::AccessDenied | ErrorKind::BadCredentials => public.to_string(),
         // Not for a name no bucket can have: that one says what names can be.
-        ErrorKind::BucketNotFound if side == "DST" && !e.message.contains("refuses this bucket name") => {
+        ErrorKind::BucketNotFound if side == "DST" && !e.message.contains(BAD_BUCKET_NAME) => {
             "; skyhaul does not create buckets or containers: create it first".to_string()
         }
-        ErrorKind::Other if e.message.contains("the bucket is in") => {
+        ErrorKind::Other if e.message.contains(BUCKET_IN) => {
             format!("; give this side's region with --{flag}-region or SKYHAUL_{side}_REGION")
         }
         // The endpoint may come from elsewhere than the flag: say where else to look.

@@ -1359,7 +1359,18 @@ async fn a_profile_wins_over_environment_keys() {
         ),
     )
     .unwrap();
-    let copy = |profile: &str, env_secret: &str| {
+    // With keys in the environment (`env_secret`), or none there.
+    let copy = |profile: &str, env_secret: Option<&str>| {
+        let mut env = vec![
+            ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+            ("AWS_REGION", "us-east-1"),
+        ];
+        if let Some(secret) = env_secret {
+            env.extend([
+                ("AWS_ACCESS_KEY_ID", s.access_key.as_str()),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+            ]);
+        }
         skyhaul_env(
             &[
                 "cp",
@@ -1374,21 +1385,16 @@ async fn a_profile_wins_over_environment_keys() {
             ],
             None,
             None,
-            &[
-                ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
-                ("AWS_ACCESS_KEY_ID", &s.access_key),
-                ("AWS_SECRET_ACCESS_KEY", env_secret),
-                ("AWS_REGION", "us-east-1"),
-            ],
+            &env,
         )
     };
-    let run = copy("good", "wrong-secret");
+    let run = copy("good", Some("wrong-secret"));
     assert_eq!(
         run.code, 0,
         "the profile's keys, not the environment's: {}",
         run.stderr
     );
-    let run = copy("bad", &s.secret_key);
+    let run = copy("bad", Some(&s.secret_key));
     assert_eq!(
         run.code, 4,
         "the profile's (wrong) keys are used: {}",
@@ -1396,7 +1402,7 @@ async fn a_profile_wins_over_environment_keys() {
     );
     // A profile without credentials here (as on a fleet worker with an instance role)
     // leaves the default chain to find them, and says so.
-    let run = copy("missing", &s.secret_key);
+    let run = copy("missing", Some(&s.secret_key));
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stderr
@@ -1407,7 +1413,7 @@ async fn a_profile_wins_over_environment_keys() {
     assert!(!run.stderr.contains(&s.secret_key), "{}", run.stderr);
     // A profile whose source of credentials fails, or names one that is not there, is no
     // reason to copy as another identity.
-    let run = copy("broken", &s.secret_key);
+    let run = copy("broken", Some(&s.secret_key));
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(
         one_line_error(&run)
@@ -1415,7 +1421,7 @@ async fn a_profile_wins_over_environment_keys() {
         "{}",
         run.stderr
     );
-    let run = copy("dangling", &s.secret_key);
+    let run = copy("dangling", Some(&s.secret_key));
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(
         one_line_error(&run).contains("profile 'dangling': no credentials")
@@ -1425,25 +1431,7 @@ async fn a_profile_wins_over_environment_keys() {
     );
     // A mistyped profile and no keys elsewhere: the line says to check the name, not to
     // give the flag that was given.
-    let run = skyhaul_env(
-        &[
-            "cp",
-            "-r",
-            src.to_str().unwrap(),
-            "s3://bkt/p",
-            "--dst-endpoint",
-            &s.endpoint,
-            "--dst-profile",
-            "godo",
-            "--no-journal",
-        ],
-        None,
-        None,
-        &[
-            ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
-            ("AWS_REGION", "us-east-1"),
-        ],
-    );
+    let run = copy("godo", None);
     assert_eq!(run.code, 4, "{}", run.stderr);
     let line = one_line_error(&run);
     assert!(

@@ -1244,6 +1244,14 @@ async fn small_objects_go_many_to_a_lease() {
     assert!(done_counts(&leases).values().all(|&n| n == 1));
 }
 
+/// [`local_fleet_cp`] by two workers whose leases would not expire within a test (60 s).
+fn patient_local_fleet_cp(rate: &'static str) -> Vec<&'static str> {
+    local_fleet_cp(rate, "2")
+        .into_iter()
+        .map(|a| if a == "2s" { "60s" } else { a })
+        .collect()
+}
+
 /// `--bwlimit` bounds what moves through this machine: a local fleet's workers share it,
 /// rather than each moving that much.
 #[tokio::test(flavor = "multi_thread")]
@@ -1343,11 +1351,7 @@ async fn a_local_fleet_killed_leaves_no_worker_behind() {
     let (src, dst) = servers_with(&files).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.sqlite");
-    // Leases that would not expire within the test.
-    let args: Vec<&str> = local_fleet_cp("4M", "2")
-        .into_iter()
-        .map(|a| if a == "2s" { "60s" } else { a })
-        .collect();
+    let args = patient_local_fleet_cp("4M");
     let mut child = command(&args, &src, &dst, &journal).spawn().unwrap();
     let (url, _stderr) = coordinator_url(&mut child);
     let s = wait_status(&url, "the workers at work", |s| {
@@ -1414,10 +1418,7 @@ async fn sigterm_to_a_local_fleet_stops_its_workers_at_once() {
     let (src, dst) = servers_with(&files).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.sqlite");
-    let args: Vec<&str> = local_fleet_cp("2M", "2")
-        .into_iter()
-        .map(|a| if a == "2s" { "60s" } else { a })
-        .collect();
+    let args = patient_local_fleet_cp("2M");
     let mut child = command(&args, &src, &dst, &journal).spawn().unwrap();
     let (url, stderr) = coordinator_url(&mut child);
     wait_status(&url, "the workers at work", |s| {
