@@ -28,12 +28,10 @@ pub(crate) async fn multipart(
     server_side: bool,
 ) -> Result<Copied> {
     let part = part_size_for(ctx, src, server_side)?;
-    // An upload an earlier run left open continues with its finished parts.
-    let resumed = if server_side {
-        None
-    } else {
-        ctx.resume.resumable(src, part)
-    };
+    // An upload an earlier run left open continues with its finished parts, also one the
+    // store copies: a part of a terabyte object copied server-side is still minutes of the
+    // store's work, and its rerun would otherwise start over.
+    let resumed = ctx.resume.resumable(src, part);
     let earlier = resumed.clone();
     // The parts an earlier run sent count as reused while the attempt lasts: one that
     // fails (the upload gone, the bytes corrupt, Ctrl-C) reused nothing.
@@ -54,7 +52,9 @@ pub(crate) async fn multipart(
         {
             let earlier = earlier.expect("checked");
             ctx.resume.finished(&earlier.upload);
-            if let Some(copied) = completed_earlier(ctx, src, dst_key, part, &earlier).await {
+            if let Some(copied) =
+                completed_earlier(ctx, src, dst_key, part, &earlier, server_side).await
+            {
                 return Ok(copied);
             }
             // Start afresh once; a real permission problem fails again there.
@@ -127,36 +127,39 @@ async fn completed_earlier(
     dst_key: &str,
     part: u64,
     earlier: &skyhaul_journal::ResumableUpload,
+    server_side: bool,
 ) -> Option<Copied> {
     if earlier.parts.len() as u64 != src.size.div_ceil(part) {
         return None;
     }
-    let sums: Option<Vec<ChunkSums>> = earlier
+    let sums: Vec<Option<ChunkSums>> = earlier
         .parts
         .iter()
         .map(|p| p.checksum.as_deref().and_then(decode_sums))
         .collect();
-    let md5s: Option<Vec<[u8; 16]>> = sums
-        .as_ref()
-        .and_then(|s| s.iter().map(|s| s.md5).collect());
+    let md5s: Option<Vec<[u8; 16]>> = earlier
+        .parts
+        .iter()
+        .zip(&sums)
+        .map(|(p, s)| part_md5(&p.part, s.as_ref(), server_side))
+        .collect();
     let expected_etag = md5s
         .filter(|_| ctx.dst.etags_are_md5())
         .map(|m| multipart_etag(&m));
     let found = already_completed(ctx, src, dst_key, expected_etag.as_deref()).await?;
-    let crc64 = sums.map(|s| {
-        combine_crc64(
-            s.iter()
-                .zip(&earlier.parts)
-                .map(|(s, p)| (s.crc64, p.part.len)),
-        )
-    });
+    let crc64 = sums
+        .iter()
+        .zip(&earlier.parts)
+        .map(|(s, p)| s.map(|s| (s.crc64, p.part.len)))
+        .collect::<Option<Vec<_>>>()
+        .map(combine_crc64);
     let copied = Copied {
         dst_key: dst_key.to_string(),
         size: src.size,
         crc64,
         etag: expected_etag.filter(|_| !found.opaque_etag),
         written_etag: found.etag,
-        server_side: false,
+        server_side,
         earlier: false,
     };
     ctx.resume.done(src, &copied);
@@ -331,15 +334,9 @@ pub(crate) async fn complete_upload(
         }
     }
     let receipts: Vec<CompletedPart> = done.iter().map(|(p, _, _)| p.clone()).collect();
-    // A part the store copied never passed through here: its ETag, the store's own account
-    // of the part's MD5, stands in, as a whole-object copy's ETag does.
     let md5s: Option<Vec<[u8; 16]>> = done
         .iter()
-        .map(|(p, s, _)| match s {
-            Some(s) => s.md5,
-            None if server_side => p.content_md5().and_then(crate::integrity::md5_bytes),
-            None => None,
-        })
+        .map(|(p, s, _)| part_md5(p, s.as_ref(), server_side))
         .collect();
     let expected_etag = md5s
         .filter(|_| dst.etags_are_md5())
@@ -406,6 +403,17 @@ pub(crate) async fn complete_upload(
     Ok(copied)
 }
 
+/// A part's MD5: that of its bytes as they passed through here; for a part the store
+/// copied, which never did, its ETag (the store's own account of the part's MD5) stands in,
+/// as a whole-object copy's ETag does.
+fn part_md5(part: &CompletedPart, sums: Option<&ChunkSums>, server_side: bool) -> Option<[u8; 16]> {
+    match sums {
+        Some(s) => s.md5,
+        None if server_side => part.content_md5().and_then(crate::integrity::md5_bytes),
+        None => None,
+    }
+}
+
 /// A part sent: the store's receipt, the checksums of its bytes where they passed through
 /// here, and the source's content MD5 as the part's read vouched for it.
 pub(crate) type PartResult = (CompletedPart, Option<ChunkSums>, Option<[u8; 16]>);
@@ -463,6 +471,7 @@ pub(crate) async fn move_part(
             })
             .await?;
         ctx.progress.add_moved(spec.len);
+        ctx.resume.part(upload, &done, None).await;
         return Ok((done, None, None));
     }
     let (read, sums, source_md5) = ctx.read_checked(src, spec.range(), with_md5).await?;

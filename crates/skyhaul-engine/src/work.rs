@@ -198,10 +198,7 @@ impl Executor {
             ..Default::default()
         };
         prepare_upload(ctx, src, &mut put).await?;
-        let resumed = (!server_side)
-            .then(|| ctx.resume.resumable(src, part_size))
-            .flatten();
-        if let Some(r) = resumed {
+        if let Some(r) = ctx.resume.resumable(src, part_size) {
             return Ok(OpenUpload {
                 upload: r.upload,
                 part_size,
@@ -251,12 +248,16 @@ impl Executor {
         Ok((part, sums))
     }
 
-    /// Journals a part a worker sent, so a restarted coordinator does not send it again.
-    pub async fn record_part(&self, upload: &MultipartUpload, part: &CompletedPart, sums: &str) {
-        self.ctx
-            .resume
-            .part(upload, part, decode_sums(sums).as_ref())
-            .await;
+    /// Journals a part a worker sent (with its checksums, unless the store copied it), so a
+    /// restarted coordinator does not send it again.
+    pub async fn record_part(
+        &self,
+        upload: &MultipartUpload,
+        part: &CompletedPart,
+        sums: Option<&str>,
+    ) {
+        let sums = sums.and_then(decode_sums);
+        self.ctx.resume.part(upload, part, sums.as_ref()).await;
     }
 
     /// Completes an upload from parts sent by any workers (`sums` as

@@ -534,10 +534,28 @@ async fn coordinate(
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.wake.notified()).await;
     }
     shared.state().phase = "finishing";
+    if shared.cancel.is_cancelled() {
+        drain(shared).await;
+    }
     if let Some(denied) = shared.exec.denied_everything() {
         return Err(denied);
     }
     shared.exec.conclude(src, dst, deletes, started).await
+}
+
+/// How long a stopped coordinator waits for the leases out: a stopped worker lets its
+/// items in flight finish for up to 15 s, then reports them.
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// After a stop (Ctrl-C, SIGTERM; a local fleet's workers get SIGTERM with it), waits until
+/// the workers have reported or given back their leases, for [`DRAIN`] at most: what they
+/// finish in that time is journaled and counted rather than sent again by the rerun, as a
+/// stopped `cp` keeps its bytes in flight.
+async fn drain(shared: &Shared) {
+    let deadline = Instant::now() + DRAIN;
+    while Instant::now() < deadline && !shared.state().leases.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_millis(100), shared.wake.notified()).await;
+    }
 }
 
 /// Queues one object: whole, or as the parts of an upload created here.
@@ -929,6 +947,11 @@ async fn lease(
         w.told_done = true;
         return Ok(Json(LeaseReply::Done));
     }
+    // Stopping: the leases out end with what is in flight (see `drain`); nothing new goes
+    // out, and a worker told `Done` would drop its other leases' work.
+    if shared.cancel.is_cancelled() {
+        return Ok(Json(LeaseReply::Wait { ms: 1000 }));
+    }
     let now = Instant::now();
     let live = st.live_workers(now, timeout).max(1) as u64;
     let mut target = shared.opts.lease_bytes.max(1);
@@ -1059,7 +1082,8 @@ async fn complete(
     same_transfer(&shared, &c.worker)?;
     let mut effects = Vec::new();
     let mut outcomes = Vec::new();
-    let (superseded, was_superseded) = {
+    let reported = c.results.len();
+    let (superseded, was_superseded, partly) = {
         let mut st = shared.state();
         st.worker(&c.worker);
         // The other leases that held an item reported here: done now, they may be over.
@@ -1107,23 +1131,28 @@ async fn complete(
             outcomes.push((r.item, outcome));
         }
         st.worker(&c.worker).items_done += done;
-        // Items the worker did not report (it should report all) go back to the queue.
+        // Items the worker did not report go back to the queue: it reports only what it
+        // finished when it leaves the fleet, and the lease counts as given back.
+        let mut partly = false;
         if let Some((items, granted, bytes)) = st
             .leases
             .get(&c.lease_id)
             .map(|l| (l.items.clone(), l.granted, l.bytes))
         {
-            // A lease whose items all failed at once says nothing of the usual pace.
-            if done > 0 {
+            partly = reported < items.len();
+            // A lease whose items all failed at once, or that was left unfinished, says
+            // nothing of the usual pace.
+            if done > 0 && !partly {
                 speculate::took(&mut st, bytes, granted.elapsed());
             }
+            st.returned += u64::from(partly);
             speculate::release(&mut st, c.lease_id, &items);
             st.leases.remove(&c.lease_id);
         }
         others.sort_unstable();
         others.dedup();
         let was = st.superseded.contains(&c.lease_id);
-        (speculate::superseded(&mut st, &others), was)
+        (speculate::superseded(&mut st, &others), was, partly)
     };
     for id in superseded {
         shared.journal("lease end", |j, t| j.lease_ended(t, id, LEASE_SUPERSEDED));
@@ -1135,16 +1164,20 @@ async fn complete(
         });
     }
     if !was_superseded {
-        shared.journal("lease end", |j, t| {
-            j.lease_ended(t, lease_id, LEASE_COMPLETED)
-        });
+        let end = if partly {
+            LEASE_RETURNED
+        } else {
+            LEASE_COMPLETED
+        };
+        shared.journal("lease end", |j, t| j.lease_ended(t, lease_id, end));
     }
     for e in effects {
         match e {
             Effect::RecordPart(upload, part, sums) => {
-                if let Some(sums) = sums {
-                    shared.exec.record_part(&upload, &part, &sums).await;
-                }
+                shared
+                    .exec
+                    .record_part(&upload, &part, sums.as_deref())
+                    .await;
             }
             Effect::Complete(upload_id) => spawn_completion(shared.clone(), upload_id),
             Effect::Abort(upload) => shared.exec.abort_upload(&upload).await,

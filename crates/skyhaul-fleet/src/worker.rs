@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use skyhaul_engine::resume::encode_sums;
 use skyhaul_engine::{Denials, Endpoint, Executor, Progress, TransferOptions};
 use skyhaul_relay::RelayStats;
-use skyhaul_store::Error;
+use skyhaul_store::{Error, ErrorKind};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,10 @@ pub enum WorkerError {
     /// once (else its leases come back when they expire).
     #[error("{error}")]
     Unable { error: Error, told: bool },
+    /// The worker was stopped (SIGTERM: a scheduler preempting it) and has left the fleet,
+    /// having reported what it finished; `told` as for [`WorkerError::Unable`].
+    #[error("this worker was stopped (SIGTERM)")]
+    Stopped { told: bool },
 }
 
 /// What a worker whose denials came in a row (a hundred, nothing done between them) does:
@@ -46,11 +50,14 @@ const DENIED_THEN: &str = "taken to mean that this worker's credentials lack a p
     if only some objects are off limits to them, leave those out with --exclude";
 
 /// How a worker's lease loops end: the coordinator says the transfer is over, or an error
-/// says the worker cannot copy anything (kept, for the worker to leave the fleet with it).
+/// says the worker cannot copy anything (kept, for the worker to leave the fleet with it),
+/// or the worker is stopped (`draining`: no new lease is asked for, the leases held end
+/// with what is in flight).
 #[derive(Default)]
 struct End {
     token: CancellationToken,
     unable: Mutex<Option<Error>>,
+    draining: CancellationToken,
 }
 
 impl End {
@@ -82,6 +89,9 @@ struct HeldLease {
     /// Its results are on their way: a heartbeat that crosses them finds the lease gone
     /// at the coordinator, which is no expiry.
     reporting: bool,
+    /// The results of the items done so far: reported with the lease when it is done, or
+    /// alone when the worker leaves first, so that only the rest is done again.
+    finished: Vec<ItemResult>,
 }
 
 struct Live {
@@ -103,15 +113,18 @@ pub async fn join(client: &Client) -> Result<TransferSpec, WorkerError> {
 type Relay = Option<Arc<RelayStats>>;
 
 /// Runs a worker until the coordinator says the transfer is over, on both sides as this
-/// machine opened them from `spec` (with its own credentials). With relay mode, `relay` is
+/// machine opened them from `spec` (with its own credentials), or until `terminated`: then
+/// it leaves the fleet, telling the coordinator through `stopping` (a client that gives up
+/// sooner: a scheduler kills the process soon after SIGTERM). With relay mode, `relay` is
 /// the destination's byte counts, reported to the coordinator.
 pub async fn run(
-    client: Client,
+    (client, stopping): (Client, Client),
     info: WorkerInfo,
     metrics: Option<(tokio::net::TcpListener, Token)>,
     spec: TransferSpec,
     (src, dst): (&Endpoint, &Endpoint),
     relay: Relay,
+    terminated: impl std::future::Future<Output = ()>,
 ) -> Result<Arc<Counters>, WorkerError> {
     tracing::info!(
         "worker {} joins transfer {} of {}",
@@ -121,8 +134,9 @@ pub async fn run(
     );
     let opts = transfer_options(&spec);
     let timeout = Duration::from_millis(spec.lease_timeout_ms.max(300));
-    let progress = Arc::new(Progress::default());
+    // Stopped, the engine starts nothing new and lets what is in flight finish, as `cp`'s.
     let cancel = CancellationToken::new();
+    let progress = Arc::new(Progress::stopped_by(cancel.clone()));
     let exec = Arc::new(Executor::new(
         src,
         dst,
@@ -183,6 +197,47 @@ pub async fn run(
             end.clone(),
         ));
     }
+    let ended = {
+        let mut finished = std::pin::pin!(lease_loops_end(&mut loops));
+        tokio::select! {
+            result = &mut finished => Some(result),
+            () = terminated => {
+                // Stopped (SIGTERM): the items in flight finish, as a stopped `cp`'s bytes
+                // in flight do, and are reported; nothing new starts.
+                end.draining.cancel();
+                cancel.cancel();
+                let _ = tokio::time::timeout(DRAIN, &mut finished).await;
+                None
+            }
+        }
+    };
+    // What is still in flight is dropped; the worker that takes it over redoes it.
+    loops.shutdown().await;
+    stop.cancel();
+    let _ = beats.await;
+    let Some(result) = ended else {
+        let why = Error::new(ErrorKind::Interrupted, "this worker was stopped (SIGTERM)");
+        let told =
+            report_finished(&stopping, &info, &held).await && leave(&stopping, info, &why).await;
+        return Err(WorkerError::Stopped { told });
+    };
+    let unable = end.unable.lock().expect("lock").take();
+    if let Some(error) = unable {
+        let told =
+            report_finished(&client, &info, &held).await && leave(&client, info, &error).await;
+        return Err(WorkerError::Unable { error, told });
+    }
+    result.map(|()| counters).map_err(WorkerError::from)
+}
+
+/// How long a stopped worker lets the items in flight finish: its report and its leave
+/// (up to 5 s each) must still come before a scheduler's SIGKILL, 30 s after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(15);
+
+/// Waits for the lease loops to end; the first error ends the others.
+async fn lease_loops_end(
+    loops: &mut tokio::task::JoinSet<Result<(), ClientError>>,
+) -> Result<(), ClientError> {
     let mut result = Ok(());
     while let Some(r) = loops.join_next().await {
         match r {
@@ -195,14 +250,32 @@ pub async fn run(
             Err(e) => panic!("lease loop panicked: {e}"),
         }
     }
-    stop.cancel();
-    let _ = beats.await;
-    let unable = end.unable.lock().expect("lock").take();
-    if let Some(error) = unable {
-        let told = leave(&client, info, &error).await;
-        return Err(WorkerError::Unable { error, told });
+    result
+}
+
+/// Reports, for each lease the worker leaves unfinished, the items it did finish: the
+/// coordinator takes the rest back (as it does a lease whose worker left) and hands out
+/// only that again. Returns whether the coordinator could be told (where it cannot, it
+/// is not asked again, for the leave: it is gone, or the network is).
+async fn report_finished(client: &Client, info: &WorkerInfo, held: &Held) -> bool {
+    let finished: Vec<(u64, Vec<ItemResult>)> = std::mem::take(&mut *held.lock().expect("lock"))
+        .into_iter()
+        .filter(|(_, h)| !h.finished.is_empty())
+        .map(|(id, h)| (id, h.finished))
+        .collect();
+    for (lease_id, results) in finished {
+        let completion = Completion {
+            worker: info.clone(),
+            lease_id,
+            results,
+        };
+        let told: Result<serde_json::Value, _> = client.post("/v1/complete", &completion).await;
+        if let Err(e) = told {
+            tracing::warn!("reporting what was done of lease {lease_id}: {e}");
+            return false;
+        }
     }
-    result.map(|()| counters).map_err(WorkerError::from)
+    true
 }
 
 /// Tells the coordinator that this worker leaves the fleet and why, so that its leases go
@@ -308,6 +381,9 @@ async fn lease_loop(
     let info = asker.info;
     let over = &end.token;
     loop {
+        if end.draining.is_cancelled() {
+            return Ok(());
+        }
         // Denials in a row: nothing new is asked for until the leases out are over, whose
         // items decide whether they were about their objects or about these credentials.
         if doer.denials.suspect() {
@@ -329,6 +405,7 @@ async fn lease_loop(
         };
         let reply = tokio::select! {
             _ = over.cancelled() => return Ok(()),
+            _ = end.draining.cancelled() => return Ok(()),
             r = client.post("/v1/lease", &request) => r?,
         };
         let lease = match reply {
@@ -339,6 +416,7 @@ async fn lease_loop(
             LeaseReply::Wait { ms } => {
                 tokio::select! {
                     _ = over.cancelled() => return Ok(()),
+                    _ = end.draining.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_millis(ms.clamp(10, 5000))) => {}
                 }
                 continue;
@@ -349,36 +427,54 @@ async fn lease_loop(
         let holding = HeldLease {
             drop: drop_it.clone(),
             reporting: false,
+            finished: Vec::new(),
         };
-        held.lock().expect("lock").insert(lease.lease_id, holding);
+        let id = lease.lease_id;
+        held.lock().expect("lock").insert(id, holding);
         let work = futures::stream::iter(lease.items)
             .map(|item| run_item(&doer, item))
             .buffer_unordered(doer.concurrency)
-            .try_collect::<Vec<ItemResult>>();
-        let results = tokio::select! {
+            .try_for_each(|r| {
+                if let (Some(r), Some(h)) = (r, held.lock().expect("lock").get_mut(&id)) {
+                    h.finished.push(r);
+                }
+                std::future::ready(Ok(()))
+            });
+        let worked = tokio::select! {
             r = work => r,
             // Done by another worker, the transfer is over, or this worker leaves: the
             // rest is not needed here (a request cut off here leaves no partial object; an
-            // orphan part is overwritten or dropped with its upload).
+            // orphan part is overwritten or dropped with its upload). A leaving worker
+            // reports what it finished (the lease stays held for that).
             _ = drop_it.cancelled() => {
-                held.lock().expect("lock").remove(&lease.lease_id);
                 if over.is_cancelled() {
                     return Ok(());
                 }
-                tracing::info!("lease {} dropped: its work was done elsewhere", lease.lease_id);
+                held.lock().expect("lock").remove(&id);
+                tracing::info!("lease {id} dropped: its work was done elsewhere");
                 continue;
             }
         };
-        let results = match results {
-            Ok(results) => results,
-            // The rest of the lease is dropped with it; the coordinator takes the lease
-            // back when the worker leaves.
-            Err(e) => {
-                held.lock().expect("lock").remove(&lease.lease_id);
-                end.unable(e);
-                return Ok(());
-            }
-        };
+        // An error that says this worker cannot copy anything: it leaves, reporting what it
+        // finished of the lease, whose rest the coordinator takes back.
+        if let Err(e) = worked {
+            end.unable(e);
+            return Ok(());
+        }
+        // Stopped meanwhile: the results go with the leaving worker's report, whose client
+        // gives up sooner (the coordinator may be gone: a local fleet killed).
+        if end.draining.is_cancelled() {
+            return Ok(());
+        }
+        let results = held
+            .lock()
+            .expect("lock")
+            .get_mut(&id)
+            .map(|h| {
+                h.reporting = true;
+                h.finished.clone()
+            })
+            .unwrap_or_default();
         let failed = results
             .iter()
             .filter(|r| matches!(r.outcome, Outcome::Failed { .. }))
@@ -389,21 +485,27 @@ async fn lease_loop(
         counters.failed.fetch_add(failed, Ordering::Relaxed);
         let completion = Completion {
             worker: info.clone(),
-            lease_id: lease.lease_id,
+            lease_id: id,
             results,
         };
-        if let Some(h) = held.lock().expect("lock").get_mut(&lease.lease_id) {
-            h.reporting = true;
+        tokio::select! {
+            told = client.post::<_, serde_json::Value>("/v1/complete", &completion) => {
+                told?;
+            }
+            // The leaving worker's report sends them instead (again, if this one arrived:
+            // the coordinator counts a result it already has as a duplicate).
+            _ = end.draining.cancelled() => return Ok(()),
         }
-        let _: serde_json::Value = client.post("/v1/complete", &completion).await?;
-        held.lock().expect("lock").remove(&lease.lease_id);
+        held.lock().expect("lock").remove(&id);
         counters.leases.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Does one item; an error that means this worker cannot copy anything
-/// ([`WorkerDenials::failed`]) is returned instead of reported as the item's failure.
-async fn run_item(doer: &Doer, item: WorkItem) -> Result<ItemResult, Error> {
+/// ([`WorkerDenials::failed`]) is returned instead of reported as the item's failure, and
+/// an item the worker's stop kept from finishing has no result (the coordinator hands it
+/// out again).
+async fn run_item(doer: &Doer, item: WorkItem) -> Result<Option<ItemResult>, Error> {
     let exec = &doer.exec;
     let name = item.name();
     let upload = match &item {
@@ -440,6 +542,7 @@ async fn run_item(doer: &Doer, item: WorkItem) -> Result<ItemResult, Error> {
             doer.denials.done();
             outcome
         }
+        Err(e) if e.kind == ErrorKind::Interrupted => return Ok(None),
         Err(e) => {
             if let Some(unable) = doer.denials.failed(&e, upload) {
                 return Err(unable);
@@ -451,10 +554,10 @@ async fn run_item(doer: &Doer, item: WorkItem) -> Result<ItemResult, Error> {
             }
         }
     };
-    Ok(ItemResult {
+    Ok(Some(ItemResult {
         item: name,
         outcome,
-    })
+    }))
 }
 
 /// Tells the coordinator this worker is alive (renewing its leases) and how much it moved.

@@ -122,7 +122,13 @@ never changes a key that is already set.")]
     Status(StatusArgs),
     /// Abort a transfer's leftover multipart uploads and forget it
     #[command(
-        after_help = "Examples:\n  skyhaul status\n  skyhaul clean 3f2a --dst-profile nebius"
+        after_help = "Examples:\n  skyhaul status\n  skyhaul clean 3f2a --dst-profile nebius",
+        // Only the destination has uploads to abort.
+        mut_arg("src_gcs_service_account", |a| a.hide(true)),
+        mut_arg("src_azure_account", |a| a.hide(true)),
+        mut_arg("src_azure_key", |a| a.hide(true)),
+        mut_arg("src_azure_sas", |a| a.hide(true)),
+        mut_arg("src_azure_connection_string", |a| a.hide(true))
     )]
     Clean(CleanArgs),
     /// Show or change the config file (precedence: flag > environment > file > built-in)
@@ -339,6 +345,9 @@ pub struct CleanArgs {
     /// Acknowledge that requests are billed to you, as S3 requester-pays buckets require
     #[arg(long, env = "SKYHAUL_REQUESTER_PAYS", value_parser = BoolishValueParser::new())]
     pub requester_pays: bool,
+    /// The destination's GCS or Azure credentials, as the transfer was given them
+    #[command(flatten)]
+    pub cloud: CloudArgs,
 }
 
 #[derive(Debug, Args)]

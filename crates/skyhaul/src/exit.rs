@@ -197,14 +197,19 @@ fn sigterm() -> Option<tokio::signal::unix::Signal> {
 }
 
 /// Resolves when this process gets SIGTERM (never where there is none): a scheduler
-/// preempting it.
-pub async fn terminated() {
+/// preempting it. SIGTERM is caught from this call on, not from the first poll: until a
+/// handler is in place, the signal ends the process at once.
+pub fn terminated() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    if let Some(mut term) = sigterm() {
-        term.recv().await;
-        return;
+    let term = sigterm();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            term.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
     }
-    std::future::pending::<()>().await
 }
 
 /// Ctrl-C, and on Unix SIGTERM too: what Kubernetes, SLURM and service managers send before

@@ -236,6 +236,11 @@ fn spawn_workers(
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true);
+            // A process group of their own: a Ctrl-C at the terminal reaches this process
+            // alone, which stops them (SIGTERM) so that they finish what is in flight and
+            // report it, rather than die with it.
+            #[cfg(unix)]
+            cmd.process_group(0);
             end_with_this_process(&mut cmd);
             cmd.spawn()
                 .map_err(|e| Error::new(ErrorKind::Other, format!("starting a worker: {e}")))
@@ -422,27 +427,30 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         }
     };
     let relay = relay.map(|r| r.stats());
-    let work = worker::run(client, info.clone(), metrics, spec, (&src, &dst), relay);
-    let counters = tokio::select! {
-        done = work => done.map_err(|e| match e {
-            WorkerError::Unable { error, told } => {
-                let mut e = exit::store(exit::side_of(&error, &src, &dst), error);
-                e.message.push_str(left_note(told));
-                e
-            }
-            e => worker_error(e),
-        })?,
-        // Preempted (Kubernetes, SLURM): its leases go back to the queue now, not when
-        // they expire. What was in flight is dropped; the worker that takes it over redoes it.
-        () = exit::terminated() => {
-            let why = Error::new(ErrorKind::Interrupted, "this worker was stopped (SIGTERM)");
-            let told = worker::leave(&stopping, info, &why).await;
-            return Err(CliError {
-                code: ExitCode::Interrupted,
-                message: format!("{}{}", why.message, left_note(told)),
-            });
+    // Preempted (Kubernetes, SLURM): what it finished is reported and its leases go back
+    // to the queue now, not when they expire.
+    let counters = worker::run(
+        (client, stopping),
+        info,
+        metrics,
+        spec,
+        (&src, &dst),
+        relay,
+        exit::terminated(),
+    )
+    .await
+    .map_err(|e| match e {
+        WorkerError::Unable { error, told } => {
+            let mut e = exit::store(exit::side_of(&error, &src, &dst), error);
+            e.message.push_str(left_note(told));
+            e
         }
-    };
+        WorkerError::Stopped { told } => CliError {
+            code: ExitCode::Interrupted,
+            message: format!("{e}{}", left_note(told)),
+        },
+        e => worker_error(e),
+    })?;
     tracing::info!(
         "worker done: {} items in {} leases",
         counters.items.load(Ordering::Relaxed),

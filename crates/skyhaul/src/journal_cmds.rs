@@ -204,7 +204,7 @@ pub async fn clean(args: CleanArgs) -> ExitCode {
             side.s3.secret_access_key = std::env::var("SKYHAUL_DST_SECRET_ACCESS_KEY").ok();
             side.s3.session_token = std::env::var("SKYHAUL_DST_SESSION_TOKEN").ok();
             (side.gcs, side.azure) =
-                crate::settings::cloud_options_from_env("DST", side.s3.endpoint.clone());
+                crate::settings::cloud_options("DST", side.s3.endpoint.clone(), &args.cloud);
             let dst = open_destination(&loc, &side, true, false)
                 .await
                 .map_err(|e| exit::store("DST", e))?;

@@ -197,38 +197,6 @@ pub fn cloud_options(
     (gcs, azure)
 }
 
-/// The same from the `SKYHAUL_{SIDE}_*` variables alone, for commands without the flags
-/// (`clean`).
-pub fn cloud_options_from_env(side: &str, endpoint: Option<String>) -> (GcsOptions, AzureOptions) {
-    let var = |name: &str| env(&format!("SKYHAUL_{side}_{name}"));
-    let mut c = CloudArgs::default();
-    let (sa, account, key, sas, cs) = (
-        var("GCS_SERVICE_ACCOUNT").map(Into::into),
-        var("AZURE_ACCOUNT"),
-        var("AZURE_KEY"),
-        var("AZURE_SAS"),
-        var("AZURE_CONNECTION_STRING"),
-    );
-    if side == "SRC" {
-        (
-            c.src_gcs_service_account,
-            c.src_azure_account,
-            c.src_azure_key,
-            c.src_azure_sas,
-            c.src_azure_connection_string,
-        ) = (sa, account, key, sas, cs);
-    } else {
-        (
-            c.dst_gcs_service_account,
-            c.dst_azure_account,
-            c.dst_azure_key,
-            c.dst_azure_sas,
-            c.dst_azure_connection_string,
-        ) = (sa, account, key, sas, cs);
-    }
-    cloud_options(side, endpoint, &c)
-}
-
 /// `--storage-class`, checked against the classes the destination has where it has a
 /// fixed set, and spelt as it spells them (`cool` → `Cool`): a name it does not have is
 /// refused before anything is sent, not once per object after its bytes.

@@ -1139,16 +1139,29 @@ async fn a_fleet_whose_workers_all_left_stops_with_their_error() {
 /// --workers 1`) and the rest elsewhere: that local worker's exit (here `kill -9`) does not
 /// stop the transfer, which the remote worker finishes.
 /// A worker stopped by SIGTERM (a scheduler preempting it) leaves the fleet on its way out:
-/// its leases go back to the queue at once (the lease timeout is far beyond the test), and
-/// another worker finishes the transfer.
+/// it reports the objects it finished, the rest of its leases goes back to the queue at once
+/// (the lease timeout is far beyond the test), and another worker finishes the transfer
+/// without copying again what the first one finished (it did, as the first had reported
+/// only whole leases).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_worker_stopped_by_sigterm_gives_its_leases_back() {
-    let mut fleet = Leaving::start("300s").await;
+async fn a_worker_stopped_by_sigterm_reports_what_it_finished_and_gives_the_rest_back() {
+    // Small objects, many to a lease (2 MiB), at 256 KiB/s: a lease takes seconds.
+    let files: BTreeMap<String, Vec<u8>> = (0..30)
+        .map(|i| (format!("s/{i:02}.bin"), data(60_000 + i * 7, i as u64)))
+        .collect();
+    let mut fleet = Leaving::with(files, "300s", None).await;
     let (src, dst, dir) = (&fleet.src, &fleet.dst, fleet.dir.path());
-    let mut first = spawn_worker(&fleet.url, &["--bwlimit", "1M"], src, dst, dir);
-    wait_status(&fleet.url, "a lease held", |s| {
-        s["leases_active"].as_u64() > Some(0)
-    });
+    let mut first = spawn_worker(&fleet.url, &["--bwlimit", "256K"], src, dst, dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let written = loop {
+        let n = read_bucket(dst, "dst", "data/").await.len();
+        if n >= 4 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "4 objects not written in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(written < fleet.files.len(), "stopped before the end");
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
     assert_eq!(wait_exit(&mut first, 10), 130);
     let s = wait_status(&fleet.url, "its leases back", |s| {
@@ -1163,6 +1176,20 @@ async fn a_worker_stopped_by_sigterm_gives_its_leases_back() {
     let out = succeeded(&mut fleet.coordinator, &fleet.stderr);
     copied_all(&out, &fleet.dst, &fleet.files).await;
     assert_eq!(wait_exit(&mut second, 30), 0, "the second worker failed");
+    // What the first worker wrote counts as its work, but for at most the two objects it
+    // had in flight (--max-connections 2), whose answers it had not read.
+    let leases = leases(&fleet.journal());
+    let by_first = format!("-{}-", first.id());
+    let done_by_first = leases
+        .iter()
+        .filter(|l| l.worker.contains(&by_first))
+        .flat_map(|l| l.items.values())
+        .filter(|o| o.as_deref() == Some("done"))
+        .count();
+    assert!(done_by_first + 2 >= written, "{done_by_first} of {written}");
+    let counts = done_counts(&leases);
+    assert_eq!(counts.len(), fleet.files.len(), "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1312,16 +1339,21 @@ async fn a_local_fleet_whose_workers_all_exited_stops() {
     assert_eq!(&read_bucket(&dst, "dst", "data/").await, &files);
 }
 
-/// Ctrl-C at a terminal reaches a local fleet's whole process group, its workers too: the
-/// transfer ends as interrupted (exit 130), not as a fleet whose workers all exited.
+/// Ctrl-C at a terminal reaches a local fleet's process group (its workers are in their
+/// own, and are stopped by it): the transfer ends as interrupted (exit 130), not as a fleet
+/// whose workers all exited, and keeps what was in flight.
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_a_local_fleet_as_interrupted() {
     use std::os::unix::process::CommandExt;
     let files = leaving_files();
     let (src, dst) = servers_with(&files).await;
+    // It counts the bytes the destination received.
+    let proxy = FaultProxy::start(&dst.endpoint, Faults::default());
+    let ep = proxy.endpoint();
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.sqlite");
-    let args = local_fleet_cp("4M", "2");
+    let mut args: Vec<&str> = local_fleet_cp("4M", "2");
+    args.extend(["--src-endpoint", &src.endpoint, "--dst-endpoint", &ep]);
     let mut child = command(&args, &src, &dst, &journal)
         .process_group(0)
         .spawn()
@@ -1339,6 +1371,11 @@ async fn ctrl_c_stops_a_local_fleet_as_interrupted() {
         !lines.iter().any(|l| l.contains("every worker exited")),
         "{lines:#?}"
     );
+    // The workers finished what they had in flight and reported it, as a stopped `cp`
+    // keeps its bytes in flight: the journal holds every byte the store received, so the
+    // rerun sends none of them again (the workers had dropped their parts in flight, and
+    // the objects finished in leases they had not finished).
+    assert_eq!(journaled_bytes(&journal), proxy.injected().put_body_bytes);
 }
 
 /// `kill -9` of a local fleet ends its workers too (they got SIGTERM as their parent died,

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use skyhaul_journal::Journal;
-use skyhaul_testkit::{FaultProxy, Faults, S3Kind, S3Server};
+use skyhaul_testkit::{AzuriteServer, FaultProxy, Faults, S3Kind, S3Server};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,6 +46,11 @@ async fn setup(kind: S3Kind) -> (S3Server, Files, PathBuf, PathBuf, tempfile::Te
 type Files = BTreeMap<String, Vec<u8>>;
 
 fn spawn(args: &[&str], dst: &S3Server, journal: &Path) -> Child {
+    spawn_with(args, &[("DST", dst)], journal)
+}
+
+/// `skyhaul ARGS` with each server's credentials for its side (`"SRC"`, `"DST"`).
+fn spawn_with(args: &[&str], sides: &[(&str, &S3Server)], journal: &Path) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyhaul"));
     cmd.args(args)
         .env("SKYHAUL_JOURNAL", journal)
@@ -54,8 +59,8 @@ fn spawn(args: &[&str], dst: &S3Server, journal: &Path) -> Child {
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (k, v) in dst.env_for("DST") {
-        cmd.env(k, v);
+    for (side, server) in sides {
+        cmd.envs(server.env_for(side));
     }
     cmd.spawn().expect("skyhaul starts")
 }
@@ -77,16 +82,6 @@ fn spawn_local(src: &Path, dst: &Path, journal: &Path, args: &[&str]) -> Child {
 fn assert_succeeded(out: &std::process::Output) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-}
-
-/// Bytes the journal says are done: whole objects plus finished parts of open uploads.
-fn journaled_bytes(journal: &Path) -> u64 {
-    let j = Journal::open(journal).unwrap();
-    j.transfers()
-        .unwrap()
-        .iter()
-        .map(|t| t.bytes_done + t.upload_bytes_done)
-        .sum()
 }
 
 /// Small parts and a small budget: many parts, few in flight.
@@ -360,6 +355,66 @@ async fn the_report_of_a_resumed_upload_counts_its_reused_parts_apart() {
     assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
 }
 
+/// A striped copy that the store makes itself (both sides on one endpoint and account:
+/// parts of 64 MiB, each an UploadPartCopy) continues from its finished parts after an
+/// interruption, as one whose bytes pass through here does: its rerun copied every part
+/// again, in a new upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_striped_server_side_copy_resumes_from_its_finished_parts() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("src").await;
+    s3.create_bucket("dst").await;
+    // Above 256 MiB, where a server-side copy goes in parts: 4 of 64 MiB and 1 of 1 MiB.
+    let size = 257 * MIB;
+    let files = BTreeMap::from([("big.bin".to_string(), data(size, 11))]);
+    fill_bucket(&s3, "src", "", &files).await;
+    // Each part copy is held half a second, so that the interruption comes between parts.
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            only_methods: vec!["PUT".into()],
+            path_contains: Some("partNumber=".into()),
+            delay: Some(Duration::from_millis(500)),
+            ..Faults::default()
+        },
+    );
+    let ep = proxy.endpoint();
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = tmp.path().join("journal.sqlite");
+    let args = [
+        "cp",
+        "-r",
+        "s3://src/",
+        "s3://dst/data/",
+        "--src-endpoint",
+        &ep,
+        "--dst-endpoint",
+        &ep,
+        "--json",
+    ];
+    let sides = [("SRC", &s3), ("DST", &s3)];
+    let one_at_a_time = [&args[..], &["--max-connections", "1"]].concat();
+    interrupt_once_a_part_is_journaled(
+        spawn_with(&one_at_a_time, &sides, &journal),
+        &journal,
+        libc::SIGINT,
+    );
+    let sent_before = journaled_bytes(&journal);
+    assert!(sent_before < size as u64, "interrupted with parts left");
+
+    let rerun = spawn_with(&args, &sides, &journal)
+        .wait_with_output()
+        .unwrap();
+    assert_succeeded(&rerun);
+    let report = last_json_line(&String::from_utf8_lossy(&rerun.stdout)).unwrap();
+    assert_eq!(report["server_side_copies"], 1, "{report}");
+    assert_eq!(report["bytes_reused"], sent_before, "{report}");
+    assert_eq!(report["verification"]["checksum_ok"], 1, "{report}");
+    // Every part was copied once, over both runs.
+    assert_eq!(proxy.injected().delayed, size.div_ceil(64 * MIB) as u64);
+    assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
+}
+
 /// A rerun whose journaled upload is gone (aborted by a lifecycle rule, or its temporary
 /// file removed) sends the object afresh, and reuses nothing.
 #[tokio::test(flavor = "multi_thread")]
@@ -570,6 +625,56 @@ async fn a_second_ctrl_c_stops_at_once_and_the_rerun_still_resumes() {
     .unwrap();
     assert_succeeded(&rerun);
     assert_eq!(read_bucket(&s3, "dst", "data/").await, files);
+}
+
+/// `clean` takes the destination's GCS and Azure credentials as flags, as the copy did: it
+/// refused `--dst-azure-account` (exit 2), which its own error asked for; only the
+/// variables worked.
+#[tokio::test(flavor = "multi_thread")]
+async fn clean_takes_the_destinations_azure_credentials_as_flags() {
+    let azure = AzuriteServer::start();
+    azure.create_container("cont").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_tree(
+        &src,
+        &BTreeMap::from([("big.bin".into(), data(30 * MIB, 5))]),
+    );
+    let journal = tmp.path().join("journal.sqlite");
+    let skyhaul = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyhaul"));
+        cmd.args(args)
+            .args(["--dst-endpoint", &azure.endpoint])
+            .args(["--dst-azure-account", &azure.account])
+            .args(["--dst-azure-key", &azure.key])
+            .env("SKYHAUL_JOURNAL", &journal)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let copy = [
+        "cp",
+        "-r",
+        src.to_str().unwrap(),
+        "az://cont/data/",
+        "--bwlimit",
+        "8M",
+    ];
+    let copy = [&copy[..], &TUNING[..4]].concat();
+    interrupt_once_a_part_is_journaled(skyhaul(&copy).spawn().unwrap(), &journal, libc::SIGINT);
+    let id = Journal::open(&journal).unwrap().transfers().unwrap()[0]
+        .id
+        .to_string();
+
+    let out = skyhaul(&["clean", &id]).output().unwrap();
+    assert_succeeded(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("aborted 1 open upload"), "{said}");
+    assert!(Journal::open(&journal)
+        .unwrap()
+        .transfers()
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

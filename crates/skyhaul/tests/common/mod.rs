@@ -428,3 +428,13 @@ pub fn fleet_status(url: &str, token: &str) -> serde_json::Value {
 /// A relay key for tests that pass one on (64 hex digits of random bytes: skyhaul refuses
 /// a key of a few repeated byte values).
 pub const RELAY_KEY: &str = "01650b000de138fccb751e00401a1df8938b8c5181322340948c6069417d7e7a";
+
+/// Bytes the journal says are done: whole objects plus finished parts of open uploads.
+pub fn journaled_bytes(journal: &Path) -> u64 {
+    let j = skyhaul_journal::Journal::open(journal).unwrap();
+    j.transfers()
+        .unwrap()
+        .iter()
+        .map(|t| t.bytes_done + t.upload_bytes_done)
+        .sum()
+}
