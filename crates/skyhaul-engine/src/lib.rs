@@ -40,7 +40,7 @@ pub use listing::Listing;
 pub use open::{open_destination, open_source, Endpoint, SideOptions};
 pub use plan::{part_size, Compare, Job, Mode};
 pub use progress::Progress;
-pub use report::{Failure, Report};
+pub use report::{CheckFailed, Failure, Report};
 pub use run::{dry_run, reachable, transfer, TransferOptions};
 pub use verify::{verify_locations, Copied, Verification, VerifyMode};
 pub use work::{Executor, OpenUpload};

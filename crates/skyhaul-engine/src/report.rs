@@ -12,6 +12,15 @@ pub struct Failure {
     pub error: String,
 }
 
+/// Why the check after the copy could not be done (the destination could not be listed
+/// or read back): what was copied is unchecked, and the run fails with the exit code of
+/// this error's kind.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CheckFailed {
+    pub kind: skyhaul_store::ErrorKind,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub source: String,
@@ -43,6 +52,9 @@ pub struct Report {
     /// the copy did not run (or was stopped), unless `verification` is there: then the
     /// stop came after it, in a sync's deletions.
     pub interrupted: bool,
+    /// The check after the copy could not be done: the copy's report still comes, with
+    /// its failures, rather than the check's error alone.
+    pub check_failed: Option<CheckFailed>,
 }
 
 impl Report {
@@ -78,6 +90,7 @@ impl Report {
             failures,
             verification: None,
             interrupted: false,
+            check_failed: None,
         }
     }
 
@@ -85,6 +98,7 @@ impl Report {
     /// nothing wrong.
     pub fn succeeded(&self) -> bool {
         self.objects_failed == 0
+            && self.check_failed.is_none()
             && self.verified()
             && self.verification.as_ref().is_none_or(|v| v.complete())
     }
@@ -183,6 +197,11 @@ impl fmt::Display for Report {
                      again to finish and check it"
                 }
             })?;
+        } else if self.check_failed.is_some() {
+            f.write_str(
+                "; what was copied is not checked, as the check after the copy failed \
+                 (below): run the same command again to check it",
+            )?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::listing::plan_recursive;
 use crate::open::Endpoint;
 use crate::plan::{Announce, Job, Mode, UpToDate, MIB};
 use crate::progress::Progress;
-use crate::report::{count, Failure, Report};
+use crate::report::{count, CheckFailed, Failure, Report};
 use crate::resume::Resume;
 use crate::retry::RetryPolicy;
 use crate::to_check::ToCheck;
@@ -554,6 +554,7 @@ pub(crate) async fn conclude(
             .await;
     }
     let copied = std::mem::take(&mut *ctx.copied.lock().expect("lock"));
+    let mut check_failed = None;
     let verification = if opts.verify == VerifyMode::None || cancel.is_cancelled() {
         None
     } else {
@@ -574,14 +575,29 @@ pub(crate) async fn conclude(
                 if !v.differing.is_empty() {
                     ctx.resume.undo(v.differing.clone());
                 }
-                checked.map_err(read_back_denied)?;
-                Some(v)
+                // The report still comes, with the copy's failures, and says why what was
+                // copied is unchecked (a destination gone for good: the user learnt only
+                // that its listing had no answer).
+                match checked.map_err(read_back_denied) {
+                    Ok(()) => Some(v),
+                    Err(e) => {
+                        check_failed = Some(CheckFailed {
+                            kind: e.kind,
+                            message: e.message,
+                        });
+                        None
+                    }
+                }
             }
             _ = cancel.cancelled() => None,
         }
     };
     let failed = progress.snapshot().objects_failed;
-    let held_back = held_back(failed, verification.as_ref());
+    let held_back = held_back(failed, verification.as_ref()).or_else(|| {
+        check_failed
+            .as_ref()
+            .map(|_| "a check after the copy that could not be done".to_string())
+    });
     let deleting = !deletes.is_empty() && !cancel.is_cancelled();
     if let (true, Some(why)) = (deleting, &held_back) {
         tracing::warn!(
@@ -637,6 +653,7 @@ pub(crate) async fn conclude(
         failures,
     );
     report.verification = verification;
+    report.check_failed = check_failed;
     report.transfer_id = ctx.resume.id().map(|id| id.to_string());
     ctx.resume
         .finish(report.succeeded() && !cancel.is_cancelled());

@@ -17,17 +17,21 @@ where
     let status = err.raw_response().map(|r| r.status().as_u16());
     match &err {
         SdkError::DispatchFailure(d) => {
-            let kind = if d.is_timeout() {
+            // A connection nothing answered (a firewall that drops, a host that is down or
+            // cut off) is an endpoint that cannot be reached, as a refused one is: a first
+            // contact gives up on it quickly, and the exit code says so (5).
+            let no_connection = cause_chain(&err).contains("connect timeout");
+            let kind = if d.is_timeout() && !no_connection {
                 ErrorKind::Transient
             } else {
                 ErrorKind::Unreachable
             };
-            // A timeout: no answer in time to a connection or a request (a busy or hung
-            // server, or a firewall that drops); retried as transient.
+            // Another timeout: no answer in time to a request (a busy or hung server);
+            // retried as transient.
             let (failed, hint) = if kind == ErrorKind::Unreachable {
                 (
                     "cannot reach the endpoint",
-                    " (is the endpoint URL right and the server up?)",
+                    " (is the endpoint URL right, the server up, and the way to it open?)",
                 )
             } else {
                 ("no answer in time", "")

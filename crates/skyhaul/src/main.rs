@@ -598,6 +598,13 @@ async fn transfer(
             ExitCode::Interrupted
         } else if checked == Some(ExitCode::VerifyFailed) {
             ExitCode::VerifyFailed
+        } else if let Some(f) = &report.check_failed {
+            // After the report: why its copies are unchecked, with that error's code (a
+            // destination that cannot be reached is 5, whatever failed beside it).
+            let e = skyhaul_store::Error::new(f.kind, f.message.clone());
+            let e = exit::store(exit::side_of(&e, &src, &dst), e);
+            out.error(&e.message, e.code);
+            e.code
         } else if report.objects_failed > 0 {
             ExitCode::PartialFailure
         } else {

@@ -274,6 +274,36 @@ fn an_endpoint_that_never_answers_is_unreachable() {
     }
 }
 
+/// An endpoint whose connections nothing answers (a firewall that drops, a host cut off)
+/// is unreachable too: exit 5, saying so. Its connect timeouts were mere timeouts, retried
+/// as such: with the default retries, ~200 s of silence before the check's exit 1.
+#[test]
+fn an_endpoint_whose_connections_nothing_answers_is_unreachable() {
+    let endpoint = dropping();
+    let tmp = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"))
+        .args(["cp", "-r", "--retries", "0", "s3://src/data"])
+        .args([tmp.path().to_str().unwrap(), "--src-endpoint", &endpoint])
+        .env("SKYHAUL_SRC_ACCESS_KEY_ID", "AKIDDROP")
+        .env("SKYHAUL_SRC_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("SKYHAUL_JOURNAL", test_journal())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    // One try of the check: the client's 10 s connect timeout.
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains("cannot reach the endpoint") && line.contains("--src-endpoint"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_arguments_are_usage_errors() {
     let run = skyhaul(&["cp", "ftp://x/y", "/tmp/z"], None, None);

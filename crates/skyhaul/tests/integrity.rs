@@ -907,3 +907,61 @@ async fn verify_and_sync_compare_sse_kms_objects_by_their_crc() {
     assert_eq!(code, 6, "{v}");
     assert_eq!(v["checksum_mismatch"], 1, "{v}");
 }
+
+/// A destination whose listing fails for good after the copy (gone, or refusing listings)
+/// still gets the copy's report, saying that what was copied is not checked, then the
+/// check's error with its exit code: the run ended with that error alone, no report (no
+/// `done` event) and no word of what had been copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_that_cannot_list_the_destination_still_reports_the_copy() {
+    let s3 = S3Server::start(S3Kind::S3sFs);
+    s3.create_bucket("dst").await;
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            internal_error_500: 1.0,
+            only_methods: vec!["GET".into()],
+            // The listing of what was copied; the check before the copy lists no prefix.
+            path_contains: Some("prefix=copy".into()),
+            ..Default::default()
+        },
+    );
+    let src = tempfile::tempdir().unwrap();
+    let files = mixed();
+    write_tree(src.path(), &files);
+    let ep = proxy.endpoint();
+    let src_dir = src.path().to_str().unwrap();
+    let args = [
+        "cp",
+        "-r",
+        src_dir,
+        "s3://dst/copy/",
+        "--dst-endpoint",
+        &ep,
+        "--retries",
+        "1",
+        "--json",
+    ];
+    let run = skyhaul(&args, None, Some(&s3));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let done = run
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "done")
+        .unwrap_or_else(|| panic!("no report: {}", run.stdout));
+    assert_eq!(done["objects_copied"], files.len() as u64, "{done}");
+    assert_eq!(done["verification"], serde_json::Value::Null, "{done}");
+    let failed = &done["check_failed"];
+    assert!(
+        failed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("list")),
+        "{done}"
+    );
+    let last = run.json();
+    assert_eq!(
+        (&last["event"], &last["exit_code"]),
+        (&"error".into(), &1.into())
+    );
+    assert_eq!(read_bucket(&s3, "dst", "copy/").await, files);
+}

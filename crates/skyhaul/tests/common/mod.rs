@@ -212,6 +212,30 @@ pub fn black_hole() -> String {
     endpoint
 }
 
+/// An endpoint whose connections nothing answers (a firewall that drops, a host cut off):
+/// a listener that never accepts, with a backlog of one that one connection fills, so that
+/// the kernel drops every later SYN and a client's connect times out.
+pub fn dropping() -> String {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain socket, bound and listening, then owned by the `TcpListener`.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, (&raw const addr).cast(), len), 0, "bind");
+        assert_eq!(libc::listen(fd, 0), 0, "listen");
+        std::net::TcpListener::from_raw_fd(fd)
+    };
+    let addr = listener.local_addr().unwrap();
+    let filler = std::net::TcpStream::connect(addr).unwrap();
+    // Both live as long as the test process.
+    std::mem::forget((listener, filler));
+    format!("http://{addr}")
+}
+
 pub fn test_journal() -> std::path::PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "skyhaul-test-journal-{}.sqlite",
