@@ -12,9 +12,9 @@ pub struct Failure {
     pub error: String,
 }
 
-/// Why the check after the copy could not be done (the destination could not be listed
-/// or read back): what was copied is unchecked, and the run fails with the exit code of
-/// this error's kind.
+/// Why the check after the copy could not be finished (the destination could not be
+/// listed or read back): what was copied is not all checked, and the run fails with the
+/// exit code of this error's kind (unless the check had found something wrong: 6).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CheckFailed {
     pub kind: skyhaul_store::ErrorKind,
@@ -199,8 +199,8 @@ impl fmt::Display for Report {
             })?;
         } else if self.check_failed.is_some() {
             f.write_str(
-                "; what was copied is not checked, as the check after the copy failed \
-                 (below): run the same command again to check it",
+                "; the check after the copy failed (below), so what was copied is not all \
+                 checked: run the same command again to check it",
             )?;
         }
         Ok(())

@@ -575,19 +575,16 @@ pub(crate) async fn conclude(
                 if !v.differing.is_empty() {
                     ctx.resume.undo(v.differing.clone());
                 }
-                // The report still comes, with the copy's failures, and says why what was
-                // copied is unchecked (a destination gone for good: the user learnt only
-                // that its listing had no answer).
-                match checked.map_err(read_back_denied) {
-                    Ok(()) => Some(v),
-                    Err(e) => {
-                        check_failed = Some(CheckFailed {
-                            kind: e.kind,
-                            message: e.message,
-                        });
-                        None
-                    }
+                // The report still comes, with the copy's failures and what the check found
+                // before it failed, and says why the rest is unchecked (a destination gone
+                // for good: the user learnt only that its listing had no answer).
+                if let Err(e) = checked.map_err(read_back_denied) {
+                    check_failed = Some(CheckFailed {
+                        kind: e.kind,
+                        message: e.message,
+                    });
                 }
+                Some(v)
             }
             _ = cancel.cancelled() => None,
         }

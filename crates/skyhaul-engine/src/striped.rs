@@ -141,7 +141,7 @@ async fn completed_earlier(
         .parts
         .iter()
         .zip(&sums)
-        .map(|(p, s)| part_md5(&p.part, s.as_ref(), server_side))
+        .map(|(p, s)| part_md5(&p.part, s.as_ref()))
         .collect();
     let expected_etag = md5s
         .filter(|_| ctx.dst.etags_are_md5())
@@ -336,7 +336,7 @@ pub(crate) async fn complete_upload(
     let receipts: Vec<CompletedPart> = done.iter().map(|(p, _, _)| p.clone()).collect();
     let md5s: Option<Vec<[u8; 16]>> = done
         .iter()
-        .map(|(p, s, _)| part_md5(p, s.as_ref(), server_side))
+        .map(|(p, s, _)| part_md5(p, s.as_ref()))
         .collect();
     let expected_etag = md5s
         .filter(|_| dst.etags_are_md5())
@@ -404,13 +404,12 @@ pub(crate) async fn complete_upload(
 }
 
 /// A part's MD5: that of its bytes as they passed through here; for a part the store
-/// copied, which never did, its ETag (the store's own account of the part's MD5) stands in,
-/// as a whole-object copy's ETag does.
-fn part_md5(part: &CompletedPart, sums: Option<&ChunkSums>, server_side: bool) -> Option<[u8; 16]> {
+/// copied (now or in an earlier run), which never did, its ETag (the store's own account of
+/// the part's MD5) stands in, as a whole-object copy's ETag does.
+fn part_md5(part: &CompletedPart, sums: Option<&ChunkSums>) -> Option<[u8; 16]> {
     match sums {
         Some(s) => s.md5,
-        None if server_side => part.content_md5().and_then(crate::integrity::md5_bytes),
-        None => None,
+        None => part.content_md5().and_then(crate::integrity::md5_bytes),
     }
 }
 

@@ -534,7 +534,9 @@ async fn coordinate(
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.wake.notified()).await;
     }
     shared.state().phase = "finishing";
-    if shared.cancel.is_cancelled() {
+    // Stopped by the user or a scheduler, not by an error (then nobody is left to report).
+    let stopped_by_error = shared.stopped.lock().is_ok_and(|s| s.is_some());
+    if shared.cancel.is_cancelled() && !stopped_by_error {
         drain(shared).await;
     }
     if let Some(denied) = shared.exec.denied_everything() {
@@ -548,12 +550,17 @@ async fn coordinate(
 const DRAIN: Duration = Duration::from_secs(20);
 
 /// After a stop (Ctrl-C, SIGTERM; a local fleet's workers get SIGTERM with it), waits until
-/// the workers have reported or given back their leases, for [`DRAIN`] at most: what they
-/// finish in that time is journaled and counted rather than sent again by the rerun, as a
-/// stopped `cp` keeps its bytes in flight.
+/// the workers have reported or given back their leases, and the uploads whose last parts
+/// they reported are completed, for [`DRAIN`] at most: what they finish in that time is
+/// journaled and counted rather than sent again by the rerun, as a stopped `cp` keeps its
+/// bytes in flight.
 async fn drain(shared: &Shared) {
     let deadline = Instant::now() + DRAIN;
-    while Instant::now() < deadline && !shared.state().leases.is_empty() {
+    let busy = || {
+        let st = shared.state();
+        !st.leases.is_empty() || st.completing > 0
+    };
+    while Instant::now() < deadline && busy() {
         let _ = tokio::time::timeout(Duration::from_millis(100), shared.wake.notified()).await;
     }
 }
@@ -1079,6 +1086,16 @@ async fn complete(
     Axum(shared): Axum<Arc<Shared>>,
     Json(c): Json<Completion>,
 ) -> Answer<serde_json::Value> {
+    // Run to the end whatever the worker does: its state changes come first, their
+    // effects (a part's record, an upload's completion) after, and a worker that drops
+    // the request (stopped) would otherwise drop the effects with it, leaving an upload
+    // that is never completed and a transfer that never ends.
+    tokio::spawn(take_completion(shared, c))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+async fn take_completion(shared: Arc<Shared>, c: Completion) -> Answer<serde_json::Value> {
     same_transfer(&shared, &c.worker)?;
     let mut effects = Vec::new();
     let mut outcomes = Vec::new();

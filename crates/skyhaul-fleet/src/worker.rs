@@ -217,8 +217,11 @@ pub async fn run(
     let _ = beats.await;
     let Some(result) = ended else {
         let why = Error::new(ErrorKind::Interrupted, "this worker was stopped (SIGTERM)");
-        let told =
-            report_finished(&stopping, &info, &held).await && leave(&stopping, info, &why).await;
+        let telling = async {
+            report_finished(&stopping, &info, &held).await && leave(&stopping, info, &why).await
+        };
+        // Each request may take its time; all of them, no more than this.
+        let told = tokio::time::timeout(TELL, telling).await.unwrap_or(false);
         return Err(WorkerError::Stopped { told });
     };
     let unable = end.unable.lock().expect("lock").take();
@@ -231,8 +234,12 @@ pub async fn run(
 }
 
 /// How long a stopped worker lets the items in flight finish: its report and its leave
-/// (up to 5 s each) must still come before a scheduler's SIGKILL, 30 s after SIGTERM.
+/// ([`TELL`]) must still come before a scheduler's SIGKILL, 30 s after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(15);
+
+/// How long a stopped worker spends telling the coordinator what it finished and that it
+/// leaves.
+const TELL: Duration = Duration::from_secs(10);
 
 /// Waits for the lease loops to end; the first error ends the others.
 async fn lease_loops_end(
@@ -488,14 +495,8 @@ async fn lease_loop(
             lease_id: id,
             results,
         };
-        tokio::select! {
-            told = client.post::<_, serde_json::Value>("/v1/complete", &completion) => {
-                told?;
-            }
-            // The leaving worker's report sends them instead (again, if this one arrived:
-            // the coordinator counts a result it already has as a duplicate).
-            _ = end.draining.cancelled() => return Ok(()),
-        }
+        // Not cut short by a stop (the drain's bound is), so that it is not sent twice.
+        let _: serde_json::Value = client.post("/v1/complete", &completion).await?;
         held.lock().expect("lock").remove(&id);
         counters.leases.fetch_add(1, Ordering::Relaxed);
     }

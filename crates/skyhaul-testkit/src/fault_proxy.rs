@@ -75,6 +75,9 @@ pub struct Faults {
     /// Stop injecting once this many faults (of all kinds) have been injected, e.g. `Some(1)` for
     /// "fail exactly once, then behave".
     pub max_faults: Option<u64>,
+    /// Let this many selected requests through untouched before injecting: "behave, then
+    /// fail", e.g. a destination's first listing answered and every later one failed.
+    pub skip_first: u64,
     /// Hold every request that `only_methods`, `path_contains` and `access_key` select this long before any
     /// of it goes upstream (a slow store: the server sees nothing of it until then). Not a
     /// fault: it is not drawn, nor counted by `max_faults`; a request answered by a fault
@@ -197,6 +200,7 @@ impl FaultProxy {
             state: Mutex::new(State {
                 faults,
                 counts: FaultCounts::default(),
+                selected: 0,
             }),
         });
         let listener = {
@@ -234,9 +238,12 @@ impl FaultProxy {
         self.addr
     }
 
-    /// Replaces the fault rates; applies to requests whose head arrives from now on.
+    /// Replaces the fault rates; applies to requests whose head arrives from now on (and
+    /// [`Faults::skip_first`] counts from now).
     pub fn set_faults(&self, faults: Faults) {
-        self.shared.state.lock().unwrap().faults = faults;
+        let mut st = self.shared.state.lock().unwrap();
+        st.faults = faults;
+        st.selected = 0;
     }
 
     /// The current fault rates.
@@ -275,6 +282,8 @@ enum FaultKind {
 struct State {
     faults: Faults,
     counts: FaultCounts,
+    /// Requests the faults selected so far (see [`Faults::skip_first`]).
+    selected: u64,
 }
 
 struct Shared {
@@ -310,8 +319,12 @@ impl Shared {
         if req.method.eq_ignore_ascii_case("HEAD") {
             st.counts.head_requests += 1;
         }
+        if !st.faults.selects(req) {
+            return None;
+        }
+        st.selected += 1;
         let f = &st.faults;
-        if !f.selects(req) {
+        if st.selected <= f.skip_first {
             return None;
         }
         if let Some(max) = f.max_faults {

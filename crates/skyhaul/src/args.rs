@@ -431,6 +431,9 @@ pub struct WorkerArgs {
     /// GCS and Azure credentials, this machine's own (the coordinator sends none)
     #[command(flatten)]
     pub cloud: CloudArgs,
+    /// Started by a local fleet (`--workers N`), in its process group
+    #[arg(long, hide = true)]
+    pub local: bool,
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, String> {

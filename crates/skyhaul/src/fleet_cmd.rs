@@ -224,7 +224,7 @@ fn spawn_workers(
     (0..local.n)
         .map(|_| {
             let mut cmd = tokio::process::Command::new(&exe);
-            cmd.args(["worker", "--coordinator", url, "--wait", "1m"]);
+            cmd.args(["worker", "--coordinator", url, "--wait", "1m", "--local"]);
             if let Some(share) = &share {
                 cmd.args(["--bwlimit", share]);
             }
@@ -236,11 +236,6 @@ fn spawn_workers(
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true);
-            // A process group of their own: a Ctrl-C at the terminal reaches this process
-            // alone, which stops them (SIGTERM) so that they finish what is in flight and
-            // report it, rather than die with it.
-            #[cfg(unix)]
-            cmd.process_group(0);
             end_with_this_process(&mut cmd);
             cmd.spawn()
                 .map_err(|e| Error::new(ErrorKind::Other, format!("starting a worker: {e}")))
@@ -366,6 +361,9 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
         ))
     })?;
     let token = Token::new(token).map_err(exit::usage)?;
+    if args.local {
+        leave_interrupts_to_the_coordinator();
+    }
     let ca = match &args.tls_ca {
         Some(path) => skyhaul_fleet::tls::ca_certificates(path).map_err(exit::usage)?,
         None => Vec::new(),
@@ -462,6 +460,16 @@ async fn run_worker(args: WorkerArgs) -> Result<(), CliError> {
 /// How long a stopped worker keeps trying to tell the coordinator it leaves: a scheduler
 /// kills it soon after SIGTERM.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// A local fleet's worker leaves a terminal's Ctrl-C, which reaches the whole process group,
+/// to its coordinator, which stops it (SIGTERM) so that it finishes what is in flight and
+/// reports it rather than die with it. A process group of its own would keep Ctrl-Z and a
+/// hangup from it too. Once tokio handles a signal, the default action (ending the process)
+/// is gone for good, so this handler need not be kept.
+fn leave_interrupts_to_the_coordinator() {
+    #[cfg(unix)]
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+}
 
 /// What a worker that cannot work adds to its error: whether the coordinator heard that
 /// it left the fleet.

@@ -231,6 +231,19 @@ async fn wrong_credentials_and_unreachable_endpoint() {
     );
 }
 
+/// `skyhaul ARGS DIR --src-endpoint ENDPOINT`, with made-up source keys and no profile.
+fn from_source(endpoint: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"));
+    cmd.args(args)
+        .args([dir.to_str().unwrap(), "--src-endpoint", endpoint])
+        .env("SKYHAUL_SRC_ACCESS_KEY_ID", "AKIDTEST")
+        .env("SKYHAUL_SRC_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("SKYHAUL_JOURNAL", test_journal());
+    cmd
+}
+
 /// An endpoint that accepts connections and never answers (a firewall that drops, a hung
 /// server or proxy) is unreachable: exit 5 within 30 s of each try of the check before
 /// `cp` (one try with `--retries 0`), or before `verify` (three), saying so as it tries.
@@ -242,14 +255,7 @@ fn an_endpoint_that_never_answers_is_unreachable() {
     let endpoint = black_hole();
     let tmp = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"))
-            .args(args)
-            .args([tmp.path().to_str().unwrap(), "--src-endpoint", &endpoint])
-            .env("SKYHAUL_SRC_ACCESS_KEY_ID", "AKIDHOLE")
-            .env("SKYHAUL_SRC_SECRET_ACCESS_KEY", "secret")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("SKYHAUL_JOURNAL", test_journal())
+        from_source(&endpoint, tmp.path(), args)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
@@ -282,16 +288,8 @@ fn an_endpoint_whose_connections_nothing_answers_is_unreachable() {
     let endpoint = dropping();
     let tmp = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhaul"))
-        .args(["cp", "-r", "--retries", "0", "s3://src/data"])
-        .args([tmp.path().to_str().unwrap(), "--src-endpoint", &endpoint])
-        .env("SKYHAUL_SRC_ACCESS_KEY_ID", "AKIDDROP")
-        .env("SKYHAUL_SRC_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("SKYHAUL_JOURNAL", test_journal())
-        .output()
-        .unwrap();
+    let args = ["cp", "-r", "--retries", "0", "s3://src/data"];
+    let out = from_source(&endpoint, tmp.path(), &args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     // One try of the check: the client's 10 s connect timeout.

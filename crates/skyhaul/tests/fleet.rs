@@ -1339,9 +1339,9 @@ async fn a_local_fleet_whose_workers_all_exited_stops() {
     assert_eq!(&read_bucket(&dst, "dst", "data/").await, &files);
 }
 
-/// Ctrl-C at a terminal reaches a local fleet's process group (its workers are in their
-/// own, and are stopped by it): the transfer ends as interrupted (exit 130), not as a fleet
-/// whose workers all exited, and keeps what was in flight.
+/// Ctrl-C at a terminal reaches a local fleet's whole process group (its workers leave it to
+/// the coordinator, which stops them): the transfer ends as interrupted (exit 130), not as a
+/// fleet whose workers all exited, and keeps what was in flight.
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_a_local_fleet_as_interrupted() {
     use std::os::unix::process::CommandExt;
@@ -1352,7 +1352,8 @@ async fn ctrl_c_stops_a_local_fleet_as_interrupted() {
     let ep = proxy.endpoint();
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.sqlite");
-    let mut args: Vec<&str> = local_fleet_cp("4M", "2");
+    // Leases that cannot expire: the coordinator waits for every one to be reported.
+    let mut args: Vec<&str> = patient_local_fleet_cp("4M");
     args.extend(["--src-endpoint", &src.endpoint, "--dst-endpoint", &ep]);
     let mut child = command(&args, &src, &dst, &journal)
         .process_group(0)
