@@ -908,6 +908,49 @@ async fn verify_and_sync_compare_sse_kms_objects_by_their_crc() {
     assert_eq!(v["checksum_mismatch"], 1, "{v}");
 }
 
+/// `skyhaul COMMAND SRC s3://dst/copy/ --retries 1 --json`, `files` written under SRC,
+/// through a proxy that fails every listing of `copy/` after the first `answered` (500):
+/// the check after the copy cannot be done. Returns the run (exit 1, asserted) and its
+/// report (the `done` event, which must be there).
+fn with_a_failing_check(
+    s3: &S3Server,
+    command: &[&str],
+    files: &BTreeMap<String, Vec<u8>>,
+    answered: u64,
+) -> (Run, serde_json::Value) {
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Faults {
+            internal_error_500: 1.0,
+            only_methods: vec!["GET".into()],
+            // The listings of `copy/`; the check before the copy lists no prefix.
+            path_contains: Some("prefix=copy".into()),
+            skip_first: answered,
+            ..Default::default()
+        },
+    );
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), files);
+    let ep = proxy.endpoint();
+    let rest = [
+        src.path().to_str().unwrap(),
+        "s3://dst/copy/",
+        "--dst-endpoint",
+        &ep,
+        "--retries",
+        "1",
+        "--json",
+    ];
+    let run = skyhaul(&[command, &rest[..]].concat(), None, Some(s3));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let done = run
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "done")
+        .unwrap_or_else(|| panic!("no report: {}", run.stdout));
+    (run, done)
+}
+
 /// A destination whose listing fails for good after the copy (gone, or refusing listings)
 /// still gets the copy's report, saying that what was copied is not checked, then the
 /// check's error with its exit code: the run ended with that error alone, no report (no
@@ -916,39 +959,8 @@ async fn verify_and_sync_compare_sse_kms_objects_by_their_crc() {
 async fn a_check_that_cannot_list_the_destination_still_reports_the_copy() {
     let s3 = S3Server::start(S3Kind::S3sFs);
     s3.create_bucket("dst").await;
-    let proxy = FaultProxy::start(
-        &s3.endpoint,
-        Faults {
-            internal_error_500: 1.0,
-            only_methods: vec!["GET".into()],
-            // The listing of what was copied; the check before the copy lists no prefix.
-            path_contains: Some("prefix=copy".into()),
-            ..Default::default()
-        },
-    );
-    let src = tempfile::tempdir().unwrap();
     let files = mixed();
-    write_tree(src.path(), &files);
-    let ep = proxy.endpoint();
-    let src_dir = src.path().to_str().unwrap();
-    let args = [
-        "cp",
-        "-r",
-        src_dir,
-        "s3://dst/copy/",
-        "--dst-endpoint",
-        &ep,
-        "--retries",
-        "1",
-        "--json",
-    ];
-    let run = skyhaul(&args, None, Some(&s3));
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    let done = run
-        .events()
-        .into_iter()
-        .find(|e| e["event"] == "done")
-        .unwrap_or_else(|| panic!("no report: {}", run.stdout));
+    let (run, done) = with_a_failing_check(&s3, &["cp", "-r"], &files, 0);
     assert_eq!(done["objects_copied"], files.len() as u64, "{done}");
     let failed = &done["check_failed"];
     assert!(
@@ -973,39 +985,9 @@ async fn a_sync_whose_check_cannot_be_done_deletes_nothing() {
     s3.create_bucket("dst").await;
     let extra = BTreeMap::from([("extra.bin".to_string(), data(1000, 1))]);
     fill_bucket(&s3, "dst", "copy/", &extra).await;
-    // The sync's own listing of the destination is answered; the check's fails.
-    let proxy = FaultProxy::start(
-        &s3.endpoint,
-        Faults {
-            internal_error_500: 1.0,
-            only_methods: vec!["GET".into()],
-            path_contains: Some("prefix=copy".into()),
-            skip_first: 1,
-            ..Default::default()
-        },
-    );
-    let src = tempfile::tempdir().unwrap();
     let files = BTreeMap::from([("a.bin".to_string(), data(3000, 2))]);
-    write_tree(src.path(), &files);
-    let ep = proxy.endpoint();
-    let args = [
-        "sync",
-        "--delete",
-        src.path().to_str().unwrap(),
-        "s3://dst/copy/",
-        "--dst-endpoint",
-        &ep,
-        "--retries",
-        "1",
-        "--json",
-    ];
-    let run = skyhaul(&args, None, Some(&s3));
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    let done = run
-        .events()
-        .into_iter()
-        .find(|e| e["event"] == "done")
-        .unwrap_or_else(|| panic!("no report: {}", run.stdout));
+    // The sync's own listing of the destination is answered; the check's fails.
+    let (_, done) = with_a_failing_check(&s3, &["sync", "--delete"], &files, 1);
     assert_eq!(done["objects_copied"], 1, "{done}");
     assert_eq!(done["objects_deleted"], 0, "{done}");
     assert!(done["check_failed"].is_object(), "{done}");
